@@ -1,0 +1,639 @@
+//! The sync executor: head checks, index walk, local observation, plan, then the ordered,
+//! atomic execution of the plan. All file-system and store I/O of a sync happens here.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use pulpdist_chunker::Chunker;
+use pulpdist_format::{
+    ChunkId, ChunkRef, EntryKind, Mtime, PackId, PackKind, SignedHead, TrustedKeys, VerifiedChunk,
+};
+
+use crate::error::{IoContext, SyncError};
+use crate::fsutil::{remove_any, temp_beside, SafeDirs};
+use crate::glob::DEFAULT_METADATA_PATTERNS;
+use crate::plan::{make_plan, DirView, FetchOp, Observed, PlanSettings, Source};
+use crate::state::State;
+use crate::store::StoreReader;
+use crate::walk::{changed_dirs, slice, DirChange};
+
+/// How to sync.
+#[derive(Clone, Debug)]
+pub struct SyncOptions {
+    /// Tree name.
+    pub tree: String,
+    /// The mirror directory.
+    pub dest: PathBuf,
+    /// The client's state directory; default `.<dest name>.pulpdist` beside the mirror.
+    pub state_dir: Option<PathBuf>,
+    /// Keys accepted for the head.
+    pub trusted: TrustedKeys,
+    /// The current time (seconds since the epoch); `None`: the clock.
+    pub now: Option<i64>,
+    /// Plan only: print what would happen, change nothing in the mirror.
+    pub dry_run: bool,
+    /// File-name patterns of repository metadata (written after all payload).
+    pub metadata_patterns: Vec<String>,
+    /// Byte ranges of one pack closer than this are fetched in one request.
+    pub max_gap: u64,
+    /// Fetch a whole pack when this fraction of it is needed.
+    pub whole_ratio: f64,
+    /// Check every directory against the index, not only those that changed.
+    pub full: bool,
+}
+
+impl SyncOptions {
+    /// Defaults: the built-in metadata patterns, 64 KiB gaps merged, whole packs at 50 %.
+    pub fn new(tree: impl Into<String>, dest: impl Into<PathBuf>, trusted: TrustedKeys) -> Self {
+        SyncOptions {
+            tree: tree.into(),
+            dest: dest.into(),
+            state_dir: None,
+            trusted,
+            now: None,
+            dry_run: false,
+            metadata_patterns: DEFAULT_METADATA_PATTERNS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            max_gap: 64 * 1024,
+            whole_ratio: 0.5,
+            full: false,
+        }
+    }
+
+    /// The state directory in use.
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| {
+            let name = self
+                .dest
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "mirror".into());
+            self.dest.with_file_name(format!(".{name}.pulpdist"))
+        })
+    }
+}
+
+/// What a sync did.
+#[derive(Clone, Debug, Default)]
+pub struct SyncReport {
+    /// The version now in the mirror (or planned, with `dry_run`).
+    pub version: u64,
+    /// The version before.
+    pub previous_version: Option<u64>,
+    /// Nothing changed in the tree.
+    pub up_to_date: bool,
+    /// Files written.
+    pub files: u64,
+    /// Symlinks written.
+    pub symlinks: u64,
+    /// Paths deleted.
+    pub deleted: u64,
+    /// Bytes read from the store.
+    pub bytes_fetched: u64,
+    /// Store requests.
+    pub requests: u64,
+    /// Chunks fetched from the store.
+    pub chunks_fetched: u64,
+    /// Chunks taken from local files or the staging area.
+    pub chunks_reused: u64,
+    /// Bytes of those chunks.
+    pub bytes_reused: u64,
+    /// Directories examined (whose node changed).
+    pub dirs_examined: u64,
+    /// The plan, printed (with `dry_run`).
+    pub plan: Option<String>,
+    /// Wall time.
+    pub elapsed_ms: u64,
+}
+
+/// Counts requests and bytes of any reader.
+struct Counted<'a> {
+    inner: &'a dyn StoreReader,
+    requests: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Counted<'_> {
+    fn note(&self, n: usize) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+impl StoreReader for Counted<'_> {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn get_head(&self, tree: &str) -> Result<Option<Vec<u8>>, SyncError> {
+        let r = self.inner.get_head(tree)?;
+        self.note(r.as_ref().map_or(0, Vec::len));
+        Ok(r)
+    }
+    fn get_range(&self, pack: &PackId, range: std::ops::Range<u64>) -> Result<Vec<u8>, SyncError> {
+        let r = self.inner.get_range(pack, range)?;
+        self.note(r.len());
+        Ok(r)
+    }
+    fn get_pack(&self, pack: &PackId) -> Result<Vec<u8>, SyncError> {
+        let r = self.inner.get_pack(pack)?;
+        self.note(r.len());
+        Ok(r)
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Brings `opts.dest` to the version of `opts.tree` that `reader` offers.
+pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, SyncError> {
+    let started = Instant::now();
+    let store = Counted {
+        inner: reader,
+        requests: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+    };
+    let state = State::open(&opts.state_dir())?;
+    let applied = state.applied(&opts.tree)?;
+    let head_object = format!("{}/heads/{}", reader.describe(), opts.tree);
+
+    let head_bytes = store
+        .get_head(&opts.tree)?
+        .ok_or_else(|| SyncError::NoSuchTree {
+            store: reader.describe(),
+            tree: opts.tree.clone(),
+        })?;
+    let signed = SignedHead::decode_and_verify(&head_bytes, &opts.trusted).map_err(|source| {
+        SyncError::Format {
+            object: head_object.clone(),
+            source,
+        }
+    })?;
+    let head = signed.head().clone();
+    if head.tree != opts.tree {
+        return Err(SyncError::WrongTree {
+            asked: opts.tree.clone(),
+            found: head.tree,
+        });
+    }
+    let now = opts.now.unwrap_or_else(unix_now);
+    if now > head.expires {
+        return Err(SyncError::Expired {
+            tree: head.tree,
+            version: head.version,
+            expires: head.expires,
+            now,
+        });
+    }
+    if let Some(a) = &applied {
+        if head.version < a.version {
+            return Err(SyncError::Rollback {
+                tree: head.tree,
+                offered: head.version,
+                applied: a.version,
+            });
+        }
+        if head.version == a.version && head.root != a.root {
+            return Err(SyncError::Equivocation {
+                tree: head.tree,
+                version: head.version,
+            });
+        }
+    }
+    let mut report = SyncReport {
+        version: head.version,
+        previous_version: applied.as_ref().map(|a| a.version),
+        ..Default::default()
+    };
+    let finish = |mut report: SyncReport, store: &Counted<'_>| {
+        report.requests = store.requests.load(Ordering::Relaxed);
+        report.bytes_fetched = store.bytes.load(Ordering::Relaxed);
+        report.elapsed_ms = started.elapsed().as_millis() as u64;
+        report
+    };
+
+    let old_root = if opts.full {
+        None
+    } else {
+        applied.as_ref().map(|a| a.root.id)
+    };
+    if old_root == Some(head.root.id) {
+        report.up_to_date = true;
+        if !opts.dry_run && applied.as_ref().map(|a| a.version) != Some(head.version) {
+            state.set_applied(&opts.tree, &head_bytes)?;
+        }
+        return Ok(finish(report, &store));
+    }
+    if !opts.dry_run {
+        fs::create_dir_all(&opts.dest).at(&opts.dest)?;
+    }
+
+    // One version (or a few) behind: the index packs of the missing versions hold every new
+    // node, so fetch them whole instead of walking level by level.
+    let mut mem_packs = HashMap::new();
+    if let (Some(a), false) = (&applied, opts.full) {
+        let listed: Vec<_> = head
+            .recent
+            .iter()
+            .filter(|v| v.version > a.version)
+            .collect();
+        if listed.len() as u64 == head.version - a.version {
+            for v in listed {
+                for p in v.packs.iter().filter(|p| p.kind == PackKind::Index) {
+                    mem_packs.insert(p.id, store.get_pack(&p.id)?);
+                }
+            }
+        }
+    }
+    let changes = changed_dirs(
+        &store,
+        &state,
+        old_root,
+        head.root,
+        &mem_packs,
+        opts.max_gap,
+    )?;
+    drop(mem_packs);
+    report.dirs_examined = changes.len() as u64;
+
+    // What is on disk now, and which chunks it already holds.
+    let mut safe = SafeDirs::new(&opts.dest);
+    let observed: Vec<HashMap<Vec<u8>, Observed>> = changes
+        .iter()
+        .map(|c| observe_dir(&opts.dest, &mut safe, &c.rel))
+        .collect::<Result<_, _>>()?;
+    let chunker = Chunker::new(head.params).map_err(|e| SyncError::Config(e.to_string()))?;
+    let sources = local_sources(&opts.dest, &state, &changes, &observed, &chunker)?;
+    let views: Vec<DirView<'_>> = changes
+        .iter()
+        .zip(&observed)
+        .map(|(c, o)| DirView {
+            rel: c.rel.clone(),
+            new: &c.new,
+            local: o,
+        })
+        .collect();
+    let pack_sizes: HashMap<PackId, u64> = head
+        .recent
+        .iter()
+        .flat_map(|v| v.packs.iter())
+        .map(|p| (p.id, p.size))
+        .collect();
+    let settings = PlanSettings {
+        metadata_patterns: opts.metadata_patterns.clone(),
+        max_gap: opts.max_gap,
+        whole_ratio: opts.whole_ratio,
+    };
+    let plan = make_plan(&views, &sources, &pack_sizes, &settings);
+    let (rn, rb) = plan.reused();
+    report.chunks_reused = rn;
+    report.bytes_reused = rb;
+    report.files = plan.files.len() as u64;
+    report.symlinks = plan.symlinks.len() as u64;
+    report.deleted = plan.deletes.len() as u64;
+    if opts.dry_run {
+        report.plan = Some(plan.to_string());
+        report.chunks_fetched = plan.fetches.iter().map(|f| f.chunks.len() as u64).sum();
+        return Ok(finish(report, &store));
+    }
+
+    let all_refs: HashMap<ChunkId, ChunkRef> = changes
+        .iter()
+        .flat_map(|c| c.new.entries())
+        .filter_map(|e| match &e.kind {
+            EntryKind::File { chunks, .. } => Some(chunks.iter()),
+            _ => None,
+        })
+        .flatten()
+        .map(|c| (c.id, *c))
+        .collect();
+    let dest = &opts.dest;
+
+    // 1. Save local chunks that live in files about to be replaced.
+    let mut late: Vec<ChunkRef> = Vec::new();
+    for (id, len, path, offset) in &plan.stage_first {
+        match read_local(dest, path, *offset, *len, *id) {
+            Ok(c) => state.stage(&c)?,
+            Err(_) => late.extend(all_refs.get(id).copied()),
+        }
+    }
+    // 2. Fetch and verify everything missing, into staging.
+    let fetched: u64 = plan
+        .fetches
+        .par_iter()
+        .map(|f| fetch_op(&store, &state, f))
+        .collect::<Result<Vec<u64>, _>>()?
+        .into_iter()
+        .sum();
+    report.chunks_fetched = fetched + fetch_loose(&store, &state, &late, opts.max_gap)?;
+    // 3. Directories, parents first.
+    for d in &plan.mkdirs {
+        safe.ensure(d, true)?;
+    }
+    // 4. Files: payload, then repository metadata. Each appears by rename, complete.
+    for op in &plan.files {
+        let parent = op.path.parent().unwrap_or(Path::new(""));
+        let dir = safe.ensure(parent, true)?;
+        let target = dir.join(op.path.file_name().unwrap_or_default());
+        let tmp = temp_beside(&target);
+        let written = write_file(dest, &state, &tmp, op, &all_refs, &store, opts.max_gap);
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        report.chunks_fetched += written.unwrap_or(0);
+        if fs::symlink_metadata(&target)
+            .map(|m| m.is_dir())
+            .unwrap_or(false)
+        {
+            remove_any(&target)?;
+        }
+        fs::rename(&tmp, &target).at(&target)?;
+    }
+    // 5. Symlinks, also by rename.
+    for (path, link_target, mtime) in &plan.symlinks {
+        let dir = safe.ensure(path.parent().unwrap_or(Path::new("")), true)?;
+        let target = dir.join(path.file_name().unwrap_or_default());
+        let tmp = temp_beside(&target);
+        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(link_target), &tmp).at(&tmp)?;
+        filetime::set_symlink_file_times(&tmp, ft(*mtime), ft(*mtime)).at(&tmp)?;
+        if fs::symlink_metadata(&target)
+            .map(|m| m.is_dir())
+            .unwrap_or(false)
+        {
+            remove_any(&target)?;
+        }
+        fs::rename(&tmp, &target).at(&target)?;
+    }
+    // 6. Attribute fixes of current files.
+    for a in &plan.attrs {
+        let p = safe
+            .ensure(a.path.parent().unwrap_or(Path::new("")), false)?
+            .join(a.path.file_name().unwrap_or_default());
+        set_attrs(&p, a.mode, a.mtime)?;
+    }
+    // 7. Deletions, last, deepest first.
+    for d in &plan.deletes {
+        let p = safe
+            .ensure(d.parent().unwrap_or(Path::new("")), false)?
+            .join(d.file_name().unwrap_or_default());
+        remove_any(&p)?;
+    }
+    // 8. Directory modes and mtimes, now that their contents are final.
+    for a in &plan.dir_attrs {
+        let p = safe.ensure(&a.path, false)?;
+        set_attrs(&p, a.mode, a.mtime)?;
+    }
+    // 9. Only now is the new version applied.
+    state.set_applied(&opts.tree, &head_bytes)?;
+    state.clear_staging()?;
+    Ok(finish(report, &store))
+}
+
+fn ft(m: Mtime) -> filetime::FileTime {
+    filetime::FileTime::from_unix_time(m.secs, m.nanos)
+}
+
+fn set_attrs(path: &Path, mode: u32, mtime: Mtime) -> Result<(), SyncError> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).at(path)?;
+    filetime::set_file_mtime(path, ft(mtime)).at(path)
+}
+
+fn to_mtime(md: &fs::Metadata) -> Mtime {
+    Mtime {
+        secs: md.mtime(),
+        nanos: md.mtime_nsec().clamp(0, 999_999_999) as u32,
+    }
+}
+
+fn observe_dir(
+    dest: &Path,
+    safe: &mut SafeDirs,
+    rel: &Path,
+) -> Result<HashMap<Vec<u8>, Observed>, SyncError> {
+    let mut out = HashMap::new();
+    let dir = dest.join(rel);
+    match fs::symlink_metadata(&dir) {
+        Ok(md) if md.is_dir() => {}
+        _ => return Ok(out),
+    }
+    // A changed directory reached through a symlink is not looked into.
+    if safe.ensure(rel, false).is_err() {
+        return Ok(out);
+    }
+    for e in fs::read_dir(&dir).at(&dir)? {
+        let e = e.at(&dir)?;
+        let md = fs::symlink_metadata(e.path()).at(e.path())?;
+        let ft = md.file_type();
+        let o = if ft.is_file() {
+            Observed::File {
+                size: md.len(),
+                mtime: to_mtime(&md),
+                mode: md.mode() & 0o7777,
+            }
+        } else if ft.is_dir() {
+            Observed::Dir {
+                mode: md.mode() & 0o7777,
+                mtime: to_mtime(&md),
+            }
+        } else if ft.is_symlink() {
+            let t = fs::read_link(e.path()).at(e.path())?;
+            Observed::Symlink {
+                target: t.as_os_str().as_bytes().to_vec(),
+                mtime: to_mtime(&md),
+            }
+        } else {
+            Observed::Other
+        };
+        out.insert(e.file_name().as_bytes().to_vec(), o);
+    }
+    Ok(out)
+}
+
+/// Chunks available without the store: staged ones, files matching their old or new index
+/// entry (size and mtime), and, re-hashed, files in changed directories that match neither.
+fn local_sources(
+    dest: &Path,
+    state: &State,
+    changes: &[DirChange],
+    observed: &[HashMap<Vec<u8>, Observed>],
+    chunker: &Chunker,
+) -> Result<HashMap<ChunkId, Source>, SyncError> {
+    let mut sources = HashMap::new();
+    let mut add = |path: PathBuf, chunks: &mut dyn Iterator<Item = (ChunkId, u32)>| {
+        let mut offset = 0u64;
+        for (id, len) in chunks {
+            sources.entry(id).or_insert(Source::Local {
+                path: path.clone(),
+                offset,
+            });
+            offset += u64::from(len);
+        }
+    };
+    for (c, obs) in changes.iter().zip(observed) {
+        for (name, o) in obs {
+            let Observed::File { size, mtime, .. } = o else {
+                continue;
+            };
+            let path = c.rel.join(std::ffi::OsStr::from_bytes(name));
+            let entry_matches = |node: Option<&pulpdist_format::Node>| {
+                node.and_then(|n| n.get(name)).and_then(|e| match &e.kind {
+                    EntryKind::File { size: s, chunks } if s == size && e.mtime == *mtime => {
+                        Some(chunks.clone())
+                    }
+                    _ => None,
+                })
+            };
+            if let Some(chunks) =
+                entry_matches(c.old.as_ref()).or_else(|| entry_matches(Some(&c.new)))
+            {
+                add(path, &mut chunks.iter().map(|c| (c.id, c.loc.raw_len)));
+            } else if c.new.get(name).is_some() {
+                // A local file that matches no index entry but is about to be replaced:
+                // its content may still hold chunks we need (a killed sync, a local edit).
+                let abs = dest.join(&path);
+                let Ok(f) = File::open(&abs) else { continue };
+                let mut stream = chunker.stream(f);
+                let mut found = Vec::new();
+                while let Ok(Some(chunk)) = stream.next_chunk() {
+                    found.push((ChunkId::of(chunk), chunk.len() as u32));
+                }
+                add(path, &mut found.into_iter());
+            }
+        }
+    }
+    for id in state.staged()? {
+        sources.insert(id, Source::Staged);
+    }
+    Ok(sources)
+}
+
+fn read_local(
+    dest: &Path,
+    rel: &Path,
+    offset: u64,
+    len: u32,
+    id: ChunkId,
+) -> Result<VerifiedChunk, SyncError> {
+    let path = dest.join(rel);
+    let mut f = File::open(&path).at(&path)?;
+    f.seek(SeekFrom::Start(offset)).at(&path)?;
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact(&mut buf).at(&path)?;
+    VerifiedChunk::from_plain(id, buf).map_err(|source| SyncError::Format {
+        object: path.display().to_string(),
+        source,
+    })
+}
+
+/// Executes one fetch: the whole pack or its ranges; every chunk verified, then staged.
+fn fetch_op(store: &dyn StoreReader, state: &State, op: &FetchOp) -> Result<u64, SyncError> {
+    let bufs: Vec<(u64, Vec<u8>)> = if op.whole {
+        vec![(0, store.get_pack(&op.pack)?)]
+    } else {
+        op.ranges
+            .iter()
+            .map(|r| Ok((r.start, store.get_range(&op.pack, r.clone())?)))
+            .collect::<Result<_, SyncError>>()?
+    };
+    let mut n = 0;
+    for c in &op.chunks {
+        let (base, buf) = bufs
+            .iter()
+            .find(|(base, b)| *base <= c.loc.offset && c.loc.range().end <= base + b.len() as u64)
+            .ok_or_else(|| SyncError::Short {
+                store: store.describe(),
+                object: op.pack.object_key(),
+                got: 0,
+                wanted: c.loc.range().end,
+            })?;
+        let stored = slice(buf, *base, c.loc.range(), store, &op.pack)?;
+        let chunk = VerifiedChunk::from_stored(c.id, c.loc.codec, stored, c.loc.raw_len).map_err(
+            |source| SyncError::Format {
+                object: format!("chunk {} in {}", c.id, op.pack.object_key()),
+                source,
+            },
+        )?;
+        state.stage(&chunk)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Fetches individual chunks (those whose local copy failed verification) into staging.
+fn fetch_loose(
+    store: &dyn StoreReader,
+    state: &State,
+    refs: &[ChunkRef],
+    max_gap: u64,
+) -> Result<u64, SyncError> {
+    let mut by_pack: HashMap<PackId, Vec<ChunkRef>> = HashMap::new();
+    for r in refs {
+        by_pack.entry(r.loc.pack).or_default().push(*r);
+    }
+    let mut n = 0;
+    for (pack, chunks) in by_pack {
+        let ranges =
+            crate::ranges::coalesce(chunks.iter().map(|c| c.loc.range()).collect(), max_gap);
+        n += fetch_op(
+            store,
+            state,
+            &FetchOp {
+                pack,
+                whole: false,
+                ranges,
+                chunks,
+            },
+        )?;
+    }
+    Ok(n)
+}
+
+/// Writes one file's content into `tmp`, sets its mode and mtime, and flushes it.
+fn write_file(
+    dest: &Path,
+    state: &State,
+    tmp: &Path,
+    op: &crate::plan::FileOp,
+    refs: &HashMap<ChunkId, ChunkRef>,
+    store: &dyn StoreReader,
+    max_gap: u64,
+) -> Result<u64, SyncError> {
+    let mut late = 0;
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, File::create(tmp).at(tmp)?);
+    for (id, len, src) in &op.chunks {
+        let chunk = match src {
+            Source::Local { path, offset } => match read_local(dest, path, *offset, *len, *id) {
+                Ok(c) => c,
+                Err(_) => {
+                    // The local copy changed since it was observed: fetch this chunk instead.
+                    let r = refs.get(id).copied().into_iter().collect::<Vec<_>>();
+                    late += fetch_loose(store, state, &r, max_gap)?;
+                    state.read_staged(id)?
+                }
+            },
+            Source::Staged | Source::Fetch(_) => state.read_staged(id)?,
+        };
+        f.write_all(chunk.data()).at(tmp)?;
+    }
+    let file = f.into_inner().map_err(|e| e.into_error()).at(tmp)?;
+    file.set_permissions(fs::Permissions::from_mode(op.mode))
+        .at(tmp)?;
+    file.sync_all().at(tmp)?;
+    drop(file);
+    filetime::set_file_mtime(tmp, ft(op.mtime)).at(tmp)?;
+    Ok(late)
+}

@@ -1,0 +1,56 @@
+//! Which files are repository metadata (written after the payload they name).
+
+/// File-name patterns of repository metadata: Debian (InRelease, Release*, Packages*,
+/// Sources*, Contents*, Translation*), RPM (repomd.xml*, *.sqlite*), and PyPI-style indexes.
+pub const DEFAULT_METADATA_PATTERNS: &[&str] = &[
+    "InRelease",
+    "Release*",
+    "Packages*",
+    "Sources*",
+    "Contents-*",
+    "Translation-*",
+    "repomd.xml*",
+    "*.sqlite*",
+];
+
+/// Matches a file name against a pattern with `*` (any run) and `?` (one byte).
+pub fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+    let (mut p, mut n) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while n < name.len() {
+        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == name[n]) {
+            p += 1;
+            n += 1;
+        } else if p < pattern.len() && pattern[p] == b'*' {
+            star = Some(p);
+            mark = n;
+            p += 1;
+        } else if let Some(s) = star {
+            p = s + 1;
+            mark += 1;
+            n = mark;
+        } else {
+            return false;
+        }
+    }
+    while p < pattern.len() && pattern[p] == b'*' {
+        p += 1;
+    }
+    p == pattern.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        assert!(glob_match(b"Packages*", b"Packages.xz"));
+        assert!(glob_match(b"*.sqlite*", b"primary.sqlite.bz2"));
+        assert!(glob_match(b"InRelease", b"InRelease"));
+        assert!(!glob_match(b"InRelease", b"InRelease.x"));
+        assert!(glob_match(b"a?c", b"abc"));
+        assert!(!glob_match(b"Release*", b"foo_Release"));
+        assert!(glob_match(b"*", b""));
+    }
+}

@@ -1,0 +1,35 @@
+//! Downstream side of PulpDist: `sync` a directory from a store.
+//!
+//! A sync verifies the signed head, walks only the index nodes whose ids changed since the
+//! version it last applied, finds which needed chunks are already in local files, builds a
+//! [`Plan`] (pure data, printable with `--dry-run`), and executes it: fetch and verify the
+//! missing chunks, write each file to a temporary file and rename it into place (payload
+//! before repository metadata), delete last, then record the new version.
+//!
+//! The store is read through [`StoreReader`]; [`LocalStoreReader`] reads a directory.
+//!
+//! ```no_run
+//! use pulpdist_client::{sync, LocalStoreReader, SyncOptions};
+//! use pulpdist_format::TrustedKeys;
+//! let keys = TrustedKeys::from_text(&std::fs::read_to_string("upstream.key.pub").unwrap()).unwrap();
+//! let store = LocalStoreReader::new("store");
+//! let report = sync(&store, &SyncOptions::new("debian", "/srv/downstream/debian", keys)).unwrap();
+//! println!("now at version {}", report.version);
+//! ```
+
+mod error;
+mod exec;
+mod fsutil;
+mod glob;
+mod plan;
+mod ranges;
+mod state;
+mod store;
+mod walk;
+
+pub use error::SyncError;
+pub use exec::{sync, SyncOptions, SyncReport};
+pub use glob::{glob_match, DEFAULT_METADATA_PATTERNS};
+pub use plan::{FetchOp, FileOp, Plan, Source};
+pub use ranges::coalesce;
+pub use store::{LocalStoreReader, StoreReader};

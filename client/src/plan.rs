@@ -1,0 +1,538 @@
+//! The sync plan: pure data computed from the changed index nodes, what the executor saw
+//! on disk, and which chunks are available locally. It says what to fetch (grouped per pack,
+//! whole or as coalesced ranges), which files to write in which order (payload before
+//! repository metadata), and what to delete (last). `--dry-run` prints it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::ops::Range;
+use std::path::PathBuf;
+
+use pulpdist_format::{ChunkId, ChunkRef, EntryKind, Mtime, Node, PackId};
+
+use crate::glob::glob_match;
+use crate::ranges::coalesce;
+
+/// What is at a path of the mirror before the sync (observed by the executor).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Observed {
+    /// Nothing.
+    Missing,
+    /// A regular file.
+    File { size: u64, mtime: Mtime, mode: u32 },
+    /// A directory.
+    Dir { mode: u32, mtime: Mtime },
+    /// A symbolic link.
+    Symlink { target: Vec<u8>, mtime: Mtime },
+    /// Anything else (fifo, socket, device).
+    Other,
+}
+
+/// One changed directory as the planner sees it.
+pub struct DirView<'a> {
+    /// Path relative to the mirror root.
+    pub rel: PathBuf,
+    /// The new node.
+    pub new: &'a Node,
+    /// What is on disk for each name in the directory (new entries and local extras).
+    pub local: &'a HashMap<Vec<u8>, Observed>,
+}
+
+/// Where a chunk of a file to write comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A byte range of a file already in the mirror.
+    Local { path: PathBuf, offset: u64 },
+    /// The staging area (fetched and verified earlier, perhaps by a killed sync).
+    Staged,
+    /// The store.
+    Fetch(ChunkRef),
+}
+
+/// A file to (re)write.
+#[derive(Clone, Debug)]
+pub struct FileOp {
+    /// Path relative to the mirror root.
+    pub path: PathBuf,
+    /// Size.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Modification time.
+    pub mtime: Mtime,
+    /// Repository metadata, written after all payload.
+    pub metadata: bool,
+    /// The chunks in order, with their length and source.
+    pub chunks: Vec<(ChunkId, u32, Source)>,
+}
+
+/// Requests to one pack.
+#[derive(Clone, Debug)]
+pub struct FetchOp {
+    /// The pack.
+    pub pack: PackId,
+    /// Fetch the whole pack (most of it is needed).
+    pub whole: bool,
+    /// Otherwise, these coalesced ranges.
+    pub ranges: Vec<Range<u64>>,
+    /// The chunks these requests bring.
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// A change of mode or mtime only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttrOp {
+    /// Path relative to the root.
+    pub path: PathBuf,
+    /// Permission bits.
+    pub mode: u32,
+    /// Modification time.
+    pub mtime: Mtime,
+}
+
+/// Everything a sync will do, in order.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// Local chunks that must be copied to staging first, because the file holding them
+    /// is replaced before another file reads them.
+    pub stage_first: Vec<(ChunkId, u32, PathBuf, u64)>,
+    /// Store requests.
+    pub fetches: Vec<FetchOp>,
+    /// Directories to create, parents first.
+    pub mkdirs: Vec<PathBuf>,
+    /// Files to write: payload first, then repository metadata.
+    pub files: Vec<FileOp>,
+    /// Symlinks to (re)create: (path, target, mtime).
+    pub symlinks: Vec<(PathBuf, Vec<u8>, Mtime)>,
+    /// Mode or mtime fixes of files whose content is current.
+    pub attrs: Vec<AttrOp>,
+    /// Paths to delete, last.
+    pub deletes: Vec<PathBuf>,
+    /// Directory modes and mtimes, deepest first, after everything else.
+    pub dir_attrs: Vec<AttrOp>,
+}
+
+/// Planner settings.
+#[derive(Clone, Debug)]
+pub struct PlanSettings {
+    /// File-name patterns of repository metadata.
+    pub metadata_patterns: Vec<String>,
+    /// Ranges closer than this are fetched as one.
+    pub max_gap: u64,
+    /// Fetch a whole pack when at least this fraction of it is needed.
+    pub whole_ratio: f64,
+}
+
+fn is_metadata(settings: &PlanSettings, name: &[u8]) -> bool {
+    settings
+        .metadata_patterns
+        .iter()
+        .any(|p| glob_match(p.as_bytes(), name))
+}
+
+/// Computes the plan. `sources` says where chunks are available locally; `pack_sizes`
+/// holds the sizes of packs the head lists (others are always fetched by ranges).
+pub fn make_plan(
+    dirs: &[DirView<'_>],
+    sources: &HashMap<ChunkId, Source>,
+    pack_sizes: &HashMap<PackId, u64>,
+    settings: &PlanSettings,
+) -> Plan {
+    let mut plan = Plan::default();
+    let mut payload = Vec::new();
+    let mut metadata = Vec::new();
+    for d in dirs {
+        let new_names: HashSet<&[u8]> = d.new.entries().iter().map(|e| e.name.as_bytes()).collect();
+        for e in d.new.entries() {
+            let path = d.rel.join(e.name.to_os_string());
+            let seen = d
+                .local
+                .get(e.name.as_bytes())
+                .cloned()
+                .unwrap_or(Observed::Missing);
+            match &e.kind {
+                EntryKind::Dir { .. } => {
+                    if !matches!(seen, Observed::Dir { .. }) {
+                        plan.mkdirs.push(path.clone());
+                    }
+                    if !matches!(seen, Observed::Dir { mode, mtime } if mode == e.mode && mtime == e.mtime)
+                    {
+                        plan.dir_attrs.push(AttrOp {
+                            path,
+                            mode: e.mode,
+                            mtime: e.mtime,
+                        });
+                    }
+                }
+                EntryKind::File { size, chunks } => match seen {
+                    Observed::File {
+                        size: s,
+                        mtime: m,
+                        mode,
+                    } if s == *size && m == e.mtime => {
+                        if mode != e.mode {
+                            plan.attrs.push(AttrOp {
+                                path,
+                                mode: e.mode,
+                                mtime: e.mtime,
+                            });
+                        }
+                    }
+                    _ => {
+                        let chunks = chunks
+                            .iter()
+                            .map(|c| {
+                                (
+                                    c.id,
+                                    c.loc.raw_len,
+                                    sources.get(&c.id).cloned().unwrap_or(Source::Fetch(*c)),
+                                )
+                            })
+                            .collect();
+                        let op = FileOp {
+                            path,
+                            size: *size,
+                            mode: e.mode,
+                            mtime: e.mtime,
+                            metadata: is_metadata(settings, e.name.as_bytes()),
+                            chunks,
+                        };
+                        if op.metadata {
+                            metadata.push(op);
+                        } else {
+                            payload.push(op);
+                        }
+                    }
+                },
+                EntryKind::Symlink { target } => {
+                    if !matches!(&seen, Observed::Symlink { target: t, mtime } if t == target && *mtime == e.mtime)
+                    {
+                        plan.symlinks.push((path, target.clone(), e.mtime));
+                    }
+                }
+            }
+        }
+        for (name, seen) in d.local.iter() {
+            if !new_names.contains(name.as_slice()) && *seen != Observed::Missing {
+                plan.deletes
+                    .push(d.rel.join(std::ffi::OsStr::from_bytes_compat(name)));
+            }
+        }
+    }
+    // Parents before children for creation; deepest first for deletion and dir attributes.
+    plan.mkdirs.sort_by_key(|p| p.components().count());
+    plan.deletes.sort_by(|a, b| {
+        b.components()
+            .count()
+            .cmp(&a.components().count())
+            .then(a.cmp(b))
+    });
+    plan.dir_attrs.sort_by(|a, b| {
+        b.path
+            .components()
+            .count()
+            .cmp(&a.path.components().count())
+            .then(a.path.cmp(&b.path))
+    });
+
+    // Local sources inside files that get replaced must be saved before the replacement,
+    // unless only the file itself reads them.
+    let replaced: HashSet<PathBuf> = payload
+        .iter()
+        .chain(metadata.iter())
+        .map(|f| &f.path)
+        .chain(plan.symlinks.iter().map(|s| &s.0))
+        .chain(plan.mkdirs.iter())
+        .cloned()
+        .collect();
+    let mut staged_now: HashSet<ChunkId> = HashSet::new();
+    for f in payload.iter_mut().chain(metadata.iter_mut()) {
+        for (id, len, src) in f.chunks.iter_mut() {
+            if let Source::Local { path, offset } = src {
+                if replaced.contains(path) && *path != f.path {
+                    if staged_now.insert(*id) {
+                        plan.stage_first.push((*id, *len, path.clone(), *offset));
+                    }
+                    *src = Source::Staged;
+                }
+            }
+        }
+    }
+
+    // Fetches, grouped per pack.
+    let mut need: BTreeMap<PackId, BTreeMap<ChunkId, ChunkRef>> = BTreeMap::new();
+    for f in payload.iter().chain(metadata.iter()) {
+        for (_, _, src) in &f.chunks {
+            if let Source::Fetch(c) = src {
+                need.entry(c.loc.pack).or_default().insert(c.id, *c);
+            }
+        }
+    }
+    for (pack, chunks) in need {
+        let chunks: Vec<ChunkRef> = chunks.into_values().collect();
+        let needed: u64 = chunks.iter().map(|c| u64::from(c.loc.stored_len)).sum();
+        let ranges = coalesce(
+            chunks.iter().map(|c| c.loc.range()).collect(),
+            settings.max_gap,
+        );
+        let whole = pack_sizes
+            .get(&pack)
+            .is_some_and(|size| needed as f64 >= settings.whole_ratio * *size as f64)
+            && ranges.len() > 1;
+        plan.fetches.push(FetchOp {
+            pack,
+            whole,
+            ranges: if whole { Vec::new() } else { ranges },
+            chunks,
+        });
+    }
+    plan.files = payload;
+    plan.files.extend(metadata);
+    plan
+}
+
+trait FromBytesCompat {
+    fn from_bytes_compat(b: &[u8]) -> &std::ffi::OsStr;
+}
+impl FromBytesCompat for std::ffi::OsStr {
+    fn from_bytes_compat(b: &[u8]) -> &std::ffi::OsStr {
+        std::os::unix::ffi::OsStrExt::from_bytes(b)
+    }
+}
+
+impl Plan {
+    /// Requests the fetches will make.
+    pub fn request_count(&self) -> usize {
+        self.fetches
+            .iter()
+            .map(|f| if f.whole { 1 } else { f.ranges.len() })
+            .sum()
+    }
+    /// Chunks taken from local files or staging.
+    pub fn reused(&self) -> (u64, u64) {
+        let mut seen = HashSet::new();
+        let (mut n, mut b) = (0, 0);
+        for f in &self.files {
+            for (id, len, src) in &f.chunks {
+                if !matches!(src, Source::Fetch(_)) && seen.insert(*id) {
+                    n += 1;
+                    b += u64::from(*len);
+                }
+            }
+        }
+        (n, b)
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fetch_chunks: usize = self.fetches.iter().map(|x| x.chunks.len()).sum();
+        let fetch_bytes: u64 = self
+            .fetches
+            .iter()
+            .flat_map(|x| x.chunks.iter())
+            .map(|c| u64::from(c.loc.stored_len))
+            .sum();
+        let (rn, rb) = self.reused();
+        writeln!(f, "plan: {} files to write, {} symlinks, {} dirs to create, {} attribute fixes, {} deletions", self.files.len(), self.symlinks.len(), self.mkdirs.len(), self.attrs.len() + self.dir_attrs.len(), self.deletes.len())?;
+        writeln!(f, "      fetch {fetch_chunks} chunks ({fetch_bytes} bytes stored) in {} requests; reuse {rn} local chunks ({rb} bytes)", self.request_count())?;
+        for x in &self.fetches {
+            if x.whole {
+                writeln!(
+                    f,
+                    "fetch  {} whole ({} chunks)",
+                    x.pack.object_key(),
+                    x.chunks.len()
+                )?;
+            } else {
+                for r in &x.ranges {
+                    writeln!(
+                        f,
+                        "fetch  {} bytes {}-{}",
+                        x.pack.object_key(),
+                        r.start,
+                        r.end - 1
+                    )?;
+                }
+            }
+        }
+        for (id, _, path, off) in &self.stage_first {
+            writeln!(
+                f,
+                "save   chunk {} from {} @{off}",
+                &id.to_hex()[..16],
+                path.display()
+            )?;
+        }
+        for d in &self.mkdirs {
+            writeln!(f, "mkdir  {}", d.display())?;
+        }
+        for op in &self.files {
+            let local = op
+                .chunks
+                .iter()
+                .filter(|c| !matches!(c.2, Source::Fetch(_)))
+                .count();
+            let tag = if op.metadata { "meta " } else { "write" };
+            writeln!(
+                f,
+                "{tag}  {} ({} bytes, {} chunks, {local} local)",
+                op.path.display(),
+                op.size,
+                op.chunks.len()
+            )?;
+        }
+        for (p, t, _) in &self.symlinks {
+            writeln!(
+                f,
+                "link   {} -> {}",
+                p.display(),
+                String::from_utf8_lossy(t)
+            )?;
+        }
+        for a in &self.attrs {
+            writeln!(f, "attr   {} mode {:o}", a.path.display(), a.mode)?;
+        }
+        for d in &self.deletes {
+            writeln!(f, "delete {}", d.display())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pulpdist_format::{Codec, Entry, Location, Name};
+
+    fn chunk(id: u8, off: u64) -> ChunkRef {
+        ChunkRef {
+            id: ChunkId([id; 32]),
+            loc: Location {
+                pack: PackId([1; 32]),
+                offset: off,
+                stored_len: 100,
+                raw_len: 100,
+                codec: Codec::Raw,
+            },
+        }
+    }
+    fn file(name: &str, chunks: Vec<ChunkRef>) -> Entry {
+        Entry {
+            name: Name::new(name.as_bytes().to_vec()).expect("name"),
+            mode: 0o644,
+            mtime: Mtime { secs: 5, nanos: 0 },
+            kind: EntryKind::File {
+                size: 100 * chunks.len() as u64,
+                chunks,
+            },
+        }
+    }
+    fn settings() -> PlanSettings {
+        PlanSettings {
+            metadata_patterns: vec!["Packages*".into(), "InRelease".into()],
+            max_gap: 50,
+            whole_ratio: 0.5,
+        }
+    }
+
+    #[test]
+    fn metadata_after_payload_deletions_listed_and_ranges_coalesced() {
+        let node = Node::new(vec![
+            file("InRelease", vec![chunk(1, 40)]),
+            file("Packages", vec![chunk(2, 140)]),
+            file("a.deb", vec![chunk(3, 1000)]),
+            file("b.deb", vec![chunk(4, 2000)]),
+        ])
+        .expect("node");
+        let mut local = HashMap::new();
+        local.insert(
+            b"gone.deb".to_vec(),
+            Observed::File {
+                size: 1,
+                mtime: Mtime::default(),
+                mode: 0o644,
+            },
+        );
+        local.insert(
+            b"b.deb".to_vec(),
+            Observed::File {
+                size: 100,
+                mtime: Mtime { secs: 5, nanos: 0 },
+                mode: 0o600,
+            },
+        );
+        let view = DirView {
+            rel: PathBuf::from("dists"),
+            new: &node,
+            local: &local,
+        };
+        let plan = make_plan(&[view], &HashMap::new(), &HashMap::new(), &settings());
+        let order: Vec<_> = plan
+            .files
+            .iter()
+            .map(|f| f.path.file_name().map(|n| n.to_owned()))
+            .collect();
+        assert_eq!(order[0].as_deref(), Some(std::ffi::OsStr::new("a.deb")));
+        assert!(plan.files[1].metadata && plan.files[2].metadata);
+        assert_eq!(plan.deletes, vec![PathBuf::from("dists/gone.deb")]);
+        assert_eq!(plan.attrs.len(), 1, "b.deb is current but its mode changed");
+        // InRelease (40..140) and Packages (140..240) merge; a.deb stays apart.
+        assert_eq!(plan.fetches[0].ranges, vec![40..240, 1000..1100]);
+    }
+
+    #[test]
+    fn local_sources_in_replaced_files_are_saved_first() {
+        // new a.deb reuses a chunk that lives in the old b.deb, and b.deb is rewritten too.
+        let node = Node::new(vec![
+            file("a.deb", vec![chunk(7, 0)]),
+            file("b.deb", vec![chunk(8, 100)]),
+        ])
+        .expect("node");
+        let local = HashMap::new();
+        let mut sources = HashMap::new();
+        sources.insert(
+            ChunkId([7; 32]),
+            Source::Local {
+                path: PathBuf::from("b.deb"),
+                offset: 0,
+            },
+        );
+        let plan = make_plan(
+            &[DirView {
+                rel: PathBuf::new(),
+                new: &node,
+                local: &local,
+            }],
+            &sources,
+            &HashMap::new(),
+            &settings(),
+        );
+        assert_eq!(plan.stage_first.len(), 1);
+        assert_eq!(plan.files[0].chunks[0].2, Source::Staged);
+    }
+
+    #[test]
+    fn whole_pack_when_most_is_needed() {
+        let node = Node::new(vec![
+            file("a", vec![chunk(1, 40)]),
+            file("b", vec![chunk(2, 400)]),
+        ])
+        .expect("node");
+        let local = HashMap::new();
+        let mut sizes = HashMap::new();
+        sizes.insert(PackId([1; 32]), 300u64);
+        let plan = make_plan(
+            &[DirView {
+                rel: PathBuf::new(),
+                new: &node,
+                local: &local,
+            }],
+            &HashMap::new(),
+            &sizes,
+            &settings(),
+        );
+        assert!(plan.fetches[0].whole);
+        assert_eq!(plan.request_count(), 1);
+    }
+}

@@ -1,0 +1,122 @@
+//! The client's own state, beside (never inside) the mirror: the head last applied,
+//! the index nodes of that version, and the staging area of verified chunks that lets a
+//! killed sync resume without fetching them again.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use pulpdist_format::{ChunkId, Head, Node, NodeId, VerifiedChunk};
+
+use crate::error::{IoContext, SyncError};
+use crate::fsutil::write_atomic;
+
+pub(crate) struct State {
+    dir: PathBuf,
+}
+
+impl State {
+    pub(crate) fn open(dir: &Path) -> Result<Self, SyncError> {
+        for sub in ["nodes", "staging"] {
+            let p = dir.join(sub);
+            fs::create_dir_all(&p).at(&p)?;
+        }
+        Ok(State {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn applied_path(&self, tree: &str) -> PathBuf {
+        self.dir.join(format!("applied-{tree}"))
+    }
+
+    /// The head last applied (our own record, written after a complete sync).
+    pub(crate) fn applied(&self, tree: &str) -> Result<Option<Head>, SyncError> {
+        let p = self.applied_path(tree);
+        match fs::read(&p) {
+            Ok(b) => {
+                let (h, _, _) =
+                    Head::decode_unverified(&b).map_err(|source| SyncError::Format {
+                        object: p.display().to_string(),
+                        source,
+                    })?;
+                Ok(Some(h))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).at(p),
+        }
+    }
+
+    pub(crate) fn set_applied(&self, tree: &str, head_bytes: &[u8]) -> Result<(), SyncError> {
+        write_atomic(&self.applied_path(tree), head_bytes)
+    }
+
+    fn node_path(&self, id: &NodeId) -> PathBuf {
+        let hex = id.to_hex();
+        self.dir.join("nodes").join(&hex[..2]).join(&hex)
+    }
+
+    /// A node from the local node store (verified again: the state is not trusted blindly).
+    pub(crate) fn node(&self, id: &NodeId) -> Option<Node> {
+        let bytes = fs::read(self.node_path(id)).ok()?;
+        if NodeId::of(&bytes) != *id {
+            return None;
+        }
+        Node::decode(&bytes).ok()
+    }
+
+    pub(crate) fn has_node(&self, id: &NodeId) -> bool {
+        self.node_path(id).exists()
+    }
+
+    pub(crate) fn put_node(&self, id: &NodeId, plain: &[u8]) -> Result<(), SyncError> {
+        let p = self.node_path(id);
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent).at(parent)?;
+        }
+        write_atomic(&p, plain)
+    }
+
+    fn staged_path(&self, id: &ChunkId) -> PathBuf {
+        self.dir.join("staging").join(id.to_hex())
+    }
+
+    pub(crate) fn stage(&self, chunk: &VerifiedChunk) -> Result<(), SyncError> {
+        let p = self.staged_path(&chunk.id());
+        if p.exists() {
+            return Ok(());
+        }
+        write_atomic(&p, chunk.data())
+    }
+
+    pub(crate) fn staged(&self) -> Result<Vec<ChunkId>, SyncError> {
+        let dir = self.dir.join("staging");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).at(&dir)? {
+            let e = e.at(&dir)?;
+            if let Some(id) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<ChunkId>().ok())
+            {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A staged chunk, verified again on the way out.
+    pub(crate) fn read_staged(&self, id: &ChunkId) -> Result<VerifiedChunk, SyncError> {
+        let p = self.staged_path(id);
+        let data = fs::read(&p).at(&p)?;
+        VerifiedChunk::from_plain(*id, data).map_err(|source| SyncError::Format {
+            object: p.display().to_string(),
+            source,
+        })
+    }
+
+    pub(crate) fn clear_staging(&self) -> Result<(), SyncError> {
+        let dir = self.dir.join("staging");
+        fs::remove_dir_all(&dir).at(&dir)?;
+        fs::create_dir_all(&dir).at(&dir)
+    }
+}

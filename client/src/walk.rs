@@ -1,0 +1,133 @@
+//! The index diff: descend from the root only into directories whose node id changed since
+//! the applied version, fetching the nodes not yet held locally, one level per round.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use pulpdist_format::{EntryKind, Node, NodeId, NodeRef, PackId};
+
+use crate::error::SyncError;
+use crate::ranges::coalesce;
+use crate::state::State;
+use crate::store::StoreReader;
+
+/// A directory whose content changed (or is unknown): its new and old nodes.
+pub(crate) struct DirChange {
+    pub(crate) rel: PathBuf,
+    pub(crate) old: Option<Node>,
+    pub(crate) new: Node,
+}
+
+/// Walks the changed part of the index. `mem_packs` holds index packs fetched whole.
+pub(crate) fn changed_dirs(
+    reader: &dyn StoreReader,
+    state: &State,
+    old_root: Option<NodeId>,
+    new_root: NodeRef,
+    mem_packs: &HashMap<PackId, Vec<u8>>,
+    max_gap: u64,
+) -> Result<Vec<DirChange>, SyncError> {
+    let mut changes = Vec::new();
+    if old_root == Some(new_root.id) {
+        return Ok(changes);
+    }
+    let mut frontier: Vec<(PathBuf, Option<NodeId>, NodeRef)> =
+        vec![(PathBuf::new(), old_root, new_root)];
+    while !frontier.is_empty() {
+        let mut seen = HashSet::new();
+        let missing: Vec<NodeRef> = frontier
+            .iter()
+            .map(|f| f.2)
+            .filter(|r| seen.insert(r.id) && !state.has_node(&r.id))
+            .collect();
+        fetch_nodes(reader, state, &missing, mem_packs, max_gap)?;
+        let mut next = Vec::new();
+        for (rel, old_id, new_ref) in frontier {
+            let new = state.node(&new_ref.id).ok_or_else(|| {
+                SyncError::Config(format!("node {} vanished from the local state", new_ref.id))
+            })?;
+            let old = old_id.and_then(|id| state.node(&id));
+            for e in new.entries() {
+                if let EntryKind::Dir { node } = &e.kind {
+                    let old_child = old
+                        .as_ref()
+                        .and_then(|o| o.get(e.name.as_bytes()))
+                        .and_then(|oe| match &oe.kind {
+                            EntryKind::Dir { node } => Some(node.id),
+                            _ => None,
+                        });
+                    if old_child == Some(node.id) {
+                        continue;
+                    }
+                    next.push((rel.join(e.name.to_os_string()), old_child, *node));
+                }
+            }
+            changes.push(DirChange { rel, old, new });
+        }
+        frontier = next;
+    }
+    Ok(changes)
+}
+
+fn fetch_nodes(
+    reader: &dyn StoreReader,
+    state: &State,
+    refs: &[NodeRef],
+    mem_packs: &HashMap<PackId, Vec<u8>>,
+    max_gap: u64,
+) -> Result<(), SyncError> {
+    let mut by_pack: HashMap<PackId, Vec<NodeRef>> = HashMap::new();
+    for r in refs {
+        if let Some(bytes) = mem_packs.get(&r.loc.pack) {
+            let stored = slice(bytes, 0, r.loc.range(), reader, &r.loc.pack)?;
+            store_node(state, r, stored)?;
+        } else {
+            by_pack.entry(r.loc.pack).or_default().push(*r);
+        }
+    }
+    for (pack, nodes) in by_pack {
+        let ranges = coalesce(nodes.iter().map(|n| n.loc.range()).collect(), max_gap);
+        for range in ranges {
+            let bytes = reader.get_range(&pack, range.clone())?;
+            for n in nodes
+                .iter()
+                .filter(|n| range.start <= n.loc.offset && n.loc.range().end <= range.end)
+            {
+                let stored = slice(&bytes, range.start, n.loc.range(), reader, &pack)?;
+                store_node(state, n, stored)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn store_node(state: &State, r: &NodeRef, stored: &[u8]) -> Result<(), SyncError> {
+    let (_, plain) = r
+        .open_with_bytes(stored)
+        .map_err(|source| SyncError::Format {
+            object: format!("index node {} in {}", r.id, r.loc.pack.object_key()),
+            source,
+        })?;
+    state.put_node(&r.id, &plain)
+}
+
+/// The bytes of `want` inside a buffer that starts at pack offset `base`.
+pub(crate) fn slice<'a>(
+    buf: &'a [u8],
+    base: u64,
+    want: std::ops::Range<u64>,
+    reader: &dyn StoreReader,
+    pack: &PackId,
+) -> Result<&'a [u8], SyncError> {
+    let start = want.start.checked_sub(base);
+    let end = want.end.checked_sub(base);
+    match (start, end) {
+        (Some(s), Some(e)) if e as usize <= buf.len() => Ok(&buf[s as usize..e as usize]),
+        _ => Err(SyncError::Short {
+            store: reader.describe(),
+            object: pack.object_key(),
+            got: buf.len() as u64,
+            wanted: want.end - base,
+        }),
+    }
+}

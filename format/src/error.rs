@@ -1,0 +1,56 @@
+//! The one error type of the format crate: every variant says what was being decoded.
+
+use crate::id::ChunkId;
+
+/// Why bytes could not be decoded, verified or encoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FormatError {
+    /// The bytes end before the structure does.
+    #[error("{what}: truncated (needed {needed} more bytes at offset {offset})")]
+    Truncated {
+        what: &'static str,
+        offset: usize,
+        needed: usize,
+    },
+    /// The magic number or format version is not one this reader knows.
+    #[error("{what}: unknown magic or format version {found:02x?}")]
+    BadMagic { what: &'static str, found: Vec<u8> },
+    /// A field holds a value the format forbids.
+    #[error("{what}: invalid: {reason}")]
+    Invalid { what: &'static str, reason: String },
+    /// Bytes remain after a complete structure.
+    #[error("{what}: {extra} unexpected trailing bytes")]
+    Trailing { what: &'static str, extra: usize },
+    /// A chunk or node does not hash to the id it was fetched under.
+    #[error("object {expected}: content hashes to {actual} (corrupt or substituted)")]
+    HashMismatch { expected: String, actual: String },
+    /// A stored object could not be decompressed.
+    #[error("object {id}: cannot decompress: {reason}")]
+    Decompress { id: String, reason: String },
+    /// The signature on a tree head does not verify.
+    #[error("tree head of '{tree}' version {version}: bad signature")]
+    BadSignature { tree: String, version: u64 },
+    /// The head was signed by a key that is not trusted.
+    #[error("tree head of '{tree}' is signed by key {key}, which is not in the trusted keys")]
+    UntrustedKey { tree: String, key: String },
+    /// A key file could not be parsed.
+    #[error("key: {0}")]
+    Key(String),
+}
+
+impl FormatError {
+    pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
+        FormatError::Invalid {
+            what,
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn mismatch(expected: &ChunkId, actual: &ChunkId) -> Self {
+        FormatError::HashMismatch {
+            expected: expected.to_string(),
+            actual: actual.to_string(),
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! What the store already holds: every chunk and node id with its location, rebuilt from
+//! pack trailers (cached in the state directory, since packs never change).
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+
+use pulpdist_format::pack::{self, ObjectKind, FOOTER_LEN};
+use pulpdist_format::{ChunkId, Location, NodeId};
+
+use crate::error::{IoContext, PublishError};
+use crate::store::{write_synced, LocalStore};
+
+/// Id → location for everything in the store. Where an id is in several packs, the
+/// smallest pack id wins, so the choice (and with it every node encoding) is stable.
+#[derive(Default)]
+pub(crate) struct Catalog {
+    pub(crate) chunks: HashMap<ChunkId, Location>,
+    pub(crate) nodes: HashMap<NodeId, Location>,
+}
+
+impl Catalog {
+    pub(crate) fn load(store: &LocalStore, state: &Path) -> Result<Self, PublishError> {
+        let cache_dir = state.join("trailers");
+        fs::create_dir_all(&cache_dir).at(&cache_dir)?;
+        let mut cat = Catalog::default();
+        // Packs sorted by id, first occurrence kept: deterministic.
+        for (id, size) in store.list_packs()? {
+            let cached = cache_dir.join(id.to_hex());
+            let trailer = match fs::read(&cached) {
+                Ok(b) => b,
+                Err(_) => {
+                    let object = id.object_key();
+                    let footer =
+                        store.read_pack_range(id, size.saturating_sub(FOOTER_LEN)..size)?;
+                    let range = pack::decode_footer(&footer, size).map_err(|source| {
+                        PublishError::Format {
+                            object: object.clone(),
+                            source,
+                        }
+                    })?;
+                    let mut t = range.start.to_le_bytes().to_vec();
+                    t.extend(store.read_pack_range(id, range)?);
+                    write_synced(&cached, &t)?;
+                    t
+                }
+            };
+            let object = id.object_key();
+            let (start, body) = trailer.split_at(8.min(trailer.len()));
+            let objects_end = u64::from_le_bytes(start.try_into().unwrap_or([0; 8]));
+            let entries = pack::decode_trailer(id, body, objects_end)
+                .map_err(|source| PublishError::Format { object, source })?;
+            for e in entries {
+                match e.kind {
+                    ObjectKind::Chunk => {
+                        cat.chunks.entry(ChunkId(e.id)).or_insert(e.loc);
+                    }
+                    ObjectKind::Node => {
+                        cat.nodes.entry(NodeId(e.id)).or_insert(e.loc);
+                    }
+                }
+            }
+        }
+        Ok(cat)
+    }
+}

@@ -1,0 +1,27 @@
+//! Upstream side of PulpDist: `publish` a directory tree into a store.
+//!
+//! Publishing walks the tree, reuses the chunk lists of files whose size, mtime and inode
+//! did not change, chunks the rest on every core, appends new chunks to new data packs
+//! and new index nodes to one new index pack, and writes the signed head last.
+//!
+//! ```no_run
+//! use pulpdist_server::{publish, LocalStore, PublishOptions};
+//! use pulpdist_format::SecretKey;
+//! let store = LocalStore::open("store").unwrap();
+//! let key = SecretKey::generate().unwrap();
+//! let opts = PublishOptions::new("debian", "/srv/mirror/debian", "state");
+//! let report = publish(&store, &key, &opts).unwrap();
+//! println!("version {} with {} new chunks", report.version, report.chunks_new);
+//! ```
+
+mod cache;
+mod catalog;
+mod error;
+mod packer;
+mod publish;
+mod store;
+mod walk;
+
+pub use error::PublishError;
+pub use publish::{publish, PublishOptions, PublishReport};
+pub use store::{LocalStore, StoreLock};

@@ -1,0 +1,99 @@
+//! Writes packs to files: a data pack rolls over at the target size; each finished pack is
+//! synced and put into the store before the head can name it.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use pulpdist_format::pack::{ObjectKind, PackBuilder};
+use pulpdist_format::{Codec, Location, PackId, PackInfo, PackKind};
+
+use crate::error::{IoContext, PublishError};
+use crate::store::LocalStore;
+
+/// Makes the names of new packs (random in production, derived from a seed in tests).
+pub(crate) type PackNamer = Box<dyn FnMut() -> Result<PackId, PublishError> + Send>;
+
+pub(crate) struct Packer<'a> {
+    store: &'a LocalStore,
+    kind: PackKind,
+    target: u64,
+    namer: PackNamer,
+    current: Option<(PackBuilder, BufWriter<File>, PathBuf)>,
+    pub(crate) finished: Vec<PackInfo>,
+    pub(crate) stored_bytes: u64,
+}
+
+impl<'a> Packer<'a> {
+    pub(crate) fn new(
+        store: &'a LocalStore,
+        kind: PackKind,
+        target: u64,
+        namer: PackNamer,
+    ) -> Self {
+        Packer {
+            store,
+            kind,
+            target,
+            namer,
+            current: None,
+            finished: Vec::new(),
+            stored_bytes: 0,
+        }
+    }
+
+    pub(crate) fn add(
+        &mut self,
+        kind: ObjectKind,
+        id: [u8; 32],
+        codec: Codec,
+        raw_len: u32,
+        bytes: &[u8],
+    ) -> Result<Location, PublishError> {
+        if self.current.is_none() {
+            let id = (self.namer)()?;
+            let (builder, header) = PackBuilder::new(id);
+            let path = self
+                .store
+                .tmp_dir()
+                .join(format!("{}.pack.part", id.to_hex()));
+            let mut w = BufWriter::with_capacity(1 << 20, File::create(&path).at(&path)?);
+            w.write_all(&header).at(&path)?;
+            self.current = Some((builder, w, path));
+        }
+        let Some((builder, w, path)) = self.current.as_mut() else {
+            unreachable!("a pack was opened above")
+        };
+        let loc = builder.add(kind, id, codec, bytes.len() as u32, raw_len);
+        w.write_all(bytes).at(path.as_path())?;
+        self.stored_bytes += bytes.len() as u64;
+        if builder.len() >= self.target {
+            self.finish_current()?;
+        }
+        Ok(loc)
+    }
+
+    fn finish_current(&mut self) -> Result<(), PublishError> {
+        let Some((builder, mut w, path)) = self.current.take() else {
+            return Ok(());
+        };
+        let id = builder.id();
+        let (tail, size) = builder.finish();
+        w.write_all(&tail).at(&path)?;
+        let file = w.into_inner().map_err(|e| e.into_error()).at(&path)?;
+        file.sync_all().at(&path)?;
+        self.store.put_pack(id, &path)?;
+        self.finished.push(PackInfo {
+            id,
+            size,
+            kind: self.kind,
+        });
+        Ok(())
+    }
+
+    /// Finishes the open pack, if any; returns the packs written.
+    pub(crate) fn finish(mut self) -> Result<(Vec<PackInfo>, u64), PublishError> {
+        self.finish_current()?;
+        Ok((self.finished, self.stored_bytes))
+    }
+}

@@ -1,0 +1,475 @@
+//! The publish pipeline: walk, reuse or chunk, pack, build nodes, sign the head (last).
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use pulpdist_chunker::{Chunker, Compressor, DEFAULT_ZSTD_LEVEL};
+use pulpdist_format::pack::ObjectKind;
+use pulpdist_format::{
+    ChunkId, ChunkParams, ChunkRef, Codec, Entry, EntryKind, Head, Location, Node, NodeId, NodeRef,
+    PackId, PackInfo, PackKind, SecretKey, VersionPacks,
+};
+
+use crate::cache::{self, CachedFile, FileCache};
+use crate::catalog::Catalog;
+use crate::error::{IoContext, PublishError};
+use crate::packer::Packer;
+use crate::store::LocalStore;
+use crate::walk::{self, WalkKind};
+
+/// What to publish and how.
+#[derive(Clone, Debug)]
+pub struct PublishOptions {
+    /// Tree name.
+    pub tree: String,
+    /// The directory to publish.
+    pub source: PathBuf,
+    /// The publisher's cache directory (trailer cache, file cache). Losing it costs a re-read.
+    pub state_dir: PathBuf,
+    /// Chunk parameters for the first version; later versions keep the tree's.
+    pub params: Option<ChunkParams>,
+    /// zstd level for chunks and nodes.
+    pub zstd_level: i32,
+    /// Seconds until the head expires (a client refuses it afterwards).
+    pub expires_in: i64,
+    /// How many recent versions the head lists packs for.
+    pub keep_versions: usize,
+    /// Data packs are closed once they reach this size.
+    pub pack_target: u64,
+    /// The time to record as "created" (seconds since the epoch); `None`: now.
+    pub now: Option<i64>,
+    /// Derive pack names from this seed instead of the system's random generator
+    /// (reproducible golden vectors; never for a real store).
+    pub pack_seed: Option<Vec<u8>>,
+}
+
+impl PublishOptions {
+    /// Defaults: 7-day expiry, 8 recent versions, 64 MiB packs, zstd level 3.
+    pub fn new(
+        tree: impl Into<String>,
+        source: impl Into<PathBuf>,
+        state_dir: impl Into<PathBuf>,
+    ) -> Self {
+        PublishOptions {
+            tree: tree.into(),
+            source: source.into(),
+            state_dir: state_dir.into(),
+            params: None,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+            expires_in: 7 * 24 * 3600,
+            keep_versions: 8,
+            pack_target: 64 << 20,
+            now: None,
+            pack_seed: None,
+        }
+    }
+}
+
+/// What a publish did.
+#[derive(Clone, Debug, Default)]
+pub struct PublishReport {
+    /// The version written.
+    pub version: u64,
+    /// Regular files in the tree.
+    pub files: u64,
+    /// Directories (the root included).
+    pub dirs: u64,
+    /// Symbolic links.
+    pub symlinks: u64,
+    /// Bytes in all files.
+    pub bytes_total: u64,
+    /// Files read and chunked (the others matched the file cache).
+    pub files_read: u64,
+    /// Bytes read and chunked.
+    pub bytes_read: u64,
+    /// New chunks stored.
+    pub chunks_new: u64,
+    /// Uncompressed bytes of the new chunks.
+    pub bytes_new: u64,
+    /// Bytes added to the store (packs, head excluded).
+    pub bytes_stored: u64,
+    /// New index nodes stored.
+    pub nodes_new: u64,
+    /// Packs written.
+    pub packs: Vec<PackInfo>,
+    /// The root node.
+    pub root: Option<NodeId>,
+    /// Entries that are neither file, directory nor symlink (sockets, devices), not published.
+    pub skipped: Vec<PathBuf>,
+    /// Wall time.
+    pub elapsed_ms: u64,
+}
+
+struct NewChunk {
+    id: ChunkId,
+    raw_len: u32,
+    codec: Codec,
+    bytes: Vec<u8>,
+}
+
+/// Publishes `opts.source` as the next version of `opts.tree` in `store`, signed by `key`.
+pub fn publish(
+    store: &LocalStore,
+    key: &SecretKey,
+    opts: &PublishOptions,
+) -> Result<PublishReport, PublishError> {
+    let started = Instant::now();
+    pulpdist_format::validate_tree_name(&opts.tree).map_err(|source| PublishError::Format {
+        object: "tree name".into(),
+        source,
+    })?;
+    let _lock = store.lock(&opts.tree)?;
+    std::fs::create_dir_all(&opts.state_dir).at(&opts.state_dir)?;
+
+    // The previous version, if any.
+    let prev_bytes = store.read_head(&opts.tree)?;
+    let head_object = format!("{}/heads/{}", store.root().display(), opts.tree);
+    let prev = match &prev_bytes {
+        Some(b) => {
+            let (h, signer, _) =
+                Head::decode_unverified(b).map_err(|source| PublishError::Format {
+                    object: head_object.clone(),
+                    source,
+                })?;
+            if signer != key.public() {
+                return Err(PublishError::Config(format!(
+                    "{head_object} is signed by key {signer}, not by the given key {}; publish with the tree's key",
+                    key.public()
+                )));
+            }
+            if h.tree != opts.tree {
+                return Err(PublishError::Config(format!(
+                    "{head_object} names tree '{}'",
+                    h.tree
+                )));
+            }
+            Some(h)
+        }
+        None => None,
+    };
+    let params = match (&prev, opts.params) {
+        (Some(h), Some(p)) if h.params != p => {
+            return Err(PublishError::Config(format!(
+                "tree '{}' is chunked with min {} avg {} max {}; other parameters would need a new tree",
+                opts.tree, h.params.min, h.params.avg, h.params.max
+            )))
+        }
+        (Some(h), _) => h.params,
+        (None, p) => p.unwrap_or(ChunkParams::DEFAULT),
+    };
+    let chunker = Chunker::new(params)?;
+    let version = prev
+        .as_ref()
+        .map_or(Some(1), |h| h.version.checked_add(1))
+        .ok_or_else(|| PublishError::Config("version overflow".into()))?;
+
+    let mut catalog = Catalog::load(store, &opts.state_dir)?;
+    let cache_path = opts.state_dir.join(format!("files-{}", opts.tree));
+    let old_cache = cache::load(&cache_path);
+    let walk = walk::walk(&opts.source)?;
+
+    let mut report = PublishReport {
+        version,
+        dirs: walk.dirs.len() as u64,
+        skipped: walk.skipped.clone(),
+        ..Default::default()
+    };
+    for d in &walk.dirs {
+        report.symlinks += d
+            .entries
+            .iter()
+            .filter(|e| matches!(e.kind, WalkKind::Symlink(_)))
+            .count() as u64;
+    }
+    report.files = walk.files.len() as u64;
+
+    // Files whose inode, size and mtime match the cache keep their chunk list.
+    let mut file_chunks: Vec<Option<Vec<(ChunkId, u32)>>> = vec![None; walk.files.len()];
+    let mut to_read = Vec::new();
+    for (i, f) in walk.files.iter().enumerate() {
+        report.bytes_total += f.size;
+        match old_cache.get(&f.rel) {
+            Some(c)
+                if c.dev == f.dev
+                    && c.ino == f.ino
+                    && c.size == f.size
+                    && c.mtime_ns == f.mtime_ns
+                    && c.chunks
+                        .iter()
+                        .all(|(id, _)| catalog.chunks.contains_key(id)) =>
+            {
+                file_chunks[i] = Some(c.chunks.clone());
+            }
+            _ => to_read.push(i),
+        }
+    }
+
+    let mut namer = pack_namer(opts, version);
+    let mut data_packer = Packer::new(
+        store,
+        PackKind::Data,
+        opts.pack_target,
+        Box::new(move || namer("data")),
+    );
+    let claimed: Mutex<HashSet<ChunkId>> = Mutex::new(HashSet::new());
+    let (tx, rx) = mpsc::sync_channel::<NewChunk>(64);
+    let level = opts.zstd_level;
+    let mut new_locs: HashMap<ChunkId, Location> = HashMap::new();
+
+    // Chunk on every core; append new chunks to packs on this thread as they arrive.
+    let read_results = std::thread::scope(
+        |s| -> Result<Vec<(usize, Vec<(ChunkId, u32)>)>, PublishError> {
+            let catalog = &catalog;
+            let claimed = &claimed;
+            let files = &walk.files;
+            let to_read = &to_read;
+            let chunker = &chunker;
+            let worker = s.spawn(move || {
+                let r = to_read
+                    .par_iter()
+                    .map_init(
+                        || Compressor::new(level),
+                        |comp, &i| -> Result<(usize, Vec<(ChunkId, u32)>), PublishError> {
+                            let comp = comp
+                                .as_mut()
+                                .map_err(|e| PublishError::Config(e.to_string()))?;
+                            let f = &files[i];
+                            let chunks = chunk_file(chunker, comp, &f.abs, catalog, claimed, &tx)?;
+                            Ok((i, chunks))
+                        },
+                    )
+                    .collect::<Result<Vec<_>, _>>();
+                drop(tx);
+                r
+            });
+            let mut write_err = None;
+            for c in rx.iter() {
+                if write_err.is_some() {
+                    continue;
+                }
+                report.chunks_new += 1;
+                report.bytes_new += u64::from(c.raw_len);
+                match data_packer.add(ObjectKind::Chunk, c.id.0, c.codec, c.raw_len, &c.bytes) {
+                    Ok(loc) => {
+                        new_locs.insert(c.id, loc);
+                    }
+                    Err(e) => write_err = Some(e),
+                }
+            }
+            let results = worker
+                .join()
+                .map_err(|_| PublishError::Config("a chunking worker panicked".into()))?;
+            if let Some(e) = write_err {
+                return Err(e);
+            }
+            results
+        },
+    )?;
+    for (i, chunks) in read_results {
+        report.files_read += 1;
+        report.bytes_read += chunks.iter().map(|(_, l)| u64::from(*l)).sum::<u64>();
+        file_chunks[i] = Some(chunks);
+    }
+    let (data_packs, data_bytes) = data_packer.finish()?;
+    catalog.chunks.extend(new_locs);
+
+    // Index nodes, children before parents; only nodes the store lacks are written.
+    let mut namer = pack_namer(opts, version);
+    let mut index_packer = Packer::new(
+        store,
+        PackKind::Index,
+        u64::MAX,
+        Box::new(move || namer("index")),
+    );
+    let mut compressor = Compressor::new(opts.zstd_level)?;
+    let mut dir_refs: Vec<Option<NodeRef>> = vec![None; walk.dirs.len()];
+    for di in (0..walk.dirs.len()).rev() {
+        let mut entries = Vec::with_capacity(walk.dirs[di].entries.len());
+        for e in &walk.dirs[di].entries {
+            let kind = match &e.kind {
+                WalkKind::File(fi) => {
+                    let ids = file_chunks[*fi]
+                        .as_ref()
+                        .ok_or_else(|| PublishError::Config("internal: file not chunked".into()))?;
+                    let mut chunks = Vec::with_capacity(ids.len());
+                    for (id, _) in ids {
+                        let loc = *catalog.chunks.get(id).ok_or_else(|| {
+                            PublishError::Config(format!("internal: chunk {id} has no location"))
+                        })?;
+                        chunks.push(ChunkRef { id: *id, loc });
+                    }
+                    let size = ids.iter().map(|(_, l)| u64::from(*l)).sum();
+                    EntryKind::File { size, chunks }
+                }
+                WalkKind::Dir(ci) => EntryKind::Dir {
+                    node: dir_refs[*ci].ok_or_else(|| {
+                        PublishError::Config("internal: child node missing".into())
+                    })?,
+                },
+                WalkKind::Symlink(t) => EntryKind::Symlink { target: t.clone() },
+            };
+            entries.push(Entry {
+                name: e.name.clone(),
+                mode: e.mode,
+                mtime: e.mtime,
+                kind,
+            });
+        }
+        let node = Node::new(entries).map_err(|source| PublishError::Format {
+            object: format!("directory #{di}"),
+            source,
+        })?;
+        let encoded = node.encode();
+        let id = NodeId::of(&encoded);
+        let loc = match catalog.nodes.get(&id) {
+            Some(l) => *l,
+            None => {
+                let stored = compressor.compress(&encoded);
+                let loc = index_packer.add(
+                    ObjectKind::Node,
+                    id.0,
+                    stored.codec,
+                    encoded.len() as u32,
+                    &stored.bytes,
+                )?;
+                catalog.nodes.insert(id, loc);
+                report.nodes_new += 1;
+                loc
+            }
+        };
+        dir_refs[di] = Some(NodeRef { id, loc });
+    }
+    let (index_packs, index_bytes) = index_packer.finish()?;
+    let root = dir_refs[0].ok_or_else(|| PublishError::Config("internal: no root".into()))?;
+
+    // The head goes last: everything it names is already in place.
+    let now = opts.now.unwrap_or_else(unix_now);
+    let mut packs = index_packs;
+    packs.extend(data_packs);
+    let mut recent = vec![VersionPacks {
+        version,
+        packs: packs.clone(),
+    }];
+    if let Some(h) = &prev {
+        recent.extend(h.recent.iter().cloned());
+    }
+    recent.truncate(opts.keep_versions.max(1));
+    let head = Head {
+        tree: opts.tree.clone(),
+        version,
+        created: now,
+        expires: now.saturating_add(opts.expires_in),
+        root,
+        params,
+        recent,
+        extensions: Vec::new(),
+    };
+    let bytes = head.sign(key).map_err(|source| PublishError::Format {
+        object: head_object.clone(),
+        source,
+    })?;
+    store.put_head(
+        &opts.tree,
+        &bytes,
+        prev_bytes.as_deref(),
+        prev.as_ref().map(|h| h.version),
+    )?;
+
+    let mut new_cache = FileCache::with_capacity(walk.files.len());
+    for (f, chunks) in walk.files.iter().zip(file_chunks) {
+        if let Some(chunks) = chunks {
+            new_cache.insert(
+                f.rel.clone(),
+                CachedFile {
+                    dev: f.dev,
+                    ino: f.ino,
+                    size: f.size,
+                    mtime_ns: f.mtime_ns,
+                    chunks,
+                },
+            );
+        }
+    }
+    cache::save(&cache_path, &new_cache)?;
+
+    report.bytes_stored = data_bytes + index_bytes;
+    report.packs = packs;
+    report.root = Some(root.id);
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+fn pack_namer(
+    opts: &PublishOptions,
+    version: u64,
+) -> impl FnMut(&str) -> Result<PackId, PublishError> + Send + 'static {
+    let seed = opts.pack_seed.clone();
+    let tree = opts.tree.clone();
+    let mut n = 0u32;
+    move |kind: &str| {
+        n += 1;
+        match &seed {
+            Some(s) => {
+                let mut material = s.clone();
+                material.extend(format!("/{tree}/{version}/{kind}/{n}").as_bytes());
+                Ok(PackId::derived(&material))
+            }
+            None => PackId::random().map_err(|source| PublishError::Format {
+                object: "pack id".into(),
+                source,
+            }),
+        }
+    }
+}
+
+/// Reads one file, chunks and hashes it, and sends chunks the store lacks (compressed) to
+/// the pack writer. Returns the file's chunk list.
+fn chunk_file(
+    chunker: &Chunker,
+    comp: &mut Compressor,
+    path: &Path,
+    catalog: &Catalog,
+    claimed: &Mutex<HashSet<ChunkId>>,
+    tx: &mpsc::SyncSender<NewChunk>,
+) -> Result<Vec<(ChunkId, u32)>, PublishError> {
+    let file = File::open(path).at(path)?;
+    let mut stream = chunker.stream(file);
+    let mut out = Vec::new();
+    while let Some(data) = stream.next_chunk().at(path)? {
+        let id = ChunkId::of(data);
+        let raw_len = data.len() as u32;
+        out.push((id, raw_len));
+        if catalog.chunks.contains_key(&id) {
+            continue;
+        }
+        let fresh = claimed.lock().map(|mut c| c.insert(id)).unwrap_or(false);
+        if fresh {
+            let stored = comp.compress(data);
+            if tx
+                .send(NewChunk {
+                    id,
+                    raw_len,
+                    codec: stored.codec,
+                    bytes: stored.bytes,
+                })
+                .is_err()
+            {
+                return Err(PublishError::Config("pack writer stopped".into()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,166 @@
+//! A store in a local directory: `heads/<tree>`, `packs/<id>.pack`, `locks/`, `tmp/`.
+//!
+//! Objects are written to `tmp/` and renamed into place, so a reader (or a web server
+//! serving the directory) never sees a partial object.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use pulpdist_format::PackId;
+
+use crate::error::{IoContext, PublishError};
+
+/// A writable store in a local directory.
+#[derive(Clone, Debug)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+/// An exclusive lock on one tree of a store, released on drop (or when the process dies).
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: File,
+}
+
+impl LocalStore {
+    /// Opens (creating if needed) a store directory.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, PublishError> {
+        let root = root.into();
+        for sub in ["heads", "packs", "locks", "tmp"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).at(&p)?;
+        }
+        Ok(LocalStore { root })
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where packs are built before they are put.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Takes the tree's publish lock without waiting.
+    pub fn lock(&self, tree: &str) -> Result<StoreLock, PublishError> {
+        let path = self.root.join("locks").join(format!("{tree}.lock"));
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .at(&path)?;
+        match file.try_lock() {
+            Ok(()) => {
+                file.set_len(0).at(&path)?;
+                let _ = writeln!(file, "pid {}", std::process::id());
+                Ok(StoreLock { _file: file })
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                let holder = if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" by {holder}")
+                };
+                Err(PublishError::Locked {
+                    tree: tree.into(),
+                    path,
+                    holder,
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(e).at(&path),
+        }
+    }
+
+    /// The current head bytes of a tree, if any.
+    pub fn read_head(&self, tree: &str) -> Result<Option<Vec<u8>>, PublishError> {
+        let path = self.root.join("heads").join(tree);
+        match fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).at(&path),
+        }
+    }
+
+    /// Replaces the head atomically if it still holds `expected` (compare and swap under the lock).
+    pub fn put_head(
+        &self,
+        tree: &str,
+        bytes: &[u8],
+        expected: Option<&[u8]>,
+        expected_version: Option<u64>,
+    ) -> Result<(), PublishError> {
+        if self.read_head(tree)?.as_deref() != expected {
+            return Err(PublishError::HeadChanged {
+                tree: tree.into(),
+                expected: expected_version,
+            });
+        }
+        let tmp = self
+            .tmp_dir()
+            .join(format!("head-{tree}.{}", std::process::id()));
+        write_synced(&tmp, bytes)?;
+        let dest = self.root.join("heads").join(tree);
+        fs::rename(&tmp, &dest).at(&dest)?;
+        sync_dir(&self.root.join("heads"))
+    }
+
+    /// All packs in the store with their sizes.
+    pub fn list_packs(&self) -> Result<Vec<(PackId, u64)>, PublishError> {
+        let dir = self.root.join("packs");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).at(&dir)? {
+            let e = e.at(&dir)?;
+            let name = e.file_name();
+            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".pack")) else {
+                continue;
+            };
+            let Ok(id) = hex.parse::<PackId>() else {
+                continue;
+            };
+            let len = e.metadata().at(e.path())?.len();
+            out.push((id, len));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Reads a byte range of a pack.
+    pub fn read_pack_range(
+        &self,
+        id: PackId,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<u8>, PublishError> {
+        let path = self.root.join(id.object_key());
+        let mut f = File::open(&path).at(&path)?;
+        f.seek(SeekFrom::Start(range.start)).at(&path)?;
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        f.read_exact(&mut buf).at(&path)?;
+        Ok(buf)
+    }
+
+    /// Moves a finished pack file from `tmp/` into `packs/`.
+    pub fn put_pack(&self, id: PackId, file: &Path) -> Result<(), PublishError> {
+        let dest = self.root.join(id.object_key());
+        fs::rename(file, &dest).at(&dest)?;
+        sync_dir(&self.root.join("packs"))
+    }
+}
+
+/// Writes a file and flushes it to disk.
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), PublishError> {
+    let mut f = File::create(path).at(path)?;
+    f.write_all(bytes).at(path)?;
+    f.sync_all().at(path)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), PublishError> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}

@@ -1,0 +1,87 @@
+//! `pulpdist demo`: the main job on an embedded default. Generates a sample repository
+//! tree, publishes it to a local store, syncs a downstream copy, changes the tree, and
+//! publishes and syncs again, printing what moved each time.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use pulpdist_client::{sync, LocalStoreReader, SyncOptions};
+use pulpdist_format::{SecretKey, TrustedKeys};
+use pulpdist_server::{publish, LocalStore, PublishOptions};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Working directory [default: a new temporary directory, removed afterwards].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print JSON objects.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let tmp;
+    let dir = match a.dir {
+        Some(d) => d,
+        None => {
+            tmp = std::env::temp_dir().join(format!("pulpdist-demo-{}", std::process::id()));
+            tmp
+        }
+    };
+    let result = run_in(&dir, a.json);
+    if dir.starts_with(std::env::temp_dir()) {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn run_in(dir: &std::path::Path, json: bool) -> Result<()> {
+    let (source, store_dir, mirror) = (
+        dir.join("upstream/debian"),
+        dir.join("store"),
+        dir.join("downstream/debian"),
+    );
+    std::fs::create_dir_all(&source).with_context(|| format!("creating {}", source.display()))?;
+    pulpdist_testdata::generate(&source, 1, 2)
+        .with_context(|| format!("generating the sample tree in {}", source.display()))?;
+    let key = SecretKey::generate()?;
+    let trusted = TrustedKeys::new(vec![key.public()]);
+    let store = LocalStore::open(&store_dir)?;
+    let popts = PublishOptions::new("debian", &source, dir.join("publish-state"));
+    let sopts = SyncOptions::new("debian", &mirror, trusted);
+    let reader = LocalStoreReader::new(&store_dir);
+    for round in 1..=2 {
+        if round == 2 {
+            pulpdist_testdata::evolve(&source, 1, 1).context("changing the sample tree")?;
+            if !json {
+                println!("-- the upstream tree changed (packages upgraded, metadata edited, files renamed and deleted)");
+            }
+        }
+        let p = publish(&store, &key, &popts).context("publishing the sample tree")?;
+        super::publish::print_report(json, &p);
+        let s = sync(&reader, &sopts).context("syncing the sample tree")?;
+        super::sync::print_report(json, &s);
+        let diff = std::process::Command::new("diff")
+            .arg("-r")
+            .arg("--no-dereference")
+            .arg(&source)
+            .arg(&mirror)
+            .output();
+        match diff {
+            Ok(o) if o.status.success() => {
+                if !json {
+                    println!(
+                        "   downstream {} is identical to upstream",
+                        mirror.display()
+                    );
+                }
+            }
+            Ok(o) => bail!(
+                "downstream differs from upstream:\n{}",
+                String::from_utf8_lossy(&o.stdout)
+            ),
+            Err(_) => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! The subcommands, and how their errors map to exit codes.
+
+pub mod demo;
+pub mod keygen;
+pub mod publish;
+pub mod sync;
+
+use pulpdist_client::SyncError;
+use pulpdist_server::PublishError;
+
+/// Exit code for an error (documented in main.rs and README.md).
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if let Some(s) = cause.downcast_ref::<SyncError>() {
+            return match s {
+                SyncError::Format { .. }
+                | SyncError::WrongTree { .. }
+                | SyncError::Rollback { .. }
+                | SyncError::Equivocation { .. }
+                | SyncError::Expired { .. } => 3,
+                _ => 1,
+            };
+        }
+        if let Some(PublishError::Locked { .. }) = cause.downcast_ref::<PublishError>() {
+            return 4;
+        }
+    }
+    1
+}
+
+/// Prints a JSON object on one line, or human lines.
+pub fn emit(json: bool, value: serde_json::Value, human: impl FnOnce() -> String) {
+    if json {
+        println!("{value}");
+    } else {
+        print!("{}", human());
+    }
+}

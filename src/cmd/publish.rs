@@ -1,0 +1,117 @@
+//! `pulpdist publish`: the next version of a tree into a store.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use pulpdist_format::{ChunkParams, SecretKey};
+use pulpdist_server::{publish, LocalStore, PublishOptions, PublishReport};
+use serde_json::json;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The store directory.
+    #[arg(long)]
+    store: PathBuf,
+    /// Tree name.
+    #[arg(long)]
+    tree: String,
+    /// Signing key file (from `pulpdist keygen`).
+    #[arg(long)]
+    key: PathBuf,
+    /// Publisher cache directory [default: STORE/../.pulpdist-publish/<tree>].
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Days until the head expires; clients refuse an expired head, so publish (or re-sign) more often.
+    #[arg(long, default_value_t = 7)]
+    expires_days: i64,
+    /// zstd level for chunks and index nodes.
+    #[arg(long, default_value_t = pulpdist_chunker::DEFAULT_ZSTD_LEVEL)]
+    zstd_level: i32,
+    /// Chunk sizes MIN,AVG,MAX in bytes for a new tree (later versions keep the tree's).
+    #[arg(long, value_parser = parse_params)]
+    chunk_sizes: Option<ChunkParams>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// The directory to publish.
+    source: PathBuf,
+}
+
+fn parse_params(s: &str) -> std::result::Result<ChunkParams, String> {
+    let v: Vec<u32> = s
+        .split(',')
+        .map(|x| x.trim().parse::<u32>().map_err(|e| format!("'{x}': {e}")))
+        .collect::<std::result::Result<_, _>>()?;
+    let [min, avg, max] = v[..] else {
+        return Err("expected MIN,AVG,MAX".into());
+    };
+    let p = ChunkParams { min, avg, max };
+    p.validate().map_err(|e| e.to_string())?;
+    Ok(p)
+}
+
+/// The default publisher cache: beside the store, so it survives with it.
+pub fn default_state(store: &std::path::Path, tree: &str) -> PathBuf {
+    let name = store
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "store".into());
+    store
+        .with_file_name(format!(".{name}.pulpdist-publish"))
+        .join(tree)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let text = std::fs::read_to_string(&a.key)
+        .with_context(|| format!("reading key {}", a.key.display()))?;
+    let key =
+        SecretKey::from_text(&text).with_context(|| format!("parsing key {}", a.key.display()))?;
+    let store = LocalStore::open(&a.store)
+        .with_context(|| format!("opening store {}", a.store.display()))?;
+    let state = a
+        .state
+        .clone()
+        .unwrap_or_else(|| default_state(&a.store, &a.tree));
+    let mut opts = PublishOptions::new(&a.tree, &a.source, state);
+    opts.expires_in = a.expires_days.saturating_mul(86_400);
+    opts.zstd_level = a.zstd_level;
+    opts.params = a.chunk_sizes;
+    let report = publish(&store, &key, &opts).with_context(|| {
+        format!(
+            "publishing {} as tree '{}' into {}",
+            a.source.display(),
+            a.tree,
+            a.store.display()
+        )
+    })?;
+    print_report(a.json, &report);
+    Ok(())
+}
+
+pub fn print_report(json: bool, r: &PublishReport) {
+    super::emit(
+        json,
+        json!({
+            "version": r.version, "files": r.files, "dirs": r.dirs, "symlinks": r.symlinks,
+            "bytes_total": r.bytes_total, "files_read": r.files_read, "bytes_read": r.bytes_read,
+            "chunks_new": r.chunks_new, "bytes_new": r.bytes_new, "bytes_stored": r.bytes_stored,
+            "nodes_new": r.nodes_new, "packs": r.packs.len(),
+            "root": r.root.map(|id| id.to_hex()), "skipped": r.skipped.len(),
+            "bytes_fetched": 0, "requests": 0, "chunks_fetched": 0, "chunks_reused": 0, "bytes_reused": 0,
+            "elapsed_ms": r.elapsed_ms,
+        }),
+        || {
+            let mut s = format!(
+                "published version {}: {} files ({} bytes), {} read, {} new chunks ({} bytes, {} stored), {} new nodes, {} packs, {} ms\n",
+                r.version, r.files, r.bytes_total, r.files_read, r.chunks_new, r.bytes_new, r.bytes_stored, r.nodes_new, r.packs.len(), r.elapsed_ms
+            );
+            for p in &r.skipped {
+                s.push_str(&format!(
+                    "skipped (not a file, directory or symlink): {}\n",
+                    p.display()
+                ));
+            }
+            s
+        },
+    );
+}

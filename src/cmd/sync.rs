@@ -1,0 +1,102 @@
+//! `pulpdist sync`: bring a mirror to the tree's current version.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use pulpdist_client::{sync, LocalStoreReader, SyncOptions, SyncReport};
+use pulpdist_format::TrustedKeys;
+use serde_json::json;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The store: a directory.
+    #[arg(long)]
+    store: PathBuf,
+    /// Tree name.
+    #[arg(long)]
+    tree: String,
+    /// Trusted public key file(s); each may hold several keys.
+    #[arg(long, required = true)]
+    trust: Vec<PathBuf>,
+    /// Client state directory [default: .<mirror name>.pulpdist beside the mirror].
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Check every directory, not only those whose index node changed (repairs local damage).
+    #[arg(long)]
+    full: bool,
+    /// More file-name patterns of repository metadata, written after all payload.
+    #[arg(long = "metadata")]
+    metadata: Vec<String>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// The mirror directory.
+    dest: PathBuf,
+}
+
+pub fn load_trust(files: &[PathBuf]) -> Result<TrustedKeys> {
+    let mut keys = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading trusted keys {}", f.display()))?;
+        let t = TrustedKeys::from_text(&text)
+            .with_context(|| format!("parsing trusted keys {}", f.display()))?;
+        keys.extend_from_slice(t.keys());
+    }
+    Ok(TrustedKeys::new(keys))
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let trusted = load_trust(&a.trust)?;
+    let mut opts = SyncOptions::new(&a.tree, &a.dest, trusted);
+    opts.state_dir = a.state;
+    opts.dry_run = a.dry_run;
+    opts.full = a.full;
+    opts.metadata_patterns.extend(a.metadata);
+    let reader = LocalStoreReader::new(&a.store);
+    let report = sync(&reader, &opts).with_context(|| {
+        format!(
+            "syncing tree '{}' from {} into {}",
+            a.tree,
+            a.store.display(),
+            a.dest.display()
+        )
+    })?;
+    print_report(a.json, &report);
+    Ok(())
+}
+
+pub fn print_report(json: bool, r: &SyncReport) {
+    super::emit(
+        json,
+        json!({
+            "version": r.version, "previous_version": r.previous_version, "up_to_date": r.up_to_date,
+            "files": r.files, "symlinks": r.symlinks, "deleted": r.deleted,
+            "bytes_fetched": r.bytes_fetched, "requests": r.requests,
+            "chunks_fetched": r.chunks_fetched, "chunks_reused": r.chunks_reused, "bytes_reused": r.bytes_reused,
+            "dirs_examined": r.dirs_examined, "dry_run": r.plan.is_some(), "elapsed_ms": r.elapsed_ms,
+        }),
+        || {
+            let mut s = r.plan.clone().unwrap_or_default();
+            let prev = r
+                .previous_version
+                .map_or("nothing".to_string(), |v| format!("version {v}"));
+            if r.up_to_date {
+                s.push_str(&format!(
+                    "up to date at version {} ({} request, {} bytes)\n",
+                    r.version, r.requests, r.bytes_fetched
+                ));
+            } else {
+                s.push_str(&format!(
+                    "{} {prev} -> version {}: {} files written, {} deleted; fetched {} chunks ({} bytes in {} requests), reused {} local chunks ({} bytes), {} ms\n",
+                    if r.plan.is_some() { "would sync" } else { "synced" },
+                    r.version, r.files, r.deleted, r.chunks_fetched, r.bytes_fetched, r.requests, r.chunks_reused, r.bytes_reused, r.elapsed_ms
+                ));
+            }
+            s
+        },
+    );
+}

@@ -1,0 +1,60 @@
+//! `pulpdist`: publish directory trees into a signed, chunked store and sync mirrors from it.
+//!
+//! One module per subcommand. This is the only place that uses `anyhow`; library errors
+//! are typed and gain their context here.
+//!
+//! Exit codes: 0 success; 1 failure; 2 usage error; 3 refused by verification (bad or
+//! foreign signature, rollback, expired head, wrong tree, tampered object); 4 another
+//! publisher holds the tree.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+#[derive(Parser)]
+#[command(
+    name = "pulpdist",
+    version,
+    about = "Mirror software repositories over slow WAN links: signed, chunked, content-addressed"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make an Ed25519 signing key (FILE) and its public half (FILE.pub).
+    Keygen(cmd::keygen::Args),
+    /// Publish a directory as the next version of a tree.
+    Publish(cmd::publish::Args),
+    /// Bring a mirror directory to the tree's current version.
+    Sync(cmd::sync::Args),
+    /// Run the main job on a bundled sample tree: publish to a local store, sync a copy, twice.
+    Demo(cmd::demo::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keygen(a) => cmd::keygen::run(a),
+        Command::Publish(a) => cmd::publish::run(a),
+        Command::Sync(a) => cmd::sync::run(a),
+        Command::Demo(a) => cmd::demo::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("pulpdist: error: {e:#}");
+            ExitCode::from(cmd::exit_code(&e))
+        }
+    }
+}
