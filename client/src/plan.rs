@@ -155,14 +155,13 @@ pub fn make_plan(
                     if !matches!(seen, Observed::Dir { .. }) {
                         plan.mkdirs.push(path.clone());
                     }
-                    if !matches!(seen, Observed::Dir { mode, mtime } if mode == e.mode && mtime == e.mtime)
-                    {
-                        plan.dir_attrs.push(AttrOp {
-                            path,
-                            mode: e.mode,
-                            mtime: e.mtime,
-                        });
-                    }
+                    // Always: writing into a directory changes its mtime, so it is set
+                    // again at the very end, whatever was observed before.
+                    plan.dir_attrs.push(AttrOp {
+                        path,
+                        mode: e.mode,
+                        mtime: e.mtime,
+                    });
                 }
                 EntryKind::File { size, chunks } => match seen {
                     Observed::File {

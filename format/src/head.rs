@@ -288,6 +288,14 @@ impl Head {
             }
             recent.push(VersionPacks { version, packs });
         }
+        // Recent versions: newest first, strictly descending, starting at this version.
+        let descending = recent.windows(2).all(|w| w[0].version > w[1].version);
+        if !descending || recent.first().is_some_and(|v| v.version != version) {
+            return Err(FormatError::invalid(
+                "tree head",
+                "recent versions must start at the head's version and descend",
+            ));
+        }
         let next = r.count(6)?;
         let mut extensions = Vec::with_capacity(next);
         for _ in 0..next {

@@ -35,6 +35,33 @@ pub struct Location {
 }
 
 impl Location {
+    /// Checks that the location can describe a stored object: it lies after the pack
+    /// header, a raw object is stored at its own size, a zstd object is smaller than its
+    /// content (the publisher stores raw otherwise), and the content is within `limit`.
+    pub fn validate(&self, what: &'static str, limit: u32) -> Result<(), FormatError> {
+        let ok_len = match self.codec {
+            Codec::Raw => self.stored_len == self.raw_len,
+            Codec::Zstd => self.stored_len > 0 && self.stored_len < self.raw_len,
+        };
+        if !ok_len
+            || self.raw_len > limit
+            || self.offset < crate::pack::HEADER_LEN
+            || self
+                .offset
+                .checked_add(u64::from(self.stored_len))
+                .is_none()
+        {
+            return Err(FormatError::invalid(
+                what,
+                format!(
+                    "impossible location: offset {} stored {} raw {} codec {:?}",
+                    self.offset, self.stored_len, self.raw_len, self.codec
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The byte range of the stored object inside its pack.
     pub fn range(&self) -> std::ops::Range<u64> {
         self.offset..self.offset + u64::from(self.stored_len)

@@ -12,8 +12,9 @@ use rayon::prelude::*;
 use pulpdist_chunker::{Chunker, Compressor, DEFAULT_ZSTD_LEVEL};
 use pulpdist_format::pack::ObjectKind;
 use pulpdist_format::{
-    ChunkId, ChunkParams, ChunkRef, Codec, Entry, EntryKind, Head, Location, Node, NodeId, NodeRef,
-    PackId, PackInfo, PackKind, SecretKey, VersionPacks,
+    ChunkId, ChunkParams, ChunkRef, Codec, Entry, EntryKind, FormatError, Head, Location, Node,
+    NodeId, NodeRef, PackId, PackInfo, PackKind, SecretKey, SignedHead, TrustedKeys, VersionPacks,
+    MAX_NODE_SIZE,
 };
 
 use crate::cache::{self, CachedFile, FileCache};
@@ -132,17 +133,19 @@ pub fn publish(
     let head_object = format!("{}/heads/{}", store.root().display(), opts.tree);
     let prev = match &prev_bytes {
         Some(b) => {
-            let (h, signer, _) =
-                Head::decode_unverified(b).map_err(|source| PublishError::Format {
-                    object: head_object.clone(),
-                    source,
-                })?;
-            if signer != key.public() {
-                return Err(PublishError::Config(format!(
-                    "{head_object} is signed by key {signer}, not by the given key {}; publish with the tree's key",
-                    key.public()
-                )));
-            }
+            // The previous head is verified as a client would: a store writer cannot make
+            // us re-sign a version, parameters or pack list of its choosing.
+            let own = TrustedKeys::new(vec![key.public()]);
+            let h = match SignedHead::decode_and_verify(b, &own) {
+                Ok(v) => v.head().clone(),
+                Err(FormatError::UntrustedKey { key: signer, .. }) => {
+                    return Err(PublishError::Config(format!(
+                        "{head_object} is signed by key {signer}, not by the given key {}; publish with the tree's key",
+                        key.public()
+                    )))
+                }
+                Err(source) => return Err(PublishError::Format { object: head_object.clone(), source }),
+            };
             if h.tree != opts.tree {
                 return Err(PublishError::Config(format!(
                     "{head_object} names tree '{}'",
@@ -326,6 +329,12 @@ pub fn publish(
             source,
         })?;
         let encoded = node.encode();
+        if encoded.len() > MAX_NODE_SIZE as usize {
+            return Err(PublishError::Config(format!(
+                "directory #{di} encodes to {} bytes, above the format's limit of {MAX_NODE_SIZE}",
+                encoded.len()
+            )));
+        }
         let id = NodeId::of(&encoded);
         let loc = match catalog.nodes.get(&id) {
             Some(l) => *l,

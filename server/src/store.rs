@@ -149,7 +149,9 @@ impl LocalStore {
     /// Moves a finished pack file from `tmp/` into `packs/`.
     pub fn put_pack(&self, id: PackId, file: &Path) -> Result<(), PublishError> {
         let dest = self.root.join(id.object_key());
-        fs::rename(file, &dest).at(&dest)?;
+        // Packs are written once: never replace one (hard link fails if the name exists).
+        fs::hard_link(file, &dest).at(&dest)?;
+        fs::remove_file(file).at(file)?;
         sync_dir(&self.root.join("packs"))
     }
 }

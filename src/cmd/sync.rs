@@ -33,6 +33,9 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Pretend the clock says this (seconds since the epoch); for testing expiry.
+    #[arg(long, hide = true)]
+    now: Option<i64>,
     /// The mirror directory.
     dest: PathBuf,
 }
@@ -55,6 +58,7 @@ pub fn run(a: Args) -> Result<()> {
     opts.state_dir = a.state;
     opts.dry_run = a.dry_run;
     opts.full = a.full;
+    opts.now = a.now;
     opts.metadata_patterns.extend(a.metadata);
     let reader = LocalStoreReader::new(&a.store);
     let report = sync(&reader, &opts).with_context(|| {

@@ -1,0 +1,156 @@
+//! Helpers for the end-to-end tests: run the real binary, compare trees exactly.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pulpdist"))
+}
+
+/// Runs the binary; returns the output (not asserting success).
+pub fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run pulpdist")
+}
+
+/// Runs the binary with `--json`, asserts success, parses the JSON line.
+pub fn run_json(args: &[&str]) -> serde_json::Value {
+    let mut a: Vec<&str> = args.to_vec();
+    a.push("--json");
+    let out = run(&a);
+    assert!(
+        out.status.success(),
+        "pulpdist {:?} failed: {}",
+        args,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON {e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+pub struct Site {
+    pub dir: tempfile::TempDir,
+}
+
+impl Site {
+    pub fn new() -> Self {
+        let s = Site {
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        fs::create_dir_all(s.src()).expect("src");
+        let out = run(&["keygen", s.key().to_str().expect("utf8")]);
+        assert!(out.status.success());
+        s
+    }
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    pub fn src(&self) -> PathBuf {
+        self.p("upstream/tree")
+    }
+    pub fn store(&self) -> PathBuf {
+        self.p("store")
+    }
+    pub fn mirror(&self) -> PathBuf {
+        self.p("downstream/tree")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.p("upstream.key")
+    }
+    pub fn publish(&self) -> serde_json::Value {
+        run_json(&[
+            "publish",
+            "--store",
+            s(&self.store()),
+            "--tree",
+            "tree",
+            "--key",
+            s(&self.key()),
+            s(&self.src()),
+        ])
+    }
+    pub fn sync_args(&self) -> Vec<String> {
+        [
+            "sync",
+            "--store",
+            s(&self.store()),
+            "--tree",
+            "tree",
+            "--trust",
+            &format!("{}.pub", s(&self.key())),
+            s(&self.mirror()),
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    }
+    pub fn sync(&self) -> serde_json::Value {
+        let a = self.sync_args();
+        run_json(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+    pub fn try_sync(&self, extra: &[&str]) -> Output {
+        let mut a = self.sync_args();
+        let dest = a.pop().expect("dest");
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a.push(dest);
+        run(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf8 path")
+}
+
+/// Everything observable about a tree: kind, content, mode, mtime, symlink target.
+pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).expect("read_dir") {
+            let p = e.expect("entry").path();
+            let md = fs::symlink_metadata(&p).expect("lstat");
+            let rel = p.strip_prefix(root).expect("prefix").to_path_buf();
+            let desc = if md.file_type().is_symlink() {
+                format!(
+                    "link {:?} mtime {}.{}",
+                    fs::read_link(&p).expect("readlink"),
+                    md.mtime(),
+                    md.mtime_nsec()
+                )
+            } else if md.is_dir() {
+                stack.push(p.clone());
+                format!(
+                    "dir {:o} mtime {}.{}",
+                    md.mode() & 0o7777,
+                    md.mtime(),
+                    md.mtime_nsec()
+                )
+            } else {
+                let data = fs::read(&p).expect("read");
+                format!(
+                    "file {:o} mtime {}.{} {}",
+                    md.mode() & 0o7777,
+                    md.mtime(),
+                    md.mtime_nsec(),
+                    blake3::hash(&data).to_hex()
+                )
+            };
+            out.insert(rel, desc);
+        }
+    }
+    out
+}
+
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let (sa, sb) = (snapshot(a), snapshot(b));
+    for (k, v) in &sa {
+        assert_eq!(Some(v), sb.get(k), "{} differs", k.display());
+    }
+    for k in sb.keys() {
+        assert!(sa.contains_key(k), "{} only downstream", k.display());
+    }
+}

@@ -1,0 +1,111 @@
+//! A validly signed head whose index names hostile paths: refused, nothing written.
+
+mod common;
+
+use std::fs;
+
+use common::*;
+use pulpdist_format::pack::{ObjectKind, PackBuilder};
+use pulpdist_format::{
+    ChunkParams, Codec, Entry, EntryKind, Head, Mtime, Name, Node, NodeId, NodeRef, PackId,
+    PackInfo, PackKind, SecretKey, VersionPacks,
+};
+
+/// Writes a store object set whose root node has one entry named `evil` (patched into the
+/// encoding after the fact, as an attacker holding the signing pipeline would), signed as
+/// version `version` with the site's real key.
+fn plant(site: &Site, evil: &[u8; 2], version: u64) {
+    let node = Node::new(vec![Entry {
+        name: Name::new(b"xx".to_vec()).expect("name"),
+        mode: 0o644,
+        mtime: Mtime::default(),
+        kind: EntryKind::Symlink {
+            target: b"/etc/passwd".to_vec(),
+        },
+    }])
+    .expect("node");
+    let mut bytes = node.encode();
+    let at = bytes
+        .windows(2)
+        .position(|w| w == b"xx")
+        .expect("name in encoding");
+    bytes[at..at + 2].copy_from_slice(evil);
+    let id = NodeId::of(&bytes);
+    let pack = PackId::derived(evil);
+    let (mut b, mut out) = PackBuilder::new(pack);
+    let loc = b.add(
+        ObjectKind::Node,
+        id.0,
+        Codec::Raw,
+        bytes.len() as u32,
+        bytes.len() as u32,
+    );
+    out.extend_from_slice(&bytes);
+    let (tail, size) = b.finish();
+    out.extend_from_slice(&tail);
+    fs::write(site.store().join(pack.object_key()), &out).expect("pack");
+    let key =
+        SecretKey::from_text(&fs::read_to_string(site.key()).expect("key")).expect("parse key");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let head = Head {
+        tree: "tree".into(),
+        version,
+        created: now,
+        expires: now + 3600,
+        root: NodeRef { id, loc },
+        params: ChunkParams::DEFAULT,
+        recent: vec![VersionPacks {
+            version,
+            packs: vec![PackInfo {
+                id: pack,
+                size,
+                kind: PackKind::Index,
+            }],
+        }],
+        extensions: vec![],
+    };
+    fs::write(
+        site.store().join("heads/tree"),
+        head.sign(&key).expect("sign"),
+    )
+    .expect("head");
+}
+
+#[test]
+fn hostile_names_in_a_signed_index_are_refused_with_nothing_written() {
+    let site = Site::new();
+    fs::write(site.src().join("good"), b"good").expect("write");
+    site.publish();
+    site.sync();
+    let before = snapshot(&site.mirror());
+    let outside_before = snapshot(site.dir.path());
+    for (i, evil) in [b"..", b"a/", b"/x", b"\0a", b".\0"].iter().enumerate() {
+        plant(&site, evil, 10 + i as u64);
+        let out = site.try_sync(&[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{evil:?}: {err}");
+        assert!(
+            err.contains("entry name") || err.contains("invalid"),
+            "{err}"
+        );
+        assert_eq!(
+            before,
+            snapshot(&site.mirror()),
+            "{evil:?} changed the mirror"
+        );
+    }
+    // Nothing appeared anywhere else in the site's directory either (new packs aside).
+    let after = snapshot(site.dir.path());
+    for k in after.keys() {
+        assert!(
+            outside_before.contains_key(k)
+                || k.starts_with("store/packs")
+                || k.starts_with("downstream/.tree.pulpdist"),
+            "{} appeared",
+            k.display()
+        );
+    }
+}

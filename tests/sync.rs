@@ -1,0 +1,372 @@
+//! End to end: the real binary publishes generated trees into a local store and syncs a
+//! mirror, version after version; every refusal the format promises is exercised.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::*;
+
+fn generate(site: &Site) {
+    pulpdist_testdata::generate(&site.src(), 11, 1).expect("generate");
+}
+
+#[test]
+fn versions_sync_byte_identical_and_cost_follows_change() {
+    let site = Site::new();
+    generate(&site);
+    let p1 = site.publish();
+    assert_eq!(p1["version"], 1);
+    let s1 = site.sync();
+    assert_eq!(s1["version"], 1);
+    assert_same_tree(&site.src(), &site.mirror());
+    for step in 1..=4u64 {
+        pulpdist_testdata::evolve(&site.src(), 11, step).expect("evolve");
+        let p = site.publish();
+        assert_eq!(p["version"], step + 1);
+        // Only changed files are read again (the rest match the inode cache).
+        assert!(
+            p["files_read"].as_u64() < Some(p["files"].as_u64().expect("files") / 2),
+            "{p}"
+        );
+        let s = site.sync();
+        assert_eq!(s["version"], step + 1);
+        assert_same_tree(&site.src(), &site.mirror());
+        // One version behind: the head, the index pack and the new data packs (3 + new packs
+        // at most; content that came back from an older version may need one older pack).
+        let packs = p["packs"].as_u64().expect("packs");
+        assert!(
+            s["requests"].as_u64().expect("requests") <= 3 + packs,
+            "{s} {p}"
+        );
+        // Bytes fetched stay within 3 % (plus the head) of what the publish added.
+        let stored = p["bytes_stored"].as_u64().expect("stored") as f64;
+        assert!(
+            (s["bytes_fetched"].as_u64().expect("bytes") as f64) <= stored * 1.03 + 4096.0,
+            "{s} {p}"
+        );
+    }
+    // Unchanged tree: publish reads nothing, sync is one request.
+    let p = site.publish();
+    assert_eq!(p["files_read"], 0);
+    assert_eq!(p["chunks_new"], 0);
+    let s = site.sync();
+    assert_eq!(s["requests"], 1);
+    assert_eq!(s["up_to_date"], true);
+    assert_same_tree(&site.src(), &site.mirror());
+}
+
+#[test]
+fn dry_run_prints_plan_and_changes_nothing() {
+    let site = Site::new();
+    generate(&site);
+    site.publish();
+    let out = site.try_sync(&["--dry-run"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("plan:") && text.contains("write ") && text.contains("meta "),
+        "{text}"
+    );
+    // Metadata comes after every payload file in the plan.
+    let last_write = text.rfind("write ").expect("write");
+    let first_meta = text.find("meta ").expect("meta");
+    assert!(last_write < first_meta);
+    assert!(!site.mirror().exists() || fs::read_dir(site.mirror()).expect("dir").next().is_none());
+}
+
+#[test]
+fn rollback_freeze_foreign_key_wrong_tree_refused() {
+    let site = Site::new();
+    generate(&site);
+    site.publish();
+    site.sync();
+    let v1_head = fs::read(site.store().join("heads/tree")).expect("head");
+    pulpdist_testdata::evolve(&site.src(), 11, 1).expect("evolve");
+    site.publish();
+    site.sync();
+    let before = snapshot(&site.mirror());
+
+    // Rollback: the store serves the old (validly signed) head again.
+    let v2_head = fs::read(site.store().join("heads/tree")).expect("head");
+    fs::write(site.store().join("heads/tree"), &v1_head).expect("write");
+    let out = site.try_sync(&[]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rollback"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::write(site.store().join("heads/tree"), &v2_head).expect("write");
+
+    // Freeze: a head past its expiry.
+    let out = site.try_sync(&["--now", "99999999999"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expired"));
+
+    // Foreign key.
+    let other = site.p("other.key");
+    assert!(run(&["keygen", s(&other)]).status.success());
+    let out = run(&[
+        "sync",
+        "--store",
+        s(&site.store()),
+        "--tree",
+        "tree",
+        "--trust",
+        &format!("{}.pub", s(&other)),
+        s(&site.mirror()),
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not in the trusted keys"));
+
+    // Mix and match: tree 'tree' presented as tree 'other'.
+    fs::copy(
+        site.store().join("heads/tree"),
+        site.store().join("heads/other"),
+    )
+    .expect("copy");
+    let out = run(&[
+        "sync",
+        "--store",
+        s(&site.store()),
+        "--tree",
+        "other",
+        "--trust",
+        &format!("{}.pub", s(&site.key())),
+        s(&site.p("other-mirror")),
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is for tree 'tree'"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    assert_eq!(
+        before,
+        snapshot(&site.mirror()),
+        "a refused sync changed the mirror"
+    );
+}
+
+fn packs(store: &Path) -> Vec<(std::path::PathBuf, u64)> {
+    let mut v: Vec<_> = fs::read_dir(store.join("packs"))
+        .expect("packs")
+        .map(|e| e.expect("entry").path())
+        .map(|p| {
+            let len = fs::metadata(&p).expect("md").len();
+            (p, len)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn flip_byte(path: &Path, at: u64) {
+    let mut b = fs::read(path).expect("read");
+    b[at as usize] ^= 0x55;
+    fs::write(path, b).expect("write");
+}
+
+#[test]
+fn tampered_index_and_chunks_refused_previous_version_kept() {
+    let site = Site::new();
+    generate(&site);
+    site.publish();
+    site.sync();
+    let before_packs = packs(&site.store());
+    pulpdist_testdata::evolve(&site.src(), 11, 1).expect("evolve");
+    site.publish();
+    let new: Vec<_> = packs(&site.store())
+        .into_iter()
+        .filter(|p| !before_packs.contains(p))
+        .collect();
+    let before = snapshot(&site.mirror());
+    let backup: Vec<(std::path::PathBuf, Vec<u8>)> = new
+        .iter()
+        .map(|(p, _)| (p.clone(), fs::read(p).expect("read")))
+        .collect();
+    // Each new pack in turn: corrupt a byte in the middle of its objects.
+    for (path, len) in &new {
+        flip_byte(path, 40 + (len - 40) / 3);
+        let out = site.try_sync(&[]);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        assert!(
+            err.contains("hashes to") || err.contains("decompress") || err.contains("invalid"),
+            "{err}"
+        );
+        assert_eq!(
+            before,
+            snapshot(&site.mirror()),
+            "a refused sync changed the mirror"
+        );
+        for (p, b) in &backup {
+            fs::write(p, b).expect("restore");
+        }
+    }
+    // Restored store: the sync completes.
+    site.sync();
+    assert_same_tree(&site.src(), &site.mirror());
+}
+
+#[test]
+fn symlink_in_mirror_cannot_redirect_writes() {
+    let site = Site::new();
+    generate(&site);
+    let outside = site.p("outside");
+    fs::create_dir_all(&outside).expect("outside");
+    // Upstream v1: 'escape' is a symlink to a directory outside the tree.
+    std::os::unix::fs::symlink(&outside, site.src().join("escape")).expect("symlink");
+    site.publish();
+    site.sync();
+    // Upstream v2: 'escape' is a real directory with a file in it.
+    fs::remove_file(site.src().join("escape")).expect("rm");
+    fs::create_dir(site.src().join("escape")).expect("mkdir");
+    fs::write(site.src().join("escape/payload"), b"must stay inside").expect("write");
+    // Someone also plants a symlink where the mirror has a directory.
+    let pool = site.mirror().join("pool/main");
+    fs::remove_dir_all(&pool).expect("rm pool");
+    std::os::unix::fs::symlink(&outside, &pool).expect("plant");
+    pulpdist_testdata::evolve(&site.src(), 11, 1).expect("evolve");
+    site.publish();
+    let s = site.try_sync(&["--full"]);
+    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+    assert_eq!(
+        fs::read_dir(&outside).expect("outside").count(),
+        0,
+        "a write escaped the tree"
+    );
+    assert_same_tree(&site.src(), &site.mirror());
+}
+
+#[test]
+fn killed_sync_resumes_without_refetching_and_never_tears_a_file() {
+    let site = Site::new();
+    pulpdist_testdata::generate(&site.src(), 5, 4).expect("generate");
+    site.publish();
+    site.sync();
+    let v1 = snapshot(&site.mirror());
+    pulpdist_testdata::evolve(&site.src(), 5, 1).expect("evolve");
+    let old_packs = packs(&site.store());
+    let p = site.publish();
+    let total_chunks = p["chunks_new"].as_u64().expect("chunks");
+
+    // A sync that dies in the middle: one new pack is missing, so the fetch phase fails
+    // after verifying and staging what the other packs held.
+    let new_packs: Vec<_> = packs(&site.store())
+        .into_iter()
+        .filter(|p| !old_packs.contains(p))
+        .collect();
+    let (victim, _) = new_packs
+        .iter()
+        .max_by_key(|(_, l)| *l)
+        .expect("a pack")
+        .clone();
+    let hidden = site.p("hidden.pack");
+    fs::rename(&victim, &hidden).expect("hide");
+    let out = site.try_sync(&[]);
+    assert!(!out.status.success());
+    assert_eq!(
+        v1,
+        snapshot(&site.mirror()),
+        "a failed fetch changed the mirror"
+    );
+    fs::rename(&hidden, &victim).expect("restore");
+
+    // Killed at an arbitrary moment of the write phase, several times.
+    for delay_ms in [5u64, 20, 60] {
+        let a = site.sync_args();
+        let mut child = bin().args(&a).spawn().expect("spawn");
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        // No torn file: every file is its old or its new version (or a temp file).
+        let new = snapshot(&site.src());
+        for (path, desc) in snapshot(&site.mirror()) {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if name.contains(".pulpdist-") || !desc.starts_with("file") {
+                continue;
+            }
+            let hash = desc.rsplit(' ').next().map(str::to_owned);
+            let known = [v1.get(&path), new.get(&path)]
+                .iter()
+                .flatten()
+                .any(|d| d.rsplit(' ').next().map(str::to_owned) == hash);
+            assert!(
+                known,
+                "{} is neither the old nor the new version",
+                path.display()
+            );
+        }
+    }
+    let s = site.sync();
+    assert_same_tree(&site.src(), &site.mirror());
+    // What earlier attempts verified was not fetched again.
+    assert!(
+        s["chunks_fetched"].as_u64().expect("fetched") < total_chunks,
+        "{s}, {total_chunks} new chunks"
+    );
+    // No temporary file is left behind.
+    assert!(!snapshot(&site.mirror())
+        .keys()
+        .any(|k| k.to_string_lossy().contains(".pulpdist-")));
+}
+
+#[test]
+fn two_publishers_of_one_tree_do_not_corrupt_it() {
+    let site = Site::new();
+    pulpdist_testdata::generate(&site.src(), 3, 6).expect("generate");
+    let (store, key, src) = (site.store(), site.key(), site.src());
+    let args = [
+        "publish",
+        "--store",
+        s(&store),
+        "--tree",
+        "tree",
+        "--key",
+        s(&key),
+        s(&src),
+    ];
+    let a = bin()
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let b = bin()
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let (a, b) = (
+        a.wait_with_output().expect("a"),
+        b.wait_with_output().expect("b"),
+    );
+    for o in [&a, &b] {
+        if !o.status.success() {
+            assert_eq!(
+                o.status.code(),
+                Some(4),
+                "{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(
+                String::from_utf8_lossy(&o.stderr).contains("being published by another process")
+            );
+        }
+    }
+    let s1 = site.sync();
+    assert!(s1["version"] == 1 || s1["version"] == 2);
+    assert_same_tree(&site.src(), &site.mirror());
+}
