@@ -59,16 +59,23 @@ pub(crate) fn walk(root: &Path) -> Result<Walk, PublishError> {
     let mut stack: Vec<(usize, PathBuf, Vec<u8>)> = vec![(0, root.to_path_buf(), Vec::new())];
     while let Some((idx, abs, rel)) = stack.pop() {
         let mut entries = Vec::new();
+        // Sorted before anything is numbered, so a publish of the same tree always lays
+        // out its packs the same way, whatever order the file system lists names in.
+        let mut listing: Vec<(Name, PathBuf)> = Vec::new();
         for e in fs::read_dir(&abs).at(&abs)? {
             let e = e.at(&abs)?;
             let path = e.path();
-            let md = fs::symlink_metadata(&path).at(&path)?;
             let raw_name = e.file_name();
             let name =
                 Name::new(raw_name.as_bytes().to_vec()).map_err(|source| PublishError::Format {
                     object: path.display().to_string(),
                     source,
                 })?;
+            listing.push((name, path));
+        }
+        listing.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, path) in listing {
+            let md = fs::symlink_metadata(&path).at(&path)?;
             let mut child_rel = rel.clone();
             if !child_rel.is_empty() {
                 child_rel.push(b'/');

@@ -1,0 +1,126 @@
+//! The golden vectors of docs/FORMAT.md: a fixed tree published with a fixed key, time and
+//! pack seed must give exactly the checked-in store in `format/tests/golden/`.
+//! Regenerate (after a deliberate format change, with FORMAT.md) with
+//! `PULPDIST_REGEN_GOLDEN=1 cargo test -p pulpdist-server --test golden`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use filetime::{set_symlink_file_times, FileTime};
+use pulpdist_format::SecretKey;
+use pulpdist_server::{publish, LocalStore, PublishOptions};
+
+const TIME: i64 = 1_767_225_600;
+
+/// The golden tree: a text file, a 100 kB file, an empty file, a symlink, an empty directory.
+fn golden_tree(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(root.join("sub")).expect("mkdir");
+    fs::create_dir_all(root.join("empty")).expect("mkdir");
+    fs::write(root.join("hello.txt"), b"hello, mirror\n").expect("write");
+    let mut data = vec![0u8; 100_000];
+    blake3::Hasher::new()
+        .update(b"golden")
+        .finalize_xof()
+        .fill(&mut data);
+    fs::write(root.join("sub/data.bin"), &data).expect("write");
+    fs::write(root.join("sub/empty-file"), b"").expect("write");
+    std::os::unix::fs::symlink("../hello.txt", root.join("sub/link")).expect("symlink");
+    for (p, mode) in [
+        ("hello.txt", 0o644),
+        ("sub/data.bin", 0o600),
+        ("sub/empty-file", 0o644),
+        ("empty", 0o755),
+        ("sub", 0o755),
+    ] {
+        fs::set_permissions(root.join(p), fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    for p in [
+        "hello.txt",
+        "sub/data.bin",
+        "sub/empty-file",
+        "sub/link",
+        "empty",
+        "sub",
+    ] {
+        let t = FileTime::from_unix_time(TIME, 0);
+        set_symlink_file_times(root.join(p), t, t).expect("mtime");
+    }
+}
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../format/tests/golden")
+}
+
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for sub in ["heads", "packs"] {
+        let mut names: Vec<_> = fs::read_dir(dir.join(sub))
+            .expect("dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        names.sort();
+        for p in names {
+            out.push((
+                format!("{sub}/{}", p.file_name().expect("name").to_string_lossy()),
+                fs::read(&p).expect("read"),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn publishing_the_golden_tree_gives_the_checked_in_store() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("tree");
+    golden_tree(&src);
+    let store = LocalStore::open(tmp.path().join("store")).expect("store");
+    let key = SecretKey::from_seed([7; 32]);
+    let mut opts = PublishOptions::new("golden", &src, tmp.path().join("state"));
+    opts.now = Some(TIME);
+    opts.expires_in = 100 * 365 * 86_400;
+    opts.pack_seed = Some(b"golden".to_vec());
+    // One thread: chunks reach the pack in file order, so the packs are reproducible.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
+    let report = pool
+        .install(|| publish(&store, &key, &opts))
+        .expect("publish");
+    let fresh = files(store.root());
+    let golden = golden_dir();
+    if std::env::var_os("PULPDIST_REGEN_GOLDEN").is_some() {
+        let _ = fs::remove_dir_all(&golden);
+        for (name, bytes) in &fresh {
+            let p = golden.join(name);
+            fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            fs::write(p, bytes).expect("write");
+        }
+        fs::write(
+            golden.join("golden.key.pub"),
+            key.public().to_text("golden"),
+        )
+        .expect("key");
+        let root = report.root.expect("root");
+        fs::write(
+            golden.join("expected.txt"),
+            format!(
+                "root {root}\nhello.txt {}\n",
+                blake3::hash(b"hello, mirror\n").to_hex()
+            ),
+        )
+        .expect("expected");
+    }
+    let checked_in = files(&golden);
+    assert_eq!(
+        fresh.len(),
+        checked_in.len(),
+        "different objects than the golden store"
+    );
+    for ((n1, b1), (n2, b2)) in fresh.iter().zip(&checked_in) {
+        assert_eq!(n1, n2);
+        assert!(b1 == b2, "{n1} differs from the golden vector: the encoding changed (update docs/FORMAT.md and regenerate)");
+    }
+}
