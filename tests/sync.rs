@@ -168,9 +168,15 @@ fn packs(store: &Path) -> Vec<(std::path::PathBuf, u64)> {
     v
 }
 
-fn flip_byte(path: &Path, at: u64) {
+/// Corrupts every 64th byte of a pack's objects (header and trailer left intact), so
+/// whichever objects the sync needs from it are damaged.
+fn corrupt_objects(path: &Path) {
     let mut b = fs::read(path).expect("read");
-    b[at as usize] ^= 0x55;
+    let n = b.len();
+    let end = u64::from_le_bytes(b[n - 16..n - 8].try_into().expect("footer")) as usize;
+    for i in (40..end).step_by(64) {
+        b[i] ^= 0x55;
+    }
     fs::write(path, b).expect("write");
 }
 
@@ -193,8 +199,13 @@ fn tampered_index_and_chunks_refused_previous_version_kept() {
         .map(|(p, _)| (p.clone(), fs::read(p).expect("read")))
         .collect();
     // Each new pack in turn: corrupt a byte in the middle of its objects.
-    for (path, len) in &new {
-        flip_byte(path, 40 + (len - 40) / 3);
+    for (path, _) in &new {
+        // Forget what an earlier attempt verified (nodes, staged chunks), so this attempt
+        // needs the corrupted pack.
+        for sub in ["nodes", "staging"] {
+            let _ = fs::remove_dir_all(site.p("downstream/.tree.pulpdist").join(sub));
+        }
+        corrupt_objects(path);
         let out = site.try_sync(&[]);
         let err = String::from_utf8_lossy(&out.stderr).to_string();
         assert_eq!(out.status.code(), Some(3), "{err}");

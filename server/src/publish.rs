@@ -107,6 +107,9 @@ pub struct PublishReport {
     pub elapsed_ms: u64,
 }
 
+/// A file's chunks: id and length, in order.
+type ChunkList = Vec<(ChunkId, u32)>;
+
 struct NewChunk {
     id: ChunkId,
     raw_len: u32,
@@ -226,54 +229,52 @@ pub fn publish(
     let mut new_locs: HashMap<ChunkId, Location> = HashMap::new();
 
     // Chunk on every core; append new chunks to packs on this thread as they arrive.
-    let read_results = std::thread::scope(
-        |s| -> Result<Vec<(usize, Vec<(ChunkId, u32)>)>, PublishError> {
-            let catalog = &catalog;
-            let claimed = &claimed;
-            let files = &walk.files;
-            let to_read = &to_read;
-            let chunker = &chunker;
-            let worker = s.spawn(move || {
-                let r = to_read
-                    .par_iter()
-                    .map_init(
-                        || Compressor::new(level),
-                        |comp, &i| -> Result<(usize, Vec<(ChunkId, u32)>), PublishError> {
-                            let comp = comp
-                                .as_mut()
-                                .map_err(|e| PublishError::Config(e.to_string()))?;
-                            let f = &files[i];
-                            let chunks = chunk_file(chunker, comp, &f.abs, catalog, claimed, &tx)?;
-                            Ok((i, chunks))
-                        },
-                    )
-                    .collect::<Result<Vec<_>, _>>();
-                drop(tx);
-                r
-            });
-            let mut write_err = None;
-            for c in rx.iter() {
-                if write_err.is_some() {
-                    continue;
-                }
-                report.chunks_new += 1;
-                report.bytes_new += u64::from(c.raw_len);
-                match data_packer.add(ObjectKind::Chunk, c.id.0, c.codec, c.raw_len, &c.bytes) {
-                    Ok(loc) => {
-                        new_locs.insert(c.id, loc);
-                    }
-                    Err(e) => write_err = Some(e),
-                }
+    let read_results = std::thread::scope(|s| -> Result<Vec<(usize, ChunkList)>, PublishError> {
+        let catalog = &catalog;
+        let claimed = &claimed;
+        let files = &walk.files;
+        let to_read = &to_read;
+        let chunker = &chunker;
+        let worker = s.spawn(move || {
+            let r = to_read
+                .par_iter()
+                .map_init(
+                    || Compressor::new(level),
+                    |comp, &i| -> Result<(usize, Vec<(ChunkId, u32)>), PublishError> {
+                        let comp = comp
+                            .as_mut()
+                            .map_err(|e| PublishError::Config(e.to_string()))?;
+                        let f = &files[i];
+                        let chunks = chunk_file(chunker, comp, &f.abs, catalog, claimed, &tx)?;
+                        Ok((i, chunks))
+                    },
+                )
+                .collect::<Result<Vec<_>, _>>();
+            drop(tx);
+            r
+        });
+        let mut write_err = None;
+        for c in rx.iter() {
+            if write_err.is_some() {
+                continue;
             }
-            let results = worker
-                .join()
-                .map_err(|_| PublishError::Config("a chunking worker panicked".into()))?;
-            if let Some(e) = write_err {
-                return Err(e);
+            report.chunks_new += 1;
+            report.bytes_new += u64::from(c.raw_len);
+            match data_packer.add(ObjectKind::Chunk, c.id.0, c.codec, c.raw_len, &c.bytes) {
+                Ok(loc) => {
+                    new_locs.insert(c.id, loc);
+                }
+                Err(e) => write_err = Some(e),
             }
-            results
-        },
-    )?;
+        }
+        let results = worker
+            .join()
+            .map_err(|_| PublishError::Config("a chunking worker panicked".into()))?;
+        if let Some(e) = write_err {
+            return Err(e);
+        }
+        results
+    })?;
     for (i, chunks) in read_results {
         report.files_read += 1;
         report.bytes_read += chunks.iter().map(|(_, l)| u64::from(*l)).sum::<u64>();
