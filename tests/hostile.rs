@@ -109,3 +109,41 @@ fn hostile_names_in_a_signed_index_are_refused_with_nothing_written() {
         );
     }
 }
+
+#[test]
+fn same_version_with_another_root_is_refused_and_publisher_needs_the_trees_key() {
+    let site = Site::new();
+    fs::write(site.src().join("good"), b"good").expect("write");
+    site.publish();
+    site.sync();
+    let before = snapshot(&site.mirror());
+    // Equivocation: version 1 again, signed by the right key, with a different root.
+    plant(&site, b"ok", 1);
+    let out = site.try_sync(&[]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("different root"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(before, snapshot(&site.mirror()));
+    // A publisher holding another key cannot take the tree over.
+    let other = site.p("other.key");
+    assert!(run(&["keygen", s(&other)]).status.success());
+    let out = run(&[
+        "publish",
+        "--store",
+        s(&site.store()),
+        "--tree",
+        "tree",
+        "--key",
+        s(&other),
+        s(&site.src()),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("publish with the tree's key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -203,6 +203,7 @@ pub fn decode_trailer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::any;
 
     #[test]
     fn pack_round_trip() {
@@ -227,5 +228,33 @@ mod tests {
         // A trailer pointing past the objects is refused.
         assert!(decode_trailer(id, &bytes[r.start as usize..r.end as usize], 41).is_err());
         assert!(decode_footer(&bytes[..16], total).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn trailer_round_trip(objs in proptest::collection::vec((any::<[u8; 32]>(), 1u32..5000, any::<bool>()), 0..20)) {
+            let id = PackId([9; 32]);
+            let (mut b, _) = PackBuilder::new(id);
+            let mut locs = Vec::new();
+            for (oid, len, node) in &objs {
+                let kind = if *node { ObjectKind::Node } else { ObjectKind::Chunk };
+                locs.push((kind, *oid, b.add(kind, *oid, Codec::Raw, *len, *len)));
+            }
+            let end = b.len();
+            let (tail, total) = b.finish();
+            let r = decode_footer(&tail[tail.len() - 16..], total).expect("footer");
+            let start = (r.start - end) as usize;
+            let entries = decode_trailer(id, &tail[start..tail.len() - 16], end).expect("trailer");
+            proptest::prop_assert_eq!(entries.len(), locs.len());
+            for (e, (kind, oid, loc)) in entries.iter().zip(&locs) {
+                proptest::prop_assert_eq!((e.kind, e.id, e.loc), (*kind, *oid, *loc));
+            }
+        }
+
+        #[test]
+        fn trailer_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = decode_trailer(PackId([1; 32]), &bytes, 1 << 20);
+            let _ = decode_footer(&bytes, bytes.len() as u64);
+        }
     }
 }
