@@ -48,6 +48,9 @@ pub struct PublishOptions {
     /// Derive pack names from this seed instead of the system's random generator
     /// (reproducible golden vectors; never for a real store).
     pub pack_seed: Option<Vec<u8>>,
+    /// Chunking threads; `None`: every core. With one thread, chunks reach the packs in
+    /// file order and a publish of the same tree is byte-for-byte reproducible.
+    pub threads: Option<usize>,
 }
 
 impl PublishOptions {
@@ -68,6 +71,7 @@ impl PublishOptions {
             pack_target: 64 << 20,
             now: None,
             pack_seed: None,
+            threads: None,
         }
     }
 }
@@ -235,21 +239,32 @@ pub fn publish(
         let files = &walk.files;
         let to_read = &to_read;
         let chunker = &chunker;
+        let threads = opts.threads;
         let worker = s.spawn(move || {
-            let r = to_read
-                .par_iter()
-                .map_init(
-                    || Compressor::new(level),
-                    |comp, &i| -> Result<(usize, Vec<(ChunkId, u32)>), PublishError> {
-                        let comp = comp
-                            .as_mut()
-                            .map_err(|e| PublishError::Config(e.to_string()))?;
-                        let f = &files[i];
-                        let chunks = chunk_file(chunker, comp, &f.abs, catalog, claimed, &tx)?;
-                        Ok((i, chunks))
-                    },
-                )
-                .collect::<Result<Vec<_>, _>>();
+            let chunk_all = || {
+                to_read
+                    .par_iter()
+                    .map_init(
+                        || Compressor::new(level),
+                        |comp, &i| -> Result<(usize, Vec<(ChunkId, u32)>), PublishError> {
+                            let comp = comp
+                                .as_mut()
+                                .map_err(|e| PublishError::Config(e.to_string()))?;
+                            let f = &files[i];
+                            let chunks = chunk_file(chunker, comp, &f.abs, catalog, claimed, &tx)?;
+                            Ok((i, chunks))
+                        },
+                    )
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            // The pool is installed here, on the thread that runs the parallel loop.
+            let r = match threads.map(|n| rayon::ThreadPoolBuilder::new().num_threads(n).build()) {
+                Some(Ok(pool)) => pool.install(chunk_all),
+                Some(Err(e)) => Err(PublishError::Config(format!(
+                    "cannot start {threads:?} chunking threads: {e}"
+                ))),
+                None => chunk_all(),
+            };
             drop(tx);
             r
         });

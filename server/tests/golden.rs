@@ -71,7 +71,6 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 #[test]
-#[ignore = "flaky: the root node of a fresh publish is not yet reproducible run to run (cause not found); format/tests/golden.rs still decodes the checked-in vectors"]
 fn publishing_the_golden_tree_gives_the_checked_in_store() {
     let tmp = tempfile::tempdir().expect("tmp");
     let src = tmp.path().join("tree");
@@ -82,14 +81,9 @@ fn publishing_the_golden_tree_gives_the_checked_in_store() {
     opts.now = Some(TIME);
     opts.expires_in = 100 * 365 * 86_400;
     opts.pack_seed = Some(b"golden".to_vec());
-    // One thread: chunks reach the pack in file order, so the packs are reproducible.
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .expect("pool");
-    let report = pool
-        .install(|| publish(&store, &key, &opts))
-        .expect("publish");
+    // One chunking thread: chunks reach the pack in file order, so the store is reproducible.
+    opts.threads = Some(1);
+    let report = publish(&store, &key, &opts).expect("publish");
     let fresh = files(store.root());
     let golden = golden_dir();
     if std::env::var_os("PULPDIST_REGEN_GOLDEN").is_some() {
@@ -122,19 +116,6 @@ fn publishing_the_golden_tree_gives_the_checked_in_store() {
     );
     for ((n1, b1), (n2, b2)) in fresh.iter().zip(&checked_in) {
         assert_eq!(n1, n2);
-        if n1.starts_with("heads/") {
-            // Known issue: the head bytes are not yet reproducible run to run (cause not found);
-            // the checked-in head must verify and name the same root as a fresh publish.
-            let keys = pulpdist_format::TrustedKeys::new(vec![key.public()]);
-            let old = pulpdist_format::SignedHead::decode_and_verify(b2, &keys)
-                .expect("golden head verifies");
-            assert_eq!(
-                Some(old.head().root.id),
-                report.root,
-                "root node differs from the golden vector"
-            );
-            continue;
-        }
         assert!(b1 == b2, "{n1} differs from the golden vector: the encoding changed (update docs/FORMAT.md and regenerate)");
     }
 }
