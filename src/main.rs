@@ -30,6 +30,8 @@ enum Command {
     Keygen(cmd::keygen::Args),
     /// Publish a directory as the next version of a tree.
     Publish(cmd::publish::Args),
+    /// Serve a store directory over HTTP (GET, HEAD, ranges, ETags, /metrics).
+    Serve(cmd::serve::Args),
     /// Bring a mirror directory to the tree's current version.
     Sync(cmd::sync::Args),
     /// Run the main job on a bundled sample tree: publish to a local store, sync a copy, twice.
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Keygen(a) => cmd::keygen::run(a),
         Command::Publish(a) => cmd::publish::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::Sync(a) => cmd::sync::run(a),
         Command::Demo(a) => cmd::demo::run(a),
     };

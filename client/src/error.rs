@@ -55,6 +55,14 @@ pub enum SyncError {
         got: u64,
         wanted: u64,
     },
+    /// An HTTP or object store request failed or was answered wrongly.
+    #[error("{url}: {detail}")]
+    Http {
+        url: String,
+        status: Option<u16>,
+        detail: String,
+        temporary: bool,
+    },
     /// A local path could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -73,7 +81,15 @@ impl SyncError {
     /// Whether the same request could succeed later (network trouble), as opposed to a
     /// permanent refusal (bad signature, rollback, missing object, corrupt data).
     pub fn is_temporary(&self) -> bool {
-        matches!(self, SyncError::Read { .. } | SyncError::Short { .. })
+        matches!(
+            self,
+            SyncError::Read { .. }
+                | SyncError::Short { .. }
+                | SyncError::Http {
+                    temporary: true,
+                    ..
+                }
+        )
     }
 }
 

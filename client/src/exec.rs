@@ -22,7 +22,7 @@ use crate::fsutil::{remove_any, temp_beside, SafeDirs};
 use crate::glob::DEFAULT_METADATA_PATTERNS;
 use crate::plan::{make_plan, DirView, FetchOp, Observed, PlanSettings, Source};
 use crate::state::State;
-use crate::store::StoreReader;
+use crate::store::{HeadFetch, StoreReader};
 use crate::walk::{changed_dirs, slice, DirChange};
 
 /// How to sync.
@@ -48,6 +48,8 @@ pub struct SyncOptions {
     pub whole_ratio: f64,
     /// Check every directory against the index, not only those that changed.
     pub full: bool,
+    /// Fetches in flight at once (connections to the store).
+    pub connections: usize,
 }
 
 impl SyncOptions {
@@ -67,6 +69,7 @@ impl SyncOptions {
             max_gap: 64 * 1024,
             whole_ratio: 0.5,
             full: false,
+            connections: 8,
         }
     }
 
@@ -100,8 +103,10 @@ pub struct SyncReport {
     pub deleted: u64,
     /// Bytes read from the store.
     pub bytes_fetched: u64,
-    /// Store requests.
+    /// Store requests (retries included).
     pub requests: u64,
+    /// Requests that were retries or resumptions after a temporary failure.
+    pub retries: u64,
     /// Chunks fetched from the store.
     pub chunks_fetched: u64,
     /// Chunks taken from local files or the staging area.
@@ -134,10 +139,25 @@ impl StoreReader for Counted<'_> {
     fn describe(&self) -> String {
         self.inner.describe()
     }
-    fn get_head(&self, tree: &str) -> Result<Option<Vec<u8>>, SyncError> {
-        let r = self.inner.get_head(tree)?;
-        self.note(r.as_ref().map_or(0, Vec::len));
+    fn get_head(&self, tree: &str, if_none_match: Option<&str>) -> Result<HeadFetch, SyncError> {
+        let r = self.inner.get_head(tree, if_none_match)?;
+        self.note(match &r {
+            HeadFetch::Found { bytes, .. } => bytes.len(),
+            _ => 0,
+        });
         Ok(r)
+    }
+    fn get_ranges(
+        &self,
+        pack: &PackId,
+        ranges: &[std::ops::Range<u64>],
+    ) -> Result<Vec<Vec<u8>>, SyncError> {
+        let r = self.inner.get_ranges(pack, ranges)?;
+        self.note(r.iter().map(Vec::len).sum());
+        Ok(r)
+    }
+    fn multi_range(&self) -> bool {
+        self.inner.multi_range()
     }
     fn get_range(&self, pack: &PackId, range: std::ops::Range<u64>) -> Result<Vec<u8>, SyncError> {
         let r = self.inner.get_range(pack, range)?;
@@ -170,12 +190,29 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
     let applied = state.applied(&opts.tree)?;
     let head_object = format!("{}/heads/{}", reader.describe(), opts.tree);
 
-    let head_bytes = store
-        .get_head(&opts.tree)?
-        .ok_or_else(|| SyncError::NoSuchTree {
-            store: reader.describe(),
-            tree: opts.tree.clone(),
-        })?;
+    // A no-op sync is one conditional request: the store's tag for the head we applied.
+    let known_etag = match (&applied, opts.full) {
+        (Some(_), false) => state.etag(&opts.tree),
+        _ => None,
+    };
+    let (head_bytes, etag) = match store.get_head(&opts.tree, known_etag.as_deref())? {
+        HeadFetch::Found { bytes, etag } => (bytes, etag),
+        HeadFetch::NotModified => match (state.applied_bytes(&opts.tree)?, known_etag) {
+            (Some(b), Some(tag)) => (b, Some(tag)),
+            _ => {
+                return Err(SyncError::Config(format!(
+                    "{}: answered 304 Not Modified to an unconditional request",
+                    reader.describe()
+                )))
+            }
+        },
+        HeadFetch::Missing => {
+            return Err(SyncError::NoSuchTree {
+                store: reader.describe(),
+                tree: opts.tree.clone(),
+            })
+        }
+    };
     let signed = SignedHead::decode_and_verify(&head_bytes, &opts.trusted).map_err(|source| {
         SyncError::Format {
             object: head_object.clone(),
@@ -219,8 +256,10 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         ..Default::default()
     };
     let finish = |mut report: SyncReport, store: &Counted<'_>| {
-        report.requests = store.requests.load(Ordering::Relaxed);
-        report.bytes_fetched = store.bytes.load(Ordering::Relaxed);
+        let extra = reader.overhead();
+        report.requests = store.requests.load(Ordering::Relaxed) + extra.requests;
+        report.bytes_fetched = store.bytes.load(Ordering::Relaxed) + extra.bytes;
+        report.retries = extra.requests;
         report.elapsed_ms = started.elapsed().as_millis() as u64;
         report
     };
@@ -232,8 +271,11 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
     };
     if old_root == Some(head.root.id) {
         report.up_to_date = true;
-        if !opts.dry_run && applied.as_ref().map(|a| a.version) != Some(head.version) {
-            state.set_applied(&opts.tree, &head_bytes)?;
+        if !opts.dry_run
+            && (applied.as_ref().map(|a| a.version) != Some(head.version)
+                || state.etag(&opts.tree) != etag)
+        {
+            state.set_applied(&opts.tree, &head_bytes, etag.as_deref())?;
         }
         return Ok(finish(report, &store));
     }
@@ -331,11 +373,18 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         }
     }
     // 2. Fetch and verify everything missing, into staging.
-    let fetched: u64 = plan
-        .fetches
-        .par_iter()
-        .map(|f| fetch_op(&store, &state, f))
-        .collect::<Result<Vec<u64>, _>>()?
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.connections.max(1))
+        .thread_name(|i| format!("pulpdist-fetch-{i}"))
+        .build()
+        .map_err(|e| SyncError::Config(format!("starting fetch threads: {e}")))?;
+    let fetched: u64 = pool
+        .install(|| {
+            plan.fetches
+                .par_iter()
+                .map(|f| fetch_op(&store, &state, f))
+                .collect::<Result<Vec<u64>, _>>()
+        })?
         .into_iter()
         .sum();
     report.chunks_fetched = fetched + fetch_loose(&store, &state, &late, opts.max_gap)?;
@@ -398,7 +447,7 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         set_attrs(&p, a.mode, a.mtime)?;
     }
     // 9. Only now is the new version applied.
-    state.set_applied(&opts.tree, &head_bytes)?;
+    state.set_applied(&opts.tree, &head_bytes, etag.as_deref())?;
     state.clear_staging()?;
     Ok(finish(report, &store))
 }
@@ -543,6 +592,12 @@ fn read_local(
 fn fetch_op(store: &dyn StoreReader, state: &State, op: &FetchOp) -> Result<u64, SyncError> {
     let bufs: Vec<(u64, Vec<u8>)> = if op.whole {
         vec![(0, store.get_pack(&op.pack)?)]
+    } else if store.multi_range() && op.ranges.len() > 1 {
+        op.ranges
+            .iter()
+            .map(|r| r.start)
+            .zip(store.get_ranges(&op.pack, &op.ranges)?)
+            .collect()
     } else {
         op.ranges
             .iter()

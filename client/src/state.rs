@@ -46,8 +46,44 @@ impl State {
         }
     }
 
-    pub(crate) fn set_applied(&self, tree: &str, head_bytes: &[u8]) -> Result<(), SyncError> {
-        write_atomic(&self.applied_path(tree), head_bytes)
+    /// The bytes of the head last applied.
+    pub(crate) fn applied_bytes(&self, tree: &str) -> Result<Option<Vec<u8>>, SyncError> {
+        let p = self.applied_path(tree);
+        match fs::read(&p) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).at(p),
+        }
+    }
+
+    fn etag_path(&self, tree: &str) -> PathBuf {
+        self.dir.join(format!("etag-{tree}"))
+    }
+
+    /// The store's entity tag of the head last applied, if it gave one.
+    pub(crate) fn etag(&self, tree: &str) -> Option<String> {
+        fs::read_to_string(self.etag_path(tree)).ok()
+    }
+
+    /// Records `head_bytes` as applied. The old tag goes first and the new one last, so a
+    /// tag on disk always belongs to the head on disk (or to none: then it is unconditional).
+    pub(crate) fn set_applied(
+        &self,
+        tree: &str,
+        head_bytes: &[u8],
+        etag: Option<&str>,
+    ) -> Result<(), SyncError> {
+        let tag = self.etag_path(tree);
+        match fs::remove_file(&tag) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).at(tag),
+        }
+        write_atomic(&self.applied_path(tree), head_bytes)?;
+        if let Some(t) = etag {
+            write_atomic(&tag, t.as_bytes())?;
+        }
+        Ok(())
     }
 
     fn node_path(&self, id: &NodeId) -> PathBuf {

@@ -9,16 +9,58 @@ use pulpdist_format::PackId;
 
 use crate::error::SyncError;
 
-/// Read access to a store. One call is one store request (what `--json` counts).
+/// The answer to a (conditional) request for a tree head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeadFetch {
+    /// The head, with the store's entity tag for it if it gives one.
+    Found {
+        bytes: Vec<u8>,
+        etag: Option<String>,
+    },
+    /// The head still has the entity tag the caller gave (304 Not Modified).
+    NotModified,
+    /// The store has no head for the tree.
+    Missing,
+}
+
+/// Requests and bytes a reader spent beyond one request per call and the bytes it
+/// returned: retries, resumed bodies, a whole object sent for a range.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Overhead {
+    /// Extra requests.
+    pub requests: u64,
+    /// Extra bytes received.
+    pub bytes: u64,
+}
+
+/// Read access to a store. One call is one store request (what `--json` counts), plus
+/// what [`StoreReader::overhead`] reports.
 pub trait StoreReader: Send + Sync {
     /// Where the store is (a path or URL), for messages.
     fn describe(&self) -> String;
-    /// The head of `tree`, or `None` if the store has none.
-    fn get_head(&self, tree: &str) -> Result<Option<Vec<u8>>, SyncError>;
+    /// The head of `tree`; with `if_none_match`, [`HeadFetch::NotModified`] when it still has
+    /// that entity tag.
+    fn get_head(&self, tree: &str, if_none_match: Option<&str>) -> Result<HeadFetch, SyncError>;
     /// One byte range of a pack.
     fn get_range(&self, pack: &PackId, range: Range<u64>) -> Result<Vec<u8>, SyncError>;
+    /// Several byte ranges of one pack (sorted, disjoint), in order. One call; readers that
+    /// can ask for them in one request do (HTTP multi-range), others ask one by one.
+    fn get_ranges(&self, pack: &PackId, ranges: &[Range<u64>]) -> Result<Vec<Vec<u8>>, SyncError> {
+        ranges
+            .iter()
+            .map(|r| self.get_range(pack, r.clone()))
+            .collect()
+    }
+    /// Whether [`StoreReader::get_ranges`] makes one request for many ranges.
+    fn multi_range(&self) -> bool {
+        false
+    }
     /// A whole pack.
     fn get_pack(&self, pack: &PackId) -> Result<Vec<u8>, SyncError>;
+    /// What the reader spent so far beyond one request per call.
+    fn overhead(&self) -> Overhead {
+        Overhead::default()
+    }
 }
 
 /// A store in a local directory (or a mounted file system).
@@ -59,21 +101,20 @@ impl StoreReader for LocalStoreReader {
         self.root.display().to_string()
     }
 
-    fn get_head(&self, tree: &str) -> Result<Option<Vec<u8>>, SyncError> {
-        pulpdist_format::validate_tree_name(tree).map_err(|source| SyncError::Format {
-            object: "tree name".into(),
-            source,
-        })?;
-        let key = format!("heads/{tree}");
+    fn get_head(&self, tree: &str, _if_none_match: Option<&str>) -> Result<HeadFetch, SyncError> {
+        let key = head_key(tree)?;
         match self.open(&key) {
             Ok(f) => {
                 let mut buf = Vec::new();
                 f.take(pulpdist_format::MAX_HEAD_SIZE as u64 + 1)
                     .read_to_end(&mut buf)
                     .map_err(|e| self.err(&key, e))?;
-                Ok(Some(buf))
+                Ok(HeadFetch::Found {
+                    bytes: buf,
+                    etag: None,
+                })
             }
-            Err(SyncError::NotFound { .. }) => Ok(None),
+            Err(SyncError::NotFound { .. }) => Ok(HeadFetch::Missing),
             Err(e) => Err(e),
         }
     }
@@ -107,4 +148,13 @@ impl StoreReader for LocalStoreReader {
             .map_err(|e| self.err(&key, e))?;
         Ok(buf)
     }
+}
+
+/// The object key of a tree's head, after checking the name.
+pub(crate) fn head_key(tree: &str) -> Result<String, SyncError> {
+    pulpdist_format::validate_tree_name(tree).map_err(|source| SyncError::Format {
+        object: "tree name".into(),
+        source,
+    })?;
+    Ok(format!("heads/{tree}"))
 }

@@ -9,7 +9,7 @@ use pulpdist_format::pack::{self, ObjectKind, FOOTER_LEN};
 use pulpdist_format::{ChunkId, Location, NodeId};
 
 use crate::error::{IoContext, PublishError};
-use crate::store::{write_synced, LocalStore};
+use crate::store::{write_synced, Store};
 
 /// Id → location for everything in the store. Where an id is in several packs, the
 /// smallest pack id wins, so the choice (and with it every node encoding) is stable.
@@ -20,7 +20,7 @@ pub(crate) struct Catalog {
 }
 
 impl Catalog {
-    pub(crate) fn load(store: &LocalStore, state: &Path) -> Result<Self, PublishError> {
+    pub(crate) fn load(store: &dyn Store, state: &Path) -> Result<Self, PublishError> {
         let cache_dir = state.join("trailers");
         fs::create_dir_all(&cache_dir).at(&cache_dir)?;
         let mut cat = Catalog::default();

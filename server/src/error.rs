@@ -18,6 +18,12 @@ pub enum PublishError {
         object: String,
         source: pulpdist_format::FormatError,
     },
+    /// An object store request failed.
+    #[error("{object}: {source}")]
+    Store {
+        object: String,
+        source: Box<object_store::Error>,
+    },
     /// Another publisher holds the tree's lock.
     #[error("tree '{tree}' is being published by another process (lock {path} is held{holder})")]
     Locked {

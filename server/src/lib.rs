@@ -17,11 +17,15 @@
 mod cache;
 mod catalog;
 mod error;
+mod objstore;
 mod packer;
 mod publish;
+pub mod serve;
 mod store;
 mod walk;
 
 pub use error::PublishError;
+pub use objstore::{ObjectStoreTarget, DEFAULT_PART_SIZE};
 pub use publish::{publish, PublishOptions, PublishReport};
-pub use store::{LocalStore, StoreLock};
+pub use serve::{serve, ServeOptions};
+pub use store::{LocalStore, Store, StoreLock, StoredHead};

@@ -9,13 +9,14 @@ use pulpdist_format::pack::{ObjectKind, PackBuilder};
 use pulpdist_format::{Codec, Location, PackId, PackInfo, PackKind};
 
 use crate::error::{IoContext, PublishError};
-use crate::store::LocalStore;
+use crate::store::Store;
 
 /// Makes the names of new packs (random in production, derived from a seed in tests).
 pub(crate) type PackNamer = Box<dyn FnMut() -> Result<PackId, PublishError> + Send>;
 
 pub(crate) struct Packer<'a> {
-    store: &'a LocalStore,
+    store: &'a dyn Store,
+    tmp_dir: PathBuf,
     kind: PackKind,
     target: u64,
     namer: PackNamer,
@@ -26,13 +27,15 @@ pub(crate) struct Packer<'a> {
 
 impl<'a> Packer<'a> {
     pub(crate) fn new(
-        store: &'a LocalStore,
+        store: &'a dyn Store,
+        tmp_dir: PathBuf,
         kind: PackKind,
         target: u64,
         namer: PackNamer,
     ) -> Self {
         Packer {
             store,
+            tmp_dir,
             kind,
             target,
             namer,
@@ -53,10 +56,7 @@ impl<'a> Packer<'a> {
         if self.current.is_none() {
             let id = (self.namer)()?;
             let (builder, header) = PackBuilder::new(id);
-            let path = self
-                .store
-                .tmp_dir()
-                .join(format!("{}.pack.part", id.to_hex()));
+            let path = self.tmp_dir.join(format!("{}.pack.part", id.to_hex()));
             let mut w = BufWriter::with_capacity(1 << 20, File::create(&path).at(&path)?);
             w.write_all(&header).at(&path)?;
             self.current = Some((builder, w, path));

@@ -21,7 +21,7 @@ use crate::cache::{self, CachedFile, FileCache};
 use crate::catalog::Catalog;
 use crate::error::{IoContext, PublishError};
 use crate::packer::Packer;
-use crate::store::LocalStore;
+use crate::store::Store;
 use crate::walk::{self, WalkKind};
 
 /// What to publish and how.
@@ -123,7 +123,7 @@ struct NewChunk {
 
 /// Publishes `opts.source` as the next version of `opts.tree` in `store`, signed by `key`.
 pub fn publish(
-    store: &LocalStore,
+    store: &dyn Store,
     key: &SecretKey,
     opts: &PublishOptions,
 ) -> Result<PublishReport, PublishError> {
@@ -132,14 +132,23 @@ pub fn publish(
         object: "tree name".into(),
         source,
     })?;
-    let _lock = store.lock(&opts.tree)?;
     std::fs::create_dir_all(&opts.state_dir).at(&opts.state_dir)?;
+    let _lock = store.lock(&opts.tree, &opts.state_dir)?;
+    let tmp_dir = match store.tmp_dir() {
+        Some(d) => d,
+        None => {
+            let d = opts.state_dir.join("tmp");
+            std::fs::create_dir_all(&d).at(&d)?;
+            d
+        }
+    };
 
     // The previous version, if any.
-    let prev_bytes = store.read_head(&opts.tree)?;
-    let head_object = format!("{}/heads/{}", store.root().display(), opts.tree);
-    let prev = match &prev_bytes {
-        Some(b) => {
+    let prev_head = store.read_head(&opts.tree)?;
+    let head_object = format!("{}/heads/{}", store.describe(), opts.tree);
+    let prev = match &prev_head {
+        Some(stored) => {
+            let b = &stored.bytes;
             // The previous head is verified as a client would: a store writer cannot make
             // us re-sign a version, parameters or pack list of its choosing.
             let own = TrustedKeys::new(vec![key.public()]);
@@ -223,6 +232,7 @@ pub fn publish(
     let mut namer = pack_namer(opts, version);
     let mut data_packer = Packer::new(
         store,
+        tmp_dir.clone(),
         PackKind::Data,
         opts.pack_target,
         Box::new(move || namer("data")),
@@ -302,6 +312,7 @@ pub fn publish(
     let mut namer = pack_namer(opts, version);
     let mut index_packer = Packer::new(
         store,
+        tmp_dir,
         PackKind::Index,
         u64::MAX,
         Box::new(move || namer("index")),
@@ -402,7 +413,7 @@ pub fn publish(
     store.put_head(
         &opts.tree,
         &bytes,
-        prev_bytes.as_deref(),
+        prev_head.as_ref(),
         prev.as_ref().map(|h| h.version),
     )?;
 

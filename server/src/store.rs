@@ -1,15 +1,57 @@
-//! A store in a local directory: `heads/<tree>`, `packs/<id>.pack`, `locks/`, `tmp/`.
+//! Where publish writes: the [`Store`] trait, and a store in a local directory
+//! (`heads/<tree>`, `packs/<id>.pack`, `locks/`, `tmp/`).
 //!
-//! Objects are written to `tmp/` and renamed into place, so a reader (or a web server
+//! Local objects are written to `tmp/` and renamed into place, so a reader (or a web server
 //! serving the directory) never sees a partial object.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use pulpdist_format::PackId;
 
 use crate::error::{IoContext, PublishError};
+
+/// A head as read from a store, with what the store needs to replace it conditionally.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredHead {
+    /// The signed head.
+    pub bytes: Vec<u8>,
+    /// The store's entity tag for it, if it has one.
+    pub etag: Option<String>,
+    /// The store's version id for it, if it has one.
+    pub version: Option<String>,
+}
+
+/// A store publish can write to. Packs are written once and never replaced; the head is
+/// replaced only if it is still the one read at the start (compare and swap).
+pub trait Store: Send + Sync {
+    /// Where the store is (a path or URL), for messages.
+    fn describe(&self) -> String;
+    /// Takes the tree's publish lock without waiting; held until the guard is dropped.
+    /// `state_dir` is the publisher's own state directory for the tree.
+    fn lock(&self, tree: &str, state_dir: &Path) -> Result<StoreLock, PublishError>;
+    /// The current head of a tree, if any.
+    fn read_head(&self, tree: &str) -> Result<Option<StoredHead>, PublishError>;
+    /// Writes the head if the store still holds `expected` (`None`: no head yet).
+    fn put_head(
+        &self,
+        tree: &str,
+        bytes: &[u8],
+        expected: Option<&StoredHead>,
+        expected_version: Option<u64>,
+    ) -> Result<(), PublishError>;
+    /// All packs with their sizes, sorted by id.
+    fn list_packs(&self) -> Result<Vec<(PackId, u64)>, PublishError>;
+    /// One byte range of a pack.
+    fn read_pack_range(&self, id: PackId, range: Range<u64>) -> Result<Vec<u8>, PublishError>;
+    /// A local directory where packs are built before [`Store::put_pack`], if the store
+    /// prefers one (the same file system, so a put is a rename); else the state directory is used.
+    fn tmp_dir(&self) -> Option<PathBuf>;
+    /// Puts a finished pack file, then removes the file.
+    fn put_pack(&self, id: PackId, file: &Path) -> Result<(), PublishError>;
+}
 
 /// A writable store in a local directory.
 #[derive(Clone, Debug)]
@@ -38,73 +80,87 @@ impl LocalStore {
     pub fn root(&self) -> &Path {
         &self.root
     }
+}
 
-    /// Where packs are built before they are put.
-    pub fn tmp_dir(&self) -> PathBuf {
-        self.root.join("tmp")
-    }
-
-    /// Takes the tree's publish lock without waiting.
-    pub fn lock(&self, tree: &str) -> Result<StoreLock, PublishError> {
-        let path = self.root.join("locks").join(format!("{tree}.lock"));
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .at(&path)?;
-        match file.try_lock() {
-            Ok(()) => {
-                file.set_len(0).at(&path)?;
-                let _ = writeln!(file, "pid {}", std::process::id());
-                Ok(StoreLock { _file: file })
-            }
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
-                let holder = if holder.is_empty() {
-                    String::new()
-                } else {
-                    format!(" by {holder}")
-                };
-                Err(PublishError::Locked {
-                    tree: tree.into(),
-                    path,
-                    holder,
-                })
-            }
-            Err(std::fs::TryLockError::Error(e)) => Err(e).at(&path),
+/// Takes an exclusive lock on `path` (created if needed) without waiting, and writes our pid
+/// into it so a second publisher can say who holds it.
+pub(crate) fn lock_file(path: PathBuf, tree: &str) -> Result<StoreLock, PublishError> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .at(&path)?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0).at(&path)?;
+            let _ = writeln!(file, "pid {}", std::process::id());
+            Ok(StoreLock { _file: file })
         }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let holder = if holder.is_empty() {
+                String::new()
+            } else {
+                format!(" by {holder}")
+            };
+            Err(PublishError::Locked {
+                tree: tree.into(),
+                path,
+                holder,
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).at(&path),
+    }
+}
+
+impl Store for LocalStore {
+    fn describe(&self) -> String {
+        self.root.display().to_string()
     }
 
-    /// The current head bytes of a tree, if any.
-    pub fn read_head(&self, tree: &str) -> Result<Option<Vec<u8>>, PublishError> {
+    fn tmp_dir(&self) -> Option<PathBuf> {
+        Some(self.root.join("tmp"))
+    }
+
+    fn lock(&self, tree: &str, _state_dir: &Path) -> Result<StoreLock, PublishError> {
+        lock_file(self.root.join("locks").join(format!("{tree}.lock")), tree)
+    }
+
+    fn read_head(&self, tree: &str) -> Result<Option<StoredHead>, PublishError> {
         let path = self.root.join("heads").join(tree);
         match fs::read(&path) {
-            Ok(b) => Ok(Some(b)),
+            Ok(bytes) => Ok(Some(StoredHead {
+                bytes,
+                etag: None,
+                version: None,
+            })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).at(&path),
         }
     }
 
     /// Replaces the head atomically if it still holds `expected` (compare and swap under the lock).
-    pub fn put_head(
+    fn put_head(
         &self,
         tree: &str,
         bytes: &[u8],
-        expected: Option<&[u8]>,
+        expected: Option<&StoredHead>,
         expected_version: Option<u64>,
     ) -> Result<(), PublishError> {
-        if self.read_head(tree)?.as_deref() != expected {
+        let now = self.read_head(tree)?;
+        if now.as_ref().map(|h| &h.bytes) != expected.map(|h| &h.bytes) {
             return Err(PublishError::HeadChanged {
                 tree: tree.into(),
                 expected: expected_version,
             });
         }
         let tmp = self
-            .tmp_dir()
+            .root
+            .join("tmp")
             .join(format!("head-{tree}.{}", std::process::id()));
         write_synced(&tmp, bytes)?;
         let dest = self.root.join("heads").join(tree);
@@ -112,8 +168,7 @@ impl LocalStore {
         sync_dir(&self.root.join("heads"))
     }
 
-    /// All packs in the store with their sizes.
-    pub fn list_packs(&self) -> Result<Vec<(PackId, u64)>, PublishError> {
+    fn list_packs(&self) -> Result<Vec<(PackId, u64)>, PublishError> {
         let dir = self.root.join("packs");
         let mut out = Vec::new();
         for e in fs::read_dir(&dir).at(&dir)? {
@@ -132,12 +187,7 @@ impl LocalStore {
         Ok(out)
     }
 
-    /// Reads a byte range of a pack.
-    pub fn read_pack_range(
-        &self,
-        id: PackId,
-        range: std::ops::Range<u64>,
-    ) -> Result<Vec<u8>, PublishError> {
+    fn read_pack_range(&self, id: PackId, range: Range<u64>) -> Result<Vec<u8>, PublishError> {
         let path = self.root.join(id.object_key());
         let mut f = File::open(&path).at(&path)?;
         f.seek(SeekFrom::Start(range.start)).at(&path)?;
@@ -147,7 +197,7 @@ impl LocalStore {
     }
 
     /// Moves a finished pack file from `tmp/` into `packs/`.
-    pub fn put_pack(&self, id: PackId, file: &Path) -> Result<(), PublishError> {
+    fn put_pack(&self, id: PackId, file: &Path) -> Result<(), PublishError> {
         let dest = self.root.join(id.object_key());
         // Packs are written once: never replace one (hard link fails if the name exists).
         fs::hard_link(file, &dest).at(&dest)?;

@@ -3,6 +3,8 @@
 pub mod demo;
 pub mod keygen;
 pub mod publish;
+pub mod serve;
+pub mod stores;
 pub mod sync;
 
 use pulpdist_client::SyncError;

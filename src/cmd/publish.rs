@@ -4,21 +4,22 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use pulpdist_format::{ChunkParams, SecretKey};
-use pulpdist_server::{publish, LocalStore, PublishOptions, PublishReport};
+use pulpdist_server::{publish, PublishOptions, PublishReport};
 use serde_json::json;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The store directory.
+    /// The store: a directory, or s3://bucket[/prefix].
     #[arg(long)]
-    store: PathBuf,
+    store: String,
     /// Tree name.
     #[arg(long)]
     tree: String,
     /// Signing key file (from `pulpdist keygen`).
     #[arg(long)]
     key: PathBuf,
-    /// Publisher cache directory [default: STORE/../.pulpdist-publish/<tree>].
+    /// Publisher cache directory [default: .<store>.pulpdist-publish/<tree> beside a store
+    /// directory; ~/.cache/pulpdist/publish/<bucket>/<prefix>/<tree> for s3://].
     #[arg(long)]
     state: Option<PathBuf>,
     /// Days until the head expires; clients refuse an expired head, so publish (or re-sign) more often.
@@ -33,6 +34,8 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    s3: super::stores::S3Args,
     /// The directory to publish.
     source: PathBuf,
 }
@@ -66,22 +69,33 @@ pub fn run(a: Args) -> Result<()> {
         .with_context(|| format!("reading key {}", a.key.display()))?;
     let key =
         SecretKey::from_text(&text).with_context(|| format!("parsing key {}", a.key.display()))?;
-    let store = LocalStore::open(&a.store)
-        .with_context(|| format!("opening store {}", a.store.display()))?;
-    let state = a
-        .state
-        .clone()
-        .unwrap_or_else(|| default_state(&a.store, &a.tree));
+    let rt = super::stores::runtime(2)?;
+    let store = super::stores::target(&a.store, &a.s3, &rt)?;
+    let state = match (&a.state, super::stores::parse(&a.store)?) {
+        (Some(s), _) => s.clone(),
+        (None, super::stores::Location::Dir(d)) => default_state(&d, &a.tree),
+        (None, super::stores::Location::S3 { bucket, prefix }) => {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            let mut p = home.join(".cache/pulpdist/publish").join(bucket);
+            for part in prefix.split('/').filter(|p| !p.is_empty() && *p != "..") {
+                p = p.join(part);
+            }
+            p.join(&a.tree)
+        }
+        (None, super::stores::Location::Http(_)) => unreachable!("refused by stores::target"),
+    };
     let mut opts = PublishOptions::new(&a.tree, &a.source, state);
     opts.expires_in = a.expires_days.saturating_mul(86_400);
     opts.zstd_level = a.zstd_level;
     opts.params = a.chunk_sizes;
-    let report = publish(&store, &key, &opts).with_context(|| {
+    let report = publish(store.as_ref(), &key, &opts).with_context(|| {
         format!(
             "publishing {} as tree '{}' into {}",
             a.source.display(),
             a.tree,
-            a.store.display()
+            a.store
         )
     })?;
     print_report(a.json, &report);

@@ -3,15 +3,15 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use pulpdist_client::{sync, LocalStoreReader, SyncOptions, SyncReport};
+use pulpdist_client::{sync, HttpOptions, SyncOptions, SyncReport};
 use pulpdist_format::TrustedKeys;
 use serde_json::json;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The store: a directory.
+    /// The store: a directory, http(s)://host[:port][/prefix], or s3://bucket[/prefix].
     #[arg(long)]
-    store: PathBuf,
+    store: String,
     /// Tree name.
     #[arg(long)]
     tree: String,
@@ -30,6 +30,20 @@ pub struct Args {
     /// More file-name patterns of repository metadata, written after all payload.
     #[arg(long = "metadata")]
     metadata: Vec<String>,
+    /// Requests in flight at once (connections to the store).
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Ask for several ranges of a pack in one HTTP request, while the origin answers correctly.
+    #[arg(long)]
+    multi_range: bool,
+    /// Retries of a failed HTTP request (with backoff, resuming where the body stopped).
+    #[arg(long, default_value_t = 6)]
+    retries: u32,
+    /// Trust only these CA certificates (PEM) for https:// stores.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    #[command(flatten)]
+    s3: super::stores::S3Args,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -60,12 +74,26 @@ pub fn run(a: Args) -> Result<()> {
     opts.full = a.full;
     opts.now = a.now;
     opts.metadata_patterns.extend(a.metadata);
-    let reader = LocalStoreReader::new(&a.store);
-    let report = sync(&reader, &opts).with_context(|| {
+    opts.connections = a.connections.max(1);
+    let mut http = HttpOptions {
+        connections: opts.connections,
+        retries: a.retries,
+        multi_range: a.multi_range,
+        ..Default::default()
+    };
+    if let Some(ca) = &a.ca {
+        http.ca_pem = Some(
+            std::fs::read(ca)
+                .with_context(|| format!("reading CA certificates {}", ca.display()))?,
+        );
+    }
+    let rt = super::stores::runtime(2)?;
+    let reader = super::stores::reader(&a.store, http, &a.s3, &rt)?;
+    let report = sync(reader.as_ref(), &opts).with_context(|| {
         format!(
             "syncing tree '{}' from {} into {}",
             a.tree,
-            a.store.display(),
+            a.store,
             a.dest.display()
         )
     })?;
@@ -79,7 +107,7 @@ pub fn print_report(json: bool, r: &SyncReport) {
         json!({
             "version": r.version, "previous_version": r.previous_version, "up_to_date": r.up_to_date,
             "files": r.files, "symlinks": r.symlinks, "deleted": r.deleted,
-            "bytes_fetched": r.bytes_fetched, "requests": r.requests,
+            "bytes_fetched": r.bytes_fetched, "requests": r.requests, "retries": r.retries,
             "chunks_fetched": r.chunks_fetched, "chunks_reused": r.chunks_reused, "bytes_reused": r.bytes_reused,
             "dirs_examined": r.dirs_examined, "dry_run": r.plan.is_some(), "elapsed_ms": r.elapsed_ms,
         }),

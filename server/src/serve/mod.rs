@@ -1,0 +1,511 @@
+//! `serve`: a read-only HTTP server for a local store (hyper 1, tokio).
+//!
+//! It answers GET and HEAD for `heads/<tree>` and `packs/<id>.pack`, and nothing else but
+//! `/metrics`: a path is served only if it parses as one of those names, so no request can
+//! reach a file outside them (no `..`, no percent-encoding, no symlinked siblings).
+//! Single and multiple byte ranges (`multipart/byteranges`), 416 for unsatisfiable ones,
+//! strong ETags with `If-None-Match` (304), and caching headers a CDN can act on: packs are
+//! immutable and named by a random id, so they may be kept forever; a head changes with
+//! every version and is cached only briefly. Bodies are streamed from the file.
+//!
+//! The caller owns the runtime and the listener; [`serve`] runs until `shutdown` resolves,
+//! then stops accepting and lets open requests finish.
+
+mod metrics;
+pub mod range;
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::SeekFrom;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::net::TcpListener;
+
+use pulpdist_format::PackId;
+
+pub use metrics::{Kind, Metrics};
+use range::RangeAnswer;
+
+/// The response body type: bytes in memory or streamed from a file.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// How to serve.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// The store directory.
+    pub store: PathBuf,
+    /// `max-age` of a tree head, in seconds: how stale a CDN or client cache may serve it.
+    pub head_max_age: u32,
+    /// How long a client may take to send its request headers.
+    pub header_timeout: Duration,
+    /// On shutdown, how long open requests may take to finish.
+    pub drain_timeout: Duration,
+}
+
+impl ServeOptions {
+    /// Defaults: heads cached 10 s, 30 s for request headers, 30 s to drain on shutdown.
+    pub fn new(store: impl Into<PathBuf>) -> Self {
+        ServeOptions {
+            store: store.into(),
+            head_max_age: 10,
+            header_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `Cache-Control` of packs: immutable, kept as long as anyone likes.
+pub const PACK_CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
+const CHUNK: usize = 256 * 1024;
+const OCTETS: &str = "application/octet-stream";
+
+/// The request handler, shared by all connections.
+#[derive(Debug)]
+pub struct Handler {
+    opts: ServeOptions,
+    metrics: Arc<Metrics>,
+    boundaries: AtomicU64,
+}
+
+/// What a request path names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A tree head (the key is `heads/<tree>`).
+    Head(String),
+    /// A pack.
+    Pack(PackId),
+    /// The metrics page.
+    Metrics,
+    /// Nothing we serve.
+    Other,
+}
+
+/// Parses a request path. Only canonical names are accepted: anything else is [`Target::Other`].
+pub fn classify(path: &str) -> Target {
+    let Some(p) = path.strip_prefix('/') else {
+        return Target::Other;
+    };
+    if p == "metrics" {
+        return Target::Metrics;
+    }
+    if let Some(tree) = p.strip_prefix("heads/") {
+        if pulpdist_format::validate_tree_name(tree).is_ok() {
+            return Target::Head(p.to_string());
+        }
+    }
+    if let Some(hex) = p
+        .strip_prefix("packs/")
+        .and_then(|h| h.strip_suffix(".pack"))
+    {
+        if let Ok(id) = hex.parse::<PackId>() {
+            if id.to_hex() == hex {
+                return Target::Pack(id);
+            }
+        }
+    }
+    Target::Other
+}
+
+enum Object {
+    Memory(Bytes),
+    File(tokio::fs::File, u64),
+}
+
+impl Object {
+    fn len(&self) -> u64 {
+        match self {
+            Object::Memory(b) => b.len() as u64,
+            Object::File(_, n) => *n,
+        }
+    }
+}
+
+enum Seg {
+    Bytes(Bytes),
+    Range(Range<u64>),
+}
+
+impl Handler {
+    /// A handler for `opts.store`.
+    pub fn new(opts: ServeOptions) -> Self {
+        Handler {
+            opts,
+            metrics: Arc::new(Metrics::default()),
+            boundaries: AtomicU64::new(0),
+        }
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Answers one request.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
+        let in_flight = self.metrics.start();
+        let target = classify(req.uri().path());
+        let kind = match &target {
+            Target::Head(_) => Kind::Head,
+            Target::Pack(_) => Kind::Pack,
+            Target::Metrics => Kind::Metrics,
+            Target::Other => Kind::Other,
+        };
+        let method = match *req.method() {
+            Method::GET => "GET",
+            Method::HEAD => "HEAD",
+            _ => {
+                let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                self.metrics.response(kind, "other", r.status().as_u16());
+                return r;
+            }
+        };
+        let resp = self.answer(&req, target, in_flight).await;
+        self.metrics.response(kind, method, resp.status().as_u16());
+        if method == "HEAD" {
+            let (parts, _) = resp.into_parts();
+            return Response::from_parts(parts, empty());
+        }
+        resp
+    }
+
+    async fn answer<B>(
+        &self,
+        req: &Request<B>,
+        target: Target,
+        in_flight: metrics::InFlight,
+    ) -> Response<Body> {
+        let (key, etag, cache) = match &target {
+            Target::Metrics => {
+                let mut r = Response::new(full(Bytes::from(self.metrics.render())));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                r.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                return r;
+            }
+            Target::Other => return plain(StatusCode::NOT_FOUND, "not found\n"),
+            Target::Head(key) => (key.clone(), None, None),
+            Target::Pack(id) => (
+                id.object_key(),
+                Some(format!("\"{}\"", id.to_hex())),
+                Some(PACK_CACHE_CONTROL.to_string()),
+            ),
+        };
+        let path = self.opts.store.join(&key);
+        let (object, etag, cache) = match &target {
+            Target::Head(_) => match tokio::fs::read(&path).await {
+                Ok(b) => {
+                    let tag = blake3::hash(&b).to_hex();
+                    (
+                        Object::Memory(Bytes::from(b)),
+                        format!("\"{}\"", &tag[..32]),
+                        format!("public, max-age={}", self.opts.head_max_age),
+                    )
+                }
+                Err(e) => return io_error(&path, e),
+            },
+            _ => {
+                let opened = async {
+                    let f = tokio::fs::File::open(&path).await?;
+                    let md = f.metadata().await?;
+                    Ok::<_, std::io::Error>((f, md.len()))
+                };
+                match opened.await {
+                    Ok((f, len)) => (
+                        Object::File(f, len),
+                        etag.unwrap_or_default(),
+                        cache.unwrap_or_default(),
+                    ),
+                    Err(e) => return io_error(&path, e),
+                }
+            }
+        };
+        let mut builder = Response::builder()
+            .header(header::ETAG, &etag)
+            .header(header::CACHE_CONTROL, &cache)
+            .header(header::ACCEPT_RANGES, "bytes");
+        if let Some(inm) = header_str(req, header::IF_NONE_MATCH) {
+            if range::none_match(inm, &etag) {
+                return builder
+                    .status(StatusCode::NOT_MODIFIED)
+                    .body(empty())
+                    .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "error\n"));
+            }
+        }
+        let len = object.len();
+        // If-Range: ranges only if the client's copy is still this one.
+        let if_range_ok =
+            header_str(req, header::IF_RANGE).is_none_or(|v| v.trim() == etag.as_str());
+        let answer = if if_range_ok {
+            range::resolve(header_str(req, header::RANGE), len)
+        } else {
+            RangeAnswer::Whole
+        };
+        let (status, segs, body_len) = match answer {
+            RangeAnswer::Whole => {
+                builder = builder.header(header::CONTENT_TYPE, OCTETS);
+                (StatusCode::OK, vec![Seg::Range(0..len)], len)
+            }
+            RangeAnswer::Unsatisfiable => {
+                return builder
+                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                    .header(header::CONTENT_RANGE, format!("bytes */{len}"))
+                    .body(empty())
+                    .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "error\n"));
+            }
+            RangeAnswer::Partial(ranges) if ranges.len() == 1 => {
+                let r = ranges[0].clone();
+                builder = builder
+                    .header(header::CONTENT_TYPE, OCTETS)
+                    .header(header::CONTENT_RANGE, range::content_range(&r, len));
+                let n = r.end - r.start;
+                (StatusCode::PARTIAL_CONTENT, vec![Seg::Range(r)], n)
+            }
+            RangeAnswer::Partial(ranges) => {
+                let n = self.boundaries.fetch_add(1, Ordering::Relaxed);
+                let boundary = format!(
+                    "pulpdist-{}",
+                    &blake3::hash(format!("{etag}{n}{}", std::process::id()).as_bytes()).to_hex()
+                        [..24]
+                );
+                let (heads, tail) = range::multipart_frame(&ranges, len, &boundary, OCTETS);
+                let mut segs = Vec::new();
+                let mut total = tail.len() as u64;
+                for (h, r) in heads.into_iter().zip(ranges) {
+                    total += h.len() as u64 + (r.end - r.start);
+                    segs.push(Seg::Bytes(Bytes::from(h)));
+                    segs.push(Seg::Range(r));
+                }
+                segs.push(Seg::Bytes(Bytes::from(tail)));
+                builder = builder.header(
+                    header::CONTENT_TYPE,
+                    format!("multipart/byteranges; boundary={boundary}"),
+                );
+                (StatusCode::PARTIAL_CONTENT, segs, total)
+            }
+        };
+        let body = stream_body(object, segs, self.metrics.clone(), in_flight);
+        builder
+            .status(status)
+            .header(header::CONTENT_LENGTH, body_len)
+            .body(body)
+            .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "error\n"))
+    }
+}
+
+fn header_str<B>(req: &Request<B>, name: header::HeaderName) -> Option<&str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+fn empty() -> Body {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|never| match never {}).boxed()
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn io_error(path: &std::path::Path, e: std::io::Error) -> Response<Body> {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        plain(StatusCode::NOT_FOUND, "not found\n")
+    } else {
+        eprintln!("pulpdist serve: {}: {e}", path.display());
+        plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot read the object\n",
+        )
+    }
+}
+
+struct BodyState {
+    object: Object,
+    segs: VecDeque<Seg>,
+    pos: Option<u64>,
+    metrics: Arc<Metrics>,
+    _in_flight: metrics::InFlight,
+}
+
+/// Streams the segments: bytes as they are, ranges read from the object 256 KiB at a time.
+fn stream_body(
+    object: Object,
+    segs: Vec<Seg>,
+    metrics: Arc<Metrics>,
+    in_flight: metrics::InFlight,
+) -> Body {
+    let state = BodyState {
+        object,
+        segs: segs.into(),
+        pos: None,
+        metrics,
+        _in_flight: in_flight,
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            let seg = st.segs.front_mut()?;
+            let data = match seg {
+                Seg::Bytes(b) => {
+                    let b = std::mem::take(b);
+                    st.segs.pop_front();
+                    b
+                }
+                Seg::Range(r) if r.start >= r.end => {
+                    st.segs.pop_front();
+                    continue;
+                }
+                Seg::Range(r) => {
+                    let n = (r.end - r.start).min(CHUNK as u64) as usize;
+                    let start = r.start;
+                    r.start += n as u64;
+                    let read = match &mut st.object {
+                        Object::Memory(b) => Ok(b.slice(start as usize..start as usize + n)),
+                        Object::File(f, _) => read_at(f, &mut st.pos, start, n)
+                            .await
+                            .map(BytesMut::freeze),
+                    };
+                    match read {
+                        Ok(b) => b,
+                        Err(e) => {
+                            // End the body here: the client sees it short and retries.
+                            st.segs.clear();
+                            return Some((Err(e), st));
+                        }
+                    }
+                }
+            };
+            if data.is_empty() {
+                continue;
+            }
+            st.metrics.sent(data.len() as u64);
+            return Some((Ok(Frame::data(data)), st));
+        }
+    });
+    StreamBody::new(stream).boxed()
+}
+
+async fn read_at(
+    f: &mut tokio::fs::File,
+    pos: &mut Option<u64>,
+    start: u64,
+    n: usize,
+) -> std::io::Result<BytesMut> {
+    if *pos != Some(start) {
+        f.seek(SeekFrom::Start(start)).await?;
+    }
+    let mut buf = BytesMut::zeroed(n);
+    f.read_exact(&mut buf).await?;
+    *pos = Some(start + n as u64);
+    Ok(buf)
+}
+
+/// Serves the store on `listener` until `shutdown` resolves, then drains open requests
+/// (up to `opts.drain_timeout`). Connections use HTTP/1.1 keep-alive.
+pub async fn serve(
+    listener: TcpListener,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Arc<Handler> {
+    let drain = opts.drain_timeout;
+    let header_timeout = opts.header_timeout;
+    let handler = Arc::new(Handler::new(opts));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait rather than spin.
+                        eprintln!("pulpdist serve: accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                handler.metrics.connection();
+                let h = handler.clone();
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let h = h.clone();
+                    async move { Ok::<_, Infallible>(h.handle(req).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .serve_connection(TokioIo::new(stream), service);
+                let watched = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = watched.await;
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(drain) => {}
+    }
+    handler
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_canonical_names() {
+        let id = PackId::derived(b"x");
+        assert_eq!(
+            classify(&format!("/packs/{}.pack", id.to_hex())),
+            Target::Pack(id)
+        );
+        assert_eq!(
+            classify("/heads/debian"),
+            Target::Head("heads/debian".into())
+        );
+        assert_eq!(classify("/metrics"), Target::Metrics);
+        for bad in [
+            "/heads/../packs",
+            "/heads/",
+            "/heads/a/b",
+            "/heads/%2e%2e",
+            "/packs/../heads/debian",
+            &format!("/packs/{}.pack", id.to_hex().to_uppercase()),
+            &format!("/packs/{}", id.to_hex()),
+            "/locks/debian.lock",
+            "/tmp/x",
+            "heads/debian",
+            "/",
+        ] {
+            assert_eq!(classify(bad), Target::Other, "{bad}");
+        }
+    }
+}

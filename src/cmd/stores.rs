@@ -1,0 +1,124 @@
+//! Turning a `--store` argument into a reader or a publish target: a directory,
+//! `http(s)://host[:port][/prefix]`, or `s3://bucket[/prefix]`. Also where the tokio runtime
+//! that object stores and the server need is built.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use object_store::aws::AmazonS3Builder;
+use object_store::ObjectStore;
+use pulpdist_client::{
+    HttpOptions, HttpStoreReader, LocalStoreReader, ObjectStoreReader, StoreReader,
+};
+use pulpdist_server::{LocalStore, ObjectStoreTarget, Store};
+
+/// S3 settings given as flags; the usual `AWS_*` environment variables fill in the rest
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`, ...).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct S3Args {
+    /// S3 endpoint URL (for S3-compatible servers) [env: AWS_ENDPOINT_URL].
+    #[arg(long)]
+    pub s3_endpoint: Option<String>,
+    /// S3 region [env: AWS_REGION, default us-east-1].
+    #[arg(long)]
+    pub s3_region: Option<String>,
+}
+
+/// Where a store is.
+pub enum Location {
+    Dir(PathBuf),
+    Http(String),
+    S3 { bucket: String, prefix: String },
+}
+
+pub fn parse(store: &str) -> Result<Location> {
+    if store.starts_with("http://") || store.starts_with("https://") {
+        return Ok(Location::Http(store.to_string()));
+    }
+    if let Some(rest) = store.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            bail!("{store}: no bucket name");
+        }
+        return Ok(Location::S3 {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+        });
+    }
+    if store.contains("://") {
+        bail!("{store}: unsupported store URL (use a directory, http://, https:// or s3://)");
+    }
+    Ok(Location::Dir(PathBuf::from(store)))
+}
+
+/// A multi-threaded runtime for object store clients and the server.
+pub fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn s3(bucket: &str, s3: &S3Args) -> Result<Arc<dyn ObjectStore>> {
+    let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    let endpoint = s3
+        .s3_endpoint
+        .clone()
+        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+        .or_else(|| std::env::var("AWS_ENDPOINT").ok());
+    if let Some(e) = &endpoint {
+        b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
+    }
+    if let Some(r) = &s3.s3_region {
+        b = b.with_region(r);
+    } else if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+        b = b.with_region("us-east-1");
+    }
+    let store = b
+        .build()
+        .with_context(|| format!("configuring S3 bucket '{bucket}'"))?;
+    Ok(Arc::new(store))
+}
+
+/// A reader for `store`; `rt` is used only for `s3://`.
+pub fn reader(
+    store: &str,
+    http: HttpOptions,
+    s3args: &S3Args,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Box<dyn StoreReader>> {
+    Ok(match parse(store)? {
+        Location::Dir(p) => Box::new(LocalStoreReader::new(p)),
+        Location::Http(url) => Box::new(HttpStoreReader::new(&url, http)?),
+        Location::S3 { bucket, prefix } => Box::new(ObjectStoreReader::new(
+            s3(&bucket, s3args)?,
+            &prefix,
+            store,
+            rt.handle().clone(),
+        )),
+    })
+}
+
+/// A publish target for `store`.
+pub fn target(
+    store: &str,
+    s3args: &S3Args,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Box<dyn Store>> {
+    Ok(match parse(store)? {
+        Location::Dir(p) => Box::new(
+            LocalStore::open(&p).with_context(|| format!("opening store {}", p.display()))?,
+        ),
+        Location::Http(url) => bail!(
+            "{url}: an HTTP store is read-only; publish to its directory or bucket and serve that"
+        ),
+        Location::S3 { bucket, prefix } => Box::new(ObjectStoreTarget::new(
+            s3(&bucket, s3args)?,
+            &prefix,
+            store,
+            rt.handle().clone(),
+        )),
+    })
+}
