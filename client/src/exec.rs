@@ -378,15 +378,17 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         .thread_name(|i| format!("pulpdist-fetch-{i}"))
         .build()
         .map_err(|e| SyncError::Config(format!("starting fetch threads: {e}")))?;
-    let fetched: u64 = pool
-        .install(|| {
-            plan.fetches
-                .par_iter()
-                .map(|f| fetch_op(&store, &state, f))
-                .collect::<Result<Vec<u64>, _>>()
-        })?
-        .into_iter()
-        .sum();
+    // Every fetch runs even if one fails, so what could be verified is staged for the next try.
+    let results: Vec<Result<u64, SyncError>> = pool.install(|| {
+        plan.fetches
+            .par_iter()
+            .map(|f| fetch_op(&store, &state, f))
+            .collect()
+    });
+    let mut fetched = 0;
+    for r in results {
+        fetched += r?;
+    }
     report.chunks_fetched = fetched + fetch_loose(&store, &state, &late, opts.max_gap)?;
     // 3. Directories, parents first.
     for d in &plan.mkdirs {

@@ -31,6 +31,9 @@ pub struct Args {
     /// Chunk sizes MIN,AVG,MAX in bytes for a new tree (later versions keep the tree's).
     #[arg(long, value_parser = parse_params)]
     chunk_sizes: Option<ChunkParams>,
+    /// Target size of data packs in bytes (a pack closes once it reaches this).
+    #[arg(long, default_value_t = 64 << 20)]
+    pack_size: u64,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -90,6 +93,7 @@ pub fn run(a: Args) -> Result<()> {
     opts.expires_in = a.expires_days.saturating_mul(86_400);
     opts.zstd_level = a.zstd_level;
     opts.params = a.chunk_sizes;
+    opts.pack_target = a.pack_size.max(1);
     let report = publish(store.as_ref(), &key, &opts).with_context(|| {
         format!(
             "publishing {} as tree '{}' into {}",

@@ -1,0 +1,260 @@
+//! Real servers for the tests, each a child process on loopback, stopped on drop:
+//! `pulpdist serve`, s3s-fs (an S3-compatible server) and nginx with the configuration in
+//! deploy/nginx/. `./scripts/test` installs s3s-fs and nginx; a missing one fails the test
+//! with a message saying so (it is never skipped).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{bin, s};
+
+/// A child process, sent SIGTERM and reaped on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: &'static str,
+}
+
+impl Proc {
+    /// SIGTERM, then wait up to 10 s; returns whether it exited by itself.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_for_port(port: u16, proc: &mut Proc) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(st)) = proc.child.try_wait() {
+            panic!("{} exited ({st}) before listening on {port}", proc.name);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{} did not listen on port {port} within 30 s", proc.name);
+}
+
+/// Finds a tool: the environment variable, then the given paths, then PATH.
+fn tool(env: &str, candidates: &[PathBuf], name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        return PathBuf::from(p);
+    }
+    for c in candidates {
+        if c.is_file() {
+            return c.clone();
+        }
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&paths) {
+            if d.join(name).is_file() {
+                return d.join(name);
+            }
+        }
+    }
+    panic!("{name} is not installed: run ./scripts/test, which installs it (or set {env})");
+}
+
+/// `pulpdist serve` on a free port.
+pub struct Builtin {
+    pub proc: Proc,
+    pub url: String,
+    pub port: u16,
+}
+
+impl Builtin {
+    pub fn start(store: &Path) -> Self {
+        let mut child = bin()
+            .args(["serve", "--store", s(store), "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn pulpdist serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read serve's first line");
+        let url = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .expect("serve prints its URL")
+            .to_string();
+        let port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in '{line}'"));
+        Builtin {
+            proc: Proc {
+                child,
+                name: "pulpdist serve",
+            },
+            url,
+            port,
+        }
+    }
+}
+
+pub const S3_ACCESS_KEY: &str = "pulpdist-test";
+pub const S3_SECRET_KEY: &str = "pulpdist-test-secret-key";
+
+/// s3s-fs serving `root`; buckets are its subdirectories.
+pub struct S3 {
+    pub proc: Proc,
+    pub root: PathBuf,
+    pub endpoint: String,
+}
+
+impl S3 {
+    pub fn start(root: &Path, buckets: &[&str]) -> Self {
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let exe = tool(
+            "PULPDIST_S3S_FS",
+            &[home.join(".cache/pulpdist/s3s-fs-0.14.1/bin/s3s-fs")],
+            "s3s-fs",
+        );
+        for b in buckets {
+            std::fs::create_dir_all(root.join(b)).expect("bucket dir");
+        }
+        let port = free_port();
+        let child = Command::new(&exe)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", exe.display()));
+        let mut proc = Proc {
+            child,
+            name: "s3s-fs",
+        };
+        wait_for_port(port, &mut proc);
+        S3 {
+            proc,
+            root: root.to_path_buf(),
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// The environment a client of this server needs (the usual AWS variables).
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+/// nginx with deploy/nginx/pulpdist-cdn.conf in front of `upstream` (host:port).
+pub struct Nginx {
+    pub proc: Proc,
+    pub url: String,
+    pub access_log: PathBuf,
+}
+
+impl Nginx {
+    pub fn start(dir: &Path, upstream: &str) -> Self {
+        let exe = tool(
+            "PULPDIST_NGINX",
+            &[PathBuf::from("/usr/sbin/nginx")],
+            "nginx",
+        );
+        std::fs::create_dir_all(dir.join("cache")).expect("nginx dir");
+        let port = free_port();
+        let site = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx/pulpdist-cdn.conf"),
+        )
+        .expect("deploy/nginx/pulpdist-cdn.conf");
+        let access_log = dir.join("access.log");
+        // The shipped file, with only its paths, ports and origin replaced.
+        let replace = |s: String, from: &str, to: &str| {
+            assert!(s.contains(from), "deploy config lost '{from}'");
+            s.replace(from, to)
+        };
+        let site = replace(site, "/var/cache/nginx/pulpdist", s(&dir.join("cache")));
+        let site = replace(site, "/var/log/nginx/pulpdist-access.log", s(&access_log));
+        let site = replace(
+            site,
+            "server 127.0.0.1:8080;",
+            &format!("server {upstream};"),
+        );
+        let site = replace(site, "listen 8081;", &format!("listen 127.0.0.1:{port};"));
+        std::fs::write(dir.join("pulpdist-cdn.conf"), site).expect("write site conf");
+        let d = s(dir);
+        let main = format!(
+            "user root;\nworker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n  client_body_temp_path {d}/tmp-body;\n  proxy_temp_path {d}/tmp-proxy;\n  \
+             fastcgi_temp_path {d}/tmp-fcgi;\n  uwsgi_temp_path {d}/tmp-uwsgi;\n  scgi_temp_path {d}/tmp-scgi;\n  \
+             include {d}/pulpdist-cdn.conf;\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), main).expect("write nginx.conf");
+        let child = Command::new(&exe)
+            .args(["-p", d, "-c", s(&dir.join("nginx.conf"))])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", exe.display()));
+        let mut proc = Proc {
+            child,
+            name: "nginx",
+        };
+        wait_for_port(port, &mut proc);
+        Nginx {
+            proc,
+            url: format!("http://127.0.0.1:{port}"),
+            access_log,
+        }
+    }
+
+    /// The access log's lines so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.access_log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
