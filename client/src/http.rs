@@ -259,10 +259,23 @@ impl HttpStoreReader {
             }
         }
         let before = buf.len() as u64;
-        let read = (&mut body).take(want).read_to_end(buf);
+        // A 206 body is read to its end (one byte more is allowed for), so the connection
+        // goes back to the pool; the rest of a 200 body, when only a part was asked for, is
+        // not worth reading, and that connection is dropped.
+        let cap = if status == 206 { want + 1 } else { want };
+        let read = (&mut body).take(cap).read_to_end(buf);
         let got = buf.len() as u64 - before;
         if let Err(e) = read {
             return Err(read_err(url, e));
+        }
+        if got > want {
+            buf.truncate((before + want) as usize);
+            return Err(http_err(
+                url,
+                status,
+                format!("body longer than the {want} bytes of its Content-Range"),
+                false,
+            ));
         }
         if got < want && !(end.is_none() && status == 200) {
             return Err(SyncError::Short {

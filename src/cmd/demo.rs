@@ -1,13 +1,14 @@
 //! `pulpdist demo`: the main job on an embedded default. Generates a sample repository
-//! tree, publishes it to a local store, syncs a downstream copy, changes the tree, and
-//! publishes and syncs again, printing what moved each time.
+//! tree, publishes it to a local store, serves the store with the built-in HTTP server on
+//! loopback, syncs a downstream copy over HTTP, changes the tree, and publishes and syncs
+//! again, printing what moved each time.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use pulpdist_client::{sync, LocalStoreReader, SyncOptions};
+use pulpdist_client::{sync, HttpOptions, HttpStoreReader, SyncOptions};
 use pulpdist_format::{SecretKey, TrustedKeys};
-use pulpdist_server::{publish, LocalStore, PublishOptions};
+use pulpdist_server::{publish, LocalStore, PublishOptions, ServeOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -49,23 +50,59 @@ fn run_in(dir: &std::path::Path, json: bool) -> Result<()> {
     let store = LocalStore::open(&store_dir)?;
     let popts = PublishOptions::new("debian", &source, dir.join("publish-state"));
     let sopts = SyncOptions::new("debian", &mirror, trusted);
-    let reader = LocalStoreReader::new(&store_dir);
+    // The built-in server on a free loopback port, stopped when the demo ends.
+    let rt = super::stores::runtime(1)?;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .context("listening on 127.0.0.1")?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = rt.spawn(pulpdist_server::serve(
+        listener,
+        ServeOptions::new(&store_dir),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    if !json {
+        println!("serving {} on {url}", store_dir.display());
+    }
+    let reader = HttpStoreReader::new(&url, HttpOptions::default())?;
+    let result = rounds(
+        &source, &mirror, &store, &key, &popts, &sopts, &reader, json,
+    );
+    let _ = stop.send(());
+    let _ = rt.block_on(server);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rounds(
+    source: &std::path::Path,
+    mirror: &std::path::Path,
+    store: &LocalStore,
+    key: &SecretKey,
+    popts: &PublishOptions,
+    sopts: &SyncOptions,
+    reader: &HttpStoreReader,
+    json: bool,
+) -> Result<()> {
     for round in 1..=2 {
         if round == 2 {
-            pulpdist_testdata::evolve(&source, 1, 1).context("changing the sample tree")?;
+            pulpdist_testdata::evolve(source, 1, 1).context("changing the sample tree")?;
             if !json {
                 println!("-- the upstream tree changed (packages upgraded, metadata edited, files renamed and deleted)");
             }
         }
-        let p = publish(&store, &key, &popts).context("publishing the sample tree")?;
+        let p = publish(store, key, popts).context("publishing the sample tree")?;
         super::publish::print_report(json, &p);
-        let s = sync(&reader, &sopts).context("syncing the sample tree")?;
+        let s = sync(reader, sopts).context("syncing the sample tree over HTTP")?;
         super::sync::print_report(json, &s);
         let diff = std::process::Command::new("diff")
             .arg("-r")
             .arg("--no-dereference")
-            .arg(&source)
-            .arg(&mirror)
+            .arg(source)
+            .arg(mirror)
             .output();
         match diff {
             Ok(o) if o.status.success() => {

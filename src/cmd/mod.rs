@@ -23,7 +23,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
                 _ => 1,
             };
         }
-        if let Some(PublishError::Locked { .. }) = cause.downcast_ref::<PublishError>() {
+        if let Some(PublishError::Locked { .. } | PublishError::HeadChanged { .. }) =
+            cause.downcast_ref::<PublishError>()
+        {
             return 4;
         }
     }

@@ -1,0 +1,131 @@
+//! Publishing to a real S3-compatible server (s3s-fs): multipart uploads of large packs,
+//! and the conditional head write that keeps two publishers from overwriting each other.
+
+mod common;
+
+use std::sync::Arc;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::ObjectStore;
+use pulpdist_format::SecretKey;
+use pulpdist_server::{publish, ObjectStoreTarget, PublishError, PublishOptions, Store};
+
+use common::servers::{S3, S3_ACCESS_KEY, S3_SECRET_KEY};
+use common::{assert_same_tree, s, Site};
+
+fn bucket(s3: &S3, name: &str) -> Arc<dyn ObjectStore> {
+    Arc::new(
+        AmazonS3Builder::new()
+            .with_bucket_name(name)
+            .with_endpoint(&s3.endpoint)
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id(S3_ACCESS_KEY)
+            .with_secret_access_key(S3_SECRET_KEY)
+            .build()
+            .expect("S3 client"),
+    )
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn large_packs_go_up_in_parts_and_sync_back_identical() {
+    let site = Site::new();
+    pulpdist_testdata::generate(&site.src(), 41, 8).expect("generate");
+    let s3 = S3::start(&site.p("s3"), &["mirror"]);
+    let rt = runtime();
+    let target = ObjectStoreTarget::new(
+        bucket(&s3, "mirror"),
+        "pool",
+        "s3://mirror/pool",
+        rt.handle().clone(),
+    )
+    .with_part_size(5 << 20);
+    let key = SecretKey::generate().expect("key");
+    std::fs::write(site.key(), key.to_text()).expect("key file");
+    std::fs::write(
+        format!("{}.pub", s(&site.key())),
+        key.public().to_text("test"),
+    )
+    .expect("pub file");
+    let opts = PublishOptions::new("tree", site.src(), site.p("publish-state"));
+    let report = publish(&target, &key, &opts).expect("publish to S3");
+    let biggest = report.packs.iter().map(|p| p.size).max().expect("packs");
+    assert!(
+        biggest > 2 * (5 << 20),
+        "want a pack of several parts, got {biggest}"
+    );
+
+    let envs = s3.env();
+    let out = common::bin()
+        .args([
+            "sync",
+            "--store",
+            "s3://mirror/pool",
+            "--tree",
+            "tree",
+            "--trust",
+            &format!("{}.pub", s(&site.key())),
+            "--json",
+            s(&site.mirror()),
+        ])
+        .envs(envs.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("sync");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_tree(&site.src(), &site.mirror());
+}
+
+#[test]
+fn the_head_is_replaced_only_if_unchanged() {
+    let site = Site::new();
+    pulpdist_testdata::generate(&site.src(), 42, 1).expect("generate");
+    let s3 = S3::start(&site.p("s3"), &["mirror"]);
+    let rt = runtime();
+    let target = ObjectStoreTarget::new(
+        bucket(&s3, "mirror"),
+        "",
+        "s3://mirror",
+        rt.handle().clone(),
+    );
+    let key = SecretKey::generate().expect("key");
+    let a = PublishOptions::new("tree", site.src(), site.p("state-a"));
+    publish(&target, &key, &a).expect("first publish");
+    let seen = target.read_head("tree").expect("read").expect("a head");
+    assert!(seen.etag.is_some(), "S3 gives the head an ETag");
+
+    // Another publisher (its own state directory, so no shared local lock) moves on.
+    let b = PublishOptions::new("tree", site.src(), site.p("state-b"));
+    publish(&target, &key, &b).expect("second publisher");
+
+    // Writing over what we read is refused: neither a first head nor a stale one.
+    let err = target
+        .put_head("tree", b"not a head", None, None)
+        .expect_err("create over an existing head");
+    assert!(matches!(err, PublishError::HeadChanged { .. }), "{err}");
+    let err = target
+        .put_head("tree", b"not a head", Some(&seen), Some(1))
+        .expect_err("update from a stale head");
+    assert!(matches!(err, PublishError::HeadChanged { .. }), "{err}");
+    assert!(err.to_string().contains("changed during publish"), "{err}");
+
+    // The store still holds the second publisher's version, intact.
+    let now = target.read_head("tree").expect("read").expect("head");
+    assert_ne!(now.bytes, b"not a head");
+    assert_ne!(now.bytes, seen.bytes);
+    // And the current one can be replaced by whoever read it.
+    target
+        .put_head("tree", &now.bytes, Some(&now), Some(2))
+        .expect("conditional update from the current head");
+}

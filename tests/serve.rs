@@ -1,0 +1,264 @@
+//! `pulpdist serve` as an HTTP origin, seen from the wire; and sync over HTTP when the
+//! network or the origin misbehaves (cut connections, 503s, ranges ignored).
+
+mod common;
+
+use std::fs;
+
+use common::http::{Conn, Fault, Proxy};
+use common::servers::Builtin;
+use common::{assert_same_tree, run_json, s, Site};
+
+fn published(seed: u64, scale: usize) -> Site {
+    let site = Site::new();
+    pulpdist_testdata::generate(&site.src(), seed, scale).expect("generate");
+    site.publish();
+    site
+}
+
+fn sync_via(site: &Site, url: &str, extra: &[&str]) -> serde_json::Value {
+    let key = format!("{}.pub", s(&site.key()));
+    let mut a = vec!["sync", "--store", url, "--tree", "tree", "--trust", &key];
+    a.extend_from_slice(extra);
+    let mirror = site.mirror();
+    a.push(s(&mirror));
+    run_json(&a)
+}
+
+fn num(v: &serde_json::Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or_else(|| panic!("no '{k}' in {v}"))
+}
+
+#[test]
+fn http_semantics_on_one_keep_alive_connection() {
+    let site = published(31, 2);
+    let mut server = Builtin::start(&site.store());
+    let host = server.url.trim_start_matches("http://").to_string();
+    let mut c = Conn::open(&host);
+
+    // The head: short-lived in caches, with a strong ETag that makes a no-op a 304.
+    let head = fs::read(site.store().join("heads/tree")).expect("head file");
+    let r = c.send("GET", "/heads/tree", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, head);
+    assert_eq!(r.header("cache-control"), Some("public, max-age=10"));
+    let etag = r.header("etag").expect("etag").to_string();
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+    let r = c.send("GET", "/heads/tree", &[("If-None-Match", &etag)]);
+    assert_eq!((r.status, r.body.len()), (304, 0));
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    let r = c.send("GET", "/heads/tree", &[("If-None-Match", "\"other\"")]);
+    assert_eq!(r.status, 200);
+
+    // A pack: immutable, ranges single and multiple, 416 past the end, HEAD without a body.
+    let pack = fs::read_dir(site.store().join("packs"))
+        .expect("packs")
+        .map(|e| e.expect("entry").path())
+        .max_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a pack");
+    let bytes = fs::read(&pack).expect("pack");
+    let len = bytes.len();
+    let path = format!(
+        "/packs/{}",
+        pack.file_name().expect("name").to_string_lossy()
+    );
+    let r = c.send("HEAD", &path, &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some(len.to_string().as_str()));
+    assert_eq!(
+        r.header("cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
+    assert_eq!(r.header("accept-ranges"), Some("bytes"));
+    let r = c.send("GET", &path, &[("Range", "bytes=100-199")]);
+    assert_eq!(r.status, 206);
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes 100-199/{len}").as_str())
+    );
+    assert_eq!(r.body, &bytes[100..200]);
+    let r = c.send("GET", &path, &[("Range", "bytes=-10")]);
+    assert_eq!(r.body, &bytes[len - 10..]);
+    let r = c.send("GET", &path, &[("Range", "bytes=0-9,1000-1009")]);
+    assert_eq!(r.status, 206);
+    let ct = r.header("content-type").expect("content type");
+    let boundary = ct
+        .strip_prefix("multipart/byteranges; boundary=")
+        .expect("multipart");
+    let body = String::from_utf8_lossy(&r.body);
+    assert_eq!(body.matches(&format!("--{boundary}")).count(), 3, "{body}");
+    assert!(body.contains(&format!("Content-Range: bytes 0-9/{len}")));
+    assert!(body.contains(&format!("Content-Range: bytes 1000-1009/{len}")));
+    let r = c.send("GET", &path, &[("Range", &format!("bytes={len}-"))]);
+    assert_eq!(r.status, 416);
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes */{len}").as_str())
+    );
+    let r = c.send(
+        "GET",
+        &path,
+        &[("Range", "bytes=0-3"), ("If-Range", "\"stale\"")],
+    );
+    assert_eq!(
+        (r.status, r.body.len()),
+        (200, len),
+        "If-Range mismatch sends all"
+    );
+    let r = c.send("GET", &path, &[]);
+    assert_eq!(r.body, bytes);
+
+    // Nothing outside heads/ and packs/, however the path is spelled.
+    for bad in [
+        "/heads/../packs",
+        "/heads/..%2f..%2fetc%2fpasswd",
+        "/../../etc/passwd",
+        "/locks/tree.lock",
+        "/tmp/",
+        "/heads/.tree",
+        "/packs/",
+        "/",
+        "//etc/passwd",
+    ] {
+        let r = c.send("GET", bad, &[]);
+        assert_eq!(r.status, 404, "{bad}");
+        assert!(!r.body.starts_with(b"root:"), "{bad}");
+    }
+    let r = c.send("POST", "/heads/tree", &[("Content-Length", "0")]);
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+
+    // Prometheus text: requests by kind and status, bytes, in flight (this request).
+    let r = c.send("GET", "/metrics", &[]);
+    let m = String::from_utf8_lossy(&r.body);
+    for want in [
+        "pulpdist_http_requests_total{kind=\"head\",method=\"GET\",code=\"304\"} 1",
+        "pulpdist_http_requests_total{kind=\"pack\",method=\"GET\",code=\"206\"} 3",
+        "pulpdist_http_requests_total{kind=\"pack\",method=\"GET\",code=\"416\"} 1",
+        "pulpdist_http_requests_total{kind=\"other\",method=\"GET\",code=\"404\"} 9",
+        "pulpdist_http_requests_in_flight 1",
+        "pulpdist_http_connections_total 1",
+    ] {
+        assert!(m.contains(want), "missing {want} in\n{m}");
+    }
+
+    // SIGTERM: a clean exit.
+    let status = server.proc.terminate().expect("exited on SIGTERM");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn cut_connections_are_resumed_not_refetched() {
+    let site = published(32, 6);
+    let server = Builtin::start(&site.store());
+    let up = server.url.trim_start_matches("http://").to_string();
+    // The first three connections die after 300 KB each.
+    let proxy = Proxy::start(&up, Fault::CutAfter(300_000), 3);
+    let r = sync_via(&site, &proxy.url, &["--retries", "8"]);
+    assert_same_tree(&site.src(), &site.mirror());
+    assert!(proxy.faults_done.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert!(num(&r, "retries") >= 1, "{r}");
+    // Resumed from the last byte received: the bytes add up to one clean sync.
+    let mirror2 = site.p("clean/tree");
+    let key = format!("{}.pub", s(&site.key()));
+    let clean = Proxy::start(&up, Fault::CutAfter(0), 0);
+    let c = run_json(&[
+        "sync",
+        "--store",
+        &clean.url,
+        "--tree",
+        "tree",
+        "--trust",
+        &key,
+        s(&mirror2),
+    ]);
+    // Keep-alive: sequential requests share connections.
+    let conns = clean.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(conns < num(&c, "requests"), "{conns} connections for {c}");
+    assert_eq!(
+        num(&r, "bytes_fetched"),
+        num(&c, "bytes_fetched"),
+        "cut: {r}\nclean: {c}"
+    );
+}
+
+#[test]
+fn unavailable_origin_is_retried() {
+    let site = published(33, 2);
+    let server = Builtin::start(&site.store());
+    let up = server.url.trim_start_matches("http://").to_string();
+    let proxy = Proxy::start(&up, Fault::Unavailable, 2);
+    let r = sync_via(&site, &proxy.url, &["--retries", "4"]);
+    assert_same_tree(&site.src(), &site.mirror());
+    assert!(num(&r, "retries") >= 2, "{r}");
+
+    // With no retries left, the 503 is reported and the mirror is untouched.
+    let site2 = published(34, 1);
+    let proxy = Proxy::start(&up, Fault::Unavailable, 100);
+    let key = format!("{}.pub", s(&site2.key()));
+    let out = common::run(&[
+        "sync",
+        "--store",
+        &proxy.url,
+        "--tree",
+        "tree",
+        "--trust",
+        &key,
+        "--retries",
+        "1",
+        s(&site2.mirror()),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("503") && err.contains(&proxy.url), "{err}");
+    assert!(!site2.mirror().exists());
+}
+
+/// Deletes every `step`-th file of the mirror (so a `--full` sync needs scattered ranges).
+fn punch_holes(site: &Site, step: usize) -> usize {
+    let mut files: Vec<_> = common::snapshot(&site.mirror())
+        .into_iter()
+        .filter(|(_, d)| d.starts_with("file"))
+        .map(|(p, _)| p)
+        .collect();
+    files.sort();
+    let mut n = 0;
+    for p in files.iter().step_by(step) {
+        fs::remove_file(site.mirror().join(p)).expect("remove");
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn multi_range_when_the_origin_answers_it_and_whole_bodies_when_it_ignores_ranges() {
+    let site = published(35, 6);
+    let server = Builtin::start(&site.store());
+    sync_via(&site, &server.url, &[]);
+    let up = server.url.trim_start_matches("http://").to_string();
+
+    punch_holes(&site, 7);
+    let single = sync_via(&site, &server.url, &["--full"]);
+    assert_same_tree(&site.src(), &site.mirror());
+    punch_holes(&site, 7);
+    let multi = sync_via(&site, &server.url, &["--full", "--multi-range"]);
+    assert_same_tree(&site.src(), &site.mirror());
+    assert_eq!(single["chunks_fetched"], multi["chunks_fetched"]);
+    assert!(
+        num(&multi, "requests") < num(&single, "requests"),
+        "multi-range should save requests: single {single}\nmulti {multi}"
+    );
+
+    // An origin that ignores Range (200 with everything): still correct, with or without
+    // multi-range, and the multi-range attempt is given up after the first wrong answer.
+    let proxy = Proxy::start(&up, Fault::StripRange, 0);
+    for extra in [&["--full"][..], &["--full", "--multi-range"][..]] {
+        punch_holes(&site, 7);
+        let mut args = extra.to_vec();
+        args.extend(["--retries", "0"]);
+        let r = sync_via(&site, &proxy.url, &args);
+        assert_same_tree(&site.src(), &site.mirror());
+        assert!(num(&r, "chunks_fetched") > 0, "{r}");
+    }
+    assert!(proxy.faults_done.load(std::sync::atomic::Ordering::SeqCst) > 0);
+}
