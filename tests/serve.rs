@@ -262,3 +262,92 @@ fn multi_range_when_the_origin_answers_it_and_whole_bodies_when_it_ignores_range
     }
     assert!(proxy.faults_done.load(std::sync::atomic::Ordering::SeqCst) > 0);
 }
+
+#[test]
+fn https_with_a_private_ca() {
+    let site = published(36, 2);
+    let server = Builtin::start(&site.store());
+    let ca = common::tls::TestCa::new("PulpDist test CA");
+    let dir = site.p("tls");
+    fs::create_dir_all(&dir).expect("tls dir");
+    let ca_file = ca.write_ca(&dir.join("ca.pem"));
+    let pair = ca.issue(&dir, "edge", &["localhost", "127.0.0.1"]);
+    let edge = common::servers::Nginx::start_with(
+        &site.p("nginx"),
+        &format!("127.0.0.1:{}", server.port),
+        Some((&pair.cert, &pair.key)),
+    );
+    assert!(edge.url.starts_with("https://"));
+
+    // Without the CA the server is not trusted: a clear, permanent error, nothing written.
+    let key = format!("{}.pub", s(&site.key()));
+    let out = common::run(&[
+        "sync",
+        "--store",
+        &edge.url,
+        "--tree",
+        "tree",
+        "--trust",
+        &key,
+        s(&site.mirror()),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&edge.url) && err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    assert!(!site.mirror().exists());
+
+    let r = sync_via(&site, &edge.url, &["--ca", s(&ca_file)]);
+    assert_same_tree(&site.src(), &site.mirror());
+    assert_eq!(num(&r, "retries"), 0, "{r}");
+    let noop = sync_via(&site, &edge.url, &["--ca", s(&ca_file)]);
+    assert_eq!(num(&noop, "requests"), 1, "{noop}");
+}
+
+#[test]
+fn sigterm_lets_a_response_in_flight_finish() {
+    use std::io::{Read, Write};
+    let site = published(37, 6);
+    let mut server = Builtin::start(&site.store());
+    let pack = fs::read_dir(site.store().join("packs"))
+        .expect("packs")
+        .map(|e| e.expect("entry").path())
+        .max_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a pack");
+    let bytes = fs::read(&pack).expect("pack");
+    assert!(
+        bytes.len() > 4 << 20,
+        "want a pack larger than socket buffers"
+    );
+    let host = server.url.trim_start_matches("http://").to_string();
+    let mut c = std::net::TcpStream::connect(&host).expect("connect");
+    write!(
+        c,
+        "GET /packs/{} HTTP/1.1\r\nHost: {host}\r\n\r\n",
+        pack.file_name().expect("name").to_string_lossy()
+    )
+    .expect("send");
+    let mut first = [0u8; 1024];
+    let n = c.read(&mut first).expect("first bytes");
+    assert!(n > 0);
+    // Stop the server while most of the body is still to be sent.
+    std::process::Command::new("kill")
+        .args(["-TERM", &server.proc.child.id().to_string()])
+        .status()
+        .expect("kill");
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).expect("rest of the response");
+    let mut all = first[..n].to_vec();
+    all.extend(rest);
+    let split = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of headers");
+    assert_eq!(&all[split + 4..], &bytes[..], "the body arrived whole");
+    let status = server.proc.terminate().expect("exited");
+    assert!(status.success(), "{status}");
+    // And it no longer accepts connections.
+    assert!(std::net::TcpStream::connect(&host).is_err());
+}

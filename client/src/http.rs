@@ -495,15 +495,23 @@ fn read_err(url: &str, e: std::io::Error) -> SyncError {
 }
 
 fn transport(url: &str, e: ureq::Error) -> SyncError {
-    let temporary = !matches!(
-        e,
+    let temporary = match &e {
         ureq::Error::BadUri(_)
-            | ureq::Error::Tls(_)
-            | ureq::Error::Rustls(_)
-            | ureq::Error::Pem(_)
-            | ureq::Error::TooManyRedirects
-            | ureq::Error::RequireHttpsOnly(_)
-    );
+        | ureq::Error::Tls(_)
+        | ureq::Error::Rustls(_)
+        | ureq::Error::Pem(_)
+        | ureq::Error::TooManyRedirects
+        | ureq::Error::RequireHttpsOnly(_) => false,
+        // A TLS handshake refused (untrusted or mismatched certificate) will not pass by
+        // waiting; rustls reports it as invalid data.
+        ureq::Error::Io(io) => {
+            io.kind() != std::io::ErrorKind::InvalidData
+                || io
+                    .get_ref()
+                    .is_none_or(|inner| inner.downcast_ref::<rustls::Error>().is_none())
+        }
+        _ => true,
+    };
     SyncError::Http {
         url: url.to_string(),
         status: None,

@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod servers;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::fs;

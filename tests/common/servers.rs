@@ -196,6 +196,11 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(dir: &Path, upstream: &str) -> Self {
+        Self::start_with(dir, upstream, None)
+    }
+
+    /// With `tls` (certificate and key files), the edge listens for HTTPS.
+    pub fn start_with(dir: &Path, upstream: &str, tls: Option<(&Path, &Path)>) -> Self {
         let exe = tool(
             "PULPDIST_NGINX",
             &[PathBuf::from("/usr/sbin/nginx")],
@@ -220,7 +225,15 @@ impl Nginx {
             "server 127.0.0.1:8080;",
             &format!("server {upstream};"),
         );
-        let site = replace(site, "listen 8081;", &format!("listen 127.0.0.1:{port};"));
+        let listen = match tls {
+            None => format!("listen 127.0.0.1:{port};"),
+            Some((cert, key)) => format!(
+                "listen 127.0.0.1:{port} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};",
+                s(cert),
+                s(key)
+            ),
+        };
+        let site = replace(site, "listen 8081;", &listen);
         std::fs::write(dir.join("pulpdist-cdn.conf"), site).expect("write site conf");
         let d = s(dir);
         let main = format!(
@@ -244,7 +257,10 @@ impl Nginx {
         wait_for_port(port, &mut proc);
         Nginx {
             proc,
-            url: format!("http://127.0.0.1:{port}"),
+            url: match tls {
+                None => format!("http://127.0.0.1:{port}"),
+                Some(_) => format!("https://localhost:{port}"),
+            },
             access_log,
         }
     }
