@@ -23,6 +23,13 @@ pub struct S3Args {
     /// S3 region [env: AWS_REGION, default us-east-1].
     #[arg(long)]
     pub s3_region: Option<String>,
+    /// S3 access key id [env: AWS_ACCESS_KEY_ID].
+    #[arg(long)]
+    pub s3_access_key_id: Option<String>,
+    /// File holding the S3 secret access key (not a flag value, which `ps` would show)
+    /// [env: AWS_SECRET_ACCESS_KEY].
+    #[arg(long)]
+    pub s3_secret_key_file: Option<PathBuf>,
 }
 
 /// Where a store is.
@@ -70,6 +77,14 @@ fn s3(bucket: &str, s3: &S3Args) -> Result<Arc<dyn ObjectStore>> {
         .or_else(|| std::env::var("AWS_ENDPOINT").ok());
     if let Some(e) = &endpoint {
         b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
+    }
+    if let Some(id) = &s3.s3_access_key_id {
+        b = b.with_access_key_id(id);
+    }
+    if let Some(f) = &s3.s3_secret_key_file {
+        let secret = std::fs::read_to_string(f)
+            .with_context(|| format!("reading the S3 secret key {}", f.display()))?;
+        b = b.with_secret_access_key(secret.trim());
     }
     if let Some(r) = &s3.s3_region {
         b = b.with_region(r);
