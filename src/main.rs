@@ -5,7 +5,7 @@
 //!
 //! Exit codes: 0 success; 1 failure; 2 usage error; 3 refused by verification (bad or
 //! foreign signature, rollback, expired head, wrong tree, tampered object); 4 another
-//! publisher holds the tree.
+//! publisher holds the tree, or the head changed during publish.
 
 use std::process::ExitCode;
 
