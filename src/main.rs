@@ -26,6 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// A small certificate authority for sites: init, issue, revoke.
+    Ca(cmd::ca::Args),
     /// Make an Ed25519 signing key (FILE) and its public half (FILE.pub).
     Keygen(cmd::keygen::Args),
     /// Publish a directory as the next version of a tree.
@@ -41,6 +43,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Ca(a) => cmd::ca::run(a),
         Command::Keygen(a) => cmd::keygen::run(a),
         Command::Publish(a) => cmd::publish::run(a),
         Command::Serve(a) => cmd::serve::run(a),

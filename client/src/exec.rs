@@ -105,7 +105,8 @@ pub struct SyncReport {
     pub bytes_fetched: u64,
     /// Store requests (retries included).
     pub requests: u64,
-    /// Requests that were retries or resumptions after a temporary failure.
+    /// Requests beyond one per store call: retries and resumptions after a temporary
+    /// failure, and the extra requests of a multi-range call split or fallen back to ranges.
     pub retries: u64,
     /// Chunks fetched from the store.
     pub chunks_fetched: u64,

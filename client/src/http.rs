@@ -38,6 +38,8 @@ pub struct HttpOptions {
     pub multi_range: bool,
     /// CA certificates (PEM) to trust for `https://` instead of the Mozilla roots.
     pub ca_pem: Option<Vec<u8>>,
+    /// A client certificate chain and its private key (PEM), for servers that ask for one.
+    pub client_cert_pem: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Default for HttpOptions {
@@ -50,6 +52,7 @@ impl Default for HttpOptions {
             read_timeout: Duration::from_secs(60),
             multi_range: false,
             ca_pem: None,
+            client_cert_pem: None,
         }
     }
 }
@@ -99,6 +102,24 @@ impl HttpStoreReader {
                 ));
             }
             tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+        }
+        if let Some((cert_pem, key_pem)) = &opts.client_cert_pem {
+            let chain = ureq::tls::parse_pem(cert_pem)
+                .filter_map(|i| match i {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| SyncError::Config(format!("client certificate: {e}")))?;
+            if chain.is_empty() {
+                return Err(SyncError::Config(
+                    "client certificate: no certificate in the PEM file".into(),
+                ));
+            }
+            let key = ureq::tls::PrivateKey::from_pem(key_pem)
+                .map_err(|e| SyncError::Config(format!("client key: {e}")))?;
+            tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)));
         }
         let agent: Agent = Agent::config_builder()
             .http_status_as_error(false)

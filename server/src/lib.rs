@@ -27,5 +27,5 @@ mod walk;
 pub use error::PublishError;
 pub use objstore::{ObjectStoreTarget, DEFAULT_PART_SIZE};
 pub use publish::{publish, PublishOptions, PublishReport};
-pub use serve::{serve, ServeOptions};
+pub use serve::{serve, Handler, Peer, ServeError, ServeOptions};
 pub use store::{LocalStore, Store, StoreLock, StoredHead};

@@ -57,13 +57,12 @@ fn run_in(dir: &std::path::Path, json: bool) -> Result<()> {
         .context("listening on 127.0.0.1")?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(pulpdist_server::serve(
-        listener,
-        ServeOptions::new(&store_dir),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let handler = std::sync::Arc::new(pulpdist_server::Handler::new(ServeOptions::new(
+        &store_dir,
+    ))?);
+    let server = rt.spawn(pulpdist_server::serve(listener, handler, async {
+        let _ = stopped.await;
+    }));
     if !json {
         println!("serving {} on {url}", store_dir.display());
     }

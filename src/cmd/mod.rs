@@ -1,5 +1,6 @@
 //! The subcommands, and how their errors map to exit codes.
 
+pub mod ca;
 pub mod demo;
 pub mod keygen;
 pub mod publish;

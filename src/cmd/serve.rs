@@ -1,10 +1,13 @@
-//! `pulpdist serve`: serve a store directory over HTTP until SIGTERM or SIGINT.
+//! `pulpdist serve`: serve a store directory over HTTP or HTTPS until SIGTERM or SIGINT.
+//! SIGHUP reloads the authorization file (it is also reloaded when it changes), the TLS
+//! certificates and the revocation lists.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use pulpdist_server::ServeOptions;
+use pulpdist_server::serve::tls::TlsFiles;
+use pulpdist_server::{Handler, ServeOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -23,6 +26,22 @@ pub struct Args {
     /// Seconds open requests may take to finish after SIGTERM.
     #[arg(long, default_value_t = 30)]
     drain_seconds: u64,
+    /// Serve HTTPS with this certificate chain (PEM).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM); needs --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// Certificate revocation list (PEM) of the client CA; may be repeated. Reloaded on SIGHUP.
+    #[arg(long, requires = "client_ca")]
+    crl: Vec<PathBuf>,
+    /// Authorization file: which certificate identities may read which trees (needs
+    /// --client-ca). Reloaded on SIGHUP and when it changes.
+    #[arg(long, requires = "client_ca")]
+    authz: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -32,6 +51,20 @@ pub fn run(a: Args) -> Result<()> {
             a.store.display()
         );
     }
+    let mut opts = ServeOptions::new(&a.store);
+    opts.head_max_age = a.head_max_age;
+    opts.drain_timeout = Duration::from_secs(a.drain_seconds);
+    opts.authz = a.authz.clone();
+    opts.tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: a.client_ca.clone(),
+            crls: a.crl.clone(),
+        }),
+        _ => None,
+    };
+    let handler = std::sync::Arc::new(Handler::new(opts)?);
     let rt = super::stores::runtime(a.threads)?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&a.listen)
@@ -41,11 +74,20 @@ pub fn run(a: Args) -> Result<()> {
             .local_addr()
             .with_context(|| format!("listening on {}", a.listen))?;
         // One line on stdout, for scripts and tests that asked for port 0.
-        println!("serving {} on http://{addr}", a.store.display());
-        let mut opts = ServeOptions::new(&a.store);
-        opts.head_max_age = a.head_max_age;
-        opts.drain_timeout = Duration::from_secs(a.drain_seconds);
-        pulpdist_server::serve(listener, opts, shutdown_signal()).await;
+        let scheme = if handler.is_tls() { "https" } else { "http" };
+        println!("serving {} on {scheme}://{addr}", a.store.display());
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            let h = handler.clone();
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    h.reload();
+                }
+            });
+        }
+        pulpdist_server::serve(listener, handler, shutdown_signal()).await;
         eprintln!("pulpdist serve: stopped");
         Ok(())
     })

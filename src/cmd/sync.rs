@@ -39,9 +39,15 @@ pub struct Args {
     /// Retries of a failed HTTP request (with backoff, resuming where the body stopped).
     #[arg(long, default_value_t = 6)]
     retries: u32,
-    /// Trust only these CA certificates (PEM) for https:// stores.
+    /// Trust only these CA certificates (PEM) for https:// stores [default: the Mozilla roots].
     #[arg(long)]
     ca: Option<PathBuf>,
+    /// Client certificate (PEM) for https:// stores that require one.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
     #[command(flatten)]
     s3: super::stores::S3Args,
     /// Print one JSON object.
@@ -86,6 +92,13 @@ pub fn run(a: Args) -> Result<()> {
             std::fs::read(ca)
                 .with_context(|| format!("reading CA certificates {}", ca.display()))?,
         );
+    }
+    if let (Some(cert), Some(key)) = (&a.cert, &a.key) {
+        let c = std::fs::read(cert)
+            .with_context(|| format!("reading client certificate {}", cert.display()))?;
+        let k =
+            std::fs::read(key).with_context(|| format!("reading client key {}", key.display()))?;
+        http.client_cert_pem = Some((c, k));
     }
     let rt = super::stores::runtime(2)?;
     let reader = super::stores::reader(&a.store, http, &a.s3, &rt)?;

@@ -36,6 +36,7 @@ pub struct Metrics {
     body_bytes: AtomicU64,
     in_flight: AtomicU64,
     connections: AtomicU64,
+    tls_refused: AtomicU64,
 }
 
 /// Counts one request as in flight until dropped (when its response body has been sent).
@@ -67,6 +68,11 @@ impl Metrics {
         self.body_bytes.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Counts a connection whose TLS handshake failed (no or a bad client certificate).
+    pub fn tls_refused(&self) {
+        self.tls_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts an accepted connection.
     pub fn connection(&self) {
         self.connections.fetch_add(1, Ordering::Relaxed);
@@ -96,10 +102,14 @@ impl Metrics {
              pulpdist_http_requests_in_flight {}\n\
              # HELP pulpdist_http_connections_total Connections accepted.\n\
              # TYPE pulpdist_http_connections_total counter\n\
-             pulpdist_http_connections_total {}\n",
+             pulpdist_http_connections_total {}\n\
+             # HELP pulpdist_tls_handshakes_refused_total TLS handshakes that failed (no, untrusted or revoked client certificate).\n\
+             # TYPE pulpdist_tls_handshakes_refused_total counter\n\
+             pulpdist_tls_handshakes_refused_total {}\n",
             self.body_bytes.load(Ordering::Relaxed),
             self.in_flight.load(Ordering::Relaxed),
             self.connections.load(Ordering::Relaxed),
+            self.tls_refused.load(Ordering::Relaxed),
         );
         s
     }

@@ -11,8 +11,11 @@
 //! The caller owns the runtime and the listener; [`serve`] runs until `shutdown` resolves,
 //! then stops accepting and lets open requests finish.
 
+pub mod authz;
 mod metrics;
 pub mod range;
+mod reach;
+pub mod tls;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -21,8 +24,8 @@ use std::io::SeekFrom;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, StreamBody};
@@ -35,6 +38,7 @@ use tokio::net::TcpListener;
 
 use pulpdist_format::PackId;
 
+use authz::{Authz, AuthzError, Grant, Identity};
 pub use metrics::{Kind, Metrics};
 use range::RangeAnswer;
 
@@ -52,6 +56,10 @@ pub struct ServeOptions {
     pub header_timeout: Duration,
     /// On shutdown, how long open requests may take to finish.
     pub drain_timeout: Duration,
+    /// The authorization file: who may read which trees. `None`: everything is public.
+    pub authz: Option<PathBuf>,
+    /// Serve HTTPS with these files (client certificates if a client CA is given).
+    pub tls: Option<tls::TlsFiles>,
 }
 
 impl ServeOptions {
@@ -62,6 +70,8 @@ impl ServeOptions {
             head_max_age: 10,
             header_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
+            authz: None,
+            tls: None,
         }
     }
 }
@@ -71,12 +81,122 @@ pub const PACK_CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
 const CHUNK: usize = 256 * 1024;
 const OCTETS: &str = "application/octet-stream";
 
+/// Why the server could not start (or reload).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The authorization file cannot be read.
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The authorization file is malformed.
+    #[error("{path}: {source}")]
+    Authz { path: PathBuf, source: AuthzError },
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
 /// The request handler, shared by all connections.
 #[derive(Debug)]
 pub struct Handler {
     opts: ServeOptions,
     metrics: Arc<Metrics>,
     boundaries: AtomicU64,
+    access: Option<Access>,
+    tls: Option<RwLock<Arc<rustls::ServerConfig>>>,
+}
+
+/// Per-tree access control: the authorization file (reloaded when it changes) and the
+/// packs each tree reaches.
+#[derive(Debug)]
+struct Access {
+    path: PathBuf,
+    rules: RwLock<(Authz, Option<FileStamp>)>,
+    checked: Mutex<Instant>,
+    reach: Arc<reach::Reach>,
+}
+
+type FileStamp = (u64, u64, Option<SystemTime>);
+
+fn stamp(path: &std::path::Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(path).ok()?;
+    Some((md.ino(), md.len(), md.modified().ok()))
+}
+
+fn load_authz(path: &std::path::Path) -> Result<Authz, ServeError> {
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            std::io::Read::take(f, authz::MAX_AUTHZ_SIZE as u64 + 1).read_to_string(&mut text)
+        })
+        .map_err(|source| ServeError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Authz::parse(&text).map_err(|source| ServeError::Authz {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+use std::io::Read as _;
+
+impl Access {
+    /// The rules, reloaded first if the file changed (checked at most once a second).
+    fn rules(&self) -> Authz {
+        let due = self
+            .checked
+            .lock()
+            .map(|mut t| {
+                let due = t.elapsed() >= Duration::from_secs(1);
+                if due {
+                    *t = Instant::now();
+                }
+                due
+            })
+            .unwrap_or(false);
+        if due {
+            let now = stamp(&self.path);
+            let changed = self.rules.read().map(|r| r.1 != now).unwrap_or(false);
+            if changed {
+                self.reload();
+            }
+        }
+        self.rules.read().map(|r| r.0.clone()).unwrap_or_default()
+    }
+
+    fn reload(&self) {
+        let before = stamp(&self.path);
+        match load_authz(&self.path) {
+            Ok(a) => {
+                eprintln!(
+                    "pulpdist serve: loaded {} ({} rules)",
+                    self.path.display(),
+                    a.len()
+                );
+                if let Ok(mut r) = self.rules.write() {
+                    *r = (a, before);
+                }
+            }
+            Err(e) => {
+                // Keep the rules in force; try again when the file changes once more.
+                eprintln!("pulpdist serve: keeping the previous rules: {e}");
+                if let Ok(mut r) = self.rules.write() {
+                    r.1 = before;
+                }
+            }
+        }
+    }
+}
+
+/// Who is asking: the identities of a verified client certificate (empty: none was given).
+#[derive(Clone, Debug, Default)]
+pub struct Peer {
+    /// Certificate identities.
+    pub identities: Vec<Identity>,
 }
 
 /// What a request path names.
@@ -138,12 +258,93 @@ enum Seg {
 }
 
 impl Handler {
-    /// A handler for `opts.store`.
-    pub fn new(opts: ServeOptions) -> Self {
-        Handler {
+    /// A handler for `opts.store`; loads the authorization file if there is one.
+    pub fn new(opts: ServeOptions) -> Result<Self, ServeError> {
+        let access = match &opts.authz {
+            None => None,
+            Some(path) => {
+                let rules = load_authz(path)?;
+                Some(Access {
+                    path: path.clone(),
+                    rules: RwLock::new((rules, stamp(path))),
+                    checked: Mutex::new(Instant::now()),
+                    reach: Arc::new(reach::Reach::default()),
+                })
+            }
+        };
+        let tls = match &opts.tls {
+            Some(files) => Some(RwLock::new(tls::server_config(files)?)),
+            None => None,
+        };
+        Ok(Handler {
             opts,
             metrics: Arc::new(Metrics::default()),
             boundaries: AtomicU64::new(0),
+            access,
+            tls,
+        })
+    }
+
+    /// Whether connections start with TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Reloads the authorization file, and the TLS certificates and revocation lists, now
+    /// (SIGHUP). What fails to load leaves what is in force in place.
+    pub fn reload(&self) {
+        if let Some(a) = &self.access {
+            a.reload();
+        }
+        if let (Some(lock), Some(files)) = (&self.tls, &self.opts.tls) {
+            match tls::server_config(files) {
+                Ok(c) => {
+                    if let Ok(mut w) = lock.write() {
+                        *w = c;
+                    }
+                    eprintln!("pulpdist serve: reloaded TLS certificates and revocation lists");
+                }
+                Err(e) => eprintln!("pulpdist serve: keeping the TLS configuration in force: {e}"),
+            }
+        }
+    }
+
+    fn tls_config(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls
+            .as_ref()
+            .and_then(|l| l.read().ok().map(|c| c.clone()))
+    }
+
+    /// Whether `peer` may read `target`. Without an authorization file everything is public.
+    async fn allowed(&self, peer: &Peer, target: &Target) -> bool {
+        let Some(access) = &self.access else {
+            return true;
+        };
+        let grant: Grant = if peer.identities.is_empty() {
+            Grant::default()
+        } else {
+            access.rules().grant(&peer.identities)
+        };
+        match target {
+            Target::Other => true,
+            Target::Metrics => grant.all,
+            Target::Head(key) => grant.allows(key.trim_start_matches("heads/")),
+            Target::Pack(id) => {
+                if grant.all {
+                    return true;
+                }
+                for tree in &grant.trees {
+                    let (root, tree_name) = (self.opts.store.clone(), tree.clone());
+                    let reach = access.reach.clone();
+                    // Walking an index reads files: off the async threads.
+                    let packs =
+                        tokio::task::spawn_blocking(move || reach.packs(&root, &tree_name)).await;
+                    if packs.ok().flatten().is_some_and(|p| p.contains(id)) {
+                        return true;
+                    }
+                }
+                false
+            }
         }
     }
 
@@ -152,10 +353,14 @@ impl Handler {
         &self.metrics
     }
 
-    /// Answers one request.
-    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
+    /// Answers one request from `peer`.
+    pub async fn handle<B>(&self, req: Request<B>, peer: &Peer) -> Response<Body> {
         let in_flight = self.metrics.start();
-        let target = classify(req.uri().path());
+        let mut target = classify(req.uri().path());
+        if !self.allowed(peer, &target).await {
+            // Exactly the answer for an object that does not exist.
+            target = Target::Other;
+        }
         let kind = match &target {
             Target::Head(_) => Kind::Head,
             Target::Pack(_) => Kind::Pack,
@@ -426,15 +631,16 @@ async fn read_at(
 }
 
 /// Serves the store on `listener` until `shutdown` resolves, then drains open requests
-/// (up to `opts.drain_timeout`). Connections use HTTP/1.1 keep-alive.
+/// (up to the handler's drain timeout). Connections use HTTP/1.1 keep-alive; with TLS,
+/// every connection starts with a TLS handshake (bounded by the header timeout), and the
+/// client certificate, if the configuration asks for one, names the peer.
 pub async fn serve(
     listener: TcpListener,
-    opts: ServeOptions,
+    handler: Arc<Handler>,
     shutdown: impl Future<Output = ()>,
-) -> Arc<Handler> {
-    let drain = opts.drain_timeout;
-    let header_timeout = opts.header_timeout;
-    let handler = Arc::new(Handler::new(opts));
+) {
+    let drain = handler.opts.drain_timeout;
+    let header_timeout = handler.opts.header_timeout;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -452,17 +658,32 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 handler.metrics.connection();
                 let h = handler.clone();
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let h = h.clone();
-                    async move { Ok::<_, Infallible>(h.handle(req).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout)
-                    .serve_connection(TokioIo::new(stream), service);
-                let watched = graceful.watch(conn);
+                let watcher = graceful.watcher();
+                let acceptor = h.tls_config().map(tokio_rustls::TlsAcceptor::from);
                 tokio::spawn(async move {
-                    let _ = watched.await;
+                    match acceptor {
+                        None => {
+                            run_connection(stream, h, Peer::default(), header_timeout, watcher).await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(Ok(tls)) =
+                                tokio::time::timeout(header_timeout, acceptor.accept(stream)).await
+                            else {
+                                // No certificate, an untrusted or revoked one, or no handshake.
+                                h.metrics.tls_refused();
+                                return;
+                            };
+                            let identities = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .map(tls::identities)
+                                .unwrap_or_default();
+                            let peer = Peer { identities };
+                            run_connection(tls, h, peer, header_timeout, watcher).await;
+                        }
+                    }
                 });
             }
             _ = &mut shutdown => break,
@@ -473,7 +694,28 @@ pub async fn serve(
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(drain) => {}
     }
-    handler
+}
+
+/// Serves HTTP/1.1 on one connection until it closes or a graceful shutdown ends it.
+async fn run_connection<IO>(
+    io: IO,
+    handler: Arc<Handler>,
+    peer: Peer,
+    header_timeout: Duration,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = Arc::new(peer);
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (h, peer) = (handler.clone(), peer.clone());
+        async move { Ok::<_, Infallible>(h.handle(req, &peer).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(io), service);
+    let _ = watcher.watch(conn).await;
 }
 
 #[cfg(test)]

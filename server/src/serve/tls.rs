@@ -1,0 +1,126 @@
+//! TLS for `serve` (rustls): the server certificate, optional client certificates verified
+//! against a site CA (and its revocation lists), and the identities a client certificate
+//! carries.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+
+use super::authz::Identity;
+
+/// Where the TLS material is.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// CA certificates (PEM) client certificates must chain to; none: no client certificates.
+    pub client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM) of the client CA.
+    pub crls: Vec<PathBuf>,
+}
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or holds nothing usable.
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+fn file_err(path: &Path, reason: impl ToString) -> TlsError {
+    TlsError::File {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(path, e))?;
+    if certs.is_empty() {
+        return Err(file_err(path, "no certificate in the file"));
+    }
+    Ok(certs)
+}
+
+/// The rustls provider used everywhere in PulpDist (explicit: more than one is compiled in).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Builds the server configuration (HTTP/1.1 only).
+pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain = certs(&files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| file_err(&files.key, e))?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in certs(ca)? {
+                roots.add(c).map_err(|e| file_err(ca, e))?;
+            }
+            let mut crls = Vec::new();
+            for path in &files.crls {
+                let list = CertificateRevocationListDer::pem_file_iter(path)
+                    .map_err(|e| file_err(path, e))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| file_err(path, e))?;
+                if list.is_empty() {
+                    return Err(file_err(path, "no revocation list in the file"));
+                }
+                crls.extend(list);
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .with_crls(crls)
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Config(format!("{}: {e}", files.cert.display())))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The identities of a (verified) client certificate: subject CNs, DNS and URI SANs.
+pub fn identities(cert: &CertificateDer<'_>) -> Vec<Identity> {
+    let mut out = Vec::new();
+    let Ok((_, x)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return out;
+    };
+    for cn in x.subject().iter_common_name() {
+        if let Ok(v) = cn.as_str() {
+            out.push(Identity::Cn(v.to_string()));
+        }
+    }
+    if let Ok(Some(san)) = x.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(d) => {
+                    out.push(Identity::Dns(d.to_ascii_lowercase()))
+                }
+                x509_parser::extensions::GeneralName::URI(u) => {
+                    out.push(Identity::Uri(u.to_string()))
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,341 @@
+//! `serve` over TLS with client certificates and per-tree authorization, made with
+//! `pulpdist ca` (and with openssl): a site reads only what its trees reach.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::servers::Proc;
+use common::{assert_same_tree, bin, run, s, snapshot};
+
+/// A store with two trees, `a` and `b`, where `b` shares files (and so packs) with `a`,
+/// served over HTTPS with client certificates from `pulpdist ca`.
+struct Tls {
+    dir: tempfile::TempDir,
+    url: String,
+    server: Proc,
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "pulpdist {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Tls {
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn start(authz: &str, crl: bool) -> Tls {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = |r: &str| dir.path().join(r);
+        let ca = p("ca");
+        ok(&["ca", "init", "--dir", s(&ca)]);
+        ok(&[
+            "ca",
+            "issue",
+            "--dir",
+            s(&ca),
+            "--site",
+            "server",
+            "--server",
+            "--dns",
+            "localhost",
+        ]);
+        for site in ["berlin", "tokyo", "nobody"] {
+            ok(&["ca", "issue", "--dir", s(&ca), "--site", site]);
+        }
+        ok(&["keygen", s(&p("up.key"))]);
+        // Tree a: a generated repository. Tree b: some of a's files plus its own.
+        pulpdist_testdata::generate(&p("src/a"), 51, 3).expect("generate a");
+        pulpdist_testdata::generate(&p("src/b"), 52, 1).expect("generate b");
+        let shared = p("src/b/shared");
+        fs::create_dir_all(&shared).expect("shared dir");
+        for (i, (path, _)) in snapshot(&p("src/a"))
+            .into_iter()
+            .filter(|(_, d)| d.starts_with("file"))
+            .take(5)
+            .enumerate()
+        {
+            fs::copy(p("src/a").join(&path), shared.join(format!("f{i}"))).expect("copy");
+        }
+        // Tree c: one directory with one file of its own, so no node or chunk of it is shared.
+        fs::create_dir_all(p("src/c")).expect("c");
+        let unique: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        fs::write(p("src/c/secret.bin"), unique).expect("c file");
+        for tree in ["a", "b", "c"] {
+            ok(&[
+                "publish",
+                "--store",
+                s(&p("store")),
+                "--tree",
+                tree,
+                "--key",
+                s(&p("up.key")),
+                s(&p(&format!("src/{tree}"))),
+            ]);
+        }
+        fs::write(p("authz"), authz).expect("authz");
+        if crl {
+            ok(&["ca", "revoke", "--dir", s(&ca), "--site", "nobody"]);
+        }
+        let mut args = vec![
+            "serve".to_string(),
+            "--store".into(),
+            s(&p("store")).into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--tls-cert".into(),
+            s(&ca.join("server.pem")).into(),
+            "--tls-key".into(),
+            s(&ca.join("server.key")).into(),
+            "--client-ca".into(),
+            s(&ca.join("ca.pem")).into(),
+            "--authz".into(),
+            s(&p("authz")).into(),
+        ];
+        if crl {
+            args.extend(["--crl".into(), s(&ca.join("crl.pem")).into()]);
+        }
+        let mut child = bin()
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("serve");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("serve line");
+        let port = line.trim().rsplit(':').next().expect("port").to_string();
+        Tls {
+            url: format!("https://localhost:{port}"),
+            server: Proc {
+                child,
+                name: "pulpdist serve (TLS)",
+            },
+            dir,
+        }
+    }
+
+    /// `pulpdist sync` of `tree` as `site` (None: no client certificate).
+    fn sync(&self, site: Option<&str>, tree: &str, mirror: &Path) -> std::process::Output {
+        let ca = self.p("ca");
+        let mut a = vec![
+            "sync".to_string(),
+            "--store".into(),
+            self.url.clone(),
+            "--tree".into(),
+            tree.into(),
+            "--trust".into(),
+            format!("{}.pub", s(&self.p("up.key"))),
+            "--ca".into(),
+            s(&ca.join("ca.pem")).into(),
+            "--retries".into(),
+            "0".into(),
+            "--json".into(),
+        ];
+        if let Some(site) = site {
+            a.extend([
+                "--cert".into(),
+                s(&ca.join(format!("{site}.pem"))).into(),
+                "--key".into(),
+                s(&ca.join(format!("{site}.key"))).into(),
+            ]);
+        }
+        a.push(s(mirror).into());
+        bin().args(&a).output().expect("sync")
+    }
+
+    /// A raw GET as `site`: status, body, and headers other than Date.
+    fn get(&self, site: &str, path: &str) -> (u16, Vec<u8>, Vec<(String, String)>) {
+        let ca = self.p("ca");
+        let pem = |f: &str| fs::read(ca.join(f)).expect("pem");
+        let chain = ureq::tls::parse_pem(&pem(&format!("{site}.pem")))
+            .filter_map(|i| match i {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        let key = ureq::tls::PrivateKey::from_pem(&pem(&format!("{site}.key"))).expect("key");
+        let roots = ureq::tls::parse_pem(&pem("ca.pem"))
+            .filter_map(|i| match i {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&roots))
+            .client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)))
+            .build();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .tls_config(tls)
+            .build()
+            .into();
+        let resp = agent
+            .get(&format!("{}{path}", self.url))
+            .call()
+            .expect("GET");
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .filter(|(k, _)| k.as_str() != "date")
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let body = resp.into_body().read_to_vec().expect("body");
+        (status, body, headers)
+    }
+
+    fn packs_of(&self, tree: &str) -> Vec<String> {
+        // The packs a tree's head lists (its own versions' packs).
+        let bytes = fs::read(self.p("store/heads").join(tree)).expect("head");
+        let (head, _, _) = pulpdist_format::Head::decode_unverified(&bytes).expect("head");
+        head.recent
+            .iter()
+            .flat_map(|v| v.packs.iter().map(|p| p.id.to_hex()))
+            .collect()
+    }
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[test]
+fn each_site_reads_only_what_its_trees_reach() {
+    let t = Tls::start("cn:berlin a c\ncn:tokyo b\n", false);
+    let (ma, mb) = (t.p("berlin/a"), t.p("tokyo/b"));
+    json(&t.sync(Some("berlin"), "a", &ma));
+    assert_same_tree(&t.p("src/a"), &ma);
+    // Tokyo's tree shares files with a: it reads a's data pack through b's index.
+    let r = json(&t.sync(Some("tokyo"), "b", &mb));
+    assert_same_tree(&t.p("src/b"), &mb);
+    assert!(r["chunks_fetched"].as_u64().expect("n") > 0);
+
+    // Another tree's head: refused exactly as a missing tree is; nothing written.
+    let denied = t.p("tokyo/a");
+    let out = t.sync(Some("tokyo"), "a", &denied);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no tree 'a'"), "{err}");
+    assert!(!denied.exists());
+
+    // Packs of c are not reachable from b: tokyo gets a 404 identical to the one for a pack
+    // that does not exist, and no byte of them; berlin, granted c, gets them.
+    let missing = format!("/packs/{}.pack", "ab".repeat(32));
+    let (s404, body404, h404) = t.get("tokyo", &missing);
+    assert_eq!(s404, 404);
+    let c_packs = t.packs_of("c");
+    assert!(!c_packs.is_empty());
+    for p in &c_packs {
+        let (st, body, h) = t.get("tokyo", &format!("/packs/{p}.pack"));
+        assert_eq!(st, 404, "tokyo read c's pack {p}");
+        assert!(
+            body == body404 && h == h404,
+            "the refusal differs from a missing pack"
+        );
+        let (st, body, _) = t.get("berlin", &format!("/packs/{p}.pack"));
+        assert_eq!(st, 200);
+        assert!(body == fs::read(t.p(&format!("store/packs/{p}.pack"))).expect("pack"));
+    }
+    let (st, _, _) = t.get("tokyo", "/heads/a");
+    assert_eq!(st, 404);
+    let (st, _, _) = t.get("tokyo", "/heads/b");
+    assert_eq!(st, 200);
+    // A data pack of a that b's shared files use: readable by both.
+    let b_reaches_a = t
+        .packs_of("a")
+        .iter()
+        .filter(|p| t.get("tokyo", &format!("/packs/{p}.pack")).0 == 200)
+        .count();
+    assert!(b_reaches_a > 0, "b shares a's packs");
+    // Metrics are for operators: a certificate granted every tree.
+    assert_eq!(t.get("berlin", "/metrics").0, 404);
+}
+
+#[test]
+fn no_certificate_another_ca_or_no_grant_gets_nothing() {
+    let t = Tls::start("cn:berlin a\n", false);
+    // No client certificate: the handshake fails.
+    let m = t.p("anon/a");
+    let out = t.sync(None, "a", &m);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!m.exists());
+    // A certificate from another CA (same site name).
+    let other = t.p("other");
+    ok(&["ca", "init", "--dir", s(&other)]);
+    ok(&["ca", "issue", "--dir", s(&other), "--site", "berlin"]);
+    for f in ["berlin.pem", "berlin.key"] {
+        fs::copy(other.join(f), t.p("ca").join(format!("forged-{f}"))).expect("copy");
+    }
+    let out = t.sync(Some("forged-berlin"), "a", &m);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!m.exists(), "{err}");
+    // A valid certificate with no grant.
+    let out = t.sync(Some("tokyo"), "a", &m);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!m.exists());
+}
+
+#[test]
+fn revocation_and_authorization_changes_apply_without_restart() {
+    let mut t = Tls::start("cn:berlin a\ncn:nobody a\n", true);
+    // Revoked at start: refused.
+    let m = t.p("nobody/a");
+    assert_eq!(t.sync(Some("nobody"), "a", &m).status.code(), Some(1));
+    assert!(!m.exists());
+    // Berlin may read a, not b; grant b by rewriting the file: applied within a second.
+    let mb = t.p("berlin/b");
+    assert_eq!(t.sync(Some("berlin"), "b", &mb).status.code(), Some(1));
+    let tmp = t.p("authz.new");
+    fs::write(&tmp, "cn:berlin a b\n").expect("authz");
+    fs::rename(&tmp, t.p("authz")).expect("replace authz");
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    json(&t.sync(Some("berlin"), "b", &mb));
+    assert_same_tree(&t.p("src/b"), &mb);
+
+    // Revoke berlin too, and SIGHUP: berlin's next connection is refused.
+    ok(&["ca", "revoke", "--dir", s(&t.p("ca")), "--site", "berlin"]);
+    std::process::Command::new("kill")
+        .args(["-HUP", &t.server.child.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let ma = t.p("berlin/a");
+    let out = t.sync(Some("berlin"), "a", &ma);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "revoked certificate still accepted"
+    );
+    assert!(!ma.exists());
+    // A broken authorization file is refused and the rules in force stay.
+    fs::write(t.p("authz"), "this is not a rule\n").expect("authz");
+    std::process::Command::new("kill")
+        .args(["-HUP", &t.server.child.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        t.server.child.try_wait().expect("wait").is_none(),
+        "serve died"
+    );
+    let _ = &mut t;
+}
