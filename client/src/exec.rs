@@ -391,22 +391,58 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         fetched += r?;
     }
     report.chunks_fetched = fetched + fetch_loose(&store, &state, &late, opts.max_gap)?;
-    // 3. Directories, parents first.
+    // 3. Directories, parents first (remembering which are new, to undo them on failure).
+    let mut created: Vec<PathBuf> = Vec::new();
+    let mut dir_mtimes: HashMap<PathBuf, filetime::FileTime> = HashMap::new();
     for d in &plan.mkdirs {
+        let abs = dest.join(d);
+        let existed = fs::symlink_metadata(&abs).is_ok();
+        if let (false, Some(parent)) = (existed, abs.parent()) {
+            if let (false, Ok(md)) = (dir_mtimes.contains_key(parent), fs::metadata(parent)) {
+                let mtime = filetime::FileTime::from_last_modification_time(&md);
+                dir_mtimes.insert(parent.to_path_buf(), mtime);
+            }
+        }
         safe.ensure(d, true)?;
+        if !existed {
+            created.push(abs);
+        }
     }
-    // 4. Files: payload, then repository metadata. Each appears by rename, complete.
+    // 4a. Every new file is written beside its target first. If one fails (a full disk, a
+    // chunk that no longer verifies), the others are removed and the mirror is as it was.
+    let mut ready: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(plan.files.len());
     for op in &plan.files {
         let parent = op.path.parent().unwrap_or(Path::new(""));
-        let dir = safe.ensure(parent, true)?;
-        let target = dir.join(op.path.file_name().unwrap_or_default());
-        let tmp = temp_beside(&target);
-        let written = write_file(dest, &state, &tmp, op, &all_refs, &store, opts.max_gap);
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
+        let written = safe.ensure(parent, true).and_then(|dir| {
+            if let (false, Ok(md)) = (dir_mtimes.contains_key(&dir), fs::metadata(&dir)) {
+                dir_mtimes.insert(
+                    dir.clone(),
+                    filetime::FileTime::from_last_modification_time(&md),
+                );
+            }
+            let target = dir.join(op.path.file_name().unwrap_or_default());
+            let tmp = temp_beside(&target);
+            ready.push((tmp.clone(), target));
+            write_file(dest, &state, &tmp, op, &all_refs, &store, opts.max_gap)
+        });
+        match written {
+            Ok(n) => report.chunks_fetched += n,
+            Err(e) => {
+                for (tmp, _) in &ready {
+                    let _ = fs::remove_file(tmp);
+                }
+                for d in created.iter().rev() {
+                    let _ = fs::remove_dir(d);
+                }
+                for (d, mtime) in &dir_mtimes {
+                    let _ = filetime::set_file_mtime(d, *mtime);
+                }
+                return Err(e);
+            }
         }
-        report.chunks_fetched += written.unwrap_or(0);
+    }
+    // 4b. Then each appears by rename, complete: payload, then repository metadata.
+    for (tmp, target) in ready {
         if fs::symlink_metadata(&target)
             .map(|m| m.is_dir())
             .unwrap_or(false)

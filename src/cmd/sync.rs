@@ -39,6 +39,9 @@ pub struct Args {
     /// Retries of a failed HTTP request (with backoff, resuming where the body stopped).
     #[arg(long, default_value_t = 6)]
     retries: u32,
+    /// Seconds an HTTP connection may take to open, and a response may stall between reads.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
     /// Trust only these CA certificates (PEM) for https:// stores [default: the Mozilla roots].
     #[arg(long)]
     ca: Option<PathBuf>,
@@ -85,6 +88,8 @@ pub fn run(a: Args) -> Result<()> {
         connections: opts.connections,
         retries: a.retries,
         multi_range: a.multi_range,
+        connect_timeout: std::time::Duration::from_secs(a.timeout.clamp(1, 15)),
+        read_timeout: std::time::Duration::from_secs(a.timeout.max(1)),
         ..Default::default()
     };
     if let Some(ca) = &a.ca {

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod evil;
 pub mod http;
 pub mod servers;
 pub mod tls;
@@ -157,4 +158,23 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     for k in sb.keys() {
         assert!(sa.contains_key(k), "{} only downstream", k.display());
     }
+}
+
+/// Asserts two snapshots are equal, listing only the entries that differ.
+pub fn assert_same_snapshot(
+    a: &BTreeMap<PathBuf, String>,
+    b: &BTreeMap<PathBuf, String>,
+    what: &str,
+) {
+    let mut diff = Vec::new();
+    for k in a
+        .keys()
+        .chain(b.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        if a.get(k) != b.get(k) {
+            diff.push(format!("{}: {:?} -> {:?}", k.display(), a.get(k), b.get(k)));
+        }
+    }
+    assert!(diff.is_empty(), "{what}:\n{}", diff.join("\n"));
 }
