@@ -339,3 +339,131 @@ fn revocation_and_authorization_changes_apply_without_restart() {
     );
     let _ = &mut t;
 }
+
+#[test]
+fn a_config_file_carries_the_same_settings() {
+    let t = Tls::start("cn:berlin a\n", false);
+    let ca = t.p("ca");
+    let conf = t.p("berlin.conf");
+    fs::write(
+        &conf,
+        format!(
+            "# site berlin\nstore = {}\ntree = a\ndest = {}\ntrust = {}.pub\n\
+             cert = {}\nkey = {}\nca = {}\nretries = 0\n",
+            t.url,
+            s(&t.p("berlin/a")),
+            s(&t.p("up.key")),
+            s(&ca.join("berlin.pem")),
+            s(&ca.join("berlin.key")),
+            s(&ca.join("ca.pem")),
+        ),
+    )
+    .expect("config");
+    let out = run(&["sync", "--config", s(&conf), "--json"]);
+    json(&out);
+    assert_same_tree(&t.p("src/a"), &t.p("berlin/a"));
+    // A flag wins over the file: another tree is refused for berlin.
+    let out = run(&["sync", "--config", s(&conf), "--tree", "b"]);
+    assert_eq!(out.status.code(), Some(1));
+    // A malformed file names its line.
+    fs::write(&conf, "store = x\nconnections = lots\n").expect("config");
+    let out = run(&["sync", "--config", s(&conf)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2") && err.contains(s(&conf)), "{err}");
+}
+
+#[test]
+fn certificates_made_with_openssl_work_the_same() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let script = r#"
+set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+  -subj "/CN=openssl site CA" -keyout ca.key -out ca.pem \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+for who in server berlin; do
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$who" \
+    -keyout $who.key -out $who.csr 2>/dev/null
+done
+printf 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n' > server.ext
+printf 'extendedKeyUsage=clientAuth\n' > berlin.ext
+for who in server berlin; do
+  openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
+    -extfile $who.ext -out $who.pem 2>/dev/null
+done
+"#;
+    let st = std::process::Command::new("sh")
+        .args(["-c", script])
+        .current_dir(d)
+        .status()
+        .expect("openssl (installed by ./scripts/test)");
+    assert!(st.success(), "openssl failed");
+    ok(&["keygen", s(&d.join("up.key"))]);
+    pulpdist_testdata::generate(&d.join("src"), 53, 1).expect("generate");
+    ok(&[
+        "publish",
+        "--store",
+        s(&d.join("store")),
+        "--tree",
+        "t",
+        "--key",
+        s(&d.join("up.key")),
+        s(&d.join("src")),
+    ]);
+    fs::write(d.join("authz"), "cn:berlin t\n").expect("authz");
+    let mut child = bin()
+        .args([
+            "serve",
+            "--store",
+            s(&d.join("store")),
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            s(&d.join("server.pem")),
+            "--tls-key",
+            s(&d.join("server.key")),
+            "--client-ca",
+            s(&d.join("ca.pem")),
+            "--authz",
+            s(&d.join("authz")),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("line");
+    let _server = Proc {
+        child,
+        name: "serve",
+    };
+    let url = format!(
+        "https://localhost:{}",
+        line.trim().rsplit(':').next().expect("port")
+    );
+    let out = run(&[
+        "sync",
+        "--store",
+        &url,
+        "--tree",
+        "t",
+        "--trust",
+        &format!("{}.pub", s(&d.join("up.key"))),
+        "--ca",
+        s(&d.join("ca.pem")),
+        "--cert",
+        s(&d.join("berlin.pem")),
+        "--key",
+        s(&d.join("berlin.key")),
+        s(&d.join("mirror")),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_tree(&d.join("src"), &d.join("mirror"));
+}

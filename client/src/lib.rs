@@ -17,6 +17,7 @@
 //! println!("now at version {}", report.version);
 //! ```
 
+mod config;
 mod error;
 mod exec;
 mod fsutil;
@@ -29,6 +30,7 @@ mod state;
 mod store;
 mod walk;
 
+pub use config::{ConfigError, SyncConfig, MAX_CONFIG_SIZE};
 pub use error::SyncError;
 pub use exec::{sync, SyncOptions, SyncReport};
 pub use glob::{glob_match, DEFAULT_METADATA_PATTERNS};

@@ -3,20 +3,23 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use pulpdist_client::{sync, HttpOptions, SyncOptions, SyncReport};
+use pulpdist_client::{sync, HttpOptions, SyncConfig, SyncOptions, SyncReport, MAX_CONFIG_SIZE};
 use pulpdist_format::TrustedKeys;
 use serde_json::json;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Read settings from this file (`key = value` lines, the flags' names); flags win.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// The store: a directory, http(s)://host[:port][/prefix], or s3://bucket[/prefix].
     #[arg(long)]
-    store: String,
+    store: Option<String>,
     /// Tree name.
     #[arg(long)]
-    tree: String,
+    tree: Option<String>,
     /// Trusted public key file(s); each may hold several keys.
-    #[arg(long, required = true)]
+    #[arg(long)]
     trust: Vec<PathBuf>,
     /// Client state directory [default: .<mirror name>.pulpdist beside the mirror].
     #[arg(long)]
@@ -30,26 +33,27 @@ pub struct Args {
     /// More file-name patterns of repository metadata, written after all payload.
     #[arg(long = "metadata")]
     metadata: Vec<String>,
-    /// Requests in flight at once (connections to the store).
-    #[arg(long, default_value_t = 8)]
-    connections: usize,
+    /// Requests in flight at once (connections to the store) [default: 8].
+    #[arg(long)]
+    connections: Option<usize>,
     /// Ask for several ranges of a pack in one HTTP request, while the origin answers correctly.
     #[arg(long)]
     multi_range: bool,
-    /// Retries of a failed HTTP request (with backoff, resuming where the body stopped).
-    #[arg(long, default_value_t = 6)]
-    retries: u32,
-    /// Seconds an HTTP connection may take to open, and a response may stall between reads.
-    #[arg(long, default_value_t = 60)]
-    timeout: u64,
+    /// Retries of a failed HTTP request (with backoff, resuming where the body stopped) [default: 6].
+    #[arg(long)]
+    retries: Option<u32>,
+    /// Seconds an HTTP connection may take to open, and a response may stall between reads
+    /// [default: 60].
+    #[arg(long)]
+    timeout: Option<u64>,
     /// Trust only these CA certificates (PEM) for https:// stores [default: the Mozilla roots].
     #[arg(long)]
     ca: Option<PathBuf>,
     /// Client certificate (PEM) for https:// stores that require one.
-    #[arg(long, requires = "key")]
+    #[arg(long)]
     cert: Option<PathBuf>,
     /// The private key (PEM) of --cert.
-    #[arg(long, requires = "cert")]
+    #[arg(long)]
     key: Option<PathBuf>,
     #[command(flatten)]
     s3: super::stores::S3Args,
@@ -60,7 +64,7 @@ pub struct Args {
     #[arg(long, hide = true)]
     now: Option<i64>,
     /// The mirror directory.
-    dest: PathBuf,
+    dest: Option<PathBuf>,
 }
 
 pub fn load_trust(files: &[PathBuf]) -> Result<TrustedKeys> {
@@ -75,30 +79,76 @@ pub fn load_trust(files: &[PathBuf]) -> Result<TrustedKeys> {
     Ok(TrustedKeys::new(keys))
 }
 
-pub fn run(a: Args) -> Result<()> {
-    let trusted = load_trust(&a.trust)?;
-    let mut opts = SyncOptions::new(&a.tree, &a.dest, trusted);
-    opts.state_dir = a.state;
+fn load_config(path: &std::path::Path) -> Result<SyncConfig> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG_SIZE as u64 + 1).read_to_string(&mut text))
+        .with_context(|| format!("reading {}", path.display()))?;
+    SyncConfig::parse(&text).with_context(|| format!("in {}", path.display()))
+}
+
+pub fn run(mut a: Args) -> Result<()> {
+    let cfg = match &a.config {
+        Some(p) => load_config(p)?,
+        None => SyncConfig::default(),
+    };
+    let missing =
+        |what: &str| anyhow::anyhow!("no {what}: give --{what} or '{what} = ...' in --config");
+    let store = a
+        .store
+        .take()
+        .or(cfg.store)
+        .ok_or_else(|| missing("store"))?;
+    let tree = a.tree.take().or(cfg.tree).ok_or_else(|| missing("tree"))?;
+    let dest = a.dest.take().or(cfg.dest).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no mirror directory: give it as the last argument or 'dest = ...' in --config"
+        )
+    })?;
+    let trust = if a.trust.is_empty() {
+        cfg.trust
+    } else {
+        a.trust
+    };
+    if trust.is_empty() {
+        return Err(missing("trust"));
+    }
+    let (cert, key) = match (a.cert.or(cfg.cert), a.key.or(cfg.key)) {
+        (Some(c), Some(k)) => (Some(c), Some(k)),
+        (None, None) => (None, None),
+        _ => anyhow::bail!("a client certificate needs both --cert and --key"),
+    };
+    let ca = a.ca.or(cfg.ca);
+    let timeout = a.timeout.or(cfg.timeout).unwrap_or(60).max(1);
+    let mut s3 = a.s3;
+    s3.s3_endpoint = s3.s3_endpoint.or(cfg.s3_endpoint);
+    s3.s3_region = s3.s3_region.or(cfg.s3_region);
+
+    let trusted = load_trust(&trust)?;
+    let mut opts = SyncOptions::new(&tree, &dest, trusted);
+    opts.state_dir = a.state.or(cfg.state);
     opts.dry_run = a.dry_run;
     opts.full = a.full;
     opts.now = a.now;
+    opts.metadata_patterns.extend(cfg.metadata);
     opts.metadata_patterns.extend(a.metadata);
-    opts.connections = a.connections.max(1);
+    opts.connections = a.connections.or(cfg.connections).unwrap_or(8).max(1);
     let mut http = HttpOptions {
         connections: opts.connections,
-        retries: a.retries,
-        multi_range: a.multi_range,
-        connect_timeout: std::time::Duration::from_secs(a.timeout.clamp(1, 15)),
-        read_timeout: std::time::Duration::from_secs(a.timeout.max(1)),
+        retries: a.retries.or(cfg.retries).unwrap_or(6),
+        multi_range: a.multi_range || cfg.multi_range == Some(true),
+        connect_timeout: std::time::Duration::from_secs(timeout.min(15)),
+        read_timeout: std::time::Duration::from_secs(timeout),
         ..Default::default()
     };
-    if let Some(ca) = &a.ca {
+    if let Some(ca) = &ca {
         http.ca_pem = Some(
             std::fs::read(ca)
                 .with_context(|| format!("reading CA certificates {}", ca.display()))?,
         );
     }
-    if let (Some(cert), Some(key)) = (&a.cert, &a.key) {
+    if let (Some(cert), Some(key)) = (&cert, &key) {
         let c = std::fs::read(cert)
             .with_context(|| format!("reading client certificate {}", cert.display()))?;
         let k =
@@ -106,15 +156,9 @@ pub fn run(a: Args) -> Result<()> {
         http.client_cert_pem = Some((c, k));
     }
     let rt = super::stores::runtime(2)?;
-    let reader = super::stores::reader(&a.store, http, &a.s3, &rt)?;
-    let report = sync(reader.as_ref(), &opts).with_context(|| {
-        format!(
-            "syncing tree '{}' from {} into {}",
-            a.tree,
-            a.store,
-            a.dest.display()
-        )
-    })?;
+    let reader = super::stores::reader(&store, http, &s3, &rt)?;
+    let report = sync(reader.as_ref(), &opts)
+        .with_context(|| format!("syncing tree '{tree}' from {store} into {}", dest.display()))?;
     print_report(a.json, &report);
     Ok(())
 }
