@@ -51,6 +51,9 @@ pub struct PublishOptions {
     /// Chunking threads; `None`: every core. With one thread, chunks reach the packs in
     /// file order and a publish of the same tree is byte-for-byte reproducible.
     pub threads: Option<usize>,
+    /// Keys (besides the signing key) whose signature on the previous head is accepted:
+    /// the old key during a key rotation.
+    pub previous_keys: Vec<pulpdist_format::PublicKey>,
 }
 
 impl PublishOptions {
@@ -72,6 +75,7 @@ impl PublishOptions {
             now: None,
             pack_seed: None,
             threads: None,
+            previous_keys: Vec::new(),
         }
     }
 }
@@ -151,12 +155,14 @@ pub fn publish(
             let b = &stored.bytes;
             // The previous head is verified as a client would: a store writer cannot make
             // us re-sign a version, parameters or pack list of its choosing.
-            let own = TrustedKeys::new(vec![key.public()]);
+            let mut own = vec![key.public()];
+            own.extend(opts.previous_keys.iter().cloned());
+            let own = TrustedKeys::new(own);
             let h = match SignedHead::decode_and_verify(b, &own) {
                 Ok(v) => v.head().clone(),
                 Err(FormatError::UntrustedKey { key: signer, .. }) => {
                     return Err(PublishError::Config(format!(
-                        "{head_object} is signed by key {signer}, not by the given key {}; publish with the tree's key",
+                        "{head_object} is signed by key {signer}, not by the given key {}; publish with the tree's key, or name the old one with --previous-key when rotating keys",
                         key.public()
                     )))
                 }

@@ -31,6 +31,10 @@ pub struct Args {
     /// Chunk sizes MIN,AVG,MAX in bytes for a new tree (later versions keep the tree's).
     #[arg(long, value_parser = parse_params)]
     chunk_sizes: Option<ChunkParams>,
+    /// Public key file(s) whose signature on the previous head is accepted: the old key,
+    /// when the tree moves to a new signing key (see docs/SECURITY.md, key rotation).
+    #[arg(long)]
+    previous_key: Vec<PathBuf>,
     /// Target size of data packs in bytes (a pack closes once it reaches this).
     #[arg(long, default_value_t = 64 << 20)]
     pack_size: u64,
@@ -94,6 +98,7 @@ pub fn run(a: Args) -> Result<()> {
     opts.zstd_level = a.zstd_level;
     opts.params = a.chunk_sizes;
     opts.pack_target = a.pack_size.max(1);
+    opts.previous_keys = super::sync::load_trust(&a.previous_key)?.keys().to_vec();
     let report = publish(store.as_ref(), &key, &opts).with_context(|| {
         format!(
             "publishing {} as tree '{}' into {}",
