@@ -20,6 +20,7 @@
 
 mod codec;
 mod error;
+pub mod filter;
 mod head;
 mod id;
 mod keys;
