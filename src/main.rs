@@ -9,7 +9,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod cmd;
 
@@ -41,7 +41,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    // rsync's filter flags apply in the order given, across the three of them.
+    if let (Command::Publish(a), Some(m)) =
+        (&mut cli.command, matches.subcommand_matches("publish"))
+    {
+        a.set_rule_order(m);
+    }
     let result = match cli.command {
         Command::Ca(a) => cmd::ca::run(a),
         Command::Keygen(a) => cmd::keygen::run(a),

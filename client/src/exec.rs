@@ -116,6 +116,8 @@ pub struct SyncReport {
     pub bytes_reused: u64,
     /// Directories examined (whose node changed).
     pub dirs_examined: u64,
+    /// The filter rules the publisher applied (from the signed head), one per line.
+    pub filter: Option<String>,
     /// The plan, printed (with `dry_run`).
     pub plan: Option<String>,
     /// Wall time.
@@ -251,7 +253,12 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
             });
         }
     }
+    let filter = head.filter().map_err(|source| SyncError::Format {
+        object: head_object.clone(),
+        source,
+    })?;
     let mut report = SyncReport {
+        filter: filter.map(|f| f.to_string()),
         version: head.version,
         previous_version: applied.as_ref().map(|a| a.version),
         ..Default::default()

@@ -164,7 +164,23 @@ fn kind_byte(k: PackKind) -> u8 {
     }
 }
 
+/// Head extension: the rsync filter rules the publisher applied (UTF-8, one rule per line,
+/// as `+ PATTERN` / `- PATTERN`). Not critical: a reader that ignores it reads the tree.
+pub const EXT_FILTER: u16 = 0x0001;
+
 impl Head {
+    /// The filter recorded in the head, if any (see [`EXT_FILTER`]).
+    pub fn filter(&self) -> Result<Option<crate::filter::Filter>, FormatError> {
+        let Some((_, v)) = self.extensions.iter().find(|(t, _)| *t == EXT_FILTER) else {
+            return Ok(None);
+        };
+        let text = std::str::from_utf8(v)
+            .map_err(|_| FormatError::invalid("head filter extension", "not UTF-8"))?;
+        crate::filter::Filter::parse_lines(text)
+            .map(Some)
+            .map_err(|e| FormatError::invalid("head filter extension", e.to_string()))
+    }
+
     fn encode_body(&self, key: &PublicKey) -> Vec<u8> {
         let mut w = Writer::default();
         w.bytes(HEAD_MAGIC);

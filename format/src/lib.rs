@@ -31,7 +31,9 @@ mod wire;
 
 pub use codec::{Codec, VerifiedChunk, MAX_CHUNK_SIZE, MAX_NODE_SIZE};
 pub use error::FormatError;
-pub use head::{ChunkParams, Head, PackInfo, PackKind, SignedHead, VersionPacks, MAX_HEAD_SIZE};
+pub use head::{
+    ChunkParams, Head, PackInfo, PackKind, SignedHead, VersionPacks, EXT_FILTER, MAX_HEAD_SIZE,
+};
 pub use id::{ChunkId, NodeId, PackId};
 pub use keys::{PublicKey, SecretKey, TrustedKeys};
 pub use name::{validate_tree_name, Name};

@@ -44,6 +44,9 @@ fn golden_store_decodes_and_verifies() {
     let head_bytes = fs::read(golden().join("heads/golden")).expect("head");
     let head = SignedHead::decode_and_verify(&head_bytes, &keys).expect("head verifies");
     let h = head.head();
+    // The filter the publisher applied, in the head's filter extension (FORMAT.md 5.4).
+    let filter = h.filter().expect("filter decodes").expect("a filter");
+    assert_eq!(filter.to_string(), "- *.tmp\n+ /sub/***\n");
     let expected = fs::read_to_string(golden().join("expected.txt")).expect("expected");
     let want = |k: &str| {
         expected

@@ -54,6 +54,8 @@ pub struct PublishOptions {
     /// Keys (besides the signing key) whose signature on the previous head is accepted:
     /// the old key during a key rotation.
     pub previous_keys: Vec<pulpdist_format::PublicKey>,
+    /// rsync filter rules: what of the source the tree carries (recorded in the head).
+    pub filter: pulpdist_format::filter::Filter,
 }
 
 impl PublishOptions {
@@ -76,6 +78,7 @@ impl PublishOptions {
             pack_seed: None,
             threads: None,
             previous_keys: Vec::new(),
+            filter: pulpdist_format::filter::Filter::new(),
         }
     }
 }
@@ -197,7 +200,7 @@ pub fn publish(
     let mut catalog = Catalog::load(store, &opts.state_dir)?;
     let cache_path = opts.state_dir.join(format!("files-{}", opts.tree));
     let old_cache = cache::load(&cache_path);
-    let walk = walk::walk(&opts.source)?;
+    let walk = walk::walk(&opts.source, &opts.filter)?;
 
     let mut report = PublishReport {
         version,
@@ -410,7 +413,14 @@ pub fn publish(
         root,
         params,
         recent,
-        extensions: Vec::new(),
+        extensions: if opts.filter.is_empty() {
+            Vec::new()
+        } else {
+            vec![(
+                pulpdist_format::EXT_FILTER,
+                opts.filter.to_string().into_bytes(),
+            )]
+        },
     };
     let bytes = head.sign(key).map_err(|source| PublishError::Format {
         object: head_object.clone(),

@@ -6,6 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use pulpdist_format::filter::Filter;
 use pulpdist_format::{Mtime, Name};
 
 use crate::error::{IoContext, PublishError};
@@ -44,7 +45,9 @@ pub(crate) struct Walk {
     pub(crate) skipped: Vec<PathBuf>,
 }
 
-pub(crate) fn walk(root: &Path) -> Result<Walk, PublishError> {
+/// Walks `root`, leaving out what `filter` excludes (and not descending into excluded
+/// directories), as rsync does.
+pub(crate) fn walk(root: &Path, filter: &Filter) -> Result<Walk, PublishError> {
     let meta = fs::metadata(root).at(root)?;
     if !meta.is_dir() {
         return Err(PublishError::Config(format!(
@@ -66,6 +69,17 @@ pub(crate) fn walk(root: &Path) -> Result<Walk, PublishError> {
             let e = e.at(&abs)?;
             let path = e.path();
             let raw_name = e.file_name();
+            if !filter.is_empty() {
+                let mut rel_path = String::from_utf8_lossy(&rel).into_owned();
+                if !rel_path.is_empty() {
+                    rel_path.push('/');
+                }
+                rel_path.push_str(&raw_name.to_string_lossy());
+                let is_dir = e.file_type().at(&path)?.is_dir();
+                if !filter.includes(&rel_path, is_dir) {
+                    continue;
+                }
+            }
             let name =
                 Name::new(raw_name.as_bytes().to_vec()).map_err(|source| PublishError::Format {
                     object: path.display().to_string(),

@@ -18,6 +18,8 @@ fn golden_tree(root: &Path) {
     fs::create_dir_all(root.join("sub")).expect("mkdir");
     fs::create_dir_all(root.join("empty")).expect("mkdir");
     fs::write(root.join("hello.txt"), b"hello, mirror\n").expect("write");
+    // Left out by the golden filter rules.
+    fs::write(root.join("scratch.tmp"), b"not published\n").expect("write");
     let mut data = vec![0u8; 100_000];
     blake3::Hasher::new()
         .update(b"golden")
@@ -83,6 +85,8 @@ fn publishing_the_golden_tree_gives_the_checked_in_store() {
     opts.pack_seed = Some(b"golden".to_vec());
     // One chunking thread: chunks reach the pack in file order, so the store is reproducible.
     opts.threads = Some(1);
+    opts.filter = pulpdist_format::filter::Filter::parse_lines("- *.tmp\n+ /sub/***\n")
+        .expect("golden filter");
     let report = publish(&store, &key, &opts).expect("publish");
     let fresh = files(store.root());
     let golden = golden_dir();

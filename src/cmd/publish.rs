@@ -35,6 +35,19 @@ pub struct Args {
     /// when the tree moves to a new signing key (see docs/SECURITY.md, key rotation).
     #[arg(long)]
     previous_key: Vec<PathBuf>,
+    /// An rsync filter rule ('+ PATTERN', '- PATTERN'); may be repeated. With --include and
+    /// --exclude, rules apply in the order given; the first match decides.
+    #[arg(long = "filter", value_name = "RULE", allow_hyphen_values = true)]
+    filter: Vec<String>,
+    /// Same as --filter '+ PATTERN'.
+    #[arg(long = "include", value_name = "PATTERN", allow_hyphen_values = true)]
+    include: Vec<String>,
+    /// Same as --filter '- PATTERN'.
+    #[arg(long = "exclude", value_name = "PATTERN", allow_hyphen_values = true)]
+    exclude: Vec<String>,
+    /// The three above merged in command-line order (filled in by main).
+    #[arg(skip)]
+    rules: Vec<String>,
     /// Target size of data packs in bytes (a pack closes once it reaches this).
     #[arg(long, default_value_t = 64 << 20)]
     pack_size: u64,
@@ -71,6 +84,31 @@ pub fn default_state(store: &std::path::Path, tree: &str) -> PathBuf {
         .join(tree)
 }
 
+impl Args {
+    /// Merges --filter, --include and --exclude in the order they were given.
+    pub fn set_rule_order(&mut self, m: &clap::ArgMatches) {
+        let mut all: Vec<(usize, String)> = Vec::new();
+        for (id, prefix) in [("filter", ""), ("include", "+ "), ("exclude", "- ")] {
+            if let (Some(idx), Some(vals)) = (m.indices_of(id), m.get_many::<String>(id)) {
+                all.extend(idx.zip(vals).map(|(i, v)| (i, format!("{prefix}{v}"))));
+            }
+        }
+        all.sort_by_key(|(i, _)| *i);
+        self.rules = all.into_iter().map(|(_, r)| r).collect();
+    }
+}
+
+fn parse_rules(rules: &[String]) -> Result<pulpdist_format::filter::Filter> {
+    let mut f = pulpdist_format::filter::Filter::new();
+    for r in rules {
+        f.push(
+            pulpdist_format::filter::Rule::parse(r)
+                .with_context(|| "on the command line".to_string())?,
+        );
+    }
+    Ok(f)
+}
+
 pub fn run(a: Args) -> Result<()> {
     let text = std::fs::read_to_string(&a.key)
         .with_context(|| format!("reading key {}", a.key.display()))?;
@@ -98,6 +136,7 @@ pub fn run(a: Args) -> Result<()> {
     opts.zstd_level = a.zstd_level;
     opts.params = a.chunk_sizes;
     opts.pack_target = a.pack_size.max(1);
+    opts.filter = parse_rules(&a.rules)?;
     opts.previous_keys = super::sync::load_trust(&a.previous_key)?.keys().to_vec();
     let report = publish(store.as_ref(), &key, &opts).with_context(|| {
         format!(

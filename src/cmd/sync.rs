@@ -172,9 +172,15 @@ pub fn print_report(json: bool, r: &SyncReport) {
             "bytes_fetched": r.bytes_fetched, "requests": r.requests, "retries": r.retries,
             "chunks_fetched": r.chunks_fetched, "chunks_reused": r.chunks_reused, "bytes_reused": r.bytes_reused,
             "dirs_examined": r.dirs_examined, "dry_run": r.plan.is_some(), "elapsed_ms": r.elapsed_ms,
+            "filter": r.filter.as_deref().map(|f| f.lines().collect::<Vec<_>>()),
         }),
         || {
             let mut s = r.plan.clone().unwrap_or_default();
+            if let (Some(f), true) = (&r.filter, r.plan.is_some()) {
+                s.push_str(&format!(
+                    "the tree is published with these filter rules:\n{f}"
+                ));
+            }
             let prev = r
                 .previous_version
                 .map_or("nothing".to_string(), |v| format!("version {v}"));

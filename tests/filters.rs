@@ -1,0 +1,76 @@
+//! Publishing a filtered tree: rsync's --filter, --include and --exclude in command-line
+//! order, recorded in the signed head; the mirror carries exactly the selected paths.
+
+mod common;
+
+use common::{run, run_json, s, snapshot, Site};
+
+#[test]
+fn publish_carries_what_the_rules_select_and_the_head_says_which() {
+    let site = Site::new();
+    pulpdist_testdata::generate(&site.src(), 81, 2).expect("generate");
+    std::fs::write(site.src().join("big.iso"), b"iso").expect("iso");
+    std::fs::create_dir_all(site.src().join("tmp/cache")).expect("tmp");
+    std::fs::write(site.src().join("tmp/cache/x"), b"x").expect("x");
+    std::fs::write(site.src().join("tmp/keep.iso"), b"keep").expect("keep");
+    let (store, key, src) = (site.store(), site.key(), site.src());
+    let out = run(&[
+        "publish",
+        "--store",
+        s(&store),
+        "--tree",
+        "tree",
+        "--key",
+        s(&key),
+        "--include",
+        "/tmp/",
+        "--include",
+        "/tmp/keep.iso",
+        "--exclude",
+        "/tmp/*",
+        "--filter",
+        "- *.iso",
+        s(&src),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = site.sync();
+    let rules: Vec<String> = r["filter"]
+        .as_array()
+        .expect("filter in --json")
+        .iter()
+        .map(|v| v.as_str().expect("str").to_string())
+        .collect();
+    assert_eq!(rules, ["+ /tmp/", "+ /tmp/keep.iso", "- /tmp/*", "- *.iso"]);
+    let got = snapshot(&site.mirror());
+    let expect: Vec<_> = snapshot(&site.src())
+        .into_keys()
+        .filter(|p| {
+            let p = p.to_string_lossy();
+            p == "tmp/keep.iso" || (!p.ends_with(".iso") && !p.starts_with("tmp/"))
+        })
+        .collect();
+    assert_eq!(got.keys().cloned().collect::<Vec<_>>(), expect);
+    assert!(got.contains_key(std::path::Path::new("tmp/keep.iso")));
+
+    // A bad rule names itself.
+    let out = run(&[
+        "publish",
+        "--store",
+        s(&store),
+        "--tree",
+        "tree",
+        "--key",
+        s(&key),
+        "--filter",
+        "P /secret",
+        s(&src),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("'P /secret'"), "{err}");
+    let _ = run_json;
+}
