@@ -36,7 +36,8 @@ pub struct HttpOptions {
     pub read_timeout: Duration,
     /// Ask for several ranges of a pack in one request (`multipart/byteranges`).
     pub multi_range: bool,
-    /// CA certificates (PEM) to trust for `https://` instead of the Mozilla roots.
+    /// CA certificates (PEM) to trust for `https://` instead of the system's CA bundle
+    /// (or, where there is none, the Mozilla roots).
     pub ca_pem: Option<Vec<u8>>,
     /// A client certificate chain and its private key (PEM), for servers that ask for one.
     pub client_cert_pem: Option<(Vec<u8>, Vec<u8>)>,
@@ -56,6 +57,13 @@ impl Default for HttpOptions {
         }
     }
 }
+
+/// Where distributions keep the system's trusted CA certificates.
+const SYSTEM_CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
 
 const MULTI_UNKNOWN: u8 = 0;
 const MULTI_OK: u8 = 1;
@@ -85,7 +93,13 @@ impl HttpStoreReader {
             )));
         }
         let mut tls = ureq::tls::TlsConfig::builder();
-        if let Some(pem) = &opts.ca_pem {
+        // Without --ca: the system's CA bundle, where there is one, else Mozilla's roots.
+        let system = if opts.ca_pem.is_none() {
+            SYSTEM_CA_BUNDLES.iter().find_map(|p| std::fs::read(p).ok())
+        } else {
+            None
+        };
+        if let Some(pem) = opts.ca_pem.as_ref().or(system.as_ref()) {
             let mut certs: Vec<ureq::tls::Certificate<'static>> = Vec::new();
             for item in ureq::tls::parse_pem(pem) {
                 match item {

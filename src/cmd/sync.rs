@@ -46,7 +46,8 @@ pub struct Args {
     /// [default: 60].
     #[arg(long)]
     timeout: Option<u64>,
-    /// Trust only these CA certificates (PEM) for https:// stores [default: the Mozilla roots].
+    /// Trust only these CA certificates (PEM) for https:// stores [default: the system's CA
+    /// bundle, /etc/ssl/certs/ca-certificates.crt, or else the Mozilla roots].
     #[arg(long)]
     ca: Option<PathBuf>,
     /// Client certificate (PEM) for https:// stores that require one.
