@@ -50,6 +50,9 @@ pub struct SyncOptions {
     pub full: bool,
     /// Fetches in flight at once (connections to the store).
     pub connections: usize,
+    /// An `rsync://` URL of the same tree: files whose chunks the store lacks (404) or
+    /// serves damaged are fetched from it and checked against the signed index.
+    pub rsync_fallback: Option<String>,
 }
 
 impl SyncOptions {
@@ -70,6 +73,7 @@ impl SyncOptions {
             whole_ratio: 0.5,
             full: false,
             connections: 8,
+            rsync_fallback: None,
         }
     }
 
@@ -116,6 +120,10 @@ pub struct SyncReport {
     pub bytes_reused: u64,
     /// Directories examined (whose node changed).
     pub dirs_examined: u64,
+    /// Files that came by rsync (a plain rsync origin, or the fallback for gaps in a store).
+    pub rsync_files: u64,
+    /// Bytes rsync received.
+    pub rsync_bytes: u64,
     /// The filter rules the publisher applied (from the signed head), one per line.
     pub filter: Option<String>,
     /// The plan, printed (with `dry_run`).
@@ -167,8 +175,8 @@ impl StoreReader for Counted<'_> {
         self.note(r.len());
         Ok(r)
     }
-    fn get_pack(&self, pack: &PackId) -> Result<Vec<u8>, SyncError> {
-        let r = self.inner.get_pack(pack)?;
+    fn get_pack(&self, pack: &PackId, size: u64) -> Result<Vec<u8>, SyncError> {
+        let r = self.inner.get_pack(pack, size)?;
         self.note(r.len());
         Ok(r)
     }
@@ -303,7 +311,7 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         if listed.len() as u64 == head.version - a.version {
             for v in listed {
                 for p in v.packs.iter().filter(|p| p.kind == PackKind::Index) {
-                    mem_packs.insert(p.id, store.get_pack(&p.id)?);
+                    mem_packs.insert(p.id, store.get_pack(&p.id, p.size)?);
                 }
             }
         }
@@ -394,8 +402,18 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
             .collect()
     });
     let mut fetched = 0;
-    for r in results {
-        fetched += r?;
+    let mut gaps: Vec<&FetchOp> = Vec::new();
+    for (op, r) in plan.fetches.iter().zip(results) {
+        match r {
+            Ok(n) => fetched += n,
+            Err(e) if opts.rsync_fallback.is_some() && is_gap(&e) => gaps.push(op),
+            Err(e) => return Err(e),
+        }
+    }
+    if let (Some(url), false) = (&opts.rsync_fallback, gaps.is_empty()) {
+        let (files, bytes) = fill_gaps(url, &state, &plan, &gaps)?;
+        report.rsync_files = files;
+        report.rsync_bytes = bytes;
     }
     report.chunks_fetched = fetched + fetch_loose(&store, &state, &late, opts.max_gap)?;
     // 3. Directories, parents first (remembering which are new, to undo them on failure).
@@ -637,7 +655,7 @@ fn read_local(
 /// Executes one fetch: the whole pack or its ranges; every chunk verified, then staged.
 fn fetch_op(store: &dyn StoreReader, state: &State, op: &FetchOp) -> Result<u64, SyncError> {
     let bufs: Vec<(u64, Vec<u8>)> = if op.whole {
-        vec![(0, store.get_pack(&op.pack)?)]
+        vec![(0, store.get_pack(&op.pack, op.size)?)]
     } else if store.multi_range() && op.ranges.len() > 1 {
         op.ranges
             .iter()
@@ -695,6 +713,7 @@ fn fetch_loose(
             &FetchOp {
                 pack,
                 whole: false,
+                size: 0,
                 ranges,
                 chunks,
             },
@@ -737,4 +756,74 @@ fn write_file(
     drop(file);
     filetime::set_file_mtime(tmp, ft(op.mtime)).at(tmp)?;
     Ok(late)
+}
+
+/// Whether a fetch failed because the store lacks or damaged an object (not a network
+/// hiccup): what the rsync fallback is for.
+fn is_gap(e: &SyncError) -> bool {
+    match e {
+        SyncError::NotFound { .. } | SyncError::Format { .. } | SyncError::Short { .. } => true,
+        SyncError::Http { temporary, .. } => !temporary,
+        _ => false,
+    }
+}
+
+/// Fetches, by rsync from `url`, every file that needs a chunk the failed fetches did not
+/// stage; checks each against its signed chunk list and stages its chunks. Returns the
+/// number of files and bytes that came by rsync.
+fn fill_gaps(
+    url: &str,
+    state: &State,
+    plan: &crate::plan::Plan,
+    gaps: &[&FetchOp],
+) -> Result<(u64, u64), SyncError> {
+    let staged: std::collections::HashSet<ChunkId> = state.staged()?.into_iter().collect();
+    let missing: std::collections::HashSet<ChunkId> = gaps
+        .iter()
+        .flat_map(|op| op.chunks.iter().map(|c| c.id))
+        .filter(|id| !staged.contains(id))
+        .collect();
+    let files: Vec<&crate::plan::FileOp> = plan
+        .files
+        .iter()
+        .filter(|f| f.chunks.iter().any(|(id, _, _)| missing.contains(id)))
+        .collect();
+    let scratch = state.dir().join("fallback");
+    let _ = fs::remove_dir_all(&scratch);
+    let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+    let stats = crate::rsync::fetch_files(url, &paths, &scratch)?;
+    for f in &files {
+        let local = scratch.join(&f.path);
+        let data = fs::read(&local).at(&local)?;
+        let object = format!("{url}/{} (rsync fallback)", f.path.display());
+        let mut offset = 0usize;
+        let mut ok = data.len() as u64 == f.size;
+        let mut verified = Vec::with_capacity(f.chunks.len());
+        for (id, len, _) in &f.chunks {
+            let end = offset + *len as usize;
+            let Some(piece) = data.get(offset..end) else {
+                ok = false;
+                break;
+            };
+            match VerifiedChunk::from_plain(*id, piece.to_vec()) {
+                Ok(c) => verified.push(c),
+                Err(source) => return Err(SyncError::Format { object, source }),
+            }
+            offset = end;
+        }
+        if !ok || offset != data.len() {
+            return Err(SyncError::Format {
+                object,
+                source: pulpdist_format::FormatError::Invalid {
+                    what: "file from the rsync fallback",
+                    reason: format!("{} bytes, but the signed index says {}", data.len(), f.size),
+                },
+            });
+        }
+        for c in &verified {
+            state.stage(c)?;
+        }
+    }
+    let _ = fs::remove_dir_all(&scratch);
+    Ok((files.len() as u64, stats.bytes_received))
 }

@@ -192,8 +192,13 @@ impl HttpStoreReader {
         }
     }
 
-    /// The bytes of `key` in `range` (all of it: `None`), resuming after a cut.
-    fn fetch(&self, key: &str, range: Option<Range<u64>>) -> Result<Vec<u8>, SyncError> {
+    /// The bytes of `key` in `range` (all of it, `size` bytes: `None`), resuming after a cut.
+    fn fetch(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+        size: Option<u64>,
+    ) -> Result<Vec<u8>, SyncError> {
         let url = self.url(key);
         let mut buf = Vec::new();
         self.retrying(|| {
@@ -209,7 +214,7 @@ impl HttpStoreReader {
             };
             let headers: Vec<(&str, &str)> = header.iter().map(|h| ("Range", h.as_str())).collect();
             let resp = self.get(&url, &headers)?;
-            self.read_answer(&url, resp, start, end, &mut buf)
+            self.read_answer(&url, resp, start, end, size, &mut buf)
         })?;
         Ok(buf)
     }
@@ -221,6 +226,7 @@ impl HttpStoreReader {
         resp: ureq::http::Response<ureq::Body>,
         start: u64,
         end: Option<u64>,
+        size: Option<u64>,
         buf: &mut Vec<u8>,
     ) -> Result<(), SyncError> {
         let status = resp.status().as_u16();
@@ -238,7 +244,17 @@ impl HttpStoreReader {
                         false,
                     ));
                 }
-                let want_end = end.unwrap_or(total.unwrap_or(b + 1));
+                if let (Some(t), Some(s)) = (total, size) {
+                    if t != s {
+                        return Err(http_err(
+                            url,
+                            status,
+                            format!("object is {t} bytes; the signed head says {s}"),
+                            false,
+                        ));
+                    }
+                }
+                let want_end = end.or(size).unwrap_or(total.unwrap_or(b + 1));
                 if b + 1 < want_end {
                     return Err(http_err(
                         url,
@@ -256,7 +272,17 @@ impl HttpStoreReader {
                     .get("content-length")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<u64>().ok());
-                let want_end = match (end, len) {
+                if let (Some(l), Some(s)) = (len, size) {
+                    if l != s {
+                        return Err(http_err(
+                            url,
+                            status,
+                            format!("object is {l} bytes; the signed head says {s}"),
+                            false,
+                        ));
+                    }
+                }
+                let want_end = match (end.or(size), len) {
                     (Some(e), Some(l)) if l < e => {
                         return Err(http_err(
                             url,
@@ -312,7 +338,7 @@ impl HttpStoreReader {
                 false,
             ));
         }
-        if got < want && !(end.is_none() && status == 200) {
+        if got < want && !(end.is_none() && size.is_none() && status == 200) {
             return Err(SyncError::Short {
                 store: self.base.clone(),
                 object: url.to_string(),
@@ -444,7 +470,7 @@ impl StoreReader for HttpStoreReader {
     }
 
     fn get_range(&self, pack: &PackId, range: Range<u64>) -> Result<Vec<u8>, SyncError> {
-        self.fetch(&pack.object_key(), Some(range))
+        self.fetch(&pack.object_key(), Some(range), None)
     }
 
     fn get_ranges(&self, pack: &PackId, ranges: &[Range<u64>]) -> Result<Vec<Vec<u8>>, SyncError> {
@@ -487,8 +513,8 @@ impl StoreReader for HttpStoreReader {
         self.opts.multi_range && self.multi.load(Ordering::Relaxed) != MULTI_NO
     }
 
-    fn get_pack(&self, pack: &PackId) -> Result<Vec<u8>, SyncError> {
-        self.fetch(&pack.object_key(), None)
+    fn get_pack(&self, pack: &PackId, size: u64) -> Result<Vec<u8>, SyncError> {
+        self.fetch(&pack.object_key(), None, Some(size))
     }
 
     fn overhead(&self) -> Overhead {

@@ -26,6 +26,7 @@ mod http;
 mod objstore;
 mod plan;
 mod ranges;
+pub mod rsync;
 mod state;
 mod store;
 mod walk;

@@ -116,12 +116,27 @@ impl StoreReader for ObjectStoreReader {
         Ok(b.to_vec())
     }
 
-    fn get_pack(&self, pack: &PackId) -> Result<Vec<u8>, SyncError> {
+    fn get_pack(&self, pack: &PackId, size: u64) -> Result<Vec<u8>, SyncError> {
+        // A GET of the whole object, read no further than the size the head gives.
         let key = pack.object_key();
         let b = self
             .rt
-            .block_on(async { self.store.get(&self.key(&key)).await?.bytes().await })
+            .block_on(async {
+                let r = self.store.get(&self.key(&key)).await?;
+                if r.meta.size != size {
+                    return Ok(Err(r.meta.size));
+                }
+                r.bytes().await.map(Ok)
+            })
             .map_err(|e| self.err(&key, e))?;
-        Ok(b.to_vec())
+        match b {
+            Ok(b) => Ok(b.to_vec()),
+            Err(actual) => Err(SyncError::Http {
+                url: format!("{}/{key}", self.url),
+                status: None,
+                detail: format!("object is {actual} bytes; the signed head says {size}"),
+                temporary: false,
+            }),
+        }
     }
 }

@@ -73,6 +73,8 @@ pub struct FetchOp {
     pub pack: PackId,
     /// Fetch the whole pack (most of it is needed).
     pub whole: bool,
+    /// The pack's size as the signed head gives it (0 if the head does not list the pack).
+    pub size: u64,
     /// Otherwise, these coalesced ranges.
     pub ranges: Vec<Range<u64>>,
     /// The chunks these requests bring.
@@ -281,6 +283,7 @@ pub fn make_plan(
         plan.fetches.push(FetchOp {
             pack,
             whole,
+            size: pack_sizes.get(&pack).copied().unwrap_or(0),
             ranges: if whole { Vec::new() } else { ranges },
             chunks,
         });

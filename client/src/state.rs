@@ -25,6 +25,11 @@ impl State {
         })
     }
 
+    /// The state directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn applied_path(&self, tree: &str) -> PathBuf {
         self.dir.join(format!("applied-{tree}"))
     }

@@ -55,8 +55,8 @@ pub trait StoreReader: Send + Sync {
     fn multi_range(&self) -> bool {
         false
     }
-    /// A whole pack.
-    fn get_pack(&self, pack: &PackId) -> Result<Vec<u8>, SyncError>;
+    /// A whole pack of `size` bytes (its size in the signed head): no more is read.
+    fn get_pack(&self, pack: &PackId, size: u64) -> Result<Vec<u8>, SyncError>;
     /// What the reader spent so far beyond one request per call.
     fn overhead(&self) -> Overhead {
         Overhead::default()
@@ -140,13 +140,8 @@ impl StoreReader for LocalStoreReader {
         Ok(buf)
     }
 
-    fn get_pack(&self, pack: &PackId) -> Result<Vec<u8>, SyncError> {
-        let key = pack.object_key();
-        let mut buf = Vec::new();
-        self.open(&key)?
-            .read_to_end(&mut buf)
-            .map_err(|e| self.err(&key, e))?;
-        Ok(buf)
+    fn get_pack(&self, pack: &PackId, size: u64) -> Result<Vec<u8>, SyncError> {
+        self.get_range(pack, 0..size)
     }
 }
 

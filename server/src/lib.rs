@@ -22,6 +22,7 @@ mod packer;
 mod publish;
 pub mod serve;
 mod store;
+mod trees;
 mod walk;
 
 pub use error::PublishError;
@@ -29,3 +30,4 @@ pub use objstore::{ObjectStoreTarget, DEFAULT_PART_SIZE};
 pub use publish::{publish, PublishOptions, PublishReport};
 pub use serve::{serve, Handler, Peer, ServeError, ServeOptions};
 pub use store::{LocalStore, Store, StoreLock, StoredHead};
+pub use trees::{parse_trees, TreeDef, TreesError};

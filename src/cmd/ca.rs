@@ -122,6 +122,9 @@ fn init(dir: &Path, name: &str, days: i64) -> Result<()> {
     let cert = p.self_signed(&key).context("signing the CA certificate")?;
     write_new(&dir.join("ca.key"), &key.serialize_pem(), 0o600)?;
     write_new(&dir.join("ca.pem"), &cert.pem(), 0o644)?;
+    // An empty revocation list from the start, so `serve --crl` can name it before the
+    // first revocation (which then takes a SIGHUP, not a restart).
+    write_crl(dir, &Issuer::new(p, key), "")?;
     println!(
         "CA '{name}': {} (give to servers as --client-ca and to clients as --ca), key {}",
         dir.join("ca.pem").display(),
@@ -229,11 +232,23 @@ fn revoke(dir: &Path, site: &str) -> Result<()> {
     {
         bail!("no certificate issued to '{site}' in {}", issued.display());
     }
+    write_crl(dir, &issuer, &revoked)?;
+    fs::write(&revoked_file, &revoked)
+        .with_context(|| format!("writing {}", revoked_file.display()))?;
+    println!(
+        "revoked {n} certificate(s) of '{site}'; {} lists {} (serve --crl reloads it on SIGHUP)",
+        dir.join("crl.pem").display(),
+        revoked.lines().count()
+    );
+    Ok(())
+}
+
+/// Writes DIR/crl.pem listing the serials (hex, one per line) in `revoked`.
+fn write_crl(dir: &Path, issuer: &Issuer<'_, KeyPair>, revoked: &str) -> Result<()> {
     let now = OffsetDateTime::now_utc();
     let mut certs = Vec::new();
     for serial in revoked.lines().filter(|l| !l.is_empty()) {
-        let bytes = hex::decode(serial)
-            .with_context(|| format!("{}: bad serial", revoked_file.display()))?;
+        let bytes = hex::decode(serial).with_context(|| format!("bad serial '{serial}'"))?;
         certs.push(RevokedCertParams {
             serial_number: SerialNumber::from_slice(&bytes),
             revocation_time: now,
@@ -249,18 +264,10 @@ fn revoke(dir: &Path, site: &str) -> Result<()> {
         revoked_certs: certs,
         key_identifier_method: KeyIdMethod::Sha256,
     }
-    .signed_by(&issuer)
+    .signed_by(issuer)
     .context("signing the revocation list")?;
     let tmp = dir.join("crl.pem.tmp");
     fs::write(&tmp, crl.pem()?).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::write(&revoked_file, &revoked)
-        .with_context(|| format!("writing {}", revoked_file.display()))?;
     fs::rename(&tmp, dir.join("crl.pem"))
-        .with_context(|| format!("writing {}", dir.join("crl.pem").display()))?;
-    println!(
-        "revoked {n} certificate(s) of '{site}'; {} lists {} (serve --crl reloads it on SIGHUP)",
-        dir.join("crl.pem").display(),
-        revoked.lines().count()
-    );
-    Ok(())
+        .with_context(|| format!("writing {}", dir.join("crl.pem").display()))
 }

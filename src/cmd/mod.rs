@@ -41,3 +41,18 @@ pub fn emit(json: bool, value: serde_json::Value, human: impl FnOnce() -> String
         print!("{}", human());
     }
 }
+
+/// The definition of `tree` in a tree definitions file.
+pub fn load_tree_def(
+    path: &std::path::Path,
+    tree: &str,
+) -> anyhow::Result<pulpdist_server::TreeDef> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading tree definitions {}", path.display()))?;
+    let defs = pulpdist_server::parse_trees(&text)
+        .with_context(|| format!("in tree definitions {}", path.display()))?;
+    defs.into_iter()
+        .find(|d| d.name == tree)
+        .ok_or_else(|| anyhow::anyhow!("{}: no tree '{tree}' defined", path.display()))
+}

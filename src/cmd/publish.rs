@@ -56,8 +56,13 @@ pub struct Args {
     json: bool,
     #[command(flatten)]
     s3: super::stores::S3Args,
-    /// The directory to publish.
-    source: PathBuf,
+    /// Tree definitions (TOML): the tree's source, subtrees and filter rules come from its
+    /// entry; rules given on the command line come after the file's.
+    #[arg(long)]
+    trees: Option<PathBuf>,
+    /// The directory to publish, or an rsync:// URL (pulled first into a staging directory
+    /// in the state directory, kept between runs) [default: the tree's source in --trees].
+    source: Option<String>,
 }
 
 fn parse_params(s: &str) -> std::result::Result<ChunkParams, String> {
@@ -131,19 +136,44 @@ pub fn run(a: Args) -> Result<()> {
         }
         (None, super::stores::Location::Http(_)) => unreachable!("refused by stores::target"),
     };
-    let mut opts = PublishOptions::new(&a.tree, &a.source, state);
+    let def = match &a.trees {
+        Some(path) => Some(super::load_tree_def(path, &a.tree)?),
+        None => None,
+    };
+    let mut filter = def.as_ref().map(|d| d.filter.clone()).unwrap_or_default();
+    for r in parse_rules(&a.rules)?.rules() {
+        filter.push(r.clone());
+    }
+    let source = match (&a.source, &def) {
+        (Some(s), _) => s.clone(),
+        (None, Some(d)) => d.source.clone(),
+        (None, None) => anyhow::bail!("no source: give a directory or rsync:// URL, or --trees"),
+    };
+    let source_dir = if source.starts_with("rsync://") {
+        let staging = state.join("rsync-staging");
+        let st = pulpdist_client::rsync::pull(&source, &staging, &filter)
+            .with_context(|| format!("pulling {source} into {}", staging.display()))?;
+        if !a.json {
+            println!(
+                "pulled {source}: {} files, {} bytes received, {} deleted",
+                st.files, st.bytes_received, st.deleted
+            );
+        }
+        staging
+    } else {
+        PathBuf::from(&source)
+    };
+    let mut opts = PublishOptions::new(&a.tree, &source_dir, state);
     opts.expires_in = a.expires_days.saturating_mul(86_400);
     opts.zstd_level = a.zstd_level;
     opts.params = a.chunk_sizes;
     opts.pack_target = a.pack_size.max(1);
-    opts.filter = parse_rules(&a.rules)?;
+    opts.filter = filter;
     opts.previous_keys = super::sync::load_trust(&a.previous_key)?.keys().to_vec();
     let report = publish(store.as_ref(), &key, &opts).with_context(|| {
         format!(
             "publishing {} as tree '{}' into {}",
-            a.source.display(),
-            a.tree,
-            a.store
+            source, a.tree, a.store
         )
     })?;
     print_report(a.json, &report);

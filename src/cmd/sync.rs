@@ -56,6 +56,17 @@ pub struct Args {
     /// The private key (PEM) of --cert.
     #[arg(long)]
     key: Option<PathBuf>,
+    /// Tree definitions (TOML): the tree's filter rules (for an rsync:// store) and its
+    /// rsync fallback come from its entry.
+    #[arg(long)]
+    trees: Option<PathBuf>,
+    /// An rsync filter rule for an rsync:// store ('+ PATTERN', '- PATTERN'); may be repeated.
+    #[arg(long = "filter", value_name = "RULE", allow_hyphen_values = true)]
+    filter: Vec<String>,
+    /// rsync:// URL of the same tree: files whose objects the store lacks or serves damaged
+    /// are fetched from it and checked against the signed index.
+    #[arg(long)]
+    rsync_fallback: Option<String>,
     #[command(flatten)]
     s3: super::stores::S3Args,
     /// Print one JSON object.
@@ -107,6 +118,33 @@ pub fn run(mut a: Args) -> Result<()> {
             "no mirror directory: give it as the last argument or 'dest = ...' in --config"
         )
     })?;
+    let def = match &a.trees {
+        Some(p) => Some(super::load_tree_def(p, &tree)?),
+        None => None,
+    };
+    let mut metadata_patterns: Vec<String> = pulpdist_client::DEFAULT_METADATA_PATTERNS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    metadata_patterns.extend(cfg.metadata.iter().cloned());
+    metadata_patterns.extend(a.metadata.iter().cloned());
+    if store.starts_with("rsync://") {
+        // A plain rsync origin: no signed index to check against, rsync's own checksums.
+        let mut filter = def.as_ref().map(|d| d.filter.clone()).unwrap_or_default();
+        for r in &a.filter {
+            filter.push(pulpdist_format::filter::Rule::parse(r)?);
+        }
+        let report = pulpdist_client::rsync::sync_rsync(
+            &store,
+            &dest,
+            &filter,
+            &metadata_patterns,
+            a.dry_run,
+        )
+        .with_context(|| format!("syncing tree '{tree}' from {store} into {}", dest.display()))?;
+        print_report(a.json, &report);
+        return Ok(());
+    }
     let trust = if a.trust.is_empty() {
         cfg.trust
     } else {
@@ -132,8 +170,10 @@ pub fn run(mut a: Args) -> Result<()> {
     opts.dry_run = a.dry_run;
     opts.full = a.full;
     opts.now = a.now;
-    opts.metadata_patterns.extend(cfg.metadata);
-    opts.metadata_patterns.extend(a.metadata);
+    opts.metadata_patterns = metadata_patterns;
+    opts.rsync_fallback = a
+        .rsync_fallback
+        .or_else(|| def.as_ref().and_then(|d| d.rsync_fallback.clone()));
     opts.connections = a.connections.or(cfg.connections).unwrap_or(8).max(1);
     let mut http = HttpOptions {
         connections: opts.connections,
@@ -171,6 +211,7 @@ pub fn print_report(json: bool, r: &SyncReport) {
             "version": r.version, "previous_version": r.previous_version, "up_to_date": r.up_to_date,
             "files": r.files, "symlinks": r.symlinks, "deleted": r.deleted,
             "bytes_fetched": r.bytes_fetched, "requests": r.requests, "retries": r.retries,
+            "rsync_files": r.rsync_files, "rsync_bytes": r.rsync_bytes,
             "chunks_fetched": r.chunks_fetched, "chunks_reused": r.chunks_reused, "bytes_reused": r.bytes_reused,
             "dirs_examined": r.dirs_examined, "dry_run": r.plan.is_some(), "elapsed_ms": r.elapsed_ms,
             "filter": r.filter.as_deref().map(|f| f.lines().collect::<Vec<_>>()),

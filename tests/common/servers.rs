@@ -274,3 +274,71 @@ impl Nginx {
             .collect()
     }
 }
+
+/// An rsync daemon on loopback serving `modules` (name, directory), read-only, with a
+/// transfer log.
+pub struct RsyncD {
+    pub proc: Proc,
+    pub url: String,
+    pub log: PathBuf,
+}
+
+impl RsyncD {
+    pub fn start(dir: &Path, modules: &[(&str, &Path)]) -> Self {
+        std::fs::create_dir_all(dir).expect("rsyncd dir");
+        let port = free_port();
+        let id = |flag: &str| {
+            let out = Command::new("id").arg(flag).output().expect("id");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let log = dir.join("rsyncd.log");
+        let mut conf = format!(
+            "use chroot = no\npid file = {}\nlog file = {}\ntransfer logging = yes\n\
+             log format = %o %f\nuid = {}\ngid = {}\n",
+            s(&dir.join("rsyncd.pid")),
+            s(&log),
+            id("-u"),
+            id("-g"),
+        );
+        for (name, path) in modules {
+            conf.push_str(&format!(
+                "[{name}]\n    path = {}\n    read only = yes\n",
+                s(path)
+            ));
+        }
+        let conf_path = dir.join("rsyncd.conf");
+        std::fs::write(&conf_path, conf).expect("rsyncd.conf");
+        let child = Command::new("rsync")
+            .args(["--daemon", "--no-detach", "--address", "127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--config={}", s(&conf_path)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rsync --daemon (rsync is installed by ./scripts/test)");
+        let mut proc = Proc {
+            child,
+            name: "rsync --daemon",
+        };
+        wait_for_port(port, &mut proc);
+        RsyncD {
+            proc,
+            url: format!("rsync://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    /// The transfer log: (session pid, file) for each file sent, in order.
+    pub fn sent(&self) -> Vec<(String, String)> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (_, rest) = l.split_once('[')?;
+                let (pid, rest) = rest.split_once(']')?;
+                let f = rest.trim().strip_prefix("send ")?;
+                Some((pid.to_string(), f.to_string()))
+            })
+            .collect()
+    }
+}

@@ -192,9 +192,11 @@ impl Access {
     }
 }
 
-/// Who is asking: the identities of a verified client certificate (empty: none was given).
+/// Who is asking: whether a client certificate was verified, and its identities.
 #[derive(Clone, Debug, Default)]
 pub struct Peer {
+    /// A client certificate was presented and verified.
+    pub verified: bool,
     /// Certificate identities.
     pub identities: Vec<Identity>,
 }
@@ -320,10 +322,10 @@ impl Handler {
         let Some(access) = &self.access else {
             return true;
         };
-        let grant: Grant = if peer.identities.is_empty() {
-            Grant::default()
-        } else {
+        let grant: Grant = if peer.verified {
             access.rules().grant(&peer.identities)
+        } else {
+            Grant::default()
         };
         match target {
             Target::Other => true,
@@ -673,14 +675,10 @@ pub async fn serve(
                                 h.metrics.tls_refused();
                                 return;
                             };
-                            let identities = tls
-                                .get_ref()
-                                .1
-                                .peer_certificates()
-                                .and_then(|c| c.first())
-                                .map(tls::identities)
-                                .unwrap_or_default();
-                            let peer = Peer { identities };
+                            let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+                            let verified = cert.is_some();
+                            let identities = cert.map(tls::identities).unwrap_or_default();
+                            let peer = Peer { verified, identities };
                             run_connection(tls, h, peer, header_timeout, watcher).await;
                         }
                     }

@@ -1,0 +1,241 @@
+//! rsync, for origins that are plain rsync servers and for files a store cannot serve.
+//!
+//! Three uses, all running the `rsync` program with the tree's filter rules:
+//! - [`pull`]: upstream, mirror an `rsync://` source into a staging directory kept between
+//!   runs (so each pull is incremental), which is then published;
+//! - [`sync_rsync`]: downstream, from an `rsync://` origin with no PulpDist store, in two
+//!   passes as Debian's ftpsync does: payload first (metadata excluded, nothing deleted),
+//!   then everything with deletions after the transfer; each pass delays its renames to
+//!   its end, so files appear together;
+//! - [`fetch_files`]: named files into a scratch directory, to fill gaps in a store.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use pulpdist_format::filter::Filter;
+
+use crate::error::SyncError;
+use crate::exec::SyncReport;
+
+/// What one rsync run moved, from its `--stats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RsyncStats {
+    /// Regular files transferred.
+    pub files: u64,
+    /// Entries deleted at the destination.
+    pub deleted: u64,
+    /// Bytes received over the wire.
+    pub bytes_received: u64,
+}
+
+/// Compare (and so set) mtimes to the nanosecond, as the index records them; rsync's
+/// default treats times within the same second as equal and leaves them alone.
+const MODIFY_WINDOW: &str = "--modify-window=-1";
+
+fn err(url: &str, detail: String, temporary: bool) -> SyncError {
+    SyncError::Http {
+        url: url.to_string(),
+        status: None,
+        detail,
+        temporary,
+    }
+}
+
+/// Runs rsync with `args`, returning its stats. Exit codes that mean a network or server
+/// problem (10, 12, 23, 24, 30, 35) are temporary.
+fn run(url: &str, args: &[String]) -> Result<RsyncStats, SyncError> {
+    let out = Command::new("rsync").args(args).output().map_err(|e| {
+        err(
+            url,
+            format!("running rsync: {e} (is rsync installed?)"),
+            false,
+        )
+    })?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let code = out.status.code().unwrap_or(-1);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let detail = stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(err(
+            url,
+            format!("rsync exited with code {code}: {detail}"),
+            matches!(code, 10 | 12 | 23 | 24 | 30 | 35),
+        ));
+    }
+    Ok(parse_stats(&stdout))
+}
+
+/// Reads the numbers rsync's `--stats` prints.
+pub fn parse_stats(text: &str) -> RsyncStats {
+    let num = |label: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .map(|rest| {
+                rest.trim_start_matches(':')
+                    .trim()
+                    .split(|c: char| !(c.is_ascii_digit() || c == ','))
+                    .next()
+                    .unwrap_or("")
+                    .replace(',', "")
+            })
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    RsyncStats {
+        files: num("Number of regular files transferred"),
+        deleted: num("Number of deleted files"),
+        bytes_received: num("Total bytes received"),
+    }
+}
+
+fn filter_args(filter: &Filter) -> Vec<String> {
+    filter
+        .rules()
+        .iter()
+        .map(|r| format!("--filter={r}"))
+        .collect()
+}
+
+fn with_slash(url: &str) -> String {
+    format!("{}/", url.trim_end_matches('/'))
+}
+
+/// Upstream: brings `dest` (created if needed) to a copy of the selected part of `url`.
+pub fn pull(url: &str, dest: &Path, filter: &Filter) -> Result<RsyncStats, SyncError> {
+    std::fs::create_dir_all(dest).map_err(|source| SyncError::Io {
+        path: dest.to_path_buf(),
+        source,
+    })?;
+    let mut args: Vec<String> = [
+        "-rlpt",
+        MODIFY_WINDOW,
+        "--delete",
+        "--delete-excluded",
+        "--stats",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(filter_args(filter));
+    args.push(with_slash(url));
+    args.push(with_slash(&dest.display().to_string()));
+    run(url, &args)
+}
+
+/// Downstream from a plain rsync origin: payload, then metadata, then deletions.
+pub fn sync_rsync(
+    url: &str,
+    dest: &Path,
+    filter: &Filter,
+    metadata_patterns: &[String],
+    dry_run: bool,
+) -> Result<SyncReport, SyncError> {
+    let started = Instant::now();
+    if !dry_run {
+        std::fs::create_dir_all(dest).map_err(|source| SyncError::Io {
+            path: dest.to_path_buf(),
+            source,
+        })?;
+    }
+    let base: Vec<String> = ["-rlpt", MODIFY_WINDOW, "--stats", "--delay-updates"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(dry_run.then(|| "--dry-run".to_string()))
+        .collect();
+    // Pass 1: payload only. Metadata is left out (and so not deleted either).
+    let mut a = base.clone();
+    a.extend(metadata_patterns.iter().map(|p| format!("--exclude={p}")));
+    a.extend(filter_args(filter));
+    a.push(with_slash(url));
+    a.push(with_slash(&dest.display().to_string()));
+    let payload = run(url, &a)?;
+    // Pass 2: everything, deleting what the origin no longer has (or the filter leaves
+    // out) after the transfer.
+    let mut b = base;
+    b.extend(["--delete", "--delete-after", "--delete-excluded"].map(String::from));
+    b.extend(filter_args(filter));
+    b.push(with_slash(url));
+    b.push(with_slash(&dest.display().to_string()));
+    let meta = run(url, &b)?;
+    let files = payload.files + meta.files;
+    Ok(SyncReport {
+        up_to_date: files == 0 && meta.deleted == 0,
+        files,
+        deleted: meta.deleted,
+        bytes_fetched: payload.bytes_received + meta.bytes_received,
+        requests: 2,
+        rsync_files: files,
+        rsync_bytes: payload.bytes_received + meta.bytes_received,
+        filter: (!filter.is_empty()).then(|| filter.to_string()),
+        plan: dry_run.then(|| {
+            format!("rsync from {url} (two passes: payload, then metadata and deletions)\n")
+        }),
+        elapsed_ms: started.elapsed().as_millis() as u64,
+        ..Default::default()
+    })
+}
+
+/// Fetches `files` (relative paths) from `url` into `scratch`; returns the stats.
+pub fn fetch_files(url: &str, files: &[PathBuf], scratch: &Path) -> Result<RsyncStats, SyncError> {
+    std::fs::create_dir_all(scratch).map_err(|source| SyncError::Io {
+        path: scratch.to_path_buf(),
+        source,
+    })?;
+    let list = scratch.with_extension("files");
+    let mut f = std::fs::File::create(&list).map_err(|source| SyncError::Io {
+        path: list.clone(),
+        source,
+    })?;
+    for p in files {
+        use std::os::unix::ffi::OsStrExt;
+        f.write_all(p.as_os_str().as_bytes())
+            .and_then(|_| f.write_all(b"\0"))
+            .map_err(|source| SyncError::Io {
+                path: list.clone(),
+                source,
+            })?;
+    }
+    drop(f);
+    let args = vec![
+        "-lpt".to_string(),
+        MODIFY_WINDOW.into(),
+        "--stats".into(),
+        "--from0".into(),
+        format!("--files-from={}", list.display()),
+        with_slash(url),
+        with_slash(&scratch.display().to_string()),
+    ];
+    let r = run(url, &args);
+    let _ = std::fs::remove_file(&list);
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats() {
+        let s = parse_stats(
+            "Number of files: 12 (reg: 9, dir: 3)\nNumber of created files: 2\n\
+             Number of deleted files: 3 (reg: 3)\nNumber of regular files transferred: 1,234\n\
+             Total bytes sent: 90\nTotal bytes received: 5,000,123\n",
+        );
+        assert_eq!(
+            s,
+            RsyncStats {
+                files: 1234,
+                deleted: 3,
+                bytes_received: 5_000_123
+            }
+        );
+        assert_eq!(parse_stats(""), RsyncStats::default());
+    }
+}
