@@ -334,7 +334,34 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         .map(|c| observe_dir(&opts.dest, &mut safe, &c.rel))
         .collect::<Result<_, _>>()?;
     let chunker = Chunker::new(head.params).map_err(|e| SyncError::Config(e.to_string()))?;
-    let sources = local_sources(&opts.dest, &state, &changes, &observed, &chunker)?;
+    let mut sources = local_sources(&opts.dest, &state, &changes, &observed, &chunker)?;
+    // Chunks still missing may sit in files of directories that did not change (a moved
+    // file, an ISO image built from the tree's own packages): look them up in the index of
+    // the version applied, in the node cache.
+    if let Some(a) = &applied {
+        let changed: std::collections::HashSet<&Path> =
+            changes.iter().map(|c| c.rel.as_path()).collect();
+        let mut needed: std::collections::HashSet<ChunkId> = changes
+            .iter()
+            .flat_map(|c| c.new.entries())
+            .filter_map(|e| match &e.kind {
+                EntryKind::File { chunks, .. } => Some(chunks.iter().map(|c| c.id)),
+                _ => None,
+            })
+            .flatten()
+            .filter(|id| !sources.contains_key(id))
+            .collect();
+        if !needed.is_empty() {
+            find_in_unchanged(
+                &opts.dest,
+                &state,
+                a.root,
+                &changed,
+                &mut needed,
+                &mut sources,
+            );
+        }
+    }
     let views: Vec<DirView<'_>> = changes
         .iter()
         .zip(&observed)
@@ -826,4 +853,59 @@ fn fill_gaps(
     }
     let _ = fs::remove_dir_all(&scratch);
     Ok((files.len() as u64, stats.bytes_received))
+}
+
+/// Walks the applied version's index (from the node cache) through directories this sync
+/// does not change, and records, for each chunk in `needed`, a file on disk that holds it
+/// (its size and mtime still those of the index). Reads verify each chunk later, so a file
+/// changed behind our back only costs a fetch.
+fn find_in_unchanged(
+    dest: &Path,
+    state: &State,
+    root: pulpdist_format::NodeRef,
+    changed: &std::collections::HashSet<&Path>,
+    needed: &mut std::collections::HashSet<ChunkId>,
+    sources: &mut HashMap<ChunkId, Source>,
+) {
+    let mut todo = vec![(PathBuf::new(), root.id)];
+    while let Some((rel, id)) = todo.pop() {
+        if needed.is_empty() {
+            return;
+        }
+        let Some(node) = state.node(&id) else {
+            continue;
+        };
+        let unchanged = !changed.contains(rel.as_path());
+        for e in node.entries() {
+            let path = rel.join(std::ffi::OsStr::from_bytes(e.name.as_bytes()));
+            match &e.kind {
+                EntryKind::Dir { node } => todo.push((path, node.id)),
+                EntryKind::File { size, chunks } if unchanged => {
+                    if !chunks.iter().any(|c| needed.contains(&c.id)) {
+                        continue;
+                    }
+                    let on_disk = fs::symlink_metadata(dest.join(&path)).is_ok_and(|md| {
+                        md.is_file() && md.len() == *size && to_mtime(&md) == e.mtime
+                    });
+                    if !on_disk {
+                        continue;
+                    }
+                    let mut offset = 0u64;
+                    for c in chunks {
+                        if needed.remove(&c.id) {
+                            sources.insert(
+                                c.id,
+                                Source::Local {
+                                    path: path.clone(),
+                                    offset,
+                                },
+                            );
+                        }
+                        offset += u64::from(c.loc.raw_len);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Mutex;
@@ -116,6 +117,10 @@ pub struct PublishReport {
     pub skipped: Vec<PathBuf>,
     /// Wall time.
     pub elapsed_ms: u64,
+    /// ISO 9660 images chunked along their files' extents.
+    pub isos: u64,
+    /// Images published as plain chunks instead (xorriso missing, image damaged), and why.
+    pub isos_plain: Vec<String>,
 }
 
 /// A file's chunks: id and length, in order.
@@ -252,12 +257,14 @@ pub fn publish(
     let mut new_locs: HashMap<ChunkId, Location> = HashMap::new();
 
     // Chunk on every core; append new chunks to packs on this thread as they arrive.
+    let isos = Mutex::new(IsoNotes::default());
     let read_results = std::thread::scope(|s| -> Result<Vec<(usize, ChunkList)>, PublishError> {
         let catalog = &catalog;
         let claimed = &claimed;
         let files = &walk.files;
         let to_read = &to_read;
         let chunker = &chunker;
+        let isos = &isos;
         let threads = opts.threads;
         let worker = s.spawn(move || {
             let chunk_all = || {
@@ -270,7 +277,8 @@ pub fn publish(
                                 .as_mut()
                                 .map_err(|e| PublishError::Config(e.to_string()))?;
                             let f = &files[i];
-                            let chunks = chunk_file(chunker, comp, &f.abs, catalog, claimed, &tx)?;
+                            let chunks =
+                                chunk_file(chunker, comp, &f.abs, catalog, claimed, &tx, isos)?;
                             Ok((i, chunks))
                         },
                     )
@@ -453,6 +461,10 @@ pub fn publish(
     report.bytes_stored = data_bytes + index_bytes;
     report.packs = packs;
     report.root = Some(root.id);
+    if let Ok(n) = isos.into_inner() {
+        report.isos = n.along_extents;
+        report.isos_plain = n.plain;
+    }
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }
@@ -482,6 +494,18 @@ fn pack_namer(
 
 /// Reads one file, chunks and hashes it, and sends chunks the store lacks (compressed) to
 /// the pack writer. Returns the file's chunk list.
+/// What happened to the ISO 9660 images of a publish.
+#[derive(Debug, Default)]
+pub(crate) struct IsoNotes {
+    /// Images chunked along their files' extents.
+    pub(crate) along_extents: u64,
+    /// Images published as plain chunks, with the reason.
+    pub(crate) plain: Vec<String>,
+}
+
+/// Images smaller than this are not worth asking xorriso about.
+const ISO_MIN: u64 = 64 * 1024;
+
 fn chunk_file(
     chunker: &Chunker,
     comp: &mut Compressor,
@@ -489,10 +513,88 @@ fn chunk_file(
     catalog: &Catalog,
     claimed: &Mutex<HashSet<ChunkId>>,
     tx: &mpsc::SyncSender<NewChunk>,
+    isos: &Mutex<IsoNotes>,
 ) -> Result<Vec<(ChunkId, u32)>, PublishError> {
     let file = File::open(path).at(path)?;
-    let mut stream = chunker.stream(file);
+    let size = file.metadata().at(path)?.len();
+    let regions = if size >= ISO_MIN && pulpdist_isos::is_iso9660(path).unwrap_or(false) {
+        match pulpdist_isos::layout(path) {
+            Ok(r) => {
+                if let Ok(mut n) = isos.lock() {
+                    n.along_extents += 1;
+                }
+                Some(r)
+            }
+            Err(e) => {
+                if let Ok(mut n) = isos.lock() {
+                    n.plain.push(e.to_string());
+                }
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut out = Vec::new();
+    let Some(regions) = regions else {
+        chunk_stream(
+            chunker.stream(file),
+            path,
+            comp,
+            catalog,
+            claimed,
+            tx,
+            &mut out,
+        )?;
+        return Ok(out);
+    };
+    // The image in segments: each file's data region cut exactly as the file alone would
+    // be, and each gap between them (metadata, padding) cut on its own.
+    let mut segments: Vec<(u64, u64)> = Vec::with_capacity(regions.len() * 2 + 1);
+    let mut pos = 0;
+    for r in &regions {
+        if r.start > pos {
+            segments.push((pos, r.start - pos));
+        }
+        segments.push((r.start, r.end - r.start));
+        pos = r.end;
+    }
+    if pos < size {
+        segments.push((pos, size - pos));
+    }
+    for (start, len) in segments {
+        let mut f = &file;
+        f.seek(std::io::SeekFrom::Start(start)).at(path)?;
+        chunk_stream(
+            chunker.stream(f.take(len)),
+            path,
+            comp,
+            catalog,
+            claimed,
+            tx,
+            &mut out,
+        )?;
+    }
+    let total: u64 = out.iter().map(|(_, l)| u64::from(*l)).sum();
+    if total != size {
+        return Err(PublishError::Config(format!(
+            "{}: changed while it was read ({total} of {size} bytes)",
+            path.display()
+        )));
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn chunk_stream<R: std::io::Read>(
+    mut stream: pulpdist_chunker::StreamChunks<R>,
+    path: &Path,
+    comp: &mut Compressor,
+    catalog: &Catalog,
+    claimed: &Mutex<HashSet<ChunkId>>,
+    tx: &mpsc::SyncSender<NewChunk>,
+    out: &mut Vec<(ChunkId, u32)>,
+) -> Result<(), PublishError> {
     while let Some(data) = stream.next_chunk().at(path)? {
         let id = ChunkId::of(data);
         let raw_len = data.len() as u32;
@@ -516,7 +618,7 @@ fn chunk_file(
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn unix_now() -> i64 {

@@ -190,13 +190,16 @@ pub fn print_report(json: bool, r: &PublishReport) {
             "nodes_new": r.nodes_new, "packs": r.packs.len(),
             "root": r.root.map(|id| id.to_hex()), "skipped": r.skipped.len(),
             "bytes_fetched": 0, "requests": 0, "chunks_fetched": 0, "chunks_reused": 0, "bytes_reused": 0,
-            "elapsed_ms": r.elapsed_ms,
+            "elapsed_ms": r.elapsed_ms, "isos": r.isos, "isos_plain": r.isos_plain,
         }),
         || {
             let mut s = format!(
                 "published version {}: {} files ({} bytes), {} read, {} new chunks ({} bytes, {} stored), {} new nodes, {} packs, {} ms\n",
                 r.version, r.files, r.bytes_total, r.files_read, r.chunks_new, r.bytes_new, r.bytes_stored, r.nodes_new, r.packs.len(), r.elapsed_ms
             );
+            for why in &r.isos_plain {
+                s.push_str(&format!("ISO image published as plain chunks: {why}\n"));
+            }
             for p in &r.skipped {
                 s.push_str(&format!(
                     "skipped (not a file, directory or symlink): {}\n",

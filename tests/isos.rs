@@ -1,0 +1,192 @@
+//! ISO 9660 images built by real xorriso from the tree's own files: published along their
+//! files' extents, so a site that has the files fetches little more than the image's
+//! metadata, and rebuilds it byte-identical. (./scripts/test installs xorriso.)
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::{assert_same_tree, s, Site};
+
+/// Builds `image` from `dir` with xorriso (Rock Ridge + Joliet), plus `extra` commands.
+fn xorriso(dir: &Path, image: &Path, extra: &[&str]) {
+    let out = Command::new("xorriso")
+        .args(["-abort_on", "FAILURE", "-outdev"])
+        .arg(image)
+        .args([
+            "-rockridge",
+            "on",
+            "-joliet",
+            "on",
+            "-hardlinks",
+            "on",
+            "-map",
+        ])
+        .arg(dir)
+        .arg("/")
+        .args(extra)
+        .arg("-commit")
+        .output()
+        .expect("xorriso (installed by ./scripts/test)");
+    assert!(
+        out.status.success(),
+        "xorriso: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn publish_json(site: &Site) -> serde_json::Value {
+    site.publish()
+}
+
+#[test]
+fn an_image_of_the_trees_own_files_costs_only_its_metadata() {
+    let site = Site::new();
+    pulpdist_testdata::generate(&site.src(), 101, 6).expect("generate");
+    site.publish();
+    site.sync();
+
+    // Version 2 adds an image of the tree's package pool, with a boot image and a hard link.
+    let scratch = site.p("scratch");
+    fs::create_dir_all(scratch.join("boot")).expect("boot dir");
+    fs::write(scratch.join("boot/boot.img"), vec![0xB0u8; 8192]).expect("boot image");
+    let image = site.src().join("cdimage/pool.iso");
+    fs::create_dir_all(image.parent().expect("parent")).expect("cdimage");
+    let pool_copy = scratch.join("pool");
+    assert!(Command::new("cp")
+        .args(["-a", s(&site.src().join("pool")), s(&pool_copy)])
+        .status()
+        .expect("cp")
+        .success());
+    let some_deb = common::snapshot(&pool_copy)
+        .into_iter()
+        .find(|(p, d)| d.starts_with("file") && p.to_string_lossy().ends_with(".deb"))
+        .map(|(p, _)| p)
+        .expect("a .deb");
+    fs::hard_link(pool_copy.join(&some_deb), scratch.join("linked.deb")).expect("hard link");
+    xorriso(
+        &scratch,
+        &image,
+        &[
+            "--",
+            "-boot_image",
+            "any",
+            "bin_path=/boot/boot.img",
+            "-boot_image",
+            "any",
+            "emul_type=no_emulation",
+        ],
+    );
+    let image_size = fs::metadata(&image).expect("image").len();
+    let p = publish_json(&site);
+    assert_eq!(p["isos"], 1, "{p}");
+    let r = site.sync();
+    assert_same_tree(&site.src(), &site.mirror());
+    let fetched = r["bytes_fetched"].as_u64().expect("bytes");
+    let bound = 64 * 1024 + image_size / 1000;
+    assert!(
+        fetched <= bound,
+        "fetched {fetched} bytes for a {image_size}-byte image of files the site has (bound {bound}): {r}"
+    );
+    assert!(
+        r["bytes_reused"].as_u64().expect("reused") > image_size / 2,
+        "{r}"
+    );
+
+    // Version 3: packages change and the image is rebuilt; still only the new bytes move.
+    pulpdist_testdata::evolve(&site.src(), 101, 1).expect("evolve");
+    fs::remove_dir_all(&pool_copy).expect("rm");
+    assert!(Command::new("cp")
+        .args(["-a", s(&site.src().join("pool")), s(&pool_copy)])
+        .status()
+        .expect("cp")
+        .success());
+    fs::remove_file(&image).expect("rm image");
+    xorriso(&scratch, &image, &[]);
+    let p = publish_json(&site);
+    assert_eq!(p["isos"], 1, "{p}");
+    let r = site.sync();
+    assert_same_tree(&site.src(), &site.mirror());
+    let new_bytes = p["bytes_stored"].as_u64().expect("stored");
+    assert!(
+        r["bytes_fetched"].as_u64().expect("bytes") <= new_bytes + new_bytes / 20 + 64 * 1024,
+        "{r} for {new_bytes} new bytes"
+    );
+}
+
+#[test]
+fn zisofs_files_and_damaged_images() {
+    let site = Site::new();
+    let d = site.src().join("data");
+    fs::create_dir_all(&d).expect("dir");
+    let text: Vec<u8> = (0..400_000u32)
+        .map(|i| b"mirror text "[i as usize % 12])
+        .collect();
+    fs::write(d.join("text.txt"), &text).expect("text");
+    let noise: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8)
+        .collect();
+    fs::write(d.join("noise.bin"), &noise).expect("noise");
+    let image = site.src().join("z.iso");
+    xorriso(
+        &d,
+        &image,
+        &["-set_filter_r", "--zisofs", "/text.txt", "--"],
+    );
+    // A damaged image: the ISO 9660 signature, but the rest of its volume descriptor zeroed.
+    let mut broken = fs::read(&image).expect("image");
+    broken[32774..34816].fill(0);
+    fs::write(site.src().join("broken.iso"), &broken).expect("broken");
+    let p = publish_json(&site);
+    assert_eq!(p["isos"], 1, "{p}");
+    let plain = p["isos_plain"].as_array().expect("isos_plain");
+    assert_eq!(plain.len(), 1, "{p}");
+    assert!(
+        plain[0].as_str().expect("str").contains("broken.iso"),
+        "{p}"
+    );
+    site.sync();
+    assert_same_tree(&site.src(), &site.mirror());
+}
+
+#[test]
+fn without_xorriso_an_image_is_published_as_plain_chunks() {
+    let site = Site::new();
+    let d = site.p("files");
+    fs::create_dir_all(&d).expect("dir");
+    fs::write(d.join("a.bin"), vec![7u8; 200_000]).expect("file");
+    xorriso(&d, &site.src().join("a.iso"), &[]);
+    let out = common::bin()
+        .env("PATH", "/nonexistent")
+        .args([
+            "publish",
+            "--store",
+            s(&site.store()),
+            "--tree",
+            "tree",
+            "--key",
+            s(&site.key()),
+            "--json",
+            s(&site.src()),
+        ])
+        .output()
+        .expect("publish");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(p["isos"], 0);
+    assert!(
+        p["isos_plain"][0]
+            .as_str()
+            .expect("reason")
+            .contains("xorriso"),
+        "{p}"
+    );
+    site.sync();
+    assert_same_tree(&site.src(), &site.mirror());
+}
