@@ -23,8 +23,11 @@ pub struct TreeDef {
     pub name: String,
     /// A local directory or an `rsync://` URL.
     pub source: String,
-    /// The rules that select what the tree carries.
+    /// The rules that select what the tree carries: its `filter` rules, then the rules
+    /// `subtrees` stands for.
     pub filter: Filter,
+    /// How many of `filter`'s rules are the file's own (the subtree rules follow them).
+    pub own_rules: usize,
     /// Where a client fetches files the store cannot serve (`rsync://`).
     pub rsync_fallback: Option<String>,
 }
@@ -76,6 +79,7 @@ pub fn parse_trees(text: &str) -> Result<Vec<TreeDef>, TreesError> {
         for r in &raw.filter {
             filter.push(Rule::parse(r).map_err(|e| err(e.to_string()))?);
         }
+        let own_rules = filter.rules().len();
         if let Some(subtrees) = &raw.subtrees {
             if subtrees.is_empty() {
                 return Err(err(
@@ -119,10 +123,30 @@ pub fn parse_trees(text: &str) -> Result<Vec<TreeDef>, TreesError> {
             name,
             source: raw.source,
             filter,
+            own_rules,
             rsync_fallback: raw.rsync_fallback,
         });
     }
     Ok(out)
+}
+
+impl TreeDef {
+    /// The tree's filter with `extra` rules (from the command line) after its own rules and
+    /// before the rules `subtrees` stands for (which end in `- *`).
+    pub fn filter_with(&self, extra: &Filter) -> Filter {
+        let mut f = Filter::new();
+        let rules = self.filter.rules();
+        for r in &rules[..self.own_rules] {
+            f.push(r.clone());
+        }
+        for r in extra.rules() {
+            f.push(r.clone());
+        }
+        for r in &rules[self.own_rules..] {
+            f.push(r.clone());
+        }
+        f
+    }
 }
 
 #[cfg(test)]
@@ -148,6 +172,11 @@ mod tests {
         assert!(!d.filter.includes("README", false));
         assert!(!d.filter.includes("pool/main/x.iso", false));
         assert!(t.iter().any(|t| t.name == "all" && t.filter.is_empty()));
+        // Command-line rules go before the subtree rules, so they still count.
+        let extra = Filter::parse_lines("- *.dsc\n").expect("rule");
+        let f = d.filter_with(&extra);
+        assert_eq!(f.rules()[1].to_string(), "- *.dsc");
+        assert!(!f.includes("pool/main/a/apt.dsc", false));
     }
 
     #[test]

@@ -140,10 +140,11 @@ pub fn run(a: Args) -> Result<()> {
         Some(path) => Some(super::load_tree_def(path, &a.tree)?),
         None => None,
     };
-    let mut filter = def.as_ref().map(|d| d.filter.clone()).unwrap_or_default();
-    for r in parse_rules(&a.rules)?.rules() {
-        filter.push(r.clone());
-    }
+    let cli_rules = parse_rules(&a.rules)?;
+    let filter = match &def {
+        Some(d) => d.filter_with(&cli_rules),
+        None => cli_rules,
+    };
     let source = match (&a.source, &def) {
         (Some(s), _) => s.clone(),
         (None, Some(d)) => d.source.clone(),

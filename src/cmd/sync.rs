@@ -130,10 +130,14 @@ pub fn run(mut a: Args) -> Result<()> {
     metadata_patterns.extend(a.metadata.iter().cloned());
     if store.starts_with("rsync://") {
         // A plain rsync origin: no signed index to check against, rsync's own checksums.
-        let mut filter = def.as_ref().map(|d| d.filter.clone()).unwrap_or_default();
+        let mut cli_rules = pulpdist_format::filter::Filter::new();
         for r in &a.filter {
-            filter.push(pulpdist_format::filter::Rule::parse(r)?);
+            cli_rules.push(pulpdist_format::filter::Rule::parse(r)?);
         }
+        let filter = match &def {
+            Some(d) => d.filter_with(&cli_rules),
+            None => cli_rules,
+        };
         let report = pulpdist_client::rsync::sync_rsync(
             &store,
             &dest,
@@ -142,8 +146,23 @@ pub fn run(mut a: Args) -> Result<()> {
             a.dry_run,
         )
         .with_context(|| format!("syncing tree '{tree}' from {store} into {}", dest.display()))?;
-        print_report(a.json, &report);
+        if a.json {
+            print_report(true, &report);
+        } else {
+            println!(
+                "{} from {store} (payload, then metadata and deletions): {} files, {} deleted, {} bytes received",
+                if a.dry_run { "would rsync" } else { "rsynced" },
+                report.files,
+                report.deleted,
+                report.rsync_bytes
+            );
+        }
         return Ok(());
+    }
+    if !a.filter.is_empty() {
+        anyhow::bail!(
+            "--filter applies to rsync:// stores; a PulpDist store carries the filter its publisher applied"
+        );
     }
     let trust = if a.trust.is_empty() {
         cfg.trust
