@@ -381,3 +381,31 @@ fn two_publishers_of_one_tree_do_not_corrupt_it() {
     assert!(s1["version"] == 1 || s1["version"] == 2);
     assert_same_tree(&site.src(), &site.mirror());
 }
+
+#[test]
+fn a_sync_that_died_while_renaming_is_followed_by_a_full_check() {
+    let site = Site::new();
+    generate(&site);
+    site.publish();
+    site.sync();
+    // As if a sync had died in its rename phase: the mark is left, a file in a directory
+    // the next index diff would skip holds other content, and a temporary file lies there.
+    let state = site.p("downstream/.tree.pulpdist");
+    fs::write(state.join("applying-tree"), b"renaming files into place\n").expect("mark");
+    let victim = snapshot(&site.mirror())
+        .into_iter()
+        .find(|(p, d)| d.starts_with("file") && p.components().count() > 2)
+        .map(|(p, _)| p)
+        .expect("a nested file");
+    fs::write(site.mirror().join(&victim), b"half-applied content").expect("damage");
+    let stray = site
+        .mirror()
+        .join(victim.parent().expect("dir"))
+        .join(".x.pulpdist-tmp");
+    fs::write(&stray, b"left over").expect("stray");
+    let r = site.sync();
+    assert_same_tree(&site.src(), &site.mirror());
+    assert!(!state.join("applying-tree").exists(), "{r}");
+    // Back to normal: the next sync is one request.
+    assert_eq!(site.sync()["requests"], 1);
+}

@@ -202,8 +202,11 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
     let head_object = format!("{}/heads/{}", reader.describe(), opts.tree);
 
     // A no-op sync is one conditional request: the store's tag for the head we applied.
-    let known_etag = match (&applied, opts.full) {
-        (Some(_), false) => state.etag(&opts.tree),
+    // A sync that died while renaming files into place leaves directories the index diff
+    // would not look at again: then every directory is checked (as with --full).
+    let full = opts.full || state.applying(&opts.tree);
+    let known_etag = match (&applied, full) {
+        (Some(_), false) => state.etag(&opts.tree, &reader.describe()),
         _ => None,
     };
     let (head_bytes, etag) = match store.get_head(&opts.tree, known_etag.as_deref())? {
@@ -261,12 +264,17 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
             });
         }
     }
-    let filter = head.filter().map_err(|source| SyncError::Format {
-        object: head_object.clone(),
-        source,
-    })?;
+    // The filter extension is informational (not critical): shown, never a reason to refuse.
+    let filter = match head.filter() {
+        Ok(f) => f.map(|f| f.to_string()),
+        Err(_) => head
+            .extensions
+            .iter()
+            .find(|(t, _)| *t == pulpdist_format::EXT_FILTER)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned()),
+    };
     let mut report = SyncReport {
-        filter: filter.map(|f| f.to_string()),
+        filter,
         version: head.version,
         previous_version: applied.as_ref().map(|a| a.version),
         ..Default::default()
@@ -280,7 +288,7 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         report
     };
 
-    let old_root = if opts.full {
+    let old_root = if full {
         None
     } else {
         applied.as_ref().map(|a| a.root.id)
@@ -289,9 +297,9 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         report.up_to_date = true;
         if !opts.dry_run
             && (applied.as_ref().map(|a| a.version) != Some(head.version)
-                || state.etag(&opts.tree) != etag)
+                || state.etag(&opts.tree, &reader.describe()) != etag)
         {
-            state.set_applied(&opts.tree, &head_bytes, etag.as_deref())?;
+            state.set_applied(&opts.tree, &head_bytes, etag.as_deref(), &reader.describe())?;
         }
         return Ok(finish(report, &store));
     }
@@ -302,7 +310,7 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
     // One version (or a few) behind: the index packs of the missing versions hold every new
     // node, so fetch them whole instead of walking level by level.
     let mut mem_packs = HashMap::new();
-    if let (Some(a), false) = (&applied, opts.full) {
+    if let (Some(a), false) = (&applied, full) {
         let listed: Vec<_> = head
             .recent
             .iter()
@@ -493,7 +501,9 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
             }
         }
     }
-    // 4b. Then each appears by rename, complete: payload, then repository metadata.
+    // 4b. Then each appears by rename, complete: payload, then repository metadata. From
+    // here until the version is recorded, the mirror is between versions: say so.
+    state.set_applying(&opts.tree)?;
     for (tmp, target) in ready {
         if fs::symlink_metadata(&target)
             .map(|m| m.is_dir())
@@ -538,7 +548,8 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         set_attrs(&p, a.mode, a.mtime)?;
     }
     // 9. Only now is the new version applied.
-    state.set_applied(&opts.tree, &head_bytes, etag.as_deref())?;
+    state.set_applied(&opts.tree, &head_bytes, etag.as_deref(), &reader.describe())?;
+    state.clear_applying(&opts.tree)?;
     state.clear_staging()?;
     Ok(finish(report, &store))
 }
@@ -821,34 +832,29 @@ fn fill_gaps(
     let stats = crate::rsync::fetch_files(url, &paths, &scratch)?;
     for f in &files {
         let local = scratch.join(&f.path);
-        let data = fs::read(&local).at(&local)?;
         let object = format!("{url}/{} (rsync fallback)", f.path.display());
-        let mut offset = 0usize;
-        let mut ok = data.len() as u64 == f.size;
-        let mut verified = Vec::with_capacity(f.chunks.len());
+        let mismatch = |got: u64| SyncError::Format {
+            object: object.clone(),
+            source: pulpdist_format::FormatError::Invalid {
+                what: "file from the rsync fallback",
+                reason: format!("{got} bytes, but the signed index says {}", f.size),
+            },
+        };
+        let mut file = File::open(&local).at(&local)?;
+        let got = file.metadata().at(&local)?.len();
+        if got != f.size {
+            return Err(mismatch(got));
+        }
+        // One chunk at a time: verified against the signed index, then staged.
         for (id, len, _) in &f.chunks {
-            let end = offset + *len as usize;
-            let Some(piece) = data.get(offset..end) else {
-                ok = false;
-                break;
-            };
-            match VerifiedChunk::from_plain(*id, piece.to_vec()) {
-                Ok(c) => verified.push(c),
-                Err(source) => return Err(SyncError::Format { object, source }),
-            }
-            offset = end;
-        }
-        if !ok || offset != data.len() {
-            return Err(SyncError::Format {
-                object,
-                source: pulpdist_format::FormatError::Invalid {
-                    what: "file from the rsync fallback",
-                    reason: format!("{} bytes, but the signed index says {}", data.len(), f.size),
-                },
-            });
-        }
-        for c in &verified {
-            state.stage(c)?;
+            let mut piece = vec![0u8; *len as usize];
+            file.read_exact(&mut piece).at(&local)?;
+            let chunk =
+                VerifiedChunk::from_plain(*id, piece).map_err(|source| SyncError::Format {
+                    object: object.clone(),
+                    source,
+                })?;
+            state.stage(&chunk)?;
         }
     }
     let _ = fs::remove_dir_all(&scratch);

@@ -204,10 +204,11 @@ impl HttpStoreReader {
         self.retrying(|| {
             let start = range.as_ref().map_or(0, |r| r.start) + buf.len() as u64;
             let end = range.as_ref().map(|r| r.end);
-            if end.is_some_and(|e| start >= e) {
+            // Everything already arrived (a body cut after its last byte): done.
+            if end.or(size).is_some_and(|e| start >= e) {
                 return Ok(());
             }
-            let header = match end {
+            let header = match end.or(size).filter(|_| start > 0 || end.is_some()) {
                 Some(e) => Some(format!("bytes={start}-{}", e - 1)),
                 None if start > 0 => Some(format!("bytes={start}-")),
                 None => None,

@@ -46,6 +46,12 @@ fn err(url: &str, detail: String, temporary: bool) -> SyncError {
 /// Runs rsync with `args`, returning its stats. Exit codes that mean a network or server
 /// problem (10, 12, 23, 24, 30, 35) are temporary.
 fn run(url: &str, args: &[String]) -> Result<RsyncStats, SyncError> {
+    run_allowing(url, args, &[])
+}
+
+/// [`run`], also accepting the exit codes in `ok` (24: files vanished during the transfer,
+/// normal when pulling from a live mirror).
+fn run_allowing(url: &str, args: &[String], ok: &[i32]) -> Result<RsyncStats, SyncError> {
     let out = Command::new("rsync").args(args).output().map_err(|e| {
         err(
             url,
@@ -54,7 +60,7 @@ fn run(url: &str, args: &[String]) -> Result<RsyncStats, SyncError> {
         )
     })?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
+    if !out.status.success() && !out.status.code().is_some_and(|c| ok.contains(&c)) {
         let code = out.status.code().unwrap_or(-1);
         let stderr = String::from_utf8_lossy(&out.stderr);
         let detail = stderr
@@ -108,11 +114,29 @@ fn with_slash(url: &str) -> String {
 }
 
 /// Upstream: brings `dest` (created if needed) to a copy of the selected part of `url`.
+/// Holds `<dest>.lock` meanwhile, so two pulls into one staging directory cannot interleave.
 pub fn pull(url: &str, dest: &Path, filter: &Filter) -> Result<RsyncStats, SyncError> {
     std::fs::create_dir_all(dest).map_err(|source| SyncError::Io {
         path: dest.to_path_buf(),
         source,
     })?;
+    let lock_path = dest.with_extension("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| SyncError::Io {
+            path: lock_path.clone(),
+            source,
+        })?;
+    if lock.try_lock().is_err() {
+        return Err(SyncError::Config(format!(
+            "{}: another pull into {} is running",
+            lock_path.display(),
+            dest.display()
+        )));
+    }
     let mut args: Vec<String> = [
         "-rlpt",
         MODIFY_WINDOW,
@@ -126,7 +150,9 @@ pub fn pull(url: &str, dest: &Path, filter: &Filter) -> Result<RsyncStats, SyncE
     args.extend(filter_args(filter));
     args.push(with_slash(url));
     args.push(with_slash(&dest.display().to_string()));
-    run(url, &args)
+    let r = run_allowing(url, &args, &[24]);
+    drop(lock);
+    r
 }
 
 /// Downstream from a plain rsync origin: payload, then metadata, then deletions.

@@ -61,13 +61,40 @@ impl State {
         }
     }
 
+    fn applying_path(&self, tree: &str) -> PathBuf {
+        self.dir.join(format!("applying-{tree}"))
+    }
+
+    /// Whether a sync of `tree` began renaming files into place and did not finish.
+    pub(crate) fn applying(&self, tree: &str) -> bool {
+        self.applying_path(tree).exists()
+    }
+
+    /// Marks the start of the rename phase.
+    pub(crate) fn set_applying(&self, tree: &str) -> Result<(), SyncError> {
+        write_atomic(&self.applying_path(tree), b"renaming files into place\n")
+    }
+
+    /// Clears the mark once the version is recorded.
+    pub(crate) fn clear_applying(&self, tree: &str) -> Result<(), SyncError> {
+        let p = self.applying_path(tree);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).at(p),
+        }
+    }
+
     fn etag_path(&self, tree: &str) -> PathBuf {
         self.dir.join(format!("etag-{tree}"))
     }
 
-    /// The store's entity tag of the head last applied, if it gave one.
-    pub(crate) fn etag(&self, tree: &str) -> Option<String> {
-        fs::read_to_string(self.etag_path(tree)).ok()
+    /// The entity tag `store` gave the head last applied, if it gave one (a tag from
+    /// another store means nothing here).
+    pub(crate) fn etag(&self, tree: &str, store: &str) -> Option<String> {
+        let text = fs::read_to_string(self.etag_path(tree)).ok()?;
+        let (from, tag) = text.split_once('\n')?;
+        (from == store && !tag.is_empty()).then(|| tag.to_string())
     }
 
     /// Records `head_bytes` as applied. The old tag goes first and the new one last, so a
@@ -77,6 +104,7 @@ impl State {
         tree: &str,
         head_bytes: &[u8],
         etag: Option<&str>,
+        store: &str,
     ) -> Result<(), SyncError> {
         let tag = self.etag_path(tree);
         match fs::remove_file(&tag) {
@@ -86,7 +114,7 @@ impl State {
         }
         write_atomic(&self.applied_path(tree), head_bytes)?;
         if let Some(t) = etag {
-            write_atomic(&tag, t.as_bytes())?;
+            write_atomic(&tag, format!("{store}\n{t}").as_bytes())?;
         }
         Ok(())
     }

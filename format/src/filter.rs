@@ -149,8 +149,8 @@ impl Rule {
     /// Whether the rule matches `path` (relative, `/`-separated, no leading `/`).
     pub fn matches(&self, path: &str, is_dir: bool) -> bool {
         if self.and_below {
-            // `dir/***`: `dir` itself (a directory or not) or anything under it.
-            return self.matches_at(path, true) || self.below(path);
+            // `dir/***`: the directory `dir` itself, or anything under it.
+            return (is_dir && self.matches_at(path, true)) || self.below(path);
         }
         if self.dir_only && !is_dir {
             return false;
@@ -177,6 +177,14 @@ impl Rule {
         let chars: Vec<char> = path.chars().collect();
         if wildmatch(&self.pattern, &chars) {
             return true;
+        }
+        // As rsync does for a pattern starting with `**`: the path with a leading `/`, so
+        // `**/x` also matches a top-level `x`.
+        if self.pattern.starts_with(&['*', '*']) {
+            let rooted: Vec<char> = std::iter::once('/').chain(chars.iter().copied()).collect();
+            if wildmatch(&self.pattern, &rooted) {
+                return true;
+            }
         }
         chars
             .iter()

@@ -172,10 +172,14 @@ pub fn run(mut a: Args) -> Result<()> {
     if trust.is_empty() {
         return Err(missing("trust"));
     }
-    let (cert, key) = match (a.cert.or(cfg.cert), a.key.or(cfg.key)) {
-        (Some(c), Some(k)) => (Some(c), Some(k)),
-        (None, None) => (None, None),
-        _ => anyhow::bail!("a client certificate needs both --cert and --key"),
+    // A certificate and its key come from the same place: both flags, or both settings.
+    let (cert, key) = match (a.cert, a.key, cfg.cert, cfg.key) {
+        (Some(c), Some(k), _, _) => (Some(c), Some(k)),
+        (None, None, Some(c), Some(k)) => (Some(c), Some(k)),
+        (None, None, None, None) => (None, None),
+        _ => anyhow::bail!(
+            "a client certificate needs both --cert and --key (or both cert and key in --config)"
+        ),
     };
     let ca = a.ca.or(cfg.ca);
     let timeout = a.timeout.or(cfg.timeout).unwrap_or(60).max(1);

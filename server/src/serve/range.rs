@@ -73,10 +73,19 @@ pub fn resolve(header: Option<&str>, len: u64) -> RangeAnswer {
         }
     }
     if out.is_empty() {
-        RangeAnswer::Unsatisfiable
-    } else {
-        RangeAnswer::Partial(out)
+        return RangeAnswer::Unsatisfiable;
     }
+    // Overlapping or adjacent ranges are merged (RFC 9110 §14.2 lets a server coalesce),
+    // so no request can make the response larger than the object.
+    out.sort_by_key(|r| r.start);
+    let mut merged: Vec<Range<u64>> = Vec::with_capacity(out.len());
+    for r in out {
+        match merged.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    RangeAnswer::Partial(merged)
 }
 
 /// `Content-Range` value for one range.
@@ -148,6 +157,15 @@ mod tests {
             RangeAnswer::Partial(vec![0..1, 2..4, 9..10])
         );
         assert_eq!(resolve(Some("bytes=10-"), 10), RangeAnswer::Unsatisfiable);
+        // Overlaps are merged: the answer is never larger than the object.
+        assert_eq!(
+            resolve(Some("bytes=0-,0-,5-6,2-3,8-8,9-9"), 10),
+            RangeAnswer::Partial(vec![0..10])
+        );
+        assert_eq!(
+            resolve(Some("bytes=6-7,0-1"), 10),
+            RangeAnswer::Partial(vec![0..2, 6..8])
+        );
         assert_eq!(
             resolve(Some("bytes=10-12,20-"), 10),
             RangeAnswer::Unsatisfiable
