@@ -28,6 +28,8 @@ struct Cli {
 enum Command {
     /// A small certificate authority for sites: init, issue, revoke.
     Ca(cmd::ca::Args),
+    /// ISO images outside a mirror: make a template, rebuild an image from files (jigdo-like).
+    Iso(cmd::iso::Args),
     /// Make an Ed25519 signing key (FILE) and its public half (FILE.pub).
     Keygen(cmd::keygen::Args),
     /// Publish a directory as the next version of a tree.
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Ca(a) => cmd::ca::run(a),
+        Command::Iso(a) => cmd::iso::run(a),
         Command::Keygen(a) => cmd::keygen::run(a),
         Command::Publish(a) => cmd::publish::run(a),
         Command::Serve(a) => cmd::serve::run(a),

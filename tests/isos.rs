@@ -190,3 +190,102 @@ fn without_xorriso_an_image_is_published_as_plain_chunks() {
     site.sync();
     assert_same_tree(&site.src(), &site.mirror());
 }
+
+#[test]
+fn template_and_rebuild_like_jigdo() {
+    let site = Site::new();
+    pulpdist_testdata::generate(&site.src(), 102, 4).expect("generate");
+    site.publish();
+    let image = site.p("image.iso");
+    xorriso(&site.src().join("pool"), &image, &[]);
+    let image_bytes = fs::read(&image).expect("image");
+    let tpl = site.p("image.tpl");
+    let out = common::run_json(&["iso", "template", s(&image), "--out", s(&tpl)]);
+    let tsize = out["template_size"].as_u64().expect("size");
+    assert!(
+        tsize < 64 * 1024 + image_bytes.len() as u64 / 1000,
+        "template of {tsize} bytes for a {}-byte image",
+        image_bytes.len()
+    );
+
+    // From the loose files alone: nothing fetched, byte-identical.
+    let rebuilt = site.p("rebuilt.iso");
+    let r = common::run_json(&[
+        "iso",
+        "rebuild",
+        s(&tpl),
+        "--from",
+        s(&site.src()),
+        "--out",
+        s(&rebuilt),
+    ]);
+    assert_eq!(r["bytes_fetched"], 0, "{r}");
+    assert!(
+        fs::read(&rebuilt).expect("rebuilt") == image_bytes,
+        "not byte-identical"
+    );
+
+    // Files missing locally: refused without a store, fetched from one with it.
+    let partial = site.p("partial");
+    assert!(Command::new("cp")
+        .args(["-a", s(&site.src()), s(&partial)])
+        .status()
+        .expect("cp")
+        .success());
+    let gone = common::snapshot(&partial.join("pool"))
+        .into_iter()
+        .find(|(p, d)| d.starts_with("file") && p.to_string_lossy().ends_with(".deb"))
+        .map(|(p, _)| partial.join("pool").join(p))
+        .expect("a .deb");
+    fs::remove_file(&gone).expect("rm");
+    let again = site.p("again.iso");
+    let out = common::run(&[
+        "iso",
+        "rebuild",
+        s(&tpl),
+        "--from",
+        s(&partial),
+        "--out",
+        s(&again),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--store"));
+    assert!(!again.exists());
+    let key = format!("{}.pub", s(&site.key()));
+    let r = common::run_json(&[
+        "iso",
+        "rebuild",
+        s(&tpl),
+        "--from",
+        s(&partial),
+        "--store",
+        s(&site.store()),
+        "--tree",
+        "tree",
+        "--trust",
+        &key,
+        "--out",
+        s(&again),
+    ]);
+    assert!(r["bytes_fetched"].as_u64().expect("n") > 0, "{r}");
+    assert!(
+        fs::read(&again).expect("again") == image_bytes,
+        "not byte-identical"
+    );
+
+    // A damaged template is refused.
+    let mut t = fs::read(&tpl).expect("tpl");
+    let n = t.len();
+    t[n - 1] ^= 0x40;
+    fs::write(&tpl, t).expect("write");
+    let out = common::run(&[
+        "iso",
+        "rebuild",
+        s(&tpl),
+        "--from",
+        s(&site.src()),
+        "--out",
+        s(&again),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -84,7 +84,7 @@ pub(crate) fn decode_stored(
 
 /// Chunk bytes whose BLAKE3 hash has been checked against their id. Only a
 /// `VerifiedChunk` can be written into a mirror.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifiedChunk {
     id: ChunkId,
     data: Vec<u8>,

@@ -12,6 +12,8 @@
 //! files are extents of opaque bytes like any other. A missing xorriso or a damaged image
 //! gives an [`IsoError`]; the publisher then chunks the image as a plain file.
 
+pub mod template;
+
 use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::Path;

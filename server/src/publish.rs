@@ -550,30 +550,11 @@ fn chunk_file(
     };
     // The image in segments: each file's data region cut exactly as the file alone would
     // be, and each gap between them (metadata, padding) cut on its own.
-    let mut segments: Vec<(u64, u64)> = Vec::with_capacity(regions.len() * 2 + 1);
-    let mut pos = 0;
-    for r in &regions {
-        if r.start > pos {
-            segments.push((pos, r.start - pos));
-        }
-        segments.push((r.start, r.end - r.start));
-        pos = r.end;
-    }
-    if pos < size {
-        segments.push((pos, size - pos));
-    }
-    for (start, len) in segments {
+    for (range, _) in pulpdist_isos::template::segments(&regions, size) {
         let mut f = &file;
-        f.seek(std::io::SeekFrom::Start(start)).at(path)?;
-        chunk_stream(
-            chunker.stream(f.take(len)),
-            path,
-            comp,
-            catalog,
-            claimed,
-            tx,
-            &mut out,
-        )?;
+        f.seek(std::io::SeekFrom::Start(range.start)).at(path)?;
+        let stream = chunker.stream(f.take(range.end - range.start));
+        chunk_stream(stream, path, comp, catalog, claimed, tx, &mut out)?;
     }
     let total: u64 = out.iter().map(|(_, l)| u64::from(*l)).sum();
     if total != size {

@@ -2,6 +2,7 @@
 
 pub mod ca;
 pub mod demo;
+pub mod iso;
 pub mod keygen;
 pub mod publish;
 pub mod serve;

@@ -1,0 +1,343 @@
+//! `pulpdist iso`: jigdo's workflow with chunks. `iso template IMAGE --out T` cuts an ISO
+//! 9660 image along its files' extents and keeps only its metadata chunks (plus the ids of
+//! the file-data chunks); `iso rebuild T --from DIR... [--store S --tree N --trust K] --out
+//! IMAGE` rebuilds it byte for byte from local files, fetching from a store only what they
+//! lack, and checks the result against the BLAKE3 the template records.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{bail, Context, Result};
+use pulpdist_chunker::Chunker;
+use pulpdist_format::{ChunkId, VerifiedChunk};
+use pulpdist_isos::template::{Entry, Template};
+use serde_json::json;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Make a template of an ISO 9660 image (its metadata, and the ids of its file data).
+    Template {
+        /// The image.
+        image: PathBuf,
+        /// The template file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild an image from a template and files in local directories (and a store).
+    Rebuild {
+        /// The template.
+        template: PathBuf,
+        /// Directories holding the image's files (searched recursively); may be repeated.
+        #[arg(long = "from")]
+        from: Vec<PathBuf>,
+        /// A store to fetch what the directories lack (needs --tree and --trust).
+        #[arg(long, requires_all = ["tree", "trust"])]
+        store: Option<String>,
+        /// The tree of --store that holds the files.
+        #[arg(long)]
+        tree: Option<String>,
+        /// Trusted public key file(s) for --store.
+        #[arg(long)]
+        trust: Vec<PathBuf>,
+        /// The image to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(a: Args) -> Result<()> {
+    match a.command {
+        Command::Template { image, out, json } => template(&image, &out, json),
+        Command::Rebuild {
+            template,
+            from,
+            store,
+            tree,
+            trust,
+            out,
+            json,
+        } => rebuild(
+            &template,
+            &from,
+            store.as_deref(),
+            tree.as_deref(),
+            &trust,
+            &out,
+            json,
+        ),
+    }
+}
+
+fn template(image: &Path, out: &Path, json: bool) -> Result<()> {
+    if !pulpdist_isos::is_iso9660(image).with_context(|| format!("reading {}", image.display()))? {
+        bail!("{}: not an ISO 9660 image", image.display());
+    }
+    let regions = pulpdist_isos::layout(image)?;
+    let chunker = Chunker::new(pulpdist_format::ChunkParams::DEFAULT)?;
+    let t = Template::make(image, &regions, &chunker, 19)?;
+    let bytes = t.encode(19)?;
+    let tmp = out.with_extension("part");
+    fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
+    let files = t
+        .entries
+        .iter()
+        .filter(|e| matches!(e, Entry::File { .. }))
+        .count();
+    super::emit(
+        json,
+        json!({"image_size": t.size, "template_size": bytes.len(), "chunks": t.entries.len(),
+               "file_chunks": files, "files": regions.len()}),
+        || {
+            format!(
+                "template {}: {} bytes for a {}-byte image ({} file regions, {} chunks)\n",
+                out.display(),
+                bytes.len(),
+                t.size,
+                regions.len(),
+                t.entries.len()
+            )
+        },
+    );
+    Ok(())
+}
+
+/// Chunk id → (file, offset) for every wanted chunk found in the files under `dirs`.
+fn index_dirs(
+    dirs: &[PathBuf],
+    chunker: &Chunker,
+    wanted: &HashSet<ChunkId>,
+) -> Result<HashMap<ChunkId, (PathBuf, u64)>> {
+    let mut found = HashMap::new();
+    let mut stack: Vec<PathBuf> = dirs.to_vec();
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let e = e.with_context(|| format!("reading {}", d.display()))?;
+            let ft = e
+                .file_type()
+                .with_context(|| format!("{}", e.path().display()))?;
+            if ft.is_dir() {
+                stack.push(e.path());
+                continue;
+            }
+            if !ft.is_file() {
+                continue;
+            }
+            let path = e.path();
+            let f = File::open(&path).with_context(|| format!("reading {}", path.display()))?;
+            let mut stream = chunker.stream(f);
+            let mut offset = 0u64;
+            while let Some(c) = stream
+                .next_chunk()
+                .with_context(|| format!("reading {}", path.display()))?
+            {
+                let id = ChunkId::of(c);
+                if wanted.contains(&id) {
+                    found.entry(id).or_insert_with(|| (path.clone(), offset));
+                }
+                offset += c.len() as u64;
+            }
+        }
+    }
+    Ok(found)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rebuild(
+    template: &Path,
+    from: &[PathBuf],
+    store: Option<&str>,
+    tree: Option<&str>,
+    trust: &[PathBuf],
+    out: &Path,
+    json: bool,
+) -> Result<()> {
+    let bytes = fs::read(template).with_context(|| format!("reading {}", template.display()))?;
+    let t = Template::decode(&bytes).with_context(|| format!("in {}", template.display()))?;
+    let chunker = Chunker::new(t.params)?;
+    let wanted: HashSet<ChunkId> = t
+        .entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::File { id, .. } => Some(*id),
+            Entry::Literal { .. } => None,
+        })
+        .collect();
+    let local = index_dirs(from, &chunker, &wanted)?;
+    let missing: HashSet<ChunkId> = wanted
+        .iter()
+        .filter(|id| !local.contains_key(id))
+        .copied()
+        .collect();
+    let mut fetched: HashMap<ChunkId, VerifiedChunk> = HashMap::new();
+    let (mut requests, mut bytes_fetched) = (0u64, 0u64);
+    if !missing.is_empty() {
+        let Some(store) = store else {
+            let bytes: u64 = t
+                .entries
+                .iter()
+                .filter(|e| missing.contains(&e.id()))
+                .map(|e| u64::from(e.len()))
+                .sum();
+            bail!(
+                "{} chunks ({bytes} bytes) of the image's files are in none of the --from directories; give more, or --store with --tree and --trust",
+                missing.len()
+            );
+        };
+        let tree = tree.unwrap_or_default();
+        let keys = super::sync::load_trust(trust)?;
+        let rt = super::stores::runtime(1)?;
+        let reader = super::stores::reader(
+            store,
+            pulpdist_client::HttpOptions::default(),
+            &super::stores::S3Args::default(),
+            &rt,
+        )?;
+        let counted = Counting::new(reader.as_ref());
+        fetched = pulpdist_client::fetch_chunks(&counted, tree, &keys, &missing, 64 * 1024)
+            .with_context(|| format!("fetching missing chunks of tree '{tree}' from {store}"))?;
+        requests = counted.requests.load(Ordering::Relaxed);
+        bytes_fetched = counted.bytes.load(Ordering::Relaxed);
+        if let Some(id) = missing.iter().find(|id| !fetched.contains_key(id)) {
+            bail!("chunk {id} of the image is neither local nor in tree '{tree}' of {store}");
+        }
+    }
+    let tmp = out.with_extension("part");
+    let mut w = std::io::BufWriter::new(
+        File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?,
+    );
+    let mut hasher = blake3::Hasher::new();
+    let (mut from_local, mut from_template) = (0u64, 0u64);
+    let mut open: Option<(PathBuf, File)> = None;
+    for e in &t.entries {
+        let data: Vec<u8> = match e {
+            Entry::Literal { chunk } => {
+                from_template += chunk.data().len() as u64;
+                chunk.data().to_vec()
+            }
+            Entry::File { id, len } => {
+                if let Some((path, offset)) = local.get(id) {
+                    if open.as_ref().is_none_or(|(p, _)| p != path) {
+                        let f = File::open(path)
+                            .with_context(|| format!("reading {}", path.display()))?;
+                        open = Some((path.clone(), f));
+                    }
+                    let Some((_, f)) = open.as_mut() else {
+                        unreachable!("opened above")
+                    };
+                    let mut buf = vec![0u8; *len as usize];
+                    f.seek(SeekFrom::Start(*offset))
+                        .and_then(|_| f.read_exact(&mut buf))
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let c = VerifiedChunk::from_plain(*id, buf).with_context(|| {
+                        format!("{} changed while the image was rebuilt", path.display())
+                    })?;
+                    from_local += u64::from(*len);
+                    c.into_data()
+                } else if let Some(c) = fetched.get(id) {
+                    c.data().to_vec()
+                } else {
+                    bail!("chunk {id} missing");
+                }
+            }
+        };
+        hasher.update(&data);
+        w.write_all(&data)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+    }
+    let f = w
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.sync_all()
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    if hasher.finalize().as_bytes() != &t.hash {
+        let _ = fs::remove_file(&tmp);
+        bail!("the rebuilt image does not match the template's BLAKE3; nothing written");
+    }
+    fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
+    super::emit(
+        json,
+        json!({"image_size": t.size, "bytes_from_local": from_local, "bytes_from_template": from_template,
+               "bytes_fetched": bytes_fetched, "requests": requests}),
+        || {
+            format!(
+                "rebuilt {} ({} bytes): {} from local files, {} from the template, {} fetched in {} requests; BLAKE3 matches\n",
+                out.display(), t.size, from_local, from_template, bytes_fetched, requests
+            )
+        },
+    );
+    Ok(())
+}
+
+/// Counts the requests and bytes of a store reader.
+struct Counting<'a> {
+    inner: &'a dyn pulpdist_client::StoreReader,
+    requests: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl<'a> Counting<'a> {
+    fn new(inner: &'a dyn pulpdist_client::StoreReader) -> Self {
+        Counting {
+            inner,
+            requests: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        }
+    }
+    fn note(&self, n: usize) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+impl pulpdist_client::StoreReader for Counting<'_> {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn get_head(
+        &self,
+        tree: &str,
+        inm: Option<&str>,
+    ) -> Result<pulpdist_client::HeadFetch, pulpdist_client::SyncError> {
+        let r = self.inner.get_head(tree, inm)?;
+        self.note(match &r {
+            pulpdist_client::HeadFetch::Found { bytes, .. } => bytes.len(),
+            _ => 0,
+        });
+        Ok(r)
+    }
+    fn get_range(
+        &self,
+        pack: &pulpdist_format::PackId,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<u8>, pulpdist_client::SyncError> {
+        let r = self.inner.get_range(pack, range)?;
+        self.note(r.len());
+        Ok(r)
+    }
+    fn get_pack(
+        &self,
+        pack: &pulpdist_format::PackId,
+        size: u64,
+    ) -> Result<Vec<u8>, pulpdist_client::SyncError> {
+        let r = self.inner.get_pack(pack, size)?;
+        self.note(r.len());
+        Ok(r)
+    }
+}
