@@ -31,6 +31,10 @@ enum Command {
         /// The template file to write.
         #[arg(long)]
         out: PathBuf,
+        /// Chunk sizes MIN,AVG,MAX in bytes: those of the tree whose store `rebuild --store`
+        /// will fetch from [default: PulpDist's default, 16384,65536,262144].
+        #[arg(long, value_parser = super::publish::parse_params)]
+        chunk_sizes: Option<pulpdist_format::ChunkParams>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -62,7 +66,17 @@ enum Command {
 
 pub fn run(a: Args) -> Result<()> {
     match a.command {
-        Command::Template { image, out, json } => template(&image, &out, json),
+        Command::Template {
+            image,
+            out,
+            chunk_sizes,
+            json,
+        } => template(
+            &image,
+            &out,
+            chunk_sizes.unwrap_or(pulpdist_format::ChunkParams::DEFAULT),
+            json,
+        ),
         Command::Rebuild {
             template,
             from,
@@ -83,12 +97,17 @@ pub fn run(a: Args) -> Result<()> {
     }
 }
 
-fn template(image: &Path, out: &Path, json: bool) -> Result<()> {
+fn template(
+    image: &Path,
+    out: &Path,
+    params: pulpdist_format::ChunkParams,
+    json: bool,
+) -> Result<()> {
     if !pulpdist_isos::is_iso9660(image).with_context(|| format!("reading {}", image.display()))? {
         bail!("{}: not an ISO 9660 image", image.display());
     }
     let regions = pulpdist_isos::layout(image)?;
-    let chunker = Chunker::new(pulpdist_format::ChunkParams::DEFAULT)?;
+    let chunker = Chunker::new(params)?;
     let t = Template::make(image, &regions, &chunker, 19)?;
     let bytes = t.encode(19)?;
     let tmp = out.with_extension("part");

@@ -65,7 +65,7 @@ pub struct Args {
     source: Option<String>,
 }
 
-fn parse_params(s: &str) -> std::result::Result<ChunkParams, String> {
+pub fn parse_params(s: &str) -> std::result::Result<ChunkParams, String> {
     let v: Vec<u32> = s
         .split(',')
         .map(|x| x.trim().parse::<u32>().map_err(|e| format!("'{x}': {e}")))
