@@ -259,6 +259,15 @@ fn multi_range_when_the_origin_answers_it_and_whole_bodies_when_it_ignores_range
         let r = sync_via(&site, &proxy.url, &args);
         assert_same_tree(&site.src(), &site.mirror());
         assert!(num(&r, "chunks_fetched") > 0, "{r}");
+        // Each pack comes whole at most once, not once per range.
+        let store_bytes: u64 = fs::read_dir(site.store().join("packs"))
+            .expect("packs")
+            .map(|e| e.expect("entry").metadata().expect("stat").len())
+            .sum();
+        assert!(
+            num(&r, "bytes_fetched") <= store_bytes + 4096,
+            "{r}: {store_bytes} bytes in the whole store"
+        );
     }
     assert!(proxy.faults_done.load(std::sync::atomic::Ordering::SeqCst) > 0);
 }

@@ -281,8 +281,10 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
     };
     let finish = |mut report: SyncReport, store: &Counted<'_>| {
         let extra = reader.overhead();
-        report.requests = store.requests.load(Ordering::Relaxed) + extra.requests;
-        report.bytes_fetched = store.bytes.load(Ordering::Relaxed) + extra.bytes;
+        report.requests =
+            (store.requests.load(Ordering::Relaxed) + extra.requests).saturating_sub(extra.saved);
+        report.bytes_fetched =
+            (store.bytes.load(Ordering::Relaxed) + extra.bytes).saturating_sub(extra.saved_bytes);
         report.retries = extra.requests;
         report.elapsed_ms = started.elapsed().as_millis() as u64;
         report

@@ -82,7 +82,16 @@ pub struct HttpStoreReader {
     extra_requests: AtomicU64,
     extra_bytes: AtomicU64,
     multi: AtomicU8,
+    /// The origin answered a range request with the whole object (200): from then on, each
+    /// pack is fetched whole once and its ranges are cut from that copy.
+    ignores_ranges: std::sync::atomic::AtomicBool,
+    whole: std::sync::Mutex<Vec<(String, std::sync::Arc<Vec<u8>>)>>,
+    saved: AtomicU64,
+    saved_bytes: AtomicU64,
 }
+
+/// Whole packs kept for an origin that ignores Range.
+const WHOLE_CACHE: usize = 4;
 
 impl HttpStoreReader {
     /// A reader of the store at `base` (`http://` or `https://`).
@@ -153,7 +162,24 @@ impl HttpStoreReader {
             extra_requests: AtomicU64::new(0),
             extra_bytes: AtomicU64::new(0),
             multi: AtomicU8::new(MULTI_UNKNOWN),
+            ignores_ranges: std::sync::atomic::AtomicBool::new(false),
+            whole: std::sync::Mutex::new(Vec::new()),
+            saved: AtomicU64::new(0),
+            saved_bytes: AtomicU64::new(0),
         })
+    }
+
+    /// Keeps a whole object fetched from an origin that ignores Range (a few, newest last).
+    fn remember_whole(&self, url: &str, body: Vec<u8>) -> std::sync::Arc<Vec<u8>> {
+        let body = std::sync::Arc::new(body);
+        if let Ok(mut w) = self.whole.lock() {
+            w.retain(|(u, _)| u != url);
+            if w.len() >= WHOLE_CACHE {
+                w.remove(0);
+            }
+            w.push((url.to_string(), body.clone()));
+        }
+        body
     }
 
     fn url(&self, key: &str) -> String {
@@ -265,6 +291,33 @@ impl HttpStoreReader {
                     ));
                 }
                 (0, want_end - start)
+            }
+            200 if end.is_some() && size.is_none() => {
+                // Range ignored: keep the whole object, so later ranges of it are cut from
+                // this copy instead of asked for again.
+                self.ignores_ranges.store(true, Ordering::Relaxed);
+                let mut all = Vec::new();
+                resp.into_body()
+                    .into_reader()
+                    .take(MAX_PACK)
+                    .read_to_end(&mut all)
+                    .map_err(|e| read_err(url, e))?;
+                let e = end.unwrap_or(0);
+                let Some(part) = all.get(start as usize..e as usize) else {
+                    return Err(http_err(
+                        url,
+                        status,
+                        format!("object is {} bytes, shorter than {e}", all.len()),
+                        false,
+                    ));
+                };
+                self.extra_bytes.fetch_add(
+                    (all.len() as u64).saturating_sub(e - start),
+                    Ordering::Relaxed,
+                );
+                buf.extend_from_slice(part);
+                self.remember_whole(url, all);
+                return Ok(());
             }
             200 => {
                 // The whole object: skip to `start`, keep what was asked for.
@@ -410,14 +463,16 @@ impl HttpStoreReader {
                 Ok(Some(out))
             }
             200 => {
-                // Ranges ignored: take what we need from the whole body, then stop asking.
+                // Ranges ignored: keep the whole body (later ranges of this pack are cut from
+                // it), take what we need, and ask single ranges from now on.
                 let mut body = Vec::new();
                 resp.into_body()
                     .into_reader()
-                    .take(last)
+                    .take(MAX_PACK)
                     .read_to_end(&mut body)
                     .map_err(|e| read_err(&url, e))?;
                 self.multi.store(MULTI_NO, Ordering::Relaxed);
+                self.ignores_ranges.store(true, Ordering::Relaxed);
                 if (body.len() as u64) < last {
                     return Ok(None);
                 }
@@ -425,12 +480,12 @@ impl HttpStoreReader {
                     (body.len() as u64).saturating_sub(wanted),
                     Ordering::Relaxed,
                 );
-                Ok(Some(
-                    ranges
-                        .iter()
-                        .map(|r| body[r.start as usize..r.end as usize].to_vec())
-                        .collect(),
-                ))
+                let parts = ranges
+                    .iter()
+                    .map(|r| body[r.start as usize..r.end as usize].to_vec())
+                    .collect();
+                self.remember_whole(&url, body);
+                Ok(Some(parts))
             }
             s if s >= 500 || s == 408 || s == 429 => Err(status_err(&url, s)),
             _ => Ok(None),
@@ -471,7 +526,41 @@ impl StoreReader for HttpStoreReader {
     }
 
     fn get_range(&self, pack: &PackId, range: Range<u64>) -> Result<Vec<u8>, SyncError> {
-        self.fetch(&pack.object_key(), Some(range), None)
+        if !self.ignores_ranges.load(Ordering::Relaxed) {
+            return self.fetch(&pack.object_key(), Some(range), None);
+        }
+        // An origin that ignores Range: one whole copy per pack, ranges cut from it.
+        let url = self.url(&pack.object_key());
+        let cached = self
+            .whole
+            .lock()
+            .ok()
+            .and_then(|w| w.iter().find(|(u, _)| *u == url).map(|(_, b)| b.clone()));
+        let body = match cached {
+            Some(b) => {
+                self.saved.fetch_add(1, Ordering::Relaxed);
+                self.saved_bytes
+                    .fetch_add(range.end - range.start, Ordering::Relaxed);
+                b
+            }
+            None => {
+                let all = self.fetch(&pack.object_key(), None, None)?;
+                self.extra_bytes.fetch_add(
+                    (all.len() as u64).saturating_sub(range.end - range.start),
+                    Ordering::Relaxed,
+                );
+                self.remember_whole(&url, all)
+            }
+        };
+        match body.get(range.start as usize..range.end as usize) {
+            Some(s) => Ok(s.to_vec()),
+            None => Err(SyncError::Short {
+                store: self.base.clone(),
+                object: self.url(&pack.object_key()),
+                got: body.len() as u64,
+                wanted: range.end,
+            }),
+        }
     }
 
     fn get_ranges(&self, pack: &PackId, ranges: &[Range<u64>]) -> Result<Vec<Vec<u8>>, SyncError> {
@@ -522,6 +611,8 @@ impl StoreReader for HttpStoreReader {
         Overhead {
             requests: self.extra_requests.load(Ordering::Relaxed),
             bytes: self.extra_bytes.load(Ordering::Relaxed),
+            saved: self.saved.load(Ordering::Relaxed),
+            saved_bytes: self.saved_bytes.load(Ordering::Relaxed),
         }
     }
 }

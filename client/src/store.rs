@@ -31,6 +31,10 @@ pub struct Overhead {
     pub requests: u64,
     /// Extra bytes received.
     pub bytes: u64,
+    /// Calls answered without a request (from a copy of a whole object already fetched).
+    pub saved: u64,
+    /// Bytes those calls returned (not received again).
+    pub saved_bytes: u64,
 }
 
 /// Read access to a store. One call is one store request (what `--json` counts), plus
