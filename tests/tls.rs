@@ -9,6 +9,14 @@ use std::path::{Path, PathBuf};
 use common::servers::Proc;
 use common::{assert_same_tree, bin, run, s, snapshot};
 
+/// Which publisher key `serve --trust` is given.
+#[derive(Clone, Copy)]
+enum Trust {
+    None,
+    Publisher,
+    Other,
+}
+
 /// A store with two trees, `a` and `b`, where `b` shares files (and so packs) with `a`,
 /// served over HTTPS with client certificates from `pulpdist ca`.
 struct Tls {
@@ -33,6 +41,10 @@ impl Tls {
     }
 
     fn start(authz: &str, crl: bool) -> Tls {
+        Tls::start_with(authz, crl, Trust::None)
+    }
+
+    fn start_with(authz: &str, crl: bool, trust: Trust) -> Tls {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = |r: &str| dir.path().join(r);
         let ca = p("ca");
@@ -104,6 +116,16 @@ impl Tls {
         ];
         if crl {
             args.extend(["--crl".into(), s(&ca.join("crl.pem")).into()]);
+        }
+        match trust {
+            Trust::None => {}
+            Trust::Publisher => {
+                args.extend(["--trust".into(), format!("{}.pub", s(&p("up.key")))]);
+            }
+            Trust::Other => {
+                ok(&["keygen", s(&p("other.key"))]);
+                args.extend(["--trust".into(), format!("{}.pub", s(&p("other.key")))]);
+            }
         }
         let mut child = bin()
             .args(&args)
@@ -466,4 +488,22 @@ done
         String::from_utf8_lossy(&out.stderr)
     );
     assert_same_tree(&d.join("src"), &d.join("mirror"));
+}
+
+#[test]
+fn with_trust_only_signed_heads_open_a_trees_packs() {
+    // The publisher's key: everything works as before.
+    let t = Tls::start_with("cn:berlin a\n", false, Trust::Publisher);
+    json(&t.sync(Some("berlin"), "a", &t.p("berlin/a")));
+    assert_same_tree(&t.p("src/a"), &t.p("berlin/a"));
+    // Another key (as if the head had been planted): the head is served (clients check it
+    // themselves), but none of the tree's packs.
+    let t = Tls::start_with("cn:berlin a\n", false, Trust::Other);
+    assert_eq!(t.get("berlin", "/heads/a").0, 200);
+    for p in t.packs_of("a") {
+        assert_eq!(t.get("berlin", &format!("/packs/{p}.pack")).0, 404, "{p}");
+    }
+    let m = t.p("berlin/a");
+    assert_eq!(t.sync(Some("berlin"), "a", &m).status.code(), Some(1));
+    assert!(!m.join("dists").exists());
 }

@@ -42,6 +42,10 @@ pub struct Args {
     /// --client-ca). Reloaded on SIGHUP and when it changes.
     #[arg(long, requires = "client_ca")]
     authz: Option<PathBuf>,
+    /// Public key file(s) of the trees' publishers: with --authz, a tree's packs are served
+    /// only through a head one of them signed (a planted head widens nothing).
+    #[arg(long, requires = "authz")]
+    trust: Vec<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -55,6 +59,9 @@ pub fn run(a: Args) -> Result<()> {
     opts.head_max_age = a.head_max_age;
     opts.drain_timeout = Duration::from_secs(a.drain_seconds);
     opts.authz = a.authz.clone();
+    if !a.trust.is_empty() {
+        opts.trusted = Some(super::sync::load_trust(&a.trust)?);
+    }
     opts.tls = match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles {
             cert: cert.clone(),

@@ -58,6 +58,9 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
     /// The authorization file: who may read which trees. `None`: everything is public.
     pub authz: Option<PathBuf>,
+    /// The publishers' keys: with `authz`, a tree's packs are reachable only through a head
+    /// one of them signed. `None`: heads are taken as the store holds them.
+    pub trusted: Option<pulpdist_format::TrustedKeys>,
     /// Serve HTTPS with these files (client certificates if a client CA is given).
     pub tls: Option<tls::TlsFiles>,
 }
@@ -71,6 +74,7 @@ impl ServeOptions {
             header_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             authz: None,
+            trusted: None,
             tls: None,
         }
     }
@@ -338,9 +342,12 @@ impl Handler {
                 for tree in &grant.trees {
                     let (root, tree_name) = (self.opts.store.clone(), tree.clone());
                     let reach = access.reach.clone();
+                    let trusted = self.opts.trusted.clone();
                     // Walking an index reads files: off the async threads.
-                    let packs =
-                        tokio::task::spawn_blocking(move || reach.packs(&root, &tree_name)).await;
+                    let packs = tokio::task::spawn_blocking(move || {
+                        reach.packs(&root, &tree_name, trusted.as_ref())
+                    })
+                    .await;
                     if packs.ok().flatten().is_some_and(|p| p.contains(id)) {
                         return true;
                     }

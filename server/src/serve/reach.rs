@@ -27,12 +27,36 @@ pub struct Reach {
 impl Reach {
     /// The packs `tree` reaches in the store at `root`, or `None` if it has no readable head
     /// (or its index cannot be read: then nothing of it is served).
-    pub fn packs(&self, root: &Path, tree: &str) -> Option<Arc<HashSet<PackId>>> {
+    ///
+    /// With `trusted`, the head must carry a valid signature by one of those keys and name
+    /// `tree`, or nothing of the tree is reachable: someone who can write the store cannot
+    /// then widen what a site reads by planting a head.
+    pub fn packs(
+        &self,
+        root: &Path,
+        tree: &str,
+        trusted: Option<&pulpdist_format::TrustedKeys>,
+    ) -> Option<Arc<HashSet<PackId>>> {
         let head = std::fs::read(root.join("heads").join(tree)).ok()?;
         if let Ok(c) = self.cache.lock() {
             if let Some(e) = c.get(tree) {
                 if e.head == head {
                     return Some(e.packs.clone());
+                }
+            }
+        }
+        if let Some(keys) = trusted {
+            match pulpdist_format::SignedHead::decode_and_verify(&head, keys) {
+                Ok(h) if h.head().tree == tree => {}
+                Ok(_) => {
+                    eprintln!(
+                        "pulpdist serve: heads/{tree} names another tree; nothing of it is served"
+                    );
+                    return None;
+                }
+                Err(e) => {
+                    eprintln!("pulpdist serve: heads/{tree}: {e}; nothing of it is served");
+                    return None;
                 }
             }
         }
