@@ -232,7 +232,14 @@ fn gaps_in_a_store_are_filled_by_rsync_and_checked() {
         assert!(!site.mirror().join("dists").exists(), "{damage}");
         // With it: complete, at the signed version, and reported.
         let url = format!("{}/tree", d.url);
-        let out = site.try_sync(&["--rsync-fallback", &url, "--json"]);
+        // The fallback by flag, or (second round) from the config file.
+        let conf = site.p("sync.conf");
+        fs::write(&conf, format!("rsync-fallback = {url}\n")).expect("conf");
+        let out = if damage == "delete" {
+            site.try_sync(&["--rsync-fallback", &url, "--json"])
+        } else {
+            site.try_sync(&["--config", s(&conf), "--json"])
+        };
         assert!(
             out.status.success(),
             "{damage}: {}",

@@ -12,6 +12,7 @@
 //! key = /etc/pulpdist/site.key
 //! ca = /etc/pulpdist/ca.pem
 //! connections = 8
+//! rsync-fallback = rsync://mirror.example.org/debian
 //! ```
 
 use std::path::PathBuf;
@@ -52,6 +53,10 @@ pub struct SyncConfig {
     pub s3_endpoint: Option<String>,
     /// `s3-region`.
     pub s3_region: Option<String>,
+    /// `rsync-fallback`: an rsync:// URL of the same tree.
+    pub rsync_fallback: Option<String>,
+    /// `trees`: a tree definitions file.
+    pub trees: Option<PathBuf>,
 }
 
 /// A malformed configuration file.
@@ -180,6 +185,19 @@ impl SyncConfig {
                     once(c.s3_endpoint.is_some())?;
                     c.s3_endpoint = Some(v.into());
                 }
+                "rsync-fallback" => {
+                    once(c.rsync_fallback.is_some())?;
+                    if !v.starts_with("rsync://") {
+                        return Err(err(format!(
+                            "'rsync-fallback' must be an rsync:// URL, not '{v}'"
+                        )));
+                    }
+                    c.rsync_fallback = Some(v.into());
+                }
+                "trees" => {
+                    once(c.trees.is_some())?;
+                    c.trees = Some(v.into());
+                }
                 "s3-region" => {
                     once(c.s3_region.is_some())?;
                     c.s3_region = Some(v.into());
@@ -223,6 +241,7 @@ mod tests {
             ("tree = ../x", 1),
             ("multi-range = maybe", 1),
             ("timeout = 0", 1),
+            ("rsync-fallback = http://x", 1),
         ] {
             let e = SyncConfig::parse(text).expect_err(text);
             assert_eq!(e.line, line, "{text}: {e}");

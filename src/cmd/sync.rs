@@ -118,7 +118,8 @@ pub fn run(mut a: Args) -> Result<()> {
             "no mirror directory: give it as the last argument or 'dest = ...' in --config"
         )
     })?;
-    let def = match &a.trees {
+    let trees = a.trees.clone().or(cfg.trees.clone());
+    let def = match &trees {
         Some(p) => Some(super::load_tree_def(p, &tree)?),
         None => None,
     };
@@ -196,6 +197,7 @@ pub fn run(mut a: Args) -> Result<()> {
     opts.metadata_patterns = metadata_patterns;
     opts.rsync_fallback = a
         .rsync_fallback
+        .or(cfg.rsync_fallback)
         .or_else(|| def.as_ref().and_then(|d| d.rsync_fallback.clone()));
     opts.connections = a.connections.or(cfg.connections).unwrap_or(8).max(1);
     let mut http = HttpOptions {
