@@ -127,24 +127,10 @@ impl Tls {
                 args.extend(["--trust".into(), format!("{}.pub", s(&p("other.key")))]);
             }
         }
-        let mut child = bin()
-            .args(&args)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("serve");
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
-            &mut line,
-        )
-        .expect("serve line");
-        let port = line.trim().rsplit(':').next().expect("port").to_string();
+        let (server, port) = common::servers::spawn_serve(&args[1..]);
         Tls {
             url: format!("https://localhost:{port}"),
-            server: Proc {
-                child,
-                name: "pulpdist serve (TLS)",
-            },
+            server,
             dir,
         }
     }
@@ -433,39 +419,21 @@ done
         s(&d.join("src")),
     ]);
     fs::write(d.join("authz"), "cn:berlin t\n").expect("authz");
-    let mut child = bin()
-        .args([
-            "serve",
-            "--store",
-            s(&d.join("store")),
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            s(&d.join("server.pem")),
-            "--tls-key",
-            s(&d.join("server.key")),
-            "--client-ca",
-            s(&d.join("ca.pem")),
-            "--authz",
-            s(&d.join("authz")),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("serve");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("line");
-    let _server = Proc {
-        child,
-        name: "serve",
-    };
-    let url = format!(
-        "https://localhost:{}",
-        line.trim().rsplit(':').next().expect("port")
-    );
+    let (_server, port) = common::servers::spawn_serve(&[
+        "--store",
+        s(&d.join("store")),
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        s(&d.join("server.pem")),
+        "--tls-key",
+        s(&d.join("server.key")),
+        "--client-ca",
+        s(&d.join("ca.pem")),
+        "--authz",
+        s(&d.join("authz")),
+    ]);
+    let url = format!("https://localhost:{port}");
     let out = run(&[
         "sync",
         "--store",

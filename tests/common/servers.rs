@@ -95,34 +95,39 @@ pub struct Builtin {
     pub port: u16,
 }
 
+/// Runs `pulpdist serve ARGS` (which must listen on port 0) and reads the URL it prints.
+pub fn spawn_serve<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Proc, u16) {
+    let mut child = bin()
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn pulpdist serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read serve's first line");
+    let port = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in '{line}'"));
+    (
+        Proc {
+            child,
+            name: "pulpdist serve",
+        },
+        port,
+    )
+}
+
 impl Builtin {
     pub fn start(store: &Path) -> Self {
-        let mut child = bin()
-            .args(["serve", "--store", s(store), "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn pulpdist serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read serve's first line");
-        let url = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .expect("serve prints its URL")
-            .to_string();
-        let port = url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no port in '{line}'"));
+        let (proc, port) = spawn_serve(&["--store", s(store), "--listen", "127.0.0.1:0"]);
         Builtin {
-            proc: Proc {
-                child,
-                name: "pulpdist serve",
-            },
-            url,
+            proc,
+            url: format!("http://127.0.0.1:{port}"),
             port,
         }
     }
