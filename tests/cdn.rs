@@ -55,7 +55,9 @@ fn second_site_reads_packs_from_the_edge_cache() {
     );
 
     // The origin served each pack byte once, whatever the number of sites.
-    let metrics = ureq_get(&format!("{}/metrics", origin.url));
+    let host = origin.url.trim_start_matches("http://");
+    let m = common::http::Conn::open(host).send("GET", "/metrics", &[]);
+    let metrics = String::from_utf8_lossy(&m.body).into_owned();
     let sent: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("pulpdist_http_response_body_bytes_total "))
@@ -66,20 +68,4 @@ fn second_site_reads_packs_from_the_edge_cache() {
         sent < fetched * 2,
         "origin sent {sent} bytes for two sites of {fetched} bytes each"
     );
-}
-
-/// A minimal GET over a raw socket (the tests carry no HTTP client of their own).
-fn ureq_get(url: &str) -> String {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").expect("http URL");
-    let (host, path) = rest.split_once('/').expect("path");
-    let mut c = std::net::TcpStream::connect(host).expect("connect");
-    write!(
-        c,
-        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut out = String::new();
-    c.read_to_string(&mut out).expect("read");
-    out
 }

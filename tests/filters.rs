@@ -74,3 +74,43 @@ fn publish_carries_what_the_rules_select_and_the_head_says_which() {
     assert!(err.contains("'P /secret'"), "{err}");
     let _ = run_json;
 }
+
+#[test]
+fn files_a_new_rule_leaves_out_are_deleted_downstream() {
+    let site = Site::new();
+    pulpdist_testdata::generate(&site.src(), 82, 2).expect("generate");
+    std::fs::write(site.src().join("big.iso"), b"iso").expect("iso");
+    site.publish();
+    site.sync();
+    assert!(site.mirror().join("big.iso").exists());
+    // The same source, now published without its ISO images: the mirror loses them too,
+    // as rsync --delete-excluded would.
+    let (store, key, src) = (site.store(), site.key(), site.src());
+    let out = run(&[
+        "publish",
+        "--store",
+        s(&store),
+        "--tree",
+        "tree",
+        "--key",
+        s(&key),
+        "--exclude",
+        "*.iso",
+        s(&src),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = site.sync();
+    assert!(!site.mirror().join("big.iso").exists(), "{r}");
+    assert!(r["deleted"].as_u64().expect("deleted") >= 1, "{r}");
+    let mut expect = snapshot(&site.src());
+    expect.remove(std::path::Path::new("big.iso"));
+    let got = snapshot(&site.mirror());
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        expect.keys().collect::<Vec<_>>()
+    );
+}

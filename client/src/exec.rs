@@ -7,7 +7,6 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -22,7 +21,7 @@ use crate::fsutil::{remove_any, temp_beside, SafeDirs};
 use crate::glob::DEFAULT_METADATA_PATTERNS;
 use crate::plan::{make_plan, DirView, FetchOp, Observed, PlanSettings, Source};
 use crate::state::State;
-use crate::store::{HeadFetch, StoreReader};
+use crate::store::{CountingReader, HeadFetch, StoreReader};
 use crate::walk::{changed_dirs, slice, DirChange};
 
 /// How to sync.
@@ -132,56 +131,6 @@ pub struct SyncReport {
     pub elapsed_ms: u64,
 }
 
-/// Counts requests and bytes of any reader.
-struct Counted<'a> {
-    inner: &'a dyn StoreReader,
-    requests: AtomicU64,
-    bytes: AtomicU64,
-}
-
-impl Counted<'_> {
-    fn note(&self, n: usize) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
-    }
-}
-
-impl StoreReader for Counted<'_> {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    fn get_head(&self, tree: &str, if_none_match: Option<&str>) -> Result<HeadFetch, SyncError> {
-        let r = self.inner.get_head(tree, if_none_match)?;
-        self.note(match &r {
-            HeadFetch::Found { bytes, .. } => bytes.len(),
-            _ => 0,
-        });
-        Ok(r)
-    }
-    fn get_ranges(
-        &self,
-        pack: &PackId,
-        ranges: &[std::ops::Range<u64>],
-    ) -> Result<Vec<Vec<u8>>, SyncError> {
-        let r = self.inner.get_ranges(pack, ranges)?;
-        self.note(r.iter().map(Vec::len).sum());
-        Ok(r)
-    }
-    fn multi_range(&self) -> bool {
-        self.inner.multi_range()
-    }
-    fn get_range(&self, pack: &PackId, range: std::ops::Range<u64>) -> Result<Vec<u8>, SyncError> {
-        let r = self.inner.get_range(pack, range)?;
-        self.note(r.len());
-        Ok(r)
-    }
-    fn get_pack(&self, pack: &PackId, size: u64) -> Result<Vec<u8>, SyncError> {
-        let r = self.inner.get_pack(pack, size)?;
-        self.note(r.len());
-        Ok(r)
-    }
-}
-
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -192,11 +141,7 @@ fn unix_now() -> i64 {
 /// Brings `opts.dest` to the version of `opts.tree` that `reader` offers.
 pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
-    let store = Counted {
-        inner: reader,
-        requests: AtomicU64::new(0),
-        bytes: AtomicU64::new(0),
-    };
+    let store = CountingReader::new(reader);
     let state = State::open(&opts.state_dir())?;
     let applied = state.applied(&opts.tree)?;
     let head_object = format!("{}/heads/{}", reader.describe(), opts.tree);
@@ -279,13 +224,11 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         previous_version: applied.as_ref().map(|a| a.version),
         ..Default::default()
     };
-    let finish = |mut report: SyncReport, store: &Counted<'_>| {
-        let extra = reader.overhead();
-        report.requests =
-            (store.requests.load(Ordering::Relaxed) + extra.requests).saturating_sub(extra.saved);
-        report.bytes_fetched =
-            (store.bytes.load(Ordering::Relaxed) + extra.bytes).saturating_sub(extra.saved_bytes);
-        report.retries = extra.requests;
+    let finish = |mut report: SyncReport, store: &CountingReader<'_>| {
+        let (requests, bytes) = store.totals();
+        report.requests = requests;
+        report.bytes_fetched = bytes;
+        report.retries = reader.overhead().requests;
         report.elapsed_ms = started.elapsed().as_millis() as u64;
         report
     };

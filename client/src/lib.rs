@@ -41,4 +41,4 @@ pub use locate::fetch_chunks;
 pub use objstore::ObjectStoreReader;
 pub use plan::{FetchOp, FileOp, Plan, Source};
 pub use ranges::coalesce;
-pub use store::{HeadFetch, LocalStoreReader, Overhead, StoreReader};
+pub use store::{CountingReader, HeadFetch, LocalStoreReader, Overhead, StoreReader};

@@ -4,6 +4,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use pulpdist_format::PackId;
 
@@ -156,4 +157,70 @@ pub(crate) fn head_key(tree: &str) -> Result<String, SyncError> {
         source,
     })?;
     Ok(format!("heads/{tree}"))
+}
+
+/// Wraps any reader and counts what crossed the wire: one request per call, plus what the
+/// reader reports in [`StoreReader::overhead`] (retries, resumptions, whole objects sent
+/// for a range), minus calls it answered from a copy it already had.
+pub struct CountingReader<'a> {
+    inner: &'a dyn StoreReader,
+    requests: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl<'a> CountingReader<'a> {
+    /// Counts the calls made through it to `inner`.
+    pub fn new(inner: &'a dyn StoreReader) -> Self {
+        CountingReader {
+            inner,
+            requests: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        }
+    }
+
+    fn note(&self, n: usize) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Requests made and bytes received so far.
+    pub fn totals(&self) -> (u64, u64) {
+        let extra = self.inner.overhead();
+        (
+            (self.requests.load(Ordering::Relaxed) + extra.requests).saturating_sub(extra.saved),
+            (self.bytes.load(Ordering::Relaxed) + extra.bytes).saturating_sub(extra.saved_bytes),
+        )
+    }
+}
+
+impl StoreReader for CountingReader<'_> {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn get_head(&self, tree: &str, if_none_match: Option<&str>) -> Result<HeadFetch, SyncError> {
+        let r = self.inner.get_head(tree, if_none_match)?;
+        self.note(match &r {
+            HeadFetch::Found { bytes, .. } => bytes.len(),
+            _ => 0,
+        });
+        Ok(r)
+    }
+    fn get_range(&self, pack: &PackId, range: Range<u64>) -> Result<Vec<u8>, SyncError> {
+        let r = self.inner.get_range(pack, range)?;
+        self.note(r.len());
+        Ok(r)
+    }
+    fn get_ranges(&self, pack: &PackId, ranges: &[Range<u64>]) -> Result<Vec<Vec<u8>>, SyncError> {
+        let r = self.inner.get_ranges(pack, ranges)?;
+        self.note(r.iter().map(Vec::len).sum());
+        Ok(r)
+    }
+    fn multi_range(&self) -> bool {
+        self.inner.multi_range()
+    }
+    fn get_pack(&self, pack: &PackId, size: u64) -> Result<Vec<u8>, SyncError> {
+        let r = self.inner.get_pack(pack, size)?;
+        self.note(r.len());
+        Ok(r)
+    }
 }

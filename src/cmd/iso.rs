@@ -8,7 +8,6 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Context, Result};
 use pulpdist_chunker::Chunker;
@@ -227,68 +226,77 @@ fn rebuild(
             &super::stores::S3Args::default(),
             &rt,
         )?;
-        let counted = Counting::new(reader.as_ref());
+        let counted = pulpdist_client::CountingReader::new(reader.as_ref());
         fetched = pulpdist_client::fetch_chunks(&counted, tree, &keys, &missing, 64 * 1024)
             .with_context(|| format!("fetching missing chunks of tree '{tree}' from {store}"))?;
-        requests = counted.requests.load(Ordering::Relaxed);
-        bytes_fetched = counted.bytes.load(Ordering::Relaxed);
+        (requests, bytes_fetched) = counted.totals();
         if let Some(id) = missing.iter().find(|id| !fetched.contains_key(id)) {
             bail!("chunk {id} of the image is neither local nor in tree '{tree}' of {store}");
         }
     }
     let tmp = out.with_extension("part");
-    let mut w = std::io::BufWriter::new(
-        File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?,
-    );
-    let mut hasher = blake3::Hasher::new();
-    let (mut from_local, mut from_template) = (0u64, 0u64);
-    let mut open: Option<(PathBuf, File)> = None;
-    for e in &t.entries {
-        let data: Vec<u8> = match e {
-            Entry::Literal { chunk } => {
-                from_template += chunk.data().len() as u64;
-                chunk.data().to_vec()
-            }
-            Entry::File { id, len } => {
-                if let Some((path, offset)) = local.get(id) {
-                    if open.as_ref().is_none_or(|(p, _)| p != path) {
-                        let f = File::open(path)
-                            .with_context(|| format!("reading {}", path.display()))?;
-                        open = Some((path.clone(), f));
-                    }
-                    let Some((_, f)) = open.as_mut() else {
-                        unreachable!("opened above")
-                    };
-                    let mut buf = vec![0u8; *len as usize];
-                    f.seek(SeekFrom::Start(*offset))
-                        .and_then(|_| f.read_exact(&mut buf))
-                        .with_context(|| format!("reading {}", path.display()))?;
-                    let c = VerifiedChunk::from_plain(*id, buf).with_context(|| {
-                        format!("{} changed while the image was rebuilt", path.display())
-                    })?;
-                    from_local += u64::from(*len);
-                    c.into_data()
-                } else if let Some(c) = fetched.get(id) {
-                    c.data().to_vec()
-                } else {
-                    bail!("chunk {id} missing");
+    // Everything is written beside the output first; on any failure the part is removed.
+    let written = (|| -> Result<(u64, u64)> {
+        let mut w = std::io::BufWriter::new(
+            File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?,
+        );
+        let mut hasher = blake3::Hasher::new();
+        let (mut from_local, mut from_template) = (0u64, 0u64);
+        let mut open: Option<(PathBuf, File)> = None;
+        for e in &t.entries {
+            let data: Vec<u8> = match e {
+                Entry::Literal { chunk } => {
+                    from_template += chunk.data().len() as u64;
+                    chunk.data().to_vec()
                 }
-            }
-        };
-        hasher.update(&data);
-        w.write_all(&data)
+                Entry::File { id, len } => {
+                    if let Some((path, offset)) = local.get(id) {
+                        if open.as_ref().is_none_or(|(p, _)| p != path) {
+                            let f = File::open(path)
+                                .with_context(|| format!("reading {}", path.display()))?;
+                            open = Some((path.clone(), f));
+                        }
+                        let Some((_, f)) = open.as_mut() else {
+                            unreachable!("opened above")
+                        };
+                        let mut buf = vec![0u8; *len as usize];
+                        f.seek(SeekFrom::Start(*offset))
+                            .and_then(|_| f.read_exact(&mut buf))
+                            .with_context(|| format!("reading {}", path.display()))?;
+                        let c = VerifiedChunk::from_plain(*id, buf).with_context(|| {
+                            format!("{} changed while the image was rebuilt", path.display())
+                        })?;
+                        from_local += u64::from(*len);
+                        c.into_data()
+                    } else if let Some(c) = fetched.get(id) {
+                        c.data().to_vec()
+                    } else {
+                        bail!("chunk {id} missing");
+                    }
+                }
+            };
+            hasher.update(&data);
+            w.write_all(&data)
+                .with_context(|| format!("writing {}", tmp.display()))?;
+        }
+        let f = w
+            .into_inner()
+            .map_err(|e| e.into_error())
             .with_context(|| format!("writing {}", tmp.display()))?;
-    }
-    let f = w
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.sync_all()
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    if hasher.finalize().as_bytes() != &t.hash {
-        let _ = fs::remove_file(&tmp);
-        bail!("the rebuilt image does not match the template's BLAKE3; nothing written");
-    }
+        f.sync_all()
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        if hasher.finalize().as_bytes() != &t.hash {
+            bail!("the rebuilt image does not match the template's BLAKE3; nothing written");
+        }
+        Ok((from_local, from_template))
+    })();
+    let (from_local, from_template) = match written {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
     fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
     super::emit(
         json,
@@ -302,61 +310,4 @@ fn rebuild(
         },
     );
     Ok(())
-}
-
-/// Counts the requests and bytes of a store reader.
-struct Counting<'a> {
-    inner: &'a dyn pulpdist_client::StoreReader,
-    requests: AtomicU64,
-    bytes: AtomicU64,
-}
-
-impl<'a> Counting<'a> {
-    fn new(inner: &'a dyn pulpdist_client::StoreReader) -> Self {
-        Counting {
-            inner,
-            requests: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-        }
-    }
-    fn note(&self, n: usize) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
-    }
-}
-
-impl pulpdist_client::StoreReader for Counting<'_> {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    fn get_head(
-        &self,
-        tree: &str,
-        inm: Option<&str>,
-    ) -> Result<pulpdist_client::HeadFetch, pulpdist_client::SyncError> {
-        let r = self.inner.get_head(tree, inm)?;
-        self.note(match &r {
-            pulpdist_client::HeadFetch::Found { bytes, .. } => bytes.len(),
-            _ => 0,
-        });
-        Ok(r)
-    }
-    fn get_range(
-        &self,
-        pack: &pulpdist_format::PackId,
-        range: std::ops::Range<u64>,
-    ) -> Result<Vec<u8>, pulpdist_client::SyncError> {
-        let r = self.inner.get_range(pack, range)?;
-        self.note(r.len());
-        Ok(r)
-    }
-    fn get_pack(
-        &self,
-        pack: &pulpdist_format::PackId,
-        size: u64,
-    ) -> Result<Vec<u8>, pulpdist_client::SyncError> {
-        let r = self.inner.get_pack(pack, size)?;
-        self.note(r.len());
-        Ok(r)
-    }
 }

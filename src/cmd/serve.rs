@@ -90,7 +90,9 @@ pub fn run(a: Args) -> Result<()> {
             let h = handler.clone();
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
-                    h.reload();
+                    // Reading files: on a blocking thread, not the request threads.
+                    let h = h.clone();
+                    let _ = tokio::task::spawn_blocking(move || h.reload()).await;
                 }
             });
         }

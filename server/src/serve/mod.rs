@@ -24,8 +24,8 @@ use std::io::SeekFrom;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, StreamBody};
@@ -117,8 +117,7 @@ pub struct Handler {
 #[derive(Debug)]
 struct Access {
     path: PathBuf,
-    rules: RwLock<(Authz, Option<FileStamp>)>,
-    checked: Mutex<Instant>,
+    rules: RwLock<(Arc<Authz>, Option<FileStamp>)>,
     reach: Arc<reach::Reach>,
 }
 
@@ -149,27 +148,17 @@ fn load_authz(path: &std::path::Path) -> Result<Authz, ServeError> {
 use std::io::Read as _;
 
 impl Access {
-    /// The rules, reloaded first if the file changed (checked at most once a second).
-    fn rules(&self) -> Authz {
-        let due = self
-            .checked
-            .lock()
-            .map(|mut t| {
-                let due = t.elapsed() >= Duration::from_secs(1);
-                if due {
-                    *t = Instant::now();
-                }
-                due
-            })
-            .unwrap_or(false);
-        if due {
-            let now = stamp(&self.path);
-            let changed = self.rules.read().map(|r| r.1 != now).unwrap_or(false);
-            if changed {
-                self.reload();
-            }
-        }
+    /// The rules in force (no file access: reloading happens off the request path).
+    fn rules(&self) -> Arc<Authz> {
         self.rules.read().map(|r| r.0.clone()).unwrap_or_default()
+    }
+
+    /// Reloads the file if it changed since it was last read.
+    fn reload_if_changed(&self) {
+        let now = stamp(&self.path);
+        if self.rules.read().map(|r| r.1 != now).unwrap_or(false) {
+            self.reload();
+        }
     }
 
     fn reload(&self) {
@@ -182,7 +171,7 @@ impl Access {
                     a.len()
                 );
                 if let Ok(mut r) = self.rules.write() {
-                    *r = (a, before);
+                    *r = (Arc::new(a), before);
                 }
             }
             Err(e) => {
@@ -272,8 +261,7 @@ impl Handler {
                 let rules = load_authz(path)?;
                 Some(Access {
                     path: path.clone(),
-                    rules: RwLock::new((rules, stamp(path))),
-                    checked: Mutex::new(Instant::now()),
+                    rules: RwLock::new((Arc::new(rules), stamp(path))),
                     reach: Arc::new(reach::Reach::default()),
                 })
             }
@@ -289,6 +277,14 @@ impl Handler {
             access,
             tls,
         })
+    }
+
+    /// Reloads the authorization file if it changed (the server polls this once a second,
+    /// on a blocking thread).
+    pub fn reload_if_changed(&self) {
+        if let Some(a) = &self.access {
+            a.reload_if_changed();
+        }
     }
 
     /// Whether connections start with TLS.
@@ -651,6 +647,18 @@ pub async fn serve(
     let drain = handler.opts.drain_timeout;
     let header_timeout = handler.opts.header_timeout;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // The authorization file is watched from here, not from requests: a stat a second (and
+    // a read when it changed), on a blocking thread.
+    let watcher = handler.access.is_some().then(|| {
+        let h = handler.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let h = h.clone();
+                let _ = tokio::task::spawn_blocking(move || h.reload_if_changed()).await;
+            }
+        })
+    });
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -695,6 +703,9 @@ pub async fn serve(
         }
     }
     drop(listener);
+    if let Some(w) = watcher {
+        w.abort();
+    }
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(drain) => {}
