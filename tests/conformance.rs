@@ -230,7 +230,8 @@ fn killed_and_resumed(backend: Backend) {
     pulpdist_testdata::evolve(&rig.site.src(), 5, 1).expect("evolve");
     let old = rig.packs();
     // Small packs: a sync missing one of them still verifies and stages all the others.
-    let p = rig.publish_with(&["--pack-size", "262144"]);
+    // No delta: with one, this site would not need the hidden pack at all (tests/deltas.rs).
+    let p = rig.publish_with(&["--pack-size", "262144", "--deltas", "0"]);
     let total_chunks = num(&p, "chunks_new");
     assert!(num(&p, "packs") > 3, "{p}");
     let (victim, _) = rig

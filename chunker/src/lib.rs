@@ -20,6 +20,7 @@
 //! ```
 
 mod compress;
+pub mod delta;
 mod stream;
 
 pub use compress::{Compressor, Stored, DEFAULT_ZSTD_LEVEL};

@@ -125,6 +125,18 @@ pub struct SyncReport {
     pub rsync_bytes: u64,
     /// The filter rules the publisher applied (from the signed head), one per line.
     pub filter: Option<String>,
+    /// Bytes of the delta pack fetched (0: none used).
+    pub delta_bytes: u64,
+    /// Index nodes rebuilt from the delta.
+    pub delta_nodes: u64,
+    /// Files rebuilt from the delta.
+    pub delta_files: u64,
+    /// Delta records that gave nothing (their chunks were fetched instead).
+    pub delta_failed: u64,
+    /// Chunks taken from files rebuilt from the delta.
+    pub chunks_from_delta: u64,
+    /// Why a listed delta was not used, if it failed as a whole.
+    pub delta_error: Option<String>,
     /// The plan, printed (with `dry_run`).
     pub plan: Option<String>,
     /// Wall time.
@@ -252,10 +264,17 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         fs::create_dir_all(&opts.dest).at(&opts.dest)?;
     }
 
+    // A delta from the version applied carries the new index nodes and the changed files,
+    // each against its old copy: one request, when it is smaller than what the missing
+    // versions added to the store. Whatever it cannot rebuild is fetched as before.
+    let mut delta = None;
+    if let (Some(a), false, false) = (&applied, full, opts.dry_run) {
+        delta = fetch_delta(&store, &state, &head, a, &mut report);
+    }
     // One version (or a few) behind: the index packs of the missing versions hold every new
     // node, so fetch them whole instead of walking level by level.
     let mut mem_packs = HashMap::new();
-    if let (Some(a), false) = (&applied, full) {
+    if let (Some(a), false, None) = (&applied, full, &delta) {
         let listed: Vec<_> = head
             .recent
             .iter()
@@ -315,6 +334,18 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
             );
         }
     }
+    if let Some(fetched) = &delta {
+        use_delta(
+            &state,
+            opts,
+            &chunker,
+            fetched,
+            &changes,
+            &mut sources,
+            &mut report,
+        );
+    }
+    drop(delta);
     let views: Vec<DirView<'_>> = changes
         .iter()
         .zip(&observed)
@@ -497,6 +528,97 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
     state.clear_applying(&opts.tree)?;
     state.clear_staging()?;
     Ok(finish(report, &store))
+}
+
+/// Fetches the head's delta from the applied version, if it has one and it is smaller than
+/// the packs the versions since then added, and rebuilds the index nodes it carries into
+/// the node cache. A delta that cannot be fetched is noted and skipped.
+fn fetch_delta(
+    store: &dyn StoreReader,
+    state: &State,
+    head: &pulpdist_format::Head,
+    applied: &pulpdist_format::Head,
+    report: &mut SyncReport,
+) -> Option<crate::delta::Fetched> {
+    let info = head
+        .deltas()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|d| d.from_version == applied.version && d.from_root.id == applied.root.id)?;
+    let added: u64 = head
+        .recent
+        .iter()
+        .filter(|v| v.version > applied.version)
+        .flat_map(|v| v.packs.iter())
+        .map(|p| p.size)
+        .sum();
+    if added > 0 && info.size >= added {
+        return None;
+    }
+    let fetched = match crate::delta::Fetched::get(store, info) {
+        Ok(f) => f,
+        Err(e) => {
+            report.delta_error = Some(e.to_string());
+            return None;
+        }
+    };
+    report.delta_bytes = info.size;
+    match crate::delta::apply_nodes(state, &fetched, &applied.root.id) {
+        Ok(n) => report.delta_nodes = n,
+        Err(e) => {
+            report.delta_error = Some(e.to_string());
+            return None;
+        }
+    }
+    Some(fetched)
+}
+
+/// Rebuilds the changed files the delta carries; records the chunks it staged as sources.
+fn use_delta(
+    state: &State,
+    opts: &SyncOptions,
+    chunker: &Chunker,
+    fetched: &crate::delta::Fetched,
+    changes: &[DirChange],
+    sources: &mut HashMap<ChunkId, Source>,
+    report: &mut SyncReport,
+) {
+    let mut needed: std::collections::HashSet<ChunkId> = std::collections::HashSet::new();
+    let mut wanted: HashMap<Vec<u8>, u64> = HashMap::new();
+    for c in changes {
+        for e in c.new.entries() {
+            let EntryKind::File { size, chunks } = &e.kind else {
+                continue;
+            };
+            let mut lacks = false;
+            for ch in chunks {
+                if !sources.contains_key(&ch.id) {
+                    lacks = true;
+                    needed.insert(ch.id);
+                }
+            }
+            if lacks {
+                let mut path = c.rel.as_os_str().as_bytes().to_vec();
+                if !path.is_empty() {
+                    path.push(b'/');
+                }
+                path.extend_from_slice(e.name.as_bytes());
+                wanted.insert(path, *size);
+            }
+        }
+    }
+    let before = needed.clone();
+    match crate::delta::apply_files(state, &opts.dest, chunker, fetched, &wanted, &mut needed) {
+        Ok(applied) => {
+            report.delta_files = applied.files;
+            report.delta_failed = applied.failed;
+            report.chunks_from_delta = applied.chunks;
+            for id in before.difference(&needed) {
+                sources.insert(*id, Source::Staged);
+            }
+        }
+        Err(e) => report.delta_error = Some(e.to_string()),
+    }
 }
 
 fn ft(m: Mtime) -> filetime::FileTime {

@@ -1,7 +1,8 @@
 //! Downstream side of PulpDist: `sync` a directory from a store.
 //!
 //! A sync verifies the signed head, walks only the index nodes whose ids changed since the
-//! version it last applied, finds which needed chunks are already in local files, builds a
+//! version it last applied, finds which needed chunks are already in local files, rebuilds
+//! changed files from a delta pack when the head offers one from that version, builds a
 //! [`Plan`] (pure data, printable with `--dry-run`), and executes it: fetch and verify the
 //! missing chunks, write each file to a temporary file and rename it into place (payload
 //! before repository metadata), delete last, then record the new version.
@@ -18,6 +19,7 @@
 //! ```
 
 mod config;
+mod delta;
 mod error;
 mod exec;
 mod fsutil;

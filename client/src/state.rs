@@ -133,6 +133,12 @@ impl State {
         Node::decode(&bytes).ok()
     }
 
+    /// A node's encoding from the local node store, verified.
+    pub(crate) fn node_bytes(&self, id: &NodeId) -> Option<Vec<u8>> {
+        let bytes = fs::read(self.node_path(id)).ok()?;
+        (NodeId::of(&bytes) == *id).then_some(bytes)
+    }
+
     pub(crate) fn has_node(&self, id: &NodeId) -> bool {
         self.node_path(id).exists()
     }

@@ -1,11 +1,10 @@
 //! The signed tree head: the one mutable object of a store (`heads/<tree>`).
 
-use crate::codec::{Codec, MAX_NODE_SIZE};
 use crate::error::FormatError;
-use crate::id::{NodeId, PackId};
+use crate::id::PackId;
 use crate::keys::{PublicKey, SecretKey, TrustedKeys};
 use crate::name::validate_tree_name;
-use crate::node::{Location, NodeRef};
+use crate::node::NodeRef;
 use crate::wire::{Reader, Writer};
 
 /// Magic and format version of an encoded head.
@@ -181,6 +180,19 @@ impl Head {
             .map_err(|e| FormatError::invalid("head filter extension", e.to_string()))
     }
 
+    /// The delta packs the head lists (see [`crate::delta::EXT_DELTAS`]); none without
+    /// the extension.
+    pub fn deltas(&self) -> Result<Vec<crate::delta::DeltaInfo>, FormatError> {
+        match self
+            .extensions
+            .iter()
+            .find(|(t, _)| *t == crate::delta::EXT_DELTAS)
+        {
+            Some((_, v)) => crate::delta::decode_deltas(v),
+            None => Ok(Vec::new()),
+        }
+    }
+
     fn encode_body(&self, key: &PublicKey) -> Vec<u8> {
         let mut w = Writer::default();
         w.bytes(HEAD_MAGIC);
@@ -189,12 +201,7 @@ impl Head {
         w.u64(self.version);
         w.i64(self.created);
         w.i64(self.expires);
-        w.bytes(self.root.id.as_bytes());
-        w.bytes(self.root.loc.pack.as_bytes());
-        w.u64(self.root.loc.offset);
-        w.u32(self.root.loc.stored_len);
-        w.u32(self.root.loc.raw_len);
-        w.u8(self.root.loc.codec.to_byte());
+        crate::delta::write_node_ref(&mut w, &self.root);
         w.u32(self.params.min);
         w.u32(self.params.avg);
         w.u32(self.params.max);
@@ -253,28 +260,7 @@ impl Head {
         let version = r.u64()?;
         let created = r.i64()?;
         let expires = r.i64()?;
-        let id = NodeId(r.array()?);
-        let pack = PackId(r.array()?);
-        let offset = r.u64()?;
-        let stored_len = r.u32()?;
-        let raw_len = r.u32()?;
-        let codec = Codec::from_byte(r.u8()?)?;
-        if raw_len > MAX_NODE_SIZE || offset.checked_add(u64::from(stored_len)).is_none() {
-            return Err(FormatError::invalid(
-                "tree head",
-                "root node location out of range",
-            ));
-        }
-        let root = NodeRef {
-            id,
-            loc: Location {
-                pack,
-                offset,
-                stored_len,
-                raw_len,
-                codec,
-            },
-        };
+        let root = crate::delta::read_node_ref(&mut r, "tree head")?;
         let params = ChunkParams {
             min: r.u32()?,
             avg: r.u32()?,
@@ -350,6 +336,9 @@ impl Head {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::Codec;
+    use crate::id::NodeId;
+    use crate::node::Location;
     use proptest::prelude::*;
 
     fn sample(version: u64) -> Head {

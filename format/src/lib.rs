@@ -8,6 +8,7 @@
 //! * [`Node`]: one directory of the Merkle index, named by the BLAKE3 hash of its encoding.
 //! * [`Head`] / [`SignedHead`]: the small signed object that names a tree's current root.
 //! * [`pack`]: the container that holds chunks and nodes, with a self-describing trailer.
+//! * [`delta`]: delta packs, each changed file compressed against its previous version.
 //! * [`VerifiedChunk`]: the only way bytes from a store become content a mirror may write.
 //!
 //! ```
@@ -19,6 +20,7 @@
 //! ```
 
 mod codec;
+pub mod delta;
 mod error;
 pub mod filter;
 mod head;

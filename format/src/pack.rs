@@ -28,6 +28,8 @@ pub enum ObjectKind {
     Chunk,
     /// An index node (id: BLAKE3 of its encoding).
     Node,
+    /// A delta record (id: BLAKE3 of its path; see [`crate::delta`]).
+    Delta,
 }
 
 /// One trailer entry.
@@ -109,6 +111,7 @@ impl PackBuilder {
             w.u8(match e.kind {
                 ObjectKind::Chunk => 0,
                 ObjectKind::Node => 1,
+                ObjectKind::Delta => 2,
             });
             w.bytes(&e.id);
             w.u64(e.loc.offset);
@@ -165,6 +168,7 @@ pub fn decode_trailer(
         let kind = match r.u8()? {
             0 => ObjectKind::Chunk,
             1 => ObjectKind::Node,
+            2 => ObjectKind::Delta,
             k => {
                 return Err(FormatError::invalid(
                     "pack trailer",

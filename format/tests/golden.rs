@@ -36,25 +36,30 @@ fn file_content(chunks: &[pulpdist_format::ChunkRef]) -> Vec<u8> {
     out
 }
 
+fn keys() -> TrustedKeys {
+    TrustedKeys::from_text(&fs::read_to_string(golden().join("golden.key.pub")).expect("key"))
+        .expect("parse")
+}
+
+/// A value from expected.txt.
+fn want(k: &str) -> String {
+    fs::read_to_string(golden().join("expected.txt"))
+        .expect("expected")
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{k} ")))
+        .expect("key in expected.txt")
+        .to_string()
+}
+
 #[test]
 fn golden_store_decodes_and_verifies() {
-    let keys =
-        TrustedKeys::from_text(&fs::read_to_string(golden().join("golden.key.pub")).expect("key"))
-            .expect("parse");
+    let keys = keys();
     let head_bytes = fs::read(golden().join("heads/golden")).expect("head");
     let head = SignedHead::decode_and_verify(&head_bytes, &keys).expect("head verifies");
     let h = head.head();
     // The filter the publisher applied, in the head's filter extension (FORMAT.md 5.4).
     let filter = h.filter().expect("filter decodes").expect("a filter");
     assert_eq!(filter.to_string(), "- *.tmp\n+ /sub/***\n");
-    let expected = fs::read_to_string(golden().join("expected.txt")).expect("expected");
-    let want = |k: &str| {
-        expected
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{k} ")))
-            .expect("key in expected.txt")
-            .to_string()
-    };
     assert_eq!(h.tree, "golden");
     assert_eq!(h.version, 1);
     assert_eq!(h.created, 1_767_225_600);
@@ -117,9 +122,7 @@ fn golden_store_decodes_and_verifies() {
 
 #[test]
 fn corrupt_golden_copies_are_refused() {
-    let keys =
-        TrustedKeys::from_text(&fs::read_to_string(golden().join("golden.key.pub")).expect("key"))
-            .expect("parse");
+    let keys = keys();
     let head_bytes = fs::read(golden().join("heads/golden")).expect("head");
     let h = SignedHead::decode_and_verify(&head_bytes, &keys)
         .expect("head")
@@ -133,5 +136,106 @@ fn corrupt_golden_copies_are_refused() {
             .open(&bytes[r.start as usize..r.end as usize])
             .is_err(),
         "a flipped bit in the root node went unnoticed"
+    );
+}
+
+/// Decodes a delta frame against its reference (FORMAT.md 5.6: zstd with the reference as
+/// prefix), with nothing but the zstd library.
+fn patch(reference: &[u8], frame: &[u8], size: u64) -> Vec<u8> {
+    use zstd::zstd_safe::{DCtx, DParameter};
+    let mut d = DCtx::create();
+    d.set_parameter(DParameter::WindowLogMax(31))
+        .expect("param");
+    if !reference.is_empty() {
+        d.ref_prefix(reference).expect("prefix");
+    }
+    let mut out: Vec<u8> = Vec::with_capacity(size as usize);
+    d.decompress(&mut out, frame).expect("frame decodes");
+    out
+}
+
+/// The node (with its encoding) of the directory at `path` under `root`.
+fn dir_at(root: &NodeRef, path: &[pulpdist_format::Name]) -> (pulpdist_format::Node, Vec<u8>) {
+    let mut r = *root;
+    for name in path {
+        let node = node_at(&r);
+        r = match &node.get(name.as_bytes()).expect("dir on path").kind {
+            EntryKind::Dir { node } => *node,
+            _ => panic!("not a directory"),
+        };
+    }
+    let bytes = pack_bytes(&r.loc.pack);
+    r.open_with_bytes(&bytes[r.loc.range().start as usize..r.loc.range().end as usize])
+        .expect("node verifies")
+}
+
+fn file_at(root: &NodeRef, path: &[pulpdist_format::Name]) -> Vec<u8> {
+    let (dir, _) = dir_at(root, &path[..path.len() - 1]);
+    match &dir.get(path[path.len() - 1].as_bytes()).expect("file").kind {
+        EntryKind::File { chunks, .. } => file_content(chunks),
+        _ => panic!("not a file"),
+    }
+}
+
+#[test]
+fn golden_delta_pack_rebuilds_version_2_from_version_1() {
+    use pulpdist_format::delta::{records, DeltaRecord, RecordKind};
+    let keys = keys();
+    let head_bytes = fs::read(golden().join("heads/golden-delta")).expect("head");
+    let head = SignedHead::decode_and_verify(&head_bytes, &keys).expect("verifies");
+    let h = head.head();
+    assert_eq!(h.version, 2);
+    assert_eq!(h.root.id.to_hex(), want("delta-root-2"));
+    let deltas = h.deltas().expect("deltas extension decodes");
+    assert_eq!(deltas.len(), 1);
+    let d = deltas[0];
+    assert_eq!(d.from_version, 1);
+    assert_eq!(d.from_root.id.to_hex(), want("delta-root-1"));
+    let pack = pack_bytes(&d.pack);
+    assert_eq!(pack.len() as u64, d.size);
+    let mut files = Vec::new();
+    let mut nodes = 0;
+    for rec in records(d.pack, &pack).expect("delta pack") {
+        let (r, frame) = DeltaRecord::decode(rec).expect("record");
+        match r.kind {
+            RecordKind::File => {
+                let reference = r
+                    .reference
+                    .as_ref()
+                    .map(|p| file_at(&d.from_root, p))
+                    .unwrap_or_default();
+                assert_eq!(reference.len() as u64, r.ref_size);
+                let got = patch(&reference, frame, r.size);
+                assert_eq!(got, file_at(&h.root, &r.path), "{:?}", r.path);
+                files.push((
+                    pulpdist_format::delta::join_path(&r.path),
+                    r.reference.map(|p| pulpdist_format::delta::join_path(&p)),
+                ));
+            }
+            RecordKind::Node => {
+                let reference = r
+                    .reference
+                    .as_ref()
+                    .map(|p| dir_at(&d.from_root, p).1)
+                    .unwrap_or_default();
+                let got = patch(&reference, frame, r.size);
+                let (_, new) = dir_at(&h.root, &r.path);
+                assert_eq!(got, new, "node of {:?}", r.path);
+                nodes += 1;
+            }
+        }
+    }
+    assert_eq!(nodes, 2, "the root and pkgs/");
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            (b"a.txt".to_vec(), Some(b"a.txt".to_vec())),
+            (b"new.txt".to_vec(), None),
+            (
+                b"pkgs/tool_1.1_all.deb".to_vec(),
+                Some(b"pkgs/tool_1.0_all.deb".to_vec())
+            ),
+        ]
     );
 }

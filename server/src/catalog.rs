@@ -58,6 +58,8 @@ impl Catalog {
                     ObjectKind::Node => {
                         cat.nodes.entry(NodeId(e.id)).or_insert(e.loc);
                     }
+                    // Delta records are found through heads, never by id.
+                    ObjectKind::Delta => {}
                 }
             }
         }

@@ -2,7 +2,8 @@
 //!
 //! Publishing walks the tree, reuses the chunk lists of files whose size, mtime and inode
 //! did not change, chunks the rest on every core, appends new chunks to new data packs
-//! and new index nodes to one new index pack, and writes the signed head last.
+//! and new index nodes to one new index pack, writes a delta pack from each of the last K
+//! versions (each changed file compressed against its old copy), and the signed head last.
 //!
 //! ```no_run
 //! use pulpdist_server::{publish, LocalStore, PublishOptions};
@@ -16,6 +17,7 @@
 
 mod cache;
 mod catalog;
+mod delta;
 mod error;
 mod objstore;
 mod packer;
@@ -25,9 +27,10 @@ mod store;
 mod trees;
 mod walk;
 
+pub use delta::DeltaReport;
 pub use error::PublishError;
 pub use objstore::{ObjectStoreTarget, DEFAULT_PART_SIZE};
-pub use publish::{publish, PublishOptions, PublishReport};
+pub use publish::{publish, PublishOptions, PublishReport, DEFAULT_DELTA_LEVEL};
 pub use serve::{serve, Handler, Peer, ServeError, ServeOptions};
 pub use store::{LocalStore, Store, StoreLock, StoredHead};
 pub use trees::{parse_trees, TreeDef, TreesError};

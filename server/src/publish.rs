@@ -11,6 +11,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use pulpdist_chunker::{Chunker, Compressor, DEFAULT_ZSTD_LEVEL};
+use pulpdist_format::delta::{encode_deltas, DeltaInfo, EXT_DELTAS};
 use pulpdist_format::pack::ObjectKind;
 use pulpdist_format::{
     ChunkId, ChunkParams, ChunkRef, Codec, Entry, EntryKind, FormatError, Head, Location, Node,
@@ -20,10 +21,14 @@ use pulpdist_format::{
 
 use crate::cache::{self, CachedFile, FileCache};
 use crate::catalog::Catalog;
+use crate::delta::{DeltaReport, DeltaSettings, Nodes};
 use crate::error::{IoContext, PublishError};
 use crate::packer::Packer;
 use crate::store::Store;
 use crate::walk::{self, WalkKind};
+
+/// The default zstd level of delta frames (benchmarks/README.md, "Deltas").
+pub const DEFAULT_DELTA_LEVEL: i32 = 19;
 
 /// What to publish and how.
 #[derive(Clone, Debug)]
@@ -57,6 +62,10 @@ pub struct PublishOptions {
     pub previous_keys: Vec<pulpdist_format::PublicKey>,
     /// rsync filter rules: what of the source the tree carries (recorded in the head).
     pub filter: pulpdist_format::filter::Filter,
+    /// Write a delta pack from each of this many previous versions (0: none).
+    pub deltas: usize,
+    /// zstd level of delta frames.
+    pub delta_level: i32,
 }
 
 impl PublishOptions {
@@ -80,6 +89,8 @@ impl PublishOptions {
             threads: None,
             previous_keys: Vec::new(),
             filter: pulpdist_format::filter::Filter::new(),
+            deltas: 1,
+            delta_level: DEFAULT_DELTA_LEVEL,
         }
     }
 }
@@ -121,6 +132,8 @@ pub struct PublishReport {
     pub isos: u64,
     /// Images published as plain chunks instead (xorriso missing, image damaged), and why.
     pub isos_plain: Vec<String>,
+    /// Delta packs written by this publish (one per earlier version with changes).
+    pub deltas: Vec<DeltaReport>,
 }
 
 /// A file's chunks: id and length, in order.
@@ -324,12 +337,13 @@ pub fn publish(
     }
     let (data_packs, data_bytes) = data_packer.finish()?;
     catalog.chunks.extend(new_locs);
+    let mut fresh_nodes: HashMap<NodeId, (Node, Vec<u8>)> = HashMap::new();
 
     // Index nodes, children before parents; only nodes the store lacks are written.
     let mut namer = pack_namer(opts, version);
     let mut index_packer = Packer::new(
         store,
-        tmp_dir,
+        tmp_dir.clone(),
         PackKind::Index,
         u64::MAX,
         Box::new(move || namer("index")),
@@ -393,6 +407,9 @@ pub fn publish(
                 )?;
                 catalog.nodes.insert(id, loc);
                 report.nodes_new += 1;
+                if opts.deltas > 0 {
+                    fresh_nodes.insert(id, (node, encoded));
+                }
                 loc
             }
         };
@@ -400,6 +417,23 @@ pub fn publish(
     }
     let (index_packs, index_bytes) = index_packer.finish()?;
     let root = dir_refs[0].ok_or_else(|| PublishError::Config("internal: no root".into()))?;
+
+    // Deltas from the last K versions, before the head that lists them.
+    let nodes = Nodes {
+        fresh: fresh_nodes,
+        store,
+    };
+    let (deltas, delta_reports, delta_bytes) = write_deltas(
+        opts,
+        prev.as_ref(),
+        &nodes,
+        &chunker,
+        &root,
+        &data_packs,
+        version,
+        &tmp_dir,
+    )?;
+    drop(nodes);
 
     // The head goes last: everything it names is already in place.
     let now = opts.now.unwrap_or_else(unix_now);
@@ -421,13 +455,18 @@ pub fn publish(
         root,
         params,
         recent,
-        extensions: if opts.filter.is_empty() {
-            Vec::new()
-        } else {
-            vec![(
-                pulpdist_format::EXT_FILTER,
-                opts.filter.to_string().into_bytes(),
-            )]
+        extensions: {
+            let mut ext = Vec::new();
+            if !opts.filter.is_empty() {
+                ext.push((
+                    pulpdist_format::EXT_FILTER,
+                    opts.filter.to_string().into_bytes(),
+                ));
+            }
+            if !deltas.is_empty() {
+                ext.push((EXT_DELTAS, encode_deltas(&deltas)));
+            }
+            ext
         },
     };
     let bytes = head.sign(key).map_err(|source| PublishError::Format {
@@ -458,7 +497,8 @@ pub fn publish(
     }
     cache::save(&cache_path, &new_cache)?;
 
-    report.bytes_stored = data_bytes + index_bytes;
+    report.bytes_stored = data_bytes + index_bytes + delta_bytes;
+    report.deltas = delta_reports;
     report.packs = packs;
     report.root = Some(root.id);
     if let Ok(n) = isos.into_inner() {
@@ -467,6 +507,77 @@ pub fn publish(
     }
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// Writes the delta packs of version `version` from each of the last `opts.deltas` versions
+/// (their roots: the previous head's, and those its deltas name). An unchanged tree writes
+/// nothing and keeps the previous head's deltas that are still within reach.
+#[allow(clippy::too_many_arguments)]
+fn write_deltas(
+    opts: &PublishOptions,
+    prev: Option<&Head>,
+    nodes: &Nodes<'_>,
+    chunker: &Chunker,
+    root: &NodeRef,
+    data_packs: &[PackInfo],
+    version: u64,
+    tmp_dir: &Path,
+) -> Result<(Vec<DeltaInfo>, Vec<DeltaReport>, u64), PublishError> {
+    let (Some(prev), true) = (prev, opts.deltas > 0) else {
+        return Ok((Vec::new(), Vec::new(), 0));
+    };
+    let oldest = version.saturating_sub(opts.deltas as u64);
+    // Deltas of a head written by another publisher build are informational: unreadable
+    // ones are dropped, never a reason to fail.
+    let prev_deltas = prev.deltas().unwrap_or_default();
+    if prev.root.id == root.id {
+        let kept: Vec<DeltaInfo> = prev_deltas
+            .into_iter()
+            .filter(|d| d.from_version >= oldest)
+            .collect();
+        return Ok((kept, Vec::new(), 0));
+    }
+    let mut froms = vec![(prev.version, prev.root)];
+    froms.extend(prev_deltas.iter().map(|d| (d.from_version, d.from_root)));
+    froms.retain(|(v, _)| *v >= oldest);
+    froms.sort_by_key(|f| std::cmp::Reverse(f.0));
+    froms.dedup_by_key(|f| f.0);
+    let settings = DeltaSettings {
+        level: opts.delta_level,
+    };
+    let (mut infos, mut reports, mut bytes) = (Vec::new(), Vec::new(), 0);
+    for from in froms {
+        let mut namer = pack_namer(opts, version);
+        let tag = format!("delta-{}", from.0);
+        // Packs written since that version: chunks in them are new to a site there.
+        let new_packs: HashSet<PackId> = data_packs
+            .iter()
+            .map(|p| p.id)
+            .chain(
+                prev.recent
+                    .iter()
+                    .filter(|v| v.version > from.0)
+                    .flat_map(|v| v.packs.iter().map(|p| p.id)),
+            )
+            .collect();
+        let written = crate::delta::write_delta(
+            nodes,
+            &opts.source,
+            chunker,
+            root,
+            from,
+            &new_packs,
+            settings,
+            tmp_dir.to_path_buf(),
+            Box::new(move || namer(&tag)),
+        )?;
+        if let Some((info, rep)) = written {
+            bytes += info.size;
+            infos.push(info);
+            reports.push(rep);
+        }
+    }
+    Ok((infos, reports, bytes))
 }
 
 fn pack_namer(

@@ -50,6 +50,48 @@ fn golden_tree(root: &Path) {
     }
 }
 
+/// The delta tree (FORMAT.md 5.6): version 1, then version 2 with a text file edited, a
+/// package renamed to its next version with a few bytes changed, and a new file.
+fn delta_tree(root: &Path, version: u32) {
+    let _ = fs::remove_dir_all(root);
+    fs::create_dir_all(root.join("pkgs")).expect("mkdir");
+    let mut text = String::new();
+    for i in 0..200 {
+        text.push_str(&format!(
+            "line {i}: the quick brown fox mirrors the lazy dog\n"
+        ));
+    }
+    let mut deb = vec![0u8; 5000];
+    blake3::Hasher::new()
+        .update(b"golden deb")
+        .finalize_xof()
+        .fill(&mut deb);
+    if version == 1 {
+        fs::write(root.join("a.txt"), &text).expect("write");
+        fs::write(root.join("pkgs/tool_1.0_all.deb"), &deb).expect("write");
+    } else {
+        fs::write(
+            root.join("a.txt"),
+            text.replace("line 100:", "line 100 (edited):"),
+        )
+        .expect("write");
+        deb[2000..2010].copy_from_slice(b"version1.1");
+        fs::write(root.join("pkgs/tool_1.1_all.deb"), &deb).expect("write");
+        fs::write(root.join("new.txt"), b"a new file\n").expect("write");
+    }
+    for p in [
+        "a.txt",
+        "pkgs",
+        "",
+        "new.txt",
+        "pkgs/tool_1.0_all.deb",
+        "pkgs/tool_1.1_all.deb",
+    ] {
+        let t = FileTime::from_unix_time(TIME + i64::from(version), 0);
+        let _ = set_symlink_file_times(root.join(p), t, t);
+    }
+}
+
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../format/tests/golden")
 }
@@ -88,6 +130,20 @@ fn publishing_the_golden_tree_gives_the_checked_in_store() {
     opts.filter = pulpdist_format::filter::Filter::parse_lines("- *.tmp\n+ /sub/***\n")
         .expect("golden filter");
     let report = publish(&store, &key, &opts).expect("publish");
+    // A second tree in the same store, published twice: version 2 carries a delta pack.
+    let dsrc = tmp.path().join("delta-tree");
+    let mut dopts = PublishOptions::new("golden-delta", &dsrc, tmp.path().join("state-delta"));
+    dopts.now = Some(TIME);
+    dopts.expires_in = 100 * 365 * 86_400;
+    dopts.pack_seed = Some(b"golden".to_vec());
+    dopts.threads = Some(1);
+    delta_tree(&dsrc, 1);
+    let d1 = publish(&store, &key, &dopts).expect("publish delta tree v1");
+    delta_tree(&dsrc, 2);
+    let d2 = publish(&store, &key, &dopts).expect("publish delta tree v2");
+    assert_eq!(d2.deltas.len(), 1);
+    assert_eq!(d2.deltas[0].files, 3);
+    assert_eq!(d2.deltas[0].with_reference, 2);
     let fresh = files(store.root());
     let golden = golden_dir();
     if std::env::var_os("PULPDIST_REGEN_GOLDEN").is_some() {
@@ -106,8 +162,10 @@ fn publishing_the_golden_tree_gives_the_checked_in_store() {
         fs::write(
             golden.join("expected.txt"),
             format!(
-                "root {root}\nhello.txt {}\n",
-                blake3::hash(b"hello, mirror\n").to_hex()
+                "root {root}\nhello.txt {}\ndelta-root-1 {}\ndelta-root-2 {}\n",
+                blake3::hash(b"hello, mirror\n").to_hex(),
+                d1.root.expect("root"),
+                d2.root.expect("root"),
             ),
         )
         .expect("expected");

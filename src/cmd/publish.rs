@@ -48,6 +48,13 @@ pub struct Args {
     /// The three above merged in command-line order (filled in by main).
     #[arg(skip)]
     rules: Vec<String>,
+    /// Write a delta pack from each of this many previous versions: each changed file
+    /// compressed against its old copy, for sites that far behind (0: none).
+    #[arg(long, default_value_t = 1)]
+    deltas: usize,
+    /// zstd level of delta frames (1-22; higher: smaller deltas, slower publish).
+    #[arg(long, default_value_t = pulpdist_server::DEFAULT_DELTA_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
+    delta_level: i32,
     /// Target size of data packs in bytes (a pack closes once it reaches this).
     #[arg(long, default_value_t = 64 << 20)]
     pack_size: u64,
@@ -170,6 +177,8 @@ pub fn run(a: Args) -> Result<()> {
     opts.params = a.chunk_sizes;
     opts.pack_target = a.pack_size.max(1);
     opts.filter = filter;
+    opts.deltas = a.deltas;
+    opts.delta_level = a.delta_level;
     opts.previous_keys = super::sync::load_trust(&a.previous_key)?.keys().to_vec();
     let report = publish(store.as_ref(), &key, &opts).with_context(|| {
         format!(
@@ -192,12 +201,22 @@ pub fn print_report(json: bool, r: &PublishReport) {
             "root": r.root.map(|id| id.to_hex()), "skipped": r.skipped.len(),
             "bytes_fetched": 0, "requests": 0, "chunks_fetched": 0, "chunks_reused": 0, "bytes_reused": 0,
             "elapsed_ms": r.elapsed_ms, "isos": r.isos, "isos_plain": r.isos_plain,
+            "deltas": r.deltas.iter().map(|d| json!({
+                "from_version": d.from_version, "files": d.files, "nodes": d.nodes, "with_reference": d.with_reference,
+                "bytes_rebuilt": d.bytes_rebuilt, "size": d.size,
+            })).collect::<Vec<_>>(),
         }),
         || {
             let mut s = format!(
                 "published version {}: {} files ({} bytes), {} read, {} new chunks ({} bytes, {} stored), {} new nodes, {} packs, {} ms\n",
                 r.version, r.files, r.bytes_total, r.files_read, r.chunks_new, r.bytes_new, r.bytes_stored, r.nodes_new, r.packs.len(), r.elapsed_ms
             );
+            for d in &r.deltas {
+                s.push_str(&format!(
+                    "delta from version {}: {} files ({} against their old copy), {} bytes rebuilding {}\n",
+                    d.from_version, d.files, d.with_reference, d.size, d.bytes_rebuilt
+                ));
+            }
             for why in &r.isos_plain {
                 s.push_str(&format!("ISO image published as plain chunks: {why}\n"));
             }

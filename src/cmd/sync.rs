@@ -238,6 +238,8 @@ pub fn print_report(json: bool, r: &SyncReport) {
             "bytes_fetched": r.bytes_fetched, "requests": r.requests, "retries": r.retries,
             "rsync_files": r.rsync_files, "rsync_bytes": r.rsync_bytes,
             "chunks_fetched": r.chunks_fetched, "chunks_reused": r.chunks_reused, "bytes_reused": r.bytes_reused,
+            "delta_bytes": r.delta_bytes, "delta_files": r.delta_files, "delta_nodes": r.delta_nodes, "delta_failed": r.delta_failed,
+            "chunks_from_delta": r.chunks_from_delta, "delta_error": r.delta_error,
             "dirs_examined": r.dirs_examined, "dry_run": r.plan.is_some(), "elapsed_ms": r.elapsed_ms,
             "filter": r.filter.as_deref().map(|f| f.lines().collect::<Vec<_>>()),
         }),
@@ -262,6 +264,25 @@ pub fn print_report(json: bool, r: &SyncReport) {
                     if r.plan.is_some() { "would sync" } else { "synced" },
                     r.version, r.files, r.deleted, r.chunks_fetched, r.bytes_fetched, r.requests, r.chunks_reused, r.bytes_reused, r.elapsed_ms
                 ));
+                if r.delta_bytes > 0 {
+                    s.push_str(&format!(
+                        "delta: {} bytes rebuilt {} files ({} chunks){}\n",
+                        r.delta_bytes,
+                        r.delta_files,
+                        r.chunks_from_delta,
+                        if r.delta_failed > 0 {
+                            format!(
+                                "; {} records unusable, their chunks fetched",
+                                r.delta_failed
+                            )
+                        } else {
+                            String::new()
+                        }
+                    ));
+                }
+                if let Some(e) = &r.delta_error {
+                    s.push_str(&format!("delta not used ({e}); chunks fetched instead\n"));
+                }
             }
             s
         },

@@ -67,16 +67,23 @@ impl Site {
         self.p("upstream.key")
     }
     pub fn publish(&self) -> serde_json::Value {
-        run_json(&[
+        self.publish_with(&[])
+    }
+    /// Publishes with extra options.
+    pub fn publish_with(&self, extra: &[&str]) -> serde_json::Value {
+        let (store, key, src) = (self.store(), self.key(), self.src());
+        let mut a = vec![
             "publish",
             "--store",
-            s(&self.store()),
+            s(&store),
             "--tree",
             "tree",
             "--key",
-            s(&self.key()),
-            s(&self.src()),
-        ])
+            s(&key),
+        ];
+        a.extend_from_slice(extra);
+        a.push(s(&src));
+        run_json(&a)
     }
     pub fn sync_args(&self) -> Vec<String> {
         [

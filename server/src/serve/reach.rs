@@ -87,6 +87,8 @@ fn walk(root: &Path, head_bytes: &[u8]) -> Result<HashSet<PackId>, String> {
         .iter()
         .flat_map(|v| v.packs.iter().map(|p| p.id))
         .collect();
+    // Delta packs rebuild files of this tree only.
+    packs.extend(head.deltas().unwrap_or_default().iter().map(|d| d.pack));
     let mut seen: HashSet<NodeId> = HashSet::new();
     let mut todo: Vec<NodeRef> = vec![head.root];
     let mut files: HashMap<PackId, File> = HashMap::new();

@@ -1,0 +1,196 @@
+//! Applying a delta pack (FORMAT.md 5.6): one request for the whole pack, each record
+//! decoded against the local copy of its reference file, the result cut into chunks, and
+//! every chunk the signed index needs (its id checked) staged like a fetched one. A record
+//! that fails (reference missing or changed, damaged frame) only leaves its chunks to be
+//! fetched as before: a delta can save requests and bytes, never lose a file.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use pulpdist_chunker::{delta, Chunker};
+use pulpdist_format::delta::{join_path, DeltaInfo, DeltaRecord, RecordKind};
+use pulpdist_format::{ChunkId, EntryKind, Name, Node, NodeId, VerifiedChunk};
+
+use crate::error::SyncError;
+use crate::fsutil::SafeDirs;
+use crate::state::State;
+use crate::store::StoreReader;
+
+/// What a delta did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Applied {
+    /// Records whose file was rebuilt and yielded needed chunks.
+    pub(crate) files: u64,
+    /// Records for files the sync writes that yielded no needed chunk (reference missing
+    /// or changed, damaged frame, or chunks an earlier record already gave).
+    pub(crate) failed: u64,
+    /// Needed chunks staged from rebuilt files.
+    pub(crate) chunks: u64,
+    /// Bytes of those chunks.
+    pub(crate) bytes: u64,
+}
+
+fn to_rel(path: &[Name]) -> PathBuf {
+    path.iter().map(|n| n.to_os_string()).collect()
+}
+
+/// The record's reference file, read from the mirror if it is a regular file of the
+/// recorded size reached without following a symlink.
+fn read_reference(safe: &mut SafeDirs, path: &[Name], size: u64) -> Option<Vec<u8>> {
+    let rel = to_rel(path);
+    let parent = safe.ensure(rel.parent()?, false).ok()?;
+    let abs = parent.join(rel.file_name()?);
+    let md = fs::symlink_metadata(&abs).ok()?;
+    if !md.is_file() || md.len() != size {
+        return None;
+    }
+    fs::read(&abs).ok().filter(|d| d.len() as u64 == size)
+}
+
+/// A delta pack in memory.
+pub(crate) struct Fetched {
+    pub(crate) info: DeltaInfo,
+    bytes: Vec<u8>,
+}
+
+impl Fetched {
+    /// Fetches the delta pack `info`: one request.
+    pub(crate) fn get(store: &dyn StoreReader, info: DeltaInfo) -> Result<Self, SyncError> {
+        let bytes = store.get_pack(&info.pack, info.size)?;
+        Ok(Fetched { info, bytes })
+    }
+
+    fn records(&self) -> Result<Vec<(DeltaRecord, &[u8])>, SyncError> {
+        let object = format!("{} (delta)", self.info.pack.object_key());
+        let records =
+            pulpdist_format::delta::records(self.info.pack, &self.bytes).map_err(|source| {
+                SyncError::Format {
+                    object: object.clone(),
+                    source,
+                }
+            })?;
+        // A record that does not decode is skipped like one whose reference is gone.
+        Ok(records
+            .into_iter()
+            .filter_map(|r| DeltaRecord::decode(r).ok())
+            .collect())
+    }
+}
+
+/// The encoding of the old version's directory node at `path`, from the node cache.
+fn old_node(state: &State, old_root: &NodeId, path: &[Name]) -> Option<Vec<u8>> {
+    let mut id = *old_root;
+    for name in path {
+        let node = state.node(&id)?;
+        id = match &node.get(name.as_bytes())?.kind {
+            EntryKind::Dir { node } => node.id,
+            _ => return None,
+        };
+    }
+    state.node_bytes(&id)
+}
+
+/// Rebuilds the index nodes the delta carries (each against the old node of its
+/// directory) into the node cache, which is content-addressed: a node is stored under the
+/// hash of its bytes, and used only where a verified parent names that hash. Returns how
+/// many were added.
+pub(crate) fn apply_nodes(
+    state: &State,
+    fetched: &Fetched,
+    old_root: &NodeId,
+) -> Result<u64, SyncError> {
+    let mut n = 0;
+    for (r, frame) in fetched.records()? {
+        if r.kind != RecordKind::Node {
+            continue;
+        }
+        let reference = match &r.reference {
+            Some(p) => match old_node(state, old_root, p) {
+                Some(b) if b.len() as u64 == r.ref_size => b,
+                _ => continue,
+            },
+            None => Vec::new(),
+        };
+        let Ok(plain) = delta::decode(&reference, frame, r.size) else {
+            continue;
+        };
+        let id = NodeId::of(&plain);
+        if state.has_node(&id) || Node::decode(&plain).is_err() {
+            continue;
+        }
+        state.put_node(&id, &plain)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Stages every chunk in `needed` that a file record of the delta rebuilds. `wanted`:
+/// path → size of each file the sync writes that still needs chunks. Removes staged
+/// chunks from `needed`.
+pub(crate) fn apply_files(
+    state: &State,
+    dest: &Path,
+    chunker: &Chunker,
+    fetched: &Fetched,
+    wanted: &HashMap<Vec<u8>, u64>,
+    needed: &mut HashSet<ChunkId>,
+) -> Result<Applied, SyncError> {
+    let object = format!("{} (delta)", fetched.info.pack.object_key());
+    let mut safe = SafeDirs::new(dest);
+    let mut out = Applied::default();
+    for (r, frame) in fetched.records()? {
+        if r.kind != RecordKind::File {
+            continue;
+        }
+        let path = join_path(&r.path);
+        if wanted.get(&path) != Some(&r.size) {
+            continue;
+        }
+        let reference = match &r.reference {
+            Some(p) => match read_reference(&mut safe, p, r.ref_size) {
+                Some(d) => d,
+                None => {
+                    out.failed += 1;
+                    continue;
+                }
+            },
+            None => Vec::new(),
+        };
+        let Ok(data) = delta::decode(&reference, frame, r.size) else {
+            out.failed += 1;
+            continue;
+        };
+        let mut useful = false;
+        for range in chunker.cuts(&data) {
+            let piece = &data[range];
+            let id = ChunkId::of(piece);
+            if !needed.contains(&id) {
+                continue;
+            }
+            let chunk = VerifiedChunk::from_plain(id, piece.to_vec()).map_err(|source| {
+                SyncError::Format {
+                    object: format!(
+                        "{object}: {}",
+                        std::ffi::OsStr::from_bytes(&path).to_string_lossy()
+                    ),
+                    source,
+                }
+            })?;
+            state.stage(&chunk)?;
+            needed.remove(&id);
+            out.chunks += 1;
+            out.bytes += piece.len() as u64;
+            useful = true;
+        }
+        if useful {
+            out.files += 1;
+        } else {
+            // Decoded, but nothing in it is what the signed index names: a damaged or
+            // changed reference.
+            out.failed += 1;
+        }
+    }
+    Ok(out)
+}

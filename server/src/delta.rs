@@ -1,0 +1,405 @@
+//! Delta packs (FORMAT.md 5.6): each file that changed since an earlier version, compressed
+//! with that version's copy as zstd prefix. The earlier version's file comes from the store
+//! (its chunks), the new one from the source, checked against the chunk list just indexed.
+//!
+//! The walk compares the new index with the old one and descends only where directory
+//! node ids differ, so its cost follows the change, not the tree.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use pulpdist_chunker::{delta, Chunker};
+use pulpdist_format::delta::{DeltaInfo, DeltaRecord, RecordKind};
+use pulpdist_format::pack::ObjectKind;
+use pulpdist_format::{
+    ChunkId, ChunkRef, Codec, EntryKind, Name, Node, NodeId, NodeRef, PackId, PackKind,
+    VerifiedChunk,
+};
+
+use crate::error::{IoContext, PublishError};
+use crate::packer::{PackNamer, Packer};
+use crate::store::Store;
+
+/// What deltas to write and how.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DeltaSettings {
+    /// zstd level of delta frames.
+    pub(crate) level: i32,
+}
+
+/// Counts of a delta publish.
+#[derive(Clone, Debug, Default)]
+pub struct DeltaReport {
+    /// The version the delta applies to.
+    pub from_version: u64,
+    /// Files in it.
+    pub files: u64,
+    /// Of those, compressed against a reference.
+    pub with_reference: u64,
+    /// Index nodes in it.
+    pub nodes: u64,
+    /// Bytes of the files it rebuilds.
+    pub bytes_rebuilt: u64,
+    /// Size of the delta pack.
+    pub size: u64,
+}
+
+/// Nodes of the version being published that are new to the store (in memory), and a
+/// reader for the others.
+pub(crate) struct Nodes<'a> {
+    /// Node and its encoding.
+    pub(crate) fresh: HashMap<NodeId, (Node, Vec<u8>)>,
+    pub(crate) store: &'a dyn Store,
+}
+
+impl Nodes<'_> {
+    fn get(&self, r: &NodeRef) -> Result<(Node, Vec<u8>), PublishError> {
+        if let Some(n) = self.fresh.get(&r.id) {
+            return Ok(n.clone());
+        }
+        let stored = self.store.read_pack_range(r.loc.pack, r.loc.range())?;
+        r.open_with_bytes(&stored)
+            .map_err(|source| PublishError::Format {
+                object: format!("node {} in {}", r.id, r.loc.pack.object_key()),
+                source,
+            })
+    }
+}
+
+/// Where a record's content, or its reference, comes from.
+enum Content {
+    /// A file of the source tree, checked against these chunks.
+    Source(Vec<ChunkRef>),
+    /// Chunks in the store.
+    Stored(Vec<ChunkRef>),
+    /// Bytes in hand (index node encodings).
+    Bytes(Vec<u8>),
+}
+
+/// A file or directory node to put in a delta.
+struct Job {
+    kind: RecordKind,
+    path: Vec<Name>,
+    size: u64,
+    content: Content,
+    reference: Option<(Vec<Name>, u64, Content)>,
+}
+
+/// The name a package file keeps across versions: what precedes the first `_` (Debian:
+/// `name_version_arch.deb`) or the first `-` followed by a digit (`name-1.2.tar.gz`, RPM),
+/// whichever comes first. `None` for names without either.
+fn package_key(name: &[u8]) -> Option<&[u8]> {
+    let underscore = name.iter().position(|b| *b == b'_');
+    let dash_digit = name
+        .windows(2)
+        .position(|w| w[0] == b'-' && w[1].is_ascii_digit());
+    let end = match (underscore, dash_digit) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b)?,
+    };
+    (end > 0).then(|| &name[..end])
+}
+
+/// For a file new at its path, the old directory's file of the same package name that
+/// resembles it most (longest common name prefix, then size closest).
+fn closest_package<'n>(
+    old: &'n Node,
+    name: &[u8],
+    size: u64,
+) -> Option<&'n pulpdist_format::Entry> {
+    let key = package_key(name)?;
+    old.entries()
+        .iter()
+        .filter(|e| {
+            e.name.as_bytes() != name
+                && package_key(e.name.as_bytes()) == Some(key)
+                && matches!(e.kind, EntryKind::File { size, .. } if size <= delta::MAX_DELTA_FILE)
+        })
+        .max_by_key(|e| {
+            let common = e
+                .name
+                .as_bytes()
+                .iter()
+                .zip(name)
+                .take_while(|(a, b)| a == b)
+                .count();
+            let s = match e.kind {
+                EntryKind::File { size: s, .. } => s,
+                _ => 0,
+            };
+            (common, std::cmp::Reverse(s.abs_diff(size)))
+        })
+}
+
+fn diff(
+    nodes: &Nodes<'_>,
+    new: &(Node, Vec<u8>),
+    old: Option<&(Node, Vec<u8>)>,
+    rel: &[Name],
+    new_packs: &HashSet<PackId>,
+    jobs: &mut Vec<Job>,
+) -> Result<(), PublishError> {
+    // The directory's node itself, against its old node.
+    jobs.push(Job {
+        kind: RecordKind::Node,
+        path: rel.to_vec(),
+        size: new.1.len() as u64,
+        content: Content::Bytes(new.1.clone()),
+        reference: old.map(|o| (rel.to_vec(), o.1.len() as u64, Content::Bytes(o.1.clone()))),
+    });
+    let (new, old) = (&new.0, old.map(|o| &o.0));
+    for e in new.entries() {
+        let mut path = rel.to_vec();
+        path.push(e.name.clone());
+        let old_e = old.and_then(|o| o.get(e.name.as_bytes()));
+        match &e.kind {
+            EntryKind::File { size, chunks } => {
+                let old_file = match old_e.map(|o| &o.kind) {
+                    Some(EntryKind::File { size, chunks }) => Some((*size, chunks)),
+                    _ => None,
+                };
+                if let Some((_, oc)) = old_file {
+                    if oc.len() == chunks.len() && oc.iter().zip(chunks).all(|(a, b)| a.id == b.id)
+                    {
+                        continue;
+                    }
+                }
+                if *size > delta::MAX_DELTA_FILE {
+                    continue;
+                }
+                let reference = match old_file {
+                    Some((s, oc)) if s <= delta::MAX_DELTA_FILE => {
+                        Some((path.clone(), s, Content::Stored(oc.clone())))
+                    }
+                    _ => old
+                        .and_then(|o| closest_package(o, e.name.as_bytes(), *size))
+                        .and_then(|oe| match &oe.kind {
+                            EntryKind::File { size, chunks } => {
+                                let mut p = rel.to_vec();
+                                p.push(oe.name.clone());
+                                Some((p, *size, Content::Stored(chunks.clone())))
+                            }
+                            _ => None,
+                        }),
+                };
+                // A file with nothing to refer to whose every chunk the store held at the
+                // old version (a copy, a move): the site most likely has it already.
+                if reference.is_none() && !chunks.iter().any(|c| new_packs.contains(&c.loc.pack)) {
+                    continue;
+                }
+                jobs.push(Job {
+                    kind: RecordKind::File,
+                    path,
+                    size: *size,
+                    content: Content::Source(chunks.clone()),
+                    reference,
+                });
+            }
+            EntryKind::Dir { node } => {
+                let old_child = match old_e.map(|o| &o.kind) {
+                    Some(EntryKind::Dir { node: on }) if on.id == node.id => continue,
+                    Some(EntryKind::Dir { node: on }) => Some(nodes.get(on)?),
+                    _ => None,
+                };
+                let child = nodes.get(node)?;
+                diff(nodes, &child, old_child.as_ref(), &path, new_packs, jobs)?;
+            }
+            EntryKind::Symlink { .. } => {}
+        }
+    }
+    Ok(())
+}
+
+/// The bytes of a file of an earlier version, from its chunks in the store (runs of
+/// adjacent chunks read at once), each chunk verified.
+fn read_old(store: &dyn Store, chunks: &[ChunkRef]) -> Result<Vec<u8>, PublishError> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chunks.len() {
+        let first = chunks[i].loc;
+        let mut j = i + 1;
+        while j < chunks.len()
+            && chunks[j].loc.pack == first.pack
+            && chunks[j].loc.offset == chunks[j - 1].loc.range().end
+        {
+            j += 1;
+        }
+        let range = first.offset..chunks[j - 1].loc.range().end;
+        let buf = store.read_pack_range(first.pack, range.clone())?;
+        for c in &chunks[i..j] {
+            let at = (c.loc.offset - range.start) as usize;
+            let stored = buf.get(at..at + c.loc.stored_len as usize).ok_or_else(|| {
+                PublishError::Config(format!(
+                    "{}: short read of chunk {}",
+                    first.pack.object_key(),
+                    c.id
+                ))
+            })?;
+            let v = VerifiedChunk::from_stored(c.id, c.loc.codec, stored, c.loc.raw_len).map_err(
+                |source| PublishError::Format {
+                    object: format!("chunk {} in {}", c.id, c.loc.pack.object_key()),
+                    source,
+                },
+            )?;
+            out.extend_from_slice(v.data());
+        }
+        i = j;
+    }
+    Ok(out)
+}
+
+fn to_path(source: &Path, path: &[Name]) -> PathBuf {
+    let mut p = source.to_path_buf();
+    for n in path {
+        p.push(n.to_os_string());
+    }
+    p
+}
+
+/// A file of the source, if it still is what the index says.
+fn read_source(
+    source: &Path,
+    chunker: &Chunker,
+    path: &[Name],
+    size: u64,
+    chunks: &[ChunkRef],
+) -> Result<Option<Vec<u8>>, PublishError> {
+    let abs = to_path(source, path);
+    let data = fs::read(&abs).at(&abs)?;
+    if data.len() as u64 != size {
+        return Ok(None);
+    }
+    let same = chunker
+        .cuts(&data)
+        .zip(chunks)
+        .all(|(r, c)| ChunkId::of(&data[r]) == c.id)
+        && chunker.cuts(&data).count() == chunks.len();
+    Ok(same.then_some(data))
+}
+
+fn content(
+    store: &dyn Store,
+    source: &Path,
+    chunker: &Chunker,
+    path: &[Name],
+    size: u64,
+    c: &Content,
+) -> Result<Option<Vec<u8>>, PublishError> {
+    match c {
+        Content::Source(chunks) => read_source(source, chunker, path, size, chunks),
+        Content::Stored(chunks) => read_old(store, chunks).map(Some),
+        Content::Bytes(b) => Ok(Some(b.clone())),
+    }
+}
+
+/// Writes the delta pack from version `from` (root `from_root`) to the new root, if any
+/// file changed. Returns what the head lists and the counts.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_delta(
+    nodes: &Nodes<'_>,
+    source: &Path,
+    chunker: &Chunker,
+    new_root: &NodeRef,
+    from: (u64, NodeRef),
+    new_packs: &HashSet<PackId>,
+    settings: DeltaSettings,
+    tmp_dir: PathBuf,
+    namer: PackNamer,
+) -> Result<Option<(DeltaInfo, DeltaReport)>, PublishError> {
+    let (from_version, from_root) = from;
+    if from_root.id == new_root.id {
+        return Ok(None);
+    }
+    let new = nodes.get(new_root)?;
+    let old = nodes.get(&from_root)?;
+    let mut jobs = Vec::new();
+    diff(nodes, &new, Some(&old), &[], new_packs, &mut jobs)?;
+    let store = nodes.store;
+    let records: Vec<Option<(Job, Vec<u8>)>> = jobs
+        .into_par_iter()
+        .map(|job| -> Result<_, PublishError> {
+            let Some(data) = content(store, source, chunker, &job.path, job.size, &job.content)?
+            else {
+                return Ok(None);
+            };
+            let reference = match &job.reference {
+                Some((p, size, c)) => {
+                    content(store, source, chunker, p, *size, c)?.unwrap_or_default()
+                }
+                None => Vec::new(),
+            };
+            let frame = delta::encode(&reference, &data, settings.level).map_err(|e| {
+                PublishError::Config(format!(
+                    "delta of {}: {e}",
+                    String::from_utf8_lossy(&pulpdist_format::delta::join_path(&job.path))
+                ))
+            })?;
+            let rec = DeltaRecord {
+                kind: job.kind,
+                path: job.path.clone(),
+                reference: job.reference.as_ref().map(|(p, _, _)| p.clone()),
+                size: job.size,
+                ref_size: job.reference.as_ref().map_or(0, |(_, s, _)| *s),
+            };
+            Ok(Some((job, rec.encode(&frame))))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut report = DeltaReport {
+        from_version,
+        ..Default::default()
+    };
+    let mut packer = Packer::new(store, tmp_dir, PackKind::Data, u64::MAX, namer);
+    for (job, bytes) in records.into_iter().flatten() {
+        let len = u32::try_from(bytes.len())
+            .map_err(|_| PublishError::Config("delta record above 4 GiB".into()))?;
+        packer.add(
+            ObjectKind::Delta,
+            DeltaRecord::trailer_id(&job.path),
+            Codec::Raw,
+            len,
+            &bytes,
+        )?;
+        match job.kind {
+            RecordKind::File => {
+                report.files += 1;
+                report.with_reference += u64::from(job.reference.is_some());
+                report.bytes_rebuilt += job.size;
+            }
+            RecordKind::Node => report.nodes += 1,
+        }
+    }
+    let (packs, _) = packer.finish()?;
+    let Some(pack) = packs.first() else {
+        return Ok(None);
+    };
+    report.size = pack.size;
+    Ok(Some((
+        DeltaInfo {
+            from_version,
+            from_root,
+            pack: pack.id,
+            size: pack.size,
+        },
+        report,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_keys() {
+        assert_eq!(package_key(b"libfoo_1.2-3_amd64.deb"), Some(&b"libfoo"[..]));
+        assert_eq!(package_key(b"linux-6.1.tar.xz"), Some(&b"linux"[..]));
+        assert_eq!(
+            package_key(b"gcc-c++-12.2-1.x86_64.rpm"),
+            Some(&b"gcc-c++"[..])
+        );
+        assert_eq!(package_key(b"README"), None);
+        assert_eq!(package_key(b"_x"), None);
+    }
+}
