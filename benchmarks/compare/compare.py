@@ -1,0 +1,919 @@
+#!/usr/bin/env python3
+"""PulpDist beside rsync, casync and zsync on the same update scenarios (stdlib only).
+
+Started by `benchmarks/compare/run`, which installs the tools, finds or builds the
+binaries and sets up the WAN namespaces; see README.md beside this file. For each
+scenario this driver:
+
+ 1. generates version 1 upstream (gen-tree), publishes it (pulpdist publish, casync make),
+    and makes each tool's downstream copy of version 1 (untimed);
+ 2. brings upstream to version 2 and prepares each tool's upstream side again (timed,
+    as upstream cost: pulpdist publish, casync make, zsyncmake);
+ 3. for each link (loopback, wan): starts the servers, then runs each tool's client to
+    update its own copy from version 1 to version 2 through a counting relay, timed with
+    GNU time, and checks the result against upstream (sha256 of every file).
+
+Results go to OUT/results.json (everything measured) and OUT/results.md (the tables).
+"""
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TREE = "bench"  # the PulpDist tree name
+PACKAGES_REL = "dists/stable/main/binary-amd64/Packages"
+SCENARIOS = ["source", "packages", "pool", "large"]
+LINKS = ["loopback", "wan"]
+SRV_NS, CLI_NS = "pdc-srv", "pdc-cli"
+SRV_ADDR = "10.77.0.1"  # the server namespace's end of the veth pair
+WAN_DELAY_MS = 40  # one way, added by relay.py (this kernel has no netem)
+PD = "PulpDist"
+ZSTD_BOUND = "zstd --patch-from bound"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SERVER_START_TIMEOUT = 30  # seconds a server may take to start listening
+
+
+def log(msg):
+    print(f"[{datetime.datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
+
+
+class Failure(Exception):
+    """A step that failed; its message goes into the table."""
+
+
+def tail(text, n=300):
+    """The last meaningful line of a tool's output, shortened, for the table."""
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    return (lines[-1] if lines else "no output")[-n:]
+
+
+def spawn(cmd, timeout, cwd=None):
+    """Runs cmd in a session (process group) of its own and returns (rc, stdout, stderr);
+    rc None after `timeout` seconds. On a timeout, and on any exception here (SIGTERM,
+    Ctrl-C), the whole group is killed, so no grandchild outlives its step."""
+    p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, errors="replace", start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+        return p.returncode, out, err
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        return None, out, err
+    except BaseException:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
+        raise
+
+
+def run(cmd, timeout, cwd=None):
+    """Runs cmd (an untimed setup step); raises Failure on error or timeout."""
+    rc, out, err = spawn(cmd, timeout, cwd)
+    if rc is None:
+        raise Failure(f"{Path(cmd[0]).name} timed out after {timeout}s")
+    if rc != 0:
+        raise Failure(f"{Path(cmd[0]).name} exited {rc}: {tail(err)}")
+    return out
+
+
+def ns_prefix(ns):
+    return ["ip", "netns", "exec", ns] if ns else []
+
+
+def timed(cmd, timeout, ns=None, cwd=None, tmpdir="/tmp"):
+    """Runs cmd under `timeout` and GNU time (in namespace ns if given). Returns a dict:
+    rc, stdout, stderr, wall_s (measured here, ms resolution), cpu_s (user+sys of the
+    process and its children), rss_mb (peak resident set of the largest process)."""
+    tfile = Path(tmpdir) / f"time.{os.getpid()}.txt"
+    tfile.unlink(missing_ok=True)
+    full = (ns_prefix(ns) + ["timeout", "-k", "10", str(int(timeout)),
+                             "/usr/bin/time", "-o", str(tfile), "-f", "%e %U %S %M"] + cmd)
+    t0 = time.perf_counter()
+    # `timeout` ends the tool; the extra minute here only guards against a stuck wrapper.
+    rc, stdout, stderr = spawn(full, timeout + 60, cwd)
+    wall = time.perf_counter() - t0
+    out = {"rc": rc, "stdout": stdout, "stderr": stderr, "wall_s": wall,
+           "cpu_s": None, "rss_mb": None}
+    try:
+        # GNU time writes "Command exited with non-zero status N" first on failure.
+        last = tfile.read_text().strip().splitlines()[-1].split()
+        out["cpu_s"] = float(last[1]) + float(last[2])
+        out["rss_mb"] = int(last[3]) / 1024.0
+    except (OSError, IndexError, ValueError):
+        pass
+    tfile.unlink(missing_ok=True)
+    if rc in (124, 137, None):
+        out["error"] = f"timed out after {timeout}s"
+    elif rc != 0:
+        out["error"] = f"exit {rc}: {tail(stderr or stdout)}"
+    return out
+
+
+def proc_cpu(pid):
+    """CPU seconds (user+sys) of a process and its reaped children, from /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    # fields[11..14] are utime, stime, cutime, cstime (stat fields 14-17).
+    return sum(int(x) for x in fields[11:15]) / CLK_TCK
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_file_line(path, pattern, proc, timeout):
+    """Waits for a line matching pattern in path (a server's stdout); returns the match."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            m = re.search(pattern, Path(path).read_text())
+        except OSError:
+            m = None
+        if m:
+            return m
+        if proc.poll() is not None:
+            raise Failure(f"server exited {proc.returncode} on start: "
+                          f"{tail(Path(str(path) + '.err').read_text())}")
+        time.sleep(0.05)
+    raise Failure(f"server did not start within {timeout}s")
+
+
+def wait_listening(ns, port, proc, timeout):
+    """Waits until something listens on TCP port in namespace ns (checked with ss)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = subprocess.run(ns_prefix(ns) + ["ss", "-Hltn", f"sport = :{port}"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                           timeout=10)
+        if r.stdout.strip():
+            return
+        if proc.poll() is not None:
+            raise Failure(f"server exited {proc.returncode} on start")
+        time.sleep(0.05)
+    raise Failure(f"server did not listen on {port} within {timeout}s")
+
+
+class Procs:
+    """Every long-running process this driver starts (servers, relays): stopped on exit,
+    and their pids written to PDC_PIDFILE so `run`'s trap can stop them if we die."""
+
+    def __init__(self):
+        self.procs = []
+        self.pidfile = os.environ.get("PDC_PIDFILE")
+
+    def start(self, cmd, ns=None, **kw):
+        p = subprocess.Popen(ns_prefix(ns) + cmd, start_new_session=True, **kw)
+        self.procs.append(p)
+        if self.pidfile:
+            with open(self.pidfile, "a", encoding="utf-8") as f:
+                f.write(f"{p.pid}\n")
+        return p
+
+    def stop(self, p):
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+        if p in self.procs:
+            self.procs.remove(p)
+
+    def stop_all(self):
+        for p in list(self.procs):
+            self.stop(p)
+
+
+PROCS = Procs()
+
+
+class Relay:
+    """relay.py, between one tool's client and its server; counts bytes both ways."""
+
+    def __init__(self, target, ns, delay_ms, logdir, name):
+        self.p = PROCS.start([sys.executable, str(HERE / "relay.py"), "--listen", "127.0.0.1:0",
+                              "--target", target, "--delay-ms", str(delay_ms)], ns=ns,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=open(Path(logdir) / f"relay-{name}.err", "w"), text=True)
+        line = self._line(SERVER_START_TIMEOUT)
+        self.port = int(line.split()[1])
+
+    def _line(self, timeout):
+        r, _, _ = select.select([self.p.stdout], [], [], timeout)
+        if not r:
+            raise Failure("relay did not answer")
+        line = self.p.stdout.readline()
+        if not line:
+            raise Failure("relay exited")
+        return line
+
+    def command(self, cmd):
+        self.p.stdin.write(cmd + "\n")
+        self.p.stdin.flush()
+        return json.loads(self._line(30))
+
+    def stop(self):
+        try:
+            self.p.stdin.close()
+        except OSError:
+            pass
+        PROCS.stop(self.p)
+
+
+def manifest(root):
+    """{relative path: entry} for everything under root: files by size and sha256,
+    symlinks by target, directories by presence."""
+    out = {}
+    root = str(root)
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        with os.scandir(d) as it:
+            for e in it:
+                rel = os.path.relpath(e.path, root)
+                if e.is_symlink():
+                    out[rel] = ("link", os.readlink(e.path))
+                elif e.is_dir():
+                    out[rel] = ("dir",)
+                    stack.append(e.path)
+                elif e.is_file():
+                    with open(e.path, "rb") as f:
+                        out[rel] = ("file", e.stat().st_size,
+                                    hashlib.file_digest(f, "sha256").hexdigest())
+                else:
+                    out[rel] = ("special",)
+    return out
+
+
+def compare_manifests(want, got):
+    """None when equal, else a short description of the differences."""
+    missing = [k for k in want if k not in got]
+    extra = [k for k in got if k not in want]
+    differ = [k for k in want if k in got and want[k] != got[k]]
+    if not (missing or extra or differ):
+        return None
+    parts = []
+    for name, lst in (("missing", missing), ("extra", extra), ("differ", differ)):
+        if lst:
+            parts.append(f"{len(lst)} {name} (e.g. {sorted(lst)[0]})")
+    return "downstream != upstream: " + ", ".join(parts)
+
+
+def rm_tree(path, timeout):
+    if os.path.lexists(path):
+        run(["rm", "-rf", str(path)], timeout)
+
+
+def copy_tree(src, dst, timeout):
+    rm_tree(dst, timeout)
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    run(["cp", "-a", str(src), str(dst)], timeout)
+
+
+class Bench:
+    def __init__(self, args):
+        self.a = args
+        self.pulpdist = os.environ.get("PULPDIST", "pulpdist")
+        self.gen_tree = os.environ.get("GEN_TREE", "gen-tree")
+        self.work = Path(args.work).resolve()
+        self.out = Path(args.out).resolve()
+        self.results = {
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "scale": args.scale, "packages_scale": args.packages_scale,
+            "links": {}, "scenarios": {}, "rows": [], "notes": [],
+            "host": {"cpus": os.cpu_count(), "kernel": os.uname().release},
+            "versions": self.versions(),
+        }
+
+    # ----- setup -----
+
+    def versions(self):
+        def first_line(cmd):
+            try:
+                p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, timeout=10)
+                return p.stdout.strip().splitlines()[0]
+            except (OSError, IndexError, subprocess.TimeoutExpired):
+                return "unknown"
+        return {"pulpdist": first_line([os.environ.get("PULPDIST", "pulpdist"), "--version"]),
+                "rsync": first_line(["rsync", "--version"]),
+                "casync": first_line(["casync", "--version"]),
+                "zsync": first_line(["zsync", "-V"]),
+                "zstd": first_line(["zstd", "--version"])}
+
+    def gen(self, name, version, d, scale):
+        out = run([self.gen_tree, "scenario", name, str(version), str(d), str(scale)],
+                  self.a.prep_timeout)
+        return json.loads(out.strip().splitlines()[-1])
+
+    def publish(self, w, src):
+        r = timed([self.pulpdist, "publish", "--store", str(w / "store"), "--tree", TREE,
+                   "--key", str(self.key), "--json", str(src)], self.a.prep_timeout,
+                  tmpdir=w)
+        if "error" in r:
+            raise Failure(f"pulpdist publish: {r['error']}")
+        return {"wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "rss_mb": r["rss_mb"],
+                "pulpdist": json.loads(r["stdout"])}  # the whole --json report
+
+    def prep_timed(self, cmd, w, what, cwd=None):
+        r = timed(cmd, self.a.prep_timeout, cwd=cwd, tmpdir=w)
+        if "error" in r:
+            raise Failure(f"{what}: {r['error']}")
+        return {"wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "rss_mb": r["rss_mb"]}
+
+    def prepare(self, name, scale):
+        """Upstream v1, each tool's downstream copy of v1, then upstream v2 and each tool's
+        upstream preparation of it. Returns the scenario's facts and peer failures."""
+        w = self.work / name
+        rm_tree(w, self.a.prep_timeout)
+        (w / "pub").mkdir(parents=True)
+        up, base = w / "up", w / "base"
+        info = {"scale": scale, "upstream": {}, "failed": {}}
+        t0 = time.perf_counter()
+        info["v1"] = self.gen(name, 1, up, scale)
+        info["gen_v1_s"] = time.perf_counter() - t0
+        log(f"{name}: v1 generated: {info['v1']} ({info['gen_v1_s']:.1f}s)")
+
+        info["upstream"]["pulpdist publish v1"] = self.publish(w, up)
+        if name == "large" or self.a.republish_all:
+            # Scale figure: publishing an unchanged tree, against a plain stat walk.
+            info["upstream"]["pulpdist publish unchanged"] = self.publish(w, up)
+            r = timed(["sh", "-c", 'find "$1" -printf "%s %T@\\n" > /dev/null', "sh",
+                       str(up)], self.a.prep_timeout, tmpdir=w)
+            info["upstream"]["find stat walk"] = {"wall_s": r["wall_s"], "cpu_s": r["cpu_s"],
+                                                  "rss_mb": r["rss_mb"]}
+        try:
+            info["upstream"]["casync make v1"] = self.prep_timed(
+                ["casync", "make", f"--store={w / 'pub' / 'castore'}",
+                 str(w / "pub" / "v1.caidx"), str(up)], w, "casync make v1")
+        except Failure as e:
+            info["failed"]["casync"] = str(e)
+
+        # Downstream copies of v1: a plain copy (rsync, and casync's seed) and a PulpDist
+        # mirror with its client state, made by an untimed sync from a local server.
+        copy_tree(up, base / "plain", self.a.prep_timeout)
+        (base / "pd").mkdir(parents=True)
+        srv = self.start_pulpdist(w, None, "127.0.0.1", "initial")
+        try:
+            r = timed([self.pulpdist, "sync", "--store", f"http://127.0.0.1:{srv[1]}",
+                       "--tree", TREE, "--trust", f"{self.key}.pub", "--json",
+                       str(base / "pd" / "mirror")], self.a.prep_timeout, tmpdir=w)
+        finally:
+            PROCS.stop(srv[0])
+        if "error" in r:
+            raise Failure(f"initial pulpdist sync: {r['error']}")
+        info["initial_sync"] = {"wall_s": r["wall_s"], "cpu_s": r["cpu_s"],
+                                "rss_mb": r["rss_mb"], "pulpdist": json.loads(r["stdout"])}
+        log(f"{name}: PulpDist's downstream copy of v1 made in {r['wall_s']:.1f}s")
+
+        t0 = time.perf_counter()
+        info["v2"] = self.gen(name, 2, up, scale)
+        info["gen_v2_s"] = time.perf_counter() - t0
+        log(f"{name}: v2 generated: {info['v2']}")
+        info["upstream"]["pulpdist publish v2"] = self.publish(w, up)
+        if "casync" not in info["failed"]:
+            try:
+                info["upstream"]["casync make v2"] = self.prep_timed(
+                    ["casync", "make", f"--store={w / 'pub' / 'castore'}",
+                     str(w / "pub" / "v2.caidx"), str(up)], w, "casync make v2")
+            except Failure as e:
+                info["failed"]["casync"] = str(e)
+        if name == "packages":
+            z = w / "pub" / "zsync"
+            z.mkdir()
+            shutil.copy2(up / PACKAGES_REL, z / "Packages")
+            try:
+                info["upstream"]["zsyncmake"] = self.prep_timed(
+                    ["zsyncmake", "-u", "Packages", "-o", "Packages.zsync", "Packages"], w,
+                    "zsyncmake", cwd=z)
+            except Failure as e:
+                info["failed"]["zsync"] = str(e)
+
+        log(f"{name}: hashing v1 and v2 for the checks and the zstd bound")
+        self.want = manifest(up)
+        v1 = manifest(base / "plain")
+        if not self.a.no_zstd_bound:
+            try:
+                info["zstd_bound"] = self.zstd_bound(base / "plain", up, v1, self.want)
+            except (Failure, subprocess.TimeoutExpired) as e:
+                self.results["notes"].append(f"{name}: no zstd bound: {e}")
+        return info
+
+    def zstd_bound(self, old_root, new_root, old, new):
+        """Reference: what shipping zstd -19 patches would cost, per changed file against
+        its old version (new files compressed alone). No protocol or metadata at all."""
+        total, files = 0, 0
+        t0 = time.perf_counter()
+        for rel, e in sorted(new.items()):
+            if e[0] != "file" or old.get(rel) == e:
+                continue
+            files += 1
+            cmd = ["zstd", "-19", "-q", "-c"]
+            if old.get(rel, ("",))[0] == "file":
+                cmd.append(f"--patch-from={old_root / rel}")
+            cmd.append(str(new_root / rel))
+            p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               timeout=self.a.timeout)
+            if p.returncode != 0:
+                raise Failure(f"zstd: {tail(p.stderr.decode(errors='replace'))}")
+            total += len(p.stdout)
+        return {"bytes": total, "files": files, "wall_s": time.perf_counter() - t0}
+
+    # ----- servers -----
+
+    def start_pulpdist(self, w, ns, addr, tag):
+        out = w / f"serve-{tag}.out"
+        p = PROCS.start([self.pulpdist, "serve", "--store", str(w / "store"),
+                         "--listen", f"{addr}:0"], ns=ns, stdout=open(out, "w"),
+                        stderr=open(str(out) + ".err", "w"))
+        m = wait_file_line(out, r"http://[0-9.]+:(\d+)", p, SERVER_START_TIMEOUT)
+        return p, int(m.group(1))
+
+    def start_rsyncd(self, w, ns, addr, tag):
+        port = free_port()
+        conf = w / f"rsyncd-{tag}.conf"
+        conf.write_text(
+            f"# written by benchmarks/compare: one read-only module, the upstream tree\n"
+            f"use chroot = no\nuid = root\ngid = root\nmax connections = 16\n"
+            f"log file = {w / f'rsyncd-{tag}.log'}\npid file = {w / f'rsyncd-{tag}.pid'}\n"
+            f"[mod]\n    path = {w / 'up'}\n    read only = yes\n")
+        p = PROCS.start(["rsync", "--daemon", "--no-detach", f"--config={conf}",
+                         f"--port={port}", f"--address={addr}"], ns=ns,
+                        stdout=subprocess.DEVNULL, stderr=open(w / f"rsyncd-{tag}.err", "w"))
+        wait_listening(ns, port, p, SERVER_START_TIMEOUT)
+        return p, port
+
+    def start_httpd(self, w, ns, addr, tag):
+        out = w / f"httpd-{tag}.out"
+        p = PROCS.start([sys.executable, str(HERE / "httpd.py"), "--root", str(w / "pub"),
+                         "--listen", f"{addr}:0", "--log", str(w / f"http-{tag}.log")], ns=ns,
+                        stdout=open(out, "w"), stderr=open(str(out) + ".err", "w"))
+        m = wait_file_line(out, r"listening (\d+)", p, SERVER_START_TIMEOUT)
+        return p, int(m.group(1))
+
+    # ----- one link -----
+
+    def run_link(self, name, info, link):
+        w = self.work / name
+        ns_srv, ns_cli, addr, delay = ((SRV_NS, CLI_NS, SRV_ADDR, WAN_DELAY_MS) if link == "wan"
+                                       else (None, None, "127.0.0.1", 0))
+        d = w / link
+        d.mkdir()
+        servers, relays = {}, {}
+        try:
+            for kind, start in (("pulpdist", self.start_pulpdist), ("rsync", self.start_rsyncd),
+                                ("http", self.start_httpd)):
+                servers[kind] = start(w, ns_srv, addr, link)
+                relays[kind] = Relay(f"{addr}:{servers[kind][1]}", ns_cli, delay, d, kind)
+            tools = [PD, "rsync", "rsync -z", "casync"]
+            if name == "packages":
+                tools.append("zsync")
+            for tool in tools:
+                row = {"scenario": name, "link": link, "tool": tool}
+                failed = info["failed"].get(tool.split()[0])
+                if failed:
+                    row["error"] = failed
+                else:
+                    log(f"{name}/{link}: {tool}")
+                    tdir = d / re.sub(r"[^a-z]+", "-", tool.lower()).strip("-")
+                    try:
+                        self.run_tool(w, tdir, tool, servers, relays, ns_cli, row)
+                    except Failure as e:
+                        row["error"] = str(e)
+                    except Exception as e:  # a harness bug or odd output: still one row
+                        row["error"] = f"harness error: {type(e).__name__}: {e}"
+                    if not self.a.keep_work:  # (on SIGTERM the scratch stays: no race)
+                        try:
+                            rm_tree(tdir, self.a.prep_timeout)
+                        except Failure as e:
+                            log(f"{name}/{link}: could not delete {tdir}: {e}")
+                if "error" in row:
+                    log(f"{name}/{link}: {tool} FAILED: {row['error']}")
+                self.results["rows"].append(row)
+        finally:
+            for r in relays.values():
+                r.stop()
+            for p, _ in servers.values():
+                PROCS.stop(p)
+
+    def run_tool(self, w, tdir, tool, servers, relays, ns, row):
+        """Updates the tool's own copy of v1 in tdir to v2 through its relay; fills row."""
+        base, d = w / "base", tdir.parent
+        kind = {"rsync": "rsync", "rsync -z": "rsync"}.get(tool, "pulpdist" if tool == PD
+                                                            else "http")
+        relay, srv = relays[kind], servers[kind][0]
+        url = f"127.0.0.1:{relay.port}"
+        # Each tool's downstream copy of v1 (untimed).
+        if tool == PD:
+            copy_tree(base / "pd", tdir, self.a.prep_timeout)
+            dest = tdir / "mirror"
+            cmd = [self.pulpdist, "sync", "--store", f"http://{url}", "--tree", TREE,
+                   "--trust", f"{self.key}.pub", "--json", str(dest)]
+        elif kind == "rsync":
+            copy_tree(base / "plain", tdir, self.a.prep_timeout)
+            dest = tdir
+            cmd = ["rsync", "-a", "--delete", "--stats"] + (["-z"] if "-z" in tool else []) + [
+                f"rsync://{url}/mod/", f"{dest}/"]
+        elif tool == "casync":
+            tdir.mkdir()
+            dest = tdir / "new"
+            cmd = ["casync", "extract", f"--store=http://{url}/castore",
+                   f"--seed={base / 'plain'}", f"http://{url}/v2.caidx", str(dest)]
+        else:  # zsync: the one file
+            tdir.mkdir()
+            dest = tdir / "Packages"
+            cmd = ["zsync", "-q", "-i", str(base / "plain" / PACKAGES_REL), "-o", str(dest),
+                   f"http://{url}/zsync/Packages.zsync"]
+        http_log = w / f"http-{row['link']}.log"
+        log_at = http_log.stat().st_size if http_log.exists() else 0
+        relay.command("reset")
+        cpu0 = proc_cpu(srv.pid)
+        r = timed(cmd, self.a.timeout, ns=ns, cwd=tdir, tmpdir=d)
+        stats = relay.command("stats")
+        time.sleep(0.2)  # lets a forking server (rsync) reap its child, for its CPU time
+        cpu1 = proc_cpu(srv.pid)
+        row.update(wall_s=r["wall_s"], cpu_s=r["cpu_s"], rss_mb=r["rss_mb"],
+                   wire_bytes=stats["up"] + stats["down"], wire_up=stats["up"],
+                   wire_down=stats["down"], connections=stats["connections"],
+                   server_cpu_s=(cpu1 - cpu0) if None not in (cpu0, cpu1) else None)
+        if kind == "http":
+            with open(http_log, encoding="utf-8") as f:
+                f.seek(log_at)
+                reqs = [json.loads(ln) for ln in f if ln.strip()]
+            row["requests"] = len(reqs)
+            row["tool_bytes"] = sum(q["bytes"] for q in reqs)
+        if "error" in r:
+            raise Failure(f"{tool}: {r['error']}")
+        if tool == PD:
+            j = json.loads(r["stdout"])
+            row["requests"] = j["requests"]
+            row["tool_bytes"] = j["bytes_fetched"]
+            row["pulpdist"] = j  # the whole --json report (delta fields too, where built)
+        elif kind == "rsync":
+            row["requests"] = stats["connections"]
+            m = re.search(r"Total bytes received: ([\d,]+)", r["stdout"])
+            row["tool_bytes"] = int(m.group(1).replace(",", "")) if m else None
+        # The check: downstream equals upstream v2, file by file.
+        if tool == "zsync":
+            want = self.want.get(PACKAGES_REL)
+            got = manifest(tdir).get("Packages")
+            diff = None if got and want and got[1:] == want[1:] else "Packages differs"
+        else:
+            diff = compare_manifests(self.want, manifest(dest))
+        if diff:
+            raise Failure(f"{tool}: {diff}")
+        row["verified"] = True
+        if tool == PD:
+            # A no-op sync right after: what checking an up-to-date mirror costs.
+            relay.command("reset")
+            r2 = timed(cmd, self.a.timeout, ns=ns, cwd=tdir, tmpdir=d)
+            s2 = relay.command("stats")
+            if "error" in r2:
+                row["noop"] = {"error": r2["error"]}
+            else:
+                j2 = json.loads(r2["stdout"])
+                row["noop"] = {"wall_s": r2["wall_s"], "cpu_s": r2["cpu_s"],
+                               "rss_mb": r2["rss_mb"], "requests": j2["requests"],
+                               "bytes_fetched": j2["bytes_fetched"],
+                               "wire_bytes": s2["up"] + s2["down"],
+                               "up_to_date": j2.get("up_to_date")}
+
+    # ----- the whole run -----
+
+    def main(self):
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.key = self.work / "key"
+        if not self.key.exists():
+            run([self.pulpdist, "keygen", str(self.key)], 60)
+        links = list(self.a.links)
+        wan_err = os.environ.get("PDC_WAN_ERROR")
+        if "wan" in links:
+            if wan_err:
+                self.results["notes"].append(f"wan link not run: {wan_err}")
+                links.remove("wan")
+            else:
+                tbf = os.environ.get("PDC_TBF", "unknown")
+                self.results["links"]["wan"] = {
+                    "namespaces": [SRV_NS, CLI_NS], "delay_ms_each_way": WAN_DELAY_MS,
+                    "delay_by": "relay.py (no netem in this kernel)",
+                    "rate_limit": "tbf 50mbit burst 64kb latency 400ms, both veth ends"
+                    if tbf == "1" else f"none: tbf unavailable ({tbf})"}
+                if tbf != "1":
+                    self.results["notes"].append(
+                        f"wan link has NO rate limit: tc tbf failed ({tbf}); delay only")
+        if "loopback" in links:
+            self.results["links"]["loopback"] = {"relay": "0 ms delay, counts bytes"}
+        for name in self.a.scenarios:
+            scale = self.a.packages_scale if name == "packages" else self.a.scale
+            log(f"== scenario {name} (scale {scale})")
+            try:
+                info = self.prepare(name, scale)
+            except (Failure, OSError, ValueError, KeyError) as e:
+                log(f"{name}: preparation failed: {e}")
+                self.results["scenarios"][name] = {"scale": scale, "error": str(e)}
+                self.save()
+                continue
+            self.results["scenarios"][name] = info
+            if "zstd_bound" in info:
+                for link in links:
+                    self.results["rows"].append({
+                        "scenario": name, "link": link, "tool": ZSTD_BOUND,
+                        "wire_bytes": info["zstd_bound"]["bytes"], "verified": None})
+            for link in links:
+                try:
+                    self.run_link(name, info, link)
+                except Failure as e:
+                    log(f"{name}/{link}: {e}")
+                    self.results["rows"].append({"scenario": name, "link": link,
+                                                 "tool": "(servers)", "error": str(e)})
+                self.save()
+            if not self.a.keep_work:
+                rm_tree(self.work / name, self.a.prep_timeout)
+        self.results["finished"] = datetime.datetime.now(
+            datetime.timezone.utc).isoformat(timespec="seconds")
+        self.save()
+        print(render(self.results, self.a))
+        log(f"results: {self.out / 'results.md'} and {self.out / 'results.json'}")
+
+    def save(self):
+        compute_ratios(self.results)
+        (self.out / "results.json").write_text(json.dumps(self.results, indent=1) + "\n")
+        (self.out / "results.md").write_text(render(self.results, self.a) + "\n")
+
+
+# ----- reporting -----
+
+PEER_METRICS = ["wire_bytes", "requests", "wall_s", "cpu_s", "rss_mb"]
+
+
+def compute_ratios(res):
+    """Each row's metric divided by the best (smallest) value among the peers (the tools
+    other than PulpDist and the zstd reference) on the same scenario and link."""
+    groups = {}
+    for row in res["rows"]:
+        groups.setdefault((row["scenario"], row["link"]), []).append(row)
+    for rows in groups.values():
+        peers = [r for r in rows if r["tool"] not in (PD, ZSTD_BOUND, "(servers)")
+                 and "error" not in r]
+        for m in PEER_METRICS:
+            vals = [(r[m], r["tool"]) for r in peers if r.get(m) is not None]
+            if not vals:
+                continue
+            best, who = min(vals)
+            for r in rows:
+                if r.get(m) is not None and "error" not in r:
+                    r.setdefault("vs_best_peer", {})[m] = {
+                        "ratio": (r[m] / best) if best else None, "best_peer": who}
+
+
+def fmt_int(v):
+    return "–" if v is None else f"{int(v):,}"
+
+
+def fmt_s(v):
+    return "–" if v is None else (f"{v:.3f}" if v < 10 else f"{v:.1f}")
+
+
+def fmt_mb(v):
+    return "–" if v is None else f"{v:.1f}"
+
+
+def fmt_ratio(row, m):
+    x = row.get("vs_best_peer", {}).get(m, {}).get("ratio")
+    return "–" if x is None else f"{x:.2f}×"
+
+
+def render(res, a):
+    links = [ln for ln in LINKS if ln in res["links"]]
+    lines = [f"PulpDist beside its peers, update v1 → v2 (scale {res['scale']}; packages at "
+             f"scale {res['packages_scale']}; {res['host']['cpus']} cores, "
+             f"{res['started']})", ""]
+    for note in res["notes"]:
+        lines += [f"**Note: {note}**", ""]
+    lines.append("Wire bytes: TCP payload both ways through the relay. Requests: HTTP requests "
+                 "(rsync: connections). CPU and peak RSS: the client process (and its "
+                 "children). × best peer: this row over the best of rsync, rsync -z, casync, "
+                 "zsync on the same scenario and link.")
+    lines.append("")
+    cols = ["bytes", "req", "wall s", "CPU s", "RSS MB", "bytes × best peer",
+            "wall × best peer"]
+    head = ["scenario", "tool"] + [f"{ln} {c}" for ln in links for c in cols]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+    order = [PD, "rsync", "rsync -z", "casync", "zsync", ZSTD_BOUND, "(servers)"]
+    by = {}
+    for row in res["rows"]:
+        by[(row["scenario"], row["tool"], row["link"])] = row
+    for name in [s for s in SCENARIOS if s in res["scenarios"]]:
+        sc = res["scenarios"][name]
+        if "error" in sc:
+            lines.append(f"| {name} | (preparation) | FAIL: {sc['error']} |"
+                         + " |" * (len(head) - 3))
+            continue
+        for tool in order:
+            cells = []
+            present = False
+            for ln in links:
+                row = by.get((name, tool, ln))
+                if row is None:
+                    cells += ["–"] * len(cols)
+                    continue
+                present = True
+                if "error" in row:
+                    cells += [f"FAIL: {row['error']}"] + ["–"] * (len(cols) - 1)
+                    continue
+                cells += [fmt_int(row.get("wire_bytes")), fmt_int(row.get("requests")),
+                          fmt_s(row.get("wall_s")), fmt_s(row.get("cpu_s")),
+                          fmt_mb(row.get("rss_mb")), fmt_ratio(row, "wire_bytes"),
+                          fmt_ratio(row, "wall_s")]
+            if present:
+                label = f"**{tool}**" if tool == PD else tool
+                lines.append(f"| {name} | {label} | " + " | ".join(
+                    c.replace("|", "/") for c in cells) + " |")
+    lines += ["", render_changes(res), "", render_pulpdist(res, links), "",
+              render_upstream(res, links), "", render_scale(res, links)]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_changes(res):
+    """What each scenario changes, for reading the bytes against."""
+    out = ["What changed upstream (v1 → v2):", "",
+           "| scenario | files v2 | bytes v2 | changed files | changed bytes | deleted files |"
+           " zstd -19 --patch-from bound |", "|---|---|---|---|---|---|---|"]
+    for name, sc in res["scenarios"].items():
+        if "v2" not in sc:
+            continue
+        v = sc["v2"]
+        zb = sc.get("zstd_bound", {}).get("bytes")
+        out.append(f"| {name} | {v['files']:,} | {v['bytes']:,} | {v['changed_files']:,} | "
+                   f"{v['changed_bytes']:,} | {v['deleted_files']:,} | {fmt_int(zb)} |")
+    return "\n".join(out)
+
+
+def render_pulpdist(res, links):
+    """PulpDist's own report of each update, beside what changed upstream."""
+    out = ["PulpDist's own report (sync --json) of each update:", "",
+           "| scenario | link | payload bytes | changed bytes upstream | payload / changed |"
+           " chunks fetched / reused | delta bytes / files | delta not used because |",
+           "|---|---|---|---|---|---|---|---|"]
+    for row in res["rows"]:
+        j = row.get("pulpdist")
+        sc = res["scenarios"].get(row["scenario"], {})
+        if row["tool"] != PD or not j or "v2" not in sc:
+            continue
+        changed = sc["v2"]["changed_bytes"]
+        fetched = j.get("bytes_fetched", 0)
+        ratio = f"{fetched / changed:.2f}" if changed else "–"
+        delta = (f"{j['delta_bytes']:,} / {j.get('delta_files', 0):,}"
+                 if "delta_bytes" in j else "(not in this build)")
+        why = j.get("delta_error") or ""
+        if j.get("delta_failed"):
+            why = f"{why} {j['delta_failed']} records failed".strip()
+        out.append(f"| {row['scenario']} | {row['link']} | {fetched:,} | {changed:,} | {ratio} |"
+                   f" {fmt_int(j.get('chunks_fetched'))} / {fmt_int(j.get('chunks_reused'))} |"
+                   f" {delta} | {why.replace('|', '/')} |")
+    return "\n".join(out)
+
+
+def render_upstream(res, links):
+    """Upstream cost: preparing v2 once, and the server's CPU per client update."""
+    ln = "loopback" if "loopback" in links else (links[0] if links else None)
+    out = ["Upstream cost: preparing version 2 once (wall s / CPU s), and server CPU "
+           f"seconds per client update ({ln} link; the casync/zsync server is a Python "
+           "static file server, so read its CPU with that in mind).", "",
+           "| scenario | pulpdist publish v2 | casync make v2 | zsyncmake | server CPU s: "
+           "PulpDist / rsync / rsync -z / casync / zsync |", "|---|---|---|---|---|"]
+
+    def ws(x):
+        return "–" if not x else f"{fmt_s(x['wall_s'])} / {fmt_s(x['cpu_s'])}"
+    for name, sc in res["scenarios"].items():
+        if "upstream" not in sc:
+            continue
+        u = sc["upstream"]
+        cpu = []
+        for tool in (PD, "rsync", "rsync -z", "casync", "zsync"):
+            row = next((r for r in res["rows"] if r["scenario"] == name and r["link"] == ln
+                        and r["tool"] == tool), None)
+            cpu.append(fmt_s(row.get("server_cpu_s")) if row and "error" not in row else "–")
+        out.append(f"| {name} | {ws(u.get('pulpdist publish v2'))} | "
+                   f"{ws(u.get('casync make v2'))} | {ws(u.get('zsyncmake'))} | "
+                   f"{' / '.join(cpu)} |")
+    return "\n".join(out)
+
+
+def render_scale(res, links):
+    """The scale figures of the large scenario."""
+    sc = res["scenarios"].get("large")
+    if not sc or "upstream" not in sc:
+        return ""
+    u = sc["upstream"]
+    files = sc["v1"]["files"]
+    out = [f"Scale figures (scenario large: {files:,} files, "
+           f"{sc['v2']['changed_files']:,} changed):", "", "| figure | value |", "|---|---|"]
+    pu, fw = u.get("pulpdist publish unchanged"), u.get("find stat walk")
+    if pu and fw:
+        out.append(f"| publish of the unchanged tree: wall / CPU s | {fmt_s(pu['wall_s'])} / "
+                   f"{fmt_s(pu['cpu_s'])} (peak RSS {fmt_mb(pu['rss_mb'])} MB) |")
+        out.append(f"| stat walk, `find -printf '%s %T@'`: wall / CPU s | "
+                   f"{fmt_s(fw['wall_s'])} / {fmt_s(fw['cpu_s'])} |")
+        if fw["wall_s"]:
+            out.append(f"| publish unchanged / stat walk (wall) | "
+                       f"{pu['wall_s'] / fw['wall_s']:.2f}× |")
+    pv = u.get("pulpdist publish v2")
+    if pv:
+        out.append(f"| publish of v2 ({sc['v2']['changed_files']:,} files changed): "
+                   f"wall / CPU s | {fmt_s(pv['wall_s'])} / {fmt_s(pv['cpu_s'])} |")
+    for ln in links:
+        row = next((r for r in res["rows"] if r["scenario"] == "large" and r["link"] == ln
+                    and r["tool"] == PD), None)
+        if not row:
+            continue
+        if "error" in row:
+            out.append(f"| {ln}: update sync | FAIL: {row['error']} |")
+            continue
+        rss = row.get("rss_mb")
+        verdict = "" if rss is None else (" (under the 256 MB target)" if rss < 256
+                                          else " (**over the 256 MB target**)")
+        out.append(f"| {ln}: update sync: requests / wire bytes / payload bytes | "
+                   f"{fmt_int(row.get('requests'))} / {fmt_int(row.get('wire_bytes'))} / "
+                   f"{fmt_int(row.get('tool_bytes'))} |")
+        out.append(f"| {ln}: update sync: wall / CPU s | {fmt_s(row.get('wall_s'))} / "
+                   f"{fmt_s(row.get('cpu_s'))} |")
+        out.append(f"| {ln}: update sync: peak RSS MB | {fmt_mb(rss)}{verdict} |")
+        n = row.get("noop")
+        if n and "error" not in n:
+            out.append(f"| {ln}: no-op sync: requests / wire bytes / wall s / peak RSS MB | "
+                       f"{fmt_int(n['requests'])} / {fmt_int(n['wire_bytes'])} / "
+                       f"{fmt_s(n['wall_s'])} / {fmt_mb(n['rss_mb'])} |")
+        elif n:
+            out.append(f"| {ln}: no-op sync | FAIL: {n['error']} |")
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(prog="benchmarks/compare/run",
+                                 description="PulpDist beside rsync, casync and zsync on the "
+                                 "same update scenarios (see README.md)")
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="scenario scale (1.0: the full shapes; large is 1,000,000 files)")
+    ap.add_argument("--packages-scale", type=float, default=1.0,
+                    help="scale of the packages scenario (one file, cheap: default 1.0)")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS),
+                    help="comma-separated, of: %(default)s")
+    ap.add_argument("--links", default=",".join(LINKS), help="comma-separated, of: %(default)s")
+    ap.add_argument("--out", default=str(HERE / "out"),
+                    help="where results.md and results.json go (default: out/ beside this)")
+    ap.add_argument("--work", default=os.environ.get("PDC_WORK", "/tmp/pulpdist-compare"),
+                    help="scratch directory for the trees, stores and copies")
+    ap.add_argument("--timeout", type=int, default=1800,
+                    help="seconds one tool's update may take")
+    ap.add_argument("--prep-timeout", type=int, default=3 * 3600,
+                    help="seconds one setup step (generate, publish, copy, delete) may take")
+    ap.add_argument("--keep-work", action="store_true", help="keep the scratch trees")
+    ap.add_argument("--republish-all", action="store_true",
+                    help="measure the unchanged-tree publish on every scenario, not only large")
+    ap.add_argument("--no-zstd-bound", action="store_true", help="skip the zstd reference row")
+    a = ap.parse_args()
+    a.scenarios = [s for s in a.scenarios.split(",") if s]
+    a.links = [s for s in a.links.split(",") if s]
+    for s in a.scenarios:
+        if s not in SCENARIOS:
+            ap.error(f"unknown scenario {s!r} (known: {', '.join(SCENARIOS)})")
+    for s in a.links:
+        if s not in LINKS:
+            ap.error(f"unknown link {s!r} (known: {', '.join(LINKS)})")
+
+    # SIGTERM (from `run`'s trap or timeout) unwinds like Ctrl-C, so servers get stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        Bench(a).main()
+    finally:
+        PROCS.stop_all()
+
+
+if __name__ == "__main__":
+    main()
