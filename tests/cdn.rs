@@ -4,19 +4,10 @@
 mod common;
 
 use common::servers::{Builtin, Nginx};
-use common::{assert_same_tree, run_json, s, Site};
+use common::{assert_same_tree, run_json, strs, sync_cmd, Site};
 
 fn sync_via(site: &Site, url: &str, mirror: &std::path::Path) -> serde_json::Value {
-    run_json(&[
-        "sync",
-        "--store",
-        url,
-        "--tree",
-        "tree",
-        "--trust",
-        &format!("{}.pub", s(&site.key())),
-        s(mirror),
-    ])
+    run_json(&strs(&sync_cmd(url, "tree", &site.trust(), mirror, &[])))
 }
 
 /// The pack requests in log lines, with their cache status.

@@ -23,9 +23,13 @@ fn one_version_behind(
     site.publish_with(publish_extra);
     let server = Builtin::start(&site.store());
     let sync = |site: &Site| {
-        let mut a = site.sync_args();
-        a[2] = server.url.clone();
-        run_json(&a.iter().map(String::as_str).collect::<Vec<_>>())
+        run_json(&strs(&sync_cmd(
+            &server.url,
+            "tree",
+            &site.trust(),
+            &site.mirror(),
+            &[],
+        )))
     };
     sync(site);
     assert_same_tree(&site.src(), &site.mirror());

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{run, run_json, s, snapshot, Site};
+use common::{snapshot, Site};
 
 #[test]
 fn publish_carries_what_the_rules_select_and_the_head_says_which() {
@@ -13,25 +13,19 @@ fn publish_carries_what_the_rules_select_and_the_head_says_which() {
     std::fs::create_dir_all(site.src().join("tmp/cache")).expect("tmp");
     std::fs::write(site.src().join("tmp/cache/x"), b"x").expect("x");
     std::fs::write(site.src().join("tmp/keep.iso"), b"keep").expect("keep");
-    let (store, key, src) = (site.store(), site.key(), site.src());
-    let out = run(&[
-        "publish",
-        "--store",
-        s(&store),
-        "--tree",
-        "tree",
-        "--key",
-        s(&key),
-        "--include",
-        "/tmp/",
-        "--include",
-        "/tmp/keep.iso",
-        "--exclude",
-        "/tmp/*",
-        "--filter",
-        "- *.iso",
-        s(&src),
-    ]);
+    let out = site.try_publish(
+        &site.key(),
+        &[
+            "--include",
+            "/tmp/",
+            "--include",
+            "/tmp/keep.iso",
+            "--exclude",
+            "/tmp/*",
+            "--filter",
+            "- *.iso",
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -57,22 +51,10 @@ fn publish_carries_what_the_rules_select_and_the_head_says_which() {
     assert!(got.contains_key(std::path::Path::new("tmp/keep.iso")));
 
     // A bad rule names itself.
-    let out = run(&[
-        "publish",
-        "--store",
-        s(&store),
-        "--tree",
-        "tree",
-        "--key",
-        s(&key),
-        "--filter",
-        "P /secret",
-        s(&src),
-    ]);
+    let out = site.try_publish(&site.key(), &["--filter", "P /secret"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("'P /secret'"), "{err}");
-    let _ = run_json;
 }
 
 #[test]
@@ -85,19 +67,7 @@ fn files_a_new_rule_leaves_out_are_deleted_downstream() {
     assert!(site.mirror().join("big.iso").exists());
     // The same source, now published without its ISO images: the mirror loses them too,
     // as rsync --delete-excluded would.
-    let (store, key, src) = (site.store(), site.key(), site.src());
-    let out = run(&[
-        "publish",
-        "--store",
-        s(&store),
-        "--tree",
-        "tree",
-        "--key",
-        s(&key),
-        "--exclude",
-        "*.iso",
-        s(&src),
-    ]);
+    let out = site.try_publish(&site.key(), &["--exclude", "*.iso"]);
     assert!(
         out.status.success(),
         "{}",

@@ -130,16 +130,7 @@ fn same_version_with_another_root_is_refused_and_publisher_needs_the_trees_key()
     // A publisher holding another key cannot take the tree over.
     let other = site.p("other.key");
     assert!(run(&["keygen", s(&other)]).status.success());
-    let out = run(&[
-        "publish",
-        "--store",
-        s(&site.store()),
-        "--tree",
-        "tree",
-        "--key",
-        s(&other),
-        s(&site.src()),
-    ]);
+    let out = site.try_publish(&other, &[]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("publish with the tree's key"),

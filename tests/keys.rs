@@ -7,39 +7,17 @@ mod common;
 
 use std::fs;
 
-use common::{assert_same_tree, run, run_json, s, Site};
-
-fn publish(site: &Site, key: &str, extra: &[&str]) -> std::process::Output {
-    let store = site.store();
-    let src = site.src();
-    let mut a = vec![
-        "publish",
-        "--store",
-        s(&store),
-        "--tree",
-        "tree",
-        "--key",
-        key,
-    ];
-    a.extend_from_slice(extra);
-    a.push(s(&src));
-    run(&a)
-}
+use common::{assert_same_tree, run, run_json, s, strs, sync_cmd, Site};
 
 fn sync(site: &Site, trust: &str, mirror: &str) -> std::process::Output {
     let store = site.store();
-    let m = site.p(mirror);
-    run(&[
-        "sync",
-        "--store",
+    run(&strs(&sync_cmd(
         s(&store),
-        "--tree",
         "tree",
-        "--trust",
         trust,
-        "--json",
-        s(&m),
-    ])
+        &site.p(mirror),
+        &["--json"],
+    )))
 }
 
 #[test]
@@ -62,7 +40,7 @@ fn key_rotation_without_a_flag_day() {
     )
     .expect("trust file");
     pulpdist_testdata::generate(&site.src(), 71, 1).expect("generate");
-    assert!(publish(&site, s(&old), &[]).status.success());
+    assert!(site.try_publish(&old, &[]).status.success());
     for (trust, mirror) in [(s(&both), "both"), (old_pub.as_str(), "old-only")] {
         let out = sync(&site, trust, mirror);
         assert!(
@@ -81,14 +59,14 @@ fn key_rotation_without_a_flag_day() {
     // Step 2: the publisher moves to the new key. Without naming the old one it refuses.
     pulpdist_testdata::evolve(&site.src(), 71, 1).expect("evolve");
     let head_before = fs::read(site.store().join("heads/tree")).expect("head");
-    let out = publish(&site, s(&new), &[]);
+    let out = site.try_publish(&new, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--previous-key"));
     assert_eq!(
         head_before,
         fs::read(site.store().join("heads/tree")).expect("head")
     );
-    let out = publish(&site, s(&new), &["--previous-key", &old_pub]);
+    let out = site.try_publish(&new, &["--previous-key", &old_pub]);
     assert!(
         out.status.success(),
         "{}",
@@ -96,16 +74,13 @@ fn key_rotation_without_a_flag_day() {
     );
 
     // Sites trusting both follow; a site left on the old key alone refuses and keeps v1.
-    let r = run_json(&[
-        "sync",
-        "--store",
+    let r = run_json(&strs(&sync_cmd(
         s(&site.store()),
-        "--tree",
         "tree",
-        "--trust",
         s(&both),
-        s(&site.p("both")),
-    ]);
+        &site.p("both"),
+        &[],
+    )));
     assert_eq!(r["version"], 2);
     assert_same_tree(&site.src(), &site.p("both"));
     let out = sync(&site, &old_pub, "old-only");
@@ -140,16 +115,13 @@ fn key_rotation_without_a_flag_day() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = run(&[
-        "sync",
-        "--store",
+    let out = run(&strs(&sync_cmd(
         s(&forged),
-        "--tree",
         "tree",
-        "--trust",
         &new_pub,
-        s(&site.p("new-only")),
-    ]);
+        &site.p("new-only"),
+        &[],
+    )));
     assert_eq!(
         out.status.code(),
         Some(3),

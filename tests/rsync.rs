@@ -8,7 +8,7 @@ use std::fs;
 use std::path::Path;
 
 use common::servers::RsyncD;
-use common::{assert_same_tree, run, run_json, s, snapshot, Site};
+use common::{assert_same_tree, run, run_json, s, snapshot, strs, sync_cmd, Site};
 
 /// The paths of `root` that `rules` select, as a directory tree (made by rsync itself).
 fn filtered_copy(root: &Path, rules: &[&str], dest: &Path) {
@@ -66,17 +66,16 @@ fn publish_pulls_an_rsync_origin_through_tree_definitions() {
     };
     let first = publish(false);
     assert!(first.contains("pulled rsync://"), "{first}");
-    let key = format!("{}.pub", s(&site.key()));
-    let r = run_json(&[
-        "sync",
-        "--store",
-        s(&site.store()),
-        "--tree",
-        "debian",
-        "--trust",
-        &key,
-        s(&site.mirror()),
-    ]);
+    let sync = || {
+        run_json(&strs(&sync_cmd(
+            s(&site.store()),
+            "debian",
+            &site.trust(),
+            &site.mirror(),
+            &[],
+        )))
+    };
+    let r = sync();
     let expected = site.p("expected");
     let rules = [
         "- *.iso",
@@ -105,16 +104,7 @@ fn publish_pulls_an_rsync_origin_through_tree_definitions() {
         .filter(|v| v.starts_with("file"))
         .count() as u64;
     assert!(pulled < total, "pulled {pulled} of {total} files again");
-    run_json(&[
-        "sync",
-        "--store",
-        s(&site.store()),
-        "--tree",
-        "debian",
-        "--trust",
-        &key,
-        s(&site.mirror()),
-    ]);
+    sync();
     fs::remove_dir_all(&expected).expect("rm");
     filtered_copy(&origin, &rules, &expected);
     assert_same_tree(&expected, &site.mirror());

@@ -112,16 +112,13 @@ fn rollback_freeze_foreign_key_wrong_tree_refused() {
     // Foreign key.
     let other = site.p("other.key");
     assert!(run(&["keygen", s(&other)]).status.success());
-    let out = run(&[
-        "sync",
-        "--store",
+    let out = run(&strs(&sync_cmd(
         s(&site.store()),
-        "--tree",
         "tree",
-        "--trust",
         &format!("{}.pub", s(&other)),
-        s(&site.mirror()),
-    ]);
+        &site.mirror(),
+        &[],
+    )));
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not in the trusted keys"));
 
@@ -131,16 +128,13 @@ fn rollback_freeze_foreign_key_wrong_tree_refused() {
         site.store().join("heads/other"),
     )
     .expect("copy");
-    let out = run(&[
-        "sync",
-        "--store",
+    let out = run(&strs(&sync_cmd(
         s(&site.store()),
-        "--tree",
         "other",
-        "--trust",
-        &format!("{}.pub", s(&site.key())),
-        s(&site.p("other-mirror")),
-    ]);
+        &site.trust(),
+        &site.p("other-mirror"),
+        &[],
+    )));
     assert_eq!(out.status.code(), Some(3));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("is for tree 'tree'"),
@@ -339,25 +333,15 @@ fn killed_sync_resumes_without_refetching_and_never_tears_a_file() {
 fn two_publishers_of_one_tree_do_not_corrupt_it() {
     let site = Site::new();
     pulpdist_testdata::generate(&site.src(), 3, 6).expect("generate");
-    let (store, key, src) = (site.store(), site.key(), site.src());
-    let args = [
-        "publish",
-        "--store",
-        s(&store),
-        "--tree",
-        "tree",
-        "--key",
-        s(&key),
-        s(&src),
-    ];
+    let args = site.publish_cmd(&site.key(), &[]);
     let a = bin()
-        .args(args)
+        .args(&args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
     let b = bin()
-        .args(args)
+        .args(&args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

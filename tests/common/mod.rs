@@ -69,48 +69,60 @@ impl Site {
     pub fn publish(&self) -> serde_json::Value {
         self.publish_with(&[])
     }
-    /// Publishes with extra options.
+    /// Publishes with extra options (asserting success).
     pub fn publish_with(&self, extra: &[&str]) -> serde_json::Value {
-        let (store, key, src) = (self.store(), self.key(), self.src());
-        let mut a = vec![
-            "publish",
-            "--store",
-            s(&store),
-            "--tree",
-            "tree",
-            "--key",
-            s(&key),
-        ];
-        a.extend_from_slice(extra);
-        a.push(s(&src));
-        run_json(&a)
+        run_json(&strs(&self.publish_cmd(&self.key(), extra)))
+    }
+    /// Publishes with `key` and extra options; the output, whatever it is.
+    pub fn try_publish(&self, key: &Path, extra: &[&str]) -> Output {
+        run(&strs(&self.publish_cmd(key, extra)))
+    }
+    /// `publish --store STORE --tree tree --key KEY EXTRA... SRC` for this site.
+    pub fn publish_cmd(&self, key: &Path, extra: &[&str]) -> Vec<String> {
+        let mut a: Vec<String> = ["publish", "--store", s(&self.store()), "--tree", "tree"]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        a.extend(["--key".to_string(), s(key).to_string()]);
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a.push(s(&self.src()).to_string());
+        a
+    }
+    /// The public key file of the site's key.
+    pub fn trust(&self) -> String {
+        format!("{}.pub", s(&self.key()))
     }
     pub fn sync_args(&self) -> Vec<String> {
-        [
-            "sync",
-            "--store",
-            s(&self.store()),
-            "--tree",
-            "tree",
-            "--trust",
-            &format!("{}.pub", s(&self.key())),
-            s(&self.mirror()),
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect()
+        sync_cmd(s(&self.store()), "tree", &self.trust(), &self.mirror(), &[])
     }
     pub fn sync(&self) -> serde_json::Value {
-        let a = self.sync_args();
-        run_json(&a.iter().map(String::as_str).collect::<Vec<_>>())
+        run_json(&strs(&self.sync_args()))
     }
     pub fn try_sync(&self, extra: &[&str]) -> Output {
-        let mut a = self.sync_args();
-        let dest = a.pop().expect("dest");
-        a.extend(extra.iter().map(|x| x.to_string()));
-        a.push(dest);
-        run(&a.iter().map(String::as_str).collect::<Vec<_>>())
+        run(&strs(&sync_cmd(
+            s(&self.store()),
+            "tree",
+            &self.trust(),
+            &self.mirror(),
+            extra,
+        )))
     }
+}
+
+/// `sync --store STORE --tree TREE --trust TRUST EXTRA... DEST`.
+pub fn sync_cmd(store: &str, tree: &str, trust: &str, dest: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = ["sync", "--store", store, "--tree", tree, "--trust", trust]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+    a.extend(extra.iter().map(|x| x.to_string()));
+    a.push(s(dest).to_string());
+    a
+}
+
+/// Borrows a command line for [`run`] and [`run_json`].
+pub fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 pub fn s(p: &Path) -> &str {
