@@ -230,3 +230,39 @@ fn newest_pack(store: &std::path::Path) -> std::path::PathBuf {
     let deltas = head.deltas().expect("deltas");
     store.join(deltas[0].pack.object_key())
 }
+
+#[test]
+fn an_unreadable_old_version_leaves_the_delta_out_not_the_publish() {
+    let site = Site::new();
+    scenarios::write(&site.src(), Scenario::Source, 1, 0.01).expect("v1");
+    site.publish();
+    site.sync();
+    // Version 1's index pack damaged in the store (the site already holds those nodes).
+    let bytes = fs::read(site.store().join("heads/tree")).expect("head");
+    let (head, _, _) = pulpdist_format::Head::decode_unverified(&bytes).expect("decode");
+    let index = head.recent[0]
+        .packs
+        .iter()
+        .find(|p| p.kind == pulpdist_format::PackKind::Index)
+        .expect("an index pack");
+    let path = site.store().join(index.id.object_key());
+    let mut b = fs::read(&path).expect("pack");
+    for i in (60..b.len() - 2000).step_by(50) {
+        b[i] ^= 0x11;
+    }
+    fs::write(&path, b).expect("damage");
+    scenarios::write(&site.src(), Scenario::Source, 2, 0.01).expect("v2");
+    let p = site.publish();
+    assert_eq!(p["version"], 2);
+    let d = &p["deltas"][0];
+    assert_eq!(d["size"], 0, "{p}");
+    assert!(
+        d["skipped"][0]
+            .as_str()
+            .is_some_and(|s| s.contains("no delta from version 1")),
+        "{p}"
+    );
+    let s = site.sync();
+    assert_eq!(n(&s, "delta_bytes"), 0, "{s}");
+    assert_same_tree(&site.src(), &site.mirror());
+}

@@ -552,7 +552,8 @@ fn fetch_delta(
         .flat_map(|v| v.packs.iter())
         .map(|p| p.size)
         .sum();
-    if added > 0 && info.size >= added {
+    // Worth it only when smaller than the packs; held whole in memory, so bounded.
+    if (added > 0 && info.size >= added) || info.size > pulpdist_format::delta::MAX_DELTA_PACK {
         return None;
     }
     let fetched = match crate::delta::Fetched::get(store, info) {

@@ -19,6 +19,10 @@ use crate::Codec;
 /// fetches chunks).
 pub const EXT_DELTAS: u16 = 0x0002;
 
+/// The largest delta pack a writer makes and a reader fetches (both hold it whole): a
+/// writer leaves out file records that would make it larger; a reader ignores a larger one.
+pub const MAX_DELTA_PACK: u64 = 256 << 20;
+
 /// One delta pack listed by a head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeltaInfo {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use pulpdist_chunker::{delta, Chunker};
-use pulpdist_format::delta::{DeltaInfo, DeltaRecord, RecordKind};
+use pulpdist_format::delta::{DeltaInfo, DeltaRecord, RecordKind, MAX_DELTA_PACK};
 use pulpdist_format::pack::ObjectKind;
 use pulpdist_format::{
     ChunkId, ChunkRef, Codec, EntryKind, Name, Node, NodeId, NodeRef, PackId, PackKind,
@@ -43,8 +43,12 @@ pub struct DeltaReport {
     pub nodes: u64,
     /// Bytes of the files it rebuilds.
     pub bytes_rebuilt: u64,
-    /// Size of the delta pack.
+    /// Size of the delta pack (0: none written).
     pub size: u64,
+    /// Why files (or the whole delta) were left out: unreadable, changed since they were
+    /// indexed, or the pack full. Such files are fetched as chunks; a publish never fails
+    /// for a delta.
+    pub skipped: Vec<String>,
 }
 
 /// Nodes of the version being published that are new to the store (in memory), and a
@@ -295,8 +299,50 @@ fn content(
     }
 }
 
-/// Writes the delta pack from version `from` (root `from_root`) to the new root, if any
-/// file changed. Returns what the head lists and the counts.
+/// Encodes one job's record. `Err`: why the job is left out.
+fn encode_job(
+    store: &dyn Store,
+    source: &Path,
+    chunker: &Chunker,
+    level: i32,
+    job: &Job,
+) -> Result<Vec<u8>, String> {
+    let shown =
+        || String::from_utf8_lossy(&pulpdist_format::delta::join_path(&job.path)).into_owned();
+    let data = content(store, source, chunker, &job.path, job.size, &job.content)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{}: changed since it was indexed", shown()))?;
+    // A reference that cannot be read is no reason to leave the file out: compressed alone.
+    let reference = job.reference.as_ref().and_then(|(p, size, c)| {
+        content(store, source, chunker, p, *size, c)
+            .ok()
+            .flatten()
+            .filter(|r| r.len() as u64 == *size)
+            .map(|r| (p, r))
+    });
+    let frame = delta::encode(
+        reference.as_ref().map_or(&[][..], |(_, r)| r.as_slice()),
+        &data,
+        level,
+    )
+    .map_err(|e| format!("{}: {e}", shown()))?;
+    let rec = DeltaRecord {
+        kind: job.kind,
+        path: job.path.clone(),
+        reference: reference.as_ref().map(|(p, _)| (*p).clone()),
+        size: job.size,
+        ref_size: reference.as_ref().map_or(0, |(_, r)| r.len() as u64),
+    };
+    Ok(rec.encode(&frame))
+}
+
+/// Jobs are encoded in parallel in batches of about this many input bytes (new content and
+/// reference), written in order: memory stays bounded however large the change.
+const BATCH_BYTES: u64 = 256 << 20;
+
+/// Writes the delta pack from version `from` (root `from_root`) to the new root, if
+/// anything changed. Returns what the head lists (`None`: no pack) and the counts. Only a
+/// failure to write the store is an error; anything else leaves files (or the delta) out.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn write_delta(
     nodes: &Nodes<'_>,
@@ -308,83 +354,102 @@ pub(crate) fn write_delta(
     settings: DeltaSettings,
     tmp_dir: PathBuf,
     namer: PackNamer,
-) -> Result<Option<(DeltaInfo, DeltaReport)>, PublishError> {
+) -> Result<(Option<DeltaInfo>, DeltaReport), PublishError> {
     let (from_version, from_root) = from;
-    if from_root.id == new_root.id {
-        return Ok(None);
-    }
-    let new = nodes.get(new_root)?;
-    let old = nodes.get(&from_root)?;
-    let mut jobs = Vec::new();
-    diff(nodes, &new, Some(&old), &[], new_packs, &mut jobs)?;
-    let store = nodes.store;
-    let records: Vec<Option<(Job, Vec<u8>)>> = jobs
-        .into_par_iter()
-        .map(|job| -> Result<_, PublishError> {
-            let Some(data) = content(store, source, chunker, &job.path, job.size, &job.content)?
-            else {
-                return Ok(None);
-            };
-            let reference = match &job.reference {
-                Some((p, size, c)) => {
-                    content(store, source, chunker, p, *size, c)?.unwrap_or_default()
-                }
-                None => Vec::new(),
-            };
-            let frame = delta::encode(&reference, &data, settings.level).map_err(|e| {
-                PublishError::Config(format!(
-                    "delta of {}: {e}",
-                    String::from_utf8_lossy(&pulpdist_format::delta::join_path(&job.path))
-                ))
-            })?;
-            let rec = DeltaRecord {
-                kind: job.kind,
-                path: job.path.clone(),
-                reference: job.reference.as_ref().map(|(p, _, _)| p.clone()),
-                size: job.size,
-                ref_size: job.reference.as_ref().map_or(0, |(_, s, _)| *s),
-            };
-            Ok(Some((job, rec.encode(&frame))))
-        })
-        .collect::<Result<_, _>>()?;
     let mut report = DeltaReport {
         from_version,
         ..Default::default()
     };
+    if from_root.id == new_root.id {
+        return Ok((None, report));
+    }
+    let walked = (|| -> Result<Vec<Job>, PublishError> {
+        let new = nodes.get(new_root)?;
+        let old = nodes.get(&from_root)?;
+        let mut jobs = Vec::new();
+        diff(nodes, &new, Some(&old), &[], new_packs, &mut jobs)?;
+        Ok(jobs)
+    })();
+    let jobs = match walked {
+        Ok(j) => j,
+        Err(e) => {
+            report
+                .skipped
+                .push(format!("no delta from version {from_version}: {e}"));
+            return Ok((None, report));
+        }
+    };
+    let store = nodes.store;
     let mut packer = Packer::new(store, tmp_dir, PackKind::Data, u64::MAX, namer);
-    for (job, bytes) in records.into_iter().flatten() {
-        let len = u32::try_from(bytes.len())
-            .map_err(|_| PublishError::Config("delta record above 4 GiB".into()))?;
-        packer.add(
-            ObjectKind::Delta,
-            DeltaRecord::trailer_id(&job.path),
-            Codec::Raw,
-            len,
-            &bytes,
-        )?;
-        match job.kind {
-            RecordKind::File => {
-                report.files += 1;
-                report.with_reference += u64::from(job.reference.is_some());
-                report.bytes_rebuilt += job.size;
+    let mut pack_len = pulpdist_format::pack::HEADER_LEN;
+    let mut jobs = jobs.into_iter().peekable();
+    while jobs.peek().is_some() {
+        let mut batch = Vec::new();
+        let mut bytes = 0u64;
+        while let Some(job) = jobs.next_if(|_| bytes < BATCH_BYTES) {
+            bytes += job.size + job.reference.as_ref().map_or(0, |(_, s, _)| *s);
+            batch.push(job);
+        }
+        let encoded: Vec<Result<Vec<u8>, String>> = batch
+            .par_iter()
+            .map(|job| encode_job(store, source, chunker, settings.level, job))
+            .collect();
+        for (job, rec) in batch.iter().zip(encoded) {
+            let rec = match rec {
+                Ok(r) => r,
+                Err(why) => {
+                    report.skipped.push(why);
+                    continue;
+                }
+            };
+            // Header, records, and per record 50 trailer bytes; 20 for the trailer's count
+            // and the footer.
+            let grown = pack_len + rec.len() as u64 + 50;
+            if job.kind == RecordKind::File && grown + 20 > MAX_DELTA_PACK {
+                report.skipped.push(format!(
+                    "{}: the delta pack is full ({MAX_DELTA_PACK} bytes)",
+                    String::from_utf8_lossy(&pulpdist_format::delta::join_path(&job.path))
+                ));
+                continue;
             }
-            RecordKind::Node => report.nodes += 1,
+            pack_len = grown;
+            let len = u32::try_from(rec.len())
+                .map_err(|_| PublishError::Config("delta record above 4 GiB".into()))?;
+            packer.add(
+                ObjectKind::Delta,
+                DeltaRecord::trailer_id(&job.path),
+                Codec::Raw,
+                len,
+                &rec,
+            )?;
+            match job.kind {
+                RecordKind::File => {
+                    report.files += 1;
+                    report.with_reference += u64::from(rec_has_reference(&rec));
+                    report.bytes_rebuilt += job.size;
+                }
+                RecordKind::Node => report.nodes += 1,
+            }
         }
     }
     let (packs, _) = packer.finish()?;
     let Some(pack) = packs.first() else {
-        return Ok(None);
+        return Ok((None, report));
     };
     report.size = pack.size;
-    Ok(Some((
-        DeltaInfo {
+    Ok((
+        Some(DeltaInfo {
             from_version,
             from_root,
             pack: pack.id,
             size: pack.size,
-        },
+        }),
         report,
-    )))
+    ))
+}
+
+fn rec_has_reference(rec: &[u8]) -> bool {
+    DeltaRecord::decode(rec).is_ok_and(|(r, _)| r.reference.is_some())
 }
 
 #[cfg(test)]

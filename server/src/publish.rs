@@ -407,7 +407,8 @@ pub fn publish(
                 )?;
                 catalog.nodes.insert(id, loc);
                 report.nodes_new += 1;
-                if opts.deltas > 0 {
+                // Kept for the delta walk (a first version has nothing to compare with).
+                if opts.deltas > 0 && prev.is_some() {
                     fresh_nodes.insert(id, (node, encoded));
                 }
                 loc
@@ -571,9 +572,12 @@ fn write_deltas(
             tmp_dir.to_path_buf(),
             Box::new(move || namer(&tag)),
         )?;
-        if let Some((info, rep)) = written {
+        let (info, rep) = written;
+        if let Some(info) = info {
             bytes += info.size;
             infos.push(info);
+        }
+        if rep.size > 0 || !rep.skipped.is_empty() {
             reports.push(rep);
         }
     }

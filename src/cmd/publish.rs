@@ -203,7 +203,7 @@ pub fn print_report(json: bool, r: &PublishReport) {
             "elapsed_ms": r.elapsed_ms, "isos": r.isos, "isos_plain": r.isos_plain,
             "deltas": r.deltas.iter().map(|d| json!({
                 "from_version": d.from_version, "files": d.files, "nodes": d.nodes, "with_reference": d.with_reference,
-                "bytes_rebuilt": d.bytes_rebuilt, "size": d.size,
+                "bytes_rebuilt": d.bytes_rebuilt, "size": d.size, "skipped": d.skipped,
             })).collect::<Vec<_>>(),
         }),
         || {
@@ -216,6 +216,11 @@ pub fn print_report(json: bool, r: &PublishReport) {
                     "delta from version {}: {} files ({} against their old copy), {} bytes rebuilding {}\n",
                     d.from_version, d.files, d.with_reference, d.size, d.bytes_rebuilt
                 ));
+                for why in &d.skipped {
+                    s.push_str(&format!(
+                        "  left out of the delta (fetched as chunks): {why}\n"
+                    ));
+                }
             }
             for why in &r.isos_plain {
                 s.push_str(&format!("ISO image published as plain chunks: {why}\n"));
