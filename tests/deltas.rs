@@ -105,6 +105,7 @@ fn package_pool_update_within_3_percent_of_the_new_files() {
         sum.changed_bytes
     );
     assert!(n(&s, "requests") <= 16, "{s}");
+    assert_eq!(n(&s, "delta_files"), sum.changed_files, "{s}");
 }
 
 #[test]
@@ -119,17 +120,17 @@ fn damaged_reference_or_delta_falls_back_to_chunks() {
 
     // A reference file edited locally (same size, so it still looks like the old file):
     // its record rebuilds other bytes, which match no chunk, so its chunks are fetched.
+    // An edited file (both copies exist, contents differ), single-chunk sized.
     let edited = walk_files(&site.src())
         .into_iter()
         .find(|rel| {
             let a = fs::read(site.src().join(rel)).expect("src");
-            let b = fs::read(site.mirror().join(rel)).expect("mirror");
-            a != b
+            fs::read(site.mirror().join(rel)).is_ok_and(|b| a != b && b.len() < 60_000)
         })
         .expect("a changed file");
     let m = site.mirror().join(&edited);
     let mut bytes = fs::read(&m).expect("read");
-    bytes[10] ^= 0x55;
+    bytes.reverse();
     fs::write(&m, &bytes).expect("damage");
     let s = site.sync();
     assert_same_tree(&site.src(), &site.mirror());
@@ -139,8 +140,8 @@ fn damaged_reference_or_delta_falls_back_to_chunks() {
 }
 
 #[test]
-fn tampered_or_missing_delta_pack_still_syncs() {
-    for damage in ["flip", "delete"] {
+fn tampered_truncated_or_missing_delta_pack_still_syncs() {
+    for damage in ["flip", "truncate", "delete"] {
         let site = Site::new();
         scenarios::write(&site.src(), Scenario::Source, 1, 0.01).expect("v1");
         site.publish();
@@ -153,12 +154,15 @@ fn tampered_or_missing_delta_pack_still_syncs() {
         match damage {
             "flip" => {
                 let mut b = fs::read(&pack).expect("pack");
-                // Every 97th byte of the records: frames and record headers alike.
-                let end = b.len() - 2000;
-                for i in (200..end).step_by(97) {
+                // Every 97th byte: records, trailer and footer alike.
+                for i in (40..b.len()).step_by(97) {
                     b[i] ^= 0x20;
                 }
                 fs::write(&pack, b).expect("tamper");
+            }
+            "truncate" => {
+                let b = fs::read(&pack).expect("pack");
+                fs::write(&pack, &b[..b.len() / 2]).expect("truncate");
             }
             _ => fs::remove_file(&pack).expect("delete"),
         }
@@ -166,10 +170,47 @@ fn tampered_or_missing_delta_pack_still_syncs() {
         assert_eq!(s["version"], 2, "{damage}: {s}");
         assert_same_tree(&site.src(), &site.mirror());
         assert!(n(&s, "chunks_fetched") > 0, "{damage}: {s}");
-        if damage == "delete" {
-            assert!(s["delta_error"].is_string(), "{s}");
+        // Refused as a whole (size or hash against the signed head), before any record.
+        assert!(s["delta_error"].is_string(), "{damage}: {s}");
+        assert_eq!(n(&s, "delta_files"), 0, "{damage}: {s}");
+        // The damaged pack does not stop the next publish either.
+        let f = site.src().join("Makefile");
+        let mut b = fs::read(&f).expect("read");
+        b.extend_from_slice(b"all: again\n");
+        fs::write(&f, b).expect("write");
+        let p = site.publish();
+        assert_eq!(p["version"], 3, "{damage}: {p}");
+        if damage == "truncate" {
+            assert_eq!(
+                p["unreadable_packs"].as_array().map(Vec::len),
+                Some(1),
+                "{p}"
+            );
         }
+        site.sync();
+        assert_same_tree(&site.src(), &site.mirror());
     }
+}
+
+#[test]
+fn a_refresh_publish_in_between_does_not_lose_the_delta() {
+    // K = 1: version 2 changes nothing (a re-signed refresh), version 3 changes files. A
+    // site still at version 1 holds version 2's tree, and the delta is matched by root.
+    let site = Site::new();
+    scenarios::write(&site.src(), Scenario::Source, 1, 0.01).expect("v1");
+    site.publish();
+    site.sync();
+    let p2 = site.publish();
+    assert_eq!(p2["files_read"], 0);
+    let sum = scenarios::write(&site.src(), Scenario::Source, 2, 0.01).expect("v2");
+    let p3 = site.publish();
+    assert_eq!(p3["version"], 3);
+    assert_eq!(n(&p3["deltas"][0], "from_version"), 2, "{p3}");
+    let s = site.sync();
+    assert_eq!(s["previous_version"], 1);
+    assert_eq!(n(&s, "delta_files"), sum.changed_files, "{s}");
+    assert_eq!(n(&s, "chunks_fetched"), 0, "{s}");
+    assert_same_tree(&site.src(), &site.mirror());
 }
 
 #[test]
@@ -199,10 +240,13 @@ fn two_versions_behind_uses_the_delta_from_its_version() {
     assert!(n(&s, "delta_bytes") > 0, "{s}");
     assert_eq!(n(&s, "chunks_fetched"), 0, "{s}");
     assert_same_tree(&site.src(), &site.mirror());
-    // An unchanged publish writes no delta but keeps those still within reach.
+    // An unchanged publish writes no delta but its head keeps the previous ones.
+    let before = listed_deltas(&site.store());
     let p = site.publish_with(&["--deltas", "2"]);
     assert_eq!(p["deltas"].as_array().map(Vec::len), Some(0), "{p}");
     assert_eq!(p["files_read"], 0);
+    assert_eq!(listed_deltas(&site.store()), before);
+    assert_eq!(before.len(), 2);
 }
 
 fn walk_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -221,6 +265,13 @@ fn walk_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out.sort();
     out
+}
+
+/// The delta packs the tree's head lists.
+fn listed_deltas(store: &std::path::Path) -> Vec<pulpdist_format::delta::DeltaInfo> {
+    let bytes = fs::read(store.join("heads/tree")).expect("head");
+    let (head, _, _) = pulpdist_format::Head::decode_unverified(&bytes).expect("decode");
+    head.deltas().expect("deltas")
 }
 
 /// The delta pack the tree's head lists.

@@ -318,7 +318,11 @@ class Bench:
                 return p.stdout.strip().splitlines()[0]
             except (OSError, IndexError, subprocess.TimeoutExpired):
                 return "unknown"
+        here = Path(__file__).resolve().parent
         return {"pulpdist": first_line([os.environ.get("PULPDIST", "pulpdist"), "--version"]),
+                # The tree the default binaries were built from (dirty: uncommitted changes).
+                "pulpdist_source": first_line(["git", "-C", str(here), "describe", "--always",
+                                               "--dirty"]),
                 "rsync": first_line(["rsync", "--version"]),
                 "casync": first_line(["casync", "--version"]),
                 "zsync": first_line(["zsync", "-V"]),

@@ -108,15 +108,15 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header("Content-Length", str(size))
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
-                sent = 0
+                # Logged before the body goes out: once a client has its last byte, the log
+                # already counts the request (the harness reads it right after).
+                self.record(200, 0 if head else size, 0)
                 if not head:
                     while True:
                         buf = f.read(1 << 20)
                         if not buf:
                             break
                         self.wfile.write(buf)
-                        sent += len(buf)
-                self.record(200, sent, 0)
                 return
             if len(ranges) == 1:
                 start, end = ranges[0]
@@ -125,10 +125,10 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
                 self.send_header("Content-Length", str(end - start + 1))
                 self.end_headers()
+                self.record(206, 0 if head else end - start + 1, 1)
                 if not head:
                     f.seek(start)
                     self.wfile.write(f.read(end - start + 1))
-                self.record(206, 0 if head else end - start + 1, 1)
                 return
             # Several ranges: one multipart/byteranges body. The CRLF before each boundary
             # belongs to the delimiter (RFC 2046), and zsync insists on it, first part too.
@@ -145,9 +145,9 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", f"multipart/byteranges; boundary={BOUNDARY}")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            self.record(206, 0 if head else len(body), len(ranges))
             if not head:
                 self.wfile.write(body)
-            self.record(206, 0 if head else len(body), len(ranges))
 
 
 def main():

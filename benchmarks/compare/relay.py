@@ -81,6 +81,10 @@ class Relay:
         self.stats["active"] += 1
         s_writer = None
         try:
+            # A real WAN connection costs one round trip before the first byte can go (the
+            # handshake); the client's connect succeeded locally at once, so wait it here.
+            if self.delay > 0:
+                await asyncio.sleep(2 * self.delay)
             s_reader, s_writer = await asyncio.wait_for(
                 asyncio.open_connection(*self.target), timeout=30)
             await asyncio.gather(self.pipe(c_reader, s_writer, "up"),

@@ -9,7 +9,7 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use pulpdist_chunker::{delta, Chunker};
+use pulpdist_chunker::delta;
 use pulpdist_format::delta::{join_path, DeltaInfo, DeltaRecord, RecordKind};
 use pulpdist_format::{ChunkId, EntryKind, Name, Node, NodeId, VerifiedChunk};
 
@@ -56,9 +56,13 @@ pub(crate) struct Fetched {
 }
 
 impl Fetched {
-    /// Fetches the delta pack `info`: one request.
+    /// Fetches the delta pack `info` and checks it against the hash the signed head lists.
     pub(crate) fn get(store: &dyn StoreReader, info: DeltaInfo) -> Result<Self, SyncError> {
         let bytes = store.get_pack(&info.pack, info.size)?;
+        info.verify(&bytes).map_err(|source| SyncError::Format {
+            object: format!("{} (delta)", info.pack.object_key()),
+            source,
+        })?;
         Ok(Fetched { info, bytes })
     }
 
@@ -102,8 +106,9 @@ pub(crate) fn apply_nodes(
     old_root: &NodeId,
 ) -> Result<u64, SyncError> {
     let mut n = 0;
+    let mut seen = HashSet::new();
     for (r, frame) in fetched.records()? {
-        if r.kind != RecordKind::Node {
+        if r.kind != RecordKind::Node || !seen.insert(join_path(&r.path)) {
             continue;
         }
         let reference = match &r.reference {
@@ -127,14 +132,15 @@ pub(crate) fn apply_nodes(
 }
 
 /// Stages every chunk in `needed` that a file record of the delta rebuilds. `wanted`:
-/// path → size of each file the sync writes that still needs chunks. Removes staged
-/// chunks from `needed`.
+/// path → chunk list (id, length) of each file the sync writes that still needs chunks; a
+/// rebuilt file is cut at exactly those lengths (as the publisher cut it, ISO images
+/// included) and each piece kept only if it hashes to its id. Each path is used once.
+/// Removes staged chunks from `needed`.
 pub(crate) fn apply_files(
     state: &State,
     dest: &Path,
-    chunker: &Chunker,
     fetched: &Fetched,
-    wanted: &HashMap<Vec<u8>, u64>,
+    mut wanted: HashMap<Vec<u8>, Vec<(ChunkId, u32)>>,
     needed: &mut HashSet<ChunkId>,
 ) -> Result<Applied, SyncError> {
     let object = format!("{} (delta)", fetched.info.pack.object_key());
@@ -145,7 +151,12 @@ pub(crate) fn apply_files(
             continue;
         }
         let path = join_path(&r.path);
-        if wanted.get(&path) != Some(&r.size) {
+        let Some(chunks) = wanted.remove(&path) else {
+            continue;
+        };
+        let size: u64 = chunks.iter().map(|(_, l)| u64::from(*l)).sum();
+        if r.size != size || r.ref_size > delta::MAX_DELTA_FILE {
+            out.failed += 1;
             continue;
         }
         let reference = match &r.reference {
@@ -163,13 +174,14 @@ pub(crate) fn apply_files(
             continue;
         };
         let mut useful = false;
-        for range in chunker.cuts(&data) {
-            let piece = &data[range];
-            let id = ChunkId::of(piece);
-            if !needed.contains(&id) {
+        let mut offset = 0usize;
+        for (id, len) in &chunks {
+            let piece = &data[offset..offset + *len as usize];
+            offset += *len as usize;
+            if !needed.contains(id) || ChunkId::of(piece) != *id {
                 continue;
             }
-            let chunk = VerifiedChunk::from_plain(id, piece.to_vec()).map_err(|source| {
+            let chunk = VerifiedChunk::from_plain(*id, piece.to_vec()).map_err(|source| {
                 SyncError::Format {
                     object: format!(
                         "{object}: {}",
@@ -179,9 +191,9 @@ pub(crate) fn apply_files(
                 }
             })?;
             state.stage(&chunk)?;
-            needed.remove(&id);
+            needed.remove(id);
             out.chunks += 1;
-            out.bytes += piece.len() as u64;
+            out.bytes += u64::from(*len);
             useful = true;
         }
         if useful {

@@ -335,15 +335,7 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         }
     }
     if let Some(fetched) = &delta {
-        use_delta(
-            &state,
-            opts,
-            &chunker,
-            fetched,
-            &changes,
-            &mut sources,
-            &mut report,
-        );
+        use_delta(&state, opts, fetched, &changes, &mut sources, &mut report);
     }
     drop(delta);
     let views: Vec<DirView<'_>> = changes
@@ -530,9 +522,9 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
     Ok(finish(report, &store))
 }
 
-/// Fetches the head's delta from the applied version, if it has one and it is smaller than
-/// the packs the versions since then added, and rebuilds the index nodes it carries into
-/// the node cache. A delta that cannot be fetched is noted and skipped.
+/// Fetches the head's delta from the tree the mirror holds (its root), if it has one and it
+/// is smaller than the packs the versions since then added, and rebuilds the index nodes it
+/// carries into the node cache. A delta that cannot be fetched is noted and skipped.
 fn fetch_delta(
     store: &dyn StoreReader,
     state: &State,
@@ -544,7 +536,7 @@ fn fetch_delta(
         .deltas()
         .unwrap_or_default()
         .into_iter()
-        .find(|d| d.from_version == applied.version && d.from_root.id == applied.root.id)?;
+        .find(|d| d.from_root.id == applied.root.id)?;
     let added: u64 = head
         .recent
         .iter()
@@ -578,14 +570,13 @@ fn fetch_delta(
 fn use_delta(
     state: &State,
     opts: &SyncOptions,
-    chunker: &Chunker,
     fetched: &crate::delta::Fetched,
     changes: &[DirChange],
     sources: &mut HashMap<ChunkId, Source>,
     report: &mut SyncReport,
 ) {
     let mut needed: std::collections::HashSet<ChunkId> = std::collections::HashSet::new();
-    let mut wanted: HashMap<Vec<u8>, u64> = HashMap::new();
+    let mut wanted: HashMap<Vec<u8>, Vec<(ChunkId, u32)>> = HashMap::new();
     for c in changes {
         for e in c.new.entries() {
             let EntryKind::File { size, chunks } = &e.kind else {
@@ -604,12 +595,16 @@ fn use_delta(
                     path.push(b'/');
                 }
                 path.extend_from_slice(e.name.as_bytes());
-                wanted.insert(path, *size);
+                debug_assert_eq!(
+                    chunks.iter().map(|c| u64::from(c.loc.raw_len)).sum::<u64>(),
+                    *size
+                );
+                wanted.insert(path, chunks.iter().map(|c| (c.id, c.loc.raw_len)).collect());
             }
         }
     }
     let before = needed.clone();
-    match crate::delta::apply_files(state, &opts.dest, chunker, fetched, &wanted, &mut needed) {
+    match crate::delta::apply_files(state, &opts.dest, fetched, wanted, &mut needed) {
         Ok(applied) => {
             report.delta_files = applied.files;
             report.delta_failed = applied.failed;

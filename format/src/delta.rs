@@ -34,6 +34,28 @@ pub struct DeltaInfo {
     pub pack: PackId,
     /// Its size in bytes.
     pub size: u64,
+    /// BLAKE3 of its bytes: the signed head vouches for the delta as a whole, so a reader
+    /// refuses a tampered one before decoding anything in it.
+    pub hash: [u8; 32],
+}
+
+impl DeltaInfo {
+    /// Checks fetched bytes against the size and hash the head lists.
+    pub fn verify(&self, bytes: &[u8]) -> Result<(), FormatError> {
+        if bytes.len() as u64 != self.size {
+            return Err(FormatError::invalid(
+                "delta pack",
+                format!("{} bytes, the head says {}", bytes.len(), self.size),
+            ));
+        }
+        if blake3::hash(bytes).as_bytes() != &self.hash {
+            return Err(FormatError::invalid(
+                "delta pack",
+                "its BLAKE3 hash differs from the one the head lists",
+            ));
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn write_node_ref(w: &mut Writer, r: &NodeRef) {
@@ -70,7 +92,7 @@ pub(crate) fn read_node_ref(
     })
 }
 
-const DELTA_INFO_LEN: usize = 8 + 81 + 32 + 8;
+const DELTA_INFO_LEN: usize = 8 + 81 + 32 + 8 + 32;
 
 /// Encodes the value of an [`EXT_DELTAS`] extension.
 pub fn encode_deltas(deltas: &[DeltaInfo]) -> Vec<u8> {
@@ -81,6 +103,7 @@ pub fn encode_deltas(deltas: &[DeltaInfo]) -> Vec<u8> {
         write_node_ref(&mut w, &d.from_root);
         w.bytes(d.pack.as_bytes());
         w.u64(d.size);
+        w.bytes(&d.hash);
     }
     w.buf
 }
@@ -97,6 +120,7 @@ pub fn decode_deltas(value: &[u8]) -> Result<Vec<DeltaInfo>, FormatError> {
             from_root: read_node_ref(&mut r, WHAT)?,
             pack: PackId(r.array()?),
             size: r.u64()?,
+            hash: r.array()?,
         });
     }
     r.finish()?;
@@ -235,7 +259,7 @@ impl DeltaRecord {
 }
 
 /// Splits a whole delta pack `id` into its records (header, footer and trailer checked;
-/// objects of other kinds skipped).
+/// objects of other kinds, or not stored raw, skipped).
 pub fn records(id: PackId, bytes: &[u8]) -> Result<Vec<&[u8]>, FormatError> {
     use crate::pack::{
         decode_footer, decode_header, decode_trailer, ObjectKind, FOOTER_LEN, HEADER_LEN,
@@ -258,7 +282,11 @@ pub fn records(id: PackId, bytes: &[u8]) -> Result<Vec<&[u8]>, FormatError> {
     )?;
     Ok(entries
         .iter()
-        .filter(|e| e.kind == ObjectKind::Delta)
+        .filter(|e| {
+            e.kind == ObjectKind::Delta
+                && e.loc.codec == crate::Codec::Raw
+                && e.loc.stored_len == e.loc.raw_len
+        })
         .map(|e| &bytes[e.loc.offset as usize..e.loc.range().end as usize])
         .collect())
 }
@@ -327,6 +355,7 @@ mod tests {
                 },
                 pack: PackId([5; 32]),
                 size,
+                hash: [6; 32],
             };
             let enc = encode_deltas(&[d, d]);
             prop_assert_eq!(decode_deltas(&enc).expect("decode"), vec![d, d]);

@@ -192,7 +192,10 @@ fn golden_delta_pack_rebuilds_version_2_from_version_1() {
     assert_eq!(d.from_version, 1);
     assert_eq!(d.from_root.id.to_hex(), want("delta-root-1"));
     let pack = pack_bytes(&d.pack);
-    assert_eq!(pack.len() as u64, d.size);
+    d.verify(&pack).expect("size and hash as the head lists");
+    let mut tampered = pack.clone();
+    tampered[45] ^= 1;
+    assert!(d.verify(&tampered).is_err());
     let mut files = Vec::new();
     let mut nodes = 0;
     for rec in records(d.pack, &pack).expect("delta pack") {

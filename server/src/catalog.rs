@@ -17,6 +17,8 @@ use crate::store::{write_synced, Store};
 pub(crate) struct Catalog {
     pub(crate) chunks: HashMap<ChunkId, Location>,
     pub(crate) nodes: HashMap<NodeId, Location>,
+    /// Packs left out because their footer or trailer does not decode, and why.
+    pub(crate) unreadable: Vec<String>,
 }
 
 impl Catalog {
@@ -26,30 +28,39 @@ impl Catalog {
         let mut cat = Catalog::default();
         // Packs sorted by id, first occurrence kept: deterministic.
         for (id, size) in store.list_packs()? {
+            let object = id.object_key();
             let cached = cache_dir.join(id.to_hex());
             let trailer = match fs::read(&cached) {
                 Ok(b) => b,
                 Err(_) => {
-                    let object = id.object_key();
                     let footer =
                         store.read_pack_range(id, size.saturating_sub(FOOTER_LEN)..size)?;
-                    let range = pack::decode_footer(&footer, size).map_err(|source| {
-                        PublishError::Format {
-                            object: object.clone(),
-                            source,
+                    let range = match pack::decode_footer(&footer, size) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            cat.unreadable.push(format!("{object}: {e}"));
+                            continue;
                         }
-                    })?;
+                    };
                     let mut t = range.start.to_le_bytes().to_vec();
                     t.extend(store.read_pack_range(id, range)?);
-                    write_synced(&cached, &t)?;
                     t
                 }
             };
-            let object = id.object_key();
             let (start, body) = trailer.split_at(8.min(trailer.len()));
             let objects_end = u64::from_le_bytes(start.try_into().unwrap_or([0; 8]));
-            let entries = pack::decode_trailer(id, body, objects_end)
-                .map_err(|source| PublishError::Format { object, source })?;
+            // A pack whose trailer does not decode (damaged, truncated) is left out: its
+            // objects are stored again if needed, and the publish goes on.
+            let entries = match pack::decode_trailer(id, body, objects_end) {
+                Ok(e) => e,
+                Err(e) => {
+                    cat.unreadable.push(format!("{object}: {e}"));
+                    continue;
+                }
+            };
+            if !cached.exists() {
+                write_synced(&cached, &trailer)?;
+            }
             for e in entries {
                 match e.kind {
                     ObjectKind::Chunk => {

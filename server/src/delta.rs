@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use pulpdist_chunker::{delta, Chunker};
+use pulpdist_chunker::delta;
 use pulpdist_format::delta::{DeltaInfo, DeltaRecord, RecordKind, MAX_DELTA_PACK};
 use pulpdist_format::pack::ObjectKind;
 use pulpdist_format::{
@@ -189,9 +189,15 @@ fn diff(
                             _ => None,
                         }),
                 };
-                // A file with nothing to refer to whose every chunk the store held at the
-                // old version (a copy, a move): the site most likely has it already.
-                if reference.is_none() && !chunks.iter().any(|c| new_packs.contains(&c.loc.pack)) {
+                // A file with nothing to refer to is worth a record only when most of its
+                // bytes are new since the old version; otherwise (a copy, a move, an image
+                // of files the tree has) the site has them already.
+                let fresh: u64 = chunks
+                    .iter()
+                    .filter(|c| new_packs.contains(&c.loc.pack))
+                    .map(|c| u64::from(c.loc.raw_len))
+                    .sum();
+                if reference.is_none() && fresh * 2 <= *size {
                     continue;
                 }
                 jobs.push(Job {
@@ -266,7 +272,6 @@ fn to_path(source: &Path, path: &[Name]) -> PathBuf {
 /// A file of the source, if it still is what the index says.
 fn read_source(
     source: &Path,
-    chunker: &Chunker,
     path: &[Name],
     size: u64,
     chunks: &[ChunkRef],
@@ -276,45 +281,46 @@ fn read_source(
     if data.len() as u64 != size {
         return Ok(None);
     }
-    let same = chunker
-        .cuts(&data)
-        .zip(chunks)
-        .all(|(r, c)| ChunkId::of(&data[r]) == c.id)
-        && chunker.cuts(&data).count() == chunks.len();
-    Ok(same.then_some(data))
+    // Cut where the index cut it (ISO images are cut along their extents, not by CDC).
+    let mut offset = 0usize;
+    for c in chunks {
+        let end = offset + c.loc.raw_len as usize;
+        match data.get(offset..end) {
+            Some(piece) if ChunkId::of(piece) == c.id => offset = end,
+            _ => return Ok(None),
+        }
+    }
+    Ok((offset == data.len()).then_some(data))
 }
 
 fn content(
     store: &dyn Store,
     source: &Path,
-    chunker: &Chunker,
     path: &[Name],
     size: u64,
     c: &Content,
 ) -> Result<Option<Vec<u8>>, PublishError> {
     match c {
-        Content::Source(chunks) => read_source(source, chunker, path, size, chunks),
+        Content::Source(chunks) => read_source(source, path, size, chunks),
         Content::Stored(chunks) => read_old(store, chunks).map(Some),
         Content::Bytes(b) => Ok(Some(b.clone())),
     }
 }
 
 /// Encodes one job's record. `Err`: why the job is left out.
-fn encode_job(
-    store: &dyn Store,
-    source: &Path,
-    chunker: &Chunker,
-    level: i32,
-    job: &Job,
-) -> Result<Vec<u8>, String> {
+fn encode_job(store: &dyn Store, source: &Path, level: i32, job: &Job) -> Result<Vec<u8>, String> {
     let shown =
         || String::from_utf8_lossy(&pulpdist_format::delta::join_path(&job.path)).into_owned();
-    let data = content(store, source, chunker, &job.path, job.size, &job.content)
+    let too_long = |p: &[Name]| pulpdist_format::delta::join_path(p).len() > usize::from(u16::MAX);
+    if too_long(&job.path) || job.reference.as_ref().is_some_and(|(p, _, _)| too_long(p)) {
+        return Err(format!("{}: path longer than 65,535 bytes", shown()));
+    }
+    let data = content(store, source, &job.path, job.size, &job.content)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{}: changed since it was indexed", shown()))?;
     // A reference that cannot be read is no reason to leave the file out: compressed alone.
     let reference = job.reference.as_ref().and_then(|(p, size, c)| {
-        content(store, source, chunker, p, *size, c)
+        content(store, source, p, *size, c)
             .ok()
             .flatten()
             .filter(|r| r.len() as u64 == *size)
@@ -347,7 +353,6 @@ const BATCH_BYTES: u64 = 256 << 20;
 pub(crate) fn write_delta(
     nodes: &Nodes<'_>,
     source: &Path,
-    chunker: &Chunker,
     new_root: &NodeRef,
     from: (u64, NodeRef),
     new_packs: &HashSet<PackId>,
@@ -392,7 +397,7 @@ pub(crate) fn write_delta(
         }
         let encoded: Vec<Result<Vec<u8>, String>> = batch
             .par_iter()
-            .map(|job| encode_job(store, source, chunker, settings.level, job))
+            .map(|job| encode_job(store, source, settings.level, job))
             .collect();
         for (job, rec) in batch.iter().zip(encoded) {
             let rec = match rec {
@@ -432,8 +437,8 @@ pub(crate) fn write_delta(
             }
         }
     }
-    let (packs, _) = packer.finish()?;
-    let Some(pack) = packs.first() else {
+    let (packs, hashes, _) = packer.finish_hashed()?;
+    let (Some(pack), Some(hash)) = (packs.first(), hashes.first()) else {
         return Ok((None, report));
     };
     report.size = pack.size;
@@ -443,6 +448,7 @@ pub(crate) fn write_delta(
             from_root,
             pack: pack.id,
             size: pack.size,
+            hash: *hash,
         }),
         report,
     ))

@@ -11,6 +11,9 @@ use pulpdist_format::{Codec, Location, PackId, PackInfo, PackKind};
 use crate::error::{IoContext, PublishError};
 use crate::store::Store;
 
+/// Finished packs, their BLAKE3 hashes (same order) and the bytes stored.
+pub(crate) type Finished = (Vec<PackInfo>, Vec<[u8; 32]>, u64);
+
 /// Makes the names of new packs (random in production, derived from a seed in tests).
 pub(crate) type PackNamer = Box<dyn FnMut() -> Result<PackId, PublishError> + Send>;
 
@@ -20,8 +23,10 @@ pub(crate) struct Packer<'a> {
     kind: PackKind,
     target: u64,
     namer: PackNamer,
-    current: Option<(PackBuilder, BufWriter<File>, PathBuf)>,
+    current: Option<(PackBuilder, BufWriter<File>, PathBuf, blake3::Hasher)>,
     pub(crate) finished: Vec<PackInfo>,
+    /// BLAKE3 of each finished pack's bytes, in the order of `finished`.
+    pub(crate) hashes: Vec<[u8; 32]>,
     pub(crate) stored_bytes: u64,
 }
 
@@ -41,6 +46,7 @@ impl<'a> Packer<'a> {
             namer,
             current: None,
             finished: Vec::new(),
+            hashes: Vec::new(),
             stored_bytes: 0,
         }
     }
@@ -59,13 +65,16 @@ impl<'a> Packer<'a> {
             let path = self.tmp_dir.join(format!("{}.pack.part", id.to_hex()));
             let mut w = BufWriter::with_capacity(1 << 20, File::create(&path).at(&path)?);
             w.write_all(&header).at(&path)?;
-            self.current = Some((builder, w, path));
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(&header);
+            self.current = Some((builder, w, path, hasher));
         }
-        let Some((builder, w, path)) = self.current.as_mut() else {
+        let Some((builder, w, path, hasher)) = self.current.as_mut() else {
             unreachable!("a pack was opened above")
         };
         let loc = builder.add(kind, id, codec, bytes.len() as u32, raw_len);
         w.write_all(bytes).at(path.as_path())?;
+        hasher.update(bytes);
         self.stored_bytes += bytes.len() as u64;
         if builder.len() >= self.target {
             self.finish_current()?;
@@ -74,15 +83,17 @@ impl<'a> Packer<'a> {
     }
 
     fn finish_current(&mut self) -> Result<(), PublishError> {
-        let Some((builder, mut w, path)) = self.current.take() else {
+        let Some((builder, mut w, path, mut hasher)) = self.current.take() else {
             return Ok(());
         };
         let id = builder.id();
         let (tail, size) = builder.finish();
         w.write_all(&tail).at(&path)?;
+        hasher.update(&tail);
         let file = w.into_inner().map_err(|e| e.into_error()).at(&path)?;
         file.sync_all().at(&path)?;
         self.store.put_pack(id, &path)?;
+        self.hashes.push(*hasher.finalize().as_bytes());
         self.finished.push(PackInfo {
             id,
             size,
@@ -92,8 +103,14 @@ impl<'a> Packer<'a> {
     }
 
     /// Finishes the open pack, if any; returns the packs written.
-    pub(crate) fn finish(mut self) -> Result<(Vec<PackInfo>, u64), PublishError> {
+    pub(crate) fn finish(self) -> Result<(Vec<PackInfo>, u64), PublishError> {
+        let (packs, _, bytes) = self.finish_hashed()?;
+        Ok((packs, bytes))
+    }
+
+    /// Like [`Packer::finish`], with the BLAKE3 hash of each pack.
+    pub(crate) fn finish_hashed(mut self) -> Result<Finished, PublishError> {
         self.finish_current()?;
-        Ok((self.finished, self.stored_bytes))
+        Ok((self.finished, self.hashes, self.stored_bytes))
     }
 }

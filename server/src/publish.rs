@@ -134,6 +134,9 @@ pub struct PublishReport {
     pub isos_plain: Vec<String>,
     /// Delta packs written by this publish (one per earlier version with changes).
     pub deltas: Vec<DeltaReport>,
+    /// Packs in the store whose footer or trailer does not decode: left out of the
+    /// catalog (their objects are stored again where needed), and why.
+    pub unreadable_packs: Vec<String>,
 }
 
 /// A file's chunks: id and length, in order.
@@ -222,6 +225,7 @@ pub fn publish(
 
     let mut report = PublishReport {
         version,
+        unreadable_packs: catalog.unreadable.clone(),
         dirs: walk.dirs.len() as u64,
         skipped: walk.skipped.clone(),
         ..Default::default()
@@ -424,16 +428,31 @@ pub fn publish(
         fresh: fresh_nodes,
         store,
     };
-    let (deltas, delta_reports, delta_bytes) = write_deltas(
-        opts,
-        prev.as_ref(),
-        &nodes,
-        &chunker,
-        &root,
-        &data_packs,
-        version,
-        &tmp_dir,
-    )?;
+    let make_deltas = || {
+        write_deltas(
+            opts,
+            prev.as_ref(),
+            &nodes,
+            &root,
+            &data_packs,
+            version,
+            &tmp_dir,
+        )
+    };
+    // On the chunking threads' budget (`threads`), like the chunking itself.
+    let (deltas, delta_reports, delta_bytes) = match opts
+        .threads
+        .map(|n| rayon::ThreadPoolBuilder::new().num_threads(n).build())
+    {
+        Some(Ok(pool)) => pool.install(make_deltas),
+        Some(Err(e)) => {
+            return Err(PublishError::Config(format!(
+                "cannot start {:?} delta threads: {e}",
+                opts.threads
+            )))
+        }
+        None => make_deltas(),
+    }?;
     drop(nodes);
 
     // The head goes last: everything it names is already in place.
@@ -510,15 +529,14 @@ pub fn publish(
     Ok(report)
 }
 
-/// Writes the delta packs of version `version` from each of the last `opts.deltas` versions
-/// (their roots: the previous head's, and those its deltas name). An unchanged tree writes
-/// nothing and keeps the previous head's deltas that are still within reach.
+/// Writes the delta packs of version `version` from each of the last `opts.deltas` distinct
+/// trees (their roots: the previous head's, and those its deltas name). An unchanged tree
+/// writes nothing and keeps the previous head's deltas.
 #[allow(clippy::too_many_arguments)]
 fn write_deltas(
     opts: &PublishOptions,
     prev: Option<&Head>,
     nodes: &Nodes<'_>,
-    chunker: &Chunker,
     root: &NodeRef,
     data_packs: &[PackInfo],
     version: u64,
@@ -527,22 +545,21 @@ fn write_deltas(
     let (Some(prev), true) = (prev, opts.deltas > 0) else {
         return Ok((Vec::new(), Vec::new(), 0));
     };
-    let oldest = version.saturating_sub(opts.deltas as u64);
     // Deltas of a head written by another publisher build are informational: unreadable
     // ones are dropped, never a reason to fail.
     let prev_deltas = prev.deltas().unwrap_or_default();
     if prev.root.id == root.id {
-        let kept: Vec<DeltaInfo> = prev_deltas
-            .into_iter()
-            .filter(|d| d.from_version >= oldest)
-            .collect();
-        return Ok((kept, Vec::new(), 0));
+        // Nothing changed: the previous deltas rebuild this very root.
+        return Ok((prev_deltas, Vec::new(), 0));
     }
+    // The last K distinct trees (a refresh publish that changed nothing is not a new one):
+    // a site is matched by the root it holds, not by its version number.
     let mut froms = vec![(prev.version, prev.root)];
     froms.extend(prev_deltas.iter().map(|d| (d.from_version, d.from_root)));
-    froms.retain(|(v, _)| *v >= oldest);
     froms.sort_by_key(|f| std::cmp::Reverse(f.0));
-    froms.dedup_by_key(|f| f.0);
+    let mut seen = HashSet::new();
+    froms.retain(|(_, r)| seen.insert(r.id));
+    froms.truncate(opts.deltas);
     let settings = DeltaSettings {
         level: opts.delta_level,
     };
@@ -564,7 +581,6 @@ fn write_deltas(
         let written = crate::delta::write_delta(
             nodes,
             &opts.source,
-            chunker,
             root,
             from,
             &new_packs,

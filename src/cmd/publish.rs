@@ -201,6 +201,7 @@ pub fn print_report(json: bool, r: &PublishReport) {
             "root": r.root.map(|id| id.to_hex()), "skipped": r.skipped.len(),
             "bytes_fetched": 0, "requests": 0, "chunks_fetched": 0, "chunks_reused": 0, "bytes_reused": 0,
             "elapsed_ms": r.elapsed_ms, "isos": r.isos, "isos_plain": r.isos_plain,
+            "unreadable_packs": r.unreadable_packs,
             "deltas": r.deltas.iter().map(|d| json!({
                 "from_version": d.from_version, "files": d.files, "nodes": d.nodes, "with_reference": d.with_reference,
                 "bytes_rebuilt": d.bytes_rebuilt, "size": d.size, "skipped": d.skipped,
@@ -221,6 +222,9 @@ pub fn print_report(json: bool, r: &PublishReport) {
                         "  left out of the delta (fetched as chunks): {why}\n"
                     ));
                 }
+            }
+            for why in &r.unreadable_packs {
+                s.push_str(&format!("unreadable pack left out of the catalog: {why}\n"));
             }
             for why in &r.isos_plain {
                 s.push_str(&format!("ISO image published as plain chunks: {why}\n"));
