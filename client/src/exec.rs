@@ -13,13 +13,14 @@ use rayon::prelude::*;
 
 use pulpdist_chunker::Chunker;
 use pulpdist_format::{
-    ChunkId, ChunkRef, EntryKind, Mtime, PackId, PackKind, SignedHead, TrustedKeys, VerifiedChunk,
+    ChunkId, ChunkRef, EntryKind, Mtime, Node, PackId, PackKind, SignedHead, TrustedKeys,
+    VerifiedChunk,
 };
 
 use crate::error::{IoContext, SyncError};
 use crate::fsutil::{remove_any, temp_beside, SafeDirs};
 use crate::glob::DEFAULT_METADATA_PATTERNS;
-use crate::plan::{make_plan, DirView, FetchOp, Observed, PlanSettings, Source};
+use crate::plan::{DirView, FetchOp, Observed, PlanSettings, Planner, Source};
 use crate::state::State;
 use crate::store::{CountingReader, HeadFetch, StoreReader};
 use crate::walk::{changed_dirs, slice, DirChange};
@@ -299,29 +300,60 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
     drop(mem_packs);
     report.dirs_examined = changes.len() as u64;
 
-    // What is on disk now, and which chunks it already holds.
-    let mut safe = SafeDirs::new(&opts.dest);
-    let observed: Vec<HashMap<Vec<u8>, Observed>> = changes
+    let pack_sizes: HashMap<PackId, u64> = head
+        .recent
         .iter()
-        .map(|c| observe_dir(&opts.dest, &mut safe, &c.rel))
-        .collect::<Result<_, _>>()?;
+        .flat_map(|v| v.packs.iter())
+        .map(|p| (p.id, p.size))
+        .collect();
+    let settings = PlanSettings {
+        metadata_patterns: opts.metadata_patterns.clone(),
+        max_gap: opts.max_gap,
+        whole_ratio: opts.whole_ratio,
+    };
     let chunker = Chunker::new(head.params).map_err(|e| SyncError::Config(e.to_string()))?;
-    let mut sources = local_sources(&opts.dest, &state, &changes, &observed, &chunker)?;
+
+    // What is on disk now, planned one directory at a time: memory follows the change, not
+    // the size of the changed directories.
+    let mut safe = SafeDirs::new(&opts.dest);
+    let mut planner = Planner::new(settings);
+    let mut rehashed = Vec::new();
+    let mut looked = Vec::with_capacity(changes.len());
+    for c in &changes {
+        let new = state.node(&c.new).ok_or_else(|| {
+            SyncError::Config(format!("node {} vanished from the local state", c.new))
+        })?;
+        let old = c.old.and_then(|id| state.node(&id));
+        let observed = observe_dir(&opts.dest, &mut safe, &c.rel)?;
+        looked.push(!observed.is_empty());
+        rehash_unknown(
+            &opts.dest,
+            c,
+            &old,
+            &new,
+            &observed,
+            &chunker,
+            &mut rehashed,
+        );
+        planner.add_dir(&DirView {
+            rel: c.rel.clone(),
+            new: &new,
+            local: &observed,
+        });
+    }
+    // Which of the chunks the files to write need are already here.
+    let mut sources = local_sources(&opts.dest, &state, &changes, &looked, &planner, rehashed)?;
     // Chunks still missing may sit in files of directories that did not change (a moved
     // file, an ISO image built from the tree's own packages): look them up in the index of
     // the version applied, in the node cache.
     if let Some(a) = &applied {
         let changed: std::collections::HashSet<&Path> =
             changes.iter().map(|c| c.rel.as_path()).collect();
-        let mut needed: std::collections::HashSet<ChunkId> = changes
-            .iter()
-            .flat_map(|c| c.new.entries())
-            .filter_map(|e| match &e.kind {
-                EntryKind::File { chunks, .. } => Some(chunks.iter().map(|c| c.id)),
-                _ => None,
-            })
-            .flatten()
-            .filter(|id| !sources.contains_key(id))
+        let mut needed: std::collections::HashSet<ChunkId> = planner
+            .wanted()
+            .keys()
+            .filter(|id| !sources.contains_key(*id))
+            .copied()
             .collect();
         if !needed.is_empty() {
             find_in_unchanged(
@@ -335,30 +367,12 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         }
     }
     if let Some(fetched) = &delta {
-        use_delta(&state, opts, fetched, &changes, &mut sources, &mut report);
+        use_delta(&state, opts, fetched, &planner, &mut sources, &mut report);
     }
     drop(delta);
-    let views: Vec<DirView<'_>> = changes
-        .iter()
-        .zip(&observed)
-        .map(|(c, o)| DirView {
-            rel: c.rel.clone(),
-            new: &c.new,
-            local: o,
-        })
-        .collect();
-    let pack_sizes: HashMap<PackId, u64> = head
-        .recent
-        .iter()
-        .flat_map(|v| v.packs.iter())
-        .map(|p| (p.id, p.size))
-        .collect();
-    let settings = PlanSettings {
-        metadata_patterns: opts.metadata_patterns.clone(),
-        max_gap: opts.max_gap,
-        whole_ratio: opts.whole_ratio,
-    };
-    let plan = make_plan(&views, &sources, &pack_sizes, &settings);
+    let all_refs: HashMap<ChunkId, ChunkRef> = planner.wanted().clone();
+    let plan = planner.finish(&sources, &pack_sizes);
+    drop(sources);
     let (rn, rb) = plan.reused();
     report.chunks_reused = rn;
     report.bytes_reused = rb;
@@ -371,16 +385,6 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         return Ok(finish(report, &store));
     }
 
-    let all_refs: HashMap<ChunkId, ChunkRef> = changes
-        .iter()
-        .flat_map(|c| c.new.entries())
-        .filter_map(|e| match &e.kind {
-            EntryKind::File { chunks, .. } => Some(chunks.iter()),
-            _ => None,
-        })
-        .flatten()
-        .map(|c| (c.id, *c))
-        .collect();
     let dest = &opts.dest;
 
     // 1. Save local chunks that live in files about to be replaced.
@@ -571,36 +575,25 @@ fn use_delta(
     state: &State,
     opts: &SyncOptions,
     fetched: &crate::delta::Fetched,
-    changes: &[DirChange],
+    planner: &Planner,
     sources: &mut HashMap<ChunkId, Source>,
     report: &mut SyncReport,
 ) {
     let mut needed: std::collections::HashSet<ChunkId> = std::collections::HashSet::new();
     let mut wanted: HashMap<Vec<u8>, Vec<(ChunkId, u32)>> = HashMap::new();
-    for c in changes {
-        for e in c.new.entries() {
-            let EntryKind::File { size, chunks } = &e.kind else {
-                continue;
-            };
-            let mut lacks = false;
-            for ch in chunks {
-                if !sources.contains_key(&ch.id) {
-                    lacks = true;
-                    needed.insert(ch.id);
-                }
+    for f in planner.files() {
+        let mut lacks = false;
+        for (id, _, _) in &f.chunks {
+            if !sources.contains_key(id) {
+                lacks = true;
+                needed.insert(*id);
             }
-            if lacks {
-                let mut path = c.rel.as_os_str().as_bytes().to_vec();
-                if !path.is_empty() {
-                    path.push(b'/');
-                }
-                path.extend_from_slice(e.name.as_bytes());
-                debug_assert_eq!(
-                    chunks.iter().map(|c| u64::from(c.loc.raw_len)).sum::<u64>(),
-                    *size
-                );
-                wanted.insert(path, chunks.iter().map(|c| (c.id, c.loc.raw_len)).collect());
-            }
+        }
+        if lacks {
+            wanted.insert(
+                f.path.as_os_str().as_bytes().to_vec(),
+                f.chunks.iter().map(|(id, len, _)| (*id, *len)).collect(),
+            );
         }
     }
     let before = needed.clone();
@@ -677,56 +670,113 @@ fn observe_dir(
     Ok(out)
 }
 
-/// Chunks available without the store: staged ones, files matching their old or new index
-/// entry (size and mtime), and, re-hashed, files in changed directories that match neither.
+/// Records, for a local file in a changed directory that matches neither its old nor its
+/// new index entry but is about to be replaced, the chunks it holds: a killed sync or a local
+/// edit may have left content the new version needs.
+fn rehash_unknown(
+    dest: &Path,
+    c: &DirChange,
+    old: &Option<Node>,
+    new: &Node,
+    observed: &HashMap<Vec<u8>, Observed>,
+    chunker: &Chunker,
+    out: &mut Vec<(PathBuf, Vec<(ChunkId, u32)>)>,
+) {
+    for (name, o) in observed {
+        let Observed::File { size, mtime, .. } = o else {
+            continue;
+        };
+        if new.get(name).is_none()
+            || entry_matches(old.as_ref(), name, *size, *mtime).is_some()
+            || entry_matches(Some(new), name, *size, *mtime).is_some()
+        {
+            continue;
+        }
+        let path = c.rel.join(std::ffi::OsStr::from_bytes(name));
+        let Ok(f) = File::open(dest.join(&path)) else {
+            continue;
+        };
+        let mut stream = chunker.stream(f);
+        let mut found = Vec::new();
+        while let Ok(Some(chunk)) = stream.next_chunk() {
+            found.push((ChunkId::of(chunk), chunk.len() as u32));
+        }
+        out.push((path, found));
+    }
+}
+
+/// The chunks of a file entry `name` in `node`, if the entry has this size and mtime.
+fn entry_matches<'a>(
+    node: Option<&'a Node>,
+    name: &[u8],
+    size: u64,
+    mtime: Mtime,
+) -> Option<&'a [ChunkRef]> {
+    node.and_then(|n| n.get(name)).and_then(|e| match &e.kind {
+        EntryKind::File { size: s, chunks } if *s == size && e.mtime == mtime => {
+            Some(chunks.as_slice())
+        }
+        _ => None,
+    })
+}
+
+/// Where the chunks the planned files need are available without the store: staged ones,
+/// files of the changed directories that still match their old or new index entry (size
+/// and mtime), and the files `rehashed` found. Only the wanted chunks are recorded, and only
+/// entries holding one are looked at on disk.
 fn local_sources(
     dest: &Path,
     state: &State,
     changes: &[DirChange],
-    observed: &[HashMap<Vec<u8>, Observed>],
-    chunker: &Chunker,
+    looked: &[bool],
+    planner: &Planner,
+    rehashed: Vec<(PathBuf, Vec<(ChunkId, u32)>)>,
 ) -> Result<HashMap<ChunkId, Source>, SyncError> {
+    let wanted = planner.wanted();
     let mut sources = HashMap::new();
-    let mut add = |path: PathBuf, chunks: &mut dyn Iterator<Item = (ChunkId, u32)>| {
+    let mut add = |path: &Path, chunks: &mut dyn Iterator<Item = (ChunkId, u32)>| {
         let mut offset = 0u64;
         for (id, len) in chunks {
-            sources.entry(id).or_insert(Source::Local {
-                path: path.clone(),
-                offset,
-            });
+            if wanted.contains_key(&id) && !sources.contains_key(&id) {
+                sources.insert(
+                    id,
+                    Source::Local {
+                        path: path.to_path_buf(),
+                        offset,
+                    },
+                );
+            }
             offset += u64::from(len);
         }
     };
-    for (c, obs) in changes.iter().zip(observed) {
-        for (name, o) in obs {
-            let Observed::File { size, mtime, .. } = o else {
+    if !wanted.is_empty() {
+        // Only directories the listing looked into (not reached through a symlink).
+        for (c, _) in changes.iter().zip(looked).filter(|(_, l)| **l) {
+            let Some(new) = state.node(&c.new) else {
                 continue;
             };
-            let path = c.rel.join(std::ffi::OsStr::from_bytes(name));
-            let entry_matches = |node: Option<&pulpdist_format::Node>| {
-                node.and_then(|n| n.get(name)).and_then(|e| match &e.kind {
-                    EntryKind::File { size: s, chunks } if s == size && e.mtime == *mtime => {
-                        Some(chunks.clone())
+            let old = c.old.and_then(|id| state.node(&id));
+            // The old entry first: a file still as the applied version left it.
+            for node in old.iter().chain(std::iter::once(&new)) {
+                for e in node.entries() {
+                    let EntryKind::File { size, chunks } = &e.kind else {
+                        continue;
+                    };
+                    if !chunks.iter().any(|ch| wanted.contains_key(&ch.id)) {
+                        continue;
                     }
-                    _ => None,
-                })
-            };
-            if let Some(chunks) =
-                entry_matches(c.old.as_ref()).or_else(|| entry_matches(Some(&c.new)))
-            {
-                add(path, &mut chunks.iter().map(|c| (c.id, c.loc.raw_len)));
-            } else if c.new.get(name).is_some() {
-                // A local file that matches no index entry but is about to be replaced:
-                // its content may still hold chunks we need (a killed sync, a local edit).
-                let abs = dest.join(&path);
-                let Ok(f) = File::open(&abs) else { continue };
-                let mut stream = chunker.stream(f);
-                let mut found = Vec::new();
-                while let Ok(Some(chunk)) = stream.next_chunk() {
-                    found.push((ChunkId::of(chunk), chunk.len() as u32));
+                    let path = c.rel.join(std::ffi::OsStr::from_bytes(e.name.as_bytes()));
+                    let here = fs::symlink_metadata(dest.join(&path)).is_ok_and(|md| {
+                        md.is_file() && md.len() == *size && to_mtime(&md) == e.mtime
+                    });
+                    if here {
+                        add(&path, &mut chunks.iter().map(|ch| (ch.id, ch.loc.raw_len)));
+                    }
                 }
-                add(path, &mut found.into_iter());
             }
+        }
+        for (path, found) in rehashed {
+            add(&path, &mut found.into_iter());
         }
     }
     for id in state.staged()? {

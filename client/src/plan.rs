@@ -132,26 +132,56 @@ fn is_metadata(settings: &PlanSettings, name: &[u8]) -> bool {
         .any(|p| glob_match(p.as_bytes(), name))
 }
 
-/// Computes the plan. `sources` says where chunks are available locally; `pack_sizes`
-/// holds the sizes of packs the head lists (others are always fetched by ranges).
-pub fn make_plan(
+/// Computes the plan of `dirs` at once (the executor uses [`Planner`] directly). `sources`
+/// says where chunks are available locally; `pack_sizes` holds the sizes of packs the head
+/// lists (others are always fetched by ranges).
+#[cfg(test)]
+fn make_plan(
     dirs: &[DirView<'_>],
     sources: &HashMap<ChunkId, Source>,
     pack_sizes: &HashMap<PackId, u64>,
     settings: &PlanSettings,
 ) -> Plan {
-    let mut plan = Plan::default();
-    let mut payload = Vec::new();
-    let mut metadata = Vec::new();
+    let mut planner = Planner::new(settings.clone());
     for d in dirs {
+        planner.add_dir(d);
+    }
+    planner.finish(sources, pack_sizes)
+}
+
+/// The plan built one directory at a time, so that a sync never holds more than one
+/// directory's nodes and listing: what it keeps is proportional to what changes (the files
+/// to write, the deletions), not to the size of the directories. Chunk sources are resolved
+/// at the end, when [`Planner::wanted`] has said which chunks the files to write need.
+#[derive(Debug)]
+pub struct Planner {
+    settings: PlanSettings,
+    plan: Plan,
+    payload: Vec<FileOp>,
+    metadata: Vec<FileOp>,
+    wanted: HashMap<ChunkId, ChunkRef>,
+}
+
+impl Planner {
+    /// An empty plan.
+    pub fn new(settings: PlanSettings) -> Self {
+        Self {
+            settings,
+            plan: Plan::default(),
+            payload: Vec::new(),
+            metadata: Vec::new(),
+            wanted: HashMap::new(),
+        }
+    }
+
+    /// Plans one changed directory. Its files to write take every chunk from the store
+    /// until [`Planner::finish`] is given local sources.
+    pub fn add_dir(&mut self, d: &DirView<'_>) {
+        let plan = &mut self.plan;
         let new_names: HashSet<&[u8]> = d.new.entries().iter().map(|e| e.name.as_bytes()).collect();
         for e in d.new.entries() {
             let path = d.rel.join(e.name.to_os_string());
-            let seen = d
-                .local
-                .get(e.name.as_bytes())
-                .cloned()
-                .unwrap_or(Observed::Missing);
+            let seen = d.local.get(e.name.as_bytes()).unwrap_or(&Observed::Missing);
             match &e.kind {
                 EntryKind::Dir { .. } => {
                     if !matches!(seen, Observed::Dir { .. }) {
@@ -170,8 +200,8 @@ pub fn make_plan(
                         size: s,
                         mtime: m,
                         mode,
-                    } if s == *size && m == e.mtime => {
-                        if mode != e.mode {
+                    } if s == size && *m == e.mtime => {
+                        if *mode != e.mode {
                             plan.attrs.push(AttrOp {
                                 path,
                                 mode: e.mode,
@@ -180,33 +210,29 @@ pub fn make_plan(
                         }
                     }
                     _ => {
-                        let chunks = chunks
-                            .iter()
-                            .map(|c| {
-                                (
-                                    c.id,
-                                    c.loc.raw_len,
-                                    sources.get(&c.id).cloned().unwrap_or(Source::Fetch(*c)),
-                                )
-                            })
-                            .collect();
+                        for c in chunks {
+                            self.wanted.insert(c.id, *c);
+                        }
                         let op = FileOp {
                             path,
                             size: *size,
                             mode: e.mode,
                             mtime: e.mtime,
-                            metadata: is_metadata(settings, e.name.as_bytes()),
-                            chunks,
+                            metadata: is_metadata(&self.settings, e.name.as_bytes()),
+                            chunks: chunks
+                                .iter()
+                                .map(|c| (c.id, c.loc.raw_len, Source::Fetch(*c)))
+                                .collect(),
                         };
                         if op.metadata {
-                            metadata.push(op);
+                            self.metadata.push(op);
                         } else {
-                            payload.push(op);
+                            self.payload.push(op);
                         }
                     }
                 },
                 EntryKind::Symlink { target } => {
-                    if !matches!(&seen, Observed::Symlink { target: t, mtime } if t == target && *mtime == e.mtime)
+                    if !matches!(seen, Observed::Symlink { target: t, mtime } if t == target && *mtime == e.mtime)
                     {
                         plan.symlinks.push((path, target.clone(), e.mtime));
                     }
@@ -220,77 +246,110 @@ pub fn make_plan(
             }
         }
     }
-    // Parents before children for creation; deepest first for deletion and dir attributes.
-    plan.mkdirs.sort_by_key(|p| p.components().count());
-    plan.deletes.sort_by(|a, b| {
-        b.components()
-            .count()
-            .cmp(&a.components().count())
-            .then(a.cmp(b))
-    });
-    plan.dir_attrs.sort_by(|a, b| {
-        b.path
-            .components()
-            .count()
-            .cmp(&a.path.components().count())
-            .then(a.path.cmp(&b.path))
-    });
 
-    // Local sources inside files that get replaced must be saved before the replacement,
-    // unless only the file itself reads them.
-    let replaced: HashSet<PathBuf> = payload
-        .iter()
-        .chain(metadata.iter())
-        .map(|f| &f.path)
-        .chain(plan.symlinks.iter().map(|s| &s.0))
-        .chain(plan.mkdirs.iter())
-        .cloned()
-        .collect();
-    let mut staged_now: HashSet<ChunkId> = HashSet::new();
-    for f in payload.iter_mut().chain(metadata.iter_mut()) {
-        for (id, len, src) in f.chunks.iter_mut() {
-            if let Source::Local { path, offset } = src {
-                if replaced.contains(path) && *path != f.path {
-                    if staged_now.insert(*id) {
-                        plan.stage_first.push((*id, *len, path.clone(), *offset));
-                    }
-                    *src = Source::Staged;
+    /// The chunks of the files to write, by id.
+    pub fn wanted(&self) -> &HashMap<ChunkId, ChunkRef> {
+        &self.wanted
+    }
+
+    /// The files to write so far: payload, then repository metadata.
+    pub fn files(&self) -> impl Iterator<Item = &FileOp> {
+        self.payload.iter().chain(self.metadata.iter())
+    }
+
+    /// The plan, with each chunk taken from `sources` where it is available locally and
+    /// the rest grouped into fetches per pack.
+    pub fn finish(
+        self,
+        sources: &HashMap<ChunkId, Source>,
+        pack_sizes: &HashMap<PackId, u64>,
+    ) -> Plan {
+        let Planner {
+            settings,
+            mut plan,
+            mut payload,
+            mut metadata,
+            wanted: _,
+        } = self;
+        for f in payload.iter_mut().chain(metadata.iter_mut()) {
+            for (id, _, src) in f.chunks.iter_mut() {
+                if let Some(local) = sources.get(id) {
+                    *src = local.clone();
                 }
             }
         }
-    }
+        // Parents before children for creation; deepest first for deletion and dir attributes.
+        plan.mkdirs.sort_by_key(|p| p.components().count());
+        plan.deletes.sort_by(|a, b| {
+            b.components()
+                .count()
+                .cmp(&a.components().count())
+                .then(a.cmp(b))
+        });
+        plan.dir_attrs.sort_by(|a, b| {
+            b.path
+                .components()
+                .count()
+                .cmp(&a.path.components().count())
+                .then(a.path.cmp(&b.path))
+        });
 
-    // Fetches, grouped per pack.
-    let mut need: BTreeMap<PackId, BTreeMap<ChunkId, ChunkRef>> = BTreeMap::new();
-    for f in payload.iter().chain(metadata.iter()) {
-        for (_, _, src) in &f.chunks {
-            if let Source::Fetch(c) = src {
-                need.entry(c.loc.pack).or_default().insert(c.id, *c);
+        // Local sources inside files that get replaced must be saved before the replacement,
+        // unless only the file itself reads them.
+        let replaced: HashSet<PathBuf> = payload
+            .iter()
+            .chain(metadata.iter())
+            .map(|f| &f.path)
+            .chain(plan.symlinks.iter().map(|s| &s.0))
+            .chain(plan.mkdirs.iter())
+            .cloned()
+            .collect();
+        let mut staged_now: HashSet<ChunkId> = HashSet::new();
+        for f in payload.iter_mut().chain(metadata.iter_mut()) {
+            for (id, len, src) in f.chunks.iter_mut() {
+                if let Source::Local { path, offset } = src {
+                    if replaced.contains(path) && *path != f.path {
+                        if staged_now.insert(*id) {
+                            plan.stage_first.push((*id, *len, path.clone(), *offset));
+                        }
+                        *src = Source::Staged;
+                    }
+                }
             }
         }
+
+        // Fetches, grouped per pack.
+        let mut need: BTreeMap<PackId, BTreeMap<ChunkId, ChunkRef>> = BTreeMap::new();
+        for f in payload.iter().chain(metadata.iter()) {
+            for (_, _, src) in &f.chunks {
+                if let Source::Fetch(c) = src {
+                    need.entry(c.loc.pack).or_default().insert(c.id, *c);
+                }
+            }
+        }
+        for (pack, chunks) in need {
+            let chunks: Vec<ChunkRef> = chunks.into_values().collect();
+            let needed: u64 = chunks.iter().map(|c| u64::from(c.loc.stored_len)).sum();
+            let ranges = coalesce(
+                chunks.iter().map(|c| c.loc.range()).collect(),
+                settings.max_gap,
+            );
+            let whole = pack_sizes
+                .get(&pack)
+                .is_some_and(|size| needed as f64 >= settings.whole_ratio * *size as f64)
+                && ranges.len() > 1;
+            plan.fetches.push(FetchOp {
+                pack,
+                whole,
+                size: pack_sizes.get(&pack).copied().unwrap_or(0),
+                ranges: if whole { Vec::new() } else { ranges },
+                chunks,
+            });
+        }
+        plan.files = payload;
+        plan.files.extend(metadata);
+        plan
     }
-    for (pack, chunks) in need {
-        let chunks: Vec<ChunkRef> = chunks.into_values().collect();
-        let needed: u64 = chunks.iter().map(|c| u64::from(c.loc.stored_len)).sum();
-        let ranges = coalesce(
-            chunks.iter().map(|c| c.loc.range()).collect(),
-            settings.max_gap,
-        );
-        let whole = pack_sizes
-            .get(&pack)
-            .is_some_and(|size| needed as f64 >= settings.whole_ratio * *size as f64)
-            && ranges.len() > 1;
-        plan.fetches.push(FetchOp {
-            pack,
-            whole,
-            size: pack_sizes.get(&pack).copied().unwrap_or(0),
-            ranges: if whole { Vec::new() } else { ranges },
-            chunks,
-        });
-    }
-    plan.files = payload;
-    plan.files.extend(metadata);
-    plan
 }
 
 trait FromBytesCompat {

@@ -4,18 +4,19 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
-use pulpdist_format::{EntryKind, Node, NodeId, NodeRef, PackId};
+use pulpdist_format::{EntryKind, NodeId, NodeRef, PackId};
 
 use crate::error::SyncError;
 use crate::ranges::coalesce;
 use crate::state::State;
 use crate::store::StoreReader;
 
-/// A directory whose content changed (or is unknown): its new and old nodes.
+/// A directory whose content changed (or is unknown): its new and old node ids. The nodes
+/// themselves stay in the node cache until the planner reads them, one directory at a time.
 pub(crate) struct DirChange {
     pub(crate) rel: PathBuf,
-    pub(crate) old: Option<Node>,
-    pub(crate) new: Node,
+    pub(crate) old: Option<NodeId>,
+    pub(crate) new: NodeId,
 }
 
 /// Walks the changed part of the index. `mem_packs` holds index packs fetched whole.
@@ -62,7 +63,11 @@ pub(crate) fn changed_dirs(
                     next.push((rel.join(e.name.to_os_string()), old_child, *node));
                 }
             }
-            changes.push(DirChange { rel, old, new });
+            changes.push(DirChange {
+                rel,
+                old: old_id,
+                new: new_ref.id,
+            });
         }
         frontier = next;
     }
