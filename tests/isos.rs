@@ -5,6 +5,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -116,6 +117,84 @@ fn an_image_of_the_trees_own_files_costs_only_its_metadata() {
     );
 }
 
+/// A file of 4 GiB or more is stored in several extents. xorriso 1.5.4 splits a file only
+/// there: `-file_size_limit` refuses a larger file instead of splitting it. So the file here
+/// is sparse (random bytes at its start, across the end of its first extent and at its end)
+/// and the image is written sparse too: the test costs disk only where the sync writes.
+#[test]
+fn a_file_in_several_extents_is_one_region() {
+    let site = Site::new();
+    let dir = site.src().join("big");
+    fs::create_dir_all(&dir).expect("dir");
+    let huge = dir.join("huge.bin");
+    // Not a multiple of the block size, so the last extent ends inside a block.
+    let size: u64 = (4 << 30) + 300_001;
+    let f = fs::File::create(&huge).expect("create");
+    f.set_len(size).expect("set_len");
+    let first_extent_end: u64 = (4 << 30) - 2048;
+    for (i, at) in [0, first_extent_end - 150_000, size - 100_000]
+        .into_iter()
+        .enumerate()
+    {
+        let len = if i == 2 { 100_000 } else { 300_000 };
+        let bytes: Vec<u8> = (0..len as u32)
+            .map(|j| (j.wrapping_add(i as u32 * 77).wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        f.write_all_at(&bytes, at).expect("write");
+    }
+    drop(f);
+    fs::write(dir.join("small.txt"), b"beside the big one\n").expect("small");
+    site.publish();
+    site.sync();
+
+    // Version 2 adds an image of big/, written sparse.
+    let image = site.src().join("cd/big.iso");
+    fs::create_dir_all(image.parent().expect("parent")).expect("cd");
+    let script = format!(
+        "set -o pipefail; xorriso -abort_on FAILURE -outdev stdio:/dev/fd/1 -rockridge on \
+         -joliet on -map '{}' / -commit 2>/dev/null | cp --sparse=always /dev/stdin '{}'",
+        s(&dir),
+        s(&image)
+    );
+    let out = Command::new("bash")
+        .args(["-c", &script])
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sections = Command::new("xorriso")
+        .arg("-indev")
+        .arg(&image)
+        .args(["-find", "/huge.bin", "-exec", "report_sections", "--"])
+        .output()
+        .expect("xorriso");
+    let report = String::from_utf8_lossy(&sections.stdout);
+    let extents = pulpdist_isos::parse_report_sections(&report).expect("report");
+    assert!(extents.len() >= 2, "not split into extents: {report}");
+    // The layout gives one region of exactly the file's bytes, its extents merged.
+    let regions = pulpdist_isos::layout(&image).expect("layout");
+    let first = extents.iter().map(|e| e.offset).min().expect("offset");
+    assert!(
+        regions.contains(&(first..first + size)),
+        "{regions:?} lacks {first}..+{size}"
+    );
+
+    let p = publish_json(&site);
+    assert_eq!(p["isos"], 1, "{p}");
+    let stored = p["bytes_stored"].as_u64().expect("stored");
+    assert!(
+        stored <= 64 * 1024,
+        "the image's file is cut as the file was, across its extents: {stored} new bytes stored: {p}"
+    );
+    let r = site.sync();
+    assert_same_tree(&site.src(), &site.mirror());
+    let fetched = r["bytes_fetched"].as_u64().expect("bytes");
+    assert!(fetched <= 64 * 1024, "fetched {fetched} bytes: {r}");
+}
+
 #[test]
 fn zisofs_files_and_damaged_images() {
     let site = Site::new();
@@ -129,11 +208,51 @@ fn zisofs_files_and_damaged_images() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8)
         .collect();
     fs::write(d.join("noise.bin"), &noise).expect("noise");
+    fs::write(site.p("boot.bin"), &noise).expect("boot image");
     let image = site.src().join("z.iso");
+    // Also a boot image hidden from the directories: only El Torito says where it is.
     xorriso(
         &d,
         &image,
-        &["-set_filter_r", "--zisofs", "/text.txt", "--"],
+        &[
+            "-set_filter_r",
+            "--zisofs",
+            "/text.txt",
+            "--",
+            "-map",
+            s(&site.p("boot.bin")),
+            "/boot.bin",
+            "-boot_image",
+            "any",
+            "bin_path=/boot.bin",
+            "-boot_image",
+            "any",
+            "emul_type=no_emulation",
+            "-hide",
+            "on",
+            "/boot.bin",
+            "--",
+        ],
+    );
+    let regions = pulpdist_isos::layout(&image).expect("layout");
+    let bytes = fs::read(&image).expect("image");
+    let boot_len = (noise.len() as u64).div_ceil(2048) * 2048;
+    let starts_with_noise = |r: &std::ops::Range<u64>| {
+        bytes.get(r.start as usize..r.start as usize + noise.len()) == Some(&noise[..])
+    };
+    assert_eq!(
+        regions
+            .iter()
+            .filter(|r| starts_with_noise(r) && r.end - r.start == boot_len)
+            .count(),
+        1,
+        "the hidden boot image is a region of its blocks: {regions:?}"
+    );
+    assert!(
+        regions
+            .iter()
+            .any(|r| starts_with_noise(r) && r.end - r.start == noise.len() as u64),
+        "noise.bin is a region of its bytes: {regions:?}"
     );
     // A damaged image: the ISO 9660 signature, but the rest of its volume descriptor zeroed.
     let mut broken = fs::read(&image).expect("image");

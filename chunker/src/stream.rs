@@ -4,12 +4,14 @@ use std::io::{self, Read};
 
 use crate::Chunker;
 
-/// Chunks of a stream. Holds at most about two maximum-size chunks in memory.
+/// Chunks of a stream. Holds one window of two maximum-size chunks, zeroed once: each read
+/// lands in it directly, so no byte is written twice.
 pub struct StreamChunks<R> {
     chunker: Chunker,
     reader: R,
     buf: Vec<u8>,
     start: usize,
+    end: usize,
     eof: bool,
 }
 
@@ -19,8 +21,9 @@ impl<R: Read> StreamChunks<R> {
         StreamChunks {
             chunker,
             reader,
-            buf: Vec::with_capacity(cap),
+            buf: vec![0; cap],
             start: 0,
+            end: 0,
             eof: false,
         }
     }
@@ -28,25 +31,19 @@ impl<R: Read> StreamChunks<R> {
     /// Fills the window until it holds `max` bytes or the input has ended.
     fn fill(&mut self) -> io::Result<()> {
         let want = self.chunker.params().max as usize;
-        while !self.eof && self.buf.len() - self.start < want {
+        while !self.eof && self.end - self.start < want {
             if self.start > 0 {
-                self.buf.drain(..self.start);
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
                 self.start = 0;
             }
-            let old = self.buf.len();
-            let target = want.max(old + 64 * 1024).min(want * 2);
-            self.buf.resize(target, 0);
-            match self.reader.read(&mut self.buf[old..]) {
-                Ok(0) => {
-                    self.buf.truncate(old);
-                    self.eof = true;
-                }
-                Ok(n) => self.buf.truncate(old + n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.buf.truncate(old),
-                Err(e) => {
-                    self.buf.truncate(old);
-                    return Err(e);
-                }
+            // Reads of at least 64 KiB, never past the window.
+            let target = want.max(self.end + 64 * 1024).min(self.buf.len());
+            match self.reader.read(&mut self.buf[self.end..target]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -55,7 +52,7 @@ impl<R: Read> StreamChunks<R> {
     /// The next chunk, or `None` at the end of the input.
     pub fn next_chunk(&mut self) -> io::Result<Option<&[u8]>> {
         self.fill()?;
-        let window = &self.buf[self.start..];
+        let window = &self.buf[self.start..self.end];
         if window.is_empty() {
             return Ok(None);
         }

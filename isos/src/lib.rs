@@ -6,11 +6,13 @@
 //! directories, padding), the image shares its chunks with the loose files, and a site that
 //! has the files fetches little more than the image's metadata.
 //!
-//! The layout is read by running `xorriso` (`-find / -exec report_lba --`), so no ISO 9660
-//! parser lives here. Hard links share an extent; a file split into several extents
-//! (`-file_size_limit`) is one region when its extents are contiguous; zisofs-compressed
-//! files are extents of opaque bytes like any other. A missing xorriso or a damaged image
-//! gives an [`IsoError`]; the publisher then chunks the image as a plain file.
+//! The layout is read by running `xorriso` (`-find / -exec report_sections --`, which gives
+//! each extent's exact byte count, and `-report_el_torito plain`), so no ISO 9660 parser
+//! lives here. Hard links share an extent; a file split into several extents (a file of
+//! 4 GiB or more) is one region when its extents are contiguous; zisofs-compressed files are
+//! extents of opaque bytes like any other; an El Torito boot image that is not a file of the
+//! tree (hidden) is a region of its own. A missing xorriso or a damaged image gives an
+//! [`IsoError`]; the publisher then chunks the image as a plain file.
 
 pub mod template;
 
@@ -65,8 +67,10 @@ pub fn is_iso9660(path: &Path) -> std::io::Result<bool> {
     Ok(&sig == b"CD001")
 }
 
-/// Parses the output of `xorriso -find / -exec report_lba --`.
-pub fn parse_report_lba(text: &str) -> Result<Vec<Extent>, String> {
+/// Parses the output of `xorriso -find / -exec report_sections --`: one line per extent,
+/// with its first block, its blocks and its exact byte count ("Sectsize"; for a zisofs file,
+/// the compressed bytes stored).
+pub fn parse_report_sections(text: &str) -> Result<Vec<Extent>, String> {
     let mut out = Vec::new();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("File data lba:") else {
@@ -74,7 +78,7 @@ pub fn parse_report_lba(text: &str) -> Result<Vec<Extent>, String> {
         };
         let mut parts = rest.splitn(5, ',');
         let mut num = || -> Option<u64> { parts.next()?.trim().parse().ok() };
-        let (Some(xt), Some(lba), Some(blocks), Some(size)) = (num(), num(), num(), num()) else {
+        let (Some(xt), Some(lba), Some(blocks), Some(bytes)) = (num(), num(), num(), num()) else {
             return Err(line.to_string());
         };
         let path = parts
@@ -82,14 +86,62 @@ pub fn parse_report_lba(text: &str) -> Result<Vec<Extent>, String> {
             .map(|p| p.trim().trim_matches('\'').to_string())
             .unwrap_or_default();
         let offset = lba.checked_mul(BLOCK).ok_or_else(|| line.to_string())?;
-        // A zisofs-compressed file reports its uncompressed size but occupies only its
-        // blocks: the image holds blocks * 2048 opaque bytes for it.
+        // Never more than the blocks it occupies, whatever the report says.
         let stored = blocks.checked_mul(BLOCK).ok_or_else(|| line.to_string())?;
         out.push(Extent {
             xt: u32::try_from(xt).map_err(|_| line.to_string())?,
             offset,
-            len: size.min(stored),
+            len: bytes.min(stored),
             path,
+        });
+    }
+    Ok(out)
+}
+
+/// Parses the output of `xorriso -report_el_torito plain`: the boot images that are not
+/// files of the tree (no "img path" line) but whose size is known ("img blks"), as extents
+/// named `El Torito image N`. Boot images with a path are files, reported as such.
+pub fn parse_el_torito(text: &str) -> Result<Vec<Extent>, String> {
+    let mut lba: std::collections::BTreeMap<u32, u64> = Default::default();
+    let mut blocks: std::collections::BTreeMap<u32, u64> = Default::default();
+    let mut with_path: std::collections::BTreeSet<u32> = Default::default();
+    for line in text.lines() {
+        let field = |prefix: &str| line.strip_prefix(prefix).map(str::split_whitespace);
+        if let Some(mut f) = field("El Torito boot img :") {
+            let n = f.next().and_then(|n| n.parse().ok());
+            let l = f.last().and_then(|l| l.parse().ok());
+            let (Some(n), Some(l)) = (n, l) else {
+                return Err(line.to_string());
+            };
+            lba.insert(n, l);
+        } else if let Some(mut f) = field("El Torito img blks :") {
+            let n = f.next().and_then(|n| n.parse().ok());
+            let b = f.next().and_then(|b| b.parse().ok());
+            let (Some(n), Some(b)) = (n, b) else {
+                return Err(line.to_string());
+            };
+            blocks.insert(n, b);
+        } else if let Some(mut f) = field("El Torito img path :") {
+            let n = f
+                .next()
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| line.to_string())?;
+            with_path.insert(n);
+        }
+    }
+    let mut out = Vec::new();
+    for (n, l) in lba {
+        let Some(b) = blocks.get(&n).filter(|_| !with_path.contains(&n)) else {
+            continue;
+        };
+        let (Some(offset), Some(len)) = (l.checked_mul(BLOCK), b.checked_mul(BLOCK)) else {
+            return Err(format!("El Torito image {n}: LBA {l}, {b} blocks"));
+        };
+        out.push(Extent {
+            xt: 0,
+            offset,
+            len,
+            path: format!("El Torito image {n}"),
         });
     }
     Ok(out)
@@ -137,7 +189,8 @@ pub fn regions(extents: &[Extent], image_size: u64) -> Vec<Range<u64>> {
     clean
 }
 
-/// The file-data regions of the image at `path`, by asking xorriso.
+/// The file-data regions of the image at `path` (and those of hidden boot images), by asking
+/// xorriso.
 pub fn layout(path: &Path) -> Result<Vec<Range<u64>>, IsoError> {
     let p = path.display().to_string();
     let size = std::fs::metadata(path)
@@ -153,10 +206,12 @@ pub fn layout(path: &Path) -> Result<Vec<Range<u64>>, IsoError> {
         .args([
             "-backslash_codes",
             "on",
+            "-report_el_torito",
+            "plain",
             "-find",
             "/",
             "-exec",
-            "report_lba",
+            "report_sections",
             "--",
         ])
         .output()
@@ -182,7 +237,12 @@ pub fn layout(path: &Path) -> Result<Vec<Range<u64>>, IsoError> {
             },
         });
     }
-    let extents = parse_report_lba(&stdout).map_err(|line| IsoError::Report { path: p, line })?;
+    let report = |line| IsoError::Report {
+        path: p.clone(),
+        line,
+    };
+    let mut extents = parse_report_sections(&stdout).map_err(report)?;
+    extents.extend(parse_el_torito(&stdout).map_err(report)?);
     Ok(regions(&extents, size))
 }
 
@@ -192,17 +252,19 @@ mod tests {
 
     #[test]
     fn report_and_regions() {
-        let text = "Report layout: xt , Startlba ,   Blocks , Filesize , ISO image path\n\
+        let text = "Report layout: xt , Startlba ,   Blocks , Sectsize , ISO image path\n\
             File data lba:  0 ,      183 ,        1 ,        3 , '/README'\n\
             File data lba:  0 ,       33 ,      147 ,   300000 , '/pool/a-link.deb'\n\
             File data lba:  0 ,       33 ,      147 ,   300000 , '/pool/a.deb'\n\
             File data lba:  0 ,      300 ,        2 ,     4096 , '/big'\n\
             File data lba:  1 ,      302 ,        1 ,      100 , '/big'\n\
             File data lba:  0 ,      180 ,        0 ,        0 , '/empty'\n\
-            File data lba:  0 ,      400 ,        1 ,   200000 , '/z/zisofs.txt'\n";
-        let x = parse_report_lba(text).expect("parses");
-        assert_eq!(x.len(), 7);
-        assert_eq!(x[6].len, 2048, "zisofs: its blocks, not its size");
+            File data lba:  0 ,      400 ,        1 ,     1348 , '/z/zisofs.txt'\n\
+            File data lba:  0 ,      500 ,        1 ,    99999 , '/lies'\n";
+        let x = parse_report_sections(text).expect("parses");
+        assert_eq!(x.len(), 8);
+        assert_eq!(x[6].len, 1348, "zisofs: the bytes stored");
+        assert_eq!(x[7].len, 2048, "never more than its blocks");
         assert_eq!(x[1].offset, 33 * 2048);
         assert_eq!(x[1].path, "/pool/a-link.deb");
         let r = regions(&x, 1 << 30);
@@ -212,11 +274,38 @@ mod tests {
                 33 * 2048..33 * 2048 + 300_000,
                 183 * 2048..183 * 2048 + 3,
                 300 * 2048..300 * 2048 + 4196,
-                400 * 2048..401 * 2048
+                400 * 2048..400 * 2048 + 1348,
+                500 * 2048..501 * 2048,
             ]
         );
-        assert!(parse_report_lba("File data lba: x , 1 , 2 , 3 , '/a'").is_err());
+        assert!(parse_report_sections("File data lba: x , 1 , 2 , 3 , '/a'").is_err());
         // Regions past the end of the image are dropped.
         assert!(regions(&x, 1000).is_empty());
+    }
+
+    #[test]
+    fn hidden_boot_images_are_regions() {
+        let text = "El Torito catalog  : 64  1\n\
+            El Torito cat path : /boot/boot.cat\n\
+            El Torito images   :   N  Pltf  B   Emul  Ld_seg  Hdpt  Ldsiz         LBA\n\
+            El Torito boot img :   1  BIOS  y   none  0x0000  0x00      4          65\n\
+            El Torito boot img :   2  UEFI  y   none  0x0000  0x00   2880         900\n\
+            El Torito img path :   1  /boot/isolinux.bin\n\
+            El Torito img blks :   1  4\n\
+            El Torito img blks :   2  720\n";
+        let x = parse_el_torito(text).expect("parses");
+        assert_eq!(
+            x,
+            vec![Extent {
+                xt: 0,
+                offset: 900 * 2048,
+                len: 720 * 2048,
+                path: "El Torito image 2".into()
+            }]
+        );
+        assert!(parse_el_torito("El Torito boot img : x").is_err());
+        assert!(parse_el_torito("Boot record  : El Torito\n")
+            .expect("parses")
+            .is_empty());
     }
 }
