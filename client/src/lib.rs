@@ -30,6 +30,7 @@ mod objstore;
 mod plan;
 mod ranges;
 pub mod rsync;
+mod staging;
 mod state;
 mod store;
 mod walk;

@@ -9,9 +9,11 @@ use pulpdist_format::{ChunkId, Head, Node, NodeId, VerifiedChunk};
 
 use crate::error::{IoContext, SyncError};
 use crate::fsutil::write_atomic;
+use crate::staging::Staging;
 
 pub(crate) struct State {
     dir: PathBuf,
+    staging: Staging,
 }
 
 impl State {
@@ -22,6 +24,7 @@ impl State {
         }
         Ok(State {
             dir: dir.to_path_buf(),
+            staging: Staging::new(dir.join("staging")),
         })
     }
 
@@ -151,47 +154,20 @@ impl State {
         write_atomic(&p, plain)
     }
 
-    fn staged_path(&self, id: &ChunkId) -> PathBuf {
-        self.dir.join("staging").join(id.to_hex())
-    }
-
     pub(crate) fn stage(&self, chunk: &VerifiedChunk) -> Result<(), SyncError> {
-        let p = self.staged_path(&chunk.id());
-        if p.exists() {
-            return Ok(());
-        }
-        write_atomic(&p, chunk.data())
+        self.staging.put(chunk)
     }
 
     pub(crate) fn staged(&self) -> Result<Vec<ChunkId>, SyncError> {
-        let dir = self.dir.join("staging");
-        let mut out = Vec::new();
-        for e in fs::read_dir(&dir).at(&dir)? {
-            let e = e.at(&dir)?;
-            if let Some(id) = e
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<ChunkId>().ok())
-            {
-                out.push(id);
-            }
-        }
-        Ok(out)
+        self.staging.ids()
     }
 
     /// A staged chunk, verified again on the way out.
     pub(crate) fn read_staged(&self, id: &ChunkId) -> Result<VerifiedChunk, SyncError> {
-        let p = self.staged_path(id);
-        let data = fs::read(&p).at(&p)?;
-        VerifiedChunk::from_plain(*id, data).map_err(|source| SyncError::Format {
-            object: p.display().to_string(),
-            source,
-        })
+        self.staging.get(id)
     }
 
     pub(crate) fn clear_staging(&self) -> Result<(), SyncError> {
-        let dir = self.dir.join("staging");
-        fs::remove_dir_all(&dir).at(&dir)?;
-        fs::create_dir_all(&dir).at(&dir)
+        self.staging.clear()
     }
 }
