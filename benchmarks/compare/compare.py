@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PulpDist beside rsync, casync and zsync on the same update scenarios (stdlib only).
+"""PulpDist beside rsync, casync, zsync and jigdo on the same update scenarios (stdlib only).
 
 Started by `benchmarks/compare/run`, which installs the tools, finds or builds the
 binaries and sets up the WAN namespaces; see README.md beside this file. For each
@@ -12,6 +12,11 @@ scenario this driver:
  3. for each link (loopback, wan): starts the servers, then runs each tool's client to
     update its own copy from version 1 to version 2 through a counting relay, timed with
     GNU time, and checks the result against upstream (sha256 of every file).
+
+Scenario `iso` is the pool scenario's version 1, and as version 2 the same tree plus an ISO
+image of its pool built by xorriso (cdimage/pool.iso): jigdo's case. jigdo-file makes its
+template upstream; its client fetches the .jigdo and .template over HTTP and rebuilds the
+image from the site's copy of the pool with `jigdo-file make-image`.
 
 Results go to OUT/results.json (everything measured) and OUT/results.md (the tables).
 """
@@ -34,7 +39,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 TREE = "bench"  # the PulpDist tree name
 PACKAGES_REL = "dists/stable/main/binary-amd64/Packages"
-SCENARIOS = ["source", "packages", "pool", "large"]
+SCENARIOS = ["source", "packages", "pool", "large", "iso"]
+ISO_REL = "cdimage/pool.iso"  # scenario iso: the image version 2 adds
 LINKS = ["loopback", "wan"]
 SRV_NS, CLI_NS = "pdc-srv", "pdc-cli"
 SRV_ADDR = "10.77.0.1"  # the server namespace's end of the veth pair
@@ -329,9 +335,24 @@ class Bench:
                 "zstd": first_line(["zstd", "--version"])}
 
     def gen(self, name, version, d, scale):
+        if name == "iso":
+            return self.gen_iso(version, d, scale)
         out = run([self.gen_tree, "scenario", name, str(version), str(d), str(scale)],
                   self.a.prep_timeout)
         return json.loads(out.strip().splitlines()[-1])
+
+    def gen_iso(self, version, d, scale):
+        """Scenario iso: the pool's version 1; version 2 adds an image of that pool."""
+        v1 = self.gen("pool", 1, d, scale)
+        if version == 1:
+            return v1
+        image = d / ISO_REL
+        image.parent.mkdir(parents=True, exist_ok=True)
+        run(["xorriso", "-abort_on", "FAILURE", "-outdev", str(image), "-rockridge", "on",
+             "-joliet", "on", "-map", str(d / "pool"), "/", "-commit"], self.a.prep_timeout)
+        size = image.stat().st_size
+        return {"files": v1["files"] + 1, "bytes": v1["bytes"] + size, "changed_files": 1,
+                "changed_bytes": size, "deleted_files": 0}
 
     def publish(self, w, src):
         r = timed([self.pulpdist, "publish", "--store", str(w / "store"), "--tree", TREE,
@@ -416,15 +437,43 @@ class Bench:
             except Failure as e:
                 info["failed"]["zsync"] = str(e)
 
+        if name == "iso":
+            self.prepare_iso(w, up, info)
+
         log(f"{name}: hashing v1 and v2 for the checks and the zstd bound")
         self.want = manifest(up)
         v1 = manifest(base / "plain")
-        if not self.a.no_zstd_bound:
+        if name == "iso":
+            # A new file has no reference: the bound would be the image compressed alone.
+            self.results["notes"].append("iso: no zstd bound (the image is a new file)")
+        elif not self.a.no_zstd_bound:
             try:
                 info["zstd_bound"] = self.zstd_bound(base / "plain", up, v1, self.want)
             except (Failure, subprocess.TimeoutExpired) as e:
                 self.results["notes"].append(f"{name}: no zstd bound: {e}")
         return info
+
+    def prepare_iso(self, w, up, info):
+        """jigdo-file's template (served for its client) and PulpDist's, for their sizes."""
+        j = w / "pub" / "jigdo"
+        j.mkdir()
+        image = up / ISO_REL
+        try:
+            info["upstream"]["jigdo-file make-template"] = self.prep_timed(
+                ["jigdo-file", "make-template", "--force", f"--image={image}",
+                 f"--jigdo={j / 'pool.jigdo'}", f"--template={j / 'pool.template'}",
+                 f"{up / 'pool'}//"], w, "jigdo-file make-template")
+        except Failure as e:
+            info["failed"]["jigdo"] = str(e)
+        tpl = w / "pool.tpl"
+        info["upstream"]["pulpdist iso template"] = self.prep_timed(
+            [self.pulpdist, "iso", "template", str(image), "--out", str(tpl)], w,
+            "pulpdist iso template")
+        info["iso"] = {"image_bytes": image.stat().st_size,
+                       "pulpdist_template_bytes": tpl.stat().st_size}
+        if "jigdo" not in info["failed"]:
+            info["iso"]["jigdo_bytes"] = (j / "pool.jigdo").stat().st_size
+            info["iso"]["jigdo_template_bytes"] = (j / "pool.template").stat().st_size
 
     def zstd_bound(self, old_root, new_root, old, new):
         """Reference: what shipping zstd -19 patches would cost, per changed file against
@@ -495,6 +544,8 @@ class Bench:
             tools = [PD, "rsync", "rsync -z", "casync"]
             if name == "packages":
                 tools.append("zsync")
+            if name == "iso":
+                tools.append("jigdo")
             for tool in tools:
                 row = {"scenario": name, "link": link, "tool": tool}
                 failed = info["failed"].get(tool.split()[0])
@@ -546,6 +597,15 @@ class Bench:
             dest = tdir / "new"
             cmd = ["casync", "extract", f"--store=http://{url}/castore",
                    f"--seed={base / 'plain'}", f"http://{url}/v2.caidx", str(dest)]
+        elif tool == "jigdo":  # what jigdo-lite does when every file is local
+            tdir.mkdir()
+            dest = tdir / "pool.iso"
+            cmd = ["sh", "-c",
+                   'curl -sSf -o "$1/pool.jigdo" "$2/jigdo/pool.jigdo" && '
+                   'curl -sSf -o "$1/pool.template" "$2/jigdo/pool.template" && '
+                   'jigdo-file make-image --force --image="$1/pool.iso" '
+                   '--jigdo="$1/pool.jigdo" --template="$1/pool.template" "$3//" >/dev/null',
+                   "sh", str(tdir), f"http://{url}", str(base / "plain" / "pool")]
         else:  # zsync: the one file
             tdir.mkdir()
             dest = tdir / "Packages"
@@ -581,10 +641,11 @@ class Bench:
             m = re.search(r"Total bytes received: ([\d,]+)", r["stdout"])
             row["tool_bytes"] = int(m.group(1).replace(",", "")) if m else None
         # The check: downstream equals upstream v2, file by file.
-        if tool == "zsync":
-            want = self.want.get(PACKAGES_REL)
-            got = manifest(tdir).get("Packages")
-            diff = None if got and want and got[1:] == want[1:] else "Packages differs"
+        if tool in ("zsync", "jigdo"):
+            rel, name = (PACKAGES_REL, "Packages") if tool == "zsync" else (ISO_REL, "pool.iso")
+            want = self.want.get(rel)
+            got = manifest(tdir).get(name)
+            diff = None if got and want and got[1:] == want[1:] else f"{name} differs"
         else:
             diff = compare_manifests(self.want, manifest(dest))
         if diff:
@@ -721,14 +782,14 @@ def render(res, a):
     lines.append("Wire bytes: TCP payload both ways through the relay. Requests: HTTP requests "
                  "(rsync: connections). CPU and peak RSS: the client process (and its "
                  "children). × best peer: this row over the best of rsync, rsync -z, casync, "
-                 "zsync on the same scenario and link.")
+                 "zsync, jigdo on the same scenario and link.")
     lines.append("")
     cols = ["bytes", "req", "wall s", "CPU s", "RSS MB", "bytes × best peer",
             "wall × best peer"]
     head = ["scenario", "tool"] + [f"{ln} {c}" for ln in links for c in cols]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
-    order = [PD, "rsync", "rsync -z", "casync", "zsync", ZSTD_BOUND, "(servers)"]
+    order = [PD, "rsync", "rsync -z", "casync", "zsync", "jigdo", ZSTD_BOUND, "(servers)"]
     by = {}
     for row in res["rows"]:
         by[(row["scenario"], row["tool"], row["link"])] = row
@@ -759,7 +820,8 @@ def render(res, a):
                 lines.append(f"| {name} | {label} | " + " | ".join(
                     c.replace("|", "/") for c in cells) + " |")
     lines += ["", render_changes(res), "", render_pulpdist(res, links), "",
-              render_upstream(res, links), "", render_scale(res, links)]
+              render_upstream(res, links), "", render_iso(res, links), "",
+              render_scale(res, links)]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -826,6 +888,41 @@ def render_upstream(res, links):
         out.append(f"| {name} | {ws(u.get('pulpdist publish v2'))} | "
                    f"{ws(u.get('casync make v2'))} | {ws(u.get('zsyncmake'))} | "
                    f"{' / '.join(cpu)} |")
+    return "\n".join(out)
+
+
+def render_iso(res, links):
+    """Scenario iso: jigdo's template against what a PulpDist site fetches for the image."""
+    sc = res["scenarios"].get("iso")
+    if not sc or "iso" not in sc:
+        return ""
+    i, u = sc["iso"], sc["upstream"]
+    jig = (i["jigdo_bytes"] + i["jigdo_template_bytes"]) if "jigdo_bytes" in i else None
+    out = [f"ISO image (scenario iso: {i['image_bytes']:,}-byte image of the pool a site "
+           "already has), PulpDist beside jigdo-file:", "", "| figure | jigdo-file | PulpDist |"
+           " PulpDist / jigdo |", "|---|---|---|---|"]
+
+    def ratio(a, b):
+        return "–" if a is None or not b else f"{a / b:.2f}"
+    out.append(f"| template bytes (jigdo: .jigdo + .template) | {fmt_int(jig)} | "
+               f"{fmt_int(i['pulpdist_template_bytes'])} | "
+               f"{ratio(i['pulpdist_template_bytes'], jig)} |")
+    mj, mp = u.get("jigdo-file make-template"), u.get("pulpdist iso template")
+    if mj and mp:
+        out.append(f"| make the template: wall / CPU s | {fmt_s(mj['wall_s'])} / "
+                   f"{fmt_s(mj['cpu_s'])} | {fmt_s(mp['wall_s'])} / {fmt_s(mp['cpu_s'])} | "
+                   f"{ratio(mp['wall_s'], mj['wall_s'])} |")
+    for ln in links:
+        rows = {r["tool"]: r for r in res["rows"] if r["scenario"] == "iso" and r["link"] == ln}
+        pd, jr = rows.get(PD, {}), rows.get("jigdo", {})
+        if "error" in pd or "error" in jr:
+            continue
+        out.append(f"| {ln}: bytes on the wire for the image (PulpDist: the whole update) | "
+                   f"{fmt_int(jr.get('wire_bytes'))} | {fmt_int(pd.get('wire_bytes'))} | "
+                   f"{ratio(pd.get('wire_bytes'), jr.get('wire_bytes'))} |")
+        out.append(f"| {ln}: fetch + rebuild: wall s / peak RSS MB | {fmt_s(jr.get('wall_s'))} "
+                   f"/ {fmt_mb(jr.get('rss_mb'))} | {fmt_s(pd.get('wall_s'))} / "
+                   f"{fmt_mb(pd.get('rss_mb'))} | {ratio(pd.get('wall_s'), jr.get('wall_s'))} |")
     return "\n".join(out)
 
 
