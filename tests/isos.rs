@@ -254,6 +254,13 @@ fn zisofs_files_and_damaged_images() {
             .any(|r| starts_with_noise(r) && r.end - r.start == noise.len() as u64),
         "noise.bin is a region of its bytes: {regions:?}"
     );
+    // The zisofs file is a region of its compressed bytes, not of whole blocks.
+    assert!(
+        regions
+            .iter()
+            .any(|r| (r.end - r.start) % 2048 != 0 && r.end - r.start < 100_000),
+        "the zisofs file's region: {regions:?}"
+    );
     // A damaged image: the ISO 9660 signature, but the rest of its volume descriptor zeroed.
     let mut broken = fs::read(&image).expect("image");
     broken[32774..34816].fill(0);

@@ -252,6 +252,88 @@ fn symlink_in_mirror_cannot_redirect_writes() {
     assert_same_tree(&site.src(), &site.mirror());
 }
 
+/// Local chunk sources are read only through real directories of the mirror: a directory
+/// replaced by a symlink to matching files elsewhere is not read, whether the new version
+/// changes it (`a`) or not (`b`).
+#[test]
+fn chunks_are_not_reused_through_a_symlinked_directory() {
+    let site = Site::new();
+    let data: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let other: Vec<u8> = data.iter().map(|b| b ^ 0x5a).collect();
+    for (dir, bytes) in [("a", &data), ("b", &other)] {
+        fs::create_dir_all(site.src().join(dir)).expect("dir");
+        fs::write(site.src().join(dir).join("f.bin"), bytes).expect("file");
+    }
+    site.publish();
+    site.sync();
+    // v2: copies of both files elsewhere, so a site could take their chunks locally.
+    fs::write(site.src().join("a/g.bin"), &data).expect("copy");
+    fs::create_dir_all(site.src().join("c")).expect("dir");
+    fs::write(site.src().join("c/copy.bin"), &other).expect("copy");
+    site.publish_with(&["--deltas", "0"]);
+    // The mirror's a/ and b/ become symlinks to identical copies outside the tree.
+    for dir in ["a", "b"] {
+        let outside = site.p(&format!("outside-{dir}"));
+        assert!(std::process::Command::new("cp")
+            .args(["-a", s(&site.mirror().join(dir)), s(&outside)])
+            .status()
+            .expect("cp")
+            .success());
+        fs::remove_dir_all(site.mirror().join(dir)).expect("rm");
+        std::os::unix::fs::symlink(&outside, site.mirror().join(dir)).expect("plant");
+    }
+    let r = site.sync();
+    assert_eq!(r["bytes_reused"], 0, "read through a symlink: {r}");
+    assert_eq!(
+        fs::read(site.mirror().join("c/copy.bin")).expect("copy"),
+        other
+    );
+    assert!(site.mirror().join("a").is_dir() && !site.mirror().join("a").is_symlink());
+    assert_eq!(fs::read(site.mirror().join("a/g.bin")).expect("g"), data);
+}
+
+/// A local file whose old and new index entries have the same size and mtime holds its old
+/// content: its chunks are taken as the old entry's, never claimed as the new entry's.
+#[test]
+fn a_file_matching_both_entries_is_read_as_its_old_version() {
+    let site = Site::new();
+    let old: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect();
+    let new: Vec<u8> = old.iter().map(|b| b ^ 0xa5).collect();
+    let f = site.src().join("f.bin");
+    fs::create_dir_all(site.src()).expect("src");
+    fs::write(&f, &old).expect("v1");
+    let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    let set_mtime = |p: &Path| {
+        fs::File::options()
+            .write(true)
+            .open(p)
+            .and_then(|h| h.set_modified(mtime))
+            .expect("mtime")
+    };
+    set_mtime(&f);
+    site.publish();
+    site.sync();
+    // v2: f.bin gets other bytes of the same size and mtime (a new inode, so publish reads
+    // it), and g.bin is a copy of the old f.bin.
+    let tmp = site.src().join("f.tmp");
+    fs::write(&tmp, &new).expect("new");
+    set_mtime(&tmp);
+    fs::rename(&tmp, &f).expect("rename");
+    fs::write(site.src().join("g.bin"), &old).expect("copy");
+    site.publish_with(&["--deltas", "0"]);
+    let r = site.sync();
+    assert_eq!(
+        r["bytes_reused"],
+        old.len() as u64,
+        "only the old content is local: {r}"
+    );
+    assert_same_tree(&site.src(), &site.mirror());
+}
+
 #[test]
 fn killed_sync_resumes_without_refetching_and_never_tears_a_file() {
     let site = Site::new();

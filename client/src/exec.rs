@@ -338,6 +338,7 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         planner.add_dir(&DirView {
             rel: c.rel.clone(),
             new: &new,
+            old: old.as_ref(),
             local: &observed,
         });
     }
@@ -358,6 +359,7 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         if !needed.is_empty() {
             find_in_unchanged(
                 &opts.dest,
+                &mut safe,
                 &state,
                 a.root,
                 &changed,
@@ -756,8 +758,14 @@ fn local_sources(
                 continue;
             };
             let old = c.old.and_then(|id| state.node(&id));
-            // The old entry first: a file still as the applied version left it.
-            for node in old.iter().chain(std::iter::once(&new)) {
+            let on_disk = |name: &[u8], size: u64, mtime: Mtime| {
+                let path = c.rel.join(std::ffi::OsStr::from_bytes(name));
+                fs::symlink_metadata(dest.join(&path))
+                    .is_ok_and(|md| md.is_file() && md.len() == size && to_mtime(&md) == mtime)
+            };
+            // A file still as the applied version left it holds its old entry's chunks; only
+            // a file that does not match its old entry is taken for its new entry's.
+            for (node, is_old) in old.iter().map(|o| (o, true)).chain([(&new, false)]) {
                 for e in node.entries() {
                     let EntryKind::File { size, chunks } = &e.kind else {
                         continue;
@@ -765,11 +773,17 @@ fn local_sources(
                     if !chunks.iter().any(|ch| wanted.contains_key(&ch.id)) {
                         continue;
                     }
-                    let path = c.rel.join(std::ffi::OsStr::from_bytes(e.name.as_bytes()));
-                    let here = fs::symlink_metadata(dest.join(&path)).is_ok_and(|md| {
-                        md.is_file() && md.len() == *size && to_mtime(&md) == e.mtime
-                    });
-                    if here {
+                    let name = e.name.as_bytes();
+                    if !is_old {
+                        let old_here = old.as_ref().and_then(|o| o.get(name)).is_some_and(|oe| {
+                            matches!(&oe.kind, EntryKind::File { size, .. } if on_disk(name, *size, oe.mtime))
+                        });
+                        if old_here {
+                            continue;
+                        }
+                    }
+                    if on_disk(name, *size, e.mtime) {
+                        let path = c.rel.join(std::ffi::OsStr::from_bytes(name));
                         add(&path, &mut chunks.iter().map(|ch| (ch.id, ch.loc.raw_len)));
                     }
                 }
@@ -980,6 +994,7 @@ fn fill_gaps(
 /// changed behind our back only costs a fetch.
 fn find_in_unchanged(
     dest: &Path,
+    safe: &mut SafeDirs,
     state: &State,
     root: pulpdist_format::NodeRef,
     changed: &std::collections::HashSet<&Path>,
@@ -1003,9 +1018,11 @@ fn find_in_unchanged(
                     if !chunks.iter().any(|c| needed.contains(&c.id)) {
                         continue;
                     }
-                    let on_disk = fs::symlink_metadata(dest.join(&path)).is_ok_and(|md| {
-                        md.is_file() && md.len() == *size && to_mtime(&md) == e.mtime
-                    });
+                    // Only through real directories of the mirror, never a symlink.
+                    let on_disk = safe.ensure(&rel, false).is_ok()
+                        && fs::symlink_metadata(dest.join(&path)).is_ok_and(|md| {
+                            md.is_file() && md.len() == *size && to_mtime(&md) == e.mtime
+                        });
                     if !on_disk {
                         continue;
                     }

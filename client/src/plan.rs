@@ -34,6 +34,10 @@ pub struct DirView<'a> {
     pub rel: PathBuf,
     /// The new node.
     pub new: &'a Node,
+    /// The node of the version applied, if known: a file that still matches its old entry
+    /// (size and mtime) is rewritten when the new entry has other chunks, even if its size
+    /// and mtime are the new entry's too.
+    pub old: Option<&'a Node>,
     /// What is on disk for each name in the directory (new entries and local extras).
     pub local: &'a HashMap<Vec<u8>, Observed>,
 }
@@ -200,7 +204,7 @@ impl Planner {
                         size: s,
                         mtime: m,
                         mode,
-                    } if s == size && *m == e.mtime => {
+                    } if s == size && *m == e.mtime && !stale(d.old, e) => {
                         if *mode != e.mode {
                             plan.attrs.push(AttrOp {
                                 path,
@@ -349,6 +353,31 @@ impl Planner {
         plan.files = payload;
         plan.files.extend(metadata);
         plan
+    }
+}
+
+/// Whether the old node has a file of the new entry `e`'s name, size and mtime but other
+/// chunks: a local file with that size and mtime then holds the old content, not the new.
+fn stale(old: Option<&Node>, e: &pulpdist_format::Entry) -> bool {
+    let Some(oe) = old.and_then(|o| o.get(e.name.as_bytes())) else {
+        return false;
+    };
+    match (&oe.kind, &e.kind) {
+        (
+            EntryKind::File {
+                size: old_size,
+                chunks: old_chunks,
+            },
+            EntryKind::File { size, chunks },
+        ) => {
+            oe.mtime == e.mtime
+                && old_size == size
+                && !old_chunks
+                    .iter()
+                    .map(|c| c.id)
+                    .eq(chunks.iter().map(|c| c.id))
+        }
+        _ => false,
     }
 }
 
@@ -526,6 +555,7 @@ mod tests {
         let view = DirView {
             rel: PathBuf::from("dists"),
             new: &node,
+            old: None,
             local: &local,
         };
         let plan = make_plan(&[view], &HashMap::new(), &HashMap::new(), &settings());
@@ -563,6 +593,7 @@ mod tests {
             &[DirView {
                 rel: PathBuf::new(),
                 new: &node,
+                old: None,
                 local: &local,
             }],
             &sources,
@@ -587,6 +618,7 @@ mod tests {
             &[DirView {
                 rel: PathBuf::new(),
                 new: &node,
+                old: None,
                 local: &local,
             }],
             &HashMap::new(),
