@@ -8,6 +8,15 @@ use std::path::Path;
 
 use common::*;
 
+/// Regular files under `dir`, at any depth.
+fn walk_files(dir: &Path) -> usize {
+    fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").path())
+        .map(|p| if p.is_dir() { walk_files(&p) } else { 1 })
+        .sum()
+}
+
 fn generate(site: &Site) {
     pulpdist_testdata::generate(&site.src(), 11, 1).expect("generate");
 }
@@ -21,6 +30,7 @@ fn versions_sync_byte_identical_and_cost_follows_change() {
     let s1 = site.sync();
     assert_eq!(s1["version"], 1);
     assert_same_tree(&site.src(), &site.mirror());
+    let mut pruned = 0;
     for step in 1..=4u64 {
         pulpdist_testdata::evolve(&site.src(), 11, step).expect("evolve");
         let p = site.publish();
@@ -33,6 +43,17 @@ fn versions_sync_byte_identical_and_cost_follows_change() {
         let s = site.sync();
         assert_eq!(s["version"], step + 1);
         assert_same_tree(&site.src(), &site.mirror());
+        // The node cache holds the applied tree only: at most one node per directory.
+        let dirs = 1 + snapshot(&site.src())
+            .values()
+            .filter(|d| d.starts_with("dir"))
+            .count();
+        let cached = walk_files(&site.p("downstream/.tree.pulpdist/nodes"));
+        assert!(
+            cached <= dirs,
+            "{cached} cached nodes for {dirs} directories"
+        );
+        pruned += s["nodes_pruned"].as_u64().expect("nodes_pruned");
         // One version behind: the head, the index pack and the new data packs (3 + new packs
         // at most; content that came back from an older version may need one older pack).
         let packs = p["packs"].as_u64().expect("packs");
@@ -47,6 +68,7 @@ fn versions_sync_byte_identical_and_cost_follows_change() {
             "{s} {p}"
         );
     }
+    assert!(pruned > 0, "old versions' nodes were never pruned");
     // Unchanged tree: publish reads nothing, sync is one request.
     let p = site.publish();
     assert_eq!(p["files_read"], 0);

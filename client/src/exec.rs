@@ -138,6 +138,10 @@ pub struct SyncReport {
     pub chunks_from_delta: u64,
     /// Why a listed delta was not used, if it failed as a whole.
     pub delta_error: Option<String>,
+    /// Cached index nodes deleted after the version was applied (no applied tree reaches them).
+    pub nodes_pruned: u64,
+    /// Why pruning the node cache failed (the sync itself succeeded).
+    pub prune_error: Option<String>,
     /// The plan, printed (with `dry_run`).
     pub plan: Option<String>,
     /// Wall time.
@@ -525,6 +529,11 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
     state.set_applied(&opts.tree, &head_bytes, etag.as_deref(), &reader.describe())?;
     state.clear_applying(&opts.tree)?;
     state.clear_staging()?;
+    // Housekeeping: the version is applied whatever happens here.
+    match state.prune_nodes() {
+        Ok(n) => report.nodes_pruned = n,
+        Err(e) => report.prune_error = Some(e.to_string()),
+    }
     Ok(finish(report, &store))
 }
 

@@ -2,10 +2,11 @@
 //! the index nodes of that version, and the staging area of verified chunks that lets a
 //! killed sync resume without fetching them again.
 
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use pulpdist_format::{ChunkId, Head, Node, NodeId, VerifiedChunk};
+use pulpdist_format::{ChunkId, EntryKind, Head, Node, NodeId, VerifiedChunk};
 
 use crate::error::{IoContext, SyncError};
 use crate::fsutil::write_atomic;
@@ -152,6 +153,55 @@ impl State {
             fs::create_dir_all(parent).at(parent)?;
         }
         write_atomic(&p, plain)
+    }
+
+    /// Deletes the cached nodes that no applied tree reaches, and returns how many. Without
+    /// this the cache keeps every version's changed directories for ever. A node of an
+    /// applied tree that is not cached hides its subtree: those nodes are fetched again if
+    /// a later sync needs them.
+    pub(crate) fn prune_nodes(&self) -> Result<u64, SyncError> {
+        let mut todo = Vec::new();
+        for e in fs::read_dir(&self.dir).at(&self.dir)? {
+            let name = e.at(&self.dir)?.file_name();
+            if let Some(tree) = name.to_str().and_then(|n| n.strip_prefix("applied-")) {
+                if let Some(h) = self.applied(tree)? {
+                    todo.push(h.root.id);
+                }
+            }
+        }
+        let mut live = HashSet::new();
+        while let Some(id) = todo.pop() {
+            if !live.insert(id) {
+                continue;
+            }
+            if let Some(node) = self.node(&id) {
+                for e in node.entries() {
+                    if let EntryKind::Dir { node } = &e.kind {
+                        todo.push(node.id);
+                    }
+                }
+            }
+        }
+        let nodes = self.dir.join("nodes");
+        let mut removed = 0;
+        for shard in fs::read_dir(&nodes).at(&nodes)? {
+            let shard = shard.at(&nodes)?.path();
+            if !shard.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(&shard).at(&shard)? {
+                let path = f.at(&shard)?.path();
+                let id = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.parse::<NodeId>().ok());
+                if id.is_some_and(|id| !live.contains(&id)) {
+                    fs::remove_file(&path).at(&path)?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     pub(crate) fn stage(&self, chunk: &VerifiedChunk) -> Result<(), SyncError> {

@@ -240,6 +240,7 @@ pub fn print_report(json: bool, r: &SyncReport) {
             "chunks_fetched": r.chunks_fetched, "chunks_reused": r.chunks_reused, "bytes_reused": r.bytes_reused,
             "delta_bytes": r.delta_bytes, "delta_files": r.delta_files, "delta_nodes": r.delta_nodes, "delta_failed": r.delta_failed,
             "chunks_from_delta": r.chunks_from_delta, "delta_error": r.delta_error,
+            "nodes_pruned": r.nodes_pruned, "prune_error": r.prune_error,
             "dirs_examined": r.dirs_examined, "dry_run": r.plan.is_some(), "elapsed_ms": r.elapsed_ms,
             "filter": r.filter.as_deref().map(|f| f.lines().collect::<Vec<_>>()),
         }),
@@ -282,6 +283,9 @@ pub fn print_report(json: bool, r: &SyncReport) {
                 }
                 if let Some(e) = &r.delta_error {
                     s.push_str(&format!("delta not used ({e}); chunks fetched instead\n"));
+                }
+                if let Some(e) = &r.prune_error {
+                    s.push_str(&format!("warning: the node cache was not pruned: {e}\n"));
                 }
             }
             s
