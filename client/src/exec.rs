@@ -376,8 +376,7 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         use_delta(&state, opts, fetched, &planner, &mut sources, &mut report);
     }
     drop(delta);
-    let all_refs: HashMap<ChunkId, ChunkRef> = planner.wanted().clone();
-    let plan = planner.finish(&sources, &pack_sizes);
+    let (plan, all_refs) = planner.finish(&sources, &pack_sizes);
     drop(sources);
     let (rn, rb) = plan.reused();
     report.chunks_reused = rn;

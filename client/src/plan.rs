@@ -150,7 +150,7 @@ fn make_plan(
     for d in dirs {
         planner.add_dir(d);
     }
-    planner.finish(sources, pack_sizes)
+    planner.finish(sources, pack_sizes).0
 }
 
 /// The plan built one directory at a time, so that a sync never holds more than one
@@ -262,18 +262,19 @@ impl Planner {
     }
 
     /// The plan, with each chunk taken from `sources` where it is available locally and
-    /// the rest grouped into fetches per pack.
+    /// the rest grouped into fetches per pack; and [`Planner::wanted`], given back rather
+    /// than copied (an initial sync of a large tree wants every chunk).
     pub fn finish(
         self,
         sources: &HashMap<ChunkId, Source>,
         pack_sizes: &HashMap<PackId, u64>,
-    ) -> Plan {
+    ) -> (Plan, HashMap<ChunkId, ChunkRef>) {
         let Planner {
             settings,
             mut plan,
             mut payload,
             mut metadata,
-            wanted: _,
+            wanted,
         } = self;
         for f in payload.iter_mut().chain(metadata.iter_mut()) {
             for (id, _, src) in f.chunks.iter_mut() {
@@ -352,7 +353,7 @@ impl Planner {
         }
         plan.files = payload;
         plan.files.extend(metadata);
-        plan
+        (plan, wanted)
     }
 }
 
