@@ -348,6 +348,12 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
     }
     // Which of the chunks the files to write need are already here.
     let mut sources = local_sources(&opts.dest, &state, &changes, &looked, &planner, rehashed)?;
+    // The delta first: it brings the chunks of the files it carries without touching the
+    // rest of the tree.
+    if let Some(fetched) = &delta {
+        use_delta(&state, opts, fetched, &planner, &mut sources, &mut report);
+    }
+    drop(delta);
     // Chunks still missing may sit in files of directories that did not change (a moved
     // file, an ISO image built from the tree's own packages): look them up in the index of
     // the version applied, in the node cache.
@@ -372,10 +378,6 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
             );
         }
     }
-    if let Some(fetched) = &delta {
-        use_delta(&state, opts, fetched, &planner, &mut sources, &mut report);
-    }
-    drop(delta);
     let (plan, all_refs) = planner.finish(&sources, &pack_sizes);
     drop(sources);
     let (rn, rb) = plan.reused();
