@@ -141,9 +141,7 @@ fn a_full_disk_fails_cleanly_and_the_mirror_keeps_its_version() {
     site.sync();
     let v1 = snapshot(&site.mirror());
     // Version 2 adds more than is left.
-    let big: Vec<u8> = (0..20_000_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
-        .collect();
+    let big: Vec<u8> = common::noise(20_000_000, 11);
     std::fs::write(site.src().join("pool/huge.iso"), big).expect("big file");
     site.publish();
     let out = site.try_sync(&[]);

@@ -204,9 +204,7 @@ fn zisofs_files_and_damaged_images() {
         .map(|i| b"mirror text "[i as usize % 12])
         .collect();
     fs::write(d.join("text.txt"), &text).expect("text");
-    let noise: Vec<u8> = (0..300_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8)
-        .collect();
+    let noise: Vec<u8> = common::noise(300_000, 9);
     fs::write(d.join("noise.bin"), &noise).expect("noise");
     fs::write(site.p("boot.bin"), &noise).expect("boot image");
     let image = site.src().join("z.iso");

@@ -79,9 +79,7 @@ impl Tls {
         }
         // Tree c: one directory with one file of its own, so no node or chunk of it is shared.
         fs::create_dir_all(p("src/c")).expect("c");
-        let unique: Vec<u8> = (0..300_000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-            .collect();
+        let unique: Vec<u8> = common::noise(300_000, 13);
         fs::write(p("src/c/secret.bin"), unique).expect("c file");
         for tree in ["a", "b", "c"] {
             ok(&[

@@ -12,6 +12,9 @@ use crate::error::{IoContext, SyncError};
 use crate::fsutil::write_atomic;
 use crate::staging::Staging;
 
+/// Cached nodes beyond twice the live ones before a prune walks the applied trees.
+pub(crate) const PRUNE_SLACK: usize = 16;
+
 pub(crate) struct State {
     dir: PathBuf,
     staging: Staging,
@@ -155,11 +158,46 @@ impl State {
         write_atomic(&p, plain)
     }
 
+    /// The cached node files, by id.
+    fn cached_nodes(&self) -> Result<Vec<(NodeId, PathBuf)>, SyncError> {
+        let nodes = self.dir.join("nodes");
+        let mut out = Vec::new();
+        for shard in fs::read_dir(&nodes).at(&nodes)? {
+            let shard = shard.at(&nodes)?.path();
+            if !shard.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(&shard).at(&shard)? {
+                let path = f.at(&shard)?.path();
+                if let Some(id) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.parse::<NodeId>().ok())
+                {
+                    out.push((id, path));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Deletes the cached nodes that no applied tree reaches, and returns how many. Without
-    /// this the cache keeps every version's changed directories for ever. A node of an
-    /// applied tree that is not cached hides its subtree: those nodes are fetched again if
-    /// a later sync needs them.
+    /// this the cache keeps every version's changed directories for ever. The walk reads
+    /// every node of the applied trees, so it runs only once the cache has grown to twice
+    /// the live nodes the last prune counted (plus [`PRUNE_SLACK`]): its cost is spread
+    /// over the versions that grew the cache, not paid by every sync. A node of an applied
+    /// tree that is not cached hides its subtree: those nodes are fetched again if a later
+    /// sync needs them.
     pub(crate) fn prune_nodes(&self) -> Result<u64, SyncError> {
+        let cached = self.cached_nodes()?;
+        let live_file = self.dir.join("nodes-live");
+        let last_live: usize = fs::read_to_string(&live_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if cached.len() <= 2 * last_live + PRUNE_SLACK {
+            return Ok(0);
+        }
         let mut todo = Vec::new();
         for e in fs::read_dir(&self.dir).at(&self.dir)? {
             let name = e.at(&self.dir)?.file_name();
@@ -182,25 +220,14 @@ impl State {
                 }
             }
         }
-        let nodes = self.dir.join("nodes");
         let mut removed = 0;
-        for shard in fs::read_dir(&nodes).at(&nodes)? {
-            let shard = shard.at(&nodes)?.path();
-            if !shard.is_dir() {
-                continue;
-            }
-            for f in fs::read_dir(&shard).at(&shard)? {
-                let path = f.at(&shard)?.path();
-                let id = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(|n| n.parse::<NodeId>().ok());
-                if id.is_some_and(|id| !live.contains(&id)) {
-                    fs::remove_file(&path).at(&path)?;
-                    removed += 1;
-                }
+        for (id, path) in cached {
+            if !live.contains(&id) {
+                fs::remove_file(&path).at(&path)?;
+                removed += 1;
             }
         }
+        write_atomic(&live_file, live.len().to_string().as_bytes())?;
         Ok(removed)
     }
 
@@ -219,5 +246,49 @@ impl State {
 
     pub(crate) fn clear_staging(&self) -> Result<(), SyncError> {
         self.staging.clear()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pulpdist_format::{Entry, Name};
+
+    /// Puts `n` distinct nodes no tree reaches into the cache.
+    fn dead(state: &State, n: u8, tag: u8) -> Vec<NodeId> {
+        (0..n)
+            .map(|i| {
+                let node = Node::new(vec![Entry {
+                    name: Name::new(vec![b'a' + tag, b'a' + i % 26, b'0' + i / 26]).expect("name"),
+                    mode: 0o644,
+                    mtime: Default::default(),
+                    kind: EntryKind::Symlink {
+                        target: b"x".to_vec(),
+                    },
+                }])
+                .expect("node");
+                let bytes = node.encode();
+                let id = NodeId::of(&bytes);
+                state.put_node(&id, &bytes).expect("put");
+                id
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unreachable_nodes_are_pruned_once_the_cache_has_grown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = State::open(dir.path()).expect("state");
+        // No tree applied, nothing live: 40 > 2 × 0 + 16, so all go.
+        let first = dead(&state, 40, 1);
+        assert_eq!(state.prune_nodes().expect("prune"), 40);
+        assert!(first.iter().all(|id| !state.has_node(id)));
+        // Within the slack nothing is walked or deleted.
+        let second = dead(&state, PRUNE_SLACK as u8, 2);
+        assert_eq!(state.prune_nodes().expect("prune"), 0);
+        assert!(second.iter().all(|id| state.has_node(id)));
+        // Past it, everything unreachable goes.
+        dead(&state, 1, 3);
+        assert_eq!(state.prune_nodes().expect("prune"), PRUNE_SLACK as u64 + 1);
     }
 }

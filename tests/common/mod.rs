@@ -130,6 +130,14 @@ pub fn s(p: &Path) -> &str {
 }
 
 /// Everything observable about a tree: kind, content, mode, mtime, symlink target.
+/// `len` bytes that do not compress and differ with `shift` (a multiplicative hash of each
+/// offset, shifted right by `shift` bits).
+pub fn noise(len: u32, shift: u32) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> shift) as u8)
+        .collect()
+}
+
 pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
