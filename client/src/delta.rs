@@ -83,17 +83,52 @@ impl Fetched {
     }
 }
 
-/// The encoding of the old version's directory node at `path`, from the node cache.
-fn old_node(state: &State, old_root: &NodeId, path: &[Name]) -> Option<Vec<u8>> {
-    let mut id = *old_root;
-    for name in path {
-        let node = state.node(&id)?;
-        id = match &node.get(name.as_bytes())?.kind {
-            EntryKind::Dir { node } => node.id,
-            _ => return None,
-        };
+/// The old tree's subdirectories, per directory path, as the node records need them: each
+/// directory node on the way is decoded once, and only its subdirectory entries are kept
+/// (a delta of 1,000 directories under one root used to decode the root 1,000 times).
+struct OldDirs<'a> {
+    state: &'a State,
+    root: NodeId,
+    subdirs: HashMap<Vec<u8>, Option<HashMap<Vec<u8>, NodeId>>>,
+}
+
+impl<'a> OldDirs<'a> {
+    fn new(state: &'a State, root: NodeId) -> Self {
+        OldDirs {
+            state,
+            root,
+            subdirs: HashMap::new(),
+        }
     }
-    state.node_bytes(&id)
+
+    /// The id of the old directory at `path`, if the cached index has it. Walks down from
+    /// the root (no recursion: a path may have many components).
+    fn id(&mut self, path: &[Name]) -> Option<NodeId> {
+        let mut id = self.root;
+        for (depth, name) in path.iter().enumerate() {
+            let key = join_path(&path[..depth]);
+            let state = self.state;
+            let subdirs = self.subdirs.entry(key).or_insert_with(|| {
+                state.node(&id).map(|n| {
+                    n.entries()
+                        .iter()
+                        .filter_map(|e| match &e.kind {
+                            EntryKind::Dir { node } => Some((e.name.as_bytes().to_vec(), node.id)),
+                            _ => None,
+                        })
+                        .collect()
+                })
+            });
+            id = *subdirs.as_ref()?.get(name.as_bytes())?;
+        }
+        Some(id)
+    }
+
+    /// The encoding of the old directory node at `path`, from the node cache.
+    fn bytes(&mut self, path: &[Name]) -> Option<Vec<u8>> {
+        let id = self.id(path)?;
+        self.state.node_bytes(&id)
+    }
 }
 
 /// Rebuilds the index nodes the delta carries (each against the old node of its
@@ -107,12 +142,13 @@ pub(crate) fn apply_nodes(
 ) -> Result<u64, SyncError> {
     let mut n = 0;
     let mut seen = HashSet::new();
+    let mut old = OldDirs::new(state, *old_root);
     for (r, frame) in fetched.records()? {
         if r.kind != RecordKind::Node || !seen.insert(join_path(&r.path)) {
             continue;
         }
         let reference = match &r.reference {
-            Some(p) => match old_node(state, old_root, p) {
+            Some(p) => match old.bytes(p) {
                 Some(b) if b.len() as u64 == r.ref_size => b,
                 _ => continue,
             },
