@@ -68,13 +68,64 @@ fn versions_sync_byte_identical_and_cost_follows_change() {
             "{s} {p}"
         );
     }
-    // Unchanged tree: publish reads nothing, sync is one request.
+    // Unchanged tree: publish reads nothing and builds no node (every directory matches
+    // the publisher's cache, which is left as it was); sync is one request.
+    let cache = site.p(".store.pulpdist-publish/tree/files-tree");
+    let cached = fs::read(&cache).expect("publisher cache");
     let p = site.publish();
     assert_eq!(p["files_read"], 0);
     assert_eq!(p["chunks_new"], 0);
+    assert_eq!(p["nodes_new"], 0);
+    assert_eq!(fs::read(&cache).expect("publisher cache"), cached);
     let s = site.sync();
     assert_eq!(s["requests"], 1);
     assert_eq!(s["up_to_date"], true);
+    assert_same_tree(&site.src(), &site.mirror());
+}
+
+#[test]
+fn a_damaged_publisher_cache_costs_a_read_not_a_wrong_index() {
+    let site = Site::new();
+    generate(&site);
+    let p1 = site.publish();
+    let cache = site.p(".store.pulpdist-publish/tree/files-tree");
+    let mut bytes = fs::read(&cache).expect("publisher cache");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    fs::write(&cache, &bytes).expect("damage");
+    // Every file is read again, and the tree is indexed as before.
+    let p2 = site.publish();
+    assert_eq!(p2["files_read"], p1["files"], "{p2}");
+    assert_eq!(p2["root"], p1["root"]);
+    assert_eq!(p2["nodes_new"], 0);
+    // The cache was written anew: the next publish reads nothing.
+    let p3 = site.publish();
+    assert_eq!(p3["files_read"], 0);
+    assert_eq!(p3["root"], p1["root"]);
+}
+
+#[test]
+fn a_lost_data_pack_is_stored_again_by_the_next_publish() {
+    let site = Site::new();
+    generate(&site);
+    let p1 = site.publish();
+    // The largest pack holds the chunks (the others are the index and the tiny files'
+    // pack, if any); lose it.
+    let mut packs: Vec<_> = fs::read_dir(site.store().join("packs"))
+        .expect("packs")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    packs.sort_by_key(|p| fs::metadata(p).expect("meta").len());
+    let lost = packs.last().expect("a pack").clone();
+    fs::remove_file(&lost).expect("lose the pack");
+    // The unchanged tree is published again: what the lost pack held is read and stored
+    // again, and the directories that named it get new nodes.
+    let p2 = site.publish();
+    assert!(p2["files_read"].as_u64() > Some(0), "{p2}");
+    assert!(p2["chunks_new"].as_u64() > Some(0), "{p2}");
+    assert_ne!(p2["root"], p1["root"]);
+    let s = site.sync();
+    assert_eq!(s["version"], 2);
     assert_same_tree(&site.src(), &site.mirror());
 }
 

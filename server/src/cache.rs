@@ -1,135 +1,348 @@
-//! The publisher's file cache: for each path, the inode, size and mtime it had when last
-//! chunked, and its chunk ids. A file that matches is not read again.
+//! The publisher's directory cache: for each directory, what its entries looked like when
+//! its index node was last built (a fingerprint), that node, the packs its chunks are in,
+//! and for each file the inode, size and mtime it had when chunked, with its chunk ids.
+//!
+//! A directory whose fingerprint is unchanged keeps its node without a look at its files'
+//! chunks; a file whose stat is unchanged is not read again. The cache is one file, read
+//! whole and checked against a trailing BLAKE3 hash: a torn or damaged cache is empty
+//! (everything is read again), so it is written without fsync.
 
 use std::collections::HashMap;
 use std::fs;
+use std::ops::Range;
 use std::path::Path;
 
-use pulpdist_format::ChunkId;
+use pulpdist_format::{ChunkId, NodeId, PackId};
 
 use crate::error::{IoContext, PublishError};
-use crate::store::write_synced;
+use crate::walk::FileStat;
 
-const MAGIC: &[u8; 8] = b"PDPCACH1";
+const MAGIC: &[u8; 8] = b"PDPCACH2";
+const HASH_LEN: usize = 32;
+/// Bytes of one chunk in a file record: id and length.
+const CHUNK_LEN: usize = 36;
 
-/// What a file looked like when it was chunked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct CachedFile {
-    pub(crate) dev: u64,
-    pub(crate) ino: u64,
-    pub(crate) size: u64,
-    pub(crate) mtime_ns: i128,
-    pub(crate) chunks: Vec<(ChunkId, u32)>,
+/// One directory's record, borrowed from the cache's bytes.
+pub(crate) struct DirRecord<'a> {
+    pub(crate) fingerprint: [u8; 32],
+    pub(crate) node: NodeId,
+    pub(crate) packs: Vec<PackId>,
+    files: &'a [u8],
+    nfiles: u32,
+    /// The whole record, copied as is into the next cache when the directory is unchanged.
+    raw: &'a [u8],
 }
 
-/// Relative path bytes → cached file.
-pub(crate) type FileCache = HashMap<Vec<u8>, CachedFile>;
-
-/// Loads the cache; a missing or unreadable cache is empty (everything is re-read).
-pub(crate) fn load(path: &Path) -> FileCache {
-    fs::read(path)
-        .ok()
-        .and_then(|b| decode(&b))
-        .unwrap_or_default()
-}
-
-pub(crate) fn save(path: &Path, cache: &FileCache) -> Result<(), PublishError> {
-    let mut out = MAGIC.to_vec();
-    out.extend((cache.len() as u64).to_le_bytes());
-    for (p, f) in cache {
-        out.extend((p.len() as u32).to_le_bytes());
-        out.extend(p);
-        out.extend(f.dev.to_le_bytes());
-        out.extend(f.ino.to_le_bytes());
-        out.extend(f.size.to_le_bytes());
-        out.extend(f.mtime_ns.to_le_bytes());
-        out.extend((f.chunks.len() as u32).to_le_bytes());
-        for (id, len) in &f.chunks {
-            out.extend(id.as_bytes());
-            out.extend(len.to_le_bytes());
+impl<'a> DirRecord<'a> {
+    /// The directory's files, in name order.
+    pub(crate) fn files(&self) -> FileRecords<'a> {
+        FileRecords {
+            r: Reader(self.files),
+            left: self.nfiles,
         }
     }
-    let tmp = path.with_extension("tmp");
-    write_synced(&tmp, &out)?;
-    fs::rename(&tmp, path).at(path)
 }
 
-fn decode(b: &[u8]) -> Option<FileCache> {
-    struct R<'a>(&'a [u8]);
-    impl R<'_> {
-        fn take(&mut self, n: usize) -> Option<&[u8]> {
-            if self.0.len() < n {
-                return None;
-            }
-            let (a, b) = self.0.split_at(n);
-            self.0 = b;
-            Some(a)
-        }
-        fn u32(&mut self) -> Option<u32> {
-            Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-        }
-        fn u64(&mut self) -> Option<u64> {
-            Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-        }
+/// A file as it was when chunked.
+pub(crate) struct FileRecord<'a> {
+    pub(crate) name: &'a [u8],
+    pub(crate) stat: FileStat,
+    chunks: &'a [u8],
+}
+
+impl<'a> FileRecord<'a> {
+    pub(crate) fn chunks(&self) -> CachedChunks<'a> {
+        CachedChunks(self.chunks)
     }
-    let mut r = R(b);
-    if r.take(8)? != MAGIC {
+}
+
+/// A cached file's chunk list: ids and lengths, in order.
+#[derive(Clone, Copy)]
+pub(crate) struct CachedChunks<'a>(&'a [u8]);
+
+impl<'a> CachedChunks<'a> {
+    pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = (ChunkId, u32)> + 'a {
+        self.0.chunks_exact(CHUNK_LEN).map(|c| {
+            let mut id = [0u8; 32];
+            id.copy_from_slice(&c[..32]);
+            let mut len = [0u8; 4];
+            len.copy_from_slice(&c[32..]);
+            (ChunkId(id), u32::from_le_bytes(len))
+        })
+    }
+}
+
+pub(crate) struct FileRecords<'a> {
+    r: Reader<'a>,
+    left: u32,
+}
+
+impl<'a> Iterator for FileRecords<'a> {
+    type Item = FileRecord<'a>;
+    fn next(&mut self) -> Option<FileRecord<'a>> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let r = &mut self.r;
+        let name_len = r.u32()? as usize;
+        let name = r.take(name_len)?;
+        let stat = FileStat {
+            dev: r.u64()?,
+            ino: r.u64()?,
+            size: r.u64()?,
+            mtime_ns: i128::from_le_bytes(r.take(16)?.try_into().ok()?),
+        };
+        let n = r.u32()? as usize;
+        let chunks = r.take(n.checked_mul(CHUNK_LEN)?)?;
+        Some(FileRecord { name, stat, chunks })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn array(&mut self) -> Option<[u8; 32]> {
+        self.take(32)?.try_into().ok()
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+}
+
+/// The cache as loaded: its bytes, and where each directory's record is.
+#[derive(Default)]
+pub(crate) struct DirCache {
+    buf: Vec<u8>,
+    dirs: HashMap<Vec<u8>, Range<usize>>,
+}
+
+impl DirCache {
+    /// Loads the cache; a missing, damaged or foreign cache is empty.
+    pub(crate) fn load(path: &Path) -> DirCache {
+        fs::read(path)
+            .ok()
+            .and_then(|buf| {
+                let dirs = index(&buf)?;
+                Some(DirCache { buf, dirs })
+            })
+            .unwrap_or_default()
+    }
+
+    /// The record of the directory at `rel`, if the cache has one that decodes.
+    pub(crate) fn dir(&self, rel: &[u8]) -> Option<DirRecord<'_>> {
+        let raw = self.buf.get(self.dirs.get(rel)?.clone())?;
+        let mut r = Reader(raw);
+        let rel_len = r.u32()? as usize;
+        r.take(rel_len)?;
+        let fingerprint = r.array()?;
+        let node = NodeId(r.array()?);
+        let npacks = r.u32()? as usize;
+        let mut packs = Vec::with_capacity(npacks.min(r.0.len() / 32));
+        for _ in 0..npacks {
+            packs.push(PackId(r.array()?));
+        }
+        let nfiles = r.u32()?;
+        Some(DirRecord {
+            fingerprint,
+            node,
+            packs,
+            files: r.0,
+            nfiles,
+            raw,
+        })
+    }
+
+    /// The cache's bytes: a new cache equal to them need not be written.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+/// Checks the magic and the trailing hash, and finds each record.
+fn index(buf: &[u8]) -> Option<HashMap<Vec<u8>, Range<usize>>> {
+    let body_len = buf.len().checked_sub(HASH_LEN)?;
+    let (body, hash) = buf.split_at(body_len);
+    if blake3::hash(body).as_bytes() != hash {
+        return None;
+    }
+    let mut r = Reader(body);
+    if r.take(MAGIC.len())? != MAGIC {
         return None;
     }
     let n = r.u64()?;
-    let mut cache = HashMap::new();
+    let mut dirs = HashMap::with_capacity(n.min(body.len() as u64 / 64) as usize);
     for _ in 0..n {
-        let plen = r.u32()? as usize;
-        let p = r.take(plen)?.to_vec();
-        let dev = r.u64()?;
-        let ino = r.u64()?;
-        let size = r.u64()?;
-        let mtime_ns = i128::from_le_bytes(r.take(16)?.try_into().ok()?);
-        let nchunks = r.u32()? as usize;
-        if nchunks > r.0.len() / 36 {
-            return None;
+        let start = body.len() - r.0.len();
+        let rel_len = r.u32()? as usize;
+        let rel = r.take(rel_len)?.to_vec();
+        r.take(64)?;
+        let npacks = r.u32()? as usize;
+        r.take(npacks.checked_mul(32)?)?;
+        let nfiles = r.u32()?;
+        let mut files = FileRecords {
+            r: Reader(r.0),
+            left: nfiles,
+        };
+        for _ in 0..nfiles {
+            files.next()?;
         }
-        let mut chunks = Vec::with_capacity(nchunks);
-        for _ in 0..nchunks {
-            let id = ChunkId(r.take(32)?.try_into().ok()?);
-            chunks.push((id, r.u32()?));
-        }
-        cache.insert(
-            p,
-            CachedFile {
-                dev,
-                ino,
-                size,
-                mtime_ns,
-                chunks,
-            },
-        );
+        r = files.r;
+        dirs.insert(rel, start..body.len() - r.0.len());
     }
-    Some(cache)
+    if !r.0.is_empty() {
+        return None;
+    }
+    Some(dirs)
+}
+
+/// The next cache, built a directory at a time.
+pub(crate) struct CacheWriter {
+    out: Vec<u8>,
+    count: u64,
+}
+
+impl CacheWriter {
+    pub(crate) fn new() -> Self {
+        let mut out = MAGIC.to_vec();
+        out.extend(0u64.to_le_bytes());
+        CacheWriter { out, count: 0 }
+    }
+
+    /// Keeps an unchanged directory's record as it was.
+    pub(crate) fn keep(&mut self, record: &DirRecord<'_>) {
+        self.out.extend_from_slice(record.raw);
+        self.count += 1;
+    }
+
+    /// Starts a new record; its files follow with [`CacheWriter::file`], `nfiles` of them.
+    pub(crate) fn dir(
+        &mut self,
+        rel: &[u8],
+        fingerprint: &[u8; 32],
+        node: &NodeId,
+        packs: &[PackId],
+        nfiles: u32,
+    ) {
+        self.out.extend((rel.len() as u32).to_le_bytes());
+        self.out.extend_from_slice(rel);
+        self.out.extend_from_slice(fingerprint);
+        self.out.extend_from_slice(node.as_bytes());
+        self.out.extend((packs.len() as u32).to_le_bytes());
+        for p in packs {
+            self.out.extend_from_slice(p.as_bytes());
+        }
+        self.out.extend(nfiles.to_le_bytes());
+        self.count += 1;
+    }
+
+    /// A file of the directory last started.
+    pub(crate) fn file(
+        &mut self,
+        name: &[u8],
+        stat: &FileStat,
+        chunks: impl ExactSizeIterator<Item = (ChunkId, u32)>,
+    ) {
+        let o = &mut self.out;
+        o.extend((name.len() as u32).to_le_bytes());
+        o.extend_from_slice(name);
+        o.extend(stat.dev.to_le_bytes());
+        o.extend(stat.ino.to_le_bytes());
+        o.extend(stat.size.to_le_bytes());
+        o.extend(stat.mtime_ns.to_le_bytes());
+        o.extend((chunks.len() as u32).to_le_bytes());
+        for (id, len) in chunks {
+            o.extend_from_slice(id.as_bytes());
+            o.extend(len.to_le_bytes());
+        }
+    }
+
+    /// The finished cache's bytes.
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        self.out[MAGIC.len()..MAGIC.len() + 8].copy_from_slice(&self.count.to_le_bytes());
+        let hash = blake3::hash(&self.out);
+        self.out.extend_from_slice(hash.as_bytes());
+        self.out
+    }
+}
+
+/// Writes the cache (by temporary file and rename; no fsync: a torn cache fails its hash).
+pub(crate) fn save(path: &Path, bytes: &[u8]) -> Result<(), PublishError> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, bytes).at(&tmp)?;
+    fs::rename(&tmp, path).at(path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn stat(n: u64) -> FileStat {
+        FileStat {
+            dev: n,
+            ino: n + 1,
+            size: n + 2,
+            mtime_ns: -(i128::from(n)),
+        }
+    }
+
     #[test]
-    fn round_trip_and_garbage() {
+    fn round_trip_keep_and_damage() {
         let dir = tempfile::tempdir().expect("tmp");
         let p = dir.path().join("c");
-        let mut c = FileCache::new();
-        c.insert(
-            b"a/b".to_vec(),
-            CachedFile {
-                dev: 1,
-                ino: 2,
-                size: 3,
-                mtime_ns: -4,
-                chunks: vec![(ChunkId([5; 32]), 3)],
-            },
+        let mut w = CacheWriter::new();
+        w.dir(b"a/b", &[7; 32], &NodeId([8; 32]), &[PackId([9; 32])], 2);
+        w.file(b"x", &stat(1), [(ChunkId([5; 32]), 3)].into_iter());
+        w.file(b"y", &stat(2), std::iter::empty());
+        w.dir(b"", &[1; 32], &NodeId([2; 32]), &[], 0);
+        save(&p, &w.finish()).expect("save");
+
+        let c = DirCache::load(&p);
+        let rec = c.dir(b"a/b").expect("a/b");
+        assert_eq!(rec.fingerprint, [7; 32]);
+        assert_eq!(rec.node, NodeId([8; 32]));
+        assert_eq!(rec.packs, vec![PackId([9; 32])]);
+        let files: Vec<_> = rec.files().collect();
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[0].name, b"x");
+        assert_eq!(files[0].stat, stat(1));
+        assert_eq!(
+            files[0].chunks().iter().collect::<Vec<_>>(),
+            vec![(ChunkId([5; 32]), 3)]
         );
-        save(&p, &c).expect("save");
-        assert_eq!(load(&p), c);
+        assert_eq!(files[1].name, b"y");
+        assert_eq!(files[1].chunks().iter().count(), 0);
+        assert!(c.dir(b"").is_some());
+        assert!(c.dir(b"a").is_none());
+
+        // Kept records copy into an equal cache.
+        let mut w = CacheWriter::new();
+        w.keep(&rec);
+        w.keep(&c.dir(b"").expect("root"));
+        assert_eq!(w.finish(), c.bytes());
+
+        // Any damaged byte empties the cache.
+        let mut bytes = fs::read(&p).expect("read");
+        for i in [0, 12, bytes.len() / 2, bytes.len() - 1] {
+            bytes[i] ^= 1;
+            fs::write(&p, &bytes).expect("write");
+            assert!(DirCache::load(&p).dir(b"").is_none(), "byte {i}");
+            bytes[i] ^= 1;
+        }
+        fs::write(&p, &bytes[..bytes.len() - 5]).expect("write");
+        assert!(DirCache::load(&p).dir(b"").is_none());
         fs::write(&p, b"PDPCACH1\xff\xff").expect("write");
-        assert!(load(&p).is_empty());
+        assert!(DirCache::load(&p).dir(b"").is_none());
     }
 }

@@ -44,12 +44,20 @@ pub enum PublishError {
 
 pub(crate) trait IoContext<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T, PublishError>;
+    /// Like `at`, with the path made only on error.
+    fn at_with(self, path: impl FnOnce() -> PathBuf) -> Result<T, PublishError>;
 }
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T, PublishError> {
         self.map_err(|source| PublishError::Io {
             path: path.into(),
+            source,
+        })
+    }
+    fn at_with(self, path: impl FnOnce() -> PathBuf) -> Result<T, PublishError> {
+        self.map_err(|source| PublishError::Io {
+            path: path(),
             source,
         })
     }

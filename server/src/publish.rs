@@ -1,6 +1,6 @@
 //! The publish pipeline: walk, reuse or chunk, pack, build nodes, sign the head (last).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
@@ -19,13 +19,13 @@ use pulpdist_format::{
     MAX_NODE_SIZE,
 };
 
-use crate::cache::{self, CachedFile, FileCache};
+use crate::cache::{self, CacheWriter, CachedChunks, DirCache, DirRecord};
 use crate::catalog::Catalog;
 use crate::delta::{DeltaReport, DeltaSettings, Nodes};
 use crate::error::{IoContext, PublishError};
 use crate::packer::Packer;
 use crate::store::Store;
-use crate::walk::{self, WalkKind};
+use crate::walk::{self, WalkDir, WalkFile, WalkKind};
 
 /// The default zstd level of delta frames (benchmarks/README.md, "Deltas").
 pub const DEFAULT_DELTA_LEVEL: i32 = 19;
@@ -142,6 +142,70 @@ pub struct PublishReport {
 /// A file's chunks: id and length, in order.
 type ChunkList = Vec<(ChunkId, u32)>;
 
+/// A file's chunks: from the cache (the file is unchanged) or just read.
+enum FileChunks<'a> {
+    Cached(CachedChunks<'a>),
+    Read(ChunkList),
+}
+
+impl FileChunks<'_> {
+    fn to_vec(&self) -> ChunkList {
+        match self {
+            FileChunks::Cached(c) => c.iter().collect(),
+            FileChunks::Read(v) => v.clone(),
+        }
+    }
+}
+
+/// What a directory's node is built from: each entry's name, mode, mtime and kind; a
+/// file's stat (which decides its chunks, through the cache); a symlink's target; a
+/// subdirectory's node. Equal fingerprints give equal nodes while the store keeps the
+/// packs the node names.
+fn fingerprint(
+    d: &WalkDir,
+    files: &[WalkFile],
+    dir_refs: &[Option<NodeRef>],
+) -> Result<[u8; 32], PublishError> {
+    let mut h = blake3::Hasher::new();
+    h.update(b"pulpdist dir fingerprint 1");
+    h.update(&(d.entries.len() as u64).to_le_bytes());
+    for e in &d.entries {
+        let name = e.name.as_bytes();
+        h.update(&(name.len() as u32).to_le_bytes());
+        h.update(name);
+        h.update(&e.mode.to_le_bytes());
+        h.update(&e.mtime.secs.to_le_bytes());
+        h.update(&e.mtime.nanos.to_le_bytes());
+        match &e.kind {
+            WalkKind::File(fi) => {
+                let s = &files[*fi].stat;
+                h.update(b"f");
+                h.update(&s.dev.to_le_bytes());
+                h.update(&s.ino.to_le_bytes());
+                h.update(&s.size.to_le_bytes());
+                h.update(&s.mtime_ns.to_le_bytes());
+            }
+            WalkKind::Dir(ci) => {
+                let r = dir_refs[*ci]
+                    .ok_or_else(|| PublishError::Config("internal: child node missing".into()))?;
+                h.update(b"d");
+                h.update(r.id.as_bytes());
+                h.update(r.loc.pack.as_bytes());
+                h.update(&r.loc.offset.to_le_bytes());
+                h.update(&r.loc.stored_len.to_le_bytes());
+                h.update(&r.loc.raw_len.to_le_bytes());
+                h.update(&[r.loc.codec.to_byte()]);
+            }
+            WalkKind::Symlink(t) => {
+                h.update(b"l");
+                h.update(&(t.len() as u32).to_le_bytes());
+                h.update(t);
+            }
+        }
+    }
+    Ok(*h.finalize().as_bytes())
+}
+
 struct NewChunk {
     id: ChunkId,
     raw_len: u32,
@@ -218,11 +282,22 @@ pub fn publish(
         .map_or(Some(1), |h| h.version.checked_add(1))
         .ok_or_else(|| PublishError::Config("version overflow".into()))?;
 
-    let mut catalog = Catalog::load(store, &opts.state_dir)?;
     let cache_path = opts.state_dir.join(format!("files-{}", opts.tree));
-    let old_cache = cache::load(&cache_path);
-    let walk = walk::walk(&opts.source, &opts.filter)?;
-
+    // The store's catalog is read while the tree is walked: one waits on the file
+    // system's metadata, the other mostly on memory.
+    let (catalog, old_cache, walk) = std::thread::scope(|s| {
+        let catalog = s.spawn(|| Catalog::load(store, &opts.state_dir));
+        let old_cache = DirCache::load(&cache_path);
+        let walk = with_pool(opts.threads, "walking", || {
+            walk::walk(&opts.source, &opts.filter)
+        });
+        let catalog = catalog
+            .join()
+            .map_err(|_| PublishError::Config("reading the store's catalog panicked".into()));
+        (catalog, old_cache, walk)
+    });
+    let mut catalog = catalog??;
+    let walk = walk??;
     let mut report = PublishReport {
         version,
         unreadable_packs: catalog.unreadable.clone(),
@@ -238,27 +313,38 @@ pub fn publish(
             .count() as u64;
     }
     report.files = walk.files.len() as u64;
+    report.bytes_total = walk.files.iter().map(|f| f.stat.size).sum();
 
-    // Files whose inode, size and mtime match the cache keep their chunk list.
-    let mut file_chunks: Vec<Option<Vec<(ChunkId, u32)>>> = vec![None; walk.files.len()];
-    let mut to_read = Vec::new();
-    for (i, f) in walk.files.iter().enumerate() {
-        report.bytes_total += f.size;
-        match old_cache.get(&f.rel) {
-            Some(c)
-                if c.dev == f.dev
-                    && c.ino == f.ino
-                    && c.size == f.size
-                    && c.mtime_ns == f.mtime_ns
-                    && c.chunks
+    // Each directory's record from the last publish; a file whose inode, size and mtime
+    // match its record keeps its chunk list (if the store still has every chunk).
+    let records: Vec<Option<DirRecord<'_>>> =
+        walk.dirs.iter().map(|d| old_cache.dir(&d.rel)).collect();
+    let mut file_chunks: Vec<Option<FileChunks<'_>>> = Vec::new();
+    file_chunks.resize_with(walk.files.len(), || None);
+    for (d, record) in walk.dirs.iter().zip(&records) {
+        let Some(record) = record else { continue };
+        let packs_readable = catalog.has_packs(&record.packs);
+        let mut cached = record.files().peekable();
+        for e in &d.entries {
+            let WalkKind::File(fi) = e.kind else { continue };
+            let name = e.name.as_bytes();
+            while cached.next_if(|c| c.name < name).is_some() {}
+            let Some(c) = cached.next_if(|c| c.name == name) else {
+                continue;
+            };
+            if c.stat == walk.files[fi].stat
+                && (packs_readable
+                    || c.chunks()
                         .iter()
-                        .all(|(id, _)| catalog.chunks.contains_key(id)) =>
+                        .all(|(id, _)| catalog.chunks.contains_key(&id)))
             {
-                file_chunks[i] = Some(c.chunks.clone());
+                file_chunks[fi] = Some(FileChunks::Cached(c.chunks()));
             }
-            _ => to_read.push(i),
         }
     }
+    let to_read: Vec<usize> = (0..walk.files.len())
+        .filter(|&i| file_chunks[i].is_none())
+        .collect();
 
     let mut namer = pack_namer(opts, version);
     let mut data_packer = Packer::new(
@@ -278,7 +364,9 @@ pub fn publish(
     let read_results = std::thread::scope(|s| -> Result<Vec<(usize, ChunkList)>, PublishError> {
         let catalog = &catalog;
         let claimed = &claimed;
+        let walk = &walk;
         let files = &walk.files;
+        let source = opts.source.as_path();
         let to_read = &to_read;
         let chunker = &chunker;
         let isos = &isos;
@@ -293,22 +381,16 @@ pub fn publish(
                             let comp = comp
                                 .as_mut()
                                 .map_err(|e| PublishError::Config(e.to_string()))?;
-                            let f = &files[i];
+                            let path = walk.path(source, &files[i]);
                             let chunks =
-                                chunk_file(chunker, comp, &f.abs, catalog, claimed, &tx, isos)?;
+                                chunk_file(chunker, comp, &path, catalog, claimed, &tx, isos)?;
                             Ok((i, chunks))
                         },
                     )
                     .collect::<Result<Vec<_>, _>>()
             };
             // The pool is installed here, on the thread that runs the parallel loop.
-            let r = match threads.map(|n| rayon::ThreadPoolBuilder::new().num_threads(n).build()) {
-                Some(Ok(pool)) => pool.install(chunk_all),
-                Some(Err(e)) => Err(PublishError::Config(format!(
-                    "cannot start {threads:?} chunking threads: {e}"
-                ))),
-                None => chunk_all(),
-            };
+            let r = with_pool(threads, "chunking", chunk_all).and_then(|r| r);
             drop(tx);
             r
         });
@@ -337,7 +419,7 @@ pub fn publish(
     for (i, chunks) in read_results {
         report.files_read += 1;
         report.bytes_read += chunks.iter().map(|(_, l)| u64::from(*l)).sum::<u64>();
-        file_chunks[i] = Some(chunks);
+        file_chunks[i] = Some(FileChunks::Read(chunks));
     }
     let (data_packs, data_bytes) = data_packer.finish()?;
     catalog.chunks.extend(new_locs);
@@ -352,73 +434,83 @@ pub fn publish(
         u64::MAX,
         Box::new(move || namer("index")),
     );
-    let mut compressor = Compressor::new(opts.zstd_level)?;
     let mut dir_refs: Vec<Option<NodeRef>> = vec![None; walk.dirs.len()];
-    for di in (0..walk.dirs.len()).rev() {
-        let mut entries = Vec::with_capacity(walk.dirs[di].entries.len());
-        for e in &walk.dirs[di].entries {
-            let kind = match &e.kind {
-                WalkKind::File(fi) => {
-                    let ids = file_chunks[*fi]
-                        .as_ref()
-                        .ok_or_else(|| PublishError::Config("internal: file not chunked".into()))?;
-                    let mut chunks = Vec::with_capacity(ids.len());
-                    for (id, _) in ids {
-                        let loc = *catalog.chunks.get(id).ok_or_else(|| {
-                            PublishError::Config(format!("internal: chunk {id} has no location"))
-                        })?;
-                        chunks.push(ChunkRef { id: *id, loc });
+    let mut next_cache = CacheWriter::new();
+    // A level's directories are built in parallel (their children are done), then
+    // stored in order: the same tree always gives the same packs.
+    for level in walk.levels.iter().rev() {
+        let built = with_pool(opts.threads, "indexing", || {
+            level
+                .clone()
+                .into_par_iter()
+                .map_init(
+                    || Compressor::new(opts.zstd_level),
+                    |comp, di| {
+                        let comp = comp
+                            .as_mut()
+                            .map_err(|e| PublishError::Config(e.to_string()))?;
+                        build_dir(
+                            opts,
+                            &walk,
+                            di,
+                            &records,
+                            &file_chunks,
+                            &dir_refs,
+                            &catalog,
+                            comp,
+                        )
+                    },
+                )
+                .collect::<Result<Vec<_>, _>>()
+        })??;
+        for (di, built) in level.clone().zip(built) {
+            let d = &walk.dirs[di];
+            let b = match built {
+                Built::Kept(r) => {
+                    dir_refs[di] = Some(r);
+                    if let Some(record) = &records[di] {
+                        next_cache.keep(record);
                     }
-                    let size = ids.iter().map(|(_, l)| u64::from(*l)).sum();
-                    EntryKind::File { size, chunks }
+                    continue;
                 }
-                WalkKind::Dir(ci) => EntryKind::Dir {
-                    node: dir_refs[*ci].ok_or_else(|| {
-                        PublishError::Config("internal: child node missing".into())
-                    })?,
-                },
-                WalkKind::Symlink(t) => EntryKind::Symlink { target: t.clone() },
+                Built::New(b) => b,
             };
-            entries.push(Entry {
-                name: e.name.clone(),
-                mode: e.mode,
-                mtime: e.mtime,
-                kind,
-            });
-        }
-        let node = Node::new(entries).map_err(|source| PublishError::Format {
-            object: format!("directory #{di}"),
-            source,
-        })?;
-        let encoded = node.encode();
-        if encoded.len() > MAX_NODE_SIZE as usize {
-            return Err(PublishError::Config(format!(
-                "directory #{di} encodes to {} bytes, above the format's limit of {MAX_NODE_SIZE}",
-                encoded.len()
-            )));
-        }
-        let id = NodeId::of(&encoded);
-        let loc = match catalog.nodes.get(&id) {
-            Some(l) => *l,
-            None => {
-                let stored = compressor.compress(&encoded);
-                let loc = index_packer.add(
-                    ObjectKind::Node,
-                    id.0,
-                    stored.codec,
-                    encoded.len() as u32,
-                    &stored.bytes,
-                )?;
-                catalog.nodes.insert(id, loc);
-                report.nodes_new += 1;
-                // Kept for the delta walk (a first version has nothing to compare with).
-                if opts.deltas > 0 && prev.is_some() {
-                    fresh_nodes.insert(id, (node, encoded));
+            let loc = match catalog.nodes.get(&b.id) {
+                Some(l) => *l,
+                None => {
+                    let stored = match b.stored {
+                        Some(st) => st,
+                        None => Compressor::new(opts.zstd_level)?.compress(&b.encoded),
+                    };
+                    let loc = index_packer.add(
+                        ObjectKind::Node,
+                        b.id.0,
+                        stored.codec,
+                        b.encoded.len() as u32,
+                        &stored.bytes,
+                    )?;
+                    catalog.nodes.insert(b.id, loc);
+                    report.nodes_new += 1;
+                    // Kept for the delta walk (a first version has nothing to compare with).
+                    if opts.deltas > 0 && prev.is_some() {
+                        fresh_nodes.insert(b.id, (b.node, b.encoded));
+                    }
+                    loc
                 }
-                loc
+            };
+            dir_refs[di] = Some(NodeRef { id: b.id, loc });
+            next_cache.dir(&d.rel, &b.fingerprint, &b.id, &b.packs, b.nfiles);
+            for e in &d.entries {
+                if let WalkKind::File(fi) = e.kind {
+                    let (name, stat) = (e.name.as_bytes(), &walk.files[fi].stat);
+                    match &file_chunks[fi] {
+                        Some(FileChunks::Cached(c)) => next_cache.file(name, stat, c.iter()),
+                        Some(FileChunks::Read(v)) => next_cache.file(name, stat, v.iter().copied()),
+                        None => {}
+                    }
+                }
             }
-        };
-        dir_refs[di] = Some(NodeRef { id, loc });
+        }
     }
     let (index_packs, index_bytes) = index_packer.finish()?;
     let root = dir_refs[0].ok_or_else(|| PublishError::Config("internal: no root".into()))?;
@@ -440,19 +532,7 @@ pub fn publish(
         )
     };
     // On the chunking threads' budget (`threads`), like the chunking itself.
-    let (deltas, delta_reports, delta_bytes) = match opts
-        .threads
-        .map(|n| rayon::ThreadPoolBuilder::new().num_threads(n).build())
-    {
-        Some(Ok(pool)) => pool.install(make_deltas),
-        Some(Err(e)) => {
-            return Err(PublishError::Config(format!(
-                "cannot start {:?} delta threads: {e}",
-                opts.threads
-            )))
-        }
-        None => make_deltas(),
-    }?;
+    let (deltas, delta_reports, delta_bytes) = with_pool(opts.threads, "delta", make_deltas)??;
     drop(nodes);
 
     // The head goes last: everything it names is already in place.
@@ -500,22 +580,11 @@ pub fn publish(
         prev.as_ref().map(|h| h.version),
     )?;
 
-    let mut new_cache = FileCache::with_capacity(walk.files.len());
-    for (f, chunks) in walk.files.iter().zip(file_chunks) {
-        if let Some(chunks) = chunks {
-            new_cache.insert(
-                f.rel.clone(),
-                CachedFile {
-                    dev: f.dev,
-                    ino: f.ino,
-                    size: f.size,
-                    mtime_ns: f.mtime_ns,
-                    chunks,
-                },
-            );
-        }
+    // The next publish's cache; an unchanged tree leaves it as it was.
+    let next_cache = next_cache.finish();
+    if next_cache != old_cache.bytes() {
+        cache::save(&cache_path, &next_cache)?;
     }
-    cache::save(&cache_path, &new_cache)?;
 
     report.bytes_stored = data_bytes + index_bytes + delta_bytes;
     report.deltas = delta_reports;
@@ -731,6 +800,136 @@ fn chunk_stream<R: std::io::Read>(
         }
     }
     Ok(())
+}
+
+/// A directory's node: the one it had (unchanged since the last publish) or a new one.
+enum Built {
+    Kept(NodeRef),
+    New(NewNode),
+}
+
+struct NewNode {
+    fingerprint: [u8; 32],
+    node: Node,
+    encoded: Vec<u8>,
+    id: NodeId,
+    /// Compressed, unless the store already has the node.
+    stored: Option<pulpdist_chunker::Stored>,
+    /// The packs its files' chunks are in.
+    packs: Vec<PackId>,
+    nfiles: u32,
+}
+
+/// Builds directory `di`'s node; its subdirectories' nodes are in `dir_refs`.
+#[allow(clippy::too_many_arguments)]
+fn build_dir(
+    opts: &PublishOptions,
+    walk: &walk::Walk,
+    di: usize,
+    records: &[Option<DirRecord<'_>>],
+    file_chunks: &[Option<FileChunks<'_>>],
+    dir_refs: &[Option<NodeRef>],
+    catalog: &Catalog,
+    comp: &mut Compressor,
+) -> Result<Built, PublishError> {
+    let d = &walk.dirs[di];
+    let what = || {
+        format!(
+            "directory '{}' of {}",
+            String::from_utf8_lossy(&d.rel),
+            opts.source.display()
+        )
+    };
+    let fingerprint = fingerprint(d, &walk.files, dir_refs)?;
+    // Unchanged since the last publish: the same node, if the store still has it and
+    // every pack its chunks are in.
+    if let Some(record) = &records[di] {
+        if record.fingerprint == fingerprint && catalog.has_packs(&record.packs) {
+            if let Some(loc) = catalog.nodes.get(&record.node) {
+                return Ok(Built::Kept(NodeRef {
+                    id: record.node,
+                    loc: *loc,
+                }));
+            }
+        }
+    }
+    let mut entries = Vec::with_capacity(d.entries.len());
+    let mut packs = BTreeSet::new();
+    let mut nfiles = 0u32;
+    for e in &d.entries {
+        let kind = match &e.kind {
+            WalkKind::File(fi) => {
+                nfiles += 1;
+                let ids = file_chunks[*fi]
+                    .as_ref()
+                    .ok_or_else(|| {
+                        PublishError::Config(format!("internal: a file of {} not chunked", what()))
+                    })?
+                    .to_vec();
+                let mut chunks = Vec::with_capacity(ids.len());
+                for (id, _) in &ids {
+                    let loc = *catalog.chunks.get(id).ok_or_else(|| {
+                        PublishError::Config(format!("internal: chunk {id} has no location"))
+                    })?;
+                    packs.insert(loc.pack);
+                    chunks.push(ChunkRef { id: *id, loc });
+                }
+                let size = ids.iter().map(|(_, l)| u64::from(*l)).sum();
+                EntryKind::File { size, chunks }
+            }
+            WalkKind::Dir(ci) => EntryKind::Dir {
+                node: dir_refs[*ci].ok_or_else(|| {
+                    PublishError::Config(format!("internal: a child node of {} missing", what()))
+                })?,
+            },
+            WalkKind::Symlink(t) => EntryKind::Symlink { target: t.clone() },
+        };
+        entries.push(Entry {
+            name: e.name.clone(),
+            mode: e.mode,
+            mtime: e.mtime,
+            kind,
+        });
+    }
+    let node = Node::new(entries).map_err(|source| PublishError::Format {
+        object: what(),
+        source,
+    })?;
+    let encoded = node.encode();
+    if encoded.len() > MAX_NODE_SIZE as usize {
+        return Err(PublishError::Config(format!(
+            "{} encodes to {} bytes, above the format's limit of {MAX_NODE_SIZE}",
+            what(),
+            encoded.len()
+        )));
+    }
+    let id = NodeId::of(&encoded);
+    let stored = (!catalog.nodes.contains_key(&id)).then(|| comp.compress(&encoded));
+    Ok(Built::New(NewNode {
+        fingerprint,
+        node,
+        encoded,
+        id,
+        stored,
+        packs: packs.into_iter().collect(),
+        nfiles,
+    }))
+}
+
+/// Runs `f` on a pool of `threads` threads, or on rayon's global pool (every core).
+fn with_pool<T: Send>(
+    threads: Option<usize>,
+    what: &str,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, PublishError> {
+    match threads {
+        None => Ok(f()),
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .map(|pool| pool.install(f))
+            .map_err(|e| PublishError::Config(format!("cannot start {n} {what} threads: {e}"))),
+    }
 }
 
 fn unix_now() -> i64 {
