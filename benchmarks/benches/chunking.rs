@@ -23,7 +23,7 @@ fn bench(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("blake3", "alone"), |b| {
             b.iter(|| blake3::hash(&data))
         });
-        g.bench_function(BenchmarkId::new("zstd-3", "alone"), |b| {
+        g.bench_function(BenchmarkId::new("zstd", "alone"), |b| {
             let mut z = zstd::bulk::Compressor::new(DEFAULT_ZSTD_LEVEL).expect("zstd");
             b.iter(|| {
                 chunker

@@ -69,7 +69,7 @@ pub struct PublishOptions {
 }
 
 impl PublishOptions {
-    /// Defaults: 7-day expiry, 8 recent versions, 64 MiB packs, zstd level 3.
+    /// Defaults: 7-day expiry, 8 recent versions, 64 MiB packs, zstd level 2.
     pub fn new(
         tree: impl Into<String>,
         source: impl Into<PathBuf>,
