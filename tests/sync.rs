@@ -130,6 +130,37 @@ fn a_lost_data_pack_is_stored_again_by_the_next_publish() {
 }
 
 #[test]
+fn a_closed_stdout_ends_quietly_and_a_full_one_is_an_error() {
+    let site = Site::new();
+    generate(&site);
+    // `pulpdist publish --json | head -c 0`: the reader is gone before the report.
+    let mut child = bin()
+        .args(strs(&site.publish_cmd(&site.key(), &["--json"])))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?} {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+    // A report that cannot be written (a full disk) fails the command and says so.
+    let full = fs::File::create("/dev/full").expect("/dev/full");
+    let out = bin()
+        .args(strs(&site.publish_cmd(&site.key(), &[])))
+        .stdout(full)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("writing the report to standard output"),
+        "{err}"
+    );
+}
+
+#[test]
 fn dry_run_prints_plan_and_changes_nothing() {
     let site = Site::new();
     generate(&site);

@@ -94,9 +94,9 @@ fn rounds(
             }
         }
         let p = publish(store, key, popts).context("publishing the sample tree")?;
-        super::publish::print_report(json, &p);
+        super::publish::print_report(json, &p)?;
         let s = sync(reader, sopts).context("syncing the sample tree over HTTP")?;
-        super::sync::print_report(json, &s);
+        super::sync::print_report(json, &s)?;
         let diff = std::process::Command::new("diff")
             .arg("-r")
             .arg("--no-dereference")

@@ -131,8 +131,7 @@ fn template(
                 t.entries.len()
             )
         },
-    );
-    Ok(())
+    )
 }
 
 /// Chunk id → (file, offset) for every wanted chunk found in the files under `dirs`.
@@ -308,6 +307,5 @@ fn rebuild(
                 out.display(), t.size, from_local, from_template, bytes_fetched, requests
             )
         },
-    );
-    Ok(())
+    )
 }

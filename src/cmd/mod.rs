@@ -34,13 +34,23 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     1
 }
 
-/// Prints a JSON object on one line, or human lines.
-pub fn emit(json: bool, value: serde_json::Value, human: impl FnOnce() -> String) {
+/// Prints a JSON object on one line, or human lines. A closed stdout is an error with
+/// the `BrokenPipe` kind, which `main` turns into a quiet success (`... | head`).
+pub fn emit(
+    json: bool,
+    value: serde_json::Value,
+    human: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
     if json {
-        println!("{value}");
+        writeln!(out, "{value}")
     } else {
-        print!("{}", human());
+        write!(out, "{}", human())
     }
+    .and_then(|()| out.flush())
+    .context("writing the report to standard output")
 }
 
 /// The definition of `tree` in a tree definitions file.

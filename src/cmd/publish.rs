@@ -186,11 +186,10 @@ pub fn run(a: Args) -> Result<()> {
             source, a.tree, a.store
         )
     })?;
-    print_report(a.json, &report);
-    Ok(())
+    print_report(a.json, &report)
 }
 
-pub fn print_report(json: bool, r: &PublishReport) {
+pub fn print_report(json: bool, r: &PublishReport) -> anyhow::Result<()> {
     super::emit(
         json,
         json!({
@@ -237,5 +236,5 @@ pub fn print_report(json: bool, r: &PublishReport) {
             }
             s
         },
-    );
+    )
 }

@@ -148,7 +148,7 @@ pub fn run(mut a: Args) -> Result<()> {
         )
         .with_context(|| format!("syncing tree '{tree}' from {store} into {}", dest.display()))?;
         if a.json {
-            print_report(true, &report);
+            print_report(true, &report)?;
         } else {
             println!(
                 "{} from {store} (payload, then metadata and deletions): {} files, {} deleted, {} bytes received",
@@ -225,11 +225,10 @@ pub fn run(mut a: Args) -> Result<()> {
     let reader = super::stores::reader(&store, http, &s3, &rt)?;
     let report = sync(reader.as_ref(), &opts)
         .with_context(|| format!("syncing tree '{tree}' from {store} into {}", dest.display()))?;
-    print_report(a.json, &report);
-    Ok(())
+    print_report(a.json, &report)
 }
 
-pub fn print_report(json: bool, r: &SyncReport) {
+pub fn print_report(json: bool, r: &SyncReport) -> anyhow::Result<()> {
     super::emit(
         json,
         json!({
@@ -290,5 +289,5 @@ pub fn print_report(json: bool, r: &SyncReport) {
             }
             s
         },
-    );
+    )
 }
