@@ -17,6 +17,16 @@ fn walk_files(dir: &Path) -> usize {
         .sum()
 }
 
+/// The store's largest pack: the one holding the chunks (the others are the index and
+/// small packs, if any).
+fn largest_pack(site: &Site) -> std::path::PathBuf {
+    fs::read_dir(site.store().join("packs"))
+        .expect("packs")
+        .map(|e| e.expect("entry").path())
+        .max_by_key(|p| fs::metadata(p).expect("meta").len())
+        .expect("a pack")
+}
+
 fn generate(site: &Site) {
     pulpdist_testdata::generate(&site.src(), 11, 1).expect("generate");
 }
@@ -109,15 +119,7 @@ fn a_lost_data_pack_is_stored_again_by_the_next_publish() {
     let site = Site::new();
     generate(&site);
     let p1 = site.publish();
-    // The largest pack holds the chunks (the others are the index and the tiny files'
-    // pack, if any); lose it.
-    let mut packs: Vec<_> = fs::read_dir(site.store().join("packs"))
-        .expect("packs")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    packs.sort_by_key(|p| fs::metadata(p).expect("meta").len());
-    let lost = packs.last().expect("a pack").clone();
-    fs::remove_file(&lost).expect("lose the pack");
+    fs::remove_file(largest_pack(&site)).expect("lose the pack");
     // The unchanged tree is published again: what the lost pack held is read and stored
     // again, and the directories that named it get new nodes.
     let p2 = site.publish();
@@ -158,6 +160,75 @@ fn a_closed_stdout_ends_quietly_and_a_full_one_is_an_error() {
         err.contains("writing the report to standard output"),
         "{err}"
     );
+}
+
+#[test]
+fn a_kept_node_names_the_copy_a_fresh_build_would() {
+    let site = Site::new();
+    generate(&site);
+    let p1 = site.publish();
+    // A second copy of the data, in a pack whose id is smaller than any (FORMAT.md 8.6:
+    // the smallest pack id wins), as two trees publishing the same file at once leave.
+    let data = largest_pack(&site);
+    fs::copy(
+        data,
+        site.store().join(format!("packs/{}.pack", "0".repeat(64))),
+    )
+    .expect("copy");
+    // The cached nodes name the other copy: they are built again, as without a cache.
+    let p2 = site.publish();
+    assert_ne!(p2["root"], p1["root"], "{p2}");
+    assert!(p2["nodes_new"].as_u64() > Some(0), "{p2}");
+    assert_eq!(p2["files_read"], 0);
+    fs::remove_file(site.p(".store.pulpdist-publish/tree/files-tree")).expect("drop the cache");
+    let p3 = site.publish();
+    assert_eq!(p3["root"], p2["root"]);
+}
+
+#[test]
+fn the_publisher_cache_holds_only_for_the_same_chunk_sizes() {
+    let site = Site::new();
+    generate(&site);
+    let p1 = site.publish();
+    // The tree is made anew with other chunk sizes: every file is cut again.
+    fs::remove_file(site.store().join("heads/tree")).expect("drop the head");
+    let p2 = site.publish_with(&["--chunk-sizes", "4096,16384,65536"]);
+    assert_eq!(p2["version"], 1);
+    assert_eq!(p2["files_read"], p1["files"], "{p2}");
+    site.sync();
+    assert_same_tree(&site.src(), &site.mirror());
+}
+
+#[test]
+fn a_cache_that_cannot_be_written_is_a_warning_after_the_head() {
+    let site = Site::new();
+    generate(&site);
+    site.publish();
+    // The temporary file's name is taken by a directory: the cache cannot be written.
+    let blocker = site.p(".store.pulpdist-publish/tree/files-tree.tmp");
+    fs::create_dir(&blocker).expect("blocker");
+    pulpdist_testdata::evolve(&site.src(), 11, 1).expect("evolve");
+    let out = site.try_publish(&site.key(), &["--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning") && err.contains("files-tree.tmp"),
+        "{err}"
+    );
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(p["version"], 2);
+    assert!(
+        p["cache_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("files-tree.tmp")),
+        "{p}"
+    );
+    // The version is out and syncs; the next publish uses the last cache that was written.
+    site.sync();
+    assert_same_tree(&site.src(), &site.mirror());
+    fs::remove_dir(&blocker).expect("unblock");
+    let p3 = site.publish();
+    assert_eq!(p3["cache_error"], serde_json::Value::Null);
 }
 
 #[test]

@@ -129,12 +129,13 @@ pub(crate) struct DirCache {
 }
 
 impl DirCache {
-    /// Loads the cache; a missing, damaged or foreign cache is empty.
-    pub(crate) fn load(path: &Path) -> DirCache {
+    /// Loads the cache; a missing, damaged or foreign cache, or one written for another
+    /// `identity` (tree and chunk parameters), is empty.
+    pub(crate) fn load(path: &Path, identity: &[u8]) -> DirCache {
         fs::read(path)
             .ok()
             .and_then(|buf| {
-                let dirs = index(&buf)?;
+                let dirs = index(&buf, identity)?;
                 Some(DirCache { buf, dirs })
             })
             .unwrap_or_default()
@@ -170,8 +171,8 @@ impl DirCache {
     }
 }
 
-/// Checks the magic and the trailing hash, and finds each record.
-fn index(buf: &[u8]) -> Option<HashMap<Vec<u8>, Range<usize>>> {
+/// Checks the magic, the identity and the trailing hash, and finds each record.
+fn index(buf: &[u8], identity: &[u8]) -> Option<HashMap<Vec<u8>, Range<usize>>> {
     let body_len = buf.len().checked_sub(HASH_LEN)?;
     let (body, hash) = buf.split_at(body_len);
     if blake3::hash(body).as_bytes() != hash {
@@ -179,6 +180,10 @@ fn index(buf: &[u8]) -> Option<HashMap<Vec<u8>, Range<usize>>> {
     }
     let mut r = Reader(body);
     if r.take(MAGIC.len())? != MAGIC {
+        return None;
+    }
+    let id_len = r.u32()? as usize;
+    if r.take(id_len)? != identity {
         return None;
     }
     let n = r.u64()?;
@@ -211,13 +216,23 @@ fn index(buf: &[u8]) -> Option<HashMap<Vec<u8>, Range<usize>>> {
 pub(crate) struct CacheWriter {
     out: Vec<u8>,
     count: u64,
+    /// Where the record count goes.
+    count_at: usize,
 }
 
 impl CacheWriter {
-    pub(crate) fn new() -> Self {
+    /// A cache for `identity`: what must match for a later publish to use it.
+    pub(crate) fn new(identity: &[u8]) -> Self {
         let mut out = MAGIC.to_vec();
+        out.extend((identity.len() as u32).to_le_bytes());
+        out.extend_from_slice(identity);
+        let count_at = out.len();
         out.extend(0u64.to_le_bytes());
-        CacheWriter { out, count: 0 }
+        CacheWriter {
+            out,
+            count: 0,
+            count_at,
+        }
     }
 
     /// Keeps an unchanged directory's record as it was.
@@ -270,7 +285,7 @@ impl CacheWriter {
 
     /// The finished cache's bytes.
     pub(crate) fn finish(mut self) -> Vec<u8> {
-        self.out[MAGIC.len()..MAGIC.len() + 8].copy_from_slice(&self.count.to_le_bytes());
+        self.out[self.count_at..self.count_at + 8].copy_from_slice(&self.count.to_le_bytes());
         let hash = blake3::hash(&self.out);
         self.out.extend_from_slice(hash.as_bytes());
         self.out
@@ -279,9 +294,16 @@ impl CacheWriter {
 
 /// Writes the cache (by temporary file and rename; no fsync: a torn cache fails its hash).
 pub(crate) fn save(path: &Path, bytes: &[u8]) -> Result<(), PublishError> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, bytes).at(&tmp)?;
-    fs::rename(&tmp, path).at(path)
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let written = fs::write(&tmp, bytes)
+        .at(&tmp)
+        .and_then(|()| fs::rename(&tmp, path).at(path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]
@@ -301,14 +323,14 @@ mod tests {
     fn round_trip_keep_and_damage() {
         let dir = tempfile::tempdir().expect("tmp");
         let p = dir.path().join("c");
-        let mut w = CacheWriter::new();
+        let mut w = CacheWriter::new(b"t 1 2 3");
         w.dir(b"a/b", &[7; 32], &NodeId([8; 32]), &[PackId([9; 32])], 2);
         w.file(b"x", &stat(1), [(ChunkId([5; 32]), 3)].into_iter());
         w.file(b"y", &stat(2), std::iter::empty());
         w.dir(b"", &[1; 32], &NodeId([2; 32]), &[], 0);
         save(&p, &w.finish()).expect("save");
 
-        let c = DirCache::load(&p);
+        let c = DirCache::load(&p, b"t 1 2 3");
         let rec = c.dir(b"a/b").expect("a/b");
         assert_eq!(rec.fingerprint, [7; 32]);
         assert_eq!(rec.node, NodeId([8; 32]));
@@ -326,8 +348,10 @@ mod tests {
         assert!(c.dir(b"").is_some());
         assert!(c.dir(b"a").is_none());
 
+        // Another tree or other chunk parameters: empty.
+        assert!(DirCache::load(&p, b"t 1 2 4").dir(b"").is_none());
         // Kept records copy into an equal cache.
-        let mut w = CacheWriter::new();
+        let mut w = CacheWriter::new(b"t 1 2 3");
         w.keep(&rec);
         w.keep(&c.dir(b"").expect("root"));
         assert_eq!(w.finish(), c.bytes());
@@ -337,12 +361,15 @@ mod tests {
         for i in [0, 12, bytes.len() / 2, bytes.len() - 1] {
             bytes[i] ^= 1;
             fs::write(&p, &bytes).expect("write");
-            assert!(DirCache::load(&p).dir(b"").is_none(), "byte {i}");
+            assert!(
+                DirCache::load(&p, b"t 1 2 3").dir(b"").is_none(),
+                "byte {i}"
+            );
             bytes[i] ^= 1;
         }
         fs::write(&p, &bytes[..bytes.len() - 5]).expect("write");
-        assert!(DirCache::load(&p).dir(b"").is_none());
+        assert!(DirCache::load(&p, b"t 1 2 3").dir(b"").is_none());
         fs::write(&p, b"PDPCACH1\xff\xff").expect("write");
-        assert!(DirCache::load(&p).dir(b"").is_none());
+        assert!(DirCache::load(&p, b"t 1 2 3").dir(b"").is_none());
     }
 }

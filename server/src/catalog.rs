@@ -1,6 +1,7 @@
 //! What the store already holds: every chunk and node id with its location, rebuilt from
 //! pack trailers (cached in the state directory, since packs never change).
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
 // Ids are hashes, but of content an uploader may choose: a seeded hasher, yet one much
@@ -23,6 +24,9 @@ pub(crate) struct Catalog {
     pub(crate) nodes: HashMap<NodeId, Location, RandomState>,
     /// Packs whose trailer decoded: every object they hold is in the maps above.
     pub(crate) packs: HashSet<PackId>,
+    /// Packs holding a chunk whose location is taken from another pack (a smaller id):
+    /// a node naming such a pack is not what the same directory encodes to now.
+    pub(crate) shadowed: HashSet<PackId>,
     /// Packs left out because their footer or trailer does not decode, and why.
     pub(crate) unreadable: Vec<String>,
 }
@@ -71,9 +75,14 @@ impl Catalog {
             }
             for e in entries {
                 match e.kind {
-                    ObjectKind::Chunk => {
-                        cat.chunks.entry(ChunkId(e.id)).or_insert(e.loc);
-                    }
+                    ObjectKind::Chunk => match cat.chunks.entry(ChunkId(e.id)) {
+                        Entry::Vacant(v) => {
+                            v.insert(e.loc);
+                        }
+                        Entry::Occupied(_) => {
+                            cat.shadowed.insert(id);
+                        }
+                    },
                     ObjectKind::Node => {
                         cat.nodes.entry(NodeId(e.id)).or_insert(e.loc);
                     }
@@ -88,5 +97,12 @@ impl Catalog {
     /// Whether every one of `packs` is in the store and readable.
     pub(crate) fn has_packs(&self, packs: &[PackId]) -> bool {
         packs.iter().all(|p| self.packs.contains(p))
+    }
+
+    /// Whether a node whose chunks are all in `packs` names each chunk where the catalog
+    /// would (FORMAT.md 8.6: the smallest pack id wins): every pack readable, none of them
+    /// shadowed by a smaller one for any chunk.
+    pub(crate) fn names_first_copies(&self, packs: &[PackId]) -> bool {
+        self.has_packs(packs) && !packs.iter().any(|p| self.shadowed.contains(p))
     }
 }

@@ -64,7 +64,7 @@ pub struct PublishOptions {
     pub filter: pulpdist_format::filter::Filter,
     /// Write a delta pack from each of this many previous versions (0: none).
     pub deltas: usize,
-    /// zstd level of delta frames.
+    /// zstd level of delta frames (node records use at most `NODE_DELTA_LEVEL`, 9).
     pub delta_level: i32,
 }
 
@@ -134,6 +134,9 @@ pub struct PublishReport {
     pub isos_plain: Vec<String>,
     /// Delta packs written by this publish (one per earlier version with changes).
     pub deltas: Vec<DeltaReport>,
+    /// The publisher's cache could not be written (the version is published; the next
+    /// publish reads every file), and why.
+    pub cache_error: Option<String>,
     /// Packs in the store whose footer or trailer does not decode: left out of the
     /// catalog (their objects are stored again where needed), and why.
     pub unreadable_packs: Vec<String>,
@@ -165,6 +168,7 @@ fn fingerprint(
     d: &WalkDir,
     files: &[WalkFile],
     dir_refs: &[Option<NodeRef>],
+    what: &dyn Fn() -> String,
 ) -> Result<[u8; 32], PublishError> {
     let mut h = blake3::Hasher::new();
     h.update(b"pulpdist dir fingerprint 1");
@@ -186,8 +190,9 @@ fn fingerprint(
                 h.update(&s.mtime_ns.to_le_bytes());
             }
             WalkKind::Dir(ci) => {
-                let r = dir_refs[*ci]
-                    .ok_or_else(|| PublishError::Config("internal: child node missing".into()))?;
+                let r = dir_refs[*ci].ok_or_else(|| {
+                    PublishError::Config(format!("internal: a child node of {} missing", what()))
+                })?;
                 h.update(b"d");
                 h.update(r.id.as_bytes());
                 h.update(r.loc.pack.as_bytes());
@@ -283,11 +288,17 @@ pub fn publish(
         .ok_or_else(|| PublishError::Config("version overflow".into()))?;
 
     let cache_path = opts.state_dir.join(format!("files-{}", opts.tree));
+    // Cut with other parameters (a tree made anew), the cached chunk lists do not hold.
+    let cache_identity = format!(
+        "tree {} chunks {} {} {}",
+        opts.tree, params.min, params.avg, params.max
+    )
+    .into_bytes();
     // The store's catalog is read while the tree is walked: one waits on the file
     // system's metadata, the other mostly on memory.
     let (catalog, old_cache, walk) = std::thread::scope(|s| {
         let catalog = s.spawn(|| Catalog::load(store, &opts.state_dir));
-        let old_cache = DirCache::load(&cache_path);
+        let old_cache = DirCache::load(&cache_path, &cache_identity);
         let walk = with_pool(opts.threads, "walking", || {
             walk::walk(&opts.source, &opts.filter)
         });
@@ -378,9 +389,9 @@ pub fn publish(
                     .map_init(
                         || Compressor::new(level),
                         |comp, &i| -> Result<(usize, Vec<(ChunkId, u32)>), PublishError> {
-                            let comp = comp
-                                .as_mut()
-                                .map_err(|e| PublishError::Config(e.to_string()))?;
+                            let comp = comp.as_mut().map_err(|e| {
+                                PublishError::Config(format!("compressor for chunks: {e}"))
+                            })?;
                             let path = walk.path(source, &files[i]);
                             let chunks =
                                 chunk_file(chunker, comp, &path, catalog, claimed, &tx, isos)?;
@@ -435,7 +446,7 @@ pub fn publish(
         Box::new(move || namer("index")),
     );
     let mut dir_refs: Vec<Option<NodeRef>> = vec![None; walk.dirs.len()];
-    let mut next_cache = CacheWriter::new();
+    let mut next_cache = CacheWriter::new(&cache_identity);
     // A level's directories are built in parallel (their children are done), then
     // stored in order: the same tree always gives the same packs.
     for level in walk.levels.iter().rev() {
@@ -446,9 +457,9 @@ pub fn publish(
                 .map_init(
                     || Compressor::new(opts.zstd_level),
                     |comp, di| {
-                        let comp = comp
-                            .as_mut()
-                            .map_err(|e| PublishError::Config(e.to_string()))?;
+                        let comp = comp.as_mut().map_err(|e| {
+                            PublishError::Config(format!("compressor for index nodes: {e}"))
+                        })?;
                         build_dir(
                             opts,
                             &walk,
@@ -583,7 +594,11 @@ pub fn publish(
     // The next publish's cache; an unchanged tree leaves it as it was.
     let next_cache = next_cache.finish();
     if next_cache != old_cache.bytes() {
-        cache::save(&cache_path, &next_cache)?;
+        // The head is out: a cache that cannot be written costs the next publish a full
+        // read, not this version.
+        if let Err(e) = cache::save(&cache_path, &next_cache) {
+            report.cache_error = Some(e.to_string());
+        }
     }
 
     report.bytes_stored = data_bytes + index_bytes + delta_bytes;
@@ -840,11 +855,11 @@ fn build_dir(
             opts.source.display()
         )
     };
-    let fingerprint = fingerprint(d, &walk.files, dir_refs)?;
+    let fingerprint = fingerprint(d, &walk.files, dir_refs, &what)?;
     // Unchanged since the last publish: the same node, if the store still has it and
-    // every pack its chunks are in.
+    // every pack its chunks are in, and would name the same copies of them today.
     if let Some(record) = &records[di] {
-        if record.fingerprint == fingerprint && catalog.has_packs(&record.packs) {
+        if record.fingerprint == fingerprint && catalog.names_first_copies(&record.packs) {
             if let Some(loc) = catalog.nodes.get(&record.node) {
                 return Ok(Built::Kept(NodeRef {
                     id: record.node,
@@ -869,7 +884,10 @@ fn build_dir(
                 let mut chunks = Vec::with_capacity(ids.len());
                 for (id, _) in &ids {
                     let loc = *catalog.chunks.get(id).ok_or_else(|| {
-                        PublishError::Config(format!("internal: chunk {id} has no location"))
+                        PublishError::Config(format!(
+                            "internal: chunk {id} of {} has no location",
+                            what()
+                        ))
                     })?;
                     packs.insert(loc.pack);
                     chunks.push(ChunkRef { id: *id, loc });

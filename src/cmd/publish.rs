@@ -52,7 +52,8 @@ pub struct Args {
     /// compressed against its old copy, for sites that far behind (0: none).
     #[arg(long, default_value_t = 1)]
     deltas: usize,
-    /// zstd level of delta frames (1-22; higher: smaller deltas, slower publish).
+    /// zstd level of delta frames (1-22; higher: smaller deltas, slower publish); a
+    /// changed directory's node record uses at most level 9.
     #[arg(long, default_value_t = pulpdist_server::DEFAULT_DELTA_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
     delta_level: i32,
     /// Target size of data packs in bytes (a pack closes once it reaches this).
@@ -186,6 +187,12 @@ pub fn run(a: Args) -> Result<()> {
             source, a.tree, a.store
         )
     })?;
+    if let Some(why) = &report.cache_error {
+        eprintln!(
+            "pulpdist: warning: version {} is published, but the publisher's cache was not written (the next publish reads every file): {why}",
+            report.version
+        );
+    }
     print_report(a.json, &report)
 }
 
@@ -200,7 +207,7 @@ pub fn print_report(json: bool, r: &PublishReport) -> anyhow::Result<()> {
             "root": r.root.map(|id| id.to_hex()), "skipped": r.skipped.len(),
             "bytes_fetched": 0, "requests": 0, "chunks_fetched": 0, "chunks_reused": 0, "bytes_reused": 0,
             "elapsed_ms": r.elapsed_ms, "isos": r.isos, "isos_plain": r.isos_plain,
-            "unreadable_packs": r.unreadable_packs,
+            "unreadable_packs": r.unreadable_packs, "cache_error": r.cache_error,
             "deltas": r.deltas.iter().map(|d| json!({
                 "from_version": d.from_version, "files": d.files, "nodes": d.nodes, "with_reference": d.with_reference,
                 "bytes_rebuilt": d.bytes_rebuilt, "size": d.size, "skipped": d.skipped,
@@ -228,6 +235,7 @@ pub fn print_report(json: bool, r: &PublishReport) -> anyhow::Result<()> {
             for why in &r.isos_plain {
                 s.push_str(&format!("ISO image published as plain chunks: {why}\n"));
             }
+
             for p in &r.skipped {
                 s.push_str(&format!(
                     "skipped (not a file, directory or symlink): {}\n",
