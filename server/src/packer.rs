@@ -88,11 +88,18 @@ impl<'a> Packer<'a> {
         };
         let id = builder.id();
         let (tail, size) = builder.finish();
-        w.write_all(&tail).at(&path)?;
-        hasher.update(&tail);
-        let file = w.into_inner().map_err(|e| e.into_error()).at(&path)?;
-        file.sync_all().at(&path)?;
-        self.store.put_pack(id, &path)?;
+        let put = (|| {
+            w.write_all(&tail).at(&path)?;
+            hasher.update(&tail);
+            let file = w.into_inner().map_err(|e| e.into_error()).at(&path)?;
+            file.sync_all().at(&path)?;
+            self.store.put_pack(id, &path)
+        })();
+        if put.is_err() {
+            // Nothing names a pack that was not put; its partial file is of no use.
+            let _ = std::fs::remove_file(&path);
+        }
+        put?;
         self.hashes.push(*hasher.finalize().as_bytes());
         self.finished.push(PackInfo {
             id,
@@ -111,6 +118,87 @@ impl<'a> Packer<'a> {
     /// Like [`Packer::finish`], with the BLAKE3 hash of each pack.
     pub(crate) fn finish_hashed(mut self) -> Result<Finished, PublishError> {
         self.finish_current()?;
-        Ok((self.finished, self.hashes, self.stored_bytes))
+        Ok((
+            std::mem::take(&mut self.finished),
+            std::mem::take(&mut self.hashes),
+            self.stored_bytes,
+        ))
+    }
+}
+
+impl Drop for Packer<'_> {
+    /// A publish that stops with an error leaves no partial pack behind.
+    fn drop(&mut self) {
+        if let Some((_, w, path, _)) = self.current.take() {
+            drop(w);
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// Partial packs older than this are left by a publish that was killed: removed by the
+/// next publish. A live publish appends to its partial pack, so its mtime stays recent.
+pub(crate) const STALE_PART_SECS: u64 = 24 * 3600;
+
+/// Removes `*.pack.part` files in `tmp_dir` not modified for [`STALE_PART_SECS`]; returns
+/// how many. Errors (a file gone meanwhile) are ignored: this is housekeeping.
+pub(crate) fn remove_stale_parts(tmp_dir: &std::path::Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(tmp_dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in rd.flatten() {
+        let stale = e.file_name().to_string_lossy().ends_with(".pack.part")
+            && e.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age.as_secs() > STALE_PART_SECS);
+        if stale && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::LocalStore;
+
+    #[test]
+    fn stale_parts_go_fresh_ones_stay_and_a_dropped_packer_cleans_up() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp).expect("mkdir");
+        let old = tmp.join("aa.pack.part");
+        let fresh = tmp.join("bb.pack.part");
+        let other = tmp.join("head-x.1");
+        for p in [&old, &fresh, &other] {
+            std::fs::write(p, b"x").expect("write");
+        }
+        let two_days_ago = filetime::FileTime::from_unix_time(
+            filetime::FileTime::now().unix_seconds() - 2 * 24 * 3600,
+            0,
+        );
+        filetime::set_file_mtime(&old, two_days_ago).expect("mtime");
+        filetime::set_file_mtime(&other, two_days_ago).expect("mtime");
+        assert_eq!(remove_stale_parts(&tmp), 1);
+        assert!(!old.exists() && fresh.exists() && other.exists());
+
+        let store = LocalStore::open(dir.path().join("store")).expect("store");
+        let mut p = Packer::new(
+            &store,
+            tmp.clone(),
+            PackKind::Data,
+            u64::MAX,
+            Box::new(|| Ok(PackId([7; 32]))),
+        );
+        p.add(ObjectKind::Chunk, [1; 32], Codec::Raw, 3, b"abc")
+            .expect("add");
+        let part = tmp.join(format!("{}.pack.part", PackId([7; 32]).to_hex()));
+        assert!(part.exists());
+        drop(p);
+        assert!(!part.exists());
     }
 }

@@ -134,6 +134,9 @@ pub struct PublishReport {
     pub isos_plain: Vec<String>,
     /// Delta packs written by this publish (one per earlier version with changes).
     pub deltas: Vec<DeltaReport>,
+    /// Partial packs older than a day (left by a killed publish) removed from the
+    /// temporary directory.
+    pub stale_parts_removed: u64,
     /// The publisher's cache could not be written (the version is published; the next
     /// publish reads every file), and why.
     pub cache_error: Option<String>,
@@ -239,6 +242,8 @@ pub fn publish(
             d
         }
     };
+    // Under the tree's lock: partial packs a killed publish left behind.
+    let stale_parts_removed = crate::packer::remove_stale_parts(&tmp_dir);
 
     // The previous version, if any.
     let prev_head = store.read_head(&opts.tree)?;
@@ -311,6 +316,7 @@ pub fn publish(
     let walk = walk??;
     let mut report = PublishReport {
         version,
+        stale_parts_removed,
         unreadable_packs: catalog.unreadable.clone(),
         dirs: walk.dirs.len() as u64,
         skipped: walk.skipped.clone(),

@@ -208,6 +208,7 @@ pub fn print_report(json: bool, r: &PublishReport) -> anyhow::Result<()> {
             "bytes_fetched": 0, "requests": 0, "chunks_fetched": 0, "chunks_reused": 0, "bytes_reused": 0,
             "elapsed_ms": r.elapsed_ms, "isos": r.isos, "isos_plain": r.isos_plain,
             "unreadable_packs": r.unreadable_packs, "cache_error": r.cache_error,
+            "stale_parts_removed": r.stale_parts_removed,
             "deltas": r.deltas.iter().map(|d| json!({
                 "from_version": d.from_version, "files": d.files, "nodes": d.nodes, "with_reference": d.with_reference,
                 "bytes_rebuilt": d.bytes_rebuilt, "size": d.size, "skipped": d.skipped,
