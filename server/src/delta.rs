@@ -5,6 +5,7 @@
 //! The walk compares the new index with the old one and descends only where directory
 //! node ids differ, so its cost follows the change, not the tree.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -60,12 +61,14 @@ pub(crate) struct Nodes<'a> {
 }
 
 impl Nodes<'_> {
-    fn get(&self, r: &NodeRef) -> Result<(Node, Vec<u8>), PublishError> {
+    /// A node and its encoding: borrowed when this publish made it, else read and checked.
+    fn get(&self, r: &NodeRef) -> Result<Cow<'_, (Node, Vec<u8>)>, PublishError> {
         if let Some(n) = self.fresh.get(&r.id) {
-            return Ok(n.clone());
+            return Ok(Cow::Borrowed(n));
         }
         let stored = self.store.read_pack_range(r.loc.pack, r.loc.range())?;
         r.open_with_bytes(&stored)
+            .map(Cow::Owned)
             .map_err(|source| PublishError::Format {
                 object: format!("node {} in {}", r.id, r.loc.pack.object_key()),
                 source,
@@ -156,8 +159,12 @@ fn diff(
     });
     let (new, old) = (&new.0, old.map(|o| &o.0));
     for e in new.entries() {
-        let mut path = rel.to_vec();
-        path.push(e.name.clone());
+        // The entry's path, made only for what goes on (most entries are unchanged).
+        let path = || {
+            let mut p = rel.to_vec();
+            p.push(e.name.clone());
+            p
+        };
         let old_e = old.and_then(|o| o.get(e.name.as_bytes()));
         match &e.kind {
             EntryKind::File { size, chunks } => {
@@ -176,7 +183,7 @@ fn diff(
                 }
                 let reference = match old_file {
                     Some((s, oc)) if s <= delta::MAX_DELTA_FILE => {
-                        Some((path.clone(), s, Content::Stored(oc.clone())))
+                        Some((path(), s, Content::Stored(oc.clone())))
                     }
                     _ => old
                         .and_then(|o| closest_package(o, e.name.as_bytes(), *size))
@@ -202,7 +209,7 @@ fn diff(
                 }
                 jobs.push(Job {
                     kind: RecordKind::File,
-                    path,
+                    path: path(),
                     size: *size,
                     content: Content::Source(chunks.clone()),
                     reference,
@@ -215,7 +222,14 @@ fn diff(
                     _ => None,
                 };
                 let child = nodes.get(node)?;
-                diff(nodes, &child, old_child.as_ref(), &path, new_packs, jobs)?;
+                diff(
+                    nodes,
+                    &child,
+                    old_child.as_deref(),
+                    &path(),
+                    new_packs,
+                    jobs,
+                )?;
             }
             EntryKind::Symlink { .. } => {}
         }
@@ -378,7 +392,7 @@ pub(crate) fn write_delta(
         let new = nodes.get(new_root)?;
         let old = nodes.get(&from_root)?;
         let mut jobs = Vec::new();
-        diff(nodes, &new, Some(&old), &[], new_packs, &mut jobs)?;
+        diff(nodes, &new, Some(&*old), &[], new_packs, &mut jobs)?;
         Ok(jobs)
     })();
     let jobs = match walked {
