@@ -44,12 +44,15 @@ done
 # Version 2 three times, from the same store and publisher state each time.
 cp -a store store.v1
 cp -a .store.pulpdist-publish state.v1
+sync
 for i in 1 2 3; do
     if [ "$i" -gt 1 ]; then
         rm -rf store .store.pulpdist-publish
         cp -a store.v1 store
         cp -a state.v1 .store.pulpdist-publish
     fi
+    sync # the copies' writeback is not the publish's
+    sleep 2
     timed "stat_walk_v2" $WALK >>results.txt
     timed "publish_v2" $PUBLISH >>results.txt
 done
