@@ -66,10 +66,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if e.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            }) {
+            if e.chain().any(|c| c.is::<cmd::StdoutClosed>()) {
                 return ExitCode::SUCCESS;
             }
             eprintln!("pulpdist: error: {e:#}");

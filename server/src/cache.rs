@@ -17,7 +17,7 @@ use pulpdist_format::{ChunkId, NodeId, PackId};
 use crate::error::{IoContext, PublishError};
 use crate::walk::FileStat;
 
-const MAGIC: &[u8; 8] = b"PDPCACH2";
+const MAGIC: &[u8; 8] = b"PDPCACH3";
 const HASH_LEN: usize = 32;
 /// Bytes of one chunk in a file record: id and length.
 const CHUNK_LEN: usize = 36;

@@ -24,9 +24,11 @@ pub(crate) struct Catalog {
     pub(crate) nodes: HashMap<NodeId, Location, RandomState>,
     /// Packs whose trailer decoded: every object they hold is in the maps above.
     pub(crate) packs: HashSet<PackId>,
-    /// Packs holding a chunk whose location is taken from another pack (a smaller id):
-    /// a node naming such a pack is not what the same directory encodes to now.
+    /// Packs holding a chunk whose location is taken from another pack (a smaller id),
+    /// and those chunks: a node naming such a chunk in such a pack is not what the same
+    /// directory encodes to now.
     pub(crate) shadowed: HashSet<PackId>,
+    pub(crate) dups: HashSet<ChunkId, RandomState>,
     /// Packs left out because their footer or trailer does not decode, and why.
     pub(crate) unreadable: Vec<String>,
 }
@@ -81,6 +83,7 @@ impl Catalog {
                         }
                         Entry::Occupied(_) => {
                             cat.shadowed.insert(id);
+                            cat.dups.insert(ChunkId(e.id));
                         }
                     },
                     ObjectKind::Node => {
@@ -99,10 +102,37 @@ impl Catalog {
         packs.iter().all(|p| self.packs.contains(p))
     }
 
-    /// Whether a node whose chunks are all in `packs` names each chunk where the catalog
-    /// would (FORMAT.md 8.6: the smallest pack id wins): every pack readable, none of them
-    /// shadowed by a smaller one for any chunk.
-    pub(crate) fn names_first_copies(&self, packs: &[PackId]) -> bool {
-        self.has_packs(packs) && !packs.iter().any(|p| self.shadowed.contains(p))
+    /// Whether a node whose chunks are all in `packs` (and are `chunks`) names each chunk
+    /// where the catalog would (FORMAT.md 8.6: the smallest pack id wins): every pack
+    /// readable, and none shadowed by a smaller one, or else none of the chunks stored
+    /// twice (those are looked at only then: duplicates are rare).
+    pub(crate) fn names_first_copies(
+        &self,
+        packs: &[PackId],
+        mut chunks: impl Iterator<Item = ChunkId>,
+    ) -> bool {
+        self.has_packs(packs)
+            && (!packs.iter().any(|p| self.shadowed.contains(p))
+                || !chunks.any(|id| self.dups.contains(&id)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_copies_by_pack_then_by_chunk() {
+        let (p1, p2, p3) = (PackId([1; 32]), PackId([2; 32]), PackId([3; 32]));
+        let (x, y) = (ChunkId([8; 32]), ChunkId([9; 32]));
+        let mut c = Catalog::default();
+        c.packs.extend([p1, p2]);
+        // Chunk x is in both packs; p1 (the smaller id) gives its location.
+        c.shadowed.insert(p2);
+        c.dups.insert(x);
+        assert!(c.names_first_copies(&[p1], [x].into_iter()));
+        assert!(c.names_first_copies(&[p2], [y].into_iter()));
+        assert!(!c.names_first_copies(&[p2], [y, x].into_iter()));
+        assert!(!c.names_first_copies(&[p1, p3], std::iter::empty()));
     }
 }

@@ -130,7 +130,9 @@ impl Drop for Packer<'_> {
     /// A publish that stops with an error leaves no partial pack behind.
     fn drop(&mut self) {
         if let Some((_, w, path, _)) = self.current.take() {
-            drop(w);
+            // Not flushed: the file goes.
+            let (file, _) = w.into_parts();
+            drop(file);
             let _ = std::fs::remove_file(&path);
         }
     }

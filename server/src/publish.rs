@@ -138,7 +138,7 @@ pub struct PublishReport {
     /// temporary directory.
     pub stale_parts_removed: u64,
     /// The publisher's cache could not be written (the version is published; the next
-    /// publish reads every file), and why.
+    /// publish uses the last cache written and reads the files changed since), and why.
     pub cache_error: Option<String>,
     /// Packs in the store whose footer or trailer does not decode: left out of the
     /// catalog (their objects are stored again where needed), and why.
@@ -865,7 +865,10 @@ fn build_dir(
     // Unchanged since the last publish: the same node, if the store still has it and
     // every pack its chunks are in, and would name the same copies of them today.
     if let Some(record) = &records[di] {
-        if record.fingerprint == fingerprint && catalog.names_first_copies(&record.packs) {
+        let chunks = || record.files().flat_map(|f| f.chunks().iter());
+        if record.fingerprint == fingerprint
+            && catalog.names_first_copies(&record.packs, chunks().map(|(id, _)| id))
+        {
             if let Some(loc) = catalog.nodes.get(&record.node) {
                 return Ok(Built::Kept(NodeRef {
                     id: record.node,

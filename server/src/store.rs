@@ -200,7 +200,15 @@ impl Store for LocalStore {
     fn put_pack(&self, id: PackId, file: &Path) -> Result<(), PublishError> {
         let dest = self.root.join(id.object_key());
         // Packs are written once: never replace one (hard link fails if the name exists).
-        fs::hard_link(file, &dest).at(&dest)?;
+        // A missing partial pack is named as such (another publish of this store removes
+        // partial packs a day old: this process was stopped that long).
+        fs::hard_link(file, &dest).at_with(|| {
+            if file.exists() {
+                dest.clone()
+            } else {
+                file.to_path_buf()
+            }
+        })?;
         fs::remove_file(file).at(file)?;
         sync_dir(&self.root.join("packs"))
     }

@@ -64,7 +64,7 @@ fn run_in(dir: &std::path::Path, json: bool) -> Result<()> {
         let _ = stopped.await;
     }));
     if !json {
-        println!("serving {} on {url}", store_dir.display());
+        super::say(format_args!("serving {} on {url}\n", store_dir.display()))?;
     }
     let reader = HttpStoreReader::new(&url, HttpOptions::default())?;
     let result = rounds(
@@ -90,7 +90,7 @@ fn rounds(
         if round == 2 {
             pulpdist_testdata::evolve(source, 1, 1).context("changing the sample tree")?;
             if !json {
-                println!("-- the upstream tree changed (packages upgraded, metadata edited, files renamed and deleted)");
+                super::say("-- the upstream tree changed (packages upgraded, metadata edited, files renamed and deleted)\n")?;
             }
         }
         let p = publish(store, key, popts).context("publishing the sample tree")?;
@@ -106,10 +106,10 @@ fn rounds(
         match diff {
             Ok(o) if o.status.success() => {
                 if !json {
-                    println!(
-                        "   downstream {} is identical to upstream",
+                    super::say(format_args!(
+                        "   downstream {} is identical to upstream\n",
                         mirror.display()
-                    );
+                    ))?;
                 }
             }
             Ok(o) => bail!(

@@ -34,23 +34,42 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     1
 }
 
-/// Prints a JSON object on one line, or human lines. A closed stdout is an error with
-/// the `BrokenPipe` kind, which `main` turns into a quiet success (`... | head`).
+/// Standard output was closed by its reader (`pulpdist ... | head`): `main` ends quietly
+/// with success. Only this error does so, not a broken pipe anywhere else (an upload).
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// Writes `text` to standard output. A closed stdout is [`StdoutClosed`]; any other
+/// failure (a full disk) is an error naming standard output.
+pub fn say(text: impl std::fmt::Display) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match write!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("writing the report to standard output")),
+    }
+}
+
+/// Prints a JSON object on one line, or human lines (through [`say`]).
 pub fn emit(
     json: bool,
     value: serde_json::Value,
     human: impl FnOnce() -> String,
 ) -> anyhow::Result<()> {
-    use anyhow::Context;
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
     if json {
-        writeln!(out, "{value}")
+        say(format_args!("{value}\n"))
     } else {
-        write!(out, "{}", human())
+        say(human())
     }
-    .and_then(|()| out.flush())
-    .context("writing the report to standard output")
 }
 
 /// The definition of `tree` in a tree definitions file.

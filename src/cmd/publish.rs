@@ -163,10 +163,10 @@ pub fn run(a: Args) -> Result<()> {
         let st = pulpdist_client::rsync::pull(&source, &staging, &filter)
             .with_context(|| format!("pulling {source} into {}", staging.display()))?;
         if !a.json {
-            println!(
-                "pulled {source}: {} files, {} bytes received, {} deleted",
+            super::say(format_args!(
+                "pulled {source}: {} files, {} bytes received, {} deleted\n",
                 st.files, st.bytes_received, st.deleted
-            );
+            ))?;
         }
         staging
     } else {
@@ -189,7 +189,7 @@ pub fn run(a: Args) -> Result<()> {
     })?;
     if let Some(why) = &report.cache_error {
         eprintln!(
-            "pulpdist: warning: version {} is published, but the publisher's cache was not written (the next publish reads every file): {why}",
+            "pulpdist: warning: version {} is published, but the publisher's cache was not written (the next publish uses the last one written and reads the files changed since): {why}",
             report.version
         );
     }

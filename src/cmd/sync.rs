@@ -150,13 +150,13 @@ pub fn run(mut a: Args) -> Result<()> {
         if a.json {
             print_report(true, &report)?;
         } else {
-            println!(
-                "{} from {store} (payload, then metadata and deletions): {} files, {} deleted, {} bytes received",
+            super::say(format_args!(
+                "{} from {store} (payload, then metadata and deletions): {} files, {} deleted, {} bytes received\n",
                 if a.dry_run { "would rsync" } else { "rsynced" },
                 report.files,
                 report.deleted,
                 report.rsync_bytes
-            );
+            ))?;
         }
         return Ok(());
     }
