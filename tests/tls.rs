@@ -473,3 +473,70 @@ fn with_trust_only_signed_heads_open_a_trees_packs() {
     assert_eq!(t.sync(Some("berlin"), "a", &m).status.code(), Some(1));
     assert!(!m.join("dists").exists());
 }
+
+#[test]
+fn iso_rebuild_fetches_over_tls_as_a_granted_site_only() {
+    let t = Tls::start("cn:berlin c\ncn:tokyo b\n", false);
+    // An image of tree c's files; its template names their chunks, which only c's packs
+    // hold.
+    let image = t.p("c.iso");
+    let out = std::process::Command::new("xorriso")
+        .args(["-abort_on", "FAILURE", "-outdev"])
+        .arg(&image)
+        .args(["-rockridge", "on", "-map"])
+        .arg(t.p("src/c"))
+        .args(["/", "-commit"])
+        .output()
+        .expect("xorriso (installed by ./scripts/test)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let template = t.p("c.template");
+    ok(&["iso", "template", s(&image), "--out", s(&template)]);
+    fs::create_dir_all(t.p("empty")).expect("empty");
+    let rebuild = |site: &str, out: &Path| {
+        let ca = t.p("ca");
+        bin()
+            .args([
+                "iso",
+                "rebuild",
+                s(&template),
+                "--from",
+                s(&t.p("empty")),
+                "--store",
+                &t.url,
+                "--tree",
+                "c",
+                "--trust",
+                &format!("{}.pub", s(&t.p("up.key"))),
+                "--ca",
+                s(&ca.join("ca.pem")),
+                "--cert",
+                s(&ca.join(format!("{site}.pem"))),
+                "--key",
+                s(&ca.join(format!("{site}.key"))),
+                "--out",
+                s(out),
+                "--json",
+            ])
+            .output()
+            .expect("rebuild")
+    };
+    // Berlin, granted c, fetches every file chunk and gets the image byte for byte.
+    let rebuilt = t.p("berlin.iso");
+    let r = json(&rebuild("berlin", &rebuilt));
+    let n = |k: &str| r[k].as_u64().expect("count");
+    assert_eq!(n("bytes_from_local"), 0, "{r}");
+    assert_eq!(n("image_size") - n("bytes_from_template"), 300_000, "{r}");
+    assert!(n("bytes_fetched") > 0, "{r}");
+    assert!(fs::read(&rebuilt).expect("image") == fs::read(&image).expect("image"));
+    // Tokyo, not granted c, sees no such tree and writes nothing.
+    let denied = t.p("tokyo.iso");
+    let out = rebuild("tokyo", &denied);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no tree 'c'"), "{err}");
+    assert!(!denied.exists());
+}

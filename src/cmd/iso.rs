@@ -21,6 +21,8 @@ pub struct Args {
     command: Command,
 }
 
+// Parsed once per run: the variants' size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(clap::Subcommand)]
 enum Command {
     /// Make a template of an ISO 9660 image (its metadata, and the ids of its file data).
@@ -54,6 +56,18 @@ enum Command {
         /// Trusted public key file(s) for --store.
         #[arg(long)]
         trust: Vec<PathBuf>,
+        /// Trust only these CA certificates (PEM) for an https:// store [default: the
+        /// system's CA bundle].
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Client certificate (PEM) for an https:// store that requires one.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// The private key (PEM) of --cert.
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+        #[command(flatten)]
+        s3: super::stores::S3Args,
         /// The image to write.
         #[arg(long)]
         out: PathBuf,
@@ -82,17 +96,28 @@ pub fn run(a: Args) -> Result<()> {
             store,
             tree,
             trust,
+            ca,
+            cert,
+            key,
+            s3,
             out,
             json,
-        } => rebuild(
-            &template,
-            &from,
-            store.as_deref(),
-            tree.as_deref(),
-            &trust,
-            &out,
-            json,
-        ),
+        } => {
+            let mut http = pulpdist_client::HttpOptions::default();
+            super::stores::add_tls(
+                &mut http,
+                ca.as_deref(),
+                cert.as_deref().zip(key.as_deref()),
+            )?;
+            let from_store = StoreArgs {
+                store: store.as_deref(),
+                tree: tree.as_deref(),
+                trust: &trust,
+                http,
+                s3,
+            };
+            rebuild(&template, &from, from_store, &out, json)
+        }
     }
 }
 
@@ -174,16 +199,29 @@ fn index_dirs(
     Ok(found)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where `rebuild` fetches what the local directories lack, and how.
+struct StoreArgs<'a> {
+    store: Option<&'a str>,
+    tree: Option<&'a str>,
+    trust: &'a [PathBuf],
+    http: pulpdist_client::HttpOptions,
+    s3: super::stores::S3Args,
+}
+
 fn rebuild(
     template: &Path,
     from: &[PathBuf],
-    store: Option<&str>,
-    tree: Option<&str>,
-    trust: &[PathBuf],
+    from_store: StoreArgs<'_>,
     out: &Path,
     json: bool,
 ) -> Result<()> {
+    let StoreArgs {
+        store,
+        tree,
+        trust,
+        http,
+        s3,
+    } = from_store;
     let bytes = fs::read(template).with_context(|| format!("reading {}", template.display()))?;
     let t = Template::decode(&bytes).with_context(|| format!("in {}", template.display()))?;
     let chunker = Chunker::new(t.params)?;
@@ -219,12 +257,7 @@ fn rebuild(
         let tree = tree.unwrap_or_default();
         let keys = super::sync::load_trust(trust)?;
         let rt = super::stores::runtime(1)?;
-        let reader = super::stores::reader(
-            store,
-            pulpdist_client::HttpOptions::default(),
-            &super::stores::S3Args::default(),
-            &rt,
-        )?;
+        let reader = super::stores::reader(store, http, &s3, &rt)?;
         let counted = pulpdist_client::CountingReader::new(reader.as_ref());
         fetched = pulpdist_client::fetch_chunks(&counted, tree, &keys, &missing, 64 * 1024)
             .with_context(|| format!("fetching missing chunks of tree '{tree}' from {store}"))?;

@@ -32,6 +32,30 @@ pub struct S3Args {
     pub s3_secret_key_file: Option<PathBuf>,
 }
 
+/// Reads the CA certificates and the client certificate and key (PEM) an https:// store
+/// needs into `http`.
+pub fn add_tls(
+    http: &mut pulpdist_client::HttpOptions,
+    ca: Option<&std::path::Path>,
+    cert_key: Option<(&std::path::Path, &std::path::Path)>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if let Some(ca) = ca {
+        http.ca_pem = Some(
+            std::fs::read(ca)
+                .with_context(|| format!("reading CA certificates {}", ca.display()))?,
+        );
+    }
+    if let Some((cert, key)) = cert_key {
+        let c = std::fs::read(cert)
+            .with_context(|| format!("reading client certificate {}", cert.display()))?;
+        let k =
+            std::fs::read(key).with_context(|| format!("reading client key {}", key.display()))?;
+        http.client_cert_pem = Some((c, k));
+    }
+    Ok(())
+}
+
 /// Where a store is.
 pub enum Location {
     Dir(PathBuf),

@@ -208,19 +208,11 @@ pub fn run(mut a: Args) -> Result<()> {
         read_timeout: std::time::Duration::from_secs(timeout),
         ..Default::default()
     };
-    if let Some(ca) = &ca {
-        http.ca_pem = Some(
-            std::fs::read(ca)
-                .with_context(|| format!("reading CA certificates {}", ca.display()))?,
-        );
-    }
-    if let (Some(cert), Some(key)) = (&cert, &key) {
-        let c = std::fs::read(cert)
-            .with_context(|| format!("reading client certificate {}", cert.display()))?;
-        let k =
-            std::fs::read(key).with_context(|| format!("reading client key {}", key.display()))?;
-        http.client_cert_pem = Some((c, k));
-    }
+    super::stores::add_tls(
+        &mut http,
+        ca.as_deref(),
+        cert.as_deref().zip(key.as_deref()),
+    )?;
     let rt = super::stores::runtime(2)?;
     let reader = super::stores::reader(&store, http, &s3, &rt)?;
     let report = sync(reader.as_ref(), &opts)
