@@ -55,16 +55,21 @@ pub struct DeltaReport {
 /// Nodes of the version being published that are new to the store (in memory), and a
 /// reader for the others.
 pub(crate) struct Nodes<'a> {
-    /// Node and its encoding.
-    pub(crate) fresh: HashMap<NodeId, (Node, Vec<u8>)>,
+    /// Their encodings (decoded when the delta walk reaches them: a 1,000-entry node
+    /// takes about 45 kB encoded and 200 kB decoded).
+    pub(crate) fresh: HashMap<NodeId, Vec<u8>>,
     pub(crate) store: &'a dyn Store,
 }
 
 impl Nodes<'_> {
-    /// A node and its encoding: borrowed when this publish made it, else read and checked.
+    /// A node and its encoding: decoded from this publish's encoding, or read and checked.
     fn get(&self, r: &NodeRef) -> Result<Cow<'_, (Node, Vec<u8>)>, PublishError> {
-        if let Some(n) = self.fresh.get(&r.id) {
-            return Ok(Cow::Borrowed(n));
+        if let Some(bytes) = self.fresh.get(&r.id) {
+            let node = Node::decode(bytes).map_err(|source| PublishError::Format {
+                object: format!("node {} of this publish", r.id),
+                source,
+            })?;
+            return Ok(Cow::Owned((node, bytes.clone())));
         }
         let stored = self.store.read_pack_range(r.loc.pack, r.loc.range())?;
         r.open_with_bytes(&stored)

@@ -440,7 +440,7 @@ pub fn publish(
     }
     let (data_packs, data_bytes) = data_packer.finish()?;
     catalog.chunks.extend(new_locs);
-    let mut fresh_nodes: HashMap<NodeId, (Node, Vec<u8>)> = HashMap::new();
+    let mut fresh_nodes: HashMap<NodeId, Vec<u8>> = HashMap::new();
 
     // Index nodes, children before parents; only nodes the store lacks are written.
     let mut namer = pack_namer(opts, version);
@@ -510,7 +510,7 @@ pub fn publish(
                     report.nodes_new += 1;
                     // Kept for the delta walk (a first version has nothing to compare with).
                     if opts.deltas > 0 && prev.is_some() {
-                        fresh_nodes.insert(b.id, (b.node, b.encoded));
+                        fresh_nodes.insert(b.id, b.encoded);
                     }
                     loc
                 }
@@ -831,7 +831,6 @@ enum Built {
 
 struct NewNode {
     fingerprint: [u8; 32],
-    node: Node,
     encoded: Vec<u8>,
     id: NodeId,
     /// Compressed, unless the store already has the node.
@@ -934,7 +933,6 @@ fn build_dir(
     let stored = (!catalog.nodes.contains_key(&id)).then(|| comp.compress(&encoded));
     Ok(Built::New(NewNode {
         fingerprint,
-        node,
         encoded,
         id,
         stored,
