@@ -5,7 +5,6 @@
 //! The walk compares the new index with the old one and descends only where directory
 //! node ids differ, so its cost follows the change, not the tree.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -63,17 +62,16 @@ pub(crate) struct Nodes<'a> {
 
 impl Nodes<'_> {
     /// A node and its encoding: decoded from this publish's encoding, or read and checked.
-    fn get(&self, r: &NodeRef) -> Result<Cow<'_, (Node, Vec<u8>)>, PublishError> {
+    fn get(&self, r: &NodeRef) -> Result<(Node, Vec<u8>), PublishError> {
         if let Some(bytes) = self.fresh.get(&r.id) {
             let node = Node::decode(bytes).map_err(|source| PublishError::Format {
                 object: format!("node {} of this publish", r.id),
                 source,
             })?;
-            return Ok(Cow::Owned((node, bytes.clone())));
+            return Ok((node, bytes.clone()));
         }
         let stored = self.store.read_pack_range(r.loc.pack, r.loc.range())?;
         r.open_with_bytes(&stored)
-            .map(Cow::Owned)
             .map_err(|source| PublishError::Format {
                 object: format!("node {} in {}", r.id, r.loc.pack.object_key()),
                 source,
@@ -227,14 +225,7 @@ fn diff(
                     _ => None,
                 };
                 let child = nodes.get(node)?;
-                diff(
-                    nodes,
-                    &child,
-                    old_child.as_deref(),
-                    &path(),
-                    new_packs,
-                    jobs,
-                )?;
+                diff(nodes, &child, old_child.as_ref(), &path(), new_packs, jobs)?;
             }
             EntryKind::Symlink { .. } => {}
         }
@@ -397,7 +388,7 @@ pub(crate) fn write_delta(
         let new = nodes.get(new_root)?;
         let old = nodes.get(&from_root)?;
         let mut jobs = Vec::new();
-        diff(nodes, &new, Some(&*old), &[], new_packs, &mut jobs)?;
+        diff(nodes, &new, Some(&old), &[], new_packs, &mut jobs)?;
         Ok(jobs)
     })();
     let jobs = match walked {
