@@ -125,11 +125,11 @@ fn init(dir: &Path, name: &str, days: i64) -> Result<()> {
     // An empty revocation list from the start, so `serve --crl` can name it before the
     // first revocation (which then takes a SIGHUP, not a restart).
     write_crl(dir, &Issuer::new(p, key), "")?;
-    println!(
-        "CA '{name}': {} (give to servers as --client-ca and to clients as --ca), key {}",
+    super::say(format_args!(
+        "CA '{name}': {} (give to servers as --client-ca and to clients as --ca), key {}\n",
         dir.join("ca.pem").display(),
         dir.join("ca.key").display()
-    );
+    ))?;
     Ok(())
 }
 
@@ -200,12 +200,12 @@ fn issue(
         .with_context(|| format!("opening {}", issued.display()))?;
     writeln!(log, "{} {site}", hex::encode(serial.as_ref()))
         .with_context(|| format!("writing {}", issued.display()))?;
-    println!(
-        "{} certificate for '{site}': {} and {}",
+    super::say(format_args!(
+        "{} certificate for '{site}': {} and {}\n",
         if server { "server" } else { "client" },
         dir.join(format!("{site}.pem")).display(),
         dir.join(format!("{site}.key")).display()
-    );
+    ))?;
     Ok(())
 }
 
@@ -235,11 +235,11 @@ fn revoke(dir: &Path, site: &str) -> Result<()> {
     write_crl(dir, &issuer, &revoked)?;
     fs::write(&revoked_file, &revoked)
         .with_context(|| format!("writing {}", revoked_file.display()))?;
-    println!(
-        "revoked {n} certificate(s) of '{site}'; {} lists {} (serve --crl reloads it on SIGHUP)",
+    super::say(format_args!(
+        "revoked {n} certificate(s) of '{site}'; {} lists {} (serve --crl reloads it on SIGHUP)\n",
         dir.join("crl.pem").display(),
         revoked.lines().count()
-    );
+    ))?;
     Ok(())
 }
 

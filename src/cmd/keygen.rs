@@ -38,11 +38,11 @@ pub fn run(a: Args) -> Result<()> {
         .unwrap_or_default();
     std::fs::write(&pub_path, key.public().to_text(&comment))
         .with_context(|| format!("writing {}", pub_path.display()))?;
-    println!(
-        "wrote {} and {} (key {})",
+    super::say(format_args!(
+        "wrote {} and {} (key {})\n",
         a.file.display(),
         pub_path.display(),
         key.public()
-    );
+    ))?;
     Ok(())
 }

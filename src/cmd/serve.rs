@@ -82,9 +82,13 @@ pub fn run(a: Args) -> Result<()> {
             .with_context(|| format!("listening on {}", a.listen))?;
         // One line on stdout, for scripts and tests that asked for port 0.
         let scheme = if handler.is_tls() { "https" } else { "http" };
-        println!("serving {} on {scheme}://{addr}", a.store.display());
+        // A server keeps serving whoever reads its output (a closed stdout is no reason to
+        // stop).
         use std::io::Write as _;
-        let _ = std::io::stdout().flush();
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "serving {} on {scheme}://{addr}", a.store.display());
+        let _ = out.flush();
+        drop(out);
         if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         {
             let h = handler.clone();
