@@ -6,37 +6,9 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::process::Command;
 
-use common::{assert_same_tree, s, Site};
-
-/// Builds `image` from `dir` with xorriso (Rock Ridge + Joliet), plus `extra` commands.
-fn xorriso(dir: &Path, image: &Path, extra: &[&str]) {
-    let out = Command::new("xorriso")
-        .args(["-abort_on", "FAILURE", "-outdev"])
-        .arg(image)
-        .args([
-            "-rockridge",
-            "on",
-            "-joliet",
-            "on",
-            "-hardlinks",
-            "on",
-            "-map",
-        ])
-        .arg(dir)
-        .arg("/")
-        .args(extra)
-        .arg("-commit")
-        .output()
-        .expect("xorriso (installed by ./scripts/test)");
-    assert!(
-        out.status.success(),
-        "xorriso: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::{assert_same_tree, s, xorriso, Site};
 
 fn publish_json(site: &Site) -> serde_json::Value {
     site.publish()

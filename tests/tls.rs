@@ -151,15 +151,21 @@ impl Tls {
             "--json".into(),
         ];
         if let Some(site) = site {
-            a.extend([
-                "--cert".into(),
-                s(&ca.join(format!("{site}.pem"))).into(),
-                "--key".into(),
-                s(&ca.join(format!("{site}.key"))).into(),
-            ]);
+            a.extend(self.cert_args(site));
         }
         a.push(s(mirror).into());
         bin().args(&a).output().expect("sync")
+    }
+
+    /// `--cert` and `--key` of `site`'s client certificate.
+    fn cert_args(&self, site: &str) -> [String; 4] {
+        let ca = self.p("ca");
+        [
+            "--cert".into(),
+            s(&ca.join(format!("{site}.pem"))).into(),
+            "--key".into(),
+            s(&ca.join(format!("{site}.key"))).into(),
+        ]
     }
 
     /// A raw GET as `site`: status, body, and headers other than Date.
@@ -480,24 +486,11 @@ fn iso_rebuild_fetches_over_tls_as_a_granted_site_only() {
     // An image of tree c's files; its template names their chunks, which only c's packs
     // hold.
     let image = t.p("c.iso");
-    let out = std::process::Command::new("xorriso")
-        .args(["-abort_on", "FAILURE", "-outdev"])
-        .arg(&image)
-        .args(["-rockridge", "on", "-map"])
-        .arg(t.p("src/c"))
-        .args(["/", "-commit"])
-        .output()
-        .expect("xorriso (installed by ./scripts/test)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::xorriso(&t.p("src/c"), &image, &[]);
     let template = t.p("c.template");
     ok(&["iso", "template", s(&image), "--out", s(&template)]);
     fs::create_dir_all(t.p("empty")).expect("empty");
     let rebuild = |site: &str, out: &Path| {
-        let ca = t.p("ca");
         bin()
             .args([
                 "iso",
@@ -512,15 +505,12 @@ fn iso_rebuild_fetches_over_tls_as_a_granted_site_only() {
                 "--trust",
                 &format!("{}.pub", s(&t.p("up.key"))),
                 "--ca",
-                s(&ca.join("ca.pem")),
-                "--cert",
-                s(&ca.join(format!("{site}.pem"))),
-                "--key",
-                s(&ca.join(format!("{site}.key"))),
+                s(&t.p("ca/ca.pem")),
                 "--out",
                 s(out),
                 "--json",
             ])
+            .args(t.cert_args(site))
             .output()
             .expect("rebuild")
     };

@@ -234,6 +234,7 @@ pub fn publish(
     })?;
     std::fs::create_dir_all(&opts.state_dir).at(&opts.state_dir)?;
     let _lock = store.lock(&opts.tree, &opts.state_dir)?;
+    let workers = Workers::new(opts.threads)?;
     let tmp_dir = match store.tmp_dir() {
         Some(d) => d,
         None => {
@@ -304,16 +305,14 @@ pub fn publish(
     let (catalog, old_cache, walk) = std::thread::scope(|s| {
         let catalog = s.spawn(|| Catalog::load(store, &opts.state_dir));
         let old_cache = DirCache::load(&cache_path, &cache_identity);
-        let walk = with_pool(opts.threads, "walking", || {
-            walk::walk(&opts.source, &opts.filter)
-        });
+        let walk = workers.run(|| walk::walk(&opts.source, &opts.filter));
         let catalog = catalog
             .join()
             .map_err(|_| PublishError::Config("reading the store's catalog panicked".into()));
         (catalog, old_cache, walk)
     });
     let mut catalog = catalog??;
-    let walk = walk??;
+    let walk = walk?;
     let mut report = PublishReport {
         version,
         stale_parts_removed,
@@ -387,7 +386,7 @@ pub fn publish(
         let to_read = &to_read;
         let chunker = &chunker;
         let isos = &isos;
-        let threads = opts.threads;
+        let workers = &workers;
         let worker = s.spawn(move || {
             let chunk_all = || {
                 to_read
@@ -407,7 +406,7 @@ pub fn publish(
                     .collect::<Result<Vec<_>, _>>()
             };
             // The pool is installed here, on the thread that runs the parallel loop.
-            let r = with_pool(threads, "chunking", chunk_all).and_then(|r| r);
+            let r = workers.run(chunk_all);
             drop(tx);
             r
         });
@@ -456,7 +455,7 @@ pub fn publish(
     // A level's directories are built in parallel (their children are done), then
     // stored in order: the same tree always gives the same packs.
     for level in walk.levels.iter().rev() {
-        let built = with_pool(opts.threads, "indexing", || {
+        let built = workers.run(|| {
             level
                 .clone()
                 .into_par_iter()
@@ -479,7 +478,7 @@ pub fn publish(
                     },
                 )
                 .collect::<Result<Vec<_>, _>>()
-        })??;
+        })?;
         for (di, built) in level.clone().zip(built) {
             let d = &walk.dirs[di];
             let b = match built {
@@ -549,7 +548,7 @@ pub fn publish(
         )
     };
     // On the chunking threads' budget (`threads`), like the chunking itself.
-    let (deltas, delta_reports, delta_bytes) = with_pool(opts.threads, "delta", make_deltas)??;
+    let (deltas, delta_reports, delta_bytes) = workers.run(make_deltas)?;
     drop(nodes);
 
     // The head goes last: everything it names is already in place.
@@ -941,19 +940,29 @@ fn build_dir(
     }))
 }
 
-/// Runs `f` on a pool of `threads` threads, or on rayon's global pool (every core).
-fn with_pool<T: Send>(
-    threads: Option<usize>,
-    what: &str,
-    f: impl FnOnce() -> T + Send,
-) -> Result<T, PublishError> {
-    match threads {
-        None => Ok(f()),
-        Some(n) => rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .map(|pool| pool.install(f))
-            .map_err(|e| PublishError::Config(format!("cannot start {n} {what} threads: {e}"))),
+/// The publish's worker threads: `threads` of them (one pool for the whole publish), or
+/// rayon's global pool (every core).
+struct Workers(Option<rayon::ThreadPool>);
+
+impl Workers {
+    fn new(threads: Option<usize>) -> Result<Self, PublishError> {
+        threads
+            .map(|n| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .map_err(|e| PublishError::Config(format!("cannot start {n} threads: {e}")))
+            })
+            .transpose()
+            .map(Workers)
+    }
+
+    /// Runs `f` with its parallel loops on these workers.
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        match &self.0 {
+            Some(pool) => pool.install(f),
+            None => f(),
+        }
     }
 }
 

@@ -207,3 +207,31 @@ pub fn assert_same_snapshot(
     }
     assert!(diff.is_empty(), "{what}:\n{}", diff.join("\n"));
 }
+
+/// An ISO 9660 image of `dir` made by the real xorriso (Rock Ridge, Joliet, hard links),
+/// with `extra` commands before the commit.
+pub fn xorriso(dir: &Path, image: &Path, extra: &[&str]) {
+    let out = Command::new("xorriso")
+        .args(["-abort_on", "FAILURE", "-outdev"])
+        .arg(image)
+        .args([
+            "-rockridge",
+            "on",
+            "-joliet",
+            "on",
+            "-hardlinks",
+            "on",
+            "-map",
+        ])
+        .arg(dir)
+        .arg("/")
+        .args(extra)
+        .arg("-commit")
+        .output()
+        .expect("xorriso (installed by ./scripts/test)");
+    assert!(
+        out.status.success(),
+        "xorriso: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
