@@ -69,7 +69,7 @@ fn main() -> ExitCode {
             if e.chain().any(|c| c.is::<cmd::StdoutClosed>()) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("pulpdist: error: {e:#}");
+            eprintln!("pulpdist: error: {}", cmd::describe(&e));
             ExitCode::from(cmd::exit_code(&e))
         }
     }

@@ -254,34 +254,28 @@ fn killed_and_resumed(backend: Backend) {
     );
     fs::rename(&hidden, &victim).expect("restore");
 
-    for delay_ms in [10u64, 40, 120] {
-        let mut child = bin()
+    // Killed (a fail point aborts the process, as kill -9 would) once everything is staged,
+    // while renaming, and while deleting.
+    for at in ["sync.write:1", "sync.rename:2", "sync.delete:1"] {
+        let out = bin()
             .args(rig.sync_args(&[]))
             .envs(rig.env.iter().map(|(k, v)| (k, v)))
-            .spawn()
-            .expect("spawn");
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
-        let new = snapshot(&rig.site.src());
-        for (path, desc) in snapshot(&rig.site.mirror()) {
-            let name = path.to_string_lossy().into_owned();
-            if name.contains(".pulpdist-") || !desc.starts_with("file") {
-                continue;
-            }
-            let hash = desc.rsplit(' ').next();
-            let known = [v1.get(&path), new.get(&path)]
-                .into_iter()
-                .flatten()
-                .any(|d| d.rsplit(' ').next() == hash);
-            assert!(known, "{backend:?}: {name} is neither old nor new");
-        }
+            .env("PULPDIST_FAILPOINT", at)
+            .output()
+            .expect("run");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("fail point"),
+            "{backend:?}: {at} not reached: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        common::assert_whole(&rig.site.mirror(), &v1, &snapshot(&rig.site.src()), at);
     }
     let s = rig.sync();
     assert_same_tree(&rig.site.src(), &rig.site.mirror());
-    assert!(
-        num(&s, "chunks_fetched") < total_chunks,
-        "{backend:?}: refetched everything: {s}, {total_chunks} new chunks"
+    assert_eq!(
+        num(&s, "chunks_fetched"),
+        0,
+        "{backend:?}: refetched what was staged: {s}, {total_chunks} new chunks"
     );
 }
 

@@ -83,7 +83,13 @@ fn truncated_bodies() {
 
 #[test]
 fn wrong_content_length() {
-    refused(Lie::LongContentLength, 1, "", &[]);
+    // The body ends before the bytes its Content-Length promised.
+    refused(
+        Lie::LongContentLength,
+        1,
+        "reading the body: Peer disconnected",
+        &[],
+    );
 }
 
 #[test]
@@ -92,9 +98,51 @@ fn endless_data() {
     refused(Lie::Endless, 3, "head", &[]);
 }
 
+/// Regression: an origin that answers a range request with the whole object (and more)
+/// made the reader buffer up to 16 GiB per connection. It now reads no more than the pack's
+/// signed size: the first sync (its index nodes come by ranges) fails cleanly, with a peak
+/// memory far below the 512 MiB sent.
+#[test]
+fn a_range_answered_with_a_huge_body_is_not_buffered() {
+    let site = Site::new();
+    pulpdist_testdata::generate(&site.src(), 62, 1).expect("generate");
+    site.publish();
+    let evil = Evil::start(&site.store(), Lie::HugeForRange);
+    let key = format!("{}.pub", s(&site.key()));
+    let out = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "maxrss_kb=%M", env!("CARGO_BIN_EXE_pulpdist")])
+        .args([
+            "sync", "--store", &evil.url, "--tree", "tree", "--trust", &key,
+        ])
+        .args(["--retries", "0", s(&site.mirror())])
+        .output()
+        .expect("/usr/bin/time (installed by ./scripts/test)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&evil.url) && err.contains("more than"),
+        "{err}"
+    );
+    let kb: u64 = err
+        .rsplit("maxrss_kb=")
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .expect("maxrss");
+    assert!(kb < 200 * 1024, "peak RSS {kb} kB: the junk was buffered");
+    assert!(
+        snapshot(&site.mirror()).is_empty(),
+        "a failed first sync wrote files"
+    );
+}
+
 #[test]
 fn no_answer_times_out() {
-    refused(Lie::Slow(30), 1, "", &["--timeout", "1", "--retries", "0"]);
+    refused(
+        Lie::Slow(30),
+        1,
+        "timeout",
+        &["--timeout", "1", "--retries", "0"],
+    );
 }
 
 /// Mounts a tmpfs of `mib` MiB at `dir` (the tests run as root, as CI does).

@@ -138,3 +138,115 @@ fn the_head_is_replaced_only_if_unchanged() {
         .put_head("tree", &now.bytes, Some(&now), Some(2))
         .expect("conditional update from the current head");
 }
+
+/// Two real publishers race for one head on a real S3 server: one is held (a fail point)
+/// after it read the head and before it writes its own; the other publishes meanwhile. The
+/// held one's conditional PUT fails: exit 4, nothing published, and the store syncs to the
+/// other's version.
+#[test]
+fn two_publishers_racing_on_s3_one_exits_4() {
+    let site = Site::new();
+    pulpdist_testdata::generate(&site.src(), 43, 1).expect("generate");
+    let s3 = S3::start(&site.p("s3"), &["race"]);
+    let secret = site.p("s3-secret");
+    std::fs::write(&secret, format!("{S3_SECRET_KEY}\n")).expect("secret file");
+    let publish = |state: &str| {
+        let mut a: Vec<String> = [
+            "publish",
+            "--store",
+            "s3://race/p",
+            "--tree",
+            "tree",
+            "--key",
+            s(&site.key()),
+            "--s3-endpoint",
+            &s3.endpoint,
+            "--s3-access-key-id",
+            S3_ACCESS_KEY,
+            "--s3-secret-key-file",
+            s(&secret),
+            "--state",
+            s(&site.p(state)),
+            "--json",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        a.push(s(&site.src()).to_string());
+        a
+    };
+    let first = common::bin()
+        .args(publish("state-a"))
+        .output()
+        .expect("publish");
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+
+    let release = site.p("release");
+    let held = common::bin()
+        .args(publish("state-a"))
+        .env(
+            "PULPDIST_FAILPOINT",
+            format!("publish.head:1:wait:{}", s(&release)),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let reached = site.p("release.reached");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !reached.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "publisher A never reached its head"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let other = common::bin()
+        .args(publish("state-b"))
+        .output()
+        .expect("publish");
+    assert!(
+        other.status.success(),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    let won: serde_json::Value = serde_json::from_slice(&other.stdout).expect("json");
+    std::fs::write(&release, b"go").expect("release");
+    let held = held.wait_with_output().expect("held");
+    let err = String::from_utf8_lossy(&held.stderr);
+    assert_eq!(held.status.code(), Some(4), "{err}");
+    assert!(err.contains("changed during publish"), "{err}");
+
+    let out = common::bin()
+        .args([
+            "sync",
+            "--store",
+            "s3://race/p",
+            "--tree",
+            "tree",
+            "--trust",
+            &format!("{}.pub", s(&site.key())),
+            "--s3-endpoint",
+            &s3.endpoint,
+            "--s3-access-key-id",
+            S3_ACCESS_KEY,
+            "--s3-secret-key-file",
+            s(&secret),
+            "--json",
+            s(&site.mirror()),
+        ])
+        .output()
+        .expect("sync");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(r["version"], won["version"], "{r}");
+    assert_same_tree(&site.src(), &site.mirror());
+}

@@ -72,9 +72,19 @@ pub enum SyncError {
     /// A write would leave the tree (a symlink or non-directory in a parent).
     #[error("{path}: refusing to write: {reason}")]
     Unsafe { path: PathBuf, reason: String },
-    /// Options are wrong.
+    /// Options are wrong (exit code 2: a usage error, not a failure of the sync).
+    #[error("{0}")]
+    Usage(String),
+    /// Something went wrong that is not any other variant's (an internal limit, a thread
+    /// pool that did not start).
     #[error("{0}")]
     Config(String),
+    /// Another sync holds the mirror's state directory.
+    #[error("{state}: another sync of this mirror is running{holder}; run again later, or give --wait SECONDS")]
+    Busy { state: PathBuf, holder: String },
+    /// The client's own state (not the store's objects) is unreadable or damaged.
+    #[error("{path}: local state is damaged: {detail} (remove it to sync from scratch)")]
+    State { path: PathBuf, detail: String },
 }
 
 impl SyncError {

@@ -18,10 +18,11 @@ use pulpdist_format::{
 };
 
 use crate::error::{IoContext, SyncError};
-use crate::fsutil::{remove_any, temp_beside, SafeDirs};
+use crate::fsutil::{absolute_dir, remove_any, sync_dir, temp_beside, SafeDirs};
+use crate::glob::glob_match;
 use crate::glob::DEFAULT_METADATA_PATTERNS;
 use crate::plan::{DirView, FetchOp, Observed, PlanSettings, Planner, Source};
-use crate::state::State;
+use crate::state::{Access, State};
 use crate::store::{CountingReader, HeadFetch, StoreReader};
 use crate::walk::{changed_dirs, slice, DirChange};
 
@@ -53,6 +54,9 @@ pub struct SyncOptions {
     /// An `rsync://` URL of the same tree: files whose chunks the store lacks (404) or
     /// serves damaged are fetched from it and checked against the signed index.
     pub rsync_fallback: Option<String>,
+    /// How long to wait for another sync of the same mirror to finish (default: not at
+    /// all, [`SyncError::Busy`] at once).
+    pub wait: std::time::Duration,
 }
 
 impl SyncOptions {
@@ -74,19 +78,35 @@ impl SyncOptions {
             full: false,
             connections: 8,
             rsync_fallback: None,
+            wait: std::time::Duration::ZERO,
         }
     }
 
-    /// The state directory in use.
-    pub fn state_dir(&self) -> PathBuf {
-        self.state_dir.clone().unwrap_or_else(|| {
-            let name = self
-                .dest
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "mirror".into());
-            self.dest.with_file_name(format!(".{name}.pulpdist"))
-        })
+    /// The mirror and state directories in use, absolute: `dest` with `.`, `..` and the
+    /// symlinks of its parents resolved, and the state directory (`.<dest name>.pulpdist`
+    /// beside the mirror unless given). The state is never inside the mirror, where the
+    /// sync would delete it as a file the tree lacks, nor the mirror inside the state; the
+    /// mirror is never `/`.
+    pub fn dirs(&self) -> Result<(PathBuf, PathBuf), SyncError> {
+        let dest = absolute_dir(&self.dest).at(&self.dest)?;
+        let Some(name) = dest.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            return Err(SyncError::Usage(format!(
+                "{}: the mirror cannot be the root directory",
+                self.dest.display()
+            )));
+        };
+        let state = match &self.state_dir {
+            Some(s) => absolute_dir(s).at(s)?,
+            None => dest.with_file_name(format!(".{name}.pulpdist")),
+        };
+        if state.starts_with(&dest) || dest.starts_with(&state) {
+            return Err(SyncError::Usage(format!(
+                "state directory {} and mirror {} overlap: the state must lie outside the mirror (a sync deletes what the tree lacks)",
+                state.display(),
+                dest.display()
+            )));
+        }
+        Ok((dest, state))
     }
 }
 
@@ -158,8 +178,22 @@ fn unix_now() -> i64 {
 /// Brings `opts.dest` to the version of `opts.tree` that `reader` offers.
 pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
+    pulpdist_format::validate_tree_name(&opts.tree).map_err(|e| SyncError::Usage(e.to_string()))?;
+    let (dest, state_dir) = opts.dirs()?;
+    let opts = &SyncOptions {
+        dest,
+        state_dir: Some(state_dir.clone()),
+        ..opts.clone()
+    };
     let store = CountingReader::new(reader);
-    let state = State::open(&opts.state_dir())?;
+    // One sync of a mirror at a time, for the whole sync: two at once would rename older
+    // files over newer ones and pull staging and cached nodes from under each other.
+    let access = if opts.dry_run {
+        Access::ReadOnly { wait: opts.wait }
+    } else {
+        Access::Write { wait: opts.wait }
+    };
+    let state = State::open(&state_dir, access)?;
     let applied = state.applied(&opts.tree)?;
     let head_object = format!("{}/heads/{}", reader.describe(), opts.tree);
 
@@ -196,6 +230,7 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         }
     })?;
     let head = signed.head().clone();
+    pulpdist_failpoint::hit("sync.head");
     if head.tree != opts.tree {
         return Err(SyncError::WrongTree {
             asked: opts.tree.clone(),
@@ -269,6 +304,15 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         fs::create_dir_all(&opts.dest).at(&opts.dest)?;
     }
 
+    // Whatever a store sends, no more than a pack's signed size is read.
+    let pack_sizes: HashMap<PackId, u64> = head
+        .recent
+        .iter()
+        .flat_map(|v| v.packs.iter())
+        .map(|p| (p.id, p.size))
+        .collect();
+    store.expect_sizes(&pack_sizes);
+
     // A delta from the version applied carries the new index nodes and the changed files,
     // each against its old copy: one request, when it is smaller than what the missing
     // versions added to the store. Whatever it cannot rebuild is fetched as before.
@@ -304,12 +348,6 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
     drop(mem_packs);
     report.dirs_examined = changes.len() as u64;
 
-    let pack_sizes: HashMap<PackId, u64> = head
-        .recent
-        .iter()
-        .flat_map(|v| v.packs.iter())
-        .map(|p| (p.id, p.size))
-        .collect();
     let settings = PlanSettings {
         metadata_patterns: opts.metadata_patterns.clone(),
         max_gap: opts.max_gap,
@@ -386,6 +424,7 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
     report.files = plan.files.len() as u64;
     report.symlinks = plan.symlinks.len() as u64;
     report.deleted = plan.deletes.len() as u64;
+    pulpdist_failpoint::hit("sync.planned");
     if opts.dry_run {
         report.plan = Some(plan.to_string());
         report.chunks_fetched = plan.fetches.iter().map(|f| f.chunks.len() as u64).sum();
@@ -401,6 +440,7 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
             Ok(c) => state.stage(&c)?,
             Err(_) => late.extend(all_refs.get(id).copied()),
         }
+        pulpdist_failpoint::hit("sync.stage_first");
     }
     // 2. Fetch and verify everything missing, into staging.
     let pool = rayon::ThreadPoolBuilder::new()
@@ -446,10 +486,11 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         if !existed {
             created.push(abs);
         }
+        pulpdist_failpoint::hit("sync.mkdir");
     }
     // 4a. Every new file is written beside its target first. If one fails (a full disk, a
     // chunk that no longer verifies), the others are removed and the mirror is as it was.
-    let mut ready: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(plan.files.len());
+    let mut ready: Vec<(PathBuf, PathBuf, bool)> = Vec::with_capacity(plan.files.len());
     for op in &plan.files {
         let parent = op.path.parent().unwrap_or(Path::new(""));
         let written = safe.ensure(parent, true).and_then(|dir| {
@@ -461,13 +502,16 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
             }
             let target = dir.join(op.path.file_name().unwrap_or_default());
             let tmp = temp_beside(&target);
-            ready.push((tmp.clone(), target));
+            ready.push((tmp.clone(), target, op.metadata));
             write_file(dest, &state, &tmp, op, &all_refs, &store, opts.max_gap)
         });
         match written {
-            Ok(n) => report.chunks_fetched += n,
+            Ok(n) => {
+                report.chunks_fetched += n;
+                pulpdist_failpoint::hit("sync.write");
+            }
             Err(e) => {
-                for (tmp, _) in &ready {
+                for (tmp, _, _) in &ready {
                     let _ = fs::remove_file(tmp);
                 }
                 for d in created.iter().rev() {
@@ -480,54 +524,103 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
             }
         }
     }
-    // 4b. Then each appears by rename, complete: payload, then repository metadata. From
-    // here until the version is recorded, the mirror is between versions: say so.
+    // 4b. Then each appears by rename, complete, in an order that keeps every repository
+    // index on the mirror true to what it names: payload files, then payload symlinks and
+    // mode changes, then repository metadata (the plan orders it: indexes before the files
+    // that list them, deepest first), then deletions. From here until the version is
+    // recorded the mirror is between versions: say so, durably.
     state.set_applying(&opts.tree)?;
-    for (tmp, target) in ready {
-        if fs::symlink_metadata(&target)
-            .map(|m| m.is_dir())
-            .unwrap_or(false)
-        {
-            remove_any(&target)?;
+    pulpdist_failpoint::hit("sync.applying");
+    let mut touched: std::collections::BTreeSet<PathBuf> = created
+        .iter()
+        .filter_map(|d| d.parent().map(Path::to_path_buf))
+        .collect();
+    // Targets that are directories now: replacing one removes what is under it, so it
+    // waits for the deletions.
+    let mut deferred: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let is_meta = |p: &Path| {
+        let name = p.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+        opts.metadata_patterns
+            .iter()
+            .any(|pat| glob_match(pat.as_bytes(), name))
+    };
+    let mut put = |tmp: PathBuf, target: PathBuf, deferred: &mut Vec<(PathBuf, PathBuf)>| {
+        if let Some(parent) = target.parent() {
+            touched.insert(parent.to_path_buf());
         }
-        fs::rename(&tmp, &target).at(&target)?;
-    }
-    // 5. Symlinks, also by rename.
-    for (path, link_target, mtime) in &plan.symlinks {
-        let dir = safe.ensure(path.parent().unwrap_or(Path::new("")), true)?;
-        let target = dir.join(path.file_name().unwrap_or_default());
-        let tmp = temp_beside(&target);
-        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(link_target), &tmp).at(&tmp)?;
-        filetime::set_symlink_file_times(&tmp, ft(*mtime), ft(*mtime)).at(&tmp)?;
-        if fs::symlink_metadata(&target)
-            .map(|m| m.is_dir())
-            .unwrap_or(false)
-        {
-            remove_any(&target)?;
+        if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
+            deferred.push((tmp, target));
+            return Ok(());
         }
-        fs::rename(&tmp, &target).at(&target)?;
+        fs::rename(&tmp, &target).at(&target)
+    };
+    let (meta_ready, payload_ready): (Vec<_>, Vec<_>) =
+        ready.into_iter().partition(|(_, _, meta)| *meta);
+    for (tmp, target, _) in payload_ready {
+        put(tmp, target, &mut deferred)?;
+        pulpdist_failpoint::hit("sync.rename");
     }
-    // 6. Attribute fixes of current files.
+    // 5. Symlinks, also by rename (those named as metadata with the metadata).
+    let (meta_links, payload_links): (Vec<_>, Vec<_>) =
+        plan.symlinks.iter().partition(|(path, _, _)| is_meta(path));
+    for (path, link_target, mtime) in payload_links {
+        let (tmp, target) = make_link(&mut safe, path, link_target, *mtime)?;
+        put(tmp, target, &mut deferred)?;
+        pulpdist_failpoint::hit("sync.symlink");
+    }
+    // 6. Attribute fixes of current files (a mode or an mtime: no index names them).
     for a in &plan.attrs {
         let p = safe
             .ensure(a.path.parent().unwrap_or(Path::new("")), false)?
             .join(a.path.file_name().unwrap_or_default());
         set_attrs(&p, a.mode, a.mtime)?;
+        pulpdist_failpoint::hit("sync.attr");
     }
-    // 7. Deletions, last, deepest first.
-    for d in &plan.deletes {
-        let p = safe
-            .ensure(d.parent().unwrap_or(Path::new("")), false)?
-            .join(d.file_name().unwrap_or_default());
-        remove_any(&p)?;
+    // 7. Repository metadata, in the plan's order.
+    for (tmp, target, _) in meta_ready {
+        put(tmp, target, &mut deferred)?;
+        pulpdist_failpoint::hit("sync.rename_metadata");
     }
-    // 8. Directory modes and mtimes, now that their contents are final.
+    for (path, link_target, mtime) in meta_links {
+        let (tmp, target) = make_link(&mut safe, path, link_target, *mtime)?;
+        put(tmp, target, &mut deferred)?;
+        pulpdist_failpoint::hit("sync.symlink_metadata");
+    }
+    // 8. Deletions, last, deepest first; the old indexes before the files they name (top
+    // indexes, then the other metadata and directories holding some, then the rest); then
+    // the directories replaced by a file or link.
+    let mut deletes: Vec<(u8, &PathBuf)> = plan
+        .deletes
+        .iter()
+        .map(|d| (deletion_rank(&dest.join(d), &opts.metadata_patterns), d))
+        .collect();
+    deletes.sort_by_key(|(rank, _)| *rank);
+    for (_, d) in deletes {
+        let dir = safe.ensure(d.parent().unwrap_or(Path::new("")), false)?;
+        remove_any(&dir.join(d.file_name().unwrap_or_default()))?;
+        touched.insert(dir);
+        pulpdist_failpoint::hit("sync.delete");
+    }
+    for (tmp, target) in deferred {
+        remove_any(&target)?;
+        fs::rename(&tmp, &target).at(&target)?;
+        pulpdist_failpoint::hit("sync.replace_dir");
+    }
+    // 9. Directory modes and mtimes, now that their contents are final.
     for a in &plan.dir_attrs {
         let p = safe.ensure(&a.path, false)?;
         set_attrs(&p, a.mode, a.mtime)?;
+        pulpdist_failpoint::hit("sync.dir_attr");
     }
-    // 9. Only now is the new version applied.
+    // 10. Every directory whose entries changed reaches the disk before the version is
+    // recorded: after a power cut, a recorded version never has renames that were lost.
+    for d in &touched {
+        sync_dir(d)?;
+    }
+    pulpdist_failpoint::hit("sync.synced");
+    // 11. Only now is the new version applied.
     state.set_applied(&opts.tree, &head_bytes, etag.as_deref(), &reader.describe())?;
+    pulpdist_failpoint::hit("sync.recorded");
     state.clear_applying(&opts.tree)?;
     state.clear_staging()?;
     // Housekeeping: the version is applied whatever happens here.
@@ -536,6 +629,49 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         Err(e) => report.prune_error = Some(e.to_string()),
     }
     Ok(finish(report, &store))
+}
+
+/// When to delete `path` among the deletions: 0 a top index (Release, repomd.xml), 1 other
+/// metadata or a directory holding some, 2 the rest. An index is deleted before what it
+/// names, so no index on the mirror ever names a file already gone.
+fn deletion_rank(path: &Path, patterns: &[String]) -> u8 {
+    let named = |p: &Path, pats: &[&str]| {
+        let name = p.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+        pats.iter().any(|pat| glob_match(pat.as_bytes(), name))
+    };
+    let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
+    if named(path, crate::glob::TOP_METADATA_PATTERNS) {
+        return 0;
+    }
+    // A directory is looked into (never through a symlink) for metadata.
+    let mut todo = vec![path.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        if named(&p, &patterns) {
+            return 1;
+        }
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+            if let Ok(rd) = fs::read_dir(&p) {
+                todo.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    2
+}
+
+/// Makes the symlink `path` -> `link_target` under a temporary name beside it (its parents
+/// real directories, made if needed); returns the temporary and the final path.
+fn make_link(
+    safe: &mut SafeDirs,
+    path: &Path,
+    link_target: &[u8],
+    mtime: Mtime,
+) -> Result<(PathBuf, PathBuf), SyncError> {
+    let dir = safe.ensure(path.parent().unwrap_or(Path::new("")), true)?;
+    let target = dir.join(path.file_name().unwrap_or_default());
+    let tmp = temp_beside(&target);
+    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(link_target), &tmp).at(&tmp)?;
+    filetime::set_symlink_file_times(&tmp, ft(mtime), ft(mtime)).at(&tmp)?;
+    Ok((tmp, target))
 }
 
 /// Fetches the head's delta from the tree the mirror holds (its root), if it has one and it
@@ -864,6 +1000,7 @@ fn fetch_op(store: &dyn StoreReader, state: &State, op: &FetchOp) -> Result<u64,
         state.stage(&chunk)?;
         n += 1;
     }
+    pulpdist_failpoint::hit("sync.fetch");
     Ok(n)
 }
 

@@ -69,6 +69,52 @@ impl SafeDirs {
     }
 }
 
+/// `path` made absolute: `.` and `..` resolved and the symlinks of its existing ancestors
+/// followed, so that `.`, `..` or `dir/.` name the directory they mean. Only the last
+/// component, when it is a plain name, is kept as given (a mirror that is itself a symlink
+/// keeps its state beside the link); components that do not exist yet are appended as
+/// they are, and a `..` among them is refused.
+pub fn absolute_dir(path: &Path) -> std::io::Result<PathBuf> {
+    use std::path::Component;
+    let abs = std::path::absolute(path)?;
+    let (base, last) = match abs.components().next_back() {
+        Some(Component::Normal(n)) => (abs.parent().map(Path::to_path_buf), Some(n.to_owned())),
+        _ => (Some(abs.clone()), None),
+    };
+    let mut resolved = match base {
+        Some(b) => {
+            // The deepest ancestor that exists, resolved; the rest appended.
+            let mut rest = Vec::new();
+            let mut cur = b.as_path();
+            loop {
+                match fs::canonicalize(cur) {
+                    Ok(c) => break rest.into_iter().rev().fold(c, |p: PathBuf, n| p.join(n)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        match (cur.components().next_back(), cur.parent()) {
+                            (Some(Component::Normal(n)), Some(parent)) => {
+                                rest.push(n.to_owned());
+                                cur = parent;
+                            }
+                            _ => {
+                                return Err(std::io::Error::new(
+                                    std::io::ErrorKind::InvalidInput,
+                                    "a '..' below a directory that does not exist",
+                                ))
+                            }
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        None => PathBuf::from("/"),
+    };
+    if let Some(n) = last {
+        resolved.push(n);
+    }
+    Ok(resolved)
+}
+
 /// A temporary name beside `dest`: `.<name>.pulpdist-<random>`.
 pub(crate) fn temp_beside(dest: &Path) -> PathBuf {
     let mut r = [0u8; 6];
@@ -88,6 +134,11 @@ pub(crate) fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), SyncError> {
     f.write_all(bytes).at(&tmp)?;
     f.sync_all().at(&tmp)?;
     fs::rename(&tmp, dest).at(dest)
+}
+
+/// Flushes a directory's entries (the renames, creations and deletions in it) to disk.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), SyncError> {
+    fs::File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
 /// Removes whatever is at `path` (file, symlink or directory tree), if anything.

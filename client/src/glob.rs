@@ -1,7 +1,10 @@
 //! Which files are repository metadata (written after the payload they name).
 
 /// File-name patterns of repository metadata: Debian (InRelease, Release*, Packages*,
-/// Sources*, Contents*, Translation*), RPM (repomd.xml*, *.sqlite*), and PyPI-style indexes.
+/// Sources*, Contents*, Translation*) and RPM (repomd.xml* and the indexes it names, plain
+/// or hash-prefixed: primary, filelists, other, comps, updateinfo, modules, *.sqlite*).
+/// A payload file a pattern happens to match is only renamed a little later; an index no
+/// pattern matches can be renamed before the payload it names.
 pub const DEFAULT_METADATA_PATTERNS: &[&str] = &[
     "InRelease",
     "Release*",
@@ -11,7 +14,17 @@ pub const DEFAULT_METADATA_PATTERNS: &[&str] = &[
     "Translation-*",
     "repomd.xml*",
     "*.sqlite*",
+    "*primary.xml*",
+    "*filelists.xml*",
+    "*other.xml*",
+    "*comps*.xml*",
+    "*updateinfo.xml*",
+    "*modules.yaml*",
 ];
+
+/// The repository indexes that name other indexes (Debian's Release files, RPM's
+/// repomd.xml): among the metadata, these are renamed into place last.
+pub const TOP_METADATA_PATTERNS: &[&str] = &["InRelease", "Release", "Release.gpg", "repomd.xml*"];
 
 /// Matches a file name against a pattern with `*` (any run) and `?` (one byte).
 pub fn glob_match(pattern: &[u8], name: &[u8]) -> bool {

@@ -88,10 +88,16 @@ pub struct HttpStoreReader {
     whole: std::sync::Mutex<Vec<(String, std::sync::Arc<Vec<u8>>)>>,
     saved: AtomicU64,
     saved_bytes: AtomicU64,
+    /// Pack sizes from the verified head, by URL: an origin that ignores Range sends the
+    /// whole object, and no more than its signed size is read.
+    sizes: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// Whole packs kept for an origin that ignores Range.
 const WHOLE_CACHE: usize = 4;
+/// The most of an object the signed head does not size that is kept whole when an origin
+/// ignores Range; a larger one is read only up to the range asked for, every time.
+const WHOLE_LIMIT: u64 = 256 << 20;
 
 impl HttpStoreReader {
     /// A reader of the store at `base` (`http://` or `https://`).
@@ -166,7 +172,13 @@ impl HttpStoreReader {
             whole: std::sync::Mutex::new(Vec::new()),
             saved: AtomicU64::new(0),
             saved_bytes: AtomicU64::new(0),
+            sizes: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
+    }
+
+    /// The size the verified head gives the object at `url`, if it lists it.
+    fn signed_size(&self, url: &str) -> Option<u64> {
+        self.sizes.lock().ok().and_then(|m| m.get(url).copied())
     }
 
     /// Keeps a whole object fetched from an origin that ignores Range (a few, newest last).
@@ -292,16 +304,31 @@ impl HttpStoreReader {
                 }
                 (0, want_end - start)
             }
-            200 if end.is_some() && size.is_none() => {
-                // Range ignored: keep the whole object, so later ranges of it are cut from
-                // this copy instead of asked for again.
+            200 if end.is_some()
+                && size.is_none()
+                && whole_fits(content_length(&resp), self.signed_size(url)) =>
+            {
+                // Range ignored: keep the whole object (no more than its signed size, or
+                // WHOLE_LIMIT), so later ranges of it are cut from this copy instead of
+                // asked for again.
                 self.ignores_ranges.store(true, Ordering::Relaxed);
+                let limit = self.signed_size(url).unwrap_or(WHOLE_LIMIT);
                 let mut all = Vec::new();
                 resp.into_body()
                     .into_reader()
-                    .take(MAX_PACK)
+                    .take(limit + 1)
                     .read_to_end(&mut all)
                     .map_err(|e| read_err(url, e))?;
+                if all.len() as u64 > limit {
+                    return Err(http_err(
+                        url,
+                        status,
+                        format!(
+                            "answered a range with more than the {limit} bytes the object may have"
+                        ),
+                        false,
+                    ));
+                }
                 let e = end.unwrap_or(0);
                 let Some(part) = all.get(start as usize..e as usize) else {
                     return Err(http_err(
@@ -320,13 +347,10 @@ impl HttpStoreReader {
                 return Ok(());
             }
             200 => {
-                // The whole object: skip to `start`, keep what was asked for.
-                let len = resp
-                    .headers()
-                    .get("content-length")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok());
-                if let (Some(l), Some(s)) = (len, size) {
+                // The whole object: skip to `start`, keep what was asked for (and never
+                // more than the signed size).
+                let len = content_length(&resp);
+                if let (Some(l), Some(s)) = (len, size.or(self.signed_size(url))) {
                     if l != s {
                         return Err(http_err(
                             url,
@@ -464,14 +488,22 @@ impl HttpStoreReader {
             }
             200 => {
                 // Ranges ignored: keep the whole body (later ranges of this pack are cut from
-                // it), take what we need, and ask single ranges from now on.
+                // it) if it is no larger than the signed size or WHOLE_LIMIT, take what we
+                // need, and ask single ranges from now on.
+                self.multi.store(MULTI_NO, Ordering::Relaxed);
+                if !whole_fits(content_length(&resp), self.signed_size(&url)) {
+                    return Ok(None);
+                }
+                let limit = self.signed_size(&url).unwrap_or(WHOLE_LIMIT);
                 let mut body = Vec::new();
                 resp.into_body()
                     .into_reader()
-                    .take(MAX_PACK)
+                    .take(limit + 1)
                     .read_to_end(&mut body)
                     .map_err(|e| read_err(&url, e))?;
-                self.multi.store(MULTI_NO, Ordering::Relaxed);
+                if body.len() as u64 > limit {
+                    return Ok(None);
+                }
                 self.ignores_ranges.store(true, Ordering::Relaxed);
                 if (body.len() as u64) < last {
                     return Ok(None);
@@ -543,8 +575,13 @@ impl StoreReader for HttpStoreReader {
                     .fetch_add(range.end - range.start, Ordering::Relaxed);
                 b
             }
+            None if self.signed_size(&url).is_none() => {
+                // Unknown size: the object is kept whole only if small enough (read_answer
+                // decides), else this range alone is read from its body.
+                return self.fetch(&pack.object_key(), Some(range), None);
+            }
             None => {
-                let all = self.fetch(&pack.object_key(), None, None)?;
+                let all = self.fetch(&pack.object_key(), None, self.signed_size(&url))?;
                 self.extra_bytes.fetch_add(
                     (all.len() as u64).saturating_sub(range.end - range.start),
                     Ordering::Relaxed,
@@ -607,6 +644,12 @@ impl StoreReader for HttpStoreReader {
         self.fetch(&pack.object_key(), None, Some(size))
     }
 
+    fn expect_sizes(&self, sizes: &std::collections::HashMap<PackId, u64>) {
+        if let Ok(mut m) = self.sizes.lock() {
+            m.extend(sizes.iter().map(|(p, s)| (self.url(&p.object_key()), *s)));
+        }
+    }
+
     fn overhead(&self) -> Overhead {
         Overhead {
             requests: self.extra_requests.load(Ordering::Relaxed),
@@ -615,6 +658,20 @@ impl StoreReader for HttpStoreReader {
             saved_bytes: self.saved_bytes.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Whether a whole object of `len` bytes (its Content-Length, if given) may be kept in
+/// memory: no larger than its signed size, or [`WHOLE_LIMIT`] when the head does not size it.
+fn whole_fits(len: Option<u64>, signed: Option<u64>) -> bool {
+    let limit = signed.unwrap_or(WHOLE_LIMIT);
+    len.is_none_or(|l| l <= limit)
+}
+
+fn content_length(resp: &ureq::http::Response<ureq::Body>) -> Option<u64> {
+    resp.headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 fn header(resp: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String> {

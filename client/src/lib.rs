@@ -38,6 +38,7 @@ mod walk;
 pub use config::{ConfigError, SyncConfig, MAX_CONFIG_SIZE};
 pub use error::SyncError;
 pub use exec::{sync, SyncOptions, SyncReport};
+pub use fsutil::absolute_dir;
 pub use glob::{glob_match, DEFAULT_METADATA_PATTERNS};
 pub use http::{HttpOptions, HttpStoreReader};
 pub use locate::fetch_chunks;

@@ -12,15 +12,17 @@ use pulpdist_format::{
 use crate::error::SyncError;
 use crate::store::{HeadFetch, StoreReader};
 
-/// Fetches the chunks in `wanted` that tree `tree` of `store` holds, verified. Chunks the
-/// tree does not hold are left out of the result.
+/// Fetches the chunks in `wanted` that tree `tree` of `store` holds and hands each to
+/// `put`, verified, as it arrives (so that memory holds one merged range, not every chunk).
+/// Returns the ids handed over; chunks the tree does not hold are not among them.
 pub fn fetch_chunks(
     store: &dyn StoreReader,
     tree: &str,
     trusted: &TrustedKeys,
     wanted: &HashSet<ChunkId>,
     max_gap: u64,
-) -> Result<HashMap<ChunkId, VerifiedChunk>, SyncError> {
+    put: &mut dyn FnMut(VerifiedChunk) -> Result<(), SyncError>,
+) -> Result<HashSet<ChunkId>, SyncError> {
     let object = format!("{}/heads/{tree}", store.describe());
     let bytes = match store.get_head(tree, None)? {
         HeadFetch::Found { bytes, .. } => bytes,
@@ -44,6 +46,14 @@ pub fn fetch_chunks(
             found: head.tree,
         });
     }
+    store.expect_sizes(
+        &head
+            .recent
+            .iter()
+            .flat_map(|v| v.packs.iter())
+            .map(|p| (p.id, p.size))
+            .collect(),
+    );
     let mut found: HashMap<ChunkId, ChunkRef> = HashMap::new();
     let mut seen = HashSet::new();
     let mut todo = vec![head.root];
@@ -75,7 +85,7 @@ pub fn fetch_chunks(
     for c in found.values() {
         by_pack.entry(c.loc.pack).or_default().push(*c);
     }
-    let mut out = HashMap::new();
+    let mut out = HashSet::new();
     for (pack, chunks) in by_pack {
         let ranges =
             crate::ranges::coalesce(chunks.iter().map(|c| c.loc.range()).collect(), max_gap);
@@ -85,16 +95,14 @@ pub fn fetch_chunks(
                 .iter()
                 .filter(|c| range.start <= c.loc.offset && c.loc.range().end <= range.end)
             {
-                let r = c.loc.range();
-                let s = (r.start - range.start) as usize;
-                let e = (r.end - range.start) as usize;
-                let chunk =
-                    VerifiedChunk::from_stored(c.id, c.loc.codec, &buf[s..e], c.loc.raw_len)
-                        .map_err(|source| SyncError::Format {
-                            object: format!("chunk {} in {}", c.id, pack.object_key()),
-                            source,
-                        })?;
-                out.insert(c.id, chunk);
+                let stored = crate::walk::slice(&buf, range.start, c.loc.range(), store, &pack)?;
+                let chunk = VerifiedChunk::from_stored(c.id, c.loc.codec, stored, c.loc.raw_len)
+                    .map_err(|source| SyncError::Format {
+                        object: format!("chunk {} in {}", c.id, pack.object_key()),
+                        source,
+                    })?;
+                out.insert(c.id);
+                put(chunk)?;
             }
         }
     }

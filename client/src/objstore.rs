@@ -71,26 +71,37 @@ impl StoreReader for ObjectStoreReader {
             if_none_match: if_none_match.map(str::to_string),
             ..Default::default()
         };
+        // No more than the format's largest head is read, whatever size the store claims.
+        let max = pulpdist_format::MAX_HEAD_SIZE;
         let got = self.rt.block_on(async {
+            use futures_util::StreamExt;
             let r = self.store.get_opts(&self.key(&key), opts).await?;
             let etag = r.meta.e_tag.clone();
-            let bytes = r.bytes().await?;
+            let mut bytes = Vec::new();
+            if r.meta.size <= max as u64 {
+                let mut body = r.into_stream();
+                while let Some(part) = body.next().await {
+                    bytes.extend_from_slice(&part?);
+                    if bytes.len() > max {
+                        break;
+                    }
+                }
+            } else {
+                bytes.resize(max + 1, 0);
+            }
             Ok::<_, object_store::Error>((bytes, etag))
         });
         match got {
             Ok((bytes, etag)) => {
-                if bytes.len() > pulpdist_format::MAX_HEAD_SIZE {
+                if bytes.len() > max {
                     return Err(SyncError::Http {
                         url: format!("{}/{key}", self.url),
                         status: None,
-                        detail: format!("head of {} bytes is too large", bytes.len()),
+                        detail: format!("head larger than {max} bytes"),
                         temporary: false,
                     });
                 }
-                Ok(HeadFetch::Found {
-                    bytes: bytes.to_vec(),
-                    etag,
-                })
+                Ok(HeadFetch::Found { bytes, etag })
             }
             Err(object_store::Error::NotModified { .. }) => Ok(HeadFetch::NotModified),
             Err(object_store::Error::NotFound { .. }) => Ok(HeadFetch::Missing),

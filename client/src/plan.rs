@@ -351,6 +351,22 @@ impl Planner {
                 chunks,
             });
         }
+        // Metadata in the order that keeps every index true to what it names: the indexes
+        // that list other indexes (Release, InRelease, repomd.xml) after the rest, and each
+        // group deepest first (dists/x/main/binary-amd64/Packages before dists/x/InRelease).
+        metadata.sort_by_cached_key(|f| {
+            let name = f.path.file_name().map(|n| n.as_encoded_bytes().to_vec());
+            let top = name.is_some_and(|n| {
+                crate::glob::TOP_METADATA_PATTERNS
+                    .iter()
+                    .any(|p| glob_match(p.as_bytes(), &n))
+            });
+            (
+                top,
+                std::cmp::Reverse(f.path.components().count()),
+                f.path.clone(),
+            )
+        });
         plan.files = payload;
         plan.files.extend(metadata);
         (plan, wanted)
@@ -571,6 +587,73 @@ mod tests {
         assert_eq!(plan.attrs.len(), 1, "b.deb is current but its mode changed");
         // InRelease (40..140) and Packages (140..240) merge; a.deb stays apart.
         assert_eq!(plan.fetches[0].ranges, vec![40..240, 1000..1100]);
+    }
+
+    /// Regression: metadata was renamed breadth first, so `dists/x/InRelease` and
+    /// `Release` appeared before the `Packages` files they list, and `repomd.xml` could
+    /// appear before the primary index it names.
+    #[test]
+    fn indexes_are_renamed_before_the_indexes_that_list_them() {
+        let top = Node::new(vec![
+            file("InRelease", vec![chunk(1, 0)]),
+            file("Release", vec![chunk(2, 100)]),
+        ])
+        .expect("node");
+        let deep = Node::new(vec![
+            file("Packages", vec![chunk(3, 200)]),
+            file("Packages.xz", vec![chunk(4, 300)]),
+            file("Release", vec![chunk(5, 400)]),
+        ])
+        .expect("node");
+        let repodata = Node::new(vec![
+            file("repomd.xml", vec![chunk(6, 500)]),
+            file("abc-primary.xml.gz", vec![chunk(7, 600)]),
+            file("x.rpm", vec![chunk(8, 700)]),
+        ])
+        .expect("node");
+        let local = HashMap::new();
+        let view = |rel: &str, node| DirView {
+            rel: PathBuf::from(rel),
+            new: node,
+            old: None,
+            local: &local,
+        };
+        let settings = PlanSettings {
+            metadata_patterns: crate::glob::DEFAULT_METADATA_PATTERNS
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+            ..settings()
+        };
+        // Breadth first, as the index walk hands them over.
+        let plan = make_plan(
+            &[
+                view("dists/x", &top),
+                view("repodata", &repodata),
+                view("dists/x/main/binary-amd64", &deep),
+            ],
+            &HashMap::new(),
+            &HashMap::new(),
+            &settings,
+        );
+        let order: Vec<String> = plan
+            .files
+            .iter()
+            .map(|f| f.path.display().to_string())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "repodata/x.rpm",
+                "dists/x/main/binary-amd64/Packages",
+                "dists/x/main/binary-amd64/Packages.xz",
+                "repodata/abc-primary.xml.gz",
+                "dists/x/main/binary-amd64/Release",
+                "dists/x/InRelease",
+                "dists/x/Release",
+                "repodata/repomd.xml",
+            ]
+        );
     }
 
     #[test]

@@ -59,7 +59,15 @@ impl Staging {
             .lock()
             .map_err(|_| SyncError::Config("staging index poisoned".into()))?;
         if !inner.loaded {
-            for e in fs::read_dir(&self.dir).at(&self.dir)? {
+            // No staging directory (a dry run before the first sync): nothing is staged.
+            let entries = match fs::read_dir(&self.dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    inner.loaded = true;
+                    return Ok(inner);
+                }
+                r => r.at(&self.dir)?,
+            };
+            for e in entries {
                 let path = e.at(&self.dir)?.path();
                 if path.extension().is_some_and(|x| x == "seg") {
                     scan(&path, &mut inner)?;

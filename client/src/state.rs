@@ -2,33 +2,81 @@
 //! the index nodes of that version, and the staging area of verified chunks that lets a
 //! killed sync resume without fetching them again.
 
-use std::collections::HashSet;
-use std::fs;
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use pulpdist_format::{ChunkId, EntryKind, Head, Node, NodeId, VerifiedChunk};
 
 use crate::error::{IoContext, SyncError};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{sync_dir, write_atomic};
 use crate::staging::Staging;
 
 /// Cached nodes beyond twice the live ones before a prune walks the applied trees.
 pub(crate) const PRUNE_SLACK: usize = 16;
 
+/// How a sync opens the state directory.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Access {
+    /// A sync that changes the mirror: the state directory is created if needed and locked
+    /// exclusively (`lock`, holding the pid) for the whole sync; another sync is
+    /// [`SyncError::Busy`] unless the lock frees within `wait`.
+    Write { wait: Duration },
+    /// A dry run: nothing is created or written anywhere; nodes fetched stay in memory. An
+    /// existing state is locked shared, so a dry run never reads a sync's state mid-change.
+    ReadOnly { wait: Duration },
+}
+
 pub(crate) struct State {
     dir: PathBuf,
     staging: Staging,
+    read_only: bool,
+    /// Nodes fetched by a dry run (never written to disk).
+    mem_nodes: Mutex<HashMap<NodeId, Vec<u8>>>,
+    /// The lock, held until the state is dropped (or the process dies).
+    _lock: Option<File>,
 }
 
 impl State {
-    pub(crate) fn open(dir: &Path) -> Result<Self, SyncError> {
-        for sub in ["nodes", "staging"] {
-            let p = dir.join(sub);
-            fs::create_dir_all(&p).at(&p)?;
-        }
+    pub(crate) fn open(dir: &Path, access: Access) -> Result<Self, SyncError> {
+        let (read_only, wait) = match access {
+            Access::Write { wait } => (false, wait),
+            Access::ReadOnly { wait } => (true, wait),
+        };
+        let lock_path = dir.join("lock");
+        let lock = if read_only {
+            match File::open(&lock_path) {
+                Ok(f) => Some(take_lock(f, &lock_path, dir, wait, true)?),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(e).at(lock_path),
+            }
+        } else {
+            fs::create_dir_all(dir).at(dir)?;
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&lock_path)
+                .at(&lock_path)?;
+            let mut f = take_lock(f, &lock_path, dir, wait, false)?;
+            f.set_len(0).at(&lock_path)?;
+            let _ = writeln!(f, "pid {}", std::process::id());
+            for sub in ["nodes", "staging"] {
+                let p = dir.join(sub);
+                fs::create_dir_all(&p).at(&p)?;
+            }
+            Some(f)
+        };
         Ok(State {
             dir: dir.to_path_buf(),
             staging: Staging::new(dir.join("staging")),
+            read_only,
+            mem_nodes: Mutex::new(HashMap::new()),
+            _lock: lock,
         })
     }
 
@@ -46,11 +94,10 @@ impl State {
         let p = self.applied_path(tree);
         match fs::read(&p) {
             Ok(b) => {
-                let (h, _, _) =
-                    Head::decode_unverified(&b).map_err(|source| SyncError::Format {
-                        object: p.display().to_string(),
-                        source,
-                    })?;
+                let (h, _, _) = Head::decode_unverified(&b).map_err(|source| SyncError::State {
+                    path: p.clone(),
+                    detail: source.to_string(),
+                })?;
                 Ok(Some(h))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -79,7 +126,8 @@ impl State {
 
     /// Marks the start of the rename phase.
     pub(crate) fn set_applying(&self, tree: &str) -> Result<(), SyncError> {
-        write_atomic(&self.applying_path(tree), b"renaming files into place\n")
+        write_atomic(&self.applying_path(tree), b"renaming files into place\n")?;
+        sync_dir(&self.dir)
     }
 
     /// Clears the mark once the version is recorded.
@@ -113,6 +161,22 @@ impl State {
         etag: Option<&str>,
         store: &str,
     ) -> Result<(), SyncError> {
+        // The recorded version only ever rises (the lock keeps other syncs out; this keeps
+        // out anything else that wrote the state meanwhile).
+        let (new, _, _) =
+            Head::decode_unverified(head_bytes).map_err(|source| SyncError::Format {
+                object: "head to record".into(),
+                source,
+            })?;
+        if let Some(old) = self.applied(tree)? {
+            if old.version > new.version {
+                return Err(SyncError::Rollback {
+                    tree: tree.into(),
+                    offered: new.version,
+                    applied: old.version,
+                });
+            }
+        }
         let tag = self.etag_path(tree);
         match fs::remove_file(&tag) {
             Ok(()) => {}
@@ -123,7 +187,8 @@ impl State {
         if let Some(t) = etag {
             write_atomic(&tag, format!("{store}\n{t}").as_bytes())?;
         }
-        Ok(())
+        // The record survives a power cut only once its directory entry does.
+        sync_dir(&self.dir)
     }
 
     fn node_path(&self, id: &NodeId) -> PathBuf {
@@ -133,24 +198,30 @@ impl State {
 
     /// A node from the local node store (verified again: the state is not trusted blindly).
     pub(crate) fn node(&self, id: &NodeId) -> Option<Node> {
-        let bytes = fs::read(self.node_path(id)).ok()?;
-        if NodeId::of(&bytes) != *id {
-            return None;
-        }
-        Node::decode(&bytes).ok()
+        Node::decode(&self.node_bytes(id)?).ok()
     }
 
     /// A node's encoding from the local node store, verified.
     pub(crate) fn node_bytes(&self, id: &NodeId) -> Option<Vec<u8>> {
-        let bytes = fs::read(self.node_path(id)).ok()?;
+        let in_memory = self.mem_nodes.lock().ok().and_then(|m| m.get(id).cloned());
+        let bytes = match in_memory {
+            Some(b) => b,
+            None => fs::read(self.node_path(id)).ok()?,
+        };
         (NodeId::of(&bytes) == *id).then_some(bytes)
     }
 
     pub(crate) fn has_node(&self, id: &NodeId) -> bool {
-        self.node_path(id).exists()
+        self.mem_nodes.lock().is_ok_and(|m| m.contains_key(id)) || self.node_path(id).exists()
     }
 
     pub(crate) fn put_node(&self, id: &NodeId, plain: &[u8]) -> Result<(), SyncError> {
+        if self.read_only {
+            if let Ok(mut m) = self.mem_nodes.lock() {
+                m.insert(*id, plain.to_vec());
+            }
+            return Ok(());
+        }
         let p = self.node_path(id);
         if let Some(parent) = p.parent() {
             fs::create_dir_all(parent).at(parent)?;
@@ -249,6 +320,45 @@ impl State {
     }
 }
 
+/// Locks `file` (exclusive, or shared for a dry run), waiting up to `wait` for another
+/// sync to let go; then [`SyncError::Busy`] naming the holder's pid.
+fn take_lock(
+    mut file: File,
+    path: &Path,
+    dir: &Path,
+    wait: Duration,
+    shared: bool,
+) -> Result<File, SyncError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let r = if shared {
+            file.try_lock_shared()
+        } else {
+            file.try_lock()
+        };
+        match r {
+            Ok(()) => return Ok(file),
+            Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50).min(deadline - Instant::now()));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = (&mut file).take(64).read_to_string(&mut holder);
+                let holder = holder.trim();
+                return Err(SyncError::Busy {
+                    state: dir.to_path_buf(),
+                    holder: if holder.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({holder})")
+                    },
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e).at(path),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,10 +385,100 @@ mod tests {
             .collect()
     }
 
+    fn head_bytes(version: u64, key: &pulpdist_format::SecretKey) -> Vec<u8> {
+        let root = pulpdist_format::NodeRef {
+            id: NodeId([version as u8; 32]),
+            loc: pulpdist_format::Location {
+                pack: pulpdist_format::PackId([1; 32]),
+                offset: 0,
+                stored_len: 1,
+                raw_len: 1,
+                codec: pulpdist_format::Codec::Raw,
+            },
+        };
+        Head {
+            tree: "t".into(),
+            version,
+            created: 1,
+            expires: 2,
+            root,
+            params: pulpdist_format::ChunkParams::DEFAULT,
+            recent: Vec::new(),
+            extensions: Vec::new(),
+        }
+        .sign(key)
+        .expect("sign")
+    }
+
+    /// The recorded version never goes down, whoever else wrote the state meanwhile.
+    #[test]
+    fn the_recorded_version_only_rises() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = State::open(
+            dir.path(),
+            Access::Write {
+                wait: Duration::ZERO,
+            },
+        )
+        .expect("state");
+        let key = pulpdist_format::SecretKey::generate().expect("key");
+        state
+            .set_applied("t", &head_bytes(5, &key), None, "s")
+            .expect("v5");
+        let err = state
+            .set_applied("t", &head_bytes(4, &key), None, "s")
+            .expect_err("v4 after v5");
+        assert!(
+            matches!(err, SyncError::Rollback { applied: 5, .. }),
+            "{err}"
+        );
+        assert_eq!(
+            state.applied("t").expect("read").map(|h| h.version),
+            Some(5)
+        );
+        state
+            .set_applied("t", &head_bytes(6, &key), None, "s")
+            .expect("v6");
+    }
+
+    /// A second writer, or a dry run while a writer holds the state, is refused at once.
+    #[test]
+    fn the_state_is_locked_for_the_whole_sync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = Access::Write {
+            wait: Duration::ZERO,
+        };
+        let first = State::open(dir.path(), write).expect("first");
+        let err = State::open(dir.path(), write).err().expect("second writer");
+        assert!(matches!(err, SyncError::Busy { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        let err = State::open(
+            dir.path(),
+            Access::ReadOnly {
+                wait: Duration::ZERO,
+            },
+        )
+        .err()
+        .expect("dry run");
+        assert!(matches!(err, SyncError::Busy { .. }), "{err}");
+        drop(first);
+        State::open(dir.path(), write).expect("free again");
+    }
+
     #[test]
     fn unreachable_nodes_are_pruned_once_the_cache_has_grown() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let state = State::open(dir.path()).expect("state");
+        let state = State::open(
+            dir.path(),
+            Access::Write {
+                wait: Duration::ZERO,
+            },
+        )
+        .expect("state");
         // No tree applied, nothing live: 40 > 2 × 0 + 16, so all go.
         let first = dead(&state, 40, 1);
         assert_eq!(state.prune_nodes().expect("prune"), 40);

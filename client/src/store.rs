@@ -66,6 +66,9 @@ pub trait StoreReader: Send + Sync {
     fn overhead(&self) -> Overhead {
         Overhead::default()
     }
+    /// The packs' sizes as a verified head gives them: a reader that may be sent more than
+    /// it asked for (an origin that ignores Range) reads no more than these.
+    fn expect_sizes(&self, _sizes: &std::collections::HashMap<PackId, u64>) {}
 }
 
 /// A store in a local directory (or a mounted file system).
@@ -217,6 +220,9 @@ impl StoreReader for CountingReader<'_> {
     }
     fn multi_range(&self) -> bool {
         self.inner.multi_range()
+    }
+    fn expect_sizes(&self, sizes: &std::collections::HashMap<PackId, u64>) {
+        self.inner.expect_sizes(sizes)
     }
     fn get_pack(&self, pack: &PackId, size: u64) -> Result<Vec<u8>, SyncError> {
         let r = self.inner.get_pack(pack, size)?;

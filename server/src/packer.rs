@@ -75,6 +75,7 @@ impl<'a> Packer<'a> {
         let loc = builder.add(kind, id, codec, bytes.len() as u32, raw_len);
         w.write_all(bytes).at(path.as_path())?;
         hasher.update(bytes);
+        pulpdist_failpoint::hit("publish.pack_add");
         self.stored_bytes += bytes.len() as u64;
         if builder.len() >= self.target {
             self.finish_current()?;
@@ -100,6 +101,7 @@ impl<'a> Packer<'a> {
             let _ = std::fs::remove_file(&path);
         }
         put?;
+        pulpdist_failpoint::hit("publish.pack_put");
         self.hashes.push(*hasher.finalize().as_bytes());
         self.finished.push(PackInfo {
             id,

@@ -313,6 +313,7 @@ pub fn publish(
     });
     let mut catalog = catalog??;
     let walk = walk?;
+    pulpdist_failpoint::hit("publish.walked");
     let mut report = PublishReport {
         version,
         stale_parts_removed,
@@ -438,6 +439,7 @@ pub fn publish(
         file_chunks[i] = Some(FileChunks::Read(chunks));
     }
     let (data_packs, data_bytes) = data_packer.finish()?;
+    pulpdist_failpoint::hit("publish.data_packs");
     catalog.chunks.extend(new_locs);
     let mut fresh_nodes: HashMap<NodeId, Vec<u8>> = HashMap::new();
 
@@ -529,6 +531,7 @@ pub fn publish(
         }
     }
     let (index_packs, index_bytes) = index_packer.finish()?;
+    pulpdist_failpoint::hit("publish.index_packs");
     let root = dir_refs[0].ok_or_else(|| PublishError::Config("internal: no root".into()))?;
 
     // Deltas from the last K versions, before the head that lists them.
@@ -589,12 +592,14 @@ pub fn publish(
         object: head_object.clone(),
         source,
     })?;
+    pulpdist_failpoint::hit("publish.head");
     store.put_head(
         &opts.tree,
         &bytes,
         prev_head.as_ref(),
         prev.as_ref().map(|h| h.version),
     )?;
+    pulpdist_failpoint::hit("publish.head_put");
 
     // The next publish's cache; an unchanged tree leaves it as it was.
     let next_cache = next_cache.finish();
@@ -604,6 +609,7 @@ pub fn publish(
         if let Err(e) = cache::save(&cache_path, &next_cache) {
             report.cache_error = Some(e.to_string());
         }
+        pulpdist_failpoint::hit("publish.cache");
     }
 
     report.bytes_stored = data_bytes + index_bytes + delta_bytes;

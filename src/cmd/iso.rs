@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -239,7 +240,11 @@ fn rebuild(
         .filter(|id| !local.contains_key(id))
         .copied()
         .collect();
-    let mut fetched: HashMap<ChunkId, VerifiedChunk> = HashMap::new();
+    // Fetched chunks wait in a scratch file beside the output, not in memory: an image can
+    // need gigabytes of them.
+    let scratch = out.with_extension("chunks");
+    let mut fetched: HashMap<ChunkId, (u64, u32)> = HashMap::new();
+    let mut scratch_file: Option<File> = None;
     let (mut requests, mut bytes_fetched) = (0u64, 0u64);
     if !missing.is_empty() {
         let Some(store) = store else {
@@ -259,10 +264,53 @@ fn rebuild(
         let rt = super::stores::runtime(1)?;
         let reader = super::stores::reader(store, http, &s3, &rt)?;
         let counted = pulpdist_client::CountingReader::new(reader.as_ref());
-        fetched = pulpdist_client::fetch_chunks(&counted, tree, &keys, &missing, 64 * 1024)
-            .with_context(|| format!("fetching missing chunks of tree '{tree}' from {store}"))?;
+        let f = File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&scratch)
+            .with_context(|| format!("writing {}", scratch.display()))?;
+        let mut end = 0u64;
+        let mut w = std::io::BufWriter::new(&f);
+        let got = pulpdist_client::fetch_chunks(
+            &counted,
+            tree,
+            &keys,
+            &missing,
+            64 * 1024,
+            &mut |c: VerifiedChunk| {
+                w.write_all(c.data())
+                    .map_err(|source| pulpdist_client::SyncError::Io {
+                        path: scratch.clone(),
+                        source,
+                    })?;
+                fetched.insert(c.id(), (end, c.data().len() as u32));
+                end += c.data().len() as u64;
+                Ok(())
+            },
+        )
+        .and_then(|got| {
+            w.flush().map_err(|source| pulpdist_client::SyncError::Io {
+                path: scratch.clone(),
+                source,
+            })?;
+            Ok(got)
+        });
+        drop(w);
+        scratch_file = Some(f);
+        let got = match got {
+            Ok(g) => g,
+            Err(e) => {
+                let _ = fs::remove_file(&scratch);
+                return Err(anyhow::Error::new(e).context(format!(
+                    "fetching missing chunks of tree '{tree}' from {store}"
+                )));
+            }
+        };
         (requests, bytes_fetched) = counted.totals();
-        if let Some(id) = missing.iter().find(|id| !fetched.contains_key(id)) {
+        if let Some(id) = missing.iter().find(|id| !got.contains(id)) {
+            let _ = fs::remove_file(&scratch);
             bail!("chunk {id} of the image is neither local nor in tree '{tree}' of {store}");
         }
     }
@@ -300,8 +348,14 @@ fn rebuild(
                         })?;
                         from_local += u64::from(*len);
                         c.into_data()
-                    } else if let Some(c) = fetched.get(id) {
-                        c.data().to_vec()
+                    } else if let (Some((at, n)), Some(f)) = (fetched.get(id), &scratch_file) {
+                        // Verified when fetched, and again on the way out of the scratch file.
+                        let mut buf = vec![0u8; *n as usize];
+                        f.read_exact_at(&mut buf, *at)
+                            .with_context(|| format!("reading {}", scratch.display()))?;
+                        VerifiedChunk::from_plain(*id, buf)
+                            .with_context(|| format!("{} changed", scratch.display()))?
+                            .into_data()
                     } else {
                         bail!("chunk {id} missing");
                     }
@@ -322,6 +376,8 @@ fn rebuild(
         }
         Ok((from_local, from_template))
     })();
+    drop(scratch_file);
+    let _ = fs::remove_file(&scratch);
     let (from_local, from_template) = match written {
         Ok(v) => v,
         Err(e) => {

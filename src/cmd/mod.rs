@@ -17,6 +17,8 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if let Some(s) = cause.downcast_ref::<SyncError>() {
             return match s {
+                SyncError::Usage(_) => 2,
+                SyncError::Busy { .. } => 4,
                 SyncError::Format { .. }
                 | SyncError::WrongTree { .. }
                 | SyncError::Rollback { .. }
@@ -31,7 +33,45 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
             return 4;
         }
     }
+    if e.chain().any(|c| c.is::<Usage>()) {
+        return 2;
+    }
     1
+}
+
+/// The error and its causes on one line, each cause once: library errors name their cause
+/// in their own message (so it shows wherever they are printed), and a cause already said
+/// by an outer message is not repeated.
+pub fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// A command line that cannot work as given (a missing or conflicting option): exit 2.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// A [`Usage`] error.
+pub fn usage(text: impl Into<String>) -> anyhow::Error {
+    Usage(text.into()).into()
 }
 
 /// Standard output was closed by its reader (`pulpdist ... | head`): `main` ends quietly

@@ -123,15 +123,22 @@ fn parse_rules(rules: &[String]) -> Result<pulpdist_format::filter::Filter> {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    pulpdist_format::validate_tree_name(&a.tree).map_err(|e| super::usage(e.to_string()))?;
     let text = std::fs::read_to_string(&a.key)
         .with_context(|| format!("reading key {}", a.key.display()))?;
     let key =
         SecretKey::from_text(&text).with_context(|| format!("parsing key {}", a.key.display()))?;
     let rt = super::stores::runtime(2)?;
     let store = super::stores::target(&a.store, &a.s3, &rt)?;
-    let state = match (&a.state, super::stores::parse(&a.store)?) {
+    let location = super::stores::parse(&a.store)?;
+    let state = match (&a.state, &location) {
         (Some(s), _) => s.clone(),
-        (None, super::stores::Location::Dir(d)) => default_state(&d, &a.tree),
+        (None, super::stores::Location::Dir(d)) => {
+            // `--store .` names the directory it is in: the cache goes beside it, not in it.
+            let d = pulpdist_client::absolute_dir(d)
+                .with_context(|| format!("resolving store directory {}", d.display()))?;
+            default_state(&d, &a.tree)
+        }
         (None, super::stores::Location::S3 { bucket, prefix }) => {
             let home = std::env::var_os("HOME")
                 .map(PathBuf::from)
@@ -144,6 +151,21 @@ pub fn run(a: Args) -> Result<()> {
         }
         (None, super::stores::Location::Http(_)) => unreachable!("refused by stores::target"),
     };
+    if let super::stores::Location::Dir(d) = &location {
+        // A web server may serve the store directory: the publisher's state (its caches and
+        // the rsync staging copy of the source) never goes inside it.
+        let store_dir = pulpdist_client::absolute_dir(d)
+            .with_context(|| format!("resolving store directory {}", d.display()))?;
+        let state_dir = pulpdist_client::absolute_dir(&state)
+            .with_context(|| format!("resolving state directory {}", state.display()))?;
+        if state_dir.starts_with(&store_dir) || store_dir.starts_with(&state_dir) {
+            return Err(super::usage(format!(
+                "state directory {} and store {} overlap: keep the publisher's state outside the store",
+                state_dir.display(),
+                store_dir.display()
+            )));
+        }
+    }
     let def = match &a.trees {
         Some(path) => Some(super::load_tree_def(path, &a.tree)?),
         None => None,

@@ -69,6 +69,10 @@ pub struct Args {
     rsync_fallback: Option<String>,
     #[command(flatten)]
     s3: super::stores::S3Args,
+    /// If another sync of this mirror is running, wait up to this many seconds for it to
+    /// finish [default: 0, exit 4 at once].
+    #[arg(long, value_name = "SECONDS")]
+    wait: Option<u64>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -105,8 +109,11 @@ pub fn run(mut a: Args) -> Result<()> {
         Some(p) => load_config(p)?,
         None => SyncConfig::default(),
     };
-    let missing =
-        |what: &str| anyhow::anyhow!("no {what}: give --{what} or '{what} = ...' in --config");
+    let missing = |what: &str| {
+        super::usage(format!(
+            "no {what}: give --{what} or '{what} = ...' in --config"
+        ))
+    };
     let store = a
         .store
         .take()
@@ -114,8 +121,8 @@ pub fn run(mut a: Args) -> Result<()> {
         .ok_or_else(|| missing("store"))?;
     let tree = a.tree.take().or(cfg.tree).ok_or_else(|| missing("tree"))?;
     let dest = a.dest.take().or(cfg.dest).ok_or_else(|| {
-        anyhow::anyhow!(
-            "no mirror directory: give it as the last argument or 'dest = ...' in --config"
+        super::usage(
+            "no mirror directory: give it as the last argument or 'dest = ...' in --config",
         )
     })?;
     let trees = a.trees.clone().or(cfg.trees.clone());
@@ -161,9 +168,9 @@ pub fn run(mut a: Args) -> Result<()> {
         return Ok(());
     }
     if !a.filter.is_empty() {
-        anyhow::bail!(
-            "--filter applies to rsync:// stores; a PulpDist store carries the filter its publisher applied"
-        );
+        return Err(super::usage(
+            "--filter applies to rsync:// stores; a PulpDist store carries the filter its publisher applied",
+        ));
     }
     let trust = if a.trust.is_empty() {
         cfg.trust
@@ -178,9 +185,9 @@ pub fn run(mut a: Args) -> Result<()> {
         (Some(c), Some(k), _, _) => (Some(c), Some(k)),
         (None, None, Some(c), Some(k)) => (Some(c), Some(k)),
         (None, None, None, None) => (None, None),
-        _ => anyhow::bail!(
-            "a client certificate needs both --cert and --key (or both cert and key in --config)"
-        ),
+        _ => return Err(super::usage(
+            "a client certificate needs both --cert and --key (or both cert and key in --config)",
+        )),
     };
     let ca = a.ca.or(cfg.ca);
     let timeout = a.timeout.or(cfg.timeout).unwrap_or(60).max(1);
@@ -194,6 +201,7 @@ pub fn run(mut a: Args) -> Result<()> {
     opts.dry_run = a.dry_run;
     opts.full = a.full;
     opts.now = a.now;
+    opts.wait = std::time::Duration::from_secs(a.wait.unwrap_or(0));
     opts.metadata_patterns = metadata_patterns;
     opts.rsync_fallback = a
         .rsync_fallback

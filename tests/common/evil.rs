@@ -21,6 +21,9 @@ pub enum Lie {
     Endless,
     /// Waits this long before answering anything.
     Slow(u64),
+    /// Answers a range request for a pack with 200, the whole pack and then 512 MiB more,
+    /// without a Content-Length (close-delimited).
+    HugeForRange,
 }
 
 pub struct Evil {
@@ -81,6 +84,7 @@ fn answer(mut c: TcpStream, root: &Path, lie: Lie) -> std::io::Result<()> {
     let is_pack = rel.starts_with("packs/");
     let len = data.len() as u64;
     let (status, start, end) = match range {
+        Some(_) if lie == Lie::HugeForRange && is_pack => (200, 0, len),
         Some((a, b)) => (206, a, b.map_or(len, |b| (b + 1).min(len))),
         None => (200, 0, len),
     };
@@ -99,6 +103,7 @@ fn answer(mut c: TcpStream, root: &Path, lie: Lie) -> std::io::Result<()> {
     }
     match lie {
         Lie::Endless => {}
+        Lie::HugeForRange if is_pack && range.is_some() => {}
         Lie::LongContentLength => {
             head.push_str(&format!("Content-Length: {}\r\n", body.len() + 100))
         }
@@ -108,6 +113,14 @@ fn answer(mut c: TcpStream, root: &Path, lie: Lie) -> std::io::Result<()> {
     c.write_all(head.as_bytes())?;
     match lie {
         Lie::TruncatePacks if is_pack => c.write_all(&body[..body.len() / 2]),
+        Lie::HugeForRange if is_pack && range.is_some() => {
+            c.write_all(&body)?;
+            let junk = vec![0x5Au8; 1 << 20];
+            for _ in 0..512 {
+                c.write_all(&junk)?;
+            }
+            Ok(())
+        }
         Lie::Endless => {
             c.write_all(&body)?;
             let junk = vec![0x5Au8; 64 * 1024];

@@ -4,6 +4,7 @@
 
 pub mod evil;
 pub mod http;
+pub mod repo;
 pub mod servers;
 pub mod tls;
 
@@ -177,6 +178,36 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
         }
     }
     out
+}
+
+/// Every regular file of `mirror` is its `old` or its `new` version, byte for byte
+/// (temporary files of the sync aside).
+pub fn assert_whole(
+    mirror: &Path,
+    old: &BTreeMap<PathBuf, String>,
+    new: &BTreeMap<PathBuf, String>,
+    at: &str,
+) {
+    let hash = |d: &String| d.rsplit(' ').next().map(str::to_owned);
+    for (path, desc) in snapshot(mirror) {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.contains(".pulpdist-") || !desc.starts_with("file") {
+            continue;
+        }
+        let known = [old.get(&path), new.get(&path)]
+            .into_iter()
+            .flatten()
+            .filter(|d| d.starts_with("file"))
+            .any(|d| hash(d) == hash(&desc));
+        assert!(
+            known,
+            "killed at {at}: {} is neither its old nor its new version",
+            path.display()
+        );
+    }
 }
 
 pub fn assert_same_tree(a: &Path, b: &Path) {

@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,9 +17,29 @@ use super::{bin, s};
 pub struct Proc {
     pub child: Child,
     pub name: &'static str,
+    /// Where its standard error goes, when the test reads it.
+    pub log: Option<tempfile::NamedTempFile>,
 }
 
 impl Proc {
+    /// Waits (with a deadline) until its standard error holds `needle` `count` times.
+    pub fn wait_log(&self, needle: &str, count: usize) {
+        let log = self.log.as_ref().expect("a process started with a log");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+            if text.matches(needle).count() >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never said '{needle}' {count} times: {text}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM, then wait up to 10 s; returns whether it exited by itself.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let _ = Command::new("kill")
@@ -47,25 +67,69 @@ impl Drop for Proc {
     }
 }
 
-pub fn free_port() -> u16 {
+fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
 }
 
-fn wait_for_port(port: u16, proc: &mut Proc) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
+/// The TCP ports process `pid` listens on: its sockets' inodes (/proc/PID/fd) found among
+/// the listening sockets of /proc/net/tcp. This tells our server from another process that
+/// took the port.
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let inodes: std::collections::HashSet<String> = fds
+        .flatten()
+        .filter_map(|f| std::fs::read_link(f.path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')
+                .map(str::to_owned)
+        })
+        .collect();
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    tcp.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (local, state, inode) = (f.get(1)?, f.get(3)?, f.get(9)?);
+            if *state != "0A" || !inodes.contains(*inode) {
+                return None;
+            }
+            u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
+        })
+        .collect()
+}
+
+/// Starts a server that cannot bind port 0 and say which port it got (nginx refuses port
+/// 0; rsync takes it for 873): `spawn` starts it on a port found free, which is then
+/// checked to be the child's own listening socket (not a connection to whoever else took
+/// the port meanwhile). If the child exits first (it lost the port), another port is tried.
+pub fn start_on_a_free_port(mut spawn: impl FnMut(u16) -> Proc) -> (Proc, u16) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut proc = spawn(port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if listening_ports(proc.child.id()).contains(&port) {
+                return (proc, port);
+            }
+            if let Ok(Some(_)) = proc.child.try_wait() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not listen on port {port} within 30 s",
+                proc.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
-        if let Ok(Some(st)) = proc.child.try_wait() {
-            panic!("{} exited ({st}) before listening on {port}", proc.name);
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("{} did not listen on port {port} within 30 s", proc.name);
+    panic!("could not start a server on a free port in 5 tries");
 }
 
 /// Finds a tool: the environment variable, then the given paths, then PATH.
@@ -97,10 +161,12 @@ pub struct Builtin {
 
 /// Runs `pulpdist serve ARGS` (which must listen on port 0) and reads the URL it prints.
 pub fn spawn_serve<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Proc, u16) {
+    let log = tempfile::NamedTempFile::new().expect("log file");
     let mut child = bin()
         .arg("serve")
         .args(args)
         .stdout(Stdio::piped())
+        .stderr(log.reopen().expect("log"))
         .spawn()
         .expect("spawn pulpdist serve");
     let mut line = String::new();
@@ -117,6 +183,7 @@ pub fn spawn_serve<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Proc, u16) {
         Proc {
             child,
             name: "pulpdist serve",
+            log: Some(log),
         },
         port,
     )
@@ -156,20 +223,35 @@ impl S3 {
         for b in buckets {
             std::fs::create_dir_all(root.join(b)).expect("bucket dir");
         }
-        let port = free_port();
-        let child = Command::new(&exe)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        // s3s-fs binds port 0 and says which port it got.
+        let mut child = Command::new(&exe)
+            .args(["--host", "127.0.0.1", "--port", "0"])
             .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
             .arg(root)
-            .stdout(Stdio::null())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", exe.display()));
-        let mut proc = Proc {
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut port = None;
+        let mut line = String::new();
+        while port.is_none() && out.read_line(&mut line).is_ok_and(|n| n > 0) {
+            port = line
+                .split("server is running at http://127.0.0.1:")
+                .nth(1)
+                .and_then(|p| p.trim().parse::<u16>().ok());
+            line.clear();
+        }
+        let port = port.expect("s3s-fs did not say which port it listens on");
+        // Keep reading its output, so that it never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        let proc = Proc {
             child,
             name: "s3s-fs",
+            log: None,
         };
-        wait_for_port(port, &mut proc);
         S3 {
             proc,
             root: root.to_path_buf(),
@@ -212,7 +294,24 @@ impl Nginx {
             "nginx",
         );
         std::fs::create_dir_all(dir.join("cache")).expect("nginx dir");
-        let port = free_port();
+        let (proc, port) = start_on_a_free_port(|port| Self::spawn(&exe, dir, upstream, tls, port));
+        Nginx {
+            proc,
+            url: match tls {
+                None => format!("http://127.0.0.1:{port}"),
+                Some(_) => format!("https://localhost:{port}"),
+            },
+            access_log: dir.join("access.log"),
+        }
+    }
+
+    fn spawn(
+        exe: &Path,
+        dir: &Path,
+        upstream: &str,
+        tls: Option<(&Path, &Path)>,
+        port: u16,
+    ) -> Proc {
         let site = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx/pulpdist-cdn.conf"),
         )
@@ -249,24 +348,16 @@ impl Nginx {
              include {d}/pulpdist-cdn.conf;\n}}\n"
         );
         std::fs::write(dir.join("nginx.conf"), main).expect("write nginx.conf");
-        let child = Command::new(&exe)
+        let child = Command::new(exe)
             .args(["-p", d, "-c", s(&dir.join("nginx.conf"))])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", exe.display()));
-        let mut proc = Proc {
+        Proc {
             child,
             name: "nginx",
-        };
-        wait_for_port(port, &mut proc);
-        Nginx {
-            proc,
-            url: match tls {
-                None => format!("http://127.0.0.1:{port}"),
-                Some(_) => format!("https://localhost:{port}"),
-            },
-            access_log,
+            log: None,
         }
     }
 
@@ -291,7 +382,6 @@ pub struct RsyncD {
 impl RsyncD {
     pub fn start(dir: &Path, modules: &[(&str, &Path)]) -> Self {
         std::fs::create_dir_all(dir).expect("rsyncd dir");
-        let port = free_port();
         let id = |flag: &str| {
             let out = Command::new("id").arg(flag).output().expect("id");
             String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -313,19 +403,21 @@ impl RsyncD {
         }
         let conf_path = dir.join("rsyncd.conf");
         std::fs::write(&conf_path, conf).expect("rsyncd.conf");
-        let child = Command::new("rsync")
-            .args(["--daemon", "--no-detach", "--address", "127.0.0.1"])
-            .arg(format!("--port={port}"))
-            .arg(format!("--config={}", s(&conf_path)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("rsync --daemon (rsync is installed by ./scripts/test)");
-        let mut proc = Proc {
-            child,
-            name: "rsync --daemon",
-        };
-        wait_for_port(port, &mut proc);
+        let (proc, port) = start_on_a_free_port(|port| {
+            let child = Command::new("rsync")
+                .args(["--daemon", "--no-detach", "--address", "127.0.0.1"])
+                .arg(format!("--port={port}"))
+                .arg(format!("--config={}", s(&conf_path)))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("rsync --daemon (rsync is installed by ./scripts/test)");
+            Proc {
+                child,
+                name: "rsync --daemon",
+                log: None,
+            }
+        });
         RsyncD {
             proc,
             url: format!("rsync://127.0.0.1:{port}"),

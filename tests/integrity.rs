@@ -1,0 +1,338 @@
+//! A mirror that is never wrong: one sync of a mirror at a time, state never inside the
+//! tree it belongs to, dry runs that write nothing anywhere, and the documented exit codes.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{assert_same_snapshot, assert_same_tree, bin, run, s, snapshot, strs, Site};
+
+/// Waits (with a deadline) until `path` exists.
+fn wait_for(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Starts `args` held at `step` (until `release` exists); returns once it is there.
+fn hold_at(args: &[String], step: &str, release: &Path) -> Child {
+    let child = bin()
+        .args(args)
+        .env(
+            "PULPDIST_FAILPOINT",
+            format!("{step}:1:wait:{}", s(release)),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut reached = release.as_os_str().to_owned();
+    reached.push(".reached");
+    wait_for(Path::new(&reached));
+    child
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Regression: two syncs of one mirror ran at once, and the slower one could rename older
+/// files over the faster one's and lower the recorded version.
+#[test]
+fn one_sync_of_a_mirror_at_a_time() {
+    let site = Site::new();
+    pulpdist_testdata::generate(&site.src(), 11, 1).expect("generate");
+    site.publish();
+    let release = site.p("release");
+    let a = hold_at(&site.sync_args(), "sync.planned", &release);
+    // A second sync is refused at once, naming the holder.
+    let b = site.try_sync(&[]);
+    assert_eq!(b.status.code(), Some(4), "{}", stderr(&b));
+    let pid = a.id().to_string();
+    assert!(
+        stderr(&b).contains("another sync") && stderr(&b).contains(&pid),
+        "{}",
+        stderr(&b)
+    );
+    // A dry run waits for nobody's half-done state either.
+    let d = site.try_sync(&["--dry-run"]);
+    assert_eq!(d.status.code(), Some(4), "{}", stderr(&d));
+    // With --wait, it waits for the first to finish and then has nothing to do.
+    let mut waiting = site.sync_args();
+    waiting.splice(
+        1..1,
+        [
+            "--wait".to_string(),
+            "120".to_string(),
+            "--json".to_string(),
+        ],
+    );
+    let c = bin()
+        .args(&waiting)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::fs::write(&release, b"go").expect("release");
+    let a = a.wait_with_output().expect("a");
+    assert!(a.status.success(), "{}", stderr(&a));
+    let c = c.wait_with_output().expect("c");
+    assert!(c.status.success(), "{}", stderr(&c));
+    let r: serde_json::Value = serde_json::from_slice(&c.stdout).expect("json");
+    assert_eq!(r["up_to_date"], true, "{r}");
+    assert_same_tree(&site.src(), &site.mirror());
+}
+
+/// Regression: `pulpdist sync ... .` put its default state inside the mirror, deleted it as
+/// an extra file, and failed on every run.
+#[test]
+fn a_mirror_named_dot_or_dotdot_keeps_its_state_beside_it() {
+    let site = Site::new();
+    pulpdist_testdata::generate(&site.src(), 12, 1).expect("generate");
+    site.publish();
+    let mirror = site.mirror();
+    std::fs::create_dir_all(&mirror).expect("mirror");
+    let sync_in = |dir: &Path, dest: &str, extra: &[&str]| {
+        let mut a = common::sync_cmd(
+            s(&site.store()),
+            "tree",
+            &site.trust(),
+            Path::new(dest),
+            extra,
+        );
+        a.push("--json".into());
+        Command::new(env!("CARGO_BIN_EXE_pulpdist"))
+            .args(&a)
+            .current_dir(dir)
+            .output()
+            .expect("sync")
+    };
+    for _ in 0..2 {
+        let o = sync_in(&mirror, ".", &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert_same_tree(&site.src(), &mirror);
+    assert!(site.p("downstream/.tree.pulpdist/applied-tree").exists());
+    // `sub/..` and `tree/.` name the same mirror and find the same state: up to date.
+    std::fs::create_dir_all(mirror.join("docs")).ok();
+    let o = sync_in(&mirror.join("docs"), "..", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(r["up_to_date"], true, "{r}");
+    // A state directory inside the mirror, or a mirror at /, is refused as a usage error.
+    let o = sync_in(&mirror, ".", &["--state", "sub/state"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("overlap"), "{}", stderr(&o));
+    assert!(!mirror.join("sub").exists());
+    let o = sync_in(&mirror, "/", &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_same_tree(&site.src(), &mirror);
+    // The publisher's default state for `--store .` goes beside the store, not in it.
+    let key = s(&site.key()).to_string();
+    let src = s(&site.src()).to_string();
+    let o = Command::new(env!("CARGO_BIN_EXE_pulpdist"))
+        .args([
+            "publish", "--store", ".", "--tree", "tree", "--key", &key, &src,
+        ])
+        .current_dir(site.store())
+        .output()
+        .expect("publish");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!site.store().join(".store.pulpdist-publish").exists());
+    assert!(site.p(".store.pulpdist-publish/tree").exists());
+    let o = Command::new(env!("CARGO_BIN_EXE_pulpdist"))
+        .args([
+            "publish", "--store", ".", "--tree", "tree", "--key", &key, "--state", "cache", &src,
+        ])
+        .current_dir(site.store())
+        .output()
+        .expect("publish");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+/// Everything observable under `dir`, the state directories included.
+fn everything(dir: &Path) -> std::collections::BTreeMap<std::path::PathBuf, String> {
+    snapshot(dir)
+}
+
+/// Regression: `--dry-run` created the state directory and filled the node cache.
+#[test]
+fn a_dry_run_writes_nothing_anywhere() {
+    let site = Site::new();
+    let parent = site.p("downstream");
+    std::fs::create_dir_all(&parent).expect("parent");
+    common::repo::write(&site.src(), 1);
+    site.publish();
+    // Before the first sync: no state directory appears.
+    let before = everything(&parent);
+    let o = site.try_sync(&["--dry-run"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_same_snapshot(
+        &before,
+        &everything(&parent),
+        "a first dry run changed the parent",
+    );
+    site.sync();
+    // An update that deletes, overwrites, changes modes, replaces a file by a directory and
+    // a directory by a file; and back (version 3 is version 1 again).
+    for v in [2, 1] {
+        std::fs::remove_dir_all(site.src()).expect("clear");
+        common::repo::write(&site.src(), v);
+        site.publish();
+        let before = everything(&parent);
+        let o = site.try_sync(&["--dry-run"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let plan = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            plan.contains("would sync") && plan.contains("delete"),
+            "{plan}"
+        );
+        assert_same_snapshot(
+            &before,
+            &everything(&parent),
+            "a dry run changed the parent",
+        );
+        site.sync();
+    }
+    assert_same_tree(&site.src(), &site.mirror());
+}
+
+/// Every documented exit code, through the binary.
+#[test]
+fn exit_codes_are_the_documented_ones() {
+    let site = Site::new();
+    pulpdist_testdata::generate(&site.src(), 13, 1).expect("generate");
+    site.publish();
+    let store = s(&site.store()).to_string();
+    let trust = site.trust();
+    let mirror = s(&site.mirror()).to_string();
+    let code = |args: &[&str]| {
+        let o = run(args);
+        (o.status.code(), stderr(&o))
+    };
+    // 0
+    assert_eq!(
+        code(&["sync", "--store", &store, "--tree", "tree", "--trust", &trust, &mirror]).0,
+        Some(0)
+    );
+    // 2: missing or conflicting options, a bad tree name.
+    for args in [
+        vec!["sync", "--tree", "tree", "--trust", &trust, &mirror],
+        vec!["sync", "--store", &store, "--tree", "tree", &mirror],
+        vec![
+            "sync", "--store", &store, "--tree", "tree", "--trust", &trust,
+        ],
+        vec![
+            "sync", "--store", &store, "--tree", "tree", "--trust", &trust, "--cert", "c.pem",
+            &mirror,
+        ],
+        vec![
+            "sync", "--store", &store, "--tree", "tree", "--trust", &trust, "--filter", "- x",
+            &mirror,
+        ],
+        vec![
+            "sync", "--store", &store, "--tree", "../x", "--trust", &trust, &mirror,
+        ],
+        vec!["sync", "--no-such-flag"],
+    ] {
+        let (c, e) = code(&args);
+        assert_eq!(c, Some(2), "{args:?}: {e}");
+    }
+    // 1: a failure that is not a refusal (a store directory that does not exist), and a
+    // damaged local state file (ours, not the publisher's: not a verification failure).
+    let (c, e) = code(&[
+        "sync",
+        "--store",
+        s(&site.p("nowhere")),
+        "--tree",
+        "tree",
+        "--trust",
+        &trust,
+        &mirror,
+    ]);
+    assert_eq!(c, Some(1), "{e}");
+    let applied = site.p("downstream/.tree.pulpdist/applied-tree");
+    let good = std::fs::read(&applied).expect("applied");
+    std::fs::write(&applied, b"garbage").expect("damage");
+    let (c, e) = code(&[
+        "sync", "--store", &store, "--tree", "tree", "--trust", &trust, &mirror,
+    ]);
+    assert_eq!(c, Some(1), "{e}");
+    assert!(
+        e.contains("local state is damaged") && e.contains("applied-tree"),
+        "{e}"
+    );
+    std::fs::write(&applied, good).expect("restore");
+    // 3: refused by verification (a foreign key).
+    let other = site.p("other.key");
+    assert!(run(&["keygen", s(&other)]).status.success());
+    let (c, e) = code(&[
+        "sync",
+        "--store",
+        &store,
+        "--tree",
+        "tree",
+        "--trust",
+        &format!("{}.pub", s(&other)),
+        s(&site.p("m2")),
+    ]);
+    assert_eq!(c, Some(3), "{e}");
+    // 4: a held lock, for sync and for publish.
+    let release = site.p("release");
+    let held = hold_at(&site.sync_args(), "sync.head", &release);
+    let (c, e) = code(&[
+        "sync", "--store", &store, "--tree", "tree", "--trust", &trust, &mirror,
+    ]);
+    assert_eq!(c, Some(4), "{e}");
+    std::fs::write(&release, b"go").expect("release");
+    assert!(held.wait_with_output().expect("held").status.success());
+    let release = site.p("release-publish");
+    let held = hold_at(
+        &site.publish_cmd(&site.key(), &[]),
+        "publish.walked",
+        &release,
+    );
+    let o = site.try_publish(&site.key(), &[]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    std::fs::write(&release, b"go").expect("release");
+    assert!(held.wait_with_output().expect("held").status.success());
+}
+
+/// Regression: each cause was printed twice ("No such file or directory" twice for a
+/// missing source; a bad tree name's explanation twice).
+#[test]
+fn each_cause_is_printed_once() {
+    let site = Site::new();
+    let o = site.try_publish(&site.key(), &[]);
+    assert!(o.status.success());
+    let mut args = site.publish_cmd(&site.key(), &[]);
+    *args.last_mut().expect("source") = s(&site.p("nonexistent")).to_string();
+    let o = run(&strs(&args));
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert_eq!(e.matches("No such file or directory").count(), 1, "{e}");
+    assert!(e.contains("nonexistent"), "{e}");
+    let o = run(&[
+        "sync",
+        "--store",
+        s(&site.store()),
+        "--tree",
+        "a/b",
+        "--trust",
+        &site.trust(),
+        s(&site.mirror()),
+    ]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert_eq!(e.lines().count(), 1, "{e}");
+    let reason = e.rsplit(": ").next().unwrap_or_default().trim();
+    assert_eq!(e.matches(reason).count(), 1, "{e}");
+}
