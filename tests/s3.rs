@@ -250,3 +250,45 @@ fn two_publishers_racing_on_s3_one_exits_4() {
     assert_eq!(r["version"], won["version"], "{r}");
     assert_same_tree(&site.src(), &site.mirror());
 }
+
+/// Regression: the S3 reader read a head whole before checking the format's 1 MiB limit.
+/// A 64 MiB object planted as a head is refused without being read, and the message says
+/// why.
+#[test]
+fn an_oversized_head_on_s3_is_refused_unread() {
+    let site = Site::new();
+    let s3 = S3::start(&site.p("s3"), &["big"]);
+    std::fs::create_dir_all(s3.root.join("big/heads")).expect("heads");
+    let f = std::fs::File::create(s3.root.join("big/heads/tree")).expect("head file");
+    f.set_len(64 << 20).expect("sparse 64 MiB");
+    let out = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "maxrss_kb=%M", env!("CARGO_BIN_EXE_pulpdist")])
+        .args([
+            "sync",
+            "--store",
+            "s3://big",
+            "--tree",
+            "tree",
+            "--trust",
+            &site.trust(),
+        ])
+        .args([
+            "--s3-endpoint",
+            &s3.endpoint,
+            "--s3-access-key-id",
+            S3_ACCESS_KEY,
+        ])
+        .env("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
+        .arg(s(&site.mirror()))
+        .output()
+        .expect("/usr/bin/time (installed by ./scripts/test)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("head larger than"), "{err}");
+    let kb: u64 = err
+        .rsplit("maxrss_kb=")
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .expect("maxrss");
+    assert!(kb < 48 * 1024, "peak RSS {kb} kB: the head was read whole");
+}

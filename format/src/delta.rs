@@ -366,5 +366,36 @@ mod tests {
             let _ = DeltaRecord::decode(&bytes);
             let _ = decode_deltas(&bytes);
         }
+
+        /// Damaged valid records and extensions: refused, or decoded with checked paths;
+        /// never a panic.
+        #[test]
+        fn damaged_records_are_refused_or_checked(m in crate::mutate::mutation(), size in any::<u64>()) {
+            let name = |n: &[u8]| Name::new(n.to_vec()).expect("name");
+            let rec = DeltaRecord {
+                kind: RecordKind::File,
+                path: vec![name(b"pool"), name(b"a.deb")],
+                reference: Some(vec![name(b"pool"), name(b"a-old.deb")]),
+                size,
+                ref_size: 7,
+            };
+            let bad = m.apply(&rec.encode(b"frame bytes"));
+            if let Ok((r, _)) = DeltaRecord::decode(&bad) {
+                for n in r.path.iter().chain(r.reference.iter().flatten()) {
+                    prop_assert!(Name::new(n.as_bytes().to_vec()).is_ok());
+                }
+            }
+            let d = DeltaInfo {
+                from_version: 1,
+                from_root: NodeRef {
+                    id: NodeId([3; 32]),
+                    loc: Location { pack: PackId([4; 32]), offset: 9, stored_len: 7, raw_len: 9, codec: Codec::Zstd },
+                },
+                pack: PackId([5; 32]),
+                size,
+                hash: [6; 32],
+            };
+            let _ = decode_deltas(&m.apply(&encode_deltas(&[d, d])));
+        }
     }
 }

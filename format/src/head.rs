@@ -425,5 +425,17 @@ mod tests {
         fn head_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = Head::decode_unverified(&bytes);
         }
+
+        /// A damaged signed head never verifies unless the damage changed nothing, and
+        /// never panics the decoder.
+        #[test]
+        fn damaged_head_never_verifies(version in any::<u64>(), m in crate::mutate::mutation()) {
+            let key = SecretKey::from_seed([5; 32]);
+            let good = sample(version).sign(&key).expect("sign");
+            let bad = m.apply(&good);
+            let _ = Head::decode_unverified(&bad);
+            let verified = SignedHead::decode_and_verify(&bad, &TrustedKeys::new(vec![key.public()]));
+            prop_assert!(verified.is_err() || bad == good);
+        }
     }
 }

@@ -26,6 +26,8 @@ pub mod filter;
 mod head;
 mod id;
 mod keys;
+#[cfg(test)]
+mod mutate;
 mod name;
 mod node;
 pub mod pack;

@@ -472,6 +472,21 @@ mod tests {
         fn node_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = Node::decode(&bytes);
         }
+
+        /// A damaged valid node: refused, or decoded to a node that encodes back to exactly
+        /// those bytes (one encoding per node); never a panic.
+        #[test]
+        fn damaged_node_is_refused_or_canonical(
+            entries in proptest::collection::vec(arb_entry(), 1..8),
+            m in crate::mutate::mutation(),
+        ) {
+            let mut seen = std::collections::HashSet::new();
+            let entries: Vec<Entry> = entries.into_iter().filter(|e| seen.insert(e.name.clone())).collect();
+            let bad = m.apply(&Node::new(entries).expect("valid").encode());
+            if let Ok(node) = Node::decode(&bad) {
+                prop_assert_eq!(node.encode(), bad);
+            }
+        }
     }
 
     #[test]

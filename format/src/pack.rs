@@ -260,5 +260,34 @@ mod tests {
             let _ = decode_trailer(PackId([1; 32]), &bytes, 1 << 20);
             let _ = decode_footer(&bytes, bytes.len() as u64);
         }
+
+        /// A damaged pack tail (trailer and footer): refused, or entries that stay inside
+        /// the objects area; never a panic.
+        #[test]
+        fn damaged_trailer_stays_in_bounds(
+            objs in proptest::collection::vec((any::<[u8; 32]>(), 1u32..5000), 1..10),
+            m in crate::mutate::mutation(),
+        ) {
+            let id = PackId([9; 32]);
+            let (mut b, _) = PackBuilder::new(id);
+            for (oid, len) in &objs {
+                b.add(ObjectKind::Chunk, *oid, Codec::Raw, *len, *len);
+            }
+            let end = b.len();
+            let (tail, total) = b.finish();
+            let bad = m.apply(&tail);
+            if bad.len() >= 16 {
+                let total = total - tail.len() as u64 + bad.len() as u64;
+                if let Ok(r) = decode_footer(&bad[bad.len() - 16..], total) {
+                    if let Some(t) = r.start.checked_sub(end).and_then(|s| bad.get(s as usize..bad.len() - 16)) {
+                        if let Ok(entries) = decode_trailer(id, t, end) {
+                            for e in entries {
+                                proptest::prop_assert!(e.loc.offset + u64::from(e.loc.stored_len) <= end);
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -242,3 +242,49 @@ fn golden_delta_pack_rebuilds_version_2_from_version_1() {
         ]
     );
 }
+
+/// The `node` and `delta` fuzz targets start from real encodings: every index node of the
+/// golden store (plain) and its delta pack. This checks the seeds are those objects, so a
+/// format change that leaves them stale fails here; `PULPDIST_WRITE_FUZZ_SEEDS=1` rewrites
+/// them from the golden store.
+#[test]
+fn fuzz_seeds_are_golden_objects() {
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+    let keys = keys();
+    let mut nodes: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut deltas: Vec<(String, Vec<u8>)> = Vec::new();
+    for tree in ["golden", "golden-delta"] {
+        let head_bytes = fs::read(golden().join("heads").join(tree)).expect("head");
+        let head = SignedHead::decode_and_verify(&head_bytes, &keys).expect("head verifies");
+        let mut todo = vec![head.head().root];
+        while let Some(r) = todo.pop() {
+            let node = node_at(&r);
+            for e in node.entries() {
+                if let EntryKind::Dir { node } = &e.kind {
+                    todo.push(*node);
+                }
+            }
+            nodes.push((r.id.to_hex(), node.encode()));
+        }
+        for d in head.head().deltas().expect("deltas") {
+            deltas.push((d.pack.to_hex(), pack_bytes(&d.pack)));
+        }
+    }
+    assert!(nodes.len() >= 4 && !deltas.is_empty());
+    let write = std::env::var_os("PULPDIST_WRITE_FUZZ_SEEDS").is_some();
+    for (dir, objects) in [("node", &nodes), ("delta", &deltas)] {
+        for (name, bytes) in objects {
+            let path = seeds.join(dir).join(name);
+            if write {
+                fs::create_dir_all(seeds.join(dir)).expect("seed dir");
+                fs::write(&path, bytes).expect("write seed");
+            }
+            assert_eq!(
+                fs::read(&path).ok().as_ref(),
+                Some(bytes),
+                "{} is not the golden object (PULPDIST_WRITE_FUZZ_SEEDS=1 rewrites it)",
+                path.display()
+            );
+        }
+    }
+}
