@@ -261,8 +261,7 @@ fn an_oversized_head_on_s3_is_refused_unread() {
     std::fs::create_dir_all(s3.root.join("big/heads")).expect("heads");
     let f = std::fs::File::create(s3.root.join("big/heads/tree")).expect("head file");
     f.set_len(64 << 20).expect("sparse 64 MiB");
-    let out = std::process::Command::new("/usr/bin/time")
-        .args(["-f", "maxrss_kb=%M", env!("CARGO_BIN_EXE_pulpdist")])
+    let out = common::bin_timed()
         .args([
             "sync",
             "--store",
@@ -285,10 +284,6 @@ fn an_oversized_head_on_s3_is_refused_unread() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("head larger than"), "{err}");
-    let kb: u64 = err
-        .rsplit("maxrss_kb=")
-        .next()
-        .and_then(|v| v.trim().parse().ok())
-        .expect("maxrss");
+    let kb = common::peak_rss_kb(&err);
     assert!(kb < 48 * 1024, "peak RSS {kb} kB: the head was read whole");
 }

@@ -411,9 +411,12 @@ for who in server berlin; do
   openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$who" \
     -keyout $who.key -out $who.csr 2>/dev/null
 done
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=nobody/CN=berlin" \
+  -keyout twocn.key -out twocn.csr 2>/dev/null
 printf 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n' > server.ext
 printf 'extendedKeyUsage=clientAuth\n' > berlin.ext
-for who in server berlin; do
+cp berlin.ext twocn.ext
+for who in server berlin twocn; do
   openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
     -extfile $who.ext -out $who.pem 2>/dev/null
 done
@@ -452,28 +455,38 @@ done
         s(&d.join("authz")),
     ]);
     let url = format!("https://localhost:{port}");
-    let out = run(&[
-        "sync",
-        "--store",
-        &url,
-        "--tree",
-        "t",
-        "--trust",
-        &format!("{}.pub", s(&d.join("up.key"))),
-        "--ca",
-        s(&d.join("ca.pem")),
-        "--cert",
-        s(&d.join("berlin.pem")),
-        "--key",
-        s(&d.join("berlin.key")),
-        s(&d.join("mirror")),
-    ]);
+    let sync_as = |who: &str, mirror: &str| {
+        run(&[
+            "sync",
+            "--store",
+            &url,
+            "--tree",
+            "t",
+            "--trust",
+            &format!("{}.pub", s(&d.join("up.key"))),
+            "--ca",
+            s(&d.join("ca.pem")),
+            "--cert",
+            s(&d.join(format!("{who}.pem"))),
+            "--key",
+            s(&d.join(format!("{who}.key"))),
+            s(&d.join(mirror)),
+        ])
+    };
+    let out = sync_as("berlin", "mirror");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert_same_tree(&d.join("src"), &d.join("mirror"));
+    // Regression: every subject CN counted, so `CN=nobody, CN=berlin` got berlin's grants.
+    // A certificate with several CNs is granted nothing.
+    let out = sync_as("twocn", "mirror2");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no tree 't'"), "{err}");
+    assert!(!d.join("mirror2").exists());
 }
 
 #[test]

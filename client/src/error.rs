@@ -55,6 +55,10 @@ pub enum SyncError {
         got: u64,
         wanted: u64,
     },
+    /// The store answered with another object than the signed index names (another size,
+    /// more or fewer bytes): refused like a chunk that fails its hash.
+    #[error("{object}: {detail}; refusing it")]
+    Mismatch { object: String, detail: String },
     /// An HTTP or object store request failed or was answered wrongly.
     #[error("{url}: {detail}")]
     Http {

@@ -54,6 +54,12 @@ pub struct SyncOptions {
     /// An `rsync://` URL of the same tree: files whose chunks the store lacks (404) or
     /// serves damaged are fetched from it and checked against the signed index.
     pub rsync_fallback: Option<String>,
+    /// Apply setuid, setgid and sticky bits and world-writable directories from the index
+    /// (default: masked off).
+    pub special_modes: bool,
+    /// Allow the first sync into a directory that is not empty (its files the tree lacks
+    /// are deleted). Without it, such a sync is refused.
+    pub adopt: bool,
     /// How long to wait for another sync of the same mirror to finish (default: not at
     /// all, [`SyncError::Busy`] at once).
     pub wait: std::time::Duration,
@@ -79,6 +85,8 @@ impl SyncOptions {
             connections: 8,
             rsync_fallback: None,
             wait: std::time::Duration::ZERO,
+            special_modes: false,
+            adopt: false,
         }
     }
 
@@ -196,7 +204,6 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
     let state = State::open(&state_dir, access)?;
     let applied = state.applied(&opts.tree)?;
     let head_object = format!("{}/heads/{}", reader.describe(), opts.tree);
-
     // A no-op sync is one conditional request: the store's tag for the head we applied.
     // A sync that died while renaming files into place leaves directories the index diff
     // would not look at again: then every directory is checked (as with --full).
@@ -261,6 +268,23 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
             });
         }
     }
+    // A first sync deletes whatever the tree lacks: into a directory that already holds
+    // files (and no PulpDist state of an earlier, interrupted first sync) only on request.
+    if applied.is_none() && !state.applying(&opts.tree) && !opts.adopt {
+        let occupied = match fs::read_dir(&opts.dest) {
+            Ok(mut rd) => rd.next().is_some(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(e).at(&opts.dest),
+        };
+        if occupied {
+            return Err(SyncError::Usage(format!(
+                "{}: not empty, and no version of tree '{}' was synced into it: a first sync would delete every file the tree lacks; give --adopt to allow it",
+                opts.dest.display(),
+                opts.tree
+            )));
+        }
+    }
+
     // The filter extension is informational (not critical): shown, never a reason to refuse.
     let filter = match head.filter() {
         Ok(f) => f.map(|f| f.to_string()),
@@ -352,6 +376,7 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         metadata_patterns: opts.metadata_patterns.clone(),
         max_gap: opts.max_gap,
         whole_ratio: opts.whole_ratio,
+        special_modes: opts.special_modes,
     };
     let chunker = Chunker::new(head.params).map_err(|e| SyncError::Config(e.to_string()))?;
 
@@ -470,6 +495,11 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         report.rsync_bytes = bytes;
     }
     report.chunks_fetched = fetched + fetch_loose(&store, &state, &late, opts.max_gap)?;
+    // A first sync marks that it began writing, so that if it is interrupted the next one
+    // finishes it (instead of refusing a directory that is no longer empty).
+    if applied.is_none() {
+        state.set_applying(&opts.tree)?;
+    }
     // 3. Directories, parents first (remembering which are new, to undo them on failure).
     let mut created: Vec<PathBuf> = Vec::new();
     let mut dir_mtimes: HashMap<PathBuf, filetime::FileTime> = HashMap::new();
@@ -1074,7 +1104,10 @@ fn write_file(
 /// hiccup): what the rsync fallback is for.
 fn is_gap(e: &SyncError) -> bool {
     match e {
-        SyncError::NotFound { .. } | SyncError::Format { .. } | SyncError::Short { .. } => true,
+        SyncError::NotFound { .. }
+        | SyncError::Format { .. }
+        | SyncError::Short { .. }
+        | SyncError::Mismatch { .. } => true,
         SyncError::Http { temporary, .. } => !temporary,
         _ => false,
     }

@@ -285,21 +285,17 @@ impl HttpStoreReader {
                 }
                 if let (Some(t), Some(s)) = (total, size) {
                     if t != s {
-                        return Err(http_err(
+                        return Err(mismatch(
                             url,
-                            status,
                             format!("object is {t} bytes; the signed head says {s}"),
-                            false,
                         ));
                     }
                 }
                 let want_end = end.or(size).unwrap_or(total.unwrap_or(b + 1));
                 if b + 1 < want_end {
-                    return Err(http_err(
+                    return Err(mismatch(
                         url,
-                        status,
                         format!("object ends before byte {want_end} ('{cr}')"),
-                        false,
                     ));
                 }
                 (0, want_end - start)
@@ -320,22 +316,18 @@ impl HttpStoreReader {
                     .read_to_end(&mut all)
                     .map_err(|e| read_err(url, e))?;
                 if all.len() as u64 > limit {
-                    return Err(http_err(
+                    return Err(mismatch(
                         url,
-                        status,
                         format!(
                             "answered a range with more than the {limit} bytes the object may have"
                         ),
-                        false,
                     ));
                 }
                 let e = end.unwrap_or(0);
                 let Some(part) = all.get(start as usize..e as usize) else {
-                    return Err(http_err(
+                    return Err(mismatch(
                         url,
-                        status,
                         format!("object is {} bytes, shorter than {e}", all.len()),
-                        false,
                     ));
                 };
                 self.extra_bytes.fetch_add(
@@ -352,21 +344,17 @@ impl HttpStoreReader {
                 let len = content_length(&resp);
                 if let (Some(l), Some(s)) = (len, size.or(self.signed_size(url))) {
                     if l != s {
-                        return Err(http_err(
+                        return Err(mismatch(
                             url,
-                            status,
                             format!("object is {l} bytes; the signed head says {s}"),
-                            false,
                         ));
                     }
                 }
                 let want_end = match (end.or(size), len) {
                     (Some(e), Some(l)) if l < e => {
-                        return Err(http_err(
+                        return Err(mismatch(
                             url,
-                            status,
                             format!("object is {l} bytes, shorter than {e}"),
-                            false,
                         ))
                     }
                     (Some(e), _) => e,
@@ -679,6 +667,15 @@ fn header(resp: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String>
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
+}
+
+/// The store answered, but not with the object the signed head describes (another size,
+/// fewer bytes than its range): a verification failure, not a transport error.
+fn mismatch(url: &str, detail: String) -> SyncError {
+    SyncError::Mismatch {
+        object: url.to_string(),
+        detail,
+    }
 }
 
 fn http_err(url: &str, status: u16, detail: String, temporary: bool) -> SyncError {

@@ -142,11 +142,9 @@ impl StoreReader for ObjectStoreReader {
             .map_err(|e| self.err(&key, e))?;
         match b {
             Ok(b) => Ok(b.to_vec()),
-            Err(actual) => Err(SyncError::Http {
-                url: format!("{}/{key}", self.url),
-                status: None,
+            Err(actual) => Err(SyncError::Mismatch {
+                object: format!("{}/{key}", self.url),
                 detail: format!("object is {actual} bytes; the signed head says {size}"),
-                temporary: false,
             }),
         }
     }

@@ -127,6 +127,30 @@ pub struct PlanSettings {
     pub max_gap: u64,
     /// Fetch a whole pack when at least this fraction of it is needed.
     pub whole_ratio: f64,
+    /// Apply setuid, setgid and sticky bits, and world-writable directories, as the index
+    /// gives them. Off by default: a publisher (or whoever holds its key) cannot make a
+    /// root sync plant setuid programs or directories anyone can write into.
+    pub special_modes: bool,
+}
+
+impl PlanSettings {
+    /// The mode a file gets: without `special_modes`, no setuid, setgid or sticky bit.
+    pub fn file_mode(&self, mode: u32) -> u32 {
+        if self.special_modes {
+            mode
+        } else {
+            mode & 0o777
+        }
+    }
+
+    /// The mode a directory gets: without `special_modes`, neither those bits nor o+w.
+    pub fn dir_mode(&self, mode: u32) -> u32 {
+        if self.special_modes {
+            mode
+        } else {
+            mode & 0o775
+        }
+    }
 }
 
 fn is_metadata(settings: &PlanSettings, name: &[u8]) -> bool {
@@ -195,7 +219,7 @@ impl Planner {
                     // again at the very end, whatever was observed before.
                     plan.dir_attrs.push(AttrOp {
                         path,
-                        mode: e.mode,
+                        mode: self.settings.dir_mode(e.mode),
                         mtime: e.mtime,
                     });
                 }
@@ -205,10 +229,11 @@ impl Planner {
                         mtime: m,
                         mode,
                     } if s == size && *m == e.mtime && !stale(d.old, e) => {
-                        if *mode != e.mode {
+                        let want = self.settings.file_mode(e.mode);
+                        if *mode != want {
                             plan.attrs.push(AttrOp {
                                 path,
-                                mode: e.mode,
+                                mode: want,
                                 mtime: e.mtime,
                             });
                         }
@@ -220,7 +245,7 @@ impl Planner {
                         let op = FileOp {
                             path,
                             size: *size,
-                            mode: e.mode,
+                            mode: self.settings.file_mode(e.mode),
                             mtime: e.mtime,
                             metadata: is_metadata(&self.settings, e.name.as_bytes()),
                             chunks: chunks
@@ -540,6 +565,7 @@ mod tests {
             metadata_patterns: vec!["Packages*".into(), "InRelease".into()],
             max_gap: 50,
             whole_ratio: 0.5,
+            special_modes: false,
         }
     }
 

@@ -43,6 +43,53 @@ fn err(url: &str, detail: String, temporary: bool) -> SyncError {
     }
 }
 
+/// Checks an `rsync://host[:port]/module[/path]` URL before rsync sees it: rsync takes an
+/// empty host for a remote shell target (`rsync://` alone ran ssh to a host named
+/// "rsync"), and a host starting with `-` for an option.
+pub fn check_url(url: &str) -> Result<(), SyncError> {
+    let bad = |why: &str| {
+        Err(SyncError::Usage(format!(
+            "{url}: not an rsync URL ({why}); expected rsync://host[:port]/module[/path]"
+        )))
+    };
+    let Some(rest) = url.strip_prefix("rsync://") else {
+        return bad("it must start with rsync://");
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = match authority.rsplit_once('@') {
+        Some((_user, h)) => h,
+        None => authority,
+    };
+    let host = match host.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((addr, port))
+                if !addr.is_empty() && (port.is_empty() || port.starts_with(':')) =>
+            {
+                addr
+            }
+            _ => return bad("a bracketed address must be closed"),
+        },
+        None => host.split(':').next().unwrap_or(""),
+    };
+    if host.is_empty() {
+        return bad("no host");
+    }
+    if host.starts_with('-')
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b))
+    {
+        return bad("the host has characters a host name does not");
+    }
+    if path.split('/').next().is_none_or(str::is_empty) {
+        return bad("no module");
+    }
+    if url.bytes().any(|b| b.is_ascii_control()) {
+        return bad("control characters");
+    }
+    Ok(())
+}
+
 /// Runs rsync with `args`, returning its stats. Exit codes that mean a network or server
 /// problem (10, 12, 23, 24, 30, 35) are temporary.
 fn run(url: &str, args: &[String]) -> Result<RsyncStats, SyncError> {
@@ -52,6 +99,7 @@ fn run(url: &str, args: &[String]) -> Result<RsyncStats, SyncError> {
 /// [`run`], also accepting the exit codes in `ok` (24: files vanished during the transfer,
 /// normal when pulling from a live mirror).
 fn run_allowing(url: &str, args: &[String], ok: &[i32]) -> Result<RsyncStats, SyncError> {
+    check_url(url)?;
     let out = Command::new("rsync").args(args).output().map_err(|e| {
         err(
             url,
@@ -246,6 +294,32 @@ pub fn fetch_files(url: &str, files: &[PathBuf], scratch: &Path) -> Result<Rsync
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rsync_urls_are_checked_before_rsync_runs() {
+        for good in [
+            "rsync://mirror.example.org/debian",
+            "rsync://127.0.0.1:8730/m/sub/dir",
+            "rsync://[::1]:873/m",
+            "rsync://user@host/m",
+        ] {
+            assert!(check_url(good).is_ok(), "{good}");
+        }
+        // Regression: `rsync://` with an empty host made rsync run ssh to a host "rsync".
+        for bad in [
+            "rsync://",
+            "rsync:///module",
+            "rsync://host",
+            "rsync://host/",
+            "rsync://-e sh/m",
+            "rsync://ho st/m",
+            "rsync://[::1/m",
+            "http://host/m",
+            "rsync://host/m\n",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn stats() {

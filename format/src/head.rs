@@ -11,6 +11,21 @@ use crate::wire::{Reader, Writer};
 pub const HEAD_MAGIC: &[u8; 8] = b"PDHEAD\x00\x01";
 /// Largest head accepted by a reader.
 pub const MAX_HEAD_SIZE: usize = 1024 * 1024;
+/// The longest a head may stay valid: `expires - created` at most a year (and a day). A
+/// longer one would defeat freeze protection (a withheld update goes unnoticed for as long).
+pub const MAX_HEAD_LIFETIME: i64 = 366 * 86_400;
+
+/// Checks a head's lifetime: it expires after it is created, within [`MAX_HEAD_LIFETIME`].
+fn check_lifetime(created: i64, expires: i64) -> Result<(), FormatError> {
+    match expires.checked_sub(created) {
+        Some(life) if (0..=MAX_HEAD_LIFETIME).contains(&life) => Ok(()),
+        _ => Err(FormatError::invalid(
+            "tree head",
+            format!("expires at {expires}, created at {created}: a head must expire after it is created and within {MAX_HEAD_LIFETIME} s"),
+        )),
+    }
+}
+
 /// Extension tags with this bit set must be understood by a reader, or it refuses the head.
 pub const EXT_CRITICAL: u16 = 0x8000;
 
@@ -228,6 +243,7 @@ impl Head {
     /// Encodes and signs the head; the result is what `heads/<tree>` holds.
     pub fn sign(&self, key: &SecretKey) -> Result<Vec<u8>, FormatError> {
         validate_tree_name(&self.tree)?;
+        check_lifetime(self.created, self.expires)?;
         self.params.validate()?;
         let mut bytes = self.encode_body(&key.public());
         let sig = key.sign(&bytes);
@@ -260,6 +276,7 @@ impl Head {
         let version = r.u64()?;
         let created = r.i64()?;
         let expires = r.i64()?;
+        check_lifetime(created, expires)?;
         let root = crate::delta::read_node_ref(&mut r, "tree head")?;
         let params = ChunkParams {
             min: r.u32()?,
@@ -398,6 +415,31 @@ mod tests {
         assert!(SignedHead::decode_and_verify(&bytes[..bytes.len() - 1], &trusted).is_err());
     }
 
+    /// Regression: a head that expired before it was created, or valid for centuries, was
+    /// accepted (FORMAT.md 5.5).
+    #[test]
+    fn head_lifetime_is_bounded() {
+        let key = SecretKey::from_seed([9; 32]);
+        let trusted = TrustedKeys::new(vec![key.public()]);
+        for (created, expires, ok) in [
+            (100, 100, true),
+            (100, 100 + MAX_HEAD_LIFETIME, true),
+            (100, 99, false),
+            (100, 101 + MAX_HEAD_LIFETIME, false),
+            (i64::MIN, i64::MAX, false),
+        ] {
+            let mut h = sample(1);
+            h.created = created;
+            h.expires = expires;
+            assert_eq!(h.sign(&key).is_ok(), ok, "{created}..{expires}");
+            // A hostile publisher's encoder: the body as written, signed anyway.
+            let mut bytes = h.encode_body(&key.public());
+            let sig = key.sign(&bytes);
+            bytes.extend_from_slice(&sig);
+            assert_eq!(SignedHead::decode_and_verify(&bytes, &trusted).is_ok(), ok);
+        }
+    }
+
     #[test]
     fn unknown_critical_extension_refused() {
         let key = SecretKey::from_seed([9; 32]);
@@ -415,6 +457,7 @@ mod tests {
             let key = SecretKey::from_seed([5; 32]);
             let mut h = sample(version);
             h.created = created;
+            h.expires = created.saturating_add(86_400);
             h.extensions = ext;
             let bytes = h.sign(&key).expect("sign");
             let v = SignedHead::decode_and_verify(&bytes, &TrustedKeys::new(vec![key.public()])).expect("verify");

@@ -20,6 +20,8 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
                 SyncError::Usage(_) => 2,
                 SyncError::Busy { .. } => 4,
                 SyncError::Format { .. }
+                | SyncError::Short { .. }
+                | SyncError::Mismatch { .. }
                 | SyncError::WrongTree { .. }
                 | SyncError::Rollback { .. }
                 | SyncError::Equivocation { .. }
@@ -112,14 +114,35 @@ pub fn emit(
     }
 }
 
+/// Largest key, trusted-keys, secret or tree definitions file read (a few kB in practice).
+pub const MAX_SMALL_FILE: u64 = 1 << 20;
+
+/// Reads a small text file (`what` names it in errors), refusing one larger than
+/// [`MAX_SMALL_FILE`] without reading more: `/dev/zero` given as a key is an error, not an
+/// exhausted memory.
+pub fn read_small(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_SMALL_FILE + 1).read_to_string(&mut text))
+        .with_context(|| format!("reading {what} {}", path.display()))?;
+    if text.len() as u64 > MAX_SMALL_FILE {
+        anyhow::bail!(
+            "reading {what} {}: larger than {MAX_SMALL_FILE} bytes",
+            path.display()
+        );
+    }
+    Ok(text)
+}
+
 /// The definition of `tree` in a tree definitions file.
 pub fn load_tree_def(
     path: &std::path::Path,
     tree: &str,
 ) -> anyhow::Result<pulpdist_server::TreeDef> {
     use anyhow::Context;
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading tree definitions {}", path.display()))?;
+    let text = read_small(path, "tree definitions")?;
     let defs = pulpdist_server::parse_trees(&text)
         .with_context(|| format!("in tree definitions {}", path.display()))?;
     defs.into_iter()

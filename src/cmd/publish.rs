@@ -22,8 +22,9 @@ pub struct Args {
     /// directory; ~/.cache/pulpdist/publish/<bucket>/<prefix>/<tree> for s3://].
     #[arg(long)]
     state: Option<PathBuf>,
-    /// Days until the head expires; clients refuse an expired head, so publish (or re-sign) more often.
-    #[arg(long, default_value_t = 7)]
+    /// Days until the head expires (1 to 366); clients refuse an expired head, so publish
+    /// (or re-sign) more often.
+    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(i64).range(1..=366))]
     expires_days: i64,
     /// zstd level for chunks and index nodes.
     #[arg(long, default_value_t = pulpdist_chunker::DEFAULT_ZSTD_LEVEL)]
@@ -124,8 +125,7 @@ fn parse_rules(rules: &[String]) -> Result<pulpdist_format::filter::Filter> {
 
 pub fn run(a: Args) -> Result<()> {
     pulpdist_format::validate_tree_name(&a.tree).map_err(|e| super::usage(e.to_string()))?;
-    let text = std::fs::read_to_string(&a.key)
-        .with_context(|| format!("reading key {}", a.key.display()))?;
+    let text = super::read_small(&a.key, "key")?;
     let key =
         SecretKey::from_text(&text).with_context(|| format!("parsing key {}", a.key.display()))?;
     let rt = super::stores::runtime(2)?;

@@ -30,6 +30,11 @@ pub struct S3Args {
     /// [env: AWS_SECRET_ACCESS_KEY].
     #[arg(long)]
     pub s3_secret_key_file: Option<PathBuf>,
+    /// Take S3 credentials from the cloud instance-metadata service (or a container's
+    /// credentials endpoint) when none are given: the AWS default on cloud machines. Without
+    /// it, no credentials is an error at once, not a wait on an address nobody answers.
+    #[arg(long)]
+    pub s3_instance_credentials: bool,
 }
 
 /// Reads the CA certificates and the client certificate and key (PEM) an https:// store
@@ -106,9 +111,22 @@ fn s3(bucket: &str, s3: &S3Args) -> Result<Arc<dyn ObjectStore>> {
         b = b.with_access_key_id(id);
     }
     if let Some(f) = &s3.s3_secret_key_file {
-        let secret = std::fs::read_to_string(f)
-            .with_context(|| format!("reading the S3 secret key {}", f.display()))?;
+        let secret = super::read_small(f, "the S3 secret key")?;
         b = b.with_secret_access_key(secret.trim());
+    }
+    // Without static credentials or a web-identity or container source, the AWS client
+    // asks the instance-metadata address (169.254.169.254), which off a cloud machine only
+    // times out: say so now instead.
+    let env = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    let has_static = (s3.s3_access_key_id.is_some() || env("AWS_ACCESS_KEY_ID"))
+        && (s3.s3_secret_key_file.is_some() || env("AWS_SECRET_ACCESS_KEY"));
+    let has_other = env("AWS_WEB_IDENTITY_TOKEN_FILE")
+        || env("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        || env("AWS_CONTAINER_CREDENTIALS_FULL_URI");
+    if !has_static && !has_other && !s3.s3_instance_credentials {
+        return Err(super::usage(format!(
+            "s3://{bucket}: no S3 credentials: give --s3-access-key-id and --s3-secret-key-file (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), or --s3-instance-credentials on a cloud machine"
+        )));
     }
     if let Some(r) = &s3.s3_region {
         b = b.with_region(r);

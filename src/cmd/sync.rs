@@ -69,6 +69,14 @@ pub struct Args {
     rsync_fallback: Option<String>,
     #[command(flatten)]
     s3: super::stores::S3Args,
+    /// Allow the first sync into a directory that already holds files: those the tree
+    /// lacks are deleted.
+    #[arg(long)]
+    adopt: bool,
+    /// Apply setuid, setgid and sticky bits, and world-writable directories, as the index
+    /// gives them (masked off by default).
+    #[arg(long)]
+    special_modes: bool,
     /// If another sync of this mirror is running, wait up to this many seconds for it to
     /// finish [default: 0, exit 4 at once].
     #[arg(long, value_name = "SECONDS")]
@@ -86,8 +94,7 @@ pub struct Args {
 pub fn load_trust(files: &[PathBuf]) -> Result<TrustedKeys> {
     let mut keys = Vec::new();
     for f in files {
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("reading trusted keys {}", f.display()))?;
+        let text = super::read_small(f, "trusted keys")?;
         let t = TrustedKeys::from_text(&text)
             .with_context(|| format!("parsing trusted keys {}", f.display()))?;
         keys.extend_from_slice(t.keys());
@@ -202,6 +209,8 @@ pub fn run(mut a: Args) -> Result<()> {
     opts.full = a.full;
     opts.now = a.now;
     opts.wait = std::time::Duration::from_secs(a.wait.unwrap_or(0));
+    opts.adopt = a.adopt;
+    opts.special_modes = a.special_modes;
     opts.metadata_patterns = metadata_patterns;
     opts.rsync_fallback = a
         .rsync_fallback

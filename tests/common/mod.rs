@@ -18,6 +18,23 @@ pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pulpdist"))
 }
 
+/// The binary run under `/usr/bin/time`, which adds its peak RSS to standard error (read
+/// it with [`peak_rss_kb`]).
+pub fn bin_timed() -> Command {
+    let mut c = Command::new("/usr/bin/time");
+    c.args(["-f", "maxrss_kb=%M", env!("CARGO_BIN_EXE_pulpdist")]);
+    c
+}
+
+/// The peak RSS, in kB, that [`bin_timed`] reported in `stderr`.
+pub fn peak_rss_kb(stderr: &str) -> u64 {
+    stderr
+        .rsplit("maxrss_kb=")
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS from /usr/bin/time in: {stderr}"))
+}
+
 /// Runs the binary; returns the output (not asserting success).
 pub fn run(args: &[&str]) -> Output {
     bin().args(args).output().expect("run pulpdist")

@@ -691,9 +691,14 @@ pub async fn serve(
                                 return;
                             };
                             let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
-                            let verified = cert.is_some();
-                            let identities = cert.map(tls::identities).unwrap_or_default();
-                            let peer = Peer { verified, identities };
+                            let identities = cert.and_then(tls::identities);
+                            if cert.is_some() && identities.is_none() {
+                                eprintln!("pulpdist serve: a client certificate with several subject CNs (or unreadable) is granted nothing");
+                            }
+                            let peer = Peer {
+                                verified: identities.is_some(),
+                                identities: identities.unwrap_or_default(),
+                            };
                             run_connection(tls, h, peer, header_timeout, watcher).await;
                         }
                     }

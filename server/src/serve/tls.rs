@@ -98,16 +98,18 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
-/// The identities of a (verified) client certificate: subject CNs, DNS and URI SANs.
-pub fn identities(cert: &CertificateDer<'_>) -> Vec<Identity> {
+/// The identities of a (verified) client certificate: its subject CN, DNS and URI SANs.
+/// `None` for a certificate that does not parse or whose subject holds more than one CN
+/// (`CN=berlin, CN=ops`: which one names the site?): such a certificate is granted nothing.
+pub fn identities(cert: &CertificateDer<'_>) -> Option<Vec<Identity>> {
     let mut out = Vec::new();
-    let Ok((_, x)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
-        return out;
-    };
-    for cn in x.subject().iter_common_name() {
-        if let Ok(v) = cn.as_str() {
-            out.push(Identity::Cn(v.to_string()));
-        }
+    let (_, x) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cns: Vec<_> = x.subject().iter_common_name().collect();
+    if cns.len() > 1 {
+        return None;
+    }
+    for cn in cns {
+        out.push(Identity::Cn(cn.as_str().ok()?.to_string()));
     }
     if let Ok(Some(san)) = x.subject_alternative_name() {
         for name in &san.value.general_names {
@@ -122,5 +124,5 @@ pub fn identities(cert: &CertificateDer<'_>) -> Vec<Identity> {
             }
         }
     }
-    out
+    Some(out)
 }

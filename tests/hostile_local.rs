@@ -1,0 +1,205 @@
+//! Hostile input that is not the network's: modes a publisher should not be able to plant,
+//! a first sync into a directory that holds other files, damaged packs in a local store,
+//! oversized key and definition files, malformed rsync URLs, S3 without credentials.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn mode(p: &std::path::Path) -> u32 {
+    fs::symlink_metadata(p).expect("stat").permissions().mode() & 0o7777
+}
+
+/// Regression: setuid/setgid bits and world-writable directories from the index were
+/// applied as they were (a root sync made `-rwsr-sr-x root` files).
+#[test]
+fn special_modes_are_masked_unless_asked_for() {
+    let site = Site::new();
+    fs::create_dir_all(site.src().join("bin")).expect("dir");
+    fs::write(site.src().join("bin/tool"), b"#!/bin/sh\n").expect("file");
+    fs::set_permissions(
+        site.src().join("bin/tool"),
+        fs::Permissions::from_mode(0o6755),
+    )
+    .expect("chmod");
+    fs::create_dir_all(site.src().join("drop")).expect("dir");
+    fs::set_permissions(site.src().join("drop"), fs::Permissions::from_mode(0o1777))
+        .expect("chmod");
+    site.publish();
+    site.sync();
+    assert_eq!(mode(&site.mirror().join("bin/tool")), 0o755);
+    assert_eq!(mode(&site.mirror().join("drop")), 0o775);
+    // The next sync changes nothing (the masked modes are what the plan expects).
+    assert_eq!(site.sync()["requests"], 1);
+    // A site that opts in gets them as published.
+    let other = site.p("other/tree");
+    let a = sync_cmd(
+        s(&site.store()),
+        "tree",
+        &site.trust(),
+        &other,
+        &["--special-modes"],
+    );
+    run_json(&strs(&a));
+    assert_eq!(mode(&other.join("bin/tool")), 0o6755);
+    assert_eq!(mode(&other.join("drop")), 0o1777);
+}
+
+/// Regression: the first sync into a non-empty directory deleted everything the tree
+/// lacked, with no guard (a dry run into / planned deleting it all).
+#[test]
+fn a_first_sync_into_a_directory_with_files_needs_adopt() {
+    let site = Site::new();
+    pulpdist_testdata::generate(&site.src(), 71, 1).expect("generate");
+    site.publish();
+    fs::create_dir_all(site.mirror()).expect("mirror");
+    fs::write(site.mirror().join("precious"), b"not the tree's").expect("file");
+    for extra in [&[][..], &["--dry-run"][..]] {
+        let out = site.try_sync(extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains("--adopt"), "{err}");
+        assert!(site.mirror().join("precious").exists());
+    }
+    // With --adopt the mirror becomes the tree.
+    let out = site.try_sync(&["--adopt"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_tree(&site.src(), &site.mirror());
+
+    // A first sync killed after it began writing is finished by the next, without --adopt.
+    let fresh = site.p("fresh/tree");
+    let a = sync_cmd(s(&site.store()), "tree", &site.trust(), &fresh, &[]);
+    let out = bin()
+        .args(&a)
+        .env("PULPDIST_FAILPOINT", "sync.write:3")
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fail point"));
+    assert!(fs::read_dir(&fresh).expect("written into").next().is_some());
+    let out = bin().args(&a).output().expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_tree(&site.src(), &fresh);
+}
+
+/// Regression: a truncated or swapped pack in a local store exited 1; the store serving
+/// other bytes than the signed index names is a verification failure (3).
+#[test]
+fn a_truncated_or_swapped_pack_is_refused_with_3() {
+    let site = Site::new();
+    pulpdist_testdata::generate(&site.src(), 72, 2).expect("generate");
+    site.publish_with(&["--pack-size", "200000"]);
+    let mut packs: Vec<_> = fs::read_dir(site.store().join("packs"))
+        .expect("packs")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    packs.sort_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0));
+    let (small, big) = (packs[0].clone(), packs[packs.len() - 1].clone());
+    let keep = site.p("keep.pack");
+    fs::copy(&big, &keep).expect("keep");
+    let len = fs::metadata(&big).expect("len").len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&big)
+        .expect("open")
+        .set_len(len / 2)
+        .expect("truncate");
+    let refused = || {
+        let out = site.try_sync(&[]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(3), "{err}");
+    };
+    refused();
+    // Swapped: another pack's bytes under this pack's name.
+    fs::copy(&small, &big).expect("swap");
+    refused();
+    assert!(!site.mirror().join("dists").exists());
+    fs::copy(&keep, &big).expect("restore");
+    site.sync();
+    assert_same_tree(&site.src(), &site.mirror());
+}
+
+/// Regression: --trees, --trust and key files were read whole, so `/dev/zero` exhausted
+/// memory. Each is refused past 1 MiB, at once.
+#[test]
+fn key_trust_and_definition_files_are_size_capped() {
+    let site = Site::new();
+    pulpdist_testdata::generate(&site.src(), 73, 1).expect("generate");
+    site.publish();
+    let started = Instant::now();
+    let zero = "/dev/zero";
+    let cases: Vec<Vec<String>> = vec![
+        sync_cmd(s(&site.store()), "tree", zero, &site.mirror(), &[]),
+        site.publish_cmd(std::path::Path::new(zero), &[]),
+        site.publish_cmd(&site.key(), &["--trees", zero]),
+    ];
+    for a in cases {
+        let out = bin_timed().args(&a).output().expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{a:?}: {err}");
+        assert!(err.contains("larger than"), "{err}");
+        assert!(peak_rss_kb(&err) < 64 * 1024, "{a:?}: {err}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+/// Regression: `--store rsync://` with an empty host made rsync run ssh to a host named
+/// `rsync`. A malformed rsync URL is a usage error before rsync runs.
+#[test]
+fn malformed_rsync_urls_are_refused_before_rsync_runs() {
+    let site = Site::new();
+    for url in [
+        "rsync://",
+        "rsync:///debian",
+        "rsync://-oProxyCommand=x/m",
+        "rsync://host",
+    ] {
+        let a = sync_cmd(url, "tree", &site.trust(), &site.mirror(), &[]);
+        let out = run(&strs(&a));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{url}: {err}");
+        assert!(err.contains("not an rsync URL"), "{url}: {err}");
+    }
+}
+
+/// Regression: an s3:// store without credentials had the AWS client query the cloud
+/// instance-metadata address and wait on it. Now it is an error at once, naming the ways
+/// to give credentials.
+#[test]
+fn s3_without_credentials_fails_at_once() {
+    let site = Site::new();
+    let a = sync_cmd(
+        "s3://bucket/prefix",
+        "tree",
+        &site.trust(),
+        &site.mirror(),
+        &[],
+    );
+    let out = bin()
+        .args(&a)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no S3 credentials") && err.contains("--s3-instance-credentials"),
+        "{err}"
+    );
+}
