@@ -52,7 +52,7 @@ fn publish_carries_what_the_rules_select_and_the_head_says_which() {
 
     // A bad rule names itself.
     let out = site.try_publish(&site.key(), &["--filter", "P /secret"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("'P /secret'"), "{err}");
 }

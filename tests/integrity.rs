@@ -62,6 +62,19 @@ fn one_sync_of_a_mirror_at_a_time() {
         "{}",
         stderr(&b)
     );
+    // Another state directory for the same mirror does not get around it (the mirror
+    // itself is locked), nor does an rsync:// origin.
+    let b = site.try_sync(&["--state", s(&site.p("elsewhere"))]);
+    assert_eq!(b.status.code(), Some(4), "{}", stderr(&b));
+    let r = run(&[
+        "sync",
+        "--store",
+        "rsync://127.0.0.1:1/m",
+        "--tree",
+        "tree",
+        s(&site.mirror()),
+    ]);
+    assert_eq!(r.status.code(), Some(4), "{}", stderr(&r));
     // A dry run waits for nobody's half-done state either.
     let d = site.try_sync(&["--dry-run"]);
     assert_eq!(d.status.code(), Some(4), "{}", stderr(&d));
@@ -75,12 +88,20 @@ fn one_sync_of_a_mirror_at_a_time() {
             "--json".to_string(),
         ],
     );
+    let log = site.p("waiting.log");
     let c = bin()
         .args(&waiting)
+        .env("PULPDIST_FAILPOINT_LOG", &log)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
+    // Released only once the second sync says it is waiting for the lock.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("sync.waiting")) {
+        assert!(Instant::now() < deadline, "the second sync never waited");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     std::fs::write(&release, b"go").expect("release");
     let a = a.wait_with_output().expect("a");
     assert!(a.status.success(), "{}", stderr(&a));

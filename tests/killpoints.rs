@@ -16,6 +16,88 @@ use std::process::Command;
 
 use common::{assert_same_snapshot, assert_whole, bin, repo, s, snapshot, strs, sync_cmd, Site};
 
+/// The steps a run with `args` passes, in order, each with the path it was done to (empty
+/// for a step that names none).
+fn trace_of(args: &[String], log: &Path) -> Vec<(String, String)> {
+    let _ = std::fs::remove_file(log);
+    let out = bin()
+        .args(args)
+        .env("PULPDIST_FAILPOINT_LOG", log)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(log)
+        .expect("log")
+        .lines()
+        .map(|l| {
+            let (step, path) = l.split_once('\t').unwrap_or((l, ""));
+            (step.to_string(), path.to_string())
+        })
+        .collect()
+}
+
+/// Each step of `trace`, with how many times it was passed.
+fn count(trace: &[(String, String)]) -> BTreeMap<String, u64> {
+    let mut steps = BTreeMap::new();
+    for (step, _) in trace {
+        *steps.entry(step.clone()).or_insert(0) += 1;
+    }
+    steps
+}
+
+/// Black-box order of a sync's renames and deletions (what inotifywait would record):
+/// payload, then metadata with the top indexes last; deletions after every rename, old
+/// top indexes first, then other metadata, then payload.
+fn assert_order(trace: &[(String, String)]) {
+    let name = |p: &str| p.rsplit('/').next().unwrap_or("").to_string();
+    let top = |p: &str| ["Release", "InRelease", "repomd.xml"].contains(&name(p).as_str());
+    let meta = |p: &str| {
+        let n = name(p);
+        top(p) || n.starts_with("Packages") || n.ends_with("-primary.xml")
+    };
+    let pos = |pred: &dyn Fn(&str, &str) -> bool| -> Vec<usize> {
+        trace
+            .iter()
+            .enumerate()
+            .filter(|(_, (s, p))| pred(s, p))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let before = |a: &[usize], b: &[usize], what: &str| {
+        if let (Some(x), Some(y)) = (a.iter().max(), b.iter().min()) {
+            assert!(x < y, "{what}: {trace:#?}");
+        }
+    };
+    let payload = pos(&|s, _| s == "sync.rename" || s == "sync.symlink");
+    let lower = pos(&|s, p| s == "sync.rename_metadata" && !top(p));
+    let upper = pos(&|s, p| s == "sync.rename_metadata" && top(p));
+    assert!(!lower.is_empty() && !upper.is_empty(), "{trace:#?}");
+    before(&payload, &lower, "payload before metadata");
+    before(&lower, &upper, "indexes before the indexes that list them");
+    let deletes = pos(&|s, _| s.starts_with("sync.delete"));
+    before(&upper, &deletes, "deletions after every rename");
+    let del_file = |pred: &dyn Fn(&str) -> bool| pos(&|s, p| s == "sync.delete_file" && pred(p));
+    let (dt, dm, dp) = (
+        del_file(&|p| top(p)),
+        del_file(&|p| meta(p) && !top(p)),
+        del_file(&|p| !meta(p)),
+    );
+    assert!(
+        !dt.is_empty() && !dm.is_empty() && !dp.is_empty(),
+        "{trace:#?}"
+    );
+    before(
+        &dt,
+        &dm,
+        "old top indexes deleted before the indexes they list",
+    );
+    before(&dm, &dp, "old indexes deleted before the files they name");
+}
+
 /// Each step a run with `args` passes, with how many times it passes it.
 fn steps_of(args: &[String], log: &Path) -> BTreeMap<String, u64> {
     let _ = std::fs::remove_file(log);
@@ -83,7 +165,9 @@ fn a_sync_killed_at_any_step_loses_nothing_and_resumes() {
     let pristine = site.p("pristine");
     copy(&downstream, &pristine);
     let args = site.sync_args();
-    let steps = steps_of(&args, &site.p("steps.log"));
+    let trace = trace_of(&args, &site.p("steps.log"));
+    let steps = count(&trace);
+    assert_order(&trace);
     common::assert_same_tree(&site.src(), &site.mirror());
     for step in [
         "sync.write",
@@ -103,6 +187,19 @@ fn a_sync_killed_at_any_step_loses_nothing_and_resumes() {
             assert_whole(&site.mirror(), &old, &new, &at);
             if let Err(e) = repo::check(&site.mirror()) {
                 panic!("killed at {at}, an index names what is not there:\n{e}");
+            }
+            if points % 4 == 0 {
+                // The resume is killed too (if it gets that far): the same holds.
+                let _ = bin()
+                    .args(&args)
+                    .env("PULPDIST_FAILPOINT", "sync.rename:2")
+                    .output()
+                    .expect("run");
+                let again = format!("{at}, then in the resume");
+                assert_whole(&site.mirror(), &old, &new, &again);
+                if let Err(e) = repo::check(&site.mirror()) {
+                    panic!("killed at {again}, an index names what is not there:\n{e}");
+                }
             }
             let out = bin().args(&args).output().expect("resume");
             assert!(

@@ -107,7 +107,11 @@ impl SyncOptions {
             Some(s) => absolute_dir(s).at(s)?,
             None => dest.with_file_name(format!(".{name}.pulpdist")),
         };
-        if state.starts_with(&dest) || dest.starts_with(&state) {
+        // Compared as given and fully resolved (a mirror that is a symlink to a directory
+        // holding the state is still the same tree).
+        let canon = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let overlap = |a: &Path, b: &Path| a.starts_with(b) || b.starts_with(a);
+        if overlap(&state, &dest) || overlap(&canon(&state), &canon(&dest)) {
             return Err(SyncError::Usage(format!(
                 "state directory {} and mirror {} overlap: the state must lie outside the mirror (a sync deletes what the tree lacks)",
                 state.display(),
@@ -193,7 +197,6 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         state_dir: Some(state_dir.clone()),
         ..opts.clone()
     };
-    let store = CountingReader::new(reader);
     // One sync of a mirror at a time, for the whole sync: two at once would rename older
     // files over newer ones and pull staging and cached nodes from under each other.
     let access = if opts.dry_run {
@@ -201,7 +204,29 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
     } else {
         Access::Write { wait: opts.wait }
     };
+    // The state first (its lock file names the holder's pid), then the mirror itself (a
+    // sync keeping its state elsewhere, or an rsync:// sync, holds that one).
     let state = State::open(&state_dir, access)?;
+    let made_dest = !opts.dry_run && fs::symlink_metadata(&opts.dest).is_err();
+    let mirror_lock = crate::state::lock_mirror(&opts.dest, opts.dry_run, opts.wait)?;
+    let result = sync_locked(reader, opts, &state, started);
+    drop(mirror_lock);
+    if result.is_err() && made_dest {
+        // A first sync that failed before writing anything leaves no empty mirror behind
+        // (only an empty directory is removed).
+        let _ = fs::remove_dir(&opts.dest);
+    }
+    result
+}
+
+/// The sync itself, once the state and the mirror are locked.
+fn sync_locked(
+    reader: &dyn StoreReader,
+    opts: &SyncOptions,
+    state: &State,
+    started: Instant,
+) -> Result<SyncReport, SyncError> {
+    let store = CountingReader::new(reader);
     let applied = state.applied(&opts.tree)?;
     let head_object = format!("{}/heads/{}", reader.describe(), opts.tree);
     // A no-op sync is one conditional request: the store's tag for the head we applied.
@@ -342,7 +367,7 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
     // versions added to the store. Whatever it cannot rebuild is fetched as before.
     let mut delta = None;
     if let (Some(a), false, false) = (&applied, full, opts.dry_run) {
-        delta = fetch_delta(&store, &state, &head, a, &mut report);
+        delta = fetch_delta(&store, state, &head, a, &mut report);
     }
     // One version (or a few) behind: the index packs of the missing versions hold every new
     // node, so fetch them whole instead of walking level by level.
@@ -361,14 +386,7 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
             }
         }
     }
-    let changes = changed_dirs(
-        &store,
-        &state,
-        old_root,
-        head.root,
-        &mem_packs,
-        opts.max_gap,
-    )?;
+    let changes = changed_dirs(&store, state, old_root, head.root, &mem_packs, opts.max_gap)?;
     drop(mem_packs);
     report.dirs_examined = changes.len() as u64;
 
@@ -410,11 +428,11 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         });
     }
     // Which of the chunks the files to write need are already here.
-    let mut sources = local_sources(&opts.dest, &state, &changes, &looked, &planner, rehashed)?;
+    let mut sources = local_sources(&opts.dest, state, &changes, &looked, &planner, rehashed)?;
     // The delta first: it brings the chunks of the files it carries without touching the
     // rest of the tree.
     if let Some(fetched) = &delta {
-        use_delta(&state, opts, fetched, &planner, &mut sources, &mut report);
+        use_delta(state, opts, fetched, &planner, &mut sources, &mut report);
     }
     drop(delta);
     // Chunks still missing may sit in files of directories that did not change (a moved
@@ -433,7 +451,7 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
             find_in_unchanged(
                 &opts.dest,
                 &mut safe,
-                &state,
+                state,
                 a.root,
                 &changed,
                 &mut needed,
@@ -477,7 +495,7 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
     let results: Vec<Result<u64, SyncError>> = pool.install(|| {
         plan.fetches
             .par_iter()
-            .map(|f| fetch_op(&store, &state, f))
+            .map(|f| fetch_op(&store, state, f))
             .collect()
     });
     let mut fetched = 0;
@@ -490,11 +508,11 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
         }
     }
     if let (Some(url), false) = (&opts.rsync_fallback, gaps.is_empty()) {
-        let (files, bytes) = fill_gaps(url, &state, &plan, &gaps)?;
+        let (files, bytes) = fill_gaps(url, state, &plan, &gaps)?;
         report.rsync_files = files;
         report.rsync_bytes = bytes;
     }
-    report.chunks_fetched = fetched + fetch_loose(&store, &state, &late, opts.max_gap)?;
+    report.chunks_fetched = fetched + fetch_loose(&store, state, &late, opts.max_gap)?;
     // A first sync marks that it began writing, so that if it is interrupted the next one
     // finishes it (instead of refusing a directory that is no longer empty).
     if applied.is_none() {
@@ -503,8 +521,18 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
     // 3. Directories, parents first (remembering which are new, to undo them on failure).
     let mut created: Vec<PathBuf> = Vec::new();
     let mut dir_mtimes: HashMap<PathBuf, filetime::FileTime> = HashMap::new();
+    // A file or symlink where a directory goes is moved aside (renamed, not deleted): a
+    // failure puts it back, and it is deleted with the other deletions.
+    let mut aside: Vec<(PathBuf, PathBuf)> = Vec::new();
     for d in &plan.mkdirs {
         let abs = dest.join(d);
+        if fs::symlink_metadata(&abs).is_ok_and(|m| !m.is_dir()) {
+            let parent = safe.ensure(d.parent().unwrap_or(Path::new("")), true)?;
+            let target = parent.join(d.file_name().unwrap_or_default());
+            let tmp = temp_beside(&target);
+            fs::rename(&target, &tmp).at(&target)?;
+            aside.push((target, tmp));
+        }
         let existed = fs::symlink_metadata(&abs).is_ok();
         if let (false, Some(parent)) = (existed, abs.parent()) {
             if let (false, Ok(md)) = (dir_mtimes.contains_key(parent), fs::metadata(parent)) {
@@ -533,7 +561,7 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
             let target = dir.join(op.path.file_name().unwrap_or_default());
             let tmp = temp_beside(&target);
             ready.push((tmp.clone(), target, op.metadata));
-            write_file(dest, &state, &tmp, op, &all_refs, &store, opts.max_gap)
+            write_file(dest, state, &tmp, op, &all_refs, &store, opts.max_gap)
         });
         match written {
             Ok(n) => {
@@ -546,6 +574,9 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
                 }
                 for d in created.iter().rev() {
                     let _ = fs::remove_dir(d);
+                }
+                for (target, tmp) in &aside {
+                    let _ = fs::rename(tmp, target);
                 }
                 for (d, mtime) in &dir_mtimes {
                     let _ = filetime::set_file_mtime(d, *mtime);
@@ -587,16 +618,16 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
     let (meta_ready, payload_ready): (Vec<_>, Vec<_>) =
         ready.into_iter().partition(|(_, _, meta)| *meta);
     for (tmp, target, _) in payload_ready {
+        pulpdist_failpoint::hit_at("sync.rename", &target);
         put(tmp, target, &mut deferred)?;
-        pulpdist_failpoint::hit("sync.rename");
     }
     // 5. Symlinks, also by rename (those named as metadata with the metadata).
     let (meta_links, payload_links): (Vec<_>, Vec<_>) =
         plan.symlinks.iter().partition(|(path, _, _)| is_meta(path));
     for (path, link_target, mtime) in payload_links {
         let (tmp, target) = make_link(&mut safe, path, link_target, *mtime)?;
+        pulpdist_failpoint::hit_at("sync.symlink", &target);
         put(tmp, target, &mut deferred)?;
-        pulpdist_failpoint::hit("sync.symlink");
     }
     // 6. Attribute fixes of current files (a mode or an mtime: no index names them).
     for a in &plan.attrs {
@@ -604,17 +635,19 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
             .ensure(a.path.parent().unwrap_or(Path::new("")), false)?
             .join(a.path.file_name().unwrap_or_default());
         set_attrs(&p, a.mode, a.mtime)?;
+        // A mode or mtime change is an inode change: flushed before the version is recorded.
+        File::open(&p).and_then(|f| f.sync_all()).at(&p)?;
         pulpdist_failpoint::hit("sync.attr");
     }
     // 7. Repository metadata, in the plan's order.
     for (tmp, target, _) in meta_ready {
+        pulpdist_failpoint::hit_at("sync.rename_metadata", &target);
         put(tmp, target, &mut deferred)?;
-        pulpdist_failpoint::hit("sync.rename_metadata");
     }
     for (path, link_target, mtime) in meta_links {
         let (tmp, target) = make_link(&mut safe, path, link_target, *mtime)?;
+        pulpdist_failpoint::hit_at("sync.symlink_metadata", &target);
         put(tmp, target, &mut deferred)?;
-        pulpdist_failpoint::hit("sync.symlink_metadata");
     }
     // 8. Deletions, last, deepest first; the old indexes before the files they name (top
     // indexes, then the other metadata and directories holding some, then the rest); then
@@ -627,20 +660,34 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
     deletes.sort_by_key(|(rank, _)| *rank);
     for (_, d) in deletes {
         let dir = safe.ensure(d.parent().unwrap_or(Path::new("")), false)?;
-        remove_any(&dir.join(d.file_name().unwrap_or_default()))?;
+        let path = dir.join(d.file_name().unwrap_or_default());
+        pulpdist_failpoint::hit_at("sync.delete", &path);
+        remove_ranked(&path, &opts.metadata_patterns)?;
         touched.insert(dir);
-        pulpdist_failpoint::hit("sync.delete");
+    }
+    for (_, tmp) in &aside {
+        pulpdist_failpoint::hit_at("sync.delete", tmp);
+        remove_any(tmp)?;
+        if let Some(parent) = tmp.parent() {
+            touched.insert(parent.to_path_buf());
+        }
     }
     for (tmp, target) in deferred {
-        remove_any(&target)?;
+        pulpdist_failpoint::hit_at("sync.replace_dir", &target);
+        remove_ranked(&target, &opts.metadata_patterns)?;
         fs::rename(&tmp, &target).at(&target)?;
-        pulpdist_failpoint::hit("sync.replace_dir");
     }
     // 9. Directory modes and mtimes, now that their contents are final.
     for a in &plan.dir_attrs {
         let p = safe.ensure(&a.path, false)?;
         set_attrs(&p, a.mode, a.mtime)?;
+        touched.insert(p);
         pulpdist_failpoint::hit("sync.dir_attr");
+    }
+    if applied.is_none() {
+        // A first sync made the mirror directory itself: its entry in its parent, too.
+        touched.extend(dest.parent().map(Path::to_path_buf));
+        touched.insert(dest.to_path_buf());
     }
     // 10. Every directory whose entries changed reaches the disk before the version is
     // recorded: after a power cut, a recorded version never has renames that were lost.
@@ -686,6 +733,42 @@ fn deletion_rank(path: &Path, patterns: &[String]) -> u8 {
         }
     }
     2
+}
+
+/// Removes `path` (a file, a symlink, or a directory tree, never followed through a
+/// symlink), a directory's contents in the order of [`deletion_rank`]: its top indexes,
+/// then its other metadata, then the rest, so that no index in it names a file already
+/// gone; then the directories, deepest first.
+fn remove_ranked(path: &Path, patterns: &[String]) -> Result<(), SyncError> {
+    match fs::symlink_metadata(path) {
+        Ok(md) if md.is_dir() => {}
+        Ok(_) => return fs::remove_file(path).at(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).at(path),
+    }
+    let mut files: Vec<(u8, PathBuf)> = Vec::new();
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut todo = vec![path.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).at(&d)? {
+            let p = e.at(&d)?.path();
+            if fs::symlink_metadata(&p).at(&p)?.is_dir() {
+                todo.push(p);
+            } else {
+                files.push((deletion_rank(&p, patterns), p));
+            }
+        }
+        dirs.push(d);
+    }
+    files.sort_by_key(|(rank, _)| *rank);
+    for (_, f) in files {
+        pulpdist_failpoint::hit_at("sync.delete_file", &f);
+        fs::remove_file(&f).at(&f)?;
+    }
+    for d in dirs.iter().rev() {
+        fs::remove_dir(d).at(d)?;
+    }
+    Ok(())
 }
 
 /// Makes the symlink `path` -> `link_target` under a temporary name beside it (its parents
@@ -1094,9 +1177,18 @@ fn write_file(
     let file = f.into_inner().map_err(|e| e.into_error()).at(tmp)?;
     file.set_permissions(fs::Permissions::from_mode(op.mode))
         .at(tmp)?;
+    // The mtime before the flush, so that it is on disk with the bytes.
+    let mtime = std::time::UNIX_EPOCH
+        .checked_add(std::time::Duration::new(
+            op.mtime.secs.max(0) as u64,
+            op.mtime.nanos,
+        ))
+        .filter(|_| op.mtime.secs >= 0);
+    match mtime {
+        Some(t) => file.set_modified(t).at(tmp)?,
+        None => filetime::set_file_mtime(tmp, ft(op.mtime)).at(tmp)?,
+    }
     file.sync_all().at(tmp)?;
-    drop(file);
-    filetime::set_file_mtime(tmp, ft(op.mtime)).at(tmp)?;
     Ok(late)
 }
 

@@ -95,10 +95,6 @@ pub struct HttpStoreReader {
 
 /// Whole packs kept for an origin that ignores Range.
 const WHOLE_CACHE: usize = 4;
-/// The most of an object the signed head does not size that is kept whole when an origin
-/// ignores Range; a larger one is read only up to the range asked for, every time.
-const WHOLE_LIMIT: u64 = 256 << 20;
-
 impl HttpStoreReader {
     /// A reader of the store at `base` (`http://` or `https://`).
     pub fn new(base: &str, opts: HttpOptions) -> Result<Self, SyncError> {
@@ -304,11 +300,10 @@ impl HttpStoreReader {
                 && size.is_none()
                 && whole_fits(content_length(&resp), self.signed_size(url)) =>
             {
-                // Range ignored: keep the whole object (no more than its signed size, or
-                // WHOLE_LIMIT), so later ranges of it are cut from this copy instead of
-                // asked for again.
+                // Range ignored: keep the whole object (no more than its signed size), so
+                // later ranges of it are cut from this copy instead of asked for again.
                 self.ignores_ranges.store(true, Ordering::Relaxed);
-                let limit = self.signed_size(url).unwrap_or(WHOLE_LIMIT);
+                let limit = self.signed_size(url).unwrap_or(0);
                 let mut all = Vec::new();
                 resp.into_body()
                     .into_reader()
@@ -476,13 +471,13 @@ impl HttpStoreReader {
             }
             200 => {
                 // Ranges ignored: keep the whole body (later ranges of this pack are cut from
-                // it) if it is no larger than the signed size or WHOLE_LIMIT, take what we
-                // need, and ask single ranges from now on.
+                // it) if the head sizes it and it is no larger, take what we need, and ask
+                // single ranges from now on.
                 self.multi.store(MULTI_NO, Ordering::Relaxed);
                 if !whole_fits(content_length(&resp), self.signed_size(&url)) {
                     return Ok(None);
                 }
-                let limit = self.signed_size(&url).unwrap_or(WHOLE_LIMIT);
+                let limit = self.signed_size(&url).unwrap_or(0);
                 let mut body = Vec::new();
                 resp.into_body()
                     .into_reader()
@@ -564,8 +559,7 @@ impl StoreReader for HttpStoreReader {
                 b
             }
             None if self.signed_size(&url).is_none() => {
-                // Unknown size: the object is kept whole only if small enough (read_answer
-                // decides), else this range alone is read from its body.
+                // Not sized by the head: only this range is read from the body.
                 return self.fetch(&pack.object_key(), Some(range), None);
             }
             None => {
@@ -649,10 +643,10 @@ impl StoreReader for HttpStoreReader {
 }
 
 /// Whether a whole object of `len` bytes (its Content-Length, if given) may be kept in
-/// memory: no larger than its signed size, or [`WHOLE_LIMIT`] when the head does not size it.
+/// memory: only an object the verified head sizes, and no larger than that. Of any other,
+/// only the range asked for is read.
 fn whole_fits(len: Option<u64>, signed: Option<u64>) -> bool {
-    let limit = signed.unwrap_or(WHOLE_LIMIT);
-    len.is_none_or(|l| l <= limit)
+    signed.is_some_and(|s| len.is_none_or(|l| l <= s))
 }
 
 fn content_length(resp: &ureq::http::Response<ureq::Body>) -> Option<u64> {

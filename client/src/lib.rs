@@ -45,4 +45,5 @@ pub use locate::fetch_chunks;
 pub use objstore::ObjectStoreReader;
 pub use plan::{FetchOp, FileOp, Plan, Source};
 pub use ranges::coalesce;
+pub use state::lock_mirror;
 pub use store::{CountingReader, HeadFetch, LocalStoreReader, Overhead, StoreReader};

@@ -210,14 +210,12 @@ pub fn sync_rsync(
     filter: &Filter,
     metadata_patterns: &[String],
     dry_run: bool,
+    wait: std::time::Duration,
 ) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
-    if !dry_run {
-        std::fs::create_dir_all(dest).map_err(|source| SyncError::Io {
-            path: dest.to_path_buf(),
-            source,
-        })?;
-    }
+    check_url(url)?;
+    // One sync of a mirror at a time, whatever its origin (creates the mirror directory).
+    let _lock = crate::state::lock_mirror(dest, dry_run, wait)?;
     let base: Vec<String> = ["-rlpt", MODIFY_WINDOW, "--stats", "--delay-updates"]
         .iter()
         .map(|s| s.to_string())

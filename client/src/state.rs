@@ -321,15 +321,18 @@ impl State {
 }
 
 /// Locks `file` (exclusive, or shared for a dry run), waiting up to `wait` for another
-/// sync to let go; then [`SyncError::Busy`] naming the holder's pid.
+/// sync to let go; then [`SyncError::Busy`] naming `what` and, if the file holds one, the
+/// holder's pid.
 fn take_lock(
     mut file: File,
     path: &Path,
-    dir: &Path,
+    what: &Path,
     wait: Duration,
     shared: bool,
 ) -> Result<File, SyncError> {
-    let deadline = Instant::now() + wait;
+    // A wait too long to represent is no deadline at all.
+    let deadline = Instant::now().checked_add(wait);
+    let mut announced = false;
     loop {
         let r = if shared {
             file.try_lock_shared()
@@ -338,15 +341,24 @@ fn take_lock(
         };
         match r {
             Ok(()) => return Ok(file),
-            Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50).min(deadline - Instant::now()));
+            Err(fs::TryLockError::WouldBlock)
+                if deadline.is_none_or(|d| Instant::now() < d) && !wait.is_zero() =>
+            {
+                if !announced {
+                    pulpdist_failpoint::hit("sync.waiting");
+                    announced = true;
+                }
+                let left = deadline.map_or(Duration::from_millis(50), |d| {
+                    d.saturating_duration_since(Instant::now())
+                });
+                std::thread::sleep(Duration::from_millis(50).min(left));
             }
             Err(fs::TryLockError::WouldBlock) => {
                 let mut holder = String::new();
                 let _ = (&mut file).take(64).read_to_string(&mut holder);
                 let holder = holder.trim();
                 return Err(SyncError::Busy {
-                    state: dir.to_path_buf(),
+                    state: what.to_path_buf(),
                     holder: if holder.is_empty() {
                         String::new()
                     } else {
@@ -356,6 +368,22 @@ fn take_lock(
             }
             Err(fs::TryLockError::Error(e)) => return Err(e).at(path),
         }
+    }
+}
+
+/// Locks the mirror directory itself for a sync (exclusive; shared for a dry run), so that
+/// two syncs of one mirror never run at once even when they keep their state in different
+/// places (one with `--state`, one without; one naming the mirror through a symlink) or
+/// keep none (an `rsync://` origin). A writer creates the directory; a dry run of a mirror
+/// that does not exist yet locks nothing. Held until the returned file is dropped.
+pub fn lock_mirror(dest: &Path, dry_run: bool, wait: Duration) -> Result<Option<File>, SyncError> {
+    if !dry_run {
+        fs::create_dir_all(dest).at(dest)?;
+    }
+    match File::open(dest) {
+        Ok(f) => take_lock(f, dest, dest, wait, dry_run).map(Some),
+        Err(e) if dry_run && e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).at(dest),
     }
 }
 

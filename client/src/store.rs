@@ -155,10 +155,7 @@ impl StoreReader for LocalStoreReader {
 
 /// The object key of a tree's head, after checking the name.
 pub(crate) fn head_key(tree: &str) -> Result<String, SyncError> {
-    pulpdist_format::validate_tree_name(tree).map_err(|source| SyncError::Format {
-        object: "tree name".into(),
-        source,
-    })?;
+    pulpdist_format::validate_tree_name(tree).map_err(|e| SyncError::Usage(e.to_string()))?;
     Ok(format!("heads/{tree}"))
 }
 

@@ -9,8 +9,9 @@
 //! - `PULPDIST_FAILPOINT=STEP:N:wait:FILE`: instead, it creates `FILE.reached` and waits
 //!   until `FILE` exists (at most 5 minutes, then aborts), so a test can hold a process at
 //!   a step while another runs (two publishers racing for one head).
-//! - `PULPDIST_FAILPOINT_LOG=FILE`: every step reached is appended to `FILE`, one name a
-//!   line, so a test can list the points of a run and then stop a run at each of them.
+//! - `PULPDIST_FAILPOINT_LOG=FILE`: every step reached is appended to `FILE`, one a line
+//!   (`STEP`, or `STEP<TAB>PATH` for a step done to a path), so a test can list the points
+//!   of a run, stop a run at each of them, and check the order of renames and deletions.
 //!
 //! Without them [`hit`] costs one load of an initialised `OnceLock`. The steps are named
 //! `sync.*` and `publish.*`; docs/ARCHITECTURE.md lists them.
@@ -66,10 +67,20 @@ fn armed() -> &'static Armed {
 /// Marks that the process reached `step`: logs it if asked to, and aborts the process if
 /// this is the hit a test asked to stop at.
 pub fn hit(step: &str) {
+    hit_at(step, std::path::Path::new(""));
+}
+
+/// [`hit`], naming what the step was done to (a path): the log line is `STEP<TAB>PATH`, so a
+/// test can check the order in which paths were renamed and deleted.
+pub fn hit_at(step: &str, what: &std::path::Path) {
     let a = armed();
     if let Some(log) = &a.log {
         if let Ok(mut f) = log.lock() {
-            let _ = writeln!(f, "{step}");
+            let _ = if what.as_os_str().is_empty() {
+                writeln!(f, "{step}")
+            } else {
+                writeln!(f, "{step}\t{}", what.display())
+            };
         }
     }
     if let Some((name, n, wait)) = &a.stop {

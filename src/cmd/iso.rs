@@ -242,7 +242,15 @@ fn rebuild(
         .collect();
     // Fetched chunks wait in a scratch file beside the output, not in memory: an image can
     // need gigabytes of them.
-    let scratch = out.with_extension("chunks");
+    let scratch = {
+        let mut r = [0u8; 8];
+        getrandom::getrandom(&mut r).context("random name for the scratch file")?;
+        let name = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        out.with_file_name(format!(".{name}.chunks-{}", hex::encode(r)))
+    };
     let mut fetched: HashMap<ChunkId, (u64, u32)> = HashMap::new();
     let mut scratch_file: Option<File> = None;
     let (mut requests, mut bytes_fetched) = (0u64, 0u64);
@@ -265,8 +273,7 @@ fn rebuild(
         let reader = super::stores::reader(store, http, &s3, &rt)?;
         let counted = pulpdist_client::CountingReader::new(reader.as_ref());
         let f = File::options()
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .read(true)
             .write(true)
             .open(&scratch)

@@ -117,7 +117,7 @@ fn parse_rules(rules: &[String]) -> Result<pulpdist_format::filter::Filter> {
     for r in rules {
         f.push(
             pulpdist_format::filter::Rule::parse(r)
-                .with_context(|| "on the command line".to_string())?,
+                .map_err(|e| super::usage(format!("on the command line: {e}")))?,
         );
     }
     Ok(f)

@@ -147,7 +147,10 @@ pub fn run(mut a: Args) -> Result<()> {
         // A plain rsync origin: no signed index to check against, rsync's own checksums.
         let mut cli_rules = pulpdist_format::filter::Filter::new();
         for r in &a.filter {
-            cli_rules.push(pulpdist_format::filter::Rule::parse(r)?);
+            cli_rules.push(
+                pulpdist_format::filter::Rule::parse(r)
+                    .map_err(|e| super::usage(format!("--filter: {e}")))?,
+            );
         }
         let filter = match &def {
             Some(d) => d.filter_with(&cli_rules),
@@ -159,6 +162,7 @@ pub fn run(mut a: Args) -> Result<()> {
             &filter,
             &metadata_patterns,
             a.dry_run,
+            std::time::Duration::from_secs(a.wait.unwrap_or(0)),
         )
         .with_context(|| format!("syncing tree '{tree}' from {store} into {}", dest.display()))?;
         if a.json {

@@ -115,6 +115,42 @@ pub fn write(root: &Path, v: u32) {
         mtime,
     );
     std::os::unix::fs::symlink("stable", root.join("dists/bookworm")).expect("suite link");
+    if v == 1 {
+        // A suite dropped in version 2 with its packages: a whole directory of indexes,
+        // and the pool directory they name, are deleted.
+        let mut packages = String::new();
+        for i in 0..3 {
+            let rel = format!("pool/old/o{i}/o{i}_1_amd64.deb");
+            let data = bytes(90_000 + i, 5_000);
+            put(root, &rel, &data, 0o644, BASE);
+            packages.push_str(&format!(
+                "Package: o{i}\nFilename: {rel}\nSize: {}\nSHA256: {}\n\n",
+                data.len(),
+                sha256(&data)
+            ));
+        }
+        let p = "dists/oldstable/main/binary-amd64/Packages";
+        put(root, p, packages.as_bytes(), 0o644, BASE);
+        let release = format!(
+            "Suite: oldstable\nSHA256:\n {} {} main/binary-amd64/Packages\n",
+            sha256(packages.as_bytes()),
+            packages.len()
+        );
+        put(
+            root,
+            "dists/oldstable/Release",
+            release.as_bytes(),
+            0o644,
+            BASE,
+        );
+        put(
+            root,
+            "dists/oldstable/InRelease",
+            release.as_bytes(),
+            0o644,
+            BASE,
+        );
+    }
 
     // RPM: packages, a hash-named primary index, repomd.xml naming it.
     let mut primary = String::from("<metadata>\n");
