@@ -5,7 +5,7 @@
 mod common;
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use common::servers::{Builtin, Nginx, S3};
 use common::{assert_same_tree, bin, s, snapshot, Site};
@@ -129,9 +129,25 @@ impl Rig {
         args.push(s(&self.site.src()).to_string());
         let report = self.json(args);
         if self.backend == Backend::Nginx {
-            // The edge caches a head for 1 s (deploy/nginx/pulpdist-cdn.conf), counted in
-            // whole seconds of its clock.
-            std::thread::sleep(std::time::Duration::from_millis(2100));
+            // The edge caches a head for 1 s (deploy/nginx/pulpdist-cdn.conf): wait, with a
+            // deadline, until it serves the head just published.
+            let want = fs::read(Path::new(&self.publish_store).join("heads/tree")).expect("head");
+            let url = format!("{}/heads/tree", self.sync_store);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let got = ureq::get(&url)
+                    .call()
+                    .ok()
+                    .and_then(|r| r.into_body().read_to_vec().ok());
+                if got.as_deref() == Some(&want[..]) {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the edge never served the new head"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
         }
         report
     }
