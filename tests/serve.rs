@@ -360,3 +360,45 @@ fn sigterm_lets_a_response_in_flight_finish() {
     // And it no longer accepts connections.
     assert!(std::net::TcpStream::connect(&host).is_err());
 }
+
+/// Regression: serve followed symlinks in the store, so whoever could write into `heads/`
+/// or `packs/` could publish any file the server reads (its TLS key), and `heads/x ->
+/// /dev/zero` took it to gigabytes. Only regular files are served, heads up to 1 MiB.
+#[test]
+fn symlinks_fifos_and_huge_heads_in_the_store_are_not_served() {
+    let site = published(36, 1);
+    let store = site.store();
+    let secret = site.p("tls.key");
+    fs::write(&secret, b"-----BEGIN PRIVATE KEY-----\n").expect("secret");
+    std::os::unix::fs::symlink(&secret, store.join("heads/stolen")).expect("link");
+    std::os::unix::fs::symlink("/dev/zero", store.join("heads/zero")).expect("zero");
+    let fake_pack = format!("packs/{}.pack", "ab".repeat(32));
+    std::os::unix::fs::symlink(&secret, store.join(&fake_pack)).expect("pack link");
+    fs::File::create(store.join("heads/huge"))
+        .and_then(|f| f.set_len(2 << 20))
+        .expect("huge");
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(store.join("heads/fifo"))
+        .status()
+        .expect("mkfifo");
+    assert!(fifo.success());
+    let server = Builtin::start(&store);
+    let host = server.url.trim_start_matches("http://").to_string();
+    let mut c = Conn::open(&host);
+    for path in [
+        "/heads/stolen",
+        "/heads/zero",
+        "/heads/fifo",
+        &format!("/{fake_pack}"),
+    ] {
+        let r = c.send("GET", path, &[]);
+        assert_eq!(r.status, 404, "{path}");
+        assert!(!r.body.starts_with(b"-----BEGIN"), "{path}");
+    }
+    let r = c.send("GET", "/heads/huge", &[]);
+    assert_eq!(r.status, 500);
+    assert!(r.body.len() < 1024);
+    // The real tree is still served.
+    let r = c.send("GET", "/heads/tree", &[]);
+    assert_eq!(r.status, 200);
+}

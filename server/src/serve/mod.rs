@@ -12,6 +12,7 @@
 //! then stops accepting and lets open requests finish.
 
 pub mod authz;
+mod files;
 mod metrics;
 pub mod range;
 mod reach;
@@ -419,7 +420,7 @@ impl Handler {
         };
         let path = self.opts.store.join(&key);
         let (object, etag, cache) = match &target {
-            Target::Head(_) => match tokio::fs::read(&path).await {
+            Target::Head(_) => match read_head(path.clone()).await {
                 Ok(b) => {
                     let tag = blake3::hash(&b).to_hex();
                     (
@@ -431,14 +432,13 @@ impl Handler {
                 Err(e) => return io_error(&path, e),
             },
             _ => {
-                let opened = async {
-                    let f = tokio::fs::File::open(&path).await?;
-                    let md = f.metadata().await?;
-                    Ok::<_, std::io::Error>((f, md.len()))
-                };
-                match opened.await {
+                let p = path.clone();
+                let opened = tokio::task::spawn_blocking(move || files::open_regular(&p))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+                match opened {
                     Ok((f, len)) => (
-                        Object::File(f, len),
+                        Object::File(tokio::fs::File::from_std(f), len),
                         etag.unwrap_or_default(),
                         cache.unwrap_or_default(),
                     ),
@@ -541,6 +541,13 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// A head, read as [`files::read_head`] reads it, off the async threads.
+async fn read_head(path: std::path::PathBuf) -> std::io::Result<Vec<u8>> {
+    tokio::task::spawn_blocking(move || files::read_head(&path))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
 }
 
 fn io_error(path: &std::path::Path, e: std::io::Error) -> Response<Body> {

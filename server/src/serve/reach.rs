@@ -37,7 +37,7 @@ impl Reach {
         tree: &str,
         trusted: Option<&pulpdist_format::TrustedKeys>,
     ) -> Option<Arc<HashSet<PackId>>> {
-        let head = std::fs::read(root.join("heads").join(tree)).ok()?;
+        let head = super::files::read_head(&root.join("heads").join(tree)).ok()?;
         if let Ok(c) = self.cache.lock() {
             if let Some(e) = c.get(tree) {
                 if e.head == head {
@@ -100,9 +100,11 @@ fn walk(root: &Path, head_bytes: &[u8]) -> Result<HashSet<PackId>, String> {
         let path: PathBuf = root.join(r.loc.pack.object_key());
         let f = match files.entry(r.loc.pack) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?)
-            }
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                super::files::open_regular(&path)
+                    .map(|(f, _)| f)
+                    .map_err(|e| format!("{}: {e}", path.display()))?,
+            ),
         };
         let range = r.loc.range();
         let mut stored = vec![0u8; (range.end - range.start) as usize];
