@@ -11,9 +11,88 @@ use pulpdist_format::{
     PackInfo, PackKind, SecretKey, VersionPacks,
 };
 
+/// An index pack written by hand, as an attacker holding the signing pipeline would: node
+/// encodings added one by one (children first), then a head naming the root, signed with
+/// the site's real key.
+struct HandIndex {
+    pack: PackId,
+    builder: PackBuilder,
+    out: Vec<u8>,
+}
+
+impl HandIndex {
+    fn new(tag: &[u8]) -> Self {
+        let pack = PackId::derived(tag);
+        let (builder, out) = PackBuilder::new(pack);
+        HandIndex { pack, builder, out }
+    }
+
+    /// Adds a node's encoding; returns the reference a parent names it by.
+    fn add(&mut self, bytes: &[u8]) -> NodeRef {
+        let id = NodeId::of(bytes);
+        let loc = self.builder.add(
+            ObjectKind::Node,
+            id.0,
+            Codec::Raw,
+            bytes.len() as u32,
+            bytes.len() as u32,
+        );
+        self.out.extend_from_slice(bytes);
+        NodeRef { id, loc }
+    }
+
+    /// Writes the pack and a head for `root` as `version` of tree `tree` into the store.
+    fn publish(self, site: &Site, root: NodeRef, version: u64) {
+        let HandIndex {
+            pack,
+            builder,
+            mut out,
+        } = self;
+        let (tail, size) = builder.finish();
+        out.extend_from_slice(&tail);
+        fs::write(site.store().join(pack.object_key()), &out).expect("pack");
+        let key =
+            SecretKey::from_text(&fs::read_to_string(site.key()).expect("key")).expect("parse key");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64;
+        let head = Head {
+            tree: "tree".into(),
+            version,
+            created: now,
+            expires: now + 3600,
+            root,
+            params: ChunkParams::DEFAULT,
+            recent: vec![VersionPacks {
+                version,
+                packs: vec![PackInfo {
+                    id: pack,
+                    size,
+                    kind: PackKind::Index,
+                }],
+            }],
+            extensions: vec![],
+        };
+        fs::write(
+            site.store().join("heads/tree"),
+            head.sign(&key).expect("sign"),
+        )
+        .expect("head");
+    }
+}
+
+fn dir_entry(name: &[u8], node: NodeRef) -> Entry {
+    Entry {
+        name: Name::new(name.to_vec()).expect("name"),
+        mode: 0o755,
+        mtime: Mtime::default(),
+        kind: EntryKind::Dir { node },
+    }
+}
+
 /// Writes a store object set whose root node has one entry named `evil` (patched into the
-/// encoding after the fact, as an attacker holding the signing pipeline would), signed as
-/// version `version` with the site's real key.
+/// encoding after the fact), signed as version `version` with the site's real key.
 fn plant(site: &Site, evil: &[u8; 2], version: u64) {
     let node = Node::new(vec![Entry {
         name: Name::new(b"xx".to_vec()).expect("name"),
@@ -30,48 +109,70 @@ fn plant(site: &Site, evil: &[u8; 2], version: u64) {
         .position(|w| w == b"xx")
         .expect("name in encoding");
     bytes[at..at + 2].copy_from_slice(evil);
-    let id = NodeId::of(&bytes);
-    let pack = PackId::derived(evil);
-    let (mut b, mut out) = PackBuilder::new(pack);
-    let loc = b.add(
-        ObjectKind::Node,
-        id.0,
-        Codec::Raw,
-        bytes.len() as u32,
-        bytes.len() as u32,
+    let mut index = HandIndex::new(evil);
+    let root = index.add(&bytes);
+    index.publish(site, root, version);
+}
+
+/// Regression: a 6 kB index whose directory nodes all name the same child (10⁷ paths)
+/// drove a sync past 3.6 GB; paths longer than PATH_MAX replaced a file with empty
+/// directories and made every rerun fail. Both are refused before anything is written,
+/// with bounded memory.
+#[test]
+fn index_bombs_are_refused_before_anything_is_written() {
+    let site = Site::new();
+    fs::write(site.src().join("good"), b"good").expect("write");
+    site.publish();
+    site.sync();
+    let before = snapshot(&site.mirror());
+
+    // Seven levels of ten directories, each level naming the one below ten times.
+    let mut index = HandIndex::new(b"fanout");
+    let leaf = Node::new(vec![Entry {
+        name: Name::new(b"f".to_vec()).expect("name"),
+        mode: 0o644,
+        mtime: Mtime::default(),
+        kind: EntryKind::Symlink {
+            target: b"x".to_vec(),
+        },
+    }])
+    .expect("leaf");
+    let mut child = index.add(&leaf.encode());
+    for _ in 0..7 {
+        let names: Vec<Vec<u8>> = (0..10).map(|i| format!("d{i}").into_bytes()).collect();
+        let node = Node::new(names.iter().map(|n| dir_entry(n, child)).collect()).expect("node");
+        child = index.add(&node.encode());
+    }
+    index.publish(&site, child, 20);
+    let out = bin_timed().args(site.sync_args()).output().expect("sync");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("repeated"), "{err}");
+    assert!(peak_rss_kb(&err) < 256 * 1024, "{err}");
+    assert_eq!(
+        before,
+        snapshot(&site.mirror()),
+        "the bomb changed the mirror"
     );
-    out.extend_from_slice(&bytes);
-    let (tail, size) = b.finish();
-    out.extend_from_slice(&tail);
-    fs::write(site.store().join(pack.object_key()), &out).expect("pack");
-    let key =
-        SecretKey::from_text(&fs::read_to_string(site.key()).expect("key")).expect("parse key");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64;
-    let head = Head {
-        tree: "tree".into(),
-        version,
-        created: now,
-        expires: now + 3600,
-        root: NodeRef { id, loc },
-        params: ChunkParams::DEFAULT,
-        recent: vec![VersionPacks {
-            version,
-            packs: vec![PackInfo {
-                id: pack,
-                size,
-                kind: PackKind::Index,
-            }],
-        }],
-        extensions: vec![],
-    };
-    fs::write(
-        site.store().join("heads/tree"),
-        head.sign(&key).expect("sign"),
-    )
-    .expect("head");
+
+    // Twenty nested directories of 250-byte names: paths past 4,095 bytes.
+    let mut index = HandIndex::new(b"deep");
+    let name = vec![b'x'; 250];
+    let mut child = index.add(&leaf.encode());
+    for _ in 0..20 {
+        let node = Node::new(vec![dir_entry(&name, child)]).expect("node");
+        child = index.add(&node.encode());
+    }
+    index.publish(&site, child, 21);
+    let out = site.try_sync(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("longer than 4095"), "{err}");
+    assert_eq!(
+        before,
+        snapshot(&site.mirror()),
+        "the deep tree changed the mirror"
+    );
 }
 
 #[test]

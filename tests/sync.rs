@@ -630,3 +630,33 @@ fn a_sync_that_died_while_renaming_is_followed_by_a_full_check() {
     // Back to normal: the next sync is one request.
     assert_eq!(site.sync()["requests"], 1);
 }
+
+/// Regression: a directory symlink planted over an unchanged subtree (or the subtree
+/// deleted) was replaced by an empty directory and the version recorded; only `--full`
+/// refilled it. The sync that replaces it refills it, and writes nothing through the link.
+#[test]
+fn a_planted_symlink_over_an_unchanged_subtree_is_replaced_and_refilled() {
+    let site = Site::new();
+    pulpdist_testdata::generate(&site.src(), 81, 1).expect("generate");
+    site.publish();
+    site.sync();
+    let victim = site.p("victim");
+    fs::create_dir_all(&victim).expect("victim");
+    fs::write(victim.join("keep"), b"not the mirror's").expect("victim file");
+    let victim_before = snapshot(&victim);
+    for round in 0..2 {
+        // A change elsewhere: pool/ stays the same in the new version.
+        fs::write(site.src().join(format!("docs-change-{round}")), b"new").expect("change");
+        site.publish();
+        fs::remove_dir_all(site.mirror().join("pool")).expect("remove pool");
+        if round == 0 {
+            std::os::unix::fs::symlink(&victim, site.mirror().join("pool")).expect("plant");
+        }
+        site.sync();
+        assert!(fs::symlink_metadata(site.mirror().join("pool"))
+            .expect("pool")
+            .is_dir());
+        assert_same_tree(&site.src(), &site.mirror());
+        assert_eq!(victim_before, snapshot(&victim), "written through the link");
+    }
+}

@@ -386,7 +386,20 @@ fn sync_locked(
             }
         }
     }
-    let changes = changed_dirs(&store, state, old_root, head.root, &mem_packs, opts.max_gap)?;
+    let mut changes = changed_dirs(&store, state, old_root, head.root, &mem_packs, opts.max_gap)?;
+    // A directory on the way to a changed one that is a symlink now (planted by someone
+    // who can write the mirror) is replaced by a real directory, and what the unchanged
+    // rest of it held must come back too: then every directory is checked, as with --full.
+    // Likewise a directory the index keeps unchanged that is gone or not a directory on
+    // disk: remade, it would stay empty (its node is not walked).
+    if old_root.is_some()
+        && (changes
+            .iter()
+            .any(|c| symlink_on_the_way(&opts.dest, &c.rel))
+            || unchanged_dir_missing(&opts.dest, state, &changes))
+    {
+        changes = changed_dirs(&store, state, None, head.root, &mem_packs, opts.max_gap)?;
+    }
     drop(mem_packs);
     report.dirs_examined = changes.len() as u64;
 
@@ -769,6 +782,33 @@ fn remove_ranked(path: &Path, patterns: &[String]) -> Result<(), SyncError> {
         fs::remove_dir(d).at(d)?;
     }
     Ok(())
+}
+
+/// Whether a changed directory has a subdirectory the index keeps unchanged (so it is not
+/// walked) that is not a real directory on disk.
+fn unchanged_dir_missing(dest: &Path, state: &State, changes: &[DirChange]) -> bool {
+    let walked: std::collections::HashSet<&Path> =
+        changes.iter().map(|c| c.rel.as_path()).collect();
+    changes.iter().any(|c| {
+        let Some(node) = state.node(&c.new) else {
+            return false;
+        };
+        node.entries().iter().any(|e| {
+            let rel = c.rel.join(std::ffi::OsStr::from_bytes(e.name.as_bytes()));
+            matches!(e.kind, EntryKind::Dir { .. })
+                && !walked.contains(rel.as_path())
+                && !fs::symlink_metadata(dest.join(&rel)).is_ok_and(|m| m.is_dir())
+        })
+    })
+}
+
+/// Whether a component of `rel` (below `dest`, the last one included) is a symlink.
+fn symlink_on_the_way(dest: &Path, rel: &Path) -> bool {
+    let mut cur = dest.to_path_buf();
+    rel.components().any(|c| {
+        cur.push(c);
+        fs::symlink_metadata(&cur).is_ok_and(|m| m.file_type().is_symlink())
+    })
 }
 
 /// Makes the symlink `path` -> `link_target` under a temporary name beside it (its parents

@@ -34,6 +34,7 @@ pub(crate) fn changed_dirs(
     }
     let mut frontier: Vec<(PathBuf, Option<NodeId>, NodeRef)> =
         vec![(PathBuf::new(), old_root, new_root)];
+    let mut bounds = Bounds::default();
     while !frontier.is_empty() {
         let mut seen = HashSet::new();
         let missing: Vec<NodeRef> = frontier
@@ -47,6 +48,7 @@ pub(crate) fn changed_dirs(
             let new = state.node(&new_ref.id).ok_or_else(|| {
                 SyncError::Config(format!("node {} vanished from the local state", new_ref.id))
             })?;
+            bounds.reach(&rel, new_ref.id, &new)?;
             let old = old_id.and_then(|id| state.node(&id));
             for e in new.entries() {
                 if let EntryKind::Dir { node } = &e.kind {
@@ -72,6 +74,73 @@ pub(crate) fn changed_dirs(
         frontier = next;
     }
     Ok(changes)
+}
+
+/// The longest path written into a mirror, in bytes (PATH_MAX less the terminating NUL).
+pub(crate) const MAX_PATH: usize = 4095;
+
+/// Limits on what a (validly signed) index can make a sync walk. Identical directories
+/// share one node, so a 6 kB index whose nodes all name the same child spans 10⁷ paths: a
+/// directory reached many more times than there are distinct directories is such a bomb.
+/// Real trees repeat a node now and then (empty directories, identical copies), never by
+/// orders of magnitude.
+#[derive(Default)]
+struct Bounds {
+    distinct: HashSet<NodeId>,
+    distinct_entries: u64,
+    dirs: u64,
+    entries: u64,
+}
+
+impl Bounds {
+    /// Directories, and entries, reached beyond this many per distinct one (plus a margin).
+    const REPEAT: u64 = 16;
+    const DIR_MARGIN: u64 = 100_000;
+    const ENTRY_MARGIN: u64 = 1_000_000;
+
+    fn reach(
+        &mut self,
+        rel: &std::path::Path,
+        id: NodeId,
+        node: &pulpdist_format::Node,
+    ) -> Result<(), SyncError> {
+        let n = node.entries().len() as u64;
+        self.dirs += 1;
+        self.entries += n;
+        if self.distinct.insert(id) {
+            self.distinct_entries += n;
+        }
+        let refuse = |reason: String| SyncError::Format {
+            object: "the tree's index".into(),
+            source: pulpdist_format::FormatError::Invalid {
+                what: "index",
+                reason,
+            },
+        };
+        if self.dirs > Self::REPEAT * self.distinct.len() as u64 + Self::DIR_MARGIN
+            || self.entries > Self::REPEAT * self.distinct_entries + Self::ENTRY_MARGIN
+        {
+            return Err(refuse(format!(
+                "{} directories and {} entries reached from {} distinct directories: the same directories repeated to blow the tree up; refused before anything is written",
+                self.dirs,
+                self.entries,
+                self.distinct.len()
+            )));
+        }
+        let base = rel.as_os_str().len();
+        if let Some(e) = node
+            .entries()
+            .iter()
+            .find(|e| base + 1 + e.name.as_bytes().len() > MAX_PATH)
+        {
+            return Err(refuse(format!(
+                "{}/{}: a path longer than {MAX_PATH} bytes; refused before anything is written",
+                rel.display(),
+                String::from_utf8_lossy(e.name.as_bytes())
+            )));
+        }
+        Ok(())
+    }
 }
 
 fn fetch_nodes(
