@@ -203,3 +203,79 @@ fn s3_without_credentials_fails_at_once() {
         "{err}"
     );
 }
+
+/// Regression: a directory swapped for a symlink while a (root) sync ran sent later writes
+/// outside the mirror: the "real directory" check was cached, then path-based create,
+/// rename, chmod, utimes and delete followed the symlink. Now every write is relative to a
+/// directory handle opened without following symlinks. Held by a fail point at two moments
+/// (before the directory is opened for writing, and after), the swap changes nothing
+/// outside the mirror.
+#[test]
+fn a_directory_swapped_for_a_symlink_mid_sync_cannot_redirect_writes() {
+    for (round, at) in ["sync.fetch:1", "sync.write:1"].into_iter().enumerate() {
+        let site = Site::new();
+        let dir = site.src().join("pub/a");
+        fs::create_dir_all(&dir).expect("dir");
+        for i in 0..6 {
+            fs::write(dir.join(format!("f{i}")), format!("v1 {i}")).expect("file");
+        }
+        site.publish_with(&["--deltas", "0"]);
+        site.sync();
+        for i in 0..3 {
+            fs::write(dir.join(format!("f{i}")), format!("v2 {i} longer")).expect("file");
+            fs::set_permissions(dir.join(format!("f{i}")), fs::Permissions::from_mode(0o600))
+                .expect("chmod");
+        }
+        fs::remove_file(dir.join("f5")).expect("rm");
+        fs::write(dir.join("f6"), b"new").expect("new");
+        site.publish_with(&["--deltas", "0"]);
+
+        let victim = site.p("victim");
+        fs::create_dir_all(&victim).expect("victim");
+        for i in 0..7 {
+            fs::write(victim.join(format!("f{i}")), b"precious").expect("victim file");
+        }
+        let before = snapshot(&victim);
+        let release = site.p(&format!("release{round}"));
+        let child = bin()
+            .args(site.sync_args())
+            .env("PULPDIST_FAILPOINT", format!("{at}:wait:{}", s(&release)))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let reached = site.p(&format!("release{round}.reached"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !reached.exists() {
+            assert!(Instant::now() < deadline, "{at} never reached");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The local user's move: the directory goes away, a symlink to the victim in its place.
+        let m = site.mirror().join("pub/a");
+        fs::rename(&m, site.p(&format!("moved{round}"))).expect("move away");
+        std::os::unix::fs::symlink(&victim, &m).expect("plant");
+        fs::write(&release, b"go").expect("release");
+        let out = child.wait_with_output().expect("wait");
+        assert_eq!(
+            before,
+            snapshot(&victim),
+            "{at}: written through the symlink ({})",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Either way, the next sync puts the mirror right, inside.
+        let out = site.try_sync(&[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = site.try_sync(&["--full"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_same_tree(&site.src(), &site.mirror());
+        assert_eq!(before, snapshot(&victim));
+    }
+}

@@ -90,11 +90,24 @@ fn assert_order(trace: &[(String, String)]) {
         !dt.is_empty() && !dm.is_empty() && !dp.is_empty(),
         "{trace:#?}"
     );
-    before(
-        &dt,
-        &dm,
-        "old top indexes deleted before the indexes they list",
-    );
+    // Each old top index goes before the indexes below its directory.
+    for &t in &dt {
+        let dir = trace[t]
+            .1
+            .rsplit_once('/')
+            .map_or("", |(d, _)| d)
+            .to_string();
+        let below: Vec<usize> = dm
+            .iter()
+            .copied()
+            .filter(|&i| trace[i].1.starts_with(&format!("{dir}/")))
+            .collect();
+        before(
+            &[t],
+            &below,
+            "old top indexes deleted before the indexes they list",
+        );
+    }
     before(&dm, &dp, "old indexes deleted before the files they name");
 }
 

@@ -18,12 +18,13 @@ use pulpdist_format::{
 };
 
 use crate::error::{IoContext, SyncError};
-use crate::fsutil::{absolute_dir, remove_any, sync_dir, temp_beside, SafeDirs};
+use crate::fsutil::{absolute_dir, sync_dir, SafeDirs};
 use crate::glob::glob_match;
 use crate::glob::DEFAULT_METADATA_PATTERNS;
 use crate::plan::{DirView, FetchOp, Observed, PlanSettings, Planner, Source};
 use crate::state::{Access, State};
 use crate::store::{CountingReader, HeadFetch, StoreReader};
+use crate::tree::{At, Tree};
 use crate::walk::{changed_dirs, slice, DirChange};
 
 /// How to sync.
@@ -531,50 +532,72 @@ fn sync_locked(
     if applied.is_none() {
         state.set_applying(&opts.tree)?;
     }
-    // 3. Directories, parents first (remembering which are new, to undo them on failure).
-    let mut created: Vec<PathBuf> = Vec::new();
-    let mut dir_mtimes: HashMap<PathBuf, filetime::FileTime> = HashMap::new();
-    // A file or symlink where a directory goes is moved aside (renamed, not deleted): a
-    // failure puts it back, and it is deleted with the other deletions.
-    let mut aside: Vec<(PathBuf, PathBuf)> = Vec::new();
-    for d in &plan.mkdirs {
-        let abs = dest.join(d);
-        if fs::symlink_metadata(&abs).is_ok_and(|m| !m.is_dir()) {
-            let parent = safe.ensure(d.parent().unwrap_or(Path::new("")), true)?;
-            let target = parent.join(d.file_name().unwrap_or_default());
-            let tmp = temp_beside(&target);
-            fs::rename(&target, &tmp).at(&target)?;
-            aside.push((target, tmp));
+    // Every write from here on is relative to directory handles opened without following
+    // symlinks (`tree.rs`): a directory swapped for a symlink while the sync runs cannot
+    // send a write, a mode change or a deletion outside the mirror.
+    let mut tree = Tree::open(dest)?;
+    let rank = |name: &std::ffi::OsStr| -> u8 {
+        let pats: Vec<&str> = opts.metadata_patterns.iter().map(String::as_str).collect();
+        if crate::tree::named(name, crate::glob::TOP_METADATA_PATTERNS) {
+            0
+        } else if crate::tree::named(name, &pats) {
+            1
+        } else {
+            2
         }
-        let existed = fs::symlink_metadata(&abs).is_ok();
-        if let (false, Some(parent)) = (existed, abs.parent()) {
-            if let (false, Ok(md)) = (dir_mtimes.contains_key(parent), fs::metadata(parent)) {
-                let mtime = filetime::FileTime::from_last_modification_time(&md);
-                dir_mtimes.insert(parent.to_path_buf(), mtime);
+    };
+    // 3. Directories, parents first (remembering which are new, to undo them on failure).
+    let mut created: Vec<At> = Vec::new();
+    let mut dir_mtimes: HashMap<PathBuf, (crate::tree::DirFd, Mtime)> = HashMap::new();
+    let mut remember_mtime = |rel: &Path, fd: &crate::tree::DirFd| {
+        if !dir_mtimes.contains_key(rel) {
+            if let Ok(m) = crate::tree::mtime_of(fd) {
+                dir_mtimes.insert(rel.to_path_buf(), (std::sync::Arc::clone(fd), m));
             }
         }
-        safe.ensure(d, true)?;
-        if !existed {
-            created.push(abs);
+    };
+    // A file or symlink where a directory goes is moved aside (renamed, not deleted): a
+    // failure puts it back, and it is deleted with the other deletions.
+    let mut aside: Vec<(At, At)> = Vec::new();
+    for d in &plan.mkdirs {
+        let at = tree.at(d, true)?;
+        let parent_rel = d.parent().unwrap_or(Path::new(""));
+        remember_mtime(parent_rel, &at.dir);
+        match at.kind()? {
+            Some(rustix::fs::FileType::Directory) => {}
+            Some(_) => {
+                let tmp = at.temp();
+                at.rename_to(&tmp)?;
+                aside.push((at.clone(), tmp));
+                tree.dir(d, true)?;
+                created.push(at);
+            }
+            None => {
+                tree.dir(d, true)?;
+                created.push(at);
+            }
         }
         pulpdist_failpoint::hit("sync.mkdir");
     }
     // 4a. Every new file is written beside its target first. If one fails (a full disk, a
     // chunk that no longer verifies), the others are removed and the mirror is as it was.
-    let mut ready: Vec<(PathBuf, PathBuf, bool)> = Vec::with_capacity(plan.files.len());
+    let mut ready: Vec<(At, At, bool)> = Vec::with_capacity(plan.files.len());
     for op in &plan.files {
-        let parent = op.path.parent().unwrap_or(Path::new(""));
-        let written = safe.ensure(parent, true).and_then(|dir| {
-            if let (false, Ok(md)) = (dir_mtimes.contains_key(&dir), fs::metadata(&dir)) {
-                dir_mtimes.insert(
-                    dir.clone(),
-                    filetime::FileTime::from_last_modification_time(&md),
-                );
-            }
-            let target = dir.join(op.path.file_name().unwrap_or_default());
-            let tmp = temp_beside(&target);
+        let written = tree.at(&op.path, true).and_then(|target| {
+            remember_mtime(op.path.parent().unwrap_or(Path::new("")), &target.dir);
+            let tmp = target.temp();
+            let file = tmp.create_new()?;
             ready.push((tmp.clone(), target, op.metadata));
-            write_file(dest, state, &tmp, op, &all_refs, &store, opts.max_gap)
+            write_file(
+                dest,
+                state,
+                file,
+                &tmp.path,
+                op,
+                &all_refs,
+                &store,
+                opts.max_gap,
+            )
         });
         match written {
             Ok(n) => {
@@ -583,16 +606,16 @@ fn sync_locked(
             }
             Err(e) => {
                 for (tmp, _, _) in &ready {
-                    let _ = fs::remove_file(tmp);
+                    let _ = tmp.remove_file();
                 }
                 for d in created.iter().rev() {
-                    let _ = fs::remove_dir(d);
+                    let _ = d.remove_dir();
                 }
                 for (target, tmp) in &aside {
-                    let _ = fs::rename(tmp, target);
+                    let _ = tmp.rename_to(target);
                 }
-                for (d, mtime) in &dir_mtimes {
-                    let _ = filetime::set_file_mtime(d, *mtime);
+                for (fd, mtime) in dir_mtimes.values() {
+                    let _ = crate::tree::set_mtime(fd, *mtime);
                 }
                 return Err(e);
             }
@@ -605,66 +628,58 @@ fn sync_locked(
     // recorded the mirror is between versions: say so, durably.
     state.set_applying(&opts.tree)?;
     pulpdist_failpoint::hit("sync.applying");
-    let mut touched: std::collections::BTreeSet<PathBuf> = created
-        .iter()
-        .filter_map(|d| d.parent().map(Path::to_path_buf))
-        .collect();
+    // Directories whose entries change, flushed before the version is recorded.
+    let mut touched: Vec<crate::tree::DirFd> = created.iter().map(|a| a.dir.clone()).collect();
     // Targets that are directories now: replacing one removes what is under it, so it
     // waits for the deletions.
-    let mut deferred: Vec<(PathBuf, PathBuf)> = Vec::new();
-    let is_meta = |p: &Path| {
-        let name = p.file_name().map(|n| n.as_bytes()).unwrap_or_default();
-        opts.metadata_patterns
-            .iter()
-            .any(|pat| glob_match(pat.as_bytes(), name))
-    };
-    let mut put = |tmp: PathBuf, target: PathBuf, deferred: &mut Vec<(PathBuf, PathBuf)>| {
-        if let Some(parent) = target.parent() {
-            touched.insert(parent.to_path_buf());
-        }
-        if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
+    let mut deferred: Vec<(At, At)> = Vec::new();
+    let is_meta = |p: &Path| rank(p.file_name().unwrap_or_default()) < 2;
+    let mut put = |tmp: At, target: At, deferred: &mut Vec<(At, At)>| -> Result<(), SyncError> {
+        touched.push(target.dir.clone());
+        if target.is_dir() {
             deferred.push((tmp, target));
             return Ok(());
         }
-        fs::rename(&tmp, &target).at(&target)
+        tmp.rename_to(&target)
     };
     let (meta_ready, payload_ready): (Vec<_>, Vec<_>) =
         ready.into_iter().partition(|(_, _, meta)| *meta);
     for (tmp, target, _) in payload_ready {
-        pulpdist_failpoint::hit_at("sync.rename", &target);
+        pulpdist_failpoint::hit_at("sync.rename", &target.path);
         put(tmp, target, &mut deferred)?;
     }
     // 5. Symlinks, also by rename (those named as metadata with the metadata).
     let (meta_links, payload_links): (Vec<_>, Vec<_>) =
         plan.symlinks.iter().partition(|(path, _, _)| is_meta(path));
     for (path, link_target, mtime) in payload_links {
-        let (tmp, target) = make_link(&mut safe, path, link_target, *mtime)?;
-        pulpdist_failpoint::hit_at("sync.symlink", &target);
+        let target = tree.at(path, true)?;
+        let tmp = target.temp();
+        tmp.symlink(link_target, *mtime)?;
+        pulpdist_failpoint::hit_at("sync.symlink", &target.path);
         put(tmp, target, &mut deferred)?;
     }
-    // 6. Attribute fixes of current files (a mode or an mtime: no index names them).
+    // 6. Attribute fixes of current files (a mode or an mtime: no index names them),
+    // flushed before the version is recorded.
     for a in &plan.attrs {
-        let p = safe
-            .ensure(a.path.parent().unwrap_or(Path::new("")), false)?
-            .join(a.path.file_name().unwrap_or_default());
-        set_attrs(&p, a.mode, a.mtime)?;
-        // A mode or mtime change is an inode change: flushed before the version is recorded.
-        File::open(&p).and_then(|f| f.sync_all()).at(&p)?;
+        tree.at(&a.path, false)?.set_file_attrs(a.mode, a.mtime)?;
         pulpdist_failpoint::hit("sync.attr");
     }
     // 7. Repository metadata, in the plan's order.
     for (tmp, target, _) in meta_ready {
-        pulpdist_failpoint::hit_at("sync.rename_metadata", &target);
+        pulpdist_failpoint::hit_at("sync.rename_metadata", &target.path);
         put(tmp, target, &mut deferred)?;
     }
     for (path, link_target, mtime) in meta_links {
-        let (tmp, target) = make_link(&mut safe, path, link_target, *mtime)?;
-        pulpdist_failpoint::hit_at("sync.symlink_metadata", &target);
+        let target = tree.at(path, true)?;
+        let tmp = target.temp();
+        tmp.symlink(link_target, *mtime)?;
+        pulpdist_failpoint::hit_at("sync.symlink_metadata", &target.path);
         put(tmp, target, &mut deferred)?;
     }
     // 8. Deletions, last, deepest first; the old indexes before the files they name (top
     // indexes, then the other metadata and directories holding some, then the rest); then
-    // the directories replaced by a file or link.
+    // what was moved aside; then the directories replaced by a file or link.
+    let deleted_file = |p: &Path| pulpdist_failpoint::hit_at("sync.delete_file", p);
     let mut deletes: Vec<(u8, &PathBuf)> = plan
         .deletes
         .iter()
@@ -672,40 +687,41 @@ fn sync_locked(
         .collect();
     deletes.sort_by_key(|(rank, _)| *rank);
     for (_, d) in deletes {
-        let dir = safe.ensure(d.parent().unwrap_or(Path::new("")), false)?;
-        let path = dir.join(d.file_name().unwrap_or_default());
-        pulpdist_failpoint::hit_at("sync.delete", &path);
-        remove_ranked(&path, &opts.metadata_patterns)?;
-        touched.insert(dir);
+        let at = tree.at(d, false)?;
+        pulpdist_failpoint::hit_at("sync.delete", &at.path);
+        at.remove_ranked(&rank, &deleted_file)?;
+        tree.forget(d);
+        touched.push(at.dir.clone());
     }
     for (_, tmp) in &aside {
-        pulpdist_failpoint::hit_at("sync.delete", tmp);
-        remove_any(tmp)?;
-        if let Some(parent) = tmp.parent() {
-            touched.insert(parent.to_path_buf());
-        }
+        pulpdist_failpoint::hit_at("sync.delete", &tmp.path);
+        tmp.remove_ranked(&rank, &deleted_file)?;
+        touched.push(tmp.dir.clone());
     }
     for (tmp, target) in deferred {
-        pulpdist_failpoint::hit_at("sync.replace_dir", &target);
-        remove_ranked(&target, &opts.metadata_patterns)?;
-        fs::rename(&tmp, &target).at(&target)?;
+        pulpdist_failpoint::hit_at("sync.replace_dir", &target.path);
+        target.remove_ranked(&rank, &deleted_file)?;
+        tmp.rename_to(&target)?;
     }
-    // 9. Directory modes and mtimes, now that their contents are final.
+    // 9. Directory modes and mtimes, now that their contents are final (flushed).
     for a in &plan.dir_attrs {
-        let p = safe.ensure(&a.path, false)?;
-        set_attrs(&p, a.mode, a.mtime)?;
-        touched.insert(p);
+        let fd = tree.dir(&a.path, false)?;
+        crate::tree::set_fd_attrs(&fd, a.mode, a.mtime).at(dest.join(&a.path))?;
         pulpdist_failpoint::hit("sync.dir_attr");
     }
     if applied.is_none() {
         // A first sync made the mirror directory itself: its entry in its parent, too.
-        touched.extend(dest.parent().map(Path::to_path_buf));
-        touched.insert(dest.to_path_buf());
+        if let Some(parent) = dest.parent() {
+            sync_dir(parent)?;
+        }
+        touched.push(tree.dir(Path::new(""), false)?);
     }
     // 10. Every directory whose entries changed reaches the disk before the version is
     // recorded: after a power cut, a recorded version never has renames that were lost.
-    for d in &touched {
-        sync_dir(d)?;
+    touched.sort_by_key(|fd| std::sync::Arc::as_ptr(fd) as usize);
+    touched.dedup_by_key(|fd| std::sync::Arc::as_ptr(fd) as usize);
+    for fd in &touched {
+        crate::tree::sync(fd).at(dest)?;
     }
     pulpdist_failpoint::hit("sync.synced");
     // 11. Only now is the new version applied.
@@ -748,42 +764,6 @@ fn deletion_rank(path: &Path, patterns: &[String]) -> u8 {
     2
 }
 
-/// Removes `path` (a file, a symlink, or a directory tree, never followed through a
-/// symlink), a directory's contents in the order of [`deletion_rank`]: its top indexes,
-/// then its other metadata, then the rest, so that no index in it names a file already
-/// gone; then the directories, deepest first.
-fn remove_ranked(path: &Path, patterns: &[String]) -> Result<(), SyncError> {
-    match fs::symlink_metadata(path) {
-        Ok(md) if md.is_dir() => {}
-        Ok(_) => return fs::remove_file(path).at(path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).at(path),
-    }
-    let mut files: Vec<(u8, PathBuf)> = Vec::new();
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    let mut todo = vec![path.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in fs::read_dir(&d).at(&d)? {
-            let p = e.at(&d)?.path();
-            if fs::symlink_metadata(&p).at(&p)?.is_dir() {
-                todo.push(p);
-            } else {
-                files.push((deletion_rank(&p, patterns), p));
-            }
-        }
-        dirs.push(d);
-    }
-    files.sort_by_key(|(rank, _)| *rank);
-    for (_, f) in files {
-        pulpdist_failpoint::hit_at("sync.delete_file", &f);
-        fs::remove_file(&f).at(&f)?;
-    }
-    for d in dirs.iter().rev() {
-        fs::remove_dir(d).at(d)?;
-    }
-    Ok(())
-}
-
 /// Whether a changed directory has a subdirectory the index keeps unchanged (so it is not
 /// walked) that is not a real directory on disk.
 fn unchanged_dir_missing(dest: &Path, state: &State, changes: &[DirChange]) -> bool {
@@ -809,22 +789,6 @@ fn symlink_on_the_way(dest: &Path, rel: &Path) -> bool {
         cur.push(c);
         fs::symlink_metadata(&cur).is_ok_and(|m| m.file_type().is_symlink())
     })
-}
-
-/// Makes the symlink `path` -> `link_target` under a temporary name beside it (its parents
-/// real directories, made if needed); returns the temporary and the final path.
-fn make_link(
-    safe: &mut SafeDirs,
-    path: &Path,
-    link_target: &[u8],
-    mtime: Mtime,
-) -> Result<(PathBuf, PathBuf), SyncError> {
-    let dir = safe.ensure(path.parent().unwrap_or(Path::new("")), true)?;
-    let target = dir.join(path.file_name().unwrap_or_default());
-    let tmp = temp_beside(&target);
-    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(link_target), &tmp).at(&tmp)?;
-    filetime::set_symlink_file_times(&tmp, ft(mtime), ft(mtime)).at(&tmp)?;
-    Ok((tmp, target))
 }
 
 /// Fetches the head's delta from the tree the mirror holds (its root), if it has one and it
@@ -913,11 +877,6 @@ fn use_delta(
 
 fn ft(m: Mtime) -> filetime::FileTime {
     filetime::FileTime::from_unix_time(m.secs, m.nanos)
-}
-
-fn set_attrs(path: &Path, mode: u32, mtime: Mtime) -> Result<(), SyncError> {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).at(path)?;
-    filetime::set_file_mtime(path, ft(mtime)).at(path)
 }
 
 fn to_mtime(md: &fs::Metadata) -> Mtime {
@@ -1187,10 +1146,13 @@ fn fetch_loose(
     Ok(n)
 }
 
-/// Writes one file's content into `tmp`, sets its mode and mtime, and flushes it.
+/// Writes one file's content into `file` (the new temporary file `tmp`), sets its mode
+/// and mtime, and flushes it.
+#[allow(clippy::too_many_arguments)]
 fn write_file(
     dest: &Path,
     state: &State,
+    file: File,
     tmp: &Path,
     op: &crate::plan::FileOp,
     refs: &HashMap<ChunkId, ChunkRef>,
@@ -1198,7 +1160,7 @@ fn write_file(
     max_gap: u64,
 ) -> Result<u64, SyncError> {
     let mut late = 0;
-    let mut f = std::io::BufWriter::with_capacity(1 << 20, File::create(tmp).at(tmp)?);
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, file);
     for (id, len, src) in &op.chunks {
         let chunk = match src {
             Source::Local { path, offset } => match read_local(dest, path, *offset, *len, *id) {

@@ -140,13 +140,3 @@ pub(crate) fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), SyncError> {
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), SyncError> {
     fs::File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
-
-/// Removes whatever is at `path` (file, symlink or directory tree), if anything.
-pub(crate) fn remove_any(path: &Path) -> Result<(), SyncError> {
-    match fs::symlink_metadata(path) {
-        Ok(md) if md.is_dir() => fs::remove_dir_all(path).at(path),
-        Ok(_) => fs::remove_file(path).at(path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).at(path),
-    }
-}

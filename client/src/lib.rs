@@ -33,6 +33,7 @@ pub mod rsync;
 mod staging;
 mod state;
 mod store;
+mod tree;
 mod walk;
 
 pub use config::{ConfigError, SyncConfig, MAX_CONFIG_SIZE};
