@@ -170,6 +170,24 @@ impl Tls {
 
     /// A raw GET as `site`: status, body, and headers other than Date.
     fn get(&self, site: &str, path: &str) -> (u16, Vec<u8>, Vec<(String, String)>) {
+        let agent = self.agent(site);
+        let resp = agent
+            .get(&format!("{}{path}", self.url))
+            .call()
+            .expect("GET");
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .filter(|(k, _)| k.as_str() != "date")
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let body = resp.into_body().read_to_vec().expect("body");
+        (status, body, headers)
+    }
+
+    /// An HTTPS client with `site`'s certificate, which keeps its connections open.
+    fn agent(&self, site: &str) -> ureq::Agent {
         let ca = self.p("ca");
         let pem = |f: &str| fs::read(ca.join(f)).expect("pem");
         let chain = ureq::tls::parse_pem(&pem(&format!("{site}.pem")))
@@ -189,24 +207,11 @@ impl Tls {
             .root_certs(ureq::tls::RootCerts::new_with_certs(&roots))
             .client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)))
             .build();
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        ureq::Agent::config_builder()
             .http_status_as_error(false)
             .tls_config(tls)
             .build()
-            .into();
-        let resp = agent
-            .get(&format!("{}{path}", self.url))
-            .call()
-            .expect("GET");
-        let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .filter(|(k, _)| k.as_str() != "date")
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-            .collect();
-        let body = resp.into_body().read_to_vec().expect("body");
-        (status, body, headers)
+            .into()
     }
 
     fn packs_of(&self, tree: &str) -> Vec<String> {
@@ -351,10 +356,27 @@ fn revocation_and_authorization_changes_apply_without_restart() {
         "serve died"
     );
 
-    // Revoke berlin too, and SIGHUP: once reloaded, berlin's next connection is refused.
+    // Revoke berlin too, and SIGHUP: once reloaded, berlin's next connection is refused,
+    // and so is the next request on a connection it opened before (regression: a revoked
+    // certificate kept reading over a connection opened before the SIGHUP).
+    let berlin = t.agent("berlin");
+    let read = |a: &ureq::Agent| {
+        // The body read to its end, so that the connection goes back to the pool.
+        a.get(&format!("{}/heads/a", t.url)).call().ok().map(|r| {
+            let status = r.status().as_u16();
+            let _ = r.into_body().read_to_vec();
+            status
+        })
+    };
+    assert_eq!(read(&berlin), Some(200));
     ok(&["ca", "revoke", "--dir", s(&t.p("ca")), "--site", "berlin"]);
     hup(&t);
     t.server.wait_log("reloaded TLS certificates", 2);
+    t.server.wait_log(
+        "closed a connection whose client certificate is now revoked",
+        1,
+    );
+    assert_eq!(read(&berlin), None, "a revoked site still reads");
     let ma = t.p("berlin/a");
     let out = t.sync(Some("berlin"), "a", &ma);
     assert_eq!(

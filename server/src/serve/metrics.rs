@@ -37,6 +37,7 @@ pub struct Metrics {
     in_flight: AtomicU64,
     connections: AtomicU64,
     tls_refused: AtomicU64,
+    revoked_closed: AtomicU64,
 }
 
 /// Counts one request as in flight until dropped (when its response body has been sent).
@@ -73,6 +74,11 @@ impl Metrics {
         self.tls_refused.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts an open connection closed because a reload revoked its client certificate.
+    pub fn revoked_closed(&self) {
+        self.revoked_closed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts an accepted connection.
     pub fn connection(&self) {
         self.connections.fetch_add(1, Ordering::Relaxed);
@@ -105,11 +111,15 @@ impl Metrics {
              pulpdist_http_connections_total {}\n\
              # HELP pulpdist_tls_handshakes_refused_total TLS handshakes that failed (no, untrusted or revoked client certificate).\n\
              # TYPE pulpdist_tls_handshakes_refused_total counter\n\
-             pulpdist_tls_handshakes_refused_total {}\n",
+             pulpdist_tls_handshakes_refused_total {}\n\
+             # HELP pulpdist_tls_connections_revoked_total Open connections closed because a reload revoked their client certificate.\n\
+             # TYPE pulpdist_tls_connections_revoked_total counter\n\
+             pulpdist_tls_connections_revoked_total {}\n",
             self.body_bytes.load(Ordering::Relaxed),
             self.in_flight.load(Ordering::Relaxed),
             self.connections.load(Ordering::Relaxed),
             self.tls_refused.load(Ordering::Relaxed),
+            self.revoked_closed.load(Ordering::Relaxed),
         );
         s
     }

@@ -110,7 +110,9 @@ pub struct Handler {
     metrics: Arc<Metrics>,
     boundaries: AtomicU64,
     access: Option<Access>,
-    tls: Option<RwLock<Arc<rustls::ServerConfig>>>,
+    tls: Option<RwLock<tls::TlsSetup>>,
+    /// Counts TLS reloads: open connections re-check their client certificate on each.
+    reloads: tokio::sync::watch::Sender<u64>,
 }
 
 /// Per-tree access control: the authorization file (reloaded when it changes) and the
@@ -277,6 +279,7 @@ impl Handler {
             boundaries: AtomicU64::new(0),
             access,
             tls,
+            reloads: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -306,6 +309,8 @@ impl Handler {
                         *w = c;
                     }
                     eprintln!("pulpdist serve: reloaded TLS certificates and revocation lists");
+                    // Open connections re-check their certificate against the new lists.
+                    self.reloads.send_modify(|n| *n += 1);
                 }
                 Err(e) => eprintln!("pulpdist serve: keeping the TLS configuration in force: {e}"),
             }
@@ -315,7 +320,16 @@ impl Handler {
     fn tls_config(&self) -> Option<Arc<rustls::ServerConfig>> {
         self.tls
             .as_ref()
-            .and_then(|l| l.read().ok().map(|c| c.clone()))
+            .and_then(|l| l.read().ok().map(|c| c.config.clone()))
+    }
+
+    /// Whether a client certificate chain accepted earlier passes the verifier in force
+    /// (after a reload: not revoked by a CRL loaded since).
+    fn still_valid(&self, chain: &[rustls::pki_types::CertificateDer<'static>]) -> bool {
+        self.tls
+            .as_ref()
+            .and_then(|l| l.read().ok().map(|c| c.still_valid(chain)))
+            .unwrap_or(true)
     }
 
     /// Whether `peer` may read `target`. Without an authorization file everything is public.
@@ -687,7 +701,7 @@ pub async fn serve(
                 tokio::spawn(async move {
                     match acceptor {
                         None => {
-                            run_connection(stream, h, Peer::default(), header_timeout, watcher).await;
+                            run_connection(stream, h, Peer::default(), header_timeout, watcher, None).await;
                         }
                         Some(acceptor) => {
                             let Ok(Ok(tls)) =
@@ -697,7 +711,13 @@ pub async fn serve(
                                 h.metrics.tls_refused();
                                 return;
                             };
-                            let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+                            let chain: Vec<rustls::pki_types::CertificateDer<'static>> = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                                .unwrap_or_default();
+                            let cert = chain.first();
                             let identities = cert.and_then(tls::identities);
                             if cert.is_some() && identities.is_none() {
                                 eprintln!("pulpdist serve: a client certificate with several subject CNs (or unreadable) is granted nothing");
@@ -706,7 +726,8 @@ pub async fn serve(
                                 verified: identities.is_some(),
                                 identities: identities.unwrap_or_default(),
                             };
-                            run_connection(tls, h, peer, header_timeout, watcher).await;
+                            let recheck = (!chain.is_empty()).then(|| (h.reloads.subscribe(), chain));
+                            run_connection(tls, h, peer, header_timeout, watcher, recheck).await;
                         }
                     }
                 });
@@ -725,25 +746,54 @@ pub async fn serve(
 }
 
 /// Serves HTTP/1.1 on one connection until it closes or a graceful shutdown ends it.
+/// With `recheck` (a client certificate chain, and the reload counter), the connection is
+/// closed as soon as a reload revokes its certificate: a revoked site does not keep reading
+/// over a connection it opened before.
 async fn run_connection<IO>(
     io: IO,
     handler: Arc<Handler>,
     peer: Peer,
     header_timeout: Duration,
     watcher: hyper_util::server::graceful::Watcher,
+    recheck: Option<(
+        tokio::sync::watch::Receiver<u64>,
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+    )>,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = Arc::new(peer);
+    let h = handler.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (h, peer) = (handler.clone(), peer.clone());
+        let (h, peer) = (h.clone(), peer.clone());
         async move { Ok::<_, Infallible>(h.handle(req, &peer).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(io), service);
-    let _ = watcher.watch(conn).await;
+    let conn = watcher.watch(conn);
+    let Some((mut reloads, chain)) = recheck else {
+        let _ = conn.await;
+        return;
+    };
+    tokio::pin!(conn);
+    loop {
+        tokio::select! {
+            _ = &mut conn => return,
+            changed = reloads.changed() => {
+                if changed.is_err() {
+                    let _ = conn.await;
+                    return;
+                }
+                if !handler.still_valid(&chain) {
+                    handler.metrics.revoked_closed();
+                    eprintln!("pulpdist serve: closed a connection whose client certificate is now revoked");
+                    return;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

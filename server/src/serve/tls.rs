@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
@@ -59,8 +60,32 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A server configuration and the client certificate verifier in it (with its CRLs).
+#[derive(Clone, Debug)]
+pub struct TlsSetup {
+    /// The rustls configuration new connections get.
+    pub config: Arc<ServerConfig>,
+    /// The client certificate verifier, when client certificates are required.
+    pub verifier: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+impl TlsSetup {
+    /// Whether a client certificate chain accepted earlier still passes this
+    /// configuration's verifier (a CRL loaded since may revoke it).
+    pub fn still_valid(&self, chain: &[CertificateDer<'static>]) -> bool {
+        match (&self.verifier, chain.split_first()) {
+            (None, _) => true,
+            (Some(v), Some((end, rest))) => v
+                .verify_client_cert(end, rest, rustls::pki_types::UnixTime::now())
+                .is_ok(),
+            (Some(_), None) => false,
+        }
+    }
+}
+
 /// Builds the server configuration (HTTP/1.1 only).
-pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(files: &TlsFiles) -> Result<TlsSetup, TlsError> {
+    let mut verifier_in_force = None;
     let chain = certs(&files.cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| file_err(&files.key, e))?;
     let builder = ServerConfig::builder_with_provider(provider())
@@ -88,6 +113,7 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
                 .with_crls(crls)
                 .build()
                 .map_err(|e| TlsError::Config(e.to_string()))?;
+            verifier_in_force = Some(Arc::clone(&verifier));
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -95,7 +121,10 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::Config(format!("{}: {e}", files.cert.display())))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(TlsSetup {
+        config: Arc::new(config),
+        verifier: verifier_in_force,
+    })
 }
 
 /// The identities of a (verified) client certificate: its subject CN, DNS and URI SANs.
