@@ -402,3 +402,110 @@ fn symlinks_fifos_and_huge_heads_in_the_store_are_not_served() {
     let r = c.send("GET", "/heads/tree", &[]);
     assert_eq!(r.status, 200);
 }
+
+/// A TCP connection to `addr` from the loopback address `from` (127.0.0.x), left idle.
+fn idle_from(
+    rt: &tokio::runtime::Runtime,
+    from: &str,
+    addr: std::net::SocketAddr,
+) -> Option<std::net::TcpStream> {
+    rt.block_on(async {
+        let s = tokio::net::TcpSocket::new_v4().ok()?;
+        s.bind(format!("{from}:0").parse().ok()?).ok()?;
+        s.connect(addr).await.ok()?.into_std().ok()
+    })
+}
+
+/// The value of a counter or gauge on `/metrics`.
+fn metric(c: &mut Conn, name: &str) -> u64 {
+    let r = c.send("GET", "/metrics", &[]);
+    String::from_utf8_lossy(&r.body)
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// Regression: about 1,100 idle connections exhausted a 1024-descriptor limit and normal
+/// clients timed out; a client that stopped reading held its connection and file for ever.
+/// Connections are capped in all and per address, a stalled response is closed, and the
+/// soft descriptor limit is raised at start. A normal client is served throughout.
+#[test]
+fn idle_floods_and_stalled_readers_do_not_starve_other_clients() {
+    let site = published(37, 12);
+    let (proc, port) = common::servers::spawn_serve(&[
+        "--store",
+        s(&site.store()),
+        "--listen",
+        "127.0.0.1:0",
+        "--max-connections",
+        "64",
+        "--max-per-address",
+        "8",
+        "--stall-seconds",
+        "1",
+    ]);
+    let url = format!("http://127.0.0.1:{port}");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    // The descriptor limit was raised to the hard limit.
+    let limits = fs::read_to_string(format!("/proc/{}/limits", proc.child.id())).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("line");
+    let v: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(v[3], v[4], "soft limit not raised: {line}");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // 300 idle connections from one address: eight are kept, the rest closed at once.
+    let flood: Vec<_> = (0..300)
+        .filter_map(|_| idle_from(&rt, "127.0.0.2", addr))
+        .collect();
+    assert!(flood.len() >= 8);
+    let mut m = Conn::open(&format!("127.0.0.1:{port}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while metric(&mut m, "pulpdist_http_connections_refused_total") < 250 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flood was not refused"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // A client that asks for the largest pack and never reads.
+    let pack = fs::read_dir(site.store().join("packs"))
+        .expect("packs")
+        .map(|e| e.expect("entry").path())
+        .max_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a pack");
+    assert!(
+        fs::metadata(&pack).expect("len").len() > 8 << 20,
+        "want a pack larger than socket buffers"
+    );
+    let mut stalled = idle_from(&rt, "127.0.0.3", addr).expect("connect");
+    use std::io::Write;
+    write!(
+        stalled,
+        "GET /packs/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        pack.file_name().expect("name").to_string_lossy()
+    )
+    .expect("request");
+    // A normal client is served meanwhile, and the stalled response is closed.
+    let r = sync_via(&site, &url, &[]);
+    assert!(r["files"].as_u64().expect("files") > 0, "{r}");
+    assert_same_tree(&site.src(), &site.mirror());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while metric(&mut m, "pulpdist_http_connections_stalled_total") < 1
+        || metric(&mut m, "pulpdist_http_requests_in_flight") > 1
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled response was never closed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop(flood);
+    drop(stalled);
+}

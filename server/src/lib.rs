@@ -31,6 +31,6 @@ pub use delta::DeltaReport;
 pub use error::PublishError;
 pub use objstore::{ObjectStoreTarget, DEFAULT_PART_SIZE};
 pub use publish::{publish, PublishOptions, PublishReport, DEFAULT_DELTA_LEVEL};
-pub use serve::{serve, Handler, Peer, ServeError, ServeOptions};
+pub use serve::{raise_open_files, serve, Handler, Peer, ServeError, ServeOptions};
 pub use store::{LocalStore, Store, StoreLock, StoredHead};
 pub use trees::{parse_trees, TreeDef, TreesError};

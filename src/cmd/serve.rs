@@ -46,6 +46,16 @@ pub struct Args {
     /// only through a head one of them signed (a planted head widens nothing).
     #[arg(long, requires = "authz")]
     trust: Vec<PathBuf>,
+    /// Open connections at most; more are closed as they are accepted.
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
+    /// Open connections from one client address at most.
+    #[arg(long, default_value_t = 32)]
+    max_per_address: usize,
+    /// Seconds a response may wait for a client that stopped reading before the connection
+    /// is closed.
+    #[arg(long, default_value_t = 60)]
+    stall_seconds: u64,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -58,6 +68,18 @@ pub fn run(a: Args) -> Result<()> {
     let mut opts = ServeOptions::new(&a.store);
     opts.head_max_age = a.head_max_age;
     opts.drain_timeout = Duration::from_secs(a.drain_seconds);
+    opts.max_connections = a.max_connections;
+    opts.max_per_address = a.max_per_address;
+    opts.stall_timeout = Duration::from_secs(a.stall_seconds.max(1));
+    // The connection cap, not the descriptor table, is what a flood runs into.
+    let files = pulpdist_server::raise_open_files();
+    if files.is_some_and(|f| (f as usize) < a.max_connections.saturating_add(64)) {
+        eprintln!(
+            "pulpdist serve: warning: {} open files allowed, fewer than --max-connections {} needs",
+            files.unwrap_or(0),
+            a.max_connections
+        );
+    }
     opts.authz = a.authz.clone();
     if !a.trust.is_empty() {
         opts.trusted = Some(super::sync::load_trust(&a.trust)?);

@@ -38,6 +38,8 @@ pub struct Metrics {
     connections: AtomicU64,
     tls_refused: AtomicU64,
     revoked_closed: AtomicU64,
+    refused_connections: AtomicU64,
+    stalled: AtomicU64,
 }
 
 /// Counts one request as in flight until dropped (when its response body has been sent).
@@ -79,6 +81,16 @@ impl Metrics {
         self.revoked_closed.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a connection closed as it was accepted (no slot free for it).
+    pub fn refused_connection(&self) {
+        self.refused_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection closed because its client stopped reading.
+    pub fn stalled(&self) {
+        self.stalled.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts an accepted connection.
     pub fn connection(&self) {
         self.connections.fetch_add(1, Ordering::Relaxed);
@@ -114,12 +126,20 @@ impl Metrics {
              pulpdist_tls_handshakes_refused_total {}\n\
              # HELP pulpdist_tls_connections_revoked_total Open connections closed because a reload revoked their client certificate.\n\
              # TYPE pulpdist_tls_connections_revoked_total counter\n\
-             pulpdist_tls_connections_revoked_total {}\n",
+             pulpdist_tls_connections_revoked_total {}\n\
+             # HELP pulpdist_http_connections_refused_total Connections closed on accept: the server, or their address, held all its slots.\n\
+             # TYPE pulpdist_http_connections_refused_total counter\n\
+             pulpdist_http_connections_refused_total {}\n\
+             # HELP pulpdist_http_connections_stalled_total Connections closed because the client stopped reading a response.\n\
+             # TYPE pulpdist_http_connections_stalled_total counter\n\
+             pulpdist_http_connections_stalled_total {}\n",
             self.body_bytes.load(Ordering::Relaxed),
             self.in_flight.load(Ordering::Relaxed),
             self.connections.load(Ordering::Relaxed),
             self.tls_refused.load(Ordering::Relaxed),
             self.revoked_closed.load(Ordering::Relaxed),
+            self.refused_connections.load(Ordering::Relaxed),
+            self.stalled.load(Ordering::Relaxed),
         );
         s
     }

@@ -13,6 +13,7 @@
 
 pub mod authz;
 mod files;
+mod limits;
 mod metrics;
 pub mod range;
 mod reach;
@@ -40,6 +41,7 @@ use tokio::net::TcpListener;
 use pulpdist_format::PackId;
 
 use authz::{Authz, AuthzError, Grant, Identity};
+pub use limits::raise_open_files;
 pub use metrics::{Kind, Metrics};
 use range::RangeAnswer;
 
@@ -64,10 +66,18 @@ pub struct ServeOptions {
     pub trusted: Option<pulpdist_format::TrustedKeys>,
     /// Serve HTTPS with these files (client certificates if a client CA is given).
     pub tls: Option<tls::TlsFiles>,
+    /// Open connections at most; more are closed as they are accepted.
+    pub max_connections: usize,
+    /// Open connections from one client address at most.
+    pub max_per_address: usize,
+    /// How long a response may wait for a client that stopped reading before its
+    /// connection is closed.
+    pub stall_timeout: Duration,
 }
 
 impl ServeOptions {
-    /// Defaults: heads cached 10 s, 30 s for request headers, 30 s to drain on shutdown.
+    /// Defaults: heads cached 10 s, 30 s for request headers, 30 s to drain on shutdown,
+    /// 512 connections (32 per address), 60 s for a client that stopped reading.
     pub fn new(store: impl Into<PathBuf>) -> Self {
         ServeOptions {
             store: store.into(),
@@ -77,6 +87,9 @@ impl ServeOptions {
             authz: None,
             trusted: None,
             tls: None,
+            max_connections: 512,
+            max_per_address: 32,
+            stall_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -680,12 +693,23 @@ pub async fn serve(
             }
         })
     });
+    let slots = limits::Slots::new(handler.opts.max_connections, handler.opts.max_per_address);
+    let stall = handler.opts.stall_timeout;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((s, _)) => s,
+                let (stream, slot) = match accepted {
+                    Ok((s, addr)) => match slots.take(addr.ip()) {
+                        Some(slot) => (s, slot),
+                        None => {
+                            // Full, or this address holds its share: closed at once, so a
+                            // flood of idle connections cannot starve other clients.
+                            handler.metrics.refused_connection();
+                            drop(s);
+                            continue;
+                        }
+                    },
                     Err(e) => {
                         // Out of file descriptors and the like: wait rather than spin.
                         eprintln!("pulpdist serve: accept: {e}");
@@ -698,7 +722,9 @@ pub async fn serve(
                 let h = handler.clone();
                 let watcher = graceful.watcher();
                 let acceptor = h.tls_config().map(tokio_rustls::TlsAcceptor::from);
+                let stream = limits::StallGuard::new(stream, stall, handler.metrics.clone());
                 tokio::spawn(async move {
+                    let _slot = slot;
                     match acceptor {
                         None => {
                             run_connection(stream, h, Peer::default(), header_timeout, watcher, None).await;
