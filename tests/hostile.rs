@@ -43,6 +43,11 @@ impl HandIndex {
 
     /// Writes the pack and a head for `root` as `version` of tree `tree` into the store.
     fn publish(self, site: &Site, root: NodeRef, version: u64) {
+        self.publish_for(site, root, version, 3600);
+    }
+
+    /// [`HandIndex::publish`] with a head valid for `lifetime` seconds.
+    fn publish_for(self, site: &Site, root: NodeRef, version: u64, lifetime: i64) {
         let HandIndex {
             pack,
             builder,
@@ -61,7 +66,7 @@ impl HandIndex {
             tree: "tree".into(),
             version,
             created: now,
-            expires: now + 3600,
+            expires: now + lifetime,
             root,
             params: ChunkParams::DEFAULT,
             recent: vec![VersionPacks {
@@ -114,6 +119,24 @@ fn plant(site: &Site, evil: &[u8; 2], version: u64) {
     index.publish(site, root, version);
 }
 
+/// Regression: sync accepted a head valid for centuries (no freeze protection).
+#[test]
+fn a_head_valid_for_more_than_a_year_is_refused() {
+    let site = Site::new();
+    fs::write(site.src().join("good"), b"good").expect("write");
+    site.publish();
+    site.sync();
+    let before = snapshot(&site.mirror());
+    let mut index = HandIndex::new(b"forever");
+    let root = index.add(&Node::new(Vec::new()).expect("empty").encode());
+    index.publish_for(&site, root, 5, 100 * 365 * 86_400);
+    let out = site.try_sync(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("at most 366 days"), "{err}");
+    assert_eq!(before, snapshot(&site.mirror()));
+}
+
 /// Regression: a 6 kB index whose directory nodes all name the same child (10⁷ paths)
 /// drove a sync past 3.6 GB; paths longer than PATH_MAX replaced a file with empty
 /// directories and made every rerun fail. Both are refused before anything is written,
@@ -155,6 +178,30 @@ fn index_bombs_are_refused_before_anything_is_written() {
         "the bomb changed the mirror"
     );
 
+    // One wide directory of 50,000 entries, all the same empty directory, named forty
+    // times: refused before two million paths are queued.
+    let mut index = HandIndex::new(b"wide");
+    let empty = index.add(&Node::new(Vec::new()).expect("empty").encode());
+    let names: Vec<Vec<u8>> = (0..50_000)
+        .map(|i| format!("w{i:06}").into_bytes())
+        .collect();
+    let wide = Node::new(names.iter().map(|n| dir_entry(n, empty)).collect()).expect("wide");
+    let wide = index.add(&wide.encode());
+    let names: Vec<Vec<u8>> = (0..40).map(|i| format!("c{i:02}").into_bytes()).collect();
+    let root = Node::new(names.iter().map(|n| dir_entry(n, wide)).collect()).expect("root");
+    let root = index.add(&root.encode());
+    index.publish(&site, root, 22);
+    let out = bin_timed().args(site.sync_args()).output().expect("sync");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("repeated"), "{err}");
+    assert!(peak_rss_kb(&err) < 256 * 1024, "{err}");
+    assert_eq!(
+        before,
+        snapshot(&site.mirror()),
+        "the wide bomb changed the mirror"
+    );
+
     // Twenty nested directories of 250-byte names: paths past 4,095 bytes.
     let mut index = HandIndex::new(b"deep");
     let name = vec![b'x'; 250];
@@ -163,7 +210,7 @@ fn index_bombs_are_refused_before_anything_is_written() {
         let node = Node::new(vec![dir_entry(&name, child)]).expect("node");
         child = index.add(&node.encode());
     }
-    index.publish(&site, child, 21);
+    index.publish(&site, child, 23);
     let out = site.try_sync(&[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");

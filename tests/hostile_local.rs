@@ -126,8 +126,79 @@ fn a_truncated_or_swapped_pack_is_refused_with_3() {
     fs::copy(&small, &big).expect("swap");
     refused();
     assert!(!site.mirror().join("dists").exists());
+    // Over HTTP: a range past the end of the truncated pack (416), or a body shorter than
+    // the signed size.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&big)
+        .expect("open")
+        .set_len(len / 2)
+        .expect("truncate");
+    let server = common::servers::Builtin::start(&site.store());
+    let a = sync_cmd(
+        &server.url,
+        "tree",
+        &site.trust(),
+        &site.mirror(),
+        &["--retries", "0"],
+    );
+    let out = run(&strs(&a));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
     fs::copy(&keep, &big).expect("restore");
     site.sync();
+    assert_same_tree(&site.src(), &site.mirror());
+}
+
+/// Regression (from a review): every directory written stayed open, so a sync into more
+/// directories than the open-files limit failed. Run under a limit of 128 open files, a
+/// tree of 600 directories syncs; so does a name of 255 bytes (its temporary name is cut by
+/// bytes, not characters).
+#[test]
+fn many_directories_and_long_names_under_a_small_open_files_limit() {
+    let site = Site::new();
+    for i in 0..600 {
+        let d = site.src().join(format!("d{}/e{i}", i % 30));
+        fs::create_dir_all(&d).expect("dir");
+        fs::write(d.join("f"), format!("{i}")).expect("file");
+    }
+    let long: String = std::iter::repeat_n('\u{6587}', 85).collect(); // 85 x 3 bytes
+    assert_eq!(long.len(), 255);
+    fs::write(site.src().join(&long), b"long").expect("long name");
+    site.publish();
+    let mut a = vec![
+        "--nofile=128".to_string(),
+        env!("CARGO_BIN_EXE_pulpdist").to_string(),
+    ];
+    a.extend(site.sync_args());
+    let out = std::process::Command::new("prlimit")
+        .args(&a)
+        .output()
+        .expect("prlimit (util-linux)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_tree(&site.src(), &site.mirror());
+    // And an update touching all of them.
+    for i in 0..600 {
+        fs::write(
+            site.src().join(format!("d{}/e{i}/f", i % 30)),
+            format!("{i} v2"),
+        )
+        .expect("file");
+    }
+    site.publish();
+    let out = std::process::Command::new("prlimit")
+        .args(&a)
+        .output()
+        .expect("prlimit");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_same_tree(&site.src(), &site.mirror());
 }
 
@@ -138,10 +209,16 @@ fn key_trust_and_definition_files_are_size_capped() {
     let site = Site::new();
     pulpdist_testdata::generate(&site.src(), 73, 1).expect("generate");
     site.publish();
-    let started = Instant::now();
     let zero = "/dev/zero";
     let cases: Vec<Vec<String>> = vec![
         sync_cmd(s(&site.store()), "tree", zero, &site.mirror(), &[]),
+        sync_cmd(
+            "https://127.0.0.1:1",
+            "tree",
+            &site.trust(),
+            &site.mirror(),
+            &["--ca", zero],
+        ),
         site.publish_cmd(std::path::Path::new(zero), &[]),
         site.publish_cmd(&site.key(), &["--trees", zero]),
     ];
@@ -152,7 +229,6 @@ fn key_trust_and_definition_files_are_size_capped() {
         assert!(err.contains("larger than"), "{err}");
         assert!(peak_rss_kb(&err) < 64 * 1024, "{a:?}: {err}");
     }
-    assert!(started.elapsed() < Duration::from_secs(60));
 }
 
 /// Regression: `--store rsync://` with an empty host made rsync run ssh to a host named
@@ -262,14 +338,13 @@ fn a_directory_swapped_for_a_symlink_mid_sync_cannot_redirect_writes() {
             "{at}: written through the symlink ({})",
             String::from_utf8_lossy(&out.stderr)
         );
-        // Either way, the next sync puts the mirror right, inside.
-        let out = site.try_sync(&[]);
+        // The racing sync did not record the version over a mirror it could not finish:
+        // it failed, and the next ordinary sync puts the mirror right, inside.
         assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+            !out.status.success(),
+            "{at}: the racing sync recorded its version"
         );
-        let out = site.try_sync(&["--full"]);
+        let out = site.try_sync(&[]);
         assert!(
             out.status.success(),
             "{}",

@@ -5,7 +5,7 @@
 //! fetched as before: a delta can save requests and bytes, never lose a file.
 
 use std::collections::{HashMap, HashSet};
-use std::fs;
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -42,11 +42,13 @@ fn read_reference(safe: &mut SafeDirs, path: &[Name], size: u64) -> Option<Vec<u
     let rel = to_rel(path);
     let parent = safe.ensure(rel.parent()?, false).ok()?;
     let abs = parent.join(rel.file_name()?);
-    let md = fs::symlink_metadata(&abs).ok()?;
-    if !md.is_file() || md.len() != size {
+    let (f, len) = crate::fsutil::open_regular(&abs).ok()?;
+    if len != size {
         return None;
     }
-    fs::read(&abs).ok().filter(|d| d.len() as u64 == size)
+    let mut data = Vec::with_capacity(size as usize);
+    f.take(size + 1).read_to_end(&mut data).ok()?;
+    (data.len() as u64 == size).then_some(data)
 }
 
 /// A delta pack in memory.

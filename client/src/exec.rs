@@ -24,7 +24,7 @@ use crate::glob::DEFAULT_METADATA_PATTERNS;
 use crate::plan::{DirView, FetchOp, Observed, PlanSettings, Planner, Source};
 use crate::state::{Access, State};
 use crate::store::{CountingReader, HeadFetch, StoreReader};
-use crate::tree::{At, Tree};
+use crate::tree::Tree;
 use crate::walk::{changed_dirs, slice, DirChange};
 
 /// How to sync.
@@ -181,6 +181,9 @@ pub struct SyncReport {
     pub elapsed_ms: u64,
 }
 
+/// The longest a head may be valid (what `publish --expires-days` allows).
+pub const MAX_HEAD_LIFETIME: i64 = 366 * 86_400;
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -271,6 +274,24 @@ fn sync_locked(
         });
     }
     let now = opts.now.unwrap_or_else(unix_now);
+    // Freeze protection needs a bounded lifetime (publish gives 1 to 366 days) and a head
+    // that was not made in the future (a publisher's clock a day ahead is tolerated).
+    if head.expires.saturating_sub(head.created) > MAX_HEAD_LIFETIME
+        || head.created > now.saturating_add(86_400)
+    {
+        return Err(SyncError::Format {
+            object: head_object.clone(),
+            source: pulpdist_format::FormatError::Invalid {
+                what: "tree head",
+                reason: format!(
+                    "created {}, expires {}, now {now}: a head must be valid for at most {} days and not created in the future; refusing it",
+                    head.created,
+                    head.expires,
+                    MAX_HEAD_LIFETIME / 86_400
+                ),
+            },
+        });
+    }
     if now > head.expires {
         return Err(SyncError::Expired {
             tree: head.tree,
@@ -387,7 +408,16 @@ fn sync_locked(
             }
         }
     }
-    let mut changes = changed_dirs(&store, state, old_root, head.root, &mem_packs, opts.max_gap)?;
+    let base_len = opts.dest.as_os_str().len();
+    let mut changes = changed_dirs(
+        &store,
+        state,
+        old_root,
+        head.root,
+        &mem_packs,
+        opts.max_gap,
+        base_len,
+    )?;
     // A directory on the way to a changed one that is a symlink now (planted by someone
     // who can write the mirror) is replaced by a real directory, and what the unchanged
     // rest of it held must come back too: then every directory is checked, as with --full.
@@ -399,7 +429,15 @@ fn sync_locked(
             .any(|c| symlink_on_the_way(&opts.dest, &c.rel))
             || unchanged_dir_missing(&opts.dest, state, &changes))
     {
-        changes = changed_dirs(&store, state, None, head.root, &mem_packs, opts.max_gap)?;
+        changes = changed_dirs(
+            &store,
+            state,
+            None,
+            head.root,
+            &mem_packs,
+            opts.max_gap,
+            base_len,
+        )?;
     }
     drop(mem_packs);
     report.dirs_examined = changes.len() as u64;
@@ -533,8 +571,10 @@ fn sync_locked(
         state.set_applying(&opts.tree)?;
     }
     // Every write from here on is relative to directory handles opened without following
-    // symlinks (`tree.rs`): a directory swapped for a symlink while the sync runs cannot
-    // send a write, a mode change or a deletion outside the mirror.
+    // symlinks (`tree.rs`), resolved again for each operation: a directory swapped for a
+    // symlink while the sync runs cannot send a write, a mode change or a deletion outside
+    // the mirror. Only the directories the plan makes are made; a symlink or a missing
+    // directory anywhere else fails the sync, and the next one checks every directory.
     let mut tree = Tree::open(dest)?;
     let rank = |name: &std::ffi::OsStr| -> u8 {
         let pats: Vec<&str> = opts.metadata_patterns.iter().map(String::as_str).collect();
@@ -546,59 +586,59 @@ fn sync_locked(
             2
         }
     };
+    let parent_of = |p: &Path| p.parent().unwrap_or(Path::new("")).to_path_buf();
     // 3. Directories, parents first (remembering which are new, to undo them on failure).
-    let mut created: Vec<At> = Vec::new();
-    let mut dir_mtimes: HashMap<PathBuf, (crate::tree::DirFd, Mtime)> = HashMap::new();
-    let mut remember_mtime = |rel: &Path, fd: &crate::tree::DirFd| {
-        if !dir_mtimes.contains_key(rel) {
-            if let Ok(m) = crate::tree::mtime_of(fd) {
-                dir_mtimes.insert(rel.to_path_buf(), (std::sync::Arc::clone(fd), m));
-            }
+    let mut created: Vec<PathBuf> = Vec::new();
+    let mut dir_mtimes: HashMap<PathBuf, Mtime> = HashMap::new();
+    let mut remember_mtime = |tree: &mut Tree, rel: PathBuf| -> Result<(), SyncError> {
+        if let std::collections::hash_map::Entry::Vacant(v) = dir_mtimes.entry(rel) {
+            let fd = tree.dir(v.key())?;
+            let m = crate::tree::mtime_of(&fd).at(tree.abs(v.key()))?;
+            v.insert(m);
         }
+        Ok(())
     };
     // A file or symlink where a directory goes is moved aside (renamed, not deleted): a
     // failure puts it back, and it is deleted with the other deletions.
-    let mut aside: Vec<(At, At)> = Vec::new();
+    let mut aside: Vec<(PathBuf, PathBuf)> = Vec::new();
     for d in &plan.mkdirs {
-        let at = tree.at(d, true)?;
-        let parent_rel = d.parent().unwrap_or(Path::new(""));
-        remember_mtime(parent_rel, &at.dir);
-        match at.kind()? {
+        remember_mtime(&mut tree, parent_of(d))?;
+        match tree.kind(d)? {
             Some(rustix::fs::FileType::Directory) => {}
             Some(_) => {
-                let tmp = at.temp();
-                at.rename_to(&tmp)?;
-                aside.push((at.clone(), tmp));
-                tree.dir(d, true)?;
-                created.push(at);
+                let tmp = crate::tree::temp_beside(d);
+                tree.rename(d, &tmp)?;
+                aside.push((d.clone(), tmp));
+                tree.mkdir(d)?;
+                created.push(d.clone());
             }
             None => {
-                tree.dir(d, true)?;
-                created.push(at);
+                tree.mkdir(d)?;
+                created.push(d.clone());
             }
         }
         pulpdist_failpoint::hit("sync.mkdir");
     }
     // 4a. Every new file is written beside its target first. If one fails (a full disk, a
     // chunk that no longer verifies), the others are removed and the mirror is as it was.
-    let mut ready: Vec<(At, At, bool)> = Vec::with_capacity(plan.files.len());
+    let mut ready: Vec<(PathBuf, PathBuf, bool)> = Vec::with_capacity(plan.files.len());
     for op in &plan.files {
-        let written = tree.at(&op.path, true).and_then(|target| {
-            remember_mtime(op.path.parent().unwrap_or(Path::new("")), &target.dir);
-            let tmp = target.temp();
-            let file = tmp.create_new()?;
-            ready.push((tmp.clone(), target, op.metadata));
-            write_file(
-                dest,
-                state,
-                file,
-                &tmp.path,
-                op,
-                &all_refs,
-                &store,
-                opts.max_gap,
-            )
-        });
+        let tmp = crate::tree::temp_beside(&op.path);
+        let written = remember_mtime(&mut tree, parent_of(&op.path))
+            .and_then(|()| tree.create_new(&tmp))
+            .and_then(|file| {
+                ready.push((tmp.clone(), op.path.clone(), op.metadata));
+                write_file(
+                    dest,
+                    state,
+                    file,
+                    &tree.abs(&tmp),
+                    op,
+                    &all_refs,
+                    &store,
+                    opts.max_gap,
+                )
+            });
         match written {
             Ok(n) => {
                 report.chunks_fetched += n;
@@ -606,16 +646,18 @@ fn sync_locked(
             }
             Err(e) => {
                 for (tmp, _, _) in &ready {
-                    let _ = tmp.remove_file();
+                    let _ = tree.remove_file(tmp);
                 }
                 for d in created.iter().rev() {
-                    let _ = d.remove_dir();
+                    let _ = tree.remove_dir(d);
                 }
                 for (target, tmp) in &aside {
-                    let _ = tmp.rename_to(target);
+                    let _ = tree.rename(tmp, target);
                 }
-                for (fd, mtime) in dir_mtimes.values() {
-                    let _ = crate::tree::set_mtime(fd, *mtime);
+                for (rel, mtime) in &dir_mtimes {
+                    if let Ok(fd) = tree.dir(rel) {
+                        let _ = crate::tree::set_mtime(&fd, *mtime);
+                    }
                 }
                 return Err(e);
             }
@@ -629,52 +671,55 @@ fn sync_locked(
     state.set_applying(&opts.tree)?;
     pulpdist_failpoint::hit("sync.applying");
     // Directories whose entries change, flushed before the version is recorded.
-    let mut touched: Vec<crate::tree::DirFd> = created.iter().map(|a| a.dir.clone()).collect();
+    let mut touched: std::collections::BTreeSet<PathBuf> =
+        created.iter().map(|d| parent_of(d)).collect();
     // Targets that are directories now: replacing one removes what is under it, so it
     // waits for the deletions.
-    let mut deferred: Vec<(At, At)> = Vec::new();
+    let mut deferred: Vec<(PathBuf, PathBuf)> = Vec::new();
     let is_meta = |p: &Path| rank(p.file_name().unwrap_or_default()) < 2;
-    let mut put = |tmp: At, target: At, deferred: &mut Vec<(At, At)>| -> Result<(), SyncError> {
-        touched.push(target.dir.clone());
-        if target.is_dir() {
+    let mut put = |tree: &mut Tree,
+                   tmp: PathBuf,
+                   target: PathBuf,
+                   deferred: &mut Vec<(PathBuf, PathBuf)>|
+     -> Result<(), SyncError> {
+        touched.insert(parent_of(&target));
+        if tree.is_dir(&target) {
             deferred.push((tmp, target));
             return Ok(());
         }
-        tmp.rename_to(&target)
+        tree.rename(&tmp, &target)
     };
     let (meta_ready, payload_ready): (Vec<_>, Vec<_>) =
         ready.into_iter().partition(|(_, _, meta)| *meta);
     for (tmp, target, _) in payload_ready {
-        pulpdist_failpoint::hit_at("sync.rename", &target.path);
-        put(tmp, target, &mut deferred)?;
+        pulpdist_failpoint::hit_at("sync.rename", &tree.abs(&target));
+        put(&mut tree, tmp, target, &mut deferred)?;
     }
     // 5. Symlinks, also by rename (those named as metadata with the metadata).
     let (meta_links, payload_links): (Vec<_>, Vec<_>) =
         plan.symlinks.iter().partition(|(path, _, _)| is_meta(path));
     for (path, link_target, mtime) in payload_links {
-        let target = tree.at(path, true)?;
-        let tmp = target.temp();
-        tmp.symlink(link_target, *mtime)?;
-        pulpdist_failpoint::hit_at("sync.symlink", &target.path);
-        put(tmp, target, &mut deferred)?;
+        let tmp = crate::tree::temp_beside(path);
+        tree.symlink(&tmp, link_target, *mtime)?;
+        pulpdist_failpoint::hit_at("sync.symlink", &tree.abs(path));
+        put(&mut tree, tmp, path.clone(), &mut deferred)?;
     }
     // 6. Attribute fixes of current files (a mode or an mtime: no index names them),
     // flushed before the version is recorded.
     for a in &plan.attrs {
-        tree.at(&a.path, false)?.set_file_attrs(a.mode, a.mtime)?;
+        tree.set_file_attrs(&a.path, a.mode, a.mtime)?;
         pulpdist_failpoint::hit("sync.attr");
     }
     // 7. Repository metadata, in the plan's order.
     for (tmp, target, _) in meta_ready {
-        pulpdist_failpoint::hit_at("sync.rename_metadata", &target.path);
-        put(tmp, target, &mut deferred)?;
+        pulpdist_failpoint::hit_at("sync.rename_metadata", &tree.abs(&target));
+        put(&mut tree, tmp, target, &mut deferred)?;
     }
     for (path, link_target, mtime) in meta_links {
-        let target = tree.at(path, true)?;
-        let tmp = target.temp();
-        tmp.symlink(link_target, *mtime)?;
-        pulpdist_failpoint::hit_at("sync.symlink_metadata", &target.path);
-        put(tmp, target, &mut deferred)?;
+        let tmp = crate::tree::temp_beside(path);
+        tree.symlink(&tmp, link_target, *mtime)?;
+        pulpdist_failpoint::hit_at("sync.symlink_metadata", &tree.abs(path));
+        put(&mut tree, tmp, path.clone(), &mut deferred)?;
     }
     // 8. Deletions, last, deepest first; the old indexes before the files they name (top
     // indexes, then the other metadata and directories holding some, then the rest); then
@@ -683,30 +728,28 @@ fn sync_locked(
     let mut deletes: Vec<(u8, &PathBuf)> = plan
         .deletes
         .iter()
-        .map(|d| (deletion_rank(&dest.join(d), &opts.metadata_patterns), d))
+        .map(|d| (deletion_rank(dest, d, &opts.metadata_patterns), d))
         .collect();
     deletes.sort_by_key(|(rank, _)| *rank);
     for (_, d) in deletes {
-        let at = tree.at(d, false)?;
-        pulpdist_failpoint::hit_at("sync.delete", &at.path);
-        at.remove_ranked(&rank, &deleted_file)?;
-        tree.forget(d);
-        touched.push(at.dir.clone());
+        pulpdist_failpoint::hit_at("sync.delete", &tree.abs(d));
+        tree.remove_ranked(d, &rank, &deleted_file)?;
+        touched.insert(parent_of(d));
     }
     for (_, tmp) in &aside {
-        pulpdist_failpoint::hit_at("sync.delete", &tmp.path);
-        tmp.remove_ranked(&rank, &deleted_file)?;
-        touched.push(tmp.dir.clone());
+        pulpdist_failpoint::hit_at("sync.delete", &tree.abs(tmp));
+        tree.remove_ranked(tmp, &rank, &deleted_file)?;
+        touched.insert(parent_of(tmp));
     }
     for (tmp, target) in deferred {
-        pulpdist_failpoint::hit_at("sync.replace_dir", &target.path);
-        target.remove_ranked(&rank, &deleted_file)?;
-        tmp.rename_to(&target)?;
+        pulpdist_failpoint::hit_at("sync.replace_dir", &tree.abs(&target));
+        tree.remove_ranked(&target, &rank, &deleted_file)?;
+        tree.rename(&tmp, &target)?;
     }
     // 9. Directory modes and mtimes, now that their contents are final (flushed).
     for a in &plan.dir_attrs {
-        let fd = tree.dir(&a.path, false)?;
-        crate::tree::set_fd_attrs(&fd, a.mode, a.mtime).at(dest.join(&a.path))?;
+        let fd = tree.dir(&a.path)?;
+        crate::tree::set_fd_attrs(&fd, a.mode, a.mtime).at(tree.abs(&a.path))?;
         pulpdist_failpoint::hit("sync.dir_attr");
     }
     if applied.is_none() {
@@ -714,14 +757,17 @@ fn sync_locked(
         if let Some(parent) = dest.parent() {
             sync_dir(parent)?;
         }
-        touched.push(tree.dir(Path::new(""), false)?);
+        touched.insert(PathBuf::new());
     }
     // 10. Every directory whose entries changed reaches the disk before the version is
     // recorded: after a power cut, a recorded version never has renames that were lost.
-    touched.sort_by_key(|fd| std::sync::Arc::as_ptr(fd) as usize);
-    touched.dedup_by_key(|fd| std::sync::Arc::as_ptr(fd) as usize);
-    for fd in &touched {
-        crate::tree::sync(fd).at(dest)?;
+    // Walked again from the root: a directory swapped for a symlink during the sync (its
+    // writes went to the directory that was moved away) fails here, before the version is
+    // recorded, and the next sync checks every directory.
+    tree.refresh();
+    for rel in &touched {
+        let fd = tree.dir(rel)?;
+        crate::tree::sync(&fd).at(tree.abs(rel))?;
     }
     pulpdist_failpoint::hit("sync.synced");
     // 11. Only now is the new version applied.
@@ -740,18 +786,30 @@ fn sync_locked(
 /// When to delete `path` among the deletions: 0 a top index (Release, repomd.xml), 1 other
 /// metadata or a directory holding some, 2 the rest. An index is deleted before what it
 /// names, so no index on the mirror ever names a file already gone.
-fn deletion_rank(path: &Path, patterns: &[String]) -> u8 {
+fn deletion_rank(dest: &Path, rel: &Path, patterns: &[String]) -> u8 {
     let named = |p: &Path, pats: &[&str]| {
         let name = p.file_name().map(|n| n.as_bytes()).unwrap_or_default();
         pats.iter().any(|pat| glob_match(pat.as_bytes(), name))
     };
     let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
-    if named(path, crate::glob::TOP_METADATA_PATTERNS) {
+    if named(rel, crate::glob::TOP_METADATA_PATTERNS) {
         return 0;
     }
-    // A directory is looked into (never through a symlink) for metadata.
-    let mut todo = vec![path.to_path_buf()];
+    if named(rel, &patterns) {
+        return 1;
+    }
+    // A directory is looked into (never through a symlink, at most 100,000 entries: past
+    // that it is taken to hold metadata) for metadata.
+    if symlink_on_the_way(dest, rel.parent().unwrap_or(Path::new(""))) {
+        return 2;
+    }
+    let mut todo = vec![dest.join(rel)];
+    let mut seen = 0usize;
     while let Some(p) = todo.pop() {
+        seen += 1;
+        if seen > 100_000 {
+            return 1;
+        }
         if named(&p, &patterns) {
             return 1;
         }
@@ -875,10 +933,6 @@ fn use_delta(
     }
 }
 
-fn ft(m: Mtime) -> filetime::FileTime {
-    filetime::FileTime::from_unix_time(m.secs, m.nanos)
-}
-
 fn to_mtime(md: &fs::Metadata) -> Mtime {
     Mtime {
         secs: md.mtime(),
@@ -953,10 +1007,11 @@ fn rehash_unknown(
             continue;
         }
         let path = c.rel.join(std::ffi::OsStr::from_bytes(name));
-        let Ok(f) = File::open(dest.join(&path)) else {
+        // At most the size it had when listed (it may have grown, or be another file now).
+        let Ok((f, _)) = crate::fsutil::open_regular(&dest.join(&path)) else {
             continue;
         };
-        let mut stream = chunker.stream(f);
+        let mut stream = chunker.stream(f.take(*size));
         let mut found = Vec::new();
         while let Ok(Some(chunk)) = stream.next_chunk() {
             found.push((ChunkId::of(chunk), chunk.len() as u32));
@@ -1065,7 +1120,7 @@ fn read_local(
     id: ChunkId,
 ) -> Result<VerifiedChunk, SyncError> {
     let path = dest.join(rel);
-    let mut f = File::open(&path).at(&path)?;
+    let (mut f, _) = crate::fsutil::open_regular(&path).at(&path)?;
     f.seek(SeekFrom::Start(offset)).at(&path)?;
     let mut buf = vec![0u8; len as usize];
     f.read_exact(&mut buf).at(&path)?;
@@ -1179,17 +1234,9 @@ fn write_file(
     let file = f.into_inner().map_err(|e| e.into_error()).at(tmp)?;
     file.set_permissions(fs::Permissions::from_mode(op.mode))
         .at(tmp)?;
-    // The mtime before the flush, so that it is on disk with the bytes.
-    let mtime = std::time::UNIX_EPOCH
-        .checked_add(std::time::Duration::new(
-            op.mtime.secs.max(0) as u64,
-            op.mtime.nanos,
-        ))
-        .filter(|_| op.mtime.secs >= 0);
-    match mtime {
-        Some(t) => file.set_modified(t).at(tmp)?,
-        None => filetime::set_file_mtime(tmp, ft(op.mtime)).at(tmp)?,
-    }
+    // The mtime before the flush (on the open file, not by path), so that it is on disk
+    // with the bytes.
+    crate::tree::set_file_mtime(&file, op.mtime).at(tmp)?;
     file.sync_all().at(tmp)?;
     Ok(late)
 }
@@ -1241,8 +1288,9 @@ fn fill_gaps(
                 reason: format!("{got} bytes, but the signed index says {}", f.size),
             },
         };
-        let mut file = File::open(&local).at(&local)?;
-        let got = file.metadata().at(&local)?.len();
+        // A regular file only: rsync keeps symlinks, and one from the fallback would
+        // otherwise be followed here.
+        let (mut file, got) = crate::fsutil::open_regular(&local).at(&local)?;
         if got != f.size {
             return Err(mismatch(got));
         }

@@ -136,6 +136,25 @@ pub(crate) fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), SyncError> {
     fs::rename(&tmp, dest).at(dest)
 }
 
+/// Opens a local file to read chunks from it: a regular file only, not through a symlink
+/// as its last component, and without blocking on a FIFO (a local user can put anything
+/// at a path between the listing and the read). Returns it with its size. Whatever is read
+/// is verified against chunk ids before use; this keeps the read from hanging or running
+/// forever on `/dev/zero`.
+pub(crate) fn open_regular(path: &Path) -> std::io::Result<(fs::File, u64)> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok((fs::File::from(fd), st.st_size.max(0) as u64))
+}
+
 /// Flushes a directory's entries (the renames, creations and deletions in it) to disk.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), SyncError> {
     fs::File::open(dir).and_then(|d| d.sync_all()).at(dir)

@@ -364,6 +364,15 @@ impl HttpStoreReader {
                     object: url.to_string(),
                 })
             }
+            // A range inside the signed size that the object does not have: it is shorter
+            // than the index says (truncated, or another object).
+            416 if self.signed_size(url).is_some() || size.is_some() => {
+                let cr = header(&resp, "content-range").unwrap_or_default();
+                return Err(mismatch(
+                    url,
+                    format!("no bytes from {start} ('{cr}'): shorter than the signed head says"),
+                ));
+            }
             _ => return Err(status_err(url, status)),
         };
         let mut body = resp.into_body().into_reader();

@@ -11,7 +11,7 @@
 //! still: writes land in it or fail, never behind the symlink.
 
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
@@ -28,21 +28,17 @@ use crate::glob::glob_match;
 /// An open directory of the mirror.
 pub(crate) type DirFd = Arc<OwnedFd>;
 
-/// A name in an open directory of the mirror: where one write goes.
-#[derive(Clone, Debug)]
-pub(crate) struct At {
-    pub(crate) dir: DirFd,
-    pub(crate) name: OsString,
-    /// The full path, for messages only (never opened).
-    pub(crate) path: PathBuf,
-}
-
-/// The mirror's directories, opened without following symlinks.
+/// The mirror's directories, opened without following symlinks. Handles are cached, a few
+/// at a time (a mirror has more directories than a process may hold open); each operation
+/// resolves its directory again through the cache, component by component.
 pub(crate) struct Tree {
     root_path: PathBuf,
     root: DirFd,
     dirs: HashMap<PathBuf, DirFd>,
 }
+
+/// Directory handles kept open at most (the cache is emptied when it is full).
+const CACHED_DIRS: usize = 64;
 
 fn io(e: rustix::io::Errno) -> std::io::Error {
     e.into()
@@ -52,6 +48,11 @@ const DIR_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::DIRECTORY)
     .union(OFlags::NOFOLLOW)
     .union(OFlags::CLOEXEC);
+
+/// The parent directory and the name of `rel`.
+fn split(rel: &Path) -> Option<(&Path, &OsStr)> {
+    Some((rel.parent().unwrap_or(Path::new("")), rel.file_name()?))
+}
 
 impl Tree {
     /// Opens the mirror directory (which the operator named, so a symlink to it is fine).
@@ -70,16 +71,30 @@ impl Tree {
         })
     }
 
-    /// The directory `rel`, each component a real directory opened without following a
-    /// symlink. With `create`, missing ones are made, and a file or symlink where a
-    /// directory goes is removed (the plan moved what it must keep aside before).
-    pub(crate) fn dir(&mut self, rel: &Path, create: bool) -> Result<DirFd, SyncError> {
+    /// Where `rel` is, for messages (never opened by this path).
+    pub(crate) fn abs(&self, rel: &Path) -> PathBuf {
+        self.root_path.join(rel)
+    }
+
+    /// Forgets every cached handle: the next operations walk from the root again (and
+    /// so notice a directory swapped since it was opened).
+    pub(crate) fn refresh(&mut self) {
+        self.dirs.clear();
+    }
+
+    /// The directory `rel`, each component a real directory opened with `O_NOFOLLOW |
+    /// O_DIRECTORY`. Never creates or replaces anything: a symlink or a missing directory
+    /// on the way is an error.
+    pub(crate) fn dir(&mut self, rel: &Path) -> Result<DirFd, SyncError> {
+        if let Some(d) = self.dirs.get(rel) {
+            return Ok(Arc::clone(d));
+        }
         let mut cur = Arc::clone(&self.root);
         let mut so_far = PathBuf::new();
         for comp in rel.components() {
             let Component::Normal(name) = comp else {
                 return Err(SyncError::Unsafe {
-                    path: self.root_path.join(rel),
+                    path: self.abs(rel),
                     reason: "path component is not a plain name".into(),
                 });
             };
@@ -88,44 +103,21 @@ impl Tree {
                 cur = Arc::clone(d);
                 continue;
             }
-            let path = self.root_path.join(&so_far);
-            let kind = kind_at(&cur, name).at(&path)?;
-            match kind {
-                Some(FileType::Directory) => {}
-                Some(_) if create => {
-                    rustix::fs::unlinkat(&*cur, name, AtFlags::empty())
-                        .map_err(io)
-                        .at(&path)?;
-                    rustix::fs::mkdirat(&*cur, name, Mode::from_raw_mode(0o755))
-                        .map_err(io)
-                        .at(&path)?;
-                }
-                None if create => rustix::fs::mkdirat(&*cur, name, Mode::from_raw_mode(0o755))
-                    .map_err(io)
-                    .at(&path)?,
-                Some(k) => {
+            let path = self.abs(&so_far);
+            // O_NOFOLLOW | O_DIRECTORY: a symlink or a file here fails the open.
+            let fd = match rustix::fs::openat(&*cur, name, DIR_FLAGS, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::LOOP) | Err(rustix::io::Errno::NOTDIR) => {
                     return Err(SyncError::Unsafe {
                         path,
-                        reason: if k == FileType::Symlink {
-                            "parent is a symlink".into()
-                        } else {
-                            "parent is not a directory".into()
-                        },
+                        reason: "not a directory (a symlink or a file is there)".into(),
                     })
                 }
-                None => return Err(std::io::Error::from(std::io::ErrorKind::NotFound)).at(path),
+                Err(e) => return Err(io(e)).at(path),
+            };
+            if self.dirs.len() >= CACHED_DIRS {
+                self.dirs.clear();
             }
-            // O_NOFOLLOW | O_DIRECTORY: swapped for a symlink since the check, it fails.
-            let fd = rustix::fs::openat(&*cur, name, DIR_FLAGS, Mode::empty())
-                .map_err(io)
-                .map_err(|e| {
-                    if e.raw_os_error() == Some(libc_eloop()) {
-                        std::io::Error::other("a symlink appeared where a directory was")
-                    } else {
-                        e
-                    }
-                })
-                .at(&path)?;
             let fd = Arc::new(fd);
             self.dirs.insert(so_far.clone(), Arc::clone(&fd));
             cur = fd;
@@ -133,30 +125,149 @@ impl Tree {
         Ok(cur)
     }
 
-    /// The entry `rel` (a path below the mirror): its directory opened as [`Tree::dir`]
-    /// does, and its name.
-    pub(crate) fn at(&mut self, rel: &Path, create_parents: bool) -> Result<At, SyncError> {
-        let parent = rel.parent().unwrap_or(Path::new(""));
-        let name = rel.file_name().ok_or_else(|| SyncError::Unsafe {
-            path: self.root_path.join(rel),
+    /// The directory holding `rel`, and its name there.
+    fn parent<'a>(&mut self, rel: &'a Path) -> Result<(DirFd, &'a OsStr), SyncError> {
+        let (parent, name) = split(rel).ok_or_else(|| SyncError::Unsafe {
+            path: self.abs(rel),
             reason: "no file name".into(),
         })?;
-        Ok(At {
-            dir: self.dir(parent, create_parents)?,
-            name: name.to_owned(),
-            path: self.root_path.join(rel),
-        })
+        Ok((self.dir(parent)?, name))
     }
 
-    /// Forgets the handle of `rel` and below (it was removed or replaced).
-    pub(crate) fn forget(&mut self, rel: &Path) {
+    /// What is at `rel` (not following a symlink); `None` if nothing.
+    pub(crate) fn kind(&mut self, rel: &Path) -> Result<Option<FileType>, SyncError> {
+        let (dir, name) = self.parent(rel)?;
+        kind_at(&dir, name).at(self.abs(rel))
+    }
+
+    /// Whether a real directory is at `rel`.
+    pub(crate) fn is_dir(&mut self, rel: &Path) -> bool {
+        matches!(self.kind(rel), Ok(Some(FileType::Directory)))
+    }
+
+    /// Makes the directory `rel` (its parent must be a real directory).
+    pub(crate) fn mkdir(&mut self, rel: &Path) -> Result<(), SyncError> {
+        let (dir, name) = self.parent(rel)?;
+        rustix::fs::mkdirat(&*dir, name, Mode::from_raw_mode(0o755))
+            .map_err(io)
+            .at(self.abs(rel))
+    }
+
+    /// Creates a new file at `rel` (never an existing one, never through a symlink).
+    pub(crate) fn create_new(&mut self, rel: &Path) -> Result<File, SyncError> {
+        let (dir, name) = self.parent(rel)?;
+        let fd = rustix::fs::openat(
+            &*dir,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(io)
+        .at(self.abs(rel))?;
+        Ok(File::from(fd))
+    }
+
+    /// Renames `from` to `to`.
+    pub(crate) fn rename(&mut self, from: &Path, to: &Path) -> Result<(), SyncError> {
+        let (from_dir, from_name) = self.parent(from)?;
+        let (to_dir, to_name) = self.parent(to)?;
+        rustix::fs::renameat(&*from_dir, from_name, &*to_dir, to_name)
+            .map_err(io)
+            .at(self.abs(to))
+    }
+
+    /// Makes a symlink at `rel` pointing to `target`, with its mtime.
+    pub(crate) fn symlink(
+        &mut self,
+        rel: &Path,
+        target: &[u8],
+        mtime: Mtime,
+    ) -> Result<(), SyncError> {
+        let (dir, name) = self.parent(rel)?;
+        let path = self.abs(rel);
+        rustix::fs::symlinkat(OsStr::from_bytes(target), &*dir, name)
+            .map_err(io)
+            .at(&path)?;
+        rustix::fs::utimensat(&*dir, name, &timestamps(mtime), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(io)
+            .at(&path)
+    }
+
+    /// Sets a regular file's mode and mtime and flushes them, through a handle opened
+    /// without following a symlink; refused for anything but a regular file with one link
+    /// (a hard link swapped in would pass the change to another file).
+    pub(crate) fn set_file_attrs(
+        &mut self,
+        rel: &Path,
+        mode: u32,
+        mtime: Mtime,
+    ) -> Result<(), SyncError> {
+        let (dir, name) = self.parent(rel)?;
+        let path = self.abs(rel);
+        let fd = rustix::fs::openat(
+            &*dir,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io)
+        .at(&path)?;
+        let st = rustix::fs::fstat(&fd).map_err(io).at(&path)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_nlink != 1 {
+            return Err(SyncError::Unsafe {
+                path,
+                reason: "not a regular file with a single link; its mode is left alone".into(),
+            });
+        }
+        set_fd_attrs(&fd, mode, mtime).at(&path)
+    }
+
+    /// Removes the file or symlink at `rel`.
+    pub(crate) fn remove_file(&mut self, rel: &Path) -> Result<(), SyncError> {
+        let (dir, name) = self.parent(rel)?;
+        rustix::fs::unlinkat(&*dir, name, AtFlags::empty())
+            .map_err(io)
+            .at(self.abs(rel))
+    }
+
+    /// Removes the empty directory at `rel`.
+    pub(crate) fn remove_dir(&mut self, rel: &Path) -> Result<(), SyncError> {
         self.dirs.retain(|k, _| !k.starts_with(rel));
+        let (dir, name) = self.parent(rel)?;
+        rustix::fs::unlinkat(&*dir, name, AtFlags::REMOVEDIR)
+            .map_err(io)
+            .at(self.abs(rel))
     }
-}
 
-/// ELOOP: what `O_NOFOLLOW` answers for a symlink.
-fn libc_eloop() -> i32 {
-    rustix::io::Errno::LOOP.raw_os_error()
+    /// Removes whatever is at `rel` (a file, a symlink, or a directory tree, never
+    /// followed through a symlink). A directory's contents go in the order of `rank`:
+    /// every file of rank 0 in the whole tree, then rank 1, then the rest, then the
+    /// directories deepest first, so that no index in it names a file already gone.
+    pub(crate) fn remove_ranked(
+        &mut self,
+        rel: &Path,
+        rank: &dyn Fn(&OsStr) -> u8,
+        hit: &dyn Fn(&Path),
+    ) -> Result<(), SyncError> {
+        let path = self.abs(rel);
+        match self.kind(rel)? {
+            None => Ok(()),
+            Some(FileType::Directory) => {
+                let (dir, name) = self.parent(rel)?;
+                for pass in 0..3u8 {
+                    let d = rustix::fs::openat(&*dir, name, DIR_FLAGS, Mode::empty())
+                        .map_err(io)
+                        .at(&path)?;
+                    remove_pass(&d, &path, pass, rank, hit)?;
+                }
+                self.remove_dir(rel)
+            }
+            Some(_) => {
+                hit(&path);
+                self.remove_file(rel)
+            }
+        }
+    }
 }
 
 /// What is at `name` in `dir` (not following a symlink); `None` if nothing.
@@ -168,127 +279,19 @@ fn kind_at(dir: &OwnedFd, name: &OsStr) -> std::io::Result<Option<FileType>> {
     }
 }
 
-impl At {
-    /// The same directory, another name.
-    pub(crate) fn sibling(&self, name: OsString) -> At {
-        At {
-            dir: Arc::clone(&self.dir),
-            path: self.path.with_file_name(&name),
-            name,
-        }
-    }
-
-    /// What is here (not following a symlink); `None` if nothing.
-    pub(crate) fn kind(&self) -> Result<Option<FileType>, SyncError> {
-        kind_at(&self.dir, &self.name).at(&self.path)
-    }
-
-    /// Whether a real directory is here.
-    pub(crate) fn is_dir(&self) -> bool {
-        matches!(self.kind(), Ok(Some(FileType::Directory)))
-    }
-
-    /// A temporary name beside this one: `.<name>.pulpdist-<random>`.
-    pub(crate) fn temp(&self) -> At {
-        let mut r = [0u8; 6];
-        let _ = getrandom::getrandom(&mut r);
-        let short: String = self.name.to_string_lossy().chars().take(100).collect();
-        self.sibling(format!(".{short}.pulpdist-{}", hex::encode(r)).into())
-    }
-
-    /// Creates a new file here (never an existing one, never through a symlink).
-    pub(crate) fn create_new(&self) -> Result<File, SyncError> {
-        let fd = rustix::fs::openat(
-            &*self.dir,
-            &self.name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(io)
-        .at(&self.path)?;
-        Ok(File::from(fd))
-    }
-
-    /// Renames this entry to `to` (both in open directories of the mirror).
-    pub(crate) fn rename_to(&self, to: &At) -> Result<(), SyncError> {
-        rustix::fs::renameat(&*self.dir, &self.name, &*to.dir, &to.name)
-            .map_err(io)
-            .at(&to.path)
-    }
-
-    /// Makes a symlink here pointing to `target`, with its mtime.
-    pub(crate) fn symlink(&self, target: &[u8], mtime: Mtime) -> Result<(), SyncError> {
-        rustix::fs::symlinkat(OsStr::from_bytes(target), &*self.dir, &self.name)
-            .map_err(io)
-            .at(&self.path)?;
-        let t = timestamps(mtime);
-        rustix::fs::utimensat(&*self.dir, &self.name, &t, AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(io)
-            .at(&self.path)
-    }
-
-    /// Sets a regular file's mode and mtime through a handle opened without following a
-    /// symlink, and flushes them.
-    pub(crate) fn set_file_attrs(&self, mode: u32, mtime: Mtime) -> Result<(), SyncError> {
-        let fd = rustix::fs::openat(
-            &*self.dir,
-            &self.name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(io)
-        .at(&self.path)?;
-        set_fd_attrs(&fd, mode, mtime).at(&self.path)
-    }
-
-    /// Removes a file or symlink here.
-    pub(crate) fn remove_file(&self) -> Result<(), SyncError> {
-        rustix::fs::unlinkat(&*self.dir, &self.name, AtFlags::empty())
-            .map_err(io)
-            .at(&self.path)
-    }
-
-    /// Removes an empty directory here.
-    pub(crate) fn remove_dir(&self) -> Result<(), SyncError> {
-        rustix::fs::unlinkat(&*self.dir, &self.name, AtFlags::REMOVEDIR)
-            .map_err(io)
-            .at(&self.path)
-    }
-
-    /// Opens the directory here without following a symlink.
-    fn open_dir(&self) -> Result<OwnedFd, SyncError> {
-        rustix::fs::openat(&*self.dir, &self.name, DIR_FLAGS, Mode::empty())
-            .map_err(io)
-            .at(&self.path)
-    }
-
-    /// Removes whatever is here (a file, a symlink, or a directory tree, never followed
-    /// through a symlink). A directory's contents go in the order of `rank`: every file of
-    /// rank 0 in the whole tree, then rank 1, then the rest, then the directories deepest
-    /// first, so that no index in it names a file already gone.
-    pub(crate) fn remove_ranked(
-        &self,
-        rank: &dyn Fn(&OsStr) -> u8,
-        hit: &dyn Fn(&Path),
-    ) -> Result<(), SyncError> {
-        match self.kind()? {
-            None => Ok(()),
-            Some(FileType::Directory) => {
-                for pass in 0..3u8 {
-                    let d = self.open_dir()?;
-                    remove_pass(&d, &self.path, pass, rank, hit)?;
-                }
-                self.remove_dir()
-            }
-            Some(_) => {
-                hit(&self.path);
-                self.remove_file()
-            }
-        }
-    }
+/// A temporary name beside `rel`: `.<name>.pulpdist-<random>`, with at most the first 64
+/// bytes of the name (a name of 255 bytes must still leave room).
+pub(crate) fn temp_beside(rel: &Path) -> PathBuf {
+    let mut r = [0u8; 6];
+    let _ = getrandom::getrandom(&mut r);
+    let name = rel.file_name().map(OsStr::as_bytes).unwrap_or_default();
+    let mut t = b".".to_vec();
+    t.extend_from_slice(&name[..name.len().min(64)]);
+    t.extend_from_slice(format!(".pulpdist-{}", hex::encode(r)).as_bytes());
+    rel.with_file_name(OsStr::from_bytes(&t))
 }
 
-/// One pass of [`At::remove_ranked`] over the directory `dir` (at `path`): files of rank
+/// One pass of [`Tree::remove_ranked`] over the directory `dir` (at `path`): files of rank
 /// `pass` (all files, and then the directories, in the last pass).
 fn remove_pass(
     dir: &OwnedFd,
@@ -341,6 +344,11 @@ fn timestamps(mtime: Mtime) -> Timestamps {
         last_access: t,
         last_modification: t,
     }
+}
+
+/// Sets the mtime of an open file (not through any path).
+pub(crate) fn set_file_mtime(f: &File, mtime: Mtime) -> std::io::Result<()> {
+    rustix::fs::futimens(f, &timestamps(mtime)).map_err(io)
 }
 
 /// Sets the mode and mtime of an open file or directory and flushes them.

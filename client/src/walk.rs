@@ -20,6 +20,8 @@ pub(crate) struct DirChange {
 }
 
 /// Walks the changed part of the index. `mem_packs` holds index packs fetched whole.
+/// `base_len` is the length of the mirror's own path: with it, no path the sync writes
+/// may pass [`MAX_PATH`].
 pub(crate) fn changed_dirs(
     reader: &dyn StoreReader,
     state: &State,
@@ -27,6 +29,7 @@ pub(crate) fn changed_dirs(
     new_root: NodeRef,
     mem_packs: &HashMap<PackId, Vec<u8>>,
     max_gap: u64,
+    base_len: usize,
 ) -> Result<Vec<DirChange>, SyncError> {
     let mut changes = Vec::new();
     if old_root == Some(new_root.id) {
@@ -34,7 +37,10 @@ pub(crate) fn changed_dirs(
     }
     let mut frontier: Vec<(PathBuf, Option<NodeId>, NodeRef)> =
         vec![(PathBuf::new(), old_root, new_root)];
-    let mut bounds = Bounds::default();
+    let mut bounds = Bounds {
+        base: base_len,
+        ..Bounds::default()
+    };
     while !frontier.is_empty() {
         let mut seen = HashSet::new();
         let missing: Vec<NodeRef> = frontier
@@ -62,6 +68,9 @@ pub(crate) fn changed_dirs(
                     if old_child == Some(node.id) {
                         continue;
                     }
+                    // Counted before it is queued: a wide node named many times is refused
+                    // before its children fill memory.
+                    bounds.queue()?;
                     next.push((rel.join(e.name.to_os_string()), old_child, *node));
                 }
             }
@@ -86,38 +95,34 @@ pub(crate) const MAX_PATH: usize = 4095;
 /// orders of magnitude.
 #[derive(Default)]
 struct Bounds {
+    /// Length of the mirror's own path.
+    base: usize,
     distinct: HashSet<NodeId>,
     distinct_entries: u64,
+    /// Directories queued (the root counts as one).
     dirs: u64,
     entries: u64,
 }
 
+fn refuse(reason: String) -> SyncError {
+    SyncError::Format {
+        object: "the tree's index".into(),
+        source: pulpdist_format::FormatError::Invalid {
+            what: "index",
+            reason,
+        },
+    }
+}
+
 impl Bounds {
     /// Directories, and entries, reached beyond this many per distinct one (plus a margin).
-    const REPEAT: u64 = 16;
+    const REPEAT: u64 = 8;
     const DIR_MARGIN: u64 = 100_000;
     const ENTRY_MARGIN: u64 = 1_000_000;
 
-    fn reach(
-        &mut self,
-        rel: &std::path::Path,
-        id: NodeId,
-        node: &pulpdist_format::Node,
-    ) -> Result<(), SyncError> {
-        let n = node.entries().len() as u64;
-        self.dirs += 1;
-        self.entries += n;
-        if self.distinct.insert(id) {
-            self.distinct_entries += n;
-        }
-        let refuse = |reason: String| SyncError::Format {
-            object: "the tree's index".into(),
-            source: pulpdist_format::FormatError::Invalid {
-                what: "index",
-                reason,
-            },
-        };
-        if self.dirs > Self::REPEAT * self.distinct.len() as u64 + Self::DIR_MARGIN
+    fn check(&self) -> Result<(), SyncError> {
+        let distinct = self.distinct.len().max(1) as u64;
+        if self.dirs > Self::REPEAT * distinct + Self::DIR_MARGIN
             || self.entries > Self::REPEAT * self.distinct_entries + Self::ENTRY_MARGIN
         {
             return Err(refuse(format!(
@@ -127,7 +132,28 @@ impl Bounds {
                 self.distinct.len()
             )));
         }
-        let base = rel.as_os_str().len();
+        Ok(())
+    }
+
+    /// One more directory to visit.
+    fn queue(&mut self) -> Result<(), SyncError> {
+        self.dirs += 1;
+        self.check()
+    }
+
+    fn reach(
+        &mut self,
+        rel: &std::path::Path,
+        id: NodeId,
+        node: &pulpdist_format::Node,
+    ) -> Result<(), SyncError> {
+        let n = node.entries().len() as u64;
+        self.entries += n;
+        if self.distinct.insert(id) {
+            self.distinct_entries += n;
+        }
+        self.check()?;
+        let base = self.base + 1 + rel.as_os_str().len();
         if let Some(e) = node
             .entries()
             .iter()

@@ -44,18 +44,12 @@ pub fn add_tls(
     ca: Option<&std::path::Path>,
     cert_key: Option<(&std::path::Path, &std::path::Path)>,
 ) -> anyhow::Result<()> {
-    use anyhow::Context;
     if let Some(ca) = ca {
-        http.ca_pem = Some(
-            std::fs::read(ca)
-                .with_context(|| format!("reading CA certificates {}", ca.display()))?,
-        );
+        http.ca_pem = Some(super::read_small(ca, "CA certificates")?.into_bytes());
     }
     if let Some((cert, key)) = cert_key {
-        let c = std::fs::read(cert)
-            .with_context(|| format!("reading client certificate {}", cert.display()))?;
-        let k =
-            std::fs::read(key).with_context(|| format!("reading client key {}", key.display()))?;
+        let c = super::read_small(cert, "client certificate")?.into_bytes();
+        let k = super::read_small(key, "client key")?.into_bytes();
         http.client_cert_pem = Some((c, k));
     }
     Ok(())

@@ -447,7 +447,7 @@ impl Handler {
         };
         let path = self.opts.store.join(&key);
         let (object, etag, cache) = match &target {
-            Target::Head(_) => match read_head(path.clone()).await {
+            Target::Head(_) => match read_head(self.opts.store.clone(), key.clone()).await {
                 Ok(b) => {
                     let tag = blake3::hash(&b).to_hex();
                     (
@@ -459,8 +459,8 @@ impl Handler {
                 Err(e) => return io_error(&path, e),
             },
             _ => {
-                let p = path.clone();
-                let opened = tokio::task::spawn_blocking(move || files::open_regular(&p))
+                let (root, k) = (self.opts.store.clone(), key.clone());
+                let opened = tokio::task::spawn_blocking(move || files::open_regular(&root, &k))
                     .await
                     .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
                 match opened {
@@ -571,8 +571,8 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
 }
 
 /// A head, read as [`files::read_head`] reads it, off the async threads.
-async fn read_head(path: std::path::PathBuf) -> std::io::Result<Vec<u8>> {
-    tokio::task::spawn_blocking(move || files::read_head(&path))
+async fn read_head(root: std::path::PathBuf, key: String) -> std::io::Result<Vec<u8>> {
+    tokio::task::spawn_blocking(move || files::read_head(&root, &key))
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
 }

@@ -37,7 +37,7 @@ impl Reach {
         tree: &str,
         trusted: Option<&pulpdist_format::TrustedKeys>,
     ) -> Option<Arc<HashSet<PackId>>> {
-        let head = super::files::read_head(&root.join("heads").join(tree)).ok()?;
+        let head = super::files::read_head(root, &format!("heads/{tree}")).ok()?;
         if let Ok(c) = self.cache.lock() {
             if let Some(e) = c.get(tree) {
                 if e.head == head {
@@ -101,7 +101,7 @@ fn walk(root: &Path, head_bytes: &[u8]) -> Result<HashSet<PackId>, String> {
         let f = match files.entry(r.loc.pack) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                super::files::open_regular(&path)
+                super::files::open_regular(root, &r.loc.pack.object_key())
                     .map(|(f, _)| f)
                     .map_err(|e| format!("{}: {e}", path.display()))?,
             ),
