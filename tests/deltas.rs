@@ -317,3 +317,31 @@ fn an_unreadable_old_version_leaves_the_delta_out_not_the_publish() {
     assert_eq!(n(&s, "delta_bytes"), 0, "{s}");
     assert_same_tree(&site.src(), &site.mirror());
 }
+
+/// Regression: a resumed sync downloaded the whole delta pack again even when a killed one
+/// had fetched and verified it (150 MB again after a kill). The verified copy is kept in the
+/// staging area until the version is applied.
+#[test]
+fn a_sync_killed_after_the_delta_arrived_does_not_fetch_it_again() {
+    let site = Site::new();
+    scenarios::write(&site.src(), Scenario::Source, 1, 0.02).expect("v1");
+    site.publish();
+    site.sync();
+    scenarios::write(&site.src(), Scenario::Source, 2, 0.02).expect("v2");
+    let p = site.publish();
+    let delta_size = n(&p["deltas"][0], "size");
+    let out = bin()
+        .args(site.sync_args())
+        .env("PULPDIST_FAILPOINT", "sync.delta:1")
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fail point"));
+    let s = site.sync();
+    assert_eq!(n(&s, "delta_bytes"), 0, "{s}");
+    assert!(n(&s, "delta_files") > 0, "the kept delta was used: {s}");
+    assert!(
+        n(&s, "bytes_fetched") < delta_size,
+        "{s}, delta {delta_size}"
+    );
+    assert_same_tree(&site.src(), &site.mirror());
+}

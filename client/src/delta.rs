@@ -59,13 +59,35 @@ pub(crate) struct Fetched {
 
 impl Fetched {
     /// Fetches the delta pack `info` and checks it against the hash the signed head lists.
-    pub(crate) fn get(store: &dyn StoreReader, info: DeltaInfo) -> Result<Self, SyncError> {
+    /// With `keep` (a path in the state's staging area), a copy verified by a killed sync is
+    /// used instead of fetching it again, and a fetched one is kept there until the version
+    /// is applied. Returns whether it came from the store.
+    pub(crate) fn get(
+        store: &dyn StoreReader,
+        info: DeltaInfo,
+        keep: Option<&std::path::Path>,
+    ) -> Result<(Self, bool), SyncError> {
+        if let Some(p) = keep {
+            if let Ok((f, len)) = crate::fsutil::open_regular(p) {
+                let mut bytes = Vec::with_capacity(len.min(info.size) as usize);
+                if len == info.size
+                    && f.take(info.size).read_to_end(&mut bytes).is_ok()
+                    && info.verify(&bytes).is_ok()
+                {
+                    return Ok((Fetched { info, bytes }, false));
+                }
+            }
+        }
         let bytes = store.get_pack(&info.pack, info.size)?;
         info.verify(&bytes).map_err(|source| SyncError::Format {
             object: format!("{} (delta)", info.pack.object_key()),
             source,
         })?;
-        Ok(Fetched { info, bytes })
+        if let Some(p) = keep {
+            // Only to save a refetch: a copy that cannot be kept costs nothing else.
+            let _ = crate::fsutil::write_atomic(p, &bytes);
+        }
+        Ok((Fetched { info, bytes }, true))
     }
 
     fn records(&self) -> Result<Vec<(DeltaRecord, &[u8])>, SyncError> {

@@ -159,7 +159,8 @@ pub struct SyncReport {
     pub rsync_bytes: u64,
     /// The filter rules the publisher applied (from the signed head), one per line.
     pub filter: Option<String>,
-    /// Bytes of the delta pack fetched (0: none used).
+    /// Bytes of the delta pack fetched from the store (0: none used, or the copy a killed
+    /// sync kept in the staging area).
     pub delta_bytes: u64,
     /// Index nodes rebuilt from the delta.
     pub delta_nodes: u64,
@@ -875,14 +876,24 @@ fn fetch_delta(
     if (added > 0 && info.size >= added) || info.size > pulpdist_format::delta::MAX_DELTA_PACK {
         return None;
     }
-    let fetched = match crate::delta::Fetched::get(store, info) {
-        Ok(f) => f,
+    // Kept in the staging area: a sync killed after this fetch does not fetch it again.
+    let keep = state
+        .dir()
+        .join("staging")
+        .join(format!("delta-{}", info.pack.to_hex()));
+    let fetched = match crate::delta::Fetched::get(store, info, Some(&keep)) {
+        Ok((f, from_store)) => {
+            if from_store {
+                report.delta_bytes = info.size;
+            }
+            f
+        }
         Err(e) => {
             report.delta_error = Some(e.to_string());
             return None;
         }
     };
-    report.delta_bytes = info.size;
+    pulpdist_failpoint::hit("sync.delta");
     match crate::delta::apply_nodes(state, &fetched, &applied.root.id) {
         Ok(n) => report.delta_nodes = n,
         Err(e) => {

@@ -16,7 +16,7 @@ mod files;
 mod limits;
 mod metrics;
 pub mod range;
-mod reach;
+pub mod reach;
 pub mod tls;
 
 use std::collections::VecDeque;
