@@ -354,3 +354,42 @@ fn a_directory_swapped_for_a_symlink_mid_sync_cannot_redirect_writes() {
         assert_eq!(before, snapshot(&victim));
     }
 }
+
+/// From a review: a mode change of a file with other hard links (a mirror deduplicated by
+/// links, or a link to a file outside planted by a local user) changed every name of it,
+/// or, refused, stopped every sync at the same point. The file is replaced by a copy with
+/// the new mode; the other names keep theirs.
+#[test]
+fn a_mode_change_of_a_hard_linked_file_leaves_the_other_links_alone() {
+    let site = Site::new();
+    fs::write(site.src().join("tool"), b"same bytes").expect("file");
+    site.publish();
+    site.sync();
+    let outside = site.p("outside-file");
+    fs::hard_link(site.mirror().join("tool"), &outside).expect("link");
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o640)).expect("chmod");
+    let before = fs::metadata(&outside).expect("stat");
+    fs::set_permissions(site.src().join("tool"), fs::Permissions::from_mode(0o755)).expect("chmod");
+    site.publish();
+    site.sync();
+    assert_same_tree(&site.src(), &site.mirror());
+    let after = fs::metadata(&outside).expect("stat");
+    assert_eq!(
+        after.permissions().mode() & 0o7777,
+        0o640,
+        "the other link's mode changed"
+    );
+    assert_eq!(
+        after.modified().ok(),
+        before.modified().ok(),
+        "the other link's mtime changed"
+    );
+    assert_eq!(fs::read(&outside).expect("read"), b"same bytes");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        fs::metadata(site.mirror().join("tool"))
+            .expect("stat")
+            .nlink(),
+        1
+    );
+}

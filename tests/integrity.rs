@@ -306,6 +306,16 @@ fn exit_codes_are_the_documented_ones() {
         s(&site.p("m2")),
     ]);
     assert_eq!(c, Some(3), "{e}");
+    // 2: a head lifetime out of 1..=366 days.
+    for days in ["0", "-3", "367"] {
+        let o = site.try_publish(&site.key(), &["--expires-days", days]);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "--expires-days {days}: {}",
+            stderr(&o)
+        );
+    }
     // 4: a held lock, for sync and for publish.
     let release = site.p("release");
     let held = hold_at(&site.sync_args(), "sync.head", &release);

@@ -602,67 +602,58 @@ fn sync_locked(
     // A file or symlink where a directory goes is moved aside (renamed, not deleted): a
     // failure puts it back, and it is deleted with the other deletions.
     let mut aside: Vec<(PathBuf, PathBuf)> = Vec::new();
-    for d in &plan.mkdirs {
-        remember_mtime(&mut tree, parent_of(d))?;
-        match tree.kind(d)? {
-            Some(rustix::fs::FileType::Directory) => {}
-            Some(_) => {
-                let tmp = crate::tree::temp_beside(d);
-                tree.rename(d, &tmp)?;
-                aside.push((d.clone(), tmp));
-                tree.mkdir(d)?;
-                created.push(d.clone());
-            }
-            None => {
-                tree.mkdir(d)?;
-                created.push(d.clone());
-            }
-        }
-        pulpdist_failpoint::hit("sync.mkdir");
-    }
-    // 4a. Every new file is written beside its target first. If one fails (a full disk, a
-    // chunk that no longer verifies), the others are removed and the mirror is as it was.
     let mut ready: Vec<(PathBuf, PathBuf, bool)> = Vec::with_capacity(plan.files.len());
-    for op in &plan.files {
-        let tmp = crate::tree::temp_beside(&op.path);
-        let written = remember_mtime(&mut tree, parent_of(&op.path))
-            .and_then(|()| tree.create_new(&tmp))
-            .and_then(|file| {
-                ready.push((tmp.clone(), op.path.clone(), op.metadata));
-                write_file(
-                    dest,
-                    state,
-                    file,
-                    &tree.abs(&tmp),
-                    op,
-                    &all_refs,
-                    &store,
-                    opts.max_gap,
-                )
-            });
-        match written {
-            Ok(n) => {
-                report.chunks_fetched += n;
-                pulpdist_failpoint::hit("sync.write");
+    let prepared = (|| -> Result<(), SyncError> {
+        for d in &plan.mkdirs {
+            remember_mtime(&mut tree, parent_of(d))?;
+            match tree.kind(d)? {
+                Some(rustix::fs::FileType::Directory) => {}
+                Some(_) => {
+                    let tmp = crate::tree::temp_beside(d);
+                    tree.rename(d, &tmp)?;
+                    aside.push((d.clone(), tmp));
+                    tree.mkdir(d)?;
+                    created.push(d.clone());
+                }
+                None => {
+                    tree.mkdir(d)?;
+                    created.push(d.clone());
+                }
             }
-            Err(e) => {
-                for (tmp, _, _) in &ready {
-                    let _ = tree.remove_file(tmp);
-                }
-                for d in created.iter().rev() {
-                    let _ = tree.remove_dir(d);
-                }
-                for (target, tmp) in &aside {
-                    let _ = tree.rename(tmp, target);
-                }
-                for (rel, mtime) in &dir_mtimes {
-                    if let Ok(fd) = tree.dir(rel) {
-                        let _ = crate::tree::set_mtime(&fd, *mtime);
-                    }
-                }
-                return Err(e);
+            pulpdist_failpoint::hit("sync.mkdir");
+        }
+        // 4a. Every new file is written beside its target first.
+        for op in &plan.files {
+            let tmp = crate::tree::temp_beside(&op.path);
+            remember_mtime(&mut tree, parent_of(&op.path))?;
+            let file = tree.create_new(&tmp)?;
+            ready.push((tmp.clone(), op.path.clone(), op.metadata));
+            let abs = tree.abs(&tmp);
+            report.chunks_fetched +=
+                write_file(dest, state, file, &abs, op, &all_refs, &store, opts.max_gap)?;
+            pulpdist_failpoint::hit("sync.write");
+        }
+        Ok(())
+    })();
+    // If anything failed so far (a full disk, a chunk that no longer verifies, a directory
+    // swapped for a symlink), the temporary files and new directories are removed, what was
+    // moved aside is put back and directory mtimes are restored: the mirror is as it was.
+    if let Err(e) = prepared {
+        for (tmp, _, _) in &ready {
+            let _ = tree.remove_file(tmp);
+        }
+        for d in created.iter().rev() {
+            let _ = tree.remove_dir(d);
+        }
+        for (target, tmp) in &aside {
+            let _ = tree.rename(tmp, target);
+        }
+        for (rel, mtime) in &dir_mtimes {
+            if let Ok(fd) = tree.dir(rel) {
+                let _ = crate::tree::set_mtime(&fd, *mtime);
             }
         }
+        return Err(e);
     }
     // 4b. Then each appears by rename, complete, in an order that keeps every repository
     // index on the mirror true to what it names: payload files, then payload symlinks and
@@ -678,10 +669,11 @@ fn sync_locked(
     // waits for the deletions.
     let mut deferred: Vec<(PathBuf, PathBuf)> = Vec::new();
     let is_meta = |p: &Path| rank(p.file_name().unwrap_or_default()) < 2;
-    let mut put = |tree: &mut Tree,
-                   tmp: PathBuf,
-                   target: PathBuf,
-                   deferred: &mut Vec<(PathBuf, PathBuf)>|
+    let put = |tree: &mut Tree,
+               touched: &mut std::collections::BTreeSet<PathBuf>,
+               tmp: PathBuf,
+               target: PathBuf,
+               deferred: &mut Vec<(PathBuf, PathBuf)>|
      -> Result<(), SyncError> {
         touched.insert(parent_of(&target));
         if tree.is_dir(&target) {
@@ -694,7 +686,7 @@ fn sync_locked(
         ready.into_iter().partition(|(_, _, meta)| *meta);
     for (tmp, target, _) in payload_ready {
         pulpdist_failpoint::hit_at("sync.rename", &tree.abs(&target));
-        put(&mut tree, tmp, target, &mut deferred)?;
+        put(&mut tree, &mut touched, tmp, target, &mut deferred)?;
     }
     // 5. Symlinks, also by rename (those named as metadata with the metadata).
     let (meta_links, payload_links): (Vec<_>, Vec<_>) =
@@ -703,24 +695,34 @@ fn sync_locked(
         let tmp = crate::tree::temp_beside(path);
         tree.symlink(&tmp, link_target, *mtime)?;
         pulpdist_failpoint::hit_at("sync.symlink", &tree.abs(path));
-        put(&mut tree, tmp, path.clone(), &mut deferred)?;
+        put(&mut tree, &mut touched, tmp, path.clone(), &mut deferred)?;
     }
     // 6. Attribute fixes of current files (a mode or an mtime: no index names them),
     // flushed before the version is recorded.
     for a in &plan.attrs {
-        tree.set_file_attrs(&a.path, a.mode, a.mtime)?;
+        if !tree.set_file_attrs(&a.path, a.mode, a.mtime)? {
+            // Other hard links share this file (a mirror deduplicated by links, or a link
+            // planted from elsewhere): a copy with the new attributes takes its name, and
+            // the shared inode is left alone.
+            let tmp = crate::tree::temp_beside(&a.path);
+            let copy = tree.copy_file(&a.path, &tmp)?;
+            let fd: std::os::fd::OwnedFd = copy.into();
+            crate::tree::set_fd_attrs(&fd, a.mode, a.mtime).at(tree.abs(&tmp))?;
+            tree.rename(&tmp, &a.path)?;
+        }
+        touched.insert(parent_of(&a.path));
         pulpdist_failpoint::hit("sync.attr");
     }
     // 7. Repository metadata, in the plan's order.
     for (tmp, target, _) in meta_ready {
         pulpdist_failpoint::hit_at("sync.rename_metadata", &tree.abs(&target));
-        put(&mut tree, tmp, target, &mut deferred)?;
+        put(&mut tree, &mut touched, tmp, target, &mut deferred)?;
     }
     for (path, link_target, mtime) in meta_links {
         let tmp = crate::tree::temp_beside(path);
         tree.symlink(&tmp, link_target, *mtime)?;
         pulpdist_failpoint::hit_at("sync.symlink_metadata", &tree.abs(path));
-        put(&mut tree, tmp, path.clone(), &mut deferred)?;
+        put(&mut tree, &mut touched, tmp, path.clone(), &mut deferred)?;
     }
     // 8. Deletions, last, deepest first; the old indexes before the files they name (top
     // indexes, then the other metadata and directories holding some, then the rest); then
@@ -751,6 +753,7 @@ fn sync_locked(
     for a in &plan.dir_attrs {
         let fd = tree.dir(&a.path)?;
         crate::tree::set_fd_attrs(&fd, a.mode, a.mtime).at(tree.abs(&a.path))?;
+        touched.insert(a.path.clone());
         pulpdist_failpoint::hit("sync.dir_attr");
     }
     if applied.is_none() {

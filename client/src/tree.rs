@@ -194,14 +194,28 @@ impl Tree {
     }
 
     /// Sets a regular file's mode and mtime and flushes them, through a handle opened
-    /// without following a symlink; refused for anything but a regular file with one link
-    /// (a hard link swapped in would pass the change to another file).
+    /// without following a symlink. Returns `false`, changing nothing, for a file with
+    /// other hard links (the change would reach every name of it, inside the mirror or
+    /// not): the caller replaces it by a copy instead. Anything but a regular file is an
+    /// error.
     pub(crate) fn set_file_attrs(
         &mut self,
         rel: &Path,
         mode: u32,
         mtime: Mtime,
-    ) -> Result<(), SyncError> {
+    ) -> Result<bool, SyncError> {
+        let (fd, path) = self.open_file(rel)?;
+        let st = rustix::fs::fstat(&fd).map_err(io).at(&path)?;
+        if st.st_nlink != 1 {
+            return Ok(false);
+        }
+        set_fd_attrs(&fd, mode, mtime).at(&path)?;
+        Ok(true)
+    }
+
+    /// Opens the regular file at `rel` for reading, without following a symlink or
+    /// blocking on a FIFO.
+    fn open_file(&mut self, rel: &Path) -> Result<(OwnedFd, PathBuf), SyncError> {
         let (dir, name) = self.parent(rel)?;
         let path = self.abs(rel);
         let fd = rustix::fs::openat(
@@ -213,13 +227,25 @@ impl Tree {
         .map_err(io)
         .at(&path)?;
         let st = rustix::fs::fstat(&fd).map_err(io).at(&path)?;
-        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_nlink != 1 {
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
             return Err(SyncError::Unsafe {
                 path,
-                reason: "not a regular file with a single link; its mode is left alone".into(),
+                reason: "not a regular file".into(),
             });
         }
-        set_fd_attrs(&fd, mode, mtime).at(&path)
+        Ok((fd, path))
+    }
+
+    /// Copies the regular file at `from` into a new file at `to`; returns the copy, flushed.
+    pub(crate) fn copy_file(&mut self, from: &Path, to: &Path) -> Result<File, SyncError> {
+        let (fd, _) = self.open_file(from)?;
+        let mut out = self.create_new(to)?;
+        let copied = std::io::copy(&mut File::from(fd), &mut out).and_then(|_| out.sync_all());
+        if let Err(e) = copied {
+            let _ = self.remove_file(to);
+            return Err(e).at(self.abs(to));
+        }
+        Ok(out)
     }
 
     /// Removes the file or symlink at `rel`.

@@ -303,6 +303,9 @@ impl Node {
         }
         let n = r.count(2 + 1 + 4 + 8 + 4)?;
         let mut entries = Vec::with_capacity(n);
+        // Packs of the table first used so far: the canonical table lists each pack once,
+        // in order of first use (checked as locations are read, and at the end).
+        let mut used = 0usize;
         for _ in 0..n {
             let len = r.u16()? as usize;
             let name = Name::new(r.take(len)?.to_vec())?;
@@ -317,14 +320,14 @@ impl Node {
                     let mut chunks = Vec::with_capacity(nchunks);
                     for _ in 0..nchunks {
                         let id = ChunkId(r.array()?);
-                        let loc = read_loc(&mut r, &table)?;
+                        let loc = read_loc(&mut r, &table, &mut used)?;
                         chunks.push(ChunkRef { id, loc });
                     }
                     EntryKind::File { size, chunks }
                 }
                 KIND_DIR => {
                     let id = NodeId(r.array()?);
-                    let loc = read_loc(&mut r, &table)?;
+                    let loc = read_loc(&mut r, &table, &mut used)?;
                     EntryKind::Dir {
                         node: NodeRef { id, loc },
                     }
@@ -356,6 +359,15 @@ impl Node {
             });
         }
         r.finish()?;
+        if used != table.len() {
+            return Err(FormatError::invalid(
+                "index node",
+                format!(
+                    "a pack table of {} packs, {used} of them used: not the canonical encoding",
+                    table.len()
+                ),
+            ));
+        }
         let node = Node { entries };
         node.check()?;
         Ok(node)
@@ -370,8 +382,23 @@ fn write_loc(w: &mut Writer, loc: &Location, pack_index: u32) {
     w.u8(loc.codec.to_byte());
 }
 
-fn read_loc(r: &mut Reader<'_>, table: &[PackId]) -> Result<Location, FormatError> {
+/// A location whose pack is the table's entry `idx`; `used` counts the table entries
+/// used so far, and a location may name one of those or the next one only.
+fn read_loc(
+    r: &mut Reader<'_>,
+    table: &[PackId],
+    used: &mut usize,
+) -> Result<Location, FormatError> {
     let idx = r.u32()? as usize;
+    if idx > *used {
+        return Err(FormatError::invalid(
+            "index node",
+            format!("pack index {idx} used before index {used}: not the canonical encoding"),
+        ));
+    }
+    if idx == *used && idx < table.len() {
+        *used += 1;
+    }
     let pack = *table.get(idx).ok_or_else(|| {
         FormatError::invalid(
             "index node",

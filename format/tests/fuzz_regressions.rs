@@ -56,3 +56,22 @@ fn hostile_packs_are_refused() {
         assert!(refused, "{name} was accepted");
     }
 }
+
+/// Node encodings the `node` fuzz target found: each is refused, or decodes to a node that
+/// encodes back to exactly those bytes (one encoding per node, so one id per directory).
+#[test]
+fn node_encodings_are_refused_or_canonical() {
+    for (name, data) in inputs("node") {
+        if let Ok(node) = pulpdist_format::Node::decode(&data) {
+            let again = node.encode();
+            let at = again.iter().zip(&data).position(|(a, b)| a != b);
+            assert_eq!(
+                again,
+                data,
+                "{name}: accepted, not canonical (first difference at {at:?}, lengths {} and {})",
+                again.len(),
+                data.len()
+            );
+        }
+    }
+}

@@ -206,6 +206,9 @@ pub fn run(mut a: Args) -> Result<()> {
     s3.s3_endpoint = s3.s3_endpoint.or(cfg.s3_endpoint);
     s3.s3_region = s3.s3_region.or(cfg.s3_region);
 
+    // Deleting a deep tree holds a descriptor per level: the hard limit, not the default
+    // soft one, is what a sync may use.
+    let _ = pulpdist_server::raise_open_files();
     let trusted = load_trust(&trust)?;
     let mut opts = SyncOptions::new(&tree, &dest, trusted);
     opts.state_dir = a.state.or(cfg.state);
