@@ -367,3 +367,104 @@ fn each_cause_is_printed_once() {
     let reason = e.rsplit(": ").next().unwrap_or_default().trim();
     assert_eq!(e.matches(reason).count(), 1, "{e}");
 }
+
+/// Durability, checked from the system calls a sync makes (strace): every new file is
+/// flushed before it is renamed into place, every directory whose entries change is
+/// flushed after its last change and before the version is recorded, and the record is
+/// flushed too. So after a power cut a recorded version never has renames that were lost.
+#[test]
+fn the_version_is_recorded_only_after_its_changes_are_on_disk() {
+    let site = Site::new();
+    common::repo::write(&site.src(), 1);
+    site.publish();
+    site.sync();
+    std::fs::remove_dir_all(site.src()).expect("clear");
+    common::repo::write(&site.src(), 2);
+    site.publish();
+    let trace = site.p("strace.txt");
+    let mut args = vec![
+        "-f".to_string(),
+        "-y".into(),
+        "-qq".into(),
+        "-e".into(),
+        "trace=fsync,rename,renameat,renameat2,unlinkat,mkdirat".into(),
+        "-o".into(),
+        s(&trace).to_string(),
+        env!("CARGO_BIN_EXE_pulpdist").into(),
+    ];
+    args.extend(site.sync_args());
+    let out = Command::new("strace")
+        .args(&args)
+        .output()
+        .expect("strace (installed by ./scripts/test)");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_same_tree(&site.src(), &site.mirror());
+    let text = std::fs::read_to_string(&trace).expect("trace");
+    let calls: Vec<&str> = text
+        .lines()
+        .map(|l| l.split_once(' ').map_or(l, |(_, c)| c).trim())
+        .filter(|c| c.ends_with("= 0"))
+        .collect();
+    // The path inside `<...>` after `name(`, e.g. `fsync(15</m/a>)` gives `/m/a`.
+    let fd_path = |c: &str| {
+        c.split_once('<')
+            .and_then(|(_, r)| r.split_once('>'))
+            .map(|(p, _)| p.to_string())
+    };
+    let mirror = s(&site.mirror()).to_string();
+    let recorded = calls
+        .iter()
+        .position(|c| c.starts_with("rename(") && c.contains("/applied-tree\""))
+        .expect("the version is recorded");
+    let mut last_change: std::collections::BTreeMap<String, usize> = Default::default();
+    for (i, c) in calls.iter().enumerate() {
+        if c.starts_with("renameat") || c.starts_with("unlinkat") || c.starts_with("mkdirat") {
+            if let Some(dir) = fd_path(c).filter(|d| d.starts_with(&mirror)) {
+                last_change.insert(dir, i);
+            }
+        }
+    }
+    assert!(!last_change.is_empty(), "no change seen: {text}");
+    for (dir, changed) in &last_change {
+        // A directory removed whole needs no flush of its own (its parent is flushed).
+        if !std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        let flushed = calls[*changed..recorded]
+            .iter()
+            .any(|c| c.starts_with("fsync(") && fd_path(c).as_deref() == Some(dir.as_str()));
+        assert!(flushed, "{dir} changed at call {changed} but not flushed before the version was recorded at {recorded}");
+    }
+    // Each file renamed into the mirror was flushed under its temporary name first.
+    for (i, c) in calls
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.starts_with("renameat"))
+    {
+        let Some(dir) = fd_path(c).filter(|d| d.starts_with(&mirror)) else {
+            continue;
+        };
+        let (Some(tmp), Some(target)) = (c.split('"').nth(1), c.split('"').nth(3)) else {
+            continue;
+        };
+        if !tmp.contains(".pulpdist-") {
+            continue;
+        }
+        let full = format!("{dir}/{tmp}");
+        let flushed = calls[..i]
+            .iter()
+            .any(|p| p.starts_with("fsync(") && fd_path(p).as_deref() == Some(full.as_str()));
+        // A symlink has no data to flush (its directory is flushed); a file must be.
+        let is_link = std::fs::symlink_metadata(format!("{dir}/{target}"))
+            .is_ok_and(|m| m.file_type().is_symlink());
+        assert!(flushed || is_link, "{full} renamed without a flush");
+    }
+    // And the record itself is flushed with its directory.
+    let state = s(&site.p("downstream/.tree.pulpdist")).to_string();
+    assert!(
+        calls[recorded..]
+            .iter()
+            .any(|c| c.starts_with("fsync(") && fd_path(c).as_deref() == Some(state.as_str())),
+        "the state directory is not flushed after the record"
+    );
+}
