@@ -385,3 +385,57 @@ fn template_and_rebuild_like_jigdo() {
     ]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// Regression: `iso rebuild` held every chunk it fetched in memory (an image's worth). They
+/// now wait in a scratch file beside the output: rebuilding a 96 MB image of files no
+/// `--from` directory has, all fetched from the store, stays far below the image's size.
+#[test]
+fn a_rebuild_that_fetches_everything_does_not_hold_it_in_memory() {
+    let site = Site::new();
+    for i in 0..24u32 {
+        // Random bytes: nothing repeats, nothing compresses.
+        let mut blob = vec![0u8; 4 << 20];
+        let mut h = blake3::Hasher::new();
+        h.update(&i.to_le_bytes());
+        h.finalize_xof().fill(&mut blob);
+        fs::write(site.src().join(format!("blob{i}.bin")), blob).expect("blob");
+    }
+    // Small packs, so that no one range fetched is a large part of the image.
+    site.publish_with(&["--pack-size", "8388608"]);
+    let image = site.p("image.iso");
+    xorriso(&site.src(), &image, &[]);
+    let tpl = site.p("image.tpl");
+    common::run_json(&["iso", "template", s(&image), "--out", s(&tpl)]);
+    let empty = site.p("nothing-local");
+    fs::create_dir_all(&empty).expect("empty");
+    let out_img = site.p("rebuilt.iso");
+    let key = format!("{}.pub", s(&site.key()));
+    let out = common::bin_timed()
+        .args([
+            "iso",
+            "rebuild",
+            s(&tpl),
+            "--from",
+            s(&empty),
+            "--store",
+            s(&site.store()),
+        ])
+        .args(["--tree", "tree", "--trust", &key, "--out", s(&out_img)])
+        .output()
+        .expect("rebuild");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(fs::read(&out_img).expect("rebuilt") == fs::read(&image).expect("image"));
+    let kb = common::peak_rss_kb(&err);
+    assert!(
+        kb < 64 * 1024,
+        "peak RSS {kb} kB for a 96 MB image fetched whole"
+    );
+    // No scratch file is left beside the output.
+    let left: Vec<_> = fs::read_dir(site.dir.path())
+        .expect("dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".chunks-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
