@@ -18,6 +18,7 @@
 //! println!("now at version {}", report.version);
 //! ```
 
+mod apply;
 mod config;
 mod delta;
 mod error;
