@@ -7,7 +7,7 @@
 //! `applying-<tree>` mark, so the next sync checks every directory. Every write goes
 //! through [`Tree`]: directory handles opened without following symlinks.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use pulpdist_format::{ChunkId, ChunkRef, Mtime};
@@ -31,8 +31,6 @@ pub(crate) fn apply(
     all_refs: &HashMap<ChunkId, ChunkRef>,
     first_sync: bool,
 ) -> Result<u64, SyncError> {
-    let dest = &opts.dest;
-    let mut late = 0;
     // A first sync marks that it began writing, so that if it is interrupted the next one
     // finishes it (instead of refusing a directory that is no longer empty).
     if first_sync {
@@ -43,207 +41,277 @@ pub(crate) fn apply(
     // symlink while the sync runs cannot send a write, a mode change or a deletion outside
     // the mirror. Only the directories the plan makes are made; a symlink or a missing
     // directory anywhere else fails the sync, and the next one checks every directory.
-    let mut tree = Tree::open(dest)?;
-    let rank = |name: &std::ffi::OsStr| -> u8 {
-        let pats: Vec<&str> = opts.metadata_patterns.iter().map(String::as_str).collect();
-        if crate::tree::named(name, crate::glob::TOP_METADATA_PATTERNS) {
-            0
-        } else if crate::tree::named(name, &pats) {
-            1
-        } else {
-            2
-        }
+    let mut a = Applier {
+        tree: Tree::open(&opts.dest)?,
+        opts,
+        touched: BTreeSet::new(),
+        deferred: Vec::new(),
     };
-    let parent_of = |p: &Path| p.parent().unwrap_or(Path::new("")).to_path_buf();
-    // 3. Directories, parents first (remembering which are new, to undo them on failure).
-    let mut created: Vec<PathBuf> = Vec::new();
-    let mut dir_mtimes: HashMap<PathBuf, Mtime> = HashMap::new();
-    let mut remember_mtime = |tree: &mut Tree, rel: PathBuf| -> Result<(), SyncError> {
-        if let std::collections::hash_map::Entry::Vacant(v) = dir_mtimes.entry(rel) {
-            let fd = tree.dir(v.key())?;
-            let m = crate::tree::mtime_of(&fd).at(tree.abs(v.key()))?;
-            v.insert(m);
-        }
-        Ok(())
-    };
-    // A file or symlink where a directory goes is moved aside (renamed, not deleted): a
-    // failure puts it back, and it is deleted with the other deletions.
-    let mut aside: Vec<(PathBuf, PathBuf)> = Vec::new();
-    let mut ready: Vec<(PathBuf, PathBuf, bool)> = Vec::with_capacity(plan.files.len());
-    let prepared = (|| -> Result<(), SyncError> {
-        for d in &plan.mkdirs {
-            remember_mtime(&mut tree, parent_of(d))?;
-            match tree.kind(d)? {
-                Some(rustix::fs::FileType::Directory) => {}
-                Some(_) => {
-                    let tmp = crate::tree::temp_beside(d);
-                    tree.rename(d, &tmp)?;
-                    aside.push((d.clone(), tmp));
-                    tree.mkdir(d)?;
-                    created.push(d.clone());
-                }
-                None => {
-                    tree.mkdir(d)?;
-                    created.push(d.clone());
-                }
-            }
-            pulpdist_failpoint::hit("sync.mkdir");
-        }
-        // 4a. Every new file is written beside its target first.
-        for op in &plan.files {
-            let tmp = crate::tree::temp_beside(&op.path);
-            remember_mtime(&mut tree, parent_of(&op.path))?;
-            let file = tree.create_new(&tmp)?;
-            ready.push((tmp.clone(), op.path.clone(), op.metadata));
-            let abs = tree.abs(&tmp);
-            late += write_file(dest, state, file, &abs, op, all_refs, store, opts.max_gap)?;
-            pulpdist_failpoint::hit("sync.write");
-        }
-        Ok(())
-    })();
-    // If anything failed so far (a full disk, a chunk that no longer verifies, a directory
-    // swapped for a symlink), the temporary files and new directories are removed, what was
-    // moved aside is put back and directory mtimes are restored: the mirror is as it was.
-    if let Err(e) = prepared {
-        for (tmp, _, _) in &ready {
-            let _ = tree.remove_file(tmp);
-        }
-        for d in created.iter().rev() {
-            let _ = tree.remove_dir(d);
-        }
-        for (target, tmp) in &aside {
-            let _ = tree.rename(tmp, target);
-        }
-        for (rel, mtime) in &dir_mtimes {
-            if let Ok(fd) = tree.dir(rel) {
-                let _ = crate::tree::set_mtime(&fd, *mtime);
-            }
-        }
-        return Err(e);
-    }
-    // 4b. Then each appears by rename, complete, in an order that keeps every repository
-    // index on the mirror true to what it names: payload files, then payload symlinks and
-    // mode changes, then repository metadata (the plan orders it: indexes before the files
-    // that list them, deepest first), then deletions. From here until the version is
-    // recorded the mirror is between versions: say so, durably.
+    let prepared = a.prepare(store, state, plan, all_refs)?;
+    // 4b. From here until the version is recorded the mirror is between versions: say so,
+    // durably.
     state.set_applying(&opts.tree)?;
     pulpdist_failpoint::hit("sync.applying");
-    // Directories whose entries change, flushed before the version is recorded.
-    let mut touched: std::collections::BTreeSet<PathBuf> =
-        created.iter().map(|d| parent_of(d)).collect();
-    // Targets that are directories now: replacing one removes what is under it, so it
-    // waits for the deletions.
-    let mut deferred: Vec<(PathBuf, PathBuf)> = Vec::new();
-    let is_meta = |p: &Path| rank(p.file_name().unwrap_or_default()) < 2;
-    let put = |tree: &mut Tree,
-               touched: &mut std::collections::BTreeSet<PathBuf>,
-               tmp: PathBuf,
-               target: PathBuf,
-               deferred: &mut Vec<(PathBuf, PathBuf)>|
-     -> Result<(), SyncError> {
-        touched.insert(parent_of(&target));
-        if tree.is_dir(&target) {
-            deferred.push((tmp, target));
+    a.touched
+        .extend(prepared.created.iter().map(|d| parent_of(d)));
+    a.rename_in_order(plan, prepared.ready)?;
+    a.delete_in_order(plan, &prepared.aside)?;
+    a.settle(plan, first_sync)?;
+    Ok(prepared.late)
+}
+
+/// The parent of a path below the mirror (`""` for the root's entries).
+fn parent_of(p: &Path) -> PathBuf {
+    p.parent().unwrap_or(Path::new("")).to_path_buf()
+}
+
+/// When a file goes, among deletions of a directory's contents: 0 a top index (Release,
+/// repomd.xml), 1 other metadata, 2 the rest.
+fn rank_of(name: &std::ffi::OsStr, patterns: &[String]) -> u8 {
+    let pats: Vec<&str> = patterns.iter().map(String::as_str).collect();
+    if crate::tree::named(name, crate::glob::TOP_METADATA_PATTERNS) {
+        0
+    } else if crate::tree::named(name, &pats) {
+        1
+    } else {
+        2
+    }
+}
+
+/// What [`Applier::prepare`] left ready: new directories, what was moved aside for them,
+/// and each written temporary file with its target and whether it is metadata.
+struct Prepared {
+    created: Vec<PathBuf>,
+    aside: Vec<(PathBuf, PathBuf)>,
+    ready: Vec<(PathBuf, PathBuf, bool)>,
+    late: u64,
+}
+
+/// The mirror being changed, and what the change has touched so far.
+struct Applier<'a> {
+    tree: Tree,
+    opts: &'a SyncOptions,
+    /// Directories whose entries change, flushed before the version is recorded.
+    touched: BTreeSet<PathBuf>,
+    /// Targets that are directories now: replacing one removes what is under it, so it
+    /// waits for the deletions.
+    deferred: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Applier<'_> {
+    /// Steps 3 and 4a: directories, parents first, then every new file written beside its
+    /// target and flushed. If anything fails (a full disk, a chunk that no longer
+    /// verifies, a directory swapped for a symlink), the temporary files and new
+    /// directories are removed, what was moved aside is put back and directory mtimes are
+    /// restored: the mirror is as it was.
+    fn prepare(
+        &mut self,
+        store: &dyn StoreReader,
+        state: &State,
+        plan: &Plan,
+        all_refs: &HashMap<ChunkId, ChunkRef>,
+    ) -> Result<Prepared, SyncError> {
+        let (tree, opts) = (&mut self.tree, self.opts);
+        let dest = &opts.dest;
+        let mut late = 0;
+        let mut created: Vec<PathBuf> = Vec::new();
+        let mut dir_mtimes: HashMap<PathBuf, Mtime> = HashMap::new();
+        let mut remember_mtime = |tree: &mut Tree, rel: PathBuf| -> Result<(), SyncError> {
+            if let std::collections::hash_map::Entry::Vacant(v) = dir_mtimes.entry(rel) {
+                let fd = tree.dir(v.key())?;
+                let m = crate::tree::mtime_of(&fd).at(tree.abs(v.key()))?;
+                v.insert(m);
+            }
+            Ok(())
+        };
+        // A file or symlink where a directory goes is moved aside (renamed, not deleted):
+        // a failure puts it back, and it is deleted with the other deletions.
+        let mut aside: Vec<(PathBuf, PathBuf)> = Vec::new();
+        let mut ready: Vec<(PathBuf, PathBuf, bool)> = Vec::with_capacity(plan.files.len());
+        let done = (|| -> Result<(), SyncError> {
+            for d in &plan.mkdirs {
+                remember_mtime(tree, parent_of(d))?;
+                match tree.kind(d)? {
+                    Some(rustix::fs::FileType::Directory) => {}
+                    Some(_) => {
+                        let tmp = crate::tree::temp_beside(d);
+                        tree.rename(d, &tmp)?;
+                        aside.push((d.clone(), tmp));
+                        tree.mkdir(d)?;
+                        created.push(d.clone());
+                    }
+                    None => {
+                        tree.mkdir(d)?;
+                        created.push(d.clone());
+                    }
+                }
+                pulpdist_failpoint::hit("sync.mkdir");
+            }
+            // 4a. Every new file is written beside its target first.
+            for op in &plan.files {
+                let tmp = crate::tree::temp_beside(&op.path);
+                remember_mtime(tree, parent_of(&op.path))?;
+                let file = tree.create_new(&tmp)?;
+                ready.push((tmp.clone(), op.path.clone(), op.metadata));
+                let abs = tree.abs(&tmp);
+                late += write_file(dest, state, file, &abs, op, all_refs, store, opts.max_gap)?;
+                pulpdist_failpoint::hit("sync.write");
+            }
+            Ok(())
+        })();
+        if let Err(e) = done {
+            for (tmp, _, _) in &ready {
+                let _ = tree.remove_file(tmp);
+            }
+            for d in created.iter().rev() {
+                let _ = tree.remove_dir(d);
+            }
+            for (target, tmp) in &aside {
+                let _ = tree.rename(tmp, target);
+            }
+            for (rel, mtime) in &dir_mtimes {
+                if let Ok(fd) = tree.dir(rel) {
+                    let _ = crate::tree::set_mtime(&fd, *mtime);
+                }
+            }
+            return Err(e);
+        }
+        Ok(Prepared {
+            created,
+            aside,
+            ready,
+            late,
+        })
+    }
+
+    /// Renames `tmp` over `target`, or defers it when a directory is there.
+    fn put(&mut self, tmp: PathBuf, target: PathBuf) -> Result<(), SyncError> {
+        self.touched.insert(parent_of(&target));
+        if self.tree.is_dir(&target) {
+            self.deferred.push((tmp, target));
             return Ok(());
         }
-        tree.rename(&tmp, &target)
-    };
-    let (meta_ready, payload_ready): (Vec<_>, Vec<_>) =
-        ready.into_iter().partition(|(_, _, meta)| *meta);
-    for (tmp, target, _) in payload_ready {
-        pulpdist_failpoint::hit_at("sync.rename", &tree.abs(&target));
-        put(&mut tree, &mut touched, tmp, target, &mut deferred)?;
+        self.tree.rename(&tmp, &target)
     }
-    // 5. Symlinks, also by rename (those named as metadata with the metadata).
-    let (meta_links, payload_links): (Vec<_>, Vec<_>) =
-        plan.symlinks.iter().partition(|(path, _, _)| is_meta(path));
-    for (path, link_target, mtime) in payload_links {
-        let tmp = crate::tree::temp_beside(path);
-        tree.symlink(&tmp, link_target, *mtime)?;
-        pulpdist_failpoint::hit_at("sync.symlink", &tree.abs(path));
-        put(&mut tree, &mut touched, tmp, path.clone(), &mut deferred)?;
-    }
-    // 6. Attribute fixes of current files (a mode or an mtime: no index names them),
-    // flushed before the version is recorded.
-    for a in &plan.attrs {
-        if !tree.set_file_attrs(&a.path, a.mode, a.mtime)? {
-            // Other hard links share this file (a mirror deduplicated by links, or a link
-            // planted from elsewhere): a copy with the new attributes takes its name, and
-            // the shared inode is left alone.
-            let tmp = crate::tree::temp_beside(&a.path);
-            let copy = tree.copy_file(&a.path, &tmp)?;
-            let fd: std::os::fd::OwnedFd = copy.into();
-            crate::tree::set_fd_attrs(&fd, a.mode, a.mtime).at(tree.abs(&tmp))?;
-            tree.rename(&tmp, &a.path)?;
+
+    /// Steps 4b to 7: each file appears by rename, complete, in an order that keeps every
+    /// repository index on the mirror true to what it names: payload files, then payload
+    /// symlinks and mode changes, then repository metadata (the plan orders it: indexes
+    /// before the files that list them, deepest first).
+    fn rename_in_order(
+        &mut self,
+        plan: &Plan,
+        ready: Vec<(PathBuf, PathBuf, bool)>,
+    ) -> Result<(), SyncError> {
+        let patterns = &self.opts.metadata_patterns;
+        let is_meta = |p: &Path| rank_of(p.file_name().unwrap_or_default(), patterns) < 2;
+        let (meta_ready, payload_ready): (Vec<_>, Vec<_>) =
+            ready.into_iter().partition(|(_, _, meta)| *meta);
+        for (tmp, target, _) in payload_ready {
+            pulpdist_failpoint::hit_at("sync.rename", &self.tree.abs(&target));
+            self.put(tmp, target)?;
         }
-        touched.insert(parent_of(&a.path));
-        pulpdist_failpoint::hit("sync.attr");
-    }
-    // 7. Repository metadata, in the plan's order.
-    for (tmp, target, _) in meta_ready {
-        pulpdist_failpoint::hit_at("sync.rename_metadata", &tree.abs(&target));
-        put(&mut tree, &mut touched, tmp, target, &mut deferred)?;
-    }
-    for (path, link_target, mtime) in meta_links {
-        let tmp = crate::tree::temp_beside(path);
-        tree.symlink(&tmp, link_target, *mtime)?;
-        pulpdist_failpoint::hit_at("sync.symlink_metadata", &tree.abs(path));
-        put(&mut tree, &mut touched, tmp, path.clone(), &mut deferred)?;
-    }
-    // 8. Deletions, last, deepest first; the old indexes before the files they name (top
-    // indexes, then the other metadata and directories holding some, then the rest); then
-    // what was moved aside; then the directories replaced by a file or link.
-    let deleted_file = |p: &Path| pulpdist_failpoint::hit_at("sync.delete_file", p);
-    let mut deletes: Vec<(u8, &PathBuf)> = plan
-        .deletes
-        .iter()
-        .map(|d| {
-            (
-                crate::exec::deletion_rank(dest, d, &opts.metadata_patterns),
-                d,
-            )
-        })
-        .collect();
-    deletes.sort_by_key(|(rank, _)| *rank);
-    for (_, d) in deletes {
-        pulpdist_failpoint::hit_at("sync.delete", &tree.abs(d));
-        tree.remove_ranked(d, &rank, &deleted_file)?;
-        touched.insert(parent_of(d));
-    }
-    for (_, tmp) in &aside {
-        pulpdist_failpoint::hit_at("sync.delete", &tree.abs(tmp));
-        tree.remove_ranked(tmp, &rank, &deleted_file)?;
-        touched.insert(parent_of(tmp));
-    }
-    for (tmp, target) in deferred {
-        pulpdist_failpoint::hit_at("sync.replace_dir", &tree.abs(&target));
-        tree.remove_ranked(&target, &rank, &deleted_file)?;
-        tree.rename(&tmp, &target)?;
-    }
-    // 9. Directory modes and mtimes, now that their contents are final (flushed).
-    for a in &plan.dir_attrs {
-        let fd = tree.dir(&a.path)?;
-        crate::tree::set_fd_attrs(&fd, a.mode, a.mtime).at(tree.abs(&a.path))?;
-        touched.insert(a.path.clone());
-        pulpdist_failpoint::hit("sync.dir_attr");
-    }
-    if first_sync {
-        // A first sync made the mirror directory itself: its entry in its parent, too.
-        if let Some(parent) = dest.parent() {
-            sync_dir(parent)?;
+        // 5. Symlinks, also by rename (those named as metadata with the metadata).
+        let (meta_links, payload_links): (Vec<_>, Vec<_>) =
+            plan.symlinks.iter().partition(|(path, _, _)| is_meta(path));
+        for (path, link_target, mtime) in payload_links {
+            let tmp = crate::tree::temp_beside(path);
+            self.tree.symlink(&tmp, link_target, *mtime)?;
+            pulpdist_failpoint::hit_at("sync.symlink", &self.tree.abs(path));
+            self.put(tmp, path.clone())?;
         }
-        touched.insert(PathBuf::new());
+        // 6. Attribute fixes of current files (a mode or an mtime: no index names them),
+        // flushed before the version is recorded.
+        for a in &plan.attrs {
+            if !self.tree.set_file_attrs(&a.path, a.mode, a.mtime)? {
+                // Other hard links share this file (a mirror deduplicated by links, or a link
+                // planted from elsewhere): a copy with the new attributes takes its name, and
+                // the shared inode is left alone.
+                let tmp = crate::tree::temp_beside(&a.path);
+                let copy = self.tree.copy_file(&a.path, &tmp)?;
+                let fd: std::os::fd::OwnedFd = copy.into();
+                crate::tree::set_fd_attrs(&fd, a.mode, a.mtime).at(self.tree.abs(&tmp))?;
+                self.tree.rename(&tmp, &a.path)?;
+            }
+            self.touched.insert(parent_of(&a.path));
+            pulpdist_failpoint::hit("sync.attr");
+        }
+        // 7. Repository metadata, in the plan's order.
+        for (tmp, target, _) in meta_ready {
+            pulpdist_failpoint::hit_at("sync.rename_metadata", &self.tree.abs(&target));
+            self.put(tmp, target)?;
+        }
+        for (path, link_target, mtime) in meta_links {
+            let tmp = crate::tree::temp_beside(path);
+            self.tree.symlink(&tmp, link_target, *mtime)?;
+            pulpdist_failpoint::hit_at("sync.symlink_metadata", &self.tree.abs(path));
+            self.put(tmp, path.clone())?;
+        }
+        Ok(())
     }
-    // 10. Every directory whose entries changed reaches the disk before the version is
-    // recorded: after a power cut, a recorded version never has renames that were lost.
-    // Walked again from the root: a directory swapped for a symlink during the sync (its
-    // writes went to the directory that was moved away) fails here, before the version is
-    // recorded, and the next sync checks every directory.
-    tree.refresh();
-    for rel in &touched {
-        let fd = tree.dir(rel)?;
-        crate::tree::sync(&fd).at(tree.abs(rel))?;
+
+    /// Step 8: deletions, last, deepest first; the old indexes before the files they name
+    /// (top indexes, then the other metadata and directories holding some, then the rest);
+    /// then what was moved aside; then the directories replaced by a file or link.
+    fn delete_in_order(
+        &mut self,
+        plan: &Plan,
+        aside: &[(PathBuf, PathBuf)],
+    ) -> Result<(), SyncError> {
+        let (dest, patterns) = (&self.opts.dest, &self.opts.metadata_patterns);
+        let rank = |name: &std::ffi::OsStr| rank_of(name, patterns);
+        let deleted_file = |p: &Path| pulpdist_failpoint::hit_at("sync.delete_file", p);
+        let mut deletes: Vec<(u8, &PathBuf)> = plan
+            .deletes
+            .iter()
+            .map(|d| (crate::exec::deletion_rank(dest, d, patterns), d))
+            .collect();
+        deletes.sort_by_key(|(rank, _)| *rank);
+        for (_, d) in deletes {
+            pulpdist_failpoint::hit_at("sync.delete", &self.tree.abs(d));
+            self.tree.remove_ranked(d, &rank, &deleted_file)?;
+            self.touched.insert(parent_of(d));
+        }
+        for (_, tmp) in aside {
+            pulpdist_failpoint::hit_at("sync.delete", &self.tree.abs(tmp));
+            self.tree.remove_ranked(tmp, &rank, &deleted_file)?;
+            self.touched.insert(parent_of(tmp));
+        }
+        for (tmp, target) in std::mem::take(&mut self.deferred) {
+            pulpdist_failpoint::hit_at("sync.replace_dir", &self.tree.abs(&target));
+            self.tree.remove_ranked(&target, &rank, &deleted_file)?;
+            self.tree.rename(&tmp, &target)?;
+        }
+        Ok(())
     }
-    pulpdist_failpoint::hit("sync.synced");
-    Ok(late)
+
+    /// Steps 9 and 10: directory modes and mtimes, now that their contents are final; then
+    /// every directory whose entries changed flushed before the version is recorded (after
+    /// a power cut, a recorded version never has renames that were lost), walked again from
+    /// the root: a directory swapped for a symlink during the sync (its writes went to the
+    /// directory that was moved away) fails here, before the version is recorded, and the
+    /// next sync checks every directory.
+    fn settle(&mut self, plan: &Plan, first_sync: bool) -> Result<(), SyncError> {
+        let dest = &self.opts.dest;
+        for a in &plan.dir_attrs {
+            let fd = self.tree.dir(&a.path)?;
+            crate::tree::set_fd_attrs(&fd, a.mode, a.mtime).at(self.tree.abs(&a.path))?;
+            self.touched.insert(a.path.clone());
+            pulpdist_failpoint::hit("sync.dir_attr");
+        }
+        if first_sync {
+            // A first sync made the mirror directory itself: its entry in its parent, too.
+            if let Some(parent) = dest.parent() {
+                sync_dir(parent)?;
+            }
+            self.touched.insert(PathBuf::new());
+        }
+        self.tree.refresh();
+        for rel in &self.touched {
+            let fd = self.tree.dir(rel)?;
+            crate::tree::sync(&fd).at(self.tree.abs(rel))?;
+        }
+        pulpdist_failpoint::hit("sync.synced");
+        Ok(())
+    }
 }
