@@ -111,26 +111,6 @@ fn assert_order(trace: &[(String, String)]) {
     before(&dm, &dp, "old indexes deleted before the files they name");
 }
 
-/// Each step a run with `args` passes, with how many times it passes it.
-fn steps_of(args: &[String], log: &Path) -> BTreeMap<String, u64> {
-    let _ = std::fs::remove_file(log);
-    let out = bin()
-        .args(args)
-        .env("PULPDIST_FAILPOINT_LOG", log)
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut steps = BTreeMap::new();
-    for line in std::fs::read_to_string(log).expect("log").lines() {
-        *steps.entry(line.to_string()).or_insert(0) += 1;
-    }
-    steps
-}
-
 /// Runs `args` stopped at the `n`th pass of `step`; asserts it died there.
 fn kill_at(args: &[String], step: &str, n: u64) {
     let out = bin()
@@ -250,7 +230,7 @@ fn a_publish_killed_at_any_step_keeps_the_store_usable() {
     copy(&state, &state0);
     // Small packs, so that a publish puts several.
     let args = site.publish_cmd(&site.key(), &["--pack-size", "65536"]);
-    let steps = steps_of(&args, &site.p("steps.log"));
+    let steps = count(&trace_of(&args, &site.p("steps.log")));
     assert!(
         steps.get("publish.pack_put").is_some_and(|n| *n >= 3),
         "{steps:?}"
