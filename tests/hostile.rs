@@ -137,6 +137,25 @@ fn a_head_valid_for_more_than_a_year_is_refused() {
     assert_eq!(before, snapshot(&site.mirror()));
 }
 
+/// Syncs `site` (under /usr/bin/time) and asserts the index is refused (exit 3, `needle` in
+/// the message) with bounded memory and the mirror as it was.
+fn assert_refused(
+    site: &Site,
+    before: &std::collections::BTreeMap<std::path::PathBuf, String>,
+    needle: &str,
+) {
+    let out = bin_timed().args(site.sync_args()).output().expect("sync");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains(needle), "{err}");
+    assert!(peak_rss_kb(&err) < 256 * 1024, "{err}");
+    assert_eq!(
+        before,
+        &snapshot(&site.mirror()),
+        "{needle}: the mirror changed"
+    );
+}
+
 /// Regression: a 6 kB index whose directory nodes all name the same child (10⁷ paths)
 /// drove a sync past 3.6 GB; paths longer than PATH_MAX replaced a file with empty
 /// directories and made every rerun fail. Both are refused before anything is written,
@@ -167,16 +186,7 @@ fn index_bombs_are_refused_before_anything_is_written() {
         child = index.add(&node.encode());
     }
     index.publish(&site, child, 20);
-    let out = bin_timed().args(site.sync_args()).output().expect("sync");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{err}");
-    assert!(err.contains("repeated"), "{err}");
-    assert!(peak_rss_kb(&err) < 256 * 1024, "{err}");
-    assert_eq!(
-        before,
-        snapshot(&site.mirror()),
-        "the bomb changed the mirror"
-    );
+    assert_refused(&site, &before, "repeated");
 
     // One wide directory of 50,000 entries, all the same empty directory, named forty
     // times: refused before two million paths are queued.
@@ -191,16 +201,7 @@ fn index_bombs_are_refused_before_anything_is_written() {
     let root = Node::new(names.iter().map(|n| dir_entry(n, wide)).collect()).expect("root");
     let root = index.add(&root.encode());
     index.publish(&site, root, 22);
-    let out = bin_timed().args(site.sync_args()).output().expect("sync");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{err}");
-    assert!(err.contains("repeated"), "{err}");
-    assert!(peak_rss_kb(&err) < 256 * 1024, "{err}");
-    assert_eq!(
-        before,
-        snapshot(&site.mirror()),
-        "the wide bomb changed the mirror"
-    );
+    assert_refused(&site, &before, "repeated");
 
     // Twenty nested directories of 250-byte names: paths past 4,095 bytes.
     let mut index = HandIndex::new(b"deep");

@@ -171,16 +171,19 @@ fn many_directories_and_long_names_under_a_small_open_files_limit() {
         env!("CARGO_BIN_EXE_pulpdist").to_string(),
     ];
     a.extend(site.sync_args());
-    let out = std::process::Command::new("prlimit")
-        .args(&a)
-        .output()
-        .expect("prlimit (util-linux)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_same_tree(&site.src(), &site.mirror());
+    let synced = || {
+        let out = std::process::Command::new("prlimit")
+            .args(&a)
+            .output()
+            .expect("prlimit (util-linux)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_same_tree(&site.src(), &site.mirror());
+    };
+    synced();
     // And an update touching all of them.
     for i in 0..600 {
         fs::write(
@@ -190,16 +193,7 @@ fn many_directories_and_long_names_under_a_small_open_files_limit() {
         .expect("file");
     }
     site.publish();
-    let out = std::process::Command::new("prlimit")
-        .args(&a)
-        .output()
-        .expect("prlimit");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_same_tree(&site.src(), &site.mirror());
+    synced();
 }
 
 /// Regression: --trees, --trust and key files were read whole, so `/dev/zero` exhausted

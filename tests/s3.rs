@@ -35,6 +35,32 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// `pulpdist sync --json` of `site`'s tree from `store` on `s3`, with credentials and the
+/// endpoint given as flags (the conformance suite uses the AWS_* variables); asserts success.
+fn sync_from_s3(site: &Site, s3: &S3, store: &str, secret: &std::path::Path) -> serde_json::Value {
+    let trust = format!("{}.pub", s(&site.key()));
+    let mirror = site.mirror();
+    let args = [
+        "sync",
+        "--store",
+        store,
+        "--tree",
+        "tree",
+        "--trust",
+        &trust,
+        "--s3-endpoint",
+        &s3.endpoint,
+        "--s3-region",
+        "us-east-1",
+        "--s3-access-key-id",
+        S3_ACCESS_KEY,
+        "--s3-secret-key-file",
+        s(secret),
+        s(&mirror),
+    ];
+    common::run_json(&args)
+}
+
 #[test]
 fn large_packs_go_up_in_parts_and_sync_back_identical() {
     let site = Site::new();
@@ -66,33 +92,7 @@ fn large_packs_go_up_in_parts_and_sync_back_identical() {
     // Credentials and endpoint as flags this time (the conformance suite uses AWS_* variables).
     let secret = site.p("s3-secret");
     std::fs::write(&secret, format!("{S3_SECRET_KEY}\n")).expect("secret file");
-    let out = common::bin()
-        .args([
-            "sync",
-            "--store",
-            "s3://mirror/pool",
-            "--tree",
-            "tree",
-            "--trust",
-            &format!("{}.pub", s(&site.key())),
-            "--s3-endpoint",
-            &s3.endpoint,
-            "--s3-region",
-            "us-east-1",
-            "--s3-access-key-id",
-            S3_ACCESS_KEY,
-            "--s3-secret-key-file",
-            s(&secret),
-            "--json",
-            s(&site.mirror()),
-        ])
-        .output()
-        .expect("sync");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sync_from_s3(&site, &s3, "s3://mirror/pool", &secret);
     assert_same_tree(&site.src(), &site.mirror());
 }
 
@@ -221,32 +221,7 @@ fn two_publishers_racing_on_s3_one_exits_4() {
     assert_eq!(held.status.code(), Some(4), "{err}");
     assert!(err.contains("changed during publish"), "{err}");
 
-    let out = common::bin()
-        .args([
-            "sync",
-            "--store",
-            "s3://race/p",
-            "--tree",
-            "tree",
-            "--trust",
-            &format!("{}.pub", s(&site.key())),
-            "--s3-endpoint",
-            &s3.endpoint,
-            "--s3-access-key-id",
-            S3_ACCESS_KEY,
-            "--s3-secret-key-file",
-            s(&secret),
-            "--json",
-            s(&site.mirror()),
-        ])
-        .output()
-        .expect("sync");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let r = sync_from_s3(&site, &s3, "s3://race/p", &secret);
     assert_eq!(r["version"], won["version"], "{r}");
     assert_same_tree(&site.src(), &site.mirror());
 }

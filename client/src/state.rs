@@ -392,6 +392,16 @@ mod tests {
     use super::*;
     use pulpdist_format::{Entry, Name};
 
+    fn open_for_writing(dir: &Path) -> State {
+        State::open(
+            dir,
+            Access::Write {
+                wait: Duration::ZERO,
+            },
+        )
+        .expect("state")
+    }
+
     /// Puts `n` distinct nodes no tree reaches into the cache.
     fn dead(state: &State, n: u8, tag: u8) -> Vec<NodeId> {
         (0..n)
@@ -442,13 +452,7 @@ mod tests {
     #[test]
     fn the_recorded_version_only_rises() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let state = State::open(
-            dir.path(),
-            Access::Write {
-                wait: Duration::ZERO,
-            },
-        )
-        .expect("state");
+        let state = open_for_writing(dir.path());
         let key = pulpdist_format::SecretKey::generate().expect("key");
         state
             .set_applied("t", &head_bytes(5, &key), None, "s")
@@ -500,13 +504,7 @@ mod tests {
     #[test]
     fn unreachable_nodes_are_pruned_once_the_cache_has_grown() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let state = State::open(
-            dir.path(),
-            Access::Write {
-                wait: Duration::ZERO,
-            },
-        )
-        .expect("state");
+        let state = open_for_writing(dir.path());
         // No tree applied, nothing live: 40 > 2 × 0 + 16, so all go.
         let first = dead(&state, 40, 1);
         assert_eq!(state.prune_nodes().expect("prune"), 40);
