@@ -83,6 +83,9 @@ pub enum SyncError {
     /// pool that did not start).
     #[error("{0}")]
     Config(String),
+    /// The threads that fetch in parallel could not be started.
+    #[error("starting fetch threads: {0}")]
+    Threads(String),
     /// Another sync holds the mirror's state directory.
     #[error("{state}: another sync of this mirror is running{holder}; run again later, or give --wait SECONDS")]
     Busy { state: PathBuf, holder: String },

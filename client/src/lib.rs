@@ -18,34 +18,30 @@
 //! println!("now at version {}", report.version);
 //! ```
 
-mod apply;
 mod config;
-mod delta;
 mod error;
-mod exec;
 mod fsutil;
 mod glob;
 mod http;
 mod locate;
 mod objstore;
-mod plan;
 mod ranges;
 pub mod rsync;
 mod staging;
 mod state;
 mod store;
+mod sync;
 mod tree;
-mod walk;
 
 pub use config::{ConfigError, SyncConfig, MAX_CONFIG_SIZE};
 pub use error::SyncError;
-pub use exec::{sync, SyncOptions, SyncReport};
 pub use fsutil::absolute_dir;
 pub use glob::{glob_match, DEFAULT_METADATA_PATTERNS};
 pub use http::{HttpOptions, HttpStoreReader};
 pub use locate::fetch_chunks;
 pub use objstore::ObjectStoreReader;
-pub use plan::{FetchOp, FileOp, Plan, Source};
 pub use ranges::coalesce;
 pub use state::lock_mirror;
 pub use store::{CountingReader, HeadFetch, LocalStoreReader, Overhead, StoreReader};
+pub use sync::plan::{FetchOp, FileOp, Plan, Source};
+pub use sync::{sync, SyncOptions, SyncReport};

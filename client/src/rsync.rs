@@ -17,7 +17,7 @@ use std::time::Instant;
 use pulpdist_format::filter::Filter;
 
 use crate::error::SyncError;
-use crate::exec::SyncReport;
+use crate::sync::SyncReport;
 
 /// What one rsync run moved, from its `--stats`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

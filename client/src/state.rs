@@ -201,6 +201,15 @@ impl State {
         Node::decode(&self.node_bytes(id)?).ok()
     }
 
+    /// The error for a node the sync fetched or checked but can no longer read back (a
+    /// cached node deleted or damaged behind the sync's back).
+    pub(crate) fn lost_node(&self, id: &NodeId) -> SyncError {
+        SyncError::State {
+            path: self.node_path(id),
+            detail: format!("index node {id} vanished from the node cache during the sync"),
+        }
+    }
+
     /// A node's encoding from the local node store, verified.
     pub(crate) fn node_bytes(&self, id: &NodeId) -> Option<Vec<u8>> {
         let in_memory = self.mem_nodes.lock().ok().and_then(|m| m.get(id).cloned());

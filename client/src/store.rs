@@ -183,6 +183,11 @@ impl<'a> CountingReader<'a> {
         self.bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
 
+    /// Requests beyond one per call so far (retries, resumptions, split multi-range calls).
+    pub fn retries(&self) -> u64 {
+        self.inner.overhead().requests
+    }
+
     /// Requests made and bytes received so far.
     pub fn totals(&self) -> (u64, u64) {
         let extra = self.inner.overhead();

@@ -51,9 +51,9 @@ pub(crate) fn changed_dirs(
         fetch_nodes(reader, state, &missing, mem_packs, max_gap)?;
         let mut next = Vec::new();
         for (rel, old_id, new_ref) in frontier {
-            let new = state.node(&new_ref.id).ok_or_else(|| {
-                SyncError::Config(format!("node {} vanished from the local state", new_ref.id))
-            })?;
+            let new = state
+                .node(&new_ref.id)
+                .ok_or_else(|| state.lost_node(&new_ref.id))?;
             bounds.reach(&rel, new_ref.id, &new)?;
             let old = old_id.and_then(|id| state.node(&id));
             for e in new.entries() {

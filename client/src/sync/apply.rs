@@ -8,14 +8,22 @@
 //! through [`Tree`]: directory handles opened without following symlinks.
 
 use std::collections::{BTreeSet, HashMap};
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use pulpdist_format::{ChunkId, ChunkRef, Mtime};
 
+use super::changes::symlink_on_the_way;
+use super::plan::{Plan, Source};
+use super::stage::{fetch_loose, read_local};
+use super::survey::Planned;
+use super::SyncOptions;
 use crate::error::{IoContext, SyncError};
-use crate::exec::{write_file, SyncOptions};
 use crate::fsutil::sync_dir;
-use crate::plan::Plan;
+use crate::glob::glob_match;
 use crate::state::State;
 use crate::store::StoreReader;
 use crate::tree::Tree;
@@ -23,14 +31,17 @@ use crate::tree::Tree;
 /// Applies `plan` (its chunks staged or local) to the mirror; returns the chunks fetched
 /// while writing (local copies that changed since they were planned). `first_sync`: no
 /// version is applied yet.
-pub(crate) fn apply(
+pub(super) fn apply(
     store: &dyn StoreReader,
     state: &State,
     opts: &SyncOptions,
-    plan: &Plan,
-    all_refs: &HashMap<ChunkId, ChunkRef>,
+    planned: &Planned,
     first_sync: bool,
 ) -> Result<u64, SyncError> {
+    let Planned {
+        plan,
+        refs: all_refs,
+    } = planned;
     // A first sync marks that it began writing, so that if it is interrupted the next one
     // finishes it (instead of refusing a directory that is no longer empty).
     if first_sync {
@@ -264,7 +275,7 @@ impl Applier<'_> {
         let mut deletes: Vec<(u8, &PathBuf)> = plan
             .deletes
             .iter()
-            .map(|d| (crate::exec::deletion_rank(dest, d, patterns), d))
+            .map(|d| (deletion_rank(dest, d, patterns), d))
             .collect();
         deletes.sort_by_key(|(rank, _)| *rank);
         for (_, d) in deletes {
@@ -313,5 +324,145 @@ impl Applier<'_> {
         }
         pulpdist_failpoint::hit("sync.synced");
         Ok(())
+    }
+}
+/// When to delete `path` among the deletions: 0 a top index (Release, repomd.xml), 1 other
+/// metadata or a directory holding some, 2 the rest. An index is deleted before what it
+/// names, so no index on the mirror ever names a file already gone.
+fn deletion_rank(dest: &Path, rel: &Path, patterns: &[String]) -> u8 {
+    let named = |p: &Path, pats: &[&str]| {
+        let name = p.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+        pats.iter().any(|pat| glob_match(pat.as_bytes(), name))
+    };
+    let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
+    if named(rel, crate::glob::TOP_METADATA_PATTERNS) {
+        return 0;
+    }
+    if named(rel, &patterns) {
+        return 1;
+    }
+    // A directory is looked into (never through a symlink, at most 100,000 entries: past
+    // that it is taken to hold metadata) for metadata.
+    if symlink_on_the_way(dest, rel.parent().unwrap_or(Path::new(""))) {
+        return 2;
+    }
+    let mut todo = vec![dest.join(rel)];
+    let mut seen = 0usize;
+    while let Some(p) = todo.pop() {
+        seen += 1;
+        if seen > 100_000 {
+            return 1;
+        }
+        if named(&p, &patterns) {
+            return 1;
+        }
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+            if let Ok(rd) = fs::read_dir(&p) {
+                todo.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    2
+}
+
+/// Writes one file's content into `file` (the new temporary file `tmp`), sets its mode
+/// and mtime, and flushes it.
+#[allow(clippy::too_many_arguments)]
+fn write_file(
+    dest: &Path,
+    state: &State,
+    file: File,
+    tmp: &Path,
+    op: &super::plan::FileOp,
+    refs: &HashMap<ChunkId, ChunkRef>,
+    store: &dyn StoreReader,
+    max_gap: u64,
+) -> Result<u64, SyncError> {
+    let mut late = 0;
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, file);
+    for (id, len, src) in &op.chunks {
+        let chunk = match src {
+            Source::Local { path, offset } => match read_local(dest, path, *offset, *len, *id) {
+                Ok(c) => c,
+                Err(_) => {
+                    // The local copy changed since it was observed: fetch this chunk instead.
+                    let r = refs.get(id).copied().into_iter().collect::<Vec<_>>();
+                    late += fetch_loose(store, state, &r, max_gap)?;
+                    state.read_staged(id)?
+                }
+            },
+            Source::Staged | Source::Fetch(_) => state.read_staged(id)?,
+        };
+        f.write_all(chunk.data()).at(tmp)?;
+    }
+    let file = f.into_inner().map_err(|e| e.into_error()).at(tmp)?;
+    file.set_permissions(fs::Permissions::from_mode(op.mode))
+        .at(tmp)?;
+    // The mtime before the flush (on the open file, not by path), so that it is on disk
+    // with the bytes.
+    crate::tree::set_file_mtime(&file, op.mtime).at(tmp)?;
+    file.sync_all().at(tmp)?;
+    Ok(late)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{self, MemStore};
+    use super::*;
+    use pulpdist_format::VerifiedChunk;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_planned_file_is_written_whole_with_its_attributes_and_extras_go() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (opts, state) = (testkit::options(dir.path()), testkit::state(dir.path()));
+        let m = &opts.dest;
+        fs::create_dir_all(m.join("sub")).expect("mirror");
+        fs::write(m.join("old"), b"gone").expect("old");
+        fs::write(m.join("sub/f"), b"previous").expect("previous");
+        let chunk = VerifiedChunk::from_plain(ChunkId::of(b"new"), b"new".to_vec()).expect("chunk");
+        state.stage(&chunk).expect("staged");
+        let plan = Plan {
+            files: vec![super::super::plan::FileOp {
+                path: "sub/f".into(),
+                size: 3,
+                mode: 0o640,
+                mtime: testkit::mtime(100),
+                metadata: false,
+                chunks: vec![(chunk.id(), 3, Source::Staged)],
+            }],
+            deletes: vec!["old".into()],
+            ..Plan::default()
+        };
+        let planned = Planned {
+            plan,
+            refs: HashMap::new(),
+        };
+        apply(&MemStore::default(), &state, &opts, &planned, false).expect("applied");
+        assert_eq!(fs::read(m.join("sub/f")).expect("read"), b"new");
+        let md = fs::metadata(m.join("sub/f")).expect("stat");
+        assert_eq!((md.mode() & 0o7777, md.mtime()), (0o640, 100));
+        assert!(!m.join("old").exists());
+        // Nothing but the new file is left beside it (no temporary file).
+        assert_eq!(fs::read_dir(m.join("sub")).expect("list").count(), 1);
+    }
+
+    #[test]
+    fn indexes_are_deleted_before_what_they_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = dir.path();
+        fs::create_dir_all(m.join("dists/x/main")).expect("dists");
+        fs::write(m.join("dists/x/main/Packages.gz"), b"p").expect("Packages");
+        fs::create_dir_all(m.join("pool")).expect("pool");
+        let pats: Vec<String> = crate::DEFAULT_METADATA_PATTERNS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let rank = |p: &str| deletion_rank(m, Path::new(p), &pats);
+        assert_eq!(rank("dists/x/InRelease"), 0);
+        assert_eq!(rank("dists/x/main/Packages.gz"), 1);
+        assert_eq!(rank("dists"), 1, "a directory holding an index");
+        assert_eq!(rank("pool/a.deb"), 2);
+        assert_eq!(rank("pool"), 2);
     }
 }

@@ -308,94 +308,101 @@ impl Planner {
                 }
             }
         }
-        // Parents before children for creation; deepest first for deletion and dir attributes.
-        plan.mkdirs.sort_by_key(|p| p.components().count());
-        plan.deletes.sort_by(|a, b| {
-            b.components()
-                .count()
-                .cmp(&a.components().count())
-                .then(a.cmp(b))
-        });
-        plan.dir_attrs.sort_by(|a, b| {
-            b.path
-                .components()
-                .count()
-                .cmp(&a.path.components().count())
-                .then(a.path.cmp(&b.path))
-        });
-
-        // Local sources inside files that get replaced must be saved before the replacement,
-        // unless only the file itself reads them.
-        let replaced: HashSet<PathBuf> = payload
-            .iter()
-            .chain(metadata.iter())
-            .map(|f| &f.path)
-            .chain(plan.symlinks.iter().map(|s| &s.0))
-            .chain(plan.mkdirs.iter())
-            .cloned()
-            .collect();
-        let mut staged_now: HashSet<ChunkId> = HashSet::new();
-        for f in payload.iter_mut().chain(metadata.iter_mut()) {
-            for (id, len, src) in f.chunks.iter_mut() {
-                if let Source::Local { path, offset } = src {
-                    if replaced.contains(path) && *path != f.path {
-                        if staged_now.insert(*id) {
-                            plan.stage_first.push((*id, *len, path.clone(), *offset));
-                        }
-                        *src = Source::Staged;
-                    }
-                }
-            }
-        }
-
-        // Fetches, grouped per pack.
-        let mut need: BTreeMap<PackId, BTreeMap<ChunkId, ChunkRef>> = BTreeMap::new();
-        for f in payload.iter().chain(metadata.iter()) {
-            for (_, _, src) in &f.chunks {
-                if let Source::Fetch(c) = src {
-                    need.entry(c.loc.pack).or_default().insert(c.id, *c);
-                }
-            }
-        }
-        for (pack, chunks) in need {
-            let chunks: Vec<ChunkRef> = chunks.into_values().collect();
-            let needed: u64 = chunks.iter().map(|c| u64::from(c.loc.stored_len)).sum();
-            let ranges = coalesce(
-                chunks.iter().map(|c| c.loc.range()).collect(),
-                settings.max_gap,
-            );
-            let whole = pack_sizes
-                .get(&pack)
-                .is_some_and(|size| needed as f64 >= settings.whole_ratio * *size as f64)
-                && ranges.len() > 1;
-            plan.fetches.push(FetchOp {
-                pack,
-                whole,
-                size: pack_sizes.get(&pack).copied().unwrap_or(0),
-                ranges: if whole { Vec::new() } else { ranges },
-                chunks,
-            });
-        }
-        // Metadata in the order that keeps every index true to what it names: the indexes
-        // that list other indexes (Release, InRelease, repomd.xml) after the rest, and each
-        // group deepest first (dists/x/main/binary-amd64/Packages before dists/x/InRelease).
-        metadata.sort_by_cached_key(|f| {
-            let name = f.path.file_name().map(|n| n.as_encoded_bytes().to_vec());
-            let top = name.is_some_and(|n| {
-                crate::glob::TOP_METADATA_PATTERNS
-                    .iter()
-                    .any(|p| glob_match(p.as_bytes(), &n))
-            });
-            (
-                top,
-                std::cmp::Reverse(f.path.components().count()),
-                f.path.clone(),
-            )
-        });
+        sort_for_order(&mut plan, &mut metadata);
+        stage_replaced(&mut plan, &mut payload, &mut metadata);
+        plan.fetches = group_fetches(payload.iter().chain(metadata.iter()), &settings, pack_sizes);
         plan.files = payload;
         plan.files.extend(metadata);
         (plan, wanted)
     }
+}
+
+/// Parents before children for creation; deepest first for deletion and directory
+/// attributes; metadata in the order that keeps every index true to what it names: the
+/// indexes that list other indexes (Release, InRelease, repomd.xml) after the rest, and
+/// each group deepest first (dists/x/main/binary-amd64/Packages before dists/x/InRelease).
+fn sort_for_order(plan: &mut Plan, metadata: &mut [FileOp]) {
+    let depth = |p: &PathBuf| p.components().count();
+    plan.mkdirs.sort_by_key(depth);
+    plan.deletes
+        .sort_by(|a, b| depth(b).cmp(&depth(a)).then(a.cmp(b)));
+    plan.dir_attrs.sort_by(|a, b| {
+        depth(&b.path)
+            .cmp(&depth(&a.path))
+            .then(a.path.cmp(&b.path))
+    });
+    metadata.sort_by_cached_key(|f| {
+        let name = f.path.file_name().map(|n| n.as_encoded_bytes().to_vec());
+        let top = name.is_some_and(|n| {
+            crate::glob::TOP_METADATA_PATTERNS
+                .iter()
+                .any(|p| glob_match(p.as_bytes(), &n))
+        });
+        (top, std::cmp::Reverse(depth(&f.path)), f.path.clone())
+    });
+}
+
+/// Local sources inside files that get replaced must be saved before the replacement,
+/// unless only the file itself reads them: listed in `stage_first`, read from staging.
+fn stage_replaced(plan: &mut Plan, payload: &mut [FileOp], metadata: &mut [FileOp]) {
+    let replaced: HashSet<PathBuf> = payload
+        .iter()
+        .chain(metadata.iter())
+        .map(|f| &f.path)
+        .chain(plan.symlinks.iter().map(|s| &s.0))
+        .chain(plan.mkdirs.iter())
+        .cloned()
+        .collect();
+    let mut staged_now: HashSet<ChunkId> = HashSet::new();
+    for f in payload.iter_mut().chain(metadata.iter_mut()) {
+        for (id, len, src) in f.chunks.iter_mut() {
+            if let Source::Local { path, offset } = src {
+                if replaced.contains(path) && *path != f.path {
+                    if staged_now.insert(*id) {
+                        plan.stage_first.push((*id, *len, path.clone(), *offset));
+                    }
+                    *src = Source::Staged;
+                }
+            }
+        }
+    }
+}
+
+/// The chunks still to fetch, one fetch per pack: ranges closer than `max_gap` merged,
+/// the whole pack when at least `whole_ratio` of it is needed.
+fn group_fetches<'a>(
+    files: impl Iterator<Item = &'a FileOp>,
+    settings: &PlanSettings,
+    pack_sizes: &HashMap<PackId, u64>,
+) -> Vec<FetchOp> {
+    let mut need: BTreeMap<PackId, BTreeMap<ChunkId, ChunkRef>> = BTreeMap::new();
+    for f in files {
+        for (_, _, src) in &f.chunks {
+            if let Source::Fetch(c) = src {
+                need.entry(c.loc.pack).or_default().insert(c.id, *c);
+            }
+        }
+    }
+    let mut fetches = Vec::with_capacity(need.len());
+    for (pack, chunks) in need {
+        let chunks: Vec<ChunkRef> = chunks.into_values().collect();
+        let needed: u64 = chunks.iter().map(|c| u64::from(c.loc.stored_len)).sum();
+        let ranges = coalesce(
+            chunks.iter().map(|c| c.loc.range()).collect(),
+            settings.max_gap,
+        );
+        let size = pack_sizes.get(&pack).copied();
+        let whole = size.is_some_and(|size| needed as f64 >= settings.whole_ratio * size as f64)
+            && ranges.len() > 1;
+        fetches.push(FetchOp {
+            pack,
+            whole,
+            size: size.unwrap_or(0),
+            ranges: if whole { Vec::new() } else { ranges },
+            chunks,
+        });
+    }
+    fetches
 }
 
 /// Whether the old node has a file of the new entry `e`'s name, size and mtime but other
@@ -531,6 +538,9 @@ impl fmt::Display for Plan {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod props;
 
 #[cfg(test)]
 mod tests {

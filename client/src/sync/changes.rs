@@ -1,0 +1,249 @@
+//! Phase 2, the changed directories: the index nodes the new head reaches that the mirror's
+//! version lacks, walked from the root only into directories whose node id changed. A delta
+//! pack from the applied version brings the new nodes in one request when it is smaller than
+//! what the versions since added; one version (or a few) behind, their index packs are
+//! fetched whole instead of level by level. A directory on the way that is a symlink now, or
+//! an unchanged one that is gone from disk, makes the walk cover the whole tree.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use pulpdist_format::{EntryKind, PackKind};
+
+use super::delta::Fetched;
+use super::head::Accepted;
+use super::walk::{changed_dirs, DirChange};
+use super::{SyncOptions, SyncReport};
+use crate::error::SyncError;
+use crate::state::State;
+use crate::store::StoreReader;
+
+/// The directories whose index node changed, and the delta that may rebuild their files.
+pub(super) struct Changes {
+    /// Each changed directory with its old and new node, parents first.
+    pub(super) dirs: Vec<DirChange>,
+    /// The delta from the applied version, its nodes already in the node cache.
+    pub(super) delta: Option<Fetched>,
+}
+
+/// Walks the index from the accepted head; notes the delta's use in `report`.
+pub(super) fn find(
+    store: &dyn StoreReader,
+    state: &State,
+    opts: &SyncOptions,
+    acc: &Accepted,
+    report: &mut SyncReport,
+) -> Result<Changes, SyncError> {
+    let delta = match (&acc.applied, acc.full, opts.dry_run) {
+        (Some(a), false, false) => fetch_delta(store, state, &acc.head, a, report),
+        _ => None,
+    };
+    let mem_packs = match delta {
+        None => index_packs(store, acc)?,
+        Some(_) => HashMap::new(),
+    };
+    let base_len = opts.dest.as_os_str().len();
+    let walk = |old| {
+        let (root, gap) = (acc.head.root, opts.max_gap);
+        changed_dirs(store, state, old, root, &mem_packs, gap, base_len)
+    };
+    let old_root = acc.old_root();
+    let mut dirs = walk(old_root)?;
+    // A directory on the way to a changed one that is a symlink now (planted by someone
+    // who can write the mirror) is replaced by a real directory, and what the unchanged
+    // rest of it held must come back too: then every directory is checked, as with --full.
+    // Likewise a directory the index keeps unchanged that is gone or not a directory on
+    // disk: remade, it would stay empty (its node is not walked).
+    if old_root.is_some()
+        && (dirs.iter().any(|c| symlink_on_the_way(&opts.dest, &c.rel))
+            || unchanged_dir_missing(&opts.dest, state, &dirs))
+    {
+        dirs = walk(None)?;
+    }
+    report.dirs_examined = dirs.len() as u64;
+    Ok(Changes { dirs, delta })
+}
+
+/// One version (or a few) behind: the index packs of the missing versions, which hold
+/// every new node, when the head lists them all.
+fn index_packs(
+    store: &dyn StoreReader,
+    acc: &Accepted,
+) -> Result<HashMap<pulpdist_format::PackId, Vec<u8>>, SyncError> {
+    let mut packs = HashMap::new();
+    let (Some(a), false) = (&acc.applied, acc.full) else {
+        return Ok(packs);
+    };
+    let listed: Vec<_> = acc
+        .head
+        .recent
+        .iter()
+        .filter(|v| v.version > a.version)
+        .collect();
+    if listed.len() as u64 != acc.head.version - a.version {
+        return Ok(packs);
+    }
+    for p in listed
+        .iter()
+        .flat_map(|v| v.packs.iter())
+        .filter(|p| p.kind == PackKind::Index)
+    {
+        packs.insert(p.id, store.get_pack(&p.id, p.size)?);
+    }
+    Ok(packs)
+}
+
+/// Whether a changed directory has a subdirectory the index keeps unchanged (so it is not
+/// walked) that is not a real directory on disk.
+fn unchanged_dir_missing(dest: &Path, state: &State, changes: &[DirChange]) -> bool {
+    let walked: HashSet<&Path> = changes.iter().map(|c| c.rel.as_path()).collect();
+    changes.iter().any(|c| {
+        let Some(node) = state.node(&c.new) else {
+            return false;
+        };
+        node.entries().iter().any(|e| {
+            let rel = c.rel.join(std::ffi::OsStr::from_bytes(e.name.as_bytes()));
+            matches!(e.kind, EntryKind::Dir { .. })
+                && !walked.contains(rel.as_path())
+                && !fs::symlink_metadata(dest.join(&rel)).is_ok_and(|m| m.is_dir())
+        })
+    })
+}
+
+/// Whether a component of `rel` (below `dest`, the last one included) is a symlink.
+pub(super) fn symlink_on_the_way(dest: &Path, rel: &Path) -> bool {
+    let mut cur = dest.to_path_buf();
+    rel.components().any(|c| {
+        cur.push(c);
+        fs::symlink_metadata(&cur).is_ok_and(|m| m.file_type().is_symlink())
+    })
+}
+
+/// Fetches the head's delta from the tree the mirror holds (its root), if it has one and it
+/// is smaller than the packs the versions since then added, and rebuilds the index nodes it
+/// carries into the node cache. A delta that cannot be fetched is noted and skipped.
+fn fetch_delta(
+    store: &dyn StoreReader,
+    state: &State,
+    head: &pulpdist_format::Head,
+    applied: &pulpdist_format::Head,
+    report: &mut SyncReport,
+) -> Option<Fetched> {
+    let info = head
+        .deltas()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|d| d.from_root.id == applied.root.id)?;
+    let added: u64 = head
+        .recent
+        .iter()
+        .filter(|v| v.version > applied.version)
+        .flat_map(|v| v.packs.iter())
+        .map(|p| p.size)
+        .sum();
+    // Worth it only when smaller than the packs; held whole in memory, so bounded.
+    if (added > 0 && info.size >= added) || info.size > pulpdist_format::delta::MAX_DELTA_PACK {
+        return None;
+    }
+    // Kept in the staging area: a sync killed after this fetch does not fetch it again.
+    let keep = state
+        .dir()
+        .join("staging")
+        .join(format!("delta-{}", info.pack.to_hex()));
+    let fetched = match super::delta::Fetched::get(store, info, Some(&keep)) {
+        Ok((f, from_store)) => {
+            if from_store {
+                report.delta_bytes = info.size;
+            }
+            f
+        }
+        Err(e) => {
+            report.delta_error = Some(e.to_string());
+            return None;
+        }
+    };
+    pulpdist_failpoint::hit("sync.delta");
+    match super::delta::apply_nodes(state, &fetched, &applied.root.id) {
+        Ok(n) => report.delta_nodes = n,
+        Err(e) => {
+            report.delta_error = Some(e.to_string());
+            return None;
+        }
+    }
+    Some(fetched)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{self, MemStore};
+    use super::*;
+    use pulpdist_format::Node;
+
+    /// Version 1 and 2 of a tree `{a/x, b/y}` where only `a/x` changed, in the node cache;
+    /// the mirror holds `a/` and `b/`.
+    fn two_versions(root: &Path, opts: &mut SyncOptions, state: &State) -> Accepted {
+        let a1 = testkit::cached(state, vec![testkit::file("x", b"one", 0)]);
+        let a2 = testkit::cached(state, vec![testkit::file("x", b"two", 3)]);
+        let b = testkit::cached(state, vec![testkit::file("y", b"why", 6)]);
+        let old: Node = testkit::cached(state, vec![testkit::dir("a", &a1), testkit::dir("b", &b)]);
+        let new = testkit::cached(state, vec![testkit::dir("a", &a2), testkit::dir("b", &b)]);
+        for d in ["a", "b"] {
+            fs::create_dir_all(root.join("mirror").join(d)).expect("mirror dirs");
+        }
+        opts.dry_run = true;
+        Accepted {
+            bytes: Vec::new(),
+            etag: None,
+            head: testkit::head(2, &new),
+            applied: Some(testkit::head(1, &old)),
+            full: false,
+        }
+    }
+
+    fn walked(root: &Path, change: impl FnOnce(&Path)) -> Vec<String> {
+        let (mut opts, state) = (testkit::options(root), testkit::state(root));
+        let acc = two_versions(root, &mut opts, &state);
+        change(&opts.dest);
+        let mut report = SyncReport::default();
+        let found = find(&MemStore::default(), &state, &opts, &acc, &mut report).expect("walked");
+        assert_eq!(report.dirs_examined, found.dirs.len() as u64);
+        found
+            .dirs
+            .iter()
+            .map(|c| c.rel.display().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn only_directories_whose_node_changed_are_walked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(walked(dir.path(), |_| {}), ["", "a"]);
+    }
+
+    #[test]
+    fn an_unchanged_directory_gone_from_disk_makes_the_walk_cover_the_tree() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dirs = walked(dir.path(), |m| fs::remove_dir(m.join("b")).expect("rmdir"));
+        assert_eq!(dirs.len(), 3, "{dirs:?}");
+    }
+
+    #[test]
+    fn a_symlink_on_the_way_to_a_changed_directory_makes_the_walk_cover_the_tree() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dirs = walked(dir.path(), |m| {
+            fs::remove_dir(m.join("a")).expect("rmdir");
+            std::os::unix::fs::symlink("/tmp", m.join("a")).expect("symlink");
+        });
+        assert_eq!(dirs.len(), 3, "{dirs:?}");
+        assert!(symlink_on_the_way(
+            &dir.path().join("mirror"),
+            Path::new("a/x")
+        ));
+        assert!(!symlink_on_the_way(
+            &dir.path().join("mirror"),
+            Path::new("b/y")
+        ));
+    }
+}

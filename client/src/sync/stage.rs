@@ -1,0 +1,349 @@
+//! Phase 4, the staged chunks: every chunk the plan does not find in the mirror, fetched
+//! and verified into the client's staging area, after the local chunks that live in files
+//! about to be replaced are saved there. Every fetch runs even if one fails, so what could
+//! be verified is kept for the next try; the store's gaps (missing or damaged objects) come
+//! from the rsync fallback when there is one, each file checked against the signed index.
+//! Nothing in the mirror changes.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use pulpdist_format::{ChunkId, ChunkRef, PackId, VerifiedChunk};
+
+use super::plan::{FetchOp, Plan};
+use super::survey::Planned;
+use super::walk::slice;
+use super::SyncOptions;
+use crate::error::{IoContext, SyncError};
+use crate::state::State;
+use crate::store::StoreReader;
+
+/// What [`stage`] brought.
+#[derive(Debug, Default)]
+pub(super) struct Staged {
+    /// Chunks fetched from the store and verified.
+    pub(super) chunks_fetched: u64,
+    /// Files that came from the rsync fallback.
+    pub(super) rsync_files: u64,
+    /// Bytes rsync received for them.
+    pub(super) rsync_bytes: u64,
+}
+
+/// Steps 1 and 2 of applying a plan: the local chunks that live in files about to be
+/// replaced saved, then every chunk the plan lacks fetched and verified.
+pub(super) fn stage(
+    store: &dyn StoreReader,
+    state: &State,
+    opts: &SyncOptions,
+    planned: &Planned,
+) -> Result<Staged, SyncError> {
+    let Planned { plan, refs } = planned;
+    let mut out = Staged::default();
+    // 1. Save local chunks that live in files about to be replaced.
+    let mut late: Vec<ChunkRef> = Vec::new();
+    for (id, len, path, offset) in &plan.stage_first {
+        match read_local(&opts.dest, path, *offset, *len, *id) {
+            Ok(c) => state.stage(&c)?,
+            Err(_) => late.extend(refs.get(id).copied()),
+        }
+        pulpdist_failpoint::hit("sync.stage_first");
+    }
+    // 2. Fetch and verify everything missing, into staging.
+    let results = fetch_all(store, state, plan, opts.connections)?;
+    let mut fetched = 0;
+    let mut gaps: Vec<&FetchOp> = Vec::new();
+    for (op, r) in plan.fetches.iter().zip(results) {
+        match r {
+            Ok(n) => fetched += n,
+            Err(e) if opts.rsync_fallback.is_some() && is_gap(&e) => gaps.push(op),
+            Err(e) => return Err(e),
+        }
+    }
+    if let (Some(url), false) = (&opts.rsync_fallback, gaps.is_empty()) {
+        (out.rsync_files, out.rsync_bytes) = fill_gaps(url, state, plan, &gaps)?;
+    }
+    out.chunks_fetched = fetched + fetch_loose(store, state, &late, opts.max_gap)?;
+    Ok(out)
+}
+
+/// Runs every fetch of the plan on `connections` threads; each one's outcome, in order.
+fn fetch_all(
+    store: &dyn StoreReader,
+    state: &State,
+    plan: &Plan,
+    connections: usize,
+) -> Result<Vec<Result<u64, SyncError>>, SyncError> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(connections.max(1))
+        .thread_name(|i| format!("pulpdist-fetch-{i}"))
+        .build()
+        .map_err(|e| SyncError::Threads(e.to_string()))?;
+    Ok(pool.install(|| {
+        plan.fetches
+            .par_iter()
+            .map(|f| fetch_op(store, state, f))
+            .collect()
+    }))
+}
+
+/// One chunk of a mirror file, read and verified.
+pub(super) fn read_local(
+    dest: &Path,
+    rel: &Path,
+    offset: u64,
+    len: u32,
+    id: ChunkId,
+) -> Result<VerifiedChunk, SyncError> {
+    let path = dest.join(rel);
+    let (mut f, _) = crate::fsutil::open_regular(&path).at(&path)?;
+    f.seek(SeekFrom::Start(offset)).at(&path)?;
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact(&mut buf).at(&path)?;
+    VerifiedChunk::from_plain(id, buf).map_err(|source| SyncError::Format {
+        object: path.display().to_string(),
+        source,
+    })
+}
+
+/// Executes one fetch: the whole pack or its ranges; every chunk verified, then staged.
+fn fetch_op(store: &dyn StoreReader, state: &State, op: &FetchOp) -> Result<u64, SyncError> {
+    let bufs: Vec<(u64, Vec<u8>)> = if op.whole {
+        vec![(0, store.get_pack(&op.pack, op.size)?)]
+    } else if store.multi_range() && op.ranges.len() > 1 {
+        op.ranges
+            .iter()
+            .map(|r| r.start)
+            .zip(store.get_ranges(&op.pack, &op.ranges)?)
+            .collect()
+    } else {
+        op.ranges
+            .iter()
+            .map(|r| Ok((r.start, store.get_range(&op.pack, r.clone())?)))
+            .collect::<Result<_, SyncError>>()?
+    };
+    let mut n = 0;
+    for c in &op.chunks {
+        let (base, buf) = bufs
+            .iter()
+            .find(|(base, b)| *base <= c.loc.offset && c.loc.range().end <= base + b.len() as u64)
+            .ok_or_else(|| SyncError::Short {
+                store: store.describe(),
+                object: op.pack.object_key(),
+                got: 0,
+                wanted: c.loc.range().end,
+            })?;
+        let stored = slice(buf, *base, c.loc.range(), store, &op.pack)?;
+        let chunk = VerifiedChunk::from_stored(c.id, c.loc.codec, stored, c.loc.raw_len).map_err(
+            |source| SyncError::Format {
+                object: format!("chunk {} in {}", c.id, op.pack.object_key()),
+                source,
+            },
+        )?;
+        state.stage(&chunk)?;
+        n += 1;
+    }
+    pulpdist_failpoint::hit("sync.fetch");
+    Ok(n)
+}
+
+/// Fetches individual chunks (those whose local copy failed verification) into staging.
+pub(super) fn fetch_loose(
+    store: &dyn StoreReader,
+    state: &State,
+    refs: &[ChunkRef],
+    max_gap: u64,
+) -> Result<u64, SyncError> {
+    let mut by_pack: HashMap<PackId, Vec<ChunkRef>> = HashMap::new();
+    for r in refs {
+        by_pack.entry(r.loc.pack).or_default().push(*r);
+    }
+    let mut n = 0;
+    for (pack, chunks) in by_pack {
+        let ranges =
+            crate::ranges::coalesce(chunks.iter().map(|c| c.loc.range()).collect(), max_gap);
+        n += fetch_op(
+            store,
+            state,
+            &FetchOp {
+                pack,
+                whole: false,
+                size: 0,
+                ranges,
+                chunks,
+            },
+        )?;
+    }
+    Ok(n)
+}
+
+/// Whether a fetch failed because the store lacks or damaged an object (not a network
+/// hiccup): what the rsync fallback is for.
+fn is_gap(e: &SyncError) -> bool {
+    match e {
+        SyncError::NotFound { .. }
+        | SyncError::Format { .. }
+        | SyncError::Short { .. }
+        | SyncError::Mismatch { .. } => true,
+        SyncError::Http { temporary, .. } => !temporary,
+        _ => false,
+    }
+}
+
+/// Fetches, by rsync from `url`, every file that needs a chunk the failed fetches did not
+/// stage; checks each against its signed chunk list and stages its chunks. Returns the
+/// number of files and bytes that came by rsync.
+fn fill_gaps(
+    url: &str,
+    state: &State,
+    plan: &Plan,
+    gaps: &[&FetchOp],
+) -> Result<(u64, u64), SyncError> {
+    let staged: HashSet<ChunkId> = state.staged()?.into_iter().collect();
+    let missing: HashSet<ChunkId> = gaps
+        .iter()
+        .flat_map(|op| op.chunks.iter().map(|c| c.id))
+        .filter(|id| !staged.contains(id))
+        .collect();
+    let files: Vec<&super::plan::FileOp> = plan
+        .files
+        .iter()
+        .filter(|f| f.chunks.iter().any(|(id, _, _)| missing.contains(id)))
+        .collect();
+    let scratch = state.dir().join("fallback");
+    let _ = fs::remove_dir_all(&scratch);
+    let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+    let stats = crate::rsync::fetch_files(url, &paths, &scratch)?;
+    for f in &files {
+        let local = scratch.join(&f.path);
+        let object = format!("{url}/{} (rsync fallback)", f.path.display());
+        let mismatch = |got: u64| SyncError::Format {
+            object: object.clone(),
+            source: pulpdist_format::FormatError::Invalid {
+                what: "file from the rsync fallback",
+                reason: format!("{got} bytes, but the signed index says {}", f.size),
+            },
+        };
+        // A regular file only: rsync keeps symlinks, and one from the fallback would
+        // otherwise be followed here.
+        let (mut file, got) = crate::fsutil::open_regular(&local).at(&local)?;
+        if got != f.size {
+            return Err(mismatch(got));
+        }
+        // One chunk at a time: verified against the signed index, then staged.
+        for (id, len, _) in &f.chunks {
+            let mut piece = vec![0u8; *len as usize];
+            file.read_exact(&mut piece).at(&local)?;
+            let chunk =
+                VerifiedChunk::from_plain(*id, piece).map_err(|source| SyncError::Format {
+                    object: object.clone(),
+                    source,
+                })?;
+            state.stage(&chunk)?;
+        }
+    }
+    let _ = fs::remove_dir_all(&scratch);
+    Ok((files.len() as u64, stats.bytes_received))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{self, MemStore};
+    use super::*;
+    use pulpdist_format::{Codec, Location};
+
+    /// A plan fetching "hello" and "world", stored raw at 0 and 5 of pack `[1; 32]`.
+    fn planned() -> (Planned, Vec<ChunkId>) {
+        let refs: Vec<ChunkRef> = [(b"hello", 0), (b"world", 5)]
+            .iter()
+            .map(|(data, offset)| ChunkRef {
+                id: ChunkId::of(*data),
+                loc: Location {
+                    pack: PackId([1; 32]),
+                    offset: *offset,
+                    stored_len: 5,
+                    raw_len: 5,
+                    codec: Codec::Raw,
+                },
+            })
+            .collect();
+        let plan = Plan {
+            fetches: vec![FetchOp {
+                pack: PackId([1; 32]),
+                whole: false,
+                size: 10,
+                ranges: std::iter::once(0..10).collect(),
+                chunks: refs.clone(),
+            }],
+            ..Plan::default()
+        };
+        let ids = refs.iter().map(|r| r.id).collect();
+        let refs = refs.into_iter().map(|r| (r.id, r)).collect();
+        (Planned { plan, refs }, ids)
+    }
+
+    fn store(pack: &[u8]) -> MemStore {
+        MemStore {
+            packs: [(PackId([1; 32]), pack.to_vec())].into(),
+            ..MemStore::default()
+        }
+    }
+
+    #[test]
+    fn fetched_chunks_are_verified_then_staged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (opts, state) = (testkit::options(dir.path()), testkit::state(dir.path()));
+        let (planned, ids) = planned();
+        let staged = stage(&store(b"helloworld"), &state, &opts, &planned).expect("staged");
+        assert_eq!(staged.chunks_fetched, 2);
+        let mut have = state.staged().expect("listed");
+        have.sort();
+        let mut want = ids.clone();
+        want.sort();
+        assert_eq!(have, want);
+        assert_eq!(state.read_staged(&ids[1]).expect("read").data(), b"world");
+    }
+
+    #[test]
+    fn a_tampered_or_missing_pack_stages_nothing_it_cannot_verify() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (opts, state) = (testkit::options(dir.path()), testkit::state(dir.path()));
+        let (planned, _) = planned();
+        let e = stage(&store(b"helloWorld"), &state, &opts, &planned).expect_err("tampered");
+        assert!(matches!(e, SyncError::Format { .. }), "{e}");
+        assert!(is_gap(&e));
+        assert!(state.staged().expect("listed").len() <= 1);
+        let e = stage(&MemStore::default(), &state, &opts, &planned).expect_err("missing");
+        assert!(matches!(e, SyncError::NotFound { .. }) && is_gap(&e), "{e}");
+        let e = stage(&store(b"hello"), &state, &opts, &planned).expect_err("short");
+        assert!(matches!(e, SyncError::Short { .. }) && is_gap(&e), "{e}");
+    }
+
+    #[test]
+    fn only_missing_or_damaged_objects_are_gaps_for_the_fallback() {
+        let http = |temporary| SyncError::Http {
+            url: "u".into(),
+            status: Some(500),
+            detail: "d".into(),
+            temporary,
+        };
+        assert!(is_gap(&http(false)));
+        assert!(!is_gap(&http(true)));
+        assert!(!is_gap(&SyncError::Usage("u".into())));
+    }
+
+    #[test]
+    fn a_local_chunk_is_read_only_when_it_still_has_its_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("f"), b"xxhello").expect("file");
+        let id = ChunkId::of(b"hello");
+        let c = read_local(dir.path(), Path::new("f"), 2, 5, id).expect("read");
+        assert_eq!(c.data(), b"hello");
+        assert!(read_local(dir.path(), Path::new("f"), 1, 5, id).is_err());
+        std::os::unix::fs::symlink("f", dir.path().join("l")).expect("symlink");
+        assert!(read_local(dir.path(), Path::new("l"), 2, 5, id).is_err());
+    }
+}
