@@ -251,13 +251,13 @@ fn read_old(store: &dyn Store, chunks: &[ChunkRef]) -> Result<Vec<u8>, PublishEr
         let buf = store.read_pack_range(first.pack, range.clone())?;
         for c in &chunks[i..j] {
             let at = (c.loc.offset - range.start) as usize;
-            let stored = buf.get(at..at + c.loc.stored_len as usize).ok_or_else(|| {
-                PublishError::Config(format!(
-                    "{}: short read of chunk {}",
-                    first.pack.object_key(),
-                    c.id
-                ))
-            })?;
+            let stored =
+                buf.get(at..at + c.loc.stored_len as usize)
+                    .ok_or_else(|| PublishError::Short {
+                        object: format!("{} (chunk {})", first.pack.object_key(), c.id),
+                        got: buf.len() as u64,
+                        wanted: (at + c.loc.stored_len as usize) as u64,
+                    })?;
             let v = VerifiedChunk::from_stored(c.id, c.loc.codec, stored, c.loc.raw_len).map_err(
                 |source| PublishError::Format {
                     object: format!("chunk {} in {}", c.id, c.loc.pack.object_key()),
@@ -440,8 +440,10 @@ pub(crate) fn write_delta(
                 continue;
             }
             pack_len = grown;
-            let len = u32::try_from(rec.len())
-                .map_err(|_| PublishError::Config("delta record above 4 GiB".into()))?;
+            let len = u32::try_from(rec.len()).map_err(|_| PublishError::DeltaTooLarge {
+                path: String::from_utf8_lossy(&pulpdist_format::delta::join_path(&job.path))
+                    .into_owned(),
+            })?;
             packer.add(
                 ObjectKind::Delta,
                 DeltaRecord::trailer_id(&job.path),

@@ -34,9 +34,58 @@ pub enum PublishError {
     /// The head changed under us (another publisher on a store without locks).
     #[error("head of tree '{tree}' changed during publish (was version {expected:?}); nothing was published, run again")]
     HeadChanged { tree: String, expected: Option<u64> },
-    /// The options are inconsistent with the store.
+    /// The store's head for the tree is signed by a key the publisher was not given.
+    #[error("{object} is signed by key {signer}, not by the given key {key}; publish with the tree's key, or name the old one with --previous-key when rotating keys")]
+    ForeignKey {
+        object: String,
+        signer: String,
+        key: String,
+    },
+    /// The store's head for the tree names another tree.
+    #[error("{object} names tree '{found}'")]
+    WrongTree { object: String, found: String },
+    /// Other chunk parameters than the tree's were asked for.
+    #[error("tree '{tree}' is chunked with min {} avg {} max {}; other parameters would need a new tree", params.min, params.avg, params.max)]
+    ParamsChanged {
+        tree: String,
+        params: pulpdist_format::ChunkParams,
+    },
+    /// No version number is left after the tree's last one.
+    #[error("tree '{tree}': version {version} is the last one a head can carry")]
+    VersionOverflow { tree: String, version: u64 },
+    /// The source cannot be published as it is (not a directory, a file that changed
+    /// while it was read).
+    #[error("{path}: {reason}")]
+    Source { path: PathBuf, reason: String },
+    /// A store answered a read with fewer bytes than asked.
+    #[error("{object}: short read ({got} of {wanted} bytes)")]
+    Short {
+        object: String,
+        got: u64,
+        wanted: u64,
+    },
+    /// A directory's index node would exceed the format's limit.
+    #[error("{dir} encodes to {size} bytes, above the format's limit of {limit}")]
+    NodeTooLarge {
+        dir: String,
+        size: usize,
+        limit: u32,
+    },
+    /// A delta record would exceed the format's 4 GiB limit.
+    #[error("{path}: a delta record above 4 GiB")]
+    DeltaTooLarge { path: String },
+    /// A compression context could not be made.
+    #[error("compressor for {what}: {detail}")]
+    Compressor { what: &'static str, detail: String },
+    /// Worker threads could not be started.
     #[error("{0}")]
-    Config(String),
+    Threads(String),
+    /// A worker thread panicked.
+    #[error("{0} panicked")]
+    Panicked(&'static str),
+    /// An internal invariant does not hold (a bug; please report it).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The chunker could not be set up.
     #[error(transparent)]
     Chunker(#[from] pulpdist_chunker::ChunkerError),

@@ -242,11 +242,11 @@ impl Store for ObjectStoreTarget {
             .block_on(self.store.get_range(&self.key(&key), range))
             .map_err(|e| self.err(&key, e))?;
         if b.len() as u64 != want {
-            return Err(PublishError::Config(format!(
-                "{}/{key}: short read ({} of {want} bytes)",
-                self.url,
-                b.len()
-            )));
+            return Err(PublishError::Short {
+                object: format!("{}/{key}", self.url),
+                got: b.len() as u64,
+                wanted: want,
+            });
         }
         Ok(b.to_vec())
     }

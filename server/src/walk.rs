@@ -172,10 +172,10 @@ fn list(
 pub(crate) fn walk(root: &Path, filter: &Filter) -> Result<Walk, PublishError> {
     let meta = fs::metadata(root).at(root)?;
     if !meta.is_dir() {
-        return Err(PublishError::Config(format!(
-            "{}: not a directory",
-            root.display()
-        )));
+        return Err(PublishError::Source {
+            path: root.to_path_buf(),
+            reason: "not a directory".into(),
+        });
     }
     let mut w = Walk::default();
     w.dirs.push(WalkDir {

@@ -1,0 +1,84 @@
+//! Phase 6, the head: written last, when everything it names is in place. It lists the
+//! packs of this version and of the recent ones before it, the filter rules and the
+//! deltas, expires after `expires_in`, and replaces the previous head only if that is
+//! still the one the publish started from (compare-and-swap).
+
+use pulpdist_format::delta::{encode_deltas, DeltaInfo, EXT_DELTAS};
+use pulpdist_format::{Head, NodeRef, PackInfo, SecretKey, VersionPacks};
+
+use super::previous::Previous;
+use super::Run;
+use crate::error::PublishError;
+
+/// Signs and stores the head of this version.
+pub(super) fn write(
+    run: &Run<'_>,
+    key: &SecretKey,
+    prev: &Previous,
+    root: NodeRef,
+    packs: &[PackInfo],
+    deltas: &[DeltaInfo],
+) -> Result<(), PublishError> {
+    let opts = run.opts;
+    let now = opts.now.unwrap_or_else(super::unix_now);
+    let mut recent = vec![VersionPacks {
+        version: run.version,
+        packs: packs.to_vec(),
+    }];
+    if let Some(h) = &prev.head {
+        recent.extend(h.recent.iter().cloned());
+    }
+    recent.truncate(opts.keep_versions.max(1));
+    let mut extensions = Vec::new();
+    if !opts.filter.is_empty() {
+        let rules = opts.filter.to_string().into_bytes();
+        extensions.push((pulpdist_format::EXT_FILTER, rules));
+    }
+    if !deltas.is_empty() {
+        extensions.push((EXT_DELTAS, encode_deltas(deltas)));
+    }
+    let head = Head {
+        tree: opts.tree.clone(),
+        version: run.version,
+        created: now,
+        expires: now.saturating_add(opts.expires_in),
+        root,
+        params: prev.params,
+        recent,
+        extensions,
+    };
+    let bytes = head.sign(key).map_err(|source| PublishError::Format {
+        object: format!("{}/heads/{}", run.store.describe(), opts.tree),
+        source,
+    })?;
+    pulpdist_failpoint::hit("publish.head");
+    let prev_version = prev.head.as_ref().map(|h| h.version);
+    run.store
+        .put_head(&opts.tree, &bytes, prev.stored.as_ref(), prev_version)?;
+    pulpdist_failpoint::hit("publish.head_put");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit;
+
+    #[test]
+    fn the_head_lists_recent_versions_filter_and_expiry() {
+        let mut site = testkit::site();
+        site.opts.keep_versions = 2;
+        site.opts.expires_in = 600;
+        site.opts.filter = pulpdist_format::filter::Filter::parse_lines("- *.bin").expect("rules");
+        for v in 1..=3 {
+            std::fs::write(site.src().join("a.txt"), format!("alpha {v}")).expect("edit");
+            site.publish();
+        }
+        let head = site.head();
+        assert_eq!(head.version, 3);
+        assert_eq!((head.created, head.expires), (1_000, 1_600));
+        let listed: Vec<u64> = head.recent.iter().map(|v| v.version).collect();
+        assert_eq!(listed, [3, 2]);
+        let filter = head.filter().expect("decodes").expect("recorded");
+        assert_eq!(filter.to_string().trim_end(), "- *.bin");
+    }
+}

@@ -1,0 +1,361 @@
+//! Phase 4, the index: each directory's node built from its entries (a file's chunks
+//! located in the catalog, a subdirectory's node from the level below), children before
+//! parents, a level's directories in parallel and stored in order, so that the same tree
+//! always gives the same packs. A directory whose fingerprint matches the cache keeps its
+//! node while the store still has it and every pack it names; only nodes the store lacks
+//! are written.
+
+use std::collections::{BTreeSet, HashMap};
+
+use rayon::prelude::*;
+
+use pulpdist_chunker::Compressor;
+use pulpdist_format::pack::ObjectKind;
+use pulpdist_format::{
+    ChunkRef, Entry, EntryKind, Node, NodeId, NodeRef, PackId, PackInfo, PackKind, MAX_NODE_SIZE,
+};
+
+use super::chunking::FileChunks;
+use super::scan::CacheFile;
+use super::workers::pack_namer;
+use super::{PublishOptions, PublishReport, Run};
+use crate::cache::{CacheWriter, DirRecord};
+use crate::catalog::Catalog;
+use crate::error::PublishError;
+use crate::packer::Packer;
+use crate::walk::{self, WalkDir, WalkFile, WalkKind};
+
+/// What the nodes are built from.
+pub(super) struct Inputs<'a, 'c> {
+    pub(super) walk: &'a walk::Walk,
+    /// Each directory's record in the last publish's cache.
+    pub(super) records: &'a [Option<DirRecord<'c>>],
+    /// Every file's chunks.
+    pub(super) file_chunks: &'a [Option<FileChunks<'c>>],
+}
+
+/// What the index phase wrote.
+pub(super) struct Index {
+    /// The root node.
+    pub(super) root: NodeRef,
+    /// The index packs, closed.
+    pub(super) packs: Vec<PackInfo>,
+    /// Their bytes.
+    pub(super) bytes: u64,
+    /// The new nodes' encodings, for the delta walk (when asked to keep them).
+    pub(super) fresh: HashMap<NodeId, Vec<u8>>,
+    /// The next publish's cache.
+    pub(super) next_cache: Vec<u8>,
+}
+
+/// Builds and stores every directory's node; `keep_fresh`: keep the new nodes' encodings.
+pub(super) fn build(
+    run: &Run<'_>,
+    inputs: &Inputs<'_, '_>,
+    catalog: &mut Catalog,
+    cache: &CacheFile,
+    keep_fresh: bool,
+    report: &mut PublishReport,
+) -> Result<Index, PublishError> {
+    let mut namer = pack_namer(run.opts, run.version);
+    let mut packer = Packer::new(
+        run.store,
+        run.tmp_dir.clone(),
+        PackKind::Index,
+        u64::MAX,
+        Box::new(move || namer("index")),
+    );
+    let walk = inputs.walk;
+    let mut dir_refs: Vec<Option<NodeRef>> = vec![None; walk.dirs.len()];
+    let mut next_cache = CacheWriter::new(&cache.identity);
+    let mut fresh = HashMap::new();
+    for level in walk.levels.iter().rev() {
+        let built = run.workers.run(|| {
+            level
+                .clone()
+                .into_par_iter()
+                .map_init(
+                    || Compressor::new(run.opts.zstd_level),
+                    |comp, di| {
+                        let comp = comp.as_mut().map_err(|e| PublishError::Compressor {
+                            what: "index nodes",
+                            detail: e.to_string(),
+                        })?;
+                        build_dir(run.opts, inputs, di, &dir_refs, catalog, comp)
+                    },
+                )
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        for (di, built) in level.clone().zip(built) {
+            let r = match built {
+                Built::Kept(r) => {
+                    if let Some(record) = &inputs.records[di] {
+                        next_cache.keep(record);
+                    }
+                    r
+                }
+                Built::New(b) => {
+                    let r = store_node(run, &mut packer, catalog, &b, report)?;
+                    if keep_fresh && r.1 {
+                        fresh.insert(b.id, b.encoded.clone());
+                    }
+                    remember(&mut next_cache, inputs, di, &b);
+                    r.0
+                }
+            };
+            dir_refs[di] = Some(r);
+        }
+    }
+    let (packs, bytes) = packer.finish()?;
+    pulpdist_failpoint::hit("publish.index_packs");
+    let root = dir_refs[0].ok_or_else(|| PublishError::Internal("no root node".into()))?;
+    let next_cache = next_cache.finish();
+    Ok(Index {
+        root,
+        packs,
+        bytes,
+        fresh,
+        next_cache,
+    })
+}
+
+/// Stores a new node unless the store has it; its reference, and whether it was written.
+fn store_node(
+    run: &Run<'_>,
+    packer: &mut Packer<'_>,
+    catalog: &mut Catalog,
+    b: &NewNode,
+    report: &mut PublishReport,
+) -> Result<(NodeRef, bool), PublishError> {
+    if let Some(loc) = catalog.nodes.get(&b.id) {
+        return Ok((
+            NodeRef {
+                id: b.id,
+                loc: *loc,
+            },
+            false,
+        ));
+    }
+    let stored = match &b.stored {
+        Some(st) => st.clone(),
+        None => Compressor::new(run.opts.zstd_level)?.compress(&b.encoded),
+    };
+    let len = b.encoded.len() as u32;
+    let loc = packer.add(ObjectKind::Node, b.id.0, stored.codec, len, &stored.bytes)?;
+    catalog.nodes.insert(b.id, loc);
+    report.nodes_new += 1;
+    Ok((NodeRef { id: b.id, loc }, true))
+}
+
+/// Records a rebuilt directory and its files' chunk lists in the next publish's cache.
+fn remember(next: &mut CacheWriter, inputs: &Inputs<'_, '_>, di: usize, b: &NewNode) {
+    let d = &inputs.walk.dirs[di];
+    next.dir(&d.rel, &b.fingerprint, &b.id, &b.packs, b.nfiles);
+    for e in &d.entries {
+        let WalkKind::File(fi) = e.kind else { continue };
+        let (name, stat) = (e.name.as_bytes(), &inputs.walk.files[fi].stat);
+        match &inputs.file_chunks[fi] {
+            Some(FileChunks::Cached(c)) => next.file(name, stat, c.iter()),
+            Some(FileChunks::Read(v)) => next.file(name, stat, v.iter().copied()),
+            None => {}
+        }
+    }
+}
+
+/// What a directory's node is built from: each entry's name, mode, mtime and kind; a
+/// file's stat (which decides its chunks, through the cache); a symlink's target; a
+/// subdirectory's node. Equal fingerprints give equal nodes while the store keeps the
+/// packs the node names.
+fn fingerprint(
+    d: &WalkDir,
+    files: &[WalkFile],
+    dir_refs: &[Option<NodeRef>],
+    what: &dyn Fn() -> String,
+) -> Result<[u8; 32], PublishError> {
+    let mut h = blake3::Hasher::new();
+    h.update(b"pulpdist dir fingerprint 1");
+    h.update(&(d.entries.len() as u64).to_le_bytes());
+    for e in &d.entries {
+        let name = e.name.as_bytes();
+        h.update(&(name.len() as u32).to_le_bytes());
+        h.update(name);
+        h.update(&e.mode.to_le_bytes());
+        h.update(&e.mtime.secs.to_le_bytes());
+        h.update(&e.mtime.nanos.to_le_bytes());
+        match &e.kind {
+            WalkKind::File(fi) => {
+                let s = &files[*fi].stat;
+                h.update(b"f");
+                h.update(&s.dev.to_le_bytes());
+                h.update(&s.ino.to_le_bytes());
+                h.update(&s.size.to_le_bytes());
+                h.update(&s.mtime_ns.to_le_bytes());
+            }
+            WalkKind::Dir(ci) => {
+                let r = dir_refs[*ci].ok_or_else(|| {
+                    PublishError::Internal(format!("a child node of {} missing", what()))
+                })?;
+                h.update(b"d");
+                h.update(r.id.as_bytes());
+                h.update(r.loc.pack.as_bytes());
+                h.update(&r.loc.offset.to_le_bytes());
+                h.update(&r.loc.stored_len.to_le_bytes());
+                h.update(&r.loc.raw_len.to_le_bytes());
+                h.update(&[r.loc.codec.to_byte()]);
+            }
+            WalkKind::Symlink(t) => {
+                h.update(b"l");
+                h.update(&(t.len() as u32).to_le_bytes());
+                h.update(t);
+            }
+        }
+    }
+    Ok(*h.finalize().as_bytes())
+}
+
+/// Unchanged since the last publish: the same node, if the store still has it and every
+/// pack its chunks are in, and would name the same copies of them today.
+fn kept(record: &DirRecord<'_>, fingerprint: &[u8; 32], catalog: &Catalog) -> Option<NodeRef> {
+    let chunks = || record.files().flat_map(|f| f.chunks().iter());
+    let same = record.fingerprint == *fingerprint
+        && catalog.names_first_copies(&record.packs, chunks().map(|(id, _)| id));
+    let loc = catalog.nodes.get(&record.node).filter(|_| same)?;
+    Some(NodeRef {
+        id: record.node,
+        loc: *loc,
+    })
+}
+
+/// A file's entry: its chunks located in the catalog (their packs noted in `packs`).
+fn file_kind(
+    chunks: Option<&FileChunks<'_>>,
+    catalog: &Catalog,
+    packs: &mut BTreeSet<PackId>,
+    what: &dyn Fn() -> String,
+) -> Result<EntryKind, PublishError> {
+    let ids = chunks
+        .ok_or_else(|| PublishError::Internal(format!("a file of {} not chunked", what())))?
+        .to_vec();
+    let mut refs = Vec::with_capacity(ids.len());
+    for (id, _) in &ids {
+        let loc = *catalog.chunks.get(id).ok_or_else(|| {
+            PublishError::Internal(format!("chunk {id} of {} has no location", what()))
+        })?;
+        packs.insert(loc.pack);
+        refs.push(ChunkRef { id: *id, loc });
+    }
+    let size = ids.iter().map(|(_, l)| u64::from(*l)).sum();
+    Ok(EntryKind::File { size, chunks: refs })
+}
+
+/// A directory's node: the one it had (unchanged since the last publish) or a new one.
+enum Built {
+    Kept(NodeRef),
+    New(NewNode),
+}
+
+struct NewNode {
+    fingerprint: [u8; 32],
+    encoded: Vec<u8>,
+    id: NodeId,
+    /// Compressed, unless the store already has the node.
+    stored: Option<pulpdist_chunker::Stored>,
+    /// The packs its files' chunks are in.
+    packs: Vec<PackId>,
+    nfiles: u32,
+}
+
+/// Builds directory `di`'s node; its subdirectories' nodes are in `dir_refs`.
+fn build_dir(
+    opts: &PublishOptions,
+    inputs: &Inputs<'_, '_>,
+    di: usize,
+    dir_refs: &[Option<NodeRef>],
+    catalog: &Catalog,
+    comp: &mut Compressor,
+) -> Result<Built, PublishError> {
+    let Inputs {
+        walk,
+        records,
+        file_chunks,
+    } = inputs;
+    let d = &walk.dirs[di];
+    let what = || {
+        format!(
+            "directory '{}' of {}",
+            String::from_utf8_lossy(&d.rel),
+            opts.source.display()
+        )
+    };
+    let fingerprint = fingerprint(d, &walk.files, dir_refs, &what)?;
+    if let Some(r) = records[di]
+        .as_ref()
+        .and_then(|r| kept(r, &fingerprint, catalog))
+    {
+        return Ok(Built::Kept(r));
+    }
+    let mut entries = Vec::with_capacity(d.entries.len());
+    let mut packs = BTreeSet::new();
+    let mut nfiles = 0u32;
+    for e in &d.entries {
+        let kind = match &e.kind {
+            WalkKind::File(fi) => {
+                nfiles += 1;
+                file_kind(file_chunks[*fi].as_ref(), catalog, &mut packs, &what)?
+            }
+            WalkKind::Dir(ci) => EntryKind::Dir {
+                node: dir_refs[*ci].ok_or_else(|| {
+                    PublishError::Internal(format!("a child node of {} missing", what()))
+                })?,
+            },
+            WalkKind::Symlink(t) => EntryKind::Symlink { target: t.clone() },
+        };
+        entries.push(Entry {
+            name: e.name.clone(),
+            mode: e.mode,
+            mtime: e.mtime,
+            kind,
+        });
+    }
+    let node = Node::new(entries).map_err(|source| PublishError::Format {
+        object: what(),
+        source,
+    })?;
+    let encoded = node.encode();
+    if encoded.len() > MAX_NODE_SIZE as usize {
+        return Err(PublishError::NodeTooLarge {
+            dir: what(),
+            size: encoded.len(),
+            limit: MAX_NODE_SIZE,
+        });
+    }
+    let id = NodeId::of(&encoded);
+    let stored = (!catalog.nodes.contains_key(&id)).then(|| comp.compress(&encoded));
+    Ok(Built::New(NewNode {
+        fingerprint,
+        encoded,
+        id,
+        stored,
+        packs: packs.into_iter().collect(),
+        nfiles,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit;
+
+    #[test]
+    fn an_unchanged_tree_keeps_every_node_and_a_change_rebuilds_only_its_path() {
+        let site = testkit::site();
+        let first = site.publish();
+        assert_eq!(first.nodes_new, 2);
+        let again = site.publish();
+        assert_eq!((again.nodes_new, again.root), (0, first.root));
+        std::fs::write(site.src().join("sub/new.txt"), b"new").expect("new file");
+        let changed = site.publish();
+        // sub/ and the root: two new nodes; nothing else.
+        assert_eq!(changed.nodes_new, 2);
+        assert_ne!(changed.root, first.root);
+    }
+}
