@@ -224,7 +224,7 @@ fn gaps_in_a_store_are_filled_by_rsync_and_checked() {
         let url = format!("{}/tree", d.url);
         // The fallback by flag, or (second round) from the config file.
         let conf = site.p("sync.conf");
-        fs::write(&conf, format!("rsync-fallback = {url}\n")).expect("conf");
+        fs::write(&conf, format!("rsync-fallback = {url:?}\n")).expect("conf");
         let out = if damage == "delete" {
             site.try_sync(&["--rsync-fallback", &url, "--json"])
         } else {

@@ -236,7 +236,10 @@ fn json(out: &std::process::Output) -> serde_json::Value {
 
 #[test]
 fn each_site_reads_only_what_its_trees_reach() {
-    let t = Tls::start("cn:berlin a c\ncn:tokyo b\n", false);
+    let t = Tls::start(
+        "[read]\n\"cn:berlin\" = [\"a\", \"c\"]\n\"cn:tokyo\" = [\"b\"]\n",
+        false,
+    );
     let (ma, mb) = (t.p("berlin/a"), t.p("tokyo/b"));
     json(&t.sync(Some("berlin"), "a", &ma));
     assert_same_tree(&t.p("src/a"), &ma);
@@ -288,7 +291,7 @@ fn each_site_reads_only_what_its_trees_reach() {
 
 #[test]
 fn no_certificate_another_ca_or_no_grant_gets_nothing() {
-    let t = Tls::start("cn:berlin a\n", false);
+    let t = Tls::start("[read]\n\"cn:berlin\" = [\"a\"]\n", false);
     // No client certificate: the handshake fails.
     let m = t.p("anon/a");
     let out = t.sync(None, "a", &m);
@@ -313,7 +316,10 @@ fn no_certificate_another_ca_or_no_grant_gets_nothing() {
 
 #[test]
 fn revocation_and_authorization_changes_apply_without_restart() {
-    let mut t = Tls::start("cn:berlin a\ncn:nobody a\n", true);
+    let mut t = Tls::start(
+        "[read]\n\"cn:berlin\" = [\"a\"]\n\"cn:nobody\" = [\"a\"]\n",
+        true,
+    );
     // Revoked at start: refused.
     let m = t.p("nobody/a");
     assert_eq!(t.sync(Some("nobody"), "a", &m).status.code(), Some(1));
@@ -322,7 +328,7 @@ fn revocation_and_authorization_changes_apply_without_restart() {
     let mb = t.p("berlin/b");
     assert_eq!(t.sync(Some("berlin"), "b", &mb).status.code(), Some(1));
     let tmp = t.p("authz.new");
-    fs::write(&tmp, "cn:berlin a b\n").expect("authz");
+    fs::write(&tmp, "[read]\n\"cn:berlin\" = [\"a\", \"b\"]\n").expect("authz");
     fs::rename(&tmp, t.p("authz")).expect("replace authz");
     // Applied within about a second (the file is checked at most once a second): polled
     // with a deadline, not slept for.
@@ -390,14 +396,14 @@ fn revocation_and_authorization_changes_apply_without_restart() {
 
 #[test]
 fn a_config_file_carries_the_same_settings() {
-    let t = Tls::start("cn:berlin a\n", false);
+    let t = Tls::start("[read]\n\"cn:berlin\" = [\"a\"]\n", false);
     let ca = t.p("ca");
     let conf = t.p("berlin.conf");
     fs::write(
         &conf,
         format!(
-            "# site berlin\nstore = {}\ntree = a\ndest = {}\ntrust = {}.pub\n\
-             cert = {}\nkey = {}\nca = {}\nretries = 0\n",
+            "# site berlin\nstore = {:?}\ntree = \"a\"\ndest = {:?}\ntrust = [\"{}.pub\"]\n\
+             cert = {:?}\nkey = {:?}\nca = {:?}\nretries = 0\n",
             t.url,
             s(&t.p("berlin/a")),
             s(&t.p("up.key")),
@@ -414,10 +420,18 @@ fn a_config_file_carries_the_same_settings() {
     let out = run(&["sync", "--config", s(&conf), "--tree", "b"]);
     assert_eq!(out.status.code(), Some(1));
     // A malformed file names its line.
-    fs::write(&conf, "store = x\nconnections = lots\n").expect("config");
+    fs::write(&conf, "store = \"x\"\nconnections = \"lots\"\n").expect("config");
     let out = run(&["sync", "--config", s(&conf)]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 2") && err.contains(s(&conf)), "{err}");
+    // A file in the old `key = value` format is told what to write instead.
+    fs::write(&conf, "store = x\ntrust = a.pub\n").expect("config");
+    let out = run(&["sync", "--config", s(&conf)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("in TOML it reads:\nstore = \"x\"\ntrust = [\"a.pub\"]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -461,7 +475,7 @@ done
         s(&d.join("up.key")),
         s(&d.join("src")),
     ]);
-    fs::write(d.join("authz"), "cn:berlin t\n").expect("authz");
+    fs::write(d.join("authz"), "[read]\n\"cn:berlin\" = [\"t\"]\n").expect("authz");
     let (_server, port) = common::servers::spawn_serve(&[
         "--store",
         s(&d.join("store")),
@@ -514,12 +528,12 @@ done
 #[test]
 fn with_trust_only_signed_heads_open_a_trees_packs() {
     // The publisher's key: everything works as before.
-    let t = Tls::start_with("cn:berlin a\n", false, Trust::Publisher);
+    let t = Tls::start_with("[read]\n\"cn:berlin\" = [\"a\"]\n", false, Trust::Publisher);
     json(&t.sync(Some("berlin"), "a", &t.p("berlin/a")));
     assert_same_tree(&t.p("src/a"), &t.p("berlin/a"));
     // Another key (as if the head had been planted): the head is served (clients check it
     // themselves), but none of the tree's packs.
-    let t = Tls::start_with("cn:berlin a\n", false, Trust::Other);
+    let t = Tls::start_with("[read]\n\"cn:berlin\" = [\"a\"]\n", false, Trust::Other);
     assert_eq!(t.get("berlin", "/heads/a").0, 200);
     for p in t.packs_of("a") {
         assert_eq!(t.get("berlin", &format!("/packs/{p}.pack")).0, 404, "{p}");
@@ -531,7 +545,10 @@ fn with_trust_only_signed_heads_open_a_trees_packs() {
 
 #[test]
 fn iso_rebuild_fetches_over_tls_as_a_granted_site_only() {
-    let t = Tls::start("cn:berlin c\ncn:tokyo b\n", false);
+    let t = Tls::start(
+        "[read]\n\"cn:berlin\" = [\"c\"]\n\"cn:tokyo\" = [\"b\"]\n",
+        false,
+    );
     // An image of tree c's files; its template names their chunks, which only c's packs
     // hold.
     let image = t.p("c.iso");

@@ -18,7 +18,6 @@
 //! println!("now at version {}", report.version);
 //! ```
 
-mod config;
 mod error;
 mod fsutil;
 mod glob;
@@ -33,7 +32,6 @@ mod store;
 mod sync;
 mod tree;
 
-pub use config::{ConfigError, SyncConfig, MAX_CONFIG_SIZE};
 pub use error::SyncError;
 pub use fsutil::absolute_dir;
 pub use glob::{glob_match, DEFAULT_METADATA_PATTERNS};

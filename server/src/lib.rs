@@ -24,7 +24,6 @@ mod packer;
 mod publish;
 pub mod serve;
 mod store;
-mod trees;
 mod walk;
 
 pub use delta::DeltaReport;
@@ -33,4 +32,3 @@ pub use objstore::{ObjectStoreTarget, DEFAULT_PART_SIZE};
 pub use publish::{publish, PublishOptions, PublishReport, DEFAULT_DELTA_LEVEL};
 pub use serve::{raise_open_files, serve, Handler, Peer, ServeError, ServeOptions};
 pub use store::{LocalStore, Store, StoreLock, StoredHead};
-pub use trees::{parse_trees, TreeDef, TreesError};

@@ -140,10 +140,10 @@ pub fn read_small(path: &std::path::Path, what: &str) -> anyhow::Result<String> 
 pub fn load_tree_def(
     path: &std::path::Path,
     tree: &str,
-) -> anyhow::Result<pulpdist_server::TreeDef> {
+) -> anyhow::Result<pulpdist_config::TreeDef> {
     use anyhow::Context;
     let text = read_small(path, "tree definitions")?;
-    let defs = pulpdist_server::parse_trees(&text)
+    let defs = pulpdist_config::parse_trees(&text)
         .with_context(|| format!("in tree definitions {}", path.display()))?;
     defs.into_iter()
         .find(|d| d.name == tree)

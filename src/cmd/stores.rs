@@ -15,25 +15,31 @@ use pulpdist_server::{LocalStore, ObjectStoreTarget, Store};
 
 /// S3 settings given as flags; the usual `AWS_*` environment variables fill in the rest
 /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`, ...).
-#[derive(clap::Args, Clone, Debug, Default)]
+#[derive(clap::Args, Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct S3Args {
     /// S3 endpoint URL (for S3-compatible servers) [env: AWS_ENDPOINT_URL].
     #[arg(long)]
+    #[serde(rename = "endpoint", skip_serializing_if = "Option::is_none")]
     pub s3_endpoint: Option<String>,
     /// S3 region [env: AWS_REGION, default us-east-1].
     #[arg(long)]
+    #[serde(rename = "region", skip_serializing_if = "Option::is_none")]
     pub s3_region: Option<String>,
     /// S3 access key id [env: AWS_ACCESS_KEY_ID].
     #[arg(long)]
+    #[serde(rename = "access-key-id", skip_serializing_if = "Option::is_none")]
     pub s3_access_key_id: Option<String>,
     /// File holding the S3 secret access key (not a flag value, which `ps` would show)
     /// [env: AWS_SECRET_ACCESS_KEY].
     #[arg(long)]
+    #[serde(rename = "secret-key-file", skip_serializing_if = "Option::is_none")]
     pub s3_secret_key_file: Option<PathBuf>,
     /// Take S3 credentials from the cloud instance-metadata service (or a container's
     /// credentials endpoint) when none are given: the AWS default on cloud machines. Without
     /// it, no credentials is an error at once, not a wait on an address nobody answers.
     #[arg(long)]
+    #[serde(rename = "instance-credentials", default)]
     pub s3_instance_credentials: bool,
 }
 

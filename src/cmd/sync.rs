@@ -3,15 +3,34 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use pulpdist_client::{sync, HttpOptions, SyncConfig, SyncOptions, SyncReport, MAX_CONFIG_SIZE};
+use pulpdist_client::{sync, HttpOptions, SyncOptions, SyncReport};
 use pulpdist_format::TrustedKeys;
 use serde_json::json;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Read settings from this file (`key = value` lines, the flags' names); flags win.
+    /// Read settings from this TOML file: each key a flag's name (`store = "..."`,
+    /// `trust = ["a.pub"]`, `connections = 8`), S3 settings in an `[s3]` table; flags win.
     #[arg(long)]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Pretend the clock says this (seconds since the epoch); for testing expiry.
+    #[arg(long, hide = true)]
+    now: Option<i64>,
+}
+
+/// What a sync is told: each setting is a flag and a key of the `--config` file (a new
+/// setting is one field here).
+#[derive(clap::Args, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Settings {
     /// The store: a directory, http(s)://host[:port][/prefix], or s3://bucket[/prefix].
     #[arg(long)]
     store: Option<String>,
@@ -20,30 +39,32 @@ pub struct Args {
     tree: Option<String>,
     /// Trusted public key file(s); each may hold several keys.
     #[arg(long)]
+    #[serde(default)]
     trust: Vec<PathBuf>,
     /// Client state directory [default: .<mirror name>.pulpdist beside the mirror].
     #[arg(long)]
     state: Option<PathBuf>,
-    /// Print the plan and change nothing.
-    #[arg(long)]
-    dry_run: bool,
     /// Check every directory, not only those whose index node changed (repairs local damage).
     #[arg(long)]
+    #[serde(default)]
     full: bool,
     /// More file-name patterns of repository metadata, written after all payload.
     #[arg(long = "metadata")]
+    #[serde(default)]
     metadata: Vec<String>,
-    /// Requests in flight at once (connections to the store) [default: 8].
+    /// Requests in flight at once (connections to the store), 1 to 256 [default: 8].
     #[arg(long)]
     connections: Option<usize>,
     /// Ask for several ranges of a pack in one HTTP request, while the origin answers correctly.
     #[arg(long)]
+    #[serde(default)]
     multi_range: bool,
-    /// Retries of a failed HTTP request (with backoff, resuming where the body stopped) [default: 6].
+    /// Retries of a failed HTTP request (with backoff, resuming where the body stopped),
+    /// 0 to 100 [default: 6].
     #[arg(long)]
     retries: Option<u32>,
-    /// Seconds an HTTP connection may take to open, and a response may stall between reads
-    /// [default: 60].
+    /// Seconds an HTTP connection may take to open, and a response may stall between reads,
+    /// 1 to 86400 [default: 60].
     #[arg(long)]
     timeout: Option<u64>,
     /// Trust only these CA certificates (PEM) for https:// stores [default: the system's CA
@@ -62,33 +83,71 @@ pub struct Args {
     trees: Option<PathBuf>,
     /// An rsync filter rule for an rsync:// store ('+ PATTERN', '- PATTERN'); may be repeated.
     #[arg(long = "filter", value_name = "RULE", allow_hyphen_values = true)]
+    #[serde(default)]
     filter: Vec<String>,
     /// rsync:// URL of the same tree: files whose objects the store lacks or serves damaged
     /// are fetched from it and checked against the signed index.
     #[arg(long)]
     rsync_fallback: Option<String>,
     #[command(flatten)]
+    #[serde(default)]
     s3: super::stores::S3Args,
     /// Allow the first sync into a directory that already holds files: those the tree
     /// lacks are deleted.
     #[arg(long)]
+    #[serde(default)]
     adopt: bool,
     /// Apply setuid, setgid and sticky bits, and world-writable directories, as the index
     /// gives them (masked off by default).
     #[arg(long)]
+    #[serde(default)]
     special_modes: bool,
     /// If another sync of this mirror is running, wait up to this many seconds for it to
     /// finish [default: 0, exit 4 at once].
     #[arg(long, value_name = "SECONDS")]
     wait: Option<u64>,
-    /// Print one JSON object.
-    #[arg(long)]
-    json: bool,
-    /// Pretend the clock says this (seconds since the epoch); for testing expiry.
-    #[arg(long, hide = true)]
-    now: Option<i64>,
     /// The mirror directory.
     dest: Option<PathBuf>,
+}
+
+impl Settings {
+    /// The settings of `--config` (if given) with the flags over them, checked.
+    fn resolve(config: Option<&std::path::Path>, flags: Settings) -> Result<Settings> {
+        // A certificate and its key come from the same place.
+        if flags.cert.is_some() != flags.key.is_some() {
+            return Err(super::usage(
+                "a client certificate needs both --cert and --key",
+            ));
+        }
+        let s = match config {
+            None => flags,
+            Some(p) => {
+                let text = super::read_small(p, "sync configuration")?;
+                let file: Settings =
+                    pulpdist_config::parse(&text).with_context(|| format!("in {}", p.display()))?;
+                if file.cert.is_some() != file.key.is_some() {
+                    return Err(super::usage(format!(
+                        "{}: a client certificate needs both cert and key",
+                        p.display()
+                    )));
+                }
+                pulpdist_config::overlay(&file, &flags)
+                    .with_context(|| format!("merging the flags with {}", p.display()))?
+            }
+        };
+        let bad = |what: &str| Err(super::usage(what.to_string()));
+        match (s.connections, s.retries, s.timeout) {
+            (Some(n), _, _) if !(1..=256).contains(&n) => bad("connections must be 1 to 256"),
+            (_, Some(n), _) if n > 100 => bad("retries must be 0 to 100"),
+            (_, _, Some(n)) if !(1..=86_400).contains(&n) => bad("timeout must be 1 to 86400 s"),
+            _ => match &s.rsync_fallback {
+                Some(u) if !u.starts_with("rsync://") => {
+                    bad("rsync-fallback must be an rsync:// URL")
+                }
+                _ => Ok(s),
+            },
+        }
+    }
 }
 
 pub fn load_trust(files: &[PathBuf]) -> Result<TrustedKeys> {
@@ -102,37 +161,21 @@ pub fn load_trust(files: &[PathBuf]) -> Result<TrustedKeys> {
     Ok(TrustedKeys::new(keys))
 }
 
-fn load_config(path: &std::path::Path) -> Result<SyncConfig> {
-    use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_CONFIG_SIZE as u64 + 1).read_to_string(&mut text))
-        .with_context(|| format!("reading {}", path.display()))?;
-    SyncConfig::parse(&text).with_context(|| format!("in {}", path.display()))
-}
-
-pub fn run(mut a: Args) -> Result<()> {
-    let cfg = match &a.config {
-        Some(p) => load_config(p)?,
-        None => SyncConfig::default(),
-    };
+pub fn run(a: Args) -> Result<()> {
+    let mut cfg = Settings::resolve(a.config.as_deref(), a.settings)?;
     let missing = |what: &str| {
         super::usage(format!(
             "no {what}: give --{what} or '{what} = ...' in --config"
         ))
     };
-    let store = a
-        .store
-        .take()
-        .or(cfg.store)
-        .ok_or_else(|| missing("store"))?;
-    let tree = a.tree.take().or(cfg.tree).ok_or_else(|| missing("tree"))?;
-    let dest = a.dest.take().or(cfg.dest).ok_or_else(|| {
+    let store = cfg.store.take().ok_or_else(|| missing("store"))?;
+    let tree = cfg.tree.take().ok_or_else(|| missing("tree"))?;
+    let dest = cfg.dest.take().ok_or_else(|| {
         super::usage(
             "no mirror directory: give it as the last argument or 'dest = ...' in --config",
         )
     })?;
-    let trees = a.trees.clone().or(cfg.trees.clone());
+    let trees = cfg.trees.clone();
     let def = match &trees {
         Some(p) => Some(super::load_tree_def(p, &tree)?),
         None => None,
@@ -142,11 +185,10 @@ pub fn run(mut a: Args) -> Result<()> {
         .map(|s| s.to_string())
         .collect();
     metadata_patterns.extend(cfg.metadata.iter().cloned());
-    metadata_patterns.extend(a.metadata.iter().cloned());
     if store.starts_with("rsync://") {
         // A plain rsync origin: no signed index to check against, rsync's own checksums.
         let mut cli_rules = pulpdist_format::filter::Filter::new();
-        for r in &a.filter {
+        for r in &cfg.filter {
             cli_rules.push(
                 pulpdist_format::filter::Rule::parse(r)
                     .map_err(|e| super::usage(format!("--filter: {e}")))?,
@@ -162,7 +204,7 @@ pub fn run(mut a: Args) -> Result<()> {
             &filter,
             &metadata_patterns,
             a.dry_run,
-            std::time::Duration::from_secs(a.wait.unwrap_or(0)),
+            std::time::Duration::from_secs(cfg.wait.unwrap_or(0)),
         )
         .with_context(|| format!("syncing tree '{tree}' from {store} into {}", dest.display()))?;
         if a.json {
@@ -178,67 +220,48 @@ pub fn run(mut a: Args) -> Result<()> {
         }
         return Ok(());
     }
-    if !a.filter.is_empty() {
+    if !cfg.filter.is_empty() {
         return Err(super::usage(
             "--filter applies to rsync:// stores; a PulpDist store carries the filter its publisher applied",
         ));
     }
-    let trust = if a.trust.is_empty() {
-        cfg.trust
-    } else {
-        a.trust
-    };
-    if trust.is_empty() {
+    if cfg.trust.is_empty() {
         return Err(missing("trust"));
     }
-    // A certificate and its key come from the same place: both flags, or both settings.
-    let (cert, key) = match (a.cert, a.key, cfg.cert, cfg.key) {
-        (Some(c), Some(k), _, _) => (Some(c), Some(k)),
-        (None, None, Some(c), Some(k)) => (Some(c), Some(k)),
-        (None, None, None, None) => (None, None),
-        _ => return Err(super::usage(
-            "a client certificate needs both --cert and --key (or both cert and key in --config)",
-        )),
-    };
-    let ca = a.ca.or(cfg.ca);
-    let timeout = a.timeout.or(cfg.timeout).unwrap_or(60).max(1);
-    let mut s3 = a.s3;
-    s3.s3_endpoint = s3.s3_endpoint.or(cfg.s3_endpoint);
-    s3.s3_region = s3.s3_region.or(cfg.s3_region);
+    let timeout = cfg.timeout.unwrap_or(60);
 
     // Deleting a deep tree holds a descriptor per level: the hard limit, not the default
     // soft one, is what a sync may use.
     let _ = pulpdist_server::raise_open_files();
-    let trusted = load_trust(&trust)?;
+    let trusted = load_trust(&cfg.trust)?;
     let mut opts = SyncOptions::new(&tree, &dest, trusted);
-    opts.state_dir = a.state.or(cfg.state);
+    opts.state_dir = cfg.state;
     opts.dry_run = a.dry_run;
-    opts.full = a.full;
+    opts.full = cfg.full;
     opts.now = a.now;
-    opts.wait = std::time::Duration::from_secs(a.wait.unwrap_or(0));
-    opts.adopt = a.adopt;
-    opts.special_modes = a.special_modes;
+    opts.wait = std::time::Duration::from_secs(cfg.wait.unwrap_or(0));
+    opts.adopt = cfg.adopt;
+    opts.special_modes = cfg.special_modes;
     opts.metadata_patterns = metadata_patterns;
-    opts.rsync_fallback = a
+    opts.rsync_fallback = cfg
         .rsync_fallback
-        .or(cfg.rsync_fallback)
         .or_else(|| def.as_ref().and_then(|d| d.rsync_fallback.clone()));
-    opts.connections = a.connections.or(cfg.connections).unwrap_or(8).max(1);
+    opts.connections = cfg.connections.unwrap_or(8);
     let mut http = HttpOptions {
         connections: opts.connections,
-        retries: a.retries.or(cfg.retries).unwrap_or(6),
-        multi_range: a.multi_range || cfg.multi_range == Some(true),
+        retries: cfg.retries.unwrap_or(6),
+        multi_range: cfg.multi_range,
         connect_timeout: std::time::Duration::from_secs(timeout.min(15)),
         read_timeout: std::time::Duration::from_secs(timeout),
         ..Default::default()
     };
     super::stores::add_tls(
         &mut http,
-        ca.as_deref(),
-        cert.as_deref().zip(key.as_deref()),
+        cfg.ca.as_deref(),
+        cfg.cert.as_deref().zip(cfg.key.as_deref()),
     )?;
     let rt = super::stores::runtime(2)?;
-    let reader = super::stores::reader(&store, http, &s3, &rt)?;
+    let reader = super::stores::reader(&store, http, &cfg.s3, &rt)?;
     let report = sync(reader.as_ref(), &opts)
         .with_context(|| format!("syncing tree '{tree}' from {store} into {}", dest.display()))?;
     print_report(a.json, &report)

@@ -1,12 +1,13 @@
 //! The authorization file of `serve`: which certificate identities may read which trees.
 //! Pure: parsing and lookup only.
 //!
-//! ```text
-//! # <identity> <tree> [<tree> ...]
-//! cn:site-berlin                 debian ubuntu
-//! dns:mirror.example.org         fedora
-//! uri:spiffe://pulpdist/tokyo    *
-//! any                            public
+//! ```toml
+//! # <identity> = [<tree>, ...]
+//! [read]
+//! "cn:site-berlin" = ["debian", "ubuntu"]
+//! "dns:mirror.example.org" = ["fedora"]
+//! "uri:spiffe://pulpdist/tokyo" = ["*"]
+//! any = ["public"]
 //! ```
 //!
 //! An identity is the subject common name (`cn:`), a DNS name (`dns:`) or URI (`uri:`) from
@@ -17,7 +18,7 @@
 use std::collections::BTreeSet;
 
 /// The largest authorization file accepted.
-pub const MAX_AUTHZ_SIZE: usize = 1 << 20;
+pub const MAX_AUTHZ_SIZE: usize = pulpdist_config::MAX_CONFIG_SIZE;
 
 /// One identity a certificate carries (or a rule names).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -68,68 +69,58 @@ pub struct Authz {
     rules: Vec<(Who, Grant)>,
 }
 
-/// A malformed authorization file.
+/// A malformed authorization file: the line and key, and for a file in the old format
+/// the TOML to write instead.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("line {line}: {reason}")]
-pub struct AuthzError {
-    /// 1-based line number (0: the whole file).
-    pub line: usize,
-    /// What is wrong.
-    pub reason: String,
+#[error(transparent)]
+pub struct AuthzError(pub pulpdist_config::ConfigError);
+
+/// The file's shape: `[read]`, each identity with the trees it may read.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    read: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Authz {
     /// Parses the text of an authorization file.
     pub fn parse(text: &str) -> Result<Authz, AuthzError> {
-        if text.len() > MAX_AUTHZ_SIZE {
-            return Err(AuthzError {
-                line: 0,
-                reason: format!("larger than {MAX_AUTHZ_SIZE} bytes"),
-            });
-        }
+        let file: File = pulpdist_config::parse(text).map_err(|mut e| {
+            e.hint = e.hint.or_else(|| legacy_hint(text));
+            AuthzError(e)
+        })?;
         let mut rules = Vec::new();
-        for (i, raw) in text.lines().enumerate() {
-            let line = i + 1;
-            let err = |reason: String| AuthzError { line, reason };
-            let content = raw.split('#').next().unwrap_or("").trim();
-            if content.is_empty() {
-                continue;
-            }
-            let mut words = content.split_whitespace();
-            let who = match words.next() {
-                Some("any") => Who::Any,
-                Some(w) => {
-                    let (kind, value) = w.split_once(':').ok_or_else(|| {
-                        err(format!("identity '{w}' is not cn:, dns:, uri: or any"))
-                    })?;
-                    if value.is_empty() || value.chars().any(|c| c.is_control()) {
-                        return Err(err(format!("identity '{w}' has no usable value")));
-                    }
-                    Who::Is(match kind {
-                        "cn" => Identity::Cn(value.to_string()),
-                        "dns" => Identity::Dns(value.to_ascii_lowercase()),
-                        "uri" => Identity::Uri(value.to_string()),
-                        _ => {
-                            return Err(err(format!(
-                                "identity '{w}' is not cn:, dns:, uri: or any"
-                            )))
-                        }
-                    })
-                }
-                None => continue,
+        for (who, trees) in file.read {
+            let at = |l: &str| {
+                l.trim_start()
+                    .trim_start_matches('"')
+                    .starts_with(who.as_str())
+            };
+            let line = text.lines().position(at).map(|i| i + 1);
+            let err = |reason: String| {
+                AuthzError(pulpdist_config::ConfigError {
+                    line,
+                    reason: format!("[read] '{who}': {reason}"),
+                    hint: None,
+                })
+            };
+            let who = match who.as_str() {
+                "any" => Who::Any,
+                w => Who::Is(identity(w).map_err(err)?),
             };
             let mut grant = Grant::default();
-            for t in words {
+            for t in trees {
                 if t == "*" {
                     grant.all = true;
                 } else {
-                    pulpdist_format::validate_tree_name(t)
+                    pulpdist_format::validate_tree_name(&t)
                         .map_err(|e| err(format!("tree '{t}': {e}")))?;
-                    grant.trees.insert(t.to_string());
+                    grant.trees.insert(t);
                 }
             }
             if !grant.all && grant.trees.is_empty() {
-                return Err(err("a rule names no tree".into()));
+                return Err(err("names no tree".into()));
             }
             rules.push((who, grant));
         }
@@ -166,6 +157,42 @@ impl Authz {
     }
 }
 
+/// An identity a rule names: `cn:`, `dns:` (compared without case) or `uri:`.
+fn identity(w: &str) -> Result<Identity, String> {
+    let bad = || format!("identity '{w}' is not cn:, dns:, uri: or any");
+    let (kind, value) = w.split_once(':').ok_or_else(bad)?;
+    if value.is_empty() || value.chars().any(|c| c.is_control()) {
+        return Err(format!("identity '{w}' has no usable value"));
+    }
+    match kind {
+        "cn" => Ok(Identity::Cn(value.to_string())),
+        "dns" => Ok(Identity::Dns(value.to_ascii_lowercase())),
+        "uri" => Ok(Identity::Uri(value.to_string())),
+        _ => Err(bad()),
+    }
+}
+
+/// For a file in the old format (`<identity> <tree> [<tree> ...]` per line), the same
+/// rules in TOML.
+fn legacy_hint(text: &str) -> Option<String> {
+    let mut out = String::from(
+        "this looks like the old '<identity> <tree>...' format; in TOML it reads:\n[read]\n",
+    );
+    let mut any = false;
+    for raw in text.lines() {
+        let content = raw.split('#').next().unwrap_or("").trim();
+        let mut words = content.split_whitespace();
+        let Some(who) = words.next() else { continue };
+        let trees: Vec<String> = words.map(|t| format!("{t:?}")).collect();
+        if trees.is_empty() || content.contains('=') {
+            return None;
+        }
+        out.push_str(&format!("{who:?} = [{}]\n", trees.join(", ")));
+        any = true;
+    }
+    any.then(|| out.trim_end().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,8 +200,9 @@ mod tests {
     #[test]
     fn rules_add_up() {
         let a = Authz::parse(
-            "# sites\ncn:berlin debian ubuntu\ndns:Mirror.Example.org fedora # comment\n\
-             uri:spiffe://p/tokyo *\nany public\n",
+            "# sites\n[read]\n\"cn:berlin\" = [\"debian\", \"ubuntu\"]\n\
+             \"dns:Mirror.Example.org\" = [\"fedora\"] # comment\n\
+             \"uri:spiffe://p/tokyo\" = [\"*\"]\nany = [\"public\"]\n",
         )
         .expect("parses");
         assert_eq!(a.len(), 4);
@@ -197,15 +225,27 @@ mod tests {
     #[test]
     fn errors_name_the_line() {
         for (text, line) in [
-            ("cn:a debian\nbogus debian\n", 2),
-            ("ip:1.2.3.4 debian", 1),
-            ("cn: debian", 1),
-            ("cn:a", 1),
-            ("\n\ncn:a ../etc", 3),
-            ("cn:a .hidden", 1),
+            ("[read]\n\"cn:a\" = [\"debian\"]\nbogus = [\"debian\"]\n", 3),
+            ("[read]\n\"ip:1.2.3.4\" = [\"debian\"]", 2),
+            ("[read]\n\"cn:\" = [\"debian\"]", 2),
+            ("[read]\n\"cn:a\" = []", 2),
+            ("[read]\n\n\"cn:a\" = [\"../etc\"]", 3),
+            ("[read]\n\"cn:a\" = [\".hidden\"]", 2),
+            ("[grants]\n", 1),
         ] {
             let e = Authz::parse(text).expect_err(text);
-            assert_eq!(e.line, line, "{text}: {e}");
+            assert_eq!(e.0.line, Some(line), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn the_old_format_gets_the_toml_to_write_instead() {
+        let old = "# sites\ncn:berlin debian ubuntu\nany public # all\n";
+        let e = Authz::parse(old).expect_err("old format");
+        let hint = e.0.hint.clone().expect("a hint");
+        let fixed = &hint[hint.find('\n').expect("lines") + 1..];
+        let a = Authz::parse(fixed).expect("the hint is valid");
+        assert_eq!(a.len(), 2);
+        assert!(a.grant(&[Identity::Cn("berlin".into())]).allows("ubuntu"));
     }
 }

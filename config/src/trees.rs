@@ -36,8 +36,8 @@ pub struct TreeDef {
 #[derive(Debug, thiserror::Error)]
 pub enum TreesError {
     /// Not TOML, or not the expected shape.
-    #[error("{0}")]
-    Toml(String),
+    #[error(transparent)]
+    File(#[from] crate::ConfigError),
     /// A tree is defined wrongly.
     #[error("tree '{tree}': {reason}")]
     Tree { tree: String, reason: String },
@@ -64,7 +64,7 @@ struct Raw {
 
 /// Parses a tree definitions file.
 pub fn parse_trees(text: &str) -> Result<Vec<TreeDef>, TreesError> {
-    let file: File = toml::from_str(text).map_err(|e| TreesError::Toml(e.to_string()))?;
+    let file: File = crate::parse(text)?;
     let mut out = Vec::new();
     for (name, raw) in file.trees {
         let err = |reason: String| TreesError::Tree {
