@@ -269,9 +269,8 @@ fn rebuild(
         };
         let tree = tree.unwrap_or_default();
         let keys = super::sync::load_trust(trust)?;
-        let rt = super::stores::runtime(1)?;
-        let reader = super::stores::reader(store, http, &s3, &rt)?;
-        let counted = pulpdist_client::CountingReader::new(reader.as_ref());
+        let reader = super::stores::reader(store, http, &s3)?;
+        let counted = pulpdist_client::CountingReader::new(&*reader);
         let f = File::options()
             .create_new(true)
             .read(true)

@@ -128,8 +128,7 @@ pub fn run(a: Args) -> Result<()> {
     let text = super::read_small(&a.key, "key")?;
     let key =
         SecretKey::from_text(&text).with_context(|| format!("parsing key {}", a.key.display()))?;
-    let rt = super::stores::runtime(2)?;
-    let store = super::stores::target(&a.store, &a.s3, &rt)?;
+    let store = super::stores::target(&a.store, &a.s3)?;
     let location = super::stores::parse(&a.store)?;
     let state = match (&a.state, &location) {
         (Some(s), _) => s.clone(),
@@ -203,7 +202,7 @@ pub fn run(a: Args) -> Result<()> {
     opts.deltas = a.deltas;
     opts.delta_level = a.delta_level;
     opts.previous_keys = super::sync::load_trust(&a.previous_key)?.keys().to_vec();
-    let report = publish(store.as_ref(), &key, &opts).with_context(|| {
+    let report = publish(&*store, &key, &opts).with_context(|| {
         format!(
             "publishing {} as tree '{}' into {}",
             source, a.tree, a.store

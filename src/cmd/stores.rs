@@ -139,43 +139,63 @@ fn s3(bucket: &str, s3: &S3Args) -> Result<Arc<dyn ObjectStore>> {
     Ok(Arc::new(store))
 }
 
-/// A reader for `store`; `rt` is used only for `s3://`.
-pub fn reader(
-    store: &str,
-    http: HttpOptions,
-    s3args: &S3Args,
-    rt: &tokio::runtime::Runtime,
-) -> Result<Box<dyn StoreReader>> {
+/// A store client with the async runtime its S3 client runs on: made only for `s3://`
+/// (a directory or HTTP(S) store needs none), dropped after the client.
+pub struct Opened<T: ?Sized> {
+    store: Box<T>,
+    _rt: Option<tokio::runtime::Runtime>,
+}
+
+impl<T: ?Sized> std::ops::Deref for Opened<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.store
+    }
+}
+
+/// A reader for `store`.
+pub fn reader(store: &str, http: HttpOptions, s3args: &S3Args) -> Result<Opened<dyn StoreReader>> {
     Ok(match parse(store)? {
-        Location::Dir(p) => Box::new(LocalStoreReader::new(p)),
-        Location::Http(url) => Box::new(HttpStoreReader::new(&url, http)?),
-        Location::S3 { bucket, prefix } => Box::new(ObjectStoreReader::new(
-            s3(&bucket, s3args)?,
-            &prefix,
-            store,
-            rt.handle().clone(),
-        )),
+        Location::Dir(p) => Opened {
+            store: Box::new(LocalStoreReader::new(p)),
+            _rt: None,
+        },
+        Location::Http(url) => Opened {
+            store: Box::new(HttpStoreReader::new(&url, http)?),
+            _rt: None,
+        },
+        Location::S3 { bucket, prefix } => {
+            let rt = runtime(2)?;
+            let client = s3(&bucket, s3args)?;
+            let handle = rt.handle().clone();
+            Opened {
+                store: Box::new(ObjectStoreReader::new(client, &prefix, store, handle)),
+                _rt: Some(rt),
+            }
+        }
     })
 }
 
 /// A publish target for `store`.
-pub fn target(
-    store: &str,
-    s3args: &S3Args,
-    rt: &tokio::runtime::Runtime,
-) -> Result<Box<dyn Store>> {
+pub fn target(store: &str, s3args: &S3Args) -> Result<Opened<dyn Store>> {
     Ok(match parse(store)? {
-        Location::Dir(p) => Box::new(
-            LocalStore::open(&p).with_context(|| format!("opening store {}", p.display()))?,
-        ),
+        Location::Dir(p) => Opened {
+            store: Box::new(
+                LocalStore::open(&p).with_context(|| format!("opening store {}", p.display()))?,
+            ),
+            _rt: None,
+        },
         Location::Http(url) => bail!(
             "{url}: an HTTP store is read-only; publish to its directory or bucket and serve that"
         ),
-        Location::S3 { bucket, prefix } => Box::new(ObjectStoreTarget::new(
-            s3(&bucket, s3args)?,
-            &prefix,
-            store,
-            rt.handle().clone(),
-        )),
+        Location::S3 { bucket, prefix } => {
+            let rt = runtime(2)?;
+            let client = s3(&bucket, s3args)?;
+            let handle = rt.handle().clone();
+            Opened {
+                store: Box::new(ObjectStoreTarget::new(client, &prefix, store, handle)),
+                _rt: Some(rt),
+            }
+        }
     })
 }

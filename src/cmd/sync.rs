@@ -260,9 +260,8 @@ pub fn run(a: Args) -> Result<()> {
         cfg.ca.as_deref(),
         cfg.cert.as_deref().zip(cfg.key.as_deref()),
     )?;
-    let rt = super::stores::runtime(2)?;
-    let reader = super::stores::reader(&store, http, &cfg.s3, &rt)?;
-    let report = sync(reader.as_ref(), &opts)
+    let reader = super::stores::reader(&store, http, &cfg.s3)?;
+    let report = sync(&*reader, &opts)
         .with_context(|| format!("syncing tree '{tree}' from {store} into {}", dest.display()))?;
     print_report(a.json, &report)
 }
