@@ -1,7 +1,7 @@
 //! nginx as a CDN edge (deploy/nginx/pulpdist-cdn.conf) in front of `pulpdist serve`:
 //! the second downstream site is served from the edge's cache, as nginx's own log shows.
 
-mod common;
+use crate::common;
 
 use common::servers::{Builtin, Nginx};
 use common::{assert_same_tree, run_json, strs, sync_cmd, Site};

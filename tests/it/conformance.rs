@@ -2,7 +2,7 @@
 //! HTTP server, an S3-compatible server (s3s-fs), and nginx caching the built-in server.
 //! Costs are counted from `--json` (requests, bytes), never timed.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -246,7 +246,7 @@ fn killed_and_resumed(backend: Backend) {
     pulpdist_testdata::evolve(&rig.site.src(), 5, 1).expect("evolve");
     let old = rig.packs();
     // Small packs: a sync missing one of them still verifies and stages all the others.
-    // No delta: with one, this site would not need the hidden pack at all (tests/deltas.rs).
+    // No delta: with one, this site would not need the hidden pack at all (tests/it/deltas.rs).
     let p = rig.publish_with(&["--pack-size", "262144", "--deltas", "0"]);
     let total_chunks = num(&p, "chunks_new");
     assert!(num(&p, "packs") > 3, "{p}");

@@ -3,7 +3,7 @@
 //! a site one version behind meets the byte and request targets; a damaged reference, a
 //! damaged or missing delta pack and a site further behind all still end byte-identical.
 
-mod common;
+use crate::common;
 
 use std::fs;
 

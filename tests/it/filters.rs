@@ -1,7 +1,7 @@
 //! Publishing a filtered tree: rsync's --filter, --include and --exclude in command-line
 //! order, recorded in the signed head; the mirror carries exactly the selected paths.
 
-mod common;
+use crate::common;
 
 use common::{snapshot, Site};
 

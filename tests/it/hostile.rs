@@ -1,6 +1,6 @@
 //! A validly signed head whose index names hostile paths: refused, nothing written.
 
-mod common;
+use crate::common;
 
 use std::fs;
 

@@ -2,7 +2,7 @@
 //! endless data, no answer) and a disk that fills up: each sync ends with a clear error, the
 //! mirror keeps its previous version, and a later honest sync completes.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

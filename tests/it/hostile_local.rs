@@ -2,7 +2,7 @@
 //! a first sync into a directory that holds other files, damaged packs in a local store,
 //! oversized key and definition files, malformed rsync URLs, S3 without credentials.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

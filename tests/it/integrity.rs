@@ -1,7 +1,7 @@
 //! A mirror that is never wrong: one sync of a mirror at a time, state never inside the
 //! tree it belongs to, dry runs that write nothing anywhere, and the documented exit codes.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};

@@ -2,7 +2,7 @@
 //! files' extents, so a site that has the files fetches little more than the image's
 //! metadata, and rebuilds it byte-identical. (./scripts/test installs xorriso.)
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::FileExt;

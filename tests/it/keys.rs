@@ -3,7 +3,7 @@
 //! one with --previous-key, then sites drop the old key; a head signed with a dropped key is
 //! refused.
 
-mod common;
+use crate::common;
 
 use std::fs;
 

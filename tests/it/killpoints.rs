@@ -8,7 +8,7 @@
 //! (`PULPDIST_FAILPOINT_LOG`), and then one run is stopped at each of them
 //! (`PULPDIST_FAILPOINT=STEP:N`), each from the same starting state.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

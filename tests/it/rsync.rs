@@ -2,7 +2,7 @@
 //! before publishing (tree definitions in TOML), a plain downstream origin (two passes:
 //! payload, then metadata and deletions), and the fallback that fills gaps in a store.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

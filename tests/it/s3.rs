@@ -1,7 +1,7 @@
 //! Publishing to a real S3-compatible server (s3s-fs): multipart uploads of large packs,
 //! and the conditional head write that keeps two publishers from overwriting each other.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

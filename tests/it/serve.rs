@@ -1,7 +1,7 @@
 //! `pulpdist serve` as an HTTP origin, seen from the wire; and sync over HTTP when the
 //! network or the origin misbehaves (cut connections, 503s, ranges ignored).
 
-mod common;
+use crate::common;
 
 use std::fs;
 

@@ -1,7 +1,7 @@
 //! End to end: the real binary publishes generated trees into a local store and syncs a
 //! mirror, version after version; every refusal the format promises is exercised.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;
@@ -513,7 +513,7 @@ fn killed_sync_resumes_without_refetching_and_never_tears_a_file() {
     let v1 = snapshot(&site.mirror());
     pulpdist_testdata::evolve(&site.src(), 5, 1).expect("evolve");
     let old_packs = packs(&site.store());
-    // No delta: with one, this site would not need the hidden pack (tests/deltas.rs).
+    // No delta: with one, this site would not need the hidden pack (tests/it/deltas.rs).
     let p = site.publish_with(&["--deltas", "0"]);
     let total_chunks = p["chunks_new"].as_u64().expect("chunks");
 

@@ -1,7 +1,7 @@
 //! `serve` over TLS with client certificates and per-tree authorization, made with
 //! `pulpdist ca` (and with openssl): a site reads only what its trees reach.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

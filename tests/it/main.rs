@@ -1,0 +1,22 @@
+//! The integration tests: one binary (each file a module), so the workspace is linked
+//! once for all of them. They run the real `pulpdist` binary against real servers on
+//! loopback (nginx, rsync, s3s-fs, xorriso), installed by `scripts/test`.
+
+mod common;
+
+mod cdn;
+mod conformance;
+mod deltas;
+mod filters;
+mod hostile;
+mod hostile_http;
+mod hostile_local;
+mod integrity;
+mod isos;
+mod keys;
+mod killpoints;
+mod rsync;
+mod s3;
+mod serve;
+mod sync;
+mod tls;
