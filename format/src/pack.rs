@@ -11,6 +11,11 @@ use crate::id::PackId;
 use crate::node::Location;
 use crate::wire::{Reader, Writer};
 
+/// The HTTP `Cache-Control` of a pack, wherever a store serves it (`serve`, a bucket's
+/// object metadata): a pack is immutable and named by a random id, so it may be kept as
+/// long as anyone likes.
+pub const PACK_CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
+
 /// Magic and format version at the start of a pack.
 pub const PACK_MAGIC: &[u8; 8] = b"PDPACK\x00\x01";
 /// Magic at the very end of a pack.

@@ -5,7 +5,7 @@
 use std::ops::Range;
 
 use libfuzzer_sys::fuzz_target;
-use pulpdist_client::{sync, HeadFetch, StoreReader, SyncError, SyncOptions};
+use pulpdist_sync::{sync, HeadFetch, StoreReader, SyncError, SyncOptions};
 use pulpdist_format::{PackId, TrustedKeys};
 
 #[path = "common/index.rs"]

@@ -6,9 +6,10 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use pulpdist_client::{sync, HttpOptions, HttpStoreReader, SyncOptions};
 use pulpdist_format::{SecretKey, TrustedKeys};
-use pulpdist_server::{publish, LocalStore, PublishOptions, ServeOptions};
+use pulpdist_publish::{publish, LocalStore, PublishOptions};
+use pulpdist_serve::ServeOptions;
+use pulpdist_sync::{sync, HttpOptions, HttpStoreReader, SyncOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -57,10 +58,8 @@ fn run_in(dir: &std::path::Path, json: bool) -> Result<()> {
         .context("listening on 127.0.0.1")?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let handler = std::sync::Arc::new(pulpdist_server::Handler::new(ServeOptions::new(
-        &store_dir,
-    ))?);
-    let server = rt.spawn(pulpdist_server::serve(listener, handler, async {
+    let handler = std::sync::Arc::new(pulpdist_serve::Handler::new(ServeOptions::new(&store_dir))?);
+    let server = rt.spawn(pulpdist_serve::serve(listener, handler, async {
         let _ = stopped.await;
     }));
     if !json {

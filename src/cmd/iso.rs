@@ -104,7 +104,7 @@ pub fn run(a: Args) -> Result<()> {
             out,
             json,
         } => {
-            let mut http = pulpdist_client::HttpOptions::default();
+            let mut http = pulpdist_sync::HttpOptions::default();
             super::stores::add_tls(
                 &mut http,
                 ca.as_deref(),
@@ -205,7 +205,7 @@ struct StoreArgs<'a> {
     store: Option<&'a str>,
     tree: Option<&'a str>,
     trust: &'a [PathBuf],
-    http: pulpdist_client::HttpOptions,
+    http: pulpdist_sync::HttpOptions,
     s3: super::stores::S3Args,
 }
 
@@ -270,7 +270,7 @@ fn rebuild(
         let tree = tree.unwrap_or_default();
         let keys = super::sync::load_trust(trust)?;
         let reader = super::stores::reader(store, http, &s3)?;
-        let counted = pulpdist_client::CountingReader::new(&*reader);
+        let counted = pulpdist_sync::CountingReader::new(&*reader);
         let f = File::options()
             .create_new(true)
             .read(true)
@@ -279,7 +279,7 @@ fn rebuild(
             .with_context(|| format!("writing {}", scratch.display()))?;
         let mut end = 0u64;
         let mut w = std::io::BufWriter::new(&f);
-        let got = pulpdist_client::fetch_chunks(
+        let got = pulpdist_sync::fetch_chunks(
             &counted,
             tree,
             &keys,
@@ -287,7 +287,7 @@ fn rebuild(
             64 * 1024,
             &mut |c: VerifiedChunk| {
                 w.write_all(c.data())
-                    .map_err(|source| pulpdist_client::SyncError::Io {
+                    .map_err(|source| pulpdist_sync::SyncError::Io {
                         path: scratch.clone(),
                         source,
                     })?;
@@ -297,7 +297,7 @@ fn rebuild(
             },
         )
         .and_then(|got| {
-            w.flush().map_err(|source| pulpdist_client::SyncError::Io {
+            w.flush().map_err(|source| pulpdist_sync::SyncError::Io {
                 path: scratch.clone(),
                 source,
             })?;

@@ -9,8 +9,8 @@ pub mod serve;
 pub mod stores;
 pub mod sync;
 
-use pulpdist_client::SyncError;
-use pulpdist_server::PublishError;
+use pulpdist_publish::PublishError;
+use pulpdist_sync::SyncError;
 
 /// Exit code for an error (documented in main.rs and README.md).
 pub fn exit_code(e: &anyhow::Error) -> u8 {
@@ -148,4 +148,18 @@ pub fn load_tree_def(
     defs.into_iter()
         .find(|d| d.name == tree)
         .ok_or_else(|| anyhow::anyhow!("{}: no tree '{tree}' defined", path.display()))
+}
+
+/// Raises the soft limit on open files to the hard limit: `serve`'s connection cap, not
+/// the descriptor table, is then what a flood of connections runs into, and deleting a
+/// deep tree in a sync (a descriptor per level) does not fail first. Returns the soft
+/// limit now in force.
+pub fn raise_open_files() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        let _ = setrlimit(Resource::Nofile, l);
+    }
+    getrlimit(Resource::Nofile).current
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use pulpdist_format::{ChunkParams, SecretKey};
-use pulpdist_server::{publish, PublishOptions, PublishReport};
+use pulpdist_publish::{publish, PublishOptions, PublishReport};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -55,7 +55,7 @@ pub struct Args {
     deltas: usize,
     /// zstd level of delta frames (1-22; higher: smaller deltas, slower publish); a
     /// changed directory's node record uses at most level 9.
-    #[arg(long, default_value_t = pulpdist_server::DEFAULT_DELTA_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
+    #[arg(long, default_value_t = pulpdist_publish::DEFAULT_DELTA_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
     delta_level: i32,
     /// Target size of data packs in bytes (a pack closes once it reaches this).
     #[arg(long, default_value_t = 64 << 20)]
@@ -134,7 +134,7 @@ pub fn run(a: Args) -> Result<()> {
         (Some(s), _) => s.clone(),
         (None, super::stores::Location::Dir(d)) => {
             // `--store .` names the directory it is in: the cache goes beside it, not in it.
-            let d = pulpdist_client::absolute_dir(d)
+            let d = pulpdist_sync::absolute_dir(d)
                 .with_context(|| format!("resolving store directory {}", d.display()))?;
             default_state(&d, &a.tree)
         }
@@ -153,9 +153,9 @@ pub fn run(a: Args) -> Result<()> {
     if let super::stores::Location::Dir(d) = &location {
         // A web server may serve the store directory: the publisher's state (its caches and
         // the rsync staging copy of the source) never goes inside it.
-        let store_dir = pulpdist_client::absolute_dir(d)
+        let store_dir = pulpdist_sync::absolute_dir(d)
             .with_context(|| format!("resolving store directory {}", d.display()))?;
-        let state_dir = pulpdist_client::absolute_dir(&state)
+        let state_dir = pulpdist_sync::absolute_dir(&state)
             .with_context(|| format!("resolving state directory {}", state.display()))?;
         if state_dir.starts_with(&store_dir) || store_dir.starts_with(&state_dir) {
             return Err(super::usage(format!(
@@ -181,7 +181,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let source_dir = if source.starts_with("rsync://") {
         let staging = state.join("rsync-staging");
-        let st = pulpdist_client::rsync::pull(&source, &staging, &filter)
+        let st = pulpdist_rsync::pull(&source, &staging, &filter)
             .with_context(|| format!("pulling {source} into {}", staging.display()))?;
         if !a.json {
             super::say(format_args!(

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use pulpdist_server::serve::tls::TlsFiles;
-use pulpdist_server::{Handler, ServeOptions};
+use pulpdist_serve::tls::TlsFiles;
+use pulpdist_serve::{Handler, ServeOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -72,7 +72,7 @@ pub fn run(a: Args) -> Result<()> {
     opts.max_per_address = a.max_per_address;
     opts.stall_timeout = Duration::from_secs(a.stall_seconds.max(1));
     // The connection cap, not the descriptor table, is what a flood runs into.
-    let files = pulpdist_server::raise_open_files();
+    let files = super::raise_open_files();
     if files.is_some_and(|f| (f as usize) < a.max_connections.saturating_add(64)) {
         eprintln!(
             "pulpdist serve: warning: {} open files allowed, fewer than --max-connections {} needs",
@@ -122,7 +122,7 @@ pub fn run(a: Args) -> Result<()> {
                 }
             });
         }
-        pulpdist_server::serve(listener, handler, shutdown_signal()).await;
+        pulpdist_serve::serve(listener, handler, shutdown_signal()).await;
         eprintln!("pulpdist serve: stopped");
         Ok(())
     })

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use object_store::aws::AmazonS3Builder;
 use object_store::ObjectStore;
-use pulpdist_client::{
+use pulpdist_publish::{LocalStore, ObjectStoreTarget, Store};
+use pulpdist_sync::{
     HttpOptions, HttpStoreReader, LocalStoreReader, ObjectStoreReader, StoreReader,
 };
-use pulpdist_server::{LocalStore, ObjectStoreTarget, Store};
 
 /// S3 settings given as flags; the usual `AWS_*` environment variables fill in the rest
 /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`, ...).
@@ -46,7 +46,7 @@ pub struct S3Args {
 /// Reads the CA certificates and the client certificate and key (PEM) an https:// store
 /// needs into `http`.
 pub fn add_tls(
-    http: &mut pulpdist_client::HttpOptions,
+    http: &mut pulpdist_sync::HttpOptions,
     ca: Option<&std::path::Path>,
     cert_key: Option<(&std::path::Path, &std::path::Path)>,
 ) -> anyhow::Result<()> {

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use pulpdist_client::{sync, HttpOptions, SyncOptions, SyncReport};
 use pulpdist_format::TrustedKeys;
+use pulpdist_sync::{sync, HttpOptions, SyncOptions, SyncReport};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -180,7 +180,7 @@ pub fn run(a: Args) -> Result<()> {
         Some(p) => Some(super::load_tree_def(p, &tree)?),
         None => None,
     };
-    let mut metadata_patterns: Vec<String> = pulpdist_client::DEFAULT_METADATA_PATTERNS
+    let mut metadata_patterns: Vec<String> = pulpdist_sync::DEFAULT_METADATA_PATTERNS
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -198,7 +198,7 @@ pub fn run(a: Args) -> Result<()> {
             Some(d) => d.filter_with(&cli_rules),
             None => cli_rules,
         };
-        let report = pulpdist_client::rsync::sync_rsync(
+        let report = pulpdist_sync::sync_rsync(
             &store,
             &dest,
             &filter,
@@ -232,7 +232,7 @@ pub fn run(a: Args) -> Result<()> {
 
     // Deleting a deep tree holds a descriptor per level: the hard limit, not the default
     // soft one, is what a sync may use.
-    let _ = pulpdist_server::raise_open_files();
+    let _ = super::raise_open_files();
     let trusted = load_trust(&cfg.trust)?;
     let mut opts = SyncOptions::new(&tree, &dest, trusted);
     opts.state_dir = cfg.state;

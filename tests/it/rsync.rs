@@ -180,9 +180,9 @@ fn sync_from_a_plain_rsync_origin_payload_first_metadata_after() {
     assert_eq!(sessions.len(), 2, "two rsync sessions: {sent:?}");
     let is_meta = |f: &str| {
         let name = f.rsplit('/').next().unwrap_or(f);
-        pulpdist_client::DEFAULT_METADATA_PATTERNS
+        pulpdist_sync::DEFAULT_METADATA_PATTERNS
             .iter()
-            .any(|p| pulpdist_client::glob_match(p.as_bytes(), name.as_bytes()))
+            .any(|p| pulpdist_sync::glob_match(p.as_bytes(), name.as_bytes()))
     };
     for (pid, f) in &sent {
         if pid == &sessions[0] {

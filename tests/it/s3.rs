@@ -8,7 +8,7 @@ use std::sync::Arc;
 use object_store::aws::AmazonS3Builder;
 use object_store::ObjectStore;
 use pulpdist_format::SecretKey;
-use pulpdist_server::{publish, ObjectStoreTarget, PublishError, PublishOptions, Store};
+use pulpdist_publish::{publish, ObjectStoreTarget, PublishError, PublishOptions, Store};
 
 use common::servers::{S3, S3_ACCESS_KEY, S3_SECRET_KEY};
 use common::{assert_same_tree, s, Site};

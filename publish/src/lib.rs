@@ -6,7 +6,7 @@
 //! versions (each changed file compressed against its old copy), and the signed head last.
 //!
 //! ```no_run
-//! use pulpdist_server::{publish, LocalStore, PublishOptions};
+//! use pulpdist_publish::{publish, LocalStore, PublishOptions};
 //! use pulpdist_format::SecretKey;
 //! let store = LocalStore::open("store").unwrap();
 //! let key = SecretKey::generate().unwrap();
@@ -21,14 +21,12 @@ mod delta;
 mod error;
 mod objstore;
 mod packer;
-mod publish;
-pub mod serve;
+mod pipeline;
 mod store;
 mod walk;
 
 pub use delta::DeltaReport;
 pub use error::PublishError;
 pub use objstore::{ObjectStoreTarget, DEFAULT_PART_SIZE};
-pub use publish::{publish, PublishOptions, PublishReport, DEFAULT_DELTA_LEVEL};
-pub use serve::{raise_open_files, serve, Handler, Peer, ServeError, ServeOptions};
+pub use pipeline::{publish, PublishOptions, PublishReport, DEFAULT_DELTA_LEVEL};
 pub use store::{LocalStore, Store, StoreLock, StoredHead};

@@ -216,7 +216,7 @@ fn fill_gaps(
     let scratch = state.dir().join("fallback");
     let _ = fs::remove_dir_all(&scratch);
     let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
-    let stats = crate::rsync::fetch_files(url, &paths, &scratch)?;
+    let stats = pulpdist_rsync::fetch_files(url, &paths, &scratch)?;
     for f in &files {
         let local = scratch.join(&f.path);
         let object = format!("{url}/{} (rsync fallback)", f.path.display());

@@ -41,7 +41,6 @@ use tokio::net::TcpListener;
 use pulpdist_format::PackId;
 
 use authz::{Authz, AuthzError, Grant, Identity};
-pub use limits::raise_open_files;
 pub use metrics::{Kind, Metrics};
 use range::RangeAnswer;
 
@@ -94,8 +93,7 @@ impl ServeOptions {
     }
 }
 
-/// `Cache-Control` of packs: immutable, kept as long as anyone likes.
-pub const PACK_CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
+pub use pulpdist_format::pack::PACK_CACHE_CONTROL;
 const CHUNK: usize = 256 * 1024;
 const OCTETS: &str = "application/octet-stream";
 

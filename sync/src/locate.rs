@@ -96,7 +96,7 @@ pub fn fetch_chunks(
                 .filter(|c| range.start <= c.loc.offset && c.loc.range().end <= range.end)
             {
                 let stored =
-                    crate::sync::walk::slice(&buf, range.start, c.loc.range(), store, &pack)?;
+                    crate::pipeline::walk::slice(&buf, range.start, c.loc.range(), store, &pack)?;
                 let chunk = VerifiedChunk::from_stored(c.id, c.loc.codec, stored, c.loc.raw_len)
                     .map_err(|source| SyncError::Format {
                         object: format!("chunk {} in {}", c.id, pack.object_key()),

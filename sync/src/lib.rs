@@ -10,7 +10,7 @@
 //! The store is read through [`StoreReader`]; [`LocalStoreReader`] reads a directory.
 //!
 //! ```no_run
-//! use pulpdist_client::{sync, LocalStoreReader, SyncOptions};
+//! use pulpdist_sync::{sync, LocalStoreReader, SyncOptions};
 //! use pulpdist_format::TrustedKeys;
 //! let keys = TrustedKeys::from_text(&std::fs::read_to_string("upstream.key.pub").unwrap()).unwrap();
 //! let store = LocalStoreReader::new("store");
@@ -24,12 +24,12 @@ mod glob;
 mod http;
 mod locate;
 mod objstore;
+mod origin;
+mod pipeline;
 mod ranges;
-pub mod rsync;
 mod staging;
 mod state;
 mod store;
-mod sync;
 mod tree;
 
 pub use error::SyncError;
@@ -38,8 +38,9 @@ pub use glob::{glob_match, DEFAULT_METADATA_PATTERNS};
 pub use http::{HttpOptions, HttpStoreReader};
 pub use locate::fetch_chunks;
 pub use objstore::ObjectStoreReader;
+pub use origin::sync_rsync;
+pub use pipeline::plan::{FetchOp, FileOp, Plan, Source};
+pub use pipeline::{sync, SyncOptions, SyncReport};
 pub use ranges::coalesce;
 pub use state::lock_mirror;
 pub use store::{CountingReader, HeadFetch, LocalStoreReader, Overhead, StoreReader};
-pub use sync::plan::{FetchOp, FileOp, Plan, Source};
-pub use sync::{sync, SyncOptions, SyncReport};

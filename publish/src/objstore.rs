@@ -26,8 +26,8 @@ use tokio::runtime::Handle;
 use pulpdist_format::PackId;
 
 use crate::error::{IoContext, PublishError};
-use crate::serve::PACK_CACHE_CONTROL;
 use crate::store::{lock_file, Store, StoreLock, StoredHead};
+use pulpdist_format::pack::PACK_CACHE_CONTROL;
 
 /// Packs larger than this go up as multipart uploads, in parts of this size.
 pub const DEFAULT_PART_SIZE: usize = 16 << 20;

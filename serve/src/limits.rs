@@ -148,19 +148,6 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for StallGuard<IO> {
     }
 }
 
-/// Raises the soft limit on open files to the hard limit, so that the connection cap, not
-/// the descriptor table, is what a flood of connections runs into. Returns the soft limit
-/// now in force.
-pub fn raise_open_files() -> Option<u64> {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let mut l = getrlimit(Resource::Nofile);
-    if l.current < l.maximum {
-        l.current = l.maximum;
-        let _ = setrlimit(Resource::Nofile, l);
-    }
-    getrlimit(Resource::Nofile).current
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,23 +1,52 @@
 //! rsync, for origins that are plain rsync servers and for files a store cannot serve.
 //!
-//! Three uses, all running the `rsync` program with the tree's filter rules:
+//! Three uses, all running the `rsync` program with the tree's filter rules, its URL
+//! checked first ([`check_url`]) and its `--stats` read back ([`RsyncStats`]):
 //! - [`pull`]: upstream, mirror an `rsync://` source into a staging directory kept between
 //!   runs (so each pull is incremental), which is then published;
-//! - [`sync_rsync`]: downstream, from an `rsync://` origin with no PulpDist store, in two
-//!   passes as Debian's ftpsync does: payload first (metadata excluded, nothing deleted),
-//!   then everything with deletions after the transfer; each pass delays its renames to
-//!   its end, so files appear together;
+//! - [`mirror_pass`]: downstream, one pass of a sync from an `rsync://` origin with no
+//!   PulpDist store (the sync runs two, as Debian's ftpsync does: payload first, then
+//!   everything with deletions); each pass delays its renames to its end;
 //! - [`fetch_files`]: named files into a scratch directory, to fill gaps in a store.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
 
 use pulpdist_format::filter::Filter;
 
-use crate::error::SyncError;
-use crate::sync::SyncReport;
+/// Why an rsync run did not happen or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RsyncError {
+    /// The URL is not one rsync may be given.
+    #[error("{0}")]
+    Usage(String),
+    /// rsync could not run, or exited with an error.
+    #[error("{url}: {detail}")]
+    Failed {
+        url: String,
+        detail: String,
+        /// A network or server problem (rsync's exit codes 10, 12, 23, 24, 30, 35).
+        temporary: bool,
+    },
+    /// A local file or directory could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Another pull into the same directory is running.
+    #[error("{lock}: another pull into {dest} is running")]
+    Busy { lock: PathBuf, dest: PathBuf },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RsyncError + '_ {
+    move |source| RsyncError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
 
 /// What one rsync run moved, from its `--stats`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,10 +63,9 @@ pub struct RsyncStats {
 /// default treats times within the same second as equal and leaves them alone.
 const MODIFY_WINDOW: &str = "--modify-window=-1";
 
-fn err(url: &str, detail: String, temporary: bool) -> SyncError {
-    SyncError::Http {
+fn err(url: &str, detail: String, temporary: bool) -> RsyncError {
+    RsyncError::Failed {
         url: url.to_string(),
-        status: None,
         detail,
         temporary,
     }
@@ -46,9 +74,9 @@ fn err(url: &str, detail: String, temporary: bool) -> SyncError {
 /// Checks an `rsync://host[:port]/module[/path]` URL before rsync sees it: rsync takes an
 /// empty host for a remote shell target (`rsync://` alone ran ssh to a host named
 /// "rsync"), and a host starting with `-` for an option.
-pub fn check_url(url: &str) -> Result<(), SyncError> {
+pub fn check_url(url: &str) -> Result<(), RsyncError> {
     let bad = |why: &str| {
-        Err(SyncError::Usage(format!(
+        Err(RsyncError::Usage(format!(
             "{url}: not an rsync URL ({why}); expected rsync://host[:port]/module[/path]"
         )))
     };
@@ -92,13 +120,13 @@ pub fn check_url(url: &str) -> Result<(), SyncError> {
 
 /// Runs rsync with `args`, returning its stats. Exit codes that mean a network or server
 /// problem (10, 12, 23, 24, 30, 35) are temporary.
-fn run(url: &str, args: &[String]) -> Result<RsyncStats, SyncError> {
+fn run(url: &str, args: &[String]) -> Result<RsyncStats, RsyncError> {
     run_allowing(url, args, &[])
 }
 
 /// [`run`], also accepting the exit codes in `ok` (24: files vanished during the transfer,
 /// normal when pulling from a live mirror).
-fn run_allowing(url: &str, args: &[String], ok: &[i32]) -> Result<RsyncStats, SyncError> {
+fn run_allowing(url: &str, args: &[String], ok: &[i32]) -> Result<RsyncStats, RsyncError> {
     check_url(url)?;
     let out = Command::new("rsync").args(args).output().map_err(|e| {
         err(
@@ -163,27 +191,20 @@ fn with_slash(url: &str) -> String {
 
 /// Upstream: brings `dest` (created if needed) to a copy of the selected part of `url`.
 /// Holds `<dest>.lock` meanwhile, so two pulls into one staging directory cannot interleave.
-pub fn pull(url: &str, dest: &Path, filter: &Filter) -> Result<RsyncStats, SyncError> {
-    std::fs::create_dir_all(dest).map_err(|source| SyncError::Io {
-        path: dest.to_path_buf(),
-        source,
-    })?;
+pub fn pull(url: &str, dest: &Path, filter: &Filter) -> Result<RsyncStats, RsyncError> {
+    std::fs::create_dir_all(dest).map_err(io(dest))?;
     let lock_path = dest.with_extension("lock");
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .map_err(|source| SyncError::Io {
-            path: lock_path.clone(),
-            source,
-        })?;
+        .map_err(io(&lock_path))?;
     if lock.try_lock().is_err() {
-        return Err(SyncError::Config(format!(
-            "{}: another pull into {} is running",
-            lock_path.display(),
-            dest.display()
-        )));
+        return Err(RsyncError::Busy {
+            lock: lock_path,
+            dest: dest.to_path_buf(),
+        });
     }
     let mut args: Vec<String> = [
         "-rlpt",
@@ -203,76 +224,52 @@ pub fn pull(url: &str, dest: &Path, filter: &Filter) -> Result<RsyncStats, SyncE
     r
 }
 
-/// Downstream from a plain rsync origin: payload, then metadata, then deletions.
-pub fn sync_rsync(
+/// One pass of a sync from a plain rsync origin into `dest`.
+#[derive(Clone, Copy, Debug)]
+pub struct Pass<'a> {
+    /// Name patterns left out (and so not deleted either).
+    pub exclude: &'a [String],
+    /// Delete, after the transfer, what the origin no longer has or the filter leaves out.
+    pub delete: bool,
+    /// Report only.
+    pub dry_run: bool,
+}
+
+/// Brings `dest` closer to the selected part of `url` in one rsync run (renames delayed
+/// to its end).
+pub fn mirror_pass(
     url: &str,
     dest: &Path,
     filter: &Filter,
-    metadata_patterns: &[String],
-    dry_run: bool,
-    wait: std::time::Duration,
-) -> Result<SyncReport, SyncError> {
-    let started = Instant::now();
-    check_url(url)?;
-    // One sync of a mirror at a time, whatever its origin (creates the mirror directory).
-    let _lock = crate::state::lock_mirror(dest, dry_run, wait)?;
-    let base: Vec<String> = ["-rlpt", MODIFY_WINDOW, "--stats", "--delay-updates"]
+    pass: Pass<'_>,
+) -> Result<RsyncStats, RsyncError> {
+    let mut a: Vec<String> = ["-rlpt", MODIFY_WINDOW, "--stats", "--delay-updates"]
         .iter()
         .map(|s| s.to_string())
-        .chain(dry_run.then(|| "--dry-run".to_string()))
         .collect();
-    // Pass 1: payload only. Metadata is left out (and so not deleted either).
-    let mut a = base.clone();
-    a.extend(metadata_patterns.iter().map(|p| format!("--exclude={p}")));
+    if pass.dry_run {
+        a.push("--dry-run".into());
+    }
+    a.extend(pass.exclude.iter().map(|p| format!("--exclude={p}")));
+    if pass.delete {
+        a.extend(["--delete", "--delete-after", "--delete-excluded"].map(String::from));
+    }
     a.extend(filter_args(filter));
     a.push(with_slash(url));
     a.push(with_slash(&dest.display().to_string()));
-    let payload = run(url, &a)?;
-    // Pass 2: everything, deleting what the origin no longer has (or the filter leaves
-    // out) after the transfer.
-    let mut b = base;
-    b.extend(["--delete", "--delete-after", "--delete-excluded"].map(String::from));
-    b.extend(filter_args(filter));
-    b.push(with_slash(url));
-    b.push(with_slash(&dest.display().to_string()));
-    let meta = run(url, &b)?;
-    let files = payload.files + meta.files;
-    Ok(SyncReport {
-        up_to_date: files == 0 && meta.deleted == 0,
-        files,
-        deleted: meta.deleted,
-        bytes_fetched: payload.bytes_received + meta.bytes_received,
-        requests: 2,
-        rsync_files: files,
-        rsync_bytes: payload.bytes_received + meta.bytes_received,
-        filter: (!filter.is_empty()).then(|| filter.to_string()),
-        plan: dry_run.then(|| {
-            format!("rsync from {url} (two passes: payload, then metadata and deletions)\n")
-        }),
-        elapsed_ms: started.elapsed().as_millis() as u64,
-        ..Default::default()
-    })
+    run(url, &a)
 }
 
 /// Fetches `files` (relative paths) from `url` into `scratch`; returns the stats.
-pub fn fetch_files(url: &str, files: &[PathBuf], scratch: &Path) -> Result<RsyncStats, SyncError> {
-    std::fs::create_dir_all(scratch).map_err(|source| SyncError::Io {
-        path: scratch.to_path_buf(),
-        source,
-    })?;
+pub fn fetch_files(url: &str, files: &[PathBuf], scratch: &Path) -> Result<RsyncStats, RsyncError> {
+    std::fs::create_dir_all(scratch).map_err(io(scratch))?;
     let list = scratch.with_extension("files");
-    let mut f = std::fs::File::create(&list).map_err(|source| SyncError::Io {
-        path: list.clone(),
-        source,
-    })?;
+    let mut f = std::fs::File::create(&list).map_err(io(&list))?;
     for p in files {
         use std::os::unix::ffi::OsStrExt;
         f.write_all(p.as_os_str().as_bytes())
             .and_then(|_| f.write_all(b"\0"))
-            .map_err(|source| SyncError::Io {
-                path: list.clone(),
-                source,
-            })?;
+            .map_err(io(&list))?;
     }
     drop(f);
     let args = vec![

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use filetime::{set_symlink_file_times, FileTime};
 use pulpdist_format::SecretKey;
-use pulpdist_server::{publish, LocalStore, PublishOptions};
+use pulpdist_publish::{publish, LocalStore, PublishOptions};
 
 const TIME: i64 = 1_767_225_600;
 
