@@ -38,7 +38,12 @@ pub enum ChunkerError {
     Params(#[from] pulpdist_format::FormatError),
     /// The zstd library refused to set up a context.
     #[error("zstd level {level}: {source}")]
-    Zstd { level: i32, source: std::io::Error },
+    Zstd {
+        /// The zstd level asked for.
+        level: i32,
+        /// The underlying error.
+        source: std::io::Error,
+    },
 }
 
 /// FastCDC 2020 with normalisation level 1 and the standard gear table.

@@ -40,7 +40,12 @@ pub enum TreesError {
     File(#[from] crate::ConfigError),
     /// A tree is defined wrongly.
     #[error("tree '{tree}': {reason}")]
-    Tree { tree: String, reason: String },
+    Tree {
+        /// The tree.
+        tree: String,
+        /// Why it is refused.
+        reason: String,
+    },
 }
 
 #[derive(serde::Deserialize)]

@@ -9,31 +9,69 @@ pub enum FormatError {
     /// The bytes end before the structure does.
     #[error("{what}: truncated (needed {needed} more bytes at offset {offset})")]
     Truncated {
+        /// What it is.
         what: &'static str,
+        /// The byte offset.
         offset: usize,
+        /// Bytes needed.
         needed: usize,
     },
     /// The magic number or format version is not one this reader knows.
     #[error("{what}: unknown magic or format version {found:02x?}")]
-    BadMagic { what: &'static str, found: Vec<u8> },
+    BadMagic {
+        /// What it is.
+        what: &'static str,
+        /// What was found instead.
+        found: Vec<u8>,
+    },
     /// A field holds a value the format forbids.
     #[error("{what}: invalid: {reason}")]
-    Invalid { what: &'static str, reason: String },
+    Invalid {
+        /// What it is.
+        what: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
     /// Bytes remain after a complete structure.
     #[error("{what}: {extra} unexpected trailing bytes")]
-    Trailing { what: &'static str, extra: usize },
+    Trailing {
+        /// What it is.
+        what: &'static str,
+        /// Bytes left over.
+        extra: usize,
+    },
     /// A chunk or node does not hash to the id it was fetched under.
     #[error("object {expected}: content hashes to {actual} (corrupt or substituted)")]
-    HashMismatch { expected: String, actual: String },
+    HashMismatch {
+        /// What was expected.
+        expected: String,
+        /// What was found.
+        actual: String,
+    },
     /// A stored object could not be decompressed.
     #[error("object {id}: cannot decompress: {reason}")]
-    Decompress { id: String, reason: String },
+    Decompress {
+        /// Its id.
+        id: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// The signature on a tree head does not verify.
     #[error("tree head of '{tree}' version {version}: bad signature")]
-    BadSignature { tree: String, version: u64 },
+    BadSignature {
+        /// The tree.
+        tree: String,
+        /// The version.
+        version: u64,
+    },
     /// The head was signed by a key that is not trusted.
     #[error("tree head of '{tree}' is signed by key {key}, which is not in the trusted keys")]
-    UntrustedKey { tree: String, key: String },
+    UntrustedKey {
+        /// The tree.
+        tree: String,
+        /// The key.
+        key: String,
+    },
     /// A key file could not be parsed.
     #[error("key: {0}")]
     Key(String),

@@ -8,7 +8,7 @@ use crate::node::NodeRef;
 use crate::wire::{Reader, Writer};
 
 /// Magic and format version of an encoded head.
-pub const HEAD_MAGIC: &[u8; 8] = b"PDHEAD\x00\x01";
+pub(crate) const HEAD_MAGIC: &[u8; 8] = b"PDHEAD\x00\x01";
 /// Largest head accepted by a reader.
 pub const MAX_HEAD_SIZE: usize = 1024 * 1024;
 /// Checks a head's lifetime: it cannot expire before it is created (FORMAT.md 5.5). How
@@ -24,7 +24,7 @@ fn check_lifetime(created: i64, expires: i64) -> Result<(), FormatError> {
 }
 
 /// Extension tags with this bit set must be understood by a reader, or it refuses the head.
-pub const EXT_CRITICAL: u16 = 0x8000;
+pub(crate) const EXT_CRITICAL: u16 = 0x8000;
 
 /// FastCDC parameters of a tree (bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

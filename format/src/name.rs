@@ -5,7 +5,7 @@ use std::fmt;
 use crate::error::FormatError;
 
 /// Longest entry name accepted (Linux NAME_MAX).
-pub const MAX_NAME_LEN: usize = 255;
+pub(crate) const MAX_NAME_LEN: usize = 255;
 
 /// One validated path component: non-empty, at most 255 bytes, not `.` or `..`,
 /// no `/` and no NUL. Any other bytes (including non-UTF-8) are kept exactly.

@@ -15,9 +15,9 @@ use crate::name::Name;
 use crate::wire::{Reader, Writer};
 
 /// Magic and format version of an encoded node.
-pub const NODE_MAGIC: &[u8; 8] = b"PDNODE\x00\x01";
+pub(crate) const NODE_MAGIC: &[u8; 8] = b"PDNODE\x00\x01";
 /// Longest symlink target accepted (Linux PATH_MAX).
-pub const MAX_SYMLINK_TARGET: usize = 4096;
+pub(crate) const MAX_SYMLINK_TARGET: usize = 4096;
 
 /// Where a stored object lies: a byte range of a pack, and how it is encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -112,11 +112,22 @@ pub struct Mtime {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EntryKind {
     /// A regular file: its size and chunks, in order. The chunks' sizes add up to `size`.
-    File { size: u64, chunks: Vec<ChunkRef> },
+    File {
+        /// Its size in bytes.
+        size: u64,
+        /// Its chunks, in order.
+        chunks: Vec<ChunkRef>,
+    },
     /// A directory and its node.
-    Dir { node: NodeRef },
+    Dir {
+        /// The subdirectory's node.
+        node: NodeRef,
+    },
     /// A symbolic link and its target (stored, never followed by PulpDist).
-    Symlink { target: Vec<u8> },
+    Symlink {
+        /// The link target.
+        target: Vec<u8>,
+    },
 }
 
 /// One entry of a directory.

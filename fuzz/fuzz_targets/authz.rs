@@ -1,7 +1,7 @@
 //! The server's authorization file.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use pulpdist_serve::authz::{Authz, Identity};
+use pulpdist_serve::fuzzing::{Authz, Identity};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {

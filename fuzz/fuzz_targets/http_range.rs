@@ -1,7 +1,7 @@
 //! The server's Range and If-None-Match header handling: never panics, ranges stay inside.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use pulpdist_serve::range::{none_match, resolve, RangeAnswer};
+use pulpdist_serve::fuzzing::{none_match, resolve, RangeAnswer};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use pulpdist_format::TrustedKeys;
-use pulpdist_serve::reach::Reach;
+use pulpdist_serve::fuzzing::Reach;
 
 #[path = "common/index.rs"]
 mod index;

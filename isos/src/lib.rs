@@ -30,15 +30,27 @@ pub enum IsoError {
     /// xorriso could not be run.
     #[error("running xorriso for {path}: {source} (install xorriso)")]
     Xorriso {
+        /// The path involved.
         path: String,
+        /// The underlying error.
         source: std::io::Error,
     },
     /// xorriso could not read the image.
     #[error("{path}: xorriso cannot read the image: {detail}")]
-    Damaged { path: String, detail: String },
+    Damaged {
+        /// The path involved.
+        path: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// xorriso's report did not parse.
     #[error("{path}: unexpected xorriso output line: {line}")]
-    Report { path: String, line: String },
+    Report {
+        /// The path involved.
+        path: String,
+        /// The offending line.
+        line: String,
+    },
 }
 
 /// One extent of one file, as xorriso reports it.

@@ -29,9 +29,17 @@ pub const MAGIC: &[u8; 8] = b"PDISOTP\x01";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Entry {
     /// File data: found by id in local files or a store.
-    File { id: ChunkId, len: u32 },
+    File {
+        /// Its id.
+        id: ChunkId,
+        /// Its length.
+        len: u32,
+    },
     /// Metadata or padding, carried in the template (verified on decode).
-    Literal { chunk: VerifiedChunk },
+    Literal {
+        /// The chunk, verified.
+        chunk: VerifiedChunk,
+    },
 }
 
 impl Entry {
@@ -80,7 +88,9 @@ pub enum TemplateError {
     /// Reading the image failed.
     #[error("{path}: {source}")]
     Io {
+        /// The path involved.
         path: String,
+        /// The underlying error.
         source: std::io::Error,
     },
 }

@@ -9,74 +9,122 @@ pub enum PublishError {
     /// A local file or directory could not be read or written.
     #[error("{path}: {source}")]
     Io {
+        /// The path involved.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
     /// An object in the store is malformed.
     #[error("{object}: {source}")]
     Format {
+        /// The object involved (key, URL or description).
         object: String,
+        /// The underlying error.
         source: pulpdist_format::FormatError,
     },
     /// An object store request failed.
     #[error("{object}: {source}")]
     Store {
+        /// The object involved (key, URL or description).
         object: String,
+        /// The underlying error.
         source: Box<object_store::Error>,
     },
     /// Another publisher holds the tree's lock.
     #[error("tree '{tree}' is being published by another process (lock {path} is held{holder})")]
     Locked {
+        /// The tree.
         tree: String,
+        /// The path involved.
         path: PathBuf,
+        /// Who holds it, when known.
         holder: String,
     },
     /// The head changed under us (another publisher on a store without locks).
     #[error("head of tree '{tree}' changed during publish (was version {expected:?}); nothing was published, run again")]
-    HeadChanged { tree: String, expected: Option<u64> },
+    HeadChanged {
+        /// The tree.
+        tree: String,
+        /// What was expected.
+        expected: Option<u64>,
+    },
     /// The store's head for the tree is signed by a key the publisher was not given.
     #[error("{object} is signed by key {signer}, not by the given key {key}; publish with the tree's key, or name the old one with --previous-key when rotating keys")]
     ForeignKey {
+        /// The object involved (key, URL or description).
         object: String,
+        /// The key that signed it.
         signer: String,
+        /// The key.
         key: String,
     },
     /// The store's head for the tree names another tree.
     #[error("{object} names tree '{found}'")]
-    WrongTree { object: String, found: String },
+    WrongTree {
+        /// The object involved (key, URL or description).
+        object: String,
+        /// What was found instead.
+        found: String,
+    },
     /// Other chunk parameters than the tree's were asked for.
     #[error("tree '{tree}' is chunked with min {} avg {} max {}; other parameters would need a new tree", params.min, params.avg, params.max)]
     ParamsChanged {
+        /// The tree.
         tree: String,
+        /// The tree's parameters.
         params: pulpdist_format::ChunkParams,
     },
     /// No version number is left after the tree's last one.
     #[error("tree '{tree}': version {version} is the last one a head can carry")]
-    VersionOverflow { tree: String, version: u64 },
+    VersionOverflow {
+        /// The tree.
+        tree: String,
+        /// The version.
+        version: u64,
+    },
     /// The source cannot be published as it is (not a directory, a file that changed
     /// while it was read).
     #[error("{path}: {reason}")]
-    Source { path: PathBuf, reason: String },
+    Source {
+        /// The path involved.
+        path: PathBuf,
+        /// Why it is refused.
+        reason: String,
+    },
     /// A store answered a read with fewer bytes than asked.
     #[error("{object}: short read ({got} of {wanted} bytes)")]
     Short {
+        /// The object involved (key, URL or description).
         object: String,
+        /// Bytes received.
         got: u64,
+        /// Bytes asked for.
         wanted: u64,
     },
     /// A directory's index node would exceed the format's limit.
     #[error("{dir} encodes to {size} bytes, above the format's limit of {limit}")]
     NodeTooLarge {
+        /// The directory.
         dir: String,
+        /// Its size in bytes.
         size: usize,
+        /// The limit.
         limit: u32,
     },
     /// A delta record would exceed the format's 4 GiB limit.
     #[error("{path}: a delta record above 4 GiB")]
-    DeltaTooLarge { path: String },
+    DeltaTooLarge {
+        /// The path involved.
+        path: String,
+    },
     /// A compression context could not be made.
     #[error("compressor for {what}: {detail}")]
-    Compressor { what: &'static str, detail: String },
+    Compressor {
+        /// What it is.
+        what: &'static str,
+        /// What went wrong.
+        detail: String,
+    },
     /// Worker threads could not be started.
     #[error("{0}")]
     Threads(String),

@@ -25,7 +25,9 @@ pub enum RsyncError {
     /// rsync could not run, or exited with an error.
     #[error("{url}: {detail}")]
     Failed {
+        /// The URL involved.
         url: String,
+        /// What went wrong.
         detail: String,
         /// A network or server problem (rsync's exit codes 10, 12, 23, 24, 30, 35).
         temporary: bool,
@@ -33,12 +35,19 @@ pub enum RsyncError {
     /// A local file or directory could not be written.
     #[error("{path}: {source}")]
     Io {
+        /// The path involved.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
     /// Another pull into the same directory is running.
     #[error("{lock}: another pull into {dest} is running")]
-    Busy { lock: PathBuf, dest: PathBuf },
+    Busy {
+        /// The lock file.
+        lock: PathBuf,
+        /// The directory pulled into.
+        dest: PathBuf,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RsyncError + '_ {

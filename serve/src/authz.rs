@@ -18,7 +18,7 @@
 use std::collections::BTreeSet;
 
 /// The largest authorization file accepted.
-pub const MAX_AUTHZ_SIZE: usize = pulpdist_config::MAX_CONFIG_SIZE;
+pub(crate) const MAX_AUTHZ_SIZE: usize = pulpdist_config::MAX_CONFIG_SIZE;
 
 /// One identity a certificate carries (or a rule names).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

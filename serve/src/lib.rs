@@ -11,13 +11,23 @@
 //! The caller owns the runtime and the listener; [`serve`] runs until `shutdown` resolves,
 //! then stops accepting and lets open requests finish.
 
-pub mod authz;
+mod authz;
 mod files;
 mod limits;
 mod metrics;
-pub mod range;
-pub mod reach;
+mod range;
+mod reach;
 pub mod tls;
+
+pub use authz::AuthzError;
+
+/// The parsers and walks the fuzz targets drive (`fuzz/`); not an API for other crates.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::authz::{Authz, Identity};
+    pub use crate::range::{none_match, resolve, RangeAnswer};
+    pub use crate::reach::Reach;
+}
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -40,7 +50,7 @@ use tokio::net::TcpListener;
 
 use pulpdist_format::PackId;
 
-use authz::{Authz, AuthzError, Grant, Identity};
+use authz::{Authz, Grant, Identity};
 pub use metrics::{Kind, Metrics};
 use range::RangeAnswer;
 
@@ -103,12 +113,19 @@ pub enum ServeError {
     /// The authorization file cannot be read.
     #[error("{path}: {source}")]
     Read {
+        /// The path involved.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
     /// The authorization file is malformed.
     #[error("{path}: {source}")]
-    Authz { path: PathBuf, source: AuthzError },
+    Authz {
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: AuthzError,
+    },
     /// TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),

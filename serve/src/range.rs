@@ -4,7 +4,7 @@ use std::ops::Range;
 
 /// More ranges than this in one request and the whole object is sent instead (RFC 9110
 /// allows ignoring a Range header; a client asking for this many is better served whole).
-pub const MAX_RANGES: usize = 256;
+pub(crate) const MAX_RANGES: usize = 256;
 
 /// What to send for a `Range` header against an object of `len` bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,7 +89,7 @@ pub fn resolve(header: Option<&str>, len: u64) -> RangeAnswer {
 }
 
 /// `Content-Range` value for one range.
-pub fn content_range(r: &Range<u64>, len: u64) -> String {
+pub(crate) fn content_range(r: &Range<u64>, len: u64) -> String {
     format!("bytes {}-{}/{}", r.start, r.end - 1, len)
 }
 
@@ -104,7 +104,7 @@ pub fn none_match(header: &str, etag: &str) -> bool {
 
 /// The parts of a `multipart/byteranges` body: each part's header block (the bytes before
 /// its data), then the closing delimiter. The data of range i goes after `heads[i]`.
-pub fn multipart_frame(
+pub(crate) fn multipart_frame(
     ranges: &[Range<u64>],
     len: u64,
     boundary: &str,

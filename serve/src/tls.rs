@@ -31,10 +31,15 @@ pub struct TlsFiles {
 pub enum TlsError {
     /// A PEM file could not be read or holds nothing usable.
     #[error("{path}: {reason}")]
-    File { path: PathBuf, reason: String },
+    File {
+        /// The path involved.
+        path: PathBuf,
+        /// Why it is refused.
+        reason: String,
+    },
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
-    Config(String),
+    Rustls(String),
 }
 
 fn file_err(path: &Path, reason: impl ToString) -> TlsError {
@@ -90,7 +95,7 @@ pub fn server_config(files: &TlsFiles) -> Result<TlsSetup, TlsError> {
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| file_err(&files.key, e))?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
     let builder = match &files.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
@@ -112,14 +117,14 @@ pub fn server_config(files: &TlsFiles) -> Result<TlsSetup, TlsError> {
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
                 .with_crls(crls)
                 .build()
-                .map_err(|e| TlsError::Config(e.to_string()))?;
+                .map_err(|e| TlsError::Rustls(e.to_string()))?;
             verifier_in_force = Some(Arc::clone(&verifier));
             builder.with_client_cert_verifier(verifier)
         }
     };
     let mut config = builder
         .with_single_cert(chain, key)
-        .map_err(|e| TlsError::Config(format!("{}: {e}", files.cert.display())))?;
+        .map_err(|e| TlsError::Rustls(format!("{}: {e}", files.cert.display())))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsSetup {
         config: Arc::new(config),

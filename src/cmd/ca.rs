@@ -20,7 +20,7 @@ use rcgen::{
 use time::{Duration, OffsetDateTime};
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     #[command(subcommand)]
     command: Command,
 }
@@ -71,7 +71,7 @@ enum Command {
     },
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub(crate) fn run(a: Args) -> Result<()> {
     match a.command {
         Command::Init { dir, name, days } => init(&dir, &name, days),
         Command::Issue {

@@ -12,7 +12,7 @@ use pulpdist_serve::ServeOptions;
 use pulpdist_sync::{sync, HttpOptions, HttpStoreReader, SyncOptions};
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Working directory [default: a new temporary directory, removed afterwards].
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -21,7 +21,7 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub(crate) fn run(a: Args) -> Result<()> {
     let tmp;
     let dir = match a.dir {
         Some(d) => d,

@@ -17,7 +17,7 @@ use pulpdist_isos::template::{Entry, Template};
 use serde_json::json;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     #[command(subcommand)]
     command: Command,
 }
@@ -78,7 +78,7 @@ enum Command {
     },
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub(crate) fn run(a: Args) -> Result<()> {
     match a.command {
         Command::Template {
             image,

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use pulpdist_format::SecretKey;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Where to write the secret key (mode 0600); the public key goes to FILE.pub.
     file: PathBuf,
     /// Overwrite existing files.
@@ -16,7 +16,7 @@ pub struct Args {
     force: bool,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub(crate) fn run(a: Args) -> Result<()> {
     let key = SecretKey::generate()?;
     let pub_path = PathBuf::from(format!("{}.pub", a.file.display()));
     let mut opts = std::fs::OpenOptions::new();

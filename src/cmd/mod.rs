@@ -1,19 +1,19 @@
 //! The subcommands, and how their errors map to exit codes.
 
-pub mod ca;
-pub mod demo;
-pub mod iso;
-pub mod keygen;
-pub mod publish;
-pub mod serve;
-pub mod stores;
-pub mod sync;
+pub(crate) mod ca;
+pub(crate) mod demo;
+pub(crate) mod iso;
+pub(crate) mod keygen;
+pub(crate) mod publish;
+pub(crate) mod serve;
+pub(crate) mod stores;
+pub(crate) mod sync;
 
 use pulpdist_publish::PublishError;
 use pulpdist_sync::SyncError;
 
 /// Exit code for an error (documented in main.rs and README.md).
-pub fn exit_code(e: &anyhow::Error) -> u8 {
+pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if let Some(s) = cause.downcast_ref::<SyncError>() {
             return match s {
@@ -44,7 +44,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 /// The error and its causes on one line, each cause once: library errors name their cause
 /// in their own message (so it shows wherever they are printed), and a cause already said
 /// by an outer message is not repeated.
-pub fn describe(e: &anyhow::Error) -> String {
+pub(crate) fn describe(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
@@ -61,7 +61,7 @@ pub fn describe(e: &anyhow::Error) -> String {
 
 /// A command line that cannot work as given (a missing or conflicting option): exit 2.
 #[derive(Debug)]
-pub struct Usage(pub String);
+pub(crate) struct Usage(pub String);
 
 impl std::fmt::Display for Usage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,14 +72,14 @@ impl std::fmt::Display for Usage {
 impl std::error::Error for Usage {}
 
 /// A [`Usage`] error.
-pub fn usage(text: impl Into<String>) -> anyhow::Error {
+pub(crate) fn usage(text: impl Into<String>) -> anyhow::Error {
     Usage(text.into()).into()
 }
 
 /// Standard output was closed by its reader (`pulpdist ... | head`): `main` ends quietly
 /// with success. Only this error does so, not a broken pipe anywhere else (an upload).
 #[derive(Debug)]
-pub struct StdoutClosed;
+pub(crate) struct StdoutClosed;
 
 impl std::fmt::Display for StdoutClosed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -91,7 +91,7 @@ impl std::error::Error for StdoutClosed {}
 
 /// Writes `text` to standard output. A closed stdout is [`StdoutClosed`]; any other
 /// failure (a full disk) is an error naming standard output.
-pub fn say(text: impl std::fmt::Display) -> anyhow::Result<()> {
+pub(crate) fn say(text: impl std::fmt::Display) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     match write!(out, "{text}").and_then(|()| out.flush()) {
@@ -102,7 +102,7 @@ pub fn say(text: impl std::fmt::Display) -> anyhow::Result<()> {
 }
 
 /// Prints a JSON object on one line, or human lines (through [`say`]).
-pub fn emit(
+pub(crate) fn emit(
     json: bool,
     value: serde_json::Value,
     human: impl FnOnce() -> String,
@@ -115,12 +115,12 @@ pub fn emit(
 }
 
 /// Largest key, trusted-keys, secret or tree definitions file read (a few kB in practice).
-pub const MAX_SMALL_FILE: u64 = 1 << 20;
+pub(crate) const MAX_SMALL_FILE: u64 = 1 << 20;
 
 /// Reads a small text file (`what` names it in errors), refusing one larger than
 /// [`MAX_SMALL_FILE`] without reading more: `/dev/zero` given as a key is an error, not an
 /// exhausted memory.
-pub fn read_small(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+pub(crate) fn read_small(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
     use anyhow::Context;
     use std::io::Read;
     let mut text = String::new();
@@ -137,7 +137,7 @@ pub fn read_small(path: &std::path::Path, what: &str) -> anyhow::Result<String> 
 }
 
 /// The definition of `tree` in a tree definitions file.
-pub fn load_tree_def(
+pub(crate) fn load_tree_def(
     path: &std::path::Path,
     tree: &str,
 ) -> anyhow::Result<pulpdist_config::TreeDef> {
@@ -154,7 +154,7 @@ pub fn load_tree_def(
 /// the descriptor table, is then what a flood of connections runs into, and deleting a
 /// deep tree in a sync (a descriptor per level) does not fail first. Returns the soft
 /// limit now in force.
-pub fn raise_open_files() -> Option<u64> {
+pub(crate) fn raise_open_files() -> Option<u64> {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut l = getrlimit(Resource::Nofile);
     if l.current < l.maximum {

@@ -8,7 +8,7 @@ use pulpdist_publish::{publish, PublishOptions, PublishReport};
 use serde_json::json;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The store: a directory, or s3://bucket[/prefix].
     #[arg(long)]
     store: String,
@@ -74,7 +74,7 @@ pub struct Args {
     source: Option<String>,
 }
 
-pub fn parse_params(s: &str) -> std::result::Result<ChunkParams, String> {
+pub(crate) fn parse_params(s: &str) -> std::result::Result<ChunkParams, String> {
     let v: Vec<u32> = s
         .split(',')
         .map(|x| x.trim().parse::<u32>().map_err(|e| format!("'{x}': {e}")))
@@ -88,7 +88,7 @@ pub fn parse_params(s: &str) -> std::result::Result<ChunkParams, String> {
 }
 
 /// The default publisher cache: beside the store, so it survives with it.
-pub fn default_state(store: &std::path::Path, tree: &str) -> PathBuf {
+pub(crate) fn default_state(store: &std::path::Path, tree: &str) -> PathBuf {
     let name = store
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -100,7 +100,7 @@ pub fn default_state(store: &std::path::Path, tree: &str) -> PathBuf {
 
 impl Args {
     /// Merges --filter, --include and --exclude in the order they were given.
-    pub fn set_rule_order(&mut self, m: &clap::ArgMatches) {
+    pub(crate) fn set_rule_order(&mut self, m: &clap::ArgMatches) {
         let mut all: Vec<(usize, String)> = Vec::new();
         for (id, prefix) in [("filter", ""), ("include", "+ "), ("exclude", "- ")] {
             if let (Some(idx), Some(vals)) = (m.indices_of(id), m.get_many::<String>(id)) {
@@ -123,7 +123,7 @@ fn parse_rules(rules: &[String]) -> Result<pulpdist_format::filter::Filter> {
     Ok(f)
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub(crate) fn run(a: Args) -> Result<()> {
     pulpdist_format::validate_tree_name(&a.tree).map_err(|e| super::usage(e.to_string()))?;
     let text = super::read_small(&a.key, "key")?;
     let key =
@@ -217,7 +217,7 @@ pub fn run(a: Args) -> Result<()> {
     print_report(a.json, &report)
 }
 
-pub fn print_report(json: bool, r: &PublishReport) -> anyhow::Result<()> {
+pub(crate) fn print_report(json: bool, r: &PublishReport) -> anyhow::Result<()> {
     super::emit(
         json,
         json!({

@@ -10,7 +10,7 @@ use pulpdist_serve::tls::TlsFiles;
 use pulpdist_serve::{Handler, ServeOptions};
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The store directory.
     #[arg(long)]
     store: PathBuf,
@@ -58,7 +58,7 @@ pub struct Args {
     stall_seconds: u64,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub(crate) fn run(a: Args) -> Result<()> {
     if !a.store.join("heads").is_dir() || !a.store.join("packs").is_dir() {
         anyhow::bail!(
             "{}: not a store (no heads/ and packs/ directories)",
@@ -129,7 +129,7 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 /// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match (
         signal(SignalKind::terminate()),

@@ -17,7 +17,7 @@ use pulpdist_sync::{
 /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`, ...).
 #[derive(clap::Args, Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct S3Args {
+pub(crate) struct S3Args {
     /// S3 endpoint URL (for S3-compatible servers) [env: AWS_ENDPOINT_URL].
     #[arg(long)]
     #[serde(rename = "endpoint", skip_serializing_if = "Option::is_none")]
@@ -45,7 +45,7 @@ pub struct S3Args {
 
 /// Reads the CA certificates and the client certificate and key (PEM) an https:// store
 /// needs into `http`.
-pub fn add_tls(
+pub(crate) fn add_tls(
     http: &mut pulpdist_sync::HttpOptions,
     ca: Option<&std::path::Path>,
     cert_key: Option<(&std::path::Path, &std::path::Path)>,
@@ -62,13 +62,13 @@ pub fn add_tls(
 }
 
 /// Where a store is.
-pub enum Location {
+pub(crate) enum Location {
     Dir(PathBuf),
     Http(String),
     S3 { bucket: String, prefix: String },
 }
 
-pub fn parse(store: &str) -> Result<Location> {
+pub(crate) fn parse(store: &str) -> Result<Location> {
     if store.starts_with("http://") || store.starts_with("https://") {
         return Ok(Location::Http(store.to_string()));
     }
@@ -89,7 +89,7 @@ pub fn parse(store: &str) -> Result<Location> {
 }
 
 /// A multi-threaded runtime for object store clients and the server.
-pub fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
         .enable_all()
@@ -141,7 +141,7 @@ fn s3(bucket: &str, s3: &S3Args) -> Result<Arc<dyn ObjectStore>> {
 
 /// A store client with the async runtime its S3 client runs on: made only for `s3://`
 /// (a directory or HTTP(S) store needs none), dropped after the client.
-pub struct Opened<T: ?Sized> {
+pub(crate) struct Opened<T: ?Sized> {
     store: Box<T>,
     _rt: Option<tokio::runtime::Runtime>,
 }
@@ -154,7 +154,11 @@ impl<T: ?Sized> std::ops::Deref for Opened<T> {
 }
 
 /// A reader for `store`.
-pub fn reader(store: &str, http: HttpOptions, s3args: &S3Args) -> Result<Opened<dyn StoreReader>> {
+pub(crate) fn reader(
+    store: &str,
+    http: HttpOptions,
+    s3args: &S3Args,
+) -> Result<Opened<dyn StoreReader>> {
     Ok(match parse(store)? {
         Location::Dir(p) => Opened {
             store: Box::new(LocalStoreReader::new(p)),
@@ -177,7 +181,7 @@ pub fn reader(store: &str, http: HttpOptions, s3args: &S3Args) -> Result<Opened<
 }
 
 /// A publish target for `store`.
-pub fn target(store: &str, s3args: &S3Args) -> Result<Opened<dyn Store>> {
+pub(crate) fn target(store: &str, s3args: &S3Args) -> Result<Opened<dyn Store>> {
     Ok(match parse(store)? {
         Location::Dir(p) => Opened {
             store: Box::new(

@@ -8,7 +8,7 @@ use pulpdist_sync::{sync, HttpOptions, SyncOptions, SyncReport};
 use serde_json::json;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Read settings from this TOML file: each key a flag's name (`store = "..."`,
     /// `trust = ["a.pub"]`, `connections = 8`), S3 settings in an `[s3]` table; flags win.
     #[arg(long)]
@@ -150,7 +150,7 @@ impl Settings {
     }
 }
 
-pub fn load_trust(files: &[PathBuf]) -> Result<TrustedKeys> {
+pub(crate) fn load_trust(files: &[PathBuf]) -> Result<TrustedKeys> {
     let mut keys = Vec::new();
     for f in files {
         let text = super::read_small(f, "trusted keys")?;
@@ -161,7 +161,7 @@ pub fn load_trust(files: &[PathBuf]) -> Result<TrustedKeys> {
     Ok(TrustedKeys::new(keys))
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub(crate) fn run(a: Args) -> Result<()> {
     let mut cfg = Settings::resolve(a.config.as_deref(), a.settings)?;
     let missing = |what: &str| {
         super::usage(format!(
@@ -266,7 +266,7 @@ pub fn run(a: Args) -> Result<()> {
     print_report(a.json, &report)
 }
 
-pub fn print_report(json: bool, r: &SyncReport) -> anyhow::Result<()> {
+pub(crate) fn print_report(json: bool, r: &SyncReport) -> anyhow::Result<()> {
     super::emit(
         json,
         json!({

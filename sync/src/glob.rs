@@ -24,7 +24,8 @@ pub const DEFAULT_METADATA_PATTERNS: &[&str] = &[
 
 /// The repository indexes that name other indexes (Debian's Release files, RPM's
 /// repomd.xml): among the metadata, these are renamed into place last.
-pub const TOP_METADATA_PATTERNS: &[&str] = &["InRelease", "Release", "Release.gpg", "repomd.xml*"];
+pub(crate) const TOP_METADATA_PATTERNS: &[&str] =
+    &["InRelease", "Release", "Release.gpg", "repomd.xml*"];
 
 /// Matches a file name against a pattern with `*` (any run) and `?` (one byte).
 pub fn glob_match(pattern: &[u8], name: &[u8]) -> bool {

@@ -99,7 +99,7 @@ impl HttpStoreReader {
     /// A reader of the store at `base` (`http://` or `https://`).
     pub fn new(base: &str, opts: HttpOptions) -> Result<Self, SyncError> {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(SyncError::Config(format!(
+            return Err(SyncError::Usage(format!(
                 "{base}: not an http:// or https:// URL"
             )));
         }
@@ -117,14 +117,18 @@ impl HttpStoreReader {
                     Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
                     Ok(_) => {}
                     Err(e) => {
-                        return Err(SyncError::Config(format!("CA certificates: {e}")));
+                        return Err(SyncError::Credentials {
+                            what: "CA certificates",
+                            detail: e.to_string(),
+                        });
                     }
                 }
             }
             if certs.is_empty() {
-                return Err(SyncError::Config(
-                    "CA certificates: no certificate in the PEM file".into(),
-                ));
+                return Err(SyncError::Credentials {
+                    what: "CA certificates",
+                    detail: "no certificate in the PEM file".into(),
+                });
             }
             tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
         }
@@ -136,14 +140,21 @@ impl HttpStoreReader {
                     Err(e) => Some(Err(e)),
                 })
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| SyncError::Config(format!("client certificate: {e}")))?;
+                .map_err(|e| SyncError::Credentials {
+                    what: "client certificate",
+                    detail: e.to_string(),
+                })?;
             if chain.is_empty() {
-                return Err(SyncError::Config(
-                    "client certificate: no certificate in the PEM file".into(),
-                ));
+                return Err(SyncError::Credentials {
+                    what: "client certificate",
+                    detail: "no certificate in the PEM file".into(),
+                });
             }
-            let key = ureq::tls::PrivateKey::from_pem(key_pem)
-                .map_err(|e| SyncError::Config(format!("client key: {e}")))?;
+            let key =
+                ureq::tls::PrivateKey::from_pem(key_pem).map_err(|e| SyncError::Credentials {
+                    what: "client key",
+                    detail: e.to_string(),
+                })?;
             tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)));
         }
         let agent: Agent = Agent::config_builder()

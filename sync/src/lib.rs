@@ -39,8 +39,5 @@ pub use http::{HttpOptions, HttpStoreReader};
 pub use locate::fetch_chunks;
 pub use objstore::ObjectStoreReader;
 pub use origin::sync_rsync;
-pub use pipeline::plan::{FetchOp, FileOp, Plan, Source};
 pub use pipeline::{sync, SyncOptions, SyncReport};
-pub use ranges::coalesce;
-pub use state::lock_mirror;
 pub use store::{CountingReader, HeadFetch, LocalStoreReader, Overhead, StoreReader};

@@ -4,7 +4,7 @@ use std::ops::Range;
 
 /// Merges byte ranges whose gaps are at most `max_gap`, in order. Overlapping and adjacent
 /// ranges always merge. The input need not be sorted.
-pub fn coalesce(mut ranges: Vec<Range<u64>>, max_gap: u64) -> Vec<Range<u64>> {
+pub(crate) fn coalesce(mut ranges: Vec<Range<u64>>, max_gap: u64) -> Vec<Range<u64>> {
     ranges.sort_by_key(|r| (r.start, r.end));
     let mut out: Vec<Range<u64>> = Vec::new();
     for r in ranges {

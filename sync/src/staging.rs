@@ -57,7 +57,7 @@ impl Staging {
         let mut inner = self
             .inner
             .lock()
-            .map_err(|_| SyncError::Config("staging index poisoned".into()))?;
+            .map_err(|_| SyncError::Internal("the staging index lock is poisoned".into()))?;
         if !inner.loaded {
             // No staging directory (a dry run before the first sync): nothing is staged.
             let entries = match fs::read_dir(&self.dir) {
@@ -93,7 +93,9 @@ impl Staging {
         let len = u32::try_from(data.len())
             .ok()
             .filter(|l| *l <= MAX_CHUNK)
-            .ok_or_else(|| SyncError::Config(format!("chunk {} too long", chunk.id())))?;
+            .ok_or_else(|| {
+                SyncError::Internal(format!("chunk {} too long to stage", chunk.id()))
+            })?;
         if inner.writer.is_none() {
             let mut r = [0u8; 8];
             let _ = getrandom::getrandom(&mut r);
@@ -112,7 +114,7 @@ impl Staging {
         record.extend_from_slice(&len.to_le_bytes());
         record.extend_from_slice(data);
         let Some((seg, file, end)) = inner.writer.as_mut() else {
-            return Err(SyncError::Config("staging segment not open".into()));
+            return Err(SyncError::Internal("no staging segment open".into()));
         };
         let (seg, at) = (*seg, *end + HEADER as u64);
         if let Err(e) = file.write_all(&record) {
@@ -130,11 +132,9 @@ impl Staging {
     pub(crate) fn get(&self, id: &ChunkId) -> Result<VerifiedChunk, SyncError> {
         let (path, file, at, len) = {
             let inner = self.lock()?;
-            let (seg, at, len) = *inner.index.get(id).ok_or_else(|| {
-                SyncError::Config(format!(
-                    "chunk {id} is not staged in {}",
-                    self.dir.display()
-                ))
+            let (seg, at, len) = *inner.index.get(id).ok_or_else(|| SyncError::State {
+                path: self.dir.clone(),
+                detail: format!("chunk {id} is not staged"),
             })?;
             let (path, file) = &inner.segments[seg];
             (path.clone(), Arc::clone(file), at, len)
@@ -152,7 +152,7 @@ impl Staging {
         let mut inner = self
             .inner
             .lock()
-            .map_err(|_| SyncError::Config("staging index poisoned".into()))?;
+            .map_err(|_| SyncError::Internal("the staging index lock is poisoned".into()))?;
         *inner = Inner {
             loaded: true,
             ..Inner::default()

@@ -385,7 +385,11 @@ fn take_lock(
 /// places (one with `--state`, one without; one naming the mirror through a symlink) or
 /// keep none (an `rsync://` origin). A writer creates the directory; a dry run of a mirror
 /// that does not exist yet locks nothing. Held until the returned file is dropped.
-pub fn lock_mirror(dest: &Path, dry_run: bool, wait: Duration) -> Result<Option<File>, SyncError> {
+pub(crate) fn lock_mirror(
+    dest: &Path,
+    dry_run: bool,
+    wait: Duration,
+) -> Result<Option<File>, SyncError> {
     if !dry_run {
         fs::create_dir_all(dest).at(dest)?;
     }

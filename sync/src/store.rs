@@ -15,7 +15,9 @@ use crate::error::SyncError;
 pub enum HeadFetch {
     /// The head, with the store's entity tag for it if it gives one.
     Found {
+        /// Its bytes.
         bytes: Vec<u8>,
+        /// The store's tag for it, if any.
         etag: Option<String>,
     },
     /// The head still has the entity tag the caller gave (304 Not Modified).

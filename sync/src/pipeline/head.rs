@@ -17,7 +17,7 @@ use crate::state::State;
 use crate::store::{HeadFetch, StoreReader};
 
 /// The longest a head may be valid (what `publish --expires-days` allows).
-pub const MAX_HEAD_LIFETIME: i64 = 366 * 86_400;
+pub(super) const MAX_HEAD_LIFETIME: i64 = 366 * 86_400;
 
 /// A head that passed every check, with what the mirror held before it.
 #[derive(Debug)]

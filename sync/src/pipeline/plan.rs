@@ -15,7 +15,7 @@ use crate::ranges::coalesce;
 
 /// What is at a path of the mirror before the sync (observed by the executor).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Observed {
+pub(crate) enum Observed {
     /// Nothing.
     Missing,
     /// A regular file.
@@ -29,7 +29,7 @@ pub enum Observed {
 }
 
 /// One changed directory as the planner sees it.
-pub struct DirView<'a> {
+pub(crate) struct DirView<'a> {
     /// Path relative to the mirror root.
     pub rel: PathBuf,
     /// The new node.
@@ -44,9 +44,14 @@ pub struct DirView<'a> {
 
 /// Where a chunk of a file to write comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     /// A byte range of a file already in the mirror.
-    Local { path: PathBuf, offset: u64 },
+    Local {
+        /// The path involved.
+        path: PathBuf,
+        /// The byte offset.
+        offset: u64,
+    },
     /// The staging area (fetched and verified earlier, perhaps by a killed sync).
     Staged,
     /// The store.
@@ -55,7 +60,7 @@ pub enum Source {
 
 /// A file to (re)write.
 #[derive(Clone, Debug)]
-pub struct FileOp {
+pub(crate) struct FileOp {
     /// Path relative to the mirror root.
     pub path: PathBuf,
     /// Size.
@@ -72,7 +77,7 @@ pub struct FileOp {
 
 /// Requests to one pack.
 #[derive(Clone, Debug)]
-pub struct FetchOp {
+pub(crate) struct FetchOp {
     /// The pack.
     pub pack: PackId,
     /// Fetch the whole pack (most of it is needed).
@@ -87,7 +92,7 @@ pub struct FetchOp {
 
 /// A change of mode or mtime only.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AttrOp {
+pub(crate) struct AttrOp {
     /// Path relative to the root.
     pub path: PathBuf,
     /// Permission bits.
@@ -98,7 +103,7 @@ pub struct AttrOp {
 
 /// Everything a sync will do, in order.
 #[derive(Clone, Debug, Default)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Local chunks that must be copied to staging first, because the file holding them
     /// is replaced before another file reads them.
     pub stage_first: Vec<(ChunkId, u32, PathBuf, u64)>,
@@ -120,7 +125,7 @@ pub struct Plan {
 
 /// Planner settings.
 #[derive(Clone, Debug)]
-pub struct PlanSettings {
+pub(crate) struct PlanSettings {
     /// File-name patterns of repository metadata.
     pub metadata_patterns: Vec<String>,
     /// Ranges closer than this are fetched as one.
@@ -135,7 +140,7 @@ pub struct PlanSettings {
 
 impl PlanSettings {
     /// The mode a file gets: without `special_modes`, no setuid, setgid or sticky bit.
-    pub fn file_mode(&self, mode: u32) -> u32 {
+    pub(crate) fn file_mode(&self, mode: u32) -> u32 {
         if self.special_modes {
             mode
         } else {
@@ -144,7 +149,7 @@ impl PlanSettings {
     }
 
     /// The mode a directory gets: without `special_modes`, neither those bits nor o+w.
-    pub fn dir_mode(&self, mode: u32) -> u32 {
+    pub(crate) fn dir_mode(&self, mode: u32) -> u32 {
         if self.special_modes {
             mode
         } else {
@@ -182,7 +187,7 @@ fn make_plan(
 /// to write, the deletions), not to the size of the directories. Chunk sources are resolved
 /// at the end, when [`Planner::wanted`] has said which chunks the files to write need.
 #[derive(Debug)]
-pub struct Planner {
+pub(crate) struct Planner {
     settings: PlanSettings,
     plan: Plan,
     payload: Vec<FileOp>,
@@ -192,7 +197,7 @@ pub struct Planner {
 
 impl Planner {
     /// An empty plan.
-    pub fn new(settings: PlanSettings) -> Self {
+    pub(crate) fn new(settings: PlanSettings) -> Self {
         Self {
             settings,
             plan: Plan::default(),
@@ -204,7 +209,7 @@ impl Planner {
 
     /// Plans one changed directory. Its files to write take every chunk from the store
     /// until [`Planner::finish`] is given local sources.
-    pub fn add_dir(&mut self, d: &DirView<'_>) {
+    pub(crate) fn add_dir(&mut self, d: &DirView<'_>) {
         let plan = &mut self.plan;
         let new_names: HashSet<&[u8]> = d.new.entries().iter().map(|e| e.name.as_bytes()).collect();
         for e in d.new.entries() {
@@ -277,19 +282,19 @@ impl Planner {
     }
 
     /// The chunks of the files to write, by id.
-    pub fn wanted(&self) -> &HashMap<ChunkId, ChunkRef> {
+    pub(crate) fn wanted(&self) -> &HashMap<ChunkId, ChunkRef> {
         &self.wanted
     }
 
     /// The files to write so far: payload, then repository metadata.
-    pub fn files(&self) -> impl Iterator<Item = &FileOp> {
+    pub(crate) fn files(&self) -> impl Iterator<Item = &FileOp> {
         self.payload.iter().chain(self.metadata.iter())
     }
 
     /// The plan, with each chunk taken from `sources` where it is available locally and
     /// the rest grouped into fetches per pack; and [`Planner::wanted`], given back rather
     /// than copied (an initial sync of a large tree wants every chunk).
-    pub fn finish(
+    pub(crate) fn finish(
         self,
         sources: &HashMap<ChunkId, Source>,
         pack_sizes: &HashMap<PackId, u64>,
@@ -441,14 +446,14 @@ impl FromBytesCompat for std::ffi::OsStr {
 
 impl Plan {
     /// Requests the fetches will make.
-    pub fn request_count(&self) -> usize {
+    pub(crate) fn request_count(&self) -> usize {
         self.fetches
             .iter()
             .map(|f| if f.whole { 1 } else { f.ranges.len() })
             .sum()
     }
     /// Chunks taken from local files or staging.
-    pub fn reused(&self) -> (u64, u64) {
+    pub(crate) fn reused(&self) -> (u64, u64) {
         let mut seen = HashSet::new();
         let (mut n, mut b) = (0, 0);
         for f in &self.files {

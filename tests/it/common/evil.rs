@@ -10,7 +10,7 @@ use std::time::Duration;
 
 /// How the origin misbehaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lie {
+pub(crate) enum Lie {
     /// Pack bytes flipped in transit (same length).
     CorruptPacks,
     /// Every pack body stops halfway (the Content-Length promised it all).
@@ -26,12 +26,12 @@ pub enum Lie {
     HugeForRange,
 }
 
-pub struct Evil {
+pub(crate) struct Evil {
     pub url: String,
 }
 
 impl Evil {
-    pub fn start(store: &Path, lie: Lie) -> Evil {
+    pub(crate) fn start(store: &Path, lie: Lie) -> Evil {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}", l.local_addr().expect("addr"));
         let root = store.to_path_buf();

@@ -10,14 +10,14 @@ use std::sync::Arc;
 
 /// One parsed response.
 #[derive(Debug)]
-pub struct Resp {
+pub(crate) struct Resp {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
 impl Resp {
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -26,13 +26,13 @@ impl Resp {
 }
 
 /// A connection that can carry several requests (keep-alive).
-pub struct Conn {
+pub(crate) struct Conn {
     r: BufReader<TcpStream>,
     host: String,
 }
 
 impl Conn {
-    pub fn open(host: &str) -> Conn {
+    pub(crate) fn open(host: &str) -> Conn {
         let s = TcpStream::connect(host).expect("connect");
         Conn {
             r: BufReader::new(s),
@@ -41,7 +41,7 @@ impl Conn {
     }
 
     /// Sends `method path` with extra header lines; reads the response (no body for HEAD).
-    pub fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+    pub(crate) fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
@@ -88,7 +88,7 @@ impl Conn {
 
 /// What the proxy does to a connection.
 #[derive(Clone, Copy, Debug)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// Close after this many response bytes (the first `n` connections).
     CutAfter(u64),
     /// Answer 503 and close (the first `n` connections).
@@ -99,14 +99,14 @@ pub enum Fault {
 
 /// A TCP proxy on loopback in front of `upstream`, injecting `fault` into its first `n`
 /// connections (all of them for [`Fault::StripRange`]).
-pub struct Proxy {
+pub(crate) struct Proxy {
     pub url: String,
     pub faults_done: Arc<AtomicU64>,
     pub connections: Arc<AtomicU64>,
 }
 
 impl Proxy {
-    pub fn start(upstream: &str, fault: Fault, n: u64) -> Proxy {
+    pub(crate) fn start(upstream: &str, fault: Fault, n: u64) -> Proxy {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let url = format!("http://{}", l.local_addr().expect("addr"));
         let faults_done = Arc::new(AtomicU64::new(0));

@@ -2,11 +2,11 @@
 
 #![allow(dead_code)]
 
-pub mod evil;
-pub mod http;
-pub mod repo;
-pub mod servers;
-pub mod tls;
+pub(crate) mod evil;
+pub(crate) mod http;
+pub(crate) mod repo;
+pub(crate) mod servers;
+pub(crate) mod tls;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -14,20 +14,20 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-pub fn bin() -> Command {
+pub(crate) fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pulpdist"))
 }
 
 /// The binary run under `/usr/bin/time`, which adds its peak RSS to standard error (read
 /// it with [`peak_rss_kb`]).
-pub fn bin_timed() -> Command {
+pub(crate) fn bin_timed() -> Command {
     let mut c = Command::new("/usr/bin/time");
     c.args(["-f", "maxrss_kb=%M", env!("CARGO_BIN_EXE_pulpdist")]);
     c
 }
 
 /// The peak RSS, in kB, that [`bin_timed`] reported in `stderr`.
-pub fn peak_rss_kb(stderr: &str) -> u64 {
+pub(crate) fn peak_rss_kb(stderr: &str) -> u64 {
     stderr
         .rsplit("maxrss_kb=")
         .next()
@@ -36,12 +36,12 @@ pub fn peak_rss_kb(stderr: &str) -> u64 {
 }
 
 /// Runs the binary; returns the output (not asserting success).
-pub fn run(args: &[&str]) -> Output {
+pub(crate) fn run(args: &[&str]) -> Output {
     bin().args(args).output().expect("run pulpdist")
 }
 
 /// Runs the binary with `--json`, asserts success, parses the JSON line.
-pub fn run_json(args: &[&str]) -> serde_json::Value {
+pub(crate) fn run_json(args: &[&str]) -> serde_json::Value {
     let mut a: Vec<&str> = args.to_vec();
     a.push("--json");
     let out = run(&a);
@@ -55,12 +55,12 @@ pub fn run_json(args: &[&str]) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("bad JSON {e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
-pub struct Site {
+pub(crate) struct Site {
     pub dir: tempfile::TempDir,
 }
 
 impl Site {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let s = Site {
             dir: tempfile::tempdir().expect("tempdir"),
         };
@@ -69,34 +69,34 @@ impl Site {
         assert!(out.status.success());
         s
     }
-    pub fn p(&self, rel: &str) -> PathBuf {
+    pub(crate) fn p(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
-    pub fn src(&self) -> PathBuf {
+    pub(crate) fn src(&self) -> PathBuf {
         self.p("upstream/tree")
     }
-    pub fn store(&self) -> PathBuf {
+    pub(crate) fn store(&self) -> PathBuf {
         self.p("store")
     }
-    pub fn mirror(&self) -> PathBuf {
+    pub(crate) fn mirror(&self) -> PathBuf {
         self.p("downstream/tree")
     }
-    pub fn key(&self) -> PathBuf {
+    pub(crate) fn key(&self) -> PathBuf {
         self.p("upstream.key")
     }
-    pub fn publish(&self) -> serde_json::Value {
+    pub(crate) fn publish(&self) -> serde_json::Value {
         self.publish_with(&[])
     }
     /// Publishes with extra options (asserting success).
-    pub fn publish_with(&self, extra: &[&str]) -> serde_json::Value {
+    pub(crate) fn publish_with(&self, extra: &[&str]) -> serde_json::Value {
         run_json(&strs(&self.publish_cmd(&self.key(), extra)))
     }
     /// Publishes with `key` and extra options; the output, whatever it is.
-    pub fn try_publish(&self, key: &Path, extra: &[&str]) -> Output {
+    pub(crate) fn try_publish(&self, key: &Path, extra: &[&str]) -> Output {
         run(&strs(&self.publish_cmd(key, extra)))
     }
     /// `publish --store STORE --tree tree --key KEY EXTRA... SRC` for this site.
-    pub fn publish_cmd(&self, key: &Path, extra: &[&str]) -> Vec<String> {
+    pub(crate) fn publish_cmd(&self, key: &Path, extra: &[&str]) -> Vec<String> {
         let mut a: Vec<String> = ["publish", "--store", s(&self.store()), "--tree", "tree"]
             .iter()
             .map(|x| x.to_string())
@@ -107,16 +107,16 @@ impl Site {
         a
     }
     /// The public key file of the site's key.
-    pub fn trust(&self) -> String {
+    pub(crate) fn trust(&self) -> String {
         format!("{}.pub", s(&self.key()))
     }
-    pub fn sync_args(&self) -> Vec<String> {
+    pub(crate) fn sync_args(&self) -> Vec<String> {
         sync_cmd(s(&self.store()), "tree", &self.trust(), &self.mirror(), &[])
     }
-    pub fn sync(&self) -> serde_json::Value {
+    pub(crate) fn sync(&self) -> serde_json::Value {
         run_json(&strs(&self.sync_args()))
     }
-    pub fn try_sync(&self, extra: &[&str]) -> Output {
+    pub(crate) fn try_sync(&self, extra: &[&str]) -> Output {
         run(&strs(&sync_cmd(
             s(&self.store()),
             "tree",
@@ -128,7 +128,13 @@ impl Site {
 }
 
 /// `sync --store STORE --tree TREE --trust TRUST EXTRA... DEST`.
-pub fn sync_cmd(store: &str, tree: &str, trust: &str, dest: &Path, extra: &[&str]) -> Vec<String> {
+pub(crate) fn sync_cmd(
+    store: &str,
+    tree: &str,
+    trust: &str,
+    dest: &Path,
+    extra: &[&str],
+) -> Vec<String> {
     let mut a: Vec<String> = ["sync", "--store", store, "--tree", tree, "--trust", trust]
         .iter()
         .map(|x| x.to_string())
@@ -139,24 +145,24 @@ pub fn sync_cmd(store: &str, tree: &str, trust: &str, dest: &Path, extra: &[&str
 }
 
 /// Borrows a command line for [`run`] and [`run_json`].
-pub fn strs(v: &[String]) -> Vec<&str> {
+pub(crate) fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-pub fn s(p: &Path) -> &str {
+pub(crate) fn s(p: &Path) -> &str {
     p.to_str().expect("utf8 path")
 }
 
 /// Everything observable about a tree: kind, content, mode, mtime, symlink target.
 /// `len` bytes that do not compress and differ with `shift` (a multiplicative hash of each
 /// offset, shifted right by `shift` bits).
-pub fn noise(len: u32, shift: u32) -> Vec<u8> {
+pub(crate) fn noise(len: u32, shift: u32) -> Vec<u8> {
     (0..len)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> shift) as u8)
         .collect()
 }
 
-pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
+pub(crate) fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -199,7 +205,7 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
 
 /// Every regular file of `mirror` is its `old` or its `new` version, byte for byte
 /// (temporary files of the sync aside).
-pub fn assert_whole(
+pub(crate) fn assert_whole(
     mirror: &Path,
     old: &BTreeMap<PathBuf, String>,
     new: &BTreeMap<PathBuf, String>,
@@ -227,7 +233,7 @@ pub fn assert_whole(
     }
 }
 
-pub fn assert_same_tree(a: &Path, b: &Path) {
+pub(crate) fn assert_same_tree(a: &Path, b: &Path) {
     let (sa, sb) = (snapshot(a), snapshot(b));
     for (k, v) in &sa {
         assert_eq!(Some(v), sb.get(k), "{} differs", k.display());
@@ -238,7 +244,7 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
 }
 
 /// Asserts two snapshots are equal, listing only the entries that differ.
-pub fn assert_same_snapshot(
+pub(crate) fn assert_same_snapshot(
     a: &BTreeMap<PathBuf, String>,
     b: &BTreeMap<PathBuf, String>,
     what: &str,
@@ -258,7 +264,7 @@ pub fn assert_same_snapshot(
 
 /// An ISO 9660 image of `dir` made by the real xorriso (Rock Ridge, Joliet, hard links),
 /// with `extra` commands before the commit.
-pub fn xorriso(dir: &Path, image: &Path, extra: &[&str]) {
+pub(crate) fn xorriso(dir: &Path, image: &Path, extra: &[&str]) {
     let out = Command::new("xorriso")
         .args(["-abort_on", "FAILURE", "-outdev"])
         .arg(image)

@@ -48,7 +48,7 @@ fn pkg_version(i: u32, v: u32) -> u32 {
 }
 
 /// Writes version `v` (1 or 2) of the repository into the empty directory `root`.
-pub fn write(root: &Path, v: u32) {
+pub(crate) fn write(root: &Path, v: u32) {
     let mtime = BASE + i64::from(v) * 86_400;
     for comp in ["main", "contrib"] {
         let mut packages = String::new();
@@ -252,7 +252,7 @@ fn holds(path: &Path, size: Option<u64>, hash: &str) -> bool {
 /// Every index on the mirror `root`, parsed; each entry whose file is not present with the
 /// stated hash is one line of the error. Release and InRelease entries are read as apt
 /// with Acquire-By-Hash reads them: the file, or its copy under `by-hash/SHA256/`.
-pub fn check(root: &Path) -> Result<(), String> {
+pub(crate) fn check(root: &Path) -> Result<(), String> {
     let mut files = Vec::new();
     walk(root, &mut files);
     let mut bad = Vec::new();

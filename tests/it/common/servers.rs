@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::{bin, s};
 
 /// A child process, sent SIGTERM and reaped on drop.
-pub struct Proc {
+pub(crate) struct Proc {
     pub child: Child,
     pub name: &'static str,
     /// Where its standard error goes, when the test reads it.
@@ -23,7 +23,7 @@ pub struct Proc {
 
 impl Proc {
     /// Waits (with a deadline) until its standard error holds `needle` `count` times.
-    pub fn wait_log(&self, needle: &str, count: usize) {
+    pub(crate) fn wait_log(&self, needle: &str, count: usize) {
         let log = self.log.as_ref().expect("a process started with a log");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -41,7 +41,7 @@ impl Proc {
     }
 
     /// SIGTERM, then wait up to 10 s; returns whether it exited by itself.
-    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+    pub(crate) fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -109,7 +109,7 @@ fn listening_ports(pid: u32) -> Vec<u16> {
 /// 0; rsync takes it for 873): `spawn` starts it on a port found free, which is then
 /// checked to be the child's own listening socket (not a connection to whoever else took
 /// the port meanwhile). If the child exits first (it lost the port), another port is tried.
-pub fn start_on_a_free_port(mut spawn: impl FnMut(u16) -> Proc) -> (Proc, u16) {
+pub(crate) fn start_on_a_free_port(mut spawn: impl FnMut(u16) -> Proc) -> (Proc, u16) {
     for _ in 0..5 {
         let port = free_port();
         let mut proc = spawn(port);
@@ -153,14 +153,14 @@ fn tool(env: &str, candidates: &[PathBuf], name: &str) -> PathBuf {
 }
 
 /// `pulpdist serve` on a free port.
-pub struct Builtin {
+pub(crate) struct Builtin {
     pub proc: Proc,
     pub url: String,
     pub port: u16,
 }
 
 /// Runs `pulpdist serve ARGS` (which must listen on port 0) and reads the URL it prints.
-pub fn spawn_serve<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Proc, u16) {
+pub(crate) fn spawn_serve<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Proc, u16) {
     let log = tempfile::NamedTempFile::new().expect("log file");
     let mut child = bin()
         .arg("serve")
@@ -190,7 +190,7 @@ pub fn spawn_serve<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Proc, u16) {
 }
 
 impl Builtin {
-    pub fn start(store: &Path) -> Self {
+    pub(crate) fn start(store: &Path) -> Self {
         let (proc, port) = spawn_serve(&["--store", s(store), "--listen", "127.0.0.1:0"]);
         Builtin {
             proc,
@@ -200,18 +200,18 @@ impl Builtin {
     }
 }
 
-pub const S3_ACCESS_KEY: &str = "pulpdist-test";
-pub const S3_SECRET_KEY: &str = "pulpdist-test-secret-key";
+pub(crate) const S3_ACCESS_KEY: &str = "pulpdist-test";
+pub(crate) const S3_SECRET_KEY: &str = "pulpdist-test-secret-key";
 
 /// s3s-fs serving `root`; buckets are its subdirectories.
-pub struct S3 {
+pub(crate) struct S3 {
     pub proc: Proc,
     pub root: PathBuf,
     pub endpoint: String,
 }
 
 impl S3 {
-    pub fn start(root: &Path, buckets: &[&str]) -> Self {
+    pub(crate) fn start(root: &Path, buckets: &[&str]) -> Self {
         let home = std::env::var_os("HOME")
             .map(PathBuf::from)
             .unwrap_or_default();
@@ -260,7 +260,7 @@ impl S3 {
     }
 
     /// The environment a client of this server needs (the usual AWS variables).
-    pub fn env(&self) -> Vec<(String, String)> {
+    pub(crate) fn env(&self) -> Vec<(String, String)> {
         [
             ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY),
             ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY),
@@ -275,19 +275,19 @@ impl S3 {
 }
 
 /// nginx with deploy/nginx/pulpdist-cdn.conf in front of `upstream` (host:port).
-pub struct Nginx {
+pub(crate) struct Nginx {
     pub proc: Proc,
     pub url: String,
     pub access_log: PathBuf,
 }
 
 impl Nginx {
-    pub fn start(dir: &Path, upstream: &str) -> Self {
+    pub(crate) fn start(dir: &Path, upstream: &str) -> Self {
         Self::start_with(dir, upstream, None)
     }
 
     /// With `tls` (certificate and key files), the edge listens for HTTPS.
-    pub fn start_with(dir: &Path, upstream: &str, tls: Option<(&Path, &Path)>) -> Self {
+    pub(crate) fn start_with(dir: &Path, upstream: &str, tls: Option<(&Path, &Path)>) -> Self {
         let exe = tool(
             "PULPDIST_NGINX",
             &[PathBuf::from("/usr/sbin/nginx")],
@@ -362,7 +362,7 @@ impl Nginx {
     }
 
     /// The access log's lines so far.
-    pub fn log_lines(&self) -> Vec<String> {
+    pub(crate) fn log_lines(&self) -> Vec<String> {
         std::fs::read_to_string(&self.access_log)
             .unwrap_or_default()
             .lines()
@@ -373,14 +373,14 @@ impl Nginx {
 
 /// An rsync daemon on loopback serving `modules` (name, directory), read-only, with a
 /// transfer log.
-pub struct RsyncD {
+pub(crate) struct RsyncD {
     pub proc: Proc,
     pub url: String,
     pub log: PathBuf,
 }
 
 impl RsyncD {
-    pub fn start(dir: &Path, modules: &[(&str, &Path)]) -> Self {
+    pub(crate) fn start(dir: &Path, modules: &[(&str, &Path)]) -> Self {
         std::fs::create_dir_all(dir).expect("rsyncd dir");
         let id = |flag: &str| {
             let out = Command::new("id").arg(flag).output().expect("id");
@@ -426,7 +426,7 @@ impl RsyncD {
     }
 
     /// The transfer log: (session pid, file) for each file sent, in order.
-    pub fn sent(&self) -> Vec<(String, String)> {
+    pub(crate) fn sent(&self) -> Vec<(String, String)> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()

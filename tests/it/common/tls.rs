@@ -6,19 +6,19 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
-pub struct TestCa {
+pub(crate) struct TestCa {
     issuer: Issuer<'static, KeyPair>,
     pub cert_pem: String,
 }
 
 /// A certificate and its key, as PEM files.
-pub struct Pair {
+pub(crate) struct Pair {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
 impl TestCa {
-    pub fn new(name: &str) -> TestCa {
+    pub(crate) fn new(name: &str) -> TestCa {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
@@ -31,14 +31,14 @@ impl TestCa {
     }
 
     /// Writes the CA certificate to `path`.
-    pub fn write_ca(&self, path: &Path) -> PathBuf {
+    pub(crate) fn write_ca(&self, path: &Path) -> PathBuf {
         std::fs::write(path, &self.cert_pem).expect("write CA");
         path.to_path_buf()
     }
 
     /// A certificate for `names` (DNS names or IP addresses), written as `<stem>.pem` and
     /// `<stem>.key` in `dir`.
-    pub fn issue(&self, dir: &Path, stem: &str, names: &[&str]) -> Pair {
+    pub(crate) fn issue(&self, dir: &Path, stem: &str, names: &[&str]) -> Pair {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .expect("params");
