@@ -1,8 +1,12 @@
 //! Where publish writes: the [`Store`] trait, and a store in a local directory
 //! (`heads/<tree>`, `packs/<id>.pack`, `locks/`, `tmp/`).
 //!
-//! Local objects are written to `tmp/` and renamed into place, so a reader (or a web server
-//! serving the directory) never sees a partial object.
+//! Local objects are written to `tmp/` first, so a reader (or a web server serving the
+//! directory) never sees a partial object: a pack is hard-linked into `packs/` (a pack is
+//! written once and never replaced: the link fails if the name exists), a head is written
+//! to `tmp/head-<tree>.<pid>`, flushed and renamed over `heads/<tree>`, then `heads/` is
+//! flushed. `put_head` compares the stored head with the one the publish started from under
+//! the tree's lock, which a second publisher finds held (`PublishError::Locked`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
