@@ -95,8 +95,11 @@ struct Job {
     path: Vec<Name>,
     size: u64,
     content: Content,
-    reference: Option<(Vec<Name>, u64, Content)>,
+    reference: Option<Reference>,
 }
+
+/// What a record is encoded against: the old file's (or node's) path, size and content.
+type Reference = (Vec<Name>, u64, Content);
 
 /// The name a package file keeps across versions: what precedes the first `_` (Debian:
 /// `name_version_arch.deb`) or the first `-` followed by a digit (`name-1.2.tar.gz`, RPM),
@@ -144,6 +147,57 @@ fn closest_package<'n>(
         })
 }
 
+/// A changed file's record, if it is worth one: its reference (the old file of that name,
+/// else the closest package of the old directory) and its content. None for a file whose
+/// chunks did not change, one too large for a delta, or one with nothing to refer to and
+/// most of its bytes not new since the old version (a copy, a move, an image of files the
+/// tree has: the site has them already).
+fn file_job(
+    old: Option<&Node>,
+    rel: &[Name],
+    name: &[u8],
+    (size, chunks): (u64, &Vec<ChunkRef>),
+    old_file: Option<(u64, &Vec<ChunkRef>)>,
+    new_packs: &HashSet<PackId>,
+) -> Option<(Option<Reference>, Content)> {
+    if let Some((_, oc)) = old_file {
+        if oc.len() == chunks.len() && oc.iter().zip(chunks).all(|(a, b)| a.id == b.id) {
+            return None;
+        }
+    }
+    if size > delta::MAX_DELTA_FILE {
+        return None;
+    }
+    let path_of = |n: &Name| {
+        let mut p = rel.to_vec();
+        p.push(n.clone());
+        p
+    };
+    let reference = match old_file {
+        Some((s, oc)) if s <= delta::MAX_DELTA_FILE => {
+            let own = old.and_then(|o| o.get(name)).map(|oe| path_of(&oe.name))?;
+            Some((own, s, Content::Stored(oc.clone())))
+        }
+        _ => old
+            .and_then(|o| closest_package(o, name, size))
+            .and_then(|oe| match &oe.kind {
+                EntryKind::File { size, chunks } => {
+                    Some((path_of(&oe.name), *size, Content::Stored(chunks.clone())))
+                }
+                _ => None,
+            }),
+    };
+    let fresh: u64 = chunks
+        .iter()
+        .filter(|c| new_packs.contains(&c.loc.pack))
+        .map(|c| u64::from(c.loc.raw_len))
+        .sum();
+    if reference.is_none() && fresh * 2 <= size {
+        return None;
+    }
+    Some((reference, Content::Source(chunks.clone())))
+}
+
 fn diff(
     nodes: &Nodes<'_>,
     new: &(Node, Vec<u8>),
@@ -175,48 +229,21 @@ fn diff(
                     Some(EntryKind::File { size, chunks }) => Some((*size, chunks)),
                     _ => None,
                 };
-                if let Some((_, oc)) = old_file {
-                    if oc.len() == chunks.len() && oc.iter().zip(chunks).all(|(a, b)| a.id == b.id)
-                    {
-                        continue;
-                    }
-                }
-                if *size > delta::MAX_DELTA_FILE {
-                    continue;
-                }
-                let reference = match old_file {
-                    Some((s, oc)) if s <= delta::MAX_DELTA_FILE => {
-                        Some((path(), s, Content::Stored(oc.clone())))
-                    }
-                    _ => old
-                        .and_then(|o| closest_package(o, e.name.as_bytes(), *size))
-                        .and_then(|oe| match &oe.kind {
-                            EntryKind::File { size, chunks } => {
-                                let mut p = rel.to_vec();
-                                p.push(oe.name.clone());
-                                Some((p, *size, Content::Stored(chunks.clone())))
-                            }
-                            _ => None,
-                        }),
-                };
-                // A file with nothing to refer to is worth a record only when most of its
-                // bytes are new since the old version; otherwise (a copy, a move, an image
-                // of files the tree has) the site has them already.
-                let fresh: u64 = chunks
-                    .iter()
-                    .filter(|c| new_packs.contains(&c.loc.pack))
-                    .map(|c| u64::from(c.loc.raw_len))
-                    .sum();
-                if reference.is_none() && fresh * 2 <= *size {
-                    continue;
-                }
-                jobs.push(Job {
+                let job = file_job(
+                    old,
+                    rel,
+                    e.name.as_bytes(),
+                    (*size, chunks),
+                    old_file,
+                    new_packs,
+                );
+                jobs.extend(job.map(|(reference, content)| Job {
                     kind: RecordKind::File,
                     path: path(),
                     size: *size,
-                    content: Content::Source(chunks.clone()),
+                    content,
                     reference,
-                });
+                }));
             }
             EntryKind::Dir { node } => {
                 let old_child = match old_e.map(|o| &o.kind) {
@@ -422,43 +449,7 @@ pub(crate) fn write_delta(
             })
             .collect();
         for (job, rec) in batch.iter().zip(encoded) {
-            let rec = match rec {
-                Ok(r) => r,
-                Err(why) => {
-                    report.skipped.push(why);
-                    continue;
-                }
-            };
-            // Header, records, and per record 50 trailer bytes; 20 for the trailer's count
-            // and the footer.
-            let grown = pack_len + rec.len() as u64 + 50;
-            if job.kind == RecordKind::File && grown + 20 > MAX_DELTA_PACK {
-                report.skipped.push(format!(
-                    "{}: the delta pack is full ({MAX_DELTA_PACK} bytes)",
-                    String::from_utf8_lossy(&pulpdist_format::delta::join_path(&job.path))
-                ));
-                continue;
-            }
-            pack_len = grown;
-            let len = u32::try_from(rec.len()).map_err(|_| PublishError::DeltaTooLarge {
-                path: String::from_utf8_lossy(&pulpdist_format::delta::join_path(&job.path))
-                    .into_owned(),
-            })?;
-            packer.add(
-                ObjectKind::Delta,
-                DeltaRecord::trailer_id(&job.path),
-                Codec::Raw,
-                len,
-                &rec,
-            )?;
-            match job.kind {
-                RecordKind::File => {
-                    report.files += 1;
-                    report.with_reference += u64::from(rec_has_reference(&rec));
-                    report.bytes_rebuilt += job.size;
-                }
-                RecordKind::Node => report.nodes += 1,
-            }
+            add_record(&mut packer, &mut pack_len, job, rec, &mut report)?;
         }
     }
     let (packs, hashes, _) = packer.finish_hashed()?;
@@ -476,6 +467,51 @@ pub(crate) fn write_delta(
         }),
         report,
     ))
+}
+
+/// Appends one encoded record to the delta pack, unless it failed (noted in `report`) or a
+/// file's record would take the pack past [`MAX_DELTA_PACK`]; `pack_len` is the pack's
+/// size so far.
+fn add_record(
+    packer: &mut Packer<'_>,
+    pack_len: &mut u64,
+    job: &Job,
+    rec: Result<Vec<u8>, String>,
+    report: &mut DeltaReport,
+) -> Result<(), PublishError> {
+    let rec = match rec {
+        Ok(r) => r,
+        Err(why) => {
+            report.skipped.push(why);
+            return Ok(());
+        }
+    };
+    let path =
+        || String::from_utf8_lossy(&pulpdist_format::delta::join_path(&job.path)).into_owned();
+    // Header, records, and per record 50 trailer bytes; 20 for the trailer's count and the
+    // footer.
+    let grown = *pack_len + rec.len() as u64 + 50;
+    if job.kind == RecordKind::File && grown + 20 > MAX_DELTA_PACK {
+        let why = format!(
+            "{}: the delta pack is full ({MAX_DELTA_PACK} bytes)",
+            path()
+        );
+        report.skipped.push(why);
+        return Ok(());
+    }
+    *pack_len = grown;
+    let len = u32::try_from(rec.len()).map_err(|_| PublishError::DeltaTooLarge { path: path() })?;
+    let id = DeltaRecord::trailer_id(&job.path);
+    packer.add(ObjectKind::Delta, id, Codec::Raw, len, &rec)?;
+    match job.kind {
+        RecordKind::File => {
+            report.files += 1;
+            report.with_reference += u64::from(rec_has_reference(&rec));
+            report.bytes_rebuilt += job.size;
+        }
+        RecordKind::Node => report.nodes += 1,
+    }
+    Ok(())
 }
 
 fn rec_has_reference(rec: &[u8]) -> bool {

@@ -103,60 +103,6 @@ impl HttpStoreReader {
                 "{base}: not an http:// or https:// URL"
             )));
         }
-        let mut tls = ureq::tls::TlsConfig::builder();
-        // Without --ca: the system's CA bundle, where there is one, else Mozilla's roots.
-        let system = if opts.ca_pem.is_none() {
-            SYSTEM_CA_BUNDLES.iter().find_map(|p| std::fs::read(p).ok())
-        } else {
-            None
-        };
-        if let Some(pem) = opts.ca_pem.as_ref().or(system.as_ref()) {
-            let mut certs: Vec<ureq::tls::Certificate<'static>> = Vec::new();
-            for item in ureq::tls::parse_pem(pem) {
-                match item {
-                    Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
-                    Ok(_) => {}
-                    Err(e) => {
-                        return Err(SyncError::Credentials {
-                            what: "CA certificates",
-                            detail: e.to_string(),
-                        });
-                    }
-                }
-            }
-            if certs.is_empty() {
-                return Err(SyncError::Credentials {
-                    what: "CA certificates",
-                    detail: "no certificate in the PEM file".into(),
-                });
-            }
-            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
-        }
-        if let Some((cert_pem, key_pem)) = &opts.client_cert_pem {
-            let chain = ureq::tls::parse_pem(cert_pem)
-                .filter_map(|i| match i {
-                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
-                    Ok(_) => None,
-                    Err(e) => Some(Err(e)),
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| SyncError::Credentials {
-                    what: "client certificate",
-                    detail: e.to_string(),
-                })?;
-            if chain.is_empty() {
-                return Err(SyncError::Credentials {
-                    what: "client certificate",
-                    detail: "no certificate in the PEM file".into(),
-                });
-            }
-            let key =
-                ureq::tls::PrivateKey::from_pem(key_pem).map_err(|e| SyncError::Credentials {
-                    what: "client key",
-                    detail: e.to_string(),
-                })?;
-            tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)));
-        }
         let agent: Agent = Agent::config_builder()
             .http_status_as_error(false)
             .max_idle_connections_per_host(opts.connections.max(1))
@@ -165,7 +111,7 @@ impl HttpStoreReader {
             .timeout_per_read(Some(opts.read_timeout))
             .max_redirects(0)
             .user_agent(concat!("pulpdist/", env!("CARGO_PKG_VERSION")))
-            .tls_config(tls.build())
+            .tls_config(tls_config(&opts)?)
             .build()
             .into();
         Ok(HttpStoreReader {
@@ -277,98 +223,14 @@ impl HttpStoreReader {
     ) -> Result<(), SyncError> {
         let status = resp.status().as_u16();
         let (skip, want) = match status {
-            206 => {
-                let cr = header(&resp, "content-range").unwrap_or_default();
-                let (a, b, total) = parse_content_range(&cr).ok_or_else(|| {
-                    http_err(url, status, format!("bad Content-Range '{cr}'"), false)
-                })?;
-                if a != start {
-                    return Err(http_err(
-                        url,
-                        status,
-                        format!("asked for bytes from {start}, got '{cr}'"),
-                        false,
-                    ));
-                }
-                if let (Some(t), Some(s)) = (total, size) {
-                    if t != s {
-                        return Err(mismatch(
-                            url,
-                            format!("object is {t} bytes; the signed head says {s}"),
-                        ));
-                    }
-                }
-                let want_end = end.or(size).unwrap_or(total.unwrap_or(b + 1));
-                if b + 1 < want_end {
-                    return Err(mismatch(
-                        url,
-                        format!("object ends before byte {want_end} ('{cr}')"),
-                    ));
-                }
-                (0, want_end - start)
-            }
+            206 => self.partial_span(url, &resp, start, end, size)?,
             200 if end.is_some()
                 && size.is_none()
                 && whole_fits(content_length(&resp), self.signed_size(url)) =>
             {
-                // Range ignored: keep the whole object (no more than its signed size), so
-                // later ranges of it are cut from this copy instead of asked for again.
-                self.ignores_ranges.store(true, Ordering::Relaxed);
-                let limit = self.signed_size(url).unwrap_or(0);
-                let mut all = Vec::new();
-                resp.into_body()
-                    .into_reader()
-                    .take(limit + 1)
-                    .read_to_end(&mut all)
-                    .map_err(|e| read_err(url, e))?;
-                if all.len() as u64 > limit {
-                    return Err(mismatch(
-                        url,
-                        format!(
-                            "answered a range with more than the {limit} bytes the object may have"
-                        ),
-                    ));
-                }
-                let e = end.unwrap_or(0);
-                let Some(part) = all.get(start as usize..e as usize) else {
-                    return Err(mismatch(
-                        url,
-                        format!("object is {} bytes, shorter than {e}", all.len()),
-                    ));
-                };
-                self.extra_bytes.fetch_add(
-                    (all.len() as u64).saturating_sub(e - start),
-                    Ordering::Relaxed,
-                );
-                buf.extend_from_slice(part);
-                self.remember_whole(url, all);
-                return Ok(());
+                return self.keep_whole(url, resp, start, end.unwrap_or(0), buf);
             }
-            200 => {
-                // The whole object: skip to `start`, keep what was asked for (and never
-                // more than the signed size).
-                let len = content_length(&resp);
-                if let (Some(l), Some(s)) = (len, size.or(self.signed_size(url))) {
-                    if l != s {
-                        return Err(mismatch(
-                            url,
-                            format!("object is {l} bytes; the signed head says {s}"),
-                        ));
-                    }
-                }
-                let want_end = match (end.or(size), len) {
-                    (Some(e), Some(l)) if l < e => {
-                        return Err(mismatch(
-                            url,
-                            format!("object is {l} bytes, shorter than {e}"),
-                        ))
-                    }
-                    (Some(e), _) => e,
-                    (None, Some(l)) => l,
-                    (None, None) => MAX_PACK,
-                };
-                (start, want_end.saturating_sub(start))
-            }
+            200 => self.whole_span(url, &resp, start, end, size)?,
             404 => {
                 return Err(SyncError::NotFound {
                     store: self.base.clone(),
@@ -386,18 +248,122 @@ impl HttpStoreReader {
             }
             _ => return Err(status_err(url, status)),
         };
+        let whole_asked = end.is_none() && size.is_none() && status == 200;
+        self.read_span(url, resp, (skip, want), whole_asked, buf)
+    }
+
+    /// A 206 answer to a range from `start`: the bytes to skip (none) and to keep, once its
+    /// `Content-Range` starts where asked, names the signed size, and reaches far enough.
+    fn partial_span(
+        &self,
+        url: &str,
+        resp: &ureq::http::Response<ureq::Body>,
+        start: u64,
+        end: Option<u64>,
+        size: Option<u64>,
+    ) -> Result<(u64, u64), SyncError> {
+        let cr = header(resp, "content-range").unwrap_or_default();
+        let (a, b, total) = parse_content_range(&cr)
+            .ok_or_else(|| http_err(url, 206, format!("bad Content-Range '{cr}'"), false))?;
+        if a != start {
+            let detail = format!("asked for bytes from {start}, got '{cr}'");
+            return Err(http_err(url, 206, detail, false));
+        }
+        if let (Some(t), Some(s)) = (total, size) {
+            if t != s {
+                let detail = format!("object is {t} bytes; the signed head says {s}");
+                return Err(mismatch(url, detail));
+            }
+        }
+        let want_end = end.or(size).unwrap_or(total.unwrap_or(b + 1));
+        if b + 1 < want_end {
+            let detail = format!("object ends before byte {want_end} ('{cr}')");
+            return Err(mismatch(url, detail));
+        }
+        Ok((0, want_end - start))
+    }
+
+    /// A 200 answer with the whole object: skip to `start`, keep what was asked for (and
+    /// never more than the signed size).
+    fn whole_span(
+        &self,
+        url: &str,
+        resp: &ureq::http::Response<ureq::Body>,
+        start: u64,
+        end: Option<u64>,
+        size: Option<u64>,
+    ) -> Result<(u64, u64), SyncError> {
+        let len = content_length(resp);
+        if let (Some(l), Some(s)) = (len, size.or(self.signed_size(url))) {
+            if l != s {
+                let detail = format!("object is {l} bytes; the signed head says {s}");
+                return Err(mismatch(url, detail));
+            }
+        }
+        let want_end = match (end.or(size), len) {
+            (Some(e), Some(l)) if l < e => {
+                return Err(mismatch(
+                    url,
+                    format!("object is {l} bytes, shorter than {e}"),
+                ))
+            }
+            (Some(e), _) => e,
+            (None, Some(l)) => l,
+            (None, None) => MAX_PACK,
+        };
+        Ok((start, want_end.saturating_sub(start)))
+    }
+
+    /// A range answered with the whole object: the object kept (no more than its signed
+    /// size), so later ranges of it are cut from this copy instead of asked for again;
+    /// `start..end` of it appended to `buf`.
+    fn keep_whole(
+        &self,
+        url: &str,
+        resp: ureq::http::Response<ureq::Body>,
+        start: u64,
+        end: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), SyncError> {
+        self.ignores_ranges.store(true, Ordering::Relaxed);
+        let limit = self.signed_size(url).unwrap_or(0);
+        let all = read_capped(url, resp, limit)?;
+        if all.len() as u64 > limit {
+            let detail =
+                format!("answered a range with more than the {limit} bytes the object may have");
+            return Err(mismatch(url, detail));
+        }
+        let Some(part) = all.get(start as usize..end as usize) else {
+            let detail = format!("object is {} bytes, shorter than {end}", all.len());
+            return Err(mismatch(url, detail));
+        };
+        let extra = (all.len() as u64).saturating_sub(end - start);
+        self.extra_bytes.fetch_add(extra, Ordering::Relaxed);
+        buf.extend_from_slice(part);
+        self.remember_whole(url, all);
+        Ok(())
+    }
+
+    /// Reads `want` bytes after skipping `skip` from a response's body into `buf`; a body
+    /// shorter than asked is [`SyncError::Short`] unless the whole object was asked for
+    /// without a known size (`whole_asked`).
+    fn read_span(
+        &self,
+        url: &str,
+        resp: ureq::http::Response<ureq::Body>,
+        (skip, want): (u64, u64),
+        whole_asked: bool,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), SyncError> {
+        let status = resp.status().as_u16();
         let mut body = resp.into_body().into_reader();
         if skip > 0 {
             let skipped = std::io::copy(&mut (&mut body).take(skip), &mut std::io::sink())
                 .map_err(|e| read_err(url, e))?;
             self.extra_bytes.fetch_add(skipped, Ordering::Relaxed);
             if skipped < skip {
-                return Err(http_err(
-                    url,
-                    status,
-                    format!("body ended at byte {skipped}, before {skip}"),
-                    true,
-                ));
+                let detail = format!("body ended at byte {skipped}, before {skip}");
+                return Err(http_err(url, status, detail, true));
             }
         }
         let before = buf.len() as u64;
@@ -412,14 +378,10 @@ impl HttpStoreReader {
         }
         if got > want {
             buf.truncate((before + want) as usize);
-            return Err(http_err(
-                url,
-                status,
-                format!("body longer than the {want} bytes of its Content-Range"),
-                false,
-            ));
+            let detail = format!("body longer than the {want} bytes of its Content-Range");
+            return Err(http_err(url, status, detail, false));
         }
-        if got < want && !(end.is_none() && size.is_none() && status == 200) {
+        if got < want && !whole_asked {
             return Err(SyncError::Short {
                 store: self.base.clone(),
                 object: url.to_string(),
@@ -444,88 +406,163 @@ impl HttpStoreReader {
             .join(",");
         let header_value = format!("bytes={spec}");
         let resp = self.get(&url, &[("Range", header_value.as_str())])?;
-        let status = resp.status().as_u16();
-        let wanted: u64 = ranges.iter().map(|r| r.end - r.start).sum();
-        let last = ranges.last().map_or(0, |r| r.end);
-        match status {
-            206 => {
-                let ct = header(&resp, "content-type").unwrap_or_default();
-                let cr = header(&resp, "content-range");
-                let limit = wanted + 1024 * (ranges.len() as u64 + 1);
-                let mut body = Vec::new();
-                resp.into_body()
-                    .into_reader()
-                    .take(limit + 1)
-                    .read_to_end(&mut body)
-                    .map_err(|e| read_err(&url, e))?;
-                self.extra_bytes.fetch_add(
-                    (body.len() as u64).saturating_sub(wanted),
-                    Ordering::Relaxed,
-                );
-                let parts: Vec<(Range<u64>, &[u8])> = if let Some(boundary) = boundary_of(&ct) {
-                    match parse_multipart(&body, &boundary) {
-                        Some(p) => p,
-                        None => return Ok(None),
-                    }
-                } else {
-                    // One part: the origin merged the ranges into one.
-                    match cr.as_deref().and_then(parse_content_range) {
-                        Some((a, b, _)) if (b - a + 1) as usize == body.len() => {
-                            vec![(a..b + 1, &body[..])]
-                        }
-                        _ => return Ok(None),
-                    }
-                };
-                let mut out = Vec::with_capacity(ranges.len());
-                for r in ranges {
-                    let Some((pr, data)) = parts
-                        .iter()
-                        .find(|(pr, _)| pr.start <= r.start && r.end <= pr.end)
-                    else {
-                        return Ok(None);
-                    };
-                    let off = (r.start - pr.start) as usize;
-                    out.push(data[off..off + (r.end - r.start) as usize].to_vec());
-                }
-                Ok(Some(out))
-            }
-            200 => {
-                // Ranges ignored: keep the whole body (later ranges of this pack are cut from
-                // it) if the head sizes it and it is no larger, take what we need, and ask
-                // single ranges from now on.
-                self.multi.store(MULTI_NO, Ordering::Relaxed);
-                if !whole_fits(content_length(&resp), self.signed_size(&url)) {
-                    return Ok(None);
-                }
-                let limit = self.signed_size(&url).unwrap_or(0);
-                let mut body = Vec::new();
-                resp.into_body()
-                    .into_reader()
-                    .take(limit + 1)
-                    .read_to_end(&mut body)
-                    .map_err(|e| read_err(&url, e))?;
-                if body.len() as u64 > limit {
-                    return Ok(None);
-                }
-                self.ignores_ranges.store(true, Ordering::Relaxed);
-                if (body.len() as u64) < last {
-                    return Ok(None);
-                }
-                self.extra_bytes.fetch_add(
-                    (body.len() as u64).saturating_sub(wanted),
-                    Ordering::Relaxed,
-                );
-                let parts = ranges
-                    .iter()
-                    .map(|r| body[r.start as usize..r.end as usize].to_vec())
-                    .collect();
-                self.remember_whole(&url, body);
-                Ok(Some(parts))
-            }
+        match resp.status().as_u16() {
+            206 => self.multi_parts(&url, resp, ranges),
+            200 => self.multi_ignored(&url, resp, ranges),
             s if s >= 500 || s == 408 || s == 429 => Err(status_err(&url, s)),
             _ => Ok(None),
         }
     }
+
+    /// The ranges out of a 206 answer to a multi-range request: `multipart/byteranges`, or
+    /// one part when the origin merged them.
+    fn multi_parts(
+        &self,
+        url: &str,
+        resp: ureq::http::Response<ureq::Body>,
+        ranges: &[Range<u64>],
+    ) -> Result<Option<Vec<Vec<u8>>>, SyncError> {
+        let wanted: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        let ct = header(&resp, "content-type").unwrap_or_default();
+        let cr = header(&resp, "content-range");
+        let limit = wanted + 1024 * (ranges.len() as u64 + 1);
+        let body = read_capped(url, resp, limit)?;
+        let extra = (body.len() as u64).saturating_sub(wanted);
+        self.extra_bytes.fetch_add(extra, Ordering::Relaxed);
+        let parts: Vec<(Range<u64>, &[u8])> = if let Some(boundary) = boundary_of(&ct) {
+            match parse_multipart(&body, &boundary) {
+                Some(p) => p,
+                None => return Ok(None),
+            }
+        } else {
+            match cr.as_deref().and_then(parse_content_range) {
+                Some((a, b, _)) if (b - a + 1) as usize == body.len() => {
+                    vec![(a..b + 1, &body[..])]
+                }
+                _ => return Ok(None),
+            }
+        };
+        let mut out = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            let Some((pr, data)) = parts
+                .iter()
+                .find(|(pr, _)| pr.start <= r.start && r.end <= pr.end)
+            else {
+                return Ok(None);
+            };
+            let off = (r.start - pr.start) as usize;
+            out.push(data[off..off + (r.end - r.start) as usize].to_vec());
+        }
+        Ok(Some(out))
+    }
+
+    /// A multi-range request answered with the whole object: single ranges from now on;
+    /// the body kept (later ranges of this pack are cut from it) if the head sizes it and
+    /// it is no larger, and the ranges taken from it.
+    fn multi_ignored(
+        &self,
+        url: &str,
+        resp: ureq::http::Response<ureq::Body>,
+        ranges: &[Range<u64>],
+    ) -> Result<Option<Vec<Vec<u8>>>, SyncError> {
+        self.multi.store(MULTI_NO, Ordering::Relaxed);
+        if !whole_fits(content_length(&resp), self.signed_size(url)) {
+            return Ok(None);
+        }
+        let limit = self.signed_size(url).unwrap_or(0);
+        let body = read_capped(url, resp, limit)?;
+        if body.len() as u64 > limit {
+            return Ok(None);
+        }
+        self.ignores_ranges.store(true, Ordering::Relaxed);
+        if (body.len() as u64) < ranges.last().map_or(0, |r| r.end) {
+            return Ok(None);
+        }
+        let wanted: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        let extra = (body.len() as u64).saturating_sub(wanted);
+        self.extra_bytes.fetch_add(extra, Ordering::Relaxed);
+        let parts = ranges
+            .iter()
+            .map(|r| body[r.start as usize..r.end as usize].to_vec())
+            .collect();
+        self.remember_whole(url, body);
+        Ok(Some(parts))
+    }
+}
+
+/// The TLS settings of a reader: the CA certificates it trusts (`--ca`, else the system's
+/// bundle, else Mozilla's roots) and the client certificate it shows, if any.
+fn tls_config(opts: &HttpOptions) -> Result<ureq::tls::TlsConfig, SyncError> {
+    let mut tls = ureq::tls::TlsConfig::builder();
+    // Without --ca: the system's CA bundle, where there is one, else Mozilla's roots.
+    let system = if opts.ca_pem.is_none() {
+        SYSTEM_CA_BUNDLES.iter().find_map(|p| std::fs::read(p).ok())
+    } else {
+        None
+    };
+    if let Some(pem) = opts.ca_pem.as_ref().or(system.as_ref()) {
+        let mut certs: Vec<ureq::tls::Certificate<'static>> = Vec::new();
+        for item in ureq::tls::parse_pem(pem) {
+            match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(SyncError::Credentials {
+                        what: "CA certificates",
+                        detail: e.to_string(),
+                    });
+                }
+            }
+        }
+        if certs.is_empty() {
+            return Err(SyncError::Credentials {
+                what: "CA certificates",
+                detail: "no certificate in the PEM file".into(),
+            });
+        }
+        tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+    }
+    if let Some((cert_pem, key_pem)) = &opts.client_cert_pem {
+        let chain = ureq::tls::parse_pem(cert_pem)
+            .filter_map(|i| match i {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| SyncError::Credentials {
+                what: "client certificate",
+                detail: e.to_string(),
+            })?;
+        if chain.is_empty() {
+            return Err(SyncError::Credentials {
+                what: "client certificate",
+                detail: "no certificate in the PEM file".into(),
+            });
+        }
+        let key = ureq::tls::PrivateKey::from_pem(key_pem).map_err(|e| SyncError::Credentials {
+            what: "client key",
+            detail: e.to_string(),
+        })?;
+        tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)));
+    }
+    Ok(tls.build())
+}
+
+/// A response's body, at most `limit + 1` bytes of it (one more than allowed shows that
+/// it is too long).
+fn read_capped(
+    url: &str,
+    resp: ureq::http::Response<ureq::Body>,
+    limit: u64,
+) -> Result<Vec<u8>, SyncError> {
+    let mut body = Vec::new();
+    resp.into_body()
+        .into_reader()
+        .take(limit + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| read_err(url, e))?;
+    Ok(body)
 }
 
 impl StoreReader for HttpStoreReader {

@@ -23,64 +23,10 @@ pub fn fetch_chunks(
     max_gap: u64,
     put: &mut dyn FnMut(VerifiedChunk) -> Result<(), SyncError>,
 ) -> Result<HashSet<ChunkId>, SyncError> {
-    let object = format!("{}/heads/{tree}", store.describe());
-    let bytes = match store.get_head(tree, None)? {
-        HeadFetch::Found { bytes, .. } => bytes,
-        _ => {
-            return Err(SyncError::NoSuchTree {
-                store: store.describe(),
-                tree: tree.into(),
-            })
-        }
-    };
-    let head = SignedHead::decode_and_verify(&bytes, trusted)
-        .map_err(|source| SyncError::Format {
-            object: object.clone(),
-            source,
-        })?
-        .head()
-        .clone();
-    if head.tree != tree {
-        return Err(SyncError::WrongTree {
-            asked: tree.into(),
-            found: head.tree,
-        });
-    }
-    store.expect_sizes(
-        &head
-            .recent
-            .iter()
-            .flat_map(|v| v.packs.iter())
-            .map(|p| (p.id, p.size))
-            .collect(),
-    );
-    let mut found: HashMap<ChunkId, ChunkRef> = HashMap::new();
-    let mut seen = HashSet::new();
-    let mut todo = vec![head.root];
-    while let Some(r) = todo.pop() {
-        if found.len() == wanted.len() {
-            break;
-        }
-        if !seen.insert(r.id) {
-            continue;
-        }
-        let stored = store.get_range(&r.loc.pack, r.loc.range())?;
-        let node = r.open(&stored).map_err(|source| SyncError::Format {
-            object: format!("index node {} in {}", r.id, r.loc.pack.object_key()),
-            source,
-        })?;
-        for e in node.entries() {
-            match &e.kind {
-                EntryKind::Dir { node } => todo.push(*node),
-                EntryKind::File { chunks, .. } => {
-                    for c in chunks.iter().filter(|c| wanted.contains(&c.id)) {
-                        found.entry(c.id).or_insert(*c);
-                    }
-                }
-                EntryKind::Symlink { .. } => {}
-            }
-        }
-    }
+    let head = verified_head(store, tree, trusted)?;
+    let sizes = head.recent.iter().flat_map(|v| v.packs.iter());
+    store.expect_sizes(&sizes.map(|p| (p.id, p.size)).collect());
+    let found = locate(store, head.root, wanted)?;
     let mut by_pack: HashMap<PackId, Vec<ChunkRef>> = HashMap::new();
     for c in found.values() {
         by_pack.entry(c.loc.pack).or_default().push(*c);
@@ -108,4 +54,69 @@ pub fn fetch_chunks(
         }
     }
     Ok(out)
+}
+
+/// The tree's head, signed by a trusted key and naming the tree.
+fn verified_head(
+    store: &dyn StoreReader,
+    tree: &str,
+    trusted: &TrustedKeys,
+) -> Result<pulpdist_format::Head, SyncError> {
+    let bytes = match store.get_head(tree, None)? {
+        HeadFetch::Found { bytes, .. } => bytes,
+        _ => {
+            return Err(SyncError::NoSuchTree {
+                store: store.describe(),
+                tree: tree.into(),
+            })
+        }
+    };
+    let object = format!("{}/heads/{tree}", store.describe());
+    let signed = SignedHead::decode_and_verify(&bytes, trusted)
+        .map_err(|source| SyncError::Format { object, source })?;
+    let head = signed.head().clone();
+    if head.tree != tree {
+        return Err(SyncError::WrongTree {
+            asked: tree.into(),
+            found: head.tree,
+        });
+    }
+    Ok(head)
+}
+
+/// Walks the index from `root` until every chunk in `wanted` is located (or the tree is
+/// walked through): where each one that the tree holds is stored.
+fn locate(
+    store: &dyn StoreReader,
+    root: pulpdist_format::NodeRef,
+    wanted: &HashSet<ChunkId>,
+) -> Result<HashMap<ChunkId, ChunkRef>, SyncError> {
+    let mut found: HashMap<ChunkId, ChunkRef> = HashMap::new();
+    let mut seen = HashSet::new();
+    let mut todo = vec![root];
+    while let Some(r) = todo.pop() {
+        if found.len() == wanted.len() {
+            break;
+        }
+        if !seen.insert(r.id) {
+            continue;
+        }
+        let stored = store.get_range(&r.loc.pack, r.loc.range())?;
+        let node = r.open(&stored).map_err(|source| SyncError::Format {
+            object: format!("index node {} in {}", r.id, r.loc.pack.object_key()),
+            source,
+        })?;
+        for e in node.entries() {
+            match &e.kind {
+                EntryKind::Dir { node } => todo.push(*node),
+                EntryKind::File { chunks, .. } => {
+                    for c in chunks.iter().filter(|c| wanted.contains(&c.id)) {
+                        found.entry(c.id).or_insert(*c);
+                    }
+                }
+                EntryKind::Symlink { .. } => {}
+            }
+        }
+    }
+    Ok(found)
 }
