@@ -1,46 +1,38 @@
-//! Publishing to an object store (S3 or any other `object_store` backend).
+//! Publishing to an object store (S3 or any other `object_store` backend), through the
+//! adapter the sync's reader uses too ([`pulpdist_bucket`]).
 //!
 //! Packs go up whole when small and as multipart uploads when large; the head is written
 //! with a conditional put (`If-None-Match: *` for the first version, `If-Match: <etag>`
 //! after), so of two publishers racing on one tree exactly one wins and the other fails
 //! with [`PublishError::HeadChanged`] before anything it wrote is named. A local lock in the
-//! publisher's state directory keeps two publishers on one machine apart before that.
+//! publisher's state directory keeps two publishers on one machine apart before that. The
+//! previous head is read no further than the format's largest head.
 //!
 //! The caller owns the tokio runtime and passes its handle; every call blocks on it, so
 //! these methods must not be called from inside that runtime's tasks.
 
 use std::fs::File;
-use std::io::Read;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use futures_util::StreamExt;
-use object_store::path::Path as ObjectPath;
-use object_store::{
-    Attribute, Attributes, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
-    UpdateVersion, WriteMultipart,
-};
+use object_store::{Attribute, Attributes, ObjectStore, PutMode, UpdateVersion};
+use pulpdist_bucket::{Bucket, HeadRead, PutFileError};
 use tokio::runtime::Handle;
 
-use pulpdist_format::PackId;
+use pulpdist_format::pack::PACK_CACHE_CONTROL;
+use pulpdist_format::{FormatError, PackId, MAX_HEAD_SIZE};
 
 use crate::error::{IoContext, PublishError};
 use crate::store::{lock_file, Store, StoreLock, StoredHead};
-use pulpdist_format::pack::PACK_CACHE_CONTROL;
 
 /// Packs larger than this go up as multipart uploads, in parts of this size.
 pub const DEFAULT_PART_SIZE: usize = 16 << 20;
-/// Parts in flight at once.
-const PART_CONCURRENCY: usize = 4;
 
 /// A store in an object store under a key prefix.
 #[derive(Debug, Clone)]
 pub struct ObjectStoreTarget {
-    store: Arc<dyn ObjectStore>,
-    prefix: String,
-    url: String,
-    rt: Handle,
+    bucket: Bucket,
     part_size: usize,
     head_cache_control: String,
 }
@@ -50,10 +42,7 @@ impl ObjectStoreTarget {
     /// `url` names the store in messages (`s3://bucket/prefix`).
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, url: &str, rt: Handle) -> Self {
         ObjectStoreTarget {
-            store,
-            prefix: prefix.trim_matches('/').to_string(),
-            url: url.trim_end_matches('/').to_string(),
-            rt,
+            bucket: Bucket::new(store, prefix, url, rt),
             part_size: DEFAULT_PART_SIZE,
             head_cache_control: "public, max-age=10".into(),
         }
@@ -65,84 +54,24 @@ impl ObjectStoreTarget {
         self
     }
 
-    fn key(&self, k: &str) -> ObjectPath {
-        if self.prefix.is_empty() {
-            ObjectPath::from(k)
-        } else {
-            ObjectPath::from(format!("{}/{k}", self.prefix))
-        }
-    }
-
-    fn err(&self, key: &str, source: object_store::Error) -> PublishError {
+    fn err(&self, key: &str, source: pulpdist_bucket::Error) -> PublishError {
         PublishError::Store {
-            object: format!("{}/{key}", self.url),
+            object: self.bucket.object_url(key),
             source: Box::new(source),
         }
     }
 
-    fn put_pack_inner(&self, key: &str, file: &Path) -> Result<(), PublishError> {
-        let path = self.key(key);
-        let mut f = File::open(file).at(file)?;
-        let len = f.metadata().at(file)?.len();
-        let mut attributes = Attributes::new();
-        attributes.insert(Attribute::CacheControl, PACK_CACHE_CONTROL.into());
-        attributes.insert(Attribute::ContentType, "application/octet-stream".into());
-        if len <= self.part_size as u64 {
-            let mut buf = Vec::with_capacity(len as usize);
-            f.read_to_end(&mut buf).at(file)?;
-            let opts = PutOptions {
-                attributes,
-                ..Default::default()
-            };
-            self.rt
-                .block_on(self.store.put_opts(&path, PutPayload::from(buf), opts))
-                .map_err(|e| self.err(key, e))?;
-            return Ok(());
-        }
-        self.rt.block_on(async {
-            let upload = self
-                .store
-                .put_multipart_opts(
-                    &path,
-                    object_store::PutMultipartOptions {
-                        attributes,
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(|e| self.err(key, e))?;
-            let mut w = WriteMultipart::new_with_chunk_size(upload, self.part_size);
-            let mut buf = vec![0u8; self.part_size];
-            loop {
-                let n = read_full(&mut f, &mut buf).at(file)?;
-                if n == 0 {
-                    break;
-                }
-                w.wait_for_capacity(PART_CONCURRENCY)
-                    .await
-                    .map_err(|e| self.err(key, e))?;
-                w.write(&buf[..n]);
-            }
-            w.finish().await.map_err(|e| self.err(key, e))?;
-            Ok(())
-        })
+    fn attributes(cache_control: &str) -> Attributes {
+        let mut a = Attributes::new();
+        a.insert(Attribute::CacheControl, cache_control.to_string().into());
+        a.insert(Attribute::ContentType, "application/octet-stream".into());
+        a
     }
-}
-
-fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 impl Store for ObjectStoreTarget {
     fn describe(&self) -> String {
-        self.url.clone()
+        self.bucket.url().to_string()
     }
 
     fn lock(&self, tree: &str, state_dir: &Path) -> Result<StoreLock, PublishError> {
@@ -151,20 +80,26 @@ impl Store for ObjectStoreTarget {
 
     fn read_head(&self, tree: &str) -> Result<Option<StoredHead>, PublishError> {
         let key = format!("heads/{tree}");
-        let path = self.key(&key);
-        let got = self.rt.block_on(async {
-            let r = self.store.get(&path).await?;
-            let meta = r.meta.clone();
-            let bytes = r.bytes().await?;
-            Ok::<_, object_store::Error>((meta, bytes))
-        });
-        match got {
-            Ok((meta, bytes)) => Ok(Some(StoredHead {
-                bytes: bytes.to_vec(),
-                etag: meta.e_tag,
-                version: meta.version,
+        match self.bucket.read_head(&key, None, MAX_HEAD_SIZE) {
+            Ok(HeadRead::Found { bytes, .. }) if bytes.len() > MAX_HEAD_SIZE => {
+                Err(PublishError::Format {
+                    object: self.bucket.object_url(&key),
+                    source: FormatError::Invalid {
+                        what: "tree head",
+                        reason: format!("larger than {MAX_HEAD_SIZE} bytes"),
+                    },
+                })
+            }
+            Ok(HeadRead::Found {
+                bytes,
+                etag,
+                version,
+            }) => Ok(Some(StoredHead {
+                bytes,
+                etag,
+                version,
             })),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Ok(HeadRead::NotModified | HeadRead::Missing) => Ok(None),
             Err(e) => Err(self.err(&key, e)),
         }
     }
@@ -184,26 +119,11 @@ impl Store for ObjectStoreTarget {
                 version: h.version.clone(),
             }),
         };
-        let mut attributes = Attributes::new();
-        attributes.insert(
-            Attribute::CacheControl,
-            self.head_cache_control.clone().into(),
-        );
-        attributes.insert(Attribute::ContentType, "application/octet-stream".into());
-        let opts = PutOptions {
-            mode,
-            attributes,
-            ..Default::default()
-        };
-        let put = self.rt.block_on(self.store.put_opts(
-            &self.key(&key),
-            PutPayload::from(bytes.to_vec()),
-            opts,
-        ));
-        match put {
-            Ok(_) => Ok(()),
-            Err(object_store::Error::Precondition { .. })
-            | Err(object_store::Error::AlreadyExists { .. }) => Err(PublishError::HeadChanged {
+        let attributes = Self::attributes(&self.head_cache_control);
+        match self.bucket.put(&key, bytes.to_vec(), attributes, mode) {
+            Ok(()) => Ok(()),
+            Err(pulpdist_bucket::Error::Precondition { .. })
+            | Err(pulpdist_bucket::Error::AlreadyExists { .. }) => Err(PublishError::HeadChanged {
                 tree: tree.into(),
                 expected: expected_version,
             }),
@@ -212,17 +132,11 @@ impl Store for ObjectStoreTarget {
     }
 
     fn list_packs(&self) -> Result<Vec<(PackId, u64)>, PublishError> {
-        let dir = self.key("packs");
-        let listed = self.rt.block_on(async {
-            let mut out = Vec::new();
-            let mut s = self.store.list(Some(&dir));
-            while let Some(meta) = s.next().await {
-                out.push(meta?);
-            }
-            Ok::<_, object_store::Error>(out)
-        });
+        let listed = self
+            .bucket
+            .list("packs")
+            .map_err(|e| self.err("packs/", e))?;
         let mut out: Vec<(PackId, u64)> = listed
-            .map_err(|e| self.err("packs/", e))?
             .into_iter()
             .filter_map(|m| {
                 let name = m.location.filename()?;
@@ -236,19 +150,16 @@ impl Store for ObjectStoreTarget {
 
     fn read_pack_range(&self, id: PackId, range: Range<u64>) -> Result<Vec<u8>, PublishError> {
         let key = id.object_key();
-        let want = range.end - range.start;
-        let b = self
-            .rt
-            .block_on(self.store.get_range(&self.key(&key), range))
-            .map_err(|e| self.err(&key, e))?;
-        if b.len() as u64 != want {
-            return Err(PublishError::Short {
-                object: format!("{}/{key}", self.url),
-                got: b.len() as u64,
-                wanted: want,
-            });
+        let wanted = range.end - range.start;
+        match self.bucket.read_range(&key, range) {
+            Ok(Ok(b)) => Ok(b),
+            Ok(Err(got)) => Err(PublishError::Short {
+                object: self.bucket.object_url(&key),
+                got,
+                wanted,
+            }),
+            Err(e) => Err(self.err(&key, e)),
         }
-        Ok(b.to_vec())
     }
 
     fn tmp_dir(&self) -> Option<PathBuf> {
@@ -256,7 +167,39 @@ impl Store for ObjectStoreTarget {
     }
 
     fn put_pack(&self, id: PackId, file: &Path) -> Result<(), PublishError> {
-        self.put_pack_inner(&id.object_key(), file)?;
+        let key = id.object_key();
+        let mut f = File::open(file).at(file)?;
+        let len = f.metadata().at(file)?.len();
+        let attributes = Self::attributes(PACK_CACHE_CONTROL);
+        match self
+            .bucket
+            .put_file(&key, &mut f, len, self.part_size, attributes)
+        {
+            Ok(()) => {}
+            Err(PutFileError::Io(e)) => return Err(e).at(file),
+            Err(PutFileError::Store(e)) => return Err(self.err(&key, e)),
+        }
         std::fs::remove_file(file).at(file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_head_larger_than_the_format_allows_is_refused_unread() {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let mem = Arc::new(object_store::memory::InMemory::new());
+        let t = ObjectStoreTarget::new(mem, "p", "mem://b/p", rt.handle().clone());
+        assert!(t.read_head("t").expect("read").is_none());
+        let huge = vec![0u8; MAX_HEAD_SIZE + 1];
+        t.put_head("t", &huge, None, None).expect("planted");
+        let e = t.read_head("t").expect_err("refused");
+        assert!(e.to_string().contains("larger than"), "{e}");
+        let small = vec![1u8; 10];
+        // The head race: a put expecting no head loses to the one already there.
+        let e = t.put_head("t", &small, None, None).expect_err("lost");
+        assert!(matches!(e, PublishError::HeadChanged { .. }), "{e}");
     }
 }
