@@ -1,5 +1,9 @@
 //! What the store already holds: every chunk and node id with its location, rebuilt from
 //! pack trailers (cached in the state directory, since packs never change).
+//!
+//! When a chunk is stored in several packs, the copy in the pack with the smallest id is
+//! the one nodes name (`names_first_copies`), so that a rebuilt node names the same copy
+//! a kept one does.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};

@@ -1,5 +1,9 @@
 //! Writes packs to files: a data pack rolls over at the target size; each finished pack is
 //! synced and put into the store before the head can name it.
+//!
+//! A pack is built in the store's `tmp/` (or the state's) as `<id>.pack.part`; a failed put
+//! or a dropped `Packer` removes it, and `remove_stale_parts` removes parts a killed
+//! publish left that are older than a day.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

@@ -9,6 +9,11 @@
 //! requests are sent only when enabled, and only while the origin answers them correctly
 //! (S3 ignores them, Varnish answers 416, nginx answers them only from its cache): the
 //! first wrong answer turns them off for the rest of the sync.
+//!
+//! Retries back off 200 ms × 2ⁿ (n ≤ 6, at most 10 s). Redirects are not followed. The CA
+//! certificates trusted are `--ca`, else the first system bundle that reads, else the
+//! Mozilla roots. Heads are asked with `Cache-Control: no-cache`; multi-range requests go
+//! in batches of 64 ranges; an object whose total size is not the signed size is refused.
 
 use std::io::Read;
 use std::ops::Range;

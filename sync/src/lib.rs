@@ -3,7 +3,7 @@
 //! A sync verifies the signed head, walks only the index nodes whose ids changed since the
 //! version it last applied, finds which needed chunks are already in local files, rebuilds
 //! changed files from a delta pack when the head offers one from that version, builds a
-//! [`Plan`] (pure data, printable with `--dry-run`), and executes it: fetch and verify the
+//! plan (pure data, printable with `--dry-run`), and executes it: fetch and verify the
 //! missing chunks, write each file to a temporary file and rename it into place (payload
 //! before repository metadata), delete last, then record the new version.
 //!

@@ -1,6 +1,16 @@
 //! The client's own state, beside (never inside) the mirror: the head last applied,
 //! the index nodes of that version, and the staging area of verified chunks that lets a
 //! killed sync resume without fetching them again.
+//!
+//! Layout of the state directory: `lock` (holds the running sync's pid; a dry run takes it
+//! shared, creates nothing and keeps fetched nodes in memory), `applied-<tree>` (the head
+//! last applied), `etag-<tree>` (the store's tag for it and which store gave it),
+//! `applying-<tree>` (a sync is between versions: the next checks every directory),
+//! `nodes/` (the node cache, each node verified again when read), `nodes-live`,
+//! `staging/` (segment files of verified chunks) and `fallback/` (files from rsync).
+//! `set_applied` removes the old tag first and writes the new one last, so a tag on disk
+//! always belongs to the head on disk; the recorded version only rises. `prune_nodes`
+//! runs once the cache holds more than twice the last live count plus 16.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};

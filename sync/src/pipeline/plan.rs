@@ -2,6 +2,13 @@
 //! on disk, and which chunks are available locally. It says what to fetch (grouped per pack,
 //! whole or as coalesced ranges), which files to write in which order (payload before
 //! repository metadata), and what to delete (last). `--dry-run` prints it.
+//!
+//! A file counts as current when its size and mtime match the new entry, unless the old
+//! entry had the same size and mtime with other chunks (`stale`). A pack is fetched whole
+//! when `whole_ratio` (0.5) of it is needed and it would take more than one range;
+//! otherwise ranges closer than `max_gap` (64 KiB) are merged. Directories are made
+//! parents first; deletions and directory attributes go deepest first; the top indexes
+//! (`InRelease`, `Release`, `repomd.xml`) are written last.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;

@@ -1,5 +1,10 @@
 //! The index diff: descend from the root only into directories whose node id changed since
 //! the applied version, fetching the nodes not yet held locally, one level per round.
+//!
+//! Every node is checked against its id before it is used (`open_with_bytes`). A hostile
+//! index cannot make the walk explode: [`Bounds`] refuses a tree with more than eight times
+//! as many directories or entries as distinct ones (plus 100,000 and 1,000,000), and no
+//! path the sync writes may be longer than [`MAX_PATH`] with the mirror's own path.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
