@@ -16,7 +16,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    Attributes, GetOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions,
+    Attributes, GetOptions, GetRange, ObjectMeta, ObjectStore, PutMode, PutMultipartOptions,
     PutOptions, PutPayload, WriteMultipart,
 };
 use tokio::runtime::Handle;
@@ -136,27 +136,32 @@ impl Bucket {
         }
     }
 
-    /// Bytes `range` of object `key`: `Ok(Err(got))` when the store sent another number of
-    /// bytes than asked.
+    /// Bytes `range` of object `key`, read no further than the range's length whatever the
+    /// store sends: `Ok(Err(got))` when it sent another number of bytes.
     pub fn read_range(&self, key: &str, range: Range<u64>) -> Result<Result<Vec<u8>, u64>, Error> {
         let wanted = range.end - range.start;
-        let b = self
-            .rt
-            .block_on(self.store.get_range(&self.path(key), range))?;
-        match b.len() as u64 == wanted {
-            true => Ok(Ok(b.to_vec())),
-            false => Ok(Err(b.len() as u64)),
-        }
+        let opts = GetOptions {
+            range: Some(GetRange::Bounded(range)),
+            ..Default::default()
+        };
+        self.rt.block_on(async {
+            let r = self.store.get_opts(&self.path(key), opts).await?;
+            read_exactly(r.into_stream(), wanted).await
+        })
     }
 
-    /// The whole object `key`, read only if it is `size` bytes: `Ok(Err(actual))` otherwise.
+    /// The whole object `key`, read only if the store says it is `size` bytes, and no
+    /// further than that whatever it sends: `Ok(Err(actual))` otherwise.
     pub fn read_sized(&self, key: &str, size: u64) -> Result<Result<Vec<u8>, u64>, Error> {
         self.rt.block_on(async {
-            let r = self.store.get(&self.path(key)).await?;
+            let r = self
+                .store
+                .get_opts(&self.path(key), GetOptions::default())
+                .await?;
             if r.meta.size != size {
                 return Ok(Err(r.meta.size));
             }
-            r.bytes().await.map(|b| Ok(b.to_vec()))
+            read_exactly(r.into_stream(), size).await
         })
     }
 
@@ -226,6 +231,27 @@ impl Bucket {
             w.finish().await?;
             Ok(())
         })
+    }
+}
+
+/// Reads `wanted` bytes of a body, and one more at most: `Ok(Err(n))` when it held `n`
+/// bytes, fewer or (at least one) more.
+async fn read_exactly(
+    mut body: futures_util::stream::BoxStream<'static, Result<bytes::Bytes, Error>>,
+    wanted: u64,
+) -> Result<Result<Vec<u8>, u64>, Error> {
+    let mut out = Vec::new();
+    while let Some(part) = body.next().await {
+        let part = part?;
+        let room = (wanted + 1).saturating_sub(out.len() as u64) as usize;
+        out.extend_from_slice(&part[..part.len().min(room)]);
+        if out.len() as u64 > wanted {
+            break;
+        }
+    }
+    match out.len() as u64 == wanted {
+        true => Ok(Ok(out)),
+        false => Ok(Err(out.len() as u64)),
     }
 }
 
@@ -299,5 +325,97 @@ mod tests {
             b.read_sized("packs/p", 10_000).expect("read"),
             Ok(vec![3u8; 10_000])
         );
+    }
+
+    /// A store whose every read goes on past the object, `extra` chunks of 64 KiB (what
+    /// a lying endpoint's `Content-Length` or chunked body can do).
+    #[derive(Debug)]
+    struct Liar(InMemory, usize);
+
+    impl std::fmt::Display for Liar {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("liar")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Liar {
+        async fn put_opts(
+            &self,
+            l: &ObjectPath,
+            p: PutPayload,
+            o: PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            self.0.put_opts(l, p, o).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            l: &ObjectPath,
+            o: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.0.put_multipart_opts(l, o).await
+        }
+        async fn get_opts(
+            &self,
+            l: &ObjectPath,
+            o: GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            let r = self.0.get_opts(l, o).await?;
+            let (meta, range, attributes) = (r.meta.clone(), r.range.clone(), r.attributes.clone());
+            let extensions = r.extensions.clone();
+            let more =
+                futures_util::stream::repeat_with(|| Ok(bytes::Bytes::from(vec![0u8; 65536])))
+                    .take(self.1);
+            let body = r.into_stream().chain(more).boxed();
+            Ok(object_store::GetResult {
+                payload: object_store::GetResultPayload::Stream(body),
+                meta,
+                range,
+                attributes,
+                extensions,
+            })
+        }
+        fn delete_stream(
+            &self,
+            locations: futures_util::stream::BoxStream<'static, object_store::Result<ObjectPath>>,
+        ) -> futures_util::stream::BoxStream<'static, object_store::Result<ObjectPath>> {
+            self.0.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> futures_util::stream::BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.0.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.0.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &ObjectPath,
+            to: &ObjectPath,
+            o: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.0.copy_opts(from, to, o).await
+        }
+    }
+
+    #[test]
+    fn a_store_that_sends_more_than_asked_is_read_no_further() {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        // 16 GiB more than the object: read whole, this would not end well.
+        let liar = Arc::new(Liar(InMemory::new(), 262_144));
+        let b = Bucket::new(liar, "", "liar://", rt.handle().clone());
+        b.put("packs/p", vec![5; 100], Attributes::new(), PutMode::Create)
+            .expect("stored");
+        assert_eq!(b.read_range("packs/p", 10..20).expect("read"), Err(11));
+        assert_eq!(b.read_sized("packs/p", 100).expect("read"), Err(101));
+        let Ok(HeadRead::Found { bytes, .. }) = b.read_head("packs/p", None, 200) else {
+            panic!("read");
+        };
+        assert_eq!(bytes.len(), 201);
     }
 }

@@ -40,13 +40,29 @@ pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
     }
     toml::from_str(text).map_err(|e| ConfigError {
         line: e.span().map(|s| line_of(text, s.start)),
-        reason: e.message().trim_end().to_string(),
+        reason: clean(e.message().trim_end()),
         hint: legacy_hint(text),
     })
 }
 
-/// `flags` over `file`: every setting `flags` gives (a `None`, an empty list and a `false`
-/// give nothing) replaces the file's, table by table.
+/// `text` safe to print in a message: control characters and the invisible ones that
+/// change how a line reads (zero-width, bidirectional overrides) escaped, so that a file
+/// cannot forge terminal output or log lines through an error that quotes it.
+pub fn clean(text: &str) -> String {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    };
+    text.chars()
+        .map(|c| match hidden(c) {
+            true => c.escape_unicode().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
+}
+
+/// `flags` over `file`: every setting `flags` gives (a `None` or an empty list gives
+/// nothing; a `Some(false)` is given) replaces the file's, table by table.
 pub fn overlay<T: Serialize + DeserializeOwned>(file: &T, flags: &T) -> Result<T, ConfigError> {
     let table = |v: &T| {
         toml::Table::try_from(v).map_err(|e| ConfigError {
@@ -66,13 +82,18 @@ pub fn overlay<T: Serialize + DeserializeOwned>(file: &T, flags: &T) -> Result<T
         })
 }
 
+/// Where `offset` (a byte offset into `text`) is: its 1-based line.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
 fn merge(into: &mut toml::Table, from: toml::Table) {
     for (k, v) in from {
-        let empty = match &v {
-            toml::Value::Boolean(b) => !b,
-            toml::Value::Array(a) => a.is_empty(),
-            _ => false,
-        };
+        let empty = matches!(&v, toml::Value::Array(a) if a.is_empty());
         match (into.get_mut(&k), v) {
             (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
             (_, v) if !empty => _ = into.insert(k, v),
@@ -81,18 +102,35 @@ fn merge(into: &mut toml::Table, from: toml::Table) {
     }
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count()
-        + 1
-}
+/// The keys of `pulpdist sync --config` files before they were TOML (PulpDist 0.1).
+const OLD_SYNC_KEYS: &[&str] = &[
+    "store",
+    "tree",
+    "dest",
+    "state",
+    "trust",
+    "cert",
+    "key",
+    "ca",
+    "connections",
+    "retries",
+    "timeout",
+    "multi-range",
+    "metadata",
+    "s3-endpoint",
+    "s3-region",
+    "rsync-fallback",
+    "trees",
+];
 
-/// For a file in the old `key = value` format (bare values, repeated keys), the same
-/// settings in TOML.
+/// For a sync configuration file in the old `key = value` format (bare values, repeated
+/// keys; only that format's keys, so that another file given by mistake, an environment
+/// file with secrets say, is not repeated back), the same settings in TOML.
 fn legacy_hint(text: &str) -> Option<String> {
-    let mut keys: Vec<(String, Vec<String>)> = Vec::new();
+    if text.len() > 64 * 1024 {
+        return None;
+    }
+    let mut keys: Vec<(&str, Vec<&str>)> = Vec::new();
     for raw in text.lines() {
         let content = match raw.find(" #").or(raw.find("\t#")) {
             Some(p) => &raw[..p],
@@ -104,16 +142,10 @@ fn legacy_hint(text: &str) -> Option<String> {
         }
         let (k, v) = content.split_once('=')?;
         let (k, v) = (k.trim(), v.trim());
-        if k.is_empty()
-            || !k
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return None;
-        }
-        match keys.iter_mut().find(|(key, _)| key == k) {
-            Some((_, vals)) => vals.push(v.to_string()),
-            None => keys.push((k.to_string(), vec![v.to_string()])),
+        let k = *OLD_SYNC_KEYS.iter().find(|o| **o == k)?;
+        match keys.iter_mut().find(|(key, _)| *key == k) {
+            Some((_, vals)) => vals.push(v),
+            None => keys.push((k, vec![v])),
         }
     }
     // Only a file that is not TOML as it stands: some value is bare or a key repeats.
@@ -124,21 +156,34 @@ fn legacy_hint(text: &str) -> Option<String> {
     {
         return None;
     }
-    let value = |v: &str| match bare(v) {
-        true => toml::Value::String(v.to_string()).to_string(),
-        false => v.to_string(),
+    let value = |k: &str, v: &str| match (k, v) {
+        ("multi-range", "yes" | "on" | "true") => "true".to_string(),
+        ("multi-range", "no" | "off" | "false") => "false".to_string(),
+        ("connections" | "retries" | "timeout", n) if n.parse::<u64>().is_ok() => n.to_string(),
+        _ => toml::Value::String(v.to_string()).to_string(),
     };
-    let mut out = String::from("this looks like the old 'key = value' format; in TOML it reads:\n");
+    let mut top = String::new();
+    let mut s3 = String::new();
     for (k, vals) in keys {
-        let list = ["trust", "metadata", "filter"].contains(&k.as_str());
-        let vals: Vec<String> = vals.iter().map(|v| value(v)).collect();
-        let rhs = match (list, vals.len()) {
+        let vals: Vec<String> = vals.iter().map(|v| value(k, v)).collect();
+        let rhs = match (matches!(k, "trust" | "metadata"), vals.len()) {
             (false, 1) => vals[0].clone(),
             _ => format!("[{}]", vals.join(", ")),
         };
-        out.push_str(&format!("{k} = {rhs}\n"));
+        match k.strip_prefix("s3-") {
+            Some(sub) => s3.push_str(&format!("{sub} = {rhs}\n")),
+            None => top.push_str(&format!("{k} = {rhs}\n")),
+        }
     }
-    Some(out.trim_end().to_string())
+    if !s3.is_empty() {
+        top.push_str(&format!("[s3]\n{s3}"));
+    }
+    // Keys are the old format's, values numbers, booleans or TOML strings (control
+    // characters escaped): nothing here needs cleaning.
+    Some(format!(
+        "this looks like the old 'key = value' format; in TOML it reads:\n{}",
+        top.trim_end()
+    ))
 }
 
 #[cfg(test)]
@@ -152,10 +197,18 @@ mod tests {
         store: Option<String>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         trust: Vec<String>,
-        #[serde(default)]
-        multi_range: bool,
+        multi_range: Option<bool>,
         #[serde(skip_serializing_if = "Option::is_none")]
         connections: Option<u32>,
+        #[serde(default)]
+        s3: S3,
+    }
+
+    #[derive(Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+    #[serde(deny_unknown_fields)]
+    struct S3 {
+        endpoint: Option<String>,
+        region: Option<String>,
     }
 
     #[test]
@@ -172,15 +225,28 @@ mod tests {
 
     #[test]
     fn the_old_format_gets_the_toml_to_write_instead() {
-        let old = "# a site\nstore = https://m.example.org/p#frag\ntrust = a.pub # first\ntrust = b.pub\nmulti-range = true\nconnections = 4\n";
+        let old = "# a site\nstore = https://m.example.org/p#frag\ntrust = a.pub # first\ntrust = b.pub\nmulti-range = yes\nconnections = 4\ns3-region = eu-1\n";
         let e = parse::<Settings>(old).expect_err("old format");
         let hint = e.hint.clone().expect("a hint");
         let fixed = &hint[hint.find('\n').expect("lines") + 1..];
         let s: Settings = parse(fixed).expect("the hint is valid");
         assert_eq!(s.store.as_deref(), Some("https://m.example.org/p#frag"));
         assert_eq!(s.trust, ["a.pub", "b.pub"]);
-        assert!(s.multi_range);
+        assert_eq!(s.multi_range, Some(true));
         assert_eq!(s.connections, Some(4));
+        assert_eq!(s.s3.region.as_deref(), Some("eu-1"));
+        // Not a sync configuration (an environment file given by mistake): nothing of it
+        // is repeated back.
+        let env = "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI\nstore = x\n";
+        let e = parse::<Settings>(env).expect_err("not TOML");
+        assert!(e.hint.is_none() && !e.to_string().contains("wJalr"), "{e}");
+    }
+
+    #[test]
+    fn what_a_message_quotes_from_a_file_cannot_forge_output() {
+        let e = parse::<Settings>("\"bo\\u001b[2Jgus\" = 1\n").expect_err("unknown key");
+        assert!(!e.to_string().contains('\u{1b}'), "{e:?}");
+        assert_eq!(clean("a\u{202e}b\nc"), "a\\u{202e}b\\u{a}c");
     }
 
     #[test]
@@ -188,8 +254,12 @@ mod tests {
         let file = Settings {
             store: Some("file".into()),
             trust: vec!["f.pub".into()],
-            multi_range: true,
+            multi_range: Some(true),
             connections: Some(2),
+            s3: S3 {
+                endpoint: Some("http://file".into()),
+                region: Some("file-1".into()),
+            },
         };
         let flags = Settings {
             connections: Some(9),
@@ -197,14 +267,26 @@ mod tests {
         };
         let s = overlay(&file, &flags).expect("merged");
         assert_eq!(s.connections, Some(9));
-        assert_eq!(
-            (s.store.as_deref(), s.trust.len(), s.multi_range),
-            (Some("file"), 1, true)
-        );
+        assert_eq!(s.store.as_deref(), Some("file"));
+        assert_eq!((s.trust.len(), s.multi_range), (1, Some(true)));
+        assert_eq!(s.s3, file.s3, "a table the flags leave alone is the file's");
         let flags = Settings {
             trust: vec!["g.pub".into()],
             ..Settings::default()
         };
         assert_eq!(overlay(&file, &flags).expect("merged").trust, ["g.pub"]);
+        // A flag can turn a setting off, and one key of a table wins alone.
+        let flags = Settings {
+            multi_range: Some(false),
+            s3: S3 {
+                region: Some("flag-1".into()),
+                ..S3::default()
+            },
+            ..Settings::default()
+        };
+        let s = overlay(&file, &flags).expect("merged");
+        assert_eq!(s.multi_range, Some(false));
+        assert_eq!(s.s3.endpoint.as_deref(), Some("http://file"));
+        assert_eq!(s.s3.region.as_deref(), Some("flag-1"));
     }
 }

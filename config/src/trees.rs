@@ -73,8 +73,8 @@ pub fn parse_trees(text: &str) -> Result<Vec<TreeDef>, TreesError> {
     let mut out = Vec::new();
     for (name, raw) in file.trees {
         let err = |reason: String| TreesError::Tree {
-            tree: name.clone(),
-            reason,
+            tree: crate::clean(&name),
+            reason: crate::clean(&reason),
         };
         pulpdist_format::validate_tree_name(&name).map_err(|e| err(e.to_string()))?;
         if raw.source.is_empty() {

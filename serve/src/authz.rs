@@ -80,7 +80,7 @@ pub struct AuthzError(pub pulpdist_config::ConfigError);
 #[serde(deny_unknown_fields)]
 struct File {
     #[serde(default)]
-    read: std::collections::BTreeMap<String, Vec<String>>,
+    read: std::collections::BTreeMap<toml::Spanned<String>, Vec<String>>,
 }
 
 impl Authz {
@@ -91,17 +91,16 @@ impl Authz {
             AuthzError(e)
         })?;
         let mut rules = Vec::new();
-        for (who, trees) in file.read {
-            let at = |l: &str| {
-                l.trim_start()
-                    .trim_start_matches('"')
-                    .starts_with(who.as_str())
-            };
-            let line = text.lines().position(at).map(|i| i + 1);
+        let mut read: Vec<_> = file.read.into_iter().collect();
+        // Checked in the file's order, so that the first error reported is the first there.
+        read.sort_by_key(|(who, _)| who.span().start);
+        for (who, trees) in read {
+            let line = Some(pulpdist_config::line_of(text, who.span().start));
+            let who = who.into_inner();
             let err = |reason: String| {
                 AuthzError(pulpdist_config::ConfigError {
                     line,
-                    reason: format!("[read] '{who}': {reason}"),
+                    reason: pulpdist_config::clean(&format!("[read] '{who}': {reason}")),
                     hint: None,
                 })
             };
@@ -175,22 +174,36 @@ fn identity(w: &str) -> Result<Identity, String> {
 /// For a file in the old format (`<identity> <tree> [<tree> ...]` per line), the same
 /// rules in TOML.
 fn legacy_hint(text: &str) -> Option<String> {
-    let mut out = String::from(
-        "this looks like the old '<identity> <tree>...' format; in TOML it reads:\n[read]\n",
-    );
-    let mut any = false;
+    if text.len() > 64 * 1024 {
+        return None;
+    }
+    // One key per identity (a TOML table has no duplicates), in the file's order.
+    let mut rules: Vec<(&str, Vec<&str>)> = Vec::new();
     for raw in text.lines() {
         let content = raw.split('#').next().unwrap_or("").trim();
         let mut words = content.split_whitespace();
         let Some(who) = words.next() else { continue };
-        let trees: Vec<String> = words.map(|t| format!("{t:?}")).collect();
+        let trees: Vec<&str> = words.collect();
         if trees.is_empty() || content.contains('=') {
             return None;
         }
-        out.push_str(&format!("{who:?} = [{}]\n", trees.join(", ")));
-        any = true;
+        match rules.iter_mut().find(|(w, _)| *w == who) {
+            Some((_, t)) => t.extend(trees),
+            None => rules.push((who, trees)),
+        }
     }
-    any.then(|| out.trim_end().to_string())
+    if rules.is_empty() {
+        return None;
+    }
+    let quote = |v: &str| toml::Value::String(v.to_string()).to_string();
+    let mut out = String::from(
+        "this looks like the old '<identity> <tree>...' format; in TOML it reads:\n[read]\n",
+    );
+    for (who, trees) in rules {
+        let trees: Vec<String> = trees.iter().map(|t| quote(t)).collect();
+        out.push_str(&format!("{} = [{}]\n", quote(who), trees.join(", ")));
+    }
+    Some(out.trim_end().to_string())
 }
 
 #[cfg(test)]
@@ -232,6 +245,10 @@ mod tests {
             ("[read]\n\n\"cn:a\" = [\"../etc\"]", 3),
             ("[read]\n\"cn:a\" = [\".hidden\"]", 2),
             ("[grants]\n", 1),
+            // Not the line of a key it starts: cn:ab is fine, cn:a is not.
+            ("[read]\n\"cn:ab\" = [\"debian\"]\n\"cn:a\" = [\"../x\"]", 3),
+            // The first error in the file, not in sorted order.
+            ("[read]\n\"uri:x\" = [\"../a\"]\nany = [\"../b\"]", 2),
         ] {
             let e = Authz::parse(text).expect_err(text);
             assert_eq!(e.0.line, Some(line), "{text}: {e}");
@@ -239,13 +256,21 @@ mod tests {
     }
 
     #[test]
+    fn an_error_quoting_the_file_cannot_forge_output() {
+        let e = Authz::parse("[read]\n\"ip:\\u001b[2J\\nforged\" = [\"a\"]\n").expect_err("bad");
+        let text = e.to_string();
+        assert!(!text.contains('\u{1b}') && !text.contains('\n'), "{text:?}");
+    }
+
+    #[test]
     fn the_old_format_gets_the_toml_to_write_instead() {
-        let old = "# sites\ncn:berlin debian ubuntu\nany public # all\n";
+        let old = "# sites\ncn:berlin debian ubuntu\nany public # all\ncn:berlin fedora\n";
         let e = Authz::parse(old).expect_err("old format");
         let hint = e.0.hint.clone().expect("a hint");
         let fixed = &hint[hint.find('\n').expect("lines") + 1..];
         let a = Authz::parse(fixed).expect("the hint is valid");
         assert_eq!(a.len(), 2);
-        assert!(a.grant(&[Identity::Cn("berlin".into())]).allows("ubuntu"));
+        let berlin = a.grant(&[Identity::Cn("berlin".into())]);
+        assert!(berlin.allows("ubuntu") && berlin.allows("fedora"));
     }
 }

@@ -29,6 +29,13 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
                 _ => 1,
             };
         }
+        if let Some(r) = cause.downcast_ref::<pulpdist_rsync::RsyncError>() {
+            return match r {
+                pulpdist_rsync::RsyncError::Usage(_) => 2,
+                pulpdist_rsync::RsyncError::Busy { .. } => 4,
+                _ => 1,
+            };
+        }
         if let Some(PublishError::Locked { .. } | PublishError::HeadChanged { .. }) =
             cause.downcast_ref::<PublishError>()
         {

@@ -38,9 +38,9 @@ pub(crate) struct S3Args {
     /// Take S3 credentials from the cloud instance-metadata service (or a container's
     /// credentials endpoint) when none are given: the AWS default on cloud machines. Without
     /// it, no credentials is an error at once, not a wait on an address nobody answers.
-    #[arg(long)]
-    #[serde(rename = "instance-credentials", default)]
-    pub s3_instance_credentials: bool,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    #[serde(rename = "instance-credentials")]
+    pub s3_instance_credentials: Option<bool>,
 }
 
 /// Reads the CA certificates and the client certificate and key (PEM) an https:// store
@@ -123,7 +123,7 @@ fn s3(bucket: &str, s3: &S3Args) -> Result<Arc<dyn ObjectStore>> {
     let has_other = env("AWS_WEB_IDENTITY_TOKEN_FILE")
         || env("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
         || env("AWS_CONTAINER_CREDENTIALS_FULL_URI");
-    if !has_static && !has_other && !s3.s3_instance_credentials {
+    if !has_static && !has_other && s3.s3_instance_credentials != Some(true) {
         return Err(super::usage(format!(
             "s3://{bucket}: no S3 credentials: give --s3-access-key-id and --s3-secret-key-file (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), or --s3-instance-credentials on a cloud machine"
         )));

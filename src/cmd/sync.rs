@@ -45,27 +45,26 @@ struct Settings {
     #[arg(long)]
     state: Option<PathBuf>,
     /// Check every directory, not only those whose index node changed (repairs local damage).
-    #[arg(long)]
-    #[serde(default)]
-    full: bool,
-    /// More file-name patterns of repository metadata, written after all payload.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    full: Option<bool>,
+    /// More file-name patterns of repository metadata, written after all payload (added to
+    /// the file's).
     #[arg(long = "metadata")]
     #[serde(default)]
     metadata: Vec<String>,
     /// Requests in flight at once (connections to the store), 1 to 256 [default: 8].
-    #[arg(long)]
-    connections: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    connections: Option<u64>,
     /// Ask for several ranges of a pack in one HTTP request, while the origin answers correctly.
-    #[arg(long)]
-    #[serde(default)]
-    multi_range: bool,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    multi_range: Option<bool>,
     /// Retries of a failed HTTP request (with backoff, resuming where the body stopped),
     /// 0 to 100 [default: 6].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100))]
     retries: Option<u32>,
     /// Seconds an HTTP connection may take to open, and a response may stall between reads,
     /// 1 to 86400 [default: 60].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     timeout: Option<u64>,
     /// Trust only these CA certificates (PEM) for https:// stores [default: the system's CA
     /// bundle, /etc/ssl/certs/ca-certificates.crt, or else the Mozilla roots].
@@ -93,24 +92,47 @@ struct Settings {
     #[serde(default)]
     s3: super::stores::S3Args,
     /// Allow the first sync into a directory that already holds files: those the tree
-    /// lacks are deleted.
+    /// lacks are deleted. A flag only, never a key of the file: it is meant once.
     #[arg(long)]
-    #[serde(default)]
+    #[serde(skip)]
     adopt: bool,
     /// Apply setuid, setgid and sticky bits, and world-writable directories, as the index
     /// gives them (masked off by default).
-    #[arg(long)]
-    #[serde(default)]
-    special_modes: bool,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    special_modes: Option<bool>,
     /// If another sync of this mirror is running, wait up to this many seconds for it to
     /// finish [default: 0, exit 4 at once].
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=604_800))]
     wait: Option<u64>,
     /// The mirror directory.
     dest: Option<PathBuf>,
 }
 
 impl Settings {
+    /// Relative paths of a configuration file, taken from the file's directory (not from
+    /// wherever the sync is run).
+    fn rebase(&mut self, dir: &std::path::Path) {
+        let base = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        let paths = [
+            &mut self.dest,
+            &mut self.state,
+            &mut self.ca,
+            &mut self.cert,
+        ];
+        paths.into_iter().flatten().for_each(base);
+        let more = [
+            &mut self.key,
+            &mut self.trees,
+            &mut self.s3.s3_secret_key_file,
+        ];
+        more.into_iter().flatten().for_each(base);
+        self.trust.iter_mut().for_each(base);
+    }
+
     /// The settings of `--config` (if given) with the flags over them, checked.
     fn resolve(config: Option<&std::path::Path>, flags: Settings) -> Result<Settings> {
         // A certificate and its key come from the same place.
@@ -123,16 +145,22 @@ impl Settings {
             None => flags,
             Some(p) => {
                 let text = super::read_small(p, "sync configuration")?;
-                let file: Settings =
+                let mut file: Settings =
                     pulpdist_config::parse(&text).with_context(|| format!("in {}", p.display()))?;
+                file.rebase(p.parent().unwrap_or(std::path::Path::new(".")));
                 if file.cert.is_some() != file.key.is_some() {
                     return Err(super::usage(format!(
                         "{}: a client certificate needs both cert and key",
                         p.display()
                     )));
                 }
-                pulpdist_config::overlay(&file, &flags)
-                    .with_context(|| format!("merging the flags with {}", p.display()))?
+                // Metadata patterns add up: the flags' come after the file's.
+                let metadata = [file.metadata.clone(), flags.metadata.clone()].concat();
+                let mut s = pulpdist_config::overlay(&file, &flags)
+                    .with_context(|| format!("merging the flags with {}", p.display()))?;
+                s.metadata = metadata;
+                s.adopt = flags.adopt;
+                s
             }
         };
         let bad = |what: &str| Err(super::usage(what.to_string()));
@@ -237,20 +265,20 @@ pub(crate) fn run(a: Args) -> Result<()> {
     let mut opts = SyncOptions::new(&tree, &dest, trusted);
     opts.state_dir = cfg.state;
     opts.dry_run = a.dry_run;
-    opts.full = cfg.full;
+    opts.full = cfg.full == Some(true);
     opts.now = a.now;
     opts.wait = std::time::Duration::from_secs(cfg.wait.unwrap_or(0));
     opts.adopt = cfg.adopt;
-    opts.special_modes = cfg.special_modes;
+    opts.special_modes = cfg.special_modes == Some(true);
     opts.metadata_patterns = metadata_patterns;
     opts.rsync_fallback = cfg
         .rsync_fallback
         .or_else(|| def.as_ref().and_then(|d| d.rsync_fallback.clone()));
-    opts.connections = cfg.connections.unwrap_or(8);
+    opts.connections = cfg.connections.unwrap_or(8) as usize;
     let mut http = HttpOptions {
         connections: opts.connections,
         retries: cfg.retries.unwrap_or(6),
-        multi_range: cfg.multi_range,
+        multi_range: cfg.multi_range == Some(true),
         connect_timeout: std::time::Duration::from_secs(timeout.min(15)),
         read_timeout: std::time::Duration::from_secs(timeout),
         ..Default::default()

@@ -660,3 +660,48 @@ fn a_planted_symlink_over_an_unchanged_subtree_is_replaced_and_refilled() {
         assert_eq!(victim_before, snapshot(&victim), "written through the link");
     }
 }
+
+/// A configuration file's relative paths are its own directory's (not the caller's), a
+/// flag turns off what the file turns on (`--full=false`), and `adopt`, meant once, is a
+/// flag only: a file cannot make every sync delete what a directory held.
+#[test]
+fn config_paths_are_the_files_and_flags_win() {
+    let site = Site::new();
+    site.publish();
+    let etc = site.p("etc");
+    fs::create_dir_all(&etc).expect("etc");
+    fs::copy(site.trust(), etc.join("up.pub")).expect("trust");
+    let conf = etc.join("sync.toml");
+    let text = format!(
+        "store = {:?}\ntree = \"tree\"\ndest = \"mirror\"\ntrust = [\"up.pub\"]\nfull = true\n",
+        s(&site.store())
+    );
+    fs::write(&conf, &text).expect("config");
+    let out = bin()
+        .current_dir("/")
+        .args(["sync", "--config", s(&conf), "--json", "--full=false"])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_same_tree(&site.src(), &etc.join("mirror"));
+    // The flag's false won: a no-op sync is one request, not a full walk.
+    let again = bin()
+        .current_dir("/")
+        .args(["sync", "--config", s(&conf), "--json", "--full=false"])
+        .output()
+        .expect("run");
+    let report: serde_json::Value = serde_json::from_slice(&again.stdout).expect("json");
+    assert_eq!(report["up_to_date"], true, "{report}");
+    assert_eq!(report["dirs_examined"], 0, "{report}");
+    fs::write(&conf, format!("{text}adopt = true\n")).expect("config");
+    let out = bin()
+        .args(["sync", "--config", s(&conf)])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("adopt") && err.contains("line 6"),
+        "{err}"
+    );
+}

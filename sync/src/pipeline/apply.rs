@@ -465,4 +465,54 @@ mod tests {
         assert_eq!(rank("pool/a.deb"), 2);
         assert_eq!(rank("pool"), 2);
     }
+
+    #[test]
+    fn a_failure_before_the_first_rename_leaves_the_mirror_as_it_was() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (opts, state) = (testkit::options(dir.path()), testkit::state(dir.path()));
+        let m = &opts.dest;
+        fs::create_dir_all(m).expect("mirror");
+        fs::write(m.join("a"), b"old a").expect("a");
+        fs::write(m.join("gone"), b"stays").expect("gone");
+        let staged =
+            VerifiedChunk::from_plain(ChunkId::of(b"new a"), b"new a".to_vec()).expect("chunk");
+        state.stage(&staged).expect("staged");
+        let file = |path: &str, id: ChunkId| super::super::plan::FileOp {
+            path: path.into(),
+            size: 5,
+            mode: 0o644,
+            mtime: testkit::mtime(100),
+            metadata: false,
+            chunks: vec![(id, 5, Source::Staged)],
+        };
+        // The second file's chunk is in no staging area: writing it fails.
+        let plan = Plan {
+            mkdirs: vec!["newdir".into()],
+            files: vec![
+                file("a", staged.id()),
+                file("newdir/b", ChunkId::of(b"lost")),
+            ],
+            deletes: vec!["gone".into()],
+            ..Plan::default()
+        };
+        let planned = Planned {
+            plan,
+            refs: HashMap::new(),
+        };
+        let before = std::collections::BTreeSet::from(["a".to_string(), "gone".to_string()]);
+        apply(&MemStore::default(), &state, &opts, &planned, false).expect_err("fails");
+        let names: std::collections::BTreeSet<String> = fs::read_dir(m)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names, before,
+            "no temporary file, no new directory, nothing deleted"
+        );
+        assert_eq!(fs::read(m.join("a")).expect("a"), b"old a");
+        assert!(
+            !state.applying("t"),
+            "nothing was renamed: the mirror is not between versions"
+        );
+    }
 }

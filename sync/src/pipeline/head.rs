@@ -335,6 +335,19 @@ mod tests {
             let again = accept(&store, &opts, &state).expect("accepted again");
             assert_eq!(again.bytes, acc.bytes);
             assert!(again.up_to_date());
+            let asked = store.asked.lock().expect("asked").clone();
+            assert_eq!(
+                asked,
+                [None, Some("v1".to_string())],
+                "the second asks with the tag"
+            );
+            // --full asks unconditionally.
+            let full = SyncOptions {
+                full: true,
+                ..opts.clone()
+            };
+            accept(&store, &full, &state).expect("accepted");
+            assert_eq!(store.asked.lock().expect("asked").last(), Some(&None));
         }
 
         #[test]

@@ -23,6 +23,8 @@ pub(super) struct MemStore {
     pub(super) packs: HashMap<PackId, Vec<u8>>,
     /// Answer 304 whatever is asked (a broken store).
     pub(super) always_304: bool,
+    /// The tag each head request carried.
+    pub(super) asked: Mutex<Vec<Option<String>>>,
 }
 
 impl StoreReader for MemStore {
@@ -30,6 +32,8 @@ impl StoreReader for MemStore {
         "mem:".into()
     }
     fn get_head(&self, tree: &str, if_none_match: Option<&str>) -> Result<HeadFetch, SyncError> {
+        let tag = if_none_match.map(str::to_string);
+        self.asked.lock().expect("asked").push(tag);
         if self.always_304 {
             return Ok(HeadFetch::NotModified);
         }
