@@ -81,4 +81,30 @@ mod tests {
         let filter = head.filter().expect("decodes").expect("recorded");
         assert_eq!(filter.to_string().trim_end(), "- *.bin");
     }
+
+    /// The phase alone: a head is written only over the head the publish started from.
+    #[test]
+    fn the_head_replaces_only_the_head_the_publish_read() {
+        use super::super::previous;
+        use super::*;
+        use crate::error::PublishError;
+        let site = testkit::site();
+        site.publish();
+        let key = testkit::key();
+        let prev = previous::read(&site.store, &key, &site.opts).expect("previous");
+        let root = site.head().root;
+        let run = site.run(prev.version);
+        write(&run, &key, &prev, root, &[], &[]).expect("written");
+        let head = site.head();
+        assert_eq!((head.version, head.root), (2, root));
+        assert_eq!(
+            head.recent.len(),
+            2,
+            "this version's packs (none) and version 1's"
+        );
+        // The same Previous again: the stored head is no longer the one it read.
+        let e = write(&run, &key, &prev, root, &[], &[]).expect_err("lost the race");
+        assert!(matches!(e, PublishError::HeadChanged { .. }), "{e}");
+        assert_eq!(site.head().version, 2);
+    }
 }

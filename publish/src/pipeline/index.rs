@@ -358,4 +358,42 @@ mod tests {
         assert_eq!(changed.nodes_new, 2);
         assert_ne!(changed.root, first.root);
     }
+
+    /// The phase alone, on what the earlier phases give it: every directory's node is built
+    /// and written once; with the store's catalog holding them, none is written again.
+    #[test]
+    fn nodes_the_store_lacks_are_written_and_only_those() {
+        use super::super::scan::{self, CacheFile};
+        use super::super::{chunking, PublishReport};
+        use super::*;
+        let site = testkit::site();
+        let run = site.run(1);
+        let params = pulpdist_format::ChunkParams::DEFAULT;
+        let cache = CacheFile::new(&site.opts, params);
+        let (catalog, old, walk) = scan::scan(&run, &cache).expect("scanned");
+        let records = scan::records(&walk, &old);
+        let mut chunks = scan::reuse(&walk, &records, &catalog);
+        let chunker = pulpdist_chunker::Chunker::new(params).expect("chunker");
+        let mut report = PublishReport::default();
+        let data = chunking::chunk_new(&run, &chunker, &walk, &catalog, &mut chunks, &mut report)
+            .expect("chunked");
+        let mut catalog = catalog;
+        catalog.chunks.extend(data.locs);
+        let inputs = Inputs {
+            walk: &walk,
+            records: &records,
+            file_chunks: &chunks,
+        };
+        let mut report = PublishReport::default();
+        let index = build(&run, &inputs, &mut catalog, &cache, true, &mut report).expect("built");
+        assert_eq!(
+            (report.nodes_new, index.fresh.len(), index.packs.len()),
+            (2, 2, 1)
+        );
+        assert!(catalog.nodes.contains_key(&index.root.id));
+        let mut report = PublishReport::default();
+        let again = build(&run, &inputs, &mut catalog, &cache, true, &mut report).expect("built");
+        assert_eq!((report.nodes_new, again.packs.len()), (0, 0));
+        assert_eq!(again.root, index.root, "the same tree, the same node");
+    }
 }
