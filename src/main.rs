@@ -38,6 +38,8 @@ enum Command {
     Serve(cmd::serve::Args),
     /// Bring a mirror directory to the tree's current version.
     Sync(cmd::sync::Args),
+    /// Check a store: heads, index nodes, packs, and with --read-data every chunk.
+    Verify(cmd::verify::Args),
     /// Run the main job on a bundled sample tree: publish to a local store, sync a copy, twice.
     Demo(cmd::demo::Args),
 }
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
         Command::Publish(a) => cmd::publish::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Sync(a) => cmd::sync::run(a),
+        Command::Verify(a) => cmd::verify::run(a),
         Command::Demo(a) => cmd::demo::run(a),
     };
     match result {

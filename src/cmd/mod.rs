@@ -8,6 +8,7 @@ pub(crate) mod publish;
 pub(crate) mod serve;
 pub(crate) mod stores;
 pub(crate) mod sync;
+pub(crate) mod verify;
 
 use pulpdist_publish::PublishError;
 use pulpdist_sync::SyncError;
@@ -15,6 +16,9 @@ use pulpdist_sync::SyncError;
 /// Exit code for an error (documented in main.rs and README.md).
 pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
+        if cause.is::<verify::Damaged>() {
+            return 3;
+        }
         if let Some(s) = cause.downcast_ref::<SyncError>() {
             return match s {
                 SyncError::Usage(_) => 2,

@@ -31,6 +31,7 @@ mod staging;
 mod state;
 mod store;
 mod tree;
+mod verify;
 
 pub use error::SyncError;
 pub use fsutil::absolute_dir;
@@ -41,3 +42,4 @@ pub use objstore::ObjectStoreReader;
 pub use origin::sync_rsync;
 pub use pipeline::{sync, SyncOptions, SyncReport};
 pub use store::{CountingReader, HeadFetch, LocalStoreReader, Overhead, StoreReader};
+pub use verify::{verify_store, Problem, ReadData, VerifyReport};

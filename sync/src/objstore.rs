@@ -96,4 +96,17 @@ impl StoreReader for ObjectStoreReader {
             Err(e) => Err(self.err(&key, e)),
         }
     }
+
+    fn list_trees(&self) -> Option<Result<Vec<String>, SyncError>> {
+        let listed = self.bucket.list("heads").map_err(|e| self.err("heads/", e));
+        Some(listed.map(|metas| {
+            let mut names: Vec<String> = metas
+                .iter()
+                .filter_map(|m| m.location.filename().map(str::to_string))
+                .filter(|n| pulpdist_format::validate_tree_name(n).is_ok())
+                .collect();
+            names.sort();
+            names
+        }))
+    }
 }

@@ -71,6 +71,11 @@ pub trait StoreReader: Send + Sync {
     /// The packs' sizes as a verified head gives them: a reader that may be sent more than
     /// it asked for (an origin that ignores Range) reads no more than these.
     fn expect_sizes(&self, _sizes: &std::collections::HashMap<PackId, u64>) {}
+    /// The trees the store holds heads for, where it can list them (a directory, a bucket;
+    /// not an HTTP store): `None` when it cannot.
+    fn list_trees(&self) -> Option<Result<Vec<String>, SyncError>> {
+        None
+    }
 }
 
 /// A store in a local directory (or a mounted file system).
@@ -153,6 +158,22 @@ impl StoreReader for LocalStoreReader {
     fn get_pack(&self, pack: &PackId, size: u64) -> Result<Vec<u8>, SyncError> {
         self.get_range(pack, 0..size)
     }
+
+    fn list_trees(&self) -> Option<Result<Vec<String>, SyncError>> {
+        let dir = self.root.join("heads");
+        let listed = std::fs::read_dir(&dir).and_then(|rd| {
+            rd.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        Some(match listed {
+            Ok(mut names) => {
+                names.retain(|n| pulpdist_format::validate_tree_name(n).is_ok());
+                names.sort();
+                Ok(names)
+            }
+            Err(e) => Err(self.err("heads/", e)),
+        })
+    }
 }
 
 /// The object key of a tree's head, after checking the name.
@@ -227,6 +248,9 @@ impl StoreReader for CountingReader<'_> {
     }
     fn expect_sizes(&self, sizes: &std::collections::HashMap<PackId, u64>) {
         self.inner.expect_sizes(sizes)
+    }
+    fn list_trees(&self) -> Option<Result<Vec<String>, SyncError>> {
+        self.inner.list_trees()
     }
     fn get_pack(&self, pack: &PackId, size: u64) -> Result<Vec<u8>, SyncError> {
         let r = self.inner.get_pack(pack, size)?;

@@ -20,3 +20,4 @@ mod s3;
 mod serve;
 mod sync;
 mod tls;
+mod verify;

@@ -1,0 +1,136 @@
+//! `pulpdist verify --store`: intact (exit 0), damaged (exit 3, the object named), or not
+//! checkable (exit 1); `--read-data-subset N/M` over M runs reads every pack once.
+
+use crate::common;
+
+use std::fs;
+use std::path::PathBuf;
+
+use common::{run, s, Site};
+
+fn verify(site: &Site, extra: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let store = site.store();
+    let trust = site.trust();
+    let mut a = vec!["verify", "--store", s(&store), "--trust", &trust, "--json"];
+    a.extend(extra);
+    let out = run(&a);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code(), report, err)
+}
+
+/// A published tree with several chunks; its data packs, largest first.
+fn published() -> (Site, Vec<PathBuf>) {
+    let site = Site::new();
+    fs::create_dir_all(site.src().join("pool")).expect("pool");
+    for i in 0..4u8 {
+        let data: Vec<u8> = (0..300_000u32)
+            .map(|j| (j.wrapping_mul(31) as u8) ^ i)
+            .collect();
+        fs::write(site.src().join(format!("pool/p{i}.deb")), data).expect("file");
+    }
+    fs::write(site.src().join("Release"), b"release\n").expect("Release");
+    site.publish();
+    let mut packs: Vec<PathBuf> = fs::read_dir(site.store().join("packs"))
+        .expect("packs")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    packs.sort_by_key(|p| std::cmp::Reverse(fs::metadata(p).expect("stat").len()));
+    (site, packs)
+}
+
+#[test]
+fn an_intact_store_verifies_with_and_without_reading_data() {
+    let (site, packs) = published();
+    let (code, r, err) = verify(&site, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        (r["trees"].as_u64(), r["packs_read"].as_u64()),
+        (Some(1), Some(0)),
+        "{r}"
+    );
+    assert!(
+        r["nodes"].as_u64() >= Some(2) && r["chunks"].as_u64() >= Some(4),
+        "{r}"
+    );
+    let (code, r, err) = verify(&site, &["--read-data"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(r["chunks_read"], r["chunks"], "{r}");
+    assert_eq!(r["problems"].as_array().map(Vec::len), Some(0), "{r}");
+    assert!(packs.len() >= 2, "a data pack and an index pack");
+}
+
+#[test]
+fn a_flipped_byte_is_found_by_reading_data_and_by_exactly_one_subset() {
+    let (site, packs) = published();
+    let data = &packs[0];
+    let mut bytes = fs::read(data).expect("pack");
+    bytes[40 + 100] ^= 0x55;
+    fs::write(data, &bytes).expect("damaged");
+    let name = data
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    // The structure is intact: without reading data, nothing is found.
+    assert_eq!(verify(&site, &[]).0, Some(0));
+    let (code, r, err) = verify(&site, &["--read-data"]);
+    assert_eq!(code, Some(3), "{err}");
+    let problems = r["problems"].as_array().cloned().unwrap_or_default();
+    assert_eq!(problems.len(), 1, "{r}");
+    assert!(
+        problems[0]["object"]
+            .as_str()
+            .is_some_and(|o| o.ends_with(&name)),
+        "{r}"
+    );
+    assert!(err.contains("damaged"), "{err}");
+    // Three runs of a third each: every referenced pack read once, the damage found once.
+    let (mut read, mut found) = (0, 0);
+    for n in 1..=3 {
+        let subset = format!("{n}/3");
+        let (code, r, err) = verify(&site, &["--read-data-subset", &subset]);
+        assert!(code == Some(0) || code == Some(3), "{err}");
+        read += r["packs_read"].as_u64().expect("packs_read");
+        found += u64::from(code == Some(3));
+        assert_eq!(r["packs"], verify(&site, &[]).1["packs"]);
+    }
+    assert_eq!(read, verify(&site, &[]).1["packs"].as_u64().expect("packs"));
+    assert_eq!(found, 1);
+}
+
+#[test]
+fn missing_packs_foreign_keys_and_unreadable_stores() {
+    let (site, packs) = published();
+    // Another key: the head does not verify (damaged, exit 3).
+    let other = site.p("other.key");
+    assert!(run(&["keygen", s(&other)]).status.success());
+    let other_pub = format!("{}.pub", s(&other));
+    let store = site.store();
+    let out = run(&["verify", "--store", s(&store), "--trust", &other_pub]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A store that is not there could not be checked: exit 1, not 3.
+    let none = site.p("no-store");
+    let out = run(&["verify", "--store", s(&none), "--trust", &site.trust()]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The data pack deleted by hand: found without reading data.
+    fs::remove_file(&packs[0]).expect("delete");
+    let (code, r, err) = verify(&site, &[]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        r["problems"][0]["what"]
+            .as_str()
+            .is_some_and(|w| w.contains("not found")),
+        "{r}"
+    );
+}
