@@ -57,16 +57,8 @@ enum Command {
         /// Trusted public key file(s) for --store.
         #[arg(long)]
         trust: Vec<PathBuf>,
-        /// Trust only these CA certificates (PEM) for an https:// store [default: the
-        /// system's CA bundle].
-        #[arg(long)]
-        ca: Option<PathBuf>,
-        /// Client certificate (PEM) for an https:// store that requires one.
-        #[arg(long, requires = "key")]
-        cert: Option<PathBuf>,
-        /// The private key (PEM) of --cert.
-        #[arg(long, requires = "cert")]
-        key: Option<PathBuf>,
+        #[command(flatten)]
+        tls: super::stores::TlsArgs,
         #[command(flatten)]
         s3: super::stores::S3Args,
         /// The image to write.
@@ -97,19 +89,12 @@ pub(crate) fn run(a: Args) -> Result<()> {
             store,
             tree,
             trust,
-            ca,
-            cert,
-            key,
+            tls,
             s3,
             out,
             json,
         } => {
-            let mut http = pulpdist_sync::HttpOptions::default();
-            super::stores::add_tls(
-                &mut http,
-                ca.as_deref(),
-                cert.as_deref().zip(key.as_deref()),
-            )?;
+            let http = tls.http()?;
             let from_store = StoreArgs {
                 store: store.as_deref(),
                 tree: tree.as_deref(),

@@ -43,6 +43,31 @@ pub(crate) struct S3Args {
     pub s3_instance_credentials: Option<bool>,
 }
 
+/// The TLS settings of a command that reads an https:// store.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub(crate) struct TlsArgs {
+    /// Trust only these CA certificates (PEM) for an https:// store [default: the
+    /// system's CA bundle].
+    #[arg(long)]
+    pub(crate) ca: Option<PathBuf>,
+    /// Client certificate (PEM) for an https:// store that requires one.
+    #[arg(long, requires = "key")]
+    pub(crate) cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, requires = "cert")]
+    pub(crate) key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// HTTP settings with these certificates read in.
+    pub(crate) fn http(&self) -> anyhow::Result<pulpdist_sync::HttpOptions> {
+        let mut http = pulpdist_sync::HttpOptions::default();
+        let pair = self.cert.as_deref().zip(self.key.as_deref());
+        add_tls(&mut http, self.ca.as_deref(), pair)?;
+        Ok(http)
+    }
+}
+
 /// Reads the CA certificates and the client certificate and key (PEM) an https:// store
 /// needs into `http`.
 pub(crate) fn add_tls(

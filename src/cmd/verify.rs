@@ -25,15 +25,8 @@ pub(crate) struct Args {
     /// read every pack once.
     #[arg(long, value_name = "N/M", value_parser = parse_subset)]
     read_data_subset: Option<(u64, u64)>,
-    /// Trust only these CA certificates (PEM) for an https:// store.
-    #[arg(long)]
-    ca: Option<PathBuf>,
-    /// Client certificate (PEM) for an https:// store that requires one.
-    #[arg(long, requires = "key")]
-    cert: Option<PathBuf>,
-    /// The private key (PEM) of --cert.
-    #[arg(long, requires = "cert")]
-    key: Option<PathBuf>,
+    #[command(flatten)]
+    tls: super::stores::TlsArgs,
     #[command(flatten)]
     s3: super::stores::S3Args,
     /// Print one JSON object.
@@ -61,13 +54,7 @@ pub(crate) struct Damaged {
 
 pub(crate) fn run(a: Args) -> Result<()> {
     let trusted = super::sync::load_trust(&a.trust)?;
-    let mut http = pulpdist_sync::HttpOptions::default();
-    super::stores::add_tls(
-        &mut http,
-        a.ca.as_deref(),
-        a.cert.as_deref().zip(a.key.as_deref()),
-    )?;
-    let reader = super::stores::reader(&a.store, http, &a.s3)?;
+    let reader = super::stores::reader(&a.store, a.tls.http()?, &a.s3)?;
     let read_data = match (a.read_data, a.read_data_subset) {
         (true, _) => pulpdist_sync::ReadData::All,
         (false, Some((n, m))) => pulpdist_sync::ReadData::Subset { n, m },
