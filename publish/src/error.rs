@@ -131,6 +131,12 @@ pub enum PublishError {
     /// A worker thread panicked.
     #[error("{0} panicked")]
     Panicked(&'static str),
+    /// A refresh of a tree that has no version yet.
+    #[error("tree '{tree}' has no version to refresh: publish it first")]
+    NothingToRefresh {
+        /// The tree.
+        tree: String,
+    },
     /// An internal invariant does not hold (a bug; please report it).
     #[error("internal error: {0}")]
     Internal(String),

@@ -28,5 +28,7 @@ mod walk;
 pub use delta::DeltaReport;
 pub use error::PublishError;
 pub use objstore::{ObjectStoreTarget, DEFAULT_PART_SIZE};
-pub use pipeline::{publish, PublishOptions, PublishReport, DEFAULT_DELTA_LEVEL};
+pub use pipeline::{
+    publish, refresh, PublishOptions, PublishReport, RefreshReport, DEFAULT_DELTA_LEVEL,
+};
 pub use store::{LocalStore, Store, StoreLock, StoredHead};

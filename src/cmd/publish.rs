@@ -63,6 +63,10 @@ pub(crate) struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Sign the tree's current head again, expiring --expires-days from now, without
+    /// reading the source (for a timer: a tree that does not change does not expire).
+    #[arg(long, conflicts_with_all = ["source", "trees", "filter", "include", "exclude", "chunk_sizes"])]
+    refresh: bool,
     #[command(flatten)]
     s3: super::stores::S3Args,
     /// Tree definitions (TOML): the tree's source, subtrees and filter rules come from its
@@ -165,6 +169,9 @@ pub(crate) fn run(a: Args) -> Result<()> {
             )));
         }
     }
+    if a.refresh {
+        return refresh(&a, &*store, &key, state);
+    }
     let def = match &a.trees {
         Some(path) => Some(super::load_tree_def(path, &a.tree)?),
         None => None,
@@ -215,6 +222,30 @@ pub(crate) fn run(a: Args) -> Result<()> {
         );
     }
     print_report(a.json, &report)
+}
+
+/// `--refresh`: the current head signed again with a new expiry.
+fn refresh(
+    a: &Args,
+    store: &dyn pulpdist_publish::Store,
+    key: &SecretKey,
+    state: PathBuf,
+) -> Result<()> {
+    let mut opts = PublishOptions::new(&a.tree, PathBuf::new(), state);
+    opts.expires_in = a.expires_days.saturating_mul(86_400);
+    opts.previous_keys = super::sync::load_trust(&a.previous_key)?.keys().to_vec();
+    let r = pulpdist_publish::refresh(store, key, &opts)
+        .with_context(|| format!("refreshing the head of tree '{}' in {}", a.tree, a.store))?;
+    super::emit(
+        a.json,
+        json!({"version": r.version, "expires": r.expires, "refreshed": true}),
+        || {
+            format!(
+                "refreshed tree '{}' version {}: expires at {}\n",
+                a.tree, r.version, r.expires
+            )
+        },
+    )
 }
 
 pub(crate) fn print_report(json: bool, r: &PublishReport) -> anyhow::Result<()> {

@@ -705,3 +705,74 @@ fn config_paths_are_the_files_and_flags_win() {
         "{err}"
     );
 }
+
+/// `publish --refresh` signs the current head again with a new expiry, without reading the
+/// source: a site past the old expiry syncs again (nothing to fetch), and the version, root
+/// and packs are the same.
+#[test]
+fn a_refreshed_head_keeps_an_unchanged_tree_from_expiring() {
+    let site = Site::new();
+    fs::write(site.src().join("a"), b"alpha").expect("file");
+    site.publish_with(&["--expires-days", "1"]);
+    let in_two_days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 2 * 86_400;
+    let later = in_two_days.to_string();
+    let (store, key) = (site.store(), site.key());
+    let sync_later = || {
+        let extra = ["--json", "--now", later.as_str()];
+        run(&strs(&sync_cmd(
+            s(&store),
+            "tree",
+            &site.trust(),
+            &site.mirror(),
+            &extra,
+        )))
+    };
+    assert_eq!(sync_later().status.code(), Some(3), "expired");
+    fs::remove_dir_all(site.src()).expect("the source is not needed");
+    let out = run(&[
+        "publish",
+        "--store",
+        s(&store),
+        "--tree",
+        "tree",
+        "--key",
+        s(&key),
+        "--refresh",
+        "--expires-days",
+        "7",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(r["version"], 1, "{r}");
+    let out = sync_later();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["version"], 1, "{report}");
+    assert_eq!(fs::read(site.mirror().join("a")).expect("a"), b"alpha");
+    // A refresh with a source is a usage error (exit 2): it does not read one.
+    let out = run(&[
+        "publish",
+        "--store",
+        s(&store),
+        "--tree",
+        "tree",
+        "--key",
+        s(&key),
+        "--refresh",
+        "/tmp",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}

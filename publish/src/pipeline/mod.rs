@@ -27,12 +27,14 @@ mod head;
 mod index;
 mod options;
 mod previous;
+mod refresh;
 mod scan;
 #[cfg(test)]
 mod testkit;
 mod workers;
 
 pub use options::{PublishOptions, PublishReport, DEFAULT_DELTA_LEVEL};
+pub use refresh::{refresh, RefreshReport};
 
 use crate::error::{IoContext, PublishError};
 use crate::store::Store;
