@@ -242,18 +242,7 @@ fn malformed_rsync_urls_are_refused_before_rsync_runs() {
         assert_eq!(out.status.code(), Some(2), "{url}: {err}");
         assert!(err.contains("not an rsync URL"), "{url}: {err}");
         // The same URL as a publish source (regression: exit 1 once rsync had its own error).
-        let (store, key) = (site.store(), site.key());
-        let publish = [
-            "publish",
-            "--store",
-            s(&store),
-            "--tree",
-            "tree",
-            "--key",
-            s(&key),
-            url,
-        ];
-        let out = run(&publish);
+        let out = site.publish_raw(&[url]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "publish {url}: {err}");
         assert!(err.contains("not an rsync URL"), "publish {url}: {err}");

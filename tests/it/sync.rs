@@ -720,7 +720,7 @@ fn a_refreshed_head_keeps_an_unchanged_tree_from_expiring() {
         .as_secs()
         + 2 * 86_400;
     let later = in_two_days.to_string();
-    let (store, key) = (site.store(), site.key());
+    let store = site.store();
     let sync_later = || {
         let extra = ["--json", "--now", later.as_str()];
         run(&strs(&sync_cmd(
@@ -733,19 +733,7 @@ fn a_refreshed_head_keeps_an_unchanged_tree_from_expiring() {
     };
     assert_eq!(sync_later().status.code(), Some(3), "expired");
     fs::remove_dir_all(site.src()).expect("the source is not needed");
-    let out = run(&[
-        "publish",
-        "--store",
-        s(&store),
-        "--tree",
-        "tree",
-        "--key",
-        s(&key),
-        "--refresh",
-        "--expires-days",
-        "7",
-        "--json",
-    ]);
+    let out = site.publish_raw(&["--refresh", "--expires-days", "7", "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -763,16 +751,6 @@ fn a_refreshed_head_keeps_an_unchanged_tree_from_expiring() {
     assert_eq!(report["version"], 1, "{report}");
     assert_eq!(fs::read(site.mirror().join("a")).expect("a"), b"alpha");
     // A refresh with a source is a usage error (exit 2): it does not read one.
-    let out = run(&[
-        "publish",
-        "--store",
-        s(&store),
-        "--tree",
-        "tree",
-        "--key",
-        s(&key),
-        "--refresh",
-        "/tmp",
-    ]);
+    let out = site.publish_raw(&["--refresh", "/tmp"]);
     assert_eq!(out.status.code(), Some(2));
 }

@@ -58,12 +58,7 @@ pub fn publish(
     opts: &PublishOptions,
 ) -> Result<PublishReport, PublishError> {
     let started = Instant::now();
-    pulpdist_format::validate_tree_name(&opts.tree).map_err(|source| PublishError::Format {
-        object: "tree name".into(),
-        source,
-    })?;
-    std::fs::create_dir_all(&opts.state_dir).at(&opts.state_dir)?;
-    let _lock = store.lock(&opts.tree, &opts.state_dir)?;
+    let _lock = lock(store, opts)?;
     let workers = Workers::new(opts.threads)?;
     let tmp_dir = tmp_dir(store, opts)?;
     // Under the tree's lock: partial packs a killed publish left behind.
@@ -119,6 +114,17 @@ pub fn publish(
     (report.isos, report.isos_plain) = (data.isos.along_extents, data.isos.plain);
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// Checks the tree name, makes the state directory and takes the tree's lock (held until
+/// the returned lock is dropped): how a publish and a refresh begin.
+fn lock(store: &dyn Store, opts: &PublishOptions) -> Result<crate::store::StoreLock, PublishError> {
+    pulpdist_format::validate_tree_name(&opts.tree).map_err(|source| PublishError::Format {
+        object: "tree name".into(),
+        source,
+    })?;
+    std::fs::create_dir_all(&opts.state_dir).at(&opts.state_dir)?;
+    store.lock(&opts.tree, &opts.state_dir)
 }
 
 /// Where partial packs go: the store's own temporary directory, or one in the state.

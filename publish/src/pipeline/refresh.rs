@@ -6,7 +6,7 @@
 use pulpdist_format::{Head, SecretKey};
 
 use super::{previous, PublishOptions};
-use crate::error::{IoContext, PublishError};
+use crate::error::PublishError;
 use crate::store::Store;
 
 /// The head written by a refresh.
@@ -24,12 +24,7 @@ pub fn refresh(
     key: &SecretKey,
     opts: &PublishOptions,
 ) -> Result<RefreshReport, PublishError> {
-    pulpdist_format::validate_tree_name(&opts.tree).map_err(|source| PublishError::Format {
-        object: "tree name".into(),
-        source,
-    })?;
-    std::fs::create_dir_all(&opts.state_dir).at(&opts.state_dir)?;
-    let _lock = store.lock(&opts.tree, &opts.state_dir)?;
+    let _lock = super::lock(store, opts)?;
     let prev = previous::read(store, key, opts)?;
     let Some(current) = &prev.head else {
         return Err(PublishError::NothingToRefresh {

@@ -95,6 +95,22 @@ impl Site {
     pub(crate) fn try_publish(&self, key: &Path, extra: &[&str]) -> Output {
         run(&strs(&self.publish_cmd(key, extra)))
     }
+    /// `publish --store STORE --tree tree --key KEY ARGS...` for this site, with no source
+    /// added (a refresh, an rsync:// source); the output, whatever it is.
+    pub(crate) fn publish_raw(&self, args: &[&str]) -> Output {
+        let (store, key) = (self.store(), self.key());
+        let mut a = vec![
+            "publish",
+            "--store",
+            s(&store),
+            "--tree",
+            "tree",
+            "--key",
+            s(&key),
+        ];
+        a.extend(args);
+        run(&a)
+    }
     /// `publish --store STORE --tree tree --key KEY EXTRA... SRC` for this site.
     pub(crate) fn publish_cmd(&self, key: &Path, extra: &[&str]) -> Vec<String> {
         let mut a: Vec<String> = ["publish", "--store", s(&self.store()), "--tree", "tree"]
