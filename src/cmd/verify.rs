@@ -1,5 +1,6 @@
-//! `pulpdist verify --store`: check that a store is intact (exit 0), damaged (exit 3, each
-//! problem listed), or could not be checked (exit 1).
+//! `pulpdist verify --store` and `verify --mirror`: check that a store, or a mirror against
+//! the version it holds, is intact (exit 0), damaged (exit 3, each problem listed), or could
+//! not be checked (exit 1); `--repair` brings a damaged mirror back from its store.
 
 use std::path::PathBuf;
 
@@ -7,10 +8,22 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 #[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["store", "mirror"]).multiple(true))]
 pub(crate) struct Args {
-    /// The store: a directory, http(s)://host[:port][/prefix], or s3://bucket[/prefix].
+    /// The store to check (or, with --mirror --repair, to repair from): a directory,
+    /// http(s)://host[:port][/prefix], or s3://bucket[/prefix].
     #[arg(long)]
-    store: String,
+    store: Option<String>,
+    /// Check this mirror directory against the version it holds (one --tree).
+    #[arg(long)]
+    mirror: Option<PathBuf>,
+    /// The mirror's state directory [default: .<mirror name>.pulpdist beside it].
+    #[arg(long, requires = "mirror")]
+    state: Option<PathBuf>,
+    /// Bring what is wrong in the mirror back from --store (a full sync after marking
+    /// damaged files), then check again.
+    #[arg(long, requires_all = ["mirror", "store"])]
+    repair: bool,
     /// Trusted public key file(s) the heads must be signed with.
     #[arg(long, required = true)]
     trust: Vec<PathBuf>,
@@ -54,42 +67,103 @@ pub(crate) struct Damaged {
 
 pub(crate) fn run(a: Args) -> Result<()> {
     let trusted = super::sync::load_trust(&a.trust)?;
-    let reader = super::stores::reader(&a.store, a.tls.http()?, &a.s3)?;
+    if let Some(mirror) = &a.mirror {
+        return run_mirror(&a, mirror, trusted);
+    }
+    let store = a.store.clone().unwrap_or_default();
+    let reader = super::stores::reader(&store, a.tls.http()?, &a.s3)?;
     let read_data = match (a.read_data, a.read_data_subset) {
         (true, _) => pulpdist_sync::ReadData::All,
         (false, Some((n, m))) => pulpdist_sync::ReadData::Subset { n, m },
         (false, None) => pulpdist_sync::ReadData::No,
     };
     let r = pulpdist_sync::verify_store(&*reader, &a.trees, &trusted, read_data)
-        .with_context(|| format!("checking {}", a.store))?;
-    let problems: Vec<_> = r
-        .problems
-        .iter()
-        .map(|p| json!({"object": p.object, "what": p.what}))
-        .collect();
+        .with_context(|| format!("checking {store}"))?;
     super::emit(
         a.json,
         json!({
             "trees": r.trees, "nodes": r.nodes, "chunk_refs": r.chunk_refs, "chunks": r.chunks,
             "packs": r.packs, "packs_read": r.packs_read, "chunks_read": r.chunks_read,
-            "bytes_read": r.bytes_read, "problems": problems,
+            "bytes_read": r.bytes_read, "problems": problems_json(&r.problems),
         }),
         || {
-            let mut s = String::new();
-            for p in &r.problems {
-                s.push_str(&format!("damaged: {}: {}\n", p.object, p.what));
-            }
-            s.push_str(&format!(
-                "{} trees, {} nodes, {} chunks in {} packs checked; {} packs ({} chunks, {} bytes) read; {} problems\n",
-                r.trees, r.nodes, r.chunks, r.packs, r.packs_read, r.chunks_read, r.bytes_read, r.problems.len()
-            ));
-            s
+            format!(
+                "{}{} trees, {} nodes, {} chunks in {} packs checked; {} packs ({} chunks, {} bytes) read; {} problems\n",
+                problems_text(&r.problems), r.trees, r.nodes, r.chunks, r.packs, r.packs_read,
+                r.chunks_read, r.bytes_read, r.problems.len()
+            )
         },
     )?;
-    match r.problems.len() {
+    damaged(&store, r.problems.len())
+}
+
+/// `--mirror`: the mirror against its applied version; with `--repair`, fixed from the store.
+fn run_mirror(
+    a: &Args,
+    mirror: &std::path::Path,
+    trusted: pulpdist_format::TrustedKeys,
+) -> Result<()> {
+    let [tree] = a.trees.as_slice() else {
+        return Err(super::usage("--mirror checks one tree: give one --tree"));
+    };
+    let mut opts = pulpdist_sync::SyncOptions::new(tree, mirror, trusted);
+    opts.state_dir = a.state.clone();
+    let what = format!("checking mirror {} (tree '{tree}')", mirror.display());
+    let mut r = pulpdist_sync::verify_mirror(&opts, a.read_data).context(what.clone())?;
+    let found = r.problems.len();
+    if let (true, Some(store)) = (a.repair && found > 0, &a.store) {
+        pulpdist_sync::invalidate(mirror, &r.damaged).context(what.clone())?;
+        let reader = super::stores::reader(store, a.tls.http()?, &a.s3)?;
+        opts.full = true;
+        pulpdist_sync::sync(&*reader, &opts)
+            .with_context(|| format!("repairing {} from {store}", mirror.display()))?;
+        r = pulpdist_sync::verify_mirror(&opts, a.read_data).context(what)?;
+    }
+    super::emit(
+        a.json,
+        json!({
+            "version": r.version, "entries": r.entries, "bytes_read": r.bytes_read,
+            "found": found, "repaired": a.repair && found > 0 && r.problems.is_empty(),
+            "problems": problems_json(&r.problems),
+        }),
+        || {
+            let fixed = match (a.repair, found) {
+                (true, n) if n > 0 => format!("{n} problems repaired; "),
+                _ => String::new(),
+            };
+            format!(
+                "{}{fixed}version {}: {} entries checked, {} bytes read; {} problems\n",
+                problems_text(&r.problems),
+                r.version,
+                r.entries,
+                r.bytes_read,
+                r.problems.len()
+            )
+        },
+    )?;
+    damaged(&mirror.display().to_string(), r.problems.len())
+}
+
+fn problems_json(problems: &[pulpdist_sync::Problem]) -> Vec<serde_json::Value> {
+    problems
+        .iter()
+        .map(|p| json!({"object": p.object, "what": p.what}))
+        .collect()
+}
+
+fn problems_text(problems: &[pulpdist_sync::Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("damaged: {}: {}\n", p.object, p.what))
+        .collect()
+}
+
+/// Exit 3 when anything was found wrong.
+fn damaged(store: &str, count: usize) -> Result<()> {
+    match count {
         0 => Ok(()),
         count => Err(Damaged {
-            store: a.store,
+            store: store.to_string(),
             count,
         }
         .into()),

@@ -18,6 +18,7 @@
 //! println!("now at version {}", report.version);
 //! ```
 
+mod check;
 mod error;
 mod fsutil;
 mod glob;
@@ -33,6 +34,7 @@ mod store;
 mod tree;
 mod verify;
 
+pub use check::{invalidate, verify_mirror, MirrorReport};
 pub use error::SyncError;
 pub use fsutil::absolute_dir;
 pub use glob::{glob_match, DEFAULT_METADATA_PATTERNS};

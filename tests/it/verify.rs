@@ -134,3 +134,108 @@ fn missing_packs_foreign_keys_and_unreadable_stores() {
         "{r}"
     );
 }
+
+/// `verify --mirror` finds a changed (same size and mtime), a truncated, a missing and an
+/// extra file; `--repair` brings the mirror back to its version.
+#[test]
+fn a_damaged_mirror_is_found_and_repaired() {
+    let (site, _) = published();
+    let (store, mirror) = (site.store(), site.mirror());
+    let sync = common::sync_cmd(s(&store), "tree", &site.trust(), &mirror, &[]);
+    assert!(run(&common::strs(&sync)).status.success());
+    let trust = site.trust();
+    let check = |extra: &[&str]| {
+        let mut a = vec![
+            "verify",
+            "--mirror",
+            s(&mirror),
+            "--tree",
+            "tree",
+            "--trust",
+            &trust,
+        ];
+        a.push("--json");
+        a.extend(extra);
+        let out = run(&a);
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (
+            out.status.code(),
+            r,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, r, err) = check(&["--read-data"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(r["bytes_read"].as_u64() >= Some(1_200_000), "{r}");
+    // Changed in place, its size and mtime kept: only reading the data finds it.
+    let changed = mirror.join("pool/p0.deb");
+    let when =
+        filetime::FileTime::from_last_modification_time(&fs::metadata(&changed).expect("stat"));
+    let mut bytes = fs::read(&changed).expect("read");
+    bytes[1000] ^= 1;
+    fs::write(&changed, &bytes).expect("write");
+    filetime::set_file_mtime(&changed, when).expect("mtime");
+    let truncated = fs::OpenOptions::new()
+        .write(true)
+        .open(mirror.join("pool/p1.deb"))
+        .expect("open");
+    truncated.set_len(10).expect("truncate");
+    fs::remove_file(mirror.join("pool/p2.deb")).expect("remove");
+    fs::write(mirror.join("pool/extra.deb"), b"x").expect("extra");
+    let objects = |r: &serde_json::Value| -> Vec<String> {
+        let mut o: Vec<String> = r["problems"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p["object"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        o.sort();
+        o
+    };
+    let (code, r, _) = check(&[]);
+    assert_eq!(code, Some(3));
+    assert_eq!(
+        objects(&r),
+        ["pool/extra.deb", "pool/p1.deb", "pool/p2.deb"],
+        "{r}"
+    );
+    let (code, r, _) = check(&["--read-data"]);
+    assert_eq!(code, Some(3));
+    assert_eq!(
+        objects(&r),
+        [
+            "pool/extra.deb",
+            "pool/p0.deb",
+            "pool/p1.deb",
+            "pool/p2.deb"
+        ],
+        "{r}"
+    );
+    let (code, r, err) = check(&["--read-data", "--repair", "--store", s(&store)]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        (r["found"].as_u64(), r["repaired"].as_bool()),
+        (Some(4), Some(true)),
+        "{r}"
+    );
+    common::assert_same_tree(&site.src(), &mirror);
+    // Without a --tree, or with --repair but no store: a usage error.
+    let out = run(&["verify", "--mirror", s(&mirror), "--trust", &trust]);
+    assert_eq!(out.status.code(), Some(2));
+    let (code, _, _) = check(&["--repair"]);
+    assert_eq!(code, Some(2));
+    let out = run(&[
+        "verify",
+        "--mirror",
+        s(&mirror),
+        "--tree",
+        "a",
+        "--tree",
+        "b",
+        "--trust",
+        &trust,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -121,3 +121,8 @@ fn run(
     record::record(state, opts, &acc, &name, &mut report)?;
     Ok(report)
 }
+
+/// Whether a component of `rel` below `dest` (the last one included) is a symlink.
+pub(crate) fn through_symlink(dest: &std::path::Path, rel: &std::path::Path) -> bool {
+    changes::symlink_on_the_way(dest, rel)
+}
