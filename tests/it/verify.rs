@@ -239,3 +239,56 @@ fn a_damaged_mirror_is_found_and_repaired() {
     ]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// One flipped byte in each of 20 packs: `--read-data` finds all 20, and four runs of
+/// `--read-data-subset N/4` read every pack once and find all 20 between them.
+#[test]
+fn a_flipped_byte_in_each_of_twenty_packs_is_found() {
+    let site = Site::new();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    for i in 0..24 {
+        fs::write(site.src().join(format!("f{i}")), noise(70_000)).expect("file");
+    }
+    site.publish_with(&["--pack-size", "65536"]);
+    let mut data: Vec<PathBuf> = fs::read_dir(site.store().join("packs"))
+        .expect("packs")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| fs::metadata(p).is_ok_and(|m| m.len() > 60_000))
+        .collect();
+    data.sort();
+    assert!(data.len() >= 20, "{} data packs", data.len());
+    for p in &data[..20] {
+        let mut bytes = fs::read(p).expect("pack");
+        bytes[40 + 1000] ^= 0x80;
+        fs::write(p, &bytes).expect("damaged");
+    }
+    let (code, r, err) = verify(&site, &["--read-data"]);
+    assert_eq!(code, Some(3), "{err}");
+    let objects = |r: &serde_json::Value| -> std::collections::BTreeSet<String> {
+        let problems = r["problems"].as_array().cloned().unwrap_or_default();
+        problems
+            .iter()
+            .filter_map(|p| p["object"].as_str().map(String::from))
+            .collect()
+    };
+    assert_eq!(objects(&r).len(), 20, "{r}");
+    let mut found = std::collections::BTreeSet::new();
+    let mut read = 0;
+    for n in 1..=4 {
+        let (_, r, _) = verify(&site, &["--read-data-subset", &format!("{n}/4")]);
+        read += r["packs_read"].as_u64().expect("packs_read");
+        found.extend(objects(&r));
+    }
+    assert_eq!(read, r["packs"].as_u64().expect("packs"));
+    assert_eq!(found, objects(&r));
+}
