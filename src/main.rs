@@ -38,6 +38,10 @@ enum Command {
     Serve(cmd::serve::Args),
     /// Bring a mirror directory to the tree's current version.
     Sync(cmd::sync::Args),
+    /// List a tree's versions (from the heads its store archives).
+    Log(cmd::history::LogArgs),
+    /// The paths that differ between two versions of a tree.
+    Diff(cmd::history::DiffArgs),
     /// Check a store: heads, index nodes, packs, and with --read-data every chunk.
     Verify(cmd::verify::Args),
     /// Run the main job on a bundled sample tree: publish to a local store, sync a copy, twice.
@@ -64,6 +68,8 @@ fn main() -> ExitCode {
         Command::Serve(a) => cmd::serve::run(a),
         Command::Sync(a) => cmd::sync::run(a),
         Command::Verify(a) => cmd::verify::run(a),
+        Command::Log(a) => cmd::history::log(a),
+        Command::Diff(a) => cmd::history::diff(a),
         Command::Demo(a) => cmd::demo::run(a),
     };
     match result {

@@ -11,6 +11,20 @@ use crate::wire::{Reader, Writer};
 pub(crate) const HEAD_MAGIC: &[u8; 8] = b"PDHEAD\x00\x01";
 /// Largest head accepted by a reader.
 pub const MAX_HEAD_SIZE: usize = 1024 * 1024;
+
+/// The object key of the archived head of `tree`'s `version` (section 2 of FORMAT.md):
+/// `history/<tree>/<version, 20 decimal digits>`, so that a listing sorts by version. The
+/// content is the head exactly as it was signed; it is written once and never replaced.
+pub fn history_key(tree: &str, version: u64) -> String {
+    format!("history/{tree}/{version:020}")
+}
+
+/// The version an archived head's key names, if `name` (the last component) is one.
+pub fn history_version(name: &str) -> Option<u64> {
+    (name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| name.parse().ok())
+        .flatten()
+}
 /// Checks a head's lifetime: it cannot expire before it is created (FORMAT.md 5.5). How
 /// long it may live is the publisher's policy (`publish --expires-days`, 1 to 366).
 fn check_lifetime(created: i64, expires: i64) -> Result<(), FormatError> {

@@ -36,7 +36,8 @@ mod wire;
 pub use codec::{Codec, VerifiedChunk, MAX_CHUNK_SIZE, MAX_NODE_SIZE};
 pub use error::FormatError;
 pub use head::{
-    ChunkParams, Head, PackInfo, PackKind, SignedHead, VersionPacks, EXT_FILTER, MAX_HEAD_SIZE,
+    history_key, history_version, ChunkParams, Head, PackInfo, PackKind, SignedHead, VersionPacks,
+    EXT_FILTER, MAX_HEAD_SIZE,
 };
 pub use id::{ChunkId, NodeId, PackId};
 pub use keys::{PublicKey, SecretKey, TrustedKeys};

@@ -288,3 +288,26 @@ fn fuzz_seeds_are_golden_objects() {
         }
     }
 }
+
+/// Archived heads (FORMAT.md section 2): `history/<tree>/<version, 20 digits>` holds each
+/// version's head exactly as signed; the newest is the current head.
+#[test]
+fn golden_history_holds_every_version_as_signed() {
+    use pulpdist_format::{history_key, history_version};
+    assert_eq!(
+        history_key("debian", 7),
+        "history/debian/00000000000000000007"
+    );
+    assert_eq!(history_version("00000000000000000007"), Some(7));
+    assert_eq!(history_version("7"), None);
+    for (tree, versions) in [("golden", 1u64), ("golden-delta", 2)] {
+        for v in 1..=versions {
+            let bytes = fs::read(golden().join(history_key(tree, v))).expect("archived head");
+            let h = SignedHead::decode_and_verify(&bytes, &keys()).expect("verifies");
+            assert_eq!((h.head().tree.as_str(), h.head().version), (tree, v));
+        }
+        let current = fs::read(golden().join("heads").join(tree)).expect("head");
+        let newest = fs::read(golden().join(history_key(tree, versions))).expect("newest");
+        assert_eq!(current, newest);
+    }
+}

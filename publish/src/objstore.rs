@@ -131,6 +131,18 @@ impl Store for ObjectStoreTarget {
         }
     }
 
+    fn put_history(&self, tree: &str, version: u64, bytes: &[u8]) -> Result<(), PublishError> {
+        let key = pulpdist_format::history_key(tree, version);
+        let attributes = Self::attributes(PACK_CACHE_CONTROL);
+        match self
+            .bucket
+            .put(&key, bytes.to_vec(), attributes, PutMode::Create)
+        {
+            Ok(()) | Err(pulpdist_bucket::Error::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(self.err(&key, e)),
+        }
+    }
+
     fn list_packs(&self) -> Result<Vec<(PackId, u64)>, PublishError> {
         let listed = self
             .bucket

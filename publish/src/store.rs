@@ -46,6 +46,9 @@ pub trait Store: Send + Sync {
         expected: Option<&StoredHead>,
         expected_version: Option<u64>,
     ) -> Result<(), PublishError>;
+    /// Archives a signed head as `history/<tree>/<version>` unless the store has that
+    /// version archived already (an archived head is written once, never replaced).
+    fn put_history(&self, tree: &str, version: u64, bytes: &[u8]) -> Result<(), PublishError>;
     /// All packs with their sizes, sorted by id.
     fn list_packs(&self) -> Result<Vec<(PackId, u64)>, PublishError>;
     /// One byte range of a pack.
@@ -170,6 +173,28 @@ impl Store for LocalStore {
         let dest = self.root.join("heads").join(tree);
         fs::rename(&tmp, &dest).at(&dest)?;
         sync_dir(&self.root.join("heads"))
+    }
+
+    fn put_history(&self, tree: &str, version: u64, bytes: &[u8]) -> Result<(), PublishError> {
+        let dest = self.root.join(pulpdist_format::history_key(tree, version));
+        if fs::symlink_metadata(&dest).is_ok() {
+            return Ok(());
+        }
+        let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
+        fs::create_dir_all(&dir).at(&dir)?;
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("history-{tree}.{}", std::process::id()));
+        write_synced(&tmp, bytes)?;
+        // Written once: a link fails if the version is archived already, which is kept.
+        let linked = fs::hard_link(&tmp, &dest);
+        fs::remove_file(&tmp).at(&tmp)?;
+        match linked {
+            Ok(()) => sync_dir(&dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e).at(&dest),
+        }
     }
 
     fn list_packs(&self) -> Result<Vec<(PackId, u64)>, PublishError> {

@@ -98,19 +98,22 @@ fn golden_dir() -> PathBuf {
 
 fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
-    for sub in ["heads", "packs"] {
-        let mut names: Vec<_> = fs::read_dir(dir.join(sub))
+    let mut todo: Vec<String> = vec!["heads".into(), "packs".into(), "history".into()];
+    while let Some(rel) = todo.pop() {
+        let mut names: Vec<_> = fs::read_dir(dir.join(&rel))
             .expect("dir")
             .map(|e| e.expect("entry").path())
             .collect();
         names.sort();
         for p in names {
-            out.push((
-                format!("{sub}/{}", p.file_name().expect("name").to_string_lossy()),
-                fs::read(&p).expect("read"),
-            ));
+            let name = format!("{rel}/{}", p.file_name().expect("name").to_string_lossy());
+            match p.is_dir() {
+                true => todo.push(name),
+                false => out.push((name, fs::read(&p).expect("read"))),
+            }
         }
     }
+    out.sort();
     out
 }
 

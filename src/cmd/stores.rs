@@ -58,6 +58,22 @@ pub(crate) struct TlsArgs {
     pub(crate) key: Option<PathBuf>,
 }
 
+/// How a command reaches a store it reads: TLS for https://, S3 settings for s3://.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub(crate) struct Access {
+    #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
+    s3: S3Args,
+}
+
+impl Access {
+    /// A reader for `store`.
+    pub(crate) fn reader(&self, store: &str) -> Result<Opened<dyn StoreReader>> {
+        reader(store, self.tls.http()?, &self.s3)
+    }
+}
+
 impl TlsArgs {
     /// HTTP settings with these certificates read in.
     pub(crate) fn http(&self) -> anyhow::Result<pulpdist_sync::HttpOptions> {

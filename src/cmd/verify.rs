@@ -39,9 +39,7 @@ pub(crate) struct Args {
     #[arg(long, value_name = "N/M", value_parser = parse_subset)]
     read_data_subset: Option<(u64, u64)>,
     #[command(flatten)]
-    tls: super::stores::TlsArgs,
-    #[command(flatten)]
-    s3: super::stores::S3Args,
+    access: super::stores::Access,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -71,7 +69,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
         return run_mirror(&a, mirror, trusted);
     }
     let store = a.store.clone().unwrap_or_default();
-    let reader = super::stores::reader(&store, a.tls.http()?, &a.s3)?;
+    let reader = a.access.reader(&store)?;
     let read_data = match (a.read_data, a.read_data_subset) {
         (true, _) => pulpdist_sync::ReadData::All,
         (false, Some((n, m))) => pulpdist_sync::ReadData::Subset { n, m },
@@ -113,7 +111,7 @@ fn run_mirror(
     let found = r.problems.len();
     if let (true, Some(store)) = (a.repair && found > 0, &a.store) {
         pulpdist_sync::invalidate(mirror, &r.damaged).context(what.clone())?;
-        let reader = super::stores::reader(store, a.tls.http()?, &a.s3)?;
+        let reader = a.access.reader(store)?;
         opts.full = true;
         pulpdist_sync::sync(&*reader, &opts)
             .with_context(|| format!("repairing {} from {store}", mirror.display()))?;

@@ -109,4 +109,34 @@ impl StoreReader for ObjectStoreReader {
             names
         }))
     }
+
+    fn list_versions(&self, tree: &str) -> Option<Result<Vec<u64>, SyncError>> {
+        let key = format!("history/{tree}");
+        let listed = self.bucket.list(&key).map_err(|e| self.err(&key, e));
+        Some(listed.map(|metas| {
+            let mut v: Vec<u64> = metas
+                .iter()
+                .filter_map(|m| {
+                    m.location
+                        .filename()
+                        .and_then(pulpdist_format::history_version)
+                })
+                .collect();
+            v.sort_unstable();
+            v
+        }))
+    }
+
+    fn get_archived(&self, tree: &str, version: u64) -> Result<Option<Vec<u8>>, SyncError> {
+        head_key(tree)?;
+        let key = pulpdist_format::history_key(tree, version);
+        match self
+            .bucket
+            .read_head(&key, None, pulpdist_format::MAX_HEAD_SIZE)
+        {
+            Ok(HeadRead::Found { bytes, .. }) => Ok(Some(bytes)),
+            Ok(_) => Ok(None),
+            Err(e) => Err(self.err(&key, e)),
+        }
+    }
 }

@@ -76,6 +76,19 @@ pub trait StoreReader: Send + Sync {
     fn list_trees(&self) -> Option<Result<Vec<String>, SyncError>> {
         None
     }
+    /// The versions of `tree` the store has archived heads of (`history/`), sorted, where
+    /// it can list them: `None` when it cannot.
+    fn list_versions(&self, _tree: &str) -> Option<Result<Vec<u64>, SyncError>> {
+        None
+    }
+    /// The archived head of `tree`'s `version` (`None`: not archived).
+    fn get_archived(&self, tree: &str, version: u64) -> Result<Option<Vec<u8>>, SyncError> {
+        let _ = (tree, version);
+        Err(SyncError::Usage(format!(
+            "{}: archived heads cannot be read from this kind of store (use its directory or bucket)",
+            self.describe()
+        )))
+    }
 }
 
 /// A store in a local directory (or a mounted file system).
@@ -93,6 +106,21 @@ impl LocalStoreReader {
     fn open(&self, key: &str) -> Result<File, SyncError> {
         let path = self.root.join(key);
         File::open(&path).map_err(|e| self.err(key, e))
+    }
+
+    /// A head-sized object (no more than the format's largest head and one byte), if any.
+    fn read_small(&self, key: &str) -> Result<Option<Vec<u8>>, SyncError> {
+        match self.open(key) {
+            Ok(f) => {
+                let mut buf = Vec::new();
+                f.take(pulpdist_format::MAX_HEAD_SIZE as u64 + 1)
+                    .read_to_end(&mut buf)
+                    .map_err(|e| self.err(key, e))?;
+                Ok(Some(buf))
+            }
+            Err(SyncError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn err(&self, key: &str, e: std::io::Error) -> SyncError {
@@ -117,21 +145,10 @@ impl StoreReader for LocalStoreReader {
     }
 
     fn get_head(&self, tree: &str, _if_none_match: Option<&str>) -> Result<HeadFetch, SyncError> {
-        let key = head_key(tree)?;
-        match self.open(&key) {
-            Ok(f) => {
-                let mut buf = Vec::new();
-                f.take(pulpdist_format::MAX_HEAD_SIZE as u64 + 1)
-                    .read_to_end(&mut buf)
-                    .map_err(|e| self.err(&key, e))?;
-                Ok(HeadFetch::Found {
-                    bytes: buf,
-                    etag: None,
-                })
-            }
-            Err(SyncError::NotFound { .. }) => Ok(HeadFetch::Missing),
-            Err(e) => Err(e),
-        }
+        Ok(match self.read_small(&head_key(tree)?)? {
+            Some(bytes) => HeadFetch::Found { bytes, etag: None },
+            None => HeadFetch::Missing,
+        })
     }
 
     fn get_range(&self, pack: &PackId, range: Range<u64>) -> Result<Vec<u8>, SyncError> {
@@ -173,6 +190,33 @@ impl StoreReader for LocalStoreReader {
             }
             Err(e) => Err(self.err("heads/", e)),
         })
+    }
+
+    fn list_versions(&self, tree: &str) -> Option<Result<Vec<u64>, SyncError>> {
+        let key = format!("history/{tree}");
+        let listed = match std::fs::read_dir(self.root.join(&key)) {
+            Ok(rd) => rd
+                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<Result<Vec<_>, _>>(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        };
+        Some(match listed {
+            Ok(names) => {
+                let mut v: Vec<u64> = names
+                    .iter()
+                    .filter_map(|n| pulpdist_format::history_version(n))
+                    .collect();
+                v.sort_unstable();
+                Ok(v)
+            }
+            Err(e) => Err(self.err(&key, e)),
+        })
+    }
+
+    fn get_archived(&self, tree: &str, version: u64) -> Result<Option<Vec<u8>>, SyncError> {
+        head_key(tree)?;
+        self.read_small(&pulpdist_format::history_key(tree, version))
     }
 }
 
@@ -251,6 +295,12 @@ impl StoreReader for CountingReader<'_> {
     }
     fn list_trees(&self) -> Option<Result<Vec<String>, SyncError>> {
         self.inner.list_trees()
+    }
+    fn list_versions(&self, tree: &str) -> Option<Result<Vec<u64>, SyncError>> {
+        self.inner.list_versions(tree)
+    }
+    fn get_archived(&self, tree: &str, version: u64) -> Result<Option<Vec<u8>>, SyncError> {
+        self.inner.get_archived(tree, version)
     }
     fn get_pack(&self, pack: &PackId, size: u64) -> Result<Vec<u8>, SyncError> {
         let r = self.inner.get_pack(pack, size)?;

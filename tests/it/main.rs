@@ -8,6 +8,7 @@ mod cdn;
 mod conformance;
 mod deltas;
 mod filters;
+mod history;
 mod hostile;
 mod hostile_http;
 mod hostile_local;

@@ -56,6 +56,8 @@ pub(super) fn write(
     run.store
         .put_head(&opts.tree, &bytes, prev.stored.as_ref(), prev_version)?;
     pulpdist_failpoint::hit("publish.head_put");
+    run.store.put_history(&opts.tree, run.version, &bytes)?;
+    pulpdist_failpoint::hit("publish.history");
     Ok(())
 }
 

@@ -33,6 +33,11 @@ pub(super) fn read(
         Some(s) => Some(verify(&s.bytes, key, opts, &object)?),
         None => None,
     };
+    // A publish killed between its head and its archived copy (or a store from before
+    // archived heads) is made whole here: the current head is archived if it is not.
+    if let (Some(s), Some(h)) = (&stored, &head) {
+        store.put_history(&opts.tree, h.version, &s.bytes)?;
+    }
     let params = match (&head, opts.params) {
         (Some(h), Some(p)) if h.params != p => {
             return Err(PublishError::ParamsChanged {
