@@ -7,6 +7,7 @@ mod common;
 mod cdn;
 mod conformance;
 mod deltas;
+mod deploy;
 mod filters;
 mod history;
 mod hostile;
