@@ -44,6 +44,9 @@ enum Command {
     Diff(cmd::history::DiffArgs),
     /// Check a store: heads, index nodes, packs, and with --read-data every chunk.
     Verify(cmd::verify::Args),
+    /// Write the man pages and shell completions into a directory (for packaging).
+    #[command(hide = true)]
+    Docs(cmd::docs::Args),
     /// Run the main job on a bundled sample tree: publish to a local store, sync a copy, twice.
     Demo(cmd::demo::Args),
 }
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Log(a) => cmd::history::log(a),
         Command::Diff(a) => cmd::history::diff(a),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Docs(a) => cmd::docs::run(a, Cli::command()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

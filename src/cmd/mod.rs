@@ -2,6 +2,7 @@
 
 pub(crate) mod ca;
 pub(crate) mod demo;
+pub(crate) mod docs;
 pub(crate) mod history;
 pub(crate) mod iso;
 pub(crate) mod keygen;
