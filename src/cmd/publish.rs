@@ -63,6 +63,8 @@ pub(crate) struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    progress: super::progress::ProgressArgs,
     /// Sign the tree's current head again, expiring --expires-days from now, without
     /// reading the source (for a timer: a tree that does not change does not expire).
     #[arg(long, conflicts_with_all = ["source", "trees", "filter", "include", "exclude", "chunk_sizes"])]
@@ -208,6 +210,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
     opts.filter = filter;
     opts.deltas = a.deltas;
     opts.delta_level = a.delta_level;
+    opts.progress = a.progress.reporter();
     opts.previous_keys = super::sync::load_trust(&a.previous_key)?.keys().to_vec();
     let report = publish(&*store, &key, &opts).with_context(|| {
         format!(

@@ -21,6 +21,8 @@ pub(crate) struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    progress: super::progress::ProgressArgs,
     /// Pretend the clock says this (seconds since the epoch); for testing expiry.
     #[arg(long, hide = true)]
     now: Option<i64>,
@@ -269,6 +271,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
     opts.now = a.now;
     opts.wait = std::time::Duration::from_secs(cfg.wait.unwrap_or(0));
     opts.adopt = cfg.adopt;
+    opts.progress = a.progress.reporter();
     opts.special_modes = cfg.special_modes == Some(true);
     opts.metadata_patterns = metadata_patterns;
     opts.rsync_fallback = cfg

@@ -43,6 +43,8 @@ pub(crate) struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    progress: super::progress::ProgressArgs,
 }
 
 fn parse_subset(s: &str) -> Result<(u64, u64), String> {
@@ -75,8 +77,14 @@ pub(crate) fn run(a: Args) -> Result<()> {
         (false, Some((n, m))) => pulpdist_sync::ReadData::Subset { n, m },
         (false, None) => pulpdist_sync::ReadData::No,
     };
-    let r = pulpdist_sync::verify_store(&*reader, &a.trees, &trusted, read_data)
-        .with_context(|| format!("checking {store}"))?;
+    let r = pulpdist_sync::verify_store(
+        &*reader,
+        &a.trees,
+        &trusted,
+        read_data,
+        &a.progress.reporter(),
+    )
+    .with_context(|| format!("checking {store}"))?;
     super::emit(
         a.json,
         json!({

@@ -97,6 +97,7 @@ pub fn verify_store(
     trees: &[String],
     trusted: &TrustedKeys,
     read_data: ReadData,
+    progress: &pulpdist_progress::Reporter,
 ) -> Result<VerifyReport, SyncError> {
     let trees = match (trees.is_empty(), store.list_trees()) {
         (false, _) => trees.to_vec(),
@@ -120,9 +121,12 @@ pub fn verify_store(
     }
     report.packs = chunks.len() as u64;
     report.chunks = chunks.values().map(|c| c.len() as u64).sum();
+    progress.start("check", chunks.len() as u64, 0);
     for (pack, refs) in &chunks {
         check_pack(store, pack, refs, read_data, &mut report)?;
+        progress.advance(1, 0);
     }
+    progress.finish();
     Ok(report)
 }
 

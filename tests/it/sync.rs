@@ -754,3 +754,62 @@ fn a_refreshed_head_keeps_an_unchanged_tree_from_expiring() {
     let out = site.publish_raw(&["--refresh", "/tmp"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `--progress=json` reports each phase on stderr (start, progress, end, with what was
+/// planned and done); the default shows nothing when stderr is not a terminal.
+#[test]
+fn progress_is_reported_as_json_lines_and_only_on_request() {
+    let site = Site::new();
+    for i in 0..5 {
+        fs::write(site.src().join(format!("f{i}")), vec![i as u8; 100_000 + i]).expect("file");
+    }
+    let ends = |stderr: &[u8]| -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(stderr)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"] == "end")
+            .collect()
+    };
+    let out = run(&strs(&site.publish_cmd(&site.key(), &["--progress=json"])));
+    assert!(out.status.success());
+    let read = ends(&out.stderr);
+    assert_eq!(read.len(), 1, "{read:?}");
+    assert_eq!(
+        (read[0]["phase"].as_str(), read[0]["items_done"].as_u64()),
+        (Some("read"), Some(5))
+    );
+    assert_eq!(read[0]["bytes_done"], read[0]["bytes"]);
+    let store = site.store();
+    let a = sync_cmd(
+        s(&store),
+        "tree",
+        &site.trust(),
+        &site.mirror(),
+        &["--progress=json"],
+    );
+    let out = run(&strs(&a));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let phases = ends(&out.stderr);
+    let names: Vec<&str> = phases.iter().filter_map(|p| p["phase"].as_str()).collect();
+    assert_eq!(names, ["fetch", "write"], "{phases:?}");
+    for p in &phases {
+        assert_eq!(
+            (&p["items_done"], &p["bytes_done"]),
+            (&p["items"], &p["bytes"]),
+            "{p}"
+        );
+    }
+    assert_eq!(phases[1]["items"], 5);
+    // By default, with stderr not a terminal: nothing.
+    fs::write(site.src().join("f9"), b"more").expect("file");
+    let out = run(&strs(&site.publish_cmd(&site.key(), &[])));
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -155,7 +155,10 @@ impl Readers<'_> {
         tx: &mpsc::SyncSender<NewChunk>,
     ) -> Result<Vec<(usize, ChunkList)>, PublishError> {
         let level = self.run.opts.zstd_level;
-        to_read
+        let progress = &self.run.opts.progress;
+        let bytes = to_read.iter().map(|&i| self.walk.files[i].stat.size).sum();
+        progress.start("read", to_read.len() as u64, bytes);
+        let read = to_read
             .par_iter()
             .map_init(
                 || Compressor::new(level),
@@ -168,10 +171,13 @@ impl Readers<'_> {
                     let (catalog, claimed) = (self.catalog, self.claimed);
                     let chunks =
                         chunk_file(self.chunker, comp, &path, catalog, claimed, tx, self.isos)?;
+                    progress.advance(1, self.walk.files[i].stat.size);
                     Ok((i, chunks))
                 },
             )
-            .collect()
+            .collect();
+        progress.finish();
+        read
     }
 }
 

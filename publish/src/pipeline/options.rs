@@ -46,6 +46,8 @@ pub struct PublishOptions {
     pub deltas: usize,
     /// zstd level of delta frames (node records use at most `NODE_DELTA_LEVEL`, 9).
     pub delta_level: i32,
+    /// Where the reading of changed files reports how far it is (default: nowhere).
+    pub progress: pulpdist_progress::Reporter,
 }
 
 impl PublishOptions {
@@ -71,6 +73,7 @@ impl PublishOptions {
             filter: pulpdist_format::filter::Filter::new(),
             deltas: 1,
             delta_level: DEFAULT_DELTA_LEVEL,
+            progress: pulpdist_progress::Reporter::default(),
         }
     }
 }

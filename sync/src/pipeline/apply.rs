@@ -159,6 +159,9 @@ impl Applier<'_> {
                 pulpdist_failpoint::hit("sync.mkdir");
             }
             // 4a. Every new file is written beside its target first.
+            let progress = &opts.progress;
+            let total = plan.files.iter().map(|f| f.size).sum();
+            progress.start("write", plan.files.len() as u64, total);
             for op in &plan.files {
                 let tmp = crate::tree::temp_beside(&op.path);
                 remember_mtime(tree, parent_of(&op.path))?;
@@ -167,7 +170,9 @@ impl Applier<'_> {
                 let abs = tree.abs(&tmp);
                 late += write_file(dest, state, file, &abs, op, all_refs, store, opts.max_gap)?;
                 pulpdist_failpoint::hit("sync.write");
+                progress.advance(1, op.size);
             }
+            progress.finish();
             Ok(())
         })();
         if let Err(e) = done {

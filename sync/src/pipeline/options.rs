@@ -46,6 +46,8 @@ pub struct SyncOptions {
     /// How long to wait for another sync of the same mirror to finish (default: not at
     /// all, [`SyncError::Busy`] at once).
     pub wait: std::time::Duration,
+    /// Where the fetch and write phases report how far they are (default: nowhere).
+    pub progress: pulpdist_progress::Reporter,
 }
 
 impl SyncOptions {
@@ -70,6 +72,7 @@ impl SyncOptions {
             wait: std::time::Duration::ZERO,
             special_modes: false,
             adopt: false,
+            progress: pulpdist_progress::Reporter::default(),
         }
     }
 

@@ -53,7 +53,7 @@ pub(super) fn stage(
         pulpdist_failpoint::hit("sync.stage_first");
     }
     // 2. Fetch and verify everything missing, into staging.
-    let results = fetch_all(store, state, plan, opts.connections)?;
+    let results = fetch_all(store, state, plan, opts)?;
     let mut fetched = 0;
     let mut gaps: Vec<&FetchOp> = Vec::new();
     for (op, r) in plan.fetches.iter().zip(results) {
@@ -75,19 +75,35 @@ fn fetch_all(
     store: &dyn StoreReader,
     state: &State,
     plan: &Plan,
-    connections: usize,
+    opts: &SyncOptions,
 ) -> Result<Vec<Result<u64, SyncError>>, SyncError> {
+    let bytes = |f: &FetchOp| match f.whole {
+        true => f.size,
+        false => f.ranges.iter().map(|r| r.end - r.start).sum(),
+    };
+    let progress = &opts.progress;
+    progress.start(
+        "fetch",
+        plan.fetches.len() as u64,
+        plan.fetches.iter().map(bytes).sum(),
+    );
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(connections.max(1))
+        .num_threads(opts.connections.max(1))
         .thread_name(|i| format!("pulpdist-fetch-{i}"))
         .build()
         .map_err(|e| SyncError::Threads(e.to_string()))?;
-    Ok(pool.install(|| {
+    let results = pool.install(|| {
         plan.fetches
             .par_iter()
-            .map(|f| fetch_op(store, state, f))
+            .map(|f| {
+                let r = fetch_op(store, state, f);
+                progress.advance(1, bytes(f));
+                r
+            })
             .collect()
-    }))
+    });
+    progress.finish();
+    Ok(results)
 }
 
 /// One chunk of a mirror file, read and verified.
