@@ -20,6 +20,13 @@ mod cmd;
     about = "Mirror software repositories over slow WAN links: signed, chunked, content-addressed"
 )]
 struct Cli {
+    /// More log lines on stderr: -v what each phase did, -vv details (RUST_LOG, when set,
+    /// chooses instead: e.g. RUST_LOG=pulpdist_sync=debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Only errors on stderr (no warnings, no progress bar).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,6 +64,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
+    cmd::logs::init(cli.verbose, cli.quiet);
     // rsync's filter flags apply in the order given, across the three of them.
     if let (Command::Publish(a), Some(m)) =
         (&mut cli.command, matches.subcommand_matches("publish"))

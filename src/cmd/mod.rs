@@ -6,6 +6,7 @@ pub(crate) mod docs;
 pub(crate) mod history;
 pub(crate) mod iso;
 pub(crate) mod keygen;
+pub(crate) mod logs;
 pub(crate) mod progress;
 pub(crate) mod publish;
 pub(crate) mod serve;

@@ -33,7 +33,7 @@ impl ProgressArgs {
     pub(crate) fn reporter(&self) -> Reporter {
         match self.progress {
             Mode::Json => Reporter::new(Arc::new(JsonLines::default())),
-            Mode::Auto if std::io::stderr().is_terminal() => {
+            Mode::Auto if std::io::stderr().is_terminal() && !super::logs::quiet() => {
                 Reporter::new(Arc::new(Bar::default()))
             }
             _ => Reporter::default(),

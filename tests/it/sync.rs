@@ -813,3 +813,43 @@ fn progress_is_reported_as_json_lines_and_only_on_request() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `-v` says what each phase did on stderr, in plain lines when stderr is not a terminal;
+/// without it a sync says nothing there, and `-q` keeps warnings out too.
+#[test]
+fn log_lines_on_request() {
+    let site = Site::new();
+    fs::write(site.src().join("a"), b"alpha").expect("a");
+    let out = run(&strs(&site.publish_cmd(&site.key(), &["-v"])));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("head written"),
+        "{err}"
+    );
+    assert!(!err.contains('\u{1b}'), "plain lines into a pipe: {err:?}");
+    let store = site.store();
+    let a = sync_cmd(s(&store), "tree", &site.trust(), &site.mirror(), &["-v"]);
+    let out = run(&strs(&a));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("head accepted") && err.contains("recorded"),
+        "{err}"
+    );
+    fs::write(site.src().join("b"), b"beta").expect("b");
+    site.publish();
+    let a = sync_cmd(s(&store), "tree", &site.trust(), &site.mirror(), &["-q"]);
+    let out = run(&strs(&a));
+    assert!(out.status.success() && out.stderr.is_empty());
+    let out = run(&strs(&sync_cmd(
+        s(&store),
+        "tree",
+        &site.trust(),
+        &site.mirror(),
+        &[],
+    )));
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -75,6 +75,7 @@ pub fn publish(
     let cache = scan::CacheFile::new(opts, prev.params);
     let (catalog, old_cache, walk) = scan::scan(&run, &cache)?;
     let mut report = scan::count(&walk, &catalog, prev.version, stale_parts_removed);
+    tracing::info!(tree = %opts.tree, version = prev.version, files = report.files, dirs = report.dirs, "source walked");
     let records = scan::records(&walk, &old_cache);
     let mut file_chunks = scan::reuse(&walk, &records, &catalog);
     let data = chunking::chunk_new(
@@ -85,6 +86,13 @@ pub fn publish(
         &mut file_chunks,
         &mut report,
     )?;
+    tracing::info!(
+        files_read = report.files_read,
+        bytes_read = report.bytes_read,
+        chunks_new = report.chunks_new,
+        packs = data.packs.len(),
+        "changed files read and packed"
+    );
     let mut catalog = catalog;
     catalog.chunks.extend(data.locs);
     let keep_fresh = opts.deltas > 0 && prev.head.is_some();
@@ -103,7 +111,13 @@ pub fn publish(
     )?;
     let mut packs = index.packs;
     packs.extend(data.packs);
+    tracing::info!(
+        nodes_new = report.nodes_new,
+        deltas = deltas.len(),
+        "index and deltas written"
+    );
     head::write(&run, key, &prev, index.root, &packs, &deltas)?;
+    tracing::info!(version = prev.version, "head written");
     // The head is out: a cache that cannot be written costs the next publish a full
     // read, not this version.
     report.cache_error = cache.save(&index.next_cache, old_cache.bytes());

@@ -83,6 +83,7 @@ fn run(
 ) -> Result<SyncReport, SyncError> {
     let name = store.describe();
     let acc = head::accept(store, opts, state)?;
+    tracing::info!(tree = %opts.tree, version = acc.head.version, store = %name, "head accepted");
     let mut report = SyncReport {
         filter: acc.filter(),
         version: acc.head.version,
@@ -100,7 +101,24 @@ fn run(
     // Whatever a store sends, no more than a pack's signed size is read.
     store.expect_sizes(&acc.pack_sizes());
     let changes = changes::find(store, state, opts, &acc, &mut report)?;
+    let delta = changes.delta.is_some();
+    tracing::info!(
+        dirs = report.dirs_examined,
+        delta,
+        "changed directories walked"
+    );
+    if let Some(e) = &report.delta_error {
+        tracing::warn!(error = %e, "delta not used; chunks are fetched instead");
+    }
     let planned = survey::survey(state, opts, &acc, changes, &mut report)?;
+    let plan = &planned.plan;
+    tracing::info!(
+        files = plan.files.len(),
+        deletes = plan.deletes.len(),
+        requests = plan.request_count(),
+        chunks_reused = report.chunks_reused,
+        "planned"
+    );
     pulpdist_failpoint::hit("sync.planned");
     if opts.dry_run {
         report.plan = Some(planned.plan.to_string());
@@ -113,12 +131,26 @@ fn run(
         return Ok(report);
     }
     let staged = stage::stage(store, state, opts, &planned)?;
+    tracing::info!(
+        chunks = staged.chunks_fetched,
+        rsync_files = staged.rsync_files,
+        "staged"
+    );
     report.rsync_files = staged.rsync_files;
     report.rsync_bytes = staged.rsync_bytes;
     let first_sync = acc.applied.is_none();
     let late = apply::apply(store, state, opts, &planned, first_sync)?;
     report.chunks_fetched = staged.chunks_fetched + late;
+    tracing::info!(
+        files = report.files,
+        deleted = report.deleted,
+        "applied to the mirror"
+    );
     record::record(state, opts, &acc, &name, &mut report)?;
+    tracing::info!(version = acc.head.version, "recorded");
+    if let Some(e) = &report.prune_error {
+        tracing::warn!(error = %e, "the node cache was not pruned");
+    }
     Ok(report)
 }
 
