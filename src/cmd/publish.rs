@@ -218,6 +218,12 @@ pub(crate) fn run(a: Args) -> Result<()> {
             source, a.tree, a.store
         )
     })?;
+    if let Some(why) = &report.history_error {
+        eprintln!(
+            "pulpdist: warning: version {} is published, but its head was not archived (the next publish archives it): {why}",
+            report.version
+        );
+    }
     if let Some(why) = &report.cache_error {
         eprintln!(
             "pulpdist: warning: version {} is published, but the publisher's cache was not written (the next publish uses the last one written and reads the files changed since): {why}",
@@ -262,7 +268,7 @@ pub(crate) fn print_report(json: bool, r: &PublishReport) -> anyhow::Result<()> 
             "root": r.root.map(|id| id.to_hex()), "skipped": r.skipped.len(),
             "bytes_fetched": 0, "requests": 0, "chunks_fetched": 0, "chunks_reused": 0, "bytes_reused": 0,
             "elapsed_ms": r.elapsed_ms, "isos": r.isos, "isos_plain": r.isos_plain,
-            "unreadable_packs": r.unreadable_packs, "cache_error": r.cache_error,
+            "unreadable_packs": r.unreadable_packs, "cache_error": r.cache_error, "history_error": r.history_error,
             "stale_parts_removed": r.stale_parts_removed,
             "deltas": r.deltas.iter().map(|d| json!({
                 "from_version": d.from_version, "files": d.files, "nodes": d.nodes, "with_reference": d.with_reference,

@@ -36,8 +36,12 @@ pub(crate) struct Args {
     read_data: bool,
     /// Read the chunks of one subset of the packs, N of M (by pack id): M runs, N = 1..M,
     /// read every pack once.
-    #[arg(long, value_name = "N/M", value_parser = parse_subset)]
+    #[arg(long, value_name = "N/M", value_parser = parse_subset, conflicts_with = "mirror")]
     read_data_subset: Option<(u64, u64)>,
+    /// With --mirror: the mirror was synced with --special-modes (setuid, setgid and sticky
+    /// bits and world-writable directories as the index gives them), and --repair keeps it so.
+    #[arg(long, requires = "mirror")]
+    special_modes: bool,
     #[command(flatten)]
     access: super::stores::Access,
     /// Print one JSON object.
@@ -112,30 +116,46 @@ fn run_mirror(
     let [tree] = a.trees.as_slice() else {
         return Err(super::usage("--mirror checks one tree: give one --tree"));
     };
+    if a.store.is_some() && !a.repair {
+        return Err(super::usage(
+            "--mirror with --store repairs: give --repair, or check the store on its own",
+        ));
+    }
     let mut opts = pulpdist_sync::SyncOptions::new(tree, mirror, trusted);
     opts.state_dir = a.state.clone();
+    opts.special_modes = a.special_modes;
     let what = format!("checking mirror {} (tree '{tree}')", mirror.display());
-    let mut r = pulpdist_sync::verify_mirror(&opts, a.read_data).context(what.clone())?;
-    let found = r.problems.len();
-    if let (true, Some(store)) = (a.repair && found > 0, &a.store) {
-        pulpdist_sync::invalidate(mirror, &r.damaged).context(what.clone())?;
-        let reader = a.access.reader(store)?;
-        opts.full = true;
-        pulpdist_sync::sync(&*reader, &opts)
-            .with_context(|| format!("repairing {} from {store}", mirror.display()))?;
-        r = pulpdist_sync::verify_mirror(&opts, a.read_data).context(what)?;
-    }
+    let first = pulpdist_sync::verify_mirror(&opts, a.read_data);
+    let (found, bad_bytes) = match (&first, a.repair) {
+        (Ok(r), _) => (r.problems.len(), r.damaged.clone()),
+        // The state cannot say what the mirror holds (a node gone from its cache): a full
+        // sync from the store brings both back.
+        (Err(pulpdist_sync::SyncError::State { .. }), true) => (1, Vec::new()),
+        (Err(_), _) => return first.map(|_| ()).context(what),
+    };
+    let r = match (a.repair && found > 0, &a.store) {
+        (true, Some(store)) => {
+            let reader = a.access.reader(store)?;
+            pulpdist_sync::invalidate(mirror, &bad_bytes).context(what.clone())?;
+            opts.full = true;
+            pulpdist_sync::sync(&*reader, &opts)
+                .with_context(|| format!("repairing {} from {store}", mirror.display()))?;
+            pulpdist_sync::verify_mirror(&opts, a.read_data).context(what)?
+        }
+        _ => first.context(what)?,
+    };
+    let repaired = a.repair && found > 0 && r.problems.is_empty();
     super::emit(
         a.json,
         json!({
             "version": r.version, "entries": r.entries, "bytes_read": r.bytes_read,
-            "found": found, "repaired": a.repair && found > 0 && r.problems.is_empty(),
+            "found": found, "repaired": repaired,
             "problems": problems_json(&r.problems),
         }),
         || {
-            let fixed = match (a.repair, found) {
-                (true, n) if n > 0 => format!("{n} problems repaired; "),
-                _ => String::new(),
+            let fixed = match repaired {
+                true => format!("{found} problems repaired; "),
+                false => String::new(),
             };
             format!(
                 "{}{fixed}version {}: {} entries checked, {} bytes read; {} problems\n",

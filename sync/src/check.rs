@@ -29,9 +29,9 @@ pub struct MirrorReport {
     pub bytes_read: u64,
     /// Everything found wrong: a path and what is wrong with it.
     pub problems: Vec<Problem>,
-    /// Files whose bytes are wrong while size and mtime may be right: a sync does not see
-    /// them until [`invalidate`]d.
-    pub damaged: Vec<PathBuf>,
+    /// Files whose bytes are wrong while size and mtime may be right, with the mtime the
+    /// index gives them: a sync does not see them until [`invalidate`]d.
+    pub damaged: Vec<(PathBuf, Mtime)>,
 }
 
 /// Checks `opts.dest` against the version of `opts.tree` its state records as applied,
@@ -59,7 +59,20 @@ pub fn verify_mirror(opts: &SyncOptions, read_data: bool) -> Result<MirrorReport
     let mut todo = vec![(PathBuf::new(), head.root.id)];
     while let Some((rel, id)) = todo.pop() {
         let node = state.node(&id).ok_or_else(|| state.lost_node(&id))?;
-        check_dir(&dest, &rel, &node, read_data, &mut report, &mut todo)?;
+        let modes = crate::pipeline::plan::PlanSettings {
+            metadata_patterns: Vec::new(),
+            max_gap: 0,
+            whole_ratio: 1.0,
+            special_modes: opts.special_modes,
+        };
+        check_dir(
+            &dest,
+            &rel,
+            &node,
+            (read_data, &modes),
+            &mut report,
+            &mut todo,
+        )?;
     }
     Ok(report)
 }
@@ -69,7 +82,7 @@ fn check_dir(
     dest: &Path,
     rel: &Path,
     node: &Node,
-    read_data: bool,
+    how: (bool, &crate::pipeline::plan::PlanSettings),
     report: &mut MirrorReport,
     todo: &mut Vec<(PathBuf, pulpdist_format::NodeId)>,
 ) -> Result<(), SyncError> {
@@ -84,7 +97,7 @@ fn check_dir(
             }
             Err(err) => return Err(err).at(dest.join(&path)),
         };
-        if let Some(sub) = check_entry(dest, &path, e, &md, read_data, report)? {
+        if let Some(sub) = check_entry(dest, &path, e, &md, how, report)? {
             todo.push((path, sub));
         }
     }
@@ -107,18 +120,20 @@ fn check_entry(
     path: &Path,
     e: &pulpdist_format::Entry,
     md: &fs::Metadata,
-    read_data: bool,
+    (read_data, modes): (bool, &crate::pipeline::plan::PlanSettings),
     report: &mut MirrorReport,
 ) -> Result<Option<pulpdist_format::NodeId>, SyncError> {
-    let mode = |mask: u32, report: &mut MirrorReport| {
-        if md.mode() & mask != e.mode & mask {
-            let what = format!("mode {:o}, the index says {:o}", md.mode() & 0o7777, e.mode);
+    // The whole mode, setuid, setgid and sticky bits included, against what a sync with
+    // these settings applies (so a bit planted by someone who can write the mirror shows).
+    let mode = |want: u32, report: &mut MirrorReport| {
+        if md.mode() & 0o7777 != want {
+            let what = format!("mode {:o}, a sync gives it {want:o}", md.mode() & 0o7777);
             report.problem(path, what);
         }
     };
     match &e.kind {
         EntryKind::Dir { node } if md.is_dir() => {
-            mode(0o775, report);
+            mode(modes.dir_mode(e.mode), report);
             return Ok(Some(node.id));
         }
         EntryKind::File { size, .. } if md.is_file() && md.len() != *size => {
@@ -132,7 +147,7 @@ fn check_entry(
             if mtime != e.mtime {
                 report.problem(path, "modification time differs from the index".into());
             }
-            mode(0o777, report);
+            mode(modes.file_mode(e.mode), report);
             if read_data {
                 let ids: Vec<(ChunkId, u32)> =
                     chunks.iter().map(|c| (c.id, c.loc.raw_len)).collect();
@@ -141,7 +156,7 @@ fn check_entry(
                 report.bytes_read += n;
                 if !same {
                     report.problem(path, "content differs from the index".into());
-                    report.damaged.push(path.to_path_buf());
+                    report.damaged.push((path.to_path_buf(), e.mtime));
                 }
             }
         }
@@ -182,16 +197,22 @@ fn content_matches(path: &Path, chunks: &[(ChunkId, u32)]) -> std::io::Result<(b
     Ok((true, read))
 }
 
-/// Sets the modification time of `paths` (below `dest`, never through a symlink) to the
-/// epoch, so that a full sync sees them as changed and rewrites them.
-pub fn invalidate(dest: &Path, paths: &[PathBuf]) -> Result<(), SyncError> {
-    for p in paths {
+/// Moves the modification time of each damaged file (below `dest`, never through a
+/// symlink) a second past the one its index entry gives, so that a full sync sees it as
+/// changed and rewrites it.
+pub fn invalidate(dest: &Path, damaged: &[(PathBuf, Mtime)]) -> Result<(), SyncError> {
+    for (p, mtime) in damaged {
         let abs = dest.join(p);
         if crate::pipeline::through_symlink(dest, p) {
             continue;
         }
+        let other = std::time::Duration::new(mtime.secs.unsigned_abs().saturating_add(1), 0);
+        let when = match mtime.secs >= 0 {
+            true => std::time::UNIX_EPOCH + other,
+            false => std::time::UNIX_EPOCH - std::time::Duration::from_secs(1),
+        };
         let (f, _) = crate::fsutil::open_regular(&abs).at(&abs)?;
-        f.set_modified(std::time::UNIX_EPOCH).at(&abs)?;
+        f.set_modified(when).at(&abs)?;
     }
     Ok(())
 }

@@ -731,6 +731,16 @@ fn a_refreshed_head_keeps_an_unchanged_tree_from_expiring() {
             &extra,
         )))
     };
+    // The site holds version 1 before it expires.
+    let now = run(&strs(&sync_cmd(
+        s(&store),
+        "tree",
+        &site.trust(),
+        &site.mirror(),
+        &[],
+    )));
+    assert!(now.status.success());
+    let first = fs::read(store.join("history/tree/00000000000000000001")).expect("archived");
     assert_eq!(sync_later().status.code(), Some(3), "expired");
     fs::remove_dir_all(site.src()).expect("the source is not needed");
     let out = site.publish_raw(&["--refresh", "--expires-days", "7", "--json"]);
@@ -750,6 +760,11 @@ fn a_refreshed_head_keeps_an_unchanged_tree_from_expiring() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(report["version"], 1, "{report}");
     assert_eq!(fs::read(site.mirror().join("a")).expect("a"), b"alpha");
+    assert_eq!(report["up_to_date"], true, "{report}");
+    // The archived head stays the one first signed; the current head is the refreshed one.
+    let archived = fs::read(store.join("history/tree/00000000000000000001")).expect("archived");
+    assert_eq!(archived, first);
+    assert_ne!(fs::read(store.join("heads/tree")).expect("head"), first);
     // A refresh with a source is a usage error (exit 2): it does not read one.
     let out = site.publish_raw(&["--refresh", "/tmp"]);
     assert_eq!(out.status.code(), Some(2));

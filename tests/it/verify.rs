@@ -182,6 +182,10 @@ fn a_damaged_mirror_is_found_and_repaired() {
     truncated.set_len(10).expect("truncate");
     fs::remove_file(mirror.join("pool/p2.deb")).expect("remove");
     fs::write(mirror.join("pool/extra.deb"), b"x").expect("extra");
+    // A setuid bit planted on a file the index has without one.
+    use std::os::unix::fs::PermissionsExt;
+    let rel = mirror.join("Release");
+    fs::set_permissions(&rel, fs::Permissions::from_mode(0o4644)).expect("chmod");
     let objects = |r: &serde_json::Value| -> Vec<String> {
         let mut o: Vec<String> = r["problems"]
             .as_array()
@@ -198,7 +202,7 @@ fn a_damaged_mirror_is_found_and_repaired() {
     assert_eq!(code, Some(3));
     assert_eq!(
         objects(&r),
-        ["pool/extra.deb", "pool/p1.deb", "pool/p2.deb"],
+        ["Release", "pool/extra.deb", "pool/p1.deb", "pool/p2.deb"],
         "{r}"
     );
     let (code, r, _) = check(&["--read-data"]);
@@ -206,6 +210,7 @@ fn a_damaged_mirror_is_found_and_repaired() {
     assert_eq!(
         objects(&r),
         [
+            "Release",
             "pool/extra.deb",
             "pool/p0.deb",
             "pool/p1.deb",
@@ -217,10 +222,16 @@ fn a_damaged_mirror_is_found_and_repaired() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(
         (r["found"].as_u64(), r["repaired"].as_bool()),
-        (Some(4), Some(true)),
+        (Some(5), Some(true)),
         "{r}"
     );
     common::assert_same_tree(&site.src(), &mirror);
+    assert_eq!(
+        fs::metadata(&rel).expect("stat").permissions().mode() & 0o7777,
+        0o644
+    );
+    // --store beside --mirror without --repair: a usage error, not a silent skip.
+    assert_eq!(check(&["--store", s(&store)]).0, Some(2));
     // Without a --tree, or with --repair but no store: a usage error.
     let out = run(&["verify", "--mirror", s(&mirror), "--trust", &trust]);
     assert_eq!(out.status.code(), Some(2));

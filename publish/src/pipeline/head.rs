@@ -10,7 +10,8 @@ use super::previous::Previous;
 use super::Run;
 use crate::error::PublishError;
 
-/// Signs and stores the head of this version.
+/// Signs and stores the head of this version, then archives it; why archiving failed, if
+/// it did (the version is published either way, and the next publish archives it).
 pub(super) fn write(
     run: &Run<'_>,
     key: &SecretKey,
@@ -18,7 +19,7 @@ pub(super) fn write(
     root: NodeRef,
     packs: &[PackInfo],
     deltas: &[DeltaInfo],
-) -> Result<(), PublishError> {
+) -> Result<Option<String>, PublishError> {
     let opts = run.opts;
     let now = opts.now.unwrap_or_else(super::unix_now);
     let mut recent = vec![VersionPacks {
@@ -56,9 +57,9 @@ pub(super) fn write(
     run.store
         .put_head(&opts.tree, &bytes, prev.stored.as_ref(), prev_version)?;
     pulpdist_failpoint::hit("publish.head_put");
-    run.store.put_history(&opts.tree, run.version, &bytes)?;
+    let archived = run.store.put_history(&opts.tree, run.version, &bytes);
     pulpdist_failpoint::hit("publish.history");
-    Ok(())
+    Ok(archived.err().map(|e| e.to_string()))
 }
 
 #[cfg(test)]

@@ -116,7 +116,7 @@ pub fn publish(
         deltas = deltas.len(),
         "index and deltas written"
     );
-    head::write(&run, key, &prev, index.root, &packs, &deltas)?;
+    report.history_error = head::write(&run, key, &prev, index.root, &packs, &deltas)?;
     tracing::info!(version = prev.version, "head written");
     // The head is out: a cache that cannot be written costs the next publish a full
     // read, not this version.

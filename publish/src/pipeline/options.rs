@@ -120,6 +120,9 @@ pub struct PublishReport {
     /// Partial packs older than a day (left by a killed publish) removed from the
     /// temporary directory.
     pub stale_parts_removed: u64,
+    /// The head was written but could not be archived (`history/`), and why: the next
+    /// publish archives it.
+    pub history_error: Option<String>,
     /// The publisher's cache could not be written (the version is published; the next
     /// publish uses the last cache written and reads the files changed since), and why.
     pub cache_error: Option<String>,

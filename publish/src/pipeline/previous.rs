@@ -35,8 +35,12 @@ pub(super) fn read(
     };
     // A publish killed between its head and its archived copy (or a store from before
     // archived heads) is made whole here: the current head is archived if it is not.
+    // Best effort: a store that refuses it must not stop publishes (nor refreshes, which
+    // keep heads from expiring).
     if let (Some(s), Some(h)) = (&stored, &head) {
-        store.put_history(&opts.tree, h.version, &s.bytes)?;
+        if let Err(e) = store.put_history(&opts.tree, h.version, &s.bytes) {
+            tracing::warn!(version = h.version, error = %e, "the current head could not be archived");
+        }
     }
     let params = match (&head, opts.params) {
         (Some(h), Some(p)) if h.params != p => {
