@@ -65,20 +65,29 @@ pub(crate) fn log(a: LogArgs) -> Result<()> {
         .map(|v| {
             json!({"version": v.version, "created": v.created, "signer": v.signer,
                    "root": v.root.to_hex(), "files": v.files, "bytes": v.bytes,
-                   "new_bytes": v.new_bytes})
+                   "new_bytes": v.new_bytes, "problem": v.problem})
         })
         .collect();
     super::emit(a.json, json!(rows), || {
         let mut s =
             String::from("version  created (unix)   files          bytes      new bytes  signer\n");
         for v in &versions {
+            if let Some(p) = &v.problem {
+                s.push_str(&format!("{:>7}  damaged: {p}\n", v.version));
+                continue;
+            }
             s.push_str(&format!(
                 "{:>7}  {:>14}  {:>6}  {:>13}  {:>13}  {}\n",
                 v.version, v.created, v.files, v.bytes, v.new_bytes, v.signer
             ));
         }
         s
-    })
+    })?;
+    let damaged = versions.iter().filter(|v| v.problem.is_some()).count();
+    match damaged {
+        0 => Ok(()),
+        count => Err(super::verify::Damaged::new(&a.store, count).into()),
+    }
 }
 
 pub(crate) fn diff(a: DiffArgs) -> Result<()> {

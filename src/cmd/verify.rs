@@ -69,6 +69,16 @@ pub(crate) struct Damaged {
     count: usize,
 }
 
+impl Damaged {
+    /// `count` problems found in `store`.
+    pub(crate) fn new(store: &str, count: usize) -> Self {
+        Damaged {
+            store: store.to_string(),
+            count,
+        }
+    }
+}
+
 pub(crate) fn run(a: Args) -> Result<()> {
     let trusted = super::sync::load_trust(&a.trust)?;
     if let Some(mirror) = &a.mirror {
@@ -92,7 +102,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
     super::emit(
         a.json,
         json!({
-            "trees": r.trees, "nodes": r.nodes, "chunk_refs": r.chunk_refs, "chunks": r.chunks,
+            "trees": r.trees, "archived": r.archived, "nodes": r.nodes, "chunk_refs": r.chunk_refs, "chunks": r.chunks,
             "packs": r.packs, "packs_read": r.packs_read, "chunks_read": r.chunks_read,
             "bytes_read": r.bytes_read, "problems": problems_json(&r.problems),
         }),

@@ -27,6 +27,9 @@ pub struct VersionInfo {
     pub bytes: u64,
     /// Bytes of the packs this version added to the store.
     pub new_bytes: u64,
+    /// Why this version could not be read (its archived head does not verify, or its index
+    /// is damaged); the other fields are then empty.
+    pub problem: Option<String>,
 }
 
 /// How a path differs between two versions.
@@ -71,27 +74,54 @@ pub fn log(
     let mut nodes = Nodes::default();
     let mut out = Vec::with_capacity(versions.len());
     for v in versions {
-        let signed = archived(store, tree, v, trusted)?;
-        let head = signed.head();
-        let (files, bytes) = nodes.totals(store, &head.root, 0)?;
-        let new_bytes = head
-            .recent
-            .iter()
-            .filter(|r| r.version == v)
-            .flat_map(|r| r.packs.iter())
-            .map(|p| p.size)
-            .sum();
-        out.push(VersionInfo {
-            version: v,
-            created: head.created,
-            signer: signed.key().to_string(),
-            root: head.root.id,
-            files,
-            bytes,
-            new_bytes,
-        });
+        match version_info(store, tree, v, trusted, &mut nodes) {
+            Ok(info) => out.push(info),
+            Err(e) if !e.is_temporary() && !matches!(e, SyncError::Http { .. }) => {
+                out.push(VersionInfo {
+                    version: v,
+                    created: 0,
+                    signer: String::new(),
+                    root: NodeId([0; 32]),
+                    files: 0,
+                    bytes: 0,
+                    new_bytes: 0,
+                    problem: Some(e.to_string()),
+                })
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(out)
+}
+
+/// One version's line of the log.
+fn version_info(
+    store: &dyn StoreReader,
+    tree: &str,
+    v: u64,
+    trusted: &TrustedKeys,
+    nodes: &mut Nodes,
+) -> Result<VersionInfo, SyncError> {
+    let signed = archived(store, tree, v, trusted)?;
+    let head = signed.head();
+    let (files, bytes) = nodes.totals(store, &head.root, 0)?;
+    let new_bytes = head
+        .recent
+        .iter()
+        .filter(|r| r.version == v)
+        .flat_map(|r| r.packs.iter())
+        .map(|p| p.size)
+        .sum();
+    Ok(VersionInfo {
+        version: v,
+        created: head.created,
+        signer: signed.key().to_string(),
+        root: head.root.id,
+        files,
+        bytes,
+        new_bytes,
+        problem: None,
+    })
 }
 
 /// The paths that differ between versions `from` and `to` of `tree`, sorted.

@@ -61,6 +61,8 @@ pub struct Problem {
 pub struct VerifyReport {
     /// Trees checked.
     pub trees: u64,
+    /// Archived heads (`history/`) checked: each verifies and names its tree and version.
+    pub archived: u64,
     /// Distinct index nodes fetched and checked.
     pub nodes: u64,
     /// Chunk references in files (with repeats).
@@ -114,6 +116,7 @@ pub fn verify_store(
     let mut seen = HashSet::new();
     for tree in &trees {
         report.trees += 1;
+        check_archived(store, tree, trusted, &mut report)?;
         let Some(root) = checked_head(store, tree, trusted, &mut report)? else {
             continue;
         };
@@ -128,6 +131,42 @@ pub fn verify_store(
     }
     progress.finish();
     Ok(report)
+}
+
+/// Every archived head of `tree` the store lists verifies and names its tree and version.
+fn check_archived(
+    store: &dyn StoreReader,
+    tree: &str,
+    trusted: &TrustedKeys,
+    report: &mut VerifyReport,
+) -> Result<(), SyncError> {
+    let Some(versions) = store.list_versions(tree) else {
+        return Ok(());
+    };
+    for v in versions? {
+        report.archived += 1;
+        let object = format!(
+            "{}/{}",
+            store.describe(),
+            pulpdist_format::history_key(tree, v)
+        );
+        let what = match store.get_archived(tree, v) {
+            Ok(Some(bytes)) => match SignedHead::decode_and_verify(&bytes, trusted) {
+                Ok(h) if h.head().tree == tree && h.head().version == v => continue,
+                Ok(h) => format!(
+                    "holds tree '{}' version {}",
+                    h.head().tree,
+                    h.head().version
+                ),
+                Err(e) => e.to_string(),
+            },
+            Ok(None) => "listed but not there".to_string(),
+            Err(e) if is_damage(&e) => e.to_string(),
+            Err(e) => return Err(e),
+        };
+        report.problems.push(Problem { object, what });
+    }
+    Ok(())
 }
 
 /// The root of tree `tree`'s head, if it verifies; a problem noted otherwise.

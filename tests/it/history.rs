@@ -114,6 +114,10 @@ fn an_archived_head_is_verified_and_a_missing_one_is_archived_again() {
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     fs::write(&one, &bytes).expect("damage");
-    let (code, _, err) = json(&site, &["log"]);
+    let (code, log, err) = json(&site, &["log"]);
     assert_eq!(code, Some(3), "{err}");
+    // The damaged version is named; the others are still listed.
+    let rows = log.as_array().cloned().unwrap_or_default();
+    let problems: Vec<bool> = rows.iter().map(|r| !r["problem"].is_null()).collect();
+    assert_eq!(problems, [true, false, false], "{log}");
 }

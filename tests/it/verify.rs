@@ -303,3 +303,23 @@ fn a_flipped_byte_in_each_of_twenty_packs_is_found() {
     assert_eq!(read, r["packs"].as_u64().expect("packs"));
     assert_eq!(found, objects(&r));
 }
+
+/// Archived heads are checked too: each must verify and name its tree and version.
+#[test]
+fn a_damaged_archived_head_is_found() {
+    let (site, _) = published();
+    site.publish();
+    let (code, r, err) = verify(&site, &[]);
+    assert_eq!((code, r["archived"].as_u64()), (Some(0), Some(2)), "{err}");
+    let one = site.store().join("history/tree/00000000000000000001");
+    let two = fs::read(site.store().join("history/tree/00000000000000000002")).expect("two");
+    // Version 2's head under version 1's name: signed, but not what the name says.
+    fs::write(&one, &two).expect("swap");
+    let (code, r, err) = verify(&site, &[]);
+    assert_eq!(code, Some(3), "{err}");
+    let object = r["problems"][0]["object"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(object.ends_with("history/tree/00000000000000000001"), "{r}");
+}
