@@ -16,8 +16,8 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    Attributes, GetOptions, GetRange, ObjectMeta, ObjectStore, PutMode, PutMultipartOptions,
-    PutOptions, PutPayload, WriteMultipart,
+    Attributes, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode,
+    PutMultipartOptions, PutOptions, PutPayload, WriteMultipart,
 };
 use tokio::runtime::Handle;
 
@@ -176,6 +176,16 @@ impl Bucket {
             }
             Ok(out)
         })
+    }
+
+    /// Deletes object `key`; `false` if there was none (a store may not say: S3 answers a
+    /// delete of a missing object like any other).
+    pub fn delete(&self, key: &str) -> Result<bool, Error> {
+        match self.rt.block_on(self.store.delete(&self.path(key))) {
+            Ok(()) => Ok(true),
+            Err(Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Stores `bytes` as object `key`; `mode` makes it conditional (a head's

@@ -20,6 +20,7 @@
 //! ```
 
 mod codec;
+mod condemned;
 pub mod delta;
 mod error;
 pub mod filter;
@@ -34,6 +35,7 @@ pub mod pack;
 mod wire;
 
 pub use codec::{Codec, VerifiedChunk, MAX_CHUNK_SIZE, MAX_NODE_SIZE};
+pub use condemned::{Condemned, CONDEMNED_KEY, MAX_CONDEMNED_SIZE};
 pub use error::FormatError;
 pub use head::{
     history_key, history_version, ChunkParams, Head, PackInfo, PackKind, SignedHead, VersionPacks,

@@ -311,3 +311,21 @@ fn golden_history_holds_every_version_as_signed() {
         assert_eq!(current, newest);
     }
 }
+
+/// The condemned list (FORMAT.md 2 and 8.10): its text decodes to the packs and times it
+/// names, and encodes back to the same bytes.
+#[test]
+fn golden_condemned_list_decodes_and_is_canonical() {
+    use pulpdist_format::{Condemned, PackId, CONDEMNED_KEY};
+    let bytes = fs::read(golden().join(CONDEMNED_KEY)).expect("condemned list");
+    let list = Condemned::decode(&bytes).expect("decodes");
+    let mut one = [0u8; 32];
+    one[31] = 1;
+    let want: Vec<(PackId, i64)> = vec![
+        (PackId(one), 1_767_225_600),
+        (PackId([0xab; 32]), 1_767_312_000),
+    ];
+    assert_eq!(list.packs.into_iter().collect::<Vec<_>>(), want);
+    let again = Condemned::decode(&bytes).expect("decodes").encode();
+    assert_eq!(again, bytes);
+}

@@ -35,6 +35,8 @@ pub(crate) struct Catalog {
     pub(crate) dups: HashSet<ChunkId, RandomState>,
     /// Packs left out because their footer or trailer does not decode, and why.
     pub(crate) unreadable: Vec<String>,
+    /// Packs left out because a garbage collector condemned them.
+    pub(crate) condemned: HashSet<PackId>,
 }
 
 impl Catalog {
@@ -43,7 +45,15 @@ impl Catalog {
         fs::create_dir_all(&cache_dir).at(&cache_dir)?;
         let mut cat = Catalog::default();
         // Packs sorted by id, first occurrence kept: deterministic.
-        for (id, size) in store.list_packs()? {
+        // Packs a garbage collector condemned are left out: nothing is reused from them,
+        // so no new version names one (FORMAT.md 8.10).
+        let condemned = store.read_condemned()?;
+        cat.condemned = condemned.packs.keys().copied().collect();
+        for listed in store.list_packs()? {
+            let (id, size) = (listed.id, listed.size);
+            if cat.condemned.contains(&id) {
+                continue;
+            }
             let object = id.object_key();
             let cached = cache_dir.join(id.to_hex());
             let trailer = match fs::read(&cached) {

@@ -48,6 +48,17 @@ pub enum PublishError {
         /// What was expected.
         expected: Option<u64>,
     },
+    /// A garbage collector condemned (or removed) a pack the new version names while the
+    /// publish ran.
+    #[error("tree '{tree}': pack {pack} that this version names was {} by a gc while the publish ran; nothing was published, run again (a gc's --grace must exceed the longest publish)", if *removed { "removed" } else { "condemned" })]
+    Collected {
+        /// The tree.
+        tree: String,
+        /// The pack.
+        pack: pulpdist_format::PackId,
+        /// Whether it is gone already (else condemned).
+        removed: bool,
+    },
     /// The store's head for the tree is signed by a key the publisher was not given.
     #[error("{object} is signed by key {signer}, not by the given key {key}; publish with the tree's key, or name the old one with --previous-key when rotating keys")]
     ForeignKey {

@@ -24,7 +24,7 @@ use pulpdist_format::pack::PACK_CACHE_CONTROL;
 use pulpdist_format::{FormatError, PackId, MAX_HEAD_SIZE};
 
 use crate::error::{IoContext, PublishError};
-use crate::store::{lock_file, Store, StoreLock, StoredHead};
+use crate::store::{lock_file, ListedPack, Store, StoreLock, StoredHead};
 
 /// Packs larger than this go up as multipart uploads, in parts of this size.
 pub const DEFAULT_PART_SIZE: usize = 16 << 20;
@@ -59,6 +59,13 @@ impl ObjectStoreTarget {
             object: self.bucket.object_url(key),
             source: Box::new(source),
         }
+    }
+
+    /// Every object under `dir/`.
+    fn list(&self, dir: &str) -> Result<Vec<object_store::ObjectMeta>, PublishError> {
+        self.bucket
+            .list(dir)
+            .map_err(|e| self.err(&format!("{dir}/"), e))
     }
 
     fn attributes(cache_control: &str) -> Attributes {
@@ -143,21 +150,62 @@ impl Store for ObjectStoreTarget {
         }
     }
 
-    fn list_packs(&self) -> Result<Vec<(PackId, u64)>, PublishError> {
-        let listed = self
-            .bucket
-            .list("packs")
-            .map_err(|e| self.err("packs/", e))?;
-        let mut out: Vec<(PackId, u64)> = listed
+    fn list_packs(&self) -> Result<Vec<ListedPack>, PublishError> {
+        let mut out: Vec<ListedPack> = self
+            .list("packs")?
             .into_iter()
             .filter_map(|m| {
                 let name = m.location.filename()?;
                 let id = name.strip_suffix(".pack")?.parse::<PackId>().ok()?;
-                Some((id, m.size))
+                Some(ListedPack {
+                    id,
+                    size: m.size,
+                    modified: m.last_modified.timestamp(),
+                })
             })
             .collect();
         out.sort();
         Ok(out)
+    }
+
+    fn list_trees(&self) -> Result<Vec<String>, PublishError> {
+        let mut out: Vec<String> = self
+            .list("heads")?
+            .into_iter()
+            .filter_map(|m| m.location.filename().map(str::to_string))
+            .filter(|n| pulpdist_format::validate_tree_name(n).is_ok())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    fn list_history(&self, tree: &str) -> Result<Vec<u64>, PublishError> {
+        let mut out: Vec<u64> = self
+            .list(&format!("history/{tree}"))?
+            .into_iter()
+            .filter_map(|m| pulpdist_format::history_version(m.location.filename()?))
+            .collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    fn read_object(&self, key: &str, limit: usize) -> Result<Option<Vec<u8>>, PublishError> {
+        match self.bucket.read_head(key, None, limit) {
+            Ok(HeadRead::Found { bytes, .. }) => Ok(Some(bytes)),
+            Ok(HeadRead::NotModified | HeadRead::Missing) => Ok(None),
+            Err(e) => Err(self.err(key, e)),
+        }
+    }
+
+    fn replace_object(&self, key: &str, bytes: &[u8]) -> Result<(), PublishError> {
+        let attributes = Self::attributes("no-store");
+        self.bucket
+            .put(key, bytes.to_vec(), attributes, PutMode::Overwrite)
+            .map_err(|e| self.err(key, e))
+    }
+
+    fn remove(&self, key: &str) -> Result<bool, PublishError> {
+        self.bucket.delete(key).map_err(|e| self.err(key, e))
     }
 
     fn read_pack_range(&self, id: PackId, range: Range<u64>) -> Result<Vec<u8>, PublishError> {

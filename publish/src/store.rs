@@ -13,7 +13,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use pulpdist_format::PackId;
+use pulpdist_format::{Condemned, PackId};
 
 use crate::error::{IoContext, PublishError};
 
@@ -49,8 +49,32 @@ pub trait Store: Send + Sync {
     /// Archives a signed head as `history/<tree>/<version>` unless the store has that
     /// version archived already (an archived head is written once, never replaced).
     fn put_history(&self, tree: &str, version: u64, bytes: &[u8]) -> Result<(), PublishError>;
-    /// All packs with their sizes, sorted by id.
-    fn list_packs(&self) -> Result<Vec<(PackId, u64)>, PublishError>;
+    /// All packs with their sizes and times, sorted by id.
+    fn list_packs(&self) -> Result<Vec<ListedPack>, PublishError>;
+    /// The trees the store has heads of, sorted.
+    fn list_trees(&self) -> Result<Vec<String>, PublishError>;
+    /// The versions of `tree` archived under `history/`, sorted.
+    fn list_history(&self, tree: &str) -> Result<Vec<u64>, PublishError>;
+    /// Object `key` (a head, an archived head, the condemned list), read no further than
+    /// `limit + 1` bytes; `None` if there is none.
+    fn read_object(&self, key: &str, limit: usize) -> Result<Option<Vec<u8>>, PublishError>;
+    /// Replaces object `key` (the condemned list) atomically: a reader sees the old bytes
+    /// or the new.
+    fn replace_object(&self, key: &str, bytes: &[u8]) -> Result<(), PublishError>;
+    /// Removes object `key` (a pack, an archived head); `false` if it was not there.
+    fn remove(&self, key: &str) -> Result<bool, PublishError>;
+
+    /// The garbage collector's condemned list (empty if there is none).
+    fn read_condemned(&self) -> Result<Condemned, PublishError> {
+        let key = pulpdist_format::CONDEMNED_KEY;
+        match self.read_object(key, pulpdist_format::MAX_CONDEMNED_SIZE)? {
+            None => Ok(Condemned::default()),
+            Some(bytes) => Condemned::decode(&bytes).map_err(|source| PublishError::Format {
+                object: format!("{}/{key}", self.describe()),
+                source,
+            }),
+        }
+    }
     /// One byte range of a pack.
     fn read_pack_range(&self, id: PackId, range: Range<u64>) -> Result<Vec<u8>, PublishError>;
     /// A local directory where packs are built before [`Store::put_pack`], if the store
@@ -58,6 +82,18 @@ pub trait Store: Send + Sync {
     fn tmp_dir(&self) -> Option<PathBuf>;
     /// Puts a finished pack file, then removes the file.
     fn put_pack(&self, id: PackId, file: &Path) -> Result<(), PublishError>;
+}
+
+/// A pack as a store lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ListedPack {
+    /// Its id.
+    pub id: PackId,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was stored (Unix seconds; a file's modification time, an object's
+    /// last-modified time).
+    pub modified: i64,
 }
 
 /// A writable store in a local directory.
@@ -197,23 +233,90 @@ impl Store for LocalStore {
         }
     }
 
-    fn list_packs(&self) -> Result<Vec<(PackId, u64)>, PublishError> {
-        let dir = self.root.join("packs");
+    fn list_packs(&self) -> Result<Vec<ListedPack>, PublishError> {
         let mut out = Vec::new();
-        for e in fs::read_dir(&dir).at(&dir)? {
-            let e = e.at(&dir)?;
-            let name = e.file_name();
-            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".pack")) else {
+        for (name, meta) in list_dir(&self.root.join("packs"))? {
+            let Some(id) = name
+                .strip_suffix(".pack")
+                .and_then(|h| h.parse::<PackId>().ok())
+            else {
                 continue;
             };
-            let Ok(id) = hex.parse::<PackId>() else {
-                continue;
-            };
-            let len = e.metadata().at(e.path())?.len();
-            out.push((id, len));
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs() as i64);
+            out.push(ListedPack {
+                id,
+                size: meta.len(),
+                modified,
+            });
         }
         out.sort();
         Ok(out)
+    }
+
+    fn list_trees(&self) -> Result<Vec<String>, PublishError> {
+        let mut out: Vec<String> = list_dir(&self.root.join("heads"))?
+            .into_iter()
+            .filter(|(n, m)| m.is_file() && pulpdist_format::validate_tree_name(n).is_ok())
+            .map(|(n, _)| n)
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    fn list_history(&self, tree: &str) -> Result<Vec<u64>, PublishError> {
+        let dir = self.root.join("history").join(tree);
+        if !dir.exists() {
+            return Ok(Vec::new());
+        }
+        let mut out: Vec<u64> = list_dir(&dir)?
+            .into_iter()
+            .filter_map(|(n, _)| pulpdist_format::history_version(&n))
+            .collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    fn read_object(&self, key: &str, limit: usize) -> Result<Option<Vec<u8>>, PublishError> {
+        let path = self.root.join(key);
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).at(&path),
+        };
+        let mut buf = Vec::new();
+        f.take(limit as u64 + 1).read_to_end(&mut buf).at(&path)?;
+        Ok(Some(buf))
+    }
+
+    fn replace_object(&self, key: &str, bytes: &[u8]) -> Result<(), PublishError> {
+        let dest = self.root.join(key);
+        let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
+        fs::create_dir_all(&dir).at(&dir)?;
+        let name = key.replace('/', "-");
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("{name}.{}", std::process::id()));
+        write_synced(&tmp, bytes)?;
+        fs::rename(&tmp, &dest).at(&dest)?;
+        sync_dir(&dir)
+    }
+
+    fn remove(&self, key: &str) -> Result<bool, PublishError> {
+        let path = self.root.join(key);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                sync_dir(&dir)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).at(&path),
+        }
     }
 
     fn read_pack_range(&self, id: PackId, range: Range<u64>) -> Result<Vec<u8>, PublishError> {
@@ -241,6 +344,20 @@ impl Store for LocalStore {
         fs::remove_file(file).at(file)?;
         sync_dir(&self.root.join("packs"))
     }
+}
+
+/// The entries of a directory whose names are UTF-8, with their metadata (not followed).
+fn list_dir(dir: &Path) -> Result<Vec<(String, fs::Metadata)>, PublishError> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).at(dir)? {
+        let e = e.at(dir)?;
+        let Ok(name) = e.file_name().into_string() else {
+            continue;
+        };
+        let meta = e.metadata().at(e.path())?;
+        out.push((name, meta));
+    }
+    Ok(out)
 }
 
 /// Writes a file and flushes it to disk.

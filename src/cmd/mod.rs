@@ -3,6 +3,7 @@
 pub(crate) mod ca;
 pub(crate) mod demo;
 pub(crate) mod docs;
+pub(crate) mod gc;
 pub(crate) mod history;
 pub(crate) mod iso;
 pub(crate) mod keygen;
@@ -42,6 +43,16 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
                 pulpdist_rsync::RsyncError::Usage(_) => 2,
                 pulpdist_rsync::RsyncError::Busy { .. } => 4,
                 _ => 1,
+            };
+        }
+        if let Some(g) = cause.downcast_ref::<pulpdist_gc::GcError>() {
+            use pulpdist_gc::GcError;
+            return match g {
+                GcError::EmptyPolicy | GcError::BadPolicy(_) | GcError::NoSuchTree { .. } => 2,
+                GcError::NoSuchVersion { .. } => 2,
+                GcError::Unreadable { .. } => 3,
+                GcError::Store(PublishError::Locked { .. }) => 4,
+                GcError::Store(_) => 1,
             };
         }
         if let Some(PublishError::Locked { .. } | PublishError::HeadChanged { .. }) =

@@ -145,14 +145,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
             default_state(&d, &a.tree)
         }
         (None, super::stores::Location::S3 { bucket, prefix }) => {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            let mut p = home.join(".cache/pulpdist/publish").join(bucket);
-            for part in prefix.split('/').filter(|p| !p.is_empty() && *p != "..") {
-                p = p.join(part);
-            }
-            p.join(&a.tree)
+            super::stores::bucket_state("publish", bucket, prefix).join(&a.tree)
         }
         (None, super::stores::Location::Http(_)) => unreachable!("refused by stores::target"),
     };

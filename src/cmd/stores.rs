@@ -180,6 +180,18 @@ fn s3(bucket: &str, s3: &S3Args) -> Result<Arc<dyn ObjectStore>> {
     Ok(Arc::new(store))
 }
 
+/// `~/.cache/pulpdist/<command>/<bucket>/<prefix>`: a command's own state for a bucket.
+pub(crate) fn bucket_state(command: &str, bucket: &str, prefix: &str) -> std::path::PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_default();
+    let mut p = home.join(".cache/pulpdist").join(command).join(bucket);
+    for part in prefix.split('/').filter(|p| !p.is_empty() && *p != "..") {
+        p = p.join(part);
+    }
+    p
+}
+
 /// A store client with the async runtime its S3 client runs on: made only for `s3://`
 /// (a directory or HTTP(S) store needs none), dropped after the client.
 pub(crate) struct Opened<T: ?Sized> {

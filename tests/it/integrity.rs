@@ -4,41 +4,10 @@
 use crate::common;
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_same_snapshot, assert_same_tree, bin, run, s, snapshot, strs, Site};
-
-/// Waits (with a deadline) until `path` exists.
-fn wait_for(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Starts `args` held at `step` (until `release` exists); returns once it is there.
-fn hold_at(args: &[String], step: &str, release: &Path) -> Child {
-    let child = bin()
-        .args(args)
-        .env(
-            "PULPDIST_FAILPOINT",
-            format!("{step}:1:wait:{}", s(release)),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut reached = release.as_os_str().to_owned();
-    reached.push(".reached");
-    wait_for(Path::new(&reached));
-    child
-}
+use common::{assert_same_snapshot, assert_same_tree, bin, hold_at, run, s, snapshot, strs, Site};
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

@@ -9,6 +9,7 @@ mod conformance;
 mod deltas;
 mod deploy;
 mod filters;
+mod gc;
 mod history;
 mod hostile;
 mod hostile_http;

@@ -4,7 +4,9 @@
 //! still the one the publish started from (compare-and-swap).
 
 use pulpdist_format::delta::{encode_deltas, DeltaInfo, EXT_DELTAS};
-use pulpdist_format::{Head, NodeRef, PackInfo, SecretKey, VersionPacks};
+use std::collections::{BTreeSet, HashSet};
+
+use pulpdist_format::{Head, NodeRef, PackId, PackInfo, SecretKey, VersionPacks};
 
 use super::previous::Previous;
 use super::Run;
@@ -16,7 +18,7 @@ pub(super) fn write(
     run: &Run<'_>,
     key: &SecretKey,
     prev: &Previous,
-    root: NodeRef,
+    (root, reached): (NodeRef, &BTreeSet<PackId>),
     packs: &[PackInfo],
     deltas: &[DeltaInfo],
 ) -> Result<Option<String>, PublishError> {
@@ -53,6 +55,7 @@ pub(super) fn write(
         source,
     })?;
     pulpdist_failpoint::hit("publish.head");
+    not_collected(run, reached)?;
     let prev_version = prev.head.as_ref().map(|h| h.version);
     run.store
         .put_head(&opts.tree, &bytes, prev.stored.as_ref(), prev_version)?;
@@ -60,6 +63,27 @@ pub(super) fn write(
     let archived = run.store.put_history(&opts.tree, run.version, &bytes);
     pulpdist_failpoint::hit("publish.history");
     Ok(archived.err().map(|e| e.to_string()))
+}
+
+/// Refuses to name a pack that a garbage collector condemned or removed while this publish
+/// ran (FORMAT.md 8.10): the catalog left out the packs condemned when it was read, so a
+/// pack of the version on the list now was condemned since. Checked last before the head,
+/// so that a gc, which deletes a pack only a grace period after condemning it, cannot have
+/// deleted one the head names.
+fn not_collected(run: &Run<'_>, reached: &BTreeSet<PackId>) -> Result<(), PublishError> {
+    let condemned = run.store.read_condemned()?;
+    let stored: HashSet<PackId> = run.store.list_packs()?.iter().map(|p| p.id).collect();
+    let lost = reached
+        .iter()
+        .find(|p| condemned.packs.contains_key(p) || !stored.contains(p));
+    match lost {
+        None => Ok(()),
+        Some(pack) => Err(PublishError::Collected {
+            tree: run.opts.tree.clone(),
+            pack: *pack,
+            removed: !stored.contains(pack),
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -97,7 +121,8 @@ mod tests {
         let prev = previous::read(&site.store, &key, &site.opts).expect("previous");
         let root = site.head().root;
         let run = site.run(prev.version);
-        write(&run, &key, &prev, root, &[], &[]).expect("written");
+        let none = BTreeSet::new();
+        write(&run, &key, &prev, (root, &none), &[], &[]).expect("written");
         let head = site.head();
         assert_eq!((head.version, head.root), (2, root));
         assert_eq!(
@@ -106,8 +131,47 @@ mod tests {
             "this version's packs (none) and version 1's"
         );
         // The same Previous again: the stored head is no longer the one it read.
-        let e = write(&run, &key, &prev, root, &[], &[]).expect_err("lost the race");
+        let e = write(&run, &key, &prev, (root, &none), &[], &[]).expect_err("lost the race");
         assert!(matches!(e, PublishError::HeadChanged { .. }), "{e}");
         assert_eq!(site.head().version, 2);
+    }
+
+    /// A version naming a pack that a gc condemned, or removed, since the catalog was read
+    /// is not published.
+    #[test]
+    fn a_head_naming_a_condemned_or_removed_pack_is_not_written() {
+        use super::super::previous;
+        use super::*;
+        use crate::error::PublishError;
+        use crate::store::Store;
+        let site = testkit::site();
+        site.publish();
+        let key = testkit::key();
+        let prev = previous::read(&site.store, &key, &site.opts).expect("previous");
+        let root = site.head().root;
+        let run = site.run(prev.version);
+        let mut list = pulpdist_format::Condemned::default();
+        list.packs.insert(root.loc.pack, 1);
+        let key_c = pulpdist_format::CONDEMNED_KEY;
+        site.store
+            .replace_object(key_c, &list.encode())
+            .expect("condemn");
+        let reached = BTreeSet::from([root.loc.pack]);
+        let e = write(&run, &key, &prev, (root, &reached), &[], &[]).expect_err("condemned");
+        assert!(
+            matches!(e, PublishError::Collected { removed: false, .. }),
+            "{e}"
+        );
+        site.store
+            .replace_object(key_c, &pulpdist_format::Condemned::default().encode())
+            .expect("list emptied");
+        let gone = BTreeSet::from([PackId([9; 32])]);
+        let e = write(&run, &key, &prev, (root, &gone), &[], &[]).expect_err("removed");
+        assert!(
+            matches!(e, PublishError::Collected { removed: true, .. }),
+            "{e}"
+        );
+        assert_eq!(site.head().version, 1);
+        write(&run, &key, &prev, (root, &reached), &[], &[]).expect("written");
     }
 }

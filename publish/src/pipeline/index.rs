@@ -46,6 +46,9 @@ pub(super) struct Index {
     pub(super) fresh: HashMap<NodeId, Vec<u8>>,
     /// The next publish's cache.
     pub(super) next_cache: Vec<u8>,
+    /// Every pack the version's nodes name (nodes and chunks): checked against the
+    /// garbage collector's condemned list before the head is written.
+    pub(super) reached: BTreeSet<PackId>,
 }
 
 /// Builds and stores every directory's node; `keep_fresh`: keep the new nodes' encodings.
@@ -69,6 +72,7 @@ pub(super) fn build(
     let mut dir_refs: Vec<Option<NodeRef>> = vec![None; walk.dirs.len()];
     let mut next_cache = CacheWriter::new(&cache.identity);
     let mut fresh = HashMap::new();
+    let mut reached = BTreeSet::new();
     for level in walk.levels.iter().rev() {
         let built = run.workers.run(|| {
             level
@@ -91,10 +95,12 @@ pub(super) fn build(
                 Built::Kept(r) => {
                     if let Some(record) = &inputs.records[di] {
                         next_cache.keep(record);
+                        reached.extend(record.packs.iter().copied());
                     }
                     r
                 }
                 Built::New(b) => {
+                    reached.extend(b.packs.iter().copied());
                     let r = store_node(run, &mut packer, catalog, &b, report)?;
                     if keep_fresh && r.1 {
                         fresh.insert(b.id, b.encoded.clone());
@@ -103,6 +109,7 @@ pub(super) fn build(
                     r.0
                 }
             };
+            reached.insert(r.loc.pack);
             dir_refs[di] = Some(r);
         }
     }
@@ -116,6 +123,7 @@ pub(super) fn build(
         bytes,
         fresh,
         next_cache,
+        reached,
     })
 }
 

@@ -101,22 +101,29 @@ pub fn publish(
         records: &records,
         file_chunks: &file_chunks,
     };
-    let index = index::build(&run, &inputs, &mut catalog, &cache, keep_fresh, &mut report)?;
+    let mut index = index::build(&run, &inputs, &mut catalog, &cache, keep_fresh, &mut report)?;
     let (deltas, delta_reports, delta_bytes) = deltas::write(
         &run,
         prev.head.as_ref(),
-        index.fresh,
+        std::mem::take(&mut index.fresh),
         &index.root,
         &data.packs,
     )?;
-    let mut packs = index.packs;
+    let mut packs = std::mem::take(&mut index.packs);
     packs.extend(data.packs);
     tracing::info!(
         nodes_new = report.nodes_new,
         deltas = deltas.len(),
         "index and deltas written"
     );
-    report.history_error = head::write(&run, key, &prev, index.root, &packs, &deltas)?;
+    report.history_error = head::write(
+        &run,
+        key,
+        &prev,
+        (index.root, &index.reached),
+        &packs,
+        &deltas,
+    )?;
     tracing::info!(version = prev.version, "head written");
     // The head is out: a cache that cannot be written costs the next publish a full
     // read, not this version.

@@ -90,7 +90,16 @@ fn index_packs(
         .flat_map(|v| v.packs.iter())
         .filter(|p| p.kind == PackKind::Index)
     {
-        packs.insert(p.id, store.get_pack(&p.id, p.size)?);
+        match store.get_pack(&p.id, p.size) {
+            Ok(bytes) => packs.insert(p.id, bytes),
+            // A gc removed it (no kept version reaches any node in it any more): the
+            // nodes still needed are in other packs, fetched one by one.
+            Err(SyncError::NotFound { .. }) => {
+                tracing::info!(pack = %p.id, "an index pack the head lists is gone (gc); fetching nodes one by one");
+                return Ok(HashMap::new());
+            }
+            Err(e) => return Err(e),
+        };
     }
     Ok(packs)
 }

@@ -160,6 +160,37 @@ pub(crate) fn sync_cmd(
     a
 }
 
+/// Waits (with a deadline) until `path` exists.
+pub(crate) fn wait_for(path: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !path.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Starts `args` held at `step` (until `release` exists); returns once it is there.
+pub(crate) fn hold_at(args: &[String], step: &str, release: &Path) -> std::process::Child {
+    let child = bin()
+        .args(args)
+        .env(
+            "PULPDIST_FAILPOINT",
+            format!("{step}:1:wait:{}", s(release)),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut reached = release.as_os_str().to_owned();
+    reached.push(".reached");
+    wait_for(Path::new(&reached));
+    child
+}
+
 /// Borrows a command line for [`run`] and [`run_json`].
 pub(crate) fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()

@@ -1,0 +1,146 @@
+//! `pulpdist gc`: keep the versions a retention policy names, and remove, in two phases a
+//! grace period apart, the packs and archived heads nothing kept reaches.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use pulpdist_gc::{gc, GcOptions, GcReport, Object, Policy};
+use serde_json::json;
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// The store: a directory, or s3://bucket[/prefix].
+    #[arg(long)]
+    store: String,
+    /// Trees the policy applies to (repeatable) [default: every tree]; every version of
+    /// the other trees is kept.
+    #[arg(long = "tree")]
+    trees: Vec<String>,
+    /// Keep the N highest versions of each tree.
+    #[arg(long, value_name = "N")]
+    keep_last: Option<u64>,
+    /// Keep the versions published within this long (e.g. 30d, 12h).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    keep_within: Option<Duration>,
+    /// Keep this version too (repeatable; with one --tree).
+    #[arg(long = "keep-version", value_name = "V", requires = "trees")]
+    keep_versions: Vec<u64>,
+    /// Remove a pack only once it has been condemned (unreached) this long, and keep each
+    /// version that was current less than this ago: longer than the longest publish and
+    /// sync.
+    #[arg(long, value_name = "DURATION", default_value = "1d", value_parser = humantime::parse_duration)]
+    grace: Duration,
+    /// Print what would be removed and condemned; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// The gc's state directory, for its lock on an object store
+    /// [default: ~/.cache/pulpdist/gc/<bucket>/<prefix>; a directory store locks
+    /// locks/.gc.lock].
+    #[arg(long)]
+    state: Option<PathBuf>,
+    #[command(flatten)]
+    s3: super::stores::S3Args,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    progress: super::progress::ProgressArgs,
+}
+
+pub(crate) fn run(a: Args) -> Result<()> {
+    if !a.keep_versions.is_empty() && a.trees.len() != 1 {
+        return Err(super::usage("--keep-version needs exactly one --tree"));
+    }
+    let store = super::stores::target(&a.store, &a.s3)?;
+    let state = match (&a.state, super::stores::parse(&a.store)?) {
+        (Some(s), _) => s.clone(),
+        (None, super::stores::Location::Dir(d)) => d.join("locks"),
+        (None, super::stores::Location::S3 { bucket, prefix }) => {
+            super::stores::bucket_state("gc", &bucket, &prefix)
+        }
+        (None, super::stores::Location::Http(_)) => unreachable!("refused by stores::target"),
+    };
+    let policy = Policy {
+        keep_last: a.keep_last,
+        keep_within: a.keep_within.map(|d| d.as_secs()),
+        keep_versions: a.keep_versions.clone(),
+    };
+    let mut opts = GcOptions::new(policy, state);
+    opts.trees = a.trees.clone();
+    opts.grace = a.grace.as_secs();
+    opts.dry_run = a.dry_run;
+    let report = gc(&*store, &opts, &a.progress.reporter())
+        .with_context(|| format!("collecting garbage in {}", a.store))?;
+    print_report(a.json, &report)
+}
+
+fn print_report(json: bool, r: &GcReport) -> Result<()> {
+    let objects = |list: &[Object]| -> Vec<serde_json::Value> {
+        list.iter()
+            .map(|o| json!({"key": o.key, "bytes": o.bytes}))
+            .collect()
+    };
+    let bytes = |list: &[Object]| -> u64 { list.iter().map(|o| o.bytes).sum() };
+    let trees: Vec<_> = r
+        .trees
+        .iter()
+        .map(|t| json!({"tree": t.tree, "versions": t.versions, "kept": t.kept}))
+        .collect();
+    let value = json!({
+        "dry_run": r.dry_run,
+        "trees": trees,
+        "removed": objects(&r.removed),
+        "removed_bytes": bytes(&r.removed),
+        "condemned": objects(&r.condemned),
+        "condemned_bytes": bytes(&r.condemned),
+        "rescued": r.rescued,
+        "waiting": r.waiting,
+        "young": r.young,
+        "packs_before": r.packs_before,
+        "bytes_before": r.bytes_before,
+        "bytes_after": r.bytes_after,
+        "live_bytes": r.live_bytes,
+        "nodes": r.nodes,
+        "chunks": r.chunks,
+    });
+    super::emit(json, value, || {
+        let verb = if r.dry_run { "would remove" } else { "removed" };
+        let mut s = String::new();
+        for t in &r.trees {
+            let kept: Vec<String> = t.kept.iter().map(u64::to_string).collect();
+            s.push_str(&format!(
+                "tree {}: {} version(s), keeping {}\n",
+                t.tree,
+                t.versions.len(),
+                kept.join(" ")
+            ));
+        }
+        for o in &r.removed {
+            s.push_str(&format!("{verb} {} ({} bytes)\n", o.key, o.bytes));
+        }
+        let cverb = if r.dry_run {
+            "would condemn"
+        } else {
+            "condemned"
+        };
+        for o in &r.condemned {
+            s.push_str(&format!("{cverb} {} ({} bytes)\n", o.key, o.bytes));
+        }
+        s.push_str(&format!(
+            "{verb} {} object(s), {} bytes; {cverb} {} pack(s), {} bytes; {} waiting out the grace period, {} too young, {} rescued\n",
+            r.removed.len(),
+            bytes(&r.removed),
+            r.condemned.len(),
+            bytes(&r.condemned),
+            r.waiting,
+            r.young,
+            r.rescued
+        ));
+        s.push_str(&format!(
+            "packs: {} bytes before, {} after; the kept versions reach {} bytes\n",
+            r.bytes_before, r.bytes_after, r.live_bytes
+        ));
+        s
+    })
+}

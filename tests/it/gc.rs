@@ -1,0 +1,388 @@
+//! `pulpdist gc`: retention, the two phases (condemn, then remove a grace period later),
+//! dry runs that list exactly what the real run removes, sites behind the kept versions,
+//! publishes running at the same time, damaged archived heads, and a bucket.
+
+use crate::common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+
+use common::servers::{S3, S3_ACCESS_KEY, S3_SECRET_KEY};
+use common::{assert_same_tree, hold_at, run, run_json, s, strs, sync_cmd, Site};
+
+/// `gc --store STORE ARGS... --json`, asserting success.
+fn gc(store: &str, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["gc", "--store", store, "--progress", "none"];
+    a.extend(args);
+    run_json(&a)
+}
+
+fn keys(report: &serde_json::Value, field: &str) -> BTreeSet<String> {
+    report[field]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|o| o["key"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every object under `store` (a directory), relative, except locks and temporaries.
+fn objects(store: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for sub in ["packs", "history", "heads"] {
+        let mut todo = vec![store.join(sub)];
+        while let Some(d) = todo.pop() {
+            let Ok(rd) = fs::read_dir(&d) else { continue };
+            for e in rd {
+                let p = e.expect("entry").path();
+                if p.is_dir() {
+                    todo.push(p);
+                } else {
+                    let rel = p.strip_prefix(store).expect("under store");
+                    out.insert(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn pack_bytes(store: &Path) -> u64 {
+    fs::read_dir(store.join("packs"))
+        .expect("packs")
+        .map(|e| e.expect("entry").metadata().expect("stat").len())
+        .sum()
+}
+
+fn verify_clean(site: &Site) {
+    let store = site.store();
+    let trust = site.trust();
+    let r = run_json(&[
+        "verify",
+        "--store",
+        s(&store),
+        "--trust",
+        &trust,
+        "--read-data",
+        "--progress",
+        "none",
+    ]);
+    assert_eq!(r["problems"].as_array().map(Vec::len), Some(0), "{r}");
+}
+
+/// Ten versions of a generated package repository, `--keep-last 3`: the dry runs list
+/// exactly what the real runs then remove (archived heads, then packs a grace period
+/// after they were condemned); the kept versions verify; sites left at versions the store
+/// no longer keeps sync to the current one.
+#[test]
+fn ten_versions_keep_last_three() {
+    let site = Site::new();
+    pulpdist_testdata::generate(&site.src(), 61, 1).expect("generate");
+    site.publish();
+    site.sync();
+    let behind = site.p("behind");
+    for step in 1..10u64 {
+        pulpdist_testdata::evolve(&site.src(), 61, step).expect("evolve");
+        site.publish();
+        if step == 6 {
+            let args = sync_cmd(s(&site.store()), "tree", &site.trust(), &behind, &[]);
+            run_json(&strs(&args));
+        }
+    }
+    let store = site.store();
+    let st = s(&store);
+    let policy = ["--keep-last", "3", "--grace", "0s"];
+    let before = objects(&store);
+
+    // First run: the archived heads of versions 1-7 go; unreached packs are condemned.
+    let dry = gc(st, &[&policy[..], &["--dry-run"]].concat());
+    assert_eq!(objects(&store), before, "a dry run changes nothing");
+    let real = gc(st, &policy);
+    assert_eq!(keys(&dry, "removed"), keys(&real, "removed"));
+    assert_eq!(keys(&dry, "condemned"), keys(&real, "condemned"));
+    assert_eq!(dry["removed_bytes"], real["removed_bytes"]);
+    let history: BTreeSet<String> = (1..=7)
+        .map(|v| pulpdist_format::history_key("tree", v))
+        .collect();
+    assert_eq!(keys(&real, "removed"), history, "{real}");
+    assert!(!keys(&real, "condemned").is_empty(), "{real}");
+    assert_eq!(real["trees"][0]["kept"], serde_json::json!([8, 9, 10]));
+    let gone: BTreeSet<String> = before.difference(&objects(&store)).cloned().collect();
+    assert_eq!(gone, history);
+
+    // Second run: the condemned packs go, exactly those the dry run lists.
+    let mid = objects(&store);
+    let dry = gc(st, &[&policy[..], &["--dry-run"]].concat());
+    assert_eq!(objects(&store), mid);
+    let real = gc(st, &policy);
+    assert_eq!(keys(&dry, "removed"), keys(&real, "removed"));
+    let gone: BTreeSet<String> = mid.difference(&objects(&store)).cloned().collect();
+    assert_eq!(gone, keys(&real, "removed"));
+    assert_eq!(
+        gone.len() as u64,
+        real["removed"].as_array().map_or(0, |a| a.len() as u64)
+    );
+    assert!(!gone.is_empty());
+    let removed_bytes: u64 = real["removed_bytes"].as_u64().expect("bytes");
+    assert_eq!(
+        pack_bytes(&store),
+        real["bytes_after"].as_u64().expect("after")
+    );
+    assert!(removed_bytes > 0);
+    // A third run finds nothing more to do.
+    let again = gc(st, &policy);
+    assert!(keys(&again, "removed").is_empty() && keys(&again, "condemned").is_empty());
+    let (live, after) = (
+        again["live_bytes"].as_u64().expect("live"),
+        again["bytes_after"].as_u64().expect("after"),
+    );
+    eprintln!(
+        "store {after} bytes for {live} live bytes ({:.3}x)",
+        after as f64 / live as f64
+    );
+
+    verify_clean(&site);
+    let log = run_json(&[
+        "log",
+        "--store",
+        st,
+        "--tree",
+        "tree",
+        "--trust",
+        &site.trust(),
+    ]);
+    let versions: Vec<u64> = log
+        .as_array()
+        .expect("versions")
+        .iter()
+        .filter_map(|v| v["version"].as_u64())
+        .collect();
+    assert_eq!(versions, [8, 9, 10], "{log}");
+
+    // Sites at versions 1 and 7, both no longer kept, sync to 10 and match the source.
+    let r = site.sync();
+    assert_eq!(r["version"], 10, "{r}");
+    assert_same_tree(&site.src(), &site.mirror());
+    let args = sync_cmd(st, "tree", &site.trust(), &behind, &[]);
+    let r = run_json(&strs(&args));
+    assert_eq!(r["version"], 10, "{r}");
+    assert_same_tree(&site.src(), &behind);
+}
+
+/// A pack is not condemned while younger than the grace period, nor removed until it has
+/// been condemned for that long; a pack a new version names again is taken off the list.
+#[test]
+fn the_grace_period_protects_young_packs_and_a_reused_pack_is_rescued() {
+    let site = Site::new();
+    fs::write(site.src().join("a.bin"), common::noise(200_000, 3)).expect("a");
+    site.publish();
+    fs::remove_file(site.src().join("a.bin")).expect("rm a");
+    fs::write(site.src().join("b.txt"), b"b\n").expect("b");
+    site.publish();
+    let store = site.store();
+    let st = s(&store);
+    // A day of grace: version 1 was current a moment ago, so it is kept, and nothing goes.
+    let r = gc(st, &["--keep-last", "1"]);
+    assert_eq!(r["trees"][0]["kept"], serde_json::json!([1, 2]), "{r}");
+    assert!(keys(&r, "removed").is_empty() && keys(&r, "condemned").is_empty());
+    // Without grace: version 1's packs are condemned; with a day, they wait.
+    let r = gc(st, &["--keep-last", "1", "--grace", "0s"]);
+    let condemned = keys(&r, "condemned");
+    assert!(!condemned.is_empty(), "{r}");
+    let history: BTreeSet<String> = [pulpdist_format::history_key("tree", 1)].into();
+    assert_eq!(keys(&r, "removed"), history, "{r}");
+    let r = gc(st, &["--keep-last", "1", "--grace", "1h"]);
+    assert!(keys(&r, "removed").is_empty(), "{r}");
+    assert_eq!(r["waiting"].as_u64(), Some(condemned.len() as u64), "{r}");
+    // The publisher reuses nothing condemned: a.bin back stores its chunks again, in a new
+    // pack; the condemned ones stay unreached and go.
+    fs::write(site.src().join("a.bin"), common::noise(200_000, 3)).expect("a again");
+    let p = site.publish();
+    assert!(p["chunks_new"].as_u64() > Some(0), "{p}");
+    let r = gc(st, &["--keep-last", "1", "--grace", "0s"]);
+    let packs: BTreeSet<String> = keys(&r, "removed")
+        .into_iter()
+        .filter(|k| k.starts_with("packs/"))
+        .collect();
+    assert_eq!(packs, condemned, "{r}");
+    verify_clean(&site);
+    site.sync();
+    assert_same_tree(&site.src(), &site.mirror());
+}
+
+/// A publish that reuses a chunk of a pack a gc condemns while it runs refuses to name it
+/// (nothing is published; the next publish stores the chunk again), and one whose new
+/// packs a gc without grace removes while it runs fails instead of naming them. With the
+/// grace period, a gc during a publish touches nothing of it.
+#[test]
+fn a_gc_during_a_publish_never_leaves_a_head_naming_a_missing_pack() {
+    let site = Site::new();
+    fs::write(site.src().join("a.bin"), common::noise(200_000, 5)).expect("a");
+    site.publish();
+    fs::rename(site.src().join("a.bin"), site.p("a.bin")).expect("set a aside");
+    site.publish();
+    let store = site.store();
+    let st = s(&store);
+    gc(st, &["--keep-last", "1", "--grace", "0s"]);
+    gc(st, &["--keep-last", "1", "--grace", "0s"]);
+
+    // a.bin is back; the publish is held before its head while a gc runs (no grace).
+    fs::rename(site.p("a.bin"), site.src().join("a.bin")).expect("a back");
+    fs::write(site.src().join("c.bin"), common::noise(100_000, 7)).expect("c");
+    let cmd = site.publish_cmd(&site.key(), &["--json"]);
+    let release = site.p("release-1");
+    let held = hold_at(&cmd, "publish.head", &release);
+    let r = gc(st, &["--keep-last", "1", "--grace", "0s"]);
+    assert!(
+        !keys(&r, "condemned").is_empty(),
+        "its new packs look unreached: {r}"
+    );
+    fs::write(&release, b"go").expect("release");
+    let out = held.wait_with_output().expect("held publish");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "published over condemned packs");
+    assert!(err.contains("by a gc while the publish ran"), "{err}");
+    verify_clean(&site);
+
+    // Held again; the gc condemns and then removes its packs (no grace at all).
+    let release = site.p("release-2");
+    let held = hold_at(&cmd, "publish.head", &release);
+    gc(st, &["--keep-last", "1", "--grace", "0s"]);
+    let r = gc(st, &["--keep-last", "1", "--grace", "0s"]);
+    assert!(!keys(&r, "removed").is_empty(), "{r}");
+    fs::write(&release, b"go").expect("release");
+    let out = held.wait_with_output().expect("held publish");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "published a head naming removed packs"
+    );
+    assert!(err.contains("removed by a gc"), "{err}");
+    verify_clean(&site);
+
+    // With the default grace, a gc during the publish leaves it alone.
+    let release = site.p("release-3");
+    let held = hold_at(&cmd, "publish.head", &release);
+    let r = gc(st, &["--keep-last", "1"]);
+    assert!(keys(&r, "condemned").is_empty(), "{r}");
+    assert!(r["young"].as_u64() > Some(0), "{r}");
+    fs::write(&release, b"go").expect("release");
+    let out = held.wait_with_output().expect("held publish");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    verify_clean(&site);
+    site.sync();
+    assert_same_tree(&site.src(), &site.mirror());
+}
+
+/// A damaged archived head of a kept version stops the gc before anything is removed; one
+/// of a version not kept is removed with it. Without a policy, gc refuses to run.
+#[test]
+fn damaged_archived_heads_and_an_empty_policy() {
+    let site = Site::new();
+    for v in 0..4u32 {
+        fs::write(site.src().join("f.bin"), common::noise(50_000, v)).expect("f");
+        site.publish();
+    }
+    let store = site.store();
+    let st = s(&store);
+    let out = run(&["gc", "--store", st]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no retention policy"));
+
+    let h3 = store.join(pulpdist_format::history_key("tree", 3));
+    fs::write(&h3, b"not a head").expect("damage");
+    let before = objects(&store);
+    let out = run(&["gc", "--store", st, "--keep-last", "2", "--grace", "0s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("00000000000000000003") && err.contains("nothing was removed"),
+        "{err}"
+    );
+    assert_eq!(objects(&store), before);
+    // Kept only one: version 3 is not kept, and its damaged head goes with 1's. When 3
+    // was published (so when 2 stopped being current) is unknown: 2 is kept this time.
+    let r = gc(st, &["--keep-last", "1", "--grace", "0s"]);
+    let removed: BTreeSet<String> = [1, 3]
+        .map(|v| pulpdist_format::history_key("tree", v))
+        .into();
+    assert_eq!(keys(&r, "removed"), removed, "{r}");
+    let r = gc(st, &["--keep-last", "1", "--grace", "0s"]);
+    let removed = keys(&r, "removed");
+    assert!(
+        removed.contains(&pulpdist_format::history_key("tree", 2)),
+        "{r}"
+    );
+    // A foreign object in packs/ is never touched.
+    fs::write(store.join("packs/README"), b"mine").expect("foreign");
+    gc(st, &["--keep-last", "1", "--grace", "0s"]);
+    assert!(store.join("packs/README").exists());
+    verify_clean(&site);
+}
+
+/// The same on a bucket (s3s-fs): condemned, then removed; the current version syncs.
+#[test]
+fn gc_of_a_bucket() {
+    let site = Site::new();
+    let s3 = S3::start(&site.p("s3"), &["gcbucket"]);
+    let secret = site.p("s3-secret");
+    fs::write(&secret, format!("{S3_SECRET_KEY}\n")).expect("secret");
+    let creds = [
+        "--s3-endpoint",
+        &s3.endpoint,
+        "--s3-access-key-id",
+        S3_ACCESS_KEY,
+        "--s3-secret-key-file",
+        s(&secret),
+    ];
+    let store = "s3://gcbucket/p";
+    for v in 0..4u32 {
+        fs::write(site.src().join("f.bin"), common::noise(80_000, v)).expect("f");
+        let mut a = vec!["publish", "--store", store, "--tree", "tree"];
+        let key = site.key();
+        a.extend(["--key", s(&key)]);
+        a.extend(creds);
+        let (state, src) = (site.p("publish-state"), site.src());
+        a.extend(["--state", s(&state), s(&src)]);
+        run_json(&a);
+    }
+    let gc_state = site.p("gc-state");
+    let mut args = vec!["--keep-last", "1", "--grace", "0s", "--state", s(&gc_state)];
+    args.extend(creds);
+    let first = gc(store, &args);
+    assert_eq!(keys(&first, "removed").len(), 3, "{first}");
+    assert!(!keys(&first, "condemned").is_empty(), "{first}");
+    let dry = gc(store, &[&args[..], &["--dry-run"]].concat());
+    let second = gc(store, &args);
+    assert_eq!(keys(&dry, "removed"), keys(&second, "removed"));
+    assert_eq!(
+        keys(&second, "removed"),
+        keys(&first, "condemned"),
+        "{second}"
+    );
+    let bucket_dir = site.p("s3/gcbucket/p/packs");
+    let left: BTreeSet<String> = fs::read_dir(&bucket_dir)
+        .expect("bucket packs")
+        .map(|e| format!("packs/{}", e.expect("entry").file_name().to_string_lossy()))
+        .collect();
+    assert!(left.is_disjoint(&keys(&second, "removed")), "{left:?}");
+    let mut v = vec!["verify", "--store", store, "--trust"];
+    let trust = site.trust();
+    v.extend([trust.as_str(), "--read-data"]);
+    v.extend(creds);
+    let r = run_json(&v);
+    assert_eq!(r["problems"].as_array().map(Vec::len), Some(0), "{r}");
+    let mut a = sync_cmd(store, "tree", &site.trust(), &site.mirror(), &[]);
+    let dest = a.pop().expect("dest");
+    a.extend(creds.iter().map(|x| x.to_string()));
+    a.push(dest);
+    run_json(&strs(&a));
+    assert_same_tree(&site.src(), &site.mirror());
+}
