@@ -1,6 +1,6 @@
-//! Checking a store (`pulpdist verify --store`): every head of the trees asked for (all the
-//! store lists, by default) verifies against the trusted keys and names its tree; every
-//! index node its version reaches is fetched, decoded and checked against its id; every
+//! Checking a store (`pulpdist verify --store`): every head, current and archived, of the
+//! trees asked for (all the store lists, by default) verifies against the trusted keys and
+//! names its tree; every index node each of those versions reaches is fetched, decoded and checked against its id; every
 //! pack a chunk is located in exists and reaches past that chunk's last byte. With
 //! `read_data`, every chunk of the packs selected is fetched and checked against its BLAKE3
 //! id: all packs, or one subset in M (`N/M`, by pack id), so that M runs cover the store.
@@ -116,11 +116,15 @@ pub fn verify_store(
     let mut seen = HashSet::new();
     for tree in &trees {
         report.trees += 1;
-        check_archived(store, tree, trusted, &mut report)?;
-        let Some(root) = checked_head(store, tree, trusted, &mut report)? else {
-            continue;
-        };
-        walk(store, root, &mut seen, &mut chunks, &mut report)?;
+        // Every archived version the store keeps is checked whole, not only the current
+        // one: a gc must not leave a kept version missing an object.
+        let roots = check_archived(store, tree, trusted, &mut report)?;
+        if let Some(root) = checked_head(store, tree, trusted, &mut report)? {
+            walk(store, root, &mut seen, &mut chunks, &mut report)?;
+        }
+        for root in roots {
+            walk(store, root, &mut seen, &mut chunks, &mut report)?;
+        }
     }
     report.packs = chunks.len() as u64;
     report.chunks = chunks.values().map(|c| c.len() as u64).sum();
@@ -133,15 +137,17 @@ pub fn verify_store(
     Ok(report)
 }
 
-/// Every archived head of `tree` the store lists verifies and names its tree and version.
+/// Every archived head of `tree` the store lists verifies and names its tree and version;
+/// the roots of those that do.
 fn check_archived(
     store: &dyn StoreReader,
     tree: &str,
     trusted: &TrustedKeys,
     report: &mut VerifyReport,
-) -> Result<(), SyncError> {
+) -> Result<Vec<NodeRef>, SyncError> {
+    let mut roots = Vec::new();
     let Some(versions) = store.list_versions(tree) else {
-        return Ok(());
+        return Ok(roots);
     };
     for v in versions? {
         report.archived += 1;
@@ -152,7 +158,10 @@ fn check_archived(
         );
         let what = match store.get_archived(tree, v) {
             Ok(Some(bytes)) => match SignedHead::decode_and_verify(&bytes, trusted) {
-                Ok(h) if h.head().tree == tree && h.head().version == v => continue,
+                Ok(h) if h.head().tree == tree && h.head().version == v => {
+                    roots.push(h.head().root);
+                    continue;
+                }
                 Ok(h) => format!(
                     "holds tree '{}' version {}",
                     h.head().tree,
@@ -166,7 +175,7 @@ fn check_archived(
         };
         report.problems.push(Problem { object, what });
     }
-    Ok(())
+    Ok(roots)
 }
 
 /// The root of tree `tree`'s head, if it verifies; a problem noted otherwise.

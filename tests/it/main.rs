@@ -21,6 +21,7 @@ mod killpoints;
 mod rsync;
 mod s3;
 mod serve;
+mod soak;
 mod sync;
 mod tls;
 mod verify;
