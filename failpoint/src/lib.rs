@@ -14,7 +14,7 @@
 //!   of a run, stop a run at each of them, and check the order of renames and deletions.
 //!
 //! Without them [`hit`] costs one load of an initialised `OnceLock`. The steps are named
-//! `sync.*` and `publish.*`; docs/ARCHITECTURE.md lists them.
+//! `sync.*`, `publish.*` and `gc.*`; docs/ARCHITECTURE.md lists them.
 //!
 //! ```
 //! pulpdist_failpoint::hit("example.step"); // nothing happens unless a test asked for it
