@@ -1,11 +1,29 @@
 //! What stops a garbage collection. Each says whether anything was removed: every check
-//! that can stop a run comes before the first removal.
+//! that can stop a run comes before the first removal, and a failure during the removals
+//! is [`GcError::Stopped`], which says how far they got.
 
 use pulpdist_publish::PublishError;
 
 /// Why a gc stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum GcError {
+    /// The removals failed partway (a bucket refusing deletes, a read-only directory):
+    /// what was removed is gone, nothing kept was, and the next run goes on from there.
+    #[error("{source} (after the condemned list was written and {removed} of {total} objects removed; what is kept is whole, and the next run goes on)")]
+    Stopped {
+        /// Objects removed before the failure.
+        removed: usize,
+        /// Objects the run was to remove.
+        total: usize,
+        /// The failure.
+        source: PublishError,
+    },
+    /// Another gc of the store is running.
+    #[error("another gc of this store is running{holder}; one at a time")]
+    Busy {
+        /// Who holds its lock, if known (` (pid N)`).
+        holder: String,
+    },
     /// Reading or writing the store failed (the error names the object).
     #[error(transparent)]
     Store(#[from] PublishError),

@@ -32,11 +32,13 @@ mod error;
 mod options;
 mod plan;
 mod reach;
+mod repack;
 mod survey;
 
 pub use error::GcError;
 pub use options::{GcOptions, Policy, DEFAULT_GRACE};
 pub use plan::Object;
+pub use repack::{Repack, Repacked};
 
 use pulpdist_publish::Store;
 
@@ -45,6 +47,8 @@ use pulpdist_publish::Store;
 pub struct TreeVersions {
     /// The tree.
     pub tree: String,
+    /// The version its head holds.
+    pub current: u64,
     /// Every version the store had (archived or current).
     pub versions: Vec<u64>,
     /// The versions kept.
@@ -81,6 +85,8 @@ pub struct GcReport {
     pub nodes: u64,
     /// Distinct chunks reached.
     pub chunks: u64,
+    /// With a repack: the sparse packs, and (unless a dry run) what was rewritten.
+    pub repacked: Option<Repacked>,
 }
 
 /// Runs a garbage collection of `store`.
@@ -98,12 +104,56 @@ pub fn gc(
     })?;
     // One gc of a store at a time (a directory store's `locks/.gc.lock`; on an object
     // store, a lock in the gc's state directory). Publishers are not locked out.
-    let _lock = store.lock(".gc", &opts.state_dir)?;
+    // A dry run changes nothing and takes no lock (a read-only user can run it).
+    let _lock = match opts.dry_run {
+        true => None,
+        false => match store.lock(".gc", &opts.state_dir) {
+            Ok(l) => Some(l),
+            Err(pulpdist_publish::PublishError::Locked { holder, .. }) => {
+                return Err(GcError::Busy { holder })
+            }
+            Err(e) => return Err(e.into()),
+        },
+    };
     let now = opts.now.unwrap_or_else(unix_now);
     let condemned = store.read_condemned()?;
-    let packs = store.list_packs()?;
-    let trees = survey::survey(store, opts, now, progress)?;
-    let reach = reach::reach(store, &trees, progress)?;
+    let mut packs = store.list_packs()?;
+    let mut trees = survey::survey(store, opts, now, progress)?;
+    let mut reach = reach::reach(store, &trees, progress)?;
+    let mut repacked = None;
+    if let Some(r) = &opts.repack {
+        let sparse = repack::sparse(&packs, &reach, r.max_unused);
+        if opts.dry_run || sparse.is_empty() {
+            repacked = Some(Repacked {
+                sparse,
+                ..Repacked::default()
+            });
+        } else {
+            let done = repack::rewrite(store, &trees, &sparse, r, now, &opts.state_dir)?;
+            // The versions kept stay those the policy chose (and the versions the repack
+            // published), so a dry run's list is still what this run removes.
+            let mut kept: std::collections::HashMap<String, std::collections::BTreeSet<u64>> =
+                trees
+                    .iter()
+                    .map(|t| (t.name.clone(), t.retained.clone()))
+                    .collect();
+            for (tree, _, new) in &done.versions {
+                kept.entry(tree.clone()).or_default().insert(*new);
+            }
+            packs = store.list_packs()?;
+            trees = survey::survey(store, opts, now, progress)?;
+            for t in &mut trees {
+                if let Some(k) = kept.get(&t.name) {
+                    t.retained = k
+                        .intersection(&t.versions.keys().copied().collect())
+                        .copied()
+                        .collect();
+                }
+            }
+            reach = reach::reach(store, &trees, progress)?;
+            repacked = Some(done);
+        }
+    }
     let plan = plan::plan(&trees, &packs, &condemned, &reach, now, opts.grace);
     tracing::info!(
         remove = plan.remove.len(),
@@ -113,12 +163,13 @@ pub fn gc(
     );
     let bytes_before: u64 = packs.iter().map(|l| l.size).sum();
     let removed_bytes: u64 = plan.remove.iter().map(|l| l.size).sum();
-    let report = GcReport {
+    let mut report = GcReport {
         dry_run: opts.dry_run,
         trees: trees
             .iter()
             .map(|t| TreeVersions {
                 tree: t.name.clone(),
+                current: t.current,
                 versions: t.versions.keys().copied().collect(),
                 kept: t.retained.iter().copied().collect(),
             })
@@ -134,9 +185,19 @@ pub fn gc(
         live_bytes: reach.live_bytes(),
         nodes: reach.nodes,
         chunks: reach.chunks,
+        repacked,
     };
     if !opts.dry_run {
-        apply::apply(store, &plan, progress)?;
+        let removed = apply::apply(store, &plan, progress)?;
+        // An object gone before its removal (another hand) is not reported as removed.
+        report.removed.retain(|o| removed.contains(&o.key));
+        report.bytes_after = bytes_before
+            - report
+                .removed
+                .iter()
+                .filter(|o| o.key.starts_with("packs/"))
+                .map(|o| o.bytes)
+                .sum::<u64>();
     }
     Ok(report)
 }

@@ -52,6 +52,8 @@ pub struct GcOptions {
     pub now: Option<i64>,
     /// The gc's own state directory (its lock when the store has no lock of its own).
     pub state_dir: std::path::PathBuf,
+    /// Rewrite sparse packs (`--max-unused`), with the trees' key.
+    pub repack: Option<crate::repack::Repack>,
 }
 
 impl GcOptions {
@@ -64,6 +66,7 @@ impl GcOptions {
             dry_run: false,
             now: None,
             state_dir: state_dir.into(),
+            repack: None,
         }
     }
 }

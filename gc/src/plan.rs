@@ -57,7 +57,7 @@ pub(crate) fn plan(
     grace: u64,
 ) -> Plan {
     let mut p = Plan::default();
-    let since = now.saturating_sub(grace as i64);
+    let since = now.saturating_sub(i64::try_from(grace).unwrap_or(i64::MAX));
     let listed: BTreeMap<PackId, &ListedPack> = packs.iter().map(|l| (l.id, l)).collect();
     p.rescued = condemned
         .packs

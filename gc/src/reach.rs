@@ -42,11 +42,8 @@ pub(crate) fn reach(
     };
     let kept: Vec<&Head> = trees
         .iter()
-        .flat_map(|t| {
-            t.retained
-                .iter()
-                .filter_map(|v| t.versions.get(v)?.head.as_ref())
-        })
+        .flat_map(|t| t.retained.iter().filter_map(|v| t.versions.get(v)))
+        .flat_map(|x| x.heads.iter())
         .collect();
     progress.start("versions walked", kept.len() as u64, 0);
     for head in kept {
@@ -89,33 +86,45 @@ impl Walker<'_> {
         new
     }
 
-    fn walk(&mut self, root: NodeRef) -> Result<(), GcError> {
-        let mut todo = vec![root];
-        while let Some(r) = todo.pop() {
-            if !self.seen_nodes.insert(r.id) {
-                continue;
-            }
-            let object = format!(
+    /// Reads and checks the node `r` names, at its location.
+    fn read(&self, r: &NodeRef) -> Result<pulpdist_format::Node, GcError> {
+        let unreadable = |reason: String| GcError::Unreadable {
+            object: format!(
                 "{}/{} (index node {} at {})",
                 self.store.describe(),
                 r.loc.pack.object_key(),
                 r.id,
                 r.loc.offset
-            );
-            let unreadable = |reason: String| GcError::Unreadable {
-                object: object.clone(),
-                reason,
-            };
-            r.loc
-                .validate("index node", MAX_NODE_SIZE)
-                .map_err(|e| unreadable(e.to_string()))?;
-            let stored = self
-                .store
-                .read_pack_range(r.loc.pack, r.loc.range())
-                .map_err(|e| unreadable(e.to_string()))?;
-            let node = r.open(&stored).map_err(|e| unreadable(e.to_string()))?;
-            self.reach.nodes += 1;
+            ),
+            reason,
+        };
+        r.loc
+            .validate("index node", MAX_NODE_SIZE)
+            .map_err(|e| unreadable(e.to_string()))?;
+        let stored = self
+            .store
+            .read_pack_range(r.loc.pack, r.loc.range())
+            .map_err(|e| unreadable(e.to_string()))?;
+        r.open(&stored).map_err(|e| unreadable(e.to_string()))
+    }
+
+    fn walk(&mut self, root: NodeRef) -> Result<(), GcError> {
+        let mut todo = vec![root];
+        while let Some(r) = todo.pop() {
+            // A node can be stored at several locations (stored again after its pack was
+            // condemned, or moved by a repack): each location a kept version names is
+            // reached, and read (it must be there); what is below it only once.
+            let new_location = !self.seen_objects.contains(&(r.loc.pack, r.loc.offset));
+            let first = !self.seen_nodes.contains(&r.id);
+            if !new_location && !first {
+                continue;
+            }
+            let node = self.read(&r)?;
             self.count(r.loc.pack, r.loc.offset, r.loc.stored_len);
+            if !self.seen_nodes.insert(r.id) {
+                continue;
+            }
+            self.reach.nodes += 1;
             for e in node.entries() {
                 match &e.kind {
                     EntryKind::Dir { node } => todo.push(*node),

@@ -13,8 +13,10 @@ use crate::options::{GcOptions, Policy};
 /// One version of a tree as the store holds it.
 #[derive(Clone, Debug)]
 pub(crate) struct Version {
-    /// Its head: the current one, or the archived one; `None` when neither decodes.
-    pub(crate) head: Option<Head>,
+    /// Its heads that decode: for the current version the current head first, then the
+    /// archived one if it differs (a tree published again from version 1, a rollback);
+    /// empty when none does.
+    pub(crate) heads: Vec<Head>,
     /// Whether `history/<tree>/<version>` exists.
     pub(crate) archived: bool,
     /// Why the archived head is unusable, if it is.
@@ -23,10 +25,19 @@ pub(crate) struct Version {
     pub(crate) size: u64,
 }
 
+impl Version {
+    /// The version's head (the current one for the current version).
+    pub(crate) fn head(&self) -> Option<&Head> {
+        self.heads.first()
+    }
+}
+
 /// A tree's versions and which are kept.
 #[derive(Clone, Debug)]
 pub(crate) struct Tree {
     pub(crate) name: String,
+    /// The version `heads/<tree>` holds.
+    pub(crate) current: u64,
     pub(crate) versions: BTreeMap<u64, Version>,
     pub(crate) retained: BTreeSet<u64>,
 }
@@ -50,14 +61,14 @@ pub(crate) fn survey(
     progress.start("versions", names.len() as u64, 0);
     let mut out = Vec::with_capacity(names.len());
     for name in names {
-        let versions = versions(store, &name)?;
+        let (current, versions) = versions(store, &name)?;
         let selected = opts.trees.is_empty() || opts.trees.contains(&name);
         let retained = match selected {
-            true => retain(&name, &versions, &opts.policy, now, opts.grace)?,
+            true => retain(&name, current, &versions, &opts.policy, now, opts.grace)?,
             false => versions.keys().copied().collect(),
         };
         for v in &retained {
-            if versions.get(v).is_none_or(|x| x.head.is_none()) {
+            if versions.get(v).is_none_or(|x| x.heads.is_empty()) {
                 let reason = versions
                     .get(v)
                     .and_then(|x| x.damaged.clone())
@@ -70,6 +81,7 @@ pub(crate) fn survey(
         }
         out.push(Tree {
             name,
+            current,
             versions,
             retained,
         });
@@ -79,8 +91,8 @@ pub(crate) fn survey(
     Ok(out)
 }
 
-/// The current head and the archived ones of `tree`.
-fn versions(store: &dyn Store, tree: &str) -> Result<BTreeMap<u64, Version>, GcError> {
+/// The current version of `tree`, and every version with its heads.
+fn versions(store: &dyn Store, tree: &str) -> Result<(u64, BTreeMap<u64, Version>), GcError> {
     let mut out = BTreeMap::new();
     let key = format!("heads/{tree}");
     let unreadable = |key: &str, reason: String| GcError::Unreadable {
@@ -98,28 +110,30 @@ fn versions(store: &dyn Store, tree: &str) -> Result<BTreeMap<u64, Version>, GcE
             Some(bytes) => (decode(&bytes, tree, Some(v)), bytes.len() as u64),
             None => (Err("gone while listed".into()), 0),
         };
-        let (head, damaged) = match decoded {
-            Ok(h) => (Some(h), None),
-            Err(reason) => (None, Some(reason)),
+        let (heads, damaged) = match decoded {
+            Ok(h) => (vec![h], None),
+            Err(reason) => (Vec::new(), Some(reason)),
         };
         out.insert(
             v,
             Version {
-                head,
+                heads,
                 archived: true,
                 damaged,
                 size,
             },
         );
     }
-    let entry = out.entry(current.version).or_insert(Version {
-        head: None,
+    let version = current.version;
+    let entry = out.entry(version).or_insert(Version {
+        heads: Vec::new(),
         archived: false,
         damaged: None,
         size: 0,
     });
-    entry.head = Some(current);
-    Ok(out)
+    entry.heads.retain(|h| *h != current);
+    entry.heads.insert(0, current);
+    Ok((version, out))
 }
 
 /// A head's content, if it decodes and names `tree` (and `version`, for an archived one).
@@ -137,29 +151,42 @@ fn decode(bytes: &[u8], tree: &str, version: Option<u64>) -> Result<Head, String
     Ok(head)
 }
 
-/// The versions `policy` keeps of a tree: the current (highest) one; the `keep_last`
-/// highest; those created within `keep_within`; the pinned ones; and those that were current
-/// less than `grace` ago (the next version was created since). A version whose head is
-/// unreadable has no known time, so the time rules keep it.
+/// The versions `policy` keeps of a tree: the current one; the `keep_last` highest whose
+/// heads can be read (versions with the same root counting as one); those created within `keep_within`; the pinned ones; and those that
+/// were current less than `grace` ago (the next version was created since, or its time is
+/// unknown). A version whose archived head cannot be read is kept only if current (its
+/// current head is read) or pinned (which stops the run: what it reaches is unknown).
 pub(crate) fn retain(
     tree: &str,
+    current: u64,
     versions: &BTreeMap<u64, Version>,
     policy: &Policy,
     now: i64,
     grace: u64,
 ) -> Result<BTreeSet<u64>, GcError> {
-    let created = |v: &Version| v.head.as_ref().map(|h| h.created);
-    let mut keep = BTreeSet::new();
-    keep.extend(versions.keys().next_back().copied());
+    let created = |v: &Version| v.head().map(|h| h.created);
+    let readable = || versions.iter().filter(|(_, x)| !x.heads.is_empty());
+    let mut keep = BTreeSet::from([current]);
     if let Some(n) = policy.keep_last {
-        keep.extend(versions.keys().rev().take(n as usize));
+        // Versions with the same root (a publish of an unchanged tree, the version a
+        // repack publishes again) count as one.
+        let mut roots = std::collections::HashSet::new();
+        for (v, x) in readable().rev() {
+            let root = x.head().map(|h| h.root.id);
+            if !roots.contains(&root) {
+                if roots.len() as u64 >= n {
+                    break;
+                }
+                roots.insert(root);
+            }
+            keep.insert(*v);
+        }
     }
     if let Some(within) = policy.keep_within {
-        let since = now.saturating_sub(within as i64);
+        let since = now.saturating_sub(i64::try_from(within).unwrap_or(i64::MAX));
         keep.extend(
-            versions
-                .iter()
-                .filter(|(_, x)| created(x).is_none_or(|c| c >= since))
+            readable()
+                .filter(|(_, x)| created(x).is_some_and(|c| c >= since))
                 .map(|(v, _)| *v),
         );
     }
@@ -172,11 +199,11 @@ pub(crate) fn retain(
         }
         keep.insert(*v);
     }
-    let since = now.saturating_sub(grace as i64);
+    let since = now.saturating_sub(i64::try_from(grace).unwrap_or(i64::MAX));
     let list: Vec<_> = versions.iter().collect();
     for pair in list.windows(2) {
-        let ((v, _), (_, next)) = (pair[0], pair[1]);
-        if created(next).is_none_or(|c| c > since) {
+        let ((v, x), (_, next)) = (pair[0], pair[1]);
+        if !x.heads.is_empty() && created(next).is_none_or(|c| c > since) {
             keep.insert(*v);
         }
     }
@@ -190,7 +217,7 @@ mod tests {
     fn tree(created: &[(u64, Option<i64>)]) -> BTreeMap<u64, Version> {
         let head = |v: u64, c: i64| {
             let root = pulpdist_format::NodeRef {
-                id: pulpdist_format::NodeId([0; 32]),
+                id: pulpdist_format::NodeId([v as u8; 32]),
                 loc: pulpdist_format::Location {
                     pack: pulpdist_format::PackId([0; 32]),
                     offset: 0,
@@ -214,7 +241,7 @@ mod tests {
             .iter()
             .map(|&(v, c)| {
                 let x = Version {
-                    head: c.map(|c| head(v, c)),
+                    heads: c.map(|c| head(v, c)).into_iter().collect(),
                     archived: true,
                     damaged: c.is_none().then(|| "damaged".into()),
                     size: 0,
@@ -225,7 +252,8 @@ mod tests {
     }
 
     fn keep(t: &BTreeMap<u64, Version>, p: Policy, now: i64, grace: u64) -> Vec<u64> {
-        retain("t", t, &p, now, grace)
+        let current = *t.keys().next_back().expect("a version");
+        retain("t", current, t, &p, now, grace)
             .expect("retained")
             .into_iter()
             .collect()
@@ -262,11 +290,31 @@ mod tests {
             keep_versions: vec![4],
             ..Policy::default()
         };
-        let e = retain("t", &t, &missing, 0, 0).expect_err("no version 4");
+        let e = retain("t", 5, &t, &missing, 0, 0).expect_err("no version 4");
         assert!(
             matches!(e, GcError::NoSuchVersion { version: 4, .. }),
             "{e}"
         );
+    }
+
+    #[test]
+    fn versions_with_one_root_count_once_for_keep_last() {
+        let mut t = tree(&[
+            (1, Some(100)),
+            (2, Some(200)),
+            (3, Some(300)),
+            (4, Some(400)),
+        ]);
+        // 4 is 3 published again (an unchanged tree, or a repack): the same root.
+        let three = t[&3].heads[0].root;
+        if let Some(x) = t.get_mut(&4) {
+            x.heads[0].root = three;
+        }
+        let last = Policy {
+            keep_last: Some(2),
+            ..Policy::default()
+        };
+        assert_eq!(keep(&t, last, 10_000, 0), [2, 3, 4]);
     }
 
     #[test]
@@ -283,20 +331,46 @@ mod tests {
     }
 
     #[test]
-    fn an_unreadable_version_has_no_time_and_time_rules_keep_it() {
+    fn an_unreadable_version_is_kept_only_if_current_or_pinned() {
         let t = tree(&[(1, None), (2, Some(200)), (3, None), (4, Some(400))]);
         let within = Policy {
-            keep_within: Some(10),
+            keep_within: Some(1_000_000),
             ..Policy::default()
         };
-        // 1 and 3 have no time; 2 is current until 3's unknown time: kept by the grace rule.
-        assert_eq!(keep(&t, within, 10_000, 60), [1, 2, 3, 4]);
+        // 1 and 3 cannot be read: no time rule keeps them; 2 was current until 3's
+        // unknown time, so the grace rule keeps it.
+        assert_eq!(keep(&t, within, 10_000, 60), [2, 4]);
         let last = Policy {
-            keep_last: Some(1),
+            keep_last: Some(2),
             ..Policy::default()
         };
         assert_eq!(keep(&t, last, 10_000, 0), [2, 4]);
         let policy_refused = Policy::default().check().expect_err("empty");
         assert!(matches!(policy_refused, GcError::EmptyPolicy));
+    }
+
+    #[test]
+    fn the_current_version_is_kept_even_below_archived_ones() {
+        // A rollback: heads/ holds version 2, the archive goes on to 5.
+        let t = tree(&[(1, Some(100)), (2, Some(200)), (5, Some(500))]);
+        let last = Policy {
+            keep_last: Some(1),
+            ..Policy::default()
+        };
+        let got: Vec<u64> = retain("t", 2, &t, &last, 10_000, 0)
+            .expect("retained")
+            .into_iter()
+            .collect();
+        assert_eq!(got, [2, 5]);
+        // Huge durations do not wrap around into keeping nothing.
+        let within = Policy {
+            keep_within: Some(u64::MAX),
+            ..Policy::default()
+        };
+        let got: Vec<u64> = retain("t", 5, &t, &within, 10_000, u64::MAX)
+            .expect("retained")
+            .into_iter()
+            .collect();
+        assert_eq!(got, [1, 2, 5]);
     }
 }

@@ -70,7 +70,11 @@ pub trait Store: Send + Sync {
         match self.read_object(key, pulpdist_format::MAX_CONDEMNED_SIZE)? {
             None => Ok(Condemned::default()),
             Some(bytes) => Condemned::decode(&bytes).map_err(|source| PublishError::Format {
-                object: format!("{}/{key}", self.describe()),
+                object: format!(
+                    "{}/{key} (a gc's list of packs to remove; if it is damaged, remove it: \
+                     the next gc lists them again and waits its grace period anew)",
+                    self.describe()
+                ),
                 source,
             }),
         }
@@ -236,9 +240,12 @@ impl Store for LocalStore {
     fn list_packs(&self) -> Result<Vec<ListedPack>, PublishError> {
         let mut out = Vec::new();
         for (name, meta) in list_dir(&self.root.join("packs"))? {
+            // Only regular files under their canonical name (lower-case hex): anything
+            // else in packs/ is not a pack of this store, and is never touched.
             let Some(id) = name
                 .strip_suffix(".pack")
                 .and_then(|h| h.parse::<PackId>().ok())
+                .filter(|id| meta.is_file() && id.to_hex() + ".pack" == name)
             else {
                 continue;
             };
@@ -258,9 +265,14 @@ impl Store for LocalStore {
     }
 
     fn list_trees(&self) -> Result<Vec<String>, PublishError> {
+        // A symlinked head is a tree too (a reader follows the link): it is listed, and
+        // reading it refuses anything but a regular file.
         let mut out: Vec<String> = list_dir(&self.root.join("heads"))?
             .into_iter()
-            .filter(|(n, m)| m.is_file() && pulpdist_format::validate_tree_name(n).is_ok())
+            .filter(|(n, m)| {
+                (m.is_file() || m.file_type().is_symlink())
+                    && pulpdist_format::validate_tree_name(n).is_ok()
+            })
             .map(|(n, _)| n)
             .collect();
         out.sort();
@@ -269,6 +281,8 @@ impl Store for LocalStore {
 
     fn list_history(&self, tree: &str) -> Result<Vec<u64>, PublishError> {
         let dir = self.root.join("history").join(tree);
+        // Archived heads are removed by a gc: never through a symlinked directory.
+        real_dirs(&self.root, &format!("history/{tree}/x"))?;
         if !dir.exists() {
             return Ok(Vec::new());
         }
@@ -282,6 +296,7 @@ impl Store for LocalStore {
 
     fn read_object(&self, key: &str, limit: usize) -> Result<Option<Vec<u8>>, PublishError> {
         let path = self.root.join(key);
+        regular_or_missing(&path)?;
         let f = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -308,6 +323,7 @@ impl Store for LocalStore {
 
     fn remove(&self, key: &str) -> Result<bool, PublishError> {
         let path = self.root.join(key);
+        real_dirs(&self.root, key)?;
         match fs::remove_file(&path) {
             Ok(()) => {
                 let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -321,6 +337,7 @@ impl Store for LocalStore {
 
     fn read_pack_range(&self, id: PackId, range: Range<u64>) -> Result<Vec<u8>, PublishError> {
         let path = self.root.join(id.object_key());
+        regular_or_missing(&path)?;
         let mut f = File::open(&path).at(&path)?;
         f.seek(SeekFrom::Start(range.start)).at(&path)?;
         let mut buf = vec![0u8; (range.end - range.start) as usize];
@@ -344,6 +361,35 @@ impl Store for LocalStore {
         fs::remove_file(file).at(file)?;
         sync_dir(&self.root.join("packs"))
     }
+}
+
+/// Refuses a path that exists and is not a regular file (after following a link), so that
+/// a FIFO or a device planted in the store is not opened (a FIFO would block forever).
+fn regular_or_missing(path: &Path) -> Result<(), PublishError> {
+    match fs::metadata(path) {
+        Ok(m) if !m.is_file() => Err(std::io::Error::other("not a regular file")).at(path),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses `key` when a directory on its way below `root` is a symlink (or not a
+/// directory): what a gc removes is removed inside the store only.
+fn real_dirs(root: &Path, key: &str) -> Result<(), PublishError> {
+    let mut dir = root.to_path_buf();
+    let parts: Vec<&str> = key.split('/').collect();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        dir.push(part);
+        match fs::symlink_metadata(&dir) {
+            Ok(m) if m.file_type().is_symlink() || !m.is_dir() => {
+                return Err(std::io::Error::other(
+                    "not a directory of the store (a symlink?)",
+                ))
+                .at(&dir)
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The entries of a directory whose names are UTF-8, with their metadata (not followed).

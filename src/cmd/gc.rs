@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use pulpdist_gc::{gc, GcOptions, GcReport, Object, Policy};
+use pulpdist_gc::{gc, GcOptions, GcReport, Object, Policy, Repack, Repacked};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -31,6 +31,14 @@ pub(crate) struct Args {
     /// sync.
     #[arg(long, value_name = "DURATION", default_value = "1d", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// Rewrite each pack more than PERCENT unreached: its reached objects are copied into
+    /// new packs and the kept versions re-encoded to name them (the current version is
+    /// published again as the next one), so the old pack goes. Needs --key.
+    #[arg(long, value_name = "PERCENT", requires = "key", value_parser = clap::value_parser!(u8).range(0..=100))]
+    max_unused: Option<u8>,
+    /// The trees' signing key (for --max-unused).
+    #[arg(long)]
+    key: Option<PathBuf>,
     /// Print what would be removed and condemned; change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -52,6 +60,12 @@ pub(crate) fn run(a: Args) -> Result<()> {
     if !a.keep_versions.is_empty() && a.trees.len() != 1 {
         return Err(super::usage("--keep-version needs exactly one --tree"));
     }
+    if let super::stores::Location::Dir(d) = super::stores::parse(&a.store)? {
+        // Opening a directory store creates its layout: not for a mistyped path.
+        if !d.join("heads").is_dir() {
+            anyhow::bail!("{}: not a store (no heads/ directory)", d.display());
+        }
+    }
     let store = super::stores::target(&a.store, &a.s3)?;
     let state = match (&a.state, super::stores::parse(&a.store)?) {
         (Some(s), _) => s.clone(),
@@ -70,6 +84,16 @@ pub(crate) fn run(a: Args) -> Result<()> {
     opts.trees = a.trees.clone();
     opts.grace = a.grace.as_secs();
     opts.dry_run = a.dry_run;
+    if let (Some(max_unused), Some(path)) = (a.max_unused, &a.key) {
+        let text = super::read_small(path, "key")?;
+        let key = pulpdist_format::SecretKey::from_text(&text)
+            .with_context(|| format!("parsing key {}", path.display()))?;
+        opts.repack = Some(Repack {
+            max_unused,
+            key: std::sync::Arc::new(key),
+            pack_size: 64 << 20,
+        });
+    }
     let report = gc(&*store, &opts, &a.progress.reporter())
         .with_context(|| format!("collecting garbage in {}", a.store))?;
     print_report(a.json, &report)
@@ -85,7 +109,7 @@ fn print_report(json: bool, r: &GcReport) -> Result<()> {
     let trees: Vec<_> = r
         .trees
         .iter()
-        .map(|t| json!({"tree": t.tree, "versions": t.versions, "kept": t.kept}))
+        .map(|t| json!({"tree": t.tree, "current": t.current, "versions": t.versions, "kept": t.kept}))
         .collect();
     let value = json!({
         "dry_run": r.dry_run,
@@ -103,6 +127,7 @@ fn print_report(json: bool, r: &GcReport) -> Result<()> {
         "live_bytes": r.live_bytes,
         "nodes": r.nodes,
         "chunks": r.chunks,
+        "repacked": r.repacked.as_ref().map(repacked_json),
     });
     super::emit(json, value, || {
         let verb = if r.dry_run { "would remove" } else { "removed" };
@@ -137,10 +162,55 @@ fn print_report(json: bool, r: &GcReport) -> Result<()> {
             r.young,
             r.rescued
         ));
+        if let Some(p) = &r.repacked {
+            let sparse: u64 = p.sparse.iter().map(|(_, b)| b).sum();
+            let verb = if r.dry_run {
+                "would rewrite"
+            } else {
+                "rewrote"
+            };
+            s.push_str(&format!(
+                "{verb} {} sparse pack(s) ({sparse} bytes): {} bytes copied into {} new pack(s)\n",
+                p.sparse.len(),
+                p.bytes_copied,
+                p.packs_written.len()
+            ));
+            for (tree, from, to) in &p.versions {
+                s.push_str(&format!("  tree {tree}: version {from} now as {to}\n"));
+            }
+            for (tree, why) in &p.skipped {
+                s.push_str(&format!("  tree {tree} left for a later run: {why}\n"));
+            }
+        }
         s.push_str(&format!(
             "packs: {} bytes before, {} after; the kept versions reach {} bytes\n",
             r.bytes_before, r.bytes_after, r.live_bytes
         ));
         s
+    })
+}
+
+fn repacked_json(p: &Repacked) -> serde_json::Value {
+    let sparse: Vec<_> = p
+        .sparse
+        .iter()
+        .map(|(id, bytes)| json!({"key": id.object_key(), "bytes": bytes}))
+        .collect();
+    let versions: Vec<_> = p
+        .versions
+        .iter()
+        .map(|(tree, from, to)| json!({"tree": tree, "version": from, "now": to}))
+        .collect();
+    let skipped: Vec<_> = p
+        .skipped
+        .iter()
+        .map(|(tree, why)| json!({"tree": tree, "why": why}))
+        .collect();
+    json!({
+        "sparse": sparse,
+        "bytes_copied": p.bytes_copied,
+        "packs_written": p.packs_written.len(),
+        "versions": versions,
+        "skipped": skipped,
     })
 }

@@ -51,8 +51,8 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
                 GcError::EmptyPolicy | GcError::BadPolicy(_) | GcError::NoSuchTree { .. } => 2,
                 GcError::NoSuchVersion { .. } => 2,
                 GcError::Unreadable { .. } => 3,
-                GcError::Store(PublishError::Locked { .. }) => 4,
-                GcError::Store(_) => 1,
+                GcError::Busy { .. } | GcError::Store(PublishError::Locked { .. }) => 4,
+                GcError::Store(_) | GcError::Stopped { .. } => 1,
             };
         }
         if let Some(PublishError::Locked { .. } | PublishError::HeadChanged { .. }) =

@@ -169,7 +169,8 @@ fn check_archived(
                 ),
                 Err(e) => e.to_string(),
             },
-            Ok(None) => "listed but not there".to_string(),
+            // Removed since it was listed (a gc running at the same time): not damage.
+            Ok(None) => continue,
             Err(e) if is_damage(&e) => e.to_string(),
             Err(e) => return Err(e),
         };
@@ -210,13 +211,15 @@ fn checked_head(
 fn walk(
     store: &dyn StoreReader,
     root: NodeRef,
-    seen: &mut HashSet<pulpdist_format::NodeId>,
+    // By id and location: a node stored at two locations (stored again after a gc
+    // condemned its pack, or moved by a repack) is checked at each a version names.
+    seen: &mut HashSet<NodeRef>,
     chunks: &mut BTreeMap<PackId, BTreeMap<ChunkId, ChunkRef>>,
     report: &mut VerifyReport,
 ) -> Result<(), SyncError> {
     let mut todo = vec![root];
     while let Some(r) = todo.pop() {
-        if !seen.insert(r.id) {
+        if !seen.insert(r) {
             continue;
         }
         let object = format!("index node {} in {}", r.id, r.loc.pack.object_key());

@@ -145,6 +145,65 @@ fn ten_versions_keep_last_three() {
     );
 
     verify_clean(&site);
+    // Every delta pack a kept head lists is kept.
+    for v in [8u64, 9, 10] {
+        let bytes = fs::read(store.join(pulpdist_format::history_key("tree", v))).expect("head");
+        let (h, _, _) = pulpdist_format::Head::decode_unverified(&bytes).expect("decodes");
+        for d in h.deltas().expect("deltas") {
+            assert!(
+                store.join(d.pack.object_key()).exists(),
+                "version {v}'s delta"
+            );
+        }
+    }
+    let r = site.sync();
+    assert_eq!(r["version"], 10, "{r}");
+
+    // Packs partly unreached stay: rewriting those more than 5 % unreached brings the
+    // store within 1.05 x of what the kept versions reach. The current version comes
+    // back as version 11 (same content and root as 10 now); 8 and 9 keep their numbers,
+    // and --keep-last counts 10 and 11 as one.
+    let key = site.key();
+    let repack = [&policy[..], &["--max-unused", "5", "--key", s(&key)]].concat();
+    let dry = gc(st, &[&repack[..], &["--dry-run"]].concat());
+    let sparse = dry["repacked"]["sparse"].as_array().map_or(0, Vec::len);
+    assert!(sparse > 0, "{dry}");
+    let r = gc(st, &repack);
+    assert_eq!(keys(&dry, "removed"), keys(&r, "removed"));
+    assert_eq!(r["repacked"]["sparse"], dry["repacked"]["sparse"], "{r}");
+    let moved: Vec<(u64, u64)> = r["repacked"]["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_u64().unwrap_or(0),
+                v["now"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert!(moved.contains(&(10, 11)), "{r}");
+    assert!(moved.contains(&(8, 8)) || moved.contains(&(9, 9)), "{r}");
+    let r = gc(st, &policy);
+    assert_eq!(
+        r["trees"][0]["kept"],
+        serde_json::json!([8, 9, 10, 11]),
+        "one content, two numbers: {r}"
+    );
+    let last = gc(st, &policy);
+    let (live, after) = (
+        last["live_bytes"].as_u64().expect("live"),
+        last["bytes_after"].as_u64().expect("after"),
+    );
+    eprintln!(
+        "after the rewrite: {after} bytes for {live} live ({:.3}x)",
+        after as f64 / live as f64
+    );
+    assert!(
+        after as f64 <= 1.05 * live as f64,
+        "{after} > 1.05 x {live}"
+    );
+    verify_clean(&site);
     let log = run_json(&[
         "log",
         "--store",
@@ -160,15 +219,17 @@ fn ten_versions_keep_last_three() {
         .iter()
         .filter_map(|v| v["version"].as_u64())
         .collect();
-    assert_eq!(versions, [8, 9, 10], "{log}");
+    assert_eq!(versions, [8, 9, 10, 11], "{log}");
 
-    // Sites at versions 1 and 7, both no longer kept, sync to 10 and match the source.
+    // The mirror at 10 moves to 11 fetching index nodes only (its files are all there);
+    // the site at 7, no longer kept, syncs to 11 too.
     let r = site.sync();
-    assert_eq!(r["version"], 10, "{r}");
+    assert_eq!(r["version"], 11, "{r}");
+    assert_eq!(r["chunks_fetched"], 0, "{r}");
     assert_same_tree(&site.src(), &site.mirror());
     let args = sync_cmd(st, "tree", &site.trust(), &behind, &[]);
     let r = run_json(&strs(&args));
-    assert_eq!(r["version"], 10, "{r}");
+    assert_eq!(r["version"], 11, "{r}");
     assert_same_tree(&site.src(), &behind);
 }
 
@@ -299,7 +360,20 @@ fn damaged_archived_heads_and_an_empty_policy() {
     let h3 = store.join(pulpdist_format::history_key("tree", 3));
     fs::write(&h3, b"not a head").expect("damage");
     let before = objects(&store);
-    let out = run(&["gc", "--store", st, "--keep-last", "2", "--grace", "0s"]);
+    // Pinned, the damaged version stops the run before anything is removed.
+    let out = run(&[
+        "gc",
+        "--store",
+        st,
+        "--tree",
+        "tree",
+        "--keep-last",
+        "1",
+        "--keep-version",
+        "3",
+        "--grace",
+        "0s",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(
@@ -307,24 +381,133 @@ fn damaged_archived_heads_and_an_empty_policy() {
         "{err}"
     );
     assert_eq!(objects(&store), before);
-    // Kept only one: version 3 is not kept, and its damaged head goes with 1's. When 3
-    // was published (so when 2 stopped being current) is unknown: 2 is kept this time.
-    let r = gc(st, &["--keep-last", "1", "--grace", "0s"]);
+    // Not pinned, it is not kept (what it names cannot be known, nor can a reader use
+    // it): the two newest readable versions are. When 3 was published (so when 2 stopped
+    // being current) is unknown, so 2 is kept by the grace rule too.
+    let r = gc(st, &["--keep-last", "2", "--grace", "0s"]);
     let removed: BTreeSet<String> = [1, 3]
         .map(|v| pulpdist_format::history_key("tree", v))
         .into();
     assert_eq!(keys(&r, "removed"), removed, "{r}");
+    assert_eq!(r["trees"][0]["kept"], serde_json::json!([2, 4]), "{r}");
     let r = gc(st, &["--keep-last", "1", "--grace", "0s"]);
     let removed = keys(&r, "removed");
     assert!(
         removed.contains(&pulpdist_format::history_key("tree", 2)),
         "{r}"
     );
-    // A foreign object in packs/ is never touched.
+    // Foreign objects in packs/ are never touched: a file, an upper-case name, a
+    // directory with a pack's name, a FIFO.
+    let upper = format!("packs/{}.pack", "AB".repeat(32));
+    let dir = format!("packs/{}.pack", "cd".repeat(32));
     fs::write(store.join("packs/README"), b"mine").expect("foreign");
-    gc(st, &["--keep-last", "1", "--grace", "0s"]);
-    assert!(store.join("packs/README").exists());
+    fs::write(store.join(&upper), b"mine").expect("upper");
+    fs::create_dir(store.join(&dir)).expect("dir");
+    let fifo = store.join(format!("packs/{}.pack", "ef".repeat(32)));
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo")
+        .success());
+    let foreign = [
+        upper.to_lowercase(),
+        dir.clone(),
+        format!("packs/{}.pack", "ef".repeat(32)),
+    ];
+    for _ in 0..2 {
+        let r = gc(st, &["--keep-last", "1", "--grace", "0s"]);
+        for k in keys(&r, "removed")
+            .iter()
+            .chain(keys(&r, "condemned").iter())
+        {
+            assert!(!foreign.contains(k), "{k}: {r}");
+        }
+    }
+    for p in ["packs/README", upper.as_str(), dir.as_str()] {
+        assert!(store.join(p).exists(), "{p}");
+    }
+    assert!(fifo.exists());
     verify_clean(&site);
+}
+
+/// The current version is kept whatever the archive holds above it (a rollback), and a
+/// tree whose head is a symlink is a tree: nothing either reaches is removed. An archived
+/// heads directory that is a symlink is refused, and nothing outside the store is removed.
+#[test]
+fn rollbacks_and_symlinks_lose_nothing() {
+    let site = Site::new();
+    for v in 0..3u32 {
+        fs::write(site.src().join("f.bin"), common::noise(60_000, v)).expect("f");
+        site.publish();
+    }
+    let store = site.store();
+    let st = s(&store);
+    // Roll the head back to version 2; the archive still goes to 3.
+    fs::copy(
+        store.join(pulpdist_format::history_key("tree", 2)),
+        store.join("heads/tree"),
+    )
+    .expect("rollback");
+    // A second tree whose head is a symlink to a file beside the store.
+    let other = site.p("other-src");
+    fs::create_dir_all(&other).expect("other");
+    fs::write(other.join("g.bin"), common::noise(70_000, 9)).expect("g");
+    let key = site.key();
+    run_json(&[
+        "publish",
+        "--store",
+        st,
+        "--tree",
+        "u",
+        "--key",
+        s(&key),
+        s(&other),
+    ]);
+    let moved = site.p("u-head");
+    fs::rename(store.join("heads/u"), &moved).expect("move head");
+    std::os::unix::fs::symlink(&moved, store.join("heads/u")).expect("symlink head");
+    for _ in 0..2 {
+        let r = gc(st, &["--keep-last", "1", "--grace", "0s"]);
+        let t = r["trees"]
+            .as_array()
+            .expect("trees")
+            .iter()
+            .find(|t| t["tree"] == "tree")
+            .cloned()
+            .expect("tree");
+        assert_eq!(t["current"], 2, "{r}");
+        assert!(
+            t["kept"]
+                .as_array()
+                .expect("kept")
+                .contains(&serde_json::json!(2)),
+            "{r}"
+        );
+    }
+    verify_clean(&site);
+    let args = sync_cmd(st, "u", &site.trust(), &site.p("u-mirror"), &[]);
+    run_json(&strs(&args));
+    assert_same_tree(&other, &site.p("u-mirror"));
+    // history/u as a symlink to a directory outside: refused, and nothing there removed.
+    let outside = site.p("outside");
+    fs::create_dir_all(&outside).expect("outside");
+    let victim = outside.join(
+        pulpdist_format::history_key("u", 1)
+            .rsplit('/')
+            .next()
+            .expect("name"),
+    );
+    fs::write(&victim, b"not yours").expect("victim");
+    fs::remove_dir_all(store.join("history/u")).expect("rm history/u");
+    std::os::unix::fs::symlink(&outside, store.join("history/u")).expect("symlink dir");
+    let out = run(&["gc", "--store", st, "--keep-last", "1", "--grace", "0s"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("symlink"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(victim.exists());
 }
 
 /// The same on a bucket (s3s-fs): condemned, then removed; the current version syncs.

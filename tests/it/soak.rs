@@ -39,7 +39,15 @@ const SYNC_STEPS: &[&str] = &[
     "sync.synced",
     "sync.recorded",
 ];
-const GC_STEPS: &[&str] = &["gc.condemned", "gc.history", "gc.pack", "gc.done"];
+const GC_STEPS: &[&str] = &[
+    "gc.repack_pack",
+    "gc.repack_history",
+    "gc.repack_head",
+    "gc.condemned",
+    "gc.history",
+    "gc.pack",
+    "gc.done",
+];
 
 /// xorshift64*: seeded, so a failing run repeats exactly.
 struct Rng(u64);
@@ -76,6 +84,8 @@ struct Soak {
     /// Objects gc runs removed, and ops killed: the soak must have done both.
     removed: u64,
     kills: u64,
+    /// Versions re-encoded by repacking gc runs.
+    repacked: u64,
 }
 
 impl Soak {
@@ -84,6 +94,7 @@ impl Soak {
             head_file,
             removed: 0,
             kills: 0,
+            repacked: 0,
             site,
             store,
             flags,
@@ -133,10 +144,12 @@ impl Soak {
         self.args("sync", &extra.map(String::from))
     }
 
-    fn gc_args(&mut self, grace: &str) -> Vec<String> {
+    /// A gc with a random `--keep-last`; with `repack`, one time in three it rewrites
+    /// sparse packs too (`--max-unused`).
+    fn gc_args(&mut self, grace: &str, repack: bool) -> Vec<String> {
         let keep = (1 + self.rng.below(3)).to_string();
-        let state = self.site.p("gc-state");
-        let extra = [
+        let (state, key) = (self.site.p("gc-state"), self.site.key());
+        let mut extra = vec![
             "--keep-last",
             &keep,
             "--grace",
@@ -147,7 +160,23 @@ impl Soak {
             "--progress",
             "none",
         ];
-        self.args("gc", &extra.map(String::from))
+        if repack && self.rng.below(3) == 0 {
+            self.steps.push_str(" (repack)");
+            extra.extend(["--max-unused", "5", "--key", s(&key)]);
+        }
+        let extra: Vec<String> = extra.into_iter().map(String::from).collect();
+        self.args("gc", &extra)
+    }
+
+    /// After a gc: a repack publishes the current version again as the next one, with
+    /// the same content.
+    fn note_gc(&mut self, before: u64) {
+        let now = self.current();
+        if now > before {
+            if let Some(source) = self.versions.get(&before).cloned() {
+                self.versions.insert(now, source);
+            }
+        }
     }
 
     /// Runs `args`, killed at a random step of `steps` one time in three.
@@ -278,8 +307,10 @@ impl Soak {
         if self.versions.is_empty() {
             return;
         }
-        let args = self.gc_args("0s");
+        let args = self.gc_args("0s", true);
+        let before = self.current();
         let (out, killed) = self.maybe_killed(&args, GC_STEPS);
+        self.note_gc(before);
         assert!(
             out.status.success() || killed,
             "{}: {}",
@@ -288,6 +319,9 @@ impl Soak {
         );
         if let Ok(r) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
             self.removed += r["removed"].as_array().map_or(0, |a| a.len() as u64);
+            self.repacked += r["repacked"]["versions"]
+                .as_array()
+                .map_or(0, |a| a.len() as u64);
         }
     }
 
@@ -301,14 +335,7 @@ impl Soak {
         others: Vec<(Vec<String>, &[&str])>,
     ) -> Option<Output> {
         let release = self.site.p(&format!("release-{}", self.rng.next()));
-        let mut child = match hold(&held, at, &release) {
-            Ok(child) => child,
-            Err(done) => {
-                // It ended before the step (nothing to do): it must have succeeded.
-                assert!(done.status.success(), "{}: {}", self.steps, stderr(&done));
-                return Some(done);
-            }
-        };
+        let child = hold(&held, at, &release);
         for (other, steps) in others {
             let (out, killed) = self.maybe_killed(&other, steps);
             assert!(
@@ -318,13 +345,30 @@ impl Soak {
                 stderr(&out)
             );
         }
+        self.release(child, &release)
+    }
+
+    /// Lets a held op go on (its output returned; it must succeed), or kills it one time
+    /// in four. An op that ended before its step (nothing to do) must have succeeded.
+    fn release(
+        &mut self,
+        held: Result<Child, Output>,
+        release: &std::path::Path,
+    ) -> Option<Output> {
+        let mut child = match held {
+            Ok(child) => child,
+            Err(done) => {
+                assert!(done.status.success(), "{}: {}", self.steps, stderr(&done));
+                return Some(done);
+            }
+        };
         if self.rng.below(4) == 0 {
             self.steps.push_str(" (held one killed)");
             child.kill().expect("kill -9");
             child.wait().expect("reaped");
             return None;
         }
-        fs::write(&release, b"go").expect("release");
+        fs::write(release, b"go").expect("release");
         let done = child.wait_with_output().expect("held op");
         assert!(
             done.status.success(),
@@ -354,7 +398,8 @@ impl Soak {
                 self.steps.push_str("publish held, gc");
                 self.edit();
                 let (before, source) = (self.current(), snapshot(&self.site.src()));
-                let (p, g) = (self.publish_args(), self.gc_args("1h"));
+                // (No repack: it would publish, and on a bucket only one head write wins.)
+                let (p, g) = (self.publish_args(), self.gc_args("1h", false));
                 self.interleave(p, "publish.head", vec![(g, GC_STEPS)]);
                 self.note_publish(before, source);
             }
@@ -364,10 +409,29 @@ impl Soak {
                 self.steps.push_str("sync held, publish, gc");
                 self.edit();
                 let (before, source) = (self.current(), snapshot(&self.site.src()));
-                let (sy, p, g) = (self.sync_args(), self.publish_args(), self.gc_args("1h"));
+                let (sy, p) = (self.sync_args(), self.publish_args());
+                let g = self.gc_args("1h", true);
                 let at = self.rng.pick(&["sync.head", "sync.planned"]);
-                let done = self.interleave(sy, at, vec![(p, PUBLISH_STEPS), (g, GC_STEPS)]);
+                let release = self.site.p(&format!("release-{}", self.rng.next()));
+                let held = hold(&sy, at, &release);
+                let (out, killed) = self.maybe_killed(&p, PUBLISH_STEPS);
+                assert!(
+                    out.status.success() || killed,
+                    "{}: {}",
+                    self.steps,
+                    stderr(&out)
+                );
                 self.note_publish(before, source);
+                let published = self.current();
+                let (out, killed) = self.maybe_killed(&g, GC_STEPS);
+                assert!(
+                    out.status.success() || killed,
+                    "{}: {}",
+                    self.steps,
+                    stderr(&out)
+                );
+                self.note_gc(published);
+                let done = self.release(held, &release);
                 if let Some(out) = done {
                     self.check_sync(&out, false);
                 }
@@ -377,9 +441,21 @@ impl Soak {
                 self.steps.push_str("gc held, publish");
                 self.edit();
                 let (before, source) = (self.current(), snapshot(&self.site.src()));
-                let (g, p) = (self.gc_args("0s"), self.publish_args());
-                self.interleave(g, "gc.condemned", vec![(p, PUBLISH_STEPS)]);
-                self.note_publish(before, source);
+                let (g, p) = (self.gc_args("0s", true), self.publish_args());
+                let release = self.site.p(&format!("release-{}", self.rng.next()));
+                let held = hold(&g, "gc.condemned", &release);
+                // The held gc may have published a repacked version already.
+                let repacked = self.current();
+                self.note_gc(before);
+                let (out, killed) = self.maybe_killed(&p, PUBLISH_STEPS);
+                assert!(
+                    out.status.success() || killed,
+                    "{}: {}",
+                    self.steps,
+                    stderr(&out)
+                );
+                self.note_publish(repacked, source);
+                self.release(held, &release);
             }
             _ => {
                 self.steps.push_str("publish");
@@ -398,12 +474,13 @@ impl Soak {
         let out = bin().args(self.sync_args()).output().expect("sync");
         self.check_sync(&out, false);
         eprintln!(
-            "{steps} steps: {} versions, {} objects removed by gc, {} ops killed",
+            "{steps} steps: {} versions, {} objects removed by gc, {} versions repacked, {} ops killed",
             self.current(),
             self.removed,
+            self.repacked,
             self.kills
         );
-        assert!(self.removed > 0 && self.kills > 0);
+        assert!(self.removed > 0 && self.kills > 0 && self.repacked > 0);
     }
 }
 
