@@ -7,8 +7,9 @@
 # versions into a store; restic backs up the same five states into a repository. Then:
 #   - verify (structure) and verify --read-data beside restic check and check --read-data,
 #     three rounds interleaved;
-#   - gc keeping the last two versions (two runs without grace: condemn, then remove)
-#     beside restic forget --keep-last 2 --prune (its default --max-unused 5%).
+#   - gc keeping the last two versions (two runs without grace: condemn, then remove), with
+#     whole packs only and compacting (--max-unused 5), beside restic forget --keep-last 2
+#     --prune (its default --max-unused 5%).
 # Prints wall and CPU seconds and peak RSS (MB) of each run, MB/s over the store's size, and
 # the bytes each store holds after.
 #
@@ -64,15 +65,22 @@ for _ in 1 2 3; do
     timed "restic_check_read_data" restic check --no-cache --read-data >>results.txt
 done
 
-timed "pulpdist_gc_condemn" "$PULPDIST" gc --store store --keep-last 2 --grace 0s --progress none >>results.txt
-timed "pulpdist_gc_remove" "$PULPDIST" gc --store store --keep-last 2 --grace 0s --progress none >>results.txt
+# Without rewriting (whole packs only), on a copy; then compacting (--max-unused 5, as
+# restic's default), each as its two runs (condemn, then remove: --grace 0s).
+cp -a store store.plain
+timed "pulpdist_gc_condemn" "$PULPDIST" gc --store store.plain --keep-last 2 --grace 0s --progress none >>results.txt
+timed "pulpdist_gc_remove" "$PULPDIST" gc --store store.plain --keep-last 2 --grace 0s --progress none >>results.txt
+"$PULPDIST" gc --store store.plain --keep-last 2 --grace 0s --json --progress none >gc-plain.json
+timed "pulpdist_gc_compact_condemn" "$PULPDIST" gc --store store --keep-last 2 --grace 0s --max-unused 5 --key key --progress none >>results.txt
+timed "pulpdist_gc_compact_remove" "$PULPDIST" gc --store store --keep-last 2 --grace 0s --progress none >>results.txt
 "$PULPDIST" gc --store store --keep-last 2 --grace 0s --json --progress none >gc.json
 timed "restic_forget_prune" restic forget -q --keep-last 2 --prune >>results.txt
 echo "after_gc store_mb $(mb store) restic_mb $(mb restic)" >>results.txt
-python3 - "$WORK/gc.json" >>results.txt <<'E'
+python3 - "$WORK/gc-plain.json" "$WORK/gc.json" >>results.txt <<'E'
 import json, sys
-r = json.load(open(sys.argv[1]))
-print("pulpdist_after_gc packs_bytes %d live_bytes %d ratio %.3f" % (
-    r["bytes_after"], r["live_bytes"], r["bytes_after"] / r["live_bytes"]))
+for name, path in zip(("whole_packs", "compacted"), sys.argv[1:]):
+    r = json.load(open(path))
+    print("pulpdist_after_gc_%s packs_bytes %d live_bytes %d ratio %.3f" % (
+        name, r["bytes_after"], r["live_bytes"], r["bytes_after"] / r["live_bytes"]))
 E
 cat results.txt
