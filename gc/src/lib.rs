@@ -129,7 +129,7 @@ pub fn gc(
                 ..Repacked::default()
             });
         } else {
-            let done = repack::rewrite(store, &trees, &sparse, r, now, &opts.state_dir)?;
+            let done = repack::rewrite(store, &trees, &sparse, r, now, &opts.state_dir, progress)?;
             // The versions kept stay those the policy chose (and the versions the repack
             // published), so a dry run's list is still what this run removes.
             let mut kept: std::collections::HashMap<String, std::collections::BTreeSet<u64>> =

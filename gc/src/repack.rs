@@ -91,6 +91,7 @@ pub(crate) fn rewrite(
     opts: &Repack,
     now: i64,
     state_dir: &Path,
+    progress: &pulpdist_progress::Reporter,
 ) -> Result<Repacked, GcError> {
     let mut out = Repacked {
         sparse: sparse.to_vec(),
@@ -116,9 +117,13 @@ pub(crate) fn rewrite(
     fs::create_dir_all(&tmp).map_err(|source| io(&tmp, source))?;
     let mut w = Writer::new(store, tmp, opts.pack_size)?;
     // Pass 2: copy them, pack by pack, each read once.
+    let size_of = |pack: &PackId| sparse.iter().find(|(id, _)| id == pack).map_or(0, |s| s.1);
+    let total: u64 = wanted.keys().map(size_of).sum();
+    progress.start("repack", wanted.len() as u64, total);
     for (pack, chunks) in &wanted {
-        let size = sparse.iter().find(|(id, _)| id == pack).map_or(0, |s| s.1);
+        let size = size_of(pack);
         let bytes = store.read_pack_range(*pack, 0..size)?;
+        progress.advance(1, size);
         for (offset, c) in chunks {
             let stored = bytes
                 .get(c.loc.range().start as usize..c.loc.range().end as usize)
@@ -132,6 +137,7 @@ pub(crate) fn rewrite(
             out.bytes_copied += stored.len() as u64;
         }
     }
+    progress.finish();
     // Pass 3: every kept version's nodes, re-encoded where a location changed.
     let mut roots = Vec::with_capacity(heads.len());
     for (t, v, h) in &heads {

@@ -114,12 +114,13 @@ pub fn segments(regions: &[Range<u64>], size: u64) -> Vec<(Range<u64>, bool)> {
 
 impl Template {
     /// Cuts the image at `path` (whose file-data `regions` come from [`crate::layout`]) into
-    /// a template.
+    /// a template, telling `progress` the bytes read.
     pub fn make(
         path: &Path,
         regions: &[Range<u64>],
         chunker: &Chunker,
         zstd_level: i32,
+        progress: &pulpdist_progress::Reporter,
     ) -> Result<Template, TemplateError> {
         let p = path.display().to_string();
         let io = |source| TemplateError::Io {
@@ -132,10 +133,12 @@ impl Template {
             Compressor::new(zstd_level).map_err(|e| TemplateError::Invalid(e.to_string()))?;
         let mut hasher = blake3::Hasher::new();
         let mut entries = Vec::new();
+        progress.start("image", 0, size);
         for (range, is_file) in segments(regions, size) {
             file.seek(SeekFrom::Start(range.start)).map_err(io)?;
             let mut stream = chunker.stream((&file).take(range.end - range.start));
             while let Some(data) = stream.next_chunk().map_err(io)? {
+                progress.advance(0, data.len() as u64);
                 hasher.update(data);
                 let id = ChunkId::of(data);
                 entries.push(if is_file {
@@ -156,6 +159,7 @@ impl Template {
                 });
             }
         }
+        progress.finish();
         let total: u64 = entries.iter().map(|e| u64::from(e.len())).sum();
         if total != size {
             return Err(TemplateError::Invalid(format!(
@@ -308,7 +312,8 @@ mod tests {
         }
         std::fs::write(&img, &data).expect("write");
         let chunker = Chunker::new(ChunkParams::DEFAULT).expect("chunker");
-        let t = Template::make(&img, &[10_000..200_000], &chunker, 3).expect("make");
+        let t = Template::make(&img, &[10_000..200_000], &chunker, 3, &Default::default())
+            .expect("make");
         assert_eq!(t.size, 300_000);
         assert_eq!(t.hash, *blake3::hash(&data).as_bytes());
         assert!(t.entries.iter().any(|e| matches!(e, Entry::File { .. })));

@@ -24,7 +24,8 @@ fn golden_template() {
     }
     std::fs::write(&img, &data).expect("write");
     let chunker = Chunker::new(ChunkParams::DEFAULT).expect("chunker");
-    let t = Template::make(&img, &[20_000..180_000], &chunker, 3).expect("make");
+    let t =
+        Template::make(&img, &[20_000..180_000], &chunker, 3, &Default::default()).expect("make");
     let bytes = t.encode(3).expect("encode");
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/golden.tpl");
     if std::env::var_os("PULPDIST_REGEN_GOLDEN").is_some() {

@@ -33,6 +33,8 @@ enum Command {
         /// The template file to write.
         #[arg(long)]
         out: PathBuf,
+        #[command(flatten)]
+        progress: super::progress::ProgressArgs,
         /// Chunk sizes MIN,AVG,MAX in bytes: those of the tree whose store `rebuild --store`
         /// will fetch from [default: PulpDist's default, 16384,65536,262144].
         #[arg(long, value_parser = super::publish::parse_params)]
@@ -67,6 +69,8 @@ enum Command {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        progress: super::progress::ProgressArgs,
     },
 }
 
@@ -75,6 +79,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
         Command::Template {
             image,
             out,
+            progress,
             chunk_sizes,
             json,
         } => template(
@@ -82,6 +87,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
             &out,
             chunk_sizes.unwrap_or(pulpdist_format::ChunkParams::DEFAULT),
             json,
+            &progress.reporter(),
         ),
         Command::Rebuild {
             template,
@@ -93,6 +99,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
             s3,
             out,
             json,
+            progress,
         } => {
             let http = tls.http()?;
             let from_store = StoreArgs {
@@ -102,7 +109,14 @@ pub(crate) fn run(a: Args) -> Result<()> {
                 http,
                 s3,
             };
-            rebuild(&template, &from, from_store, &out, json)
+            rebuild(
+                &template,
+                &from,
+                from_store,
+                &out,
+                json,
+                &progress.reporter(),
+            )
         }
     }
 }
@@ -112,13 +126,14 @@ fn template(
     out: &Path,
     params: pulpdist_format::ChunkParams,
     json: bool,
+    progress: &pulpdist_progress::Reporter,
 ) -> Result<()> {
     if !pulpdist_isos::is_iso9660(image).with_context(|| format!("reading {}", image.display()))? {
         bail!("{}: not an ISO 9660 image", image.display());
     }
     let regions = pulpdist_isos::layout(image)?;
     let chunker = Chunker::new(params)?;
-    let t = Template::make(image, &regions, &chunker, 19)?;
+    let t = Template::make(image, &regions, &chunker, 19, progress)?;
     let bytes = t.encode(19)?;
     let tmp = out.with_extension("part");
     fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
@@ -200,6 +215,7 @@ fn rebuild(
     from_store: StoreArgs<'_>,
     out: &Path,
     json: bool,
+    progress: &pulpdist_progress::Reporter,
 ) -> Result<()> {
     let StoreArgs {
         store,
@@ -264,6 +280,7 @@ fn rebuild(
             .with_context(|| format!("writing {}", scratch.display()))?;
         let mut end = 0u64;
         let mut w = std::io::BufWriter::new(&f);
+        progress.start("fetch", missing.len() as u64, 0);
         let got = pulpdist_sync::fetch_chunks(
             &counted,
             tree,
@@ -278,6 +295,7 @@ fn rebuild(
                     })?;
                 fetched.insert(c.id(), (end, c.data().len() as u32));
                 end += c.data().len() as u64;
+                progress.advance(1, 0);
                 Ok(())
             },
         )
@@ -289,6 +307,7 @@ fn rebuild(
             Ok(got)
         });
         drop(w);
+        progress.finish();
         scratch_file = Some(f);
         let got = match got {
             Ok(g) => g,
@@ -314,6 +333,7 @@ fn rebuild(
         let mut hasher = blake3::Hasher::new();
         let (mut from_local, mut from_template) = (0u64, 0u64);
         let mut open: Option<(PathBuf, File)> = None;
+        progress.start("image", t.entries.len() as u64, t.size);
         for e in &t.entries {
             let data: Vec<u8> = match e {
                 Entry::Literal { chunk } => {
@@ -355,7 +375,9 @@ fn rebuild(
             hasher.update(&data);
             w.write_all(&data)
                 .with_context(|| format!("writing {}", tmp.display()))?;
+            progress.advance(1, data.len() as u64);
         }
+        progress.finish();
         let f = w
             .into_inner()
             .map_err(|e| e.into_error())

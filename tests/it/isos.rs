@@ -306,7 +306,7 @@ fn template_and_rebuild_like_jigdo() {
 
     // From the loose files alone: nothing fetched, byte-identical.
     let rebuilt = site.p("rebuilt.iso");
-    let r = common::run_json(&[
+    let out = common::run(&[
         "iso",
         "rebuild",
         s(&tpl),
@@ -314,8 +314,23 @@ fn template_and_rebuild_like_jigdo() {
         s(&site.src()),
         "--out",
         s(&rebuilt),
+        "--json",
+        "--progress=json",
     ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(r["bytes_fetched"], 0, "{r}");
+    // Progress on request: the image written, all of it.
+    let end = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "end" && v["phase"] == "image")
+        .expect("an end of the image phase");
+    assert_eq!(end["bytes_done"], image_bytes.len() as u64, "{end}");
     assert!(
         fs::read(&rebuilt).expect("rebuilt") == image_bytes,
         "not byte-identical"

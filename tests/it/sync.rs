@@ -827,6 +827,33 @@ fn progress_is_reported_as_json_lines_and_only_on_request() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // gc: its versions, the walk of the kept ones, the removals.
+    let out = run(&[
+        "gc",
+        "--store",
+        s(&store),
+        "--keep-last",
+        "1",
+        "--grace",
+        "0s",
+        "--progress=json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let phases = ends(&out.stderr);
+    let names: Vec<&str> = phases.iter().filter_map(|p| p["phase"].as_str()).collect();
+    assert_eq!(
+        names,
+        ["versions", "versions walked", "remove"],
+        "{phases:?}"
+    );
+    assert_eq!(
+        phases[2]["items_done"], 1,
+        "version 1's archived head: {phases:?}"
+    );
 }
 
 /// `-v` says what each phase did on stderr, in plain lines when stderr is not a terminal;
