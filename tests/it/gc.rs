@@ -569,3 +569,39 @@ fn gc_of_a_bucket() {
     run_json(&strs(&a));
     assert_same_tree(&site.src(), &site.mirror());
 }
+
+/// A site a few versions behind fetches the index packs of the versions since its own
+/// whole, as the head lists them; when a gc removed one of them (no kept version reaches
+/// it), the site fetches the nodes it needs one by one instead, and still syncs.
+#[test]
+fn a_site_behind_syncs_when_a_listed_index_pack_is_gone() {
+    let site = Site::new();
+    fs::write(site.src().join("a.bin"), common::noise(40_000, 1)).expect("a");
+    site.publish();
+    site.sync();
+    for v in 2..=3u32 {
+        fs::write(site.src().join("a.bin"), common::noise(40_000, v)).expect("a");
+        site.publish();
+    }
+    let store = site.store();
+    let st = s(&store);
+    // The head of 3 lists version 2's index pack, which only version 2 reaches.
+    let bytes = fs::read(store.join("heads/tree")).expect("head");
+    let (head, _, _) = pulpdist_format::Head::decode_unverified(&bytes).expect("head");
+    let two = head
+        .recent
+        .iter()
+        .find(|v| v.version == 2)
+        .expect("2 listed");
+    let index = two
+        .packs
+        .iter()
+        .find(|p| p.kind == pulpdist_format::PackKind::Index)
+        .expect("an index pack");
+    gc(st, &["--keep-last", "1", "--grace", "0s"]);
+    let r = gc(st, &["--keep-last", "1", "--grace", "0s"]);
+    assert!(keys(&r, "removed").contains(&index.id.object_key()), "{r}");
+    let r = site.sync();
+    assert_eq!(r["version"], 3, "{r}");
+    assert_same_tree(&site.src(), &site.mirror());
+}
