@@ -120,37 +120,32 @@ pub fn gc(
     let mut packs = store.list_packs()?;
     let mut trees = survey::survey(store, opts, now, progress)?;
     let mut reach = reach::reach(store, &trees, progress)?;
+    let reached_before: std::collections::HashSet<pulpdist_format::PackId> =
+        reach.live.keys().copied().collect();
     let mut repacked = None;
+    let mut condemned = condemned;
     if let Some(r) = &opts.repack {
-        let sparse = repack::sparse(&packs, &reach, r.max_unused);
+        let sparse = repack::sparse(store, &packs, &reach, r.max_unused)?;
         if opts.dry_run || sparse.is_empty() {
             repacked = Some(Repacked {
                 sparse,
                 ..Repacked::default()
             });
         } else {
-            let done = repack::rewrite(store, &trees, &sparse, r, now, &opts.state_dir, progress)?;
-            // The versions kept stay those the policy chose (and the versions the repack
-            // published), so a dry run's list is still what this run removes.
-            let mut kept: std::collections::HashMap<String, std::collections::BTreeSet<u64>> =
-                trees
-                    .iter()
-                    .map(|t| (t.name.clone(), t.retained.clone()))
-                    .collect();
-            for (tree, _, new) in &done.versions {
-                kept.entry(tree.clone()).or_default().insert(*new);
-            }
-            packs = store.list_packs()?;
-            trees = survey::survey(store, opts, now, progress)?;
-            for t in &mut trees {
-                if let Some(k) = kept.get(&t.name) {
-                    t.retained = k
-                        .intersection(&t.versions.keys().copied().collect())
-                        .copied()
-                        .collect();
-                }
-            }
-            reach = reach::reach(store, &trees, progress)?;
+            let done = repack::rewrite(
+                store,
+                &trees,
+                &sparse,
+                r,
+                &opts.trees,
+                now,
+                &opts.state_dir,
+                progress,
+            )?;
+            (packs, trees, reach) = after_repack(store, opts, now, &trees, &done, progress)?;
+            // A pack reached when the run started and emptied by the repack is condemned
+            // now, not at a time an earlier run gave it: it waits its whole grace period.
+            condemned.packs.retain(|id, _| !reached_before.contains(id));
             repacked = Some(done);
         }
     }
@@ -200,6 +195,48 @@ pub fn gc(
                 .sum::<u64>();
     }
     Ok(report)
+}
+
+/// The store again after a repack: its packs, its trees (keeping the versions kept before,
+/// those the repack published, and any published meanwhile: the policy is applied once
+/// per run, so a dry run's list stays what the run removes) and what they reach.
+fn after_repack(
+    store: &dyn Store,
+    opts: &GcOptions,
+    now: i64,
+    before: &[survey::Tree],
+    done: &Repacked,
+    progress: &pulpdist_progress::Reporter,
+) -> Result<
+    (
+        Vec<pulpdist_publish::ListedPack>,
+        Vec<survey::Tree>,
+        reach::Reach,
+    ),
+    GcError,
+> {
+    let packs = store.list_packs()?;
+    let mut trees = survey::survey(store, opts, now, progress)?;
+    for t in &mut trees {
+        let old = before.iter().find(|b| b.name == t.name);
+        let newest = old.and_then(|b| b.versions.keys().next_back().copied());
+        let mut keep: std::collections::BTreeSet<u64> =
+            old.map(|b| b.retained.clone()).unwrap_or_default();
+        keep.extend(
+            done.versions
+                .iter()
+                .filter(|(n, _, _)| *n == t.name)
+                .map(|(_, _, v)| *v),
+        );
+        keep.extend(t.versions.keys().filter(|v| newest.is_none_or(|n| **v > n)));
+        keep.insert(t.current);
+        t.retained = keep
+            .into_iter()
+            .filter(|v| t.versions.contains_key(v))
+            .collect();
+    }
+    let reach = reach::reach(store, &trees, progress)?;
+    Ok((packs, trees, reach))
 }
 
 fn unix_now() -> i64 {

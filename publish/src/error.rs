@@ -50,7 +50,7 @@ pub enum PublishError {
     },
     /// A garbage collector condemned (or removed) a pack the new version names while the
     /// publish ran.
-    #[error("tree '{tree}': pack {pack} that this version names was {} by a gc while the publish ran; nothing was published, run again (a gc's --grace must exceed the longest publish)", if *removed { "removed" } else { "condemned" })]
+    #[error("tree '{tree}': pack {pack} that this version names was {} by a gc while the publish ran; nothing was published, run again (a gc that compacted packs, or whose --grace is shorter than this publish, ran meanwhile)", if *removed { "removed" } else { "condemned" })]
     Collected {
         /// The tree.
         tree: String,

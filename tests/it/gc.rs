@@ -605,3 +605,123 @@ fn a_site_behind_syncs_when_a_listed_index_pack_is_gone() {
     assert_eq!(r["version"], 3, "{r}");
     assert_same_tree(&site.src(), &site.mirror());
 }
+
+/// Compacting signs again only what the key signed: a tree with an archived head signed
+/// by another key is left out (and the packs it reaches with it), its heads untouched. A
+/// store with nothing unreached has nothing sparse (a pack's header and trailer are not
+/// "unused"), and a second compacting run after a first does nothing.
+#[test]
+fn compacting_resigns_only_what_the_key_signed_and_settles() {
+    let site = Site::new();
+    let store = site.store();
+    let st = s(&store);
+    let key = site.key();
+    let compact = [
+        "--keep-last",
+        "5",
+        "--grace",
+        "0s",
+        "--max-unused",
+        "5",
+        "--key",
+        s(&key),
+    ];
+    fs::write(site.src().join("a.bin"), common::noise(90_000, 1)).expect("a");
+    fs::write(site.src().join("b.bin"), common::noise(90_000, 2)).expect("b");
+    site.publish();
+    let r = gc(st, &compact);
+    assert_eq!(r["repacked"]["sparse"], serde_json::json!([]), "{r}");
+    assert_eq!(r["trees"][0]["current"], 1, "{r}");
+    // b.bin goes: the first data pack is half unreached once version 1 is not kept.
+    fs::remove_file(site.src().join("b.bin")).expect("rm b");
+    site.publish();
+    let keep_one = [
+        "--keep-last",
+        "1",
+        "--grace",
+        "0s",
+        "--max-unused",
+        "5",
+        "--key",
+        s(&key),
+    ];
+    let r = gc(st, &keep_one);
+    assert!(
+        r["repacked"]["sparse"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty()),
+        "{r}"
+    );
+    assert_eq!(r["trees"][0]["current"], 3, "republished: {r}");
+    let again = gc(st, &keep_one);
+    assert_eq!(
+        again["repacked"]["sparse"],
+        serde_json::json!([]),
+        "{again}"
+    );
+    assert_eq!(again["trees"][0]["current"], 3, "{again}");
+    gc(st, &keep_one);
+    verify_clean(&site);
+    site.sync();
+    assert_same_tree(&site.src(), &site.mirror());
+
+    // Another key's head planted as an archived version that is kept (pinned), in a
+    // store where compacting has work: the tree is left out, its heads untouched.
+    let site = Site::new();
+    let store = site.store();
+    let st = s(&store);
+    let key = site.key();
+    fs::write(site.src().join("a.bin"), common::noise(90_000, 1)).expect("a");
+    fs::write(site.src().join("b.bin"), common::noise(90_000, 2)).expect("b");
+    site.publish();
+    fs::remove_file(site.src().join("b.bin")).expect("rm b");
+    site.publish();
+    let other = site.p("other.key");
+    run(&["keygen", s(&other)]);
+    let elsewhere = site.p("elsewhere");
+    let (o, src) = (s(&other), site.src());
+    let a = [
+        "publish",
+        "--store",
+        s(&elsewhere),
+        "--tree",
+        "tree",
+        "--key",
+        o,
+        s(&src),
+    ];
+    let out = run(&a);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let planted = store.join(pulpdist_format::history_key("tree", 1));
+    let foreign = fs::read(elsewhere.join("heads/tree")).expect("foreign head");
+    fs::write(&planted, &foreign).expect("plant");
+    // With its packs: a store writer without the key planting a version of their own.
+    for e in fs::read_dir(elsewhere.join("packs")).expect("packs") {
+        let p = e.expect("entry").path();
+        fs::copy(&p, store.join("packs").join(p.file_name().expect("name"))).expect("copy");
+    }
+    let args = [
+        "--tree",
+        "tree",
+        "--keep-last",
+        "1",
+        "--keep-version",
+        "1",
+        "--grace",
+        "0s",
+        "--max-unused",
+        "5",
+        "--key",
+        s(&key),
+    ];
+    let r = gc(st, &args);
+    let skipped = r["repacked"]["skipped"].to_string();
+    assert!(skipped.contains("not signed by the key given"), "{r}");
+    assert_eq!(r["repacked"]["versions"], serde_json::json!([]), "{r}");
+    assert_eq!(fs::read(&planted).expect("planted"), foreign, "re-signed");
+    assert_eq!(r["trees"][0]["current"], 2, "{r}");
+}
