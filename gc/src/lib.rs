@@ -244,3 +244,118 @@ fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pulpdist_format::{PackId, SecretKey};
+    use pulpdist_publish::{
+        publish, ListedPack, LocalStore, PublishError, PublishOptions, StoreLock, StoredHead,
+    };
+    use std::ops::Range;
+    use std::path::{Path, PathBuf};
+
+    /// A directory store that refuses every removal (a bucket that refuses deletes).
+    struct Refusing(LocalStore);
+
+    impl Store for Refusing {
+        fn describe(&self) -> String {
+            self.0.describe()
+        }
+        fn lock(&self, tree: &str, state: &Path) -> Result<StoreLock, PublishError> {
+            self.0.lock(tree, state)
+        }
+        fn read_head(&self, tree: &str) -> Result<Option<StoredHead>, PublishError> {
+            self.0.read_head(tree)
+        }
+        fn put_head(
+            &self,
+            tree: &str,
+            bytes: &[u8],
+            expected: Option<&StoredHead>,
+            version: Option<u64>,
+        ) -> Result<(), PublishError> {
+            self.0.put_head(tree, bytes, expected, version)
+        }
+        fn put_history(&self, tree: &str, version: u64, bytes: &[u8]) -> Result<(), PublishError> {
+            self.0.put_history(tree, version, bytes)
+        }
+        fn list_packs(&self) -> Result<Vec<ListedPack>, PublishError> {
+            self.0.list_packs()
+        }
+        fn list_trees(&self) -> Result<Vec<String>, PublishError> {
+            self.0.list_trees()
+        }
+        fn list_history(&self, tree: &str) -> Result<Vec<u64>, PublishError> {
+            self.0.list_history(tree)
+        }
+        fn read_object(&self, key: &str, limit: usize) -> Result<Option<Vec<u8>>, PublishError> {
+            self.0.read_object(key, limit)
+        }
+        fn replace_object(&self, key: &str, bytes: &[u8]) -> Result<(), PublishError> {
+            self.0.replace_object(key, bytes)
+        }
+        fn remove(&self, key: &str) -> Result<bool, PublishError> {
+            Err(PublishError::Io {
+                path: key.into(),
+                source: std::io::Error::other("AccessDenied: deletes refused"),
+            })
+        }
+        fn read_pack_range(&self, id: PackId, range: Range<u64>) -> Result<Vec<u8>, PublishError> {
+            self.0.read_pack_range(id, range)
+        }
+        fn tmp_dir(&self) -> Option<PathBuf> {
+            self.0.tmp_dir()
+        }
+        fn put_pack(&self, id: PackId, file: &Path) -> Result<(), PublishError> {
+            self.0.put_pack(id, file)
+        }
+    }
+
+    #[test]
+    fn a_store_refusing_deletes_stops_the_run_saying_how_far_it_got_and_loses_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::open(dir.path().join("store")).expect("store");
+        let key = SecretKey::from_seed([3; 32]);
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).expect("src");
+        for v in 0..3u8 {
+            std::fs::write(src.join("f"), vec![v; 70_000]).expect("file");
+            let opts = PublishOptions::new("t", &src, dir.path().join("state"));
+            publish(&store, &key, &opts).expect("publish");
+        }
+        let policy = Policy {
+            keep_last: Some(1),
+            ..Policy::default()
+        };
+        let mut opts = GcOptions::new(policy, dir.path().join("gc"));
+        opts.grace = 0;
+        let refusing = Refusing(store.clone());
+        let e = gc(&refusing, &opts, &Default::default()).expect_err("refused");
+        assert!(
+            matches!(
+                e,
+                GcError::Stopped {
+                    removed: 0,
+                    total: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("deletes refused"), "{e}");
+        // Nothing was removed; the current version reaches all it needs, and a store that
+        // takes deletes finishes the job.
+        // (The refused run had condemned its packs: they go now, with the archived heads.)
+        let report = gc(&store, &opts, &Default::default()).expect("gc");
+        let heads = report
+            .removed
+            .iter()
+            .filter(|o| o.key.starts_with("history/"));
+        assert_eq!(heads.count(), 2, "the archived heads of 1 and 2");
+        assert!(report.removed.len() > 2);
+        let last = gc(&store, &opts, &Default::default()).expect("gc");
+        assert!(last.removed.is_empty() && last.condemned.is_empty());
+        assert_eq!(last.trees[0].kept, [3]);
+    }
+}

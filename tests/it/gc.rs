@@ -725,3 +725,28 @@ fn compacting_resigns_only_what_the_key_signed_and_settles() {
     assert_eq!(fs::read(&planted).expect("planted"), foreign, "re-signed");
     assert_eq!(r["trees"][0]["current"], 2, "{r}");
 }
+
+/// A pack a kept version needs, deleted by hand: gc stops before removing anything,
+/// names the pack, and exits 3.
+#[test]
+fn a_pack_deleted_by_hand_stops_the_gc() {
+    let site = Site::new();
+    for v in 0..3u32 {
+        fs::write(site.src().join("f.bin"), common::noise(50_000, v)).expect("f");
+        site.publish();
+    }
+    let store = site.store();
+    let st = s(&store);
+    let bytes = fs::read(store.join("heads/tree")).expect("head");
+    let (head, _, _) = pulpdist_format::Head::decode_unverified(&bytes).expect("head");
+    fs::remove_file(store.join(head.root.loc.pack.object_key())).expect("rm");
+    let before = objects(&store);
+    let out = run(&["gc", "--store", st, "--keep-last", "1", "--grace", "0s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(&head.root.loc.pack.to_hex()) && err.contains("nothing was removed"),
+        "{err}"
+    );
+    assert_eq!(objects(&store), before);
+}
