@@ -11,8 +11,9 @@ pub struct Policy {
     pub keep_last: Option<u64>,
     /// Keep the versions created less than this many seconds ago.
     pub keep_within: Option<u64>,
-    /// Keep these versions (pinned).
-    pub keep_versions: Vec<u64>,
+    /// Keep these versions (pinned): of the tree named, or of each tree collected when
+    /// `None`.
+    pub keep_versions: Vec<(Option<String>, u64)>,
 }
 
 impl Policy {

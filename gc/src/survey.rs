@@ -50,7 +50,12 @@ pub(crate) fn survey(
     progress: &pulpdist_progress::Reporter,
 ) -> Result<Vec<Tree>, GcError> {
     let names = store.list_trees()?;
-    for t in &opts.trees {
+    let pinned = opts
+        .policy
+        .keep_versions
+        .iter()
+        .filter_map(|(t, _)| t.as_ref());
+    for t in opts.trees.iter().chain(pinned) {
         if !names.contains(t) {
             return Err(GcError::NoSuchTree {
                 store: store.describe(),
@@ -190,7 +195,12 @@ pub(crate) fn retain(
                 .map(|(v, _)| *v),
         );
     }
-    for v in &policy.keep_versions {
+    let pins = policy
+        .keep_versions
+        .iter()
+        .filter(|(t, _)| t.as_deref().is_none_or(|t| t == tree))
+        .map(|(_, v)| v);
+    for v in pins {
         if !versions.contains_key(v) {
             return Err(GcError::NoSuchVersion {
                 tree: tree.to_string(),
@@ -282,12 +292,12 @@ mod tests {
         assert_eq!(keep(&t, within, 550, 0), [3, 5]);
         let pinned = Policy {
             keep_last: Some(1),
-            keep_versions: vec![2],
+            keep_versions: vec![(None, 2), (Some("other".into()), 3)],
             ..Policy::default()
         };
         assert_eq!(keep(&t, pinned, 10_000, 0), [2, 5]);
         let missing = Policy {
-            keep_versions: vec![4],
+            keep_versions: vec![(Some("t".into()), 4)],
             ..Policy::default()
         };
         let e = retain("t", 5, &t, &missing, 0, 0).expect_err("no version 4");

@@ -23,9 +23,11 @@ pub(crate) struct Args {
     /// Keep the versions published within this long (e.g. 30d, 12h).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     keep_within: Option<Duration>,
-    /// Keep this version too (repeatable; with one --tree).
-    #[arg(long = "keep-version", value_name = "V", requires = "trees")]
-    keep_versions: Vec<u64>,
+    /// Keep this version too (repeatable): TREE:V pins tree TREE's version V; V alone
+    /// needs exactly one --tree. Pins last as long as the command line carries them (for
+    /// the timer, PULPDIST_GC_POLICY in /etc/default/pulpdist-gc).
+    #[arg(long = "keep-version", value_name = "[TREE:]V", value_parser = parse_pin)]
+    keep_versions: Vec<(Option<String>, u64)>,
     /// Remove a pack only once it has been condemned (unreached) this long, and keep each
     /// version that was current less than this ago: longer than the longest publish and
     /// sync.
@@ -56,9 +58,25 @@ pub(crate) struct Args {
     progress: super::progress::ProgressArgs,
 }
 
+fn parse_pin(s: &str) -> Result<(Option<String>, u64), String> {
+    let (tree, v) = match s.rsplit_once(':') {
+        Some((t, v)) => {
+            pulpdist_format::validate_tree_name(t).map_err(|e| e.to_string())?;
+            (Some(t.to_string()), v)
+        }
+        None => (None, s),
+    };
+    let v = v
+        .parse()
+        .map_err(|_| format!("'{s}' is not a version, or TREE:VERSION"))?;
+    Ok((tree, v))
+}
+
 pub(crate) fn run(a: Args) -> Result<()> {
-    if !a.keep_versions.is_empty() && a.trees.len() != 1 {
-        return Err(super::usage("--keep-version needs exactly one --tree"));
+    if a.keep_versions.iter().any(|(t, _)| t.is_none()) && a.trees.len() != 1 {
+        return Err(super::usage(
+            "--keep-version V needs exactly one --tree (or name the tree: --keep-version TREE:V)",
+        ));
     }
     if let super::stores::Location::Dir(d) = super::stores::parse(&a.store)? {
         // Opening a directory store creates its layout: not for a mistyped path.

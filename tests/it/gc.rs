@@ -428,6 +428,26 @@ fn damaged_archived_heads_and_an_empty_policy() {
     }
     assert!(fifo.exists());
     verify_clean(&site);
+    // Pins name a tree and version; one that does not exist is refused.
+    for (pin, says) in [
+        ("tree:99", "no version 99"),
+        ("nosuch:1", "no tree 'nosuch'"),
+    ] {
+        let out = run(&[
+            "gc",
+            "--store",
+            st,
+            "--keep-last",
+            "1",
+            "--keep-version",
+            pin,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(says), "{err}");
+    }
+    let r = gc(st, &["--keep-last", "1", "--keep-version", "tree:4"]);
+    assert!(r["trees"][0]["kept"].to_string().contains('4'), "{r}");
 }
 
 /// The current version is kept whatever the archive holds above it (a rollback), and a
