@@ -116,51 +116,99 @@ pub fn gc(
         },
     };
     let now = opts.now.unwrap_or_else(unix_now);
-    let condemned = store.read_condemned()?;
-    let mut packs = store.list_packs()?;
-    let mut trees = survey::survey(store, opts, now, progress)?;
-    let mut reach = reach::reach(store, &trees, progress)?;
-    let reached_before: std::collections::HashSet<pulpdist_format::PackId> =
-        reach.live.keys().copied().collect();
-    let mut repacked = None;
-    let mut condemned = condemned;
+    let mut s = State {
+        condemned: store.read_condemned()?,
+        packs: store.list_packs()?,
+        trees: survey::survey(store, opts, now, progress)?,
+        reach: reach::Reach::default(),
+        repacked: None,
+    };
+    s.reach = reach::reach(store, &s.trees, progress)?;
     if let Some(r) = &opts.repack {
-        let sparse = repack::sparse(store, &packs, &reach, r.max_unused)?;
-        if opts.dry_run || sparse.is_empty() {
-            repacked = Some(Repacked {
-                sparse,
-                ..Repacked::default()
-            });
-        } else {
-            let done = repack::rewrite(
-                store,
-                &trees,
-                &sparse,
-                r,
-                &opts.trees,
-                now,
-                &opts.state_dir,
-                progress,
-            )?;
-            (packs, trees, reach) = after_repack(store, opts, now, &trees, &done, progress)?;
-            // A pack reached when the run started and emptied by the repack is condemned
-            // now, not at a time an earlier run gave it: it waits its whole grace period.
-            condemned.packs.retain(|id, _| !reached_before.contains(id));
-            repacked = Some(done);
-        }
+        maybe_repack(store, opts, r, now, &mut s, progress)?;
     }
-    let plan = plan::plan(&trees, &packs, &condemned, &reach, now, opts.grace);
+    let plan = plan::plan(&s.trees, &s.packs, &s.condemned, &s.reach, now, opts.grace);
     tracing::info!(
         remove = plan.remove.len(),
         history = plan.history.len(),
         condemn = plan.condemn.len(),
         "gc planned"
     );
-    let bytes_before: u64 = packs.iter().map(|l| l.size).sum();
+    let mut report = report(opts, &s, &plan);
+    if !opts.dry_run {
+        let removed = apply::apply(store, &plan, progress)?;
+        // An object gone before its removal (another hand) is not reported as removed.
+        report.removed.retain(|o| removed.contains(&o.key));
+        let gone: u64 = report
+            .removed
+            .iter()
+            .filter(|o| o.key.starts_with("packs/"))
+            .map(|o| o.bytes)
+            .sum();
+        report.bytes_after = report.bytes_before - gone;
+    }
+    Ok(report)
+}
+
+/// What a run found: the condemned list, the packs, the trees and what they reach, and
+/// what a repack did.
+struct State {
+    condemned: pulpdist_format::Condemned,
+    packs: Vec<pulpdist_publish::ListedPack>,
+    trees: Vec<survey::Tree>,
+    reach: reach::Reach,
+    repacked: Option<Repacked>,
+}
+
+/// Rewrites sparse packs (not in a dry run, which only lists them), then looks at the
+/// store again.
+fn maybe_repack(
+    store: &dyn Store,
+    opts: &GcOptions,
+    r: &Repack,
+    now: i64,
+    s: &mut State,
+    progress: &pulpdist_progress::Reporter,
+) -> Result<(), GcError> {
+    let sparse = repack::sparse(store, &s.packs, &s.reach, r.max_unused)?;
+    if opts.dry_run || sparse.is_empty() {
+        s.repacked = Some(Repacked {
+            sparse,
+            ..Repacked::default()
+        });
+        return Ok(());
+    }
+    let reached_before: std::collections::HashSet<pulpdist_format::PackId> =
+        s.reach.live.keys().copied().collect();
+    let (trees, state_dir) = (&s.trees, &opts.state_dir);
+    let done = repack::rewrite(
+        store,
+        trees,
+        &sparse,
+        r,
+        &opts.trees,
+        now,
+        state_dir,
+        progress,
+    )?;
+    (s.packs, s.trees, s.reach) = after_repack(store, opts, now, &s.trees, &done, progress)?;
+    // A pack reached when the run started and emptied by the repack is condemned now, not
+    // at a time an earlier run gave it: it waits its whole grace period.
+    s.condemned
+        .packs
+        .retain(|id, _| !reached_before.contains(id));
+    s.repacked = Some(done);
+    Ok(())
+}
+
+/// The report of a run (before its removals).
+fn report(opts: &GcOptions, s: &State, plan: &plan::Plan) -> GcReport {
+    let bytes_before: u64 = s.packs.iter().map(|l| l.size).sum();
     let removed_bytes: u64 = plan.remove.iter().map(|l| l.size).sum();
-    let mut report = GcReport {
+    GcReport {
         dry_run: opts.dry_run,
-        trees: trees
+        trees: s
+            .trees
             .iter()
             .map(|t| TreeVersions {
                 tree: t.name.clone(),
@@ -174,27 +222,14 @@ pub fn gc(
         rescued: plan.rescued,
         waiting: plan.waiting,
         young: plan.young,
-        packs_before: packs.len() as u64,
+        packs_before: s.packs.len() as u64,
         bytes_before,
         bytes_after: bytes_before - removed_bytes,
-        live_bytes: reach.live_bytes(),
-        nodes: reach.nodes,
-        chunks: reach.chunks,
-        repacked,
-    };
-    if !opts.dry_run {
-        let removed = apply::apply(store, &plan, progress)?;
-        // An object gone before its removal (another hand) is not reported as removed.
-        report.removed.retain(|o| removed.contains(&o.key));
-        report.bytes_after = bytes_before
-            - report
-                .removed
-                .iter()
-                .filter(|o| o.key.starts_with("packs/"))
-                .map(|o| o.bytes)
-                .sum::<u64>();
+        live_bytes: s.reach.live_bytes(),
+        nodes: s.reach.nodes,
+        chunks: s.reach.chunks,
+        repacked: s.repacked.clone(),
     }
-    Ok(report)
 }
 
 /// The store again after a repack: its packs, its trees (keeping the versions kept before,

@@ -147,65 +147,76 @@ fn print_report(json: bool, r: &GcReport) -> Result<()> {
         "chunks": r.chunks,
         "repacked": r.repacked.as_ref().map(repacked_json),
     });
-    super::emit(json, value, || {
-        let verb = if r.dry_run { "would remove" } else { "removed" };
-        let mut s = String::new();
-        for t in &r.trees {
-            let kept: Vec<String> = t.kept.iter().map(u64::to_string).collect();
-            s.push_str(&format!(
-                "tree {}: {} version(s), keeping {}\n",
-                t.tree,
-                t.versions.len(),
-                kept.join(" ")
-            ));
-        }
-        for o in &r.removed {
-            s.push_str(&format!("{verb} {} ({} bytes)\n", o.key, o.bytes));
-        }
-        let cverb = if r.dry_run {
-            "would condemn"
+    super::emit(json, value, || human(r))
+}
+
+/// The report as lines for a person.
+fn human(r: &GcReport) -> String {
+    let bytes = |list: &[Object]| -> u64 { list.iter().map(|o| o.bytes).sum() };
+    let verb = if r.dry_run { "would remove" } else { "removed" };
+    let cverb = if r.dry_run {
+        "would condemn"
+    } else {
+        "condemned"
+    };
+    let mut s = String::new();
+    for t in &r.trees {
+        let kept: Vec<String> = t.kept.iter().map(u64::to_string).collect();
+        s.push_str(&format!(
+            "tree {}: {} version(s), keeping {}\n",
+            t.tree,
+            t.versions.len(),
+            kept.join(" ")
+        ));
+    }
+    for o in &r.removed {
+        s.push_str(&format!("{verb} {} ({} bytes)\n", o.key, o.bytes));
+    }
+    for o in &r.condemned {
+        s.push_str(&format!("{cverb} {} ({} bytes)\n", o.key, o.bytes));
+    }
+    s.push_str(&format!(
+        "{verb} {} object(s), {} bytes; {cverb} {} pack(s), {} bytes; {} waiting out the grace period, {} too young, {} rescued\n",
+        r.removed.len(),
+        bytes(&r.removed),
+        r.condemned.len(),
+        bytes(&r.condemned),
+        r.waiting,
+        r.young,
+        r.rescued
+    ));
+    if let Some(p) = &r.repacked {
+        let sparse: u64 = p.sparse.iter().map(|(_, b)| b).sum();
+        let verb = if r.dry_run {
+            "would rewrite"
         } else {
-            "condemned"
+            "rewrote"
         };
-        for o in &r.condemned {
-            s.push_str(&format!("{cverb} {} ({} bytes)\n", o.key, o.bytes));
-        }
         s.push_str(&format!(
-            "{verb} {} object(s), {} bytes; {cverb} {} pack(s), {} bytes; {} waiting out the grace period, {} too young, {} rescued\n",
-            r.removed.len(),
-            bytes(&r.removed),
-            r.condemned.len(),
-            bytes(&r.condemned),
-            r.waiting,
-            r.young,
-            r.rescued
+            "{verb} {} sparse pack(s) ({sparse} bytes): {} bytes copied into {} new pack(s)\n",
+            p.sparse.len(),
+            p.bytes_copied,
+            p.packs_written.len()
         ));
-        if let Some(p) = &r.repacked {
-            let sparse: u64 = p.sparse.iter().map(|(_, b)| b).sum();
-            let verb = if r.dry_run {
-                "would rewrite"
-            } else {
-                "rewrote"
-            };
-            s.push_str(&format!(
-                "{verb} {} sparse pack(s) ({sparse} bytes): {} bytes copied into {} new pack(s)\n",
-                p.sparse.len(),
-                p.bytes_copied,
-                p.packs_written.len()
-            ));
-            for (tree, from, to) in &p.versions {
-                s.push_str(&format!("  tree {tree}: version {from} now as {to}\n"));
-            }
-            for (tree, why) in &p.skipped {
-                s.push_str(&format!("  tree {tree} left for a later run: {why}\n"));
+        for (tree, from, to) in &p.versions {
+            match from == to {
+                true => s.push_str(&format!(
+                    "  tree {tree}: version {from} signed again with its new root\n"
+                )),
+                false => s.push_str(&format!(
+                    "  tree {tree}: version {from} published again as {to}\n"
+                )),
             }
         }
-        s.push_str(&format!(
-            "packs: {} bytes before, {} after; the kept versions reach {} bytes\n",
-            r.bytes_before, r.bytes_after, r.live_bytes
-        ));
-        s
-    })
+        for (tree, why) in &p.skipped {
+            s.push_str(&format!("  tree {tree} left out: {why}\n"));
+        }
+    }
+    s.push_str(&format!(
+        "packs: {} bytes before, {} after; the kept versions reach {} bytes\n",
+        r.bytes_before, r.bytes_after, r.live_bytes
+    ));
+    s
 }
 
 fn repacked_json(p: &Repacked) -> serde_json::Value {

@@ -134,28 +134,8 @@ pub(crate) fn rewrite(
     let mut out = Repacked::default();
     let lock_dir = state_dir.join("trees");
     std::fs::create_dir_all(&lock_dir).map_err(|source| io(&lock_dir, source))?;
-    let mut eligible = Vec::new();
-    let mut others = Vec::new();
-    for t in trees {
-        match check(store, t, opts, selected, &lock_dir)? {
-            Ok(e) => eligible.push(e),
-            Err(why) => others.push((t, why)),
-        }
-    }
-    // A pack another tree's kept version reaches cannot be emptied: it is left alone.
-    let mut sparse_ids: HashSet<PackId> = sparse.iter().map(|(id, _)| *id).collect();
-    for (t, why) in others {
-        let blocked = packs_reached(store, kept_heads(t))?;
-        if blocked.iter().any(|p| sparse_ids.contains(p)) {
-            out.skipped.push((t.name.clone(), why));
-            sparse_ids.retain(|p| !blocked.contains(p));
-        }
-    }
-    out.sparse = sparse
-        .iter()
-        .filter(|(id, _)| sparse_ids.contains(id))
-        .copied()
-        .collect();
+    let (eligible, sparse_ids) =
+        sort_trees(store, trees, sparse, opts, selected, &lock_dir, &mut out)?;
     if sparse_ids.is_empty() {
         return Ok(out);
     }
@@ -185,10 +165,7 @@ pub(crate) fn rewrite(
             }
         })?;
     }
-    // Where the store builds packs (its own tmp/ for a directory: the same file system).
-    let tmp = store.tmp_dir().unwrap_or_else(|| state_dir.join("repack"));
-    std::fs::create_dir_all(&tmp).map_err(|source| io(&tmp, source))?;
-    let mut w = Writer::new(store, tmp, opts.pack_size)?;
+    let mut w = Writer::new(store, state_dir, opts.pack_size)?;
     // Pass 2: copy them, pack by pack.
     let size_of = |pack: &PackId| sparse.iter().find(|(id, _)| id == pack).map_or(0, |s| s.1);
     let total: u64 = wanted.keys().map(size_of).sum();
@@ -222,6 +199,42 @@ pub(crate) fn rewrite(
         }
     }
     Ok(out)
+}
+
+/// The trees that can be rewritten (their locks taken), and the sparse packs that no
+/// other tree's kept version reaches (`out` gets those packs and the trees left out).
+fn sort_trees<'a>(
+    store: &dyn Store,
+    trees: &'a [Tree],
+    sparse: &[(PackId, u64)],
+    opts: &Repack,
+    selected: &[String],
+    lock_dir: &Path,
+    out: &mut Repacked,
+) -> Result<(Vec<Eligible<'a>>, HashSet<PackId>), GcError> {
+    let mut eligible = Vec::new();
+    let mut others = Vec::new();
+    for t in trees {
+        match check(store, t, opts, selected, lock_dir)? {
+            Ok(e) => eligible.push(e),
+            Err(why) => others.push((t, why)),
+        }
+    }
+    // A pack another tree's kept version reaches cannot be emptied: it is left alone.
+    let mut sparse_ids: HashSet<PackId> = sparse.iter().map(|(id, _)| *id).collect();
+    for (t, why) in others {
+        let blocked = packs_reached(store, kept_heads(t))?;
+        if blocked.iter().any(|p| sparse_ids.contains(p)) {
+            out.skipped.push((t.name.clone(), why));
+            sparse_ids.retain(|p| !blocked.contains(p));
+        }
+    }
+    out.sparse = sparse
+        .iter()
+        .filter(|(id, _)| sparse_ids.contains(id))
+        .copied()
+        .collect();
+    Ok((eligible, sparse_ids))
 }
 
 /// Copies the `chunks` of `pack` (of `size` bytes) into the writer; the bytes copied.

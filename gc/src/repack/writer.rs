@@ -40,7 +40,14 @@ struct Open {
 }
 
 impl<'a> Writer<'a> {
-    pub(super) fn new(store: &'a dyn Store, tmp: PathBuf, pack_size: u64) -> Result<Self, GcError> {
+    pub(super) fn new(
+        store: &'a dyn Store,
+        state_dir: &std::path::Path,
+        pack_size: u64,
+    ) -> Result<Self, GcError> {
+        // Where the store builds packs (its own tmp/ for a directory: the same file system).
+        let tmp = store.tmp_dir().unwrap_or_else(|| state_dir.join("repack"));
+        std::fs::create_dir_all(&tmp).map_err(|source| io(&tmp, source))?;
         let comp = Compressor::new(pulpdist_chunker::DEFAULT_ZSTD_LEVEL).map_err(|e| {
             GcError::Store(PublishError::Compressor {
                 what: "index nodes",

@@ -116,14 +116,8 @@ pub fn publish(
         deltas = deltas.len(),
         "index and deltas written"
     );
-    report.history_error = head::write(
-        &run,
-        key,
-        &prev,
-        (index.root, &index.reached),
-        &packs,
-        &deltas,
-    )?;
+    let root = (index.root, &index.reached);
+    report.history_error = head::write(&run, key, &prev, root, &packs, &deltas)?;
     tracing::info!(version = prev.version, "head written");
     // The head is out: a cache that cannot be written costs the next publish a full
     // read, not this version.
