@@ -124,10 +124,29 @@ pub fn gc(
         repacked: None,
     };
     s.reach = reach::reach(store, &s.trees, progress)?;
+    let mut now = now;
+    let mut emptied = std::collections::HashSet::new();
     if let Some(r) = &opts.repack {
-        maybe_repack(store, opts, r, now, &mut s, progress)?;
+        if maybe_repack(store, opts, r, now, &mut s, progress)? {
+            // The packs a rewrite emptied are condemned as of the end of the rewrite (its
+            // new heads are written by then), whatever their age.
+            now = opts.now.unwrap_or_else(unix_now);
+            emptied.extend(
+                s.repacked
+                    .iter()
+                    .flat_map(|d| d.sparse.iter().map(|(id, _)| *id)),
+            );
+        }
     }
-    let plan = plan::plan(&s.trees, &s.packs, &s.condemned, &s.reach, now, opts.grace);
+    let plan = plan::plan(
+        &s.trees,
+        &s.packs,
+        &s.condemned,
+        &s.reach,
+        now,
+        opts.grace,
+        &emptied,
+    );
     tracing::info!(
         remove = plan.remove.len(),
         history = plan.history.len(),
@@ -160,8 +179,8 @@ struct State {
     repacked: Option<Repacked>,
 }
 
-/// Rewrites sparse packs (not in a dry run, which only lists them), then looks at the
-/// store again.
+/// Rewrites sparse packs (not in a dry run, which only lists those it would rewrite), then
+/// looks at the store again; whether it rewrote any.
 fn maybe_repack(
     store: &dyn Store,
     opts: &GcOptions,
@@ -169,14 +188,15 @@ fn maybe_repack(
     now: i64,
     s: &mut State,
     progress: &pulpdist_progress::Reporter,
-) -> Result<(), GcError> {
+) -> Result<bool, GcError> {
     let sparse = repack::sparse(store, &s.packs, &s.reach, r.max_unused)?;
     if opts.dry_run || sparse.is_empty() {
-        s.repacked = Some(Repacked {
-            sparse,
-            ..Repacked::default()
-        });
-        return Ok(());
+        let listed = match sparse.is_empty() {
+            true => Repacked::default(),
+            false => repack::would(store, &s.trees, &sparse, r, &opts.trees)?,
+        };
+        s.repacked = Some(listed);
+        return Ok(false);
     }
     let reached_before: std::collections::HashSet<pulpdist_format::PackId> =
         s.reach.live.keys().copied().collect();
@@ -187,7 +207,7 @@ fn maybe_repack(
         &sparse,
         r,
         &opts.trees,
-        now,
+        opts.now,
         state_dir,
         progress,
     )?;
@@ -197,8 +217,9 @@ fn maybe_repack(
     s.condemned
         .packs
         .retain(|id, _| !reached_before.contains(id));
+    let rewrote = !done.versions.is_empty();
     s.repacked = Some(done);
-    Ok(())
+    Ok(rewrote)
 }
 
 /// The report of a run (before its removals).
@@ -274,7 +295,7 @@ fn after_repack(
     Ok((packs, trees, reach))
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)

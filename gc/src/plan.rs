@@ -5,7 +5,8 @@
 //!   (a publish named it again).
 //! - An unreached pack condemned at least the grace period ago is removed.
 //! - An unreached pack not yet condemned is condemned now, unless it is younger than the
-//!   grace period: a publish may be writing the version that names it.
+//!   grace period (a publish may be writing the version that names it) and not one this
+//!   run's rewrite emptied.
 //! - The archived heads of the versions not kept are removed.
 
 use std::collections::BTreeMap;
@@ -55,6 +56,7 @@ pub(crate) fn plan(
     reach: &Reach,
     now: i64,
     grace: u64,
+    emptied: &std::collections::HashSet<PackId>,
 ) -> Plan {
     let mut p = Plan::default();
     let since = now.saturating_sub(i64::try_from(grace).unwrap_or(i64::MAX));
@@ -75,7 +77,7 @@ pub(crate) fn plan(
                 p.during.packs.insert(l.id, at);
                 p.after.packs.insert(l.id, at);
             }
-            None if l.modified <= since => {
+            None if l.modified <= since || emptied.contains(&l.id) => {
                 p.condemn.push(*l);
                 p.during.packs.insert(l.id, now);
                 p.after.packs.insert(l.id, now);
@@ -149,7 +151,15 @@ mod tests {
         condemned.packs.insert(PackId([6; 32]), 100);
         // A pack on the list that the store no longer has is dropped from it.
         condemned.packs.insert(PackId([9; 32]), 100);
-        let p = plan(&[], &packs, &condemned, &reach, 1000, 100);
+        let p = plan(
+            &[],
+            &packs,
+            &condemned,
+            &reach,
+            1000,
+            100,
+            &Default::default(),
+        );
         assert_eq!(p.remove, [pack(2, 0)]);
         assert_eq!(p.condemn, [pack(4, 0)]);
         assert_eq!((p.rescued, p.waiting, p.young), (1, 1, 1));

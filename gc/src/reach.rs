@@ -19,6 +19,8 @@ pub(crate) struct Reach {
     pub(crate) nodes: u64,
     /// Distinct chunks reached.
     pub(crate) chunks: u64,
+    /// Packs a reached node lies in (index packs).
+    pub(crate) index_packs: HashSet<PackId>,
 }
 
 impl Reach {
@@ -121,6 +123,7 @@ impl Walker<'_> {
             }
             let node = self.read(&r)?;
             self.count(r.loc.pack, r.loc.offset, r.loc.stored_len);
+            self.reach.index_packs.insert(r.loc.pack);
             if !self.seen_nodes.insert(r.id) {
                 continue;
             }

@@ -136,7 +136,9 @@ fn versions(store: &dyn Store, tree: &str) -> Result<(u64, BTreeMap<u64, Version
         damaged: None,
         size: 0,
     });
-    entry.heads.retain(|h| *h != current);
+    // A refresh signs the same version again with a new expiry: the same root is the
+    // same version (only another root is walked as well).
+    entry.heads.retain(|h| h.root != current.root);
     entry.heads.insert(0, current);
     Ok((version, out))
 }

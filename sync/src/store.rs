@@ -105,6 +105,13 @@ impl LocalStoreReader {
 
     fn open(&self, key: &str) -> Result<File, SyncError> {
         let path = self.root.join(key);
+        // Never open what is not a regular file (a FIFO planted in the store would block).
+        if let Ok(m) = std::fs::metadata(&path) {
+            if !m.is_file() {
+                let e = std::io::Error::new(std::io::ErrorKind::InvalidData, "not a regular file");
+                return Err(self.err(key, e));
+            }
+        }
         File::open(&path).map_err(|e| self.err(key, e))
     }
 

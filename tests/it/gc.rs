@@ -770,3 +770,51 @@ fn a_pack_deleted_by_hand_stops_the_gc() {
     );
     assert_eq!(objects(&store), before);
 }
+
+/// Compacting settles: once the sparse data packs are rewritten, later runs find nothing
+/// to rewrite and publish nothing (a rewrite leaves old root paths in index packs, which
+/// are not compacted for that).
+#[test]
+fn compacting_settles() {
+    let site = Site::new();
+    for d in 1..=3u32 {
+        fs::create_dir_all(site.src().join(format!("d{d}"))).expect("dir");
+        for f in 0..4u32 {
+            let path = site.src().join(format!("d{d}/f{f}"));
+            fs::write(path, common::noise(30_000, (d - 1) * 4 + f)).expect("file");
+        }
+    }
+    site.publish();
+    for f in 0..4u32 {
+        fs::remove_file(site.src().join(format!("d1/f{f}"))).expect("rm");
+    }
+    fs::write(site.src().join("d1/g"), common::noise(30_000, 12)).expect("g");
+    site.publish();
+    for f in 0..2u32 {
+        fs::remove_file(site.src().join(format!("d3/f{f}"))).expect("rm");
+    }
+    site.publish();
+    let (store, key) = (site.store(), site.key());
+    let args = [
+        "--keep-last",
+        "2",
+        "--grace",
+        "0s",
+        "--max-unused",
+        "20",
+        "--key",
+        s(&key),
+    ];
+    let mut currents = Vec::new();
+    let mut last = serde_json::Value::Null;
+    for _ in 0..5 {
+        last = gc(s(&store), &args);
+        currents.push(last["trees"][0]["current"].as_u64().expect("current"));
+    }
+    assert_eq!(
+        currents,
+        [4, 4, 4, 4, 4],
+        "one republish, then none: {last}"
+    );
+    assert_eq!(last["repacked"]["sparse"], serde_json::json!([]), "{last}");
+}

@@ -80,7 +80,7 @@ pub struct Repacked {
     pub skipped: Vec<(String, String)>,
 }
 
-/// The packs whose objects (header, trailer and footer left out) are more than
+/// The data packs whose objects (header, trailer and footer left out) are more than
 /// `max_unused` percent unreached. Delta packs are reached whole; unreached packs are for
 /// the plan.
 pub(crate) fn sparse(
@@ -94,7 +94,14 @@ pub(crate) fn sparse(
     };
     let mut out = Vec::new();
     for l in packs {
-        let Some(&live) = reach.live.get(&l.id) else {
+        // Index packs are not rewritten for their own sake: re-encoding a version's nodes
+        // leaves its old root path behind in them, so compacting them would go on forever
+        // (and make every site fetch the index again). Data packs are what dead bytes are.
+        let Some(&live) = reach
+            .live
+            .get(&l.id)
+            .filter(|_| !reach.index_packs.contains(&l.id))
+        else {
             continue;
         };
         // The whole file first (cheap); then what its footer says its objects take.
@@ -111,11 +118,26 @@ pub(crate) fn sparse(
     Ok(out)
 }
 
-/// A tree that can be rewritten: its lock, and its current head as checked.
+/// A tree that can be rewritten: its lock (none in a dry run), and its current head as
+/// checked.
 struct Eligible<'a> {
     tree: &'a Tree,
     stored: StoredHead,
-    _lock: StoreLock,
+    _lock: Option<StoreLock>,
+}
+
+/// What a rewrite would do, for a dry run: the sparse packs it would rewrite (those of the
+/// trees it could rewrite now, their locks aside) and the trees it would leave out.
+pub(crate) fn would(
+    store: &dyn Store,
+    trees: &[Tree],
+    sparse: &[(PackId, u64)],
+    opts: &Repack,
+    selected: &[String],
+) -> Result<Repacked, GcError> {
+    let mut out = Repacked::default();
+    sort_trees(store, trees, sparse, opts, selected, None, &mut out)?;
+    Ok(out)
 }
 
 /// Copies what the kept versions reach in `sparse` packs into new packs and re-signs the
@@ -127,15 +149,22 @@ pub(crate) fn rewrite(
     sparse: &[(PackId, u64)],
     opts: &Repack,
     selected: &[String],
-    now: i64,
+    now: Option<i64>,
     state_dir: &Path,
     progress: &pulpdist_progress::Reporter,
 ) -> Result<Repacked, GcError> {
     let mut out = Repacked::default();
     let lock_dir = state_dir.join("trees");
     std::fs::create_dir_all(&lock_dir).map_err(|source| io(&lock_dir, source))?;
-    let (eligible, sparse_ids) =
-        sort_trees(store, trees, sparse, opts, selected, &lock_dir, &mut out)?;
+    let (eligible, sparse_ids) = sort_trees(
+        store,
+        trees,
+        sparse,
+        opts,
+        selected,
+        Some(&lock_dir),
+        &mut out,
+    )?;
     if sparse_ids.is_empty() {
         return Ok(out);
     }
@@ -209,7 +238,7 @@ fn sort_trees<'a>(
     sparse: &[(PackId, u64)],
     opts: &Repack,
     selected: &[String],
-    lock_dir: &Path,
+    lock_dir: Option<&Path>,
     out: &mut Repacked,
 ) -> Result<(Vec<Eligible<'a>>, HashSet<PackId>), GcError> {
     let mut eligible = Vec::new();
@@ -283,18 +312,19 @@ fn check<'a>(
     t: &'a Tree,
     opts: &Repack,
     selected: &[String],
-    lock_dir: &Path,
+    lock_dir: Option<&Path>,
 ) -> Result<Result<Eligible<'a>, String>, GcError> {
     let name = &t.name;
     if !selected.is_empty() && !selected.contains(name) {
         return Ok(Err("not among the trees named with --tree".into()));
     }
-    let lock = match store.lock(name, lock_dir) {
-        Ok(l) => l,
-        Err(PublishError::Locked { holder, .. }) => {
+    let lock = match lock_dir.map(|d| store.lock(name, d)) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(PublishError::Locked { holder, .. })) => {
             return Ok(Err(format!("its publish lock is held{holder}")))
         }
-        Err(e) => return Err(e.into()),
+        Some(Err(e)) => return Err(e.into()),
     };
     let keys = TrustedKeys::new(vec![opts.key.public()]);
     let Some(stored) = store.read_head(name)? else {
@@ -345,7 +375,7 @@ fn resign(
     versions: &[(u64, &Head, NodeRef)],
     listed: &[PackInfo],
     opts: &Repack,
-    now: i64,
+    now: Option<i64>,
 ) -> Result<Outcome, GcError> {
     let name = &e.tree.name;
     let current = e.tree.current;
@@ -374,6 +404,14 @@ fn resign(
     let Some((_, old, root)) = versions.iter().find(|(v, _, _)| *v == current) else {
         return Ok(Ok(done));
     };
+    // The time the head is written, not the run's start: the old version was current
+    // until now, and the grace period of a sync that started from it counts from here.
+    let now = now.unwrap_or_else(crate::unix_now);
+    if old.expires < now {
+        return Ok(Err(
+            "its head has expired: publish it (or refresh it) first".into(),
+        ));
+    }
     let next = current.checked_add(1).ok_or_else(|| {
         GcError::BadPolicy(format!("tree '{name}' is at the last version number"))
     })?;
