@@ -124,13 +124,18 @@ pub fn gc(
         repacked: None,
     };
     s.reach = reach::reach(store, &s.trees, progress)?;
-    let mut now = now;
+    let mut times = plan::Times {
+        now,
+        grace: opts.grace,
+        condemn_at: now,
+    };
     let mut emptied = std::collections::HashSet::new();
     if let Some(r) = &opts.repack {
         if maybe_repack(store, opts, r, now, &mut s, progress)? {
             // The packs a rewrite emptied are condemned as of the end of the rewrite (its
-            // new heads are written by then), whatever their age.
-            now = opts.now.unwrap_or_else(unix_now);
+            // new heads are written by then), whatever their age; what is removed is
+            // still decided as of the run's start.
+            times.condemn_at = opts.now.unwrap_or_else(unix_now);
             emptied.extend(
                 s.repacked
                     .iter()
@@ -138,15 +143,7 @@ pub fn gc(
             );
         }
     }
-    let plan = plan::plan(
-        &s.trees,
-        &s.packs,
-        &s.condemned,
-        &s.reach,
-        now,
-        opts.grace,
-        &emptied,
-    );
+    let plan = plan::plan(&s.trees, &s.packs, &s.condemned, &s.reach, times, &emptied);
     tracing::info!(
         remove = plan.remove.len(),
         history = plan.history.len(),
@@ -217,7 +214,9 @@ fn maybe_repack(
     s.condemned
         .packs
         .retain(|id, _| !reached_before.contains(id));
-    let rewrote = !done.versions.is_empty();
+    // Packs written means archived heads may have been signed again: the sparse packs are
+    // then treated as emptied even if a tree's new head lost to a publish.
+    let rewrote = !done.packs_written.is_empty();
     s.repacked = Some(done);
     Ok(rewrote)
 }

@@ -48,17 +48,33 @@ pub(crate) struct Plan {
     pub(crate) after: Condemned,
 }
 
-/// Decides what a run does at `now`.
+/// The times a plan is made with.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Times {
+    /// The run's start: what is removed, and which packs are young, is decided as of it.
+    pub(crate) now: i64,
+    /// The grace period, in seconds.
+    pub(crate) grace: u64,
+    /// The time a pack condemned by this run is listed with (the end of a rewrite, if the
+    /// run rewrote packs; else `now`).
+    pub(crate) condemn_at: i64,
+}
+
+/// Decides what a run does.
 pub(crate) fn plan(
     trees: &[Tree],
     packs: &[ListedPack],
     condemned: &Condemned,
     reach: &Reach,
-    now: i64,
-    grace: u64,
+    times: Times,
     emptied: &std::collections::HashSet<PackId>,
 ) -> Plan {
     let mut p = Plan::default();
+    let Times {
+        now,
+        grace,
+        condemn_at,
+    } = times;
     let since = now.saturating_sub(i64::try_from(grace).unwrap_or(i64::MAX));
     let listed: BTreeMap<PackId, &ListedPack> = packs.iter().map(|l| (l.id, l)).collect();
     p.rescued = condemned
@@ -79,8 +95,8 @@ pub(crate) fn plan(
             }
             None if l.modified <= since || emptied.contains(&l.id) => {
                 p.condemn.push(*l);
-                p.during.packs.insert(l.id, now);
-                p.after.packs.insert(l.id, now);
+                p.during.packs.insert(l.id, condemn_at);
+                p.after.packs.insert(l.id, condemn_at);
             }
             None => p.young += 1,
         }
@@ -151,22 +167,20 @@ mod tests {
         condemned.packs.insert(PackId([6; 32]), 100);
         // A pack on the list that the store no longer has is dropped from it.
         condemned.packs.insert(PackId([9; 32]), 100);
-        let p = plan(
-            &[],
-            &packs,
-            &condemned,
-            &reach,
-            1000,
-            100,
-            &Default::default(),
-        );
+        // Condemned as of a later time (the end of a rewrite); removals as of 1000.
+        let times = Times {
+            now: 1000,
+            grace: 100,
+            condemn_at: 1010,
+        };
+        let p = plan(&[], &packs, &condemned, &reach, times, &Default::default());
         assert_eq!(p.remove, [pack(2, 0)]);
         assert_eq!(p.condemn, [pack(4, 0)]);
         assert_eq!((p.rescued, p.waiting, p.young), (1, 1, 1));
         let ids = |c: &Condemned| c.packs.keys().map(|k| k.0[0]).collect::<Vec<_>>();
         assert_eq!(ids(&p.during), [2, 3, 4]);
         assert_eq!(ids(&p.after), [3, 4]);
-        assert_eq!(p.after.packs[&PackId([4; 32])], 1000);
+        assert_eq!(p.after.packs[&PackId([4; 32])], 1010);
         assert_eq!(
             p.removed(),
             [Object {

@@ -179,6 +179,7 @@ impl Store for LocalStore {
 
     fn read_head(&self, tree: &str) -> Result<Option<StoredHead>, PublishError> {
         let path = self.root.join("heads").join(tree);
+        regular_or_missing(&path)?;
         match fs::read(&path) {
             Ok(bytes) => Ok(Some(StoredHead {
                 bytes,

@@ -104,15 +104,23 @@ impl LocalStoreReader {
     }
 
     fn open(&self, key: &str) -> Result<File, SyncError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let path = self.root.join(key);
-        // Never open what is not a regular file (a FIFO planted in the store would block).
-        if let Ok(m) = std::fs::metadata(&path) {
-            if !m.is_file() {
-                let e = std::io::Error::new(std::io::ErrorKind::InvalidData, "not a regular file");
-                return Err(self.err(key, e));
-            }
+        // Opened without blocking, then checked: a FIFO planted in the store is refused
+        // rather than waited on (reads of a regular file ignore the flag).
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(&path)
+            .map_err(|e| self.err(key, e))?;
+        match f.metadata() {
+            Ok(m) if m.is_file() => Ok(f),
+            Ok(_) => Err(self.err(
+                key,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "not a regular file"),
+            )),
+            Err(e) => Err(self.err(key, e)),
         }
-        File::open(&path).map_err(|e| self.err(key, e))
     }
 
     /// A head-sized object (no more than the format's largest head and one byte), if any.

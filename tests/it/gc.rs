@@ -428,6 +428,29 @@ fn damaged_archived_heads_and_an_empty_policy() {
     }
     assert!(fifo.exists());
     verify_clean(&site);
+    // A FIFO planted as a head: verify says it cannot read it, and does not hang.
+    let head_fifo = store.join("heads/fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&head_fifo)
+        .status()
+        .expect("mkfifo")
+        .success());
+    let trust = site.trust();
+    let out = std::process::Command::new("timeout")
+        .args([
+            "60",
+            env!("CARGO_BIN_EXE_pulpdist"),
+            "verify",
+            "--store",
+            st,
+            "--trust",
+            &trust,
+        ])
+        .output()
+        .expect("verify");
+    assert_ne!(out.status.code(), Some(124), "verify hung on a FIFO");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
+    fs::remove_file(&head_fifo).expect("rm fifo");
     // Pins name a tree and version; one that does not exist is refused.
     for (pin, says) in [
         ("tree:99", "no version 99"),
@@ -652,9 +675,16 @@ fn compacting_resigns_only_what_the_key_signed_and_settles() {
     let r = gc(st, &compact);
     assert_eq!(r["repacked"]["sparse"], serde_json::json!([]), "{r}");
     assert_eq!(r["trees"][0]["current"], 1, "{r}");
-    // b.bin goes: the first data pack is half unreached once version 1 is not kept.
+    // b.bin goes: the first data pack is half unreached once version 1 is not kept. The
+    // head is then refreshed (the same version and root, signed again): still rewritten.
     fs::remove_file(site.src().join("b.bin")).expect("rm b");
     site.publish();
+    let out = site.publish_raw(&["--refresh"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let keep_one = [
         "--keep-last",
         "1",
@@ -738,9 +768,13 @@ fn compacting_resigns_only_what_the_key_signed_and_settles() {
         "--key",
         s(&key),
     ];
+    // The dry run lists only what the run would rewrite: nothing here.
+    let dry = gc(st, &[&args[..], &["--dry-run"]].concat());
+    assert_eq!(dry["repacked"]["sparse"], serde_json::json!([]), "{dry}");
     let r = gc(st, &args);
     let skipped = r["repacked"]["skipped"].to_string();
     assert!(skipped.contains("not signed by the key given"), "{r}");
+    assert_eq!(dry["repacked"]["skipped"], r["repacked"]["skipped"], "{r}");
     assert_eq!(r["repacked"]["versions"], serde_json::json!([]), "{r}");
     assert_eq!(fs::read(&planted).expect("planted"), foreign, "re-signed");
     assert_eq!(r["trees"][0]["current"], 2, "{r}");

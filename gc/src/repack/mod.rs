@@ -331,6 +331,9 @@ fn check<'a>(
         return Ok(Err("its head is gone".into()));
     };
     match SignedHead::decode_and_verify(&stored.bytes, &keys) {
+        Ok(h) if h.head().expires < crate::unix_now() => {
+            return Ok(Err("its head has expired: publish it first".into()))
+        }
         Ok(h) if h.head().version == t.current => {}
         Ok(_) => return Ok(Err("a publish moved its head on".into())),
         Err(_) => return Ok(Err("its head is not signed by the key given".into())),
@@ -408,9 +411,8 @@ fn resign(
     // until now, and the grace period of a sync that started from it counts from here.
     let now = now.unwrap_or_else(crate::unix_now);
     if old.expires < now {
-        return Ok(Err(
-            "its head has expired: publish it (or refresh it) first".into(),
-        ));
+        // Expired since it was checked (`check` refuses an expired head before anything).
+        return Ok(Err("its head has expired: publish it first".into()));
     }
     let next = current.checked_add(1).ok_or_else(|| {
         GcError::BadPolicy(format!("tree '{name}' is at the last version number"))
@@ -424,7 +426,9 @@ fn resign(
     let head = Head {
         version: next,
         created: now,
-        expires: now.saturating_add(old.expires.saturating_sub(old.created)),
+        // The same expiry: a gc never keeps a tree in service longer than its publisher
+        // did (freeze protection counts on the publisher alone).
+        expires: old.expires,
         root: *root,
         recent,
         ..(*old).clone()
