@@ -217,13 +217,6 @@ fn rebuild(
     json: bool,
     progress: &pulpdist_progress::Reporter,
 ) -> Result<()> {
-    let StoreArgs {
-        store,
-        tree,
-        trust,
-        http,
-        s3,
-    } = from_store;
     let bytes = fs::read(template).with_context(|| format!("reading {}", template.display()))?;
     let t = Template::decode(&bytes).with_context(|| format!("in {}", template.display()))?;
     let chunker = Chunker::new(t.params)?;
@@ -241,156 +234,17 @@ fn rebuild(
         .filter(|id| !local.contains_key(id))
         .copied()
         .collect();
-    // Fetched chunks wait in a scratch file beside the output, not in memory: an image can
-    // need gigabytes of them.
-    let scratch = {
-        let mut r = [0u8; 8];
-        getrandom::getrandom(&mut r).context("random name for the scratch file")?;
-        let name = out
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        out.with_file_name(format!(".{name}.chunks-{}", hex::encode(r)))
+    let fetched = match missing.is_empty() {
+        true => Fetched::default(),
+        false => fetch_missing(&t, &missing, from_store, out, progress)?,
     };
-    let mut fetched: HashMap<ChunkId, (u64, u32)> = HashMap::new();
-    let mut scratch_file: Option<File> = None;
-    let (mut requests, mut bytes_fetched) = (0u64, 0u64);
-    if !missing.is_empty() {
-        let Some(store) = store else {
-            let bytes: u64 = t
-                .entries
-                .iter()
-                .filter(|e| missing.contains(&e.id()))
-                .map(|e| u64::from(e.len()))
-                .sum();
-            bail!(
-                "{} chunks ({bytes} bytes) of the image's files are in none of the --from directories; give more, or --store with --tree and --trust",
-                missing.len()
-            );
-        };
-        let tree = tree.unwrap_or_default();
-        let keys = super::sync::load_trust(trust)?;
-        let reader = super::stores::reader(store, http, &s3)?;
-        let counted = pulpdist_sync::CountingReader::new(&*reader);
-        let f = File::options()
-            .create_new(true)
-            .read(true)
-            .write(true)
-            .open(&scratch)
-            .with_context(|| format!("writing {}", scratch.display()))?;
-        let mut end = 0u64;
-        let mut w = std::io::BufWriter::new(&f);
-        progress.start("fetch", missing.len() as u64, 0);
-        let got = pulpdist_sync::fetch_chunks(
-            &counted,
-            tree,
-            &keys,
-            &missing,
-            64 * 1024,
-            &mut |c: VerifiedChunk| {
-                w.write_all(c.data())
-                    .map_err(|source| pulpdist_sync::SyncError::Io {
-                        path: scratch.clone(),
-                        source,
-                    })?;
-                fetched.insert(c.id(), (end, c.data().len() as u32));
-                end += c.data().len() as u64;
-                progress.advance(1, 0);
-                Ok(())
-            },
-        )
-        .and_then(|got| {
-            w.flush().map_err(|source| pulpdist_sync::SyncError::Io {
-                path: scratch.clone(),
-                source,
-            })?;
-            Ok(got)
-        });
-        drop(w);
-        progress.finish();
-        scratch_file = Some(f);
-        let got = match got {
-            Ok(g) => g,
-            Err(e) => {
-                let _ = fs::remove_file(&scratch);
-                return Err(anyhow::Error::new(e).context(format!(
-                    "fetching missing chunks of tree '{tree}' from {store}"
-                )));
-            }
-        };
-        (requests, bytes_fetched) = counted.totals();
-        if let Some(id) = missing.iter().find(|id| !got.contains(id)) {
-            let _ = fs::remove_file(&scratch);
-            bail!("chunk {id} of the image is neither local nor in tree '{tree}' of {store}");
-        }
-    }
     let tmp = out.with_extension("part");
     // Everything is written beside the output first; on any failure the part is removed.
-    let written = (|| -> Result<(u64, u64)> {
-        let mut w = std::io::BufWriter::new(
-            File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?,
-        );
-        let mut hasher = blake3::Hasher::new();
-        let (mut from_local, mut from_template) = (0u64, 0u64);
-        let mut open: Option<(PathBuf, File)> = None;
-        progress.start("image", t.entries.len() as u64, t.size);
-        for e in &t.entries {
-            let data: Vec<u8> = match e {
-                Entry::Literal { chunk } => {
-                    from_template += chunk.data().len() as u64;
-                    chunk.data().to_vec()
-                }
-                Entry::File { id, len } => {
-                    if let Some((path, offset)) = local.get(id) {
-                        if open.as_ref().is_none_or(|(p, _)| p != path) {
-                            let f = File::open(path)
-                                .with_context(|| format!("reading {}", path.display()))?;
-                            open = Some((path.clone(), f));
-                        }
-                        let Some((_, f)) = open.as_mut() else {
-                            unreachable!("opened above")
-                        };
-                        let mut buf = vec![0u8; *len as usize];
-                        f.seek(SeekFrom::Start(*offset))
-                            .and_then(|_| f.read_exact(&mut buf))
-                            .with_context(|| format!("reading {}", path.display()))?;
-                        let c = VerifiedChunk::from_plain(*id, buf).with_context(|| {
-                            format!("{} changed while the image was rebuilt", path.display())
-                        })?;
-                        from_local += u64::from(*len);
-                        c.into_data()
-                    } else if let (Some((at, n)), Some(f)) = (fetched.get(id), &scratch_file) {
-                        // Verified when fetched, and again on the way out of the scratch file.
-                        let mut buf = vec![0u8; *n as usize];
-                        f.read_exact_at(&mut buf, *at)
-                            .with_context(|| format!("reading {}", scratch.display()))?;
-                        VerifiedChunk::from_plain(*id, buf)
-                            .with_context(|| format!("{} changed", scratch.display()))?
-                            .into_data()
-                    } else {
-                        bail!("chunk {id} missing");
-                    }
-                }
-            };
-            hasher.update(&data);
-            w.write_all(&data)
-                .with_context(|| format!("writing {}", tmp.display()))?;
-            progress.advance(1, data.len() as u64);
-        }
-        progress.finish();
-        let f = w
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.sync_all()
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        if hasher.finalize().as_bytes() != &t.hash {
-            bail!("the rebuilt image does not match the template's BLAKE3; nothing written");
-        }
-        Ok((from_local, from_template))
-    })();
-    drop(scratch_file);
-    let _ = fs::remove_file(&scratch);
+    let written = write_image(&t, &local, &fetched, &tmp, progress);
+    drop(fetched.file);
+    if let Some(scratch) = &fetched.scratch {
+        let _ = fs::remove_file(scratch);
+    }
     let (from_local, from_template) = match written {
         Ok(v) => v,
         Err(e) => {
@@ -399,6 +253,7 @@ fn rebuild(
         }
     };
     fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
+    let (requests, bytes_fetched) = (fetched.requests, fetched.bytes);
     super::emit(
         json,
         json!({"image_size": t.size, "bytes_from_local": from_local, "bytes_from_template": from_template,
@@ -410,4 +265,199 @@ fn rebuild(
             )
         },
     )
+}
+
+/// Chunks fetched from a store, waiting in a scratch file beside the output (not in
+/// memory: an image can need gigabytes of them).
+#[derive(Default)]
+struct Fetched {
+    scratch: Option<PathBuf>,
+    file: Option<File>,
+    /// Chunk id → (offset, length) in the scratch file.
+    at: HashMap<ChunkId, (u64, u32)>,
+    requests: u64,
+    bytes: u64,
+}
+
+/// Fetches the `missing` chunks of `t` from the store (verified), into a scratch file.
+fn fetch_missing(
+    t: &Template,
+    missing: &HashSet<ChunkId>,
+    from_store: StoreArgs<'_>,
+    out: &Path,
+    progress: &pulpdist_progress::Reporter,
+) -> Result<Fetched> {
+    let StoreArgs {
+        store,
+        tree,
+        trust,
+        http,
+        s3,
+    } = from_store;
+    let Some(store) = store else {
+        let bytes: u64 = t
+            .entries
+            .iter()
+            .filter(|e| missing.contains(&e.id()))
+            .map(|e| u64::from(e.len()))
+            .sum();
+        bail!(
+            "{} chunks ({bytes} bytes) of the image's files are in none of the --from directories; give more, or --store with --tree and --trust",
+            missing.len()
+        );
+    };
+    let tree = tree.unwrap_or_default();
+    let keys = super::sync::load_trust(trust)?;
+    let reader = super::stores::reader(store, http, &s3)?;
+    let counted = pulpdist_sync::CountingReader::new(&*reader);
+    let (scratch, f) = scratch_file(out)?;
+    let mut fetched = Fetched::default();
+    let mut end = 0u64;
+    let mut w = std::io::BufWriter::new(&f);
+    let io = |source| pulpdist_sync::SyncError::Io {
+        path: scratch.clone(),
+        source,
+    };
+    progress.start("fetch", missing.len() as u64, 0);
+    let got = pulpdist_sync::fetch_chunks(
+        &counted,
+        tree,
+        &keys,
+        missing,
+        64 * 1024,
+        &mut |c: VerifiedChunk| {
+            w.write_all(c.data()).map_err(io)?;
+            fetched.at.insert(c.id(), (end, c.data().len() as u32));
+            end += c.data().len() as u64;
+            progress.advance(1, 0);
+            Ok(())
+        },
+    )
+    .and_then(|got| w.flush().map_err(io).map(|()| got));
+    drop(w);
+    progress.finish();
+    let got = match got {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = fs::remove_file(&scratch);
+            return Err(anyhow::Error::new(e).context(format!(
+                "fetching missing chunks of tree '{tree}' from {store}"
+            )));
+        }
+    };
+    (fetched.requests, fetched.bytes) = counted.totals();
+    if let Some(id) = missing.iter().find(|id| !got.contains(id)) {
+        let _ = fs::remove_file(&scratch);
+        bail!("chunk {id} of the image is neither local nor in tree '{tree}' of {store}");
+    }
+    fetched.file = Some(f);
+    fetched.scratch = Some(scratch);
+    Ok(fetched)
+}
+
+/// A new scratch file beside `out`, under a random name.
+fn scratch_file(out: &Path) -> Result<(PathBuf, File)> {
+    let mut r = [0u8; 8];
+    getrandom::getrandom(&mut r).context("random name for the scratch file")?;
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let scratch = out.with_file_name(format!(".{name}.chunks-{}", hex::encode(r)));
+    let f = File::options()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&scratch)
+        .with_context(|| format!("writing {}", scratch.display()))?;
+    Ok((scratch, f))
+}
+
+/// Writes the image to `tmp` from the template's literals, the local files and the
+/// fetched chunks, every chunk verified on its way; checks the whole against the
+/// template's BLAKE3. Bytes from local files and from the template.
+fn write_image(
+    t: &Template,
+    local: &HashMap<ChunkId, (PathBuf, u64)>,
+    fetched: &Fetched,
+    tmp: &Path,
+    progress: &pulpdist_progress::Reporter,
+) -> Result<(u64, u64)> {
+    let mut w = std::io::BufWriter::new(
+        File::create(tmp).with_context(|| format!("writing {}", tmp.display()))?,
+    );
+    let mut hasher = blake3::Hasher::new();
+    let (mut from_local, mut from_template) = (0u64, 0u64);
+    let mut open: Option<(PathBuf, File)> = None;
+    progress.start("image", t.entries.len() as u64, t.size);
+    for e in &t.entries {
+        let data: Vec<u8> = match e {
+            Entry::Literal { chunk } => {
+                from_template += chunk.data().len() as u64;
+                chunk.data().to_vec()
+            }
+            Entry::File { id, len } => {
+                if let Some((path, offset)) = local.get(id) {
+                    from_local += u64::from(*len);
+                    read_local(&mut open, path, *offset, *id, *len)?
+                } else {
+                    read_fetched(fetched, *id)?
+                }
+            }
+        };
+        hasher.update(&data);
+        w.write_all(&data)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        progress.advance(1, data.len() as u64);
+    }
+    progress.finish();
+    let f = w
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.sync_all()
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    if hasher.finalize().as_bytes() != &t.hash {
+        bail!("the rebuilt image does not match the template's BLAKE3; nothing written");
+    }
+    Ok((from_local, from_template))
+}
+
+/// A chunk of a local file (kept open while the next chunks come from it), verified.
+fn read_local(
+    open: &mut Option<(PathBuf, File)>,
+    path: &Path,
+    offset: u64,
+    id: ChunkId,
+    len: u32,
+) -> Result<Vec<u8>> {
+    if open.as_ref().is_none_or(|(p, _)| p != path) {
+        let f = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        *open = Some((path.to_path_buf(), f));
+    }
+    let Some((_, f)) = open.as_mut() else {
+        unreachable!("opened above")
+    };
+    let mut buf = vec![0u8; len as usize];
+    f.seek(SeekFrom::Start(offset))
+        .and_then(|_| f.read_exact(&mut buf))
+        .with_context(|| format!("reading {}", path.display()))?;
+    let c = VerifiedChunk::from_plain(id, buf)
+        .with_context(|| format!("{} changed while the image was rebuilt", path.display()))?;
+    Ok(c.into_data())
+}
+
+/// A fetched chunk, verified again on its way out of the scratch file.
+fn read_fetched(fetched: &Fetched, id: ChunkId) -> Result<Vec<u8>> {
+    let (Some((at, n)), Some(f), Some(scratch)) =
+        (fetched.at.get(&id), &fetched.file, &fetched.scratch)
+    else {
+        bail!("chunk {id} missing");
+    };
+    let mut buf = vec![0u8; *n as usize];
+    f.read_exact_at(&mut buf, *at)
+        .with_context(|| format!("reading {}", scratch.display()))?;
+    Ok(VerifiedChunk::from_plain(id, buf)
+        .with_context(|| format!("{} changed", scratch.display()))?
+        .into_data())
 }
