@@ -129,12 +129,9 @@ fn parse_rules(rules: &[String]) -> Result<pulpdist_format::filter::Filter> {
     Ok(f)
 }
 
-pub(crate) fn run(a: Args) -> Result<()> {
-    pulpdist_format::validate_tree_name(&a.tree).map_err(|e| super::usage(e.to_string()))?;
-    let text = super::read_small(&a.key, "key")?;
-    let key =
-        SecretKey::from_text(&text).with_context(|| format!("parsing key {}", a.key.display()))?;
-    let store = super::stores::target(&a.store, &a.s3)?;
+/// The publisher's state directory: `--state`, or the default for the store; never
+/// inside a store directory (a web server may serve it), nor the store inside it.
+fn state_dir(a: &Args) -> Result<PathBuf> {
     let location = super::stores::parse(&a.store)?;
     let state = match (&a.state, &location) {
         (Some(s), _) => s.clone(),
@@ -150,8 +147,6 @@ pub(crate) fn run(a: Args) -> Result<()> {
         (None, super::stores::Location::Http(_)) => unreachable!("refused by stores::target"),
     };
     if let super::stores::Location::Dir(d) = &location {
-        // A web server may serve the store directory: the publisher's state (its caches and
-        // the rsync staging copy of the source) never goes inside it.
         let store_dir = pulpdist_sync::absolute_dir(d)
             .with_context(|| format!("resolving store directory {}", d.display()))?;
         let state_dir = pulpdist_sync::absolute_dir(&state)
@@ -164,6 +159,16 @@ pub(crate) fn run(a: Args) -> Result<()> {
             )));
         }
     }
+    Ok(state)
+}
+
+pub(crate) fn run(a: Args) -> Result<()> {
+    pulpdist_format::validate_tree_name(&a.tree).map_err(|e| super::usage(e.to_string()))?;
+    let text = super::read_small(&a.key, "key")?;
+    let key =
+        SecretKey::from_text(&text).with_context(|| format!("parsing key {}", a.key.display()))?;
+    let store = super::stores::target(&a.store, &a.s3)?;
+    let state = state_dir(&a)?;
     if a.refresh {
         return refresh(&a, &*store, &key, state);
     }

@@ -216,39 +216,13 @@ pub(crate) fn run(a: Args) -> Result<()> {
         .collect();
     metadata_patterns.extend(cfg.metadata.iter().cloned());
     if store.starts_with("rsync://") {
-        // A plain rsync origin: no signed index to check against, rsync's own checksums.
-        let mut cli_rules = pulpdist_format::filter::Filter::new();
-        for r in &cfg.filter {
-            cli_rules.push(
-                pulpdist_format::filter::Rule::parse(r)
-                    .map_err(|e| super::usage(format!("--filter: {e}")))?,
-            );
-        }
-        let filter = match &def {
-            Some(d) => d.filter_with(&cli_rules),
-            None => cli_rules,
+        let at = Origin {
+            store: &store,
+            tree: &tree,
+            dest: &dest,
         };
-        let report = pulpdist_sync::sync_rsync(
-            &store,
-            &dest,
-            &filter,
-            &metadata_patterns,
-            a.dry_run,
-            std::time::Duration::from_secs(cfg.wait.unwrap_or(0)),
-        )
-        .with_context(|| format!("syncing tree '{tree}' from {store} into {}", dest.display()))?;
-        if a.json {
-            print_report(true, &report)?;
-        } else {
-            super::say(format_args!(
-                "{} from {store} (payload, then metadata and deletions): {} files, {} deleted, {} bytes received\n",
-                if a.dry_run { "would rsync" } else { "rsynced" },
-                report.files,
-                report.deleted,
-                report.rsync_bytes
-            ))?;
-        }
-        return Ok(());
+        let (dry_run, json) = (a.dry_run, a.json);
+        return sync_from_rsync((dry_run, json), &cfg, at, def.as_ref(), &metadata_patterns);
     }
     if !cfg.filter.is_empty() {
         return Err(super::usage(
@@ -295,6 +269,55 @@ pub(crate) fn run(a: Args) -> Result<()> {
     let report = sync(&*reader, &opts)
         .with_context(|| format!("syncing tree '{tree}' from {store} into {}", dest.display()))?;
     print_report(a.json, &report)
+}
+
+/// Where an rsync origin sync goes.
+struct Origin<'a> {
+    store: &'a str,
+    tree: &'a str,
+    dest: &'a std::path::Path,
+}
+
+/// A sync from a plain rsync origin: no signed index to check against, rsync's own
+/// checksums; payload first, metadata and deletions after.
+fn sync_from_rsync(
+    (dry_run, json): (bool, bool),
+    cfg: &Settings,
+    at: Origin<'_>,
+    def: Option<&pulpdist_config::TreeDef>,
+    metadata_patterns: &[String],
+) -> Result<()> {
+    let Origin { store, tree, dest } = at;
+    let mut cli_rules = pulpdist_format::filter::Filter::new();
+    for r in &cfg.filter {
+        cli_rules.push(
+            pulpdist_format::filter::Rule::parse(r)
+                .map_err(|e| super::usage(format!("--filter: {e}")))?,
+        );
+    }
+    let filter = match def {
+        Some(d) => d.filter_with(&cli_rules),
+        None => cli_rules,
+    };
+    let report = pulpdist_sync::sync_rsync(
+        store,
+        dest,
+        &filter,
+        metadata_patterns,
+        dry_run,
+        std::time::Duration::from_secs(cfg.wait.unwrap_or(0)),
+    )
+    .with_context(|| format!("syncing tree '{tree}' from {store} into {}", dest.display()))?;
+    if json {
+        return print_report(true, &report);
+    }
+    super::say(format_args!(
+        "{} from {store} (payload, then metadata and deletions): {} files, {} deleted, {} bytes received\n",
+        if dry_run { "would rsync" } else { "rsynced" },
+        report.files,
+        report.deleted,
+        report.rsync_bytes
+    ))
 }
 
 pub(crate) fn print_report(json: bool, r: &SyncReport) -> anyhow::Result<()> {
