@@ -80,42 +80,58 @@ pub struct Repacked {
     pub skipped: Vec<(String, String)>,
 }
 
-/// The data packs whose objects (header, trailer and footer left out) are more than
-/// `max_unused` percent unreached. Delta packs are reached whole; unreached packs are for
-/// the plan.
+/// An index pack is compacted when more than this percentage of it is unreached (or more
+/// than `--max-unused`, if that is higher).
+const INDEX_MAX_UNUSED: u8 = 50;
+
+/// The packs to rewrite: the data packs whose objects (header, trailer and footer left
+/// out) are more than `max_unused` percent unreached; and, when any index pack is more
+/// than half unreached, every index pack the kept versions reach (the whole index is
+/// rewritten into one pack per tree, so that no live node stays beside dead ones: a
+/// partial rewrite leaves old root paths behind and would never settle). Delta packs are
+/// reached whole; unreached packs are for the plan.
 pub(crate) fn sparse(
     store: &dyn Store,
     packs: &[ListedPack],
     reach: &Reach,
     max_unused: u8,
 ) -> Result<Vec<(PackId, u64)>, GcError> {
-    let over = |objects: u64, live: u64| {
-        objects.saturating_sub(live) * 100 > u64::from(max_unused) * objects
+    let index_limit = max_unused.max(INDEX_MAX_UNUSED);
+    let over = |objects: u64, live: u64, limit: u8| {
+        objects.saturating_sub(live) * 100 > u64::from(limit) * objects
     };
-    let mut out = Vec::new();
+    let mut data = Vec::new();
+    let mut index_sparse = false;
     for l in packs {
-        // Index packs are not rewritten for their own sake: re-encoding a version's nodes
-        // leaves its old root path behind in them, so compacting them would go on forever
-        // (and make every site fetch the index again). Data packs are what dead bytes are.
-        let Some(&live) = reach
-            .live
-            .get(&l.id)
-            .filter(|_| !reach.index_packs.contains(&l.id))
-        else {
+        let Some(&live) = reach.live.get(&l.id) else {
             continue;
         };
+        let is_index = reach.index_packs.contains(&l.id);
+        let limit = if is_index { index_limit } else { max_unused };
         // The whole file first (cheap); then what its footer says its objects take.
-        if l.size < HEADER_LEN + FOOTER_LEN || !over(l.size, live) {
+        if l.size < HEADER_LEN + FOOTER_LEN || !over(l.size, live, limit) {
             continue;
         }
         let footer = store.read_pack_range(l.id, l.size - FOOTER_LEN..l.size)?;
         let trailer = pack::decode_footer(&footer, l.size)
             .map_err(|e| unreadable(store, &l.id, e.to_string()))?;
-        if over(trailer.start.saturating_sub(HEADER_LEN), live) {
-            out.push((l.id, l.size));
+        if over(trailer.start.saturating_sub(HEADER_LEN), live, limit) {
+            match is_index {
+                true => index_sparse = true,
+                false => data.push((l.id, l.size)),
+            }
         }
     }
-    Ok(out)
+    if index_sparse {
+        data.extend(
+            packs
+                .iter()
+                .filter(|l| reach.index_packs.contains(&l.id))
+                .map(|l| (l.id, l.size)),
+        );
+        data.sort();
+    }
+    Ok(data)
 }
 
 /// A tree that can be rewritten: its lock (none in a dry run), and its current head as
