@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
-use common::servers::{S3, S3_ACCESS_KEY, S3_SECRET_KEY};
+use common::servers::S3;
 use common::{assert_same_tree, hold_at, run, run_json, s, strs, sync_cmd, Site};
 
 /// `gc --store STORE ARGS... --json`, asserting success.
@@ -558,30 +558,22 @@ fn rollbacks_and_symlinks_lose_nothing() {
 fn gc_of_a_bucket() {
     let site = Site::new();
     let s3 = S3::start(&site.p("s3"), &["gcbucket"]);
-    let secret = site.p("s3-secret");
-    fs::write(&secret, format!("{S3_SECRET_KEY}\n")).expect("secret");
-    let creds = [
-        "--s3-endpoint",
-        &s3.endpoint,
-        "--s3-access-key-id",
-        S3_ACCESS_KEY,
-        "--s3-secret-key-file",
-        s(&secret),
-    ];
+    let flags = s3.cli_flags(&site.p(""));
+    let creds: Vec<&str> = flags.iter().map(String::as_str).collect();
     let store = "s3://gcbucket/p";
     for v in 0..4u32 {
         fs::write(site.src().join("f.bin"), common::noise(80_000, v)).expect("f");
         let mut a = vec!["publish", "--store", store, "--tree", "tree"];
         let key = site.key();
         a.extend(["--key", s(&key)]);
-        a.extend(creds);
+        a.extend(&creds);
         let (state, src) = (site.p("publish-state"), site.src());
         a.extend(["--state", s(&state), s(&src)]);
         run_json(&a);
     }
     let gc_state = site.p("gc-state");
     let mut args = vec!["--keep-last", "1", "--grace", "0s", "--state", s(&gc_state)];
-    args.extend(creds);
+    args.extend(&creds);
     let first = gc(store, &args);
     assert_eq!(keys(&first, "removed").len(), 3, "{first}");
     assert!(!keys(&first, "condemned").is_empty(), "{first}");
@@ -602,7 +594,7 @@ fn gc_of_a_bucket() {
     let mut v = vec!["verify", "--store", store, "--trust"];
     let trust = site.trust();
     v.extend([trust.as_str(), "--read-data"]);
-    v.extend(creds);
+    v.extend(&creds);
     let r = run_json(&v);
     assert_eq!(r["problems"].as_array().map(Vec::len), Some(0), "{r}");
     let mut a = sync_cmd(store, "tree", &site.trust(), &site.mirror(), &[]);

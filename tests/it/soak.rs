@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::servers::{S3, S3_ACCESS_KEY, S3_SECRET_KEY};
+use common::servers::S3;
 use common::{bin, s, snapshot, Site};
 
 const PUBLISH_STEPS: &[&str] = &[
@@ -480,7 +480,12 @@ impl Soak {
             self.repacked,
             self.kills
         );
-        assert!(self.removed > 0 && self.kills > 0 && self.repacked > 0);
+        assert!(self.removed > 0 && self.kills > 0);
+        // Sparse packs take a while to appear: a short run (PULPDIST_SOAK_STEPS) may see none.
+        assert!(
+            self.repacked > 0 || steps < 100,
+            "no repack in {steps} steps"
+        );
     }
 }
 
@@ -533,18 +538,7 @@ fn soak_publish_sync_gc_on_a_directory_store() {
 fn soak_publish_sync_gc_on_a_bucket() {
     let site = Site::new();
     let s3 = S3::start(&site.p("s3"), &["soak"]);
-    let secret = site.p("s3-secret");
-    fs::write(&secret, format!("{S3_SECRET_KEY}\n")).expect("secret");
-    let flags = [
-        "--s3-endpoint",
-        &s3.endpoint,
-        "--s3-access-key-id",
-        S3_ACCESS_KEY,
-        "--s3-secret-key-file",
-        s(&secret),
-    ]
-    .map(String::from)
-    .to_vec();
+    let flags = s3.cli_flags(&site.p(""));
     let head = site.p("s3/soak/p/heads/tree");
     let mut soak = Soak::new(site, "s3://soak/p".into(), flags, 0x5eed_0002, head);
     soak.run(steps());

@@ -211,6 +211,24 @@ pub(crate) struct S3 {
 }
 
 impl S3 {
+    /// The flags that give a command this server and its credentials (the secret in a
+    /// file written into `dir`).
+    pub(crate) fn cli_flags(&self, dir: &Path) -> Vec<String> {
+        let secret = dir.join("s3-secret");
+        std::fs::write(&secret, format!("{S3_SECRET_KEY}\n")).expect("secret file");
+        let secret = secret.to_str().expect("utf8 path").to_string();
+        [
+            "--s3-endpoint",
+            &self.endpoint,
+            "--s3-access-key-id",
+            S3_ACCESS_KEY,
+            "--s3-secret-key-file",
+            &secret,
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
     pub(crate) fn start(root: &Path, buckets: &[&str]) -> Self {
         let home = std::env::var_os("HOME")
             .map(PathBuf::from)
