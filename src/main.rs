@@ -51,6 +51,8 @@ enum Command {
     Diff(cmd::history::DiffArgs),
     /// Check a store: heads, index nodes, packs, and with --read-data every chunk.
     Verify(cmd::verify::Args),
+    /// Copy trees' current versions from one store into another (a relay), verified.
+    Replicate(cmd::replicate::Args),
     /// Keep the versions a policy names; remove what nothing kept reaches (two phases).
     Gc(cmd::gc::Args),
     /// Write the man pages and shell completions into a directory (for packaging).
@@ -82,6 +84,7 @@ fn main() -> ExitCode {
         Command::Sync(a) => cmd::sync::run(a),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Gc(a) => cmd::gc::run(a),
+        Command::Replicate(a) => cmd::replicate::run(a),
         Command::Log(a) => cmd::history::log(a),
         Command::Diff(a) => cmd::history::diff(a),
         Command::Demo(a) => cmd::demo::run(a),

@@ -165,6 +165,12 @@ impl Bucket {
         })
     }
 
+    /// The size of object `key` (one HEAD request).
+    pub fn size(&self, key: &str) -> Result<u64, Error> {
+        self.rt
+            .block_on(async { Ok(self.store.head(&self.path(key)).await?.size) })
+    }
+
     /// Every object under `dir/`.
     pub fn list(&self, dir: &str) -> Result<Vec<ObjectMeta>, Error> {
         let dir = self.path(dir);

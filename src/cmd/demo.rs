@@ -95,7 +95,7 @@ fn rounds(
         let p = publish(store, key, popts).context("publishing the sample tree")?;
         super::publish::print_report(json, &p)?;
         let s = sync(reader, sopts).context("syncing the sample tree over HTTP")?;
-        super::sync::print_report(json, &s)?;
+        super::sync::print_report(json, &s, None)?;
         let diff = std::process::Command::new("diff")
             .arg("-r")
             .arg("--no-dereference")

@@ -10,6 +10,7 @@ pub(crate) mod keygen;
 pub(crate) mod logs;
 pub(crate) mod progress;
 pub(crate) mod publish;
+pub(crate) mod replicate;
 pub(crate) mod serve;
 pub(crate) mod stores;
 pub(crate) mod sync;
@@ -25,23 +26,21 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
             return 3;
         }
         if let Some(s) = cause.downcast_ref::<SyncError>() {
-            return match s {
-                SyncError::Usage(_) => 2,
-                SyncError::Busy { .. } => 4,
-                SyncError::Format { .. }
-                | SyncError::Short { .. }
-                | SyncError::Mismatch { .. }
-                | SyncError::WrongTree { .. }
-                | SyncError::Rollback { .. }
-                | SyncError::Equivocation { .. }
-                | SyncError::Expired { .. } => 3,
-                _ => 1,
-            };
+            return sync_code(s);
         }
         if let Some(r) = cause.downcast_ref::<pulpdist_rsync::RsyncError>() {
             return match r {
                 pulpdist_rsync::RsyncError::Usage(_) => 2,
                 pulpdist_rsync::RsyncError::Busy { .. } => 4,
+                _ => 1,
+            };
+        }
+        if let Some(r) = cause.downcast_ref::<pulpdist_replicate::ReplicateError>() {
+            use pulpdist_replicate::ReplicateError as R;
+            return match r {
+                R::Source(s) => sync_code(s),
+                R::Target(PublishError::Locked { .. } | PublishError::HeadChanged { .. }) => 4,
+                R::Damaged { .. } | R::TargetHead { .. } | R::Equivocation { .. } => 3,
                 _ => 1,
             };
         }
@@ -65,6 +64,22 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
         return 2;
     }
     1
+}
+
+/// The exit code of a sync error (also a replicate's, reading its source).
+fn sync_code(s: &SyncError) -> u8 {
+    match s {
+        SyncError::Usage(_) => 2,
+        SyncError::Busy { .. } => 4,
+        SyncError::Format { .. }
+        | SyncError::Short { .. }
+        | SyncError::Mismatch { .. }
+        | SyncError::WrongTree { .. }
+        | SyncError::Rollback { .. }
+        | SyncError::Equivocation { .. }
+        | SyncError::Expired { .. } => 3,
+        _ => 1,
+    }
 }
 
 /// The error and its causes on one line, each cause once: library errors name their cause

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use pulpdist_format::TrustedKeys;
-use pulpdist_sync::{sync, HttpOptions, SyncOptions, SyncReport};
+use pulpdist_sync::{sync, HttpOptions, StoreReader, SyncOptions, SyncReport};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -34,8 +34,17 @@ pub(crate) struct Args {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Settings {
     /// The store: a directory, http(s)://host[:port][/prefix], or s3://bucket[/prefix].
+    /// Repeat it to give several in order (a relay, then the origin): each object comes
+    /// from the first that serves it whole and verified, and the head from the first
+    /// whose head passes every check. In --config: a string or a list.
     #[arg(long)]
-    store: Option<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    store: Vec<String>,
+    /// A store this site relays to the sites below it (a directory or s3://bucket): the
+    /// tree's version is first copied into it from the stores (verified, head last), then
+    /// the mirror is synced from it, with the stores behind it. One timer for a hub.
+    #[arg(long)]
+    relay: Option<String>,
     /// Tree name.
     #[arg(long)]
     tree: Option<String>,
@@ -180,6 +189,24 @@ impl Settings {
     }
 }
 
+/// A store setting in a file: one store, or a list in order.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(
+        match <OneOrMany as serde::Deserialize>::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("store must be a string or a list of strings"))?
+        {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        },
+    )
+}
+
 pub(crate) fn load_trust(files: &[PathBuf]) -> Result<TrustedKeys> {
     let mut keys = Vec::new();
     for f in files {
@@ -198,7 +225,10 @@ pub(crate) fn run(a: Args) -> Result<()> {
             "no {what}: give --{what} or '{what} = ...' in --config"
         ))
     };
-    let store = cfg.store.take().ok_or_else(|| missing("store"))?;
+    let stores = std::mem::take(&mut cfg.store);
+    let Some(store) = stores.first().cloned() else {
+        return Err(missing("store"));
+    };
     let tree = cfg.tree.take().ok_or_else(|| missing("tree"))?;
     let dest = cfg.dest.take().ok_or_else(|| {
         super::usage(
@@ -215,7 +245,12 @@ pub(crate) fn run(a: Args) -> Result<()> {
         .map(|s| s.to_string())
         .collect();
     metadata_patterns.extend(cfg.metadata.iter().cloned());
-    if store.starts_with("rsync://") {
+    if stores.iter().any(|s| s.starts_with("rsync://")) {
+        if stores.len() > 1 || cfg.relay.is_some() {
+            return Err(super::usage(
+                "an rsync:// store is synced on its own: one --store, no --relay (give a PulpDist store's rsync origin as --rsync-fallback)",
+            ));
+        }
         let at = Origin {
             store: &store,
             tree: &tree,
@@ -265,10 +300,77 @@ pub(crate) fn run(a: Args) -> Result<()> {
         cfg.ca.as_deref(),
         cfg.cert.as_deref().zip(cfg.key.as_deref()),
     )?;
-    let reader = super::stores::reader(&store, http, &cfg.s3)?;
-    let report = sync(&*reader, &opts)
-        .with_context(|| format!("syncing tree '{tree}' from {store} into {}", dest.display()))?;
-    print_report(a.json, &report)
+    let mut readers = Vec::new();
+    for s in &stores {
+        readers.push(super::stores::reader(s, http.clone(), &cfg.s3)?);
+    }
+    let (relay_reader, relay) = match &cfg.relay {
+        Some(relay) => {
+            let (reader, report) = relay_first(relay, &readers, &opts, &cfg.s3)?;
+            (Some(reader), Some(report))
+        }
+        None => (None, None),
+    };
+    let mut list: Vec<Box<dyn StoreReader + '_>> = Vec::new();
+    if let Some(reader) = &relay_reader {
+        list.push(Box::new(&**reader));
+    }
+    list.extend(
+        readers
+            .iter()
+            .map(|r| Box::new(&**r) as Box<dyn StoreReader>),
+    );
+    let names = match &cfg.relay {
+        Some(r) => format!("{r} (relayed from {})", stores.join(", then ")),
+        None => stores.join(", then "),
+    };
+    let result = match list.len() {
+        1 => sync(&*readers[0], &opts),
+        _ => sync(&pulpdist_sync::StoreList::new(list)?, &opts),
+    }
+    .with_context(|| format!("syncing tree '{tree}' from {names} into {}", dest.display()));
+    let report = result?;
+    let relay_shown = relay.as_ref().map(|r| r.as_ref().map_err(super::describe));
+    print_report(a.json, &report, relay_shown)?;
+    match relay {
+        Some(Err(e)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The tree's version copied from the stores into the relay store; the relay's reader, and
+/// the replicate's report or error (the mirror is synced from the relay either way: what
+/// it holds, with the stores behind it).
+fn relay_first(
+    relay: &str,
+    readers: &[super::stores::Opened<dyn StoreReader>],
+    opts: &SyncOptions,
+    s3: &super::stores::S3Args,
+) -> Result<(
+    super::stores::Opened<dyn StoreReader>,
+    Result<pulpdist_replicate::ReplicateReport>,
+)> {
+    let (target, work_dir) = super::replicate::open_target(relay, None, s3)?;
+    let mut ropts =
+        pulpdist_replicate::ReplicateOptions::new(&opts.tree, opts.trusted.clone(), work_dir);
+    ropts.connections = opts.connections.min(64);
+    ropts.now = opts.now;
+    ropts.progress = opts.progress.clone();
+    let sources: Vec<Box<dyn StoreReader + '_>> = readers
+        .iter()
+        .map(|r| Box::new(&**r) as Box<dyn StoreReader>)
+        .collect();
+    let list = pulpdist_sync::StoreList::new(sources)?;
+    let from = list.describe();
+    let report = super::replicate::one(&list, &*target, &ropts, (&from, relay));
+    if let Err(e) = &report {
+        tracing::warn!(
+            "{}; syncing the mirror from what the relay holds",
+            super::describe(e)
+        );
+    }
+    let reader = super::stores::reader(relay, Default::default(), s3)?;
+    Ok((reader, report))
 }
 
 /// Where an rsync origin sync goes.
@@ -309,7 +411,7 @@ fn sync_from_rsync(
     )
     .with_context(|| format!("syncing tree '{tree}' from {store} into {}", dest.display()))?;
     if json {
-        return print_report(true, &report);
+        return print_report(true, &report, None);
     }
     super::say(format_args!(
         "{} from {store} (payload, then metadata and deletions): {} files, {} deleted, {} bytes received\n",
@@ -320,10 +422,24 @@ fn sync_from_rsync(
     ))
 }
 
-pub(crate) fn print_report(json: bool, r: &SyncReport) -> anyhow::Result<()> {
+pub(crate) fn print_report(
+    json: bool,
+    r: &SyncReport,
+    relay: Option<std::result::Result<&pulpdist_replicate::ReplicateReport, String>>,
+) -> anyhow::Result<()> {
+    let stores: Vec<serde_json::Value> = match r.stores.is_empty() {
+        true => vec![json!({"store": r.head_store, "requests": r.requests, "bytes": r.bytes_fetched, "fell_through": 0, "last_error": null})],
+        false => r.stores.iter().map(|u| json!({"store": u.store, "requests": u.requests, "bytes": u.bytes, "fell_through": u.fell_through, "last_error": u.last_error})).collect(),
+    };
+    let relay_json = match &relay {
+        None => serde_json::Value::Null,
+        Some(Ok(rr)) => super::replicate::report_json(rr),
+        Some(Err(e)) => json!({"error": e}),
+    };
     super::emit(
         json,
         json!({
+            "head_store": r.head_store, "stores": stores, "relay": relay_json,
             "version": r.version, "previous_version": r.previous_version, "up_to_date": r.up_to_date,
             "files": r.files, "symlinks": r.symlinks, "deleted": r.deleted,
             "bytes_fetched": r.bytes_fetched, "requests": r.requests, "retries": r.retries,
@@ -336,7 +452,12 @@ pub(crate) fn print_report(json: bool, r: &SyncReport) -> anyhow::Result<()> {
             "filter": r.filter.as_deref().map(|f| f.lines().collect::<Vec<_>>()),
         }),
         || {
-            let mut s = r.plan.clone().unwrap_or_default();
+            let mut s = match &relay {
+                None => String::new(),
+                Some(Ok(rr)) => format!("relay {}", super::replicate::report_line(rr)),
+                Some(Err(e)) => format!("relay not updated: {e}\n"),
+            };
+            s.push_str(&r.plan.clone().unwrap_or_default());
             if let (Some(f), true) = (&r.filter, r.plan.is_some()) {
                 s.push_str(&format!(
                     "the tree is published with these filter rules:\n{f}"

@@ -688,6 +688,27 @@ impl StoreReader for HttpStoreReader {
         self.fetch(&pack.object_key(), None, Some(size))
     }
 
+    fn pack_size(&self, pack: &PackId) -> Result<u64, SyncError> {
+        let url = self.url(&pack.object_key());
+        self.retrying(|| {
+            let resp = self
+                .agent
+                .head(&url)
+                .call()
+                .map_err(|e| transport(&url, e))?;
+            match resp.status().as_u16() {
+                200 => content_length(&resp).ok_or_else(|| {
+                    mismatch(&url, "no Content-Length in the answer to HEAD".into())
+                }),
+                404 => Err(SyncError::NotFound {
+                    store: self.base.clone(),
+                    object: url.clone(),
+                }),
+                s => Err(status_err(&url, s)),
+            }
+        })
+    }
+
     fn expect_sizes(&self, sizes: &std::collections::HashMap<PackId, u64>) {
         if let Ok(mut m) = self.sizes.lock() {
             m.extend(sizes.iter().map(|(p, s)| (self.url(&p.object_key()), *s)));

@@ -45,5 +45,8 @@ pub use locate::fetch_chunks;
 pub use objstore::ObjectStoreReader;
 pub use origin::sync_rsync;
 pub use pipeline::{sync, SyncOptions, SyncReport};
-pub use store::{CountingReader, HeadFetch, LocalStoreReader, Overhead, StoreReader};
+pub use store::{
+    falls_through, first_ok, AsReader, CountingReader, HeadFetch, LocalStoreReader, Overhead,
+    StoreList, StoreReader, StoreUse,
+};
 pub use verify::{verify_store, Problem, ReadData, VerifyReport};

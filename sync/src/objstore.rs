@@ -97,6 +97,11 @@ impl StoreReader for ObjectStoreReader {
         }
     }
 
+    fn pack_size(&self, pack: &PackId) -> Result<u64, SyncError> {
+        let key = pack.object_key();
+        self.bucket.size(&key).map_err(|e| self.err(&key, e))
+    }
+
     fn list_trees(&self) -> Option<Result<Vec<String>, SyncError>> {
         let listed = self.bucket.list("heads").map_err(|e| self.err("heads/", e));
         Some(listed.map(|metas| {

@@ -5,6 +5,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use pulpdist_format::PackId;
 
@@ -42,7 +43,7 @@ pub struct Overhead {
 
 /// Read access to a store. One call is one store request (what `--json` counts), plus
 /// what [`StoreReader::overhead`] reports.
-pub trait StoreReader: Send + Sync {
+pub trait StoreReader: AsReader + Send + Sync {
     /// Where the store is (a path or URL), for messages.
     fn describe(&self) -> String;
     /// The head of `tree`; with `if_none_match`, [`HeadFetch::NotModified`] when it still has
@@ -64,6 +65,29 @@ pub trait StoreReader: Send + Sync {
     }
     /// A whole pack of `size` bytes (its size in the signed head): no more is read.
     fn get_pack(&self, pack: &PackId, size: u64) -> Result<Vec<u8>, SyncError>;
+    /// The size of a pack the caller has no signed size for (one request: a file's
+    /// metadata, an HTTP HEAD, an object's metadata). What it returns is a claim of the
+    /// store: a pack fetched with it is still checked object by object.
+    fn pack_size(&self, pack: &PackId) -> Result<u64, SyncError> {
+        Err(SyncError::Usage(format!(
+            "{}: cannot tell the size of {}",
+            self.describe(),
+            pack.object_key()
+        )))
+    }
+    /// Runs `attempt` with this store. A list of stores ([`StoreList`]) runs it with each
+    /// store in turn while it fails in a way another store may not ([`falls_through`]):
+    /// what lets a caller that verifies what it got fall back to the next store.
+    fn try_each(
+        &self,
+        attempt: &mut dyn FnMut(&dyn StoreReader) -> Result<(), SyncError>,
+    ) -> Result<(), SyncError> {
+        attempt(self.as_reader())
+    }
+    /// What each store of a list served (empty for a single store).
+    fn per_store(&self) -> Vec<StoreUse> {
+        Vec::new()
+    }
     /// What the reader spent so far beyond one request per call.
     fn overhead(&self) -> Overhead {
         Overhead::default()
@@ -88,6 +112,67 @@ pub trait StoreReader: Send + Sync {
             "{}: archived heads cannot be read from this kind of store (use its directory or bucket)",
             self.describe()
         )))
+    }
+}
+
+/// Any reader as a trait object (what [`StoreReader::try_each`] hands its attempt).
+pub trait AsReader {
+    /// This reader as `&dyn StoreReader`.
+    fn as_reader(&self) -> &dyn StoreReader;
+}
+
+impl<T: StoreReader> AsReader for T {
+    fn as_reader(&self) -> &dyn StoreReader {
+        self
+    }
+}
+
+/// A borrowed reader is a reader (to put one into a [`StoreList`] and keep using it).
+impl<R: StoreReader + ?Sized> StoreReader for &R {
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+    fn get_head(&self, tree: &str, if_none_match: Option<&str>) -> Result<HeadFetch, SyncError> {
+        (**self).get_head(tree, if_none_match)
+    }
+    fn get_range(&self, pack: &PackId, range: Range<u64>) -> Result<Vec<u8>, SyncError> {
+        (**self).get_range(pack, range)
+    }
+    fn get_ranges(&self, pack: &PackId, ranges: &[Range<u64>]) -> Result<Vec<Vec<u8>>, SyncError> {
+        (**self).get_ranges(pack, ranges)
+    }
+    fn multi_range(&self) -> bool {
+        (**self).multi_range()
+    }
+    fn get_pack(&self, pack: &PackId, size: u64) -> Result<Vec<u8>, SyncError> {
+        (**self).get_pack(pack, size)
+    }
+    fn pack_size(&self, pack: &PackId) -> Result<u64, SyncError> {
+        (**self).pack_size(pack)
+    }
+    fn try_each(
+        &self,
+        attempt: &mut dyn FnMut(&dyn StoreReader) -> Result<(), SyncError>,
+    ) -> Result<(), SyncError> {
+        (**self).try_each(attempt)
+    }
+    fn per_store(&self) -> Vec<StoreUse> {
+        (**self).per_store()
+    }
+    fn overhead(&self) -> Overhead {
+        (**self).overhead()
+    }
+    fn expect_sizes(&self, sizes: &std::collections::HashMap<PackId, u64>) {
+        (**self).expect_sizes(sizes)
+    }
+    fn list_trees(&self) -> Option<Result<Vec<String>, SyncError>> {
+        (**self).list_trees()
+    }
+    fn list_versions(&self, tree: &str) -> Option<Result<Vec<u64>, SyncError>> {
+        (**self).list_versions(tree)
+    }
+    fn get_archived(&self, tree: &str, version: u64) -> Result<Option<Vec<u8>>, SyncError> {
+        (**self).get_archived(tree, version)
     }
 }
 
@@ -191,6 +276,12 @@ impl StoreReader for LocalStoreReader {
         self.get_range(pack, 0..size)
     }
 
+    fn pack_size(&self, pack: &PackId) -> Result<u64, SyncError> {
+        let key = pack.object_key();
+        let f = self.open(&key)?;
+        f.metadata().map(|m| m.len()).map_err(|e| self.err(&key, e))
+    }
+
     fn list_trees(&self) -> Option<Result<Vec<String>, SyncError>> {
         let dir = self.root.join("heads");
         let listed = std::fs::read_dir(&dir).and_then(|rd| {
@@ -246,6 +337,12 @@ pub(crate) fn head_key(tree: &str) -> Result<String, SyncError> {
 /// for a range), minus calls it answered from a copy it already had.
 pub struct CountingReader<'a> {
     inner: &'a dyn StoreReader,
+    counts: Arc<Counts>,
+}
+
+/// Calls and bytes counted by [`CountingReader`]s that share them.
+#[derive(Debug, Default)]
+struct Counts {
     requests: AtomicU64,
     bytes: AtomicU64,
 }
@@ -255,14 +352,13 @@ impl<'a> CountingReader<'a> {
     pub fn new(inner: &'a dyn StoreReader) -> Self {
         CountingReader {
             inner,
-            requests: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
+            counts: Arc::default(),
         }
     }
 
     fn note(&self, n: usize) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.counts.requests.fetch_add(1, Ordering::Relaxed);
+        self.counts.bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Requests beyond one per call so far (retries, resumptions, split multi-range calls).
@@ -274,8 +370,10 @@ impl<'a> CountingReader<'a> {
     pub fn totals(&self) -> (u64, u64) {
         let extra = self.inner.overhead();
         (
-            (self.requests.load(Ordering::Relaxed) + extra.requests).saturating_sub(extra.saved),
-            (self.bytes.load(Ordering::Relaxed) + extra.bytes).saturating_sub(extra.saved_bytes),
+            (self.counts.requests.load(Ordering::Relaxed) + extra.requests)
+                .saturating_sub(extra.saved),
+            (self.counts.bytes.load(Ordering::Relaxed) + extra.bytes)
+                .saturating_sub(extra.saved_bytes),
         )
     }
 }
@@ -321,5 +419,208 @@ impl StoreReader for CountingReader<'_> {
         let r = self.inner.get_pack(pack, size)?;
         self.note(r.len());
         Ok(r)
+    }
+    fn pack_size(&self, pack: &PackId) -> Result<u64, SyncError> {
+        let r = self.inner.pack_size(pack)?;
+        self.note(0);
+        Ok(r)
+    }
+    fn overhead(&self) -> Overhead {
+        self.inner.overhead()
+    }
+    fn try_each(
+        &self,
+        attempt: &mut dyn FnMut(&dyn StoreReader) -> Result<(), SyncError>,
+    ) -> Result<(), SyncError> {
+        // Each store the inner reader tries is counted here too.
+        self.inner.try_each(&mut |s| {
+            attempt(&CountingReader {
+                inner: s,
+                counts: self.counts.clone(),
+            })
+        })
+    }
+    fn per_store(&self) -> Vec<StoreUse> {
+        self.inner.per_store()
+    }
+}
+
+/// What one store of a [`StoreList`] served during a sync.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreUse {
+    /// The store, as [`StoreReader::describe`] names it.
+    pub store: String,
+    /// Requests it answered (retries included).
+    pub requests: u64,
+    /// Bytes it sent.
+    pub bytes: u64,
+    /// Calls it failed that the next store was asked instead.
+    pub fell_through: u64,
+    /// The last such failure, if any.
+    pub last_error: Option<String>,
+}
+
+/// Whether a failure of one store may not be a failure of the next: the object missing,
+/// short or damaged there, the store unreachable or refusing, a head it offers that is
+/// refused (older, another tree's, unsigned, expired). Not a local fault or a usage error.
+pub fn falls_through(e: &SyncError) -> bool {
+    !matches!(
+        e,
+        SyncError::Io { .. }
+            | SyncError::Unsafe { .. }
+            | SyncError::Usage(_)
+            | SyncError::Internal(_)
+            | SyncError::Threads(_)
+            | SyncError::Busy { .. }
+            | SyncError::State { .. }
+    )
+}
+
+/// Runs `f` against `store` (each store of a list in turn while `f` fails in a way the
+/// next may not); the first success.
+pub fn first_ok<T>(
+    store: &dyn StoreReader,
+    mut f: impl FnMut(&dyn StoreReader) -> Result<T, SyncError>,
+) -> Result<T, SyncError> {
+    let mut out = None;
+    store.try_each(&mut |s| {
+        out = Some(f(s)?);
+        Ok(())
+    })?;
+    out.ok_or_else(|| SyncError::Internal("no store was asked".into()))
+}
+
+/// Several stores that hold the same tree, in order of preference (a relay, then the
+/// origin): every object comes from the first store that serves it whole, and a caller
+/// that verifies what it got asks the next store through [`StoreReader::try_each`].
+/// Counts what each store served ([`StoreReader::per_store`]).
+pub struct StoreList<'a> {
+    stores: Vec<Member<'a>>,
+}
+
+struct Member<'a> {
+    reader: Box<dyn StoreReader + 'a>,
+    counts: Arc<Counts>,
+    fell_through: AtomicU64,
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl<'a> StoreList<'a> {
+    /// The stores in order; at least one.
+    pub fn new(stores: Vec<Box<dyn StoreReader + 'a>>) -> Result<Self, SyncError> {
+        if stores.is_empty() {
+            return Err(SyncError::Usage("no store given".into()));
+        }
+        Ok(StoreList {
+            stores: stores
+                .into_iter()
+                .map(|reader| Member {
+                    reader,
+                    counts: Arc::default(),
+                    fell_through: AtomicU64::new(0),
+                    last_error: std::sync::Mutex::new(None),
+                })
+                .collect(),
+        })
+    }
+}
+
+impl StoreReader for StoreList<'_> {
+    fn describe(&self) -> String {
+        let names: Vec<String> = self.stores.iter().map(|m| m.reader.describe()).collect();
+        names.join(", then ")
+    }
+    fn try_each(
+        &self,
+        attempt: &mut dyn FnMut(&dyn StoreReader) -> Result<(), SyncError>,
+    ) -> Result<(), SyncError> {
+        let last = self.stores.len() - 1;
+        for (i, m) in self.stores.iter().enumerate() {
+            let counted = CountingReader {
+                inner: &*m.reader,
+                counts: m.counts.clone(),
+            };
+            match attempt(&counted) {
+                Ok(()) => return Ok(()),
+                Err(e) if i < last && falls_through(&e) => {
+                    tracing::warn!(store = %m.reader.describe(), error = %e, "falling back to the next store");
+                    m.fell_through.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut l) = m.last_error.lock() {
+                        *l = Some(e.to_string());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(SyncError::Internal("no store was asked".into()))
+    }
+    fn get_head(&self, tree: &str, if_none_match: Option<&str>) -> Result<HeadFetch, SyncError> {
+        first_ok(self, |s| match s.get_head(tree, if_none_match)? {
+            HeadFetch::Missing => Err(SyncError::NoSuchTree {
+                store: s.describe(),
+                tree: tree.into(),
+            }),
+            found => Ok(found),
+        })
+    }
+    fn get_range(&self, pack: &PackId, range: Range<u64>) -> Result<Vec<u8>, SyncError> {
+        first_ok(self, |s| s.get_range(pack, range.clone()))
+    }
+    fn get_ranges(&self, pack: &PackId, ranges: &[Range<u64>]) -> Result<Vec<Vec<u8>>, SyncError> {
+        first_ok(self, |s| s.get_ranges(pack, ranges))
+    }
+    fn multi_range(&self) -> bool {
+        // Each store is asked as it can be answered.
+        self.stores.iter().all(|m| m.reader.multi_range())
+    }
+    fn get_pack(&self, pack: &PackId, size: u64) -> Result<Vec<u8>, SyncError> {
+        first_ok(self, |s| s.get_pack(pack, size))
+    }
+    fn pack_size(&self, pack: &PackId) -> Result<u64, SyncError> {
+        first_ok(self, |s| s.pack_size(pack))
+    }
+    fn expect_sizes(&self, sizes: &std::collections::HashMap<PackId, u64>) {
+        self.stores
+            .iter()
+            .for_each(|m| m.reader.expect_sizes(sizes));
+    }
+    fn overhead(&self) -> Overhead {
+        let mut o = Overhead::default();
+        for m in &self.stores {
+            let x = m.reader.overhead();
+            o.requests += x.requests;
+            o.bytes += x.bytes;
+            o.saved += x.saved;
+            o.saved_bytes += x.saved_bytes;
+        }
+        o
+    }
+    fn list_trees(&self) -> Option<Result<Vec<String>, SyncError>> {
+        self.stores.iter().find_map(|m| m.reader.list_trees())
+    }
+    fn list_versions(&self, tree: &str) -> Option<Result<Vec<u64>, SyncError>> {
+        self.stores
+            .iter()
+            .find_map(|m| m.reader.list_versions(tree))
+    }
+    fn get_archived(&self, tree: &str, version: u64) -> Result<Option<Vec<u8>>, SyncError> {
+        first_ok(self, |s| s.get_archived(tree, version))
+    }
+    fn per_store(&self) -> Vec<StoreUse> {
+        self.stores
+            .iter()
+            .map(|m| {
+                let extra = m.reader.overhead();
+                StoreUse {
+                    store: m.reader.describe(),
+                    requests: (m.counts.requests.load(Ordering::Relaxed) + extra.requests)
+                        .saturating_sub(extra.saved),
+                    bytes: (m.counts.bytes.load(Ordering::Relaxed) + extra.bytes)
+                        .saturating_sub(extra.saved_bytes),
+                    fell_through: m.fell_through.load(Ordering::Relaxed),
+                    last_error: m.last_error.lock().ok().and_then(|l| l.clone()),
+                }
+            })
+            .collect()
     }
 }

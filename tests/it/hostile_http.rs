@@ -4,11 +4,9 @@
 
 use crate::common;
 
-use std::path::Path;
-
 use common::evil::{Evil, Lie};
 use common::servers::Builtin;
-use common::{assert_same_tree, run, run_json, s, snapshot, Site};
+use common::{assert_same_tree, run, run_json, s, snapshot, tmpfs, Site};
 
 /// A site at version 1 (synced over HTTP) with version 2 published but not synced.
 fn one_behind(
@@ -135,39 +133,6 @@ fn no_answer_times_out() {
         "timeout",
         &["--timeout", "1", "--retries", "0"],
     );
-}
-
-/// Mounts a tmpfs of `mib` MiB at `dir` (the tests run as root, as CI does).
-fn tmpfs(dir: &Path, mib: u32) -> TmpfsGuard {
-    std::fs::create_dir_all(dir).expect("mount point");
-    let st = std::process::Command::new("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            &format!("size={mib}m"),
-            "tmpfs",
-            s(dir),
-        ])
-        .status()
-        .expect("mount");
-    assert!(
-        st.success(),
-        "mounting a tmpfs at {} (needs root)",
-        dir.display()
-    );
-    TmpfsGuard(dir.to_path_buf())
-}
-
-struct TmpfsGuard(std::path::PathBuf);
-
-impl Drop for TmpfsGuard {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
 }
 
 #[test]

@@ -18,6 +18,7 @@ mod integrity;
 mod isos;
 mod keys;
 mod killpoints;
+mod relay;
 mod rsync;
 mod s3;
 mod serve;

@@ -208,6 +208,7 @@ mod tests {
             head: testkit::head(2, &new),
             applied: Some(testkit::head(1, &old)),
             full: false,
+            served_by: String::new(),
         }
     }
 

@@ -78,10 +78,13 @@ impl Fetched {
                 }
             }
         }
-        let bytes = store.get_pack(&info.pack, info.size)?;
-        info.verify(&bytes).map_err(|source| SyncError::Format {
-            object: format!("{} (delta)", info.pack.object_key()),
-            source,
+        let bytes = crate::store::first_ok(store, |s| {
+            let bytes = s.get_pack(&info.pack, info.size)?;
+            info.verify(&bytes).map_err(|source| SyncError::Format {
+                object: format!("{}/{} (delta)", s.describe(), info.pack.object_key()),
+                source,
+            })?;
+            Ok(bytes)
         })?;
         if let Some(p) = keep {
             // Only to save a refetch: a copy that cannot be kept costs nothing else.

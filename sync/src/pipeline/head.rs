@@ -14,7 +14,7 @@ use pulpdist_format::{Head, NodeId, PackId, SignedHead};
 use super::SyncOptions;
 use crate::error::{IoContext, SyncError};
 use crate::state::State;
-use crate::store::{HeadFetch, StoreReader};
+use crate::store::{first_ok, HeadFetch, StoreReader};
 
 /// The longest a head may be valid (what `publish --expires-days` allows).
 pub(super) const MAX_HEAD_LIFETIME: i64 = 366 * 86_400;
@@ -33,6 +33,8 @@ pub(super) struct Accepted {
     /// Every directory is checked, not only those whose node changed (`--full`, or a sync
     /// that died while renaming files into place).
     pub(super) full: bool,
+    /// The store that served the head (of a list, the first whose head passed).
+    pub(super) served_by: String,
 }
 
 impl Accepted {
@@ -83,18 +85,23 @@ pub(super) fn accept(
 ) -> Result<Accepted, SyncError> {
     let applied = state.applied(&opts.tree)?;
     let full = opts.full || state.applying(&opts.tree);
-    let (bytes, etag) = fetch(store, opts, state, applied.is_some() && !full)?;
-    let object = format!("{}/heads/{}", store.describe(), opts.tree);
-    let signed = SignedHead::decode_and_verify(&bytes, &opts.trusted).map_err(|source| {
-        SyncError::Format {
-            object: object.clone(),
-            source,
-        }
+    let now = opts.now.unwrap_or_else(unix_now);
+    // From a list of stores, the first whose head passes every check: a relay behind the
+    // mirror, or serving another tree's or an unsigned head, is passed over.
+    let (bytes, etag, head, served_by) = first_ok(store, |s| {
+        let (bytes, etag) = fetch(s, opts, state, applied.is_some() && !full)?;
+        let object = format!("{}/heads/{}", s.describe(), opts.tree);
+        let signed = SignedHead::decode_and_verify(&bytes, &opts.trusted).map_err(|source| {
+            SyncError::Format {
+                object: object.clone(),
+                source,
+            }
+        })?;
+        let head = signed.head().clone();
+        check(&head, applied.as_ref(), &opts.tree, now, &object)?;
+        Ok((bytes, etag, head, s.describe()))
     })?;
     pulpdist_failpoint::hit("sync.head");
-    let head = signed.head().clone();
-    let now = opts.now.unwrap_or_else(unix_now);
-    check(&head, applied.as_ref(), &opts.tree, now, &object)?;
     if applied.is_none() && !state.applying(&opts.tree) && !opts.adopt {
         refuse_occupied(opts)?;
     }
@@ -104,6 +111,7 @@ pub(super) fn accept(
         head,
         applied,
         full,
+        served_by,
     })
 }
 

@@ -71,6 +71,7 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
     report.requests = requests;
     report.bytes_fetched = bytes;
     report.retries = store.retries();
+    report.stores = reader.per_store();
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }
@@ -81,13 +82,14 @@ fn run(
     opts: &SyncOptions,
     state: &State,
 ) -> Result<SyncReport, SyncError> {
-    let name = store.describe();
     let acc = head::accept(store, opts, state)?;
+    let name = acc.served_by.clone();
     tracing::info!(tree = %opts.tree, version = acc.head.version, store = %name, "head accepted");
     let mut report = SyncReport {
         filter: acc.filter(),
         version: acc.head.version,
         previous_version: acc.applied.as_ref().map(|a| a.version),
+        head_store: name.clone(),
         ..Default::default()
     };
     if acc.up_to_date() {

@@ -165,4 +165,8 @@ pub struct SyncReport {
     pub plan: Option<String>,
     /// Wall time.
     pub elapsed_ms: u64,
+    /// The store that served the head (of several, the first whose head passed).
+    pub head_store: String,
+    /// What each store served, when several were given (in their order).
+    pub stores: Vec<crate::store::StoreUse>,
 }

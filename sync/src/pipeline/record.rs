@@ -59,6 +59,7 @@ mod tests {
             applied: applied.map(|v| testkit::head(v, &root)),
             head,
             full: false,
+            served_by: String::new(),
         }
     }
 

@@ -20,7 +20,7 @@ use super::walk::slice;
 use super::SyncOptions;
 use crate::error::{IoContext, SyncError};
 use crate::state::State;
-use crate::store::StoreReader;
+use crate::store::{first_ok, StoreReader};
 
 /// What [`stage`] brought.
 #[derive(Debug, Default)]
@@ -96,7 +96,7 @@ fn fetch_all(
         plan.fetches
             .par_iter()
             .map(|f| {
-                let r = fetch_op(store, state, f);
+                let r = first_ok(store, |s| fetch_op(s, state, f));
                 progress.advance(1, bytes(f));
                 r
             })
@@ -181,17 +181,14 @@ pub(super) fn fetch_loose(
     for (pack, chunks) in by_pack {
         let ranges =
             crate::ranges::coalesce(chunks.iter().map(|c| c.loc.range()).collect(), max_gap);
-        n += fetch_op(
-            store,
-            state,
-            &FetchOp {
-                pack,
-                whole: false,
-                size: 0,
-                ranges,
-                chunks,
-            },
-        )?;
+        let op = FetchOp {
+            pack,
+            whole: false,
+            size: 0,
+            ranges,
+            chunks,
+        };
+        n += first_ok(store, |s| fetch_op(s, state, &op))?;
     }
     Ok(n)
 }
@@ -337,6 +334,35 @@ mod tests {
         assert!(matches!(e, SyncError::NotFound { .. }) && is_gap(&e), "{e}");
         let e = stage(&store(b"hello"), &state, &opts, &planned).expect_err("short");
         assert!(matches!(e, SyncError::Short { .. }) && is_gap(&e), "{e}");
+    }
+
+    #[test]
+    fn a_chunk_one_store_lacks_or_damages_comes_from_the_next() {
+        use crate::store::StoreList;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (opts, state) = (testkit::options(dir.path()), testkit::state(dir.path()));
+        let (planned, ids) = planned();
+        for first in [store(b"helloWorld"), MemStore::default()] {
+            state.clear_staging().expect("cleared");
+            let list = StoreList::new(vec![Box::new(first), Box::new(store(b"helloworld"))])
+                .expect("list");
+            let staged = stage(&list, &state, &opts, &planned).expect("staged");
+            assert_eq!(staged.chunks_fetched, 2);
+            assert_eq!(state.read_staged(&ids[1]).expect("read").data(), b"world");
+            let used = list.per_store();
+            assert_eq!((used[0].fell_through, used[1].requests), (1, 1), "{used:?}");
+            assert_eq!(used[1].bytes, 10);
+            assert!(used[0].last_error.is_some());
+        }
+        // Every store wrong: the last one's error.
+        let list = StoreList::new(vec![
+            Box::new(store(b"helloWorld")),
+            Box::new(MemStore::default()),
+        ])
+        .expect("list");
+        state.clear_staging().expect("cleared");
+        let e = stage(&list, &state, &opts, &planned).expect_err("no store has it");
+        assert!(matches!(e, SyncError::NotFound { .. }), "{e}");
     }
 
     #[test]

@@ -475,6 +475,7 @@ mod tests {
             head: testkit::head(2, &new),
             applied: Some(testkit::head(1, &old)),
             full: false,
+            served_by: String::new(),
         };
         let mut report = SyncReport::default();
         let store = testkit::MemStore::default();

@@ -14,7 +14,7 @@ use pulpdist_format::{EntryKind, NodeId, NodeRef, PackId};
 use crate::error::SyncError;
 use crate::ranges::coalesce;
 use crate::state::State;
-use crate::store::StoreReader;
+use crate::store::{falls_through, first_ok, StoreReader};
 
 /// A directory whose content changed (or is unknown): its new and old node ids. The nodes
 /// themselves stay in the node cache until the planner reads them, one directory at a time.
@@ -184,23 +184,32 @@ fn fetch_nodes(
     let mut by_pack: HashMap<PackId, Vec<NodeRef>> = HashMap::new();
     for r in refs {
         if let Some(bytes) = mem_packs.get(&r.loc.pack) {
-            let stored = slice(bytes, 0, r.loc.range(), reader, &r.loc.pack)?;
-            store_node(state, r, stored)?;
-        } else {
-            by_pack.entry(r.loc.pack).or_default().push(*r);
+            // A node a whole index pack holds damaged is fetched on its own (from the
+            // next store of a list).
+            match slice(bytes, 0, r.loc.range(), reader, &r.loc.pack)
+                .and_then(|stored| store_node(state, r, stored))
+            {
+                Ok(()) => continue,
+                Err(e) if falls_through(&e) => {}
+                Err(e) => return Err(e),
+            }
         }
+        by_pack.entry(r.loc.pack).or_default().push(*r);
     }
     for (pack, nodes) in by_pack {
         let ranges = coalesce(nodes.iter().map(|n| n.loc.range()).collect(), max_gap);
         for range in ranges {
-            let bytes = reader.get_range(&pack, range.clone())?;
-            for n in nodes
-                .iter()
-                .filter(|n| range.start <= n.loc.offset && n.loc.range().end <= range.end)
-            {
-                let stored = slice(&bytes, range.start, n.loc.range(), reader, &pack)?;
-                store_node(state, n, stored)?;
-            }
+            first_ok(reader, |s| {
+                let bytes = s.get_range(&pack, range.clone())?;
+                for n in nodes
+                    .iter()
+                    .filter(|n| range.start <= n.loc.offset && n.loc.range().end <= range.end)
+                {
+                    let stored = slice(&bytes, range.start, n.loc.range(), s, &pack)?;
+                    store_node(state, n, stored)?;
+                }
+                Ok(())
+            })?;
         }
     }
     Ok(())

@@ -336,3 +336,36 @@ pub(crate) fn xorriso(dir: &Path, image: &Path, extra: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Mounts a tmpfs of `mib` MiB at `dir` (the tests run as root, as CI does).
+pub(crate) fn tmpfs(dir: &Path, mib: u32) -> TmpfsGuard {
+    fs::create_dir_all(dir).expect("mount point");
+    let st = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={mib}m"),
+            "tmpfs",
+            s(dir),
+        ])
+        .status()
+        .expect("mount");
+    assert!(
+        st.success(),
+        "mounting a tmpfs at {} (needs root)",
+        dir.display()
+    );
+    TmpfsGuard(dir.to_path_buf())
+}
+
+pub(crate) struct TmpfsGuard(std::path::PathBuf);
+
+impl Drop for TmpfsGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}

@@ -323,6 +323,34 @@ impl Nginx {
         }
     }
 
+    /// nginx serving the store directory `root` with the shipped relay configuration
+    /// (deploy/nginx/pulpdist-relay.conf).
+    pub(crate) fn start_relay(dir: &Path, root: &Path) -> Self {
+        let exe = tool(
+            "PULPDIST_NGINX",
+            &[PathBuf::from("/usr/sbin/nginx")],
+            "nginx",
+        );
+        std::fs::create_dir_all(dir).expect("nginx dir");
+        let access_log = dir.join("access.log");
+        let (proc, port) = start_on_a_free_port(|port| {
+            let site = shipped("pulpdist-relay.conf");
+            let site = replace(site, "/srv/pulpdist/relay", s(root));
+            let site = replace(
+                site,
+                "/var/log/nginx/pulpdist-relay-access.log",
+                s(&access_log),
+            );
+            let site = replace(site, "listen 8082;", &format!("listen 127.0.0.1:{port};"));
+            Self::run(&exe, dir, &site)
+        });
+        Nginx {
+            proc,
+            url: format!("http://127.0.0.1:{port}"),
+            access_log,
+        }
+    }
+
     fn spawn(
         exe: &Path,
         dir: &Path,
@@ -330,16 +358,9 @@ impl Nginx {
         tls: Option<(&Path, &Path)>,
         port: u16,
     ) -> Proc {
-        let site = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx/pulpdist-cdn.conf"),
-        )
-        .expect("deploy/nginx/pulpdist-cdn.conf");
+        let site = shipped("pulpdist-cdn.conf");
         let access_log = dir.join("access.log");
         // The shipped file, with only its paths, ports and origin replaced.
-        let replace = |s: String, from: &str, to: &str| {
-            assert!(s.contains(from), "deploy config lost '{from}'");
-            s.replace(from, to)
-        };
         let site = replace(site, "/var/cache/nginx/pulpdist", s(&dir.join("cache")));
         let site = replace(site, "/var/log/nginx/pulpdist-access.log", s(&access_log));
         let site = replace(
@@ -356,14 +377,19 @@ impl Nginx {
             ),
         };
         let site = replace(site, "listen 8081;", &listen);
-        std::fs::write(dir.join("pulpdist-cdn.conf"), site).expect("write site conf");
+        Self::run(exe, dir, &site)
+    }
+
+    /// Runs nginx in `dir` with `site` as its only server.
+    fn run(exe: &Path, dir: &Path, site: &str) -> Proc {
+        std::fs::write(dir.join("pulpdist-site.conf"), site).expect("write site conf");
         let d = s(dir);
         let main = format!(
             "user root;\nworker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
              events {{ worker_connections 256; }}\n\
              http {{\n  client_body_temp_path {d}/tmp-body;\n  proxy_temp_path {d}/tmp-proxy;\n  \
              fastcgi_temp_path {d}/tmp-fcgi;\n  uwsgi_temp_path {d}/tmp-uwsgi;\n  scgi_temp_path {d}/tmp-scgi;\n  \
-             include {d}/pulpdist-cdn.conf;\n}}\n"
+             include {d}/pulpdist-site.conf;\n}}\n"
         );
         std::fs::write(dir.join("nginx.conf"), main).expect("write nginx.conf");
         let child = Command::new(exe)
@@ -387,6 +413,22 @@ impl Nginx {
             .map(str::to_string)
             .collect()
     }
+}
+
+/// A configuration file shipped in deploy/nginx/.
+fn shipped(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/nginx")
+            .join(name),
+    )
+    .unwrap_or_else(|e| panic!("deploy/nginx/{name}: {e}"))
+}
+
+/// `s` with `from` replaced by `to`; `from` must be in it (the shipped file keeps it).
+fn replace(s: String, from: &str, to: &str) -> String {
+    assert!(s.contains(from), "deploy config lost '{from}'");
+    s.replace(from, to)
 }
 
 /// An rsync daemon on loopback serving `modules` (name, directory), read-only, with a

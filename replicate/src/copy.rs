@@ -1,0 +1,209 @@
+//! Phase 3, the packs copied: each pack the target lacks fetched whole from the source,
+//! checked (its header names it; every chunk and node its trailer lists, and every chunk
+//! of the version in it, hashes to its id; a delta pack has the size and hash the signed
+//! head lists), written to a local file and flushed, then put into the target. Data packs
+//! first, then index packs, then delta packs: nothing of it is reachable until phase 4
+//! writes the head.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use pulpdist_format::pack::{decode_footer, decode_header, decode_trailer, ObjectKind};
+use pulpdist_format::pack::{FOOTER_LEN, HEADER_LEN};
+use pulpdist_format::{ChunkId, ChunkRef, FormatError, NodeId, NodeRef, PackId, VerifiedChunk};
+use pulpdist_publish::Store;
+use pulpdist_sync::StoreReader;
+
+use crate::walk::Needs;
+use crate::{ReplicateError, ReplicateOptions};
+
+/// What phase 3 copied.
+#[derive(Debug, Default)]
+pub(crate) struct Copied {
+    pub(crate) packs: u64,
+    pub(crate) bytes: u64,
+    pub(crate) objects: u64,
+}
+
+/// A whole pack from the source: `size` bytes if the signed head gives its size, else the
+/// size the source claims (what is fetched is checked object by object either way). Its
+/// header must name it.
+pub(crate) fn fetch_whole(
+    source: &dyn StoreReader,
+    pack: PackId,
+    size: Option<u64>,
+) -> Result<Vec<u8>, ReplicateError> {
+    let size = match size {
+        Some(s) => s,
+        None => source.pack_size(&pack)?,
+    };
+    let bytes = source.get_pack(&pack, size)?;
+    let named = bytes
+        .get(..HEADER_LEN as usize)
+        .ok_or_else(|| crate::invalid("pack", "shorter than its header"))
+        .and_then(decode_header);
+    match named {
+        Ok(id) if id == pack => Ok(bytes),
+        Ok(id) => Err(damaged(
+            source,
+            pack,
+            crate::invalid("pack header", format!("names pack {id}")),
+        )),
+        Err(e) => Err(damaged(source, pack, e)),
+    }
+}
+
+fn damaged(source: &dyn StoreReader, pack: PackId, e: FormatError) -> ReplicateError {
+    ReplicateError::Damaged {
+        object: format!("{}/{}", source.describe(), pack.object_key()),
+        source: e,
+    }
+}
+
+/// Checks every chunk and node the pack's trailer lists against its id, then every chunk
+/// of `reached` the trailer did not list at that place. Returns the objects checked.
+pub(crate) fn check_pack(
+    id: PackId,
+    bytes: &[u8],
+    reached: &[ChunkRef],
+) -> Result<u64, FormatError> {
+    let size = bytes.len() as u64;
+    if size < HEADER_LEN + FOOTER_LEN || decode_header(&bytes[..HEADER_LEN as usize])? != id {
+        return Err(crate::invalid("pack", "its header does not name it"));
+    }
+    let trailer = decode_footer(&bytes[(size - FOOTER_LEN) as usize..], size)?;
+    let entries = decode_trailer(
+        id,
+        &bytes[trailer.start as usize..trailer.end as usize],
+        trailer.start,
+    )?;
+    let slice = |loc: &pulpdist_format::Location| {
+        let r = loc.range();
+        bytes.get(r.start as usize..r.end as usize).ok_or_else(|| {
+            crate::invalid(
+                "pack",
+                format!("an object at {}..{} is past its end", r.start, r.end),
+            )
+        })
+    };
+    let mut checked = HashSet::new();
+    for e in &entries {
+        match e.kind {
+            ObjectKind::Chunk => {
+                VerifiedChunk::from_stored(
+                    ChunkId(e.id),
+                    e.loc.codec,
+                    slice(&e.loc)?,
+                    e.loc.raw_len,
+                )?;
+            }
+            ObjectKind::Node => {
+                NodeRef {
+                    id: NodeId(e.id),
+                    loc: e.loc,
+                }
+                .open(slice(&e.loc)?)?;
+            }
+            ObjectKind::Delta => continue,
+        }
+        checked.insert((e.id, e.loc));
+    }
+    let mut n = checked.len() as u64;
+    for c in reached {
+        if !checked.contains(&(c.id.0, c.loc)) {
+            VerifiedChunk::from_stored(c.id, c.loc.codec, slice(&c.loc)?, c.loc.raw_len)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Copies every pack of `needs` into `target`.
+pub(crate) fn copy(
+    source: &dyn StoreReader,
+    target: &dyn Store,
+    needs: &Needs,
+    opts: &ReplicateOptions,
+) -> Result<Copied, ReplicateError> {
+    let dir = match target.tmp_dir() {
+        Some(d) => d,
+        None => opts.work_dir.join("tmp"),
+    };
+    std::fs::create_dir_all(&dir).map_err(|source| ReplicateError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let progress = &opts.progress;
+    let count = needs.data.len() + needs.index.len() + needs.deltas.len();
+    progress.start("copy", count as u64, 0);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.connections.clamp(1, 64))
+        .thread_name(|i| format!("pulpdist-replicate-{i}"))
+        .build()
+        .map_err(|e| pulpdist_sync::SyncError::Threads(e.to_string()))?;
+    // 1. Data packs, fetched a few at a time.
+    let data: Vec<(&PackId, &Vec<ChunkRef>)> = needs.data.iter().collect();
+    let results: Vec<Result<(u64, u64), ReplicateError>> = pool.install(|| {
+        data.par_iter()
+            .map(|(pack, chunks)| {
+                let bytes = fetch_whole(source, **pack, needs.signed_sizes.get(pack).copied())?;
+                let objects =
+                    check_pack(**pack, &bytes, chunks).map_err(|e| damaged(source, **pack, e))?;
+                put(target, &dir, **pack, &bytes)?;
+                progress.advance(1, bytes.len() as u64);
+                pulpdist_failpoint::hit("replicate.pack");
+                Ok((bytes.len() as u64, objects))
+            })
+            .collect()
+    });
+    let mut out = Copied::default();
+    for r in results {
+        let (bytes, objects) = r?;
+        out.packs += 1;
+        out.bytes += bytes;
+        out.objects += objects;
+    }
+    // 2. Index packs, fetched whole by the walk.
+    for (pack, bytes) in &needs.index {
+        out.objects += check_pack(*pack, bytes, &[]).map_err(|e| damaged(source, *pack, e))?;
+        put(target, &dir, *pack, bytes)?;
+        out.packs += 1;
+        out.bytes += bytes.len() as u64;
+        progress.advance(1, bytes.len() as u64);
+        pulpdist_failpoint::hit("replicate.index");
+    }
+    // 3. Delta packs, each checked against the size and hash the signed head lists.
+    for d in &needs.deltas {
+        let bytes = source.get_pack(&d.pack, d.size)?;
+        d.verify(&bytes).map_err(|e| damaged(source, d.pack, e))?;
+        put(target, &dir, d.pack, &bytes)?;
+        out.packs += 1;
+        out.bytes += bytes.len() as u64;
+        progress.advance(1, bytes.len() as u64);
+        pulpdist_failpoint::hit("replicate.delta");
+    }
+    progress.finish();
+    Ok(out)
+}
+
+/// Writes a checked pack to a file in `dir`, flushes it and puts it into the target (which
+/// removes the file). A file left by a failure is removed.
+fn put(target: &dyn Store, dir: &Path, pack: PackId, bytes: &[u8]) -> Result<(), ReplicateError> {
+    pulpdist_failpoint::hit("replicate.fetched");
+    // The name a publisher's clean-up of `tmp/` knows (a day-old `.pack.part` is removed).
+    let path: PathBuf = dir.join(format!("{}.pack.part", pack.to_hex()));
+    let written = std::fs::File::create(&path)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()));
+    if let Err(source) = written {
+        let _ = std::fs::remove_file(&path);
+        return Err(ReplicateError::Io { path, source });
+    }
+    let put = target.put_pack(pack, &path);
+    if put.is_err() {
+        let _ = std::fs::remove_file(&path);
+    }
+    Ok(put?)
+}

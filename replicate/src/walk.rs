@@ -1,0 +1,193 @@
+//! Phase 2, what the target lacks: the new version's index nodes walked from the root, only
+//! where a node differs from the one at the same path in the target's version (the target
+//! holds everything its own head reaches, since a head is written last). Each node is
+//! verified against its id: read from the target where it holds the pack, else from an
+//! index pack fetched whole from the source (kept for phase 3). The chunks of the nodes
+//! walked that live in packs the target lacks, and the delta packs the head lists, are what
+//! phase 3 copies.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use pulpdist_format::delta::{DeltaInfo, MAX_DELTA_PACK};
+use pulpdist_format::{ChunkRef, EntryKind, Node, NodeId, NodeRef, PackId};
+use pulpdist_publish::Store;
+use pulpdist_sync::StoreReader;
+
+use crate::heads::Heads;
+use crate::ReplicateError;
+
+/// What the new version reaches that the target lacks, and what it reaches that it has.
+#[derive(Debug, Default)]
+pub(crate) struct Needs {
+    /// Data packs to copy, each with the chunks of the version in it.
+    pub(crate) data: BTreeMap<PackId, Vec<ChunkRef>>,
+    /// Index packs to copy, fetched whole (every node of the version in it verified).
+    pub(crate) index: BTreeMap<PackId, Vec<u8>>,
+    /// Delta packs to copy.
+    pub(crate) deltas: Vec<DeltaInfo>,
+    /// Packs reached that the target holds, with their sizes.
+    pub(crate) present: BTreeMap<PackId, u64>,
+    /// The sizes the signed head gives packs (its recent versions).
+    pub(crate) signed_sizes: HashMap<PackId, u64>,
+    /// Index nodes walked.
+    pub(crate) nodes_walked: u64,
+}
+
+impl Needs {
+    /// Every pack of the version the walk saw: those to copy and those the target holds.
+    pub(crate) fn reached(&self) -> BTreeSet<PackId> {
+        let mut all: BTreeSet<PackId> = self.data.keys().copied().collect();
+        all.extend(self.index.keys());
+        all.extend(self.deltas.iter().map(|d| d.pack));
+        all.extend(self.present.keys());
+        all
+    }
+}
+
+struct Walker<'a> {
+    source: &'a dyn StoreReader,
+    target: &'a dyn Store,
+    have: HashMap<PackId, u64>,
+    needs: Needs,
+    seen_nodes: HashSet<NodeId>,
+    seen_chunks: HashSet<ChunkRef>,
+}
+
+/// Walks the source's version against the target's.
+pub(crate) fn walk(
+    source: &dyn StoreReader,
+    target: &dyn Store,
+    heads: &Heads,
+) -> Result<Needs, ReplicateError> {
+    let head = heads.source.head();
+    let have: HashMap<PackId, u64> = target
+        .list_packs()?
+        .into_iter()
+        .map(|p| (p.id, p.size))
+        .collect();
+    let condemned = target.read_condemned()?;
+    let mut w = Walker {
+        source,
+        target,
+        // A condemned pack is as good as gone: the version's objects in it are copied
+        // again only once the gc removed it (phase 4 refuses to name it before).
+        have: have
+            .into_iter()
+            .filter(|(id, _)| !condemned.packs.contains_key(id))
+            .collect(),
+        needs: Needs {
+            signed_sizes: head
+                .recent
+                .iter()
+                .flat_map(|v| v.packs.iter())
+                .map(|p| (p.id, p.size))
+                .collect(),
+            ..Needs::default()
+        },
+        seen_nodes: HashSet::new(),
+        seen_chunks: HashSet::new(),
+    };
+    let old = heads.target.as_ref().map(|(_, h)| h.head().root);
+    w.tree(head.root, old)?;
+    // Readers ignore a delta pack they cannot decode the list of, or one too large.
+    for d in head.deltas().unwrap_or_default() {
+        if d.size > MAX_DELTA_PACK {
+            continue;
+        }
+        match w.have.get(&d.pack) {
+            Some(size) => {
+                w.needs.present.insert(d.pack, *size);
+            }
+            None => w.needs.deltas.push(d),
+        }
+    }
+    Ok(w.needs)
+}
+
+impl Walker<'_> {
+    /// The nodes under `new` that differ from those under `old` (the same path in the
+    /// target's version), depth first.
+    fn tree(&mut self, new: NodeRef, old: Option<NodeRef>) -> Result<(), ReplicateError> {
+        let mut stack = vec![(new, old)];
+        while let Some((new, old)) = stack.pop() {
+            if old.is_some_and(|o| o.id == new.id) || !self.seen_nodes.insert(new.id) {
+                continue;
+            }
+            let node = self.node(&new)?;
+            self.needs.nodes_walked += 1;
+            // The target's node at the same path, if its pack is there (it is, unless the
+            // target's head was left incomplete by hand).
+            let old_node = match old {
+                Some(o) if self.have.contains_key(&o.loc.pack) => Some(self.node(&o)?),
+                _ => None,
+            };
+            for e in node.entries() {
+                match &e.kind {
+                    EntryKind::File { chunks, .. } => {
+                        for c in chunks {
+                            self.chunk(c);
+                        }
+                    }
+                    EntryKind::Dir { node: child } => {
+                        let old_child = old_node
+                            .as_ref()
+                            .and_then(|n| n.get(e.name.as_bytes()))
+                            .and_then(|oe| match &oe.kind {
+                                EntryKind::Dir { node } => Some(*node),
+                                _ => None,
+                            });
+                        stack.push((*child, old_child));
+                    }
+                    EntryKind::Symlink { .. } => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn chunk(&mut self, c: &ChunkRef) {
+        let pack = c.loc.pack;
+        if let Some(size) = self.have.get(&pack) {
+            self.needs.present.insert(pack, *size);
+        } else if self.seen_chunks.insert(*c) {
+            self.needs.data.entry(pack).or_default().push(*c);
+        }
+    }
+
+    /// A node, verified: from the target where it holds the pack, else from the whole
+    /// index pack fetched from the source.
+    fn node(&mut self, r: &NodeRef) -> Result<Node, ReplicateError> {
+        let pack = r.loc.pack;
+        let damaged = |store: String, source| ReplicateError::Damaged {
+            object: format!("{store}/{} (index node {})", pack.object_key(), r.id),
+            source,
+        };
+        if let Some(size) = self.have.get(&pack) {
+            self.needs.present.insert(pack, *size);
+            let stored = self.target.read_pack_range(pack, r.loc.range())?;
+            return r
+                .open(&stored)
+                .map_err(|e| damaged(self.target.describe(), e));
+        }
+        if !self.needs.index.contains_key(&pack) {
+            let size = self.needs.signed_sizes.get(&pack).copied();
+            let bytes = crate::copy::fetch_whole(self.source, pack, size)?;
+            self.needs.index.insert(pack, bytes);
+        }
+        let bytes = &self.needs.index[&pack];
+        let range = r.loc.range();
+        let stored = bytes
+            .get(range.start as usize..range.end as usize)
+            .ok_or_else(|| {
+                damaged(
+                    self.source.describe(),
+                    crate::invalid(
+                        "index node",
+                        format!("its location ends past the pack's {} bytes", bytes.len()),
+                    ),
+                )
+            })?;
+        r.open(stored)
+            .map_err(|e| damaged(self.source.describe(), e))
+    }
+}
