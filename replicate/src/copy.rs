@@ -15,7 +15,7 @@ use pulpdist_format::pack::{decode_footer, decode_header, decode_trailer, Object
 use pulpdist_format::pack::{FOOTER_LEN, HEADER_LEN};
 use pulpdist_format::{ChunkId, ChunkRef, FormatError, NodeId, NodeRef, PackId, VerifiedChunk};
 use pulpdist_publish::Store;
-use pulpdist_sync::StoreReader;
+use pulpdist_sync::{first_ok, StoreReader, SyncError};
 
 use crate::walk::Needs;
 use crate::{ReplicateError, ReplicateOptions};
@@ -28,39 +28,44 @@ pub(crate) struct Copied {
     pub(crate) objects: u64,
 }
 
-/// A whole pack from the source: `size` bytes if the signed head gives its size, else the
-/// size the source claims (what is fetched is checked object by object either way). Its
-/// header must name it.
-pub(crate) fn fetch_whole(
+/// The largest pack taken on the source's word for its size (one the signed head does not
+/// list): a publisher closes a data pack at its target size (64 MiB by default) plus one
+/// object, a delta pack is at most 256 MiB.
+const MAX_UNSIGNED_PACK: u64 = 1 << 30;
+
+/// A whole pack from the first store of `source` that serves it whole and checked
+/// ([`check_pack`]: every object in it, and each chunk of `reached`): `size` bytes if the
+/// signed head gives its size, else the size the store claims. Returns its bytes and the
+/// objects checked.
+pub(crate) fn fetch_checked(
     source: &dyn StoreReader,
     pack: PackId,
     size: Option<u64>,
-) -> Result<Vec<u8>, ReplicateError> {
-    let size = match size {
-        Some(s) => s,
-        None => source.pack_size(&pack)?,
-    };
-    let bytes = source.get_pack(&pack, size)?;
-    let named = bytes
-        .get(..HEADER_LEN as usize)
-        .ok_or_else(|| crate::invalid("pack", "shorter than its header"))
-        .and_then(decode_header);
-    match named {
-        Ok(id) if id == pack => Ok(bytes),
-        Ok(id) => Err(damaged(
+    reached: &[ChunkRef],
+) -> Result<(Vec<u8>, u64), SyncError> {
+    first_ok(source, |s| {
+        let object = || format!("{}/{}", s.describe(), pack.object_key());
+        let size = match size {
+            Some(n) => n,
+            None => match s.pack_size(&pack)? {
+                n if n > MAX_UNSIGNED_PACK => {
+                    return Err(SyncError::Mismatch {
+                        object: object(),
+                        detail: format!(
+                            "claims {n} bytes, more than the {MAX_UNSIGNED_PACK} a pack the head does not list may have"
+                        ),
+                    })
+                }
+                n => n,
+            },
+        };
+        let bytes = s.get_pack(&pack, size)?;
+        let objects = check_pack(pack, &bytes, reached).map_err(|source| SyncError::Format {
+            object: object(),
             source,
-            pack,
-            crate::invalid("pack header", format!("names pack {id}")),
-        )),
-        Err(e) => Err(damaged(source, pack, e)),
-    }
-}
-
-fn damaged(source: &dyn StoreReader, pack: PackId, e: FormatError) -> ReplicateError {
-    ReplicateError::Damaged {
-        object: format!("{}/{}", source.describe(), pack.object_key()),
-        source: e,
-    }
+        })?;
+        Ok((bytes, objects))
+    })
 }
 
 /// Checks every chunk and node the pack's trailer lists against its id, then every chunk
@@ -143,15 +148,14 @@ pub(crate) fn copy(
         .num_threads(opts.connections.clamp(1, 64))
         .thread_name(|i| format!("pulpdist-replicate-{i}"))
         .build()
-        .map_err(|e| pulpdist_sync::SyncError::Threads(e.to_string()))?;
+        .map_err(|e| SyncError::Threads(e.to_string()))?;
     // 1. Data packs, fetched a few at a time.
     let data: Vec<(&PackId, &Vec<ChunkRef>)> = needs.data.iter().collect();
     let results: Vec<Result<(u64, u64), ReplicateError>> = pool.install(|| {
         data.par_iter()
             .map(|(pack, chunks)| {
-                let bytes = fetch_whole(source, **pack, needs.signed_sizes.get(pack).copied())?;
-                let objects =
-                    check_pack(**pack, &bytes, chunks).map_err(|e| damaged(source, **pack, e))?;
+                let size = needs.signed_sizes.get(pack).copied();
+                let (bytes, objects) = fetch_checked(source, **pack, size, chunks)?;
                 put(target, &dir, **pack, &bytes)?;
                 progress.advance(1, bytes.len() as u64);
                 pulpdist_failpoint::hit("replicate.pack");
@@ -166,9 +170,9 @@ pub(crate) fn copy(
         out.bytes += bytes;
         out.objects += objects;
     }
-    // 2. Index packs, fetched whole by the walk.
-    for (pack, bytes) in &needs.index {
-        out.objects += check_pack(*pack, bytes, &[]).map_err(|e| damaged(source, *pack, e))?;
+    // 2. Index packs, fetched whole and checked by the walk.
+    for (pack, (bytes, objects)) in &needs.index {
+        out.objects += objects;
         put(target, &dir, *pack, bytes)?;
         out.packs += 1;
         out.bytes += bytes.len() as u64;
@@ -177,8 +181,14 @@ pub(crate) fn copy(
     }
     // 3. Delta packs, each checked against the size and hash the signed head lists.
     for d in &needs.deltas {
-        let bytes = source.get_pack(&d.pack, d.size)?;
-        d.verify(&bytes).map_err(|e| damaged(source, d.pack, e))?;
+        let bytes = first_ok(source, |s| {
+            let bytes = s.get_pack(&d.pack, d.size)?;
+            d.verify(&bytes).map_err(|source| SyncError::Format {
+                object: format!("{}/{} (delta)", s.describe(), d.pack.object_key()),
+                source,
+            })?;
+            Ok(bytes)
+        })?;
         put(target, &dir, d.pack, &bytes)?;
         out.packs += 1;
         out.bytes += bytes.len() as u64;

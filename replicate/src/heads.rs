@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use pulpdist_format::{PackId, SignedHead};
 use pulpdist_publish::{Store, StoredHead};
-use pulpdist_sync::{HeadFetch, StoreReader, SyncError};
+use pulpdist_sync::{first_ok, HeadFetch, StoreReader, SyncError};
 
 use crate::walk::Needs;
 use crate::{ReplicateError, ReplicateOptions};
@@ -59,39 +59,80 @@ impl Heads {
     }
 }
 
-/// Reads and verifies both heads.
+/// Reads and verifies both heads. Of a list of source stores, the first whose head passes
+/// every check and is not older than the target's is taken; if every store that passes
+/// offers an older one, the first of those (the target is ahead).
 pub(crate) fn read(
     source: &dyn StoreReader,
     target: &dyn Store,
     opts: &ReplicateOptions,
 ) -> Result<Heads, ReplicateError> {
     let tree = &opts.tree;
-    let object = format!("{}/heads/{tree}", source.describe());
-    let bytes = match source.get_head(tree, None)? {
+    let target = match target.read_head(tree)? {
+        None => None,
+        Some(stored) => {
+            let object = format!("{}/heads/{tree}", target.describe());
+            let t = SignedHead::decode_and_verify(&stored.bytes, &opts.trusted)
+                .map_err(|source| ReplicateError::TargetHead { object, source })?;
+            Some((stored, t))
+        }
+    };
+    let floor = target.as_ref().map(|(_, t)| t.head().version);
+    let now = opts.now.unwrap_or_else(unix_now);
+    let mut older = None;
+    let picked = first_ok(source, |s| {
+        let signed = source_head(s, tree, &opts.trusted, now)?;
+        match floor {
+            Some(v) if signed.head().version < v => {
+                let offered = signed.head().version;
+                older.get_or_insert(signed);
+                Err(SyncError::Rollback {
+                    tree: tree.clone(),
+                    offered,
+                    applied: v,
+                })
+            }
+            _ => Ok(signed),
+        }
+    });
+    let source = match (picked, older) {
+        (Ok(signed), _) => signed,
+        (Err(SyncError::Rollback { .. }), Some(signed)) => signed,
+        (Err(e), _) => return Err(e.into()),
+    };
+    Ok(Heads { source, target })
+}
+
+/// One store's head of `tree`, checked: signed by a trusted key, for `tree`, with a
+/// bounded lifetime, not made in the future, not expired at `now`.
+fn source_head(
+    s: &dyn StoreReader,
+    tree: &str,
+    trusted: &pulpdist_format::TrustedKeys,
+    now: i64,
+) -> Result<SignedHead, SyncError> {
+    let object = format!("{}/heads/{tree}", s.describe());
+    let bytes = match s.get_head(tree, None)? {
         HeadFetch::Found { bytes, .. } => bytes,
         HeadFetch::Missing | HeadFetch::NotModified => {
             return Err(SyncError::NoSuchTree {
-                store: source.describe(),
-                tree: tree.clone(),
-            }
-            .into())
+                store: s.describe(),
+                tree: tree.to_string(),
+            })
         }
     };
-    let signed = SignedHead::decode_and_verify(&bytes, &opts.trusted).map_err(|source| {
-        SyncError::Format {
+    let signed =
+        SignedHead::decode_and_verify(&bytes, trusted).map_err(|source| SyncError::Format {
             object: object.clone(),
             source,
-        }
-    })?;
+        })?;
     let h = signed.head();
-    if &h.tree != tree {
+    if h.tree != tree {
         return Err(SyncError::WrongTree {
-            asked: tree.clone(),
+            asked: tree.to_string(),
             found: h.tree.clone(),
-        }
-        .into());
+        });
     }
-    let now = opts.now.unwrap_or_else(unix_now);
     if h.expires.saturating_sub(h.created) > MAX_HEAD_LIFETIME
         || h.created > now.saturating_add(86_400)
     {
@@ -106,31 +147,17 @@ pub(crate) fn read(
                     MAX_HEAD_LIFETIME / 86_400
                 ),
             ),
-        }
-        .into());
+        });
     }
     if now > h.expires {
         return Err(SyncError::Expired {
-            tree: tree.clone(),
+            tree: tree.to_string(),
             version: h.version,
             expires: h.expires,
             now,
-        }
-        .into());
+        });
     }
-    let target = match target.read_head(tree)? {
-        None => None,
-        Some(stored) => {
-            let object = format!("{}/heads/{tree}", target.describe());
-            let t = SignedHead::decode_and_verify(&stored.bytes, &opts.trusted)
-                .map_err(|source| ReplicateError::TargetHead { object, source })?;
-            Some((stored, t))
-        }
-    };
-    Ok(Heads {
-        source: signed,
-        target,
-    })
+    Ok(signed)
 }
 
 /// Phase 4: the new head, once every pack the version reaches is in the target and none is

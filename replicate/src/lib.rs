@@ -160,6 +160,10 @@ fn run(
     };
     match heads.decision()? {
         heads::Decision::UpToDate => {
+            // A run killed between the head and its archived copy left the copy out.
+            let h = heads.source.head();
+            let archived = target.put_history(&h.tree, h.version, heads.source.bytes());
+            report.history_error = archived.err().map(|e| e.to_string());
             report.up_to_date = true;
             return Ok(report);
         }

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use pulpdist_format::delta::{DeltaInfo, MAX_DELTA_PACK};
 use pulpdist_format::{ChunkRef, EntryKind, Node, NodeId, NodeRef, PackId};
 use pulpdist_publish::Store;
-use pulpdist_sync::StoreReader;
+use pulpdist_sync::{StoreReader, SyncError};
 
 use crate::heads::Heads;
 use crate::ReplicateError;
@@ -21,8 +21,9 @@ use crate::ReplicateError;
 pub(crate) struct Needs {
     /// Data packs to copy, each with the chunks of the version in it.
     pub(crate) data: BTreeMap<PackId, Vec<ChunkRef>>,
-    /// Index packs to copy, fetched whole (every node of the version in it verified).
-    pub(crate) index: BTreeMap<PackId, Vec<u8>>,
+    /// Index packs to copy, fetched whole and checked (every object in them), with the
+    /// number of objects checked.
+    pub(crate) index: BTreeMap<PackId, (Vec<u8>, u64)>,
     /// Delta packs to copy.
     pub(crate) deltas: Vec<DeltaInfo>,
     /// Packs reached that the target holds, with their sizes.
@@ -48,6 +49,8 @@ struct Walker<'a> {
     source: &'a dyn StoreReader,
     target: &'a dyn Store,
     have: HashMap<PackId, u64>,
+    /// Packs the target holds that its gc condemned: the version may not name them.
+    condemned: HashSet<PackId>,
     needs: Needs,
     seen_nodes: HashSet<NodeId>,
     seen_chunks: HashSet<ChunkRef>,
@@ -66,15 +69,14 @@ pub(crate) fn walk(
         .map(|p| (p.id, p.size))
         .collect();
     let condemned = target.read_condemned()?;
+    let (condemned, have): (HashMap<PackId, u64>, HashMap<PackId, u64>) = have
+        .into_iter()
+        .partition(|(id, _)| condemned.packs.contains_key(id));
     let mut w = Walker {
         source,
         target,
-        // A condemned pack is as good as gone: the version's objects in it are copied
-        // again only once the gc removed it (phase 4 refuses to name it before).
-        have: have
-            .into_iter()
-            .filter(|(id, _)| !condemned.packs.contains_key(id))
-            .collect(),
+        have,
+        condemned: condemned.into_keys().collect(),
         needs: Needs {
             signed_sizes: head
                 .recent
@@ -101,6 +103,7 @@ pub(crate) fn walk(
             None => w.needs.deltas.push(d),
         }
     }
+    w.listed_index_packs(head)?;
     Ok(w.needs)
 }
 
@@ -125,7 +128,7 @@ impl Walker<'_> {
                 match &e.kind {
                     EntryKind::File { chunks, .. } => {
                         for c in chunks {
-                            self.chunk(c);
+                            self.chunk(c)?;
                         }
                     }
                     EntryKind::Dir { node: child } => {
@@ -145,13 +148,51 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn chunk(&mut self, c: &ChunkRef) {
+    fn chunk(&mut self, c: &ChunkRef) -> Result<(), ReplicateError> {
         let pack = c.loc.pack;
+        self.usable(pack)?;
         if let Some(size) = self.have.get(&pack) {
             self.needs.present.insert(pack, *size);
         } else if self.seen_chunks.insert(*c) {
             self.needs.data.entry(pack).or_default().push(*c);
         }
+        Ok(())
+    }
+
+    /// Refuses a pack the target holds but its gc condemned (it will be removed): the
+    /// version is replicated once the gc removed it, when it is copied again.
+    fn usable(&self, pack: PackId) -> Result<(), ReplicateError> {
+        match self.condemned.contains(&pack) {
+            true => Err(ReplicateError::Condemned {
+                store: self.target.describe(),
+                pack: pack.object_key(),
+            }),
+            false => Ok(()),
+        }
+    }
+
+    /// The index packs the head lists for its recent versions, which sites a few versions
+    /// behind fetch whole (a node the walk did not need may be in one): copied too, where
+    /// the source still has them.
+    fn listed_index_packs(&mut self, head: &pulpdist_format::Head) -> Result<(), ReplicateError> {
+        let listed = head.recent.iter().flat_map(|v| v.packs.iter());
+        for p in listed.filter(|p| p.kind == pulpdist_format::PackKind::Index) {
+            if self.have.contains_key(&p.id)
+                || self.condemned.contains(&p.id)
+                || self.needs.index.contains_key(&p.id)
+            {
+                continue;
+            }
+            match crate::copy::fetch_checked(self.source, p.id, Some(p.size), &[]) {
+                Ok(got) => {
+                    self.needs.index.insert(p.id, got);
+                }
+                // Removed by the source's gc: no kept version reaches it.
+                Err(SyncError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// A node, verified: from the target where it holds the pack, else from the whole
@@ -169,12 +210,13 @@ impl Walker<'_> {
                 .open(&stored)
                 .map_err(|e| damaged(self.target.describe(), e));
         }
+        self.usable(pack)?;
         if !self.needs.index.contains_key(&pack) {
             let size = self.needs.signed_sizes.get(&pack).copied();
-            let bytes = crate::copy::fetch_whole(self.source, pack, size)?;
-            self.needs.index.insert(pack, bytes);
+            let got = crate::copy::fetch_checked(self.source, pack, size, &[])?;
+            self.needs.index.insert(pack, got);
         }
-        let bytes = &self.needs.index[&pack];
+        let bytes = &self.needs.index[&pack].0;
         let range = r.loc.range();
         let stored = bytes
             .get(range.start as usize..range.end as usize)

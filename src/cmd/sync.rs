@@ -305,8 +305,19 @@ pub(crate) fn run(a: Args) -> Result<()> {
         readers.push(super::stores::reader(s, http.clone(), &cfg.s3)?);
     }
     let (relay_reader, relay) = match &cfg.relay {
+        // A dry run changes nothing, the relay included: it plans from what the relay holds.
+        Some(relay) if opts.dry_run => (
+            Some(super::stores::reader(relay, http.clone(), &cfg.s3)?),
+            None,
+        ),
         Some(relay) => {
             let (reader, report) = relay_first(relay, &readers, &opts, &cfg.s3)?;
+            // The sync reads through readers of its own: what the replicate spent (retries,
+            // bytes) is not counted again.
+            readers.clear();
+            for s in &stores {
+                readers.push(super::stores::reader(s, http.clone(), &cfg.s3)?);
+            }
             (Some(reader), Some(report))
         }
         None => (None, None),
@@ -439,7 +450,7 @@ pub(crate) fn print_report(
     super::emit(
         json,
         json!({
-            "head_store": r.head_store, "stores": stores, "relay": relay_json,
+            "head_store": r.head_store, "head_created": r.head_created, "stores": stores, "relay": relay_json,
             "version": r.version, "previous_version": r.previous_version, "up_to_date": r.up_to_date,
             "files": r.files, "symlinks": r.symlinks, "deleted": r.deleted,
             "bytes_fetched": r.bytes_fetched, "requests": r.requests, "retries": r.retries,

@@ -134,10 +134,20 @@ impl State {
         self.applying_path(tree).exists()
     }
 
-    /// Marks the start of the rename phase.
-    pub(crate) fn set_applying(&self, tree: &str) -> Result<(), SyncError> {
-        write_atomic(&self.applying_path(tree), b"renaming files into place\n")?;
+    /// Marks the start of the rename phase of `version`.
+    pub(crate) fn set_applying(&self, tree: &str, version: u64) -> Result<(), SyncError> {
+        let text = format!("renaming files into place\nversion {version}\n");
+        write_atomic(&self.applying_path(tree), text.as_bytes())?;
         sync_dir(&self.dir)
+    }
+
+    /// The version an interrupted sync was renaming into place, if the mark names one:
+    /// parts of the mirror may hold it, so no older version may be applied over them.
+    pub(crate) fn applying_version(&self, tree: &str) -> Option<u64> {
+        let text = fs::read_to_string(self.applying_path(tree)).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("version "))
+            .and_then(|v| v.trim().parse().ok())
     }
 
     /// Clears the mark once the version is recorded.

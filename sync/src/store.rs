@@ -476,6 +476,17 @@ pub fn falls_through(e: &SyncError) -> bool {
     )
 }
 
+/// Whether a store failed as a whole (no answer, a server error, a read error), not for one
+/// object: a list does not ask it again in the same run, so a relay that is down costs its
+/// retries once, not once per object.
+fn unreachable(e: &SyncError) -> bool {
+    match e {
+        SyncError::Http { status, .. } => status.is_none_or(|s| s >= 500),
+        SyncError::Read { .. } | SyncError::Credentials { .. } => true,
+        _ => false,
+    }
+}
+
 /// Runs `f` against `store` (each store of a list in turn while `f` fails in a way the
 /// next may not); the first success.
 pub fn first_ok<T>(
@@ -500,6 +511,8 @@ pub struct StoreList<'a> {
 
 struct Member<'a> {
     reader: Box<dyn StoreReader + 'a>,
+    /// It failed as unreachable (after its own retries): not asked again in this run.
+    down: std::sync::atomic::AtomicBool,
     counts: Arc<Counts>,
     fell_through: AtomicU64,
     last_error: std::sync::Mutex<Option<String>>,
@@ -516,6 +529,7 @@ impl<'a> StoreList<'a> {
                 .into_iter()
                 .map(|reader| Member {
                     reader,
+                    down: std::sync::atomic::AtomicBool::new(false),
                     counts: Arc::default(),
                     fell_through: AtomicU64::new(0),
                     last_error: std::sync::Mutex::new(None),
@@ -536,6 +550,9 @@ impl StoreReader for StoreList<'_> {
     ) -> Result<(), SyncError> {
         let last = self.stores.len() - 1;
         for (i, m) in self.stores.iter().enumerate() {
+            if i < last && m.down.load(Ordering::Relaxed) {
+                continue;
+            }
             let counted = CountingReader {
                 inner: &*m.reader,
                 counts: m.counts.clone(),
@@ -544,6 +561,9 @@ impl StoreReader for StoreList<'_> {
                 Ok(()) => return Ok(()),
                 Err(e) if i < last && falls_through(&e) => {
                     tracing::warn!(store = %m.reader.describe(), error = %e, "falling back to the next store");
+                    if unreachable(&e) {
+                        m.down.store(true, Ordering::Relaxed);
+                    }
                     m.fell_through.fetch_add(1, Ordering::Relaxed);
                     if let Ok(mut l) = m.last_error.lock() {
                         *l = Some(e.to_string());
@@ -622,5 +642,101 @@ impl StoreReader for StoreList<'_> {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store that answers every read with `error`, counting the calls.
+    struct Failing {
+        calls: AtomicU64,
+        error: fn() -> SyncError,
+    }
+
+    impl StoreReader for Failing {
+        fn describe(&self) -> String {
+            "failing".into()
+        }
+        fn get_head(&self, _: &str, _: Option<&str>) -> Result<HeadFetch, SyncError> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            Err((self.error)())
+        }
+        fn get_range(&self, _: &PackId, _: Range<u64>) -> Result<Vec<u8>, SyncError> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            Err((self.error)())
+        }
+        fn get_pack(&self, _: &PackId, _: u64) -> Result<Vec<u8>, SyncError> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            Err((self.error)())
+        }
+    }
+
+    fn store_with_pack() -> (tempfile::TempDir, LocalStoreReader) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("packs")).expect("packs");
+        std::fs::write(dir.path().join(PackId([7; 32]).object_key()), b"0123456789").expect("pack");
+        let r = LocalStoreReader::new(dir.path());
+        (dir, r)
+    }
+
+    #[test]
+    fn an_unreachable_store_is_asked_once_a_missing_object_each_time() {
+        let (_dir, good) = store_with_pack();
+        let down = Failing {
+            calls: AtomicU64::new(0),
+            error: || SyncError::Http {
+                url: "http://relay".into(),
+                status: None,
+                detail: "connection refused".into(),
+                temporary: true,
+            },
+        };
+        let lacking = Failing {
+            calls: AtomicU64::new(0),
+            error: || SyncError::NotFound {
+                store: "relay".into(),
+                object: "packs/x".into(),
+            },
+        };
+        for (first, asked_again) in [(&down, false), (&lacking, true)] {
+            let list = StoreList::new(vec![Box::new(first), Box::new(&good)]).expect("list");
+            for _ in 0..3 {
+                let got = list
+                    .get_range(&PackId([7; 32]), 2..5)
+                    .expect("from the next store");
+                assert_eq!(got, b"234");
+            }
+            let calls = first.calls.load(Ordering::Relaxed);
+            assert_eq!(calls, if asked_again { 3 } else { 1 });
+            let used = list.per_store();
+            assert_eq!((used[1].requests, used[1].bytes), (3, 9), "{used:?}");
+        }
+    }
+
+    #[test]
+    fn local_faults_are_not_passed_to_the_next_store() {
+        let io = SyncError::Io {
+            path: "/staging".into(),
+            source: std::io::Error::other("No space left on device"),
+        };
+        assert!(!falls_through(&io));
+        assert!(!falls_through(&SyncError::Usage("u".into())));
+        assert!(falls_through(&SyncError::Rollback {
+            tree: "t".into(),
+            offered: 1,
+            applied: 2
+        }));
+        let (_dir, good) = store_with_pack();
+        let list = StoreList::new(vec![Box::new(&good), Box::new(&good)]).expect("list");
+        let mut asked = 0;
+        let e = first_ok(&list, |_| -> Result<(), SyncError> {
+            asked += 1;
+            Err(SyncError::Usage("local".into()))
+        })
+        .expect_err("not passed on");
+        assert!(matches!(e, SyncError::Usage(_)));
+        assert_eq!(asked, 1);
     }
 }

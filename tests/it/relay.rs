@@ -160,6 +160,17 @@ fn a_relay_copies_only_what_it_lacks_and_its_sites_get_the_same_tree() {
     let v = net.sync_json(&[s(&relay)], &leaf);
     assert!(v["delta_bytes"].as_u64() > Some(0), "{v}");
     assert_same_tree(&net.site.src(), &leaf);
+    // Every index pack the head lists for its recent versions is at the relay (sites a few
+    // versions behind fetch them whole), though the relay skipped a version.
+    net.evolve(3);
+    net.evolve(4);
+    net.replicate_json(&net.origin(), s(&relay));
+    let (head, _, _) = pulpdist_format::Head::decode_unverified(&head_of(&relay)).expect("head");
+    for p in head.recent.iter().flat_map(|v| v.packs.iter()) {
+        if p.kind == pulpdist_format::PackKind::Index {
+            assert!(relay.join(p.id.object_key()).exists(), "{} missing", p.id);
+        }
+    }
     // The relay's store checks out whole, every chunk read.
     let out = run(&[
         "verify",
@@ -420,6 +431,31 @@ fn a_leaf_falls_back_past_a_relay_that_alters_drops_lags_or_lies() {
         "{v}"
     );
 
+    // A sync that died renaming version 2 into place is not followed by version 1 from a
+    // lagging relay over the half-applied mirror: the origin's version 2 completes it.
+    let torn = net.site.p("leaf-torn");
+    net.sync_json(&[s(&net.relay())], &torn);
+    let out = bin()
+        .args([
+            "sync",
+            "--store",
+            &net.origin(),
+            "--tree",
+            "tree",
+            "--trust",
+            &net.site.trust(),
+            s(&torn),
+        ])
+        .env("PULPDIST_FAILPOINT", "sync.rename:2")
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let out = net.sync_from(&[s(&net.relay())], &torn, &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let v = net.sync_json(&[s(&net.relay()), &net.origin()], &torn);
+    assert_eq!(v["version"].as_u64(), Some(2), "{v}");
+    assert_same_tree(&net.site.src(), &torn);
+
     // No store can serve the signed version: exit 3, and the leaf keeps what it had.
     net.replicate_json(&net.origin(), s(&net.relay()));
     net.evolve(2);
@@ -468,10 +504,13 @@ fn a_replicate_killed_at_any_step_leaves_the_relay_serving_and_the_next_run_comp
     let log = net.site.p("trace");
     let out = bin()
         .args(&args)
+        .arg("--json")
         .env("PULPDIST_FAILPOINT_LOG", &log)
         .output()
         .expect("run");
     assert!(out.status.success(), "{}", stderr(&out));
+    let whole: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let full = whole["trees"][0]["bytes_copied"].as_u64().expect("bytes");
     let mut points: Vec<(String, u64)> = Vec::new();
     for line in std::fs::read_to_string(&log).expect("log").lines() {
         let step = line.split('\t').next().unwrap_or(line).to_string();
@@ -521,6 +560,21 @@ fn a_replicate_killed_at_any_step_leaves_the_relay_serving_and_the_next_run_comp
         let out = bin().args(&args).arg("--json").output().expect("run");
         assert!(out.status.success(), "after {step}:{n}: {}", stderr(&out));
         assert_eq!(head_of(&relay), v2, "after {step}:{n}");
+        let next: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let copied = next["trees"][0]["bytes_copied"].as_u64().expect("bytes");
+        // Once a pack is put (every step but the walk and the fetches, which run in parallel
+        // and may all come before the first put), it is not copied again.
+        if !["replicate.walked", "replicate.fetched"].contains(&step.as_str()) {
+            assert!(
+                copied < full,
+                "after {step}:{n}: copied {copied} of {full} again"
+            );
+        }
+        assert_eq!(
+            std::fs::read(relay.join("history/tree/00000000000000000002")).ok(),
+            Some(v2.clone()),
+            "after {step}:{n}: the archived head"
+        );
     }
     let leaf = net.site.p("leaf-final");
     net.sync_json(&[s(&relay)], &leaf);
@@ -657,6 +711,11 @@ fn a_hub_keeps_its_mirror_and_its_relay_with_one_command_or_one_file() {
     assert_eq!(v["head_store"], s(&relay), "{v}");
     assert_same_tree(&net.site.src(), &mirror);
     assert_eq!(head_of(&relay), head_of(&net.site.store()));
+    let lagging = net.site.p("lagging");
+    let ok = std::process::Command::new("cp")
+        .args(["-a", s(&relay), s(&lagging)])
+        .status();
+    assert!(ok.expect("cp").success());
     // The same from a configuration file: a list of stores and the relay.
     net.evolve(1);
     let cfg = net.site.p("hub.toml");
@@ -678,13 +737,29 @@ fn a_hub_keeps_its_mirror_and_its_relay_with_one_command_or_one_file() {
         "{v}"
     );
     assert_same_tree(&net.site.src(), &mirror);
+    // Of the stores a hub replicates from, one older than its relay is passed over for the
+    // origin.
+    net.evolve(3);
+    let out = net.sync_from(
+        &[s(&lagging), &net.origin()],
+        &mirror,
+        &["--relay", s(&relay)],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (v["version"].as_u64(), v["relay"]["version"].as_u64()),
+        (Some(3), Some(3)),
+        "{v}"
+    );
+    assert_same_tree(&net.site.src(), &mirror);
     // A relay that cannot be updated (the origin is gone): the mirror is still synced from
     // what the relay holds, and the command fails, saying why.
-    net.evolve(2);
+    net.evolve(4);
     let gone = net.site.p("gone");
     let out = net.sync_from(&[s(&gone)], &mirror, &["--relay", s(&relay)]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert!(v["relay"]["error"].as_str().is_some(), "{v}");
-    assert_eq!(v["version"].as_u64(), Some(2), "{v}");
+    assert_eq!(v["version"].as_u64(), Some(3), "{v}");
 }

@@ -36,7 +36,7 @@ pub(super) fn apply(
     state: &State,
     opts: &SyncOptions,
     planned: &Planned,
-    first_sync: bool,
+    (first_sync, version): (bool, u64),
 ) -> Result<u64, SyncError> {
     let Planned {
         plan,
@@ -45,7 +45,7 @@ pub(super) fn apply(
     // A first sync marks that it began writing, so that if it is interrupted the next one
     // finishes it (instead of refusing a directory that is no longer empty).
     if first_sync {
-        state.set_applying(&opts.tree)?;
+        state.set_applying(&opts.tree, version)?;
     }
     // Every write from here on is relative to directory handles opened without following
     // symlinks (`tree.rs`), resolved again for each operation: a directory swapped for a
@@ -61,7 +61,7 @@ pub(super) fn apply(
     let prepared = a.prepare(store, state, plan, all_refs)?;
     // 4b. From here until the version is recorded the mirror is between versions: say so,
     // durably.
-    state.set_applying(&opts.tree)?;
+    state.set_applying(&opts.tree, version)?;
     pulpdist_failpoint::hit("sync.applying");
     a.touched
         .extend(prepared.created.iter().map(|d| parent_of(d)));
@@ -443,7 +443,7 @@ mod tests {
             plan,
             refs: HashMap::new(),
         };
-        apply(&MemStore::default(), &state, &opts, &planned, false).expect("applied");
+        apply(&MemStore::default(), &state, &opts, &planned, (false, 2)).expect("applied");
         assert_eq!(fs::read(m.join("sub/f")).expect("read"), b"new");
         let md = fs::metadata(m.join("sub/f")).expect("stat");
         assert_eq!((md.mode() & 0o7777, md.mtime()), (0o640, 100));
@@ -505,7 +505,7 @@ mod tests {
             refs: HashMap::new(),
         };
         let before = std::collections::BTreeSet::from(["a".to_string(), "gone".to_string()]);
-        apply(&MemStore::default(), &state, &opts, &planned, false).expect_err("fails");
+        apply(&MemStore::default(), &state, &opts, &planned, (false, 2)).expect_err("fails");
         let names: std::collections::BTreeSet<String> = fs::read_dir(m)
             .expect("list")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())

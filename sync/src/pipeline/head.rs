@@ -99,7 +99,16 @@ pub(super) fn accept(
         })?;
         let head = signed.head().clone();
         check(&head, applied.as_ref(), &opts.tree, now, &object)?;
-        Ok((bytes, etag, head, s.describe()))
+        // A sync that died while renaming a version into place left files of it on the
+        // mirror: no older version is applied over them.
+        match state.applying_version(&opts.tree) {
+            Some(v) if head.version < v => Err(SyncError::Rollback {
+                tree: head.tree.clone(),
+                offered: head.version,
+                applied: v,
+            }),
+            _ => Ok((bytes, etag, head, s.describe())),
+        }
     })?;
     pulpdist_failpoint::hit("sync.head");
     if applied.is_none() && !state.applying(&opts.tree) && !opts.adopt {

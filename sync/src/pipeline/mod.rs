@@ -90,6 +90,7 @@ fn run(
         version: acc.head.version,
         previous_version: acc.applied.as_ref().map(|a| a.version),
         head_store: name.clone(),
+        head_created: acc.head.created,
         ..Default::default()
     };
     if acc.up_to_date() {
@@ -141,7 +142,7 @@ fn run(
     report.rsync_files = staged.rsync_files;
     report.rsync_bytes = staged.rsync_bytes;
     let first_sync = acc.applied.is_none();
-    let late = apply::apply(store, state, opts, &planned, first_sync)?;
+    let late = apply::apply(store, state, opts, &planned, (first_sync, acc.head.version))?;
     report.chunks_fetched = staged.chunks_fetched + late;
     tracing::info!(
         files = report.files,

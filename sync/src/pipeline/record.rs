@@ -93,7 +93,7 @@ mod tests {
     fn recording_clears_staging_and_the_applying_mark() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (opts, state) = (testkit::options(dir.path()), testkit::state(dir.path()));
-        state.set_applying("t").expect("marked");
+        state.set_applying("t", 2).expect("marked");
         let chunk = pulpdist_format::VerifiedChunk::from_plain(
             pulpdist_format::ChunkId::of(b"c"),
             b"c".to_vec(),

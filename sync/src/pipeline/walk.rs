@@ -182,15 +182,16 @@ fn fetch_nodes(
     max_gap: u64,
 ) -> Result<(), SyncError> {
     let mut by_pack: HashMap<PackId, Vec<NodeRef>> = HashMap::new();
+    // Of a list of stores, a node a whole index pack holds damaged is fetched on its own
+    // (from the next store); one store is not asked again.
+    let more_stores = reader.per_store().len() > 1;
     for r in refs {
         if let Some(bytes) = mem_packs.get(&r.loc.pack) {
-            // A node a whole index pack holds damaged is fetched on its own (from the
-            // next store of a list).
             match slice(bytes, 0, r.loc.range(), reader, &r.loc.pack)
                 .and_then(|stored| store_node(state, r, stored))
             {
                 Ok(()) => continue,
-                Err(e) if falls_through(&e) => {}
+                Err(e) if more_stores && falls_through(&e) => {}
                 Err(e) => return Err(e),
             }
         }
