@@ -31,4 +31,4 @@ pub use objstore::{ObjectStoreTarget, DEFAULT_PART_SIZE};
 pub use pipeline::{
     publish, refresh, PublishOptions, PublishReport, RefreshReport, DEFAULT_DELTA_LEVEL,
 };
-pub use store::{ListedPack, LocalStore, Store, StoreLock, StoredHead};
+pub use store::{create_new, ListedPack, LocalStore, Store, StoreLock, StoredHead};

@@ -132,11 +132,14 @@ impl LocalStore {
 /// Takes an exclusive lock on `path` (created if needed) without waiting, and writes our pid
 /// into it so a second publisher can say who holds it.
 pub(crate) fn lock_file(path: PathBuf, tree: &str) -> Result<StoreLock, PublishError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Not through a symlink: the lock file is truncated and written.
     let mut file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(&path)
         .at(&path)?;
     match file.try_lock() {
@@ -409,11 +412,65 @@ fn list_dir(dir: &Path) -> Result<Vec<(String, fs::Metadata)>, PublishError> {
 
 /// Writes a file and flushes it to disk.
 pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), PublishError> {
-    let mut f = File::create(path).at(path)?;
+    // Made anew, never through whatever is at the name (a symlink planted in `tmp/` would
+    // send the write elsewhere; a FIFO would block it).
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).at(path),
+        _ => {}
+    }
+    let mut f = create_new(path).at(path)?;
     f.write_all(bytes).at(path)?;
     f.sync_all().at(path)
 }
 
+/// Creates a file that did not exist, not following a symlink at its name.
+pub fn create_new(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+}
+
 fn sync_dir(dir: &Path) -> Result<(), PublishError> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlink_or_fifo_planted_at_a_temporary_name_is_replaced_not_written_through() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"precious").expect("victim");
+        let tmp = dir.path().join("head-t.1");
+        std::os::unix::fs::symlink(&victim, &tmp).expect("symlink");
+        write_synced(&tmp, b"new head").expect("written");
+        assert_eq!(fs::read(&victim).expect("victim"), b"precious");
+        assert_eq!(fs::read(&tmp).expect("tmp"), b"new head");
+        assert!(!fs::symlink_metadata(&tmp)
+            .expect("meta")
+            .file_type()
+            .is_symlink());
+        // A FIFO there does not block the write.
+        fs::remove_file(&tmp).expect("rm");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &tmp,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("fifo");
+        write_synced(&tmp, b"again").expect("written");
+        assert_eq!(fs::read(&tmp).expect("tmp"), b"again");
+        // The lock file is not opened through a symlink.
+        let lock = dir.path().join("t.lock");
+        std::os::unix::fs::symlink(&victim, &lock).expect("symlink");
+        assert!(lock_file(lock, "t").is_err());
+        assert_eq!(fs::read(&victim).expect("victim"), b"precious");
+    }
 }

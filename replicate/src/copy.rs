@@ -149,20 +149,23 @@ pub(crate) fn copy(
         .thread_name(|i| format!("pulpdist-replicate-{i}"))
         .build()
         .map_err(|e| SyncError::Threads(e.to_string()))?;
-    // 1. Data packs, fetched a few at a time.
+    // 1. Data packs, fetched a few at a time; those the head gives no size for (sized by
+    // the source's word, so up to MAX_UNSIGNED_PACK in memory) one at a time.
     let data: Vec<(&PackId, &Vec<ChunkRef>)> = needs.data.iter().collect();
-    let results: Vec<Result<(u64, u64), ReplicateError>> = pool.install(|| {
-        data.par_iter()
-            .map(|(pack, chunks)| {
-                let size = needs.signed_sizes.get(pack).copied();
-                let (bytes, objects) = fetch_checked(source, **pack, size, chunks)?;
-                put(target, &dir, **pack, &bytes)?;
-                progress.advance(1, bytes.len() as u64);
-                pulpdist_failpoint::hit("replicate.pack");
-                Ok((bytes.len() as u64, objects))
-            })
-            .collect()
-    });
+    let one = |(pack, chunks): &(&PackId, &Vec<ChunkRef>)| {
+        let size = needs.signed_sizes.get(*pack).copied();
+        let (bytes, objects) = fetch_checked(source, **pack, size, chunks)?;
+        put(target, &dir, **pack, &bytes)?;
+        progress.advance(1, bytes.len() as u64);
+        pulpdist_failpoint::hit("replicate.pack");
+        Ok((bytes.len() as u64, objects))
+    };
+    let (signed, unsigned): (Vec<_>, Vec<_>) = data
+        .into_iter()
+        .partition(|(p, _)| needs.signed_sizes.contains_key(*p));
+    let mut results: Vec<Result<(u64, u64), ReplicateError>> =
+        pool.install(|| signed.par_iter().map(one).collect());
+    results.extend(unsigned.iter().map(one));
     let mut out = Copied::default();
     for r in results {
         let (bytes, objects) = r?;
@@ -203,9 +206,15 @@ pub(crate) fn copy(
 /// removes the file). A file left by a failure is removed.
 fn put(target: &dyn Store, dir: &Path, pack: PackId, bytes: &[u8]) -> Result<(), ReplicateError> {
     pulpdist_failpoint::hit("replicate.fetched");
-    // The name a publisher's clean-up of `tmp/` knows (a day-old `.pack.part` is removed).
-    let path: PathBuf = dir.join(format!("{}.pack.part", pack.to_hex()));
-    let written = std::fs::File::create(&path)
+    // A name of this process's own (a publisher's clean-up of `tmp/` removes a day-old
+    // `.pack.part`), made anew: never written through a symlink or FIFO someone put there.
+    let path: PathBuf = dir.join(format!(
+        "{}.{}.pack.part",
+        pack.to_hex(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&path);
+    let written = pulpdist_publish::create_new(&path)
         .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()));
     if let Err(source) = written {
         let _ = std::fs::remove_file(&path);
@@ -215,5 +224,27 @@ fn put(target: &dyn Store, dir: &Path, pack: PackId, bytes: &[u8]) -> Result<(),
     if put.is_err() {
         let _ = std::fs::remove_file(&path);
     }
-    Ok(put?)
+    match put {
+        Err(pulpdist_publish::PublishError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::AlreadyExists =>
+        {
+            return Err(ReplicateError::Unusable {
+                store: target.describe(),
+                pack: pack.object_key(),
+            })
+        }
+        r => r?,
+    }
+    // In a directory store the file was linked into place by name: what is there now must
+    // be what was checked (nobody swapped the file between the check and the link).
+    if target.tmp_dir().is_some() {
+        let got = target.read_pack_range(pack, 0..bytes.len() as u64)?;
+        if blake3::hash(&got) != blake3::hash(bytes) {
+            return Err(ReplicateError::Unusable {
+                store: target.describe(),
+                pack: pack.object_key(),
+            });
+        }
+    }
+    Ok(())
 }

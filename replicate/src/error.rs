@@ -50,6 +50,15 @@ pub enum ReplicateError {
         /// The pack.
         pack: String,
     },
+    /// A pack is in the target under its name but is not the pack (not a regular file,
+    /// swapped, or gone since it was put).
+    #[error("{store}/{pack} is not the pack that was checked (not a regular file, replaced or removed since); remove it and run again")]
+    Unusable {
+        /// The target.
+        store: String,
+        /// The pack's key.
+        pack: String,
+    },
     /// A local file of the replicate's own (a pack on its way to the target).
     #[error("{path}: {source}")]
     Io {

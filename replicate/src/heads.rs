@@ -72,18 +72,42 @@ pub(crate) fn read(
         None => None,
         Some(stored) => {
             let object = format!("{}/heads/{tree}", target.describe());
-            let t = SignedHead::decode_and_verify(&stored.bytes, &opts.trusted)
-                .map_err(|source| ReplicateError::TargetHead { object, source })?;
+            let t =
+                SignedHead::decode_and_verify(&stored.bytes, &opts.trusted).map_err(|source| {
+                    ReplicateError::TargetHead {
+                        object: object.clone(),
+                        source,
+                    }
+                })?;
+            if &t.head().tree != tree {
+                return Err(ReplicateError::TargetHead {
+                    object,
+                    source: crate::invalid(
+                        "tree head",
+                        format!("it is the head of tree '{}'", t.head().tree),
+                    ),
+                });
+            }
             Some((stored, t))
         }
     };
-    let floor = target.as_ref().map(|(_, t)| t.head().version);
+    let floor = target
+        .as_ref()
+        .map(|(_, t)| (t.head().version, t.head().root));
     let now = opts.now.unwrap_or_else(unix_now);
     let mut older = None;
     let picked = first_ok(source, |s| {
         let signed = source_head(s, tree, &opts.trusted, now)?;
         match floor {
-            Some(v) if signed.head().version < v => {
+            // The target's version with another root: this store equivocates; the next
+            // may not.
+            Some((v, root)) if signed.head().version == v && signed.head().root != root => {
+                Err(SyncError::Equivocation {
+                    tree: tree.clone(),
+                    version: v,
+                })
+            }
+            Some((v, _)) if signed.head().version < v => {
                 let offered = signed.head().version;
                 older.get_or_insert(signed);
                 Err(SyncError::Rollback {
@@ -98,6 +122,9 @@ pub(crate) fn read(
     let source = match (picked, older) {
         (Ok(signed), _) => signed,
         (Err(SyncError::Rollback { .. }), Some(signed)) => signed,
+        (Err(SyncError::Equivocation { tree, version }), _) => {
+            return Err(ReplicateError::Equivocation { tree, version })
+        }
         (Err(e), _) => return Err(e.into()),
     };
     Ok(Heads { source, target })
@@ -172,8 +199,14 @@ pub(crate) fn install(
     let condemned = target.read_condemned()?;
     let stored: HashSet<PackId> = target.list_packs()?.iter().map(|p| p.id).collect();
     for pack in needs.reached() {
-        if condemned.packs.contains_key(&pack) || !stored.contains(&pack) {
+        if condemned.packs.contains_key(&pack) {
             return Err(ReplicateError::Condemned {
+                store: target.describe(),
+                pack: pack.object_key(),
+            });
+        }
+        if !stored.contains(&pack) {
+            return Err(ReplicateError::Unusable {
                 store: target.describe(),
                 pack: pack.object_key(),
             });

@@ -106,6 +106,8 @@ pub struct ReplicateReport {
     pub packs_skipped: u64,
     /// Their bytes.
     pub bytes_skipped: u64,
+    /// Packs the target held damaged: removed and copied again.
+    pub packs_repaired: u64,
     /// Objects checked against their ids in the copied packs.
     pub objects_verified: u64,
     /// Index nodes walked (only where the version differs from the target's).
@@ -175,6 +177,7 @@ fn run(
     }
     let needs = walk::walk(source, target, &heads)?;
     report.nodes_walked = needs.nodes_walked;
+    report.packs_repaired = needs.repaired;
     pulpdist_failpoint::hit("replicate.walked");
     let copied = copy::copy(source, target, &needs, opts)?;
     report.packs_copied = copied.packs;

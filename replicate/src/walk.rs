@@ -32,6 +32,9 @@ pub(crate) struct Needs {
     pub(crate) signed_sizes: HashMap<PackId, u64>,
     /// Index nodes walked.
     pub(crate) nodes_walked: u64,
+    /// Packs the target held damaged (an object of the version in it not what its id
+    /// says, or another size than the head lists): removed, and copied again.
+    pub(crate) repaired: u64,
 }
 
 impl Needs {
@@ -54,6 +57,8 @@ struct Walker<'a> {
     needs: Needs,
     seen_nodes: HashSet<NodeId>,
     seen_chunks: HashSet<ChunkRef>,
+    /// The version's chunks in packs the target holds, checked after the walk.
+    held: BTreeMap<PackId, Vec<ChunkRef>>,
 }
 
 /// Walks the source's version against the target's.
@@ -88,6 +93,7 @@ pub(crate) fn walk(
         },
         seen_nodes: HashSet::new(),
         seen_chunks: HashSet::new(),
+        held: BTreeMap::new(),
     };
     let old = heads.target.as_ref().map(|(_, h)| h.head().root);
     w.tree(head.root, old)?;
@@ -97,12 +103,17 @@ pub(crate) fn walk(
             continue;
         }
         match w.have.get(&d.pack) {
-            Some(size) => {
+            Some(size) if w.held_delta_ok(&d) => {
                 w.needs.present.insert(d.pack, *size);
+            }
+            Some(_) => {
+                w.repair(d.pack)?;
+                w.needs.deltas.push(d);
             }
             None => w.needs.deltas.push(d),
         }
     }
+    w.check_held()?;
     w.listed_index_packs(head)?;
     Ok(w.needs)
 }
@@ -151,11 +162,74 @@ impl Walker<'_> {
     fn chunk(&mut self, c: &ChunkRef) -> Result<(), ReplicateError> {
         let pack = c.loc.pack;
         self.usable(pack)?;
-        if let Some(size) = self.have.get(&pack) {
-            self.needs.present.insert(pack, *size);
-        } else if self.seen_chunks.insert(*c) {
-            self.needs.data.entry(pack).or_default().push(*c);
+        if !self.seen_chunks.insert(*c) {
+            return Ok(());
         }
+        match self.have.get(&pack) {
+            Some(size) => {
+                self.needs.present.insert(pack, *size);
+                self.held.entry(pack).or_default().push(*c);
+            }
+            None => self.needs.data.entry(pack).or_default().push(*c),
+        }
+        Ok(())
+    }
+
+    /// Checks the version's chunks in the packs the target holds (one read per pack, of
+    /// the span they lie in), and each such pack's size against the one the head lists: a
+    /// pack found damaged is removed from the target and copied again.
+    fn check_held(&mut self) -> Result<(), ReplicateError> {
+        for (pack, chunks) in std::mem::take(&mut self.held) {
+            let size = self.have.get(&pack).copied().unwrap_or(0);
+            let sized = self
+                .needs
+                .signed_sizes
+                .get(&pack)
+                .is_none_or(|s| *s == size);
+            let start = chunks.iter().map(|c| c.loc.offset).min().unwrap_or(0);
+            let end = chunks.iter().map(|c| c.loc.range().end).max().unwrap_or(0);
+            let whole = sized
+                && end <= size
+                && self
+                    .target
+                    .read_pack_range(pack, start..end)
+                    .is_ok_and(|span| {
+                        chunks.iter().all(|c| {
+                            let r = c.loc.range();
+                            span.get((r.start - start) as usize..(r.end - start) as usize)
+                                .is_some_and(|stored| {
+                                    pulpdist_format::VerifiedChunk::from_stored(
+                                        c.id,
+                                        c.loc.codec,
+                                        stored,
+                                        c.loc.raw_len,
+                                    )
+                                    .is_ok()
+                                })
+                        })
+                    });
+            if !whole {
+                self.repair(pack)?;
+                self.needs.data.entry(pack).or_default().extend(chunks);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a delta pack the target holds has the size and hash the head lists.
+    fn held_delta_ok(&self, d: &DeltaInfo) -> bool {
+        self.target
+            .read_pack_range(d.pack, 0..d.size)
+            .is_ok_and(|b| d.verify(&b).is_ok())
+    }
+
+    /// Removes a pack the target holds damaged, so that it is copied again.
+    fn repair(&mut self, pack: PackId) -> Result<(), ReplicateError> {
+        tracing::warn!(store = %self.target.describe(), pack = %pack, "the target holds this pack damaged: copying it again");
+        self.target.remove(&pack.object_key())?;
+        self.have.remove(&pack);
+        self.needs.present.remove(&pack);
+        self.needs.repaired += 1;
         Ok(())
     }
 
@@ -177,10 +251,11 @@ impl Walker<'_> {
     fn listed_index_packs(&mut self, head: &pulpdist_format::Head) -> Result<(), ReplicateError> {
         let listed = head.recent.iter().flat_map(|v| v.packs.iter());
         for p in listed.filter(|p| p.kind == pulpdist_format::PackKind::Index) {
-            if self.have.contains_key(&p.id)
-                || self.condemned.contains(&p.id)
-                || self.needs.index.contains_key(&p.id)
-            {
+            if let Some(size) = self.have.get(&p.id) {
+                self.needs.present.insert(p.id, *size);
+                continue;
+            }
+            if self.condemned.contains(&p.id) || self.needs.index.contains_key(&p.id) {
                 continue;
             }
             match crate::copy::fetch_checked(self.source, p.id, Some(p.size), &[]) {
@@ -203,12 +278,16 @@ impl Walker<'_> {
             object: format!("{store}/{} (index node {})", pack.object_key(), r.id),
             source,
         };
-        if let Some(size) = self.have.get(&pack) {
-            self.needs.present.insert(pack, *size);
-            let stored = self.target.read_pack_range(pack, r.loc.range())?;
-            return r
-                .open(&stored)
-                .map_err(|e| damaged(self.target.describe(), e));
+        if let Some(size) = self.have.get(&pack).copied() {
+            let held = self.target.read_pack_range(pack, r.loc.range());
+            match held.map(|stored| r.open(&stored)) {
+                Ok(Ok(node)) => {
+                    self.needs.present.insert(pack, size);
+                    return Ok(node);
+                }
+                // Damaged or short in the target: copied again from the source.
+                _ => self.repair(pack)?,
+            }
         }
         self.usable(pack)?;
         if !self.needs.index.contains_key(&pack) {

@@ -57,13 +57,13 @@ pub(crate) fn run(a: Args) -> Result<()> {
         opts.now = a.now;
         opts.progress = a.progress.reporter();
         match one(&*source, &*target, &opts, (&a.from, &a.to)) {
-            Ok(r) => reports.push(r),
+            Ok(r) => reports.push(Ok(r)),
             // The other trees are still copied; the first failure decides the exit code.
-            Err(e) if failed.is_none() => {
+            Err(e) => {
                 tracing::error!(tree = %tree, "{}", super::describe(&e));
-                failed = Some(e);
+                reports.push(Err((tree.clone(), super::describe(&e))));
+                failed.get_or_insert(e);
             }
-            Err(e) => tracing::error!(tree = %tree, "{}", super::describe(&e)),
         }
     }
     print_reports(a.json, &reports)?;
@@ -112,7 +112,7 @@ pub(crate) fn report_json(r: &ReplicateReport) -> serde_json::Value {
         "source_version": r.source_version, "up_to_date": r.up_to_date, "target_ahead": r.target_ahead,
         "packs_copied": r.packs_copied, "bytes_copied": r.bytes_copied,
         "packs_skipped": r.packs_skipped, "bytes_skipped": r.bytes_skipped,
-        "objects_verified": r.objects_verified, "nodes_walked": r.nodes_walked,
+        "objects_verified": r.objects_verified, "nodes_walked": r.nodes_walked, "packs_repaired": r.packs_repaired,
         "requests": r.requests, "bytes_fetched": r.bytes_fetched,
         "history_error": r.history_error, "elapsed_ms": r.elapsed_ms,
     })
@@ -138,15 +138,26 @@ pub(crate) fn report_line(r: &ReplicateReport) -> String {
     }
 }
 
-fn print_reports(json: bool, reports: &[ReplicateReport]) -> Result<()> {
-    let sum = |f: fn(&ReplicateReport) -> u64| reports.iter().map(f).sum::<u64>();
+fn print_reports(
+    json: bool,
+    reports: &[std::result::Result<ReplicateReport, (String, String)>],
+) -> Result<()> {
+    let done: Vec<&ReplicateReport> = reports.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let sum = |f: fn(&ReplicateReport) -> u64| done.iter().map(|r| f(r)).sum::<u64>();
+    let trees: Vec<serde_json::Value> = reports
+        .iter()
+        .map(|r| match r {
+            Ok(r) => report_json(r),
+            Err((tree, error)) => json!({"tree": tree, "error": error}),
+        })
+        .collect();
     super::emit(
         json,
         json!({
-            "trees": reports.iter().map(report_json).collect::<Vec<_>>(),
+            "trees": trees,
             "packs_copied": sum(|r| r.packs_copied), "bytes_copied": sum(|r| r.bytes_copied),
             "packs_skipped": sum(|r| r.packs_skipped), "bytes_skipped": sum(|r| r.bytes_skipped),
         }),
-        || reports.iter().map(report_line).collect(),
+        || done.iter().map(|r| report_line(r)).collect(),
     )
 }

@@ -763,3 +763,73 @@ fn a_hub_keeps_its_mirror_and_its_relay_with_one_command_or_one_file() {
     assert!(v["relay"]["error"].as_str().is_some(), "{v}");
     assert_eq!(v["version"].as_u64(), Some(3), "{v}");
 }
+
+#[test]
+fn a_relay_store_tampered_with_locally_is_repaired_or_refused_never_written_through() {
+    let net = Net::new(89);
+    let relay = net.relay();
+    // A pack planted damaged under its own name before the first replicate (and one
+    // truncated): checked, removed and copied again; sites of the relay alone get the tree.
+    let origin_packs = packs(&net.site.store());
+    std::fs::create_dir_all(relay.join("packs")).expect("packs");
+    let (big, small) = (&origin_packs[0].0, &origin_packs[origin_packs.len() - 1].0);
+    let mut b = std::fs::read(big).expect("pack");
+    let mid = b.len() / 2;
+    b[mid] ^= 1;
+    std::fs::write(relay.join("packs").join(big.file_name().expect("n")), b).expect("plant");
+    std::fs::write(
+        relay.join("packs").join(small.file_name().expect("n")),
+        b"short",
+    )
+    .expect("plant");
+    let r = net.replicate_json(&net.origin(), s(&relay));
+    assert_eq!(r["packs_repaired"].as_u64(), Some(2), "{r}");
+    let leaf = net.site.p("leaf");
+    net.sync_json(&[s(&relay)], &leaf);
+    assert_same_tree(&net.site.src(), &leaf);
+    let out = run(&[
+        "verify",
+        "--store",
+        s(&relay),
+        "--trust",
+        &net.site.trust(),
+        "--read-data",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A symlink as the tree's lock file: refused, its target untouched.
+    net.evolve(1);
+    let victim = net.site.p("victim");
+    std::fs::write(&victim, b"precious").expect("victim");
+    let _ = std::fs::remove_file(relay.join("locks/tree.lock"));
+    std::os::unix::fs::symlink(&victim, relay.join("locks/tree.lock")).expect("symlink");
+    let out = net.replicate(&net.origin(), s(&relay), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("tree.lock"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
+    std::fs::remove_file(relay.join("locks/tree.lock")).expect("unplant");
+
+    // Another tree's head as the relay's head of this tree: refused.
+    let saved = head_of(&relay);
+    let other = tempfile::tempdir().expect("tmp");
+    std::fs::write(other.path().join("f"), b"other").expect("f");
+    let key = net.site.key();
+    let out = run(&[
+        "publish",
+        "--store",
+        s(&relay),
+        "--tree",
+        "other",
+        "--key",
+        s(&key),
+        s(other.path()),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::copy(relay.join("heads/other"), relay.join("heads/tree")).expect("foreign");
+    let out = net.replicate(&net.origin(), s(&relay), &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("tree 'other'"), "{}", stderr(&out));
+    std::fs::write(relay.join("heads/tree"), saved).expect("restore");
+    let r = net.replicate_json(&net.origin(), s(&relay));
+    assert_eq!(r["version"].as_u64(), Some(2), "{r}");
+}
