@@ -51,6 +51,14 @@ enum Command {
     Diff(cmd::history::DiffArgs),
     /// Check a store: heads, index nodes, packs, and with --read-data every chunk.
     Verify(cmd::verify::Args),
+    /// The coordinator: the network's desired state, the sites' assignments and reports (HTTPS).
+    Coordinator(cmd::coordinator::Args),
+    /// The site agent: keep the assigned trees synced, report every run to the coordinator.
+    Agent(cmd::agent::Args),
+    /// The network file: check it, apply it to the coordinator, export it, push a tree.
+    Network(cmd::coordinator::NetworkArgs),
+    /// Every site's state per tree, from the coordinator.
+    Status(cmd::coordinator::StatusArgs),
     /// Copy trees' current versions from one store into another (a relay), verified.
     Replicate(cmd::replicate::Args),
     /// Keep the versions a policy names; remove what nothing kept reaches (two phases).
@@ -85,6 +93,10 @@ fn main() -> ExitCode {
         Command::Verify(a) => cmd::verify::run(a),
         Command::Gc(a) => cmd::gc::run(a),
         Command::Replicate(a) => cmd::replicate::run(a),
+        Command::Coordinator(a) => cmd::coordinator::run(a),
+        Command::Agent(a) => cmd::agent::run(a),
+        Command::Network(a) => cmd::coordinator::network(a),
+        Command::Status(a) => cmd::coordinator::status(a),
         Command::Log(a) => cmd::history::log(a),
         Command::Diff(a) => cmd::history::diff(a),
         Command::Demo(a) => cmd::demo::run(a),

@@ -1,6 +1,8 @@
 //! The subcommands, and how their errors map to exit codes.
 
+pub(crate) mod agent;
 pub(crate) mod ca;
+pub(crate) mod coordinator;
 pub(crate) mod demo;
 pub(crate) mod docs;
 pub(crate) mod gc;

@@ -256,3 +256,32 @@ pub(crate) fn target(store: &str, s3args: &S3Args) -> Result<Opened<dyn Store>> 
         }
     })
 }
+
+/// A store opener for long-running services (the coordinator's head watcher, the agent):
+/// readers that own themselves, S3 clients on one runtime kept for the process.
+pub(crate) fn opener(http: HttpOptions, s3args: S3Args) -> Arc<pulpdist_agent::OpenStore> {
+    static RUNTIME: std::sync::OnceLock<std::result::Result<tokio::runtime::Runtime, String>> =
+        std::sync::OnceLock::new();
+    Arc::new(move |store: &str| {
+        let describe = |e: anyhow::Error| format!("{store}: {}", super::describe(&e));
+        Ok(match parse(store).map_err(describe)? {
+            Location::Dir(p) => Box::new(LocalStoreReader::new(p)) as Box<dyn StoreReader>,
+            Location::Http(url) => {
+                Box::new(HttpStoreReader::new(&url, http.clone()).map_err(|e| describe(e.into()))?)
+            }
+            Location::S3 { bucket, prefix } => {
+                let rt = RUNTIME
+                    .get_or_init(|| runtime(2).map_err(|e| super::describe(&e)))
+                    .as_ref()
+                    .map_err(|e| e.clone())?;
+                let client = s3(&bucket, &s3args).map_err(describe)?;
+                Box::new(ObjectStoreReader::new(
+                    client,
+                    &prefix,
+                    store,
+                    rt.handle().clone(),
+                ))
+            }
+        })
+    })
+}

@@ -497,7 +497,10 @@ impl HttpStoreReader {
 
 /// The TLS settings of a reader: the CA certificates it trusts (`--ca`, else the system's
 /// bundle, else Mozilla's roots) and the client certificate it shows, if any.
-fn tls_config(opts: &HttpOptions) -> Result<ureq::tls::TlsConfig, SyncError> {
+/// The TLS settings of `opts` for a ureq agent: its CA certificates (else the system's,
+/// else Mozilla's) and its client certificate (the agent's client of the coordinator uses
+/// them too).
+pub fn tls_config(opts: &HttpOptions) -> Result<ureq::tls::TlsConfig, SyncError> {
     let mut tls = ureq::tls::TlsConfig::builder();
     // Without --ca: the system's CA bundle, where there is one, else Mozilla's roots.
     let system = if opts.ca_pem.is_none() {

@@ -40,7 +40,7 @@ pub use error::SyncError;
 pub use fsutil::absolute_dir;
 pub use glob::{glob_match, DEFAULT_METADATA_PATTERNS};
 pub use history::{diff, log, Change, PathChange, VersionInfo};
-pub use http::{HttpOptions, HttpStoreReader};
+pub use http::{tls_config, HttpOptions, HttpStoreReader};
 pub use locate::fetch_chunks;
 pub use objstore::ObjectStoreReader;
 pub use origin::sync_rsync;

@@ -6,6 +6,7 @@ mod common;
 
 mod cdn;
 mod conformance;
+mod coordination;
 mod deltas;
 mod deploy;
 mod filters;

@@ -91,6 +91,7 @@ fn run(
         previous_version: acc.applied.as_ref().map(|a| a.version),
         head_store: name.clone(),
         head_created: acc.head.created,
+        root: acc.head.root.id.to_hex(),
         ..Default::default()
     };
     if acc.up_to_date() {

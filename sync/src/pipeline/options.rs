@@ -167,6 +167,8 @@ pub struct SyncReport {
     pub elapsed_ms: u64,
     /// The store that served the head (of several, the first whose head passed).
     pub head_store: String,
+    /// The root node id of the version (hex): what a site holds, by content.
+    pub root: String,
     /// When the head was made (its `created`, Unix seconds): how far behind the store that
     /// served it is, against the origin's.
     pub head_created: i64,

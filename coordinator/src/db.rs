@@ -1,0 +1,230 @@
+//! The coordinator's database: SQLite in WAL mode (one file; migrations in
+//! `coordinator/migrations/`). Every write is one statement or one transaction, so a
+//! coordinator killed mid-write loses nothing it acknowledged.
+
+use std::path::Path;
+
+use pulpdist_network::{Outcome, Report};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::CoordError;
+
+/// The database.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: SqlitePool,
+}
+
+/// A verified head the coordinator recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeadSeen {
+    /// The tree.
+    pub tree: String,
+    /// Its version.
+    pub version: u64,
+    /// Its root node id (hex).
+    pub root: String,
+    /// When it was made (its `created`).
+    pub created: i64,
+    /// When the coordinator first saw it.
+    pub seen: i64,
+}
+
+/// The last reports of one site for one tree, summed up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Latest {
+    /// The version held and its root, from the last run that ended well.
+    pub held: Option<(u64, String)>,
+    /// When that run was received.
+    pub last_success: Option<i64>,
+    /// The last run's outcome.
+    pub last_outcome: Option<String>,
+    /// The error of the last run, if it failed.
+    pub last_error: Option<String>,
+    /// When the last report was received.
+    pub last_report: Option<i64>,
+    /// The store that served the head in the last run.
+    pub head_store: Option<String>,
+    /// Bytes fetched by the last run.
+    pub bytes_fetched: u64,
+}
+
+fn outcome_text(o: Outcome) -> &'static str {
+    match o {
+        Outcome::UpToDate => "up_to_date",
+        Outcome::Completed => "completed",
+        Outcome::Refused => "refused",
+        Outcome::Busy => "busy",
+        Outcome::Failed => "failed",
+    }
+}
+
+impl Db {
+    /// Opens (creating) the database file and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Db, CoordError> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(|e| CoordError::db(path.display().to_string(), e))?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|e| CoordError::Db {
+                what: format!("{}: migrating", path.display()),
+                detail: e.to_string(),
+            })?;
+        Ok(Db { pool })
+    }
+
+    /// The network file held and its revision (none yet: `None`).
+    pub async fn network(&self) -> Result<Option<(String, u64)>, CoordError> {
+        let row = sqlx::query("SELECT text, revision FROM network WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| CoordError::db("reading the network", e))?;
+        Ok(row.map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) as u64)))
+    }
+
+    /// Stores a network file as `revision`.
+    pub async fn set_network(&self, text: &str, revision: u64) -> Result<(), CoordError> {
+        sqlx::query(
+            "INSERT INTO network (id, text, revision) VALUES (1, ?1, ?2) \
+             ON CONFLICT (id) DO UPDATE SET text = ?1, revision = ?2",
+        )
+        .bind(text)
+        .bind(revision as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| CoordError::db("storing the network", e))?;
+        Ok(())
+    }
+
+    /// Stores a site's reports (one transaction: all or none), received at `now`.
+    pub async fn add_reports(
+        &self,
+        site: &str,
+        reports: &[Report],
+        now: i64,
+    ) -> Result<(), CoordError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| CoordError::db("storing reports", e))?;
+        for r in reports {
+            sqlx::query(
+                "INSERT INTO reports (site, tree, received, started, outcome, from_version, to_version, root, \
+                 head_store, bytes_fetched, bytes_reused, requests, duration_ms, rsync_files, error, agent_version) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            )
+            .bind(site)
+            .bind(&r.tree)
+            .bind(now)
+            .bind(r.started)
+            .bind(outcome_text(r.outcome))
+            .bind(r.from_version.map(|v| v as i64))
+            .bind(r.to_version.map(|v| v as i64))
+            .bind(&r.root)
+            .bind(&r.head_store)
+            .bind(r.bytes_fetched as i64)
+            .bind(r.bytes_reused as i64)
+            .bind(r.requests as i64)
+            .bind(r.duration_ms as i64)
+            .bind(r.rsync_files as i64)
+            .bind(&r.error)
+            .bind(&r.agent_version)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| CoordError::db("storing reports", e))?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| CoordError::db("storing reports", e))?;
+        Ok(())
+    }
+
+    /// The last reports of `site` for `tree`, summed up.
+    pub async fn latest(&self, site: &str, tree: &str) -> Result<Latest, CoordError> {
+        let err = |e| CoordError::db("reading reports", e);
+        let mut out = Latest::default();
+        let last = sqlx::query(
+            "SELECT outcome, error, received, head_store, bytes_fetched FROM reports \
+             WHERE site = ?1 AND tree = ?2 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(site)
+        .bind(tree)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(err)?;
+        if let Some(r) = last {
+            out.last_outcome = Some(r.get(0));
+            out.last_error = r.get(1);
+            out.last_report = Some(r.get(2));
+            out.head_store = r.get(3);
+            out.bytes_fetched = r.get::<i64, _>(4) as u64;
+        }
+        let ok = sqlx::query(
+            "SELECT to_version, root, received FROM reports WHERE site = ?1 AND tree = ?2 \
+             AND outcome IN ('completed', 'up_to_date') AND to_version IS NOT NULL \
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(site)
+        .bind(tree)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(err)?;
+        if let Some(r) = ok {
+            let v: i64 = r.get(0);
+            let root: Option<String> = r.get(1);
+            out.held = Some((v as u64, root.unwrap_or_default()));
+            out.last_success = Some(r.get(2));
+        }
+        Ok(out)
+    }
+
+    /// Records a verified head; `true` if it was new.
+    pub async fn add_head(&self, h: &HeadSeen) -> Result<bool, CoordError> {
+        let done = sqlx::query(
+            "INSERT INTO heads (tree, version, root, created, seen) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (tree, version) DO NOTHING",
+        )
+        .bind(&h.tree)
+        .bind(h.version as i64)
+        .bind(&h.root)
+        .bind(h.created)
+        .bind(h.seen)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| CoordError::db("storing a head", e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The verified heads of `tree`, newest first.
+    pub async fn heads(&self, tree: &str) -> Result<Vec<HeadSeen>, CoordError> {
+        let rows = sqlx::query(
+            "SELECT version, root, created, seen FROM heads WHERE tree = ?1 ORDER BY version DESC",
+        )
+        .bind(tree)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| CoordError::db("reading heads", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| HeadSeen {
+                tree: tree.to_string(),
+                version: r.get::<i64, _>(0) as u64,
+                root: r.get(1),
+                created: r.get(2),
+                seen: r.get(3),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,340 @@
+//! The coordinator (`pulpdist coordinator`): one view and one hand over every site of a
+//! mirror network.
+//!
+//! It holds the network's desired state (a [`pulpdist_network::Network`] file, applied by
+//! an admin), hands each site's agent its own assignment (long-polled: an agent learns of
+//! a change or a push at once), stores the agents' reports, and watches each tree's head
+//! itself (verified against the tree's keys, so a version counts as published only once
+//! the coordinator checked its signature). From these it computes each site's status per
+//! tree: version held, versions and seconds behind, last success, last error.
+//!
+//! It is out of the trust path (sites verify every head themselves; the coordinator can
+//! mis-assign or delay, never inject content) and out of the availability path (agents
+//! keep their last assignment and sync on their own schedule while it is down).
+//!
+//! Modules: [`db`] (SQLite, WAL, migrations), [`server`] (the HTTPS API), and here the
+//! state, the status computation and the head watcher.
+
+pub mod db;
+pub mod server;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use pulpdist_network::{Network, SiteAssignment};
+use pulpdist_sync::StoreReader;
+use serde::Serialize;
+use tokio::sync::{Mutex, RwLock};
+
+pub use db::{Db, HeadSeen, Latest};
+
+/// Why the coordinator could not do something.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoordError {
+    /// The database failed (full, locked, unreadable).
+    #[error("database: {what}: {detail}")]
+    Db {
+        /// What was being done.
+        what: String,
+        /// The database's error.
+        detail: String,
+    },
+    /// A network file that does not hold together.
+    #[error("network file: {0}")]
+    Network(#[from] pulpdist_network::NetworkError),
+}
+
+impl CoordError {
+    pub(crate) fn db(what: impl Into<String>, e: sqlx::Error) -> CoordError {
+        CoordError::Db {
+            what: what.into(),
+            detail: e.to_string(),
+        }
+    }
+}
+
+/// The network in force.
+pub struct Held {
+    /// The file, checked.
+    pub network: Network,
+    /// Its text as applied (what `network export` returns).
+    pub text: String,
+    /// Its revision (1 for the first applied).
+    pub revision: u64,
+}
+
+/// Opens a store by its URL, for the head watcher.
+pub type OpenStore = dyn Fn(&str) -> Result<Box<dyn StoreReader>, String> + Send + Sync;
+
+/// The coordinator's state.
+pub struct Coordinator {
+    /// The database.
+    pub db: Db,
+    /// The network in force.
+    pub held: RwLock<Held>,
+    /// Pushes so far, by tree.
+    triggers: Mutex<BTreeMap<String, u64>>,
+    /// Bumped on every change an agent's long-poll waits for (network, push).
+    pub generation: tokio::sync::watch::Sender<u64>,
+}
+
+/// One site's state for one tree.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct StatusRow {
+    /// The site.
+    pub site: String,
+    /// The tree.
+    pub tree: String,
+    /// The site's labels.
+    pub labels: BTreeMap<String, String>,
+    /// The version it holds (its last run that ended well).
+    pub version: Option<u64>,
+    /// The newest version the coordinator verified (or, before it saw any, the newest a
+    /// site reported).
+    pub newest: Option<u64>,
+    /// Versions between them.
+    pub versions_behind: Option<u64>,
+    /// Seconds since the first version newer than the one held was seen (0: current).
+    pub seconds_behind: Option<i64>,
+    /// When its last run that ended well was received.
+    pub last_success: Option<i64>,
+    /// When its last report was received.
+    pub last_report: Option<i64>,
+    /// Its last run's outcome.
+    pub last_outcome: Option<String>,
+    /// The error of its last run, if it failed.
+    pub last_error: Option<String>,
+    /// The store that served the head in its last run.
+    pub head_store: Option<String>,
+}
+
+/// Seconds since the epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Coordinator {
+    /// The coordinator over `db`, with the network it holds (or `initial`, applied as
+    /// revision 1 when it holds none).
+    pub async fn open(db: Db, initial: Option<&str>) -> Result<Coordinator, CoordError> {
+        let (text, revision) = match (db.network().await?, initial) {
+            (Some(held), _) => held,
+            (None, Some(text)) => {
+                Network::parse(text)?;
+                db.set_network(text, 1).await?;
+                (text.to_string(), 1)
+            }
+            (None, None) => (String::new(), 0),
+        };
+        let network = Network::parse(&text)?;
+        let (generation, _) = tokio::sync::watch::channel(revision);
+        Ok(Coordinator {
+            db,
+            held: RwLock::new(Held {
+                network,
+                text,
+                revision,
+            }),
+            triggers: Mutex::new(BTreeMap::new()),
+            generation,
+        })
+    }
+
+    /// Applies a network file: `(revision, changed)`. The same network again changes
+    /// nothing (applying a file kept in git is idempotent).
+    pub async fn apply(&self, text: &str) -> Result<(u64, bool), CoordError> {
+        let network = Network::parse(text)?;
+        let mut held = self.held.write().await;
+        if network == held.network && held.revision > 0 {
+            return Ok((held.revision, false));
+        }
+        let revision = held.revision + 1;
+        self.db.set_network(text, revision).await?;
+        *held = Held {
+            network,
+            text: text.to_string(),
+            revision,
+        };
+        drop(held);
+        self.generation.send_modify(|g| *g += 1);
+        Ok((revision, true))
+    }
+
+    /// Wakes the sites that carry `tree` (a new head, `publish --notify`).
+    pub async fn trigger(&self, tree: &str) {
+        *self
+            .triggers
+            .lock()
+            .await
+            .entry(tree.to_string())
+            .or_insert(0) += 1;
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// `site`'s assignment, with the pushes so far and the current generation.
+    pub async fn assignment(&self, site: &str) -> Option<SiteAssignment> {
+        let generation = *self.generation.borrow();
+        let mut a = self
+            .held
+            .read()
+            .await
+            .network
+            .assignment_of(site, generation)?;
+        let triggers = self.triggers.lock().await;
+        for t in &mut a.trees {
+            t.trigger = triggers.get(&t.tree).copied().unwrap_or(0);
+        }
+        Some(a)
+    }
+
+    /// Every (site, tree) the network assigns, with its state; `query` filters by
+    /// `tree=`, `site=` and `label=KEY:VALUE`.
+    pub async fn status(&self, query: Option<&str>) -> Result<Vec<StatusRow>, CoordError> {
+        let want = |k: &str| -> Vec<String> {
+            query
+                .unwrap_or("")
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .filter(|(key, _)| *key == k)
+                .map(|(_, v)| v.to_string())
+                .collect()
+        };
+        let (trees, sites, labels) = (want("tree"), want("site"), want("label"));
+        let network = self.held.read().await.network.clone();
+        let now = now();
+        let mut rows = Vec::new();
+        for (name, def) in &network.sites {
+            if !sites.is_empty() && !sites.contains(name) {
+                continue;
+            }
+            let label_ok = labels.iter().all(|l| {
+                l.split_once(':')
+                    .is_some_and(|(k, v)| def.labels.get(k).map(String::as_str) == Some(v))
+            });
+            if !label_ok {
+                continue;
+            }
+            let Some(a) = network.assignment_of(name, 0) else {
+                continue;
+            };
+            for t in a
+                .trees
+                .iter()
+                .filter(|t| trees.is_empty() || trees.contains(&t.tree))
+            {
+                let latest = self.db.latest(name, &t.tree).await?;
+                let heads = self.db.heads(&t.tree).await?;
+                rows.push(row(name, def, &t.tree, latest, &heads, now));
+            }
+        }
+        // Before the watcher saw a tree's head, the newest version any site reported.
+        let mut newest: BTreeMap<String, u64> = BTreeMap::new();
+        for r in &rows {
+            if let Some(v) = r.version {
+                let e = newest.entry(r.tree.clone()).or_insert(0);
+                *e = (*e).max(v);
+            }
+        }
+        for r in rows.iter_mut().filter(|r| r.newest.is_none()) {
+            r.newest = newest.get(&r.tree).copied();
+            r.versions_behind = r.newest.zip(r.version).map(|(n, v)| n.saturating_sub(v));
+        }
+        Ok(rows)
+    }
+
+    /// Checks each tree's head once: fetched from its first store that answers, verified
+    /// against the tree's keys, recorded; a version not seen before wakes the tree's
+    /// sites. Returns the trees that got a new version.
+    pub async fn watch_heads(&self, open: Arc<OpenStore>) -> Vec<String> {
+        let network = self.held.read().await.network.clone();
+        let mut fresh = Vec::new();
+        for (tree, def) in &network.trees {
+            let (tree_name, def) = (tree.clone(), def.clone());
+            let open = open.clone();
+            let got =
+                tokio::task::spawn_blocking(move || newest_head(&tree_name, &def, &*open)).await;
+            let Ok(Some(seen)) = got else { continue };
+            match self.db.add_head(&seen).await {
+                Ok(true) => {
+                    tracing::info!(tree = %tree, version = seen.version, "new head");
+                    self.trigger(tree).await;
+                    fresh.push(tree.clone());
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+        fresh
+    }
+}
+
+/// The verified head of `tree` from the first of its stores that serves one.
+fn newest_head(tree: &str, def: &pulpdist_network::TreeDef, open: &OpenStore) -> Option<HeadSeen> {
+    let keys = pulpdist_format::TrustedKeys::from_text(&def.trust.join("\n")).ok()?;
+    for store in &def.stores {
+        let reader = match open(store) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(store = %store, "{e}");
+                continue;
+            }
+        };
+        let bytes = match reader.get_head(tree, None) {
+            Ok(pulpdist_sync::HeadFetch::Found { bytes, .. }) => bytes,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(store = %store, "{e}");
+                continue;
+            }
+        };
+        match pulpdist_format::SignedHead::decode_and_verify(&bytes, &keys) {
+            Ok(s) if s.head().tree == tree => {
+                let h = s.head();
+                return Some(HeadSeen {
+                    tree: tree.to_string(),
+                    version: h.version,
+                    root: h.root.id.to_hex(),
+                    created: h.created,
+                    seen: now(),
+                });
+            }
+            _ => tracing::warn!(store = %store, tree = %tree, "a head that does not verify"),
+        }
+    }
+    None
+}
+
+fn row(
+    site: &str,
+    def: &pulpdist_network::SiteDef,
+    tree: &str,
+    latest: Latest,
+    heads: &[HeadSeen],
+    now: i64,
+) -> StatusRow {
+    let version = latest.held.as_ref().map(|(v, _)| *v);
+    let newest = heads.first().map(|h| h.version);
+    let behind_since = heads
+        .iter()
+        .filter(|h| version.is_none_or(|v| h.version > v))
+        .map(|h| h.seen)
+        .min();
+    StatusRow {
+        site: site.to_string(),
+        tree: tree.to_string(),
+        labels: def.labels.clone(),
+        version,
+        newest,
+        versions_behind: newest.map(|n| n.saturating_sub(version.unwrap_or(0))),
+        seconds_behind: newest.map(|_| behind_since.map_or(0, |s| (now - s).max(0))),
+        last_success: latest.last_success,
+        last_report: latest.last_report,
+        last_outcome: latest.last_outcome,
+        last_error: latest.last_error,
+        head_store: latest.head_store,
+    }
+}

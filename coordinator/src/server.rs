@@ -1,0 +1,239 @@
+//! The coordinator's HTTPS API (hyper, rustls). Every connection presents a client
+//! certificate from the network's CA; its identities make it an admin, a site, or nobody.
+//! A site reads only its own assignment and writes only its own reports; anything else
+//! gets the same 404 as a path that does not exist.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use pulpdist_network::{Report, MAX_REPORTS, MAX_REPORT_BODY};
+
+use crate::{now, Coordinator};
+
+/// The longest a long-poll for an assignment is held.
+const MAX_WAIT: u64 = 300;
+
+/// Who is asking.
+#[derive(Clone, Debug)]
+enum Caller {
+    Admin,
+    Site(String),
+    Nobody,
+}
+
+type Answer = Response<Full<Bytes>>;
+
+fn answer(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Answer {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn json(value: &impl serde::Serialize) -> Answer {
+    match serde_json::to_vec(value) {
+        Ok(b) => answer(StatusCode::OK, "application/json", b),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+fn error(status: StatusCode, text: &str) -> Answer {
+    answer(
+        status,
+        "application/json",
+        serde_json::json!({ "error": text }).to_string(),
+    )
+}
+
+fn not_found() -> Answer {
+    error(StatusCode::NOT_FOUND, "not found")
+}
+
+/// The value of `key` in a query string.
+fn param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    coord: Arc<Coordinator>,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                let (acceptor, coord) = (acceptor.clone(), coord.clone());
+                tokio::spawn(async move {
+                    let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(30), acceptor.accept(stream)).await else {
+                        return;
+                    };
+                    let identities: Vec<String> = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(pulpdist_serve::tls::identities)
+                        .map(|ids| ids.iter().map(|i| i.to_string()).collect())
+                        .unwrap_or_default();
+                    let service = hyper::service::service_fn(move |req| {
+                        let (coord, identities) = (coord.clone(), identities.clone());
+                        async move { Ok::<_, Infallible>(route(&coord, &identities, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+}
+
+async fn caller(coord: &Coordinator, identities: &[String]) -> Caller {
+    let held = coord.held.read().await;
+    if held.network.is_admin(identities) {
+        return Caller::Admin;
+    }
+    match held.network.site_of(identities) {
+        Some(s) => Caller::Site(s.to_string()),
+        None => Caller::Nobody,
+    }
+}
+
+async fn route(coord: &Arc<Coordinator>, identities: &[String], req: Request<Incoming>) -> Answer {
+    let who = caller(coord, identities).await;
+    let query = req.uri().query().map(str::to_string);
+    let q = query.as_deref();
+    let path = req.uri().path().to_string();
+    match (req.method().clone(), path.as_str(), &who) {
+        (Method::GET, "/api/v1/assignment", Caller::Site(site)) => {
+            let after = param(q, "after").and_then(|v| v.parse().ok());
+            let wait = param(q, "wait")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0u64);
+            assignment(coord, site, after, wait.min(MAX_WAIT)).await
+        }
+        (Method::POST, "/api/v1/reports", Caller::Site(site)) => reports(coord, site, req).await,
+        (Method::GET, "/api/v1/status", Caller::Admin) => match coord.status(q).await {
+            Ok(rows) => json(&rows),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        },
+        (Method::GET, "/api/v1/network", Caller::Admin) => {
+            let held = coord.held.read().await;
+            answer(StatusCode::OK, "application/toml", held.text.clone())
+        }
+        (Method::PUT, "/api/v1/network", Caller::Admin) => put_network(coord, req).await,
+        (Method::POST, "/api/v1/trigger", Caller::Admin) => match param(q, "tree") {
+            Some(tree) if coord.held.read().await.network.trees.contains_key(tree) => {
+                coord.trigger(tree).await;
+                json(&serde_json::json!({ "tree": tree, "triggered": true }))
+            }
+            _ => not_found(),
+        },
+        _ => not_found(),
+    }
+}
+
+async fn assignment(coord: &Coordinator, site: &str, after: Option<u64>, wait: u64) -> Answer {
+    let mut changes = coord.generation.subscribe();
+    if let Some(known) = after {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+        while *changes.borrow_and_update() == known {
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                return answer(StatusCode::NOT_MODIFIED, "application/json", "");
+            }
+        }
+    }
+    match coord.assignment(site).await {
+        Some(a) => json(&a),
+        None => not_found(),
+    }
+}
+
+async fn reports(coord: &Coordinator, site: &str, req: Request<Incoming>) -> Answer {
+    let body = match Limited::new(req.into_body(), MAX_REPORT_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("a report body is at most {MAX_REPORT_BODY} bytes"),
+            )
+        }
+    };
+    let reports: Vec<Report> = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("reports: {e}")),
+    };
+    if reports.len() > MAX_REPORTS {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("at most {MAX_REPORTS} reports a request"),
+        );
+    }
+    // Only the site's own trees: a report for another is refused whole.
+    let assigned = coord.assignment(site).await.unwrap_or_default();
+    if let Some(r) = reports
+        .iter()
+        .find(|r| !assigned.trees.iter().any(|t| t.tree == r.tree))
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("tree '{}' is not assigned to site {site}", r.tree),
+        );
+    }
+    match coord.db.add_reports(site, &reports, now()).await {
+        Ok(()) => json(&serde_json::json!({ "accepted": reports.len() })),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+async fn put_network(coord: &Coordinator, req: Request<Incoming>) -> Answer {
+    let body = match Limited::new(req.into_body(), pulpdist_config_limit())
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "network file too large"),
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return error(StatusCode::BAD_REQUEST, "the network file is not UTF-8");
+    };
+    match coord.apply(text).await {
+        Ok((revision, changed)) => {
+            json(&serde_json::json!({ "revision": revision, "changed": changed }))
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+fn pulpdist_config_limit() -> usize {
+    1 << 20
+}

@@ -1,0 +1,86 @@
+//! What crosses the wire between an agent and the coordinator (JSON).
+
+use serde::{Deserialize, Serialize};
+
+/// The largest report body the coordinator reads.
+pub const MAX_REPORT_BODY: usize = 1 << 20;
+/// The most reports one request may carry.
+pub const MAX_REPORTS: usize = 1000;
+
+/// What one site carries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteAssignment {
+    /// The site.
+    pub site: String,
+    /// The network's revision (a long-poll returns when it, or a trigger, changes).
+    pub revision: u64,
+    /// Its trees.
+    pub trees: Vec<TreeAssignment>,
+}
+
+/// One tree of a site's assignment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TreeAssignment {
+    /// The tree.
+    pub tree: String,
+    /// Stores in order: the upstream site's first, if any, then the tree's.
+    pub stores: Vec<String>,
+    /// Trusted keys, one `.pub` line each.
+    pub trust: Vec<String>,
+    /// Seconds between syncs.
+    pub schedule_secs: u64,
+    /// Pushes so far for the tree: a site syncs again when it rises.
+    pub trigger: u64,
+}
+
+/// How a sync run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Nothing to do.
+    UpToDate,
+    /// A new version applied.
+    Completed,
+    /// Refused by verification (a bad head or object): the mirror kept its version.
+    Refused,
+    /// Another sync of the mirror was running.
+    Busy,
+    /// Any other failure.
+    Failed,
+}
+
+/// One sync run of one tree at one site.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    /// The tree.
+    pub tree: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// When it started (Unix seconds, the agent's clock).
+    pub started: i64,
+    /// The version before.
+    pub from_version: Option<u64>,
+    /// The version after (the one held).
+    pub to_version: Option<u64>,
+    /// The root node id of the version held.
+    pub root: Option<String>,
+    /// The store that served the head.
+    pub head_store: Option<String>,
+    /// Bytes fetched from stores.
+    pub bytes_fetched: u64,
+    /// Bytes of chunks reused from the mirror.
+    pub bytes_reused: u64,
+    /// Store requests.
+    pub requests: u64,
+    /// Wall time.
+    pub duration_ms: u64,
+    /// Files that came from the rsync fallback.
+    pub rsync_files: u64,
+    /// The error, for a run that did not end well.
+    pub error: Option<String>,
+    /// The agent's version.
+    pub agent_version: String,
+}

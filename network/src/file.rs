@@ -1,0 +1,334 @@
+//! The network file: TOML, every unknown key refused, checked as a whole (every name an
+//! assignment uses defined, every schedule and key readable) before a coordinator takes it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{SiteAssignment, TreeAssignment};
+
+/// Why a network file was refused: where, and what is wrong.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NetworkError {
+    /// It is not TOML, or has a key or value the format does not know.
+    #[error("{0}")]
+    Syntax(#[from] pulpdist_config::ConfigError),
+    /// A setting that reads but does not hold together (an undefined name, a bad schedule).
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// The key, as a path (`assignment[2].trees`, `sites.berlin.identity`).
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> NetworkError {
+    NetworkError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// A mirror network's desired state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// Certificate identities (`cn:NAME`, `dns:NAME`, `uri:URI`) that may read everything
+    /// and change the network.
+    #[serde(default)]
+    pub admins: Vec<String>,
+    /// The trees, by name.
+    #[serde(default)]
+    pub trees: BTreeMap<String, TreeDef>,
+    /// The sites, by name.
+    #[serde(default)]
+    pub sites: BTreeMap<String, SiteDef>,
+    /// Which site carries which tree.
+    #[serde(default, rename = "assignment", skip_serializing_if = "Vec::is_empty")]
+    pub assignments: Vec<Assignment>,
+}
+
+/// A tree: where it is published and who signs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TreeDef {
+    /// Its stores, in order (`https://…`, `s3://…`).
+    pub stores: Vec<String>,
+    /// Its trusted public keys, each a line of a `.pub` file
+    /// (`pulpdist-ed25519 <hex> [comment]`).
+    pub trust: Vec<String>,
+}
+
+/// A site of the network.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteDef {
+    /// The certificate identity it is known by (`cn:berlin`).
+    pub identity: String,
+    /// Labels assignments can select it by (`region = "eu"`, `tier = "relay"`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Who runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<String>,
+    /// Where it serves its copy of the trees to others (its relay store's URL), if it does:
+    /// sites whose assignment names it as upstream sync from it first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serves: Option<String>,
+}
+
+/// Trees for the sites it selects: by name, or by every label given.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assignment {
+    /// Sites by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<String>,
+    /// Sites with all of these labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The trees.
+    pub trees: Vec<String>,
+    /// How often each site syncs them (`15m`, `1h`): the guarantee that holds when a push
+    /// is lost.
+    pub schedule: String,
+    /// A site that serves these trees (it has `serves`): the selected sites sync from it
+    /// first, then from each tree's own stores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+}
+
+impl Assignment {
+    fn selects(&self, name: &str, site: &SiteDef) -> bool {
+        self.sites.iter().any(|s| s == name)
+            || (!self.labels.is_empty()
+                && self
+                    .labels
+                    .iter()
+                    .all(|(k, v)| site.labels.get(k) == Some(v)))
+    }
+}
+
+/// The shortest schedule accepted.
+const MIN_SCHEDULE: u64 = 10;
+
+/// A schedule in seconds.
+fn schedule_secs(text: &str) -> Result<u64, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("'{text}': {e}"))?;
+    match d.as_secs() {
+        s if s < MIN_SCHEDULE => Err(format!("'{text}' is shorter than {MIN_SCHEDULE} s")),
+        s => Ok(s),
+    }
+}
+
+fn check_identity(key: &str, id: &str) -> Result<(), NetworkError> {
+    match id.split_once(':') {
+        Some(("cn" | "dns" | "uri", v)) if !v.is_empty() => Ok(()),
+        _ => Err(invalid(
+            key,
+            format!("'{id}' is not an identity (cn:NAME, dns:NAME or uri:URI)"),
+        )),
+    }
+}
+
+impl Network {
+    /// Reads and checks a network file.
+    pub fn parse(text: &str) -> Result<Network, NetworkError> {
+        let net: Network = pulpdist_config::parse(text)?;
+        net.check()?;
+        Ok(net)
+    }
+
+    /// The file as TOML (what `network export` prints): parses back to the same network.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Checks that the parts hold together.
+    pub fn check(&self) -> Result<(), NetworkError> {
+        for (i, a) in self.admins.iter().enumerate() {
+            check_identity(&format!("admins[{i}]"), a)?;
+        }
+        for (name, t) in &self.trees {
+            let key = format!("trees.{name}");
+            pulpdist_format::validate_tree_name(name).map_err(|e| invalid(&key, e.to_string()))?;
+            if t.stores.is_empty() {
+                return Err(invalid(format!("{key}.stores"), "no store"));
+            }
+            let keys = t.trust.join("\n");
+            match pulpdist_format::TrustedKeys::from_text(&keys) {
+                Ok(k) if !k.keys().is_empty() => {}
+                Ok(_) => return Err(invalid(format!("{key}.trust"), "no key")),
+                Err(e) => return Err(invalid(format!("{key}.trust"), e.to_string())),
+            }
+        }
+        let mut identities = BTreeMap::new();
+        for (name, s) in &self.sites {
+            let key = format!("sites.{name}.identity");
+            check_identity(&key, &s.identity)?;
+            if let Some(other) = identities.insert(s.identity.clone(), name) {
+                return Err(invalid(
+                    key,
+                    format!("'{}' is also site {other}'s identity", s.identity),
+                ));
+            }
+        }
+        for (i, a) in self.assignments.iter().enumerate() {
+            let key = |k: &str| format!("assignment[{}].{k}", i + 1);
+            if a.sites.is_empty() && a.labels.is_empty() {
+                return Err(invalid(
+                    key("sites"),
+                    "selects no site: give sites or labels",
+                ));
+            }
+            if let Some(s) = a.sites.iter().find(|s| !self.sites.contains_key(*s)) {
+                return Err(invalid(key("sites"), format!("no site '{s}'")));
+            }
+            if let Some(t) = a.trees.iter().find(|t| !self.trees.contains_key(*t)) {
+                return Err(invalid(key("trees"), format!("no tree '{t}'")));
+            }
+            schedule_secs(&a.schedule).map_err(|e| invalid(key("schedule"), e))?;
+            if let Some(up) = &a.upstream {
+                match self.sites.get(up) {
+                    None => return Err(invalid(key("upstream"), format!("no site '{up}'"))),
+                    Some(s) if s.serves.is_none() => {
+                        return Err(invalid(
+                            key("upstream"),
+                            format!("site '{up}' serves nothing (give it `serves`)"),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The site whose identity is one of `identities` (a client certificate's), if any.
+    pub fn site_of<'a>(&'a self, identities: &[String]) -> Option<&'a str> {
+        self.sites
+            .iter()
+            .find(|(_, s)| identities.contains(&s.identity))
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// Whether one of `identities` is an admin's.
+    pub fn is_admin(&self, identities: &[String]) -> bool {
+        self.admins.iter().any(|a| identities.contains(a))
+    }
+
+    /// What `site` carries: each tree once (the first assignment that names it decides
+    /// its schedule and upstream), with the upstream's store first.
+    pub fn assignment_of(&self, site: &str, revision: u64) -> Option<SiteAssignment> {
+        let def = self.sites.get(site)?;
+        let mut trees: BTreeMap<String, TreeAssignment> = BTreeMap::new();
+        for a in self.assignments.iter().filter(|a| a.selects(site, def)) {
+            let secs = schedule_secs(&a.schedule).unwrap_or(3600);
+            for t in &a.trees {
+                let Some(tree) = self.trees.get(t) else {
+                    continue;
+                };
+                let upstream = a
+                    .upstream
+                    .as_ref()
+                    .filter(|up| up.as_str() != site)
+                    .and_then(|up| self.sites.get(up))
+                    .and_then(|s| s.serves.clone());
+                let stores = upstream.into_iter().chain(tree.stores.clone()).collect();
+                trees.entry(t.clone()).or_insert(TreeAssignment {
+                    tree: t.clone(),
+                    stores,
+                    trust: tree.trust.clone(),
+                    schedule_secs: secs,
+                    trigger: 0,
+                });
+            }
+        }
+        Some(SiteAssignment {
+            site: site.to_string(),
+            revision,
+            trees: trees.into_values().collect(),
+        })
+    }
+
+    /// The sites that carry `tree`.
+    pub fn sites_of_tree(&self, tree: &str) -> Vec<String> {
+        self.sites
+            .iter()
+            .filter(|(name, def)| {
+                self.assignments
+                    .iter()
+                    .any(|a| a.trees.iter().any(|t| t == tree) && a.selects(name, def))
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str =
+        "pulpdist-ed25519 e19b8eb98aaf7fd83c550027737ae9528f6bba78c3865dec8e47b30e17af8ccd k";
+
+    fn text(extra: &str) -> String {
+        format!(
+            "admins = [\"cn:ops\"]\n[trees.debian]\nstores = [\"https://origin/p\"]\ntrust = [\"{KEY}\"]\n\
+             [sites.berlin]\nidentity = \"cn:berlin\"\nlabels = {{ region = \"eu\" }}\nserves = \"https://berlin/relay\"\n\
+             [sites.paris]\nidentity = \"cn:paris\"\nlabels = {{ region = \"eu\" }}\n{extra}"
+        )
+    }
+
+    #[test]
+    fn a_network_round_trips_and_each_site_gets_its_own_assignment() {
+        let t = text("[[assignment]]\nsites = [\"berlin\"]\ntrees = [\"debian\"]\nschedule = \"1h\"\n\
+                      [[assignment]]\nlabels = { region = \"eu\" }\ntrees = [\"debian\"]\nschedule = \"15m\"\nupstream = \"berlin\"\n");
+        let net = Network::parse(&t).expect("parses");
+        assert_eq!(Network::parse(&net.to_toml()).expect("round trip"), net);
+        let b = net.assignment_of("berlin", 3).expect("berlin");
+        assert_eq!(b.trees.len(), 1);
+        assert_eq!(
+            (b.trees[0].schedule_secs, b.trees[0].stores.len()),
+            (3600, 1)
+        );
+        let p = net.assignment_of("paris", 3).expect("paris");
+        assert_eq!(
+            p.trees[0].stores,
+            ["https://berlin/relay", "https://origin/p"]
+        );
+        assert_eq!(p.trees[0].schedule_secs, 900);
+        assert_eq!(net.site_of(&["cn:paris".into()]), Some("paris"));
+        assert!(net.is_admin(&["dns:x".into(), "cn:ops".into()]));
+        assert!(!net.is_admin(&["cn:paris".into()]));
+        assert_eq!(net.sites_of_tree("debian"), ["berlin", "paris"]);
+    }
+
+    #[test]
+    fn errors_name_the_line_or_the_key() {
+        let e = Network::parse(&text("[[assignment]]\ntrees = [\"debian\"]\nschedule = \"1h\"\ncolour = \"red\"\nsites = [\"paris\"]\n"))
+            .expect_err("unknown key");
+        assert!(
+            matches!(&e, NetworkError::Syntax(c) if c.line == Some(15) && c.reason.contains("colour")),
+            "{e}"
+        );
+        let bad = [
+            ("sites = [\"rome\"]\ntrees = [\"debian\"]\nschedule = \"1h\"", "assignment[1].sites", "rome"),
+            ("sites = [\"paris\"]\ntrees = [\"ubuntu\"]\nschedule = \"1h\"", "assignment[1].trees", "ubuntu"),
+            ("sites = [\"paris\"]\ntrees = [\"debian\"]\nschedule = \"soon\"", "assignment[1].schedule", "soon"),
+            ("sites = [\"paris\"]\ntrees = [\"debian\"]\nschedule = \"1s\"", "assignment[1].schedule", "shorter"),
+            ("sites = [\"paris\"]\ntrees = [\"debian\"]\nschedule = \"1h\"\nupstream = \"paris\"", "assignment[1].upstream", "serves nothing"),
+            ("trees = [\"debian\"]\nschedule = \"1h\"", "assignment[1].sites", "selects no site"),
+        ];
+        for (a, key, needle) in bad {
+            let e = Network::parse(&text(&format!("[[assignment]]\n{a}\n"))).expect_err(a);
+            let s = e.to_string();
+            assert!(s.starts_with(key) && s.contains(needle), "{s}");
+        }
+        let e = Network::parse(&text("").replace("cn:paris", "cn:berlin")).expect_err("twice");
+        assert!(e.to_string().contains("also site berlin"), "{e}");
+        let e = Network::parse(&text("").replace(KEY, "pulpdist-ed25519 zz")).expect_err("key");
+        assert!(e.to_string().starts_with("trees.debian.trust"), "{e}");
+    }
+}

@@ -1,0 +1,51 @@
+//! `pulpdist agent`: the site agent, a long-running service that keeps the site's
+//! assigned trees synced and reports every run to the coordinator.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use pulpdist_agent::{Agent, AgentOptions};
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    #[command(flatten)]
+    reach: super::coordinator::Reach,
+    /// Where the mirrors go: one directory per tree.
+    #[arg(long)]
+    mirrors: PathBuf,
+    /// The agent's own directory (the cached assignment, the report queue).
+    #[arg(long)]
+    state: PathBuf,
+    /// One round (the assignment, the trees due, the queued reports), then stop.
+    #[arg(long)]
+    once: bool,
+    /// A pushed sync waits a random time up to this long (spreads a push's load on the origin).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    jitter: Duration,
+    /// The longest a poll of the coordinator is held open.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    poll: Duration,
+    /// Trust only these CA certificates (PEM) for https:// stores [default: the system's].
+    #[arg(long)]
+    store_ca: Option<PathBuf>,
+    #[command(flatten)]
+    s3: super::stores::S3Args,
+}
+
+pub(crate) fn run(a: Args) -> Result<()> {
+    let _ = super::raise_open_files();
+    let mut http = pulpdist_sync::HttpOptions::default();
+    super::stores::add_tls(&mut http, a.store_ca.as_deref(), None)?;
+    let opts = AgentOptions {
+        state: a.state,
+        mirrors: a.mirrors,
+        open: super::stores::opener(http, a.s3),
+        once: a.once,
+        jitter: a.jitter,
+        poll: a.poll.max(Duration::from_secs(1)),
+    };
+    let mut agent = Agent::new(a.reach.client()?, opts)?;
+    agent.run()?;
+    Ok(())
+}

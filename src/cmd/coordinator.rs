@@ -1,0 +1,244 @@
+//! `pulpdist coordinator`: the network's one view and one hand (HTTPS, client
+//! certificates), and `pulpdist network` and `pulpdist status`, its admin commands.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use pulpdist_coordinator::{server, Coordinator, Db};
+use pulpdist_serve::tls::TlsFiles;
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Address to listen on (port 0: any free port; the printed line says which).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: String,
+    /// The database: a SQLite file (created if missing).
+    #[arg(long)]
+    db: PathBuf,
+    /// The coordinator's certificate chain (PEM).
+    #[arg(long)]
+    tls_cert: PathBuf,
+    /// Its private key (PEM).
+    #[arg(long)]
+    tls_key: PathBuf,
+    /// The CA (PEM) that issues site and admin certificates; every client needs one.
+    #[arg(long)]
+    client_ca: PathBuf,
+    /// A revocation list (PEM) of the client CA; may be repeated.
+    #[arg(long)]
+    crl: Vec<PathBuf>,
+    /// A network file to start with when the database holds none.
+    #[arg(long)]
+    network: Option<PathBuf>,
+    /// How often each tree's head is fetched and verified (a new version wakes its sites).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    watch: Duration,
+    /// Trust only these CA certificates (PEM) when reading https:// stores' heads.
+    #[arg(long)]
+    store_ca: Option<PathBuf>,
+    #[command(flatten)]
+    s3: super::stores::S3Args,
+}
+
+pub(crate) fn run(a: Args) -> Result<()> {
+    let initial = match &a.network {
+        Some(p) => {
+            let text = super::read_small(p, "network file")?;
+            pulpdist_network::Network::parse(&text)
+                .map_err(|e| super::usage(format!("{}: {e}", p.display())))?;
+            Some(text)
+        }
+        None => None,
+    };
+    let tls = pulpdist_serve::tls::server_config(&TlsFiles {
+        cert: a.tls_cert.clone(),
+        key: a.tls_key.clone(),
+        client_ca: Some(a.client_ca.clone()),
+        crls: a.crl.clone(),
+    })?;
+    let mut http = pulpdist_sync::HttpOptions::default();
+    super::stores::add_tls(&mut http, a.store_ca.as_deref(), None)?;
+    let open = super::stores::opener(http, a.s3.clone());
+    let rt = super::stores::runtime(2)?;
+    rt.block_on(async {
+        let db = Db::open(&a.db).await?;
+        let coord = Arc::new(Coordinator::open(db, initial.as_deref()).await?);
+        let listener = tokio::net::TcpListener::bind(&a.listen)
+            .await
+            .with_context(|| format!("listening on {}", a.listen))?;
+        let addr = listener
+            .local_addr()
+            .with_context(|| format!("listening on {}", a.listen))?;
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "coordinating on https://{addr}");
+        let _ = out.flush();
+        drop(out);
+        let watcher = {
+            let (coord, every) = (coord.clone(), a.watch);
+            tokio::spawn(async move {
+                loop {
+                    coord.watch_heads(open.clone()).await;
+                    tokio::time::sleep(every).await;
+                }
+            })
+        };
+        server::serve(listener, coord, tls.config, super::serve::shutdown_signal()).await;
+        watcher.abort();
+        eprintln!("pulpdist coordinator: stopped");
+        anyhow::Ok(())
+    })
+}
+
+/// How an admin command reaches the coordinator.
+#[derive(clap::Args)]
+pub(crate) struct Reach {
+    /// The coordinator: https://host:port.
+    #[arg(long)]
+    coordinator: String,
+    /// The CA (PEM) that issued the coordinator's certificate.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// This admin's (or site's) certificate (PEM).
+    #[arg(long)]
+    cert: PathBuf,
+    /// Its private key (PEM).
+    #[arg(long)]
+    key: PathBuf,
+}
+
+impl Reach {
+    pub(crate) fn client(&self) -> Result<pulpdist_agent::Client> {
+        let mut http = pulpdist_sync::HttpOptions::default();
+        super::stores::add_tls(&mut http, self.ca.as_deref(), Some((&self.cert, &self.key)))?;
+        Ok(pulpdist_agent::Client::new(&self.coordinator, &http)?)
+    }
+}
+
+#[derive(clap::Args)]
+pub(crate) struct NetworkArgs {
+    #[command(subcommand)]
+    command: NetworkCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum NetworkCommand {
+    /// Check a network file here, without a coordinator (errors name the line or key).
+    Check {
+        /// The network file (TOML).
+        file: PathBuf,
+    },
+    /// Send a network file to the coordinator (the same file again changes nothing).
+    Apply {
+        /// The network file (TOML).
+        file: PathBuf,
+        #[command(flatten)]
+        reach: Reach,
+    },
+    /// Print the network file in force.
+    Export {
+        #[command(flatten)]
+        reach: Reach,
+    },
+    /// Wake the sites that carry a tree now (what a new head does).
+    Push {
+        /// The tree.
+        #[arg(long)]
+        tree: String,
+        #[command(flatten)]
+        reach: Reach,
+    },
+}
+
+pub(crate) fn network(a: NetworkArgs) -> Result<()> {
+    match a.command {
+        NetworkCommand::Check { file } => {
+            let text = super::read_small(&file, "network file")?;
+            let net = pulpdist_network::Network::parse(&text)
+                .map_err(|e| super::usage(format!("{}: {e}", file.display())))?;
+            super::say(format_args!(
+                "{}: {} trees, {} sites, {} assignments\n",
+                file.display(),
+                net.trees.len(),
+                net.sites.len(),
+                net.assignments.len()
+            ))
+        }
+        NetworkCommand::Apply { file, reach } => {
+            let text = super::read_small(&file, "network file")?;
+            pulpdist_network::Network::parse(&text)
+                .map_err(|e| super::usage(format!("{}: {e}", file.display())))?;
+            let (revision, changed) = reach.client()?.apply(&text)?;
+            super::say(format_args!(
+                "{}: revision {revision}{}\n",
+                file.display(),
+                if changed { "" } else { " (unchanged)" }
+            ))
+        }
+        NetworkCommand::Export { reach } => super::say(reach.client()?.export()?),
+        NetworkCommand::Push { tree, reach } => {
+            pulpdist_format::validate_tree_name(&tree).map_err(|e| super::usage(e.to_string()))?;
+            reach.client()?.trigger(&tree)?;
+            super::say(format_args!("pushed {tree}\n"))
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    reach: Reach,
+    /// Only this tree (repeatable).
+    #[arg(long)]
+    tree: Vec<String>,
+    /// Only this site (repeatable).
+    #[arg(long)]
+    site: Vec<String>,
+    /// Only sites with this label, KEY:VALUE (repeatable: all must match).
+    #[arg(long)]
+    label: Vec<String>,
+    /// Print the rows as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn status(a: StatusArgs) -> Result<()> {
+    let mut query = Vec::new();
+    for (k, vs) in [("tree", &a.tree), ("site", &a.site), ("label", &a.label)] {
+        for v in vs {
+            if v.contains(['&', '=', ' ', '#', '?']) {
+                return Err(super::usage(format!("--{k} {v}: not a name")));
+            }
+            query.push(format!("{k}={v}"));
+        }
+    }
+    let rows = a.reach.client()?.status(&query.join("&"))?;
+    let empty = Vec::new();
+    let list = rows.as_array().unwrap_or(&empty);
+    super::emit(a.json, rows.clone(), || {
+        let cell = |v: &serde_json::Value| match v {
+            serde_json::Value::Null => "-".to_string(),
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let mut s = format!(
+            "{:<16} {:<16} {:>8} {:>8} {:>7} {:<11} {}\n",
+            "SITE", "TREE", "VERSION", "NEWEST", "BEHIND", "LAST", "ERROR"
+        );
+        for r in list {
+            s.push_str(&format!(
+                "{:<16} {:<16} {:>8} {:>8} {:>7} {:<11} {}\n",
+                cell(&r["site"]),
+                cell(&r["tree"]),
+                cell(&r["version"]),
+                cell(&r["newest"]),
+                cell(&r["versions_behind"]),
+                cell(&r["last_outcome"]),
+                cell(&r["last_error"])
+            ));
+        }
+        s
+    })
+}

@@ -1,0 +1,362 @@
+//! Central coordination: a coordinator (HTTPS, client certificates, SQLite), agents on
+//! loopback syncing what it assigns them, and the admin commands. The coordinator is out of
+//! the availability path (agents sync from their cached assignment while it is down, and
+//! their reports wait for it) and out of the trust path (agents verify every head).
+
+use crate::common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::tls::{Pair, TestCa};
+use common::{assert_same_tree, bin, run, s, strs, Site};
+
+/// A running coordinator.
+struct Coord {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Coord {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A network on loopback: a published tree, a CA, the coordinator's and an admin's
+/// certificates, and one certificate per site.
+struct Net {
+    site: Site,
+    ca_file: PathBuf,
+    coord_pair: Pair,
+    admin: Pair,
+    ca: TestCa,
+}
+
+impl Net {
+    fn new() -> Net {
+        let site = Site::new();
+        pulpdist_testdata::generate(&site.src(), 91, 1).expect("generate");
+        site.publish();
+        let ca = TestCa::new("pulpdist network CA");
+        let dir = site.p("pki");
+        std::fs::create_dir_all(&dir).expect("pki");
+        let ca_file = ca.write_ca(&dir.join("ca.pem"));
+        let coord_pair = ca.issue(&dir, "coordinator", &["localhost"]);
+        let admin = ca.issue(&dir, "ops", &["ops"]);
+        Net {
+            site,
+            ca_file,
+            coord_pair,
+            admin,
+            ca,
+        }
+    }
+
+    fn cert(&self, name: &str) -> Pair {
+        self.ca.issue(&self.site.p("pki"), name, &[name])
+    }
+
+    /// The network file: `sites` each carry the tree, every `schedule`.
+    fn network(&self, sites: &[&str], schedule: &str) -> String {
+        let key = std::fs::read_to_string(self.site.trust()).expect("key");
+        let mut t = format!(
+            "admins = [\"cn:ops\"]\n\n[trees.tree]\nstores = [\"{}\"]\ntrust = [\"{}\"]\n",
+            s(&self.site.store()),
+            key.trim()
+        );
+        for name in sites {
+            t.push_str(&format!(
+                "\n[sites.{name}]\nidentity = \"cn:{name}\"\nlabels = {{ region = \"eu\" }}\n"
+            ));
+        }
+        t.push_str(&format!(
+            "\n[[assignment]]\nlabels = {{ region = \"eu\" }}\ntrees = [\"tree\"]\nschedule = \"{schedule}\"\n"
+        ));
+        t
+    }
+
+    /// Starts the coordinator on its database, with `network` applied if it holds none.
+    fn start(&self, network: Option<&str>, watch: &str) -> Coord {
+        let mut cmd = bin();
+        cmd.args(["coordinator", "--listen", "127.0.0.1:0", "--db"])
+            .arg(self.site.p("coordinator.db"))
+            .args([
+                "--tls-cert",
+                s(&self.coord_pair.cert),
+                "--tls-key",
+                s(&self.coord_pair.key),
+            ])
+            .args(["--client-ca", s(&self.ca_file), "--watch", watch]);
+        if let Some(n) = network {
+            let f = self.site.p("network.toml");
+            std::fs::write(&f, n).expect("network file");
+            cmd.arg("--network").arg(f);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn coordinator");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("first line");
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok())
+            .unwrap_or_else(|| panic!("no port in '{line}'"));
+        Coord {
+            child,
+            url: format!("https://localhost:{port}"),
+        }
+    }
+
+    /// `--coordinator URL --ca CA --cert C --key K`.
+    fn reach(&self, url: &str, who: &Pair) -> Vec<String> {
+        [
+            "--coordinator",
+            url,
+            "--ca",
+            s(&self.ca_file),
+            "--cert",
+            s(&who.cert),
+            "--key",
+            s(&who.key),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    fn agent_args(&self, url: &str, name: &str, who: &Pair) -> Vec<String> {
+        let mut a = vec!["agent".to_string()];
+        a.extend(self.reach(url, who));
+        a.extend([
+            "--mirrors".into(),
+            s(&self.site.p(&format!("{name}/mirrors"))).into(),
+        ]);
+        a.extend([
+            "--state".into(),
+            s(&self.site.p(&format!("{name}/agent"))).into(),
+        ]);
+        a.extend(["--jitter".into(), "0s".into()]);
+        a
+    }
+
+    /// One round of `name`'s agent.
+    fn agent_once(&self, url: &str, name: &str, who: &Pair) -> Output {
+        let mut a = self.agent_args(url, name, who);
+        a.push("--once".into());
+        let out = run(&strs(&a));
+        assert!(
+            out.status.success(),
+            "agent {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn mirror(&self, name: &str) -> PathBuf {
+        self.site.p(&format!("{name}/mirrors/tree"))
+    }
+
+    fn status(&self, url: &str) -> serde_json::Value {
+        let mut a = vec!["status".to_string()];
+        a.extend(self.reach(url, &self.admin));
+        common::run_json(&strs(&a))
+    }
+}
+
+fn row<'a>(rows: &'a serde_json::Value, site: &str) -> &'a serde_json::Value {
+    rows.as_array()
+        .and_then(|r| r.iter().find(|r| r["site"] == site))
+        .unwrap_or_else(|| panic!("no row for {site} in {rows}"))
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn a_network_file_is_checked_applied_once_and_exported() {
+    let net = Net::new();
+    let text = net.network(&["berlin", "paris"], "15m");
+    let coord = net.start(Some(&text), "1h");
+    let reach = net.reach(&coord.url, &net.admin);
+    // The same file again changes nothing; a changed one is the next revision.
+    let f = net.site.p("network.toml");
+    let mut apply = vec!["network".to_string(), "apply".into(), s(&f).into()];
+    apply.extend(reach.clone());
+    let out = run(&strs(&apply));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("revision 1 (unchanged)"));
+    std::fs::write(&f, net.network(&["berlin", "paris", "rome"], "15m")).expect("edit");
+    let out = run(&strs(&apply));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("revision 2"),
+        "{}",
+        stderr(&out)
+    );
+    let mut export = vec!["network".to_string(), "export".into()];
+    export.extend(reach.clone());
+    let out = run(&strs(&export));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let exported =
+        pulpdist_network::Network::parse(&String::from_utf8_lossy(&out.stdout)).expect("parses");
+    assert_eq!(exported.sites.len(), 3);
+    // A file with errors: refused here and by the coordinator, naming the line or key.
+    std::fs::write(
+        &f,
+        text.replace("schedule = \"15m\"", "schedule = \"15m\"\ncolour = \"red\""),
+    )
+    .expect("bad");
+    let out = run(&["network", "check", s(&f)]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("line 19") && stderr(&out).contains("colour"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(
+        &f,
+        text.replace("trees = [\"tree\"]", "trees = [\"ubuntu\"]"),
+    )
+    .expect("bad");
+    let out = run(&strs(&apply));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("assignment[1].trees") && stderr(&out).contains("ubuntu"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn agents_sync_what_they_are_assigned_and_keep_working_while_the_coordinator_is_down() {
+    let net = Net::new();
+    let (berlin, paris) = (net.cert("berlin"), net.cert("paris"));
+    let coord = net.start(Some(&net.network(&["berlin", "paris"], "10s")), "1h");
+    for (name, who) in [("berlin", &berlin), ("paris", &paris)] {
+        net.agent_once(&coord.url, name, who);
+        assert_same_tree(&net.site.src(), &net.mirror(name));
+    }
+    let rows = net.status(&coord.url);
+    for site in ["berlin", "paris"] {
+        let r = row(&rows, site);
+        assert_eq!(
+            (r["version"].as_u64(), r["last_outcome"].as_str()),
+            (Some(1), Some("completed")),
+            "{r}"
+        );
+        assert_eq!(r["head_store"], s(&net.site.store()), "{r}");
+    }
+    // The coordinator goes away; a new version is published; the agents still sync it
+    // (from their cached assignment) and keep their reports.
+    drop(coord);
+    pulpdist_testdata::evolve(&net.site.src(), 3, 1).expect("evolve");
+    net.site.publish();
+    for (name, who) in [("berlin", &berlin), ("paris", &paris)] {
+        let mut a = net.agent_args("https://localhost:1", name, who);
+        a.push("--once".into());
+        let out = run(&strs(&a));
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_same_tree(&net.site.src(), &net.mirror(name));
+        let queued = std::fs::read_to_string(net.site.p(&format!("{name}/agent/reports.jsonl")))
+            .expect("queue");
+        assert_eq!(queued.lines().count(), 1, "{queued}");
+    }
+    // Back (same database): the queued reports arrive; the status is right.
+    let coord = net.start(None, "1h");
+    for (name, who) in [("berlin", &berlin), ("paris", &paris)] {
+        net.agent_once(&coord.url, name, who);
+        assert!(!net.site.p(&format!("{name}/agent/reports.jsonl")).exists());
+    }
+    let rows = net.status(&coord.url);
+    for site in ["berlin", "paris"] {
+        let r = row(&rows, site);
+        assert_eq!(r["version"].as_u64(), Some(2), "{r}");
+        assert_eq!(
+            (r["newest"].as_u64(), r["versions_behind"].as_u64()),
+            (Some(2), Some(0)),
+            "{r}"
+        );
+    }
+}
+
+#[test]
+fn a_site_certificate_reads_and_writes_only_its_own() {
+    let net = Net::new();
+    let (berlin, stranger) = (net.cert("berlin"), net.cert("stranger"));
+    let coord = net.start(Some(&net.network(&["berlin"], "1h")), "1h");
+    // A site is not an admin: the status, the network and pushes are "not found".
+    for cmd in [
+        vec!["status"],
+        vec!["network", "export"],
+        vec!["network", "push", "--tree", "tree"],
+    ] {
+        let mut a: Vec<String> = cmd.iter().map(|x| x.to_string()).collect();
+        a.extend(net.reach(&coord.url, &berlin));
+        let out = run(&strs(&a));
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("404"), "{cmd:?}: {}", stderr(&out));
+    }
+    // A certificate of the CA that names no site gets no assignment.
+    let out = run(&strs(&{
+        let mut a = net.agent_args(&coord.url, "stranger", &stranger);
+        a.push("--once".into());
+        a
+    }));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!net.mirror("stranger").exists());
+    assert!(stderr(&out).contains("404"), "{}", stderr(&out));
+    // A certificate from another CA does not get through the handshake.
+    let other = TestCa::new("another CA");
+    let forged = other.issue(&net.site.p("pki"), "ops-forged", &["ops"]);
+    let mut a = vec!["status".to_string()];
+    a.extend(net.reach(&coord.url, &forged));
+    let out = run(&strs(&a));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // The site's own assignment names only its trees; a report for another is refused.
+    net.agent_once(&coord.url, "berlin", &berlin);
+    assert_same_tree(&net.site.src(), &net.mirror("berlin"));
+}
+
+#[test]
+fn a_new_head_wakes_a_waiting_agent_long_before_its_schedule() {
+    let net = Net::new();
+    let berlin = net.cert("berlin");
+    // A schedule of an hour: only a push can bring version 2 within the test's deadline.
+    let coord = net.start(Some(&net.network(&["berlin"], "1h")), "1s");
+    let mut agent = bin()
+        .args(net.agent_args(&coord.url, "berlin", &berlin))
+        .args(["--poll", "30s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent");
+    let deadline = |what: &str, done: &dyn Fn() -> bool| {
+        let until = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < until, "{what} within 60 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let version = |n: u64| {
+        let rows = net.status(&coord.url);
+        row(&rows, "berlin")["version"].as_u64() == Some(n)
+    };
+    deadline("version 1 synced and reported", &|| version(1));
+    pulpdist_testdata::evolve(&net.site.src(), 5, 1).expect("evolve");
+    net.site.publish();
+    deadline("version 2 synced after the push", &|| version(2));
+    assert_same_tree(&net.site.src(), &net.mirror("berlin"));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let _ = Path::new("");
+    let _ = Command::new("true");
+}
