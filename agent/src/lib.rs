@@ -284,13 +284,7 @@ impl Agent {
 fn outcome_of(e: &SyncError) -> Outcome {
     match e {
         SyncError::Busy { .. } => Outcome::Busy,
-        SyncError::Format { .. }
-        | SyncError::Short { .. }
-        | SyncError::Mismatch { .. }
-        | SyncError::WrongTree { .. }
-        | SyncError::Rollback { .. }
-        | SyncError::Equivocation { .. }
-        | SyncError::Expired { .. } => Outcome::Refused,
+        e if e.is_refusal() => Outcome::Refused,
         _ => Outcome::Failed,
     }
 }

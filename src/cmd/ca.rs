@@ -73,7 +73,7 @@ enum Command {
 
 pub(crate) fn run(a: Args) -> Result<()> {
     match a.command {
-        Command::Init { dir, name, days } => init(&dir, &name, days),
+        Command::Init { dir, name, days } => init(&dir, &name, days, true),
         Command::Issue {
             dir,
             site,
@@ -81,7 +81,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
             dns,
             uri,
             days,
-        } => issue(&dir, &site, server, &dns, &uri, days),
+        } => issue(&dir, &site, server, (&dns, &uri), days, true),
         Command::Revoke { dir, site } => revoke(&dir, &site),
     }
 }
@@ -104,7 +104,7 @@ fn random_serial() -> Result<SerialNumber> {
     Ok(SerialNumber::from_slice(&b))
 }
 
-fn init(dir: &Path, name: &str, days: i64) -> Result<()> {
+pub(crate) fn init(dir: &Path, name: &str, days: i64, announce: bool) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -125,6 +125,9 @@ fn init(dir: &Path, name: &str, days: i64) -> Result<()> {
     // An empty revocation list from the start, so `serve --crl` can name it before the
     // first revocation (which then takes a SIGHUP, not a restart).
     write_crl(dir, &Issuer::new(p, key), "")?;
+    if !announce {
+        return Ok(());
+    }
     super::say(format_args!(
         "CA '{name}': {} (give to servers as --client-ca and to clients as --ca), key {}\n",
         dir.join("ca.pem").display(),
@@ -141,13 +144,13 @@ fn load_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>> {
     Issuer::from_ca_cert_pem(&ca_pem, key).with_context(|| format!("parsing {}", cp.display()))
 }
 
-fn issue(
+pub(crate) fn issue(
     dir: &Path,
     site: &str,
     server: bool,
-    dns: &[String],
-    uri: &[String],
+    (dns, uri): (&[String], &[String]),
     days: i64,
+    announce: bool,
 ) -> Result<()> {
     if site.is_empty()
         || site.starts_with('.')
@@ -200,6 +203,9 @@ fn issue(
         .with_context(|| format!("opening {}", issued.display()))?;
     writeln!(log, "{} {site}", hex::encode(serial.as_ref()))
         .with_context(|| format!("writing {}", issued.display()))?;
+    if !announce {
+        return Ok(());
+    }
     super::say(format_args!(
         "{} certificate for '{site}': {} and {}\n",
         if server { "server" } else { "client" },

@@ -73,13 +73,7 @@ fn sync_code(s: &SyncError) -> u8 {
     match s {
         SyncError::Usage(_) => 2,
         SyncError::Busy { .. } => 4,
-        SyncError::Format { .. }
-        | SyncError::Short { .. }
-        | SyncError::Mismatch { .. }
-        | SyncError::WrongTree { .. }
-        | SyncError::Rollback { .. }
-        | SyncError::Equivocation { .. }
-        | SyncError::Expired { .. } => 3,
+        s if s.is_refusal() => 3,
         _ => 1,
     }
 }

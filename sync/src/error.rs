@@ -164,6 +164,21 @@ pub enum SyncError {
 }
 
 impl SyncError {
+    /// Whether verification refused what a store offered (a head or an object that is not
+    /// what the signed index says): exit 3, and a report's `refused`.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            SyncError::Format { .. }
+                | SyncError::Short { .. }
+                | SyncError::Mismatch { .. }
+                | SyncError::WrongTree { .. }
+                | SyncError::Rollback { .. }
+                | SyncError::Equivocation { .. }
+                | SyncError::Expired { .. }
+        )
+    }
+
     /// Whether the same request could succeed later (network trouble), as opposed to a
     /// permanent refusal (bad signature, rollback, missing object, corrupt data).
     pub fn is_temporary(&self) -> bool {
