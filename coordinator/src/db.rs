@@ -228,3 +228,173 @@ impl Db {
             .collect())
     }
 }
+
+/// An event: a condition on one site (and tree) from when it was seen until it cleared.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Event {
+    /// Its id.
+    pub id: i64,
+    /// `behind`, `silent`, `failing`, `certificate`.
+    pub kind: String,
+    /// The site.
+    pub site: String,
+    /// The tree (empty for a site-wide event).
+    pub tree: String,
+    /// When it was raised.
+    pub opened: i64,
+    /// When it cleared (`None`: still open).
+    pub closed: Option<i64>,
+    /// What was seen.
+    pub detail: String,
+}
+
+impl Db {
+    /// The events still open.
+    pub async fn open_events(&self) -> Result<Vec<Event>, CoordError> {
+        self.events_where("closed IS NULL", 100_000).await
+    }
+
+    /// The most recent events, open or closed, newest first.
+    pub async fn recent_events(&self, limit: i64) -> Result<Vec<Event>, CoordError> {
+        self.events_where("1 = 1", limit).await
+    }
+
+    async fn events_where(&self, clause: &str, limit: i64) -> Result<Vec<Event>, CoordError> {
+        let rows = sqlx::query(&format!(
+            "SELECT id, kind, site, tree, opened, closed, detail FROM events WHERE {clause} \
+             ORDER BY id DESC LIMIT ?1"
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| CoordError::db("reading events", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Event {
+                id: r.get(0),
+                kind: r.get(1),
+                site: r.get(2),
+                tree: r.get(3),
+                opened: r.get(4),
+                closed: r.get(5),
+                detail: r.get(6),
+            })
+            .collect())
+    }
+
+    /// Opens an event; its id.
+    pub async fn open_event(
+        &self,
+        kind: &str,
+        site: &str,
+        tree: &str,
+        detail: &str,
+        now: i64,
+    ) -> Result<i64, CoordError> {
+        let done = sqlx::query(
+            "INSERT INTO events (kind, site, tree, opened, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(kind)
+        .bind(site)
+        .bind(tree)
+        .bind(now)
+        .bind(detail)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| CoordError::db("storing an event", e))?;
+        Ok(done.last_insert_rowid())
+    }
+
+    /// Closes an event.
+    pub async fn close_event(&self, id: i64, now: i64) -> Result<(), CoordError> {
+        sqlx::query("UPDATE events SET closed = ?1 WHERE id = ?2 AND closed IS NULL")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| CoordError::db("closing an event", e))?;
+        Ok(())
+    }
+
+    /// The outcomes of the last `n` runs of `site` for `tree`, newest first.
+    pub async fn last_outcomes(
+        &self,
+        site: &str,
+        tree: &str,
+        n: i64,
+    ) -> Result<Vec<String>, CoordError> {
+        let rows = sqlx::query(
+            "SELECT outcome FROM reports WHERE site = ?1 AND tree = ?2 ORDER BY id DESC LIMIT ?3",
+        )
+        .bind(site)
+        .bind(tree)
+        .bind(n)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| CoordError::db("reading reports", e))?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    /// The last `n` reports of `site` (every tree), newest first, for its page.
+    pub async fn site_history(&self, site: &str, n: i64) -> Result<Vec<ReportRow>, CoordError> {
+        let rows = sqlx::query(
+            "SELECT tree, received, outcome, to_version, bytes_fetched, duration_ms, error FROM reports \
+             WHERE site = ?1 ORDER BY id DESC LIMIT ?2",
+        )
+        .bind(site)
+        .bind(n)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| CoordError::db("reading reports", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ReportRow {
+                tree: r.get(0),
+                received: r.get(1),
+                outcome: r.get(2),
+                version: r.get::<Option<i64>, _>(3).map(|v| v as u64),
+                bytes_fetched: r.get::<i64, _>(4) as u64,
+                duration_ms: r.get::<i64, _>(5) as u64,
+                error: r.get(6),
+            })
+            .collect())
+    }
+
+    /// When each site first reported holding `version` (or later) of `tree`: how fast the
+    /// version reached the sites.
+    pub async fn reached(
+        &self,
+        tree: &str,
+        version: u64,
+    ) -> Result<Vec<(String, i64)>, CoordError> {
+        let rows = sqlx::query(
+            "SELECT site, MIN(received) FROM reports WHERE tree = ?1 AND to_version >= ?2 \
+             AND outcome IN ('completed', 'up_to_date') GROUP BY site ORDER BY site",
+        )
+        .bind(tree)
+        .bind(version as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| CoordError::db("reading reports", e))?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
+/// One run, as a site's page shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ReportRow {
+    /// The tree.
+    pub tree: String,
+    /// When it was received.
+    pub received: i64,
+    /// How it ended.
+    pub outcome: String,
+    /// The version held after it.
+    pub version: Option<u64>,
+    /// Bytes fetched.
+    pub bytes_fetched: u64,
+    /// Wall time.
+    pub duration_ms: u64,
+    /// The error, if it failed.
+    pub error: Option<String>,
+}

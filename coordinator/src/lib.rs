@@ -15,7 +15,10 @@
 //! Modules: [`db`] (SQLite, WAL, migrations), [`server`] (the HTTPS API), and here the
 //! state, the status computation and the head watcher.
 
+pub mod dashboard;
 pub mod db;
+mod events;
+mod metrics;
 pub mod server;
 
 use std::collections::BTreeMap;
@@ -77,6 +80,14 @@ pub struct Coordinator {
     triggers: Mutex<BTreeMap<String, u64>>,
     /// Bumped on every change an agent's long-poll waits for (network, push).
     pub generation: tokio::sync::watch::Sender<u64>,
+    /// When this coordinator started (a site that never reported is silent from then).
+    pub started: i64,
+    /// When each site's client certificate expires (from its last connection).
+    pub certificates: Mutex<BTreeMap<String, i64>>,
+    /// Reports received, by outcome.
+    reports_total: metrics::ReportCounter,
+    /// Events delivered to the webhook.
+    webhook_delivered: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// One site's state for one tree.
@@ -141,6 +152,10 @@ impl Coordinator {
             }),
             triggers: Mutex::new(BTreeMap::new()),
             generation,
+            started: now(),
+            certificates: Mutex::new(BTreeMap::new()),
+            reports_total: Default::default(),
+            webhook_delivered: Arc::default(),
         })
     }
 
@@ -162,6 +177,25 @@ impl Coordinator {
         drop(held);
         self.generation.send_modify(|g| *g += 1);
         Ok((revision, true))
+    }
+
+    /// Stores a site's reports and counts them.
+    pub async fn add_reports(
+        &self,
+        site: &str,
+        reports: &[pulpdist_network::Report],
+    ) -> Result<(), CoordError> {
+        self.db.add_reports(site, reports, now()).await?;
+        for r in reports {
+            let outcome = serde_json::to_value(r.outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            self.reports_total
+                .get_or_create(&metrics::OutcomeLabel { outcome })
+                .inc();
+        }
+        Ok(())
     }
 
     /// Wakes the sites that carry `tree` (a new head, `publish --notify`).

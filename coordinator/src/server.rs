@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 
 use pulpdist_network::{Report, MAX_REPORTS, MAX_REPORT_BODY};
 
-use crate::{now, Coordinator};
+use crate::Coordinator;
 
 /// The longest a long-poll for an assignment is held.
 const MAX_WAIT: u64 = 300;
@@ -89,14 +89,20 @@ pub async fn serve(
                     let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(30), acceptor.accept(stream)).await else {
                         return;
                     };
-                    let identities: Vec<String> = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
+                    let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+                    let identities: Vec<String> = cert
                         .and_then(pulpdist_serve::tls::identities)
                         .map(|ids| ids.iter().map(|i| i.to_string()).collect())
                         .unwrap_or_default();
+                    // A site's certificate expiry, for the events.
+                    let expires = cert.and_then(|c| {
+                        x509_parser::parse_x509_certificate(c.as_ref())
+                            .ok()
+                            .map(|(_, x)| x.validity().not_after.timestamp())
+                    });
+                    if let (Caller::Site(site), Some(at)) = (caller(&coord, &identities).await, expires) {
+                        coord.certificates.lock().await.insert(site, at);
+                    }
                     let service = hyper::service::service_fn(move |req| {
                         let (coord, identities) = (coord.clone(), identities.clone());
                         async move { Ok::<_, Infallible>(route(&coord, &identities, req).await) }
@@ -140,6 +146,17 @@ async fn route(coord: &Arc<Coordinator>, identities: &[String], req: Request<Inc
             Ok(rows) => json(&rows),
             Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         },
+        (Method::GET, p, Caller::Admin)
+            if p == "/api/v1/events"
+                || p.starts_with("/api/v1/trees/")
+                || p.starts_with("/api/v1/sites/") =>
+        {
+            match crate::dashboard::twin(coord, &p["/api/v1/".len()..]).await {
+                Ok(Some(v)) => json(&v),
+                Ok(None) => not_found(),
+                Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+            }
+        }
         (Method::GET, "/api/v1/network", Caller::Admin) => {
             let held = coord.held.read().await;
             answer(StatusCode::OK, "application/toml", held.text.clone())
@@ -209,7 +226,7 @@ async fn reports(coord: &Coordinator, site: &str, req: Request<Incoming>) -> Ans
             &format!("tree '{}' is not assigned to site {site}", r.tree),
         );
     }
-    match coord.db.add_reports(site, &reports, now()).await {
+    match coord.add_reports(site, &reports).await {
         Ok(()) => json(&serde_json::json!({ "accepted": reports.len() })),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }

@@ -44,9 +44,45 @@ pub struct Network {
     /// The sites, by name.
     #[serde(default)]
     pub sites: BTreeMap<String, SiteDef>,
+    /// When the coordinator raises an event, and where it sends it.
+    #[serde(default)]
+    pub alerts: Alerts,
     /// Which site carries which tree.
     #[serde(default, rename = "assignment", skip_serializing_if = "Vec::is_empty")]
     pub assignments: Vec<Assignment>,
+}
+
+/// When the coordinator raises an event (each is stored, shown, counted in its metrics,
+/// and sent to the webhook), and when it clears it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Alerts {
+    /// A site this many versions behind the newest verified version.
+    pub behind_versions: u64,
+    /// A site behind for this many minutes (since the first newer version was seen).
+    pub behind_minutes: u64,
+    /// No report from a site for this many minutes (a silent agent).
+    pub silent_minutes: u64,
+    /// This many failed (or refused) runs in a row.
+    pub failures: u64,
+    /// A site's client certificate expires within this many days.
+    pub certificate_days: u64,
+    /// Where each event is sent (a JSON POST, retried), if anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+}
+
+impl Default for Alerts {
+    fn default() -> Self {
+        Alerts {
+            behind_versions: 2,
+            behind_minutes: 120,
+            silent_minutes: 120,
+            failures: 3,
+            certificate_days: 14,
+            webhook: None,
+        }
+    }
 }
 
 /// A tree: where it is published and who signs it.
@@ -147,6 +183,25 @@ impl Network {
 
     /// Checks that the parts hold together.
     pub fn check(&self) -> Result<(), NetworkError> {
+        if let Some(w) = &self.alerts.webhook {
+            if !(w.starts_with("https://") || w.starts_with("http://")) {
+                return Err(invalid(
+                    "alerts.webhook",
+                    format!("'{w}' is not an http(s) URL"),
+                ));
+            }
+        }
+        let a = &self.alerts;
+        if [
+            a.behind_versions,
+            a.behind_minutes,
+            a.silent_minutes,
+            a.failures,
+        ]
+        .contains(&0)
+        {
+            return Err(invalid("alerts", "every threshold must be at least 1"));
+        }
         for (i, a) in self.admins.iter().enumerate() {
             check_identity(&format!("admins[{i}]"), a)?;
         }

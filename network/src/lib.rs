@@ -30,4 +30,4 @@ mod api;
 mod file;
 
 pub use api::{Outcome, Report, SiteAssignment, TreeAssignment, MAX_REPORTS, MAX_REPORT_BODY};
-pub use file::{Assignment, Network, NetworkError, SiteDef, TreeDef};
+pub use file::{Alerts, Assignment, Network, NetworkError, SiteDef, TreeDef};

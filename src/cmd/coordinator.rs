@@ -32,9 +32,14 @@ pub(crate) struct Args {
     /// A network file to start with when the database holds none.
     #[arg(long)]
     network: Option<PathBuf>,
-    /// How often each tree's head is fetched and verified (a new version wakes its sites).
+    /// How often each tree's head is fetched and verified (a new version wakes its sites),
+    /// and events are evaluated.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     watch: Duration,
+    /// Also serve the dashboard (HTML pages, their JSON twins, /metrics) over plain HTTP
+    /// here: for reading only, keep it on loopback or behind a proxy that authenticates.
+    #[arg(long, value_name = "ADDR")]
+    dashboard: Option<String>,
     /// Trust only these CA certificates (PEM) when reading https:// stores' heads.
     #[arg(long)]
     store_ca: Option<PathBuf>,
@@ -74,6 +79,20 @@ pub(crate) fn run(a: Args) -> Result<()> {
         use std::io::Write as _;
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "coordinating on https://{addr}");
+        let dashboard = match &a.dashboard {
+            Some(listen) => {
+                let l = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("listening on {listen}"))?;
+                let _ = writeln!(out, "dashboard on http://{}", l.local_addr()?);
+                Some(tokio::spawn(pulpdist_coordinator::dashboard::serve(
+                    l,
+                    coord.clone(),
+                    std::future::pending(),
+                )))
+            }
+            None => None,
+        };
         let _ = out.flush();
         drop(out);
         let watcher = {
@@ -81,12 +100,18 @@ pub(crate) fn run(a: Args) -> Result<()> {
             tokio::spawn(async move {
                 loop {
                     coord.watch_heads(open.clone()).await;
+                    if let Err(e) = coord.evaluate().await {
+                        tracing::warn!("evaluating events: {e}");
+                    }
                     tokio::time::sleep(every).await;
                 }
             })
         };
         server::serve(listener, coord, tls.config, super::serve::shutdown_signal()).await;
         watcher.abort();
+        if let Some(d) = dashboard {
+            d.abort();
+        }
         eprintln!("pulpdist coordinator: stopped");
         anyhow::Ok(())
     })

@@ -175,6 +175,18 @@ fn network(
         anyhow::Ok((std::sync::Arc::new(coord), listener))
     })?;
     let url = format!("https://localhost:{}", listener.local_addr()?.port());
+    let board = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .context("listening on 127.0.0.1")?;
+    let board_url = format!("http://{}", board.local_addr()?);
+    let (stop_board, board_stopped) = tokio::sync::oneshot::channel::<()>();
+    let dashboard = rt.spawn(pulpdist_coordinator::dashboard::serve(
+        board,
+        coord.clone(),
+        async {
+            let _ = board_stopped.await;
+        },
+    ));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let open = super::stores::opener(HttpOptions::default(), Default::default());
     let server = rt.spawn(pulpdist_coordinator::server::serve(
@@ -196,7 +208,7 @@ fn network(
     };
     if !json {
         super::say(format_args!(
-            "-- the network: coordinator on {url}, sites {}\n   status: pulpdist status --coordinator {url} --ca {} --cert {} --key {}\n",
+            "-- the network: coordinator on {url}, dashboard on {board_url}, sites {}\n   status: pulpdist status --coordinator {url} --ca {} --cert {} --key {}\n",
             SITES.join(", "),
             pki.join("ca.pem").display(),
             pki.join("ops.pem").display(),
@@ -252,7 +264,9 @@ fn network(
     })();
     watcher.abort();
     let _ = stop.send(());
+    let _ = stop_board.send(());
     let _ = rt.block_on(server);
+    let _ = rt.block_on(dashboard);
     result
 }
 

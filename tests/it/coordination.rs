@@ -17,6 +17,8 @@ use common::{assert_same_tree, bin, run, s, strs, Site};
 struct Coord {
     child: Child,
     url: String,
+    /// Its dashboard (plain HTTP).
+    board: String,
 }
 
 impl Drop for Coord {
@@ -96,24 +98,28 @@ impl Net {
             std::fs::write(&f, n).expect("network file");
             cmd.arg("--network").arg(f);
         }
+        cmd.args(["--dashboard", "127.0.0.1:0"]);
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn coordinator");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("first line");
-        let port = line
-            .trim()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse::<u16>().ok())
-            .unwrap_or_else(|| panic!("no port in '{line}'"));
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = |what: &str| {
+            let mut l = String::new();
+            out.read_line(&mut l).expect("a line");
+            l.trim()
+                .strip_prefix(what)
+                .unwrap_or_else(|| panic!("'{l}' is not '{what}...'"))
+                .to_string()
+        };
+        let api = line("coordinating on https://");
+        let port = api.rsplit(':').next().unwrap_or("").to_string();
+        let board = line("dashboard on ");
         Coord {
             child,
             url: format!("https://localhost:{port}"),
+            board,
         }
     }
 
@@ -357,6 +363,211 @@ fn a_new_head_wakes_a_waiting_agent_long_before_its_schedule() {
     assert_same_tree(&net.site.src(), &net.mirror("berlin"));
     let _ = agent.kill();
     let _ = agent.wait();
-    let _ = Path::new("");
-    let _ = Command::new("true");
+}
+
+/// `chromium --headless` with `args` on `url`; its standard output.
+fn chromium(args: &[&str], url: &str) -> String {
+    let exe = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("chromium (scripts/test installs it)");
+    let home = tempfile::tempdir().expect("profile");
+    let out = Command::new(exe)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", s(home.path())))
+        .args(args)
+        .arg(url)
+        .env("HOME", home.path())
+        .output()
+        .expect("run chromium");
+    assert!(out.status.success(), "chromium: {}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A GET on the dashboard listener: status and body.
+fn get(board: &str, path: &str) -> (u16, String) {
+    let mut c = common::http::Conn::open(board.trim_start_matches("http://"));
+    let r = c.send("GET", path, &[]);
+    (r.status, String::from_utf8_lossy(&r.body).into_owned())
+}
+
+#[test]
+fn the_dashboard_shows_the_network_in_a_browser_and_each_page_has_a_json_twin() {
+    let net = Net::new();
+    let (berlin, paris) = (net.cert("berlin"), net.cert("paris"));
+    let coord = net.start(Some(&net.network(&["berlin", "paris"], "10s")), "1h");
+    net.agent_once(&coord.url, "berlin", &berlin);
+    net.agent_once(&coord.url, "paris", &paris);
+    // The matrix, rendered by a real browser without JavaScript help: one row per site,
+    // one coloured cell per tree.
+    let dom = chromium(&["--dump-dom"], &format!("{}/", coord.board));
+    assert!(dom.contains("<table id=\"matrix\">"), "{dom}");
+    for site in ["berlin", "paris"] {
+        assert!(dom.contains(&format!("<tr data-site=\"{site}\">")), "{dom}");
+    }
+    assert_eq!(
+        dom.matches("class=\"current\" data-tree=\"tree\" data-version=\"1\"")
+            .count(),
+        2,
+        "{dom}"
+    );
+    let shot = net.site.p("matrix.png");
+    chromium(
+        &[
+            &format!("--screenshot={}", s(&shot)),
+            "--window-size=1024,600",
+        ],
+        &format!("{}/", coord.board),
+    );
+    let png = std::fs::read(&shot).expect("screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 2000,
+        "{} bytes",
+        png.len()
+    );
+    // The site page: its runs, with the chart; the tree page: its versions and who has them.
+    let site = chromium(&["--dump-dom"], &format!("{}/site/berlin", coord.board));
+    assert!(
+        site.contains("<svg id=\"chart\"") && site.contains("<table id=\"history\">"),
+        "{site}"
+    );
+    let tree = get(&coord.board, "/tree/tree").1;
+    assert!(tree.contains("<table id=\"heads\">"), "{tree}");
+    // Each page's JSON twin, here and (for an admin) on the HTTPS API.
+    let (code, status) = get(&coord.board, "/api/v1/status");
+    assert_eq!(code, 200);
+    let rows: serde_json::Value = serde_json::from_str(&status).expect("json");
+    assert_eq!(rows, net.status(&coord.url));
+    let (_, site) = get(&coord.board, "/api/v1/sites/berlin");
+    let site: serde_json::Value = serde_json::from_str(&site).expect("json");
+    assert_eq!(site["history"][0]["outcome"], "completed", "{site}");
+    assert!(site["certificate_expires"].as_i64() > Some(0), "{site}");
+    let (_, tree) = get(&coord.board, "/api/v1/trees/tree");
+    let tree: serde_json::Value = serde_json::from_str(&tree).expect("json");
+    assert_eq!(tree["heads"][0]["version"], 1, "{tree}");
+    assert_eq!(
+        tree["heads"][0]["reached"].as_array().map(Vec::len),
+        Some(2),
+        "{tree}"
+    );
+    assert_eq!(get(&coord.board, "/site/rome").0, 404);
+    assert_eq!(get(&coord.board, "/api/v1/sites/rome").0, 404);
+}
+
+#[test]
+fn events_are_raised_sent_to_the_webhook_and_cleared_and_counted_in_the_metrics() {
+    use std::io::{Read, Write as _};
+    let net = Net::new();
+    let berlin = net.cert("berlin");
+    // A webhook endpoint: every request's body, answered 200.
+    let hook = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hook_url = format!("http://{}/hook", hook.local_addr().expect("addr"));
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for conn in hook.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let mut buf = vec![0u8; 65536];
+            let mut got = Vec::new();
+            while let Ok(n) = c.read(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        let _ = tx.send(body.to_string());
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            let _ =
+                c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    let text = net.network(&["berlin"], "1h")
+        + &format!("\n[alerts]\nbehind_versions = 1\nfailures = 1\nwebhook = \"{hook_url}\"\n");
+    let coord = net.start(Some(&text), "1s");
+    net.agent_once(&coord.url, "berlin", &berlin);
+    // A new version berlin does not have: "behind" is raised and sent.
+    pulpdist_testdata::evolve(&net.site.src(), 9, 1).expect("evolve");
+    net.site.publish();
+    let wait_for = |want: &dyn Fn(&serde_json::Value) -> bool| -> serde_json::Value {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let body = rx.recv_timeout(left).expect("a webhook call within 60 s");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+            if want(&v) {
+                return v;
+            }
+        }
+    };
+    let e = wait_for(&|v| v["kind"] == "behind" && v["state"] == "open");
+    assert_eq!(
+        (e["site"].as_str(), e["tree"].as_str()),
+        (Some("berlin"), Some("tree")),
+        "{e}"
+    );
+    // Its sync catches up: the event clears, and that is sent too.
+    net.agent_once(&coord.url, "berlin", &berlin);
+    wait_for(&|v| v["kind"] == "behind" && v["state"] == "resolved");
+    let (_, events) = get(&coord.board, "/api/v1/events");
+    let events: serde_json::Value = serde_json::from_str(&events).expect("json");
+    assert!(
+        events.as_array().is_some_and(|l| l
+            .iter()
+            .any(|e| e["kind"] == "behind" && e["closed"].is_i64())),
+        "{events}"
+    );
+    // The metrics: what the status says, in a format promtool accepts.
+    let (code, metrics) = get(&coord.board, "/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("pulpdist_site_version{site=\"berlin\",tree=\"tree\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pulpdist_reports_total{outcome=\"completed\"}"),
+        "{metrics}"
+    );
+    // OpenMetrics (prometheus-client), as its content type says: typed families, `# EOF`.
+    assert!(
+        metrics.contains("# TYPE pulpdist_reports counter"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE pulpdist_site_versions_behind gauge"),
+        "{metrics}"
+    );
+    assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+}
+
+#[test]
+fn the_shipped_alert_rules_pass_their_promtool_tests() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+    let out = Command::new("promtool")
+        .args(["test", "rules", "pulpdist-alerts.test.yml"])
+        .current_dir(&dir)
+        .output()
+        .expect("promtool (scripts/test installs prometheus)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
 }

@@ -1,0 +1,158 @@
+//! Events: conditions the coordinator computes from the status after each watch period: a
+//! site behind by versions or by time, a silent agent, failed runs in a row, a client
+//! certificate about to expire. Each is stored when first seen (and closed when it
+//! clears), shown, counted in the metrics, and sent to the network's webhook (a JSON POST,
+//! retried with backoff on its own task, so a webhook that hangs delays nothing else).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::{now, CoordError, Coordinator};
+
+/// An event's identity: kind, site, tree (empty for a site-wide one).
+type Key = (String, String, String);
+
+impl Coordinator {
+    /// Opens the events whose condition holds now and closes those whose condition
+    /// cleared; returns how many were opened and closed.
+    pub async fn evaluate(&self) -> Result<(usize, usize), CoordError> {
+        let network = self.held.read().await.network.clone();
+        let alerts = network.alerts.clone();
+        let now = now();
+        let mut firing: BTreeMap<Key, String> = BTreeMap::new();
+        for r in self.status(None).await? {
+            let key = |kind: &str| (kind.to_string(), r.site.clone(), r.tree.clone());
+            let behind_v = r.versions_behind.unwrap_or(0);
+            let behind_s = r.seconds_behind.unwrap_or(0);
+            if behind_v >= alerts.behind_versions
+                || (behind_v > 0 && behind_s >= (alerts.behind_minutes * 60) as i64)
+            {
+                let held = r
+                    .version
+                    .map_or("nothing".into(), |v| format!("version {v}"));
+                firing.insert(
+                    key("behind"),
+                    format!(
+                        "holds {held}, newest is {}: {behind_v} versions and {behind_s} s behind",
+                        r.newest.unwrap_or(0)
+                    ),
+                );
+            }
+            let last = r.last_report.unwrap_or(self.started);
+            if now - last >= (alerts.silent_minutes * 60) as i64 {
+                firing.insert(key("silent"), format!("no report for {} s", now - last));
+            }
+            let outcomes = self
+                .db
+                .last_outcomes(&r.site, &r.tree, alerts.failures as i64)
+                .await?;
+            if outcomes.len() as u64 == alerts.failures
+                && outcomes.iter().all(|o| o == "failed" || o == "refused")
+            {
+                firing.insert(
+                    key("failing"),
+                    format!(
+                        "{} runs in a row failed; the last: {}",
+                        alerts.failures,
+                        r.last_error.clone().unwrap_or_default()
+                    ),
+                );
+            }
+        }
+        for (site, expires) in self.certificates.lock().await.iter() {
+            let left = expires - now;
+            if left < (alerts.certificate_days * 86_400) as i64 {
+                firing.insert(
+                    ("certificate".into(), site.clone(), String::new()),
+                    format!("its client certificate expires in {} days", left / 86_400),
+                );
+            }
+        }
+        let open = self.db.open_events().await?;
+        let mut closed = 0;
+        for e in &open {
+            let key = (e.kind.clone(), e.site.clone(), e.tree.clone());
+            if firing.remove(&key).is_none() {
+                self.db.close_event(e.id, now).await?;
+                self.notify(&alerts, e, "resolved", now);
+                closed += 1;
+            }
+        }
+        let opened = firing.len();
+        for ((kind, site, tree), detail) in firing {
+            let id = self
+                .db
+                .open_event(&kind, &site, &tree, &detail, now)
+                .await?;
+            let e = crate::db::Event {
+                id,
+                kind,
+                site,
+                tree,
+                opened: now,
+                closed: None,
+                detail,
+            };
+            tracing::warn!(kind = %e.kind, site = %e.site, tree = %e.tree, "{}", e.detail);
+            self.notify(&alerts, &e, "open", now);
+        }
+        Ok((opened, closed))
+    }
+
+    /// Sends an event to the webhook, if there is one, on a task of its own: up to five
+    /// tries, 10 s each, with backoff.
+    fn notify(
+        &self,
+        alerts: &pulpdist_network::Alerts,
+        e: &crate::db::Event,
+        state: &str,
+        at: i64,
+    ) {
+        let Some(url) = alerts.webhook.clone() else {
+            return;
+        };
+        let body = serde_json::json!({
+            "kind": e.kind, "site": e.site, "tree": e.tree, "state": state,
+            "detail": e.detail, "opened": e.opened, "at": at, "id": e.id,
+        })
+        .to_string();
+        let delivered = self.webhook_delivered.clone();
+        tokio::spawn(async move {
+            for attempt in 0..5u32 {
+                let (to, body) = (url.clone(), body.clone());
+                let sent = tokio::task::spawn_blocking(move || post(&to, &body)).await;
+                match sent {
+                    Ok(Ok(())) => {
+                        delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return;
+                    }
+                    Ok(Err(err)) => tracing::warn!(url = %url, "webhook: {err}"),
+                    Err(err) => tracing::warn!(url = %url, "webhook: {err}"),
+                }
+                tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+            }
+        });
+    }
+}
+
+/// One POST of a JSON body, 10 s at most.
+fn post(url: &str, body: &str) -> Result<(), String> {
+    let tls = pulpdist_sync::tls_config(&pulpdist_sync::HttpOptions::default())
+        .map_err(|e| e.to_string())?;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .tls_config(tls)
+        .build()
+        .into();
+    let resp = agent
+        .post(url)
+        .header("content-type", "application/json")
+        .send(body)
+        .map_err(|e| e.to_string())?;
+    match resp.status().as_u16() {
+        200..=299 => Ok(()),
+        s => Err(format!("answered {s}")),
+    }
+}
