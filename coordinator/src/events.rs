@@ -38,6 +38,17 @@ impl Coordinator {
                     ),
                 );
             }
+            if r.probe_agrees == Some(false) {
+                firing.insert(
+                    key("mismatch"),
+                    format!(
+                        "reports version {}, serves {}",
+                        r.reported_version.map_or("-".into(), |v| v.to_string()),
+                        r.probe_version
+                            .map_or("nothing verifiable".into(), |v| format!("version {v}"))
+                    ),
+                );
+            }
             let last = r.last_report.unwrap_or(self.started);
             if now - last >= (alerts.silent_minutes * 60) as i64 {
                 firing.insert(key("silent"), format!("no report for {} s", now - last));

@@ -88,6 +88,8 @@ pub struct Coordinator {
     reports_total: metrics::ReportCounter,
     /// Events delivered to the webhook.
     webhook_delivered: Arc<std::sync::atomic::AtomicU64>,
+    /// The last probe of each (site, tree) whose site serves its copy.
+    pub probes: Mutex<BTreeMap<(String, String), Probe>>,
 }
 
 /// One site's state for one tree.
@@ -118,6 +120,29 @@ pub struct StatusRow {
     pub last_error: Option<String>,
     /// The store that served the head in its last run.
     pub head_store: Option<String>,
+    /// The version the site's served copy holds, by the coordinator's last probe of it
+    /// (a site with `serves`); where probe and report disagree, `version` is the probe's.
+    pub probe_version: Option<u64>,
+    /// Whether the probe found what the site reported (`None`: not probed).
+    pub probe_agrees: Option<bool>,
+    /// The version the site last reported holding.
+    pub reported_version: Option<u64>,
+}
+
+/// What a probe of a site's served copy of a tree found.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Probe {
+    /// The version of the head it serves (verified), if any.
+    pub version: Option<u64>,
+    /// Its root node id (hex).
+    pub root: Option<String>,
+    /// When it was probed.
+    pub at: i64,
+    /// What went wrong, if the site serves no verifiable head or a damaged root node.
+    pub error: Option<String>,
+    /// The head's entity tag, for the next conditional GET.
+    #[serde(skip)]
+    etag: Option<String>,
 }
 
 /// Seconds since the epoch.
@@ -156,6 +181,7 @@ impl Coordinator {
             certificates: Mutex::new(BTreeMap::new()),
             reports_total: Default::default(),
             webhook_delivered: Arc::default(),
+            probes: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -262,7 +288,13 @@ impl Coordinator {
             {
                 let latest = self.db.latest(name, &t.tree).await?;
                 let heads = self.db.heads(&t.tree).await?;
-                rows.push(row(name, def, &t.tree, latest, &heads, now));
+                let probe = self
+                    .probes
+                    .lock()
+                    .await
+                    .get(&(name.clone(), t.tree.clone()))
+                    .cloned();
+                rows.push(row(name, def, &t.tree, (latest, probe), &heads, now));
             }
         }
         // Before the watcher saw a tree's head, the newest version any site reported.
@@ -306,6 +338,85 @@ impl Coordinator {
     }
 }
 
+impl Coordinator {
+    /// Probes every site that serves its copy (`serves`), for each tree it carries: one
+    /// conditional GET of the served head, verified, and one range read of its root node,
+    /// verified against its id.
+    pub async fn probe_sites(&self, open: Arc<OpenStore>) {
+        let network = self.held.read().await.network.clone();
+        for (site, def) in &network.sites {
+            let Some(url) = def.serves.clone() else {
+                continue;
+            };
+            let Some(a) = network.assignment_of(site, 0) else {
+                continue;
+            };
+            for t in a.trees {
+                let key = (site.clone(), t.tree.clone());
+                let last = self.probes.lock().await.get(&key).cloned();
+                let (open, url) = (open.clone(), url.clone());
+                let probed = tokio::task::spawn_blocking(move || {
+                    probe(&*open, &url, &t.tree, &t.trust, last)
+                })
+                .await;
+                if let Ok(p) = probed {
+                    self.probes.lock().await.insert(key, p);
+                }
+            }
+        }
+    }
+}
+
+/// One probe of `tree` as served at `url`; `last` gives the entity tag to send.
+fn probe(open: &OpenStore, url: &str, tree: &str, trust: &[String], last: Option<Probe>) -> Probe {
+    let at = now();
+    let fail = |e: String| Probe {
+        at,
+        error: Some(e),
+        ..Probe::default()
+    };
+    let keys = match pulpdist_format::TrustedKeys::from_text(&trust.join("\n")) {
+        Ok(k) => k,
+        Err(e) => return fail(e.to_string()),
+    };
+    let reader = match open(url) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let known = last.as_ref().and_then(|p| p.etag.clone());
+    let (bytes, etag) = match reader.get_head(tree, known.as_deref()) {
+        Ok(pulpdist_sync::HeadFetch::Found { bytes, etag }) => (bytes, etag),
+        Ok(pulpdist_sync::HeadFetch::NotModified) => match last {
+            Some(p) if p.error.is_none() => return Probe { at, ..p },
+            _ => return fail("answered 304 to a probe with nothing to compare".into()),
+        },
+        Ok(pulpdist_sync::HeadFetch::Missing) => {
+            return fail(format!("{url} serves no head of {tree}"))
+        }
+        Err(e) => return fail(e.to_string()),
+    };
+    let signed = match pulpdist_format::SignedHead::decode_and_verify(&bytes, &keys) {
+        Ok(s) if s.head().tree == tree => s,
+        Ok(s) => return fail(format!("{url} serves tree '{}' as {tree}", s.head().tree)),
+        Err(e) => return fail(format!("{url}: its head of {tree}: {e}")),
+    };
+    let h = signed.head();
+    // The sampled read: the root node, which every sync of the version fetches.
+    let root = match reader.get_range(&h.root.loc.pack, h.root.loc.range()) {
+        Ok(stored) => h.root.open(&stored).map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    Probe {
+        version: Some(h.version),
+        root: Some(h.root.id.to_hex()),
+        at,
+        error: root
+            .err()
+            .map(|e| format!("{url}: the root node of version {}: {e}", h.version)),
+        etag,
+    }
+}
+
 /// The verified head of `tree` from the first of its stores that serves one.
 fn newest_head(tree: &str, def: &pulpdist_network::TreeDef, open: &OpenStore) -> Option<HeadSeen> {
     let keys = pulpdist_format::TrustedKeys::from_text(&def.trust.join("\n")).ok()?;
@@ -346,11 +457,23 @@ fn row(
     site: &str,
     def: &pulpdist_network::SiteDef,
     tree: &str,
-    latest: Latest,
+    (latest, probe): (Latest, Option<Probe>),
     heads: &[HeadSeen],
     now: i64,
 ) -> StatusRow {
-    let version = latest.held.as_ref().map(|(v, _)| *v);
+    let reported = latest.held.as_ref().map(|(v, _)| *v);
+    // Freshness by content: what the site serves, where the coordinator probed it.
+    // A site that has not reported yet has nothing to disagree with.
+    let probe_agrees = probe.as_ref().filter(|_| reported.is_some()).map(|p| {
+        p.error.is_none()
+            && p.version == reported
+            && p.root.as_deref() == latest.held.as_ref().map(|(_, r)| r.as_str())
+    });
+    let probe_version = probe.as_ref().and_then(|p| p.version);
+    let version = match &probe {
+        Some(p) if p.error.is_none() => p.version,
+        _ => reported,
+    };
     let newest = heads.first().map(|h| h.version);
     let behind_since = heads
         .iter()
@@ -370,5 +493,8 @@ fn row(
         last_outcome: latest.last_outcome,
         last_error: latest.last_error,
         head_store: latest.head_store,
+        probe_version,
+        probe_agrees,
+        reported_version: reported,
     }
 }

@@ -72,7 +72,7 @@ impl Coordinator {
             }
         }
         let events = Family::<KindLabel, Gauge>::default();
-        for kind in ["behind", "silent", "failing", "certificate"] {
+        for kind in ["behind", "silent", "failing", "certificate", "mismatch"] {
             events
                 .get_or_create(&KindLabel { kind: kind.into() })
                 .set(0);

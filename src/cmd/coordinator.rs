@@ -100,6 +100,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
             tokio::spawn(async move {
                 loop {
                     coord.watch_heads(open.clone()).await;
+                    coord.probe_sites(open.clone()).await;
                     if let Err(e) = coord.evaluate().await {
                         tracing::warn!("evaluating events: {e}");
                     }

@@ -571,3 +571,79 @@ fn the_shipped_alert_rules_pass_their_promtool_tests() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_site_that_reports_a_version_it_does_not_serve_is_flagged_by_the_probe() {
+    let net = Net::new();
+    let berlin = net.cert("berlin");
+    // berlin relays the tree from a store of its own: the coordinator probes that.
+    let relay = net.site.p("berlin/relay");
+    let replicate = |_: ()| {
+        let out = run(&[
+            "replicate",
+            "--from",
+            s(&net.site.store()),
+            "--to",
+            s(&relay),
+            "--tree",
+            "tree",
+            "--trust",
+            &net.site.trust(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    replicate(());
+    let text = net.network(&["berlin"], "1h").replace(
+        "identity = \"cn:berlin\"\n",
+        &format!("identity = \"cn:berlin\"\nserves = \"{}\"\n", s(&relay)),
+    );
+    let coord = net.start(Some(&text), "1s");
+    net.agent_once(&coord.url, "berlin", &berlin);
+    let row_now = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let rows = net.status(&coord.url);
+            let r = row(&rows, "berlin").clone();
+            if pred(&r) {
+                return r;
+            }
+            assert!(Instant::now() < until, "not within 60 s: {r}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let r = row_now(&|r| r["probe_agrees"] == true);
+    assert_eq!(
+        (r["version"].as_u64(), r["probe_version"].as_u64()),
+        (Some(1), Some(1)),
+        "{r}"
+    );
+    // Version 2: the agent syncs its mirror and reports it, but the copy berlin serves is
+    // still version 1. The probe wins, and an event says so.
+    pulpdist_testdata::evolve(&net.site.src(), 4, 1).expect("evolve");
+    net.site.publish();
+    net.agent_once(&coord.url, "berlin", &berlin);
+    let r = row_now(&|r| r["probe_agrees"] == false);
+    assert_eq!(
+        (
+            r["version"].as_u64(),
+            r["reported_version"].as_u64(),
+            r["probe_version"].as_u64()
+        ),
+        (Some(1), Some(2), Some(1)),
+        "{r}"
+    );
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, events) = get(&coord.board, "/api/v1/events");
+        if events.contains("\"kind\":\"mismatch\"")
+            && events.contains("reports version 2, serves version 1")
+        {
+            break;
+        }
+        assert!(Instant::now() < until, "no mismatch event: {events}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The relay catches up: the probe agrees again.
+    replicate(());
+    row_now(&|r| r["probe_agrees"] == true && r["version"] == 2);
+}
