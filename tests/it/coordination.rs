@@ -647,3 +647,61 @@ fn a_site_that_reports_a_version_it_does_not_serve_is_flagged_by_the_probe() {
     replicate(());
     row_now(&|r| r["probe_agrees"] == true && r["version"] == 2);
 }
+
+#[test]
+fn a_push_during_a_running_sync_ends_with_the_site_on_the_newer_version() {
+    let net = Net::new();
+    let berlin = net.cert("berlin");
+    let coord = net.start(Some(&net.network(&["berlin"], "1h")), "1h");
+    // The agent's first sync (of version 1) is held once planned.
+    let release = net.site.p("release");
+    let mut agent = bin()
+        .args(net.agent_args(&coord.url, "berlin", &berlin))
+        .args(["--poll", "30s"])
+        .env(
+            "PULPDIST_FAILPOINT",
+            format!("sync.planned:1:wait:{}", s(&release)),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent");
+    common::wait_for(&net.site.p("release.reached"));
+    // Meanwhile version 2 is published and pushed; then the held sync goes on.
+    pulpdist_testdata::evolve(&net.site.src(), 6, 1).expect("evolve");
+    net.site.publish();
+    let mut push = vec![
+        "network".to_string(),
+        "push".into(),
+        "--tree".into(),
+        "tree".into(),
+    ];
+    push.extend(net.reach(&coord.url, &net.admin));
+    let out = run(&strs(&push));
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::write(&release, b"go").expect("release");
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = net.status(&coord.url);
+        if row(&rows, "berlin")["version"] == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the pushed version was not synced: {rows}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_same_tree(&net.site.src(), &net.mirror("berlin"));
+    let (_, site) = get(&coord.board, "/api/v1/sites/berlin");
+    let site: serde_json::Value = serde_json::from_str(&site).expect("json");
+    let versions: Vec<u64> = site["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["version"].as_u64())
+        .collect();
+    assert_eq!(versions, [2, 1], "{site}");
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
