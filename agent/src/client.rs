@@ -19,10 +19,12 @@ impl Client {
     /// client certificate.
     pub fn new(base: &str, http: &HttpOptions) -> Result<Client, AgentError> {
         let tls = pulpdist_sync::tls_config(http).map_err(|e| AgentError::Setup(e.to_string()))?;
+        // Each request's own deadline (a poll's: its wait and 15 s more; others 30 s): a
+        // coordinator that accepts and never answers delays a round by no more.
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(15)))
-            .timeout_global(Some(Duration::from_secs(400)))
+            .timeout_global(Some(Duration::from_secs(30)))
             .max_redirects(0)
             .user_agent(concat!("pulpdist-agent/", env!("CARGO_PKG_VERSION")))
             .tls_config(tls)
@@ -62,13 +64,22 @@ impl Client {
         match status {
             200 => Ok(Some(text)),
             304 => Ok(None),
-            404 => Err(self.fail(path, "404: not found (or not for this certificate)")),
+            404 => Err(AgentError::Refused {
+                url: self.url(path),
+                detail: "404: not found (or not for this certificate)".into(),
+            }),
             s => {
                 let detail = serde_json::from_str::<serde_json::Value>(&text)
                     .ok()
                     .and_then(|v| v["error"].as_str().map(String::from))
                     .unwrap_or(text);
-                Err(self.fail(path, format!("{s}: {detail}")))
+                match s {
+                    400 | 413 => Err(AgentError::Refused {
+                        url: self.url(path),
+                        detail: format!("{s}: {detail}"),
+                    }),
+                    _ => Err(self.fail(path, format!("{s}: {detail}"))),
+                }
             }
         }
     }
@@ -84,7 +95,14 @@ impl Client {
             Some(g) => format!("/api/v1/assignment?after={g}&wait={}", wait.as_secs()),
             None => "/api/v1/assignment".to_string(),
         };
-        let got = self.body(&path, self.agent.get(self.url(&path)).call())?;
+        let deadline = wait + Duration::from_secs(15);
+        let req = self
+            .agent
+            .get(self.url(&path))
+            .config()
+            .timeout_global(Some(deadline))
+            .build();
+        let got = self.body(&path, req.call())?;
         got.map(|t| serde_json::from_str(&t).map_err(|e| self.fail(&path, e)))
             .transpose()
     }

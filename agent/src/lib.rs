@@ -49,6 +49,15 @@ pub enum AgentError {
     /// A setting that cannot work.
     #[error("{0}")]
     Setup(String),
+    /// The coordinator refused a request for good (400, 404, 413): sending it again would
+    /// not help.
+    #[error("{url}: refused: {detail}")]
+    Refused {
+        /// What was asked.
+        url: String,
+        /// The coordinator's answer.
+        detail: String,
+    },
 }
 
 /// Opens a store by its URL (a directory, `http(s)://`, `s3://`).
@@ -69,6 +78,11 @@ pub struct AgentOptions {
     pub jitter: Duration,
     /// The longest a poll waits.
     pub poll: Duration,
+    /// The keys every tree's heads must be signed with, given by the site's operator. Without
+    /// them, each tree's keys are pinned the first time the coordinator names them
+    /// (`<state>/keys/<tree>.pub`) and never taken from it again: the coordinator stays out
+    /// of the trust path (a key change is the operator's, by replacing the pinned file).
+    pub trust: Option<pulpdist_format::TrustedKeys>,
 }
 
 /// What one round did.
@@ -93,6 +107,10 @@ pub struct Agent {
     generation: Option<u64>,
     /// When each tree was last synced, and the push counter it was synced for.
     last: HashMap<String, (Instant, u64)>,
+    /// The coordinator boot the push counters are from.
+    boot: Option<u64>,
+    /// How long to wait after a failed poll (doubling, at most a minute).
+    backoff: Duration,
 }
 
 impl Agent {
@@ -113,6 +131,8 @@ impl Agent {
             assignment,
             generation: None,
             last: HashMap::new(),
+            boot: None,
+            backoff: Duration::ZERO,
         })
     }
 
@@ -128,7 +148,8 @@ impl Agent {
     }
 
     /// One round: the assignment (waiting for a change until a tree is due), the trees
-    /// that are due or pushed, the queued reports.
+    /// that are due or pushed, the queued reports. The agent's own file errors (a full
+    /// disk) are logged, never a reason to stop syncing.
     pub fn round(&mut self) -> Result<Round, AgentError> {
         let mut round = Round::default();
         let wait = match self.opts.once {
@@ -136,24 +157,32 @@ impl Agent {
             false => self.until_due().min(self.opts.poll),
         };
         let asked = Instant::now();
-        match self.client.assignment(self.generation, wait) {
-            Ok(Some(a)) => {
-                self.generation = Some(a.revision);
-                save(&cache_path(&self.opts.state), &a)?;
-                self.assignment = Some(a);
+        let polled = self.client.assignment(self.generation, wait);
+        let reachable = polled.is_ok();
+        match polled {
+            Ok(got) => {
+                self.backoff = Duration::ZERO;
+                if let Some(a) = got {
+                    self.take(a);
+                }
                 round.fresh = true;
+                // A poll answered at once although nothing was due (a proxy that does not
+                // hold it): not more than one a second.
+                if !self.opts.once && !wait.is_zero() {
+                    std::thread::sleep(Duration::from_secs(1).saturating_sub(asked.elapsed()));
+                }
             }
-            Ok(None) => round.fresh = true,
             Err(e) => {
                 tracing::warn!("{e}; working from the cached assignment");
-                // No poll held the round: wait as long as one would have.
+                self.backoff =
+                    (self.backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
                 if !self.opts.once {
-                    std::thread::sleep(wait.saturating_sub(asked.elapsed()));
+                    let pause = wait.saturating_sub(asked.elapsed()).max(self.backoff);
+                    std::thread::sleep(pause.min(self.until_due().max(Duration::from_secs(1))));
                 }
             }
         }
-        let due: Vec<TreeAssignment> = self.due();
-        for t in due {
+        for t in self.due() {
             let pushed = self
                 .last
                 .get(&t.tree)
@@ -164,11 +193,35 @@ impl Agent {
             let report = self.sync(&t);
             self.last
                 .insert(t.tree.clone(), (Instant::now(), t.trigger));
-            self.queue.push(&report)?;
+            if let Err(e) = self.queue.push(&report) {
+                tracing::error!("{e}: the report of this run is lost");
+            }
             round.synced.push(t.tree.clone());
         }
-        (round.delivered, round.queued) = self.deliver()?;
+        // A coordinator that did not answer the poll is not sent reports this round.
+        (round.delivered, round.queued) = match reachable {
+            true => self.deliver(),
+            false => (0, self.queue.pending().map_or(0, |p| p.len())),
+        };
         Ok(round)
+    }
+
+    /// Takes a new assignment: cached, and, from a new coordinator boot, its push counters
+    /// as the baseline (they restarted; no tree is synced for that).
+    fn take(&mut self, a: SiteAssignment) {
+        self.generation = Some(a.revision);
+        if let Err(e) = save(&cache_path(&self.opts.state), &a) {
+            tracing::warn!("{e}: the assignment is not cached");
+        }
+        if self.boot.is_some_and(|b| b != a.boot) {
+            for t in &a.trees {
+                if let Some((_, trig)) = self.last.get_mut(&t.tree) {
+                    *trig = t.trigger;
+                }
+            }
+        }
+        self.boot = Some(a.boot);
+        self.assignment = Some(a);
     }
 
     /// Trees whose schedule came round, or whose push counter rose since their last sync.
@@ -188,10 +241,10 @@ impl Agent {
             .collect()
     }
 
-    /// How long until the next tree is due.
+    /// How long until the next tree is due (with no assignment yet: a poll's length).
     fn until_due(&self) -> Duration {
         let Some(a) = &self.assignment else {
-            return Duration::ZERO;
+            return self.opts.poll;
         };
         a.trees
             .iter()
@@ -200,23 +253,54 @@ impl Agent {
                 Some((at, _)) => Duration::from_secs(t.schedule_secs).saturating_sub(at.elapsed()),
             })
             .min()
-            .unwrap_or(Duration::from_secs(3600))
+            .unwrap_or(self.opts.poll)
     }
 
-    /// Sends the queued reports; `(delivered, still queued)`.
-    fn deliver(&mut self) -> Result<(usize, usize), AgentError> {
-        let pending = self.queue.pending()?;
-        if pending.is_empty() {
-            return Ok((0, 0));
-        }
-        for batch in pending.chunks(pulpdist_network::MAX_REPORTS) {
-            if let Err(e) = self.client.report(batch) {
-                tracing::warn!("{e}; reports kept for later");
-                return Ok((0, pending.len()));
+    /// Sends the queued reports in batches of at most 512 kB; each batch acknowledged is
+    /// taken off the queue at once, and one the coordinator refuses for good (400, 404,
+    /// 413) is set aside in `rejected.jsonl` rather than blocking the rest. Returns
+    /// `(delivered, still queued)`.
+    fn deliver(&mut self) -> (usize, usize) {
+        let mut pending = match self.queue.pending() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("{e}");
+                return (0, 0);
+            }
+        };
+        let mut delivered = 0;
+        while !pending.is_empty() {
+            let mut size = 0;
+            let n = pending
+                .iter()
+                .take(pulpdist_network::MAX_REPORTS)
+                .take_while(|r| {
+                    size += serde_json::to_vec(r).map_or(0, |b| b.len() + 1);
+                    size <= 512 << 10
+                })
+                .count()
+                .max(1);
+            let batch: Vec<Report> = pending.drain(..n).collect();
+            match self.client.report(&batch) {
+                Ok(()) => delivered += batch.len(),
+                Err(AgentError::Refused { .. }) => {
+                    tracing::error!("the coordinator refused {} reports; set aside", batch.len());
+                    if let Err(e) = self.queue.park(&batch) {
+                        tracing::warn!("{e}");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("{e}; reports kept for later");
+                    pending.splice(0..0, batch);
+                    break;
+                }
+            }
+            if let Err(e) = self.queue.rewrite(&pending) {
+                tracing::warn!("{e}");
+                break;
             }
         }
-        self.queue.clear()?;
-        Ok((pending.len(), 0))
+        (delivered, pending.len())
     }
 
     /// One sync of one tree, as a report.
@@ -225,6 +309,7 @@ impl Agent {
         let clock = Instant::now();
         let result = self.sync_tree(t);
         let mut r = Report {
+            id: format!("{:016x}{:016x}", random_u64(), random_u64()),
             tree: t.tree.clone(),
             outcome: Outcome::Failed,
             started,
@@ -257,7 +342,15 @@ impl Agent {
             }
             Err(e) => {
                 r.outcome = outcome_of(&e);
-                r.error = Some(e.to_string());
+                let mut text = e.to_string();
+                if text.len() > pulpdist_network::MAX_ERROR_TEXT {
+                    let mut cut = pulpdist_network::MAX_ERROR_TEXT;
+                    while !text.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    text.truncate(cut);
+                }
+                r.error = Some(text);
             }
         }
         tracing::info!(tree = %t.tree, outcome = ?r.outcome, "synced");
@@ -265,8 +358,7 @@ impl Agent {
     }
 
     fn sync_tree(&self, t: &TreeAssignment) -> Result<pulpdist_sync::SyncReport, SyncError> {
-        let keys = pulpdist_format::TrustedKeys::from_text(&t.trust.join("\n"))
-            .map_err(|e| SyncError::Usage(format!("the assignment's keys for {}: {e}", t.tree)))?;
+        let keys = self.keys(t)?;
         let mut readers: Vec<Box<dyn StoreReader>> = Vec::new();
         for s in &t.stores {
             readers.push((self.opts.open)(s).map_err(SyncError::Usage)?);
@@ -277,6 +369,40 @@ impl Agent {
             1 => pulpdist_sync::sync(&*readers[0], &opts),
             _ => pulpdist_sync::sync(&pulpdist_sync::StoreList::new(readers)?, &opts),
         }
+    }
+}
+
+impl Agent {
+    /// The keys a tree's heads must be signed with: the operator's, else those pinned the
+    /// first time the coordinator named the tree's keys.
+    fn keys(&self, t: &TreeAssignment) -> Result<pulpdist_format::TrustedKeys, SyncError> {
+        if let Some(k) = &self.opts.trust {
+            return Ok(k.clone());
+        }
+        let dir = self.opts.state.join("keys");
+        let pin = dir.join(format!("{}.pub", t.tree));
+        let text = match std::fs::read_to_string(&pin) {
+            Ok(text) => {
+                if text.trim() != t.trust.join("\n").trim() {
+                    tracing::warn!(tree = %t.tree, pin = %pin.display(), "the coordinator names other keys than the pinned ones; the pinned ones are used (replace the file to change them)");
+                }
+                text
+            }
+            Err(_) => {
+                let text = t.trust.join("\n") + "\n";
+                let saved =
+                    std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&pin, &text));
+                if let Err(e) = saved {
+                    return Err(SyncError::Usage(format!(
+                        "{}: pinning the keys: {e}",
+                        pin.display()
+                    )));
+                }
+                text
+            }
+        };
+        pulpdist_format::TrustedKeys::from_text(&text)
+            .map_err(|e| SyncError::Usage(format!("{}: {e}", pin.display())))
     }
 }
 
@@ -293,16 +419,30 @@ fn cache_path(state: &Path) -> PathBuf {
     state.join("assignment.json")
 }
 
-/// Writes `value` as JSON, atomically (a temporary file renamed over the old one).
+/// Writes `value` as JSON, atomically and durably (a temporary file, flushed, renamed over
+/// the old one, the directory flushed).
 fn save(path: &Path, value: &impl serde::Serialize) -> Result<(), AgentError> {
-    let io = |source| AgentError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let bytes = serde_json::to_vec(value).map_err(|e| io(std::io::Error::other(e)))?;
+    let bytes = serde_json::to_vec(value).map_err(std::io::Error::other);
+    bytes
+        .and_then(|b| write_durably(path, &b))
+        .map_err(|source| AgentError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Replaces `path` with `bytes`: a temporary file, flushed, renamed, the directory flushed.
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn unix_now() -> i64 {
@@ -312,11 +452,15 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// A random number (from the standard library's randomly keyed hasher).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
 /// A random duration below `max`.
 fn random_below(max: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let r = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    Duration::from_millis(r % max.as_millis().max(1) as u64)
+    Duration::from_millis(random_u64() % max.as_millis().max(1) as u64)
 }

@@ -53,6 +53,25 @@ impl Queue {
         }
     }
 
+    /// Replaces the queue with `reports` (those not yet delivered), durably.
+    pub fn rewrite(&self, reports: &[Report]) -> Result<(), AgentError> {
+        if reports.is_empty() {
+            return self.clear();
+        }
+        let mut text = Vec::new();
+        for r in reports {
+            text.extend(serde_json::to_vec(r).map_err(|e| self.io(std::io::Error::other(e)))?);
+            text.push(b'\n');
+        }
+        crate::write_durably(&self.path, &text).map_err(|e| self.io(e))
+    }
+
+    /// Sets aside reports the coordinator refused, in `rejected.jsonl` beside the queue.
+    pub fn park(&self, reports: &[Report]) -> Result<(), AgentError> {
+        let aside = Queue::new(self.path.with_file_name("rejected.jsonl"));
+        reports.iter().try_for_each(|r| aside.push(r))
+    }
+
     /// Empties the queue (after delivery).
     pub fn clear(&self) -> Result<(), AgentError> {
         match std::fs::remove_file(&self.path) {

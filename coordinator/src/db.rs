@@ -121,9 +121,9 @@ impl Db {
             .map_err(|e| CoordError::db("storing reports", e))?;
         for r in reports {
             sqlx::query(
-                "INSERT INTO reports (site, tree, received, started, outcome, from_version, to_version, root, \
-                 head_store, bytes_fetched, bytes_reused, requests, duration_ms, rsync_files, error, agent_version) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                "INSERT OR IGNORE INTO reports (site, tree, received, started, outcome, from_version, to_version, root, \
+                 head_store, bytes_fetched, bytes_reused, requests, duration_ms, rsync_files, error, agent_version, report_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             )
             .bind(site)
             .bind(&r.tree)
@@ -141,6 +141,7 @@ impl Db {
             .bind(r.rsync_files as i64)
             .bind(&r.error)
             .bind(&r.agent_version)
+            .bind((!r.id.is_empty()).then_some(&r.id))
             .execute(&mut *tx)
             .await
             .map_err(|e| CoordError::db("storing reports", e))?;

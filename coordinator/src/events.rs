@@ -25,7 +25,12 @@ impl Coordinator {
             let behind_v = r.versions_behind.unwrap_or(0);
             let behind_s = r.seconds_behind.unwrap_or(0);
             if behind_v >= alerts.behind_versions
-                || (behind_v > 0 && behind_s >= (alerts.behind_minutes * 60) as i64)
+                || (behind_v > 0
+                    && behind_s
+                        >= alerts
+                            .behind_minutes
+                            .saturating_mul(60)
+                            .min(i64::MAX as u64) as i64)
             {
                 let held = r
                     .version
@@ -50,7 +55,16 @@ impl Coordinator {
                 );
             }
             let last = r.last_report.unwrap_or(self.started);
-            if now - last >= (alerts.silent_minutes * 60) as i64 {
+            // A site on a long schedule is not silent between its runs.
+            let schedule = network
+                .assignment_of(&r.site, 0)
+                .and_then(|a| a.trees.into_iter().find(|t| t.tree == r.tree))
+                .map_or(0, |t| t.schedule_secs);
+            let quiet = alerts
+                .silent_minutes
+                .saturating_mul(60)
+                .max(schedule.saturating_mul(2));
+            if now - last >= quiet.min(i64::MAX as u64) as i64 {
                 firing.insert(key("silent"), format!("no report for {} s", now - last));
             }
             let outcomes = self
@@ -72,7 +86,12 @@ impl Coordinator {
         }
         for (site, expires) in self.certificates.lock().await.iter() {
             let left = expires - now;
-            if left < (alerts.certificate_days * 86_400) as i64 {
+            if left
+                < alerts
+                    .certificate_days
+                    .saturating_mul(86_400)
+                    .min(i64::MAX as u64) as i64
+            {
                 firing.insert(
                     ("certificate".into(), site.clone(), String::new()),
                     format!("its client certificate expires in {} days", left / 86_400),

@@ -82,6 +82,8 @@ pub struct Coordinator {
     pub generation: tokio::sync::watch::Sender<u64>,
     /// When this coordinator started (a site that never reported is silent from then).
     pub started: i64,
+    /// A random number for this start (see [`SiteAssignment::boot`]).
+    pub boot: u64,
     /// When each site's client certificate expires (from its last connection).
     pub certificates: Mutex<BTreeMap<String, i64>>,
     /// Reports received, by outcome.
@@ -145,6 +147,14 @@ pub struct Probe {
     etag: Option<String>,
 }
 
+/// A random number (from the standard library's randomly keyed hasher).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
 /// Seconds since the epoch.
 pub fn now() -> i64 {
     std::time::SystemTime::now()
@@ -167,7 +177,11 @@ impl Coordinator {
             (None, None) => (String::new(), 0),
         };
         let network = Network::parse(&text)?;
-        let (generation, _) = tokio::sync::watch::channel(revision);
+        // Generations start at a random point each boot: an agent's known generation from
+        // a previous boot never matches by chance.
+        let boot = random_u64();
+        let (generation, _) = tokio::sync::watch::channel(boot >> 16);
+        let _ = revision;
         Ok(Coordinator {
             db,
             held: RwLock::new(Held {
@@ -178,6 +192,7 @@ impl Coordinator {
             triggers: Mutex::new(BTreeMap::new()),
             generation,
             started: now(),
+            boot,
             certificates: Mutex::new(BTreeMap::new()),
             reports_total: Default::default(),
             webhook_delivered: Arc::default(),

@@ -215,19 +215,14 @@ async fn reports(coord: &Coordinator, site: &str, req: Request<Incoming>) -> Ans
             &format!("at most {MAX_REPORTS} reports a request"),
         );
     }
-    // Only the site's own trees: a report for another is refused whole.
+    // Only the site's own trees: a report for a tree no longer assigned to it (the
+    // network changed during its run) is dropped, and the others are kept.
     let assigned = coord.assignment(site).await.unwrap_or_default();
-    if let Some(r) = reports
-        .iter()
-        .find(|r| !assigned.trees.iter().any(|t| t.tree == r.tree))
-    {
-        return error(
-            StatusCode::BAD_REQUEST,
-            &format!("tree '{}' is not assigned to site {site}", r.tree),
-        );
-    }
-    match coord.add_reports(site, &reports).await {
-        Ok(()) => json(&serde_json::json!({ "accepted": reports.len() })),
+    let (mine, dropped): (Vec<Report>, Vec<Report>) = reports
+        .into_iter()
+        .partition(|r| assigned.trees.iter().any(|t| t.tree == r.tree));
+    match coord.add_reports(site, &mine).await {
+        Ok(()) => json(&serde_json::json!({ "accepted": mine.len(), "dropped": dropped.len() })),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }

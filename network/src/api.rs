@@ -6,13 +6,21 @@ use serde::{Deserialize, Serialize};
 pub const MAX_REPORT_BODY: usize = 1 << 20;
 /// The most reports one request may carry.
 pub const MAX_REPORTS: usize = 1000;
+/// The longest error text a report carries (longer ones are cut).
+pub const MAX_ERROR_TEXT: usize = 4096;
 
 /// What one site carries.
+// The wire types accept fields they do not know: an agent and a coordinator of different
+// versions keep working together.
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SiteAssignment {
     /// The site.
     pub site: String,
+    /// Differs for each start of the coordinator: push counters restart with it, so an
+    /// agent takes the counters of a new boot as they are (no push storm after a restart).
+    #[serde(default)]
+    pub boot: u64,
     /// The network's revision (a long-poll returns when it, or a trigger, changes).
     pub revision: u64,
     /// Its trees.
@@ -21,7 +29,6 @@ pub struct SiteAssignment {
 
 /// One tree of a site's assignment.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TreeAssignment {
     /// The tree.
     pub tree: String,
@@ -53,8 +60,11 @@ pub enum Outcome {
 
 /// One sync run of one tree at one site.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Report {
+    /// A random id the agent gives it: a report delivered twice (its acknowledgement lost)
+    /// is stored once.
+    #[serde(default)]
+    pub id: String,
     /// The tree.
     pub tree: String,
     /// How it ended.

@@ -158,6 +158,14 @@ fn schedule_secs(text: &str) -> Result<u64, String> {
     }
 }
 
+/// Whether two identities are the same (DNS names compare without case).
+fn same_identity(a: &str, b: &str) -> bool {
+    match (a.strip_prefix("dns:"), b.strip_prefix("dns:")) {
+        (Some(x), Some(y)) => x.eq_ignore_ascii_case(y),
+        _ => a == b,
+    }
+}
+
 fn check_identity(key: &str, id: &str) -> Result<(), NetworkError> {
     match id.split_once(':') {
         Some(("cn" | "dns" | "uri", v)) if !v.is_empty() => Ok(()),
@@ -220,8 +228,23 @@ impl Network {
         }
         let mut identities = BTreeMap::new();
         for (name, s) in &self.sites {
+            pulpdist_format::validate_tree_name(name).map_err(|_| {
+                invalid(
+                    format!("sites.{name}"),
+                    "a site name is 1-128 of A-Z a-z 0-9 . _ - (not starting with . or -)",
+                )
+            })?;
             let key = format!("sites.{name}.identity");
             check_identity(&key, &s.identity)?;
+            if self.admins.iter().any(|a| same_identity(a, &s.identity)) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "'{}' is also an admin: a site's certificate must not be an admin's",
+                        s.identity
+                    ),
+                ));
+            }
             if let Some(other) = identities.insert(s.identity.clone(), name) {
                 return Err(invalid(
                     key,
@@ -264,13 +287,15 @@ impl Network {
     pub fn site_of<'a>(&'a self, identities: &[String]) -> Option<&'a str> {
         self.sites
             .iter()
-            .find(|(_, s)| identities.contains(&s.identity))
+            .find(|(_, s)| identities.iter().any(|i| same_identity(i, &s.identity)))
             .map(|(n, _)| n.as_str())
     }
 
     /// Whether one of `identities` is an admin's.
     pub fn is_admin(&self, identities: &[String]) -> bool {
-        self.admins.iter().any(|a| identities.contains(a))
+        self.admins
+            .iter()
+            .any(|a| identities.iter().any(|i| same_identity(i, a)))
     }
 
     /// What `site` carries: each tree once (the first assignment that names it decides
@@ -302,6 +327,7 @@ impl Network {
         }
         Some(SiteAssignment {
             site: site.to_string(),
+            boot: 0,
             revision,
             trees: trees.into_values().collect(),
         })

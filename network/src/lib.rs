@@ -29,5 +29,7 @@
 mod api;
 mod file;
 
-pub use api::{Outcome, Report, SiteAssignment, TreeAssignment, MAX_REPORTS, MAX_REPORT_BODY};
+pub use api::{
+    Outcome, Report, SiteAssignment, TreeAssignment, MAX_ERROR_TEXT, MAX_REPORTS, MAX_REPORT_BODY,
+};
 pub use file::{Alerts, Assignment, Network, NetworkError, SiteDef, TreeDef};

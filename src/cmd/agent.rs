@@ -26,6 +26,11 @@ pub(crate) struct Args {
     /// The longest a poll of the coordinator is held open.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     poll: Duration,
+    /// The keys every tree's heads must be signed with [default: each tree's keys as the
+    /// coordinator first names them, pinned in STATE/keys/<tree>.pub and never taken from
+    /// it again; replace the file to rotate].
+    #[arg(long)]
+    trust: Vec<PathBuf>,
     /// Trust only these CA certificates (PEM) for https:// stores [default: the system's].
     #[arg(long)]
     store_ca: Option<PathBuf>,
@@ -44,6 +49,10 @@ pub(crate) fn run(a: Args) -> Result<()> {
         once: a.once,
         jitter: a.jitter,
         poll: a.poll.max(Duration::from_secs(1)),
+        trust: match a.trust.is_empty() {
+            true => None,
+            false => Some(super::sync::load_trust(&a.trust)?),
+        },
     };
     let mut agent = Agent::new(a.reach.client()?, opts)?;
     agent.run()?;

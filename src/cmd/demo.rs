@@ -238,6 +238,7 @@ fn network(
                 once: true,
                 jitter: std::time::Duration::ZERO,
                 poll: std::time::Duration::from_secs(1),
+                trust: None,
             };
             agents.push(pulpdist_agent::Agent::new(client(site)?, opts)?);
         }

@@ -705,3 +705,102 @@ fn a_push_during_a_running_sync_ends_with_the_site_on_the_newer_version() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+#[test]
+fn the_coordinator_cannot_change_the_keys_a_site_trusts_and_a_refused_report_is_set_aside() {
+    let net = Net::new();
+    let berlin = net.cert("berlin");
+    let text = net.network(&["berlin"], "10s");
+    let coord = net.start(Some(&text), "1h");
+    net.agent_once(&coord.url, "berlin", &berlin);
+    assert_same_tree(&net.site.src(), &net.mirror("berlin"));
+    let pinned = net.site.p("berlin/agent/keys/tree.pub");
+    assert!(std::fs::read_to_string(&pinned)
+        .expect("pinned")
+        .contains("pulpdist-ed25519"));
+    // A coordinator that names another store and another key (its own) for the tree.
+    let forger = Site::new();
+    std::fs::write(forger.src().join("evil"), b"not the tree").expect("file");
+    let forged = net.site.p("forged-store");
+    let out = run(&[
+        "publish",
+        "--store",
+        s(&forged),
+        "--tree",
+        "tree",
+        "--key",
+        s(&forger.key()),
+        s(&forger.src()),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let their_key = std::fs::read_to_string(forger.trust()).expect("key");
+    let evil = text.replace(s(&net.site.store()), s(&forged)).replace(
+        std::fs::read_to_string(net.site.trust())
+            .expect("key")
+            .trim(),
+        their_key.trim(),
+    );
+    let f = net.site.p("evil.toml");
+    std::fs::write(&f, evil).expect("file");
+    let mut apply = vec!["network".to_string(), "apply".into(), s(&f).into()];
+    apply.extend(net.reach(&coord.url, &net.admin));
+    let out = run(&strs(&apply));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The agent keeps its pinned key: the forged head is refused, the mirror kept.
+    let mut a = net.agent_args(&coord.url, "berlin", &berlin);
+    a.push("--once".into());
+    // Its schedule (10 s) has not come round: a push makes it sync now.
+    let mut push = vec![
+        "network".to_string(),
+        "push".into(),
+        "--tree".into(),
+        "tree".into(),
+    ];
+    push.extend(net.reach(&coord.url, &net.admin));
+    assert!(run(&strs(&push)).status.success());
+    let out = run(&strs(&a));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = net.status(&coord.url);
+    let r = row(&rows, "berlin");
+    assert_eq!(r["last_outcome"], "refused", "{r}");
+    assert_eq!(r["version"].as_u64(), Some(1), "{r}");
+    assert_same_tree(&net.site.src(), &net.mirror("berlin"));
+    // A queued report the coordinator refuses for good (too large) is set aside; the
+    // others still arrive.
+    let queue = net.site.p("berlin/agent/reports.jsonl");
+    let report = |id: &str, error: &str| {
+        serde_json::json!({
+            "id": id, "tree": "tree", "outcome": "failed", "started": 1, "from_version": 1,
+            "to_version": null, "root": null, "head_store": null, "bytes_fetched": 0,
+            "bytes_reused": 0, "requests": 0, "duration_ms": 1, "rsync_files": 0,
+            "error": error, "agent_version": "test"
+        })
+        .to_string()
+    };
+    let huge = "x".repeat(2 << 20);
+    std::fs::write(
+        &queue,
+        format!(
+            "{}\n{}\n{}\n",
+            report("a", "small"),
+            report("b", &huge),
+            report("c", "small too")
+        ),
+    )
+    .expect("queue");
+    net.agent_once(&coord.url, "berlin", &berlin);
+    assert!(!queue.exists(), "the queue was not emptied");
+    let rejected =
+        std::fs::read_to_string(net.site.p("berlin/agent/rejected.jsonl")).expect("set aside");
+    assert_eq!(rejected.lines().count(), 1);
+    let (_, site) = get(&coord.board, "/api/v1/sites/berlin");
+    assert!(
+        site.contains("small too") && site.contains("\"small\""),
+        "{site}"
+    );
+    // Delivered twice (an acknowledgement lost): stored once.
+    std::fs::write(&queue, format!("{}\n", report("c", "small too"))).expect("queue");
+    net.agent_once(&coord.url, "berlin", &berlin);
+    let (_, site) = get(&coord.board, "/api/v1/sites/berlin");
+    assert_eq!(site.matches("small too").count(), 1, "{site}");
+}
