@@ -68,14 +68,17 @@ fn param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// The TLS configuration in force; replaced whole on a reload (new revocation lists).
+pub type TlsInForce = Arc<std::sync::RwLock<Arc<rustls::ServerConfig>>>;
+
+/// Serves the API on `listener` until `shutdown` resolves; each connection's handshake
+/// uses the configuration `tls` holds at that moment.
 pub async fn serve(
     listener: TcpListener,
     coord: Arc<Coordinator>,
-    tls: Arc<rustls::ServerConfig>,
+    tls: TlsInForce,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -84,7 +87,9 @@ pub async fn serve(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
-                let (acceptor, coord) = (acceptor.clone(), coord.clone());
+                let Ok(config) = tls.read().map(|c| c.clone()) else { continue };
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                let coord = coord.clone();
                 tokio::spawn(async move {
                     let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(30), acceptor.accept(stream)).await else {
                         return;

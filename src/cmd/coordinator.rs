@@ -57,12 +57,15 @@ pub(crate) fn run(a: Args) -> Result<()> {
         }
         None => None,
     };
-    let tls = pulpdist_serve::tls::server_config(&TlsFiles {
+    let files = TlsFiles {
         cert: a.tls_cert.clone(),
         key: a.tls_key.clone(),
         client_ca: Some(a.client_ca.clone()),
         crls: a.crl.clone(),
-    })?;
+    };
+    let tls: pulpdist_coordinator::server::TlsInForce = Arc::new(std::sync::RwLock::new(
+        pulpdist_serve::tls::server_config(&files)?.config,
+    ));
     let mut http = pulpdist_sync::HttpOptions::default();
     super::stores::add_tls(&mut http, a.store_ca.as_deref(), None)?;
     let open = super::stores::opener(http, a.s3.clone());
@@ -108,7 +111,25 @@ pub(crate) fn run(a: Args) -> Result<()> {
                 }
             })
         };
-        server::serve(listener, coord, tls.config, super::serve::shutdown_signal()).await;
+        // SIGHUP reads the certificate, its key and the revocation lists again: a site
+        // revoked with `pulpdist ca revoke` is refused from its next connection.
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    match pulpdist_serve::tls::server_config(&files) {
+                        Ok(setup) => {
+                            if let Ok(mut c) = tls.write() {
+                                *c = setup.config;
+                            }
+                            eprintln!("pulpdist coordinator: TLS files reloaded");
+                        }
+                        Err(e) => eprintln!("pulpdist coordinator: reload failed, the old TLS files stay in force: {e}"),
+                    }
+                }
+            });
+        }
+        server::serve(listener, coord, tls, super::serve::shutdown_signal()).await;
         watcher.abort();
         if let Some(d) = dashboard {
             d.abort();
@@ -267,4 +288,46 @@ pub(crate) fn status(a: StatusArgs) -> Result<()> {
         }
         s
     })
+}
+
+/// `publish --notify`: wake the sites that carry the tree once it is published.
+#[derive(clap::Args)]
+pub(crate) struct NotifyArgs {
+    /// After publishing, push the tree through this coordinator (https://host:port), so its
+    /// sites sync now rather than on their schedule; needs --notify-cert and --notify-key
+    /// (an admin's). A push that fails is a warning: the sites' timers still bring them.
+    #[arg(long, requires_all = ["notify_cert", "notify_key"])]
+    notify: Option<String>,
+    /// The CA (PEM) that issued the coordinator's certificate.
+    #[arg(long)]
+    notify_ca: Option<PathBuf>,
+    /// The admin certificate (PEM) for --notify.
+    #[arg(long)]
+    notify_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long)]
+    notify_key: Option<PathBuf>,
+}
+
+impl NotifyArgs {
+    /// Pushes `tree`, if asked to; a failure is a warning.
+    pub(crate) fn send(&self, tree: &str) {
+        let (Some(url), Some(cert), Some(key)) =
+            (&self.notify, &self.notify_cert, &self.notify_key)
+        else {
+            return;
+        };
+        let reach = Reach {
+            coordinator: url.clone(),
+            ca: self.notify_ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        };
+        if let Err(e) = reach.client().and_then(|c| Ok(c.trigger(tree)?)) {
+            eprintln!(
+                "pulpdist: warning: the sites of '{tree}' were not pushed ({}); their schedules bring them the version",
+                super::describe(&e)
+            );
+        }
+    }
 }

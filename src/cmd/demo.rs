@@ -192,7 +192,7 @@ fn network(
     let server = rt.spawn(pulpdist_coordinator::server::serve(
         listener,
         coord.clone(),
-        tls.config,
+        std::sync::Arc::new(std::sync::RwLock::new(tls.config)),
         async {
             let _ = stopped.await;
         },

@@ -9,6 +9,8 @@ use serde_json::json;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
+    #[command(flatten)]
+    notify: super::coordinator::NotifyArgs,
     /// The store: a directory, or s3://bucket[/prefix].
     #[arg(long)]
     store: String,
@@ -228,7 +230,9 @@ pub(crate) fn run(a: Args) -> Result<()> {
             report.version
         );
     }
-    print_report(a.json, &report)
+    print_report(a.json, &report)?;
+    a.notify.send(&a.tree);
+    Ok(())
 }
 
 /// `--refresh`: the current head signed again with a new expiry.

@@ -83,16 +83,24 @@ impl Net {
 
     /// Starts the coordinator on its database, with `network` applied if it holds none.
     fn start(&self, network: Option<&str>, watch: &str) -> Coord {
+        let tls = [&self.coord_pair.cert, &self.coord_pair.key, &self.ca_file];
+        self.start_with(network, watch, tls, &[])
+    }
+
+    /// With the coordinator's certificate, key and client CA given, and more flags.
+    fn start_with(
+        &self,
+        network: Option<&str>,
+        watch: &str,
+        tls: [&PathBuf; 3],
+        extra: &[&str],
+    ) -> Coord {
         let mut cmd = bin();
         cmd.args(["coordinator", "--listen", "127.0.0.1:0", "--db"])
             .arg(self.site.p("coordinator.db"))
-            .args([
-                "--tls-cert",
-                s(&self.coord_pair.cert),
-                "--tls-key",
-                s(&self.coord_pair.key),
-            ])
-            .args(["--client-ca", s(&self.ca_file), "--watch", watch]);
+            .args(["--tls-cert", s(tls[0]), "--tls-key", s(tls[1])])
+            .args(["--client-ca", s(tls[2]), "--watch", watch])
+            .args(extra);
         if let Some(n) = network {
             let f = self.site.p("network.toml");
             std::fs::write(&f, n).expect("network file");
@@ -669,16 +677,16 @@ fn a_push_during_a_running_sync_ends_with_the_site_on_the_newer_version() {
     common::wait_for(&net.site.p("release.reached"));
     // Meanwhile version 2 is published and pushed; then the held sync goes on.
     pulpdist_testdata::evolve(&net.site.src(), 6, 1).expect("evolve");
-    net.site.publish();
-    let mut push = vec![
-        "network".to_string(),
-        "push".into(),
-        "--tree".into(),
-        "tree".into(),
-    ];
-    push.extend(net.reach(&coord.url, &net.admin));
-    let out = run(&strs(&push));
-    assert!(out.status.success(), "{}", stderr(&out));
+    net.site.publish_with(&[
+        "--notify",
+        &coord.url,
+        "--notify-ca",
+        s(&net.ca_file),
+        "--notify-cert",
+        s(&net.admin.cert),
+        "--notify-key",
+        s(&net.admin.key),
+    ]);
     std::fs::write(&release, b"go").expect("release");
     let until = Instant::now() + Duration::from_secs(60);
     loop {
@@ -803,4 +811,84 @@ fn the_coordinator_cannot_change_the_keys_a_site_trusts_and_a_refused_report_is_
     net.agent_once(&coord.url, "berlin", &berlin);
     let (_, site) = get(&coord.board, "/api/v1/sites/berlin");
     assert_eq!(site.matches("small too").count(), 1, "{site}");
+}
+
+#[test]
+fn a_site_revoked_by_the_ca_is_refused_after_the_coordinator_reloads() {
+    let net = Net::new();
+    // The network's CA made with `pulpdist ca`, which keeps a revocation list.
+    let pki = net.site.p("ca");
+    let ca = |args: &[&str]| {
+        let mut a = vec!["ca"];
+        a.extend(args);
+        a.extend(["--dir", s(&pki)]);
+        let out = run(&a);
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    ca(&["init"]);
+    ca(&[
+        "issue",
+        "--site",
+        "coordinator",
+        "--server",
+        "--dns",
+        "localhost",
+    ]);
+    ca(&["issue", "--site", "ops"]);
+    ca(&["issue", "--site", "berlin"]);
+    let pair = |n: &str| Pair {
+        cert: pki.join(format!("{n}.pem")),
+        key: pki.join(format!("{n}.key")),
+    };
+    let (cert, key, ca_pem) = (
+        pki.join("coordinator.pem"),
+        pki.join("coordinator.key"),
+        pki.join("ca.pem"),
+    );
+    let crl = pki.join("crl.pem");
+    let coord = net.start_with(
+        Some(&net.network(&["berlin"], "1h")),
+        "1h",
+        [&cert, &key, &ca_pem],
+        &["--crl", s(&crl)],
+    );
+    let reach = |who: &Pair| {
+        let mut a = vec![
+            "status".to_string(),
+            "--coordinator".into(),
+            coord.url.clone(),
+        ];
+        a.extend(["--ca".into(), s(&pki.join("ca.pem")).into()]);
+        a.extend([
+            "--cert".into(),
+            s(&who.cert).into(),
+            "--key".into(),
+            s(&who.key).into(),
+        ]);
+        run(&strs(&a))
+    };
+    // berlin is known (not an admin: 404), ops reads the status.
+    assert!(stderr(&reach(&pair("berlin"))).contains("404"));
+    assert!(reach(&pair("ops")).status.success());
+    ca(&["revoke", "--site", "berlin"]);
+    let ok = Command::new("kill")
+        .args(["-HUP", &coord.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = reach(&pair("berlin"));
+        if !stderr(&out).contains("404") {
+            assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "berlin still gets through: {}",
+            stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(reach(&pair("ops")).status.success(), "ops was refused too");
 }
