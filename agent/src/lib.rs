@@ -83,6 +83,9 @@ pub struct AgentOptions {
     /// (`<state>/keys/<tree>.pub`) and never taken from it again: the coordinator stays out
     /// of the trust path (a key change is the operator's, by replacing the pinned file).
     pub trust: Option<pulpdist_format::TrustedKeys>,
+    /// A store directory this site relays to the sites below it: each tree's version is
+    /// replicated into it (verified, head last) before the mirror is synced from it.
+    pub relay: Option<PathBuf>,
 }
 
 /// What one round did.
@@ -307,7 +310,7 @@ impl Agent {
     fn sync(&self, t: &TreeAssignment) -> Report {
         let started = unix_now();
         let clock = Instant::now();
-        let result = self.sync_tree(t);
+        let (result, relay_error) = self.sync_tree(t);
         let mut r = Report {
             id: format!("{:016x}{:016x}", random_u64(), random_u64()),
             tree: t.tree.clone(),
@@ -339,6 +342,7 @@ impl Agent {
                 r.bytes_reused = s.bytes_reused;
                 r.requests = s.requests;
                 r.rsync_files = s.rsync_files;
+                r.error = relay_error;
             }
             Err(e) => {
                 r.outcome = outcome_of(&e);
@@ -357,18 +361,58 @@ impl Agent {
         r
     }
 
-    fn sync_tree(&self, t: &TreeAssignment) -> Result<pulpdist_sync::SyncReport, SyncError> {
-        let keys = self.keys(t)?;
+    /// The tree's version into the relay store (if this site relays), then the mirror.
+    /// A relay that could not be updated is the report's error; the mirror is still synced
+    /// from what the relay holds and the stores behind it.
+    fn sync_tree(
+        &self,
+        t: &TreeAssignment,
+    ) -> (Result<pulpdist_sync::SyncReport, SyncError>, Option<String>) {
+        let keys = match self.keys(t) {
+            Ok(k) => k,
+            Err(e) => return (Err(e), None),
+        };
         let mut readers: Vec<Box<dyn StoreReader>> = Vec::new();
         for s in &t.stores {
-            readers.push((self.opts.open)(s).map_err(SyncError::Usage)?);
+            match (self.opts.open)(s) {
+                Ok(r) => readers.push(r),
+                Err(e) => return (Err(SyncError::Usage(e)), None),
+            }
+        }
+        let mut relay_error = None;
+        if let Some(dir) = &self.opts.relay {
+            let sources: Vec<Box<dyn StoreReader + '_>> = readers
+                .iter()
+                .map(|r| Box::new(&**r) as Box<dyn StoreReader>)
+                .collect();
+            let work = self.opts.state.join("replicate");
+            let copied = pulpdist_publish::LocalStore::open(dir)
+                .map_err(|e| e.to_string())
+                .and_then(|target| {
+                    let list = pulpdist_sync::StoreList::new(sources).map_err(|e| e.to_string())?;
+                    let ro = pulpdist_replicate::ReplicateOptions::new(&t.tree, keys.clone(), work);
+                    pulpdist_replicate::replicate(&list, &target, &ro).map_err(|e| e.to_string())
+                });
+            match copied {
+                Ok(r) => tracing::info!(tree = %t.tree, version = r.version, "relay updated"),
+                Err(e) => {
+                    relay_error = Some(format!(
+                        "the relay store {} was not updated: {e}",
+                        dir.display()
+                    ))
+                }
+            }
+            readers.insert(0, Box::new(pulpdist_sync::LocalStoreReader::new(dir)));
         }
         let dest = self.opts.mirrors.join(&t.tree);
         let opts = SyncOptions::new(&t.tree, dest, keys);
-        match readers.len() {
+        let synced = match readers.len() {
             1 => pulpdist_sync::sync(&*readers[0], &opts),
-            _ => pulpdist_sync::sync(&pulpdist_sync::StoreList::new(readers)?, &opts),
-        }
+            _ => {
+                pulpdist_sync::StoreList::new(readers).and_then(|l| pulpdist_sync::sync(&l, &opts))
+            }
+        };
+        (synced, relay_error)
     }
 }
 

@@ -16,6 +16,7 @@ impl Coordinator {
     /// Opens the events whose condition holds now and closes those whose condition
     /// cleared; returns how many were opened and closed.
     pub async fn evaluate(&self) -> Result<(usize, usize), CoordError> {
+        self.release_downstream().await?;
         let network = self.held.read().await.network.clone();
         let alerts = network.alerts.clone();
         let now = now();

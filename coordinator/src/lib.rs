@@ -67,6 +67,10 @@ pub struct Held {
     pub revision: u64,
 }
 
+/// The longest the sites below a relay wait, after a push, for the relay to hold the new
+/// version before they are woken anyway (seconds).
+pub const RELAY_WAIT: i64 = 300;
+
 /// Opens a store by its URL, for the head watcher.
 pub type OpenStore = dyn Fn(&str) -> Result<Box<dyn StoreReader>, String> + Send + Sync;
 
@@ -76,8 +80,11 @@ pub struct Coordinator {
     pub db: Db,
     /// The network in force.
     pub held: RwLock<Held>,
-    /// Pushes so far, by tree.
+    /// Pushes so far, by tree: sites that sync from the tree's own stores see them at once.
     triggers: Mutex<BTreeMap<String, u64>>,
+    /// Pushes for the sites below a relay, by tree, and since when one is waiting for the
+    /// relays to hold the new version.
+    downstream: Mutex<BTreeMap<String, (u64, Option<i64>)>>,
     /// Bumped on every change an agent's long-poll waits for (network, push).
     pub generation: tokio::sync::watch::Sender<u64>,
     /// When this coordinator started (a site that never reported is silent from then).
@@ -92,6 +99,8 @@ pub struct Coordinator {
     webhook_delivered: Arc<std::sync::atomic::AtomicU64>,
     /// The last probe of each (site, tree) whose site serves its copy.
     pub probes: Mutex<BTreeMap<(String, String), Probe>>,
+    /// How the head watcher opens stores.
+    opener: Mutex<Option<Arc<OpenStore>>>,
 }
 
 /// One site's state for one tree.
@@ -190,6 +199,7 @@ impl Coordinator {
                 revision,
             }),
             triggers: Mutex::new(BTreeMap::new()),
+            downstream: Mutex::new(BTreeMap::new()),
             generation,
             started: now(),
             boot,
@@ -197,6 +207,7 @@ impl Coordinator {
             reports_total: Default::default(),
             webhook_delivered: Arc::default(),
             probes: Mutex::new(BTreeMap::new()),
+            opener: Mutex::new(None),
         })
     }
 
@@ -227,6 +238,7 @@ impl Coordinator {
         reports: &[pulpdist_network::Report],
     ) -> Result<(), CoordError> {
         self.db.add_reports(site, reports, now()).await?;
+        self.release_downstream().await?;
         for r in reports {
             let outcome = serde_json::to_value(r.outcome)
                 .ok()
@@ -239,7 +251,9 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Wakes the sites that carry `tree` (a new head, `publish --notify`).
+    /// Wakes the sites that carry `tree` (a new head, `publish --notify`): relays and the
+    /// sites that sync from the tree's own stores now, the sites below a relay once every
+    /// relay of the tree reported the newest version (or [`RELAY_WAIT`] later).
     pub async fn trigger(&self, tree: &str) {
         *self
             .triggers
@@ -247,21 +261,72 @@ impl Coordinator {
             .await
             .entry(tree.to_string())
             .or_insert(0) += 1;
+        if !self
+            .held
+            .read()
+            .await
+            .network
+            .relays_of_tree(tree)
+            .is_empty()
+        {
+            let mut d = self.downstream.lock().await;
+            let e = d.entry(tree.to_string()).or_insert((0, None));
+            e.1.get_or_insert(now());
+        }
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Releases the pushes waiting for relays: for each tree, once every relay holds the
+    /// newest verified version, or the wait ran out.
+    pub async fn release_downstream(&self) -> Result<(), CoordError> {
+        let waiting: Vec<(String, i64)> = self
+            .downstream
+            .lock()
+            .await
+            .iter()
+            .filter_map(|(t, (_, since))| since.map(|s| (t.clone(), s)))
+            .collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let network = self.held.read().await.network.clone();
+        for (tree, since) in waiting {
+            let newest = self.db.heads(&tree).await?.first().map(|h| h.version);
+            let mut ready = now() - since >= RELAY_WAIT;
+            if !ready {
+                ready = true;
+                // Each relay reported, after the push, holding the newest version.
+                for relay in network.relays_of_tree(&tree) {
+                    let latest = self.db.latest(&relay, &tree).await?;
+                    let held = latest.held.map(|(v, _)| v);
+                    ready &= newest.is_some_and(|n| held.is_some_and(|h| h >= n))
+                        && latest.last_success.is_some_and(|at| at >= since);
+                }
+            }
+            if ready {
+                if let Some(e) = self.downstream.lock().await.get_mut(&tree) {
+                    *e = (e.0 + 1, None);
+                }
+                tracing::info!(tree = %tree, "the relays hold the new version: the sites below them are woken");
+                self.generation.send_modify(|g| *g += 1);
+            }
+        }
+        Ok(())
     }
 
     /// `site`'s assignment, with the pushes so far and the current generation.
     pub async fn assignment(&self, site: &str) -> Option<SiteAssignment> {
         let generation = *self.generation.borrow();
-        let mut a = self
-            .held
-            .read()
-            .await
-            .network
-            .assignment_of(site, generation)?;
+        let network = self.held.read().await.network.clone();
+        let mut a = network.assignment_of(site, generation)?;
+        a.boot = self.boot;
         let triggers = self.triggers.lock().await;
+        let downstream = self.downstream.lock().await;
         for t in &mut a.trees {
-            t.trigger = triggers.get(&t.tree).copied().unwrap_or(0);
+            t.trigger = match &t.upstream {
+                None => triggers.get(&t.tree).copied().unwrap_or(0),
+                Some(_) => downstream.get(&t.tree).map_or(0, |d| d.0),
+            };
         }
         Some(a)
     }
@@ -331,25 +396,63 @@ impl Coordinator {
     /// against the tree's keys, recorded; a version not seen before wakes the tree's
     /// sites. Returns the trees that got a new version.
     pub async fn watch_heads(&self, open: Arc<OpenStore>) -> Vec<String> {
-        let network = self.held.read().await.network.clone();
+        self.set_opener(open).await;
+        let trees: Vec<String> = self
+            .held
+            .read()
+            .await
+            .network
+            .trees
+            .keys()
+            .cloned()
+            .collect();
         let mut fresh = Vec::new();
-        for (tree, def) in &network.trees {
-            let (tree_name, def) = (tree.clone(), def.clone());
-            let open = open.clone();
-            let got =
-                tokio::task::spawn_blocking(move || newest_head(&tree_name, &def, &*open)).await;
-            let Ok(Some(seen)) = got else { continue };
-            match self.db.add_head(&seen).await {
-                Ok(true) => {
-                    tracing::info!(tree = %tree, version = seen.version, "new head");
-                    self.trigger(tree).await;
-                    fresh.push(tree.clone());
-                }
-                Ok(false) => {}
-                Err(e) => tracing::warn!("{e}"),
+        for tree in trees {
+            if self.watch_tree(&tree).await {
+                fresh.push(tree);
             }
         }
         fresh
+    }
+
+    /// The stores' opener the watcher uses (kept for pushes, which check the head first).
+    pub async fn set_opener(&self, open: Arc<OpenStore>) {
+        *self.opener.lock().await = Some(open);
+    }
+
+    /// Checks one tree's head; a version not seen before wakes the tree's sites. Returns
+    /// whether it was new.
+    pub async fn watch_tree(&self, tree: &str) -> bool {
+        let Some(open) = self.opener.lock().await.clone() else {
+            return false;
+        };
+        let Some(def) = self.held.read().await.network.trees.get(tree).cloned() else {
+            return false;
+        };
+        let tree_name = tree.to_string();
+        let got = tokio::task::spawn_blocking(move || newest_head(&tree_name, &def, &*open)).await;
+        let Ok(Some(seen)) = got else { return false };
+        match self.db.add_head(&seen).await {
+            Ok(true) => {
+                tracing::info!(tree = %tree, version = seen.version, "new head");
+                self.trigger(tree).await;
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::warn!("{e}");
+                false
+            }
+        }
+    }
+
+    /// A push (`publish --notify`, `network push`): the tree's head is checked first, so
+    /// that the relays' progress is measured against the version pushed; an unchanged head
+    /// still wakes the sites.
+    pub async fn push(&self, tree: &str) {
+        if !self.watch_tree(tree).await {
+            self.trigger(tree).await;
+        }
     }
 }
 

@@ -169,7 +169,7 @@ async fn route(coord: &Arc<Coordinator>, identities: &[String], req: Request<Inc
         (Method::PUT, "/api/v1/network", Caller::Admin) => put_network(coord, req).await,
         (Method::POST, "/api/v1/trigger", Caller::Admin) => match param(q, "tree") {
             Some(tree) if coord.held.read().await.network.trees.contains_key(tree) => {
-                coord.trigger(tree).await;
+                coord.push(tree).await;
                 json(&serde_json::json!({ "tree": tree, "triggered": true }))
             }
             _ => not_found(),

@@ -40,6 +40,10 @@ pub struct TreeAssignment {
     pub schedule_secs: u64,
     /// Pushes so far for the tree: a site syncs again when it rises.
     pub trigger: u64,
+    /// The site this one syncs from first (its `serves` store leads `stores`), if any: its
+    /// pushes come once that site holds the new version.
+    #[serde(default)]
+    pub upstream: Option<String>,
 }
 
 /// How a sync run ended.

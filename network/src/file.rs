@@ -309,19 +309,19 @@ impl Network {
                 let Some(tree) = self.trees.get(t) else {
                     continue;
                 };
-                let upstream = a
-                    .upstream
+                let upstream = a.upstream.clone().filter(|up| up.as_str() != site);
+                let serves = upstream
                     .as_ref()
-                    .filter(|up| up.as_str() != site)
                     .and_then(|up| self.sites.get(up))
                     .and_then(|s| s.serves.clone());
-                let stores = upstream.into_iter().chain(tree.stores.clone()).collect();
+                let stores = serves.into_iter().chain(tree.stores.clone()).collect();
                 trees.entry(t.clone()).or_insert(TreeAssignment {
                     tree: t.clone(),
                     stores,
                     trust: tree.trust.clone(),
                     schedule_secs: secs,
                     trigger: 0,
+                    upstream,
                 });
             }
         }
@@ -331,6 +331,19 @@ impl Network {
             revision,
             trees: trees.into_values().collect(),
         })
+    }
+
+    /// The sites that others sync `tree` from first (upstream in an assignment of it).
+    pub fn relays_of_tree(&self, tree: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .assignments
+            .iter()
+            .filter(|a| a.trees.iter().any(|t| t == tree))
+            .filter_map(|a| a.upstream.clone())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// The sites that carry `tree`.

@@ -31,6 +31,10 @@ pub(crate) struct Args {
     /// it again; replace the file to rotate].
     #[arg(long)]
     trust: Vec<PathBuf>,
+    /// A store directory this site relays (serves to the sites below it): each tree is
+    /// replicated into it, verified, before the mirror is synced from it.
+    #[arg(long)]
+    relay: Option<PathBuf>,
     /// Trust only these CA certificates (PEM) for https:// stores [default: the system's].
     #[arg(long)]
     store_ca: Option<PathBuf>,
@@ -49,6 +53,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
         once: a.once,
         jitter: a.jitter,
         poll: a.poll.max(Duration::from_secs(1)),
+        relay: a.relay,
         trust: match a.trust.is_empty() {
             true => None,
             false => Some(super::sync::load_trust(&a.trust)?),

@@ -239,6 +239,7 @@ fn network(
                 jitter: std::time::Duration::ZERO,
                 poll: std::time::Duration::from_secs(1),
                 trust: None,
+                relay: None,
             };
             agents.push(pulpdist_agent::Agent::new(client(site)?, opts)?);
         }

@@ -892,3 +892,72 @@ fn a_site_revoked_by_the_ca_is_refused_after_the_coordinator_reloads() {
     }
     assert!(reach(&pair("ops")).status.success(), "ops was refused too");
 }
+
+#[test]
+fn a_push_wakes_the_relay_first_and_the_sites_below_it_once_it_holds_the_version() {
+    let net = Net::new();
+    let (hub, leaf) = (net.cert("hub"), net.cert("leaf"));
+    let relay = net.site.p("hub/relay");
+    let key = std::fs::read_to_string(net.site.trust()).expect("key");
+    let text = format!(
+        "admins = [\"cn:ops\"]\n\n[trees.tree]\nstores = [\"{}\"]\ntrust = [\"{}\"]\n\n\
+         [sites.hub]\nidentity = \"cn:hub\"\nserves = \"{}\"\n\n[sites.leaf]\nidentity = \"cn:leaf\"\n\n\
+         [[assignment]]\nsites = [\"hub\"]\ntrees = [\"tree\"]\nschedule = \"1h\"\n\n\
+         [[assignment]]\nsites = [\"leaf\"]\ntrees = [\"tree\"]\nschedule = \"1h\"\nupstream = \"hub\"\n",
+        s(&net.site.store()),
+        key.trim(),
+        s(&relay)
+    );
+    let coord = net.start(Some(&text), "1h");
+    let spawn = |name: &str, who: &Pair, extra: &[&str]| {
+        bin()
+            .args(net.agent_args(&coord.url, name, who))
+            .args(["--poll", "30s"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("agent")
+    };
+    let mut agents = [
+        spawn("hub", &hub, &["--relay", s(&relay)]),
+        spawn("leaf", &leaf, &[]),
+    ];
+    let until = |what: &str, pred: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let rows = net.status(&coord.url);
+            if pred(&rows) {
+                return rows;
+            }
+            assert!(Instant::now() < deadline, "{what} within 60 s: {rows}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    until("both at version 1", &|rows| {
+        row(rows, "hub")["version"] == 1 && row(rows, "leaf")["version"] == 1
+    });
+    pulpdist_testdata::evolve(&net.site.src(), 8, 1).expect("evolve");
+    net.site.publish_with(&[
+        "--notify",
+        &coord.url,
+        "--notify-ca",
+        s(&net.ca_file),
+        "--notify-cert",
+        s(&net.admin.cert),
+        "--notify-key",
+        s(&net.admin.key),
+    ]);
+    // The leaf syncs version 2 from the relay: it was woken only once the relay held it.
+    let rows = until("the leaf at version 2", &|rows| {
+        row(rows, "leaf")["version"] == 2
+    });
+    assert_eq!(row(&rows, "leaf")["head_store"], s(&relay), "{rows}");
+    assert_eq!(row(&rows, "hub")["version"], 2, "{rows}");
+    assert_same_tree(&net.site.src(), &net.mirror("leaf"));
+    assert_same_tree(&net.site.src(), &net.mirror("hub"));
+    for a in &mut agents {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+}
