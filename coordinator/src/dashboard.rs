@@ -142,10 +142,12 @@ async fn site_json(coord: &Coordinator, site: &str) -> Result<Option<Value>, Coo
     };
     let rows = coord.status(Some(&format!("site={site}"))).await?;
     let history = coord.db.site_history(site, 50).await?;
+    let daily = coord.db.rollups(site, 90).await?;
     let expires = coord.certificates.lock().await.get(site).copied();
     Ok(Some(json!({
         "site": site, "identity": def.identity, "labels": def.labels, "contact": def.contact,
         "serves": def.serves, "certificate_expires": expires, "trees": rows, "history": history,
+        "daily": daily,
     })))
 }
 

@@ -399,3 +399,78 @@ pub struct ReportRow {
     /// The error, if it failed.
     pub error: Option<String>,
 }
+
+/// One day of one site's runs of one tree, summed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Rollup {
+    /// The tree.
+    pub tree: String,
+    /// The day: Unix seconds of its start (UTC).
+    pub day: i64,
+    /// Runs.
+    pub runs: u64,
+    /// Runs that failed or were refused.
+    pub failures: u64,
+    /// Bytes fetched.
+    pub bytes_fetched: u64,
+    /// Wall time, summed.
+    pub duration_ms: u64,
+}
+
+impl Db {
+    /// Sums the reports received before `cutoff` into daily rollups and removes them, in
+    /// one transaction; each (site, tree)'s last report and last successful one are kept
+    /// (the status is computed from them). Returns the reports rolled up.
+    pub async fn roll_up(&self, cutoff: i64) -> Result<u64, CoordError> {
+        let err = |e| CoordError::db("rolling up reports", e);
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        let keep = "id NOT IN (SELECT MAX(id) FROM reports GROUP BY site, tree) \
+                    AND id NOT IN (SELECT MAX(id) FROM reports WHERE outcome IN ('completed', 'up_to_date') GROUP BY site, tree)";
+        sqlx::query(&format!(
+            "INSERT INTO rollups (site, tree, day, runs, failures, bytes_fetched, duration_ms) \
+             SELECT site, tree, (received / 86400) * 86400, COUNT(*), \
+             SUM(outcome IN ('failed', 'refused')), SUM(bytes_fetched), SUM(duration_ms) \
+             FROM reports WHERE received < ?1 AND {keep} GROUP BY site, tree, received / 86400 \
+             ON CONFLICT (site, tree, day) DO UPDATE SET runs = runs + excluded.runs, \
+             failures = failures + excluded.failures, bytes_fetched = bytes_fetched + excluded.bytes_fetched, \
+             duration_ms = duration_ms + excluded.duration_ms"
+        ))
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        let gone = sqlx::query(&format!(
+            "DELETE FROM reports WHERE received < ?1 AND {keep}"
+        ))
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(gone.rows_affected())
+    }
+
+    /// A site's daily rollups, newest first.
+    pub async fn rollups(&self, site: &str, limit: i64) -> Result<Vec<Rollup>, CoordError> {
+        let rows = sqlx::query(
+            "SELECT tree, day, runs, failures, bytes_fetched, duration_ms FROM rollups \
+             WHERE site = ?1 ORDER BY day DESC, tree LIMIT ?2",
+        )
+        .bind(site)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| CoordError::db("reading rollups", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Rollup {
+                tree: r.get(0),
+                day: r.get(1),
+                runs: r.get::<i64, _>(2) as u64,
+                failures: r.get::<i64, _>(3) as u64,
+                bytes_fetched: r.get::<i64, _>(4) as u64,
+                duration_ms: r.get::<i64, _>(5) as u64,
+            })
+            .collect())
+    }
+}

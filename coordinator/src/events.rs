@@ -17,6 +17,9 @@ impl Coordinator {
     /// cleared; returns how many were opened and closed.
     pub async fn evaluate(&self) -> Result<(usize, usize), CoordError> {
         self.release_downstream().await?;
+        // Bounded history: raw reports for the retention period, then daily rollups.
+        let keep = self.keep_reports.load(std::sync::atomic::Ordering::Relaxed);
+        self.db.roll_up(now().saturating_sub(keep)).await?;
         let network = self.held.read().await.network.clone();
         let alerts = network.alerts.clone();
         let now = now();

@@ -29,7 +29,7 @@ use pulpdist_sync::StoreReader;
 use serde::Serialize;
 use tokio::sync::{Mutex, RwLock};
 
-pub use db::{Db, HeadSeen, Latest};
+pub use db::{Db, HeadSeen, Latest, Rollup};
 
 /// Why the coordinator could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +67,9 @@ pub struct Held {
     pub revision: u64,
 }
 
+/// How long raw reports are kept by default: 30 days.
+pub const DEFAULT_KEEP_REPORTS: i64 = 30 * 86_400;
+
 /// The longest the sites below a relay wait, after a push, for the relay to hold the new
 /// version before they are woken anyway (seconds).
 pub const RELAY_WAIT: i64 = 300;
@@ -101,6 +104,8 @@ pub struct Coordinator {
     pub probes: Mutex<BTreeMap<(String, String), Probe>>,
     /// How the head watcher opens stores.
     opener: Mutex<Option<Arc<OpenStore>>>,
+    /// How long raw reports are kept before they are summed into daily rollups (seconds).
+    pub keep_reports: std::sync::atomic::AtomicI64,
 }
 
 /// One site's state for one tree.
@@ -208,6 +213,7 @@ impl Coordinator {
             webhook_delivered: Arc::default(),
             probes: Mutex::new(BTreeMap::new()),
             opener: Mutex::new(None),
+            keep_reports: std::sync::atomic::AtomicI64::new(DEFAULT_KEEP_REPORTS),
         })
     }
 

@@ -36,6 +36,10 @@ pub(crate) struct Args {
     /// and events are evaluated.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     watch: Duration,
+    /// How long each run's report is kept; older ones are summed into daily rollups (the
+    /// last report and the last success of each site and tree are always kept).
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    keep_reports: Duration,
     /// Also serve the dashboard (HTML pages, their JSON twins, /metrics) over plain HTTP
     /// here: for reading only, keep it on loopback or behind a proxy that authenticates.
     #[arg(long, value_name = "ADDR")]
@@ -73,6 +77,10 @@ pub(crate) fn run(a: Args) -> Result<()> {
     rt.block_on(async {
         let db = Db::open(&a.db).await?;
         let coord = Arc::new(Coordinator::open(db, initial.as_deref()).await?);
+        coord.keep_reports.store(
+            a.keep_reports.as_secs().min(i64::MAX as u64) as i64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let listener = tokio::net::TcpListener::bind(&a.listen)
             .await
             .with_context(|| format!("listening on {}", a.listen))?;

@@ -961,3 +961,32 @@ fn a_push_wakes_the_relay_first_and_the_sites_below_it_once_it_holds_the_version
         let _ = a.wait();
     }
 }
+
+#[test]
+fn old_reports_are_summed_into_daily_rollups_and_the_status_survives() {
+    let net = Net::new();
+    let berlin = net.cert("berlin");
+    let coord = net.start_with(
+        Some(&net.network(&["berlin"], "10s")),
+        "1s",
+        [&net.coord_pair.cert, &net.coord_pair.key, &net.ca_file],
+        &["--keep-reports", "1s"],
+    );
+    for _ in 0..3 {
+        net.agent_once(&coord.url, "berlin", &berlin);
+    }
+    let until = Instant::now() + Duration::from_secs(60);
+    let site = loop {
+        let (_, site) = get(&coord.board, "/api/v1/sites/berlin");
+        let v: serde_json::Value = serde_json::from_str(&site).expect("json");
+        if v["daily"][0]["runs"] == 2 {
+            break v;
+        }
+        assert!(Instant::now() < until, "no rollup: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(site["history"].as_array().map(Vec::len), Some(1), "{site}");
+    assert_eq!(site["daily"][0]["failures"], 0, "{site}");
+    let rows = net.status(&coord.url);
+    assert_eq!(row(&rows, "berlin")["version"], 1, "{rows}");
+}
