@@ -145,6 +145,13 @@ impl Client {
         serde_json::from_str(&got).map_err(|e| self.fail(&path, e))
     }
 
+    /// Forgets the key `site` was enrolled with: its next certificate is enrolled (admin).
+    pub fn reenrol(&self, site: &str) -> Result<(), AgentError> {
+        let path = format!("/api/v1/sites/{site}/enrolment");
+        self.body(&path, self.agent.delete(self.url(&path)).call())?;
+        Ok(())
+    }
+
     /// Wakes the sites that carry `tree` (admin; `publish --notify`).
     pub fn trigger(&self, tree: &str) -> Result<(), AgentError> {
         let path = format!("/api/v1/trigger?tree={tree}");

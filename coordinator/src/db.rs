@@ -474,3 +474,34 @@ impl Db {
             .collect())
     }
 }
+
+impl Db {
+    /// The key `site` is enrolled with, enrolling `spki` if it has none: whether `spki`
+    /// is the enrolled key.
+    pub async fn enrol(&self, site: &str, spki: &str, now: i64) -> Result<bool, CoordError> {
+        let err = |e| CoordError::db("enrolling a site", e);
+        sqlx::query("INSERT OR IGNORE INTO enrolment (site, spki, enrolled) VALUES (?1, ?2, ?3)")
+            .bind(site)
+            .bind(spki)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+        let row = sqlx::query("SELECT spki FROM enrolment WHERE site = ?1")
+            .bind(site)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(row.get::<String, _>(0) == spki)
+    }
+
+    /// Forgets a site's enrolled key (its next certificate is enrolled); whether it had one.
+    pub async fn unenrol(&self, site: &str) -> Result<bool, CoordError> {
+        let done = sqlx::query("DELETE FROM enrolment WHERE site = ?1")
+            .bind(site)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| CoordError::db("unenrolling a site", e))?;
+        Ok(done.rows_affected() == 1)
+    }
+}

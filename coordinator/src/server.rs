@@ -99,18 +99,21 @@ pub async fn serve(
                         .and_then(pulpdist_serve::tls::identities)
                         .map(|ids| ids.iter().map(|i| i.to_string()).collect())
                         .unwrap_or_default();
-                    // A site's certificate expiry, for the events.
-                    let expires = cert.and_then(|c| {
-                        x509_parser::parse_x509_certificate(c.as_ref())
-                            .ok()
-                            .map(|(_, x)| x.validity().not_after.timestamp())
+                    // The certificate's key (a site is enrolled with it) and expiry.
+                    let parsed = cert.and_then(|c| {
+                        x509_parser::parse_x509_certificate(c.as_ref()).ok().map(|(_, x)| {
+                            let spki = blake3::hash(x.public_key().raw).to_hex().to_string();
+                            (spki, x.validity().not_after.timestamp())
+                        })
                     });
-                    if let (Caller::Site(site), Some(at)) = (caller(&coord, &identities).await, expires) {
-                        coord.certificates.lock().await.insert(site, at);
+                    let spki = parsed.as_ref().map(|(k, _)| k.clone()).unwrap_or_default();
+                    let who = caller(&coord, &identities, &spki).await;
+                    if let (Caller::Site(site), Some((_, at))) = (&who, parsed) {
+                        coord.certificates.lock().await.insert(site.clone(), at);
                     }
                     let service = hyper::service::service_fn(move |req| {
-                        let (coord, identities) = (coord.clone(), identities.clone());
-                        async move { Ok::<_, Infallible>(route(&coord, &identities, req).await) }
+                        let (coord, identities, spki) = (coord.clone(), identities.clone(), spki.clone());
+                        async move { Ok::<_, Infallible>(route(&coord, (&identities, &spki), req).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), service)
@@ -122,19 +125,38 @@ pub async fn serve(
     }
 }
 
-async fn caller(coord: &Coordinator, identities: &[String]) -> Caller {
-    let held = coord.held.read().await;
-    if held.network.is_admin(identities) {
-        return Caller::Admin;
-    }
-    match held.network.site_of(identities) {
-        Some(s) => Caller::Site(s.to_string()),
-        None => Caller::Nobody,
+/// Who a certificate is: an admin, a site (only with the key the site was enrolled with),
+/// or nobody.
+async fn caller(coord: &Coordinator, identities: &[String], spki: &str) -> Caller {
+    let site = {
+        let held = coord.held.read().await;
+        if held.network.is_admin(identities) {
+            return Caller::Admin;
+        }
+        match held.network.site_of(identities) {
+            Some(s) => s.to_string(),
+            None => return Caller::Nobody,
+        }
+    };
+    match coord.db.enrol(&site, spki, crate::now()).await {
+        Ok(true) => Caller::Site(site),
+        Ok(false) => {
+            tracing::warn!(site = %site, "a certificate with another key than the site was enrolled with: refused (`pulpdist network reenrol` accepts the next one)");
+            Caller::Nobody
+        }
+        Err(e) => {
+            tracing::warn!("{e}");
+            Caller::Nobody
+        }
     }
 }
 
-async fn route(coord: &Arc<Coordinator>, identities: &[String], req: Request<Incoming>) -> Answer {
-    let who = caller(coord, identities).await;
+async fn route(
+    coord: &Arc<Coordinator>,
+    (identities, spki): (&[String], &str),
+    req: Request<Incoming>,
+) -> Answer {
+    let who = caller(coord, identities, spki).await;
     let query = req.uri().query().map(str::to_string);
     let q = query.as_deref();
     let path = req.uri().path().to_string();
@@ -159,6 +181,15 @@ async fn route(coord: &Arc<Coordinator>, identities: &[String], req: Request<Inc
             match crate::dashboard::twin(coord, &p["/api/v1/".len()..]).await {
                 Ok(Some(v)) => json(&v),
                 Ok(None) => not_found(),
+                Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+            }
+        }
+        (Method::DELETE, p, Caller::Admin)
+            if p.starts_with("/api/v1/sites/") && p.ends_with("/enrolment") =>
+        {
+            let site = &p["/api/v1/sites/".len()..p.len() - "/enrolment".len()];
+            match coord.db.unenrol(site).await {
+                Ok(had) => json(&serde_json::json!({ "site": site, "was_enrolled": had })),
                 Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
             }
         }

@@ -197,6 +197,15 @@ enum NetworkCommand {
         #[command(flatten)]
         reach: Reach,
     },
+    /// Accept the next certificate of a site (a new key): the coordinator enrols each site
+    /// with the key of the certificate it first connects with.
+    Reenrol {
+        /// The site.
+        #[arg(long)]
+        site: String,
+        #[command(flatten)]
+        reach: Reach,
+    },
     /// Wake the sites that carry a tree now (what a new head does).
     Push {
         /// The tree.
@@ -233,6 +242,11 @@ pub(crate) fn network(a: NetworkArgs) -> Result<()> {
             ))
         }
         NetworkCommand::Export { reach } => super::say(reach.client()?.export()?),
+        NetworkCommand::Reenrol { site, reach } => {
+            pulpdist_format::validate_tree_name(&site).map_err(|e| super::usage(e.to_string()))?;
+            reach.client()?.reenrol(&site)?;
+            super::say(format_args!("{site}: its next certificate is enrolled\n"))
+        }
         NetworkCommand::Push { tree, reach } => {
             pulpdist_format::validate_tree_name(&tree).map_err(|e| super::usage(e.to_string()))?;
             reach.client()?.trigger(&tree)?;

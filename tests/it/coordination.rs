@@ -990,3 +990,35 @@ fn old_reports_are_summed_into_daily_rollups_and_the_status_survives() {
     let rows = net.status(&coord.url);
     assert_eq!(row(&rows, "berlin")["version"], 1, "{rows}");
 }
+
+#[test]
+fn a_site_is_enrolled_with_its_first_key_and_another_key_needs_an_admin() {
+    let net = Net::new();
+    let berlin = net.cert("berlin");
+    let coord = net.start(Some(&net.network(&["berlin"], "1h")), "1h");
+    net.agent_once(&coord.url, "berlin", &berlin);
+    assert_same_tree(&net.site.src(), &net.mirror("berlin"));
+    // The same name from the same CA, another key: not berlin.
+    let impostor = net.ca.issue(&net.site.p("pki"), "berlin-2", &["berlin"]);
+    let mut a = net.agent_args(&coord.url, "berlin2", &impostor);
+    a.push("--once".into());
+    let out = run(&strs(&a));
+    assert!(stderr(&out).contains("404"), "{}", stderr(&out));
+    assert!(!net.mirror("berlin2").exists());
+    // An admin accepts the next key; from then on the old one is refused.
+    let mut re = vec![
+        "network".to_string(),
+        "reenrol".into(),
+        "--site".into(),
+        "berlin".into(),
+    ];
+    re.extend(net.reach(&coord.url, &net.admin));
+    let out = run(&strs(&re));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&strs(&a));
+    assert!(!stderr(&out).contains("404"), "{}", stderr(&out));
+    assert_same_tree(&net.site.src(), &net.mirror("berlin2"));
+    let mut old = net.agent_args(&coord.url, "berlin", &berlin);
+    old.push("--once".into());
+    assert!(stderr(&run(&strs(&old))).contains("404"));
+}
