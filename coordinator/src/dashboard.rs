@@ -188,6 +188,10 @@ fn class(r: &StatusRow) -> &'static str {
 
 async fn matrix(coord: &Coordinator) -> Result<String, CoordError> {
     let rows = coord.status(None).await?;
+    let by_cell: std::collections::HashMap<(&str, &str), &StatusRow> = rows
+        .iter()
+        .map(|r| ((r.site.as_str(), r.tree.as_str()), r))
+        .collect();
     let network = coord.held.read().await.network.clone();
     let trees: Vec<&String> = network.trees.keys().collect();
     let mut s = head("Network");
@@ -203,7 +207,7 @@ async fn matrix(coord: &Coordinator) -> Result<String, CoordError> {
             esc(site)
         );
         for t in &trees {
-            match rows.iter().find(|r| &r.site == site && &r.tree == *t) {
+            match by_cell.get(&(site.as_str(), t.as_str())) {
                 None => s.push_str("<td class=\"none\"></td>"),
                 Some(r) => {
                     let v = r.version.map_or("-".into(), |v| v.to_string());

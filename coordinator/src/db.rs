@@ -505,3 +505,67 @@ impl Db {
         Ok(done.rows_affected() == 1)
     }
 }
+
+impl Db {
+    /// [`Db::latest`] of every (site, tree) that reported, in two queries.
+    pub async fn latest_all(
+        &self,
+    ) -> Result<std::collections::HashMap<(String, String), Latest>, CoordError> {
+        let err = |e| CoordError::db("reading reports", e);
+        let mut out: std::collections::HashMap<(String, String), Latest> = Default::default();
+        let last = sqlx::query(
+            "SELECT r.site, r.tree, r.outcome, r.error, r.received, r.head_store, r.bytes_fetched \
+             FROM reports r JOIN (SELECT MAX(id) AS id FROM reports GROUP BY site, tree) m ON r.id = m.id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        for r in last {
+            let e = out.entry((r.get(0), r.get(1))).or_default();
+            e.last_outcome = Some(r.get(2));
+            e.last_error = r.get(3);
+            e.last_report = Some(r.get(4));
+            e.head_store = r.get(5);
+            e.bytes_fetched = r.get::<i64, _>(6) as u64;
+        }
+        let ok = sqlx::query(
+            "SELECT r.site, r.tree, r.to_version, r.root, r.received FROM reports r JOIN \
+             (SELECT MAX(id) AS id FROM reports WHERE outcome IN ('completed', 'up_to_date') \
+             AND to_version IS NOT NULL GROUP BY site, tree) m ON r.id = m.id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        for r in ok {
+            let e = out.entry((r.get(0), r.get(1))).or_default();
+            let root: Option<String> = r.get(3);
+            e.held = Some((r.get::<i64, _>(2) as u64, root.unwrap_or_default()));
+            e.last_success = Some(r.get(4));
+        }
+        Ok(out)
+    }
+
+    /// Every tree's verified heads, newest first.
+    pub async fn heads_all(
+        &self,
+    ) -> Result<std::collections::HashMap<String, Vec<HeadSeen>>, CoordError> {
+        let rows = sqlx::query(
+            "SELECT tree, version, root, created, seen FROM heads ORDER BY tree, version DESC",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| CoordError::db("reading heads", e))?;
+        let mut out: std::collections::HashMap<String, Vec<HeadSeen>> = Default::default();
+        for r in rows {
+            let tree: String = r.get(0);
+            out.entry(tree.clone()).or_default().push(HeadSeen {
+                tree,
+                version: r.get::<i64, _>(1) as u64,
+                root: r.get(2),
+                created: r.get(3),
+                seen: r.get(4),
+            });
+        }
+        Ok(out)
+    }
+}

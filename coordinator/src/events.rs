@@ -71,10 +71,16 @@ impl Coordinator {
             if now - last >= quiet.min(i64::MAX as u64) as i64 {
                 firing.insert(key("silent"), format!("no report for {} s", now - last));
             }
-            let outcomes = self
-                .db
-                .last_outcomes(&r.site, &r.tree, alerts.failures as i64)
-                .await?;
+            // Only a site whose last run failed can be failing: one query for those.
+            let failed_last = matches!(r.last_outcome.as_deref(), Some("failed" | "refused"));
+            let outcomes = match failed_last {
+                true => {
+                    self.db
+                        .last_outcomes(&r.site, &r.tree, alerts.failures as i64)
+                        .await?
+                }
+                false => Vec::new(),
+            };
             if outcomes.len() as u64 == alerts.failures
                 && outcomes.iter().all(|o| o == "failed" || o == "refused")
             {

@@ -352,6 +352,10 @@ impl Coordinator {
         let (trees, sites, labels) = (want("tree"), want("site"), want("label"));
         let network = self.held.read().await.network.clone();
         let now = now();
+        // Three queries for the whole network, not three per row.
+        let mut latest = self.db.latest_all().await?;
+        let heads = self.db.heads_all().await?;
+        let probes = self.probes.lock().await.clone();
         let mut rows = Vec::new();
         for (name, def) in &network.sites {
             if !sites.is_empty() && !sites.contains(name) {
@@ -372,15 +376,11 @@ impl Coordinator {
                 .iter()
                 .filter(|t| trees.is_empty() || trees.contains(&t.tree))
             {
-                let latest = self.db.latest(name, &t.tree).await?;
-                let heads = self.db.heads(&t.tree).await?;
-                let probe = self
-                    .probes
-                    .lock()
-                    .await
-                    .get(&(name.clone(), t.tree.clone()))
-                    .cloned();
-                rows.push(row(name, def, &t.tree, (latest, probe), &heads, now));
+                let key = (name.clone(), t.tree.clone());
+                let last = latest.remove(&key).unwrap_or_default();
+                let probe = probes.get(&key).cloned();
+                let tree_heads = heads.get(&t.tree).map_or(&[][..], Vec::as_slice);
+                rows.push(row(name, def, &t.tree, (last, probe), tree_heads, now));
             }
         }
         // Before the watcher saw a tree's head, the newest version any site reported.
