@@ -240,8 +240,8 @@ fn main() {
     // Idle long-polls, each over its own connection.
     let before = usage(pid).1;
     let mut pollers = Vec::new();
-    for i in 0..polls.min(sites) {
-        let (url, work, n) = (url.clone(), work.clone(), names[i].clone());
+    for name in names.iter().take(polls.min(sites)) {
+        let (url, work, n) = (url.clone(), work.clone(), name.clone());
         pollers.push(
             std::thread::Builder::new()
                 .stack_size(256 << 10)
