@@ -64,10 +64,8 @@ impl Client {
         match status {
             200 => Ok(Some(text)),
             304 => Ok(None),
-            404 => Err(AgentError::Refused {
-                url: self.url(path),
-                detail: "404: not found (or not for this certificate)".into(),
-            }),
+            // Not for good: a coordinator whose database is down has answered 404 before.
+            404 => Err(self.fail(path, "404: not found (or not for this certificate)")),
             s => {
                 let detail = serde_json::from_str::<serde_json::Value>(&text)
                     .ok()

@@ -60,6 +60,24 @@ pub enum AgentError {
     },
 }
 
+/// What a coordinator names is checked as the network file is: a tree name that is a path
+/// is not taken, and no schedule is below [`MIN_SCHEDULE`].
+fn sanitize(a: &mut SiteAssignment) {
+    a.trees.retain(|t| match pulpdist_format::validate_tree_name(&t.tree) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(tree = %t.tree, "the assignment names a tree that is not a tree name ({e}); ignored");
+            false
+        }
+    });
+    for t in &mut a.trees {
+        t.schedule_secs = t.schedule_secs.max(MIN_SCHEDULE);
+    }
+}
+
+/// The shortest schedule an agent keeps, whatever its assignment says.
+const MIN_SCHEDULE: u64 = 10;
+
 /// Opens a store by its URL (a directory, `http(s)://`, `s3://`).
 pub type OpenStore = dyn Fn(&str) -> Result<Box<dyn StoreReader>, String> + Send + Sync;
 
@@ -126,7 +144,11 @@ impl Agent {
         let queue = Queue::new(opts.state.join("reports.jsonl"));
         let assignment = std::fs::read(cache_path(&opts.state))
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+            .and_then(|b| serde_json::from_slice::<SiteAssignment>(&b).ok())
+            .map(|mut a| {
+                sanitize(&mut a);
+                a
+            });
         Ok(Agent {
             client,
             opts,
@@ -211,7 +233,8 @@ impl Agent {
 
     /// Takes a new assignment: cached, and, from a new coordinator boot, its push counters
     /// as the baseline (they restarted; no tree is synced for that).
-    fn take(&mut self, a: SiteAssignment) {
+    fn take(&mut self, mut a: SiteAssignment) {
+        sanitize(&mut a);
         self.generation = Some(a.revision);
         if let Err(e) = save(&cache_path(&self.opts.state), &a) {
             tracing::warn!("{e}: the assignment is not cached");
@@ -507,4 +530,34 @@ fn random_u64() -> u64 {
 /// A random duration below `max`.
 fn random_below(max: Duration) -> Duration {
     Duration::from_millis(random_u64() % max.as_millis().max(1) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_assignment_naming_a_path_or_a_tiny_schedule_is_not_taken_as_it_is() {
+        let t = |tree: &str, secs| TreeAssignment {
+            tree: tree.into(),
+            schedule_secs: secs,
+            ..TreeAssignment::default()
+        };
+        let mut a = SiteAssignment {
+            trees: vec![
+                t("debian", 0),
+                t("../../etc/cron.d/x", 60),
+                t("/abs", 60),
+                t("ok", 900),
+            ],
+            ..SiteAssignment::default()
+        };
+        sanitize(&mut a);
+        let kept: Vec<(&str, u64)> = a
+            .trees
+            .iter()
+            .map(|t| (t.tree.as_str(), t.schedule_secs))
+            .collect();
+        assert_eq!(kept, [("debian", MIN_SCHEDULE), ("ok", 900)]);
+    }
 }

@@ -19,7 +19,9 @@ impl Coordinator {
         self.release_downstream().await?;
         // Bounded history: raw reports for the retention period, then daily rollups.
         let keep = self.keep_reports.load(std::sync::atomic::Ordering::Relaxed);
-        self.db.roll_up(now().saturating_sub(keep)).await?;
+        if let Err(e) = self.db.roll_up(now().saturating_sub(keep)).await {
+            tracing::warn!("{e}");
+        }
         let network = self.held.read().await.network.clone();
         let alerts = network.alerts.clone();
         let now = now();
@@ -94,7 +96,10 @@ impl Coordinator {
                 );
             }
         }
-        for (site, expires) in self.certificates.lock().await.iter() {
+        let mut certificates = self.certificates.lock().await;
+        // A site removed from the network has no certificate to watch.
+        certificates.retain(|site, _| network.sites.contains_key(site));
+        for (site, expires) in certificates.iter() {
             let left = expires - now;
             if left
                 < alerts

@@ -67,6 +67,9 @@ pub struct Held {
     pub revision: u64,
 }
 
+/// The longest one probe of a site's served copy may take.
+const PROBE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How long raw reports are kept by default: 30 days.
 pub const DEFAULT_KEEP_REPORTS: i64 = 30 * 86_400;
 
@@ -383,18 +386,6 @@ impl Coordinator {
                 rows.push(row(name, def, &t.tree, (last, probe), tree_heads, now));
             }
         }
-        // Before the watcher saw a tree's head, the newest version any site reported.
-        let mut newest: BTreeMap<String, u64> = BTreeMap::new();
-        for r in &rows {
-            if let Some(v) = r.version {
-                let e = newest.entry(r.tree.clone()).or_insert(0);
-                *e = (*e).max(v);
-            }
-        }
-        for r in rows.iter_mut().filter(|r| r.newest.is_none()) {
-            r.newest = newest.get(&r.tree).copied();
-            r.versions_behind = r.newest.zip(r.version).map(|(n, v)| n.saturating_sub(v));
-        }
         Ok(rows)
     }
 
@@ -479,13 +470,20 @@ impl Coordinator {
                 let key = (site.clone(), t.tree.clone());
                 let last = self.probes.lock().await.get(&key).cloned();
                 let (open, url) = (open.clone(), url.clone());
-                let probed = tokio::task::spawn_blocking(move || {
+                // At most a minute a probe: a site that drips its answer holds no one up.
+                let work = tokio::task::spawn_blocking(move || {
                     probe(&*open, &url, &t.tree, &t.trust, last)
-                })
-                .await;
-                if let Ok(p) = probed {
-                    self.probes.lock().await.insert(key, p);
-                }
+                });
+                let probed = tokio::time::timeout(PROBE_DEADLINE, work).await;
+                let p = match probed {
+                    Ok(Ok(p)) => p,
+                    _ => Probe {
+                        at: now(),
+                        error: Some(format!("no answer within {} s", PROBE_DEADLINE.as_secs())),
+                        ..Probe::default()
+                    },
+                };
+                self.probes.lock().await.insert(key, p);
             }
         }
     }

@@ -24,6 +24,8 @@ const MAX_WAIT: u64 = 300;
 /// Who is asking.
 #[derive(Clone, Debug)]
 enum Caller {
+    /// The database could not say who it is (503, so that nobody takes it for "unknown").
+    Unavailable,
     Admin,
     Site(String),
     Nobody,
@@ -115,7 +117,10 @@ pub async fn serve(
                         let (coord, identities, spki) = (coord.clone(), identities.clone(), spki.clone());
                         async move { Ok::<_, Infallible>(route(&coord, (&identities, &spki), req).await) }
                     });
+                    // A client that sends no request, or half a header, is not held for ever.
                     let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(30))
                         .serve_connection(TokioIo::new(tls), service)
                         .await;
                 });
@@ -146,7 +151,7 @@ async fn caller(coord: &Coordinator, identities: &[String], spki: &str) -> Calle
         }
         Err(e) => {
             tracing::warn!("{e}");
-            Caller::Nobody
+            Caller::Unavailable
         }
     }
 }
@@ -160,6 +165,12 @@ async fn route(
     let query = req.uri().query().map(str::to_string);
     let q = query.as_deref();
     let path = req.uri().path().to_string();
+    if matches!(who, Caller::Unavailable) {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database is not available; try again",
+        );
+    }
     match (req.method().clone(), path.as_str(), &who) {
         (Method::GET, "/api/v1/assignment", Caller::Site(site)) => {
             let after = param(q, "after").and_then(|v| v.parse().ok());
@@ -245,6 +256,7 @@ async fn reports(coord: &Coordinator, site: &str, req: Request<Incoming>) -> Ans
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("reports: {e}")),
     };
+    let reports: Vec<Report> = reports.into_iter().map(bounded).collect();
     if reports.len() > MAX_REPORTS {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -261,6 +273,49 @@ async fn reports(coord: &Coordinator, site: &str, req: Request<Incoming>) -> Ans
         Ok(()) => json(&serde_json::json!({ "accepted": mine.len(), "dropped": dropped.len() })),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
+}
+
+/// A report with its texts cut to sizes a page can show and its numbers to what a run can
+/// have (a hostile site's values overflow no sum and flood no page).
+fn bounded(mut r: Report) -> Report {
+    let cut = |s: &mut String, max: usize| {
+        if s.len() > max {
+            let mut at = max;
+            while !s.is_char_boundary(at) {
+                at -= 1;
+            }
+            s.truncate(at);
+        }
+    };
+    const BIG: u64 = 1 << 48;
+    if let Some(e) = r.error.as_mut() {
+        cut(e, pulpdist_network::MAX_ERROR_TEXT);
+    }
+    for s in [r.root.as_mut(), r.head_store.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        cut(s, 1024);
+    }
+    cut(&mut r.agent_version, 64);
+    cut(&mut r.id, 64);
+    for n in [
+        &mut r.bytes_fetched,
+        &mut r.bytes_reused,
+        &mut r.requests,
+        &mut r.duration_ms,
+        &mut r.rsync_files,
+    ] {
+        *n = (*n).min(BIG);
+    }
+    for v in [r.from_version.as_mut(), r.to_version.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        *v = (*v).min(BIG);
+    }
+    r.started = r.started.clamp(0, BIG as i64);
+    r
 }
 
 async fn put_network(coord: &Coordinator, req: Request<Incoming>) -> Answer {
@@ -284,4 +339,41 @@ async fn put_network(coord: &Coordinator, req: Request<Incoming>) -> Answer {
 
 fn pulpdist_config_limit() -> usize {
     1 << 20
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hostile_report_is_cut_to_size() {
+        let r = Report {
+            id: "i".repeat(1000),
+            tree: "t".into(),
+            outcome: pulpdist_network::Outcome::Failed,
+            started: i64::MIN,
+            from_version: Some(u64::MAX),
+            to_version: Some(u64::MAX),
+            root: Some("r".repeat(5000)),
+            head_store: None,
+            bytes_fetched: u64::MAX,
+            bytes_reused: 0,
+            requests: u64::MAX,
+            duration_ms: 1,
+            rsync_files: 0,
+            error: Some("é".repeat(10_000)),
+            agent_version: "v".repeat(100),
+        };
+        let b = bounded(r);
+        assert!(b
+            .error
+            .as_deref()
+            .is_some_and(|e| e.len() <= pulpdist_network::MAX_ERROR_TEXT));
+        assert_eq!((b.id.len(), b.agent_version.len()), (64, 64));
+        assert_eq!(b.root.map(|r| r.len()), Some(1024));
+        assert_eq!(
+            (b.bytes_fetched, b.to_version, b.started),
+            (1 << 48, Some(1 << 48), 0)
+        );
+    }
 }

@@ -125,7 +125,15 @@ pub(crate) fn run(a: Args) -> Result<()> {
             let tls = tls.clone();
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
-                    match pulpdist_serve::tls::server_config(&files) {
+                    // Read on a blocking thread, at most 10 s: a FIFO or a slow disk holds
+                    // no request.
+                    let f = files.clone();
+                    let read = tokio::task::spawn_blocking(move || pulpdist_serve::tls::server_config(&f));
+                    let loaded = match tokio::time::timeout(Duration::from_secs(10), read).await {
+                        Ok(Ok(r)) => r.map_err(|e| e.to_string()),
+                        _ => Err("the TLS files could not be read within 10 s".to_string()),
+                    };
+                    match loaded {
                         Ok(setup) => {
                             if let Ok(mut c) = tls.write() {
                                 *c = setup.config;
