@@ -96,9 +96,11 @@ impl Net {
         extra: &[&str],
     ) -> Coord {
         let mut cmd = bin();
-        cmd.args(["coordinator", "--listen", "127.0.0.1:0", "--db"])
-            .arg(self.site.p("coordinator.db"))
-            .args(["--tls-cert", s(tls[0]), "--tls-key", s(tls[1])])
+        cmd.args(["coordinator", "--listen", "127.0.0.1:0"]);
+        if !extra.contains(&"--db") {
+            cmd.arg("--db").arg(self.site.p("coordinator.db"));
+        }
+        cmd.args(["--tls-cert", s(tls[0]), "--tls-key", s(tls[1])])
             .args(["--client-ca", s(tls[2]), "--watch", watch])
             .args(extra);
         if let Some(n) = network {
@@ -1021,4 +1023,41 @@ fn a_site_is_enrolled_with_its_first_key_and_another_key_needs_an_admin() {
     let mut old = net.agent_args(&coord.url, "berlin", &berlin);
     old.push("--once".into());
     assert!(stderr(&run(&strs(&old))).contains("404"));
+}
+
+#[test]
+fn a_full_disk_under_the_database_loses_no_report_and_passes() {
+    let net = Net::new();
+    let berlin = net.cert("berlin");
+    let disk = net.site.p("dbdisk");
+    let _mount = common::tmpfs(&disk, 8);
+    let cmd_net = net.network(&["berlin"], "10s");
+    let db = disk.join("coordinator.db");
+    let coord = net.start_with(
+        Some(&cmd_net),
+        "1h",
+        [&net.coord_pair.cert, &net.coord_pair.key, &net.ca_file],
+        &["--db", s(&db)],
+    );
+    net.agent_once(&coord.url, "berlin", &berlin);
+    // The disk fills up: the agent keeps its reports (nothing set aside).
+    let fill = disk.join("fill");
+    let mut f = std::fs::File::create(&fill).expect("fill");
+    let block = vec![0u8; 1 << 16];
+    while std::io::Write::write_all(&mut f, &block).is_ok() {}
+    drop(f);
+    net.agent_once(&coord.url, "berlin", &berlin);
+    let queue = net.site.p("berlin/agent/reports.jsonl");
+    assert!(queue.exists(), "the report was not kept");
+    assert!(!net.site.p("berlin/agent/rejected.jsonl").exists());
+    // Room again: the queued reports arrive.
+    std::fs::remove_file(&fill).expect("unfill");
+    let until = Instant::now() + Duration::from_secs(60);
+    while queue.exists() {
+        assert!(Instant::now() < until, "the queued reports never arrived");
+        net.agent_once(&coord.url, "berlin", &berlin);
+    }
+    let (_, site) = get(&coord.board, "/api/v1/sites/berlin");
+    let v: serde_json::Value = serde_json::from_str(&site).expect("json");
+    assert!(v["history"].as_array().map_or(0, Vec::len) >= 3, "{v}");
 }
