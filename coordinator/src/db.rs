@@ -425,7 +425,8 @@ impl Db {
         let err = |e| CoordError::db("rolling up reports", e);
         let mut tx = self.pool.begin().await.map_err(err)?;
         let keep = "id NOT IN (SELECT MAX(id) FROM reports GROUP BY site, tree) \
-                    AND id NOT IN (SELECT MAX(id) FROM reports WHERE outcome IN ('completed', 'up_to_date') GROUP BY site, tree)";
+                    AND id NOT IN (SELECT MAX(id) FROM reports WHERE outcome IN ('completed', 'up_to_date') \
+                    AND to_version IS NOT NULL GROUP BY site, tree)";
         sqlx::query(&format!(
             "INSERT INTO rollups (site, tree, day, runs, failures, bytes_fetched, duration_ms) \
              SELECT site, tree, (received / 86400) * 86400, COUNT(*), \
@@ -480,18 +481,25 @@ impl Db {
     /// is the enrolled key.
     pub async fn enrol(&self, site: &str, spki: &str, now: i64) -> Result<bool, CoordError> {
         let err = |e| CoordError::db("enrolling a site", e);
-        sqlx::query("INSERT OR IGNORE INTO enrolment (site, spki, enrolled) VALUES (?1, ?2, ?3)")
+        // A read on every request; a write only the first time.
+        let known = sqlx::query("SELECT spki FROM enrolment WHERE site = ?1")
             .bind(site)
-            .bind(spki)
-            .bind(now)
-            .execute(&self.pool)
+            .fetch_optional(&self.pool)
             .await
             .map_err(err)?;
-        let row = sqlx::query("SELECT spki FROM enrolment WHERE site = ?1")
-            .bind(site)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(err)?;
+        if let Some(row) = known {
+            return Ok(row.get::<String, _>(0) == spki);
+        }
+        let row = sqlx::query(
+            "INSERT INTO enrolment (site, spki, enrolled) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (site) DO UPDATE SET site = site RETURNING spki",
+        )
+        .bind(site)
+        .bind(spki)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(err)?;
         Ok(row.get::<String, _>(0) == spki)
     }
 

@@ -16,7 +16,9 @@ impl Coordinator {
     /// Opens the events whose condition holds now and closes those whose condition
     /// cleared; returns how many were opened and closed.
     pub async fn evaluate(&self) -> Result<(usize, usize), CoordError> {
-        self.release_downstream().await?;
+        if let Err(e) = self.release_downstream().await {
+            tracing::warn!("{e}");
+        }
         // Bounded history: raw reports for the retention period, then daily rollups.
         let keep = self.keep_reports.load(std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = self.db.roll_up(now().saturating_sub(keep)).await {
@@ -96,9 +98,13 @@ impl Coordinator {
                 );
             }
         }
-        let mut certificates = self.certificates.lock().await;
-        // A site removed from the network has no certificate to watch.
-        certificates.retain(|site, _| network.sites.contains_key(site));
+        // A site removed from the network has no certificate to watch. (A copy: the lock is
+        // not held while events are written.)
+        let certificates = {
+            let mut c = self.certificates.lock().await;
+            c.retain(|site, _| network.sites.contains_key(site));
+            c.clone()
+        };
         for (site, expires) in certificates.iter() {
             let left = expires - now;
             if left

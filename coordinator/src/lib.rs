@@ -107,6 +107,10 @@ pub struct Coordinator {
     pub probes: Mutex<BTreeMap<(String, String), Probe>>,
     /// How the head watcher opens stores.
     opener: Mutex<Option<Arc<OpenStore>>>,
+    /// The probes started and not known to have ended.
+    probing: Mutex<std::collections::HashSet<(String, String)>>,
+    /// Probes that ended (set by their blocking threads).
+    probing_done: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
     /// How long raw reports are kept before they are summed into daily rollups (seconds).
     pub keep_reports: std::sync::atomic::AtomicI64,
 }
@@ -122,8 +126,7 @@ pub struct StatusRow {
     pub labels: BTreeMap<String, String>,
     /// The version it holds (its last run that ended well).
     pub version: Option<u64>,
-    /// The newest version the coordinator verified (or, before it saw any, the newest a
-    /// site reported).
+    /// The newest version the coordinator verified (`None` until its watcher verified one).
     pub newest: Option<u64>,
     /// Versions between them.
     pub versions_behind: Option<u64>,
@@ -216,6 +219,8 @@ impl Coordinator {
             webhook_delivered: Arc::default(),
             probes: Mutex::new(BTreeMap::new()),
             opener: Mutex::new(None),
+            probing: Mutex::new(Default::default()),
+            probing_done: Arc::default(),
             keep_reports: std::sync::atomic::AtomicI64::new(DEFAULT_KEEP_REPORTS),
         })
     }
@@ -247,7 +252,9 @@ impl Coordinator {
         reports: &[pulpdist_network::Report],
     ) -> Result<(), CoordError> {
         self.db.add_reports(site, reports, now()).await?;
-        self.release_downstream().await?;
+        if let Err(e) = self.release_downstream().await {
+            tracing::warn!("{e}");
+        }
         for r in reports {
             let outcome = serde_json::to_value(r.outcome)
                 .ok()
@@ -279,8 +286,9 @@ impl Coordinator {
             .is_empty()
         {
             let mut d = self.downstream.lock().await;
+            // The wait restarts with each push: the relays must report after the last one.
             let e = d.entry(tree.to_string()).or_insert((0, None));
-            e.1.get_or_insert(now());
+            e.1 = Some(now());
         }
         self.generation.send_modify(|g| *g += 1);
     }
@@ -313,8 +321,10 @@ impl Coordinator {
                 }
             }
             if ready {
-                if let Some(e) = self.downstream.lock().await.get_mut(&tree) {
-                    *e = (e.0 + 1, None);
+                // Not if another push came meanwhile: its own wait decides.
+                match self.downstream.lock().await.get_mut(&tree) {
+                    Some(e) if e.1 == Some(since) => *e = (e.0 + 1, None),
+                    _ => continue,
                 }
                 tracing::info!(tree = %tree, "the relays hold the new version: the sites below them are woken");
                 self.generation.send_modify(|g| *g += 1);
@@ -447,7 +457,9 @@ impl Coordinator {
     /// that the relays' progress is measured against the version pushed; an unchanged head
     /// still wakes the sites.
     pub async fn push(&self, tree: &str) {
-        if !self.watch_tree(tree).await {
+        // A store that does not answer delays the push by a minute at most.
+        let seen = tokio::time::timeout(PROBE_DEADLINE, self.watch_tree(tree)).await;
+        if !matches!(seen, Ok(true)) {
             self.trigger(tree).await;
         }
     }
@@ -468,11 +480,21 @@ impl Coordinator {
             };
             for t in a.trees {
                 let key = (site.clone(), t.tree.clone());
+                // A probe still running (a site that drips its answer) is not started again.
+                if !self.probing.lock().await.insert(key.clone()) {
+                    continue;
+                }
                 let last = self.probes.lock().await.get(&key).cloned();
                 let (open, url) = (open.clone(), url.clone());
                 // At most a minute a probe: a site that drips its answer holds no one up.
+                let running = self.probing_done.clone();
+                let done_key = key.clone();
                 let work = tokio::task::spawn_blocking(move || {
-                    probe(&*open, &url, &t.tree, &t.trust, last)
+                    let p = probe(&*open, &url, &t.tree, &t.trust, last);
+                    if let Ok(mut d) = running.lock() {
+                        d.insert(done_key);
+                    }
+                    p
                 });
                 let probed = tokio::time::timeout(PROBE_DEADLINE, work).await;
                 let p = match probed {
@@ -484,6 +506,15 @@ impl Coordinator {
                     },
                 };
                 self.probes.lock().await.insert(key, p);
+                // Probes that ended (in time or not) may start again.
+                let ended: Vec<(String, String)> = match self.probing_done.lock() {
+                    Ok(mut d) => std::mem::take(&mut *d).into_iter().collect(),
+                    Err(_) => Vec::new(),
+                };
+                let mut probing = self.probing.lock().await;
+                for k in ended {
+                    probing.remove(&k);
+                }
             }
         }
     }

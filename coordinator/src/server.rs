@@ -196,9 +196,14 @@ async fn route(
             }
         }
         (Method::DELETE, p, Caller::Admin)
-            if p.starts_with("/api/v1/sites/") && p.ends_with("/enrolment") =>
+            if p.strip_prefix("/api/v1/sites/")
+                .and_then(|r| r.strip_suffix("/enrolment"))
+                .is_some_and(|site| !site.is_empty()) =>
         {
-            let site = &p["/api/v1/sites/".len()..p.len() - "/enrolment".len()];
+            let site = p
+                .strip_prefix("/api/v1/sites/")
+                .and_then(|r| r.strip_suffix("/enrolment"))
+                .unwrap_or_default();
             match coord.db.unenrol(site).await {
                 Ok(had) => json(&serde_json::json!({ "site": site, "was_enrolled": had })),
                 Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
