@@ -177,6 +177,20 @@ impl Net {
         out
     }
 
+    /// Publishes the next version with `--notify` to `coord`, as the admin.
+    fn publish_notified(&self, coord: &Coord) {
+        self.site.publish_with(&[
+            "--notify",
+            &coord.url,
+            "--notify-ca",
+            s(&self.ca_file),
+            "--notify-cert",
+            s(&self.admin.cert),
+            "--notify-key",
+            s(&self.admin.key),
+        ]);
+    }
+
     fn mirror(&self, name: &str) -> PathBuf {
         self.site.p(&format!("{name}/mirrors/tree"))
     }
@@ -679,16 +693,7 @@ fn a_push_during_a_running_sync_ends_with_the_site_on_the_newer_version() {
     common::wait_for(&net.site.p("release.reached"));
     // Meanwhile version 2 is published and pushed; then the held sync goes on.
     pulpdist_testdata::evolve(&net.site.src(), 6, 1).expect("evolve");
-    net.site.publish_with(&[
-        "--notify",
-        &coord.url,
-        "--notify-ca",
-        s(&net.ca_file),
-        "--notify-cert",
-        s(&net.admin.cert),
-        "--notify-key",
-        s(&net.admin.key),
-    ]);
+    net.publish_notified(&coord);
     std::fs::write(&release, b"go").expect("release");
     let until = Instant::now() + Duration::from_secs(60);
     loop {
@@ -940,16 +945,7 @@ fn a_push_wakes_the_relay_first_and_the_sites_below_it_once_it_holds_the_version
         row(rows, "hub")["version"] == 1 && row(rows, "leaf")["version"] == 1
     });
     pulpdist_testdata::evolve(&net.site.src(), 8, 1).expect("evolve");
-    net.site.publish_with(&[
-        "--notify",
-        &coord.url,
-        "--notify-ca",
-        s(&net.ca_file),
-        "--notify-cert",
-        s(&net.admin.cert),
-        "--notify-key",
-        s(&net.admin.key),
-    ]);
+    net.publish_notified(&coord);
     // The leaf syncs version 2 from the relay: it was woken only once the relay held it.
     let rows = until("the leaf at version 2", &|rows| {
         row(rows, "leaf")["version"] == 2

@@ -105,6 +105,20 @@ fn random(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// `verify --read-data` of a relay's store passes.
+fn verify_read_data(net: &Net, store: &Path) {
+    let trust = net.site.trust();
+    let out = run(&[
+        "verify",
+        "--store",
+        s(store),
+        "--trust",
+        &trust,
+        "--read-data",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -172,15 +186,7 @@ fn a_relay_copies_only_what_it_lacks_and_its_sites_get_the_same_tree() {
         }
     }
     // The relay's store checks out whole, every chunk read.
-    let out = run(&[
-        "verify",
-        "--store",
-        s(&relay),
-        "--trust",
-        &net.site.trust(),
-        "--read-data",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    verify_read_data(&net, &relay);
 }
 
 #[test]
@@ -787,15 +793,7 @@ fn a_relay_store_tampered_with_locally_is_repaired_or_refused_never_written_thro
     let leaf = net.site.p("leaf");
     net.sync_json(&[s(&relay)], &leaf);
     assert_same_tree(&net.site.src(), &leaf);
-    let out = run(&[
-        "verify",
-        "--store",
-        s(&relay),
-        "--trust",
-        &net.site.trust(),
-        "--read-data",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    verify_read_data(&net, &relay);
 
     // A symlink as the tree's lock file: refused, its target untouched.
     net.evolve(1);
