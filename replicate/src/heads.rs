@@ -11,9 +11,6 @@ use pulpdist_sync::{first_ok, HeadFetch, StoreReader, SyncError};
 use crate::walk::Needs;
 use crate::{ReplicateError, ReplicateOptions};
 
-/// The longest a head may be valid (what `publish --expires-days` allows).
-const MAX_HEAD_LIFETIME: i64 = 366 * 86_400;
-
 /// The source's head and the target's, both verified.
 pub(crate) struct Heads {
     /// The source's head.
@@ -153,37 +150,7 @@ fn source_head(
             object: object.clone(),
             source,
         })?;
-    let h = signed.head();
-    if h.tree != tree {
-        return Err(SyncError::WrongTree {
-            asked: tree.to_string(),
-            found: h.tree.clone(),
-        });
-    }
-    if h.expires.saturating_sub(h.created) > MAX_HEAD_LIFETIME
-        || h.created > now.saturating_add(86_400)
-    {
-        return Err(SyncError::Format {
-            object,
-            source: crate::invalid(
-                "tree head",
-                format!(
-                    "created {}, expires {}, now {now}: valid for more than {} days or created in the future",
-                    h.created,
-                    h.expires,
-                    MAX_HEAD_LIFETIME / 86_400
-                ),
-            ),
-        });
-    }
-    if now > h.expires {
-        return Err(SyncError::Expired {
-            tree: tree.to_string(),
-            version: h.version,
-            expires: h.expires,
-            now,
-        });
-    }
+    pulpdist_sync::check_head(signed.head(), None, tree, now, &object)?;
     Ok(signed)
 }
 

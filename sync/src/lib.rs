@@ -44,7 +44,7 @@ pub use http::{tls_config, HttpOptions, HttpStoreReader};
 pub use locate::fetch_chunks;
 pub use objstore::ObjectStoreReader;
 pub use origin::sync_rsync;
-pub use pipeline::{sync, SyncOptions, SyncReport};
+pub use pipeline::{check_head, sync, SyncOptions, SyncReport};
 pub use store::{
     falls_through, first_ok, AsReader, CountingReader, HeadFetch, LocalStoreReader, Overhead,
     StoreList, StoreReader, StoreUse,

@@ -153,8 +153,11 @@ fn fetch(
     }
 }
 
-/// The rules a verified head must pass against the version applied, at time `now`.
-pub(super) fn check(
+/// The rules a verified head must pass against the version applied (if any), at time
+/// `now`: the tree asked for, a bounded lifetime, not made in the future, not expired, no
+/// rollback, no equivocation. `object` names the head in errors. A replicate checks its
+/// source's head with it too.
+pub fn check(
     head: &Head,
     applied: Option<&Head>,
     tree: &str,

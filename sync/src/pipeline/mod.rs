@@ -31,6 +31,7 @@ mod survey;
 mod testkit;
 pub(crate) mod walk;
 
+pub use head::check as check_head;
 pub use options::{SyncOptions, SyncReport};
 
 use crate::error::{IoContext, SyncError};
