@@ -8,9 +8,12 @@ use pulpdist_sync::HttpOptions;
 
 use crate::AgentError;
 
-/// A connection to a coordinator.
+/// A connection to a coordinator (or to the first that answers of several sharing one
+/// database).
 pub struct Client {
-    base: String,
+    bases: Vec<String>,
+    /// The one asked now: a request that gets no answer, or a 5xx, moves to the next.
+    current: std::sync::atomic::AtomicUsize,
     agent: ureq::Agent,
 }
 
@@ -18,6 +21,15 @@ impl Client {
     /// A client of the coordinator at `base` (`https://host:port`), with `http`'s CA and
     /// client certificate.
     pub fn new(base: &str, http: &HttpOptions) -> Result<Client, AgentError> {
+        Client::with_fallbacks(&[base.to_string()], http)
+    }
+
+    /// A client of coordinators sharing one database (`https://host:port` each): requests
+    /// go to one until it does not answer or answers 5xx, then to the next, in turn.
+    pub fn with_fallbacks(bases: &[String], http: &HttpOptions) -> Result<Client, AgentError> {
+        if bases.is_empty() {
+            return Err(AgentError::Setup("no coordinator given".into()));
+        }
         let tls = pulpdist_sync::tls_config(http).map_err(|e| AgentError::Setup(e.to_string()))?;
         // Each request's own deadline (a poll's: its wait and 15 s more; others 30 s): a
         // coordinator that accepts and never answers delays a round by no more.
@@ -31,13 +43,23 @@ impl Client {
             .build()
             .into();
         Ok(Client {
-            base: base.trim_end_matches('/').to_string(),
+            bases: bases
+                .iter()
+                .map(|b| b.trim_end_matches('/').to_string())
+                .collect(),
+            current: Default::default(),
             agent,
         })
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.bases.len();
+        format!("{}{path}", self.bases[i])
+    }
+
+    /// How many coordinators it knows.
+    pub fn coordinators(&self) -> usize {
+        self.bases.len()
     }
 
     fn fail(&self, path: &str, e: impl std::fmt::Display) -> AgentError {
@@ -47,39 +69,34 @@ impl Client {
         }
     }
 
-    /// Reads a response: its body if 200, else an error with the coordinator's message.
-    fn body(
+    /// Sends a request (`send` given the URL) to the coordinator in use; one that does not
+    /// answer, or answers 5xx, is left for the next, which is asked at once (each once).
+    /// Returns the body if 200, `None` if 304, else an error with the coordinator's message.
+    fn call(
         &self,
         path: &str,
-        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        send: impl Fn(&str) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<Option<String>, AgentError> {
-        let mut resp = resp.map_err(|e| self.fail(path, e))?;
-        let status = resp.status().as_u16();
-        let text = resp
-            .body_mut()
-            .with_config()
-            .limit(16 << 20)
-            .read_to_string()
-            .map_err(|e| self.fail(path, e))?;
-        match status {
-            200 => Ok(Some(text)),
-            304 => Ok(None),
-            // Not for good: a coordinator whose database is down has answered 404 before.
-            404 => Err(self.fail(path, "404: not found (or not for this certificate)")),
-            s => {
-                let detail = serde_json::from_str::<serde_json::Value>(&text)
-                    .ok()
-                    .and_then(|v| v["error"].as_str().map(String::from))
-                    .unwrap_or(text);
-                match s {
-                    400 | 413 => Err(AgentError::Refused {
-                        url: self.url(path),
-                        detail: format!("{s}: {detail}"),
-                    }),
-                    _ => Err(self.fail(path, format!("{s}: {detail}"))),
+        let mut last = None;
+        for _ in 0..self.bases.len() {
+            let at = self.current.load(std::sync::atomic::Ordering::Relaxed);
+            let url = format!("{}{path}", self.bases[at % self.bases.len()]);
+            match answer(&url, send(&url)) {
+                Err((e, true)) => {
+                    // Not past a move another thread made meanwhile.
+                    let _ = self.current.compare_exchange(
+                        at,
+                        at.wrapping_add(1),
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                    last = Some(e);
                 }
+                Err((e, false)) => return Err(e),
+                Ok(got) => return Ok(got),
             }
         }
+        Err(last.unwrap_or_else(|| AgentError::Setup("no coordinator given".into())))
     }
 
     /// This site's assignment; with `after` (the generation known), waits up to `wait`
@@ -94,13 +111,14 @@ impl Client {
             None => "/api/v1/assignment".to_string(),
         };
         let deadline = wait + Duration::from_secs(15);
-        let req = self
-            .agent
-            .get(self.url(&path))
-            .config()
-            .timeout_global(Some(deadline))
-            .build();
-        let got = self.body(&path, req.call())?;
+        let got = self.call(&path, |url| {
+            self.agent
+                .get(url)
+                .config()
+                .timeout_global(Some(deadline))
+                .build()
+                .call()
+        })?;
         got.map(|t| serde_json::from_str(&t).map_err(|e| self.fail(&path, e)))
             .transpose()
     }
@@ -109,7 +127,7 @@ impl Client {
     pub fn report(&self, reports: &[Report]) -> Result<(), AgentError> {
         let path = "/api/v1/reports";
         let body = serde_json::to_vec(reports).map_err(|e| self.fail(path, e))?;
-        self.body(path, self.agent.post(self.url(path)).send(&body[..]))?;
+        self.call(path, |url| self.agent.post(url).send(&body[..]))?;
         Ok(())
     }
 
@@ -117,7 +135,7 @@ impl Client {
     pub fn apply(&self, text: &str) -> Result<(u64, bool), AgentError> {
         let path = "/api/v1/network";
         let got = self
-            .body(path, self.agent.put(self.url(path)).send(text))?
+            .call(path, |url| self.agent.put(url).send(text))?
             .unwrap_or_default();
         let v: serde_json::Value = serde_json::from_str(&got).map_err(|e| self.fail(path, e))?;
         Ok((
@@ -130,7 +148,7 @@ impl Client {
     pub fn export(&self) -> Result<String, AgentError> {
         let path = "/api/v1/network";
         Ok(self
-            .body(path, self.agent.get(self.url(path)).call())?
+            .call(path, |url| self.agent.get(url).call())?
             .unwrap_or_default())
     }
 
@@ -138,7 +156,7 @@ impl Client {
     pub fn status(&self, query: &str) -> Result<serde_json::Value, AgentError> {
         let path = format!("/api/v1/status?{query}");
         let got = self
-            .body(&path, self.agent.get(self.url(&path)).call())?
+            .call(&path, |url| self.agent.get(url).call())?
             .unwrap_or_default();
         serde_json::from_str(&got).map_err(|e| self.fail(&path, e))
     }
@@ -146,14 +164,60 @@ impl Client {
     /// Forgets the key `site` was enrolled with: its next certificate is enrolled (admin).
     pub fn reenrol(&self, site: &str) -> Result<(), AgentError> {
         let path = format!("/api/v1/sites/{site}/enrolment");
-        self.body(&path, self.agent.delete(self.url(&path)).call())?;
+        self.call(&path, |url| self.agent.delete(url).call())?;
         Ok(())
     }
 
     /// Wakes the sites that carry `tree` (admin; `publish --notify`).
     pub fn trigger(&self, tree: &str) -> Result<(), AgentError> {
         let path = format!("/api/v1/trigger?tree={tree}");
-        self.body(&path, self.agent.post(self.url(&path)).send(&[][..]))?;
+        self.call(&path, |url| self.agent.post(url).send(&[][..]))?;
         Ok(())
+    }
+}
+
+/// Reads a response from `url`: its body if 200, `None` if 304, else an error and whether
+/// another coordinator may answer better (no answer, or 5xx).
+fn answer(
+    url: &str,
+    resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<Option<String>, (AgentError, bool)> {
+    let fail = |detail: String| AgentError::Coordinator {
+        url: url.to_string(),
+        detail,
+    };
+    let mut resp = resp.map_err(|e| (fail(e.to_string()), true))?;
+    let status = resp.status().as_u16();
+    let text = resp
+        .body_mut()
+        .with_config()
+        .limit(16 << 20)
+        .read_to_string()
+        .map_err(|e| (fail(e.to_string()), true))?;
+    match status {
+        200 => Ok(Some(text)),
+        304 => Ok(None),
+        // Not for good: a coordinator whose database is down has answered 404 before.
+        404 => Err((
+            fail("404: not found (or not for this certificate)".into()),
+            false,
+        )),
+        s => {
+            let detail = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(String::from))
+                .unwrap_or(text);
+            match s {
+                400 | 413 => Err((
+                    AgentError::Refused {
+                        url: url.to_string(),
+                        detail: format!("{s}: {detail}"),
+                    },
+                    false,
+                )),
+                // A coordinator whose database is down: the next one may answer.
+                _ => Err((fail(format!("{s}: {detail}")), s >= 500)),
+            }
+        }
     }
 }

@@ -202,7 +202,12 @@ impl Agent {
                 self.backoff =
                     (self.backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
                 if !self.opts.once {
-                    let pause = wait.saturating_sub(asked.elapsed()).max(self.backoff);
+                    // With another coordinator to ask, the next one is asked after the
+                    // backoff; with one, not before the poll's time is up.
+                    let pause = match self.client.coordinators() {
+                        1 => wait.saturating_sub(asked.elapsed()).max(self.backoff),
+                        _ => self.backoff,
+                    };
                     std::thread::sleep(pause.min(self.until_due().max(Duration::from_secs(1))));
                 }
             }
@@ -331,6 +336,7 @@ impl Agent {
 
     /// One sync of one tree, as a report.
     fn sync(&self, t: &TreeAssignment) -> Report {
+        tracing::info!(tree = %t.tree, "sync starts");
         let started = unix_now();
         let clock = Instant::now();
         let (result, relay_error) = self.sync_tree(t);

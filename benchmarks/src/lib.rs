@@ -1,5 +1,7 @@
 //! Shared inputs and the measured inner loops of the PulpDist benchmarks.
 
+pub mod coord;
+
 use pulpdist_chunker::{ChunkId, Chunker, Compressor, DEFAULT_ZSTD_LEVEL};
 use rand::{Rng, RngCore, SeedableRng};
 use rayon::prelude::*;

@@ -17,13 +17,21 @@ use tokio::net::TcpListener;
 
 use crate::{CoordError, Coordinator, StatusRow};
 
-/// Serves the dashboard on `listener` until `shutdown` resolves.
+/// The most dashboard connections served at once (more are closed at once).
+const MAX_CONNECTIONS: usize = 256;
+
+/// Serves the dashboard on `listener` until `shutdown` resolves. A request whose `Host`
+/// is neither an IP address, nor `localhost`, nor one of `hosts` is refused: a web page
+/// that points its own name at the dashboard's address (DNS rebinding) reads nothing.
 pub async fn serve(
     listener: TcpListener,
     coord: Arc<Coordinator>,
+    hosts: Vec<String>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let hosts = Arc::new(hosts);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -32,11 +40,20 @@ pub async fn serve(
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 };
-                let coord = coord.clone();
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    continue;
+                };
+                let (coord, hosts) = (coord.clone(), hosts.clone());
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let coord = coord.clone();
-                        async move { Ok::<_, Infallible>(page(&coord, req.method(), req.uri().path()).await) }
+                        let (coord, hosts) = (coord.clone(), hosts.clone());
+                        async move {
+                            if !host_allowed(&req, &hosts) {
+                                return Ok::<_, Infallible>(respond(StatusCode::MISDIRECTED_REQUEST, "text/plain", "this dashboard is not served under that name (--dashboard-host)\n"));
+                            }
+                            Ok::<_, Infallible>(page(&coord, req.method(), req.uri().path()).await)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .timer(hyper_util::rt::TokioTimer::new())
@@ -48,6 +65,27 @@ pub async fn serve(
             _ = &mut shutdown => break,
         }
     }
+}
+
+/// Whether the request's `Host` is an IP address, `localhost`, or one of `hosts`.
+fn host_allowed<B>(req: &Request<B>, hosts: &[String]) -> bool {
+    let Some(host) = req.headers().get(hyper::header::HOST) else {
+        // HTTP/1.0 without a Host: no browser sends that.
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || hosts.iter().any(|h| {
+            h.trim_end_matches('.')
+                .eq_ignore_ascii_case(name.trim_end_matches('.'))
+        })
 }
 
 fn respond(
@@ -147,9 +185,13 @@ async fn site_json(coord: &Coordinator, site: &str) -> Result<Option<Value>, Coo
         return Ok(None);
     };
     let rows = coord.status(Some(&format!("site={site}"))).await?;
-    let history = coord.db.site_history(site, 50).await?;
-    let daily = coord.db.rollups(site, 90).await?;
-    let expires = coord.certificates.lock().await.get(site).copied();
+    let (history, daily) = coord.db.site_record(site, 50, 90).await?;
+    let expires = coord
+        .db
+        .not_afters()
+        .await
+        .ok()
+        .and_then(|m| m.get(site).copied());
     Ok(Some(json!({
         "site": site, "identity": def.identity, "labels": def.labels, "contact": def.contact,
         "serves": def.serves, "certificate_expires": expires, "trees": rows, "history": history,

@@ -1,19 +1,42 @@
-//! The coordinator's database: SQLite in WAL mode (one file; migrations in
-//! `coordinator/migrations/`). Every write is one statement or one transaction, so a
-//! coordinator killed mid-write loses nothing it acknowledged.
+//! The coordinator's database: SQLite in WAL mode (one file, the embedded default) or
+//! PostgreSQL (`postgres://…`, for two coordinators sharing one database), with the same
+//! tables (migrations in `coordinator/migrations/sqlite` and `…/postgres`). Every
+//! statement is written once, in the SQL both accept, through sqlx's `Any` driver. Every
+//! write is one statement or one transaction, so a coordinator killed mid-write loses
+//! nothing it acknowledged.
+//!
+//! On PostgreSQL the coordinators' singleton duties (the head watcher, the probes, the
+//! events and their webhook, the rollups) go to the one holding an advisory lock
+//! ([`Db::lead`]); the lock is a session's, so a coordinator that dies releases it with
+//! its connection.
 
-use std::path::Path;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyPool, Connection, Row};
 
 use pulpdist_network::{Outcome, Report};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
 
 use crate::CoordError;
 
 /// The database.
 #[derive(Clone, Debug)]
 pub struct Db {
-    pool: SqlitePool,
+    pool: AnyPool,
+    /// What it is, for messages: a file's path, or the PostgreSQL URL without its password.
+    name: String,
+    /// PostgreSQL (several coordinators may share it) rather than SQLite.
+    shared: bool,
+}
+
+/// The advisory lock key that makes a coordinator the one doing the singleton duties
+/// ("pulpdist" in ASCII).
+const LEAD_KEY: i64 = 0x7075_6c70_6469_7374;
+
+/// A coordinator's hold on the singleton duties: on PostgreSQL, the connection whose
+/// session holds the advisory lock.
+#[derive(Debug, Default)]
+pub struct Lead {
+    conn: Option<sqlx::AnyConnection>,
 }
 
 /// A verified head the coordinator recorded.
@@ -61,27 +84,125 @@ fn outcome_text(o: Outcome) -> &'static str {
 }
 
 impl Db {
-    /// Opens (creating) the database file and brings its schema up to date.
-    pub async fn open(path: &Path) -> Result<Db, CoordError> {
-        let opts = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+    /// Opens the database and brings its schema up to date: a `postgres://` (or
+    /// `postgresql://`) URL, the database created if missing and the role may; anything
+    /// else is a SQLite file, created if missing.
+    pub async fn open(target: &str) -> Result<Db, CoordError> {
+        sqlx::any::install_default_drivers();
+        let shared = target.starts_with("postgres://") || target.starts_with("postgresql://");
+        let name = match shared {
+            true => without_password(target),
+            false => target.to_string(),
+        };
+        let fail = |what: &str, e: String| CoordError::Db {
+            what: format!("{name}: {what}"),
+            detail: e,
+        };
+        let url = match shared {
+            true => target.to_string(),
+            false => format!("sqlite://{}?mode=rwc", encode_path(target)),
+        };
+        let opts: AnyConnectOptions = url
+            .parse()
+            .map_err(|e: sqlx::Error| fail("not a database URL", e.to_string()))?;
+        if shared {
+            use sqlx::migrate::MigrateDatabase;
+            if !Any::database_exists(&url).await.unwrap_or(true) {
+                if let Err(e) = Any::create_database(&url).await {
+                    // Another coordinator starting at the same time may have made it.
+                    if !Any::database_exists(&url).await.unwrap_or(false) {
+                        return Err(fail("creating the database", e.to_string()));
+                    }
+                }
+            }
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(if shared { 8 } else { 4 })
+            .acquire_timeout(std::time::Duration::from_secs(15))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if !shared {
+                        // Each connection: wait for a writer up to 10 s; every commit on disk.
+                        for pragma in [
+                            "PRAGMA busy_timeout = 10000",
+                            "PRAGMA synchronous = FULL",
+                            "PRAGMA journal_mode = WAL",
+                        ] {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
             .connect_with(opts)
             .await
-            .map_err(|e| CoordError::db(path.display().to_string(), e))?;
-        sqlx::migrate!("./migrations")
+            .map_err(|e| fail("connecting", e.to_string()))?;
+        let migrator = match shared {
+            true => sqlx::migrate!("./migrations/postgres"),
+            false => sqlx::migrate!("./migrations/sqlite"),
+        };
+        migrator
             .run(&pool)
             .await
-            .map_err(|e| CoordError::Db {
-                what: format!("{}: migrating", path.display()),
-                detail: e.to_string(),
-            })?;
-        Ok(Db { pool })
+            .map_err(|e| fail("migrating", e.to_string()))?;
+        let db = Db { pool, name, shared };
+        // The push counters' space, named once for this database.
+        sqlx::query("UPDATE changes SET epoch = $1 WHERE id = 1 AND epoch = 0")
+            .bind((crate::random_u64() >> 2) as i64 | 1)
+            .execute(&db.pool)
+            .await
+            .map_err(|e| CoordError::db("naming the push counters", e))?;
+        Ok(db)
+    }
+
+    /// What the database is, for messages (a PostgreSQL URL without its password).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether this is PostgreSQL, which several coordinators may share.
+    pub fn shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Takes or keeps the singleton duties: on SQLite always (one coordinator per file);
+    /// on PostgreSQL, whether this coordinator holds the advisory lock, taking it if it is
+    /// free. A held lock whose connection broke is given up (the server released it).
+    pub async fn lead(&self, lead: &mut Lead) -> bool {
+        if !self.shared {
+            return true;
+        }
+        if let Some(conn) = lead.conn.as_mut() {
+            if conn.ping().await.is_ok() {
+                return true;
+            }
+            tracing::warn!(db = %self.name, "the connection holding the coordinator lock broke");
+            lead.conn = None;
+        }
+        let mut conn = match self.pool.acquire().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(db = %self.name, "{e}");
+                return false;
+            }
+        };
+        let got = sqlx::query("SELECT pg_try_advisory_lock($1)")
+            .bind(LEAD_KEY)
+            .fetch_one(&mut *conn)
+            .await
+            .map(|r| r.get::<bool, _>(0));
+        match got {
+            // The connection leaves the pool: the lock lives as long as it does.
+            Ok(true) => {
+                lead.conn = Some(PoolConnection::detach(conn));
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::warn!(db = %self.name, "{e}");
+                false
+            }
+        }
     }
 
     /// The network file held and its revision (none yet: `None`).
@@ -93,18 +214,27 @@ impl Db {
         Ok(row.map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) as u64)))
     }
 
-    /// Stores a network file as `revision`.
-    pub async fn set_network(&self, text: &str, revision: u64) -> Result<(), CoordError> {
-        sqlx::query(
-            "INSERT INTO network (id, text, revision) VALUES (1, ?1, ?2) \
-             ON CONFLICT (id) DO UPDATE SET text = ?1, revision = ?2",
+    /// Stores a network file as `revision`, if the revision held is still
+    /// `revision - 1` (another coordinator on the database did not apply one meanwhile):
+    /// whether it was stored.
+    pub async fn set_network(&self, text: &str, revision: u64) -> Result<bool, CoordError> {
+        let err = |e| CoordError::db("storing the network", e);
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        let done = sqlx::query(
+            "INSERT INTO network (id, text, revision) VALUES (1, $1, $2) \
+             ON CONFLICT (id) DO UPDATE SET text = $1, revision = $2 WHERE network.revision = $3",
         )
         .bind(text)
         .bind(revision as i64)
-        .execute(&self.pool)
+        .bind(revision as i64 - 1)
+        .execute(&mut *tx)
         .await
-        .map_err(|e| CoordError::db("storing the network", e))?;
-        Ok(())
+        .map_err(err)?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        commit_changed(tx).await.map_err(err)?;
+        Ok(true)
     }
 
     /// Stores a site's reports (one transaction: all or none), received at `now`.
@@ -121,9 +251,10 @@ impl Db {
             .map_err(|e| CoordError::db("storing reports", e))?;
         for r in reports {
             sqlx::query(
-                "INSERT OR IGNORE INTO reports (site, tree, received, started, outcome, from_version, to_version, root, \
+                "INSERT INTO reports (site, tree, received, started, outcome, from_version, to_version, root, \
                  head_store, bytes_fetched, bytes_reused, requests, duration_ms, rsync_files, error, agent_version, report_id) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+                 ON CONFLICT DO NOTHING",
             )
             .bind(site)
             .bind(&r.tree)
@@ -158,7 +289,7 @@ impl Db {
         let mut out = Latest::default();
         let last = sqlx::query(
             "SELECT outcome, error, received, head_store, bytes_fetched FROM reports \
-             WHERE site = ?1 AND tree = ?2 ORDER BY id DESC LIMIT 1",
+             WHERE site = $1 AND tree = $2 ORDER BY id DESC LIMIT 1",
         )
         .bind(site)
         .bind(tree)
@@ -173,7 +304,7 @@ impl Db {
             out.bytes_fetched = r.get::<i64, _>(4) as u64;
         }
         let ok = sqlx::query(
-            "SELECT to_version, root, received FROM reports WHERE site = ?1 AND tree = ?2 \
+            "SELECT to_version, root, received FROM reports WHERE site = $1 AND tree = $2 \
              AND outcome IN ('completed', 'up_to_date') AND to_version IS NOT NULL \
              ORDER BY id DESC LIMIT 1",
         )
@@ -194,7 +325,7 @@ impl Db {
     /// Records a verified head; `true` if it was new.
     pub async fn add_head(&self, h: &HeadSeen) -> Result<bool, CoordError> {
         let done = sqlx::query(
-            "INSERT INTO heads (tree, version, root, created, seen) VALUES (?1, ?2, ?3, ?4, ?5) \
+            "INSERT INTO heads (tree, version, root, created, seen) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (tree, version) DO NOTHING",
         )
         .bind(&h.tree)
@@ -211,7 +342,7 @@ impl Db {
     /// The verified heads of `tree`, newest first.
     pub async fn heads(&self, tree: &str) -> Result<Vec<HeadSeen>, CoordError> {
         let rows = sqlx::query(
-            "SELECT version, root, created, seen FROM heads WHERE tree = ?1 ORDER BY version DESC",
+            "SELECT version, root, created, seen FROM heads WHERE tree = $1 ORDER BY version DESC",
         )
         .bind(tree)
         .fetch_all(&self.pool)
@@ -263,7 +394,7 @@ impl Db {
     async fn events_where(&self, clause: &str, limit: i64) -> Result<Vec<Event>, CoordError> {
         let rows = sqlx::query(&format!(
             "SELECT id, kind, site, tree, opened, closed, detail FROM events WHERE {clause} \
-             ORDER BY id DESC LIMIT ?1"
+             ORDER BY id DESC LIMIT $1"
         ))
         .bind(limit)
         .fetch_all(&self.pool)
@@ -283,7 +414,8 @@ impl Db {
             .collect())
     }
 
-    /// Opens an event; its id.
+    /// Opens an event; its id (`None`: it is open already, opened by another coordinator
+    /// on the database).
     pub async fn open_event(
         &self,
         kind: &str,
@@ -291,30 +423,31 @@ impl Db {
         tree: &str,
         detail: &str,
         now: i64,
-    ) -> Result<i64, CoordError> {
+    ) -> Result<Option<i64>, CoordError> {
         let done = sqlx::query(
-            "INSERT INTO events (kind, site, tree, opened, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO events (kind, site, tree, opened, detail) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT DO NOTHING RETURNING id",
         )
         .bind(kind)
         .bind(site)
         .bind(tree)
         .bind(now)
         .bind(detail)
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await
         .map_err(|e| CoordError::db("storing an event", e))?;
-        Ok(done.last_insert_rowid())
+        Ok(done.map(|r| r.get(0)))
     }
 
-    /// Closes an event.
-    pub async fn close_event(&self, id: i64, now: i64) -> Result<(), CoordError> {
-        sqlx::query("UPDATE events SET closed = ?1 WHERE id = ?2 AND closed IS NULL")
+    /// Closes an event: whether it was open (not closed by another coordinator).
+    pub async fn close_event(&self, id: i64, now: i64) -> Result<bool, CoordError> {
+        let done = sqlx::query("UPDATE events SET closed = $1 WHERE id = $2 AND closed IS NULL")
             .bind(now)
             .bind(id)
             .execute(&self.pool)
             .await
             .map_err(|e| CoordError::db("closing an event", e))?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     /// The outcomes of the last `n` runs of `site` for `tree`, newest first.
@@ -325,7 +458,7 @@ impl Db {
         n: i64,
     ) -> Result<Vec<String>, CoordError> {
         let rows = sqlx::query(
-            "SELECT outcome FROM reports WHERE site = ?1 AND tree = ?2 ORDER BY id DESC LIMIT ?3",
+            "SELECT outcome FROM reports WHERE site = $1 AND tree = $2 ORDER BY id DESC LIMIT $3",
         )
         .bind(site)
         .bind(tree)
@@ -336,18 +469,45 @@ impl Db {
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
-    /// The last `n` reports of `site` (every tree), newest first, for its page.
-    pub async fn site_history(&self, site: &str, n: i64) -> Result<Vec<ReportRow>, CoordError> {
-        let rows = sqlx::query(
+    /// The last `n` reports of `site` (every tree), newest first, and its last `days`
+    /// daily rollups, newest first, for its page. Both are read in one snapshot, so a
+    /// rollup committed meanwhile shows its runs in one of the two lists, never both or
+    /// neither.
+    pub async fn site_record(
+        &self,
+        site: &str,
+        n: i64,
+        days: i64,
+    ) -> Result<(Vec<ReportRow>, Vec<Rollup>), CoordError> {
+        let err = |e| CoordError::db("reading reports", e);
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        if self.shared {
+            // PostgreSQL's default (read committed) takes a snapshot per statement.
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+        }
+        let reports = sqlx::query(
             "SELECT tree, received, outcome, to_version, bytes_fetched, duration_ms, error FROM reports \
-             WHERE site = ?1 ORDER BY id DESC LIMIT ?2",
+             WHERE site = $1 ORDER BY id DESC LIMIT $2",
         )
         .bind(site)
         .bind(n)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
-        .map_err(|e| CoordError::db("reading reports", e))?;
-        Ok(rows
+        .map_err(err)?;
+        let rollups = sqlx::query(
+            "SELECT tree, day, runs, failures, bytes_fetched, duration_ms FROM rollups \
+             WHERE site = $1 ORDER BY day DESC, tree LIMIT $2",
+        )
+        .bind(site)
+        .bind(days)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        let reports = reports
             .into_iter()
             .map(|r| ReportRow {
                 tree: r.get(0),
@@ -358,7 +518,19 @@ impl Db {
                 duration_ms: r.get::<i64, _>(5) as u64,
                 error: r.get(6),
             })
-            .collect())
+            .collect();
+        let rollups = rollups
+            .into_iter()
+            .map(|r| Rollup {
+                tree: r.get(0),
+                day: r.get(1),
+                runs: r.get::<i64, _>(2) as u64,
+                failures: r.get::<i64, _>(3) as u64,
+                bytes_fetched: r.get::<i64, _>(4) as u64,
+                duration_ms: r.get::<i64, _>(5) as u64,
+            })
+            .collect();
+        Ok((reports, rollups))
     }
 
     /// When each site first reported holding `version` (or later) of `tree`: how fast the
@@ -369,7 +541,7 @@ impl Db {
         version: u64,
     ) -> Result<Vec<(String, i64)>, CoordError> {
         let rows = sqlx::query(
-            "SELECT site, MIN(received) FROM reports WHERE tree = ?1 AND to_version >= ?2 \
+            "SELECT site, MIN(received) FROM reports WHERE tree = $1 AND to_version >= $2 \
              AND outcome IN ('completed', 'up_to_date') GROUP BY site ORDER BY site",
         )
         .bind(tree)
@@ -420,99 +592,141 @@ pub struct Rollup {
 impl Db {
     /// Sums the reports received before `cutoff` into daily rollups and removes them, in
     /// one transaction; each (site, tree)'s last report and last successful one are kept
-    /// (the status is computed from them). Returns the reports rolled up.
+    /// (the status is computed from them). Events closed before `cutoff` are removed in
+    /// the same transaction. Returns the reports rolled up.
     pub async fn roll_up(&self, cutoff: i64) -> Result<u64, CoordError> {
         let err = |e| CoordError::db("rolling up reports", e);
         let mut tx = self.pool.begin().await.map_err(err)?;
-        let keep = "id NOT IN (SELECT MAX(id) FROM reports GROUP BY site, tree) \
-                    AND id NOT IN (SELECT MAX(id) FROM reports WHERE outcome IN ('completed', 'up_to_date') \
-                    AND to_version IS NOT NULL GROUP BY site, tree)";
+        if self.shared {
+            // One rollup at a time among the coordinators on the database.
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(LEAD_KEY + 1)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(err)?;
+        }
+        // Reports that arrive meanwhile are neither rolled up nor change which are kept:
+        // both statements see the reports up to this id.
+        let top: Option<i64> = sqlx::query("SELECT MAX(id) FROM reports")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err)?
+            .get(0);
+        let top = top.unwrap_or(0);
+        let keep = format!(
+            "id <= {top} AND id NOT IN (SELECT MAX(id) FROM reports WHERE id <= {top} GROUP BY site, tree) \
+             AND id NOT IN (SELECT MAX(id) FROM reports WHERE id <= {top} AND outcome IN ('completed', 'up_to_date') \
+             AND to_version IS NOT NULL GROUP BY site, tree)"
+        );
         sqlx::query(&format!(
             "INSERT INTO rollups (site, tree, day, runs, failures, bytes_fetched, duration_ms) \
              SELECT site, tree, (received / 86400) * 86400, COUNT(*), \
-             SUM(outcome IN ('failed', 'refused')), SUM(bytes_fetched), SUM(duration_ms) \
-             FROM reports WHERE received < ?1 AND {keep} GROUP BY site, tree, received / 86400 \
-             ON CONFLICT (site, tree, day) DO UPDATE SET runs = runs + excluded.runs, \
-             failures = failures + excluded.failures, bytes_fetched = bytes_fetched + excluded.bytes_fetched, \
-             duration_ms = duration_ms + excluded.duration_ms"
+             SUM(CASE WHEN outcome IN ('failed', 'refused') THEN 1 ELSE 0 END), SUM(bytes_fetched), \
+             SUM(duration_ms) FROM reports WHERE received < $1 AND {keep} \
+             GROUP BY site, tree, (received / 86400) * 86400 \
+             ON CONFLICT (site, tree, day) DO UPDATE SET runs = rollups.runs + excluded.runs, \
+             failures = rollups.failures + excluded.failures, \
+             bytes_fetched = rollups.bytes_fetched + excluded.bytes_fetched, \
+             duration_ms = rollups.duration_ms + excluded.duration_ms"
         ))
         .bind(cutoff)
         .execute(&mut *tx)
         .await
         .map_err(err)?;
         let gone = sqlx::query(&format!(
-            "DELETE FROM reports WHERE received < ?1 AND {keep}"
+            "DELETE FROM reports WHERE received < $1 AND {keep}"
         ))
         .bind(cutoff)
         .execute(&mut *tx)
         .await
         .map_err(err)?;
+        // Events closed before the cutoff go too (the open ones stay).
+        sqlx::query("DELETE FROM events WHERE closed IS NOT NULL AND closed < $1")
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
         tx.commit().await.map_err(err)?;
         Ok(gone.rows_affected())
-    }
-
-    /// A site's daily rollups, newest first.
-    pub async fn rollups(&self, site: &str, limit: i64) -> Result<Vec<Rollup>, CoordError> {
-        let rows = sqlx::query(
-            "SELECT tree, day, runs, failures, bytes_fetched, duration_ms FROM rollups \
-             WHERE site = ?1 ORDER BY day DESC, tree LIMIT ?2",
-        )
-        .bind(site)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| CoordError::db("reading rollups", e))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Rollup {
-                tree: r.get(0),
-                day: r.get(1),
-                runs: r.get::<i64, _>(2) as u64,
-                failures: r.get::<i64, _>(3) as u64,
-                bytes_fetched: r.get::<i64, _>(4) as u64,
-                duration_ms: r.get::<i64, _>(5) as u64,
-            })
-            .collect())
     }
 }
 
 impl Db {
-    /// The key `site` is enrolled with, enrolling `spki` if it has none: whether `spki`
-    /// is the enrolled key.
+    /// The key `site` is enrolled with, enrolling `spki` if it has none (or if an admin
+    /// asked for a new one and `spki` is not the old one): whether `spki` is the enrolled
+    /// key.
     pub async fn enrol(&self, site: &str, spki: &str, now: i64) -> Result<bool, CoordError> {
         let err = |e| CoordError::db("enrolling a site", e);
-        // A read on every request; a write only the first time.
-        let known = sqlx::query("SELECT spki FROM enrolment WHERE site = ?1")
+        let known: Option<String> = sqlx::query("SELECT spki FROM enrolment WHERE site = $1")
             .bind(site)
             .fetch_optional(&self.pool)
             .await
+            .map_err(err)?
+            .map(|r| r.get(0));
+        let Some(known) = known else {
+            let row = sqlx::query(
+                "INSERT INTO enrolment (site, spki, enrolled) VALUES ($1, $2, $3) \
+                 ON CONFLICT (site) DO UPDATE SET site = excluded.site RETURNING spki",
+            )
+            .bind(site)
+            .bind(spki)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await
             .map_err(err)?;
-        if let Some(row) = known {
             return Ok(row.get::<String, _>(0) == spki);
+        };
+        match known.strip_prefix(REENROL) {
+            None => Ok(known == spki),
+            // The old key stays refused: only another one is the site's new key.
+            Some(old) if old == spki => Ok(false),
+            Some(_) => {
+                sqlx::query(
+                    "UPDATE enrolment SET spki = $1, enrolled = $2 WHERE site = $3 AND spki = $4",
+                )
+                .bind(spki)
+                .bind(now)
+                .bind(site)
+                .bind(&known)
+                .execute(&self.pool)
+                .await
+                .map_err(err)?;
+                // Whoever won a race, the row says which key is the site's.
+                let now_known: Option<String> =
+                    sqlx::query("SELECT spki FROM enrolment WHERE site = $1")
+                        .bind(site)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(err)?
+                        .map(|r| r.get(0));
+                Ok(now_known.as_deref() == Some(spki))
+            }
         }
-        let row = sqlx::query(
-            "INSERT INTO enrolment (site, spki, enrolled) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (site) DO UPDATE SET site = site RETURNING spki",
-        )
-        .bind(site)
-        .bind(spki)
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(err)?;
-        Ok(row.get::<String, _>(0) == spki)
     }
 
-    /// Forgets a site's enrolled key (its next certificate is enrolled); whether it had one.
+    /// Asks for a new key for `site`: the next certificate with another key than the one
+    /// enrolled becomes the site's (the old one is refused from then on, even on a
+    /// connection already open); whether the site had a key.
     pub async fn unenrol(&self, site: &str) -> Result<bool, CoordError> {
-        let done = sqlx::query("DELETE FROM enrolment WHERE site = ?1")
-            .bind(site)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| CoordError::db("unenrolling a site", e))?;
+        let err = |e| CoordError::db("unenrolling a site", e);
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        let done = sqlx::query(
+            "UPDATE enrolment SET spki = $1 || spki WHERE site = $2 AND spki NOT LIKE $3",
+        )
+        .bind(REENROL)
+        .bind(site)
+        .bind(format!("{REENROL}%"))
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        // Every coordinator on the database forgets the keys it had checked.
+        commit_changed(tx).await.map_err(err)?;
         Ok(done.rows_affected() == 1)
     }
 }
+
+/// Marks an enrolled key an admin asked to replace (`network reenrol`).
+const REENROL: &str = "reenrol:";
 
 impl Db {
     /// [`Db::latest`] of every (site, tree) that reported, in two queries.
@@ -576,4 +790,198 @@ impl Db {
         }
         Ok(out)
     }
+}
+
+/// A URL without its password, for messages.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{}", &rest[authority_end..])
+        }
+        None => url.to_string(),
+    }
+}
+
+/// A file path as the path of a `sqlite://` URL: bytes outside a safe set percent-encoded
+/// (sqlx decodes them), so a name with `?`, `#` or `%` names that file.
+fn encode_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'/' | b'.' | b'_' | b'-' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// A tree's push counters (see the `pushes` table).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pushes {
+    /// Pushes for the sites that sync from the tree's own stores (and the relays).
+    pub upstream: u64,
+    /// Pushes released to the sites below a relay.
+    pub downstream: u64,
+    /// Since when a push waits for the relays to hold the new version.
+    pub waiting_since: Option<i64>,
+}
+
+impl Db {
+    /// The change serial and the push counters' epoch.
+    pub async fn changes(&self) -> Result<(i64, u64), CoordError> {
+        let r = sqlx::query("SELECT serial, epoch FROM changes WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| CoordError::db("reading the change serial", e))?;
+        Ok((r.get(0), r.get::<i64, _>(1) as u64))
+    }
+
+    /// Every tree's push counters.
+    pub async fn pushes(&self) -> Result<std::collections::BTreeMap<String, Pushes>, CoordError> {
+        let rows = sqlx::query("SELECT tree, upstream, downstream, waiting_since FROM pushes")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| CoordError::db("reading the pushes", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    Pushes {
+                        upstream: r.get::<i64, _>(1) as u64,
+                        downstream: r.get::<i64, _>(2) as u64,
+                        waiting_since: r.get(3),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Counts a push of `tree`; with `wait` (the tree has relays), the sites below them
+    /// wait from then for the relays.
+    pub async fn push(&self, tree: &str, wait: Option<i64>) -> Result<(), CoordError> {
+        let err = |e| CoordError::db("counting a push", e);
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        sqlx::query(
+            "INSERT INTO pushes (tree, upstream, downstream, waiting_since) VALUES ($1, 1, 0, $2) \
+             ON CONFLICT (tree) DO UPDATE SET upstream = pushes.upstream + 1, \
+             waiting_since = COALESCE(excluded.waiting_since, pushes.waiting_since)",
+        )
+        .bind(tree)
+        .bind(wait)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        commit_changed(tx).await.map_err(err)
+    }
+
+    /// Releases the push of `tree` that waits since `since` to the sites below its
+    /// relays: whether it still waited (a newer push, or another coordinator, did not
+    /// take its place).
+    pub async fn release(&self, tree: &str, since: i64) -> Result<bool, CoordError> {
+        let err = |e| CoordError::db("releasing a push", e);
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        let done = sqlx::query(
+            "UPDATE pushes SET downstream = downstream + 1, waiting_since = NULL \
+             WHERE tree = $1 AND waiting_since = $2",
+        )
+        .bind(tree)
+        .bind(since)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        commit_changed(tx).await.map_err(err)?;
+        Ok(true)
+    }
+
+    /// Records a probe of `site`'s copy of `tree`.
+    pub async fn set_probe(
+        &self,
+        site: &str,
+        tree: &str,
+        p: &crate::Probe,
+    ) -> Result<(), CoordError> {
+        sqlx::query(
+            "INSERT INTO probes (site, tree, version, root, at, error, etag) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (site, tree) DO UPDATE SET \
+             version = excluded.version, root = excluded.root, at = excluded.at, \
+             error = excluded.error, etag = excluded.etag",
+        )
+        .bind(site)
+        .bind(tree)
+        .bind(p.version.map(|v| v as i64))
+        .bind(p.root.as_deref())
+        .bind(p.at)
+        .bind(p.error.as_deref())
+        .bind(p.etag.as_deref())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| CoordError::db("storing a probe", e))?;
+        Ok(())
+    }
+
+    /// The last probe of every (site, tree).
+    pub async fn probes(
+        &self,
+    ) -> Result<std::collections::BTreeMap<(String, String), crate::Probe>, CoordError> {
+        let rows = sqlx::query("SELECT site, tree, version, root, at, error, etag FROM probes")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| CoordError::db("reading probes", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    (r.get(0), r.get(1)),
+                    crate::Probe {
+                        version: r.get::<Option<i64>, _>(2).map(|v| v as u64),
+                        root: r.get(3),
+                        at: r.get(4),
+                        error: r.get(5),
+                        etag: r.get(6),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Records when `site`'s client certificate expires.
+    pub async fn set_not_after(&self, site: &str, not_after: i64) -> Result<(), CoordError> {
+        sqlx::query("UPDATE enrolment SET not_after = $1 WHERE site = $2")
+            .bind(not_after)
+            .bind(site)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| CoordError::db("recording a certificate's expiry", e))?;
+        Ok(())
+    }
+
+    /// When each site's client certificate expires (sites that connected).
+    pub async fn not_afters(&self) -> Result<std::collections::BTreeMap<String, i64>, CoordError> {
+        let rows = sqlx::query("SELECT site, not_after FROM enrolment WHERE not_after IS NOT NULL")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| CoordError::db("reading certificates' expiry", e))?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
+/// Raises the change serial in `tx` and commits it: every coordinator on the database
+/// wakes its long-polls once the change it announces is committed with it.
+async fn commit_changed(mut tx: sqlx::Transaction<'_, Any>) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE changes SET serial = serial + 1 WHERE id = 1")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
 }

@@ -98,13 +98,9 @@ impl Coordinator {
                 );
             }
         }
-        // A site removed from the network has no certificate to watch. (A copy: the lock is
-        // not held while events are written.)
-        let certificates = {
-            let mut c = self.certificates.lock().await;
-            c.retain(|site, _| network.sites.contains_key(site));
-            c.clone()
-        };
+        // A site removed from the network has no certificate to watch.
+        let mut certificates = self.db.not_afters().await?;
+        certificates.retain(|site, _| network.sites.contains_key(site));
         for (site, expires) in certificates.iter() {
             let left = expires - now;
             if left
@@ -123,18 +119,22 @@ impl Coordinator {
         let mut closed = 0;
         for e in &open {
             let key = (e.kind.clone(), e.site.clone(), e.tree.clone());
-            if firing.remove(&key).is_none() {
-                self.db.close_event(e.id, now).await?;
+            // Closed here (not by another coordinator on the database): sent once.
+            if firing.remove(&key).is_none() && self.db.close_event(e.id, now).await? {
                 self.notify(&alerts, e, "resolved", now);
                 closed += 1;
             }
         }
-        let opened = firing.len();
+        let mut opened = 0;
         for ((kind, site, tree), detail) in firing {
-            let id = self
+            let Some(id) = self
                 .db
                 .open_event(&kind, &site, &tree, &detail, now)
-                .await?;
+                .await?
+            else {
+                continue;
+            };
+            opened += 1;
             let e = crate::db::Event {
                 id,
                 kind,
@@ -150,8 +150,10 @@ impl Coordinator {
         Ok((opened, closed))
     }
 
-    /// Sends an event to the webhook, if there is one, on a task of its own: up to five
-    /// tries, 10 s each, with backoff.
+    /// Queues an event for the webhook, if there is one. One task delivers them in the
+    /// order they happened (an event's "open" before its "resolved"), each up to five
+    /// tries of 10 s with backoff, so a webhook that hangs delays only the events after
+    /// it; at most 10,000 wait (more are dropped, with a warning).
     fn notify(
         &self,
         alerts: &pulpdist_network::Alerts,
@@ -167,23 +169,37 @@ impl Coordinator {
             "detail": e.detail, "opened": e.opened, "at": at, "id": e.id,
         })
         .to_string();
-        let delivered = self.webhook_delivered.clone();
-        tokio::spawn(async move {
-            for attempt in 0..5u32 {
-                let (to, body) = (url.clone(), body.clone());
-                let sent = tokio::task::spawn_blocking(move || post(&to, &body)).await;
-                match sent {
-                    Ok(Ok(())) => {
-                        delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        return;
-                    }
-                    Ok(Err(err)) => tracing::warn!(url = %url, "webhook: {err}"),
-                    Err(err) => tracing::warn!(url = %url, "webhook: {err}"),
+        let queue = self.webhook.get_or_init(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, String)>(10_000);
+            let delivered = self.webhook_delivered.clone();
+            tokio::spawn(async move {
+                while let Some((url, body)) = rx.recv().await {
+                    deliver(&url, &body, &delivered).await;
                 }
-                tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
-            }
+            });
+            tx
         });
+        if queue.try_send((url, body)).is_err() {
+            tracing::warn!(kind = %e.kind, site = %e.site, "the webhook's queue is full: event not sent");
+        }
     }
+}
+
+/// Delivers one event: up to five tries, 10 s each, with backoff.
+async fn deliver(url: &str, body: &str, delivered: &std::sync::atomic::AtomicU64) {
+    for attempt in 0..5u32 {
+        let (to, b) = (url.to_string(), body.to_string());
+        match tokio::task::spawn_blocking(move || post(&to, &b)).await {
+            Ok(Ok(())) => {
+                delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+            Ok(Err(err)) => tracing::warn!(url = %url, "webhook: {err}"),
+            Err(err) => tracing::warn!(url = %url, "webhook: {err}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+    }
+    tracing::error!(url = %url, "webhook: an event was not delivered after five tries");
 }
 
 /// One POST of a JSON body, 10 s at most.

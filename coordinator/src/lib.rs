@@ -12,8 +12,14 @@
 //! mis-assign or delay, never inject content) and out of the availability path (agents
 //! keep their last assignment and sync on their own schedule while it is down).
 //!
-//! Modules: [`db`] (SQLite, WAL, migrations), [`server`] (the HTTPS API), and here the
-//! state, the status computation and the head watcher.
+//! Modules: [`db`] (SQLite in WAL mode, or PostgreSQL; migrations), [`server`] (the HTTPS
+//! API), [`dashboard`], and here the state, the status computation and the head watcher.
+//!
+//! Two coordinators may share one PostgreSQL database (for availability): what agents
+//! wait for (the network, the push counters) is in the database, each coordinator picks
+//! up the other's changes within a second ([`Coordinator::refresh`]), and the singleton
+//! duties (head watcher, probes, events, rollups) go to the one holding the database's
+//! advisory lock ([`Db::lead`]).
 
 pub mod dashboard;
 pub mod db;
@@ -29,7 +35,7 @@ use pulpdist_sync::StoreReader;
 use serde::Serialize;
 use tokio::sync::{Mutex, RwLock};
 
-pub use db::{Db, HeadSeen, Latest, Rollup};
+pub use db::{Db, HeadSeen, Latest, Lead, Pushes, Rollup};
 
 /// Why the coordinator could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +65,8 @@ impl CoordError {
 
 /// The network in force.
 pub struct Held {
-    /// The file, checked.
-    pub network: Network,
+    /// The file, checked (shared: a long-poll's answer does not copy the network).
+    pub network: Arc<Network>,
     /// Its text as applied (what `network export` returns).
     pub text: String,
     /// Its revision (1 for the first applied).
@@ -86,25 +92,26 @@ pub struct Coordinator {
     pub db: Db,
     /// The network in force.
     pub held: RwLock<Held>,
-    /// Pushes so far, by tree: sites that sync from the tree's own stores see them at once.
-    triggers: Mutex<BTreeMap<String, u64>>,
-    /// Pushes for the sites below a relay, by tree, and since when one is waiting for the
-    /// relays to hold the new version.
-    downstream: Mutex<BTreeMap<String, (u64, Option<i64>)>>,
+    /// The push counters by tree, as the database held them at the last [`refresh`]
+    /// (`Coordinator::refresh`).
+    pushes: Mutex<BTreeMap<String, Pushes>>,
+    /// The change serial of the database at the last refresh.
+    serial: Mutex<Option<i64>>,
+    /// The push counters' space (the database's, so that an agent moving between two
+    /// coordinators of one database keeps its counters).
+    epoch: u64,
     /// Bumped on every change an agent's long-poll waits for (network, push).
     pub generation: tokio::sync::watch::Sender<u64>,
     /// When this coordinator started (a site that never reported is silent from then).
     pub started: i64,
-    /// A random number for this start (see [`SiteAssignment::boot`]).
+    /// A random number for this start: generations begin there.
     pub boot: u64,
-    /// When each site's client certificate expires (from its last connection).
-    pub certificates: Mutex<BTreeMap<String, i64>>,
+    /// When each site's client certificate expires, as last written to the database.
+    certificates: Mutex<BTreeMap<String, i64>>,
     /// Reports received, by outcome.
     reports_total: metrics::ReportCounter,
     /// Events delivered to the webhook.
     webhook_delivered: Arc<std::sync::atomic::AtomicU64>,
-    /// The last probe of each (site, tree) whose site serves its copy.
-    pub probes: Mutex<BTreeMap<(String, String), Probe>>,
     /// How the head watcher opens stores.
     opener: Mutex<Option<Arc<OpenStore>>>,
     /// The probes started and not known to have ended.
@@ -113,6 +120,139 @@ pub struct Coordinator {
     probing_done: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
     /// How long raw reports are kept before they are summed into daily rollups (seconds).
     pub keep_reports: std::sync::atomic::AtomicI64,
+    /// Whether this coordinator did the singleton duties in its last round.
+    leading: std::sync::atomic::AtomicBool,
+    /// Long-polls held now.
+    long_polls: Arc<std::sync::atomic::AtomicI64>,
+    /// The webhook's queue (its delivery task starts with the first event).
+    webhook: std::sync::OnceLock<tokio::sync::mpsc::Sender<(String, String)>>,
+    /// Sites' keys checked against the database (forgotten when the change serial moves:
+    /// `network reenrol` moves it).
+    pub(crate) enrolled: Mutex<BTreeMap<String, String>>,
+    /// Bumped when `enrolled` is cleared: a key read from the database before is not kept.
+    enrolled_epoch: std::sync::atomic::AtomicU64,
+    /// Each site's allowance of requests and of reports (token buckets).
+    pub(crate) limits: std::sync::Mutex<BTreeMap<String, Allowance>>,
+    /// Long-polls held per site.
+    polls_by_site: Arc<std::sync::Mutex<BTreeMap<String, u32>>>,
+    /// Whether a round of probes is running (it runs on its own task).
+    probing_round: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The most long-polls one site may hold at once.
+pub const MAX_POLLS_PER_SITE: u32 = 4;
+
+/// A site's requests: a burst of this many, then [`REQUESTS_PER_SECOND`].
+const REQUEST_BURST: f64 = 120.0;
+/// A site's sustained request rate.
+const REQUESTS_PER_SECOND: f64 = 10.0;
+/// A site's reports: a burst of this many (a queue delivered after an outage), then a
+/// rate its schedules give (see `server.rs`).
+const REPORT_BURST: f64 = 20_000.0;
+
+/// A site's token buckets: requests and reports.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Allowance {
+    requests: f64,
+    requests_at: std::time::Instant,
+    reports: f64,
+    reports_at: std::time::Instant,
+}
+
+impl Allowance {
+    fn full() -> Allowance {
+        let now = std::time::Instant::now();
+        Allowance {
+            requests: REQUEST_BURST,
+            requests_at: now,
+            reports: REPORT_BURST,
+            reports_at: now,
+        }
+    }
+
+    /// Takes one request, if the site has one left.
+    fn request(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let dt = now.duration_since(self.requests_at).as_secs_f64();
+        self.requests_at = now;
+        self.requests = (self.requests + dt * REQUESTS_PER_SECOND).min(REQUEST_BURST);
+        if self.requests < 1.0 {
+            return false;
+        }
+        self.requests -= 1.0;
+        true
+    }
+
+    /// Takes `n` reports, refilled at `rate` a second, if the site has them left.
+    fn reports(&mut self, n: usize, rate: f64) -> bool {
+        let now = std::time::Instant::now();
+        let dt = now.duration_since(self.reports_at).as_secs_f64();
+        self.reports_at = now;
+        self.reports = (self.reports + dt * rate).min(REPORT_BURST);
+        if self.reports < n as f64 {
+            return false;
+        }
+        self.reports -= n as f64;
+        true
+    }
+}
+
+/// Takes up the network a database holds, if its revision is newer than `held`'s:
+/// whether it did. One that does not parse is logged and left.
+fn take_up(held: &mut Held, stored: Option<(String, u64)>) -> bool {
+    let Some((text, revision)) = stored else {
+        return false;
+    };
+    if revision <= held.revision {
+        return false;
+    }
+    match Network::parse(&text) {
+        Ok(network) => {
+            *held = Held {
+                network: network.into(),
+                text,
+                revision,
+            };
+            true
+        }
+        Err(e) => {
+            tracing::error!(
+                "the database holds network revision {revision}, which does not parse: {e}"
+            );
+            false
+        }
+    }
+}
+
+/// Clears a flag when dropped.
+struct Clear(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Clear {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A long-poll held (counted while it lives).
+pub struct LongPoll {
+    total: Arc<std::sync::atomic::AtomicI64>,
+    by_site: Arc<std::sync::Mutex<BTreeMap<String, u32>>>,
+    site: String,
+}
+
+impl Drop for LongPoll {
+    fn drop(&mut self) {
+        self.total
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut m) = self.by_site.lock() {
+            if let Some(n) = m.get_mut(&self.site) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.site);
+                }
+            }
+        }
+    }
 }
 
 /// One site's state for one tree.
@@ -164,11 +304,11 @@ pub struct Probe {
     pub error: Option<String>,
     /// The head's entity tag, for the next conditional GET.
     #[serde(skip)]
-    etag: Option<String>,
+    pub(crate) etag: Option<String>,
 }
 
 /// A random number (from the standard library's randomly keyed hasher).
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     std::collections::hash_map::RandomState::new()
         .build_hasher()
@@ -191,8 +331,11 @@ impl Coordinator {
             (Some(held), _) => held,
             (None, Some(text)) => {
                 Network::parse(text)?;
-                db.set_network(text, 1).await?;
-                (text.to_string(), 1)
+                match db.set_network(text, 1).await? {
+                    true => (text.to_string(), 1),
+                    // Another coordinator on the database stored one first: its network.
+                    false => db.network().await?.unwrap_or_default(),
+                }
             }
             (None, None) => (String::new(), 0),
         };
@@ -201,27 +344,37 @@ impl Coordinator {
         // a previous boot never matches by chance.
         let boot = random_u64();
         let (generation, _) = tokio::sync::watch::channel(boot >> 16);
-        let _ = revision;
+        // What the database holds now is taken as seen: the first refresh wakes no poll.
+        let (serial, epoch) = db.changes().await?;
+        let pushes = db.pushes().await?;
         Ok(Coordinator {
             db,
             held: RwLock::new(Held {
-                network,
+                network: network.into(),
                 text,
                 revision,
             }),
-            triggers: Mutex::new(BTreeMap::new()),
-            downstream: Mutex::new(BTreeMap::new()),
+            pushes: Mutex::new(pushes),
+            serial: Mutex::new(Some(serial)),
+            epoch,
             generation,
             started: now(),
             boot,
             certificates: Mutex::new(BTreeMap::new()),
             reports_total: Default::default(),
             webhook_delivered: Arc::default(),
-            probes: Mutex::new(BTreeMap::new()),
             opener: Mutex::new(None),
             probing: Mutex::new(Default::default()),
             probing_done: Arc::default(),
             keep_reports: std::sync::atomic::AtomicI64::new(DEFAULT_KEEP_REPORTS),
+            leading: std::sync::atomic::AtomicBool::new(false),
+            long_polls: Arc::default(),
+            webhook: std::sync::OnceLock::new(),
+            enrolled: Mutex::new(BTreeMap::new()),
+            enrolled_epoch: Default::default(),
+            limits: std::sync::Mutex::new(BTreeMap::new()),
+            polls_by_site: Arc::default(),
+            probing_round: Arc::default(),
         })
     }
 
@@ -230,19 +383,83 @@ impl Coordinator {
     pub async fn apply(&self, text: &str) -> Result<(u64, bool), CoordError> {
         let network = Network::parse(text)?;
         let mut held = self.held.write().await;
-        if network == held.network && held.revision > 0 {
+        if *held.network == network && held.revision > 0 {
             return Ok((held.revision, false));
         }
         let revision = held.revision + 1;
-        self.db.set_network(text, revision).await?;
+        if !self.db.set_network(text, revision).await? {
+            drop(held);
+            self.reload_network().await?;
+            return Err(CoordError::Db {
+                what: "storing the network".into(),
+                detail: "another coordinator on the database applied one meanwhile; check it with `network export` and apply again".into(),
+            });
+        }
         *held = Held {
-            network,
+            network: network.into(),
             text: text.to_string(),
             revision,
         };
-        drop(held);
+        // Under the lock: a long-poll never sees the new network with the old generation.
         self.generation.send_modify(|g| *g += 1);
+        drop(held);
         Ok((revision, true))
+    }
+
+    /// Takes up the network the database holds, whatever the change serial says.
+    async fn reload_network(&self) -> Result<(), CoordError> {
+        let stored = self.db.network().await?;
+        let mut held = self.held.write().await;
+        if take_up(&mut held, stored) {
+            self.generation.send_modify(|g| *g += 1);
+        }
+        Ok(())
+    }
+
+    /// Takes up what the database holds, if it changed since the last call (a network
+    /// or a push from this coordinator or another one on the database): the network in
+    /// force and the push counters; then wakes the long-polls. Whether anything changed.
+    pub async fn refresh(&self) -> Result<bool, CoordError> {
+        // One refresh at a time, and the serial seen only moves forward.
+        let mut seen = self.serial.lock().await;
+        let (serial, _) = self.db.changes().await?;
+        if seen.is_some_and(|s| s >= serial) {
+            return Ok(false);
+        }
+        let pushes = self.db.pushes().await?;
+        let stored = self.db.network().await?;
+        // The network, the counters and the generation change together, under the locks
+        // `assignment` reads them under: a long-poll's baseline is always one generation's.
+        let mut held = self.held.write().await;
+        take_up(&mut held, stored);
+        let mut counters = self.pushes.lock().await;
+        *counters = pushes;
+        self.generation.send_modify(|g| *g += 1);
+        drop(counters);
+        // A re-enrolment on any coordinator moves the serial: keys are checked again.
+        let mut known = self.enrolled.lock().await;
+        self.enrolled_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        known.clear();
+        drop(held);
+        *seen = Some(serial);
+        Ok(true)
+    }
+
+    /// Records when `site`'s client certificate expires (written only when it changed).
+    pub async fn saw_certificate(&self, site: &str, not_after: i64) {
+        if self.certificates.lock().await.get(site) == Some(&not_after) {
+            return;
+        }
+        match self.db.set_not_after(site, not_after).await {
+            Ok(()) => {
+                self.certificates
+                    .lock()
+                    .await
+                    .insert(site.to_string(), not_after);
+            }
+            Err(e) => tracing::warn!("{e}"),
+        }
     }
 
     /// Stores a site's reports and counts them.
@@ -271,42 +488,47 @@ impl Coordinator {
     /// sites that sync from the tree's own stores now, the sites below a relay once every
     /// relay of the tree reported the newest version (or [`RELAY_WAIT`] later).
     pub async fn trigger(&self, tree: &str) {
-        *self
-            .triggers
-            .lock()
-            .await
-            .entry(tree.to_string())
-            .or_insert(0) += 1;
-        if !self
+        let relays = !self
             .held
             .read()
             .await
             .network
             .relays_of_tree(tree)
-            .is_empty()
-        {
-            let mut d = self.downstream.lock().await;
-            // The wait restarts with each push: the relays must report after the last one.
-            let e = d.entry(tree.to_string()).or_insert((0, None));
-            e.1 = Some(now());
+            .is_empty();
+        // The relays' wait restarts with each push: they must report after the last one.
+        let wait = relays.then(now);
+        let counted = match self.db.push(tree, wait).await {
+            Ok(()) => self.refresh().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = counted {
+            // The sites connected here are still woken; the timer is the guarantee.
+            tracing::warn!("{e}: the push of {tree} is counted here only");
+            let mut p = self.pushes.lock().await;
+            let e = p.entry(tree.to_string()).or_default();
+            e.upstream += 1;
+            e.waiting_since = wait.or(e.waiting_since);
+            self.generation.send_modify(|g| *g += 1);
+            drop(p);
         }
-        self.generation.send_modify(|g| *g += 1);
     }
 
     /// Releases the pushes waiting for relays: for each tree, once every relay holds the
     /// newest verified version, or the wait ran out.
     pub async fn release_downstream(&self) -> Result<(), CoordError> {
         let waiting: Vec<(String, i64)> = self
-            .downstream
+            .pushes
             .lock()
             .await
             .iter()
-            .filter_map(|(t, (_, since))| since.map(|s| (t.clone(), s)))
+            .filter_map(|(t, p)| p.waiting_since.map(|s| (t.clone(), s)))
             .collect();
         if waiting.is_empty() {
             return Ok(());
         }
         let network = self.held.read().await.network.clone();
+        // What a relay serves, where it was probed, rather than what it reports.
+        let probes = self.db.probes().await?;
         for (tree, since) in waiting {
             let newest = self.db.heads(&tree).await?.first().map(|h| h.version);
             let mut ready = now() - since >= RELAY_WAIT;
@@ -315,19 +537,24 @@ impl Coordinator {
                 // Each relay reported, after the push, holding the newest version.
                 for relay in network.relays_of_tree(&tree) {
                     let latest = self.db.latest(&relay, &tree).await?;
-                    let held = latest.held.map(|(v, _)| v);
+                    // A probe since the push and since the relay's last report, that found
+                    // what it serves, wins over that report.
+                    let reported = latest.last_report.unwrap_or(0);
+                    let held = match probes.get(&(relay.clone(), tree.clone())) {
+                        Some(p) if p.at >= since && p.at >= reported && p.error.is_none() => {
+                            p.version
+                        }
+                        _ => latest.held.map(|(v, _)| v),
+                    };
                     ready &= newest.is_some_and(|n| held.is_some_and(|h| h >= n))
                         && latest.last_success.is_some_and(|at| at >= since);
                 }
             }
-            if ready {
-                // Not if another push came meanwhile: its own wait decides.
-                match self.downstream.lock().await.get_mut(&tree) {
-                    Some(e) if e.1 == Some(since) => *e = (e.0 + 1, None),
-                    _ => continue,
-                }
+            // Not if another push came meanwhile (its own wait decides), nor if another
+            // coordinator released it.
+            if ready && self.db.release(&tree, since).await? {
                 tracing::info!(tree = %tree, "the relays hold the new version: the sites below them are woken");
-                self.generation.send_modify(|g| *g += 1);
+                self.refresh().await?;
             }
         }
         Ok(())
@@ -335,16 +562,17 @@ impl Coordinator {
 
     /// `site`'s assignment, with the pushes so far and the current generation.
     pub async fn assignment(&self, site: &str) -> Option<SiteAssignment> {
+        // The generation read under the locks its changes are made under (see `refresh`).
+        let held = self.held.read().await;
+        let pushes = self.pushes.lock().await;
         let generation = *self.generation.borrow();
-        let network = self.held.read().await.network.clone();
-        let mut a = network.assignment_of(site, generation)?;
-        a.boot = self.boot;
-        let triggers = self.triggers.lock().await;
-        let downstream = self.downstream.lock().await;
+        let mut a = held.network.assignment_of(site, generation)?;
+        a.boot = self.epoch;
         for t in &mut a.trees {
+            let p = pushes.get(&t.tree).copied().unwrap_or_default();
             t.trigger = match &t.upstream {
-                None => triggers.get(&t.tree).copied().unwrap_or(0),
-                Some(_) => downstream.get(&t.tree).map_or(0, |d| d.0),
+                None => p.upstream,
+                Some(_) => p.downstream,
             };
         }
         Some(a)
@@ -365,10 +593,10 @@ impl Coordinator {
         let (trees, sites, labels) = (want("tree"), want("site"), want("label"));
         let network = self.held.read().await.network.clone();
         let now = now();
-        // Three queries for the whole network, not three per row.
+        // Four queries for the whole network, not four per row.
         let mut latest = self.db.latest_all().await?;
         let heads = self.db.heads_all().await?;
-        let probes = self.probes.lock().await.clone();
+        let probes = self.db.probes().await?;
         let mut rows = Vec::new();
         for (name, def) in &network.sites {
             if !sites.is_empty() && !sites.contains(name) {
@@ -466,11 +694,141 @@ impl Coordinator {
 }
 
 impl Coordinator {
+    /// The coordinator's periodic work, for ever: every second it takes up what the
+    /// database holds ([`Coordinator::refresh`]); every `every`, if it leads
+    /// ([`Db::lead`]: always on SQLite), it checks the trees' heads, probes the sites that
+    /// serve their copy, and evaluates the events. A coordinator that does not lead tries
+    /// to each `every` (a leader that died hands over within one period).
+    pub async fn run(self: Arc<Self>, open: Arc<OpenStore>, every: std::time::Duration) {
+        // A push to a coordinator that stands by checks the head too.
+        self.set_opener(open.clone()).await;
+        let refresh = {
+            let coord = self.clone();
+            async move {
+                loop {
+                    if let Err(e) = coord.refresh().await {
+                        tracing::warn!("{e}");
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        };
+        let duties = async move {
+            let mut lead = Lead::default();
+            let mut was = None;
+            loop {
+                let leads = self.db.lead(&mut lead).await;
+                self.leading
+                    .store(leads, std::sync::atomic::Ordering::Relaxed);
+                if was.replace(leads) != Some(leads) {
+                    match leads {
+                        true => {
+                            tracing::info!(db = %self.db.name(), "this coordinator watches the heads, probes the sites and raises the events")
+                        }
+                        false => {
+                            tracing::info!(db = %self.db.name(), "another coordinator on the database leads; this one stands by")
+                        }
+                    }
+                }
+                if leads {
+                    self.watch_heads(open.clone()).await;
+                    // Probes on their own task: a site that answers slowly delays no head.
+                    if !self
+                        .probing_round
+                        .swap(true, std::sync::atomic::Ordering::Relaxed)
+                    {
+                        let (coord, open) = (self.clone(), open.clone());
+                        tokio::spawn(async move {
+                            // Cleared however the round ends (a panic included).
+                            let _done = Clear(coord.probing_round.clone());
+                            coord.probe_sites(open).await;
+                        });
+                    }
+                    if let Err(e) = self.evaluate().await {
+                        tracing::warn!("evaluating events: {e}");
+                    }
+                }
+                // One standing by asks for the lock at least every 5 s.
+                let pause = match leads {
+                    true => every,
+                    false => every.min(std::time::Duration::from_secs(5)),
+                };
+                tokio::time::sleep(pause).await;
+            }
+        };
+        tokio::join!(refresh, duties);
+    }
+
+    /// Counts a long-poll of `site` held until the guard is dropped; `None` if the site
+    /// holds [`MAX_POLLS_PER_SITE`] already.
+    pub fn long_poll(&self, site: &str) -> Option<LongPoll> {
+        let mut by_site = self.polls_by_site.lock().ok()?;
+        let n = by_site.entry(site.to_string()).or_insert(0);
+        if *n >= MAX_POLLS_PER_SITE {
+            return None;
+        }
+        *n += 1;
+        drop(by_site);
+        self.long_polls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(LongPoll {
+            total: self.long_polls.clone(),
+            by_site: self.polls_by_site.clone(),
+            site: site.to_string(),
+        })
+    }
+
+    /// Takes one request from `site`'s allowance: `false` if it has none left (the
+    /// answer is 429; the agent tries again later).
+    pub fn allow_request(&self, site: &str) -> bool {
+        let Ok(mut limits) = self.limits.lock() else {
+            return false;
+        };
+        limits
+            .entry(site.to_string())
+            .or_insert_with(Allowance::full)
+            .request()
+    }
+
+    /// Takes `n` reports from `site`'s allowance, refilled at `rate` a second.
+    pub fn allow_reports(&self, site: &str, n: usize, rate: f64) -> bool {
+        let Ok(mut limits) = self.limits.lock() else {
+            return false;
+        };
+        limits
+            .entry(site.to_string())
+            .or_insert_with(Allowance::full)
+            .reports(n, rate)
+    }
+
+    /// Bumped each time the memory of enrolled keys is cleared.
+    pub(crate) fn enrolled_epoch(&self) -> u64 {
+        self.enrolled_epoch
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Long-polls held now.
+    pub fn long_polls(&self) -> i64 {
+        self.long_polls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether this coordinator did the singleton duties in its last round.
+    pub fn leading(&self) -> bool {
+        self.leading.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Probes every site that serves its copy (`serves`), for each tree it carries: one
     /// conditional GET of the served head, verified, and one range read of its root node,
     /// verified against its id.
     pub async fn probe_sites(&self, open: Arc<OpenStore>) {
         let network = self.held.read().await.network.clone();
+        let known = match self.db.probes().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("{e}: no probes this round");
+                return;
+            }
+        };
         for (site, def) in &network.sites {
             let Some(url) = def.serves.clone() else {
                 continue;
@@ -484,7 +842,7 @@ impl Coordinator {
                 if !self.probing.lock().await.insert(key.clone()) {
                     continue;
                 }
-                let last = self.probes.lock().await.get(&key).cloned();
+                let last = known.get(&key).cloned();
                 let (open, url) = (open.clone(), url.clone());
                 // At most a minute a probe: a site that drips its answer holds no one up.
                 let running = self.probing_done.clone();
@@ -505,7 +863,9 @@ impl Coordinator {
                         ..Probe::default()
                     },
                 };
-                self.probes.lock().await.insert(key, p);
+                if let Err(e) = self.db.set_probe(&key.0, &key.1, &p).await {
+                    tracing::warn!("{e}");
+                }
                 // Probes that ended (in time or not) may start again.
                 let ended: Vec<(String, String)> = match self.probing_done.lock() {
                     Ok(mut d) => std::mem::take(&mut *d).into_iter().collect(),

@@ -85,7 +85,21 @@ impl Coordinator {
             self.webhook_delivered
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
+        let leading = Gauge::<i64>::default();
+        leading.set(i64::from(self.leading()));
+        let polls = Gauge::<i64>::default();
+        polls.set(self.long_polls());
         let mut reg = Registry::default();
+        reg.register(
+            "pulpdist_coordinator_long_polls",
+            "Agents' long-polls held open now",
+            polls,
+        );
+        reg.register(
+            "pulpdist_coordinator_leading",
+            "1 if this coordinator watches the heads, probes and raises events (holds the database's lock)",
+            leading,
+        );
         reg.register(
             "pulpdist_site_version",
             "The version a site holds of a tree",

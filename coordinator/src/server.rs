@@ -21,6 +21,25 @@ use crate::Coordinator;
 /// The longest a long-poll for an assignment is held.
 const MAX_WAIT: u64 = 300;
 
+/// The most connections held at once (an agent holds one; the rest are refused at once).
+pub const MAX_CONNECTIONS: usize = 20_000;
+
+/// The longest a connection lives: then it is closed once its request is answered, so a
+/// revoked certificate (or a replaced key) that keeps its connection busy is refused
+/// within this time.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(600);
+
+/// The longest a TLS handshake may take (10,000 agents reconnecting at once after a
+/// restart queue for the handshakes' CPU: 30 s, not less).
+const SLOW_PEER: Duration = Duration::from_secs(30);
+
+/// The longest a report body may take (an agent's batch is at most 512 kB: 35 kbit/s).
+const SLOW_BODY: Duration = Duration::from_secs(120);
+
+fn too_many(what: &str) -> Answer {
+    error(StatusCode::TOO_MANY_REQUESTS, what)
+}
+
 /// Who is asking.
 #[derive(Clone, Debug)]
 enum Caller {
@@ -29,6 +48,8 @@ enum Caller {
     Admin,
     Site(String),
     Nobody,
+    /// A site's name, past its ration of requests (429).
+    Limited,
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -82,6 +103,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -89,11 +111,17 @@ pub async fn serve(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
+                // Over the cap: closed at once, before any handshake work.
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    drop(stream);
+                    continue;
+                };
                 let Ok(config) = tls.read().map(|c| c.clone()) else { continue };
                 let acceptor = tokio_rustls::TlsAcceptor::from(config);
                 let coord = coord.clone();
                 tokio::spawn(async move {
-                    let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(30), acceptor.accept(stream)).await else {
+                    let _slot = slot;
+                    let Ok(Ok(tls)) = tokio::time::timeout(SLOW_PEER, acceptor.accept(stream)).await else {
                         return;
                     };
                     let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
@@ -111,18 +139,26 @@ pub async fn serve(
                     let spki = parsed.as_ref().map(|(k, _)| k.clone()).unwrap_or_default();
                     let who = caller(&coord, &identities, &spki).await;
                     if let (Caller::Site(site), Some((_, at))) = (&who, parsed) {
-                        coord.certificates.lock().await.insert(site.clone(), at);
+                        coord.saw_certificate(site, at).await;
                     }
                     let service = hyper::service::service_fn(move |req| {
                         let (coord, identities, spki) = (coord.clone(), identities.clone(), spki.clone());
                         async move { Ok::<_, Infallible>(route(&coord, (&identities, &spki), req).await) }
                     });
-                    // A client that sends no request, or half a header, is not held for ever.
-                    let _ = hyper::server::conn::http1::Builder::new()
+                    // A client that sends no request, or half a header, is not held for ever;
+                    // nor is any connection past its lifetime.
+                    let conn = hyper::server::conn::http1::Builder::new()
                         .timer(hyper_util::rt::TokioTimer::new())
                         .header_read_timeout(Duration::from_secs(30))
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
+                        .serve_connection(TokioIo::new(tls), service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = tokio::time::sleep(CONNECTION_LIFETIME) => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = tokio::time::timeout(Duration::from_secs(MAX_WAIT + 30), conn).await;
+                        }
+                    }
                 });
             }
             _ = &mut shutdown => break,
@@ -143,8 +179,25 @@ async fn caller(coord: &Coordinator, identities: &[String], spki: &str) -> Calle
             None => return Caller::Nobody,
         }
     };
+    // Rationed by the site's name, whatever key it comes with: a refused key costs no
+    // database query past the ration either.
+    if !coord.allow_request(&site) {
+        return Caller::Limited;
+    }
+    // Checked against the database once, then from memory (until a re-enrolment).
+    let epoch = coord.enrolled_epoch();
+    if coord.enrolled.lock().await.get(&site).map(String::as_str) == Some(spki) {
+        return Caller::Site(site);
+    }
     match coord.db.enrol(&site, spki, crate::now()).await {
-        Ok(true) => Caller::Site(site),
+        Ok(true) => {
+            let mut known = coord.enrolled.lock().await;
+            // Not if a re-enrolment cleared the memory since the database was read.
+            if coord.enrolled_epoch() == epoch {
+                known.insert(site.clone(), spki.to_string());
+            }
+            Caller::Site(site)
+        }
         Ok(false) => {
             tracing::warn!(site = %site, "a certificate with another key than the site was enrolled with: refused (`pulpdist network reenrol` accepts the next one)");
             Caller::Nobody
@@ -165,6 +218,9 @@ async fn route(
     let query = req.uri().query().map(str::to_string);
     let q = query.as_deref();
     let path = req.uri().path().to_string();
+    if matches!(who, Caller::Limited) {
+        return too_many("too many requests from this site; slow down");
+    }
     if matches!(who, Caller::Unavailable) {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -205,7 +261,13 @@ async fn route(
                 .and_then(|r| r.strip_suffix("/enrolment"))
                 .unwrap_or_default();
             match coord.db.unenrol(site).await {
-                Ok(had) => json(&serde_json::json!({ "site": site, "was_enrolled": had })),
+                Ok(had) => {
+                    // This coordinator forgets the old key now; others within a second.
+                    if let Err(e) = coord.refresh().await {
+                        tracing::warn!("{e}");
+                    }
+                    json(&serde_json::json!({ "site": site, "was_enrolled": had }))
+                }
                 Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
             }
         }
@@ -225,35 +287,63 @@ async fn route(
     }
 }
 
+/// A site's assignment; with `after` (the generation the agent holds), held until it
+/// changes for this site or `wait` seconds pass (304). A change elsewhere (a push of a
+/// tree the site does not carry, another site's assignment) does not answer the poll: a
+/// push wakes only the sites that carry the tree.
 async fn assignment(coord: &Coordinator, site: &str, after: Option<u64>, wait: u64) -> Answer {
+    // Subscribed first: a change after the baseline below wakes the loop.
     let mut changes = coord.generation.subscribe();
-    if let Some(known) = after {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
-        while *changes.borrow_and_update() == known {
-            if tokio::time::timeout_at(deadline, changes.changed())
-                .await
-                .is_err()
-            {
-                return answer(StatusCode::NOT_MODIFIED, "application/json", "");
-            }
-        }
+    let Some(held) = coord.assignment(site).await else {
+        return not_found();
+    };
+    // The baseline is the assignment of generation `known` only if that is current;
+    // otherwise the agent is behind and is answered at once.
+    if after != Some(held.revision) {
+        return json(&held);
     }
-    match coord.assignment(site).await {
-        Some(a) => json(&a),
-        None => not_found(),
+    let Some(_waiting) = coord.long_poll(site) else {
+        return too_many(&format!(
+            "this site holds {} long-polls already",
+            crate::MAX_POLLS_PER_SITE
+        ));
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    loop {
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => {}
+            _ => return answer(StatusCode::NOT_MODIFIED, "application/json", ""),
+        }
+        let Some(now) = coord.assignment(site).await else {
+            return not_found();
+        };
+        let mut same = now.clone();
+        same.revision = held.revision;
+        if same != held {
+            return json(&now);
+        }
     }
 }
 
 async fn reports(coord: &Coordinator, site: &str, req: Request<Incoming>) -> Answer {
-    let body = match Limited::new(req.into_body(), MAX_REPORT_BODY)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
+    // A body that drips is not waited for.
+    let read = tokio::time::timeout(
+        SLOW_BODY,
+        Limited::new(req.into_body(), MAX_REPORT_BODY).collect(),
+    )
+    .await;
+    let body = match read {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("a report body is at most {MAX_REPORT_BODY} bytes"),
+            )
+        }
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("the report body took more than {} s", SLOW_BODY.as_secs()),
             )
         }
     };
@@ -268,9 +358,24 @@ async fn reports(coord: &Coordinator, site: &str, req: Request<Incoming>) -> Ans
             &format!("at most {MAX_REPORTS} reports a request"),
         );
     }
+    if reports.is_empty() {
+        return json(&serde_json::json!({ "accepted": 0, "dropped": 0 }));
+    }
     // Only the site's own trees: a report for a tree no longer assigned to it (the
     // network changed during its run) is dropped, and the others are kept.
     let assigned = coord.assignment(site).await.unwrap_or_default();
+    // Reports are rationed by what the site's schedules make: two runs per schedule
+    // period of each tree, and one a second more.
+    let rate = 1.0
+        + 2.0
+            * assigned
+                .trees
+                .iter()
+                .map(|t| 1.0 / t.schedule_secs.max(1) as f64)
+                .sum::<f64>();
+    if !coord.allow_reports(site, reports.len(), rate) {
+        return too_many("too many reports from this site; the rest wait in its queue");
+    }
     let (mine, dropped): (Vec<Report>, Vec<Report>) = reports
         .into_iter()
         .partition(|r| assigned.trees.iter().any(|t| t.tree == r.tree));

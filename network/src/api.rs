@@ -17,8 +17,9 @@ pub const MAX_ERROR_TEXT: usize = 4096;
 pub struct SiteAssignment {
     /// The site.
     pub site: String,
-    /// Differs for each start of the coordinator: push counters restart with it, so an
-    /// agent takes the counters of a new boot as they are (no push storm after a restart).
+    /// Names the space the push counters (`trigger`) count in: the coordinator's
+    /// database's (kept across restarts, shared by coordinators on one database). An agent
+    /// takes the counters of another space as they are (no push storm after a change).
     #[serde(default)]
     pub boot: u64,
     /// The network's revision (a long-poll returns when it, or a trigger, changes).

@@ -14,9 +14,12 @@ pub(crate) struct Args {
     /// Address to listen on (port 0: any free port; the printed line says which).
     #[arg(long, default_value = "127.0.0.1:8443")]
     listen: String,
-    /// The database: a SQLite file (created if missing).
-    #[arg(long)]
-    db: PathBuf,
+    /// The database: a SQLite file (created if missing), or a PostgreSQL URL
+    /// (postgres://user@host/db; ?host=/run/postgresql for a socket) that two coordinators
+    /// may share: the one holding its advisory lock watches the heads, probes and raises
+    /// events, the other takes over within one --watch period if it dies.
+    #[arg(long, value_name = "FILE|URL")]
+    db: String,
     /// The coordinator's certificate chain (PEM).
     #[arg(long)]
     tls_cert: PathBuf,
@@ -44,6 +47,11 @@ pub(crate) struct Args {
     /// here: for reading only, keep it on loopback or behind a proxy that authenticates.
     #[arg(long, value_name = "ADDR")]
     dashboard: Option<String>,
+    /// A name the dashboard is reached by (repeatable), besides IP addresses and
+    /// localhost: requests for other names are refused (a page that points its own name at
+    /// the dashboard's address reads nothing).
+    #[arg(long, value_name = "NAME")]
+    dashboard_host: Vec<String>,
     /// Trust only these CA certificates (PEM) when reading https:// stores' heads.
     #[arg(long)]
     store_ca: Option<PathBuf>,
@@ -52,6 +60,8 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(a: Args) -> Result<()> {
+    // One connection per agent's long-poll: thousands of sites need more than 1,024 files.
+    let _ = super::raise_open_files();
     let initial = match &a.network {
         Some(p) => {
             let text = super::read_small(p, "network file")?;
@@ -99,6 +109,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
                 Some(tokio::spawn(pulpdist_coordinator::dashboard::serve(
                     l,
                     coord.clone(),
+                    a.dashboard_host.clone(),
                     std::future::pending(),
                 )))
             }
@@ -106,19 +117,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
         };
         let _ = out.flush();
         drop(out);
-        let watcher = {
-            let (coord, every) = (coord.clone(), a.watch);
-            tokio::spawn(async move {
-                loop {
-                    coord.watch_heads(open.clone()).await;
-                    coord.probe_sites(open.clone()).await;
-                    if let Err(e) = coord.evaluate().await {
-                        tracing::warn!("evaluating events: {e}");
-                    }
-                    tokio::time::sleep(every).await;
-                }
-            })
-        };
+        let watcher = tokio::spawn(coord.clone().run(open, a.watch));
         // SIGHUP reads the certificate, its key and the revocation lists again: a site
         // revoked with `pulpdist ca revoke` is refused from its next connection.
         if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -158,9 +157,10 @@ pub(crate) fn run(a: Args) -> Result<()> {
 /// How an admin command reaches the coordinator.
 #[derive(clap::Args)]
 pub(crate) struct Reach {
-    /// The coordinator: https://host:port.
-    #[arg(long)]
-    coordinator: String,
+    /// The coordinator: https://host:port. Repeat it for coordinators sharing one
+    /// database: requests go to the next when one does not answer.
+    #[arg(long, required = true)]
+    coordinator: Vec<String>,
     /// The CA (PEM) that issued the coordinator's certificate.
     #[arg(long)]
     ca: Option<PathBuf>,
@@ -176,7 +176,10 @@ impl Reach {
     pub(crate) fn client(&self) -> Result<pulpdist_agent::Client> {
         let mut http = pulpdist_sync::HttpOptions::default();
         super::stores::add_tls(&mut http, self.ca.as_deref(), Some((&self.cert, &self.key)))?;
-        Ok(pulpdist_agent::Client::new(&self.coordinator, &http)?)
+        Ok(pulpdist_agent::Client::with_fallbacks(
+            &self.coordinator,
+            &http,
+        )?)
     }
 }
 
@@ -326,8 +329,10 @@ pub(crate) struct NotifyArgs {
     /// After publishing, push the tree through this coordinator (https://host:port), so its
     /// sites sync now rather than on their schedule; needs --notify-cert and --notify-key
     /// (an admin's). A push that fails is a warning: the sites' timers still bring them.
+    /// Repeat it for coordinators sharing one database: the next is asked if one does not
+    /// answer.
     #[arg(long, requires_all = ["notify_cert", "notify_key"])]
-    notify: Option<String>,
+    notify: Vec<String>,
     /// The CA (PEM) that issued the coordinator's certificate.
     #[arg(long)]
     notify_ca: Option<PathBuf>,
@@ -342,13 +347,13 @@ pub(crate) struct NotifyArgs {
 impl NotifyArgs {
     /// Pushes `tree`, if asked to; a failure is a warning.
     pub(crate) fn send(&self, tree: &str) {
-        let (Some(url), Some(cert), Some(key)) =
-            (&self.notify, &self.notify_cert, &self.notify_key)
+        let (false, Some(cert), Some(key)) =
+            (self.notify.is_empty(), &self.notify_cert, &self.notify_key)
         else {
             return;
         };
         let reach = Reach {
-            coordinator: url.clone(),
+            coordinator: self.notify.clone(),
             ca: self.notify_ca.clone(),
             cert: cert.clone(),
             key: key.clone(),

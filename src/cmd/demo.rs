@@ -169,7 +169,8 @@ fn network(
         crls: Vec::new(),
     })?;
     let (coord, listener) = rt.block_on(async {
-        let db = pulpdist_coordinator::Db::open(&dir.join("coordinator.db")).await?;
+        let db =
+            pulpdist_coordinator::Db::open(&dir.join("coordinator.db").to_string_lossy()).await?;
         let coord = pulpdist_coordinator::Coordinator::open(db, Some(&text)).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         anyhow::Ok((std::sync::Arc::new(coord), listener))
@@ -183,6 +184,7 @@ fn network(
     let dashboard = rt.spawn(pulpdist_coordinator::dashboard::serve(
         board,
         coord.clone(),
+        Vec::new(),
         async {
             let _ = board_stopped.await;
         },

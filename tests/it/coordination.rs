@@ -32,6 +32,10 @@ impl Drop for Coord {
 /// certificates, and one certificate per site.
 struct Net {
     site: Site,
+    /// The coordinator's database: a SQLite file, or, with `PULPDIST_TEST_DB=postgres`
+    /// (how `./scripts/test` runs this suite a second time), a database of its own on the
+    /// test process's PostgreSQL server.
+    db: String,
     ca_file: PathBuf,
     coord_pair: Pair,
     admin: Pair,
@@ -49,8 +53,13 @@ impl Net {
         let ca_file = ca.write_ca(&dir.join("ca.pem"));
         let coord_pair = ca.issue(&dir, "coordinator", &["localhost"]);
         let admin = ca.issue(&dir, "ops", &["ops"]);
+        let db = match std::env::var("PULPDIST_TEST_DB").as_deref() {
+            Ok("postgres") => common::servers::postgres().url(&fresh_database()),
+            _ => s(&site.p("coordinator.db")).to_string(),
+        };
         Net {
             site,
+            db,
             ca_file,
             coord_pair,
             admin,
@@ -98,7 +107,7 @@ impl Net {
         let mut cmd = bin();
         cmd.args(["coordinator", "--listen", "127.0.0.1:0"]);
         if !extra.contains(&"--db") {
-            cmd.arg("--db").arg(self.site.p("coordinator.db"));
+            cmd.args(["--db", &self.db]);
         }
         cmd.args(["--tls-cert", s(tls[0]), "--tls-key", s(tls[1])])
             .args(["--client-ca", s(tls[2]), "--watch", watch])
@@ -109,9 +118,16 @@ impl Net {
             cmd.arg("--network").arg(f);
         }
         cmd.args(["--dashboard", "127.0.0.1:0"]);
+        // Its log, for the tests that read it.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.site.p("coordinator.log"))
+            .expect("log");
         let mut child = cmd
+            .env("RUST_LOG", "pulpdist_coordinator=info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("spawn coordinator");
         let mut out = BufReader::new(child.stdout.take().expect("stdout"));
@@ -199,6 +215,52 @@ impl Net {
         let mut a = vec!["status".to_string()];
         a.extend(self.reach(url, &self.admin));
         common::run_json(&strs(&a))
+    }
+}
+
+impl Net {
+    /// The coordinator's API as the holder of `who`.
+    fn client(&self, coord: &Coord, who: &Pair) -> pulpdist_agent::Client {
+        let read = |p: &Path| std::fs::read(p).expect("pem");
+        let http = pulpdist_sync::HttpOptions {
+            ca_pem: Some(read(&self.ca_file)),
+            client_cert_pem: Some((read(&who.cert), read(&who.key))),
+            ..Default::default()
+        };
+        pulpdist_agent::Client::new(&coord.url, &http).expect("client")
+    }
+}
+
+/// A site's assignment now.
+fn current(c: &pulpdist_agent::Client) -> pulpdist_network::SiteAssignment {
+    c.assignment(None, Duration::ZERO)
+        .expect("assignment")
+        .expect("an assignment")
+}
+
+/// The long-polls `coord` holds, from its metrics.
+fn long_polls(coord: &Coord) -> u64 {
+    get(&coord.board, "/metrics")
+        .1
+        .lines()
+        .find_map(|l| l.strip_prefix("pulpdist_coordinator_long_polls "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+/// A database name not used before on the test process's PostgreSQL server.
+fn fresh_database() -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("coord_{}_{n}", std::process::id())
+}
+
+/// Waits (30 s at most) until `check` holds.
+fn until(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while !check() {
+        assert!(Instant::now() < end, "{what}: not within {deadline:?}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -333,7 +395,11 @@ fn a_site_certificate_reads_and_writes_only_its_own() {
         a.extend(net.reach(&coord.url, &berlin));
         let out = run(&strs(&a));
         assert_eq!(out.status.code(), Some(1), "{cmd:?}: {}", stderr(&out));
-        assert!(stderr(&out).contains("404"), "{cmd:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("404: not found"),
+            "{cmd:?}: {}",
+            stderr(&out)
+        );
     }
     // A certificate of the CA that names no site gets no assignment.
     let out = run(&strs(&{
@@ -343,7 +409,7 @@ fn a_site_certificate_reads_and_writes_only_its_own() {
     }));
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!net.mirror("stranger").exists());
-    assert!(stderr(&out).contains("404"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("404: not found"), "{}", stderr(&out));
     // A certificate from another CA does not get through the handshake.
     let other = TestCa::new("another CA");
     let forged = other.issue(&net.site.p("pki"), "ops-forged", &["ops"]);
@@ -875,7 +941,7 @@ fn a_site_revoked_by_the_ca_is_refused_after_the_coordinator_reloads() {
         run(&strs(&a))
     };
     // berlin is known (not an admin: 404), ops reads the status.
-    assert!(stderr(&reach(&pair("berlin"))).contains("404"));
+    assert!(stderr(&reach(&pair("berlin"))).contains("404: not found"));
     assert!(reach(&pair("ops")).status.success());
     ca(&["revoke", "--site", "berlin"]);
     let ok = Command::new("kill")
@@ -886,7 +952,7 @@ fn a_site_revoked_by_the_ca_is_refused_after_the_coordinator_reloads() {
     let until = Instant::now() + Duration::from_secs(30);
     loop {
         let out = reach(&pair("berlin"));
-        if !stderr(&out).contains("404") {
+        if !stderr(&out).contains("404: not found") {
             assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
             break;
         }
@@ -1015,7 +1081,7 @@ fn a_site_is_enrolled_with_its_first_key_and_another_key_needs_an_admin() {
     let mut a = net.agent_args(&coord.url, "berlin2", &impostor);
     a.push("--once".into());
     let out = run(&strs(&a));
-    assert!(stderr(&out).contains("404"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("404: not found"), "{}", stderr(&out));
     assert!(!net.mirror("berlin2").exists());
     // An admin accepts the next key; from then on the old one is refused.
     let mut re = vec![
@@ -1027,12 +1093,14 @@ fn a_site_is_enrolled_with_its_first_key_and_another_key_needs_an_admin() {
     re.extend(net.reach(&coord.url, &net.admin));
     let out = run(&strs(&re));
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = run(&strs(&a));
-    assert!(!stderr(&out).contains("404"), "{}", stderr(&out));
-    assert_same_tree(&net.site.src(), &net.mirror("berlin2"));
+    // Until another key comes, the old one is not enrolled again by using it.
     let mut old = net.agent_args(&coord.url, "berlin", &berlin);
     old.push("--once".into());
-    assert!(stderr(&run(&strs(&old))).contains("404"));
+    assert!(stderr(&run(&strs(&old))).contains("404: not found"));
+    let out = run(&strs(&a));
+    assert!(!stderr(&out).contains("404: not found"), "{}", stderr(&out));
+    assert_same_tree(&net.site.src(), &net.mirror("berlin2"));
+    assert!(stderr(&run(&strs(&old))).contains("404: not found"));
 }
 
 #[test]
@@ -1079,4 +1147,272 @@ fn a_full_disk_under_the_database_loses_no_report_and_passes() {
     let (_, site) = get(&coord.board, "/api/v1/sites/berlin");
     let v: serde_json::Value = serde_json::from_str(&site).expect("json");
     assert_eq!(v["history"].as_array().map_or(0, Vec::len), runs, "{v}");
+}
+
+#[test]
+fn two_coordinators_on_postgresql_share_one_network_and_the_second_takes_over_when_the_first_dies()
+{
+    let net = Net::new();
+    let db = common::servers::postgres().url(&fresh_database());
+    let tls = [&net.coord_pair.cert, &net.coord_pair.key, &net.ca_file];
+    let berlin = net.cert("berlin");
+    let text = net.network(&["berlin"], "1h");
+    let mut first = net.start_with(Some(&text), "1s", tls, &["--db", &db]);
+    let newest = |c: &Coord| row(&net.status(&c.url), "berlin")["newest"].as_u64();
+    let wait = Duration::from_secs(30);
+    // The first leads: its head watcher verified and recorded version 1.
+    until("the first coordinator records version 1", wait, || {
+        newest(&first) == Some(1)
+    });
+    // The second is given another network file: it holds the one in the database (the
+    // first's), and stands by.
+    let other = net.network(&["berlin"], "2h");
+    let second = net.start_with(Some(&other), "1s", tls, &["--db", &db]);
+    let log = || std::fs::read_to_string(net.site.p("coordinator.log")).unwrap_or_default();
+    until("the second coordinator stands by", wait, || {
+        log().contains("this one stands by")
+    });
+    assert_eq!(newest(&second), Some(1));
+    let mut export = vec!["network".to_string(), "export".into()];
+    export.extend(net.reach(&second.url, &net.admin));
+    let held = run(&strs(&export));
+    assert_eq!(String::from_utf8_lossy(&held.stdout), text);
+    // Both alive: a push through the second answers a long-poll held by the first.
+    let site = net.client(&first, &berlin);
+    let before = current(&site);
+    std::thread::scope(|scope| {
+        let poll = scope.spawn(|| site.assignment(Some(before.revision), Duration::from_secs(60)));
+        until("the long-poll held", wait, || long_polls(&first) == 1);
+        let mut push = vec![
+            "network".to_string(),
+            "push".into(),
+            "--tree".into(),
+            "tree".into(),
+        ];
+        push.extend(net.reach(&second.url, &net.admin));
+        assert!(run(&strs(&push)).status.success());
+        let got = poll
+            .join()
+            .expect("poll")
+            .expect("answer")
+            .expect("a change");
+        assert_eq!(got.trees[0].trigger, before.trees[0].trigger + 1);
+    });
+    let leading = |c: &Coord| {
+        get(&c.board, "/metrics")
+            .1
+            .contains("pulpdist_coordinator_leading 1")
+    };
+    let (a, b) = (
+        get(&first.board, "/metrics"),
+        get(&second.board, "/metrics"),
+    );
+    assert!(
+        a.1.contains("pulpdist_coordinator_leading 1")
+            && b.1.contains("pulpdist_coordinator_leading 0"),
+        "{a:?} {b:?}"
+    );
+    // An agent that knows both syncs version 1, through the first.
+    let mut args = net.agent_args(&first.url, "berlin", &berlin);
+    args.extend([
+        "--coordinator".into(),
+        second.url.clone(),
+        "--poll".into(),
+        "30s".into(),
+    ]);
+    let mut agent = bin()
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent");
+    let version = |n: u64| row(&net.status(&second.url), "berlin")["version"].as_u64() == Some(n);
+    until(
+        "version 1 synced and reported",
+        Duration::from_secs(60),
+        || version(1),
+    );
+    // The first dies (its session, and the lock with it, end with its connection); a
+    // version is published that only the second can see.
+    let _ = first.child.kill();
+    let _ = first.child.wait();
+    pulpdist_testdata::evolve(&net.site.src(), 5, 1).expect("evolve");
+    net.site.publish();
+    until("the second coordinator records version 2", wait, || {
+        newest(&second) == Some(2)
+    });
+    assert!(leading(&second), "{}", log());
+    // An admin command that names both reaches the second.
+    let mut status = vec!["status".to_string()];
+    status.extend(net.reach(&first.url, &net.admin));
+    status.extend(["--coordinator".into(), second.url.clone()]);
+    let rows = common::run_json(&strs(&status));
+    assert_eq!(row(&rows, "berlin")["newest"], 2);
+    // The agent moved to the second, which pushed it version 2.
+    until(
+        "version 2 synced through the second",
+        Duration::from_secs(60),
+        || version(2),
+    );
+    assert_same_tree(&net.site.src(), &net.mirror("berlin"));
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
+
+#[test]
+fn a_push_answers_the_long_polls_of_the_sites_that_carry_the_tree_and_no_others() {
+    let net = Net::new();
+    // Two trees (one store); berlin carries one, paris the other.
+    let mut text = net.network(&["berlin", "paris"], "1h");
+    text = text.replace(
+        "[[assignment]]\nlabels = { region = \"eu\" }\ntrees = [\"tree\"]",
+        "[[assignment]]\nsites = [\"berlin\"]\ntrees = [\"tree\"]",
+    );
+    let key = std::fs::read_to_string(net.site.trust()).expect("key");
+    text.push_str(&format!(
+        "\n[trees.other]\nstores = [\"{}\"]\ntrust = [\"{}\"]\n\n[[assignment]]\nsites = [\"paris\"]\ntrees = [\"other\"]\nschedule = \"1h\"\n",
+        s(&net.site.store()),
+        key.trim()
+    ));
+    let coord = net.start(Some(&text), "1h");
+    // The watcher's first round records version 1 and pushes it: the baselines below are
+    // taken after that push.
+    until("version 1 recorded", Duration::from_secs(30), || {
+        row(&net.status(&coord.url), "berlin")["newest"] == 1
+    });
+    let (berlin, paris) = (
+        net.client(&coord, &net.cert("berlin")),
+        net.client(&coord, &net.cert("paris")),
+    );
+    let (b0, p0) = (current(&berlin), current(&paris));
+    let polls = || long_polls(&coord);
+    std::thread::scope(|scope| {
+        let b = scope.spawn(|| berlin.assignment(Some(b0.revision), Duration::from_secs(60)));
+        let p = scope.spawn(|| paris.assignment(Some(p0.revision), Duration::from_secs(60)));
+        until("both long-polls held", Duration::from_secs(30), || {
+            polls() == 2
+        });
+        let push = |tree: &str| {
+            let mut a = vec![
+                "network".to_string(),
+                "push".into(),
+                "--tree".into(),
+                tree.into(),
+            ];
+            a.extend(net.reach(&coord.url, &net.admin));
+            run(&strs(&a));
+        };
+        push("other");
+        let p = p.join().expect("paris").expect("answer").expect("a change");
+        assert_eq!(p.trees[0].trigger, p0.trees[0].trigger + 1);
+        // Berlin's poll is still held: the push was not for its tree.
+        until("paris's poll answered", Duration::from_secs(30), || {
+            polls() == 1
+        });
+        push("tree");
+        let b = b
+            .join()
+            .expect("berlin")
+            .expect("answer")
+            .expect("a change");
+        assert_eq!(b.trees[0].tree, "tree");
+        assert_eq!(b.trees[0].trigger, b0.trees[0].trigger + 1);
+    });
+}
+
+#[test]
+fn a_site_that_floods_the_coordinator_is_rationed_and_the_dashboard_answers_only_its_names() {
+    let net = Net::new();
+    let coord = net.start(Some(&net.network(&["berlin", "paris", "rome"], "1h")), "1h");
+    let (berlin, paris, rome) = (net.cert("berlin"), net.cert("paris"), net.cert("rome"));
+    // Berlin asks for its assignment as fast as it is answered: after its burst (120,
+    // then 10 a second), 429.
+    let c = net.client(&coord, &berlin);
+    let answers: Vec<Result<_, String>> = (0..400)
+        .map(|_| {
+            c.assignment(None, Duration::ZERO)
+                .map_err(|e| e.to_string())
+        })
+        .collect();
+    assert!(answers[..100].iter().all(Result::is_ok), "{:?}", answers[0]);
+    let limited = answers
+        .iter()
+        .filter(|a| matches!(a, Err(e) if e.contains("429")))
+        .count();
+    assert!(limited >= 100, "{limited} of 400 requests refused");
+    // Rome sends reports as fast as they are taken: after its burst of 20,000, 429.
+    let c = net.client(&coord, &rome);
+    let batch: Vec<pulpdist_network::Report> = (0..1000)
+        .map(|i| {
+            serde_json::from_value(serde_json::json!({
+                "id": format!("r{i}"), "tree": "tree", "outcome": "up_to_date", "started": 1,
+                "from_version": 1, "to_version": 1, "root": null, "head_store": null,
+                "bytes_fetched": 0, "bytes_reused": 0, "requests": 1, "duration_ms": 1,
+                "rsync_files": 0, "error": null, "agent_version": "test"
+            }))
+            .expect("report")
+        })
+        .collect();
+    let mut sent = 0;
+    let refused = loop {
+        let mut b = batch.clone();
+        for r in &mut b {
+            r.id = format!("{sent}-{}", r.id);
+        }
+        match c.report(&b) {
+            Ok(()) => sent += 1,
+            Err(e) => break e.to_string(),
+        }
+        assert!(sent <= 25, "25,000 reports taken at once");
+    };
+    assert!(refused.contains("429"), "{refused}");
+    assert!((20..=21).contains(&sent), "{sent} batches of 1,000 taken");
+    // Paris is served as before.
+    current(&net.client(&coord, &paris));
+    // Paris may hold four long-polls at once; a fifth is refused. (After the watcher's
+    // first round pushed version 1: the polls' baseline is not moved by it.)
+    until("version 1 recorded", Duration::from_secs(30), || {
+        row(&net.status(&coord.url), "paris")["newest"] == 1
+    });
+    let base = current(&net.client(&coord, &paris));
+    let polls: Vec<_> = (0..4)
+        .map(|_| {
+            let c = net.client(&coord, &paris);
+            let g = base.revision;
+            std::thread::spawn(move || c.assignment(Some(g), Duration::from_secs(60)).is_ok())
+        })
+        .collect();
+    until("four long-polls held", Duration::from_secs(30), || {
+        long_polls(&coord) == 4
+    });
+    let fifth = net
+        .client(&coord, &paris)
+        .assignment(Some(base.revision), Duration::from_secs(60));
+    assert!(
+        matches!(&fifth, Err(e) if e.to_string().contains("429")),
+        "{fifth:?}"
+    );
+    // The dashboard answers for an IP address or localhost, not for another name (a page
+    // that points its own name at this address).
+    let port = coord.board.rsplit(':').next().unwrap_or("").to_string();
+    let ask = |host: &str| {
+        use std::io::{Read, Write};
+        let mut t = std::net::TcpStream::connect(coord.board.trim_start_matches("http://"))
+            .expect("connect");
+        write!(
+            t,
+            "GET /events HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut out = String::new();
+        t.read_to_string(&mut out).expect("read");
+        out.split(' ').nth(1).unwrap_or("").to_string()
+    };
+    assert_eq!(ask(&format!("rebound.example:{port}")), "421");
+    assert_eq!(ask(&format!("localhost:{port}")), "200");
+    assert_eq!(ask(&format!("127.0.0.1:{port}")), "200");
+    drop(coord);
+    for p in polls {
+        let _ = p.join();
+    }
 }

@@ -9,77 +9,17 @@
 //! Needs `chromium` for the page (skipped with a note if it is not installed).
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use pulpdist_benchmarks::coord::{client, pki, usage};
 use pulpdist_network::{Outcome, Report};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
 fn arg(n: usize, default: usize) -> usize {
     std::env::args()
         .nth(n)
         .and_then(|a| a.parse().ok())
         .unwrap_or(default)
-}
-
-/// A CA and a certificate per name (PEM files in `dir`).
-fn pki(dir: &Path, names: &[String]) -> PathBuf {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "load CA");
-    let key = KeyPair::generate().expect("key");
-    let ca = params.self_signed(&key).expect("CA");
-    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
-    let issuer = Issuer::new(params, key);
-    for n in names {
-        let mut p = CertificateParams::new(vec![n.clone()]).expect("params");
-        p.distinguished_name.push(DnType::CommonName, n);
-        let k = KeyPair::generate().expect("key");
-        let c = p.signed_by(&k, &issuer).expect("sign");
-        std::fs::write(dir.join(format!("{n}.pem")), c.pem()).expect("write");
-        std::fs::write(dir.join(format!("{n}.key")), k.serialize_pem()).expect("write");
-    }
-    dir.join("ca.pem")
-}
-
-fn client(url: &str, dir: &Path, who: &str) -> pulpdist_agent::Client {
-    let read = |f: String| std::fs::read(dir.join(f)).expect("pem");
-    let http = pulpdist_sync::HttpOptions {
-        ca_pem: Some(read("ca.pem".into())),
-        client_cert_pem: Some((read(format!("{who}.pem")), read(format!("{who}.key")))),
-        ..Default::default()
-    };
-    pulpdist_agent::Client::new(url, &http).expect("client")
-}
-
-/// CPU seconds (user + system) and peak RSS (MB) of a process, from /proc.
-fn usage(pid: u32) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let cpu = (ticks(11) + ticks(12)) / 100.0;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (cpu, kb("VmHWM:") / 1024.0)
 }
 
 fn main() {
@@ -237,35 +177,56 @@ fn main() {
         ),
         _ => println!("matrix page: chromium not available"),
     }
-    // Idle long-polls, each over its own connection.
+    // Idle long-polls, each over its own connection (more polls than sites: sites hold
+    // several), until the coordinator counts them all held.
     let before = usage(pid).1;
     let mut pollers = Vec::new();
-    for name in names.iter().take(polls.min(sites)) {
+    let t0 = Instant::now();
+    for name in names.iter().cycle().take(polls) {
         let (url, work, n) = (url.clone(), work.clone(), name.clone());
         pollers.push(
             std::thread::Builder::new()
-                .stack_size(256 << 10)
+                .stack_size(128 << 10)
                 .spawn(move || {
                     let c = client(&url, &work, &n);
                     let first = c.assignment(None, Duration::ZERO).ok().flatten();
                     let g = first.map(|a| a.revision);
-                    let _ = c.assignment(g, Duration::from_secs(20));
+                    let _ = c.assignment(g, Duration::from_secs(300));
                 })
                 .expect("thread"),
         );
     }
-    std::thread::sleep(Duration::from_secs(10));
-    let held = usage(pid).1;
+    let mut held_now = 0.0;
+    while t0.elapsed() < Duration::from_secs(280) {
+        held_now = metric(&board, "pulpdist_coordinator_long_polls").unwrap_or(0.0);
+        if held_now as usize >= polls {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (cpu, held) = usage(pid);
     println!(
-        "{} idle long-polls held: coordinator peak RSS {:.0} MB (before them {:.0} MB)",
-        pollers.len(),
-        held,
-        before
+        "{held_now} idle long-polls held (all in {:.1} s): coordinator peak RSS {held:.0} MB (before them {before:.0} MB), CPU so far {cpu:.1} s",
+        t0.elapsed().as_secs_f64()
     );
+    // The coordinator answers them all when it stops.
+    let _ = coord.kill();
+    let _ = coord.wait();
     for p in pollers {
         let _ = p.join();
     }
-    let _ = coord.kill();
-    let _ = coord.wait();
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// A value from the coordinator's `/metrics` (plain HTTP on the dashboard listener).
+fn metric(board: &str, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(board.trim_start_matches("http://")).ok()?;
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    c.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }

@@ -499,3 +499,119 @@ impl RsyncD {
             .collect()
     }
 }
+
+/// A PostgreSQL server for this test process, started on first use: a cluster of its own
+/// in a temporary directory, listening on a Unix socket only (no port to choose), run as
+/// the `postgres` user (the server refuses root). Its shell waits on a pipe from this
+/// process: when the test process ends, however it ends, the pipe closes and the shell
+/// stops the server and removes the cluster. `./scripts/test` installs PostgreSQL.
+pub(crate) struct Postgres {
+    /// The socket's directory.
+    pub(crate) socket: PathBuf,
+    /// The shell, its standard input held open for the process's lifetime (see above).
+    _shell: std::sync::Mutex<Child>,
+}
+
+impl Postgres {
+    /// A URL for database `db` (created by the coordinator on first use).
+    pub(crate) fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres@localhost/{db}?host={}",
+            s(&self.socket)
+        )
+    }
+}
+
+/// The PostgreSQL server of this process (see [`Postgres`]).
+pub(crate) fn postgres() -> &'static Postgres {
+    static PG: std::sync::OnceLock<Postgres> = std::sync::OnceLock::new();
+    PG.get_or_init(start_postgres)
+}
+
+fn start_postgres() -> Postgres {
+    let bin = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()
+        .and_then(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                .filter(|b| b.join("postgres").exists())
+                .max()
+        })
+        .expect(
+            "PostgreSQL is not installed (/usr/lib/postgresql/*/bin): ./scripts/test installs it",
+        );
+    let dir = tempfile::Builder::new()
+        .prefix("pulpdist-pg-")
+        .tempdir()
+        .expect("tempdir")
+        .keep();
+    let uid = |flag: &str| -> u32 {
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .expect("id");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("the postgres user (the package creates it)")
+    };
+    std::os::unix::fs::chown(&dir, Some(uid("-u")), Some(uid("-g"))).expect("chown");
+    let (data, socket) = (dir.join("data"), dir.join("socket"));
+    let as_pg = |args: &[&str]| {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).args(args);
+        c
+    };
+    let out = as_pg(&[
+        s(&bin.join("initdb")),
+        "-D",
+        s(&data),
+        "-A",
+        "trust",
+        "-U",
+        "postgres",
+        "--no-sync",
+    ])
+    .output()
+    .expect("initdb");
+    assert!(
+        out.status.success(),
+        "initdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::create_dir(&socket).expect("socket dir");
+    std::os::unix::fs::chown(&socket, Some(uid("-u")), Some(uid("-g"))).expect("chown");
+    let script = format!(
+        "'{pg}' -D '{data}' -k '{socket}' -c listen_addresses= -c fsync=off -c max_connections=300 \
+         >'{dir}/log' 2>&1 & pid=$!; cat >/dev/null; kill -INT $pid; wait $pid; rm -rf '{dir}'",
+        pg = s(&bin.join("postgres")),
+        data = s(&data),
+        socket = s(&socket),
+        dir = s(&dir),
+    );
+    let child = as_pg(&["sh", "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start postgres");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = Command::new(bin.join("pg_isready"))
+            .args(["-q", "-h", s(&socket), "-U", "postgres"])
+            .status()
+            .is_ok_and(|st| st.success());
+        if ready {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "PostgreSQL did not start within 60 s: {}",
+            std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Postgres {
+        socket,
+        _shell: std::sync::Mutex::new(child),
+    }
+}
