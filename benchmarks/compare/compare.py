@@ -23,6 +23,7 @@ Results go to OUT/results.json (everything measured) and OUT/results.md (the tab
 
 import argparse
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -39,7 +40,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 TREE = "bench"  # the PulpDist tree name
 PACKAGES_REL = "dists/stable/main/binary-amd64/Packages"
-SCENARIOS = ["source", "packages", "pool", "large", "iso"]
+SCENARIOS = ["source", "packages", "pool", "large", "iso", "botocore", "debs"]
+# Real data (not generated): two consecutive sdists of botocore from PyPI, and for Debian
+# packages with more than one version in this machine's apt sources, the two newest .debs.
+REAL = {"botocore", "debs"}
+BOTOCORE = ("1.35.50", "1.35.51")
+DEBS = ["openssl", "libssl3", "curl", "libcurl4", "openssh-client", "openssh-server", "libc6",
+        "libc-bin", "linux-libc-dev", "git", "libxml2", "python3.11-minimal",
+        "libpython3.11-stdlib", "postgresql-client-15", "libpq5", "tzdata", "ca-certificates",
+        "bind9-libs", "libexpat1", "libde265-0"]
 ISO_REL = "cdimage/pool.iso"  # scenario iso: the image version 2 adds
 LINKS = ["loopback", "wan"]
 SRV_NS, CLI_NS = "pdc-srv", "pdc-cli"
@@ -337,9 +346,69 @@ class Bench:
     def gen(self, name, version, d, scale):
         if name == "iso":
             return self.gen_iso(version, d, scale)
+        if name in REAL:
+            return self.gen_real(name, version, d)
         out = run([self.gen_tree, "scenario", name, str(version), str(d), str(scale)],
                   self.a.prep_timeout)
         return json.loads(out.strip().splitlines()[-1])
+
+    def real_version(self, name, version):
+        """The directory holding version 1 or 2 of a real scenario, downloaded and unpacked
+        once into WORK/downloads (kept across runs: the registry is not measured)."""
+        dl = self.work / "downloads" / name
+        out = dl / f"v{version}"
+        if out.exists():
+            return out
+        tmp = dl / f"v{version}.tmp"
+        rm_tree(tmp, self.a.prep_timeout)
+        tmp.mkdir(parents=True)
+        if name == "botocore":
+            v = BOTOCORE[version - 1]
+            run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                 f"botocore=={v}", "-d", str(dl)], self.a.prep_timeout)
+            # The tarball's own mtimes: a release re-stamps files whose content did not change.
+            run(["tar", "xzf", str(dl / f"botocore-{v}.tar.gz"), "--strip-components=1",
+                 "-C", str(tmp)], self.a.prep_timeout)
+        else:
+            for pkg in DEBS:
+                vers = self.deb_versions(pkg)
+                if len(vers) < 2:
+                    continue
+                # Version 1 holds the older .deb, version 2 the newer (a pool update).
+                ver = vers[-2] if version == 1 else vers[-1]
+                d = tmp / "pool" / "main" / pkg[0] / pkg
+                d.mkdir(parents=True, exist_ok=True)
+                run(["apt-get", "download", f"{pkg}={ver}"], self.a.prep_timeout, cwd=d)
+        tmp.rename(out)
+        return out
+
+    def deb_versions(self, pkg):
+        """The versions apt offers for pkg, oldest first."""
+        out = run(["apt-cache", "madison", pkg], self.a.prep_timeout)
+        vers = sorted({line.split("|")[1].strip() for line in out.splitlines()
+                       if line.count("|") >= 2 and line.split("|")[0].strip() == pkg})
+        def cmp(a, b):
+            lt = subprocess.run(["dpkg", "--compare-versions", a, "lt", b]).returncode == 0
+            return -1 if lt else (0 if a == b else 1)
+        return sorted(vers, key=functools.cmp_to_key(cmp))[-2:]
+
+    def gen_real(self, name, version, d):
+        """Brings d to version 1 or 2 of a real scenario (rsync -a --delete: mtimes as
+        released) and returns the facts gen-tree would."""
+        src = self.real_version(name, version)
+        d.mkdir(parents=True, exist_ok=True)
+        run(["rsync", "-a", "--delete", f"{src}/", f"{d}/"], self.a.prep_timeout)
+        now = {k: v for k, v in manifest(src).items() if v[0] == "file"}
+        facts = {"files": len(now), "bytes": sum(v[1] for v in now.values()),
+                 "changed_files": 0, "changed_bytes": 0, "deleted_files": 0}
+        if version == 2:
+            old = {k: v for k, v in manifest(self.real_version(name, 1)).items()
+                   if v[0] == "file"}
+            changed = [k for k, v in now.items() if old.get(k) != v]
+            facts["changed_files"] = len(changed)
+            facts["changed_bytes"] = sum(now[k][1] for k in changed)
+            facts["deleted_files"] = len([k for k in old if k not in now])
+        return facts
 
     def gen_iso(self, version, d, scale):
         """Scenario iso: the pool's version 1; version 2 adds an image of that pool."""
@@ -475,6 +544,19 @@ class Bench:
             info["iso"]["jigdo_bytes"] = (j / "pool.jigdo").stat().st_size
             info["iso"]["jigdo_template_bytes"] = (j / "pool.template").stat().st_size
 
+    @staticmethod
+    def same_package(rel, old):
+        """For a file new at its path, the old file of the same directory and package name
+        (the name up to its first `_`: Debian's name_version_arch.deb), as a site would
+        take it; None without one."""
+        d, name = os.path.split(rel)
+        if "_" not in name:
+            return None
+        key = name.split("_")[0] + "_"
+        refs = sorted(k for k, v in old.items() if v[0] == "file" and os.path.dirname(k) == d
+                      and os.path.basename(k).startswith(key))
+        return refs[-1] if refs else None
+
     def zstd_bound(self, old_root, new_root, old, new):
         """Reference: what shipping zstd -19 patches would cost, per changed file against
         its old version (new files compressed alone). No protocol or metadata at all."""
@@ -485,8 +567,9 @@ class Bench:
                 continue
             files += 1
             cmd = ["zstd", "-19", "-q", "-c"]
-            if old.get(rel, ("",))[0] == "file":
-                cmd.append(f"--patch-from={old_root / rel}")
+            ref = rel if old.get(rel, ("",))[0] == "file" else self.same_package(rel, old)
+            if ref is not None:
+                cmd.append(f"--patch-from={old_root / ref}")
             cmd.append(str(new_root / rel))
             p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                timeout=self.a.timeout)
@@ -547,27 +630,34 @@ class Bench:
             if name == "iso":
                 tools.append("jigdo")
             for tool in tools:
-                row = {"scenario": name, "link": link, "tool": tool}
-                failed = info["failed"].get(tool.split()[0])
-                if failed:
-                    row["error"] = failed
-                else:
-                    log(f"{name}/{link}: {tool}")
-                    tdir = d / re.sub(r"[^a-z]+", "-", tool.lower()).strip("-")
-                    try:
-                        self.run_tool(w, tdir, tool, servers, relays, ns_cli, row)
-                    except Failure as e:
-                        row["error"] = str(e)
-                    except Exception as e:  # a harness bug or odd output: still one row
-                        row["error"] = f"harness error: {type(e).__name__}: {e}"
-                    if not self.a.keep_work:  # (on SIGTERM the scratch stays: no race)
+                runs = []
+                for i in range(self.a.runs):
+                    row = {"scenario": name, "link": link, "tool": tool}
+                    failed = info["failed"].get(tool.split()[0])
+                    if failed:
+                        row["error"] = failed
+                    else:
+                        log(f"{name}/{link}: {tool}" + (f" (run {i + 1})" if self.a.runs > 1
+                                                         else ""))
+                        tdir = d / re.sub(r"[^a-z]+", "-", tool.lower()).strip("-")
                         try:
-                            rm_tree(tdir, self.a.prep_timeout)
+                            self.run_tool(w, tdir, tool, servers, relays, ns_cli, row)
                         except Failure as e:
-                            log(f"{name}/{link}: could not delete {tdir}: {e}")
-                if "error" in row:
-                    log(f"{name}/{link}: {tool} FAILED: {row['error']}")
-                self.results["rows"].append(row)
+                            row["error"] = str(e)
+                        except Exception as e:  # a harness bug or odd output: still one row
+                            row["error"] = f"harness error: {type(e).__name__}: {e}"
+                        # The next run starts from its own fresh copy (also with
+                        # --keep-work; on SIGTERM the scratch stays: no race).
+                        if not self.a.keep_work or i + 1 < self.a.runs:
+                            try:
+                                rm_tree(tdir, self.a.prep_timeout)
+                            except Failure as e:
+                                log(f"{name}/{link}: could not delete {tdir}: {e}")
+                    runs.append(row)
+                    if "error" in row:
+                        log(f"{name}/{link}: {tool} FAILED: {row['error']}")
+                        break
+                self.results["rows"].append(median_row(runs))
         finally:
             for r in relays.values():
                 r.stop()
@@ -732,6 +822,20 @@ class Bench:
 
 # ----- reporting -----
 
+def median_row(runs):
+    """One tool's runs as one row: the run of median wall time (its bytes, requests, CPU),
+    with every run's wall time, bytes and requests under "runs". A failed run is the row."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return failed[0]
+    ordered = sorted(runs, key=lambda r: r["wall_s"])
+    row = dict(ordered[(len(ordered) - 1) // 2])
+    if len(runs) > 1:
+        row["runs"] = [{k: r.get(k) for k in ("wall_s", "cpu_s", "wire_bytes", "requests")}
+                       for r in runs]
+    return row
+
+
 PEER_METRICS = ["wire_bytes", "requests", "wall_s", "cpu_s", "rss_mb"]
 
 
@@ -782,7 +886,9 @@ def render(res, a):
     lines.append("Wire bytes: TCP payload both ways through the relay. Requests: HTTP requests "
                  "(rsync: connections). CPU and peak RSS: the client process (and its "
                  "children). × best peer: this row over the best of rsync, rsync -z, casync, "
-                 "zsync, jigdo on the same scenario and link.")
+                 "zsync, jigdo on the same scenario and link."
+                 + (f" Each row: the run of median wall time of {a.runs} (every run's wall "
+                    "time after the table)." if a.runs > 1 else ""))
     lines.append("")
     cols = ["bytes", "req", "wall s", "CPU s", "RSS MB", "bytes × best peer",
             "wall × best peer"]
@@ -819,6 +925,17 @@ def render(res, a):
                 label = f"**{tool}**" if tool == PD else tool
                 lines.append(f"| {name} | {label} | " + " | ".join(
                     c.replace("|", "/") for c in cells) + " |")
+    if a.runs > 1:
+        lines += ["", "Wall seconds of every run (bytes differing between runs marked *):", "",
+                  "| scenario | tool | link | wall s, each run | bytes |", "|---|---|---|---|---|"]
+        for row in res["rows"]:
+            if "runs" not in row:
+                continue
+            walls = ", ".join(fmt_s(r["wall_s"]) for r in row["runs"])
+            sizes = {r["wire_bytes"] for r in row["runs"]}
+            mark = "" if len(sizes) == 1 else " *"
+            lines.append(f"| {row['scenario']} | {row['tool']} | {row['link']} | {walls} | "
+                         f"{fmt_int(row.get('wire_bytes'))}{mark} |")
     lines += ["", render_changes(res), "", render_pulpdist(res, links), "",
               render_upstream(res, links), "", render_iso(res, links), "",
               render_scale(res, links)]
@@ -995,6 +1112,9 @@ def main():
     ap.add_argument("--prep-timeout", type=int, default=3 * 3600,
                     help="seconds one setup step (generate, publish, copy, delete) may take")
     ap.add_argument("--keep-work", action="store_true", help="keep the scratch trees")
+    ap.add_argument("--runs", type=int, default=1,
+                    help="updates per tool and link, each from a fresh copy of v1; the "
+                         "table shows the run of median wall time, results.json every run")
     ap.add_argument("--republish-all", action="store_true",
                     help="measure the unchanged-tree publish on every scenario, not only large")
     ap.add_argument("--no-zstd-bound", action="store_true", help="skip the zstd reference row")

@@ -47,6 +47,18 @@ fn check(len: usize) -> Result<(), DeltaError> {
 
 /// Compresses `data` at `level` with `reference` as prefix (an empty reference: alone).
 pub fn encode(reference: &[u8], data: &[u8], level: i32) -> Result<Vec<u8>, DeltaError> {
+    encode_with(reference, data, level, false)
+}
+
+/// [`encode`], with zstd's long-distance matching whatever the window (`long`): for data
+/// whose matches lie far back in a large prefix (a batch of directory nodes, each against
+/// its old node megabytes earlier), which the match finders below level 16 miss.
+pub fn encode_with(
+    reference: &[u8],
+    data: &[u8],
+    level: i32,
+    long: bool,
+) -> Result<Vec<u8>, DeltaError> {
     check(reference.len())?;
     check(data.len())?;
     let mut cctx = CCtx::try_create().ok_or(DeltaError::Zstd("cannot create a context"))?;
@@ -55,7 +67,7 @@ pub fn encode(reference: &[u8], data: &[u8], level: i32) -> Result<Vec<u8>, Delt
         .map_err(z)?;
     cctx.set_parameter(CParameter::WindowLog(window))
         .map_err(z)?;
-    if window > 27 {
+    if window > 27 || long {
         cctx.set_parameter(CParameter::EnableLongDistanceMatching(true))
             .map_err(z)?;
     }

@@ -11,7 +11,7 @@
 use crate::error::FormatError;
 use crate::id::{NodeId, PackId};
 use crate::name::Name;
-use crate::node::{Location, NodeRef};
+use crate::node::{EntryKind, Location, Node, NodeRef};
 use crate::wire::{Reader, Writer};
 use crate::Codec;
 
@@ -22,6 +22,11 @@ pub const EXT_DELTAS: u16 = 0x0002;
 /// The largest delta pack a writer makes and a reader fetches (both hold it whole): a
 /// writer leaves out file records that would make it larger; a reader ignores a larger one.
 pub const MAX_DELTA_PACK: u64 = 256 << 20;
+
+/// The most packs (parts) one delta may be written as: a head lists them consecutively,
+/// each with the same `from_root`, and a reader uses at most this many. 2 GiB of delta
+/// from one tree, fetched in as many requests.
+pub const MAX_DELTA_PARTS: usize = 8;
 
 /// One delta pack listed by a head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -258,6 +263,259 @@ impl DeltaRecord {
     }
 }
 
+/// Record kind byte of a node batch ([`Batch`] of [`BatchKind::Nodes`]).
+pub const KIND_NODE_BATCH: u8 = 2;
+
+/// Record kind byte of a file batch ([`Batch`] of [`BatchKind::Files`]).
+pub const KIND_FILE_BATCH: u8 = 3;
+
+/// The largest list, and the largest sum of item (or reference) sizes, in one batch: a
+/// reader holds them whole. A writer starts another batch past it.
+pub const MAX_BATCH: u64 = 128 << 20;
+
+/// The most items one batch may list (a reader holds them decoded): a million directories
+/// changed in one version is far beyond a real release.
+pub const MAX_BATCH_ITEMS: u32 = 1 << 20;
+
+/// The most path components (names) one batch list may hold, its items' paths and
+/// references counted: a reader holds each as its own allocation, so this, not the list's
+/// bytes, bounds its memory (a list of 128 MiB of one-byte names would take gigabytes).
+pub const MAX_BATCH_NAMES: usize = 1 << 21;
+
+/// What a [`Batch`] rebuilds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchKind {
+    /// Directory nodes (kind 2); subdirectories the batch rebuilds have zero ids.
+    Nodes,
+    /// Files' contents (kind 3), each referring to a file of the old tree.
+    Files,
+}
+
+/// One directory or file of a [`Batch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchItem {
+    /// The path in the new version (empty: the root directory; never empty for a file).
+    pub path: Vec<Name>,
+    /// What it is compressed against: the old version's directory or file at this path or
+    /// another (`None`: none; compressed with the others only).
+    pub reference: Option<Vec<Name>>,
+    /// Length of the new node's encoding as the batch carries it, or of the file.
+    pub size: u32,
+    /// Length of the reference (0 without one).
+    pub ref_size: u32,
+}
+
+/// A batch (FORMAT.md 5.6): a record of many items as one zstd frame instead of a record
+/// and frame each, so what repeats across them (a release's mtime, entry shapes, the
+/// boilerplate of source files) and the per-record framing cost once. The frame is
+/// compressed with the references, concatenated in list order, as its prefix.
+///
+/// A node batch (kind 2) carries changed directory nodes; a subdirectory whose node the
+/// same batch rebuilds has an all-zero id: the reader puts in the hash of what it
+/// rebuilt, so 32 bytes of hash per changed directory never travel. A file batch (kind 3)
+/// carries small changed files, their references being files of the old tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch<'a> {
+    /// Nodes or files.
+    pub kind: BatchKind,
+    /// Number of items in the list.
+    pub count: u32,
+    /// Length of the list once decoded.
+    pub list_size: u32,
+    /// The list ([`encode_batch_list`]) as one zstd frame without a prefix.
+    pub list_frame: &'a [u8],
+    /// The items, concatenated in list order, as one zstd frame with the references as
+    /// prefix.
+    pub frame: &'a [u8],
+}
+
+impl<'a> Batch<'a> {
+    /// The record's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u8(match self.kind {
+            BatchKind::Nodes => KIND_NODE_BATCH,
+            BatchKind::Files => KIND_FILE_BATCH,
+        });
+        w.u32(self.count);
+        w.u32(self.list_size);
+        w.u32(self.list_frame.len() as u32);
+        w.bytes(self.list_frame);
+        w.bytes(self.frame);
+        w.buf
+    }
+
+    /// Splits a batch record (`None`: a record of another kind).
+    pub fn decode(bytes: &'a [u8]) -> Result<Option<Self>, FormatError> {
+        const WHAT: &str = "delta batch";
+        let mut r = Reader::new(bytes, WHAT);
+        let kind = match r.u8()? {
+            KIND_NODE_BATCH => BatchKind::Nodes,
+            KIND_FILE_BATCH => BatchKind::Files,
+            _ => return Ok(None),
+        };
+        let count = r.u32()?;
+        let list_size = r.u32()?;
+        if count == 0 || count > MAX_BATCH_ITEMS || u64::from(list_size) > MAX_BATCH {
+            return Err(FormatError::invalid(
+                WHAT,
+                "empty, or too many items, or its list too large",
+            ));
+        }
+        // Each item takes at least 11 bytes (an empty path, no reference, two sizes).
+        if u64::from(count) * 11 > u64::from(list_size) {
+            return Err(FormatError::invalid(
+                WHAT,
+                format!("{count} items cannot fit in a list of {list_size} bytes"),
+            ));
+        }
+        let flen = r.u32()? as usize;
+        let list_frame = r.take(flen)?;
+        let frame = r.take(r.remaining())?;
+        Ok(Some(Batch {
+            kind,
+            count,
+            list_size,
+            list_frame,
+            frame,
+        }))
+    }
+}
+
+/// The list of a batch: per item the path (u16 length, bytes), the reference (u8: 0 none,
+/// 1 the same path, 2 another path given as u16 length and bytes), the item's size and the
+/// reference's size (u32 each).
+pub fn encode_batch_list(items: &[BatchItem]) -> Vec<u8> {
+    let mut w = Writer::default();
+    for it in items {
+        let path = join_path(&it.path);
+        w.u16(path.len() as u16);
+        w.bytes(&path);
+        match &it.reference {
+            None => w.u8(0),
+            Some(p) if *p == it.path => w.u8(1),
+            Some(p) => {
+                let p = join_path(p);
+                w.u8(2);
+                w.u16(p.len() as u16);
+                w.bytes(&p);
+            }
+        }
+        w.u32(it.size);
+        w.u32(it.ref_size);
+    }
+    w.buf
+}
+
+/// Decodes a batch list of exactly `count` items; paths are checked component by
+/// component (a file's, and its reference's, not empty), and the sizes of items and of
+/// references each add up to at most [`MAX_BATCH`].
+pub fn decode_batch_list(
+    bytes: &[u8],
+    count: u32,
+    kind: BatchKind,
+) -> Result<Vec<BatchItem>, FormatError> {
+    const WHAT: &str = "delta batch list";
+    let mut r = Reader::new(bytes, WHAT);
+    let mut out = Vec::new();
+    let (mut total, mut ref_total, mut names) = (0u64, 0u64, 0usize);
+    for _ in 0..count {
+        let plen = r.u16()? as usize;
+        let bytes = r.take(plen)?;
+        // Counted before they are split: each name is an allocation.
+        names += match bytes.is_empty() {
+            true => 0,
+            false => 1 + bytes.iter().filter(|b| **b == b'/').count(),
+        };
+        if names > MAX_BATCH_NAMES {
+            return Err(FormatError::invalid(WHAT, "too many path components"));
+        }
+        let path = split_path(bytes)?;
+        let reference = match r.u8()? {
+            0 => None,
+            1 => Some(path.clone()),
+            2 => {
+                let rlen = r.u16()? as usize;
+                Some(split_path(r.take(rlen)?)?)
+            }
+            f => return Err(FormatError::invalid(WHAT, format!("reference flag {f}"))),
+        };
+        names += reference.as_ref().map_or(0, Vec::len);
+        if names > MAX_BATCH_NAMES {
+            return Err(FormatError::invalid(WHAT, "too many path components"));
+        }
+        if kind == BatchKind::Files
+            && (path.is_empty() || reference.as_ref().is_some_and(|p| p.is_empty()))
+        {
+            return Err(FormatError::invalid(WHAT, "a file with an empty path"));
+        }
+        let size = r.u32()?;
+        let ref_size = r.u32()?;
+        if reference.is_none() && ref_size != 0 {
+            return Err(FormatError::invalid(
+                WHAT,
+                "reference size without a reference",
+            ));
+        }
+        total += u64::from(size);
+        ref_total += u64::from(ref_size);
+        if total > MAX_BATCH || ref_total > MAX_BATCH {
+            return Err(FormatError::invalid(WHAT, "its items add up to too much"));
+        }
+        out.push(BatchItem {
+            path,
+            reference,
+            size,
+            ref_size,
+        });
+    }
+    r.finish()?;
+    Ok(out)
+}
+
+/// A node's encoding as a batch carries it: the ids of the subdirectories for which
+/// `rebuilt(name)` is true set to zero.
+pub fn blank_children(
+    node: &Node,
+    rebuilt: impl Fn(&Name) -> bool,
+) -> Result<Vec<u8>, FormatError> {
+    let mut entries = node.entries().to_vec();
+    for e in &mut entries {
+        if let EntryKind::Dir { node } = &mut e.kind {
+            if rebuilt(&e.name) {
+                node.id = NodeId([0; 32]);
+            }
+        }
+    }
+    Ok(Node::new(entries)?.encode())
+}
+
+/// The inverse of [`blank_children`]: each all-zero subdirectory id replaced by
+/// `id_of(name)`. `Ok(None)`: a zero id that `id_of` cannot fill.
+pub fn fill_children(
+    carried: &[u8],
+    mut id_of: impl FnMut(&Name) -> Option<NodeId>,
+) -> Result<Option<Vec<u8>>, FormatError> {
+    let node = Node::decode(carried)?;
+    let mut entries = node.entries().to_vec();
+    let mut changed = false;
+    for e in &mut entries {
+        if let EntryKind::Dir { node } = &mut e.kind {
+            if node.id.0 == [0; 32] {
+                match id_of(&e.name) {
+                    Some(id) => node.id = id,
+                    None => return Ok(None),
+                }
+                changed = true;
+            }
+        }
+    }
+    if !changed {
+        return Ok(Some(carried.to_vec()));
+    }
+    Ok(Some(Node::new(entries)?.encode()))
+}
+
 /// Splits a whole delta pack `id` into its records (header, footer and trailer checked;
 /// objects of other kinds, or not stored raw, skipped).
 pub fn records(id: PackId, bytes: &[u8]) -> Result<Vec<&[u8]>, FormatError> {
@@ -344,7 +602,234 @@ mod tests {
         }
     }
 
+    fn dir_entry(name: &str, id: u8) -> crate::Entry {
+        crate::Entry {
+            name: Name::new(name.as_bytes().to_vec()).expect("name"),
+            mode: 0o755,
+            mtime: crate::Mtime { secs: 7, nanos: 0 },
+            kind: EntryKind::Dir {
+                node: NodeRef {
+                    id: NodeId([id; 32]),
+                    loc: Location {
+                        pack: PackId([9; 32]),
+                        offset: 40,
+                        stored_len: 10,
+                        raw_len: 10,
+                        codec: Codec::Raw,
+                    },
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn node_batch_and_list_round_trip() {
+        let items = vec![
+            BatchItem {
+                path: Vec::new(),
+                reference: Some(Vec::new()),
+                size: 300,
+                ref_size: 290,
+            },
+            BatchItem {
+                path: names("src/a"),
+                reference: Some(names("src/a")),
+                size: 80,
+                ref_size: 81,
+            },
+            BatchItem {
+                path: names("src/b"),
+                reference: Some(names("old/b")),
+                size: 90,
+                ref_size: 70,
+            },
+            BatchItem {
+                path: names("src/new"),
+                reference: None,
+                size: 60,
+                ref_size: 0,
+            },
+        ];
+        let list = encode_batch_list(&items);
+        assert_eq!(
+            decode_batch_list(&list, 4, BatchKind::Nodes).expect("list"),
+            items
+        );
+        // One item fewer or more than the list holds: refused.
+        assert!(decode_batch_list(&list, 3, BatchKind::Nodes).is_err());
+        assert!(decode_batch_list(&list, 5, BatchKind::Nodes).is_err());
+        let b = Batch {
+            kind: BatchKind::Nodes,
+            count: 4,
+            list_size: list.len() as u32,
+            list_frame: b"LIST",
+            frame: b"NODES",
+        };
+        let rec = b.encode();
+        assert_eq!(Batch::decode(&rec).expect("batch"), Some(b));
+        // Other records are not batches, and a batch is not a record of kind 0 or 1.
+        let file = DeltaRecord {
+            kind: RecordKind::File,
+            path: names("a"),
+            reference: None,
+            size: 1,
+            ref_size: 0,
+        };
+        assert_eq!(Batch::decode(&file.encode(b"F")).expect("other"), None);
+        assert!(DeltaRecord::decode(&rec).is_err());
+        // A count the list cannot hold, an empty batch, an oversized list: refused early.
+        for (count, size) in [
+            (0, 100),
+            (1000, 100),
+            (1, (MAX_BATCH + 1) as u32),
+            (MAX_BATCH_ITEMS + 1, (MAX_BATCH) as u32),
+        ] {
+            let bad = Batch {
+                kind: BatchKind::Nodes,
+                count,
+                list_size: size,
+                list_frame: b"",
+                frame: b"",
+            }
+            .encode();
+            assert!(Batch::decode(&bad).is_err(), "{count} {size}");
+        }
+        // Sizes that add up past the batch limit: refused.
+        let big = vec![BatchItem {
+            path: names("a"),
+            reference: None,
+            size: u32::MAX,
+            ref_size: 0,
+        }];
+        assert!(decode_batch_list(&encode_batch_list(&big), 1, BatchKind::Nodes).is_err());
+    }
+
+    #[test]
+    fn a_list_of_too_many_names_is_refused_before_they_are_split() {
+        // 33 items of 32,767 one-byte names each, and as many in their references (flag 1):
+        // 2,162,622 names in 4 MiB of list, past the 2,097,152 allowed.
+        let deep = vec!["a"; 32_767].join("/");
+        let item = BatchItem {
+            path: names(&deep),
+            reference: Some(names(&deep)),
+            size: 1,
+            ref_size: 1,
+        };
+        let list = encode_batch_list(&vec![item; 33]);
+        let err = decode_batch_list(&list, 33, BatchKind::Nodes).expect_err("refused");
+        assert!(
+            err.to_string().contains("too many path components"),
+            "{err}"
+        );
+        let list = encode_batch_list(&[BatchItem {
+            path: names(&deep),
+            reference: None,
+            size: 1,
+            ref_size: 0,
+        }]);
+        assert!(decode_batch_list(&list, 1, BatchKind::Nodes).is_ok());
+    }
+
+    #[test]
+    fn file_batches_round_trip_and_name_files() {
+        let items = vec![
+            BatchItem {
+                path: names("src/a.c"),
+                reference: Some(names("src/a.c")),
+                size: 800,
+                ref_size: 790,
+            },
+            BatchItem {
+                path: names("src/new.c"),
+                reference: None,
+                size: 60,
+                ref_size: 0,
+            },
+        ];
+        let list = encode_batch_list(&items);
+        assert_eq!(
+            decode_batch_list(&list, 2, BatchKind::Files).expect("list"),
+            items
+        );
+        let b = Batch {
+            kind: BatchKind::Files,
+            count: 2,
+            list_size: list.len() as u32,
+            list_frame: b"LIST",
+            frame: b"FILES",
+        };
+        let rec = b.encode();
+        assert_eq!(rec[0], KIND_FILE_BATCH);
+        assert_eq!(Batch::decode(&rec).expect("batch"), Some(b));
+        // A file is never the root, nor refers to it; a directory may.
+        for (path, reference) in [("", None), ("a", Some(""))] {
+            let bad = vec![BatchItem {
+                path: names(path),
+                reference: reference.map(names),
+                size: 1,
+                ref_size: u32::from(reference.is_some()),
+            }];
+            let list = encode_batch_list(&bad);
+            assert!(decode_batch_list(&list, 1, BatchKind::Files).is_err());
+            assert!(decode_batch_list(&list, 1, BatchKind::Nodes).is_ok());
+        }
+    }
+
+    #[test]
+    fn blanked_children_are_filled_back_exactly() {
+        let node = Node::new(vec![
+            dir_entry("a", 1),
+            dir_entry("b", 2),
+            dir_entry("c", 3),
+        ])
+        .expect("node");
+        let carried = blank_children(&node, |n| n.as_bytes() != b"b").expect("blank");
+        assert_ne!(carried, node.encode());
+        let back = Node::decode(&carried).expect("decodes");
+        let ids: Vec<[u8; 32]> = back
+            .entries()
+            .iter()
+            .map(|e| match &e.kind {
+                EntryKind::Dir { node } => node.id.0,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(ids, [[0; 32], [2; 32], [0; 32]]);
+        let filled = fill_children(&carried, |n| Some(NodeId([n.as_bytes()[0] - b'a' + 1; 32])));
+        assert_eq!(filled.expect("fill"), Some(node.encode()));
+        // A zero id nothing can fill: no node (its directory is fetched instead).
+        assert_eq!(fill_children(&carried, |_| None).expect("fill"), None);
+        // Nothing blank: the bytes as they are.
+        let plain = node.encode();
+        assert_eq!(
+            fill_children(&plain, |_| None).expect("fill"),
+            Some(plain.clone())
+        );
+        assert!(fill_children(b"not a node", |_| None).is_err());
+    }
+
     proptest! {
+        #[test]
+        fn batch_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300), count in 0u32..50) {
+            let _ = Batch::decode(&bytes);
+            let _ = decode_batch_list(&bytes, count, BatchKind::Nodes);
+            let _ = fill_children(&bytes, |_| Some(NodeId([1; 32])));
+        }
+
+        /// Damaged lists: refused, or decoded with checked paths.
+        #[test]
+        fn damaged_batch_lists_are_refused_or_checked(m in crate::mutate::mutation()) {
+            let items = vec![
+                BatchItem { path: names("pool/main"), reference: Some(names("pool/main")), size: 80, ref_size: 81 },
+                BatchItem { path: names("pool/x"), reference: Some(names("pool/y")), size: 9, ref_size: 7 },
+            ];
+            if let Ok(back) = decode_batch_list(&m.apply(&encode_batch_list(&items)), 2, BatchKind::Nodes) {
+                for n in back.iter().flat_map(|it| it.path.iter().chain(it.reference.iter().flatten())) {
+                    prop_assert!(Name::new(n.as_bytes().to_vec()).is_ok());
+                }
+            }
+        }
+
         #[test]
         fn deltas_round_trip(v in any::<u64>(), size in any::<u64>(), off in 0u64..1 << 40) {
             let d = DeltaInfo {

@@ -177,9 +177,91 @@ fn file_at(root: &NodeRef, path: &[pulpdist_format::Name]) -> Vec<u8> {
     }
 }
 
+/// Decodes a node batch (FORMAT.md 5.6, kind 2) with plain zstd: its list, then its
+/// nodes against the old nodes it names, each compared with version 2's node once the
+/// zero ids of subdirectories the batch carries are filled in. Returns the nodes.
+fn check_node_batch(
+    batch: &pulpdist_format::delta::Batch<'_>,
+    from_root: &NodeRef,
+    root: &NodeRef,
+) -> u64 {
+    use pulpdist_format::delta::{decode_batch_list, fill_children, join_path, BatchKind};
+    let list = patch(&[], batch.list_frame, u64::from(batch.list_size));
+    assert_eq!(list.len(), batch.list_size as usize);
+    let items = decode_batch_list(&list, batch.count, BatchKind::Nodes).expect("list");
+    let prefix: Vec<u8> = items
+        .iter()
+        .filter_map(|it| it.reference.as_ref())
+        .flat_map(|p| dir_at(from_root, p).1)
+        .collect();
+    let total: u64 = items.iter().map(|it| u64::from(it.size)).sum();
+    let data = patch(&prefix, batch.frame, total);
+    assert_eq!(data.len() as u64, total);
+    let mut at = 0;
+    let paths: Vec<Vec<u8>> = items.iter().map(|it| join_path(&it.path)).collect();
+    let mut zeroed = 0;
+    for it in &items {
+        let carried = &data[at..at + it.size as usize];
+        at += it.size as usize;
+        let (new_node, new) = dir_at(root, &it.path);
+        // Only the ids of subdirectories in the batch are zero.
+        let filled = fill_children(carried, |name| {
+            let mut p = it.path.clone();
+            p.push(name.clone());
+            assert!(paths.contains(&join_path(&p)), "{:?} zeroed", p);
+            zeroed += 1;
+            match &new_node.get(name.as_bytes()).expect("entry").kind {
+                EntryKind::Dir { node } => Some(node.id),
+                _ => None,
+            }
+        })
+        .expect("node")
+        .expect("filled");
+        assert_eq!(filled, new, "node of {:?}", it.path);
+    }
+    assert_eq!(
+        zeroed,
+        items.len() - 1,
+        "every node but the root is a zeroed child"
+    );
+    items.len() as u64
+}
+
+/// Decodes a file batch (FORMAT.md 5.6, kind 3) with plain zstd: its list, then its
+/// files against the old files it names, each compared with version 2's file. Returns
+/// each item's path and reference path.
+fn check_file_batch(
+    batch: &pulpdist_format::delta::Batch<'_>,
+    from_root: &NodeRef,
+    root: &NodeRef,
+) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    use pulpdist_format::delta::{decode_batch_list, join_path, BatchKind};
+    let list = patch(&[], batch.list_frame, u64::from(batch.list_size));
+    let items = decode_batch_list(&list, batch.count, BatchKind::Files).expect("list");
+    let mut prefix = Vec::new();
+    for it in &items {
+        if let Some(p) = &it.reference {
+            let old = file_at(from_root, p);
+            assert_eq!(old.len(), it.ref_size as usize, "{p:?}");
+            prefix.extend_from_slice(&old);
+        }
+    }
+    let total: u64 = items.iter().map(|it| u64::from(it.size)).sum();
+    let data = patch(&prefix, batch.frame, total);
+    let mut at = 0;
+    let mut out = Vec::new();
+    for it in &items {
+        let got = &data[at..at + it.size as usize];
+        at += it.size as usize;
+        assert_eq!(got, file_at(root, &it.path), "{:?}", it.path);
+        out.push((join_path(&it.path), it.reference.as_deref().map(join_path)));
+    }
+    out
+}
+
 #[test]
 fn golden_delta_pack_rebuilds_version_2_from_version_1() {
-    use pulpdist_format::delta::{records, DeltaRecord, RecordKind};
+    use pulpdist_format::delta::{records, Batch, BatchKind, DeltaRecord, RecordKind};
     let keys = keys();
     let head_bytes = fs::read(golden().join("heads/golden-delta")).expect("head");
     let head = SignedHead::decode_and_verify(&head_bytes, &keys).expect("verifies");
@@ -198,10 +280,24 @@ fn golden_delta_pack_rebuilds_version_2_from_version_1() {
     assert!(d.verify(&tampered).is_err());
     let mut files = Vec::new();
     let mut nodes = 0;
+    let (mut file_batches, mut file_records) = (0, 0);
     for rec in records(d.pack, &pack).expect("delta pack") {
+        match Batch::decode(rec).expect("record") {
+            Some(b) if b.kind == BatchKind::Nodes => {
+                nodes += check_node_batch(&b, &d.from_root, &h.root);
+                continue;
+            }
+            Some(b) => {
+                files.extend(check_file_batch(&b, &d.from_root, &h.root));
+                file_batches += 1;
+                continue;
+            }
+            None => {}
+        }
         let (r, frame) = DeltaRecord::decode(rec).expect("record");
         match r.kind {
             RecordKind::File => {
+                file_records += 1;
                 let reference = r
                     .reference
                     .as_ref()
@@ -229,6 +325,11 @@ fn golden_delta_pack_rebuilds_version_2_from_version_1() {
         }
     }
     assert_eq!(nodes, 2, "the root and pkgs/");
+    assert_eq!(
+        (file_batches, file_records),
+        (1, 0),
+        "the small files travel as one batch"
+    );
     files.sort();
     assert_eq!(
         files,

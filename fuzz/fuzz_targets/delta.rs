@@ -1,8 +1,12 @@
 //! A delta pack as a client reads it: the pack's records, each record's fixed part, and
-//! its frame decoded against a reference with the size bound the record claims (capped).
+//! its frame decoded against a reference with the size bound the record claims (capped);
+//! batches: the list decoded and parsed, the items' frame decoded, each node filled.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use pulpdist_format::delta::{decode_deltas, records, DeltaRecord};
+use pulpdist_format::delta::{
+    decode_batch_list, decode_deltas, fill_children, records, Batch, BatchKind, DeltaRecord,
+};
+use pulpdist_format::NodeId;
 use pulpdist_format::PackId;
 
 fuzz_target!(|data: &[u8]| {
@@ -14,6 +18,36 @@ fuzz_target!(|data: &[u8]| {
     let recs = records(id, data).unwrap_or_default();
     let lone = DeltaRecord::decode(data).ok().map(|(_, f)| f);
     let reference = b"a reference the frames may refer to, repeated. a reference".repeat(20);
+    for batch in recs
+        .iter()
+        .filter_map(|r| Batch::decode(r).ok().flatten())
+    {
+        let Ok(list) = pulpdist_chunker::delta::decode(
+            &[],
+            batch.list_frame,
+            u64::from(batch.list_size).min(1 << 16),
+        ) else {
+            continue;
+        };
+        let Ok(items) = decode_batch_list(&list, batch.count, batch.kind) else {
+            continue;
+        };
+        let total: u64 = items.iter().map(|it| u64::from(it.size)).sum();
+        if let Ok(nodes) =
+            pulpdist_chunker::delta::decode(&reference, batch.frame, total.min(1 << 16))
+        {
+            let mut at = 0usize;
+            for it in &items {
+                let Some(node) = nodes.get(at..at + it.size as usize) else {
+                    break;
+                };
+                at += it.size as usize;
+                if batch.kind == BatchKind::Nodes {
+                    let _ = fill_children(node, |_| Some(NodeId([7; 32])));
+                }
+            }
+        }
+    }
     for frame in recs
         .iter()
         .filter_map(|r| DeltaRecord::decode(r).ok().map(|(_, f)| f))

@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use pulpdist_chunker::delta;
-use pulpdist_format::delta::{DeltaInfo, DeltaRecord, RecordKind, MAX_DELTA_PACK};
+use pulpdist_format::delta::{
+    BatchItem, BatchKind, DeltaInfo, DeltaRecord, RecordKind, MAX_BATCH, MAX_BATCH_NAMES,
+    MAX_DELTA_PACK, MAX_DELTA_PARTS,
+};
 use pulpdist_format::pack::ObjectKind;
 use pulpdist_format::{
     ChunkId, ChunkRef, Codec, EntryKind, Name, Node, NodeId, NodeRef, PackId, PackKind,
@@ -28,6 +31,9 @@ use crate::store::Store;
 pub(crate) struct DeltaSettings {
     /// zstd level of delta frames.
     pub(crate) level: i32,
+    /// Largest size of one delta pack; a larger delta is written as several
+    /// ([`MAX_DELTA_PARTS`] at most).
+    pub(crate) part_size: u64,
 }
 
 /// Counts of a delta publish.
@@ -43,8 +49,10 @@ pub struct DeltaReport {
     pub nodes: u64,
     /// Bytes of the files it rebuilds.
     pub bytes_rebuilt: u64,
-    /// Size of the delta pack (0: none written).
+    /// Size of the delta's packs together (0: none written).
     pub size: u64,
+    /// Packs it was written as (a delta larger than the part size is several).
+    pub parts: u64,
     /// Why files (or the whole delta) were left out: unreadable, changed since they were
     /// indexed, or the pack full. Such files are fetched as chunks; a publish never fails
     /// for a delta.
@@ -165,7 +173,8 @@ fn file_job(
             return None;
         }
     }
-    if size > delta::MAX_DELTA_FILE {
+    // An empty file needs nothing from a delta; one too large gets none.
+    if chunks.is_empty() || size > delta::MAX_DELTA_FILE {
         return None;
     }
     let path_of = |n: &Name| {
@@ -344,8 +353,15 @@ fn content(
     }
 }
 
-/// Encodes one job's record. `Err`: why the job is left out.
-fn encode_job(store: &dyn Store, source: &Path, level: i32, job: &Job) -> Result<Vec<u8>, String> {
+/// A job's content and its reference's path and content (none if it cannot be read: a
+/// reference that cannot be read is no reason to leave the file out). `Err`: why the job
+/// is left out.
+#[allow(clippy::type_complexity)]
+fn read_job<'j>(
+    store: &dyn Store,
+    source: &Path,
+    job: &'j Job,
+) -> Result<(Vec<u8>, Option<(&'j Vec<Name>, Vec<u8>)>), String> {
     let shown =
         || String::from_utf8_lossy(&pulpdist_format::delta::join_path(&job.path)).into_owned();
     let too_long = |p: &[Name]| pulpdist_format::delta::join_path(p).len() > usize::from(u16::MAX);
@@ -355,7 +371,6 @@ fn encode_job(store: &dyn Store, source: &Path, level: i32, job: &Job) -> Result
     let data = content(store, source, &job.path, job.size, &job.content)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{}: changed since it was indexed", shown()))?;
-    // A reference that cannot be read is no reason to leave the file out: compressed alone.
     let reference = job.reference.as_ref().and_then(|(p, size, c)| {
         content(store, source, p, *size, c)
             .ok()
@@ -363,6 +378,14 @@ fn encode_job(store: &dyn Store, source: &Path, level: i32, job: &Job) -> Result
             .filter(|r| r.len() as u64 == *size)
             .map(|r| (p, r))
     });
+    Ok((data, reference))
+}
+
+/// Encodes one job's record. `Err`: why the job is left out.
+fn encode_job(store: &dyn Store, source: &Path, level: i32, job: &Job) -> Result<Vec<u8>, String> {
+    let shown =
+        || String::from_utf8_lossy(&pulpdist_format::delta::join_path(&job.path)).into_owned();
+    let (data, reference) = read_job(store, source, job)?;
     let frame = delta::encode(
         reference.as_ref().map_or(&[][..], |(_, r)| r.as_slice()),
         &data,
@@ -379,19 +402,266 @@ fn encode_job(store: &dyn Store, source: &Path, level: i32, job: &Job) -> Result
     Ok(rec.encode(&frame))
 }
 
-/// The highest zstd level of a node record. A changed directory's node differs from its
-/// old node in a few entries, which any level finds; above 9, a 1,000-entry node costs
-/// far more time for little (benchmarks/README.md, "Deltas": 0.6 % of the delta of the
-/// large scenario, at half the publish time).
-const NODE_DELTA_LEVEL: i32 = 9;
+/// Splits the node jobs (in index order: a directory before its subdirectories) into
+/// batches whose new nodes, and whose references, each add up to at most
+/// [`NODE_BATCH_TARGET`] (a node larger than that gets a batch of its own, up to
+/// [`MAX_BATCH`]). Nodes whose path cannot be carried are left out (noted).
+fn node_batches(jobs: Vec<Job>, report: &mut DeltaReport) -> Vec<Vec<Job>> {
+    let mut out: Vec<Vec<Job>> = Vec::new();
+    let (mut size, mut ref_size, mut names) = (0u64, 0u64, 0usize);
+    for job in jobs {
+        let path = pulpdist_format::delta::join_path(&job.path);
+        let job_ref = job.reference.as_ref().map_or(0, |(_, s, _)| *s);
+        let ref_path_len = job
+            .reference
+            .as_ref()
+            .map_or(0, |(p, _, _)| pulpdist_format::delta::join_path(p).len());
+        if path.len() > usize::from(u16::MAX)
+            || ref_path_len > usize::from(u16::MAX)
+            || job.size > MAX_BATCH
+            || job_ref > MAX_BATCH
+        {
+            report.skipped.push(format!(
+                "{}/: directory node too large, or its path too long, for a delta",
+                String::from_utf8_lossy(&path)
+            ));
+            continue;
+        }
+        let job_names = names_of(&job);
+        let full = size + job.size > NODE_BATCH_TARGET
+            || ref_size + job_ref > NODE_BATCH_TARGET
+            || names + job_names > MAX_BATCH_NAMES;
+        if full {
+            (size, ref_size, names) = (0, 0, 0);
+        }
+        size += job.size;
+        ref_size += job_ref;
+        names += job_names;
+        match out.last_mut() {
+            Some(batch) if !full => batch.push(job),
+            _ => out.push(vec![job]),
+        }
+    }
+    out
+}
+
+/// The zstd level of a node batch: the delta level (at most 19), or at most
+/// [`NODE_BATCH_LARGE_LEVEL`] above [`NODE_BATCH_SMALL`] bytes of new or of old nodes.
+fn node_batch_level(batch: &[Job], level: i32) -> i32 {
+    let size: u64 = batch.iter().map(|j| j.size).sum();
+    let refs: u64 = batch
+        .iter()
+        .map(|j| j.reference.as_ref().map_or(0, |(_, s, _)| *s))
+        .sum();
+    match size.max(refs) <= NODE_BATCH_SMALL {
+        true => level.min(19),
+        false => level.min(NODE_BATCH_LARGE_LEVEL),
+    }
+}
+
+/// One node batch record (FORMAT.md 5.6, kind 2) and its trailer id (BLAKE3 of its list).
+/// `Err`: why the batch is left out (its nodes are then fetched).
+fn encode_node_batch(jobs: &[Job], level: i32) -> Result<(Vec<u8>, [u8; 32]), String> {
+    use pulpdist_format::delta::{blank_children, join_path};
+    let paths: HashSet<Vec<u8>> = jobs.iter().map(|j| join_path(&j.path)).collect();
+    let mut items = Vec::with_capacity(jobs.len());
+    let (mut prefix, mut data) = (Vec::new(), Vec::new());
+    for job in jobs {
+        let shown = || String::from_utf8_lossy(&join_path(&job.path)).into_owned();
+        let Content::Bytes(bytes) = &job.content else {
+            return Err(format!("{}/: not a node", shown()));
+        };
+        let node = Node::decode(bytes).map_err(|e| format!("{}/: {e}", shown()))?;
+        let carried = blank_children(&node, |name| {
+            let mut p = job.path.clone();
+            p.push(name.clone());
+            paths.contains(&join_path(&p))
+        })
+        .map_err(|e| format!("{}/: {e}", shown()))?;
+        let reference = match &job.reference {
+            Some((p, _, Content::Bytes(old))) => {
+                prefix.extend_from_slice(old);
+                Some((p.clone(), old.len()))
+            }
+            _ => None,
+        };
+        items.push(BatchItem {
+            path: job.path.clone(),
+            size: carried.len() as u32,
+            ref_size: reference.as_ref().map_or(0, |(_, n)| *n as u32),
+            reference: reference.map(|(p, _)| p),
+        });
+        data.extend_from_slice(&carried);
+    }
+    encode_batch(BatchKind::Nodes, &items, &prefix, &data, level)
+        .map_err(|e| format!("directory nodes: {e}"))
+}
+
+/// A batch record from its items, the references concatenated in list order (the
+/// prefix) and the items' bytes concatenated likewise; and its trailer id (BLAKE3 of the
+/// list). Long-distance matching: an item's reference may lie megabytes back.
+fn encode_batch(
+    kind: BatchKind,
+    items: &[BatchItem],
+    prefix: &[u8],
+    data: &[u8],
+    level: i32,
+) -> Result<(Vec<u8>, [u8; 32]), delta::DeltaError> {
+    let list = pulpdist_format::delta::encode_batch_list(items);
+    let list_size =
+        u32::try_from(list.len()).map_err(|_| delta::DeltaError::TooLarge(list.len() as u64))?;
+    let list_frame = delta::encode(&[], &list, 19)?;
+    let frame = delta::encode_with(prefix, data, level, true)?;
+    let rec = pulpdist_format::delta::Batch {
+        kind,
+        count: items.len() as u32,
+        list_size,
+        list_frame: &list_frame,
+        frame: &frame,
+    }
+    .encode();
+    Ok((rec, *blake3::hash(&list).as_bytes()))
+}
+
+/// Splits the file jobs into batches of small files (each file and its reference at most
+/// [`FILE_BATCH_ITEM`]; the files of a batch, and their references, each adding up to
+/// about [`FILE_BATCH_TARGET`]) and the files that get a record each. Index order is kept.
+fn file_batches(jobs: Vec<Job>) -> (Vec<Vec<Job>>, Vec<Job>) {
+    let (mut batches, mut single): (Vec<Vec<Job>>, Vec<Job>) = (Vec::new(), Vec::new());
+    let (mut size, mut ref_size, mut list, mut names) = (0u64, 0u64, 0u64, 0usize);
+    for job in jobs {
+        let job_ref = job.reference.as_ref().map_or(0, |(_, s, _)| *s);
+        if job.size > FILE_BATCH_ITEM || job_ref > FILE_BATCH_ITEM {
+            single.push(job);
+            continue;
+        }
+        // The item's bytes in the list (FORMAT.md 5.6): paths and 11 bytes of sizes and
+        // flags, and 2 for another reference path.
+        let path_len = |p: &[Name]| p.iter().map(|n| n.as_bytes().len() as u64 + 1).sum::<u64>();
+        let item =
+            13 + path_len(&job.path) + job.reference.as_ref().map_or(0, |(p, _, _)| path_len(p));
+        let job_names = names_of(&job);
+        let full = size + job.size > FILE_BATCH_TARGET
+            || ref_size + job_ref > FILE_BATCH_TARGET
+            || list + item > FILE_BATCH_LIST
+            || names + job_names > MAX_BATCH_NAMES
+            || batches.last().is_some_and(|b| b.len() >= FILE_BATCH_ITEMS);
+        if full {
+            (size, ref_size, list, names) = (0, 0, 0, 0);
+        }
+        size += job.size;
+        ref_size += job_ref;
+        list += item;
+        names += job_names;
+        match batches.last_mut() {
+            Some(batch) if !full => batch.push(job),
+            _ => batches.push(vec![job]),
+        }
+    }
+    (batches, single)
+}
+
+/// One file batch record (FORMAT.md 5.6, kind 3), its trailer id, and per job whether it
+/// is in the batch with a reference (`Some(true)`), without one (`Some(false)`), or left
+/// out (`None`, the reason in the last list: a file changed since it was indexed, a path
+/// too long). `Err`: why the whole batch is left out.
+fn encode_file_batch(
+    store: &dyn Store,
+    source: &Path,
+    level: i32,
+    jobs: &[Job],
+) -> Result<EncodedFiles, String> {
+    use pulpdist_format::delta::join_path;
+    let mut items = Vec::with_capacity(jobs.len());
+    let mut included = Vec::with_capacity(jobs.len());
+    let mut skipped = Vec::new();
+    let (mut prefix, mut data) = (Vec::new(), Vec::new());
+    for job in jobs {
+        let read = read_job(store, source, job);
+        let (content, reference) = match read {
+            Ok(r) => r,
+            Err(why) => {
+                included.push(None);
+                skipped.push(why);
+                continue;
+            }
+        };
+        included.push(Some(reference.is_some()));
+        items.push(BatchItem {
+            path: job.path.clone(),
+            size: content.len() as u32,
+            ref_size: reference.as_ref().map_or(0, |(_, r)| r.len() as u32),
+            reference: reference.as_ref().map(|(p, _)| (*p).clone()),
+        });
+        if let Some((_, r)) = reference {
+            prefix.extend_from_slice(&r);
+        }
+        data.extend_from_slice(&content);
+    }
+    if items.is_empty() {
+        return Err(skipped.join("; "));
+    }
+    let first = String::from_utf8_lossy(&join_path(&items[0].path)).into_owned();
+    let (rec, id) = encode_batch(BatchKind::Files, &items, &prefix, &data, level)
+        .map_err(|e| format!("{} files from {first}: {e}", items.len()))?;
+    Ok(EncodedFiles {
+        rec,
+        id,
+        included,
+        skipped,
+    })
+}
+
+/// A file batch as [`encode_file_batch`] made it.
+struct EncodedFiles {
+    rec: Vec<u8>,
+    id: [u8; 32],
+    included: Vec<Option<bool>>,
+    skipped: Vec<String>,
+}
+
+/// The path components a batch list holds for a job (its path's and its reference's), as
+/// a reader counts them against [`MAX_BATCH_NAMES`].
+fn names_of(job: &Job) -> usize {
+    job.path.len() + job.reference.as_ref().map_or(0, |(p, _, _)| p.len())
+}
+
+/// The most files in one file batch, and about the most bytes of its list: far below what
+/// a reader accepts ([`pulpdist_format::delta::MAX_BATCH_ITEMS`], [`MAX_BATCH`]), however
+/// small the files and long their paths.
+const FILE_BATCH_ITEMS: usize = 1 << 16;
+const FILE_BATCH_LIST: u64 = 16 << 20;
+
+/// Files (and references) of at most this size go in file batches; larger ones get a
+/// record each, encoded in parallel and decoded one at a time.
+const FILE_BATCH_ITEM: u64 = 256 << 10;
+
+/// The files of a file batch, and their references, each add up to about this much. On a
+/// source release (1,401 changed files, 42 MB), batches of 1 MiB took the files from
+/// 352,524 bytes as a frame each to 250,836 bytes (4 MiB: 243,213, at 1.4 × the time;
+/// 256 KiB: 263,600), and the per-record paths and trailer entries to one list.
+const FILE_BATCH_TARGET: u64 = 1 << 20;
+
+/// New nodes (and references) of one batch add up to about this much at most.
+const NODE_BATCH_TARGET: u64 = 64 << 20;
+
+/// A node batch of at most this many bytes of new nodes is compressed at the delta level
+/// (19 by default); a larger one at most at [`NODE_BATCH_LARGE_LEVEL`]. Level 19 indexes the
+/// whole prefix (the old nodes) at about 1 MB/s: 14 s for 300 directories of 1,000 files,
+/// against 3.4 % more bytes at level 9 on a source release (benchmarks/README.md, "Deltas").
+const NODE_BATCH_SMALL: u64 = 8 << 20;
+
+/// The highest zstd level of a node batch above [`NODE_BATCH_SMALL`].
+const NODE_BATCH_LARGE_LEVEL: i32 = 9;
 
 /// Jobs are encoded in parallel in batches of about this many input bytes (new content and
 /// reference), written in order: memory stays bounded however large the change.
 const BATCH_BYTES: u64 = 256 << 20;
 
-/// Writes the delta pack from version `from` (root `from_root`) to the new root, if
-/// anything changed. Returns what the head lists (`None`: no pack) and the counts. Only a
-/// failure to write the store is an error; anything else leaves files (or the delta) out.
+/// Writes the delta from version `from` (root `from_root`) to the new root, if anything
+/// changed: one pack, or several (parts) when it would exceed `settings.part_size`.
+/// Returns what the head lists (empty: no pack) and the counts. Only a failure to write
+/// the store is an error; anything else leaves files (or the delta) out.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn write_delta(
     nodes: &Nodes<'_>,
@@ -402,14 +672,14 @@ pub(crate) fn write_delta(
     settings: DeltaSettings,
     tmp_dir: PathBuf,
     namer: PackNamer,
-) -> Result<(Option<DeltaInfo>, DeltaReport), PublishError> {
+) -> Result<(Vec<DeltaInfo>, DeltaReport), PublishError> {
     let (from_version, from_root) = from;
     let mut report = DeltaReport {
         from_version,
         ..Default::default()
     };
     if from_root.id == new_root.id {
-        return Ok((None, report));
+        return Ok((Vec::new(), report));
     }
     let walked = (|| -> Result<Vec<Job>, PublishError> {
         let new = nodes.get(new_root)?;
@@ -424,57 +694,225 @@ pub(crate) fn write_delta(
             report
                 .skipped
                 .push(format!("no delta from version {from_version}: {e}"));
-            return Ok((None, report));
+            return Ok((Vec::new(), report));
         }
     };
     let store = nodes.store;
-    let mut packer = Packer::new(store, tmp_dir, PackKind::Data, u64::MAX, namer);
-    let mut pack_len = pulpdist_format::pack::HEADER_LEN;
-    let mut jobs = jobs.into_iter().peekable();
-    while jobs.peek().is_some() {
+    let mut packs = Parts {
+        packer: Packer::new(store, tmp_dir, PackKind::Data, u64::MAX, namer),
+        len: pulpdist_format::pack::HEADER_LEN,
+        parts: 1,
+        part_size: settings.part_size.clamp(1 << 20, MAX_DELTA_PACK),
+    };
+    let (node_jobs, jobs): (Vec<Job>, Vec<Job>) =
+        jobs.into_iter().partition(|j| j.kind == RecordKind::Node);
+    let batches = node_batches(node_jobs, &mut report);
+    let (file_batches, single) = file_batches(jobs);
+    let mut units = file_batches
+        .into_iter()
+        .map(Unit::Files)
+        .chain(single.into_iter().map(Unit::File))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .peekable();
+    let next_batch = |units: &mut std::iter::Peekable<std::vec::IntoIter<Unit>>| {
         let mut batch = Vec::new();
         let mut bytes = 0u64;
-        while let Some(job) = jobs.next_if(|_| bytes < BATCH_BYTES) {
-            bytes += job.size + job.reference.as_ref().map_or(0, |(_, s, _)| *s);
-            batch.push(job);
+        while let Some(unit) = units.next_if(|_| bytes < BATCH_BYTES) {
+            bytes += unit.bytes();
+            batch.push(unit);
         }
-        let encoded: Vec<Result<Vec<u8>, String>> = batch
+        batch
+    };
+    let encode_files = |batch: &[Unit]| -> Vec<Encoded> {
+        batch
             .par_iter()
-            .map(|job| {
-                let level = match job.kind {
-                    RecordKind::File => settings.level,
-                    RecordKind::Node => settings.level.min(NODE_DELTA_LEVEL),
-                };
-                encode_job(store, source, level, job)
+            .map(|unit| match unit {
+                Unit::File(job) => Encoded::File(encode_job(store, source, settings.level, job)),
+                Unit::Files(jobs) => {
+                    Encoded::Files(encode_file_batch(store, source, settings.level, jobs))
+                }
             })
-            .collect();
-        for (job, rec) in batch.iter().zip(encoded) {
-            add_record(&mut packer, &mut pack_len, job, rec, &mut report)?;
+            .collect()
+    };
+    // The node batches (one thread each) while the first files are encoded: a large batch
+    // at level 19 takes seconds on one core.
+    let first = next_batch(&mut units);
+    let (nodes_encoded, first_encoded) = rayon::join(
+        || {
+            batches
+                .par_iter()
+                .map(|b| encode_node_batch(b, node_batch_level(b, settings.level)))
+                .collect::<Vec<_>>()
+        },
+        || encode_files(&first),
+    );
+    // Node batches only in the first part: a site rebuilds nodes before it walks the
+    // tree, from the first part alone.
+    for (batch, encoded) in batches.iter().zip(nodes_encoded) {
+        match encoded {
+            Ok((rec, id)) if packs.fits(rec.len(), false)? => {
+                packs.add(id, &rec)?;
+                report.nodes += batch.len() as u64;
+            }
+            Ok(_) => report.skipped.push(format!(
+                "{} directory nodes: the first delta pack is full ({} bytes)",
+                batch.len(),
+                packs.part_size
+            )),
+            Err(why) => report.skipped.push(why),
         }
     }
-    let (packs, hashes, _) = packer.finish_hashed()?;
-    let (Some(pack), Some(hash)) = (packs.first(), hashes.first()) else {
-        return Ok((None, report));
-    };
-    report.size = pack.size;
-    Ok((
-        Some(DeltaInfo {
+    for (unit, enc) in first.iter().zip(first_encoded) {
+        add_unit(&mut packs, unit, enc, &mut report)?;
+    }
+    while units.peek().is_some() {
+        let batch = next_batch(&mut units);
+        for (unit, enc) in batch.iter().zip(encode_files(&batch)) {
+            add_unit(&mut packs, unit, enc, &mut report)?;
+        }
+    }
+    let (packs, hashes, _) = packs.packer.finish_hashed()?;
+    report.size = packs.iter().map(|p| p.size).sum();
+    report.parts = packs.len() as u64;
+    let infos = packs
+        .iter()
+        .zip(hashes)
+        .map(|(pack, hash)| DeltaInfo {
             from_version,
             from_root,
             pack: pack.id,
             size: pack.size,
-            hash: *hash,
-        }),
-        report,
-    ))
+            hash,
+        })
+        .collect();
+    Ok((infos, report))
 }
 
-/// Appends one encoded record to the delta pack, unless it failed (noted in `report`) or a
-/// file's record would take the pack past [`MAX_DELTA_PACK`]; `pack_len` is the pack's
-/// size so far.
+/// The packs of one delta as they are written: records go in the open part until the
+/// next would take it past `part_size`; then the next part opens, up to
+/// [`MAX_DELTA_PARTS`].
+struct Parts<'a> {
+    packer: Packer<'a>,
+    /// Size of the open part so far (header and records, 50 trailer bytes each).
+    len: u64,
+    /// Parts opened so far.
+    parts: usize,
+    part_size: u64,
+}
+
+impl Parts<'_> {
+    /// Whether a record of `len` bytes fits in the open part, or (with `roll`) in a new
+    /// one, which is then opened.
+    fn fits(&mut self, len: usize, roll: bool) -> Result<bool, PublishError> {
+        // Its trailer entry, and 20 bytes for the trailer's count and the footer.
+        let room = |used: u64| used + len as u64 + 50 + 20 <= self.part_size;
+        if room(self.len) {
+            return Ok(true);
+        }
+        let empty = pulpdist_format::pack::HEADER_LEN;
+        if !roll || self.parts >= MAX_DELTA_PARTS || self.len == empty || !room(empty) {
+            return Ok(false);
+        }
+        self.packer.roll()?;
+        self.parts += 1;
+        self.len = empty;
+        Ok(true)
+    }
+
+    /// Appends a record that [`Parts::fits`].
+    fn add(&mut self, id: [u8; 32], rec: &[u8]) -> Result<(), PublishError> {
+        // A part is at most 256 MiB, so a record in it is far below 4 GiB.
+        let len = rec.len() as u32;
+        self.packer
+            .add(ObjectKind::Delta, id, Codec::Raw, len, rec)?;
+        self.len += rec.len() as u64 + 50;
+        Ok(())
+    }
+
+    /// Why a record of `len` bytes is left out.
+    fn full(&self, len: usize) -> String {
+        let empty = pulpdist_format::pack::HEADER_LEN;
+        match empty + len as u64 + 50 + 20 > self.part_size {
+            true => format!(
+                "its record, {len} bytes, is larger than a delta pack may be ({} bytes)",
+                self.part_size
+            ),
+            false => format!(
+                "the delta is full ({} packs of {} bytes)",
+                MAX_DELTA_PARTS, self.part_size
+            ),
+        }
+    }
+}
+
+/// What file records are encoded from: a batch of small files, or one file.
+enum Unit {
+    Files(Vec<Job>),
+    File(Job),
+}
+
+impl Unit {
+    /// Bytes of new content and references it reads.
+    fn bytes(&self) -> u64 {
+        let job_bytes = |j: &Job| j.size + j.reference.as_ref().map_or(0, |(_, s, _)| *s);
+        match self {
+            Unit::Files(jobs) => jobs.iter().map(job_bytes).sum(),
+            Unit::File(job) => job_bytes(job),
+        }
+    }
+}
+
+/// A [`Unit`] encoded.
+enum Encoded {
+    Files(Result<EncodedFiles, String>),
+    File(Result<Vec<u8>, String>),
+}
+
+/// Appends an encoded unit to the delta: a file's record ([`add_record`]), or a file batch
+/// unless it failed or the delta is full (noted in `report`).
+fn add_unit(
+    packs: &mut Parts<'_>,
+    unit: &Unit,
+    enc: Encoded,
+    report: &mut DeltaReport,
+) -> Result<(), PublishError> {
+    let (jobs, enc) = match (unit, enc) {
+        (Unit::File(job), Encoded::File(rec)) => return add_record(packs, job, rec, report),
+        (Unit::Files(jobs), Encoded::Files(enc)) => (jobs, enc),
+        _ => unreachable!("units are encoded as what they are"),
+    };
+    let enc = match enc {
+        Ok(e) => e,
+        Err(why) => {
+            report.skipped.push(why);
+            return Ok(());
+        }
+    };
+    report.skipped.extend(enc.skipped);
+    if !packs.fits(enc.rec.len(), true)? {
+        report.skipped.push(format!(
+            "{} small files: {}",
+            jobs.len(),
+            packs.full(enc.rec.len())
+        ));
+        return Ok(());
+    }
+    packs.add(enc.id, &enc.rec)?;
+    for (job, with_ref) in jobs.iter().zip(&enc.included) {
+        if let Some(with_ref) = with_ref {
+            report.files += 1;
+            report.with_reference += u64::from(*with_ref);
+            report.bytes_rebuilt += job.size;
+        }
+    }
+    Ok(())
+}
+
+/// Appends one encoded record to the delta, unless it failed or the delta is full (noted in
+/// `report`).
 fn add_record(
-    packer: &mut Packer<'_>,
-    pack_len: &mut u64,
+    packs: &mut Parts<'_>,
     job: &Job,
     rec: Result<Vec<u8>, String>,
     report: &mut DeltaReport,
@@ -488,29 +926,16 @@ fn add_record(
     };
     let path =
         || String::from_utf8_lossy(&pulpdist_format::delta::join_path(&job.path)).into_owned();
-    // Header, records, and per record 50 trailer bytes; 20 for the trailer's count and the
-    // footer.
-    let grown = *pack_len + rec.len() as u64 + 50;
-    if job.kind == RecordKind::File && grown + 20 > MAX_DELTA_PACK {
-        let why = format!(
-            "{}: the delta pack is full ({MAX_DELTA_PACK} bytes)",
-            path()
-        );
-        report.skipped.push(why);
+    if !packs.fits(rec.len(), true)? {
+        report
+            .skipped
+            .push(format!("{}: {}", path(), packs.full(rec.len())));
         return Ok(());
     }
-    *pack_len = grown;
-    let len = u32::try_from(rec.len()).map_err(|_| PublishError::DeltaTooLarge { path: path() })?;
-    let id = DeltaRecord::trailer_id(&job.path);
-    packer.add(ObjectKind::Delta, id, Codec::Raw, len, &rec)?;
-    match job.kind {
-        RecordKind::File => {
-            report.files += 1;
-            report.with_reference += u64::from(rec_has_reference(&rec));
-            report.bytes_rebuilt += job.size;
-        }
-        RecordKind::Node => report.nodes += 1,
-    }
+    packs.add(DeltaRecord::trailer_id(&job.path), &rec)?;
+    report.files += 1;
+    report.with_reference += u64::from(rec_has_reference(&rec));
+    report.bytes_rebuilt += job.size;
     Ok(())
 }
 
@@ -521,6 +946,117 @@ fn rec_has_reference(rec: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn job(path: &str, size: u64, ref_size: Option<u64>) -> Job {
+        let p: Vec<Name> = path
+            .split('/')
+            .map(|n| Name::new(n.as_bytes().to_vec()).expect("name"))
+            .collect();
+        Job {
+            kind: RecordKind::File,
+            path: p.clone(),
+            size,
+            content: Content::Bytes(Vec::new()),
+            reference: ref_size.map(|s| (p, s, Content::Bytes(Vec::new()))),
+        }
+    }
+
+    fn sizes(batches: &[Vec<Job>]) -> Vec<Vec<u64>> {
+        batches
+            .iter()
+            .map(|b| b.iter().map(|j| j.size).collect())
+            .collect()
+    }
+
+    #[test]
+    fn small_files_are_batched_in_index_order_up_to_the_target() {
+        const K: u64 = 1 << 10;
+        let jobs = vec![
+            job("a", 300 * K, Some(10)),      // too large: a record of its own
+            job("b", 256 * K, Some(256 * K)), // the largest that is batched
+            job("c", 250 * K, None),
+            job("d", 250 * K, Some(100)),
+            job("e", 250 * K, Some(100)),
+            job("h", 20 * K, Some(100)), // 1,026 KiB with it: the next batch
+            job("f", 10, Some(300 * K)), // its reference too large
+            job("g", 10, Some(200 * K)),
+        ];
+        let (batches, single) = file_batches(jobs);
+        assert_eq!(
+            sizes(&batches),
+            [vec![256 * K, 250 * K, 250 * K, 250 * K], vec![20 * K, 10]]
+        );
+        let names: Vec<u64> = single.iter().map(|j| j.size).collect();
+        assert_eq!(names, [300 * K, 10]);
+
+        // References fill a batch as files do.
+        let jobs = (0..6)
+            .map(|i| job(&format!("r{i}"), 10, Some(200 * K)))
+            .collect();
+        let (batches, _) = file_batches(jobs);
+        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), [5, 1]);
+
+        // Many tiny files with long paths: the list, not the bytes, closes a batch, so no
+        // batch is one a reader refuses.
+        let long = "d".repeat(200);
+        let jobs = (0..200_000)
+            .map(|i| job(&format!("{long}/{long}/{i}"), 1, Some(1)))
+            .collect();
+        let (batches, _) = file_batches(jobs);
+        assert!(batches.len() > 1);
+        for b in &batches {
+            let items: Vec<BatchItem> = b
+                .iter()
+                .map(|j| BatchItem {
+                    path: j.path.clone(),
+                    reference: j.reference.as_ref().map(|(p, _, _)| p.clone()),
+                    size: j.size as u32,
+                    ref_size: 1,
+                })
+                .collect();
+            let list = pulpdist_format::delta::encode_batch_list(&items);
+            assert!(list.len() as u64 <= FILE_BATCH_LIST && b.len() <= FILE_BATCH_ITEMS);
+        }
+    }
+
+    #[test]
+    fn a_delta_rolls_into_new_packs_up_to_the_limit() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = crate::store::LocalStore::open(dir.path().join("store")).expect("store");
+        let tmp = dir.path().join("tmp");
+        fs::create_dir_all(&tmp).expect("tmp");
+        let mut n = 0u8;
+        let namer: PackNamer = Box::new(move || {
+            n += 1;
+            Ok(PackId([n; 32]))
+        });
+        let part_size = 1u64 << 20;
+        let mut packs = Parts {
+            packer: Packer::new(&store, tmp, PackKind::Data, u64::MAX, namer),
+            len: pulpdist_format::pack::HEADER_LEN,
+            parts: 1,
+            part_size,
+        };
+        let rec = vec![7u8; 400 << 10];
+        let mut added = 0;
+        // Two records a part; a node batch (no roll) does not open a part.
+        for i in 0..(2 * MAX_DELTA_PARTS + 3) {
+            let roll = i != 2;
+            if packs.fits(rec.len(), roll).expect("fits") {
+                packs.add([i as u8; 32], &rec).expect("add");
+                added += 1;
+            }
+        }
+        assert_eq!(added, 2 * MAX_DELTA_PARTS);
+        // Larger than a part: never fits, and opens nothing.
+        assert!(!packs.fits(part_size as usize, true).expect("fits"));
+        let (finished, hashes, _) = packs.packer.finish_hashed().expect("finish");
+        assert_eq!(
+            (finished.len(), hashes.len()),
+            (MAX_DELTA_PARTS, MAX_DELTA_PARTS)
+        );
+        assert!(finished.iter().all(|p| p.size <= part_size));
+    }
 
     #[test]
     fn package_keys() {

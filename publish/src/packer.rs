@@ -87,6 +87,11 @@ impl<'a> Packer<'a> {
         Ok(loc)
     }
 
+    /// Finishes the open pack, if any: the next object opens a new one.
+    pub(crate) fn roll(&mut self) -> Result<(), PublishError> {
+        self.finish_current()
+    }
+
     fn finish_current(&mut self) -> Result<(), PublishError> {
         let Some((builder, mut w, path, mut hasher)) = self.current.take() else {
             return Ok(());

@@ -55,13 +55,20 @@ pub(crate) struct Args {
     /// compressed against its old copy, for sites that far behind (0: none).
     #[arg(long, default_value_t = 1)]
     deltas: usize,
-    /// zstd level of delta frames (1-22; higher: smaller deltas, slower publish); a
-    /// changed directory's node record uses at most level 9.
+    /// zstd level of delta frames (1-22; higher: smaller deltas, slower publish); node
+    /// batches above 8 MiB use at most level 9.
     #[arg(long, default_value_t = pulpdist_publish::DEFAULT_DELTA_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
     delta_level: i32,
+    /// Largest delta pack in bytes (1 MiB to 256 MiB, the most a site fetches): a larger
+    /// delta is written as several packs, up to 8, each one request for a site.
+    #[arg(long, default_value_t = pulpdist_format::delta::MAX_DELTA_PACK, value_parser = clap::value_parser!(u64).range(1 << 20..=pulpdist_format::delta::MAX_DELTA_PACK))]
+    delta_pack_size: u64,
     /// Target size of data packs in bytes (a pack closes once it reaches this).
     #[arg(long, default_value_t = 64 << 20)]
     pack_size: u64,
+    /// Threads that read, chunk and compress (default: one per core).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -207,9 +214,11 @@ pub(crate) fn run(a: Args) -> Result<()> {
     opts.zstd_level = a.zstd_level;
     opts.params = a.chunk_sizes;
     opts.pack_target = a.pack_size.max(1);
+    opts.threads = a.threads.map(usize::from);
     opts.filter = filter;
     opts.deltas = a.deltas;
     opts.delta_level = a.delta_level;
+    opts.delta_pack_size = a.delta_pack_size;
     opts.progress = a.progress.reporter();
     opts.previous_keys = super::sync::load_trust(&a.previous_key)?.keys().to_vec();
     let report = publish(&*store, &key, &opts).with_context(|| {
@@ -274,7 +283,7 @@ pub(crate) fn print_report(json: bool, r: &PublishReport) -> anyhow::Result<()> 
             "stale_parts_removed": r.stale_parts_removed,
             "deltas": r.deltas.iter().map(|d| json!({
                 "from_version": d.from_version, "files": d.files, "nodes": d.nodes, "with_reference": d.with_reference,
-                "bytes_rebuilt": d.bytes_rebuilt, "size": d.size, "skipped": d.skipped,
+                "bytes_rebuilt": d.bytes_rebuilt, "size": d.size, "packs": d.parts, "skipped": d.skipped,
             })).collect::<Vec<_>>(),
         }),
         || {
@@ -284,8 +293,8 @@ pub(crate) fn print_report(json: bool, r: &PublishReport) -> anyhow::Result<()> 
             );
             for d in &r.deltas {
                 s.push_str(&format!(
-                    "delta from version {}: {} files ({} against their old copy), {} bytes rebuilding {}\n",
-                    d.from_version, d.files, d.with_reference, d.size, d.bytes_rebuilt
+                    "delta from version {}: {} files ({} against their old copy), {} bytes in {} packs rebuilding {}\n",
+                    d.from_version, d.files, d.with_reference, d.size, d.parts, d.bytes_rebuilt
                 ));
                 for why in &d.skipped {
                     s.push_str(&format!(

@@ -258,6 +258,36 @@ impl State {
         write_atomic(&p, plain)
     }
 
+    /// Caches many nodes with one flush: each written under a temporary name, then the
+    /// state's filesystem flushed once (`syncfs`), then each renamed into place. A power
+    /// cut leaves a node whole or absent, never a torn file under its id.
+    pub(crate) fn put_nodes(&self, nodes: &[(NodeId, Vec<u8>)]) -> Result<(), SyncError> {
+        if self.read_only {
+            for (id, plain) in nodes {
+                self.put_node(id, plain)?;
+            }
+            return Ok(());
+        }
+        let mut pending = Vec::with_capacity(nodes.len());
+        for (id, plain) in nodes {
+            let p = self.node_path(id);
+            if let Some(parent) = p.parent() {
+                fs::create_dir_all(parent).at(parent)?;
+            }
+            let tmp = crate::fsutil::temp_beside(&p);
+            fs::write(&tmp, plain).at(&tmp)?;
+            pending.push((tmp, p));
+        }
+        let dir = fs::File::open(&self.dir).at(&self.dir)?;
+        rustix::fs::syncfs(&dir)
+            .map_err(std::io::Error::from)
+            .at(&self.dir)?;
+        for (tmp, p) in pending {
+            fs::rename(&tmp, &p).at(&p)?;
+        }
+        Ok(())
+    }
+
     /// The cached node files, by id.
     fn cached_nodes(&self) -> Result<Vec<(NodeId, PathBuf)>, SyncError> {
         let nodes = self.dir.join("nodes");

@@ -63,6 +63,12 @@ pub trait StoreReader: AsReader + Send + Sync {
     fn multi_range(&self) -> bool {
         false
     }
+    /// Whether a range costs no more than the same bytes in a whole pack (a file read,
+    /// not a request over a network): a large pack is then read in windows, so that a
+    /// sync holds one window, not the pack, in memory.
+    fn cheap_ranges(&self) -> bool {
+        false
+    }
     /// A whole pack of `size` bytes (its size in the signed head): no more is read.
     fn get_pack(&self, pack: &PackId, size: u64) -> Result<Vec<u8>, SyncError>;
     /// The size of a pack the caller has no signed size for (one request: a file's
@@ -143,6 +149,9 @@ impl<R: StoreReader + ?Sized> StoreReader for &R {
     }
     fn multi_range(&self) -> bool {
         (**self).multi_range()
+    }
+    fn cheap_ranges(&self) -> bool {
+        (**self).cheap_ranges()
     }
     fn get_pack(&self, pack: &PackId, size: u64) -> Result<Vec<u8>, SyncError> {
         (**self).get_pack(pack, size)
@@ -276,6 +285,10 @@ impl StoreReader for LocalStoreReader {
         self.get_range(pack, 0..size)
     }
 
+    fn cheap_ranges(&self) -> bool {
+        true
+    }
+
     fn pack_size(&self, pack: &PackId) -> Result<u64, SyncError> {
         let key = pack.object_key();
         let f = self.open(&key)?;
@@ -381,6 +394,9 @@ impl<'a> CountingReader<'a> {
 impl StoreReader for CountingReader<'_> {
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+    fn cheap_ranges(&self) -> bool {
+        self.inner.cheap_ranges()
     }
     fn get_head(&self, tree: &str, if_none_match: Option<&str>) -> Result<HeadFetch, SyncError> {
         let r = self.inner.get_head(tree, if_none_match)?;
@@ -543,6 +559,9 @@ impl StoreReader for StoreList<'_> {
     fn describe(&self) -> String {
         let names: Vec<String> = self.stores.iter().map(|m| m.reader.describe()).collect();
         names.join(", then ")
+    }
+    fn cheap_ranges(&self) -> bool {
+        self.stores.iter().all(|m| m.reader.cheap_ranges())
     }
     fn try_each(
         &self,

@@ -193,24 +193,43 @@ impl Tree {
             .at(&path)
     }
 
-    /// Sets a regular file's mode and mtime and flushes them, through a handle opened
-    /// without following a symlink. Returns `false`, changing nothing, for a file with
+    /// Sets a regular file's mode and mtime (and with `flush`, flushes them), if it still
+    /// has the size and mtime `seen` (an error otherwise), through a handle opened
+    /// without following a symlink. Returns that handle, changing nothing, for a file with
     /// other hard links (the change would reach every name of it, inside the mirror or
-    /// not): the caller replaces it by a copy instead. Anything but a regular file is an
-    /// error.
+    /// not): the caller replaces it by a copy of the checked handle's bytes instead.
+    /// Anything but a regular file is an error.
     pub(crate) fn set_file_attrs(
         &mut self,
         rel: &Path,
         mode: u32,
         mtime: Mtime,
-    ) -> Result<bool, SyncError> {
+        seen: Option<(u64, Mtime)>,
+        flush: bool,
+    ) -> Result<Option<OwnedFd>, SyncError> {
         let (fd, path) = self.open_file(rel)?;
         let st = rustix::fs::fstat(&fd).map_err(io).at(&path)?;
-        if st.st_nlink != 1 {
-            return Ok(false);
+        if let Some((size, m)) = seen {
+            let now = Mtime {
+                secs: st.st_mtime,
+                nanos: (st.st_mtime_nsec as u32).min(999_999_999),
+            };
+            if st.st_size as u64 != size || now != m {
+                // Changed by someone else since the survey: its content is no longer the
+                // one the plan trusted, so it must not get the new version's attributes.
+                return Err(SyncError::Unsafe {
+                    path,
+                    reason: "changed during the sync (size or mtime); not recorded, the next \
+                             sync rewrites it"
+                        .into(),
+                });
+            }
         }
-        set_fd_attrs(&fd, mode, mtime).at(&path)?;
-        Ok(true)
+        if st.st_nlink != 1 {
+            return Ok(Some(fd));
+        }
+        set_fd_attrs(&fd, mode, mtime, flush).at(&path)?;
+        Ok(None)
     }
 
     /// Opens the regular file at `rel` for reading, without following a symlink or
@@ -236,9 +255,9 @@ impl Tree {
         Ok((fd, path))
     }
 
-    /// Copies the regular file at `from` into a new file at `to`; returns the copy, flushed.
-    pub(crate) fn copy_file(&mut self, from: &Path, to: &Path) -> Result<File, SyncError> {
-        let (fd, _) = self.open_file(from)?;
+    /// Copies the open regular file `from` into a new file at `to`; returns the copy, flushed.
+    pub(crate) fn copy_file(&mut self, from: OwnedFd, to: &Path) -> Result<File, SyncError> {
+        let fd = from;
         let mut out = self.create_new(to)?;
         let copied = std::io::copy(&mut File::from(fd), &mut out).and_then(|_| out.sync_all());
         if let Err(e) = copied {
@@ -377,11 +396,30 @@ pub(crate) fn set_file_mtime(f: &File, mtime: Mtime) -> std::io::Result<()> {
     rustix::fs::futimens(f, &timestamps(mtime)).map_err(io)
 }
 
-/// Sets the mode and mtime of an open file or directory and flushes them.
-pub(crate) fn set_fd_attrs(fd: &OwnedFd, mode: u32, mtime: Mtime) -> std::io::Result<()> {
+/// Sets the mode and mtime of an open file or directory, and with `flush` flushes them
+/// (without: the caller flushes the filesystem once for many).
+pub(crate) fn set_fd_attrs(
+    fd: &OwnedFd,
+    mode: u32,
+    mtime: Mtime,
+    flush: bool,
+) -> std::io::Result<()> {
     rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)).map_err(io)?;
     rustix::fs::futimens(fd, &timestamps(mtime)).map_err(io)?;
-    rustix::fs::fsync(fd).map_err(io)
+    if flush {
+        rustix::fs::fsync(fd).map_err(io)?;
+    }
+    Ok(())
+}
+
+impl Tree {
+    /// Flushes everything written to the mirror's filesystem (one `syncfs`): the files of
+    /// a large plan are written unflushed and made durable together before any is renamed.
+    pub(crate) fn sync_filesystem(&self) -> Result<(), SyncError> {
+        rustix::fs::syncfs(&*self.root)
+            .map_err(io)
+            .at(&self.root_path)
+    }
 }
 
 /// Flushes an open directory's entries.

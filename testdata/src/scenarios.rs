@@ -75,6 +75,9 @@ pub struct Summary {
     pub changed_bytes: u64,
     /// Files of version 1 that this version lacks.
     pub deleted_files: u64,
+    /// Files whose content did not change but whose mtime did, as a real release tarball
+    /// re-stamps them (source: every third file of version 2).
+    pub touched_files: u64,
 }
 
 /// A file of a version: its path, content seed and how it was made.
@@ -463,7 +466,8 @@ fn content(kind: &Kind) -> Vec<u8> {
 
 /// Brings `root` to `version` (1 or 2) of scenario `s` at `scale`: writes the files whose
 /// content differs from what is there, removes files the version lacks. Unchanged files
-/// keep a fixed mtime; changed ones get the version's.
+/// keep a fixed mtime; changed ones get the version's, and so does a third of the
+/// unchanged source files of version 2 (re-stamped, as real release tarballs are).
 pub fn write(root: &Path, s: Scenario, version: u32, scale: f64) -> io::Result<Summary> {
     let specs = specs(s, version, scale);
     let v1: HashSet<String> = if version >= 2 {
@@ -476,7 +480,13 @@ pub fn write(root: &Path, s: Scenario, version: u32, scale: f64) -> io::Result<S
     for spec in &specs {
         let data = content(&spec.kind);
         let path = root.join(&spec.rel);
-        let mtime = if spec.changed {
+        // Real releases re-stamp files whose content did not change (the tarball is
+        // rebuilt): a third of the source tree, spread over its directories.
+        let touched = s == Scenario::Source
+            && version >= 2
+            && !spec.changed
+            && fnv(&spec.rel).is_multiple_of(3);
+        let mtime = if spec.changed || touched {
             BASE_TIME + 86_400 * i64::from(version)
         } else {
             BASE_TIME
@@ -493,6 +503,8 @@ pub fn write(root: &Path, s: Scenario, version: u32, scale: f64) -> io::Result<S
         if version >= 2 && (spec.changed || !v1.contains(&spec.rel)) {
             sum.changed_files += 1;
             sum.changed_bytes += data.len() as u64;
+        } else if touched {
+            sum.touched_files += 1;
         }
         keep.insert(path);
     }
@@ -502,6 +514,13 @@ pub fn write(root: &Path, s: Scenario, version: u32, scale: f64) -> io::Result<S
     }
     remove_others(root, &keep)?;
     Ok(sum)
+}
+
+/// FNV-1a of a path: a choice of files that does not depend on the platform's hasher.
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn specs_names(s: Scenario, scale: f64) -> HashSet<String> {

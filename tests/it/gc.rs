@@ -663,14 +663,16 @@ fn compacting_resigns_only_what_the_key_signed_and_settles() {
     ];
     fs::write(site.src().join("a.bin"), common::noise(90_000, 1)).expect("a");
     fs::write(site.src().join("b.bin"), common::noise(90_000, 2)).expect("b");
-    site.publish();
+    // One thread, so that both files' chunks share one data pack (each chunking worker
+    // writes its own).
+    site.publish_with(&["--threads", "1"]);
     let r = gc(st, &compact);
     assert_eq!(r["repacked"]["sparse"], serde_json::json!([]), "{r}");
     assert_eq!(r["trees"][0]["current"], 1, "{r}");
     // b.bin goes: the first data pack is half unreached once version 1 is not kept. The
     // head is then refreshed (the same version and root, signed again): still rewritten.
     fs::remove_file(site.src().join("b.bin")).expect("rm b");
-    site.publish();
+    site.publish_with(&["--threads", "1"]);
     let out = site.publish_raw(&["--refresh"]);
     assert!(
         out.status.success(),

@@ -392,3 +392,34 @@ fn a_mode_change_of_a_hard_linked_file_leaves_the_other_links_alone() {
         1
     );
 }
+
+/// A release re-stamped a file the mirror holds; between the survey and the attribute fix
+/// a local user rewrites it (same size). The sync refuses to put the new version's mtime
+/// on content it no longer trusts and records nothing; the next sync rewrites the file.
+#[test]
+fn a_restamped_file_changed_during_the_sync_is_not_stamped_current() {
+    let site = Site::new();
+    let dir = site.src().join("src");
+    fs::create_dir_all(&dir).expect("dir");
+    for i in 0..3 {
+        fs::write(dir.join(format!("f{i}.c")), format!("int f{i};\n")).expect("file");
+    }
+    site.publish();
+    site.sync();
+    let later = filetime::FileTime::from_unix_time(2_000_000_000, 0);
+    for i in 0..3 {
+        filetime::set_file_mtime(dir.join(format!("f{i}.c")), later).expect("touch");
+    }
+    site.publish();
+    let release = site.p("release");
+    let child = hold_at(&site.sync_args(), "sync.planned", &release);
+    // Same size, other bytes, a fresh mtime: not the old version's file any more.
+    fs::write(site.mirror().join("src/f1.c"), b"int XX;\n").expect("tamper");
+    fs::write(&release, b"go").expect("release");
+    let out = child.wait_with_output().expect("wait");
+    assert!(!out.status.success(), "the sync stamped a changed file");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("changed during the sync"), "{err}");
+    site.sync();
+    assert_same_tree(&site.src(), &site.mirror());
+}

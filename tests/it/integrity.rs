@@ -350,13 +350,157 @@ fn the_version_is_recorded_only_after_its_changes_are_on_disk() {
     std::fs::remove_dir_all(site.src()).expect("clear");
     common::repo::write(&site.src(), 2);
     site.publish();
+    let calls = traced_sync(&site);
+    assert_durable(&site, &calls);
+    // A small plan flushes file by file.
+    assert!(!calls.iter().any(|c| c.starts_with("syncfs(")));
+}
+
+/// The same for a first sync of many small files, whose new files are flushed together:
+/// one `syncfs` after the last is written and before the first is renamed, no flush each.
+#[test]
+fn a_first_sync_of_many_files_flushes_them_together_before_any_rename() {
+    let site = Site::new();
+    for d in 0..10 {
+        let dir = site.src().join(format!("d{d}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        for f in 0..30 {
+            std::fs::write(
+                dir.join(format!("f{f}")),
+                format!("file {d}/{f}\n").repeat(f + 1),
+            )
+            .expect("file");
+        }
+    }
+    site.publish();
+    let calls = traced_sync(&site);
+    assert_durable(&site, &calls);
+    // A temporary file in the mirror (not the state's node cache).
+    let mirror = format!("{}/", s(&site.mirror()));
+    let temp = |c: &str| c.contains(".pulpdist-") && c.contains(&mirror);
+    let syncfs: Vec<usize> = (0..calls.len())
+        .filter(|i| calls[*i].starts_with("syncfs("))
+        .collect();
+    assert_eq!(syncfs.len(), 1, "{calls:?}");
+    let created = calls
+        .iter()
+        .rposition(|c| c.starts_with("openat(") && temp(c))
+        .expect("temporary files");
+    let first_rename = calls
+        .iter()
+        .position(|c| c.starts_with("renameat") && temp(c))
+        .expect("renames");
+    assert!(created < syncfs[0] && syncfs[0] < first_rename, "{calls:?}");
+    assert!(
+        !calls.iter().any(|c| c.starts_with("fsync(") && temp(c)),
+        "a file flushed on its own"
+    );
+}
+
+/// A release that re-stamped every file of many directories: the files get their new
+/// mtimes in place (no file is rewritten), and the attributes, the directories and the
+/// delta's nodes are flushed a filesystem at a time, all before the version is recorded.
+#[test]
+fn a_release_that_restamps_many_directories_is_flushed_together_before_the_record() {
+    let site = Site::new();
+    let mut files = Vec::new();
+    for d in 0..80 {
+        let dir = site.src().join(format!("d{d}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        for f in 0..3 {
+            let p = dir.join(format!("f{f}.c"));
+            std::fs::write(&p, format!("int f{d}_{f};\n").repeat(f + 1)).expect("file");
+            files.push(p);
+        }
+    }
+    site.publish();
+    site.sync();
+    let later = filetime::FileTime::from_unix_time(2_000_000_000, 0);
+    // One file edited, the rest re-stamped.
+    std::fs::write(&files[0], "int edited;\n").expect("edit");
+    for p in &files {
+        filetime::set_file_mtime(p, later).expect("touch");
+    }
+    site.publish();
+    let calls = traced_sync(&site);
+    assert_durable(&site, &calls);
+    // The re-stamped files' mtimes (step 6) are flushed by a syncfs of their own, before
+    // the directories' attributes are set (a later step, flushed again).
+    // The last component of the path strace shows for the call's descriptor.
+    let fd_name = |c: &String| {
+        c.split_once('<')
+            .and_then(|(_, r)| r.split_once('>'))
+            .and_then(|(p, _)| p.rsplit('/').next())
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    let file_times = |c: &String| c.starts_with("utimensat(") && fd_name(c).ends_with(".c");
+    let dir_times = |c: &String| {
+        let n = fd_name(c);
+        c.starts_with("utimensat(")
+            && (n == "tree"
+                || n.strip_prefix('d')
+                    .is_some_and(|d| d.parse::<u32>().is_ok()))
+    };
+    let last_file = calls
+        .iter()
+        .rposition(file_times)
+        .expect("files re-stamped");
+    let first_dir = calls
+        .iter()
+        .position(dir_times)
+        .expect("directory attributes");
+    assert!(last_file < first_dir, "{calls:?}");
+    assert!(
+        calls[last_file..first_dir]
+            .iter()
+            .any(|c| c.starts_with("syncfs(")),
+        "re-stamped mtimes not flushed before the next step: {calls:?}"
+    );
+    let mirror = format!("{}/", s(&site.mirror()));
+    let rewritten = calls
+        .iter()
+        .filter(|c| c.starts_with("renameat") && c.contains(".pulpdist-") && c.contains(&mirror))
+        .count();
+    assert_eq!(rewritten, 1, "re-stamped files were rewritten: {calls:?}");
+    let state = s(&site.p("downstream/.tree.pulpdist")).to_string();
+    let recorded = calls
+        .iter()
+        .position(|c| c.starts_with("rename(") && c.contains("/applied-tree\""))
+        .expect("recorded");
+    // The nodes the delta rebuilt: flushed with the state's filesystem before any takes
+    // its name (a power cut leaves none torn under its id), all before the record.
+    let nodes_synced = calls[..recorded]
+        .iter()
+        .position(|c| c.starts_with("syncfs(") && c.contains(&state))
+        .expect("the state's filesystem flushed");
+    let first_node = calls
+        .iter()
+        .position(|c| c.starts_with("rename(") && c.contains(&format!("{state}/nodes/")))
+        .expect("nodes cached");
+    assert!(nodes_synced < first_node, "{calls:?}");
+    assert!(
+        !calls[..recorded]
+            .iter()
+            .any(|c| c.starts_with("fsync(") && c.contains(&format!("{state}/nodes/"))),
+        "a node flushed on its own"
+    );
+    for p in &files {
+        let rel = p.strip_prefix(site.src()).expect("rel");
+        let m = std::fs::metadata(site.mirror().join(rel)).expect("mirror file");
+        assert_eq!(filetime::FileTime::from_last_modification_time(&m), later);
+    }
+}
+
+/// A sync of `site` under strace: its successful calls of the kinds that order durability.
+fn traced_sync(site: &Site) -> Vec<String> {
     let trace = site.p("strace.txt");
     let mut args = vec![
         "-f".to_string(),
         "-y".into(),
         "-qq".into(),
         "-e".into(),
-        "trace=fsync,rename,renameat,renameat2,unlinkat,mkdirat".into(),
+        "trace=fsync,syncfs,openat,rename,renameat,renameat2,unlinkat,mkdirat,utimensat".into(),
         "-o".into(),
         s(&trace).to_string(),
         env!("CARGO_BIN_EXE_pulpdist").into(),
@@ -369,11 +513,16 @@ fn the_version_is_recorded_only_after_its_changes_are_on_disk() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_same_tree(&site.src(), &site.mirror());
     let text = std::fs::read_to_string(&trace).expect("trace");
-    let calls: Vec<&str> = text
-        .lines()
-        .map(|l| l.split_once(' ').map_or(l, |(_, c)| c).trim())
-        .filter(|c| c.ends_with("= 0"))
-        .collect();
+    text.lines()
+        .map(|l| l.split_once(' ').map_or(l, |(_, c)| c).trim().to_string())
+        .filter(|c| !c.ends_with(" = -1") && !c.contains("= -1 "))
+        .collect()
+}
+
+/// Every file renamed into the mirror was flushed (by itself, or by a `syncfs` of the
+/// filesystem) before; every changed directory and the record are flushed before and
+/// after the version is recorded.
+fn assert_durable(site: &Site, calls: &[String]) {
     // The path inside `<...>` after `name(`, e.g. `fsync(15</m/a>)` gives `/m/a`.
     let fd_path = |c: &str| {
         c.split_once('<')
@@ -385,6 +534,7 @@ fn the_version_is_recorded_only_after_its_changes_are_on_disk() {
         .iter()
         .position(|c| c.starts_with("rename(") && c.contains("/applied-tree\""))
         .expect("the version is recorded");
+    let text = calls.join("\n");
     let mut last_change: std::collections::BTreeMap<String, usize> = Default::default();
     for (i, c) in calls.iter().enumerate() {
         if c.starts_with("renameat") || c.starts_with("unlinkat") || c.starts_with("mkdirat") {
@@ -399,9 +549,11 @@ fn the_version_is_recorded_only_after_its_changes_are_on_disk() {
         if !std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
             continue;
         }
-        let flushed = calls[*changed..recorded]
-            .iter()
-            .any(|c| c.starts_with("fsync(") && fd_path(c).as_deref() == Some(dir.as_str()));
+        // Flushed itself, or with the whole mirror filesystem (a plan touching many).
+        let flushed = calls[*changed..recorded].iter().any(|c| {
+            (c.starts_with("fsync(") && fd_path(c).as_deref() == Some(dir.as_str()))
+                || (c.starts_with("syncfs(") && fd_path(c).is_some_and(|p| p.starts_with(&mirror)))
+        });
         assert!(flushed, "{dir} changed at call {changed} but not flushed before the version was recorded at {recorded}");
     }
     // Each file renamed into the mirror was flushed under its temporary name first.
@@ -420,9 +572,10 @@ fn the_version_is_recorded_only_after_its_changes_are_on_disk() {
             continue;
         }
         let full = format!("{dir}/{tmp}");
-        let flushed = calls[..i]
-            .iter()
-            .any(|p| p.starts_with("fsync(") && fd_path(p).as_deref() == Some(full.as_str()));
+        let flushed = calls[..i].iter().any(|p| {
+            (p.starts_with("fsync(") && fd_path(p).as_deref() == Some(full.as_str()))
+                || p.starts_with("syncfs(")
+        });
         // A symlink has no data to flush (its directory is flushed); a file must be.
         let is_link = std::fs::symlink_metadata(format!("{dir}/{target}"))
             .is_ok_and(|m| m.file_type().is_symlink());

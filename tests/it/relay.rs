@@ -92,19 +92,6 @@ fn head_of(store: &Path) -> Vec<u8> {
     std::fs::read(store.join("heads/tree")).expect("head")
 }
 
-/// `len` bytes that do not compress (xorshift from `seed`).
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// `verify --read-data` of a relay's store passes.
 fn verify_read_data(net: &Net, store: &Path) {
     let trust = net.site.trust();
@@ -495,7 +482,7 @@ fn a_replicate_killed_at_any_step_leaves_the_relay_serving_and_the_next_run_comp
     for i in 0..12 {
         std::fs::write(
             net.site.src().join(format!("new-{i}.bin")),
-            random(300_000, i as u64),
+            common::random_bytes(300_000, i as u64),
         )
         .expect("file");
     }
@@ -595,7 +582,11 @@ fn a_replicate_into_a_full_disk_leaves_the_previous_version_served() {
     let relay = disk.join("relay");
     net.replicate_json(&net.origin(), s(&relay));
     let v1 = head_of(&relay);
-    std::fs::write(net.site.src().join("huge.iso"), random(12_000_000, 5)).expect("big");
+    std::fs::write(
+        net.site.src().join("huge.iso"),
+        common::random_bytes(12_000_000, 5),
+    )
+    .expect("big");
     net.site.publish();
     let out = net.replicate(&net.origin(), s(&relay), &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));

@@ -67,6 +67,7 @@ fn write_deltas(
     froms.truncate(opts.deltas);
     let settings = DeltaSettings {
         level: opts.delta_level,
+        part_size: opts.delta_pack_size,
     };
     let (mut infos, mut reports, mut bytes) = (Vec::new(), Vec::new(), 0);
     for from in froms {
@@ -93,11 +94,9 @@ fn write_deltas(
             tmp_dir.to_path_buf(),
             Box::new(move || namer(&tag)),
         )?;
-        let (info, rep) = written;
-        if let Some(info) = info {
-            bytes += info.size;
-            infos.push(info);
-        }
+        let (parts, rep) = written;
+        bytes += parts.iter().map(|p| p.size).sum::<u64>();
+        infos.extend(parts);
         if rep.size > 0 || !rep.skipped.is_empty() {
             reports.push(rep);
         }

@@ -44,8 +44,11 @@ pub struct PublishOptions {
     pub filter: pulpdist_format::filter::Filter,
     /// Write a delta pack from each of this many previous versions (0: none).
     pub deltas: usize,
-    /// zstd level of delta frames (node records use at most `NODE_DELTA_LEVEL`, 9).
+    /// zstd level of delta frames (node batches above 8 MiB use at most level 9).
     pub delta_level: i32,
+    /// Largest delta pack in bytes (1 MiB to 256 MiB, the most a site fetches); a larger
+    /// delta is written as several packs, up to 8.
+    pub delta_pack_size: u64,
     /// Where the reading of changed files reports how far it is (default: nowhere).
     pub progress: pulpdist_progress::Reporter,
 }
@@ -73,6 +76,7 @@ impl PublishOptions {
             filter: pulpdist_format::filter::Filter::new(),
             deltas: 1,
             delta_level: DEFAULT_DELTA_LEVEL,
+            delta_pack_size: pulpdist_format::delta::MAX_DELTA_PACK,
             progress: pulpdist_progress::Reporter::default(),
         }
     }

@@ -158,7 +158,11 @@ impl Applier<'_> {
                 }
                 pulpdist_failpoint::hit("sync.mkdir");
             }
-            // 4a. Every new file is written beside its target first.
+            // 4a. Every new file is written beside its target first, and made durable
+            // before any is renamed: one by one (fsync) for a small plan, all at once (one
+            // syncfs after the last) for a large one, where a flush per file would cost
+            // more than the writing (a first sync of many small files).
+            let together = plan.files.len() > FLUSH_EACH_UP_TO;
             let progress = &opts.progress;
             let total = plan.files.iter().map(|f| f.size).sum();
             progress.start("write", plan.files.len() as u64, total);
@@ -168,11 +172,24 @@ impl Applier<'_> {
                 let file = tree.create_new(&tmp)?;
                 ready.push((tmp.clone(), op.path.clone(), op.metadata));
                 let abs = tree.abs(&tmp);
-                late += write_file(dest, state, file, &abs, op, all_refs, store, opts.max_gap)?;
+                let flush = !together;
+                late += write_file(
+                    dest,
+                    state,
+                    file,
+                    &abs,
+                    op,
+                    all_refs,
+                    (store, opts.max_gap),
+                    flush,
+                )?;
                 pulpdist_failpoint::hit("sync.write");
                 progress.advance(1, op.size);
             }
             progress.finish();
+            if together {
+                tree.sync_filesystem()?;
+            }
             Ok(())
         })();
         if let Err(e) = done {
@@ -237,20 +254,29 @@ impl Applier<'_> {
             self.put(tmp, path.clone())?;
         }
         // 6. Attribute fixes of current files (a mode or an mtime: no index names them),
-        // flushed before the version is recorded.
+        // flushed before the version is recorded: each, or for many (a release that
+        // re-stamped its files) all at once.
+        let flush_each = plan.attrs.len() <= FLUSH_EACH_UP_TO;
         for a in &plan.attrs {
-            if !self.tree.set_file_attrs(&a.path, a.mode, a.mtime)? {
+            if let Some(shared) = self
+                .tree
+                .set_file_attrs(&a.path, a.mode, a.mtime, a.seen, flush_each)?
+            {
                 // Other hard links share this file (a mirror deduplicated by links, or a link
                 // planted from elsewhere): a copy with the new attributes takes its name, and
                 // the shared inode is left alone.
                 let tmp = crate::tree::temp_beside(&a.path);
-                let copy = self.tree.copy_file(&a.path, &tmp)?;
+                // Copied from the handle the size and mtime were checked on.
+                let copy = self.tree.copy_file(shared, &tmp)?;
                 let fd: std::os::fd::OwnedFd = copy.into();
-                crate::tree::set_fd_attrs(&fd, a.mode, a.mtime).at(self.tree.abs(&tmp))?;
+                crate::tree::set_fd_attrs(&fd, a.mode, a.mtime, true).at(self.tree.abs(&tmp))?;
                 self.tree.rename(&tmp, &a.path)?;
             }
             self.touched.insert(parent_of(&a.path));
             pulpdist_failpoint::hit("sync.attr");
+        }
+        if !flush_each {
+            self.tree.sync_filesystem()?;
         }
         // 7. Repository metadata, in the plan's order.
         for (tmp, target, _) in meta_ready {
@@ -311,7 +337,8 @@ impl Applier<'_> {
         let dest = &self.opts.dest;
         for a in &plan.dir_attrs {
             let fd = self.tree.dir(&a.path)?;
-            crate::tree::set_fd_attrs(&fd, a.mode, a.mtime).at(self.tree.abs(&a.path))?;
+            // Flushed below with every touched directory.
+            crate::tree::set_fd_attrs(&fd, a.mode, a.mtime, false).at(self.tree.abs(&a.path))?;
             self.touched.insert(a.path.clone());
             pulpdist_failpoint::hit("sync.dir_attr");
         }
@@ -323,9 +350,17 @@ impl Applier<'_> {
             self.touched.insert(PathBuf::new());
         }
         self.tree.refresh();
+        // Each directory flushed, or for many (a release re-stamps thousands) the
+        // filesystem once; every one is opened again either way.
+        let flush_each = self.touched.len() <= FLUSH_EACH_UP_TO;
         for rel in &self.touched {
             let fd = self.tree.dir(rel)?;
-            crate::tree::sync(&fd).at(self.tree.abs(rel))?;
+            if flush_each {
+                crate::tree::sync(&fd).at(self.tree.abs(rel))?;
+            }
+        }
+        if !flush_each {
+            self.tree.sync_filesystem()?;
         }
         pulpdist_failpoint::hit("sync.synced");
         Ok(())
@@ -370,8 +405,12 @@ fn deletion_rank(dest: &Path, rel: &Path, patterns: &[String]) -> u8 {
     2
 }
 
+/// Plans of at most this many files (attribute fixes, directories, a delta's nodes) flush
+/// each as it is written; larger ones flush the filesystem once after the last.
+pub(super) const FLUSH_EACH_UP_TO: usize = 64;
+
 /// Writes one file's content into `file` (the new temporary file `tmp`), sets its mode
-/// and mtime, and flushes it.
+/// and mtime, and (with `flush`) flushes it.
 #[allow(clippy::too_many_arguments)]
 fn write_file(
     dest: &Path,
@@ -380,11 +419,14 @@ fn write_file(
     tmp: &Path,
     op: &super::plan::FileOp,
     refs: &HashMap<ChunkId, ChunkRef>,
-    store: &dyn StoreReader,
-    max_gap: u64,
+    (store, max_gap): (&dyn StoreReader, u64),
+    flush: bool,
 ) -> Result<u64, SyncError> {
     let mut late = 0;
     let mut f = std::io::BufWriter::with_capacity(1 << 20, file);
+    // Bytes skipped over (left a hole) since the last write.
+    let mut hole = 0u64;
+    let mut end = 0u64;
     for (id, len, src) in &op.chunks {
         let chunk = match src {
             Source::Local { path, offset } => match read_local(dest, path, *offset, *len, *id) {
@@ -398,16 +440,48 @@ fn write_file(
             },
             Source::Staged | Source::Fetch(_) => state.read_staged(id)?,
         };
+        end += chunk.data().len() as u64;
+        if is_zeros(chunk.data()) {
+            hole += chunk.data().len() as u64;
+            continue;
+        }
+        if hole > 0 {
+            seek_over(&mut f, hole).at(tmp)?;
+            hole = 0;
+        }
         f.write_all(chunk.data()).at(tmp)?;
     }
     let file = f.into_inner().map_err(|e| e.into_error()).at(tmp)?;
+    if hole > 0 {
+        // A file that ends in zeros: its length is set, its last blocks stay a hole.
+        file.set_len(end).at(tmp)?;
+    }
     file.set_permissions(fs::Permissions::from_mode(op.mode))
         .at(tmp)?;
     // The mtime before the flush (on the open file, not by path), so that it is on disk
     // with the bytes.
     crate::tree::set_file_mtime(&file, op.mtime).at(tmp)?;
-    file.sync_all().at(tmp)?;
+    if flush {
+        file.sync_all().at(tmp)?;
+    }
     Ok(late)
+}
+
+/// A chunk of only zeros, at least a filesystem block long, is not written: the new file
+/// is empty to begin with, so skipping it leaves a hole that reads as the same zeros and
+/// takes no disk (as `rsync --sparse`, `cp --sparse=auto`). A 4 GiB image of a mostly
+/// empty disk costs the mirror only its written blocks.
+fn is_zeros(data: &[u8]) -> bool {
+    const BLOCK: usize = 4096;
+    static ZEROS: [u8; BLOCK] = [0; BLOCK];
+    data.len() >= BLOCK && data.chunks(BLOCK).all(|b| b == &ZEROS[..b.len()])
+}
+
+/// Moves the writer `n` bytes on from its end, past bytes it never writes.
+fn seek_over(f: &mut std::io::BufWriter<File>, n: u64) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let n = i64::try_from(n).map_err(|_| std::io::Error::other("hole too large"))?;
+    f.seek(SeekFrom::Current(n)).map(|_| ())
 }
 
 #[cfg(test)]
@@ -450,6 +524,55 @@ mod tests {
         assert!(!m.join("old").exists());
         // Nothing but the new file is left beside it (no temporary file).
         assert_eq!(fs::read_dir(m.join("sub")).expect("list").count(), 1);
+    }
+
+    #[test]
+    fn runs_of_zeros_are_left_as_holes_and_read_back_the_same() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (opts, state) = (testkit::options(dir.path()), testkit::state(dir.path()));
+        let m = &opts.dest;
+        fs::create_dir_all(m).expect("mirror");
+        let zeros = vec![0u8; 1 << 20];
+        let text = b"between the holes".to_vec();
+        let mut chunks = Vec::new();
+        for data in [&zeros, &text] {
+            let c = VerifiedChunk::from_plain(ChunkId::of(data), data.clone()).expect("chunk");
+            state.stage(&c).expect("staged");
+            chunks.push((c.id(), data.len() as u32, Source::Staged));
+        }
+        // Zeros first, between and last: 4 MiB of zeros, 34 bytes of text.
+        let order = [0, 0, 1, 0, 1, 0];
+        let want: Vec<u8> = order
+            .iter()
+            .flat_map(|&i| if i == 0 { zeros.clone() } else { text.clone() })
+            .collect();
+        let plan = Plan {
+            files: vec![super::super::plan::FileOp {
+                path: "disk.img".into(),
+                size: want.len() as u64,
+                mode: 0o644,
+                mtime: testkit::mtime(100),
+                metadata: false,
+                chunks: order.iter().map(|&i| chunks[i].clone()).collect(),
+            }],
+            ..Plan::default()
+        };
+        let planned = Planned {
+            plan,
+            refs: HashMap::new(),
+        };
+        apply(&MemStore::default(), &state, &opts, &planned, (false, 2)).expect("applied");
+        let got = fs::read(m.join("disk.img")).expect("read");
+        assert!(
+            got == want,
+            "{} bytes read, {} meant",
+            got.len(),
+            want.len()
+        );
+        let md = fs::metadata(m.join("disk.img")).expect("stat");
+        assert_eq!(md.len(), want.len() as u64);
+        // Two blocks of text; a filesystem without holes would hold all 4 MiB.
+        assert!(md.blocks() * 512 <= 256 << 10, "{} blocks", md.blocks());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Phase 2, the changed directories: the index nodes the new head reaches that the mirror's
 //! version lacks, walked from the root only into directories whose node id changed. A delta
 //! pack from the applied version brings the new nodes in one request when it is smaller than
-//! what the versions since added; one version (or a few) behind, their index packs are
+//! what the versions since added (else it is left to the plan, which fetches it when the
+//! chunks still missing come to more: see `survey`); one version (or a few) behind, their index packs are
 //! fetched whole instead of level by level. A directory on the way that is a symlink now, or
 //! an unchanged one that is gone from disk, makes the walk cover the whole tree.
 
@@ -19,13 +20,24 @@ use super::{SyncOptions, SyncReport};
 use crate::error::SyncError;
 use crate::state::State;
 use crate::store::StoreReader;
+use pulpdist_format::delta::DeltaInfo;
 
 /// The directories whose index node changed, and the delta that may rebuild their files.
 pub(super) struct Changes {
     /// Each changed directory with its old and new node, parents first.
     pub(super) dirs: Vec<DirChange>,
-    /// The delta from the applied version, its nodes already in the node cache.
+    /// The delta from the applied version (its first pack), its nodes already in the node
+    /// cache.
     pub(super) delta: Option<Fetched>,
+    /// The delta's further packs (a large delta is written as several), fetched one at a
+    /// time once the plan knows what it still lacks.
+    pub(super) rest: Vec<DeltaInfo>,
+    /// A delta from the applied version left for later (all its packs): it looked no
+    /// smaller than the packs the versions since added, but those packs may not hold what
+    /// the mirror lacks (their chunks may be in packs written for another tree of the
+    /// store). The plan decides: it is fetched if the chunks the plan would fetch come to
+    /// more.
+    pub(super) spare: Vec<DeltaInfo>,
 }
 
 /// Walks the index from the accepted head; notes the delta's use in `report`.
@@ -36,9 +48,21 @@ pub(super) fn find(
     acc: &Accepted,
     report: &mut SyncReport,
 ) -> Result<Changes, SyncError> {
-    let delta = match (&acc.applied, acc.full, opts.dry_run) {
-        (Some(a), false, false) => fetch_delta(store, state, &acc.head, a, report),
-        _ => None,
+    let (delta, rest, spare) = match (&acc.applied, acc.full, opts.dry_run) {
+        (Some(a), false, false) => match choose_delta(&acc.head, a) {
+            Some((mut parts, true)) => {
+                let first = parts.remove(0);
+                let fetched = fetch_delta(store, state, first, a, report);
+                // Without the first pack, the others are still worth their bytes.
+                match fetched {
+                    Some(f) => (Some(f), parts, Vec::new()),
+                    None => (None, parts, Vec::new()),
+                }
+            }
+            Some((parts, false)) => (None, Vec::new(), parts),
+            None => (None, Vec::new(), Vec::new()),
+        },
+        _ => (None, Vec::new(), Vec::new()),
     };
     let mem_packs = match delta {
         None => index_packs(store, acc)?,
@@ -63,7 +87,12 @@ pub(super) fn find(
         dirs = walk(None)?;
     }
     report.dirs_examined = dirs.len() as u64;
-    Ok(Changes { dirs, delta })
+    Ok(Changes {
+        dirs,
+        delta,
+        rest,
+        spare,
+    })
 }
 
 /// One version (or a few) behind: the index packs of the missing versions, which hold
@@ -130,54 +159,79 @@ pub(super) fn symlink_on_the_way(dest: &Path, rel: &Path) -> bool {
     })
 }
 
-/// Fetches the head's delta from the tree the mirror holds (its root), if it has one and it
-/// is smaller than the packs the versions since then added, and rebuilds the index nodes it
-/// carries into the node cache. A delta that cannot be fetched is noted and skipped.
-fn fetch_delta(
-    store: &dyn StoreReader,
-    state: &State,
+/// The head's delta from the tree the mirror holds (its root): its packs, in the order
+/// listed, up to the first that does not fit in memory and at most
+/// [`MAX_DELTA_PARTS`](pulpdist_format::delta::MAX_DELTA_PARTS); and whether it is worth
+/// fetching before the walk: when it is smaller than the packs the versions since then
+/// added (else the plan decides, see [`Changes::spare`]).
+fn choose_delta(
     head: &pulpdist_format::Head,
     applied: &pulpdist_format::Head,
-    report: &mut SyncReport,
-) -> Option<Fetched> {
-    let info = head
+) -> Option<(Vec<DeltaInfo>, bool)> {
+    use pulpdist_format::delta::{MAX_DELTA_PACK, MAX_DELTA_PARTS};
+    let parts: Vec<DeltaInfo> = head
         .deltas()
         .unwrap_or_default()
         .into_iter()
-        .find(|d| d.from_root.id == applied.root.id)?;
+        .filter(|d| d.from_root.id == applied.root.id)
+        .take(MAX_DELTA_PARTS)
+        // Each held whole in memory, so bounded.
+        .take_while(|d| d.size <= MAX_DELTA_PACK)
+        .collect();
+    if parts.is_empty() {
+        return None;
+    }
+    let size: u64 = parts.iter().map(|d| d.size).sum();
     let added: u64 = head
         .recent
         .iter()
         .filter(|v| v.version > applied.version)
         .flat_map(|v| v.packs.iter())
-        .map(|p| p.size)
-        .sum();
-    // Worth it only when smaller than the packs; held whole in memory, so bounded.
-    if (added > 0 && info.size >= added) || info.size > pulpdist_format::delta::MAX_DELTA_PACK {
-        return None;
-    }
-    // Kept in the staging area: a sync killed after this fetch does not fetch it again.
+        // Signed, but not bounded: summed without overflow.
+        .fold(0u64, |sum, p| sum.saturating_add(p.size));
+    Some((parts, added == 0 || size < added))
+}
+
+/// Fetches a delta pack (kept in the staging area: a sync killed after this fetch does not
+/// fetch it again); a delta that cannot be fetched is noted and skipped.
+pub(super) fn get_delta(
+    store: &dyn StoreReader,
+    state: &State,
+    info: DeltaInfo,
+    report: &mut SyncReport,
+) -> Option<Fetched> {
     let keep = state
         .dir()
         .join("staging")
         .join(format!("delta-{}", info.pack.to_hex()));
-    let fetched = match super::delta::Fetched::get(store, info, Some(&keep)) {
+    match super::delta::Fetched::get(store, info, Some(&keep)) {
         Ok((f, from_store)) => {
             if from_store {
-                report.delta_bytes = info.size;
+                report.delta_bytes += info.size;
             }
-            f
+            Some(f)
         }
         Err(e) => {
-            report.delta_error = Some(e.to_string());
-            return None;
+            report.delta_error.get_or_insert(e.to_string());
+            None
         }
-    };
+    }
+}
+
+/// Fetches the delta and rebuilds the index nodes it carries into the node cache.
+fn fetch_delta(
+    store: &dyn StoreReader,
+    state: &State,
+    info: pulpdist_format::delta::DeltaInfo,
+    applied: &pulpdist_format::Head,
+    report: &mut SyncReport,
+) -> Option<Fetched> {
+    let fetched = get_delta(store, state, info, report)?;
     pulpdist_failpoint::hit("sync.delta");
     match super::delta::apply_nodes(state, &fetched, &applied.root.id) {
         Ok(n) => report.delta_nodes = n,
         Err(e) => {
-            report.delta_error = Some(e.to_string());
+            report.delta_error.get_or_insert(e.to_string());
             return None;
         }
     }

@@ -10,7 +10,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use pulpdist_chunker::delta;
-use pulpdist_format::delta::{join_path, DeltaInfo, DeltaRecord, RecordKind};
+use pulpdist_format::delta::{
+    decode_batch_list, fill_children, join_path, Batch, BatchKind, DeltaInfo, DeltaRecord,
+    RecordKind,
+};
 use pulpdist_format::{ChunkId, EntryKind, Name, Node, NodeId, VerifiedChunk};
 
 use crate::error::SyncError;
@@ -93,19 +96,33 @@ impl Fetched {
         Ok((Fetched { info, bytes }, true))
     }
 
-    fn records(&self) -> Result<Vec<(DeltaRecord, &[u8])>, SyncError> {
-        let object = format!("{} (delta)", self.info.pack.object_key());
-        let records =
-            pulpdist_format::delta::records(self.info.pack, &self.bytes).map_err(|source| {
-                SyncError::Format {
-                    object: object.clone(),
-                    source,
-                }
-            })?;
+    fn raw_records(&self) -> Result<Vec<&[u8]>, SyncError> {
+        pulpdist_format::delta::records(self.info.pack, &self.bytes).map_err(|source| {
+            SyncError::Format {
+                object: format!("{} (delta)", self.info.pack.object_key()),
+                source,
+            }
+        })
+    }
+
+    /// The records of kind 0 and 1, decoded one at a time as they are used (each holds its
+    /// paths split into names: a pack of them all at once could take gigabytes).
+    fn records(&self) -> Result<impl Iterator<Item = (DeltaRecord, &[u8])> + '_, SyncError> {
         // A record that does not decode is skipped like one whose reference is gone.
-        Ok(records
+        Ok(self
+            .raw_records()?
             .into_iter()
-            .filter_map(|r| DeltaRecord::decode(r).ok())
+            .filter_map(|r| DeltaRecord::decode(r).ok()))
+    }
+
+    /// The node batches (record kind 2) or file batches (kind 3); damaged ones are
+    /// skipped.
+    fn batches(&self, kind: BatchKind) -> Result<Vec<Batch<'_>>, SyncError> {
+        Ok(self
+            .raw_records()?
+            .into_iter()
+            .filter_map(|r| Batch::decode(r).ok().flatten())
+            .filter(|b| b.kind == kind)
             .collect())
     }
 }
@@ -170,6 +187,12 @@ pub(crate) fn apply_nodes(
     let mut n = 0;
     let mut seen = HashSet::new();
     let mut old = OldDirs::new(state, *old_root);
+    // What the batches may decode in all (lists and nodes): a signed but hostile pack of
+    // many small batches must not decode without end.
+    let mut budget = 2 * pulpdist_format::delta::MAX_BATCH;
+    for batch in fetched.batches(BatchKind::Nodes)? {
+        n += apply_batch(state, &batch, &mut old, &mut seen, &mut budget)?;
+    }
     for (r, frame) in fetched.records()? {
         if r.kind != RecordKind::Node || !seen.insert(join_path(&r.path)) {
             continue;
@@ -194,21 +217,126 @@ pub(crate) fn apply_nodes(
     Ok(n)
 }
 
-/// Stages every chunk in `needed` that a file record of the delta rebuilds. `wanted`:
-/// path → chunk list (id, length) of each file the sync writes that still needs chunks; a
-/// rebuilt file is cut at exactly those lengths (as the publisher cut it, ISO images
-/// included) and each piece kept only if it hashes to its id. Each path is used once.
-/// Removes staged chunks from `needed`.
+/// Rebuilds the nodes of one batch (FORMAT.md 5.6, kind 2) into the node cache: the list,
+/// the references from the cached old index (all of them, or the batch is skipped: they
+/// are the frame's prefix), the frame, then each node from the last to the first (a
+/// directory's subdirectories come after it), its zero subdirectory ids filled with the
+/// hashes of the nodes rebuilt for them. A node that fails leaves its parent unfilled:
+/// both are fetched instead. Paths in `seen` are used once across the delta. Returns the
+/// nodes added (a batch of many is cached with one flush).
+fn apply_batch(
+    state: &State,
+    batch: &Batch<'_>,
+    old: &mut OldDirs<'_>,
+    seen: &mut HashSet<Vec<u8>>,
+    budget: &mut u64,
+) -> Result<u64, SyncError> {
+    let Some(left) = budget.checked_sub(u64::from(batch.list_size)) else {
+        return Ok(0);
+    };
+    *budget = left;
+    let Ok(list) = delta::decode(&[], batch.list_frame, u64::from(batch.list_size)) else {
+        return Ok(0);
+    };
+    let Ok(items) = decode_batch_list(&list, batch.count, BatchKind::Nodes) else {
+        return Ok(0);
+    };
+    let total: u64 = items.iter().map(|it| u64::from(it.size)).sum();
+    let Some(left) = budget.checked_sub(total) else {
+        return Ok(0);
+    };
+    *budget = left;
+    let mut prefix = Vec::new();
+    for it in &items {
+        if let Some(p) = &it.reference {
+            match old.bytes(p) {
+                Some(b) if b.len() == it.ref_size as usize => prefix.extend_from_slice(&b),
+                // Gone from the cache (or another size): the prefix cannot be built, and
+                // the batch's nodes are fetched (the cache holds the applied tree whole, so
+                // this takes a cache damaged behind the sync's back).
+                _ => return Ok(0),
+            }
+        }
+    }
+    let Ok(data) = delta::decode(&prefix, batch.frame, total) else {
+        return Ok(0);
+    };
+    drop(prefix);
+    let mut at = 0usize;
+    let spans: Vec<std::ops::Range<usize>> = items
+        .iter()
+        .map(|it| {
+            let r = at..at + it.size as usize;
+            at = r.end;
+            r
+        })
+        .collect();
+    let mut rebuilt: HashMap<Vec<u8>, NodeId> = HashMap::new();
+    let mut new_nodes: Vec<(NodeId, Vec<u8>)> = Vec::new();
+    let mut ids: HashSet<NodeId> = HashSet::new();
+    for (it, span) in items.iter().zip(spans).rev() {
+        let path = join_path(&it.path);
+        if !seen.insert(path.clone()) {
+            continue;
+        }
+        let filled = fill_children(&data[span], |name| {
+            let mut p = it.path.clone();
+            p.push(name.clone());
+            rebuilt.get(&join_path(&p)).copied()
+        });
+        let Ok(Some(plain)) = filled else {
+            continue;
+        };
+        let id = NodeId::of(&plain);
+        rebuilt.insert(path, id);
+        if !state.has_node(&id) && ids.insert(id) {
+            new_nodes.push((id, plain));
+        }
+    }
+    if new_nodes.len() <= super::apply::FLUSH_EACH_UP_TO {
+        for (id, plain) in &new_nodes {
+            state.put_node(id, plain)?;
+        }
+    } else {
+        state.put_nodes(&new_nodes)?;
+    }
+    Ok(new_nodes.len() as u64)
+}
+
+/// Path → chunk list (id, length) of each file the sync writes that still needs chunks.
+pub(crate) type Wanted = HashMap<Vec<u8>, Vec<(ChunkId, u32)>>;
+
+/// Stages every chunk in `needed` that a file record or file batch of the delta rebuilds.
+/// `wanted`: path → chunk list (id, length) of each file the sync writes that still needs
+/// chunks; a rebuilt file is cut at exactly those lengths (as the publisher cut it, ISO
+/// images included) and each piece kept only if it hashes to its id. Each path is used
+/// once. Removes staged chunks from `needed`.
 pub(crate) fn apply_files(
     state: &State,
     dest: &Path,
     fetched: &Fetched,
-    mut wanted: HashMap<Vec<u8>, Vec<(ChunkId, u32)>>,
+    mut wanted: Wanted,
     needed: &mut HashSet<ChunkId>,
 ) -> Result<Applied, SyncError> {
-    let object = format!("{} (delta)", fetched.info.pack.object_key());
-    let mut safe = SafeDirs::new(dest);
-    let mut out = Applied::default();
+    let mut files = Files {
+        state,
+        safe: SafeDirs::new(dest),
+        object: format!("{} (delta)", fetched.info.pack.object_key()),
+        out: Applied::default(),
+        // What file batches larger than FREE_BATCH may decode in all: what the sync
+        // writes, and a margin. A signed but hostile pack of batches of files nobody
+        // wants costs no decoding; one that lists a wanted file beside many others cannot
+        // decode without end.
+        budget: 2 * pulpdist_format::delta::MAX_BATCH
+            + wanted
+                .values()
+                .flatten()
+                .map(|(_, l)| u64::from(*l))
+                .sum::<u64>(),
+    };
+    for batch in fetched.batches(BatchKind::Files)? {
+        files.batch(&batch, &mut wanted, needed)?;
+    }
     for (r, frame) in fetched.records()? {
         if r.kind != RecordKind::File {
             continue;
@@ -219,26 +347,56 @@ pub(crate) fn apply_files(
         };
         let size: u64 = chunks.iter().map(|(_, l)| u64::from(*l)).sum();
         if r.size != size || r.ref_size > delta::MAX_DELTA_FILE {
-            out.failed += 1;
+            files.out.failed += 1;
             continue;
         }
         let reference = match &r.reference {
-            Some(p) => match read_reference(&mut safe, p, r.ref_size) {
+            Some(p) => match read_reference(&mut files.safe, p, r.ref_size) {
                 Some(d) => d,
                 None => {
-                    out.failed += 1;
+                    files.out.failed += 1;
                     continue;
                 }
             },
             None => Vec::new(),
         };
         let Ok(data) = delta::decode(&reference, frame, r.size) else {
-            out.failed += 1;
+            files.out.failed += 1;
             continue;
         };
+        files.stage(&path, &data, &chunks, needed)?;
+    }
+    Ok(files.out)
+}
+
+/// A file batch whose files and references add up to at most this much is decoded
+/// without charging the budget (it must name a file the sync still needs).
+const FREE_BATCH: u64 = 4 << 20;
+
+/// Rebuilding files from a delta pack into the staging area.
+struct Files<'a> {
+    state: &'a State,
+    safe: SafeDirs,
+    /// The pack, as errors name it.
+    object: String,
+    out: Applied,
+    /// What file batches may still decode.
+    budget: u64,
+}
+
+impl Files<'_> {
+    /// Cuts the rebuilt file `data` at the lengths of `chunks` and stages each piece that
+    /// is needed and hashes to its id; counts the file as rebuilt if any was, else failed.
+    fn stage(
+        &mut self,
+        path: &[u8],
+        data: &[u8],
+        chunks: &[(ChunkId, u32)],
+        needed: &mut HashSet<ChunkId>,
+    ) -> Result<(), SyncError> {
         let mut useful = false;
         let mut offset = 0usize;
-        for (id, len) in &chunks {
+        for (id, len) in chunks {
             let piece = &data[offset..offset + *len as usize];
             offset += *len as usize;
             if !needed.contains(id) || ChunkId::of(piece) != *id {
@@ -247,25 +405,387 @@ pub(crate) fn apply_files(
             let chunk = VerifiedChunk::from_plain(*id, piece.to_vec()).map_err(|source| {
                 SyncError::Format {
                     object: format!(
-                        "{object}: {}",
-                        std::ffi::OsStr::from_bytes(&path).to_string_lossy()
+                        "{}: {}",
+                        self.object,
+                        std::ffi::OsStr::from_bytes(path).to_string_lossy()
                     ),
                     source,
                 }
             })?;
-            state.stage(&chunk)?;
+            self.state.stage(&chunk)?;
             needed.remove(id);
-            out.chunks += 1;
-            out.bytes += u64::from(*len);
+            self.out.chunks += 1;
+            self.out.bytes += u64::from(*len);
             useful = true;
         }
         if useful {
-            out.files += 1;
+            self.out.files += 1;
         } else {
             // Decoded, but nothing in it is what the signed index names: a damaged or
             // changed reference.
-            out.failed += 1;
+            self.out.failed += 1;
         }
+        Ok(())
     }
-    Ok(out)
+
+    /// Rebuilds the wanted files of one file batch (FORMAT.md 5.6, kind 3): the list, then
+    /// (if it names a wanted file of the size the index gives) every reference from the
+    /// mirror (all of them, or none of the batch's files: they are the frame's prefix),
+    /// the frame, and each wanted file's pieces. Wanted files in a batch that cannot be
+    /// used count as failed and are fetched.
+    fn batch(
+        &mut self,
+        batch: &Batch<'_>,
+        wanted: &mut Wanted,
+        needed: &mut HashSet<ChunkId>,
+    ) -> Result<(), SyncError> {
+        let Some(left) = self.budget.checked_sub(u64::from(batch.list_size)) else {
+            return Ok(());
+        };
+        self.budget = left;
+        let Ok(list) = delta::decode(&[], batch.list_frame, u64::from(batch.list_size)) else {
+            return Ok(());
+        };
+        let Ok(items) = decode_batch_list(&list, batch.count, BatchKind::Files) else {
+            return Ok(());
+        };
+        let mut at = 0usize;
+        let mut mine = Vec::new();
+        for it in &items {
+            let span = at..at + it.size as usize;
+            at = span.end;
+            let path = join_path(&it.path);
+            let fits = wanted.get(&path).is_some_and(|chunks| {
+                chunks.iter().map(|(_, l)| u64::from(*l)).sum::<u64>() == u64::from(it.size)
+            });
+            if let Some(chunks) = fits.then(|| wanted.remove(&path)).flatten() {
+                mine.push((path, span, chunks));
+            }
+        }
+        if mine.is_empty() {
+            return Ok(());
+        }
+        let total = at as u64;
+        let refs: u64 = items.iter().map(|it| u64::from(it.ref_size)).sum();
+        // A batch of the writer's shape (FORMAT.md 5.6: files and references of about
+        // 1 MiB each) is not charged: it names a file the sync needs, and each such file is
+        // taken from one batch only, so these decode at most FREE_BATCH per needed file.
+        let charge = (total + refs).saturating_sub(FREE_BATCH);
+        let data = match self.budget.checked_sub(charge) {
+            Some(left) => {
+                self.budget = left;
+                let prefix = self.references(&items);
+                delta::decode(&prefix, batch.frame, total).ok()
+            }
+            None => None,
+        };
+        let Some(data) = data else {
+            self.out.failed += mine.len() as u64;
+            return Ok(());
+        };
+        for (path, span, chunks) in mine {
+            self.stage(&path, &data[span], &chunks, needed)?;
+        }
+        Ok(())
+    }
+
+    /// The batch's references from the mirror, concatenated in list order. One that cannot
+    /// be read with its size is zeros in its place: the files that drew on it come out
+    /// wrong and fail their chunk ids, the others are still right (a local user who
+    /// removed one old file costs that file, not its batch).
+    fn references(&mut self, items: &[pulpdist_format::delta::BatchItem]) -> Vec<u8> {
+        let mut prefix = Vec::new();
+        for it in items {
+            if let Some(p) = &it.reference {
+                let size = it.ref_size as usize;
+                match read_reference(&mut self.safe, p, u64::from(it.ref_size)) {
+                    Some(r) => prefix.extend(r),
+                    None => prefix.resize(prefix.len() + size, 0),
+                }
+            }
+        }
+        prefix
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit;
+    use super::*;
+    use pulpdist_format::delta::{blank_children, encode_batch_list, BatchItem, RecordKind};
+    use pulpdist_format::pack::{ObjectKind, PackBuilder};
+    use pulpdist_format::{Codec, PackId};
+
+    /// A delta pack holding `records`, as [`Fetched`] (the head's hash is not checked here).
+    fn fetched(records: &[Vec<u8>]) -> Fetched {
+        let id = PackId([7; 32]);
+        let (mut b, mut bytes) = PackBuilder::new(id);
+        for (i, r) in records.iter().enumerate() {
+            b.add(
+                ObjectKind::Delta,
+                [i as u8; 32],
+                Codec::Raw,
+                r.len() as u32,
+                r.len() as u32,
+            );
+            bytes.extend_from_slice(r);
+        }
+        let (tail, size) = b.finish();
+        bytes.extend_from_slice(&tail);
+        let info = DeltaInfo {
+            from_version: 1,
+            from_root: pulpdist_format::NodeRef {
+                id: NodeId([0; 32]),
+                loc: testkit::loc(2, 1),
+            },
+            pack: id,
+            size,
+            hash: [0; 32],
+        };
+        Fetched { info, bytes }
+    }
+
+    /// Version 1 `{a/x, b/y}` cached; version 2 has `a/x` edited (a new `a/` and root).
+    /// Returns (old root, new root, new a/, old root bytes, old a/ bytes).
+    fn versions(state: &State) -> (Node, Node, Node, Vec<u8>, Vec<u8>) {
+        let a1 = testkit::cached(state, vec![testkit::file("x", b"one", 0)]);
+        let b1 = testkit::cached(state, vec![testkit::file("y", b"why", 3)]);
+        let r1 = testkit::cached(state, vec![testkit::dir("a", &a1), testkit::dir("b", &b1)]);
+        let a2 = Node::new(vec![testkit::file("x", b"two", 6)]).expect("a2");
+        let r2 = Node::new(vec![testkit::dir("a", &a2), testkit::dir("b", &b1)]).expect("r2");
+        (r1.clone(), r2, a2, r1.encode(), a1.encode())
+    }
+
+    fn name(s: &str) -> Name {
+        Name::new(s.as_bytes().to_vec()).expect("name")
+    }
+
+    /// A batch of `nodes` (path, new node, old node bytes), in the given order, `a/`'s id
+    /// blanked in the root when `a` is in the batch.
+    fn batch(nodes: &[(Vec<Name>, &Node, &[u8])]) -> Vec<u8> {
+        let paths: Vec<Vec<Name>> = nodes.iter().map(|(p, _, _)| p.clone()).collect();
+        let (mut prefix, mut data, mut items) = (Vec::new(), Vec::new(), Vec::new());
+        for (path, node, old) in nodes {
+            let carried = blank_children(node, |n| {
+                let mut p = path.clone();
+                p.push(n.clone());
+                paths.contains(&p)
+            })
+            .expect("blank");
+            items.push(BatchItem {
+                path: path.clone(),
+                reference: Some(path.clone()),
+                size: carried.len() as u32,
+                ref_size: old.len() as u32,
+            });
+            prefix.extend_from_slice(old);
+            data.extend_from_slice(&carried);
+        }
+        batch_record(BatchKind::Nodes, &items, &prefix, &data)
+    }
+
+    #[test]
+    fn a_node_batch_rebuilds_the_nodes_with_their_subdirectory_ids_filled_in() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let state = testkit::state(tmp.path());
+        let (r1, r2, a2, r1b, a1b) = versions(&state);
+        let rec = batch(&[(Vec::new(), &r2, &r1b), (vec![name("a")], &a2, &a1b)]);
+        let n = apply_nodes(&state, &fetched(&[rec]), &r1.id()).expect("apply");
+        assert_eq!(n, 2);
+        assert_eq!(state.node_bytes(&r2.id()), Some(r2.encode()));
+        assert_eq!(state.node_bytes(&a2.id()), Some(a2.encode()));
+    }
+
+    #[test]
+    fn a_child_listed_before_its_parent_leaves_the_parent_to_be_fetched() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let state = testkit::state(tmp.path());
+        let (r1, r2, a2, r1b, a1b) = versions(&state);
+        let rec = batch(&[(vec![name("a")], &a2, &a1b), (Vec::new(), &r2, &r1b)]);
+        let n = apply_nodes(&state, &fetched(&[rec]), &r1.id()).expect("apply");
+        assert_eq!(n, 1, "a/ rebuilt; the root's zero id could not be filled");
+        assert!(state.has_node(&a2.id()) && !state.has_node(&r2.id()));
+    }
+
+    #[test]
+    fn a_reference_of_another_size_skips_the_batch() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let state = testkit::state(tmp.path());
+        let (r1, r2, a2, r1b, mut a1b) = versions(&state);
+        a1b.push(0);
+        let rec = batch(&[(Vec::new(), &r2, &r1b), (vec![name("a")], &a2, &a1b)]);
+        assert_eq!(
+            apply_nodes(&state, &fetched(&[rec]), &r1.id()).expect("apply"),
+            0
+        );
+        assert!(!state.has_node(&r2.id()) && !state.has_node(&a2.id()));
+    }
+
+    /// A batch record of `items`, their references and contents concatenated.
+    fn batch_record(kind: BatchKind, items: &[BatchItem], prefix: &[u8], data: &[u8]) -> Vec<u8> {
+        let list = encode_batch_list(items);
+        Batch {
+            kind,
+            count: items.len() as u32,
+            list_size: list.len() as u32,
+            list_frame: &delta::encode(&[], &list, 3).expect("list"),
+            frame: &delta::encode(prefix, data, 3).expect("items"),
+        }
+        .encode()
+    }
+
+    /// A file of a test batch: path, new content, reference path and content.
+    type BatchFile<'a> = (&'a str, &'a [u8], Option<(&'a str, &'a [u8])>);
+
+    /// A file batch of those files.
+    fn file_batch(files: &[BatchFile<'_>]) -> Vec<u8> {
+        let (mut prefix, mut data, mut items) = (Vec::new(), Vec::new(), Vec::new());
+        for (path, new, reference) in files {
+            let split = |p: &str| p.split('/').map(name).collect::<Vec<_>>();
+            items.push(BatchItem {
+                path: split(path),
+                reference: reference.map(|(p, _)| split(p)),
+                size: new.len() as u32,
+                ref_size: reference.map_or(0, |(_, r)| r.len() as u32),
+            });
+            prefix.extend_from_slice(reference.map_or(&[][..], |(_, r)| r));
+            data.extend_from_slice(new);
+        }
+        batch_record(BatchKind::Files, &items, &prefix, &data)
+    }
+
+    /// Wanted files: path → one chunk of `content`; and the needed chunk ids.
+    fn wanted(files: &[(&str, &[u8])]) -> (Wanted, HashSet<ChunkId>) {
+        let w: HashMap<_, _> = files
+            .iter()
+            .map(|(p, c)| {
+                (
+                    p.as_bytes().to_vec(),
+                    vec![(ChunkId::of(c), c.len() as u32)],
+                )
+            })
+            .collect();
+        let needed = w.values().flatten().map(|(id, _)| *id).collect();
+        (w, needed)
+    }
+
+    #[test]
+    fn a_file_batch_rebuilds_the_wanted_files_against_the_mirror() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let state = testkit::state(tmp.path());
+        let m = tmp.path().join("m");
+        std::fs::create_dir_all(m.join("src")).expect("mirror");
+        let (old_a, old_b) = (b"int main() { return 0; }\n", b"void b(void) {}\n");
+        std::fs::write(m.join("src/a.c"), old_a).expect("a");
+        std::fs::write(m.join("src/b.c"), old_b).expect("b");
+        let (new_a, new_b, new_c) = (
+            &b"int main() { return 1; }\n"[..],
+            &b"void b(void) { b(); }\n"[..],
+            &b"new file\n"[..],
+        );
+        let rec = file_batch(&[
+            ("src/a.c", new_a, Some(("src/a.c", old_a))),
+            ("src/b.c", new_b, Some(("src/b.c", old_b))),
+            ("src/c.c", new_c, None),
+        ]);
+        let apply = |w, needed: &mut HashSet<ChunkId>| {
+            apply_files(&state, &m, &fetched(std::slice::from_ref(&rec)), w, needed).expect("apply")
+        };
+        // b.c is current already: only a.c and c.c are wanted.
+        let (w, mut needed) = wanted(&[("src/a.c", new_a), ("src/c.c", new_c)]);
+        let got = apply(w, &mut needed);
+        assert_eq!((got.files, got.failed, got.chunks), (2, 0, 2));
+        assert!(needed.is_empty());
+        for c in [new_a, new_c] {
+            assert_eq!(
+                state.read_staged(&ChunkId::of(c)).expect("staged").data(),
+                c
+            );
+        }
+
+        // b.c's reference gone (or of another size, or other bytes): in its place zeros
+        // (or the other bytes) make the prefix; a.c and c.c did not draw on it.
+        let b_was = std::fs::read(m.join("src/b.c")).expect("b");
+        for damage in ["gone", "size", "bytes"] {
+            match damage {
+                "gone" => std::fs::remove_file(m.join("src/b.c")).expect("rm"),
+                "size" => std::fs::write(m.join("src/b.c"), b"changed").expect("b"),
+                _ => std::fs::write(m.join("src/b.c"), b"void c(void) {}\n").expect("b"),
+            }
+            let (w, mut needed) = wanted(&[("src/a.c", new_a), ("src/c.c", new_c)]);
+            let got = apply(w, &mut needed);
+            assert_eq!((got.files, got.failed, got.chunks), (2, 0, 2), "{damage}");
+        }
+        // b.c wanted, its own reference other bytes: what comes out is not b.c.
+        let (w, mut needed) = wanted(&[("src/b.c", new_b)]);
+        let got = apply(w, &mut needed);
+        assert_eq!((got.files, got.failed, needed.len()), (0, 1, 1));
+        std::fs::write(m.join("src/b.c"), b_was).expect("b");
+
+        // A wanted file whose indexed size is not the item's is not taken from the batch.
+        let (mut w, mut needed) = wanted(&[("src/a.c", new_a)]);
+        w.insert(b"src/a.c".to_vec(), vec![(ChunkId::of(new_a), 3)]);
+        let got = apply_files(&state, &m, &fetched(&[rec]), w, &mut needed).expect("apply");
+        assert_eq!((got.files, got.failed, got.chunks), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_file_batch_past_the_decode_budget_is_fetched_instead() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let state = testkit::state(tmp.path());
+        let m = tmp.path().join("m");
+        std::fs::create_dir_all(&m).expect("mirror");
+        let content = vec![7u8; (FREE_BATCH + (1 << 16)) as usize];
+        let rec = file_batch(&[("big", &content, None)]);
+        let (mut w, mut needed) = wanted(&[("big", &content)]);
+        let mut files = Files {
+            state: &state,
+            safe: SafeDirs::new(&m),
+            object: "delta".into(),
+            out: Applied::default(),
+            budget: 1 << 10,
+        };
+        let b = Batch::decode(&rec).expect("decodes").expect("a batch");
+        files.batch(&b, &mut w, &mut needed).expect("apply");
+        assert_eq!((files.out.files, files.out.failed), (0, 1));
+        assert_eq!(needed.len(), 1);
+        // A batch of the writer's shape costs only its list (tens of bytes per file): an
+        // honest update of many small files never runs out.
+        files.budget = 1 << 10;
+        for i in 0..3u8 {
+            let small = vec![i; 1 << 20];
+            let rec = file_batch(&[("small", &small, None)]);
+            let (mut w, mut needed) = wanted(&[("small", &small)]);
+            let b = Batch::decode(&rec).expect("decodes").expect("a batch");
+            files.batch(&b, &mut w, &mut needed).expect("apply");
+            assert!(needed.is_empty(), "batch {i}");
+        }
+        assert_eq!((files.out.files, files.out.failed), (3, 1));
+    }
+
+    /// Stores written before node batches carry a record per node (kind 1): still read.
+    #[test]
+    fn node_records_of_older_writers_are_still_applied() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let state = testkit::state(tmp.path());
+        let (r1, r2, a2, r1b, a1b) = versions(&state);
+        let record = |path: Vec<Name>, new: &Node, old: &[u8]| {
+            let plain = new.encode();
+            DeltaRecord {
+                kind: RecordKind::Node,
+                reference: Some(path.clone()),
+                path,
+                size: plain.len() as u64,
+                ref_size: old.len() as u64,
+            }
+            .encode(&delta::encode(old, &plain, 3).expect("frame"))
+        };
+        let recs = [
+            record(Vec::new(), &r2, &r1b),
+            record(vec![name("a")], &a2, &a1b),
+        ];
+        let n = apply_nodes(&state, &fetched(&recs), &r1.id()).expect("apply");
+        assert_eq!(n, 2);
+        assert_eq!(state.node_bytes(&r2.id()), Some(r2.encode()));
+    }
 }

@@ -115,7 +115,7 @@ fn run(
     if let Some(e) = &report.delta_error {
         tracing::warn!(error = %e, "delta not used; chunks are fetched instead");
     }
-    let planned = survey::survey(state, opts, &acc, changes, &mut report)?;
+    let planned = survey::survey(store, state, opts, &acc, changes, &mut report)?;
     let plan = &planned.plan;
     tracing::info!(
         files = plan.files.len(),

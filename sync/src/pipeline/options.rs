@@ -155,8 +155,12 @@ pub struct SyncReport {
     pub delta_failed: u64,
     /// Chunks taken from files rebuilt from the delta.
     pub chunks_from_delta: u64,
-    /// Why a listed delta was not used, if it failed as a whole.
+    /// Why a listed delta pack was not used, if one failed as a whole (the first such
+    /// reason, when a delta has several packs).
     pub delta_error: Option<String>,
+    /// The delta was fetched after the plan (it looked no smaller than the packs the
+    /// versions since added, but the chunks the plan lacked came to more).
+    pub delta_by_plan: bool,
     /// Cached index nodes deleted after the version was applied (no applied tree reaches them).
     pub nodes_pruned: u64,
     /// Why pruning the node cache failed (the sync itself succeeded).

@@ -4,7 +4,9 @@
 //! repository metadata), and what to delete (last). `--dry-run` prints it.
 //!
 //! A file counts as current when its size and mtime match the new entry, unless the old
-//! entry had the same size and mtime with other chunks (`stale`). A pack is fetched whole
+//! entry had the same size and mtime with other chunks (`stale`); one that matches the old
+//! entry, whose chunks the new entry keeps (a release re-stamped it), gets the new mtime
+//! and mode in place (`restamped`). A pack is fetched whole
 //! when `whole_ratio` (0.5) of it is needed and it would take more than one range;
 //! otherwise ranges closer than `max_gap` (64 KiB) are merged. Directories are made
 //! parents first; deletions and directory attributes go deepest first; the top indexes
@@ -106,6 +108,9 @@ pub(crate) struct AttrOp {
     pub mode: u32,
     /// Modification time.
     pub mtime: Mtime,
+    /// For a file: the size and mtime the survey saw, which made its content trusted; the
+    /// file must still have them when its attributes are set.
+    pub seen: Option<(u64, Mtime)>,
 }
 
 /// Everything a sync will do, in order.
@@ -233,6 +238,7 @@ impl Planner {
                         path,
                         mode: self.settings.dir_mode(e.mode),
                         mtime: e.mtime,
+                        seen: None,
                     });
                 }
                 EntryKind::File { size, chunks } => match seen {
@@ -247,8 +253,21 @@ impl Planner {
                                 path,
                                 mode: want,
                                 mtime: e.mtime,
+                                seen: Some((*s, *m)),
                             });
                         }
+                    }
+                    Observed::File {
+                        size: s, mtime: m, ..
+                    } if restamped(d.old, e).is_some_and(|old| old == (*s, *m)) => {
+                        // The old version's file, whose content the new version keeps
+                        // (a release re-stamped it): its attributes change, not its bytes.
+                        plan.attrs.push(AttrOp {
+                            path,
+                            mode: self.settings.file_mode(e.mode),
+                            mtime: e.mtime,
+                            seen: Some((*s, *m)),
+                        });
                     }
                     _ => {
                         for c in chunks {
@@ -415,6 +434,31 @@ fn group_fetches<'a>(
         });
     }
     fetches
+}
+
+/// For a file entry `e` whose old entry of the same name has the same chunks (the content
+/// did not change: only the mtime or mode did), the old entry's size and mtime. A local
+/// file of that size and mtime counts as the old version's, as a file matching the new
+/// entry counts as current.
+fn restamped(old: Option<&Node>, e: &pulpdist_format::Entry) -> Option<(u64, Mtime)> {
+    let oe = old?.get(e.name.as_bytes())?;
+    match (&oe.kind, &e.kind) {
+        (
+            EntryKind::File {
+                size: old_size,
+                chunks: old_chunks,
+            },
+            EntryKind::File { size, chunks },
+        ) if old_size == size
+            && old_chunks
+                .iter()
+                .map(|c| c.id)
+                .eq(chunks.iter().map(|c| c.id)) =>
+        {
+            Some((*old_size, oe.mtime))
+        }
+        _ => None,
+    }
 }
 
 /// Whether the old node has a file of the new entry `e`'s name, size and mtime but other
@@ -635,6 +679,57 @@ mod tests {
         assert_eq!(plan.attrs.len(), 1, "b.deb is current but its mode changed");
         // InRelease (40..140) and Packages (140..240) merge; a.deb stays apart.
         assert_eq!(plan.fetches[0].ranges, vec![40..240, 1000..1100]);
+    }
+
+    /// A release that re-stamped a file without changing it: the mirror's copy (the old
+    /// entry's size and mtime) gets the new mtime, not a rewrite; a copy that is not the old
+    /// entry's (another mtime), or a file whose chunks changed, is written.
+    #[test]
+    fn a_restamped_file_gets_its_new_mtime_not_a_rewrite() {
+        let old = Node::new(vec![
+            file("same.c", vec![chunk(1, 0)]),
+            file("edited.c", vec![chunk(2, 100)]),
+            file("local-edit.c", vec![chunk(3, 200)]),
+        ])
+        .expect("node");
+        let later = Mtime { secs: 9, nanos: 0 };
+        let restamp = |mut e: Entry| {
+            e.mtime = later;
+            e
+        };
+        let new = Node::new(vec![
+            restamp(file("same.c", vec![chunk(1, 0)])),
+            restamp(file("edited.c", vec![chunk(4, 300)])),
+            restamp(file("local-edit.c", vec![chunk(3, 200)])),
+        ])
+        .expect("node");
+        let seen = |secs| Observed::File {
+            size: 100,
+            mtime: Mtime { secs, nanos: 0 },
+            mode: 0o644,
+        };
+        let mut local = HashMap::new();
+        local.insert(b"same.c".to_vec(), seen(5));
+        local.insert(b"edited.c".to_vec(), seen(5));
+        local.insert(b"local-edit.c".to_vec(), seen(7));
+        let view = DirView {
+            rel: PathBuf::from("src"),
+            new: &new,
+            old: Some(&old),
+            local: &local,
+        };
+        let plan = make_plan(&[view], &HashMap::new(), &HashMap::new(), &settings());
+        let written: Vec<_> = plan.files.iter().map(|f| f.path.clone()).collect();
+        assert_eq!(
+            written,
+            [
+                PathBuf::from("src/edited.c"),
+                PathBuf::from("src/local-edit.c")
+            ]
+        );
+        assert_eq!(plan.attrs.len(), 1);
+        assert_eq!(plan.attrs[0].path, PathBuf::from("src/same.c"));
+        assert_eq!(plan.attrs[0].mtime, later);
     }
 
     /// Regression: metadata was renamed breadth first, so `dists/x/InRelease` and

@@ -125,8 +125,45 @@ pub(super) fn read_local(
     })
 }
 
-/// Executes one fetch: the whole pack or its ranges; every chunk verified, then staged.
+/// The most bytes of a pack one fetch holds at once when ranges are cheap (a directory
+/// store): a whole pack is read in windows this size, so a first sync with many fetches in
+/// flight holds a few windows rather than a few packs.
+const WINDOW: u64 = 4 << 20;
+
+/// Executes one fetch: the whole pack or its ranges (in windows, where ranges are cheap
+/// and a read would be larger); every chunk verified, then staged.
 fn fetch_op(store: &dyn StoreReader, state: &State, op: &FetchOp) -> Result<u64, SyncError> {
+    let spans = match op.whole {
+        true => op.size,
+        false => op.ranges.iter().map(|r| r.end - r.start).max().unwrap_or(0),
+    };
+    if spans > WINDOW && store.cheap_ranges() && op.chunks.len() > 1 {
+        let mut chunks = op.chunks.clone();
+        chunks.sort_by_key(|c| c.loc.offset);
+        let mut n = 0;
+        let mut rest = &chunks[..];
+        while let Some(first) = rest.first() {
+            let start = first.loc.offset;
+            // The chunks that end within a window of the first (at least the first).
+            let take = rest
+                .iter()
+                .position(|c| c.loc.range().end.saturating_sub(start) > WINDOW)
+                .unwrap_or(rest.len())
+                .max(1);
+            let (now, later) = rest.split_at(take);
+            let end = now.iter().map(|c| c.loc.range().end).max().unwrap_or(start);
+            let window = FetchOp {
+                pack: op.pack,
+                whole: false,
+                size: 0,
+                ranges: std::iter::once(start..end).collect(),
+                chunks: now.to_vec(),
+            };
+            n += fetch_op(store, state, &window)?;
+            rest = later;
+        }
+        return Ok(n);
+    }
     let bufs: Vec<(u64, Vec<u8>)> = if op.whole {
         vec![(0, store.get_pack(&op.pack, op.size)?)]
     } else if store.multi_range() && op.ranges.len() > 1 {
@@ -267,6 +304,66 @@ mod tests {
     use super::super::testkit::{self, MemStore};
     use super::*;
     use pulpdist_format::{Codec, Location};
+
+    #[test]
+    fn a_large_whole_pack_is_read_in_windows_where_ranges_are_cheap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = testkit::state(dir.path());
+        // Three chunks of 3 MiB, stored raw one after the other: a 9 MiB pack.
+        let pieces: Vec<Vec<u8>> = (0..3u8)
+            .map(|i| (0..3u32 << 20).map(|j| (j % 251) as u8 ^ i).collect())
+            .collect();
+        let mut pack = Vec::new();
+        let mut chunks = Vec::new();
+        for p in &pieces {
+            chunks.push(ChunkRef {
+                id: ChunkId::of(p),
+                loc: Location {
+                    pack: PackId([2; 32]),
+                    offset: pack.len() as u64,
+                    stored_len: p.len() as u32,
+                    raw_len: p.len() as u32,
+                    codec: Codec::Raw,
+                },
+            });
+            pack.extend_from_slice(p);
+        }
+        let op = FetchOp {
+            pack: PackId([2; 32]),
+            whole: true,
+            size: pack.len() as u64,
+            ranges: Vec::new(),
+            chunks,
+        };
+        // The same chunks as one coalesced range.
+        let ranged = FetchOp {
+            whole: false,
+            size: 0,
+            ranges: std::iter::once(0..9 << 20).collect(),
+            ..op.clone()
+        };
+        for (op, cheap) in [(&op, true), (&op, false), (&ranged, true), (&ranged, false)] {
+            let mut store = MemStore {
+                cheap,
+                ..MemStore::default()
+            };
+            store.packs.insert(PackId([2; 32]), pack.clone());
+            assert_eq!(fetch_op(&store, &state, op).expect("fetched"), 3);
+            let reads = store.reads.lock().expect("reads").clone();
+            match cheap {
+                // A window holds whole chunks, at most 4 MiB of them: one chunk each.
+                true => assert_eq!(reads, vec![3 << 20; 3]),
+                // Over a network: one request, as planned.
+                false => assert_eq!(reads, vec![9 << 20]),
+            }
+        }
+        for p in &pieces {
+            assert_eq!(
+                state.read_staged(&ChunkId::of(p)).expect("staged").data(),
+                &p[..]
+            );
+        }
+    }
 
     /// A plan fetching "hello" and "world", stored raw at 0 and 5 of pack `[1; 32]`.
     fn planned() -> (Planned, Vec<ChunkId>) {

@@ -23,6 +23,7 @@ use super::{SyncOptions, SyncReport};
 use crate::error::{IoContext, SyncError};
 use crate::fsutil::SafeDirs;
 use crate::state::State;
+use crate::store::StoreReader;
 
 /// A plan with the reference (pack and offset) of every chunk it may fetch.
 pub(super) struct Planned {
@@ -34,6 +35,7 @@ pub(super) struct Planned {
 
 /// Plans the changed directories; counts what the plan reuses and changes in `report`.
 pub(super) fn survey(
+    store: &dyn StoreReader,
     state: &State,
     opts: &SyncOptions,
     acc: &Accepted,
@@ -87,6 +89,33 @@ pub(super) fn survey(
                 &mut needed,
                 &mut sources,
             );
+        }
+    }
+    // The delta's further packs (a large delta is several), and a delta left for the plan
+    // when the chunks still missing come to more bytes than all its packs (a store whose
+    // other trees already hold a version's chunks writes small packs for it, which says
+    // nothing of what this mirror lacks): each fetched one at a time (up to 256 MiB in
+    // memory), only while the missing chunks come to more bytes than it (their bytes are
+    // the most the pack could save), and no more once a pack saved less than half its
+    // size (the mirror had what it carries; the rest likely too).
+    let spare_size: u64 = changes.spare.iter().map(|d| d.size).sum();
+    let spare = match lacking(&planner, &sources) > spare_size {
+        true => changes.spare,
+        false => Vec::new(),
+    };
+    let by_plan = !spare.is_empty();
+    for info in changes.rest.into_iter().chain(spare) {
+        let before = lacking(&planner, &sources);
+        if before <= info.size {
+            continue;
+        }
+        let Some(fetched) = super::changes::get_delta(store, state, info, report) else {
+            continue;
+        };
+        report.delta_by_plan |= by_plan;
+        use_delta(state, opts, &fetched, &planner, &mut sources, report);
+        if before - lacking(&planner, &sources) < info.size / 2 {
+            break;
         }
     }
     let (plan, refs) = planner.finish(&sources, &acc.pack_sizes());
@@ -146,7 +175,18 @@ fn observe(
     })
 }
 
-/// Rebuilds the changed files the delta carries; records the chunks it staged as sources.
+/// The stored bytes of the chunks the plan still lacks (not local, not staged).
+fn lacking(planner: &Planner, sources: &HashMap<ChunkId, Source>) -> u64 {
+    planner
+        .wanted()
+        .iter()
+        .filter(|(id, _)| !sources.contains_key(*id))
+        .map(|(_, r)| u64::from(r.loc.stored_len))
+        .sum()
+}
+
+/// Rebuilds the changed files one delta pack carries; records the chunks it staged as
+/// sources (counts add up across a delta's packs).
 fn use_delta(
     state: &State,
     opts: &SyncOptions,
@@ -175,14 +215,14 @@ fn use_delta(
     let before = needed.clone();
     match super::delta::apply_files(state, &opts.dest, fetched, wanted, &mut needed) {
         Ok(applied) => {
-            report.delta_files = applied.files;
-            report.delta_failed = applied.failed;
-            report.chunks_from_delta = applied.chunks;
+            report.delta_files += applied.files;
+            report.delta_failed += applied.failed;
+            report.chunks_from_delta += applied.chunks;
             for id in before.difference(&needed) {
                 sources.insert(*id, Source::Staged);
             }
         }
-        Err(e) => report.delta_error = Some(e.to_string()),
+        Err(e) => _ = report.delta_error.get_or_insert(e.to_string()),
     }
 }
 
@@ -481,7 +521,7 @@ mod tests {
         let store = testkit::MemStore::default();
         let changes =
             super::super::changes::find(&store, &state, &opts, &acc, &mut report).expect("walked");
-        let planned = survey(&state, &opts, &acc, changes, &mut report).expect("planned");
+        let planned = survey(&store, &state, &opts, &acc, changes, &mut report).expect("planned");
         let f = &planned.plan.files[0];
         assert_eq!(f.path, Path::new("c/n"));
         let from_a = Source::Local {
@@ -499,7 +539,7 @@ mod tests {
             .expect("mtime");
         let changes =
             super::super::changes::find(&store, &state, &opts, &acc, &mut report).expect("walked");
-        let planned = survey(&state, &opts, &acc, changes, &mut report).expect("planned");
+        let planned = survey(&store, &state, &opts, &acc, changes, &mut report).expect("planned");
         assert_eq!(planned.plan.fetches.len(), 1);
     }
 }

@@ -25,6 +25,10 @@ pub(super) struct MemStore {
     pub(super) always_304: bool,
     /// The tag each head request carried.
     pub(super) asked: Mutex<Vec<Option<String>>>,
+    /// Ranges cost no more than whole packs (as a directory store).
+    pub(super) cheap: bool,
+    /// The length of every range or pack read.
+    pub(super) reads: Mutex<Vec<u64>>,
 }
 
 impl StoreReader for MemStore {
@@ -47,14 +51,22 @@ impl StoreReader for MemStore {
             },
         })
     }
+    fn cheap_ranges(&self) -> bool {
+        self.cheap
+    }
     fn get_range(&self, pack: &PackId, range: Range<u64>) -> Result<Vec<u8>, SyncError> {
+        self.reads
+            .lock()
+            .expect("reads")
+            .push(range.end - range.start);
         let p = self.pack(pack)?;
         let end = (range.end as usize).min(p.len());
         Ok(p.get(range.start as usize..end)
             .unwrap_or_default()
             .to_vec())
     }
-    fn get_pack(&self, pack: &PackId, _size: u64) -> Result<Vec<u8>, SyncError> {
+    fn get_pack(&self, pack: &PackId, size: u64) -> Result<Vec<u8>, SyncError> {
+        self.reads.lock().expect("reads").push(size);
         self.pack(pack).cloned()
     }
 }

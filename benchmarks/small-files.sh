@@ -1,0 +1,62 @@
+#!/bin/sh
+# Issue 20's many-small-files case: a first sync of 200,000 files of 200 B to 3 kB in 200
+# directories from a directory store, beside `rsync -a` of the same tree on the same disk
+# (rsync flushes nothing; `rsync -a` then `sync` is given too), three rounds interleaved;
+# then an update (one file per directory). Prints wall and CPU seconds and peak RSS (MB)
+# of each run and the ratios of the medians.
+#
+#   benchmarks/small-files.sh [FILES] [DIRS] [WORK]
+# Binaries: $PULPDIST and $GEN_TREE, or target/release (built first).
+set -eu
+FILES="${1:-200000}"
+DIRS="${2:-200}"
+WORK="${3:-/tmp/pulpdist-small-files}"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+if [ -z "${PULPDIST:-}" ] || [ -z "${GEN_TREE:-}" ]; then
+    (cd "$ROOT" && cargo build --release --locked -p pulpdist -p pulpdist-benchmarks >&2)
+fi
+PULPDIST="${PULPDIST:-$ROOT/target/release/pulpdist}"
+GEN_TREE="${GEN_TREE:-$ROOT/target/release/gen-tree}"
+command -v /usr/bin/time >/dev/null || apt-get install -y time >/dev/null
+command -v rsync >/dev/null || apt-get install -y rsync >/dev/null
+
+rm -rf "$WORK"
+mkdir -p "$WORK"
+cd "$WORK"
+"$PULPDIST" keygen key >/dev/null
+"$GEN_TREE" small up "$FILES" "$DIRS" 1
+"$PULPDIST" publish --store store --tree small --key key up >/dev/null
+sync
+
+timed() {
+    name="$1"
+    shift
+    /usr/bin/time -f "%e %U %S %M" -o t.out "$@" >/dev/null
+    awk -v n="$name" '{ printf "%s %.2f %.2f %.0f\n", n, $1, $2 + $3, $4 / 1024 }' t.out
+}
+: >results.txt
+for i in 1 2 3; do
+    rm -rf mirror .mirror.pulpdist copy
+    sync
+    timed "pulpdist_first_sync" "$PULPDIST" sync --store store --tree small --trust key.pub mirror >>results.txt
+    sync
+    timed "rsync_a" rsync -a up/ copy/ >>results.txt
+    rm -rf copy
+    sync
+    timed "rsync_a_then_sync" sh -c 'rsync -a up/ copy/ && sync' >>results.txt
+done
+"$GEN_TREE" small up "$FILES" "$DIRS" 2
+"$PULPDIST" publish --store store --tree small --key key up >/dev/null
+sync
+timed "pulpdist_update" "$PULPDIST" sync --store store --tree small --trust key.pub mirror >>results.txt
+timed "rsync_a_update" rsync -a up/ copy/ >>results.txt
+diff -r up mirror >/dev/null && echo "mirror identical to the source"
+cat results.txt
+# Medians of the three rounds (the second of three, sorted), and the ratios.
+median() { grep "^$1 " results.txt | sort -k2 -n | sed -n 2p | awk '{ print $2 }'; }
+peak() { grep "^$1 " results.txt | sort -k4 -n | tail -n 1 | awk '{ print $4 }'; }
+P=$(median pulpdist_first_sync)
+R=$(median rsync_a)
+RS=$(median rsync_a_then_sync)
+echo "median first sync: pulpdist $P s (peak RSS $(peak pulpdist_first_sync) MB), rsync -a $R s, rsync -a + sync $RS s"
+awk -v p="$P" -v r="$R" -v rs="$RS" 'BEGIN { printf "pulpdist first sync / rsync -a: %.2f; / rsync -a + sync: %.2f\n", p / r, p / rs }'
