@@ -76,6 +76,19 @@ fn write(path: &Path, data: &[u8], mode: u32, mtime: i64) -> io::Result<()> {
     filetime::set_file_mtime(path, FileTime::from_unix_time(mtime, 0))
 }
 
+/// `len` bytes that do not compress (xorshift from `seed`).
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 /// Writes version 1 of a tree into `root` (which should be empty). `scale` multiplies the
 /// number of files (1: about 60 files, 3 MB).
 pub fn generate(root: &Path, seed: u64, scale: usize) -> io::Result<()> {

@@ -2,19 +2,21 @@
 //! cut on every core (an ISO 9660 image along its files' extents, so that each file inside
 //! cuts as it would alone); a chunk the store lacks is compressed on the worker, and a
 //! file's new chunks are sent to this thread together (in pieces of at most
-//! [`RUN_BYTES`]), which appends each piece to the data packs whole. So a file's new
-//! chunks lie together in runs whatever the workers did at the same time, and a site that
-//! lacks that file fetches it in a range per run, one for most files (when they alternated
-//! chunk by chunk, one file of 81 chunks took from 26 to 50 requests by thread timing).
-//! Each new chunk is claimed once, so two files sharing it store it once.
+//! [`RUN_BYTES`]), which appends them to the data packs in the order of the files
+//! ([`InOrder`]), whatever the workers did at the same time. So a file's new chunks lie
+//! together, and a site that lacks that file fetches it in a range per run (when they
+//! alternated chunk by chunk, one file of 81 chunks took from 26 to 50 requests by thread
+//! timing); and the same files give the same packs on any number of threads, byte for
+//! byte. A chunk two files share is stored once, with the first of them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Seek};
-use std::path::Path;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
-
-use rayon::prelude::*;
 
 use pulpdist_chunker::{Chunker, Compressor};
 use pulpdist_format::pack::ObjectKind;
@@ -77,7 +79,7 @@ pub(super) fn chunk_new(
     let to_read: Vec<usize> = (0..walk.files.len())
         .filter(|&i| file_chunks[i].is_none())
         .collect();
-    let mut namer = pack_namer(run.opts, run.version);
+    let mut namer = pack_namer(run, &catalog.listed);
     let mut packer = Packer::new(
         run.store,
         run.tmp_dir.clone(),
@@ -85,11 +87,11 @@ pub(super) fn chunk_new(
         run.opts.pack_target,
         Box::new(move || namer("data")),
     );
-    let claimed: Mutex<HashSet<ChunkId>> = Mutex::new(HashSet::new());
+    let claimed = Mutex::new(HashMap::new());
     let isos = Mutex::new(IsoNotes::default());
-    // Each message up to RUN_BYTES: at most a few in flight.
-    let (tx, rx) = mpsc::sync_channel::<Vec<NewChunk>>(4);
-    let mut locs = HashMap::new();
+    // Each piece up to RUN_BYTES: at most a few in flight.
+    let (tx, rx) = mpsc::sync_channel::<Piece>(4);
+    let mut order = InOrder::new(&mut packer, run.tmp_dir.clone());
     let readers = Readers {
         run,
         chunker,
@@ -107,15 +109,9 @@ pub(super) fn chunk_new(
             r
         });
         let mut write_err = None;
-        for c in rx.iter().flatten() {
-            if write_err.is_some() {
-                continue;
-            }
-            report.chunks_new += 1;
-            report.bytes_new += u64::from(c.raw_len);
-            match packer.add(ObjectKind::Chunk, c.id.0, c.codec, c.raw_len, &c.bytes) {
-                Ok(loc) => _ = locs.insert(c.id, loc),
-                Err(e) => write_err = Some(e),
+        for piece in rx.iter() {
+            if write_err.is_none() {
+                write_err = order.take(piece).err();
             }
         }
         let results = worker
@@ -126,6 +122,9 @@ pub(super) fn chunk_new(
             None => results,
         }
     })?;
+    let locs = order.finish(to_read.len())?;
+    report.chunks_new += locs.len() as u64;
+    report.bytes_new += locs.values().map(|l| u64::from(l.raw_len)).sum::<u64>();
     for (i, chunks) in read {
         report.files_read += 1;
         report.bytes_read += chunks.iter().map(|(_, l)| u64::from(*l)).sum::<u64>();
@@ -133,7 +132,8 @@ pub(super) fn chunk_new(
     }
     let (packs, bytes) = packer.finish()?;
     pulpdist_failpoint::hit("publish.data_packs");
-    let isos = isos.into_inner().unwrap_or_default();
+    let mut isos = isos.into_inner().unwrap_or_default();
+    isos.plain.sort();
     Ok(DataPacks {
         packs,
         bytes,
@@ -142,47 +142,232 @@ pub(super) fn chunk_new(
     })
 }
 
+/// A piece of one file's new chunks; `file` is the file's place in the order of reading.
+struct Piece {
+    file: usize,
+    chunks: Vec<NewChunk>,
+    /// The file's last piece (possibly empty: every file read sends one).
+    last: bool,
+}
+
+/// The pack writer's side of the chunking: appends the files' new chunks to the packs in
+/// the order of the files, whatever order their pieces arrive in. A piece that arrives
+/// before its turn is held: in memory up to [`HOLD_BYTES`], then in an unnamed temporary
+/// file beside the packs, which is gone when the publish ends, however it ends. The
+/// workers never wait for each other: while one reads a large file, another's later files
+/// are held, at most the new bytes read meanwhile.
+struct InOrder<'p, 'a> {
+    packer: &'p mut Packer<'a>,
+    tmp_dir: PathBuf,
+    /// The file whose pieces are written as they come.
+    next: usize,
+    /// Pieces of later files, and whether each file's last piece is among them.
+    held: BTreeMap<usize, (Vec<Held>, bool)>,
+    in_memory: usize,
+    /// At most this many held bytes in memory ([`HOLD_BYTES`]).
+    hold_limit: usize,
+    spill: Option<(File, u64)>,
+    /// Where each chunk written is; a chunk is written once, with its first file.
+    locs: HashMap<ChunkId, Location>,
+}
+
+/// A chunk held until its file's turn.
+struct Held {
+    id: ChunkId,
+    raw_len: u32,
+    codec: Codec,
+    bytes: HeldBytes,
+}
+
+enum HeldBytes {
+    Memory(Vec<u8>),
+    Spilled { at: u64, len: usize },
+}
+
+/// Held pieces kept in memory, at most; the rest go to a temporary file.
+const HOLD_BYTES: usize = 64 << 20;
+
+impl<'p, 'a> InOrder<'p, 'a> {
+    fn new(packer: &'p mut Packer<'a>, tmp_dir: PathBuf) -> Self {
+        InOrder {
+            packer,
+            tmp_dir,
+            next: 0,
+            held: BTreeMap::new(),
+            in_memory: 0,
+            hold_limit: HOLD_BYTES,
+            spill: None,
+            locs: HashMap::new(),
+        }
+    }
+
+    fn take(&mut self, piece: Piece) -> Result<(), PublishError> {
+        if piece.file == self.next {
+            for c in piece.chunks {
+                self.write(c.id, c.raw_len, c.codec, &c.bytes)?;
+            }
+            if piece.last {
+                self.next += 1;
+                self.drain()?;
+            }
+            return Ok(());
+        }
+        let mut held = Vec::with_capacity(piece.chunks.len());
+        for c in piece.chunks {
+            held.push(self.hold(c)?);
+        }
+        let entry = self.held.entry(piece.file).or_default();
+        entry.0.extend(held);
+        entry.1 |= piece.last;
+        Ok(())
+    }
+
+    /// Writes the held pieces whose turn has come.
+    fn drain(&mut self) -> Result<(), PublishError> {
+        while let Some((chunks, last)) = self.held.remove(&self.next) {
+            for h in chunks {
+                let bytes = match h.bytes {
+                    HeldBytes::Memory(b) => {
+                        self.in_memory -= b.len();
+                        b
+                    }
+                    HeldBytes::Spilled { at, len } => self.unspill(at, len)?,
+                };
+                self.write(h.id, h.raw_len, h.codec, &bytes)?;
+            }
+            if !last {
+                // The rest of this file is still on its way; it is written as it comes.
+                break;
+            }
+            self.next += 1;
+        }
+        Ok(())
+    }
+
+    fn write(
+        &mut self,
+        id: ChunkId,
+        raw_len: u32,
+        codec: Codec,
+        bytes: &[u8],
+    ) -> Result<(), PublishError> {
+        if let Entry::Vacant(v) = self.locs.entry(id) {
+            v.insert(
+                self.packer
+                    .add(ObjectKind::Chunk, id.0, codec, raw_len, bytes)?,
+            );
+        }
+        Ok(())
+    }
+
+    fn hold(&mut self, c: NewChunk) -> Result<Held, PublishError> {
+        let bytes = if self.in_memory + c.bytes.len() <= self.hold_limit {
+            self.in_memory += c.bytes.len();
+            HeldBytes::Memory(c.bytes)
+        } else {
+            let (file, end) = match &mut self.spill {
+                Some(s) => s,
+                None => {
+                    let f = tempfile::tempfile_in(&self.tmp_dir).at(&self.tmp_dir)?;
+                    self.spill.insert((f, 0))
+                }
+            };
+            file.write_all_at(&c.bytes, *end).at(&self.tmp_dir)?;
+            let at = *end;
+            *end += c.bytes.len() as u64;
+            HeldBytes::Spilled {
+                at,
+                len: c.bytes.len(),
+            }
+        };
+        Ok(Held {
+            id: c.id,
+            raw_len: c.raw_len,
+            codec: c.codec,
+            bytes,
+        })
+    }
+
+    fn unspill(&self, at: u64, len: usize) -> Result<Vec<u8>, PublishError> {
+        let Some((file, _)) = &self.spill else {
+            return Err(PublishError::Internal(
+                "a held chunk without its file".into(),
+            ));
+        };
+        let mut bytes = vec![0; len];
+        file.read_exact_at(&mut bytes, at).at(&self.tmp_dir)?;
+        Ok(bytes)
+    }
+
+    /// The chunks written, once every one of `files` files has sent its last piece.
+    fn finish(self, files: usize) -> Result<HashMap<ChunkId, Location>, PublishError> {
+        if self.next != files || !self.held.is_empty() {
+            return Err(PublishError::Internal(format!(
+                "the pack writer stopped at file {} of {files}",
+                self.next
+            )));
+        }
+        Ok(self.locs)
+    }
+}
+
 /// What the chunking workers share.
 struct Readers<'a> {
     run: &'a Run<'a>,
     chunker: &'a Chunker,
     walk: &'a Walk,
     catalog: &'a Catalog,
-    claimed: &'a Mutex<HashSet<ChunkId>>,
+    claimed: &'a Claims,
     isos: &'a Mutex<IsoNotes>,
 }
 
+/// Each new chunk, and the first file (in the order of reading) that sent it: a later file
+/// does not send it again, an earlier one does.
+type Claims = Mutex<HashMap<ChunkId, usize>>;
+
 impl Readers<'_> {
-    /// Reads the files `to_read` (indexes into the walk's files) in parallel.
+    /// Reads the files `to_read` (indexes into the walk's files) in parallel: each worker
+    /// takes the next file in that order.
     fn read_all(
         &self,
         to_read: &[usize],
-        tx: &mpsc::SyncSender<Vec<NewChunk>>,
+        tx: &mpsc::SyncSender<Piece>,
     ) -> Result<Vec<(usize, ChunkList)>, PublishError> {
         let level = self.run.opts.zstd_level;
         let progress = &self.run.opts.progress;
         let bytes = to_read.iter().map(|&i| self.walk.files[i].stat.size).sum();
         progress.start("read", to_read.len() as u64, bytes);
-        let read = to_read
-            .par_iter()
-            .map_init(
-                || Compressor::new(level),
-                |comp, &i| {
-                    let comp = comp.as_mut().map_err(|e| PublishError::Compressor {
-                        what: "chunks",
-                        detail: e.to_string(),
-                    })?;
-                    let path = self.walk.path(&self.run.opts.source, &self.walk.files[i]);
-                    let (catalog, claimed) = (self.catalog, self.claimed);
-                    let chunks =
-                        chunk_file(self.chunker, comp, &path, catalog, claimed, tx, self.isos)?;
-                    progress.advance(1, self.walk.files[i].stat.size);
-                    Ok((i, chunks))
-                },
-            )
-            .collect();
+        let (next, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
+        let per_worker = rayon::broadcast(|_| {
+            let mut comp = Compressor::new(level).map_err(|e| PublishError::Compressor {
+                what: "chunks",
+                detail: e.to_string(),
+            })?;
+            let mut done = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&i) = to_read.get(k) else {
+                    break;
+                };
+                let path = self.walk.path(&self.run.opts.source, &self.walk.files[i]);
+                let run = (tx, Pending::new(k));
+                match chunk_file(self, &mut comp, &path, run) {
+                    Ok(chunks) => done.push((i, chunks)),
+                    Err(e) => {
+                        stop.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
+                progress.advance(1, self.walk.files[i].stat.size);
+            }
+            Ok(done)
+        });
         progress.finish();
-        read
+        let mut read = Vec::with_capacity(to_read.len());
+        for r in per_worker {
+            read.extend(r?);
+        }
+        Ok(read)
     }
 }
 
@@ -201,14 +386,13 @@ const ISO_MIN: u64 = 64 * 1024;
 /// Reads one file, chunks and hashes it, and sends chunks the store lacks (compressed) to
 /// the pack writer. Returns the file's chunk list.
 fn chunk_file(
-    chunker: &Chunker,
+    readers: &Readers<'_>,
     comp: &mut Compressor,
     path: &Path,
-    catalog: &Catalog,
-    claimed: &Mutex<HashSet<ChunkId>>,
-    tx: &mpsc::SyncSender<Vec<NewChunk>>,
-    isos: &Mutex<IsoNotes>,
+    (tx, mut run): (&mpsc::SyncSender<Piece>, Pending),
 ) -> Result<Vec<(ChunkId, u32)>, PublishError> {
+    let (chunker, isos) = (readers.chunker, readers.isos);
+    let (catalog, claimed) = (readers.catalog, readers.claimed);
     let file = File::open(path).at(path)?;
     let size = file.metadata().at(path)?.len();
     let regions = if size >= ISO_MIN && pulpdist_isos::is_iso9660(path).unwrap_or(false) {
@@ -230,7 +414,6 @@ fn chunk_file(
         None
     };
     let mut out = Vec::new();
-    let mut run = Pending::default();
     let Some(regions) = regions else {
         chunk_stream(
             chunker.stream(file),
@@ -241,7 +424,7 @@ fn chunk_file(
             (tx, &mut run),
             &mut out,
         )?;
-        run.send(tx)?;
+        run.send(tx, true)?;
         return Ok(out);
     };
     // The image in segments: each file's data region cut exactly as the file alone would
@@ -260,7 +443,7 @@ fn chunk_file(
             &mut out,
         )?;
     }
-    run.send(tx)?;
+    run.send(tx, true)?;
     let total: u64 = out.iter().map(|(_, l)| u64::from(*l)).sum();
     if total != size {
         return Err(PublishError::Source {
@@ -277,8 +460,8 @@ fn chunk_stream<R: std::io::Read>(
     path: &Path,
     comp: &mut Compressor,
     catalog: &Catalog,
-    claimed: &Mutex<HashSet<ChunkId>>,
-    (tx, run): (&mpsc::SyncSender<Vec<NewChunk>>, &mut Pending),
+    claimed: &Claims,
+    (tx, run): (&mpsc::SyncSender<Piece>, &mut Pending),
     out: &mut Vec<(ChunkId, u32)>,
 ) -> Result<(), PublishError> {
     while let Some(data) = stream.next_chunk().at(path)? {
@@ -288,8 +471,22 @@ fn chunk_stream<R: std::io::Read>(
         if catalog.chunks.contains_key(&id) {
             continue;
         }
-        let fresh = claimed.lock().map(|mut c| c.insert(id)).unwrap_or(false);
-        if fresh {
+        // Sent unless an earlier file (or this one) did: the writer keeps the first.
+        let first = claimed
+            .lock()
+            .map(|mut c| match c.entry(id) {
+                Entry::Vacant(v) => {
+                    v.insert(run.file);
+                    true
+                }
+                Entry::Occupied(mut o) if *o.get() > run.file => {
+                    o.insert(run.file);
+                    true
+                }
+                Entry::Occupied(_) => false,
+            })
+            .unwrap_or(true);
+        if first {
             let stored = comp.compress(data);
             run.push(
                 NewChunk {
@@ -307,46 +504,130 @@ fn chunk_stream<R: std::io::Read>(
 
 /// A file's new chunks on their way to the pack writer: sent together, in runs of about
 /// [`RUN_BYTES`], and the rest once the file is read.
-#[derive(Default)]
 struct Pending {
+    /// The file's place in the order of reading.
+    file: usize,
     chunks: Vec<NewChunk>,
     bytes: usize,
 }
 
 impl Pending {
-    fn push(
-        &mut self,
-        c: NewChunk,
-        tx: &mpsc::SyncSender<Vec<NewChunk>>,
-    ) -> Result<(), PublishError> {
+    fn new(file: usize) -> Self {
+        Pending {
+            file,
+            chunks: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    fn push(&mut self, c: NewChunk, tx: &mpsc::SyncSender<Piece>) -> Result<(), PublishError> {
         self.bytes += c.bytes.len();
         self.chunks.push(c);
         if self.bytes >= RUN_BYTES {
-            self.send(tx)?;
+            self.send(tx, false)?;
         }
         Ok(())
     }
 
-    fn send(&mut self, tx: &mpsc::SyncSender<Vec<NewChunk>>) -> Result<(), PublishError> {
+    /// Sends what is pending; `last`: the file is read (sent even when empty).
+    fn send(&mut self, tx: &mpsc::SyncSender<Piece>, last: bool) -> Result<(), PublishError> {
         self.bytes = 0;
-        if self.chunks.is_empty() {
+        if self.chunks.is_empty() && !last {
             return Ok(());
         }
-        tx.send(std::mem::take(&mut self.chunks))
+        let piece = Piece {
+            file: self.file,
+            chunks: std::mem::take(&mut self.chunks),
+            last,
+        };
+        tx.send(piece)
             .map_err(|_| PublishError::Internal("the pack writer stopped".into()))
     }
 }
 
 /// A file's new chunks go to the pack writer in runs of about this many stored bytes
-/// (memory: one run per worker and four in the channel, 8 MiB each: 544 MiB with 64
-/// threads; runs of 4 MiB cut that in half, but a 12 MB file of the debs benchmark then
+/// (memory: one run per worker and four in the channel, 8 MiB each, and [`HOLD_BYTES`]
+/// held: 608 MiB with 64 threads; runs of 4 MiB cut that in half, but a 12 MB file of the debs benchmark then
 /// took 9 or 10 requests and 26.2 to 28.6 MB, against 9 and 26.2 MB every run).
 const RUN_BYTES: usize = 8 << 20;
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::super::testkit;
     use super::*;
+    use crate::store::Store;
+    use pulpdist_format::PackId;
+
+    /// Pieces arriving in any order (each file's own in order), held in memory or in the
+    /// temporary file, give the pack the order of the files gives; a chunk two files
+    /// share is written once, with the first.
+    #[test]
+    fn pieces_out_of_order_are_written_in_the_order_of_the_files() {
+        let chunk = |i: u8| NewChunk {
+            id: ChunkId([i; 32]),
+            raw_len: 1000 + u32::from(i),
+            codec: Codec::Raw,
+            bytes: vec![i; 100 + usize::from(i)],
+        };
+        let pieces = || {
+            [
+                (0, vec![chunk(1)], false),
+                (0, vec![chunk(2)], true),
+                (1, vec![], true),
+                (2, vec![chunk(3), chunk(1)], true),
+                (3, vec![chunk(4)], false),
+                (3, vec![chunk(5), chunk(3)], true),
+            ]
+            .map(|(file, chunks, last)| Some(Piece { file, chunks, last }))
+        };
+        let site = testkit::site();
+        let tmp = site.store.tmp_dir().expect("tmp");
+        let new_packer = |name: &'static [u8]| {
+            let namer: crate::packer::PackNamer = Box::new(move || Ok(PackId::derived(name)));
+            Packer::new(&site.store, tmp.clone(), PackKind::Data, u64::MAX, namer)
+        };
+        let written = |order: &[usize], hold: usize| -> (Vec<u8>, bool) {
+            let mut packer = new_packer(b"in order");
+            let mut w = InOrder::new(&mut packer, tmp.clone());
+            w.hold_limit = hold;
+            let mut all = pieces();
+            for &k in order {
+                w.take(all[k].take().expect("each piece once"))
+                    .expect("taken");
+            }
+            let spilled = w.spill.is_some();
+            let locs = w.finish(4).expect("every file");
+            assert_eq!(locs.len(), 5);
+            let (packs, _) = packer.finish().expect("finished");
+            let path = site.store.root().join(packs[0].id.object_key());
+            let bytes = std::fs::read(&path).expect("pack");
+            std::fs::remove_file(&path).expect("rm");
+            (bytes, spilled)
+        };
+        let (in_order, _) = written(&[0, 1, 2, 3, 4, 5], HOLD_BYTES);
+        for order in [[3, 2, 4, 5, 0, 1], [4, 5, 3, 2, 0, 1], [2, 4, 0, 3, 5, 1]] {
+            for hold in [HOLD_BYTES, 250, 0] {
+                let (bytes, spilled) = written(&order, hold);
+                assert!(bytes == in_order, "{order:?}, holding {hold} bytes");
+                // Every order here holds something, never 64 MiB.
+                if hold == 0 {
+                    assert!(spilled, "{order:?}");
+                } else if hold == HOLD_BYTES {
+                    assert!(!spilled, "{order:?}");
+                }
+            }
+        }
+        // A file whose last piece never came is an error, not a short pack.
+        let mut packer = new_packer(b"short");
+        let mut w = InOrder::new(&mut packer, tmp.clone());
+        let [_, _, _, Some(p), ..] = pieces() else {
+            unreachable!("four pieces or more")
+        };
+        w.take(p).expect("held");
+        assert!(w.finish(4).is_err());
+    }
 
     #[test]
     fn a_chunk_two_files_share_is_stored_once_and_known_chunks_not_again() {

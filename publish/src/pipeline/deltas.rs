@@ -14,6 +14,9 @@ use super::{PublishOptions, Run};
 use crate::delta::{DeltaReport, DeltaSettings, Nodes};
 use crate::error::PublishError;
 
+/// Names a pack of the given kind.
+type Namer = Box<dyn FnMut(&str) -> Result<PackId, PublishError> + Send>;
+
 /// The deltas the head lists, what each cost, and their bytes.
 pub(super) type Written = (Vec<DeltaInfo>, Vec<DeltaReport>, u64);
 
@@ -24,17 +27,27 @@ pub(super) fn write(
     fresh: HashMap<NodeId, Vec<u8>>,
     root: &NodeRef,
     data_packs: &[PackInfo],
+    taken: &HashSet<PackId>,
 ) -> Result<Written, PublishError> {
     let nodes = Nodes {
         fresh,
         store: run.store,
     };
-    let (opts, version, tmp) = (run.opts, run.version, run.tmp_dir.as_path());
-    run.workers
-        .run(|| write_deltas(opts, prev, &nodes, root, data_packs, version, tmp))
+    let new_namer = || -> Namer { Box::new(pack_namer(run, taken)) };
+    run.workers.run(|| {
+        write_deltas(
+            run.opts,
+            prev,
+            &nodes,
+            root,
+            data_packs,
+            &new_namer,
+            run.tmp_dir.as_path(),
+        )
+    })
 }
 
-/// Writes the delta packs of version `version` from each of the last `opts.deltas` distinct
+/// Writes the delta packs of this version (packs named by `new_namer`) from each of the last `opts.deltas` distinct
 /// trees (their roots: the previous head's, and those its deltas name). An unchanged tree
 /// writes nothing and keeps the previous head's deltas.
 #[allow(clippy::too_many_arguments)]
@@ -44,7 +57,7 @@ fn write_deltas(
     nodes: &Nodes<'_>,
     root: &NodeRef,
     data_packs: &[PackInfo],
-    version: u64,
+    new_namer: &(dyn Fn() -> Namer + Sync),
     tmp_dir: &Path,
 ) -> Result<Written, PublishError> {
     let (Some(prev), true) = (prev, opts.deltas > 0) else {
@@ -71,7 +84,7 @@ fn write_deltas(
     };
     let (mut infos, mut reports, mut bytes) = (Vec::new(), Vec::new(), 0);
     for from in froms {
-        let mut namer = pack_namer(opts, version);
+        let mut namer = new_namer();
         let tag = format!("delta-{}", from.0);
         // Packs written since that version: chunks in them are new to a site there.
         let new_packs: HashSet<PackId> = data_packs

@@ -200,28 +200,20 @@ pub(crate) fn s(p: &Path) -> &str {
     p.to_str().expect("utf8 path")
 }
 
-/// Everything observable about a tree: kind, content, mode, mtime, symlink target.
-/// `len` bytes that do not compress and differ with `shift` (a multiplicative hash of each
-/// offset, shifted right by `shift` bits).
 /// `len` bytes that do not compress (xorshift from `seed`).
 pub(crate) fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    pulpdist_testdata::random_bytes(len, seed)
 }
 
+/// `len` bytes that do not compress and differ with `shift` (a multiplicative hash of each
+/// offset, shifted right by `shift` bits).
 pub(crate) fn noise(len: u32, shift: u32) -> Vec<u8> {
     (0..len)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> shift) as u8)
         .collect()
 }
 
+/// Everything observable about a tree: kind, content, mode, mtime, symlink target.
 pub(crate) fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
