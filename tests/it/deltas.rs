@@ -475,6 +475,104 @@ fn a_sync_killed_after_the_delta_arrived_does_not_fetch_it_again() {
     assert_same_tree(&site.src(), &site.mirror());
 }
 
+/// A delta of several packs (FORMAT.md 5.6): the first comes with the walk; a further one
+/// only while what the mirror still lacks outweighs it, and none after one that saved less
+/// than half its size; a damaged one costs only its own files; a sync killed between packs
+/// keeps those it fetched.
+#[test]
+fn the_further_packs_of_a_delta_are_fetched_only_while_they_pay() {
+    const PART: &str = "1048576";
+    // Five new files of 700 kB that do not compress (one a pack) and a small one.
+    let big: Vec<String> = (0..5).map(|i| format!("f{i}.bin")).collect();
+    let content = |f: &str| match f.strip_prefix('f') {
+        Some(i) => random_bytes(700_000, i.as_bytes()[0].into()),
+        None => random_bytes(50_000, 99),
+    };
+    let mut all = big.clone();
+    all.push("z-small.bin".into());
+    for case in ["skip", "stop", "damaged", "first gone", "killed"] {
+        let site = Site::new();
+        fs::write(site.src().join("keep.txt"), b"one").expect("v1");
+        site.publish_with(&["--delta-pack-size", PART]);
+        let server = Builtin::start(&site.store());
+        sync_over(&server, &site);
+        for f in &all {
+            fs::write(site.src().join(f), content(f)).expect("v2");
+        }
+        let p = site.publish_with(&["--delta-pack-size", PART]);
+        // The small file and f0 in the first pack, then one file a pack.
+        let parts = listed_deltas(&site.store());
+        assert_eq!(parts.len(), 5, "{p}");
+        let size = |r: std::ops::Range<usize>| parts[r].iter().map(|d| d.size).sum::<u64>();
+        let total = size(0..parts.len());
+        // What the mirror already holds of version 2 (copied by hand), per case.
+        let held: Vec<&String> = match case {
+            // Lacks f4 (700 kB): no further pack outweighs it.
+            "skip" => all.iter().filter(|f| *f != "f4.bin").collect(),
+            // Lacks f3 and f4: the second pack (f1) is fetched, saves nothing, and is the
+            // last.
+            "stop" => all
+                .iter()
+                .filter(|f| !f.starts_with("f3") && !f.starts_with("f4"))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for f in held {
+            fs::write(site.mirror().join(f), content(f)).expect("by hand");
+        }
+        let damaged = site.store().join(parts[2].pack.object_key());
+        if case == "damaged" {
+            let mut b = fs::read(&damaged).expect("pack");
+            for i in (40..b.len()).step_by(997) {
+                b[i] ^= 0x20;
+            }
+            fs::write(&damaged, b).expect("damage");
+        }
+        if case == "first gone" {
+            fs::remove_file(site.store().join(parts[0].pack.object_key())).expect("rm");
+        }
+        if case == "killed" {
+            let out = bin()
+                .args(strs(&sync_cmd(
+                    &server.url,
+                    "tree",
+                    &site.trust(),
+                    &site.mirror(),
+                    &[],
+                )))
+                .env("PULPDIST_FAILPOINT", "sync.delta_part:1")
+                .output()
+                .expect("run");
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("fail point"),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let s = sync_over(&server, &site);
+        assert_eq!(s["version"], 2, "{case}: {s}");
+        assert_same_tree(&site.src(), &site.mirror());
+        let expected = match case {
+            "skip" => size(0..1),
+            "stop" => size(0..2),
+            "damaged" => total - parts[2].size,
+            // Without the first (and its nodes, fetched one by one), the rest still pay.
+            "first gone" => total - parts[0].size,
+            // The first two packs were kept in the staging area by the killed run (and
+            // their files staged); the last, f4 alone, costs no less than its chunks.
+            _ => size(2..4),
+        };
+        assert_eq!(n(&s, "delta_bytes"), expected, "{case}: {s}\n{p}");
+        match case {
+            "damaged" | "first gone" => {
+                assert!(s["delta_error"].is_string(), "{s}");
+                assert!(n(&s, "chunks_fetched") > 0, "{s}");
+            }
+            _ => assert!(n(&s, "chunks_fetched") > 0, "{case}: {s}"),
+        }
+    }
+}
+
 /// Text that compresses like source code but is unique: `n` lines of words from a seed.
 fn text(seed: u64, n: usize) -> String {
     const WORDS: &[&str] = &[

@@ -193,13 +193,14 @@ fn choose_delta(
 }
 
 /// Fetches a delta pack (kept in the staging area: a sync killed after this fetch does not
-/// fetch it again); a delta that cannot be fetched is noted and skipped.
+/// fetch it again), and whether it came from the store now (not kept); a delta that cannot
+/// be fetched is noted and skipped.
 pub(super) fn get_delta(
     store: &dyn StoreReader,
     state: &State,
     info: DeltaInfo,
     report: &mut SyncReport,
-) -> Option<Fetched> {
+) -> Option<(Fetched, bool)> {
     let keep = state
         .dir()
         .join("staging")
@@ -209,7 +210,7 @@ pub(super) fn get_delta(
             if from_store {
                 report.delta_bytes += info.size;
             }
-            Some(f)
+            Some((f, from_store))
         }
         Err(e) => {
             report.delta_error.get_or_insert(e.to_string());
@@ -226,7 +227,7 @@ fn fetch_delta(
     applied: &pulpdist_format::Head,
     report: &mut SyncReport,
 ) -> Option<Fetched> {
-    let fetched = get_delta(store, state, info, report)?;
+    let (fetched, _) = get_delta(store, state, info, report)?;
     pulpdist_failpoint::hit("sync.delta");
     match super::delta::apply_nodes(state, &fetched, &applied.root.id) {
         Ok(n) => report.delta_nodes = n,

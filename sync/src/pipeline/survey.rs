@@ -96,8 +96,9 @@ pub(super) fn survey(
     // other trees already hold a version's chunks writes small packs for it, which says
     // nothing of what this mirror lacks): each fetched one at a time (up to 256 MiB in
     // memory), only while the missing chunks come to more bytes than it (their bytes are
-    // the most the pack could save), and no more once a pack saved less than half its
-    // size (the mirror had what it carries; the rest likely too).
+    // the most the pack could save), and no more once a pack fetched now saved less than
+    // half its size (the mirror had what it carries; the rest likely too). A pack a killed
+    // sync kept cost nothing, and saved nothing if that sync staged what it carries.
     let spare_size: u64 = changes.spare.iter().map(|d| d.size).sum();
     let spare = match lacking(&planner, &sources) > spare_size {
         true => changes.spare,
@@ -109,12 +110,13 @@ pub(super) fn survey(
         if before <= info.size {
             continue;
         }
-        let Some(fetched) = super::changes::get_delta(store, state, info, report) else {
+        let Some((fetched, now)) = super::changes::get_delta(store, state, info, report) else {
             continue;
         };
         report.delta_by_plan |= by_plan;
         use_delta(state, opts, &fetched, &planner, &mut sources, report);
-        if before - lacking(&planner, &sources) < info.size / 2 {
+        pulpdist_failpoint::hit("sync.delta_part");
+        if now && before - lacking(&planner, &sources) < info.size / 2 {
             break;
         }
     }
