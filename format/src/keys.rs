@@ -35,12 +35,6 @@ impl SecretKey {
     pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
         self.0.sign(msg).to_bytes()
     }
-    /// A 32-byte secret for `context`, derived from this key (BLAKE3 `derive_key` over
-    /// its seed): what only the key's holder can compute, such as the names of packs not
-    /// yet published.
-    pub fn derive_secret(&self, context: &str) -> [u8; 32] {
-        blake3::derive_key(context, &self.0.to_bytes())
-    }
     /// The key file text.
     pub fn to_text(&self) -> String {
         format!("{SECRET_TAG} {}\n", hex::encode(self.0.to_bytes()))

@@ -37,9 +37,6 @@ pub(crate) struct Catalog {
     pub(crate) unreadable: Vec<String>,
     /// Packs left out because a garbage collector condemned them.
     pub(crate) condemned: HashSet<PackId>,
-    /// Every pack the store lists, readable or not, condemned or not: names a new pack
-    /// must not take.
-    pub(crate) listed: HashSet<PackId>,
 }
 
 impl Catalog {
@@ -54,7 +51,6 @@ impl Catalog {
         cat.condemned = condemned.packs.keys().copied().collect();
         for listed in store.list_packs()? {
             let (id, size) = (listed.id, listed.size);
-            cat.listed.insert(id);
             if cat.condemned.contains(&id) {
                 continue;
             }

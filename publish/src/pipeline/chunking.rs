@@ -16,7 +16,7 @@ use std::io::{Read, Seek};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::{mpsc, Condvar, Mutex, PoisonError};
 
 use pulpdist_chunker::{Chunker, Compressor};
 use pulpdist_format::pack::ObjectKind;
@@ -79,7 +79,7 @@ pub(super) fn chunk_new(
     let to_read: Vec<usize> = (0..walk.files.len())
         .filter(|&i| file_chunks[i].is_none())
         .collect();
-    let mut namer = pack_namer(run, &catalog.listed);
+    let mut namer = pack_namer(run.opts, run.version);
     let mut packer = Packer::new(
         run.store,
         run.tmp_dir.clone(),
@@ -92,6 +92,7 @@ pub(super) fn chunk_new(
     // Each piece up to RUN_BYTES: at most a few in flight.
     let (tx, rx) = mpsc::sync_channel::<Piece>(4);
     let mut order = InOrder::new(&mut packer, run.tmp_dir.clone());
+    let gate = Gate::default();
     let readers = Readers {
         run,
         chunker,
@@ -99,6 +100,7 @@ pub(super) fn chunk_new(
         catalog,
         claimed: &claimed,
         isos: &isos,
+        gate: &gate,
     };
     let read = std::thread::scope(|s| -> Result<Vec<(usize, ChunkList)>, PublishError> {
         let (to_read, readers) = (&to_read, &readers);
@@ -112,6 +114,11 @@ pub(super) fn chunk_new(
         for piece in rx.iter() {
             if write_err.is_none() {
                 write_err = order.take(piece).err();
+                match write_err {
+                    // The workers read no further file: the publish fails anyway.
+                    Some(_) => gate.stop(),
+                    None => gate.held(order.held_bytes),
+                }
             }
         }
         let results = worker
@@ -153,9 +160,9 @@ struct Piece {
 /// The pack writer's side of the chunking: appends the files' new chunks to the packs in
 /// the order of the files, whatever order their pieces arrive in. A piece that arrives
 /// before its turn is held: in memory up to [`HOLD_BYTES`], then in an unnamed temporary
-/// file beside the packs, which is gone when the publish ends, however it ends. The
-/// workers never wait for each other: while one reads a large file, another's later files
-/// are held, at most the new bytes read meanwhile.
+/// file beside the packs, which is gone when the publish ends, however it ends, and emptied
+/// whenever nothing is held. While one worker reads a large file, the others read on and
+/// their files are held, until [`HELD_MAX`] is held: then they start no further file.
 struct InOrder<'p, 'a> {
     packer: &'p mut Packer<'a>,
     tmp_dir: PathBuf,
@@ -166,7 +173,10 @@ struct InOrder<'p, 'a> {
     in_memory: usize,
     /// At most this many held bytes in memory ([`HOLD_BYTES`]).
     hold_limit: usize,
+    /// The temporary file and its end (emptied whenever nothing is held).
     spill: Option<(File, u64)>,
+    /// Bytes held, in memory and in the file.
+    held_bytes: u64,
     /// Where each chunk written is; a chunk is written once, with its first file.
     locs: HashMap<ChunkId, Location>,
 }
@@ -187,6 +197,10 @@ enum HeldBytes {
 /// Held pieces kept in memory, at most; the rest go to a temporary file.
 const HOLD_BYTES: usize = 64 << 20;
 
+/// Once this many bytes are held, no worker starts another file until the writer has
+/// caught up below it (the files being read still finish).
+const HELD_MAX: u64 = 1 << 30;
+
 impl<'p, 'a> InOrder<'p, 'a> {
     fn new(packer: &'p mut Packer<'a>, tmp_dir: PathBuf) -> Self {
         InOrder {
@@ -197,6 +211,7 @@ impl<'p, 'a> InOrder<'p, 'a> {
             in_memory: 0,
             hold_limit: HOLD_BYTES,
             spill: None,
+            held_bytes: 0,
             locs: HashMap::new(),
         }
     }
@@ -233,6 +248,7 @@ impl<'p, 'a> InOrder<'p, 'a> {
                     }
                     HeldBytes::Spilled { at, len } => self.unspill(at, len)?,
                 };
+                self.held_bytes -= bytes.len() as u64;
                 self.write(h.id, h.raw_len, h.codec, &bytes)?;
             }
             if !last {
@@ -240,6 +256,12 @@ impl<'p, 'a> InOrder<'p, 'a> {
                 break;
             }
             self.next += 1;
+        }
+        if self.held_bytes == 0 {
+            if let Some((file, end)) = &mut self.spill {
+                file.set_len(0).at(&self.tmp_dir)?;
+                *end = 0;
+            }
         }
         Ok(())
     }
@@ -261,6 +283,7 @@ impl<'p, 'a> InOrder<'p, 'a> {
     }
 
     fn hold(&mut self, c: NewChunk) -> Result<Held, PublishError> {
+        self.held_bytes += c.bytes.len() as u64;
         let bytes = if self.in_memory + c.bytes.len() <= self.hold_limit {
             self.in_memory += c.bytes.len();
             HeldBytes::Memory(c.bytes)
@@ -319,6 +342,51 @@ struct Readers<'a> {
     catalog: &'a Catalog,
     claimed: &'a Claims,
     isos: &'a Mutex<IsoNotes>,
+    gate: &'a Gate,
+}
+
+/// Between the pack writer and the workers: how much the writer holds, and whether the
+/// workers are to stop. A worker waits before it starts another file while more than
+/// [`HELD_MAX`] is held; the worker on the file the writer waits for never waits there
+/// (it is within that file), so the writer always catches up.
+#[derive(Default)]
+struct Gate {
+    held: Mutex<u64>,
+    caught_up: Condvar,
+    stop: AtomicBool,
+}
+
+impl Gate {
+    fn held(&self, bytes: u64) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let less = bytes < *held;
+        *held = bytes;
+        if less {
+            self.caught_up.notify_all();
+        }
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        self.caught_up.notify_all();
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Waits while too much is held; whether to go on (not stopped).
+    fn may_start_a_file(&self) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        while *held > HELD_MAX && !self.stopped() {
+            held = self
+                .caught_up
+                .wait(held)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        !self.stopped()
+    }
 }
 
 /// Each new chunk, and the first file (in the order of reading) that sent it: a later file
@@ -337,14 +405,14 @@ impl Readers<'_> {
         let progress = &self.run.opts.progress;
         let bytes = to_read.iter().map(|&i| self.walk.files[i].stat.size).sum();
         progress.start("read", to_read.len() as u64, bytes);
-        let (next, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
+        let next = AtomicUsize::new(0);
         let per_worker = rayon::broadcast(|_| {
             let mut comp = Compressor::new(level).map_err(|e| PublishError::Compressor {
                 what: "chunks",
                 detail: e.to_string(),
             })?;
             let mut done = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
+            while self.gate.may_start_a_file() {
                 let k = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&i) = to_read.get(k) else {
                     break;
@@ -354,7 +422,7 @@ impl Readers<'_> {
                 match chunk_file(self, &mut comp, &path, run) {
                     Ok(chunks) => done.push((i, chunks)),
                     Err(e) => {
-                        stop.store(true, Ordering::Relaxed);
+                        self.gate.stop();
                         return Err(e);
                     }
                 }
@@ -560,6 +628,28 @@ mod tests {
     use crate::store::Store;
     use pulpdist_format::PackId;
 
+    /// A worker waits before another file while too much is held, until the writer has
+    /// caught up or the publish stops.
+    #[test]
+    fn workers_wait_while_too_much_is_held() {
+        for end in ["caught up", "stopped"] {
+            let gate = Gate::default();
+            gate.held(HELD_MAX + 1);
+            let went_on = std::thread::scope(|s| {
+                let waiting = s.spawn(|| gate.may_start_a_file());
+                match end {
+                    "caught up" => gate.held(HELD_MAX),
+                    _ => gate.stop(),
+                }
+                waiting.join().expect("worker")
+            });
+            assert_eq!(went_on, end == "caught up", "{end}");
+        }
+        let gate = Gate::default();
+        gate.held(HELD_MAX);
+        assert!(gate.may_start_a_file(), "at the limit, not over it");
+    }
+
     /// Pieces arriving in any order (each file's own in order), held in memory or in the
     /// temporary file, give the pack the order of the files gives; a chunk two files
     /// share is written once, with the first.
@@ -598,6 +688,13 @@ mod tests {
                     .expect("taken");
             }
             let spilled = w.spill.is_some();
+            // Nothing held once every file is written, and the file emptied.
+            assert_eq!((w.held_bytes, w.in_memory), (0, 0));
+            let len = w
+                .spill
+                .as_ref()
+                .map(|(f, _)| f.metadata().expect("stat").len());
+            assert!(matches!(len, None | Some(0)), "{len:?}");
             let locs = w.finish(4).expect("every file");
             assert_eq!(locs.len(), 5);
             let (packs, _) = packer.finish().expect("finished");
@@ -607,7 +704,14 @@ mod tests {
             (bytes, spilled)
         };
         let (in_order, _) = written(&[0, 1, 2, 3, 4, 5], HOLD_BYTES);
-        for order in [[3, 2, 4, 5, 0, 1], [4, 5, 3, 2, 0, 1], [2, 4, 0, 3, 5, 1]] {
+        // The last: a file's first piece held, its last written as it comes.
+        let orders = [
+            [3, 2, 4, 5, 0, 1],
+            [4, 5, 3, 2, 0, 1],
+            [2, 4, 0, 3, 5, 1],
+            [4, 2, 3, 0, 1, 5],
+        ];
+        for order in orders {
             for hold in [HOLD_BYTES, 250, 0] {
                 let (bytes, spilled) = written(&order, hold);
                 assert!(bytes == in_order, "{order:?}, holding {hold} bytes");

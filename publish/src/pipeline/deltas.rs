@@ -14,9 +14,6 @@ use super::{PublishOptions, Run};
 use crate::delta::{DeltaReport, DeltaSettings, Nodes};
 use crate::error::PublishError;
 
-/// Names a pack of the given kind.
-type Namer = Box<dyn FnMut(&str) -> Result<PackId, PublishError> + Send>;
-
 /// The deltas the head lists, what each cost, and their bytes.
 pub(super) type Written = (Vec<DeltaInfo>, Vec<DeltaReport>, u64);
 
@@ -27,27 +24,17 @@ pub(super) fn write(
     fresh: HashMap<NodeId, Vec<u8>>,
     root: &NodeRef,
     data_packs: &[PackInfo],
-    taken: &HashSet<PackId>,
 ) -> Result<Written, PublishError> {
     let nodes = Nodes {
         fresh,
         store: run.store,
     };
-    let new_namer = || -> Namer { Box::new(pack_namer(run, taken)) };
-    run.workers.run(|| {
-        write_deltas(
-            run.opts,
-            prev,
-            &nodes,
-            root,
-            data_packs,
-            &new_namer,
-            run.tmp_dir.as_path(),
-        )
-    })
+    let (opts, version, tmp) = (run.opts, run.version, run.tmp_dir.as_path());
+    run.workers
+        .run(|| write_deltas(opts, prev, &nodes, root, data_packs, version, tmp))
 }
 
-/// Writes the delta packs of this version (packs named by `new_namer`) from each of the last `opts.deltas` distinct
+/// Writes the delta packs of version `version` from each of the last `opts.deltas` distinct
 /// trees (their roots: the previous head's, and those its deltas name). An unchanged tree
 /// writes nothing and keeps the previous head's deltas.
 #[allow(clippy::too_many_arguments)]
@@ -57,7 +44,7 @@ fn write_deltas(
     nodes: &Nodes<'_>,
     root: &NodeRef,
     data_packs: &[PackInfo],
-    new_namer: &(dyn Fn() -> Namer + Sync),
+    version: u64,
     tmp_dir: &Path,
 ) -> Result<Written, PublishError> {
     let (Some(prev), true) = (prev, opts.deltas > 0) else {
@@ -84,7 +71,7 @@ fn write_deltas(
     };
     let (mut infos, mut reports, mut bytes) = (Vec::new(), Vec::new(), 0);
     for from in froms {
-        let mut namer = new_namer();
+        let mut namer = pack_namer(opts, version);
         let tag = format!("delta-{}", from.0);
         // Packs written since that version: chunks in them are new to a site there.
         let new_packs: HashSet<PackId> = data_packs

@@ -60,7 +60,7 @@ pub(super) fn build(
     keep_fresh: bool,
     report: &mut PublishReport,
 ) -> Result<Index, PublishError> {
-    let mut namer = pack_namer(run, &catalog.listed);
+    let mut namer = pack_namer(run.opts, run.version);
     let mut packer = Packer::new(
         run.store,
         run.tmp_dir.clone(),

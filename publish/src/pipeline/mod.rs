@@ -49,10 +49,6 @@ struct Run<'a> {
     tmp_dir: PathBuf,
     /// The version being written.
     version: u64,
-    /// The previous head's root, if any, and a secret of the signing key: what pack
-    /// names are derived from ([`workers::pack_namer`]).
-    prev_root: Option<pulpdist_format::NodeId>,
-    names_key: [u8; 32],
 }
 
 /// Publishes `opts.source` as the next version of `opts.tree` in `store`, signed by `key`.
@@ -74,8 +70,6 @@ pub fn publish(
         workers,
         tmp_dir,
         version: prev.version,
-        prev_root: prev.head.as_ref().map(|h| h.root.id),
-        names_key: key.derive_secret(workers::NAMES_CONTEXT),
     };
     let chunker = Chunker::new(prev.params)?;
     let cache = scan::CacheFile::new(opts, prev.params);
@@ -114,7 +108,6 @@ pub fn publish(
         std::mem::take(&mut index.fresh),
         &index.root,
         &data.packs,
-        &catalog.listed,
     )?;
     let mut packs = std::mem::take(&mut index.packs);
     packs.extend(data.packs);

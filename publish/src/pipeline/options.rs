@@ -31,11 +31,12 @@ pub struct PublishOptions {
     pub pack_target: u64,
     /// The time to record as "created" (seconds since the epoch); `None`: now.
     pub now: Option<i64>,
-    /// Derive pack names from this seed instead of the previous head's root (golden
-    /// vectors: the same names for every history; never for a real store).
+    /// Derive pack names from this seed instead of the system's random generator
+    /// (reproducible golden vectors; never for a real store: FORMAT.md 3).
     pub pack_seed: Option<Vec<u8>>,
     /// Chunking threads; `None`: every core. Chunks reach the packs in file order on any
-    /// number of threads: a publish of the same input is byte-for-byte reproducible.
+    /// number of threads: the same input gives packs of the same layout (and, with
+    /// `pack_seed`, the same bytes).
     pub threads: Option<usize>,
     /// Keys (besides the signing key) whose signature on the previous head is accepted:
     /// the old key during a key rotation.

@@ -54,8 +54,6 @@ impl Site {
             workers: Workers::new(Some(1)).expect("threads"),
             tmp_dir: self.store.tmp_dir().expect("a local store has one"),
             version,
-            prev_root: None,
-            names_key: key().derive_secret(super::workers::NAMES_CONTEXT),
         }
     }
 
