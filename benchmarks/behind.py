@@ -10,7 +10,8 @@ one. Once the last is published, each mirror syncs over `pulpdist serve` (loopba
 its bytes and requests are read from `sync --json`; beside it, `rsync -az` (the protocol
 over a pipe, so its compression counts; `Total bytes received`) brings a copy of the same
 version to the last one. Run once with the default `--deltas 1` and once with
-`--deltas 10` (a delta from each of the last 10 trees).
+`--deltas 10` (a delta from each of the last 10 trees; the older nine at
+`--old-delta-level`, 9 by default).
 
     benchmarks/behind.py [--work DIR] [--pulpdist BIN]
 
@@ -25,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 VERSIONS = [f"1.35.{n}" for n in range(50, 61)]
@@ -75,7 +77,8 @@ def rsync_bytes(old: Path, new: Path, work: Path) -> int:
 
 
 def pulpdist_round(pd: str, dl: Path, work: Path, deltas: int):
-    """Publishes every version with `--deltas N`; returns {behind: sync report}."""
+    """Publishes every version with `--deltas N`; returns {behind: sync report}, the
+    store's bytes and the last publish's wall seconds."""
     w = work / f"deltas-{deltas}"
     shutil.rmtree(w, ignore_errors=True)
     w.mkdir(parents=True)
@@ -92,9 +95,11 @@ def pulpdist_round(pd: str, dl: Path, work: Path, deltas: int):
 
     for i, v in enumerate(VERSIONS):
         bring(release(dl, v), up)
+        started = time.monotonic()
         run([pd, "publish", "--store", str(w / "store"), "--tree", "botocore", "--key",
              str(w / "key"), "--state", str(w / "pub-state"), "--deltas", str(deltas),
              str(up)], stderr=subprocess.DEVNULL)
+        publish_s = time.monotonic() - started
         for k in BEHIND:
             if i == last - k:
                 sync(k, str(w / "store"))
@@ -122,7 +127,7 @@ def pulpdist_round(pd: str, dl: Path, work: Path, deltas: int):
             raise SystemExit(f"mirror {k} behind differs from {VERSIONS[last]}")
     store_bytes = sum(p.stat().st_size for p in (w / "store" / "packs").iterdir())
     shutil.rmtree(w)
-    return reports, store_bytes
+    return reports, store_bytes, publish_s
 
 
 def main():
@@ -140,8 +145,10 @@ def main():
     empty = work / "empty"
     empty.mkdir(exist_ok=True)
     rs[None] = rsync_bytes(empty, release(dl, VERSIONS[last]), work)
-    print(f"botocore {VERSIONS[0]} to {VERSIONS[last]}; "
-          f"store: {rounds[1][1]:,} B (--deltas 1), {rounds[10][1]:,} B (--deltas 10)\n")
+    for d, (_, store, secs) in rounds.items():
+        print(f"--deltas {d}: store {store:,} B after {len(VERSIONS)} versions, "
+              f"last publish {secs:.2f} s wall")
+    print(f"\nbotocore {VERSIONS[0]} to {VERSIONS[last]}\n")
     print("| site | rsync -az bytes | PulpDist --deltas 1: bytes (requests) | ratio "
           "| --deltas 10: bytes (requests) | ratio |")
     print("|---|---|---|---|---|---|")

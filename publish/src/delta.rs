@@ -53,6 +53,8 @@ pub struct DeltaReport {
     pub size: u64,
     /// Packs it was written as (a delta larger than the part size is several).
     pub parts: u64,
+    /// zstd level of its file records (node batches above 8 MiB use at most 9).
+    pub level: i32,
     /// Why files (or the whole delta) were left out: unreadable, changed since they were
     /// indexed, or the pack full. Such files are fetched as chunks; a publish never fails
     /// for a delta.

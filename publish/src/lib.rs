@@ -30,5 +30,6 @@ pub use error::PublishError;
 pub use objstore::{ObjectStoreTarget, DEFAULT_PART_SIZE};
 pub use pipeline::{
     publish, refresh, PublishOptions, PublishReport, RefreshReport, DEFAULT_DELTA_LEVEL,
+    DEFAULT_OLD_DELTA_LEVEL,
 };
 pub use store::{create_new, ListedPack, LocalStore, Store, StoreLock, StoredHead};

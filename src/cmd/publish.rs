@@ -59,6 +59,10 @@ pub(crate) struct Args {
     /// batches above 8 MiB use at most level 9.
     #[arg(long, default_value_t = pulpdist_publish::DEFAULT_DELTA_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
     delta_level: i32,
+    /// zstd level of the deltas from versions before the previous one (for sites two or
+    /// more behind; at most --delta-level): with `--deltas 10`, nine of the ten
+    #[arg(long, default_value_t = pulpdist_publish::DEFAULT_OLD_DELTA_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
+    old_delta_level: i32,
     /// Largest delta pack in bytes (1 MiB to 256 MiB, the most a site fetches): a larger
     /// delta is written as several packs, up to 8, each one request for a site.
     #[arg(long, default_value_t = pulpdist_format::delta::MAX_DELTA_PACK, value_parser = clap::value_parser!(u64).range(1 << 20..=pulpdist_format::delta::MAX_DELTA_PACK))]
@@ -218,6 +222,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
     opts.filter = filter;
     opts.deltas = a.deltas;
     opts.delta_level = a.delta_level;
+    opts.old_delta_level = a.old_delta_level;
     opts.delta_pack_size = a.delta_pack_size;
     opts.progress = a.progress.reporter();
     opts.previous_keys = super::sync::load_trust(&a.previous_key)?.keys().to_vec();
@@ -283,7 +288,7 @@ pub(crate) fn print_report(json: bool, r: &PublishReport) -> anyhow::Result<()> 
             "stale_parts_removed": r.stale_parts_removed,
             "deltas": r.deltas.iter().map(|d| json!({
                 "from_version": d.from_version, "files": d.files, "nodes": d.nodes, "with_reference": d.with_reference,
-                "bytes_rebuilt": d.bytes_rebuilt, "size": d.size, "packs": d.parts, "skipped": d.skipped,
+                "bytes_rebuilt": d.bytes_rebuilt, "size": d.size, "packs": d.parts, "level": d.level, "skipped": d.skipped,
             })).collect::<Vec<_>>(),
         }),
         || {
@@ -293,8 +298,8 @@ pub(crate) fn print_report(json: bool, r: &PublishReport) -> anyhow::Result<()> 
             );
             for d in &r.deltas {
                 s.push_str(&format!(
-                    "delta from version {}: {} files ({} against their old copy), {} bytes in {} packs rebuilding {}\n",
-                    d.from_version, d.files, d.with_reference, d.size, d.parts, d.bytes_rebuilt
+                    "delta from version {}: {} files ({} against their old copy), {} bytes in {} packs (level {}) rebuilding {}\n",
+                    d.from_version, d.files, d.with_reference, d.size, d.parts, d.level, d.bytes_rebuilt
                 ));
                 for why in &d.skipped {
                     s.push_str(&format!(

@@ -65,12 +65,16 @@ fn write_deltas(
     let mut seen = HashSet::new();
     froms.retain(|(_, r)| seen.insert(r.id));
     froms.truncate(opts.deltas);
-    let settings = DeltaSettings {
-        level: opts.delta_level,
-        part_size: opts.delta_pack_size,
-    };
     let (mut infos, mut reports, mut bytes) = (Vec::new(), Vec::new(), 0);
-    for from in froms {
+    for (i, from) in froms.into_iter().enumerate() {
+        // The newest source (most sites) at the full level, older ones cheaper.
+        let settings = DeltaSettings {
+            level: match i {
+                0 => opts.delta_level,
+                _ => opts.old_delta_level.min(opts.delta_level),
+            },
+            part_size: opts.delta_pack_size,
+        };
         let mut namer = pack_namer(opts, version);
         let tag = format!("delta-{}", from.0);
         // Packs written since that version: chunks in them are new to a site there.
@@ -94,7 +98,8 @@ fn write_deltas(
             tmp_dir.to_path_buf(),
             Box::new(move || namer(&tag)),
         )?;
-        let (parts, rep) = written;
+        let (parts, mut rep) = written;
+        rep.level = settings.level;
         bytes += parts.iter().map(|p| p.size).sum::<u64>();
         infos.extend(parts);
         if rep.size > 0 || !rep.skipped.is_empty() {
@@ -121,5 +126,29 @@ mod tests {
         let again = site.publish();
         assert!(again.deltas.is_empty());
         assert_eq!(site.head().deltas().expect("decodes"), deltas);
+    }
+
+    /// The delta from the previous version at the full level, older ones at the old
+    /// level (never above the full one).
+    #[test]
+    fn deltas_from_older_versions_are_written_at_the_old_level() {
+        for (level, old, expected) in [(19, 9, [19, 9, 9]), (5, 9, [5, 5, 5])] {
+            let mut site = testkit::site();
+            site.opts.deltas = 3;
+            site.opts.delta_level = level;
+            site.opts.old_delta_level = old;
+            for v in 0..4 {
+                std::fs::write(site.src().join("a.txt"), format!("alpha {v}")).expect("edit");
+                site.publish();
+            }
+            std::fs::write(site.src().join("a.txt"), b"alpha, last").expect("edit");
+            let r = site.publish();
+            let levels: Vec<(u64, i32)> =
+                r.deltas.iter().map(|d| (d.from_version, d.level)).collect();
+            assert_eq!(
+                levels,
+                [(4, expected[0]), (3, expected[1]), (2, expected[2])]
+            );
+        }
     }
 }

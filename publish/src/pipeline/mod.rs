@@ -33,7 +33,7 @@ mod scan;
 mod testkit;
 mod workers;
 
-pub use options::{PublishOptions, PublishReport, DEFAULT_DELTA_LEVEL};
+pub use options::{PublishOptions, PublishReport, DEFAULT_DELTA_LEVEL, DEFAULT_OLD_DELTA_LEVEL};
 pub use refresh::{refresh, RefreshReport};
 
 use crate::error::{IoContext, PublishError};
