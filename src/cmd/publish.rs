@@ -60,7 +60,8 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = pulpdist_publish::DEFAULT_DELTA_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
     delta_level: i32,
     /// zstd level of the deltas from versions before the previous one (for sites two or
-    /// more behind; at most --delta-level): with `--deltas 10`, nine of the ten
+    /// more behind; at most --delta-level): with `--deltas 10`, nine of the ten are
+    /// written at this level, which makes them several times cheaper to publish
     #[arg(long, default_value_t = pulpdist_publish::DEFAULT_OLD_DELTA_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
     old_delta_level: i32,
     /// Largest delta pack in bytes (1 MiB to 256 MiB, the most a site fetches): a larger

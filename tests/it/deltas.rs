@@ -563,6 +563,18 @@ fn the_further_packs_of_a_delta_are_fetched_only_while_they_pay() {
             _ => size(2..4),
         };
         assert_eq!(n(&s, "delta_bytes"), expected, "{case}: {s}\n{p}");
+        // What came as chunks: f4 alone (skip, killed), f3 and f4 (stop); the head and the
+        // index node besides.
+        let chunk_bytes = n(&s, "bytes_fetched") - n(&s, "delta_bytes");
+        let most = match case {
+            "skip" | "killed" => 760_000,
+            "stop" => 1_460_000,
+            _ => u64::MAX,
+        };
+        assert!(
+            chunk_bytes <= most,
+            "{case}: {chunk_bytes} bytes as chunks: {s}"
+        );
         match case {
             "damaged" | "first gone" => {
                 assert!(s["delta_error"].is_string(), "{s}");

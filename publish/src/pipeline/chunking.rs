@@ -110,8 +110,10 @@ pub(super) fn chunk_new(
             drop(tx);
             r
         });
+        // A panic here stops the workers, and drops the channel's end (they stop sending).
+        let _stop = StopOnPanic(&gate);
         let mut write_err = None;
-        for piece in rx.iter() {
+        for piece in rx {
             if write_err.is_none() {
                 write_err = order.take(piece).err();
                 match write_err {
@@ -160,9 +162,10 @@ struct Piece {
 /// The pack writer's side of the chunking: appends the files' new chunks to the packs in
 /// the order of the files, whatever order their pieces arrive in. A piece that arrives
 /// before its turn is held: in memory up to [`HOLD_BYTES`], then in an unnamed temporary
-/// file beside the packs, which is gone when the publish ends, however it ends, and emptied
-/// whenever nothing is held. While one worker reads a large file, the others read on and
-/// their files are held, until [`HELD_MAX`] is held: then they start no further file.
+/// file beside the packs, which is gone when the publish ends, however it ends, and whose
+/// blocks are freed as its chunks are written. While one worker reads a large file, the
+/// others read on and their files are held, until [`HELD_MAX`] is held: then they start no
+/// further file (so at most that, plus the rest of the files being read then, is held).
 struct InOrder<'p, 'a> {
     packer: &'p mut Packer<'a>,
     tmp_dir: PathBuf,
@@ -257,7 +260,8 @@ impl<'p, 'a> InOrder<'p, 'a> {
             }
             self.next += 1;
         }
-        if self.held_bytes == 0 {
+        // Nothing spilled is held any more: the file starts again from empty.
+        if self.held_bytes == self.in_memory as u64 {
             if let Some((file, end)) = &mut self.spill {
                 file.set_len(0).at(&self.tmp_dir)?;
                 *end = 0;
@@ -319,6 +323,10 @@ impl<'p, 'a> InOrder<'p, 'a> {
         };
         let mut bytes = vec![0; len];
         file.read_exact_at(&mut bytes, at).at(&self.tmp_dir)?;
+        // Its blocks go back to the file system at once (where it can punch holes): the
+        // file takes the disk of what is held, not of everything that passed through it.
+        let flags = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+        let _ = rustix::fs::fallocate(file, flags, at, len as u64);
         Ok(bytes)
     }
 
@@ -345,6 +353,17 @@ struct Readers<'a> {
     gate: &'a Gate,
 }
 
+/// Stops the workers if the thread that holds it panics.
+struct StopOnPanic<'g>(&'g Gate);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.stop();
+        }
+    }
+}
+
 /// Between the pack writer and the workers: how much the writer holds, and whether the
 /// workers are to stop. A worker waits before it starts another file while more than
 /// [`HELD_MAX`] is held; the worker on the file the writer waits for never waits there
@@ -354,6 +373,8 @@ struct Gate {
     held: Mutex<u64>,
     caught_up: Condvar,
     stop: AtomicBool,
+    /// Times a worker began to wait.
+    waits: AtomicUsize,
 }
 
 impl Gate {
@@ -379,6 +400,9 @@ impl Gate {
     /// Waits while too much is held; whether to go on (not stopped).
     fn may_start_a_file(&self) -> bool {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if *held > HELD_MAX && !self.stopped() {
+            self.waits.fetch_add(1, Ordering::Relaxed);
+        }
         while *held > HELD_MAX && !self.stopped() {
             held = self
                 .caught_up
@@ -407,6 +431,9 @@ impl Readers<'_> {
         progress.start("read", to_read.len() as u64, bytes);
         let next = AtomicUsize::new(0);
         let per_worker = rayon::broadcast(|_| {
+            // A worker that panics never sends its file's last piece: the others must not
+            // wait for the writer, which waits for that file.
+            let _stop = StopOnPanic(self.gate);
             let mut comp = Compressor::new(level).map_err(|e| PublishError::Compressor {
                 what: "chunks",
                 detail: e.to_string(),
@@ -637,6 +664,13 @@ mod tests {
             gate.held(HELD_MAX + 1);
             let went_on = std::thread::scope(|s| {
                 let waiting = s.spawn(|| gate.may_start_a_file());
+                // It waits (a deadline, not a sleep: the wait is what is tested).
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                while gate.waits.load(Ordering::Relaxed) == 0 {
+                    assert!(std::time::Instant::now() < deadline, "{end}: never waited");
+                    std::thread::yield_now();
+                }
+                assert!(!waiting.is_finished(), "{end}");
                 match end {
                     "caught up" => gate.held(HELD_MAX),
                     _ => gate.stop(),
