@@ -684,6 +684,32 @@ mod tests {
         assert!(gate.may_start_a_file(), "at the limit, not over it");
     }
 
+    /// A worker that panics (and so never sends its file's last piece) stops the others,
+    /// even those waiting for the writer: the publish fails instead of hanging.
+    #[test]
+    fn a_panicking_worker_stops_the_others() {
+        let gate = Gate::default();
+        gate.held(HELD_MAX + 1);
+        std::thread::scope(|s| {
+            let waiting = s.spawn(|| gate.may_start_a_file());
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while gate.waits.load(Ordering::Relaxed) == 0 {
+                assert!(std::time::Instant::now() < deadline, "never waited");
+                std::thread::yield_now();
+            }
+            let panicking = s.spawn(|| {
+                let _stop = StopOnPanic(&gate);
+                panic!("a bug in a chunking worker");
+            });
+            assert!(panicking.join().is_err());
+            assert!(!waiting.join().expect("worker"), "it went on");
+        });
+        // A guard dropped without a panic stops nothing.
+        let gate = Gate::default();
+        drop(StopOnPanic(&gate));
+        assert!(gate.may_start_a_file());
+    }
+
     /// Pieces arriving in any order (each file's own in order), held in memory or in the
     /// temporary file, give the pack the order of the files gives; a chunk two files
     /// share is written once, with the first.
