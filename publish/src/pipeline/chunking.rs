@@ -508,26 +508,27 @@ fn chunk_file(
     } else {
         None
     };
-    let mut out = Vec::new();
-    let Some(regions) = regions else {
-        chunk_stream(
-            chunker.stream(file),
-            path,
-            comp,
-            catalog,
-            claimed,
-            (tx, &mut run),
-            &mut out,
-        )?;
-        run.send(tx, true)?;
-        return Ok(out);
+    // An image in segments: each file's data region cut exactly as the file alone would
+    // be, and each gap between them (metadata, padding) cut on its own. Any other file in
+    // one piece, to its end.
+    let segments: Vec<Option<std::ops::Range<u64>>> = match &regions {
+        Some(r) => pulpdist_isos::template::segments(r, size)
+            .into_iter()
+            .map(|(range, _)| Some(range))
+            .collect(),
+        None => vec![None],
     };
-    // The image in segments: each file's data region cut exactly as the file alone would
-    // be, and each gap between them (metadata, padding) cut on its own.
-    for (range, _) in pulpdist_isos::template::segments(&regions, size) {
+    let mut out = Vec::new();
+    for segment in segments {
         let mut f = &file;
-        f.seek(std::io::SeekFrom::Start(range.start)).at(path)?;
-        let stream = chunker.stream(f.take(range.end - range.start));
+        let reader: Box<dyn Read + '_> = match segment {
+            Some(range) => {
+                f.seek(std::io::SeekFrom::Start(range.start)).at(path)?;
+                Box::new(f.take(range.end - range.start))
+            }
+            None => Box::new(f),
+        };
+        let stream = chunker.stream(reader);
         chunk_stream(
             stream,
             path,
@@ -539,6 +540,9 @@ fn chunk_file(
         )?;
     }
     run.send(tx, true)?;
+    if regions.is_none() {
+        return Ok(out);
+    }
     let total: u64 = out.iter().map(|(_, l)| u64::from(*l)).sum();
     if total != size {
         return Err(PublishError::Source {
