@@ -44,4 +44,7 @@ pub use head::{
 pub use id::{ChunkId, NodeId, PackId};
 pub use keys::{PublicKey, SecretKey, TrustedKeys};
 pub use name::{validate_tree_name, Name};
-pub use node::{ChunkRef, Entry, EntryKind, Location, Mtime, Node, NodeRef};
+pub use node::{
+    chunk_list_hash, ChunkRef, Entry, EntryKind, Location, Mtime, Node, NodeRef, Part, TreeFiles,
+    MAX_PART_PATH, MAX_RESOLVED_CHUNKS,
+};

@@ -118,6 +118,18 @@ pub enum EntryKind {
         /// Its chunks, in order.
         chunks: Vec<ChunkRef>,
     },
+    /// A regular file made of parts (an ISO image of the tree's own files): runs of its own
+    /// chunks, and regions that are byte for byte another regular file of the same tree,
+    /// named by path. A reader turns it into [`EntryKind::File`] with [`Node::resolve`].
+    Composite {
+        /// Its size in bytes: the parts' sizes add up to it.
+        size: u64,
+        /// [`chunk_list_hash`] of the chunks it resolves to: the node commits to the content,
+        /// not only to the paths it names.
+        chunk_hash: [u8; 32],
+        /// Its parts, in order.
+        parts: Vec<Part>,
+    },
     /// A directory and its node.
     Dir {
         /// The subdirectory's node.
@@ -129,6 +141,65 @@ pub enum EntryKind {
         target: Vec<u8>,
     },
 }
+
+impl EntryKind {
+    /// The chunks the entry lists itself: a file's, or a composite file's runs (its file
+    /// parts' chunks are listed by the files they name).
+    pub fn own_chunks(&self) -> impl Iterator<Item = &ChunkRef> {
+        let (file, parts): (&[ChunkRef], &[Part]) = match self {
+            EntryKind::File { chunks, .. } => (chunks, &[]),
+            EntryKind::Composite { parts, .. } => (&[], parts),
+            _ => (&[], &[]),
+        };
+        file.iter().chain(parts.iter().flat_map(|p| match p {
+            Part::Chunks(c) => c.as_slice(),
+            Part::File { .. } => &[],
+        }))
+    }
+}
+
+/// BLAKE3 of a chunk list's ids, concatenated in order: what a composite file's entry
+/// records of the chunks it resolves to.
+pub fn chunk_list_hash<'a>(chunks: impl IntoIterator<Item = &'a ChunkId>) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    for id in chunks {
+        h.update(id.as_bytes());
+    }
+    *h.finalize().as_bytes()
+}
+
+/// A region of a composite file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// Chunks of its own, in order (at least one).
+    Chunks(Vec<ChunkRef>),
+    /// The whole content of the regular file at `path` in the same tree: names joined by
+    /// `/`, from the root. That file is a plain [`EntryKind::File`] of exactly `size` bytes.
+    File {
+        /// The file's path from the tree's root.
+        path: Vec<u8>,
+        /// Its size (at least 1).
+        size: u64,
+    },
+}
+
+impl Part {
+    /// The bytes the part stands for.
+    pub fn size(&self) -> u64 {
+        match self {
+            Part::Chunks(c) => c.iter().map(|c| u64::from(c.loc.raw_len)).sum(),
+            Part::File { size, .. } => *size,
+        }
+    }
+}
+
+/// Longest path a composite file's part may name.
+pub const MAX_PART_PATH: usize = 4096;
+
+/// Most chunks a node's composite files may resolve to, all together (about 180 MB in
+/// memory): images up to 128 GiB at the default average chunk size. A hostile node naming
+/// one large file many times is refused here rather than filling memory.
+pub const MAX_RESOLVED_CHUNKS: usize = 1 << 21;
 
 /// One entry of a directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,6 +223,9 @@ pub struct Node {
 const KIND_FILE: u8 = 1;
 const KIND_DIR: u8 = 2;
 const KIND_SYMLINK: u8 = 3;
+const KIND_COMPOSITE: u8 = 4;
+const PART_CHUNKS: u8 = 0;
+const PART_FILE: u8 = 1;
 const LOC_LEN: usize = 4 + 8 + 4 + 4 + 1;
 
 impl Node {
@@ -200,16 +274,7 @@ impl Node {
             }
             match &e.kind {
                 EntryKind::File { size, chunks } => {
-                    let mut sum = 0u64;
-                    for c in chunks {
-                        if c.loc.raw_len == 0 || c.loc.raw_len > MAX_CHUNK_SIZE {
-                            return Err(FormatError::invalid(
-                                "node",
-                                format!("{:?}: chunk size {} out of range", e.name, c.loc.raw_len),
-                            ));
-                        }
-                        sum += u64::from(c.loc.raw_len);
-                    }
+                    let sum = chunk_sum(&e.name, chunks)?;
                     if sum != *size {
                         return Err(FormatError::invalid(
                             "node",
@@ -220,6 +285,7 @@ impl Node {
                         ));
                     }
                 }
+                EntryKind::Composite { size, parts, .. } => check_parts(&e.name, *size, parts)?,
                 EntryKind::Dir { node } => {
                     if node.loc.raw_len > MAX_NODE_SIZE {
                         return Err(FormatError::invalid(
@@ -261,6 +327,7 @@ impl Node {
             body.bytes(e.name.as_bytes());
             let kind = match e.kind {
                 EntryKind::File { .. } => KIND_FILE,
+                EntryKind::Composite { .. } => KIND_COMPOSITE,
                 EntryKind::Dir { .. } => KIND_DIR,
                 EntryKind::Symlink { .. } => KIND_SYMLINK,
             };
@@ -275,6 +342,33 @@ impl Node {
                     for c in chunks {
                         body.bytes(c.id.as_bytes());
                         write_loc(&mut body, &c.loc, pack_index(c.loc.pack));
+                    }
+                }
+                EntryKind::Composite {
+                    size,
+                    chunk_hash,
+                    parts,
+                } => {
+                    body.u64(*size);
+                    body.bytes(chunk_hash);
+                    body.u32(parts.len() as u32);
+                    for part in parts {
+                        match part {
+                            Part::Chunks(chunks) => {
+                                body.u8(PART_CHUNKS);
+                                body.u32(chunks.len() as u32);
+                                for c in chunks {
+                                    body.bytes(c.id.as_bytes());
+                                    write_loc(&mut body, &c.loc, pack_index(c.loc.pack));
+                                }
+                            }
+                            Part::File { path, size } => {
+                                body.u8(PART_FILE);
+                                body.u16(path.len() as u16);
+                                body.bytes(path);
+                                body.u64(*size);
+                            }
+                        }
                     }
                 }
                 EntryKind::Dir { node } => {
@@ -327,14 +421,37 @@ impl Node {
             let kind = match kind {
                 KIND_FILE => {
                     let size = r.u64()?;
-                    let nchunks = r.count(32 + LOC_LEN)?;
-                    let mut chunks = Vec::with_capacity(nchunks);
-                    for _ in 0..nchunks {
-                        let id = ChunkId(r.array()?);
-                        let loc = read_loc(&mut r, &table, &mut used)?;
-                        chunks.push(ChunkRef { id, loc });
-                    }
+                    let chunks = read_chunks(&mut r, &table, &mut used)?;
                     EntryKind::File { size, chunks }
+                }
+                KIND_COMPOSITE => {
+                    let size = r.u64()?;
+                    let chunk_hash = r.array()?;
+                    // The smallest part: a tag, a one-byte path and its size.
+                    let nparts = r.count(1 + 2 + 1 + 8)?;
+                    let mut parts = Vec::with_capacity(nparts);
+                    for _ in 0..nparts {
+                        parts.push(match r.u8()? {
+                            PART_CHUNKS => Part::Chunks(read_chunks(&mut r, &table, &mut used)?),
+                            PART_FILE => {
+                                let len = r.u16()? as usize;
+                                let path = r.take(len)?.to_vec();
+                                let size = r.u64()?;
+                                Part::File { path, size }
+                            }
+                            other => {
+                                return Err(FormatError::invalid(
+                                    "index node",
+                                    format!("{name:?}: unknown part kind {other}"),
+                                ))
+                            }
+                        });
+                    }
+                    EntryKind::Composite {
+                        size,
+                        chunk_hash,
+                        parts,
+                    }
                 }
                 KIND_DIR => {
                     let id = NodeId(r.array()?);
@@ -382,6 +499,243 @@ impl Node {
         let node = Node { entries };
         node.check()?;
         Ok(node)
+    }
+}
+
+fn read_chunks(
+    r: &mut Reader<'_>,
+    table: &[PackId],
+    used: &mut usize,
+) -> Result<Vec<ChunkRef>, FormatError> {
+    let nchunks = r.count(32 + LOC_LEN)?;
+    let mut chunks = Vec::with_capacity(nchunks);
+    for _ in 0..nchunks {
+        let id = ChunkId(r.array()?);
+        let loc = read_loc(r, table, used)?;
+        chunks.push(ChunkRef { id, loc });
+    }
+    Ok(chunks)
+}
+
+/// The size of a chunk list, each chunk's size checked.
+fn chunk_sum(name: &Name, chunks: &[ChunkRef]) -> Result<u64, FormatError> {
+    let mut sum = 0u64;
+    for c in chunks {
+        if c.loc.raw_len == 0 || c.loc.raw_len > MAX_CHUNK_SIZE {
+            return Err(FormatError::invalid(
+                "node",
+                format!("{name:?}: chunk size {} out of range", c.loc.raw_len),
+            ));
+        }
+        sum += u64::from(c.loc.raw_len);
+    }
+    Ok(sum)
+}
+
+/// A composite file's parts: one encoding only (no empty run, no two runs in a row, at
+/// least one file part), valid paths, and sizes that add up.
+fn check_parts(name: &Name, size: u64, parts: &[Part]) -> Result<(), FormatError> {
+    let bad = |why: String| Err(FormatError::invalid("node", format!("{name:?}: {why}")));
+    let mut sum = 0u64;
+    let mut files = 0usize;
+    let mut last_was_run = false;
+    for part in parts {
+        let part_size = match part {
+            Part::Chunks(chunks) => {
+                if chunks.is_empty() || last_was_run {
+                    return bad("an empty run of chunks, or two runs in a row".into());
+                }
+                last_was_run = true;
+                chunk_sum(name, chunks)?
+            }
+            Part::File { path, size } => {
+                last_was_run = false;
+                files += 1;
+                check_part_path(path).or_else(&bad)?;
+                if *size == 0 {
+                    return bad("a file part of 0 bytes".into());
+                }
+                *size
+            }
+        };
+        sum = sum
+            .checked_add(part_size)
+            .ok_or_else(|| FormatError::invalid("node", format!("{name:?}: parts overflow")))?;
+    }
+    if files == 0 {
+        return bad("a composite file without a file part (a plain file)".into());
+    }
+    if sum != size {
+        return bad(format!("parts add up to {sum} bytes, size says {size}"));
+    }
+    Ok(())
+}
+
+/// A part's path: 1 to [`MAX_PART_PATH`] bytes, names (5.5) joined by `/`.
+fn check_part_path(path: &[u8]) -> Result<(), String> {
+    if path.is_empty() || path.len() > MAX_PART_PATH {
+        return Err(format!("a part path of {} bytes", path.len()));
+    }
+    for name in path.split(|b| *b == b'/') {
+        Name::new(name.to_vec())
+            .map_err(|e| format!("part path {:?}: {e}", String::from_utf8_lossy(path)))?;
+    }
+    Ok(())
+}
+
+impl Node {
+    /// Whether an entry is a composite file (which [`Node::resolve`] turns into a plain one).
+    pub fn has_composites(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|e| matches!(e.kind, EntryKind::Composite { .. }))
+    }
+
+    /// This node with every composite file turned into a plain [`EntryKind::File`]: each
+    /// file part replaced by the chunks of the file it names. `lookup` gives the chunks of
+    /// the plain regular file at a path of the same tree (`None`: no such file). A part
+    /// naming a missing file, a file of another size, or more than
+    /// [`MAX_RESOLVED_CHUNKS`] chunks in all, or resolving to chunks other than its
+    /// `chunk_hash` names, is refused: the tree is not valid.
+    pub fn resolve<E>(
+        &self,
+        mut lookup: impl FnMut(&[u8]) -> Result<Option<Vec<ChunkRef>>, E>,
+    ) -> Result<Result<Node, FormatError>, E> {
+        let mut total = 0usize;
+        let mut entries = Vec::with_capacity(self.entries.len());
+        for e in &self.entries {
+            let EntryKind::Composite {
+                size,
+                chunk_hash,
+                parts,
+            } = &e.kind
+            else {
+                entries.push(e.clone());
+                continue;
+            };
+            let mut chunks = Vec::new();
+            for part in parts {
+                let more = match part {
+                    Part::Chunks(c) => c.clone(),
+                    Part::File { path, size } => {
+                        let shown = || String::from_utf8_lossy(path).into_owned();
+                        let Some(found) = lookup(path)? else {
+                            return Ok(Err(FormatError::invalid(
+                                "composite file",
+                                format!(
+                                    "{:?} names {}, not a plain file of the tree",
+                                    e.name,
+                                    shown()
+                                ),
+                            )));
+                        };
+                        let found_size: u64 = found.iter().map(|c| u64::from(c.loc.raw_len)).sum();
+                        if found_size != *size {
+                            return Ok(Err(FormatError::invalid(
+                                "composite file",
+                                format!(
+                                    "{:?} names {} as {size} bytes; it has {found_size}",
+                                    e.name,
+                                    shown()
+                                ),
+                            )));
+                        }
+                        found
+                    }
+                };
+                total += more.len();
+                if total > MAX_RESOLVED_CHUNKS {
+                    return Ok(Err(FormatError::invalid(
+                        "composite file",
+                        format!("{:?}: more than {MAX_RESOLVED_CHUNKS} chunks resolved in one directory", e.name),
+                    )));
+                }
+                chunks.extend(more);
+            }
+            if chunk_list_hash(chunks.iter().map(|c| &c.id)) != *chunk_hash {
+                return Ok(Err(FormatError::invalid(
+                    "composite file",
+                    format!(
+                        "{:?}: its parts resolve to other chunks than it records",
+                        e.name
+                    ),
+                )));
+            }
+            entries.push(Entry {
+                kind: EntryKind::File {
+                    size: *size,
+                    chunks,
+                },
+                ..e.clone()
+            });
+        }
+        Ok(Ok(Node { entries }))
+    }
+}
+
+/// Reads and verifies the node a reference names.
+type NodeGetter<'a, E> = Box<dyn FnMut(&NodeRef) -> Result<Node, E> + 'a>;
+
+/// The plain files of one tree, found by path for [`Node::resolve`]: each directory's node
+/// is read once (through `get`, which fetches and verifies it) and kept.
+pub struct TreeFiles<'a, E> {
+    root: NodeRef,
+    get: NodeGetter<'a, E>,
+    dirs: HashMap<Vec<u8>, Option<Node>>,
+}
+
+impl<'a, E> TreeFiles<'a, E> {
+    /// The tree whose root node is `root`.
+    pub fn new(root: NodeRef, get: impl FnMut(&NodeRef) -> Result<Node, E> + 'a) -> Self {
+        TreeFiles {
+            root,
+            get: Box::new(get),
+            dirs: HashMap::new(),
+        }
+    }
+
+    /// The chunks of the plain regular file at `path` (names joined by `/`), or `None`
+    /// when there is none (missing, a directory, a symlink, a composite file).
+    pub fn lookup(&mut self, path: &[u8]) -> Result<Option<Vec<ChunkRef>>, E> {
+        let (dir, name) = match path.iter().rposition(|b| *b == b'/') {
+            Some(i) => (&path[..i], &path[i + 1..]),
+            None => (&path[..0], path),
+        };
+        let Some(node) = self.dir(dir)? else {
+            return Ok(None);
+        };
+        Ok(match node.get(name).map(|e| &e.kind) {
+            Some(EntryKind::File { chunks, .. }) => Some(chunks.clone()),
+            _ => None,
+        })
+    }
+
+    /// The node of the directory at `dir` ("" the root), if it is one.
+    fn dir(&mut self, dir: &[u8]) -> Result<Option<&Node>, E> {
+        if !self.dirs.contains_key(dir) {
+            let node = match dir.iter().rposition(|b| *b == b'/') {
+                _ if dir.is_empty() => Some((self.get)(&self.root)?),
+                split => {
+                    let (parent, name) = match split {
+                        Some(i) => (&dir[..i], &dir[i + 1..]),
+                        None => (&dir[..0], dir),
+                    };
+                    let child = match self.dir(parent)?.and_then(|p| p.get(name)) {
+                        Some(Entry {
+                            kind: EntryKind::Dir { node },
+                            ..
+                        }) => Some(*node),
+                        _ => None,
+                    };
+                    match child {
+                        Some(r) => Some((self.get)(&r)?),
+                        None => None,
+                    }
+                }
+            };
+            self.dirs.insert(dir.to_vec(), node);
+        }
+        Ok(self.dirs.get(dir).and_then(Option::as_ref))
     }
 }
 
@@ -483,6 +837,37 @@ mod tests {
             }),
             proptest::collection::vec(1u8..=255, 1..50)
                 .prop_map(|target| EntryKind::Symlink { target }),
+            (
+                any::<[u8; 32]>(),
+                1u32..100_000,
+                proptest::collection::vec("[a-z]{1,8}", 1..4),
+                1u64..1 << 40,
+                any::<bool>(),
+            )
+                .prop_map(|(id, len, names, fsize, run_after)| {
+                    let run = || {
+                        Part::Chunks(vec![ChunkRef {
+                            id: ChunkId(id),
+                            loc: loc(1, 40, len),
+                        }])
+                    };
+                    let mut parts = vec![
+                        run(),
+                        Part::File {
+                            path: names.join("/").into_bytes(),
+                            size: fsize,
+                        },
+                    ];
+                    if run_after {
+                        parts.push(run());
+                    }
+                    let size = parts.iter().map(Part::size).sum();
+                    EntryKind::Composite {
+                        size,
+                        chunk_hash: id,
+                        parts,
+                    }
+                }),
         ];
         (name, 0u32..=0o7777, any::<i64>(), 0u32..1_000_000_000, kind).prop_map(
             |(n, mode, secs, nanos, kind)| Entry {
@@ -524,6 +909,140 @@ mod tests {
             if let Ok(node) = Node::decode(&bad) {
                 prop_assert_eq!(node.encode(), bad);
             }
+        }
+    }
+
+    fn chunk(b: u8, len: u32) -> ChunkRef {
+        ChunkRef {
+            id: ChunkId([b; 32]),
+            loc: loc(b, 40, len),
+        }
+    }
+
+    /// A directory `d` with a plain file `p` (chunks 1 and 2) and a composite `img`:
+    /// chunk 9, then `d/p`, then chunk 9 again.
+    fn composite_tree() -> (Node, Node) {
+        let file = |name: &[u8], kind| Entry {
+            name: Name::new(name.to_vec()).expect("name"),
+            mode: 0o644,
+            mtime: Mtime::default(),
+            kind,
+        };
+        let p = [chunk(1, 100), chunk(2, 50)];
+        let whole = [chunk(9, 10), p[0], p[1], chunk(9, 10)];
+        let img = EntryKind::Composite {
+            size: 170,
+            chunk_hash: chunk_list_hash(whole.iter().map(|c| &c.id)),
+            parts: vec![
+                Part::Chunks(vec![chunk(9, 10)]),
+                Part::File {
+                    path: b"d/p".to_vec(),
+                    size: 150,
+                },
+                Part::Chunks(vec![chunk(9, 10)]),
+            ],
+        };
+        let d = Node::new(vec![
+            file(
+                b"p",
+                EntryKind::File {
+                    size: 150,
+                    chunks: p.to_vec(),
+                },
+            ),
+            file(b"img", img),
+        ])
+        .expect("node");
+        (d, Node::default())
+    }
+
+    fn lookup_in(d: &Node) -> impl FnMut(&[u8]) -> Result<Option<Vec<ChunkRef>>, ()> + '_ {
+        |path| {
+            let name = path.strip_prefix(b"d/").ok_or(())?;
+            Ok(match d.get(name).map(|e| &e.kind) {
+                Some(EntryKind::File { chunks, .. }) => Some(chunks.clone()),
+                _ => None,
+            })
+        }
+    }
+
+    #[test]
+    fn a_composite_file_resolves_to_its_chunks_and_round_trips() {
+        let (d, _) = composite_tree();
+        let back = Node::decode(&d.encode()).expect("decode");
+        assert_eq!(back, d);
+        let resolved = d.resolve(lookup_in(&d)).expect("lookup").expect("valid");
+        let EntryKind::File { size, chunks } = &resolved.get(b"img").expect("img").kind else {
+            panic!("not resolved");
+        };
+        let ids: Vec<u8> = chunks.iter().map(|c| c.id.0[0]).collect();
+        assert_eq!((*size, ids), (170, vec![9, 1, 2, 9]));
+        assert!(!resolved.has_composites() && d.has_composites());
+    }
+
+    #[test]
+    fn a_composite_file_naming_a_wrong_file_is_refused() {
+        let (d, _) = composite_tree();
+        let with = |f: &dyn Fn(&mut Vec<Part>, &mut [u8; 32])| {
+            let mut n = d.clone();
+            let e = n
+                .entries
+                .iter_mut()
+                .find(|e| e.name.as_bytes() == b"img")
+                .expect("img");
+            if let EntryKind::Composite {
+                parts, chunk_hash, ..
+            } = &mut e.kind
+            {
+                f(parts, chunk_hash);
+            }
+            n
+        };
+        // Missing, another size, another content than recorded.
+        let gone = with(&|parts, _| {
+            parts[1] = Part::File {
+                path: b"d/q".to_vec(),
+                size: 150,
+            }
+        });
+        assert!(gone.resolve(lookup_in(&d)).expect("lookup").is_err());
+        let other = with(&|_, h| h[0] ^= 1);
+        assert!(other.resolve(lookup_in(&d)).expect("lookup").is_err());
+        let mut small = d.clone();
+        if let Some(Entry {
+            kind: EntryKind::File { chunks, size },
+            ..
+        }) = small.entries.iter_mut().find(|e| e.name.as_bytes() == b"p")
+        {
+            chunks.pop();
+            *size = 100;
+        }
+        assert!(d.resolve(lookup_in(&small)).expect("lookup").is_err());
+        // Not one encoding: two runs in a row, an empty run, no file part, bad paths.
+        let e = |parts: Vec<Part>| {
+            let size = parts.iter().map(Part::size).sum();
+            Node::new(vec![Entry {
+                name: Name::new(b"x".to_vec()).expect("name"),
+                mode: 0,
+                mtime: Mtime::default(),
+                kind: EntryKind::Composite {
+                    size,
+                    chunk_hash: [0; 32],
+                    parts,
+                },
+            }])
+        };
+        let f = |p: &[u8]| Part::File {
+            path: p.to_vec(),
+            size: 5,
+        };
+        let run = || Part::Chunks(vec![chunk(3, 7)]);
+        assert!(e(vec![run(), f(b"a")]).is_ok());
+        assert!(e(vec![run(), run(), f(b"a")]).is_err());
+        assert!(e(vec![Part::Chunks(Vec::new()), f(b"a")]).is_err());
+        assert!(e(vec![run()]).is_err());
+        for bad in [&b""[..], b"/a", b"a//b", b"a/../b", b"a/"] {
+            assert!(e(vec![f(bad)]).is_err(), "{bad:?}");
         }
     }
 

@@ -430,3 +430,84 @@ fn golden_condemned_list_decodes_and_is_canonical() {
     let again = Condemned::decode(&bytes).expect("decodes").encode();
     assert_eq!(again, bytes);
 }
+
+/// The composite file of FORMAT.md 5.2 (entry kind 4), as fixed bytes: a directory with a
+/// plain file `p` and an image `img` made of a chunk, `d/p` and the chunk again. The
+/// encoding is exact (no compression is involved), so it is compared byte for byte.
+#[test]
+fn golden_composite_node_decodes_resolves_and_re_encodes() {
+    use pulpdist_format::{
+        chunk_list_hash, ChunkId, ChunkRef, Codec, Entry, Location, Mtime, Name, Node, PackId, Part,
+    };
+    let chunk = |b: u8, len: u32| ChunkRef {
+        id: ChunkId([b; 32]),
+        loc: Location {
+            pack: PackId([b; 32]),
+            offset: 40,
+            stored_len: len,
+            raw_len: len,
+            codec: Codec::Raw,
+        },
+    };
+    let p = vec![chunk(1, 100), chunk(2, 50)];
+    let whole = [chunk(9, 10), p[0], p[1], chunk(9, 10)];
+    let entry = |name: &[u8], kind| Entry {
+        name: Name::new(name.to_vec()).expect("name"),
+        mode: 0o644,
+        mtime: Mtime {
+            secs: 1_767_225_600,
+            nanos: 0,
+        },
+        kind,
+    };
+    let node = Node::new(vec![
+        entry(
+            b"p",
+            EntryKind::File {
+                size: 150,
+                chunks: p,
+            },
+        ),
+        entry(
+            b"img",
+            EntryKind::Composite {
+                size: 170,
+                chunk_hash: chunk_list_hash(whole.iter().map(|c| &c.id)),
+                parts: vec![
+                    Part::Chunks(vec![chunk(9, 10)]),
+                    Part::File {
+                        path: b"d/p".to_vec(),
+                        size: 150,
+                    },
+                    Part::Chunks(vec![chunk(9, 10)]),
+                ],
+            },
+        ),
+    ])
+    .expect("node");
+    if std::env::var_os("PULPDIST_REGEN_GOLDEN").is_some() {
+        fs::write(golden().join("composite.node"), node.encode()).expect("write");
+        eprintln!("composite-node {}", node.id().to_hex());
+    }
+    let bytes = fs::read(golden().join("composite.node")).expect("composite.node");
+    assert_eq!(node.encode(), bytes, "composite.node");
+    let decoded = Node::decode(&bytes).expect("decode");
+    assert_eq!(decoded, node);
+    assert_eq!(
+        pulpdist_format::NodeId::of(&bytes).to_hex(),
+        want("composite-node")
+    );
+    let resolved = decoded
+        .resolve(|path| {
+            Ok::<_, ()>(match path {
+                b"d/p" => Some(vec![chunk(1, 100), chunk(2, 50)]),
+                _ => None,
+            })
+        })
+        .expect("lookup")
+        .expect("resolves");
+    let Some(EntryKind::File { size: 170, chunks }) = resolved.get(b"img").map(|e| &e.kind) else {
+        panic!("not resolved");
+    };
+    assert_eq!(chunks.as_slice(), &whole[..]);
+}

@@ -131,14 +131,14 @@ impl Walker<'_> {
             for e in node.entries() {
                 match &e.kind {
                     EntryKind::Dir { node } => todo.push(*node),
-                    EntryKind::File { chunks, .. } => {
-                        for c in chunks {
+                    // A composite file's file parts are reached through those files.
+                    kind => {
+                        for c in kind.own_chunks() {
                             if self.count(c.loc.pack, c.loc.offset, c.loc.stored_len) {
                                 self.reach.chunks += 1;
                             }
                         }
                     }
-                    EntryKind::Symlink { .. } => {}
                 }
             }
         }

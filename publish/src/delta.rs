@@ -265,7 +265,9 @@ fn diff(
                 let child = nodes.get(node)?;
                 diff(nodes, &child, old_child.as_ref(), &path(), new_packs, jobs)?;
             }
-            EntryKind::Symlink { .. } => {}
+            // A composite file's file parts are files of the tree, with records of their
+            // own when they changed; its own chunks (an image's metadata) are fetched.
+            EntryKind::Composite { .. } | EntryKind::Symlink { .. } => {}
         }
     }
     Ok(())

@@ -137,8 +137,9 @@ impl Walker<'_> {
             };
             for e in node.entries() {
                 match &e.kind {
-                    EntryKind::File { chunks, .. } => {
-                        for c in chunks {
+                    EntryKind::File { .. } | EntryKind::Composite { .. } => {
+                        // A composite file's file parts are copied with those files.
+                        for c in e.kind.own_chunks() {
                             self.chunk(c)?;
                         }
                     }

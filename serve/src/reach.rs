@@ -116,11 +116,9 @@ fn walk(root: &Path, head_bytes: &[u8]) -> Result<HashSet<PackId>, String> {
             .map_err(|e| format!("node {} in {}: {e}", r.id, path.display()))?;
         for e in node.entries() {
             match &e.kind {
-                EntryKind::File { chunks, .. } => {
-                    packs.extend(chunks.iter().map(|c| c.loc.pack));
-                }
                 EntryKind::Dir { node } => todo.push(*node),
-                EntryKind::Symlink { .. } => {}
+                // A composite file's file parts are reached through those files.
+                kind => packs.extend(kind.own_chunks().map(|c| c.loc.pack)),
             }
         }
     }

@@ -57,8 +57,22 @@ pub fn verify_mirror(opts: &SyncOptions, read_data: bool) -> Result<MirrorReport
         ..Default::default()
     };
     let mut todo = vec![(PathBuf::new(), head.root.id)];
+    // A composite file is checked as the plain file it resolves to in this tree.
+    let mut files = pulpdist_format::TreeFiles::new(head.root, |r: &pulpdist_format::NodeRef| {
+        state.node(&r.id).ok_or_else(|| state.lost_node(&r.id))
+    });
     while let Some((rel, id)) = todo.pop() {
         let node = state.node(&id).ok_or_else(|| state.lost_node(&id))?;
+        let node = match node.has_composites() {
+            false => node,
+            true => {
+                node.resolve(|path| files.lookup(path))?
+                    .map_err(|source| SyncError::Format {
+                        object: format!("index node {id} of '{}'", rel.display()),
+                        source,
+                    })?
+            }
+        };
         let modes = crate::pipeline::plan::PlanSettings {
             metadata_patterns: Vec::new(),
             max_gap: 0,

@@ -212,7 +212,9 @@ impl Nodes {
         let (mut files, mut bytes) = (0, 0);
         for e in node.entries() {
             match &e.kind {
-                EntryKind::File { size, .. } => (files, bytes) = (files + 1, bytes + size),
+                EntryKind::File { size, .. } | EntryKind::Composite { size, .. } => {
+                    (files, bytes) = (files + 1, bytes + size)
+                }
                 EntryKind::Dir { node } => {
                     let (f, b) = self.totals(store, node, depth + 1)?;
                     (files, bytes) = (files + f, bytes + b);
@@ -273,7 +275,7 @@ impl Nodes {
             };
             let (old, new) = (leaf(&old), leaf(&new));
             let size = |e: &Option<pulpdist_format::Entry>| match e.as_ref().map(|e| &e.kind) {
-                Some(EntryKind::File { size, .. }) => *size,
+                Some(EntryKind::File { size, .. } | EntryKind::Composite { size, .. }) => *size,
                 _ => 0,
             };
             let change = match (&old, &new) {
@@ -299,6 +301,14 @@ fn same_content(a: &pulpdist_format::Entry, b: &pulpdist_format::Entry) -> bool 
     match (&a.kind, &b.kind) {
         (EntryKind::File { chunks: x, .. }, EntryKind::File { chunks: y, .. }) => {
             x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.id == q.id)
+        }
+        (
+            EntryKind::Composite { chunk_hash: x, .. },
+            EntryKind::Composite { chunk_hash: y, .. },
+        ) => x == y,
+        (EntryKind::File { chunks, .. }, EntryKind::Composite { chunk_hash, .. })
+        | (EntryKind::Composite { chunk_hash, .. }, EntryKind::File { chunks, .. }) => {
+            pulpdist_format::chunk_list_hash(chunks.iter().map(|c| &c.id)) == *chunk_hash
         }
         (EntryKind::Symlink { target: x }, EntryKind::Symlink { target: y }) => x == y,
         _ => false,

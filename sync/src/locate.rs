@@ -109,12 +109,11 @@ fn locate(
         for e in node.entries() {
             match &e.kind {
                 EntryKind::Dir { node } => todo.push(*node),
-                EntryKind::File { chunks, .. } => {
-                    for c in chunks.iter().filter(|c| wanted.contains(&c.id)) {
+                kind => {
+                    for c in kind.own_chunks().filter(|c| wanted.contains(&c.id)) {
                         found.entry(c.id).or_insert(*c);
                     }
                 }
-                EntryKind::Symlink { .. } => {}
             }
         }
     }

@@ -46,6 +46,9 @@ pub(crate) struct State {
     read_only: bool,
     /// Nodes fetched by a dry run (never written to disk).
     mem_nodes: Mutex<HashMap<NodeId, Vec<u8>>>,
+    /// Nodes of the tree being synced whose composite files are resolved (FORMAT.md 5.2):
+    /// what [`State::node`] gives for those ids for the rest of the sync.
+    resolved: Mutex<HashMap<NodeId, Node>>,
     /// The lock, held until the state is dropped (or the process dies).
     _lock: Option<File>,
 }
@@ -86,6 +89,7 @@ impl State {
             staging: Staging::new(dir.join("staging")),
             read_only,
             mem_nodes: Mutex::new(HashMap::new()),
+            resolved: Mutex::new(HashMap::new()),
             _lock: lock,
         })
     }
@@ -216,9 +220,21 @@ impl State {
         self.dir.join("nodes").join(&hex[..2]).join(&hex)
     }
 
-    /// A node from the local node store (verified again: the state is not trusted blindly).
+    /// A node from the local node store (verified again: the state is not trusted blindly),
+    /// with its composite files resolved if [`State::set_resolved`] was given it.
     pub(crate) fn node(&self, id: &NodeId) -> Option<Node> {
+        if let Some(n) = self.resolved.lock().ok().and_then(|m| m.get(id).cloned()) {
+            return Some(n);
+        }
         Node::decode(&self.node_bytes(id)?).ok()
+    }
+
+    /// The node `id` with its composite files resolved against the tree being synced
+    /// (only its file entries differ from the stored node).
+    pub(crate) fn set_resolved(&self, id: NodeId, node: Node) {
+        if let Ok(mut m) = self.resolved.lock() {
+            m.insert(id, node);
+        }
     }
 
     /// The error for a node the sync fetched or checked but can no longer read back (a

@@ -218,6 +218,7 @@ fn walk(
     report: &mut VerifyReport,
 ) -> Result<(), SyncError> {
     let mut todo = vec![root];
+    let mut composites = Vec::new();
     while let Some(r) = todo.pop() {
         if !seen.insert(r) {
             continue;
@@ -248,15 +249,47 @@ fn walk(
         for e in node.entries() {
             match &e.kind {
                 EntryKind::Dir { node } => todo.push(*node),
-                EntryKind::File { chunks: refs, .. } => {
-                    report.chunk_refs += refs.len() as u64;
-                    for c in refs {
+                kind => {
+                    for c in kind.own_chunks() {
+                        report.chunk_refs += 1;
                         chunks.entry(c.loc.pack).or_default().insert(c.id, *c);
                     }
                 }
-                EntryKind::Symlink { .. } => {}
             }
         }
+        if node.has_composites() {
+            composites.push((r, node));
+        }
+    }
+    check_composites(store, root, composites, report)
+}
+
+/// Resolves each composite file against its tree: every file part names a plain file of
+/// the tree of its size, and the whole resolves to the chunks its entry records.
+fn check_composites(
+    store: &dyn StoreReader,
+    root: NodeRef,
+    composites: Vec<(NodeRef, pulpdist_format::Node)>,
+    report: &mut VerifyReport,
+) -> Result<(), SyncError> {
+    let mut files = pulpdist_format::TreeFiles::new(root, |r: &NodeRef| {
+        let stored = store.get_range(&r.loc.pack, r.loc.range())?;
+        r.open(&stored).map_err(|source| SyncError::Format {
+            object: format!("index node {} in {}", r.id, r.loc.pack.object_key()),
+            source,
+        })
+    });
+    for (r, node) in composites {
+        let what = match node.resolve(|path| files.lookup(path)) {
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) if is_damage(&e) => e.to_string(),
+            Err(e) => return Err(e),
+        };
+        report.problems.push(Problem {
+            object: format!("index node {} in {}", r.id, r.loc.pack.object_key()),
+            what,
+        });
     }
     Ok(())
 }

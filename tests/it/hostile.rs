@@ -7,8 +7,8 @@ use std::fs;
 use common::*;
 use pulpdist_format::pack::{ObjectKind, PackBuilder};
 use pulpdist_format::{
-    ChunkParams, Codec, Entry, EntryKind, Head, Mtime, Name, Node, NodeId, NodeRef, PackId,
-    PackInfo, PackKind, SecretKey, VersionPacks,
+    chunk_list_hash, ChunkId, ChunkParams, ChunkRef, Codec, Entry, EntryKind, Head, Location,
+    Mtime, Name, Node, NodeId, NodeRef, PackId, PackInfo, PackKind, Part, SecretKey, VersionPacks,
 };
 
 /// An index pack written by hand, as an attacker holding the signing pipeline would: node
@@ -286,4 +286,64 @@ fn same_version_with_another_root_is_refused_and_publisher_needs_the_trees_key()
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A composite file (FORMAT.md 5.2, an image naming the tree's files) that names no plain
+/// file of the tree, names one as another size, or resolves to other chunks than its
+/// entry records: the signed tree is refused before anything is written.
+#[test]
+fn a_composite_file_naming_what_the_tree_does_not_hold_is_refused() {
+    let site = Site::new();
+    fs::write(site.src().join("a.txt"), b"first version\n").expect("write");
+    site.publish();
+    site.sync();
+    let before = snapshot(&site.mirror());
+    let chunk = |b: u8| ChunkRef {
+        id: ChunkId([b; 32]),
+        loc: Location {
+            pack: PackId([7; 32]),
+            offset: 40,
+            stored_len: 100,
+            raw_len: 100,
+            codec: Codec::Raw,
+        },
+    };
+    let entry = |name: &[u8], kind| Entry {
+        name: Name::new(name.to_vec()).expect("name"),
+        mode: 0o644,
+        mtime: Mtime::default(),
+        kind,
+    };
+    let whole = [chunk(9), chunk(1), chunk(2)];
+    let cases: [(&[u8], u64, bool, &str); 4] = [
+        (b"q", 200, true, "not a plain file of the tree"),
+        (b"sub/p", 200, true, "not a plain file of the tree"),
+        (b"p", 100, true, "as 100 bytes; it has 200"),
+        (b"p", 200, false, "other chunks than it records"),
+    ];
+    for (i, (path, size, hash_ok, needle)) in cases.into_iter().enumerate() {
+        let image = EntryKind::Composite {
+            size: 100 + size,
+            chunk_hash: match hash_ok {
+                true => chunk_list_hash(whole.iter().map(|c| &c.id)),
+                false => [0; 32],
+            },
+            parts: vec![
+                Part::Chunks(vec![chunk(9)]),
+                Part::File {
+                    path: path.to_vec(),
+                    size,
+                },
+            ],
+        };
+        let plain = EntryKind::File {
+            size: 200,
+            chunks: vec![chunk(1), chunk(2)],
+        };
+        let root = Node::new(vec![entry(b"p", plain), entry(b"img", image)]).expect("node");
+        let mut index = HandIndex::new(format!("composite {i}").as_bytes());
+        let r = index.add(&root.encode());
+        index.publish(&site, r, 2 + i as u64);
+        assert_refused(&site, &before, needle);
+    }
 }

@@ -56,6 +56,20 @@ fn an_image_of_the_trees_own_files_costs_only_its_metadata() {
     let image_size = fs::metadata(&image).expect("image").len();
     let p = publish_json(&site);
     assert_eq!(p["isos"], 1, "{p}");
+    // The image's entry names the loose files it holds instead of repeating their chunks
+    // (a composite file, FORMAT.md 5.2): one file part per package of the pool (of at
+    // least 1 KiB: a smaller one costs about as much as a chunk).
+    let (parts, own, resolved) = image_entry(&site, "cdimage", b"pool.iso");
+    let debs = common::snapshot(&pool_copy)
+        .keys()
+        .filter(|p| p.to_string_lossy().ends_with(".deb"))
+        .filter(|p| fs::metadata(pool_copy.join(p)).expect("stat").len() >= 1024)
+        .count();
+    assert!(parts >= debs, "{parts} file parts for {debs} packages");
+    assert!(
+        own * 2 < resolved,
+        "the node lists {own} of the image's {resolved} chunks itself"
+    );
     let r = site.sync();
     assert_same_tree(&site.src(), &site.mirror());
     let fetched = r["bytes_fetched"].as_u64().expect("bytes");
@@ -83,11 +97,68 @@ fn an_image_of_the_trees_own_files_costs_only_its_metadata() {
     assert_eq!(p["isos"], 1, "{p}");
     let r = site.sync();
     assert_same_tree(&site.src(), &site.mirror());
+    // A site that starts from nothing resolves the image against the tree it fetches.
+    let fresh = site.p("fresh");
+    let args = common::sync_cmd(s(&site.store()), "tree", &site.trust(), &fresh, &[]);
+    common::run_json(&common::strs(&args));
+    assert_same_tree(&site.src(), &fresh);
     let new_bytes = p["bytes_stored"].as_u64().expect("stored");
     assert!(
         r["bytes_fetched"].as_u64().expect("bytes") <= new_bytes + new_bytes / 20 + 64 * 1024,
         "{r} for {new_bytes} new bytes"
     );
+}
+
+/// The file parts, the chunks it lists itself and the chunks it resolves to of the entry
+/// `name` in directory `dir` (below the root) of the store's current version.
+fn image_entry(site: &Site, dir: &str, name: &[u8]) -> (usize, usize, usize) {
+    let head = fs::read(site.store().join("heads/tree")).expect("head");
+    let (head, _, _) = pulpdist_format::Head::decode_unverified(&head).expect("head");
+    let open = |r: &pulpdist_format::NodeRef| {
+        let pack = fs::read(site.store().join(r.loc.pack.object_key())).expect("pack");
+        let range = r.loc.range();
+        let stored = &pack[range.start as usize..range.end as usize];
+        r.open(stored).expect("node")
+    };
+    let root = open(&head.root);
+    let Some(pulpdist_format::EntryKind::Dir { node }) = root.get(dir.as_bytes()).map(|e| &e.kind)
+    else {
+        panic!("no {dir}/");
+    };
+    let node = open(node);
+    let Some(pulpdist_format::EntryKind::Composite { parts, .. }) = node.get(name).map(|e| &e.kind)
+    else {
+        panic!("not a composite file: {:?}", node.get(name));
+    };
+    let files = parts
+        .iter()
+        .filter(|p| matches!(p, pulpdist_format::Part::File { .. }))
+        .count();
+    let own = node.get(name).expect("entry").kind.own_chunks().count();
+    let resolved = root_resolved_chunks(site, &head.root, &node, name);
+    (files, own, resolved)
+}
+
+/// How many chunks the composite entry `name` of `node` resolves to in the tree of `root`.
+fn root_resolved_chunks(
+    site: &Site,
+    root: &pulpdist_format::NodeRef,
+    node: &pulpdist_format::Node,
+    name: &[u8],
+) -> usize {
+    let mut files = pulpdist_format::TreeFiles::new(*root, |r: &pulpdist_format::NodeRef| {
+        let pack = fs::read(site.store().join(r.loc.pack.object_key())).expect("pack");
+        let range = r.loc.range();
+        r.open(&pack[range.start as usize..range.end as usize])
+    });
+    let resolved = node
+        .resolve(|p| files.lookup(p))
+        .expect("lookup")
+        .expect("resolves");
+    match &resolved.get(name).expect("entry").kind {
+        pulpdist_format::EntryKind::File { chunks, .. } => chunks.len(),
+        other => panic!("{other:?}"),
+    }
 }
 
 /// A file of 4 GiB or more is stored in several extents. xorriso 1.5.4 splits a file only

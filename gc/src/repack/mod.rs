@@ -199,8 +199,8 @@ pub(crate) fn rewrite(
     for (_, _, h) in &heads {
         walk(store, h.root, &mut seen, &mut |_, node| {
             for e in node.entries() {
-                if let EntryKind::File { chunks, .. } = &e.kind {
-                    for c in chunks.iter().filter(|c| sparse_ids.contains(&c.loc.pack)) {
+                for c in e.kind.own_chunks() {
+                    if sparse_ids.contains(&c.loc.pack) {
                         wanted
                             .entry(c.loc.pack)
                             .or_default()
@@ -487,9 +487,7 @@ fn packs_reached<'a>(
         walk(store, h.root, &mut seen, &mut |r, node| {
             packs.insert(r.loc.pack);
             for e in node.entries() {
-                if let EntryKind::File { chunks, .. } = &e.kind {
-                    packs.extend(chunks.iter().map(|c| c.loc.pack));
-                }
+                packs.extend(e.kind.own_chunks().map(|c| c.loc.pack));
             }
         })?;
     }

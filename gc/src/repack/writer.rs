@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use pulpdist_chunker::Compressor;
 use pulpdist_format::pack::{ObjectKind, PackBuilder};
 use pulpdist_format::{
-    ChunkRef, Entry, EntryKind, Location, Node, NodeId, NodeRef, PackId, PackInfo, PackKind,
+    ChunkRef, Entry, EntryKind, Location, Node, NodeId, NodeRef, PackId, PackInfo, PackKind, Part,
 };
 use pulpdist_publish::{PublishError, Store};
 
@@ -133,19 +133,25 @@ impl<'a> Writer<'a> {
                     changed |= n != *node;
                     EntryKind::Dir { node: n }
                 }
-                EntryKind::File { size, chunks } => {
-                    let mut refs = chunks.clone();
-                    for c in refs.iter_mut() {
-                        if let Some(loc) = self.moved.get(&(c.loc.pack, c.loc.offset)) {
-                            c.loc = *loc;
-                            changed = true;
-                        }
-                    }
-                    EntryKind::File {
-                        size: *size,
-                        chunks: refs,
-                    }
-                }
+                EntryKind::File { size, chunks } => EntryKind::File {
+                    size: *size,
+                    chunks: self.relocated(chunks, &mut changed),
+                },
+                EntryKind::Composite {
+                    size,
+                    chunk_hash,
+                    parts,
+                } => EntryKind::Composite {
+                    size: *size,
+                    chunk_hash: *chunk_hash,
+                    parts: parts
+                        .iter()
+                        .map(|p| match p {
+                            Part::Chunks(c) => Part::Chunks(self.relocated(c, &mut changed)),
+                            file => file.clone(),
+                        })
+                        .collect(),
+                },
                 other => other.clone(),
             };
             entries.push(Entry { kind, ..e.clone() });
@@ -184,6 +190,18 @@ impl<'a> Writer<'a> {
     }
 
     /// Ends an open pack and puts it into the store.
+    /// `chunks` with the locations of moved chunks replaced (`changed` set if any was).
+    fn relocated(&self, chunks: &[ChunkRef], changed: &mut bool) -> Vec<ChunkRef> {
+        let mut refs = chunks.to_vec();
+        for c in refs.iter_mut() {
+            if let Some(loc) = self.moved.get(&(c.loc.pack, c.loc.offset)) {
+                c.loc = *loc;
+                *changed = true;
+            }
+        }
+        refs
+    }
+
     fn close(&self, mut o: Open, kind: PackKind) -> Result<PackInfo, GcError> {
         let id = o.builder.id();
         let (tail, size) = o.builder.finish();

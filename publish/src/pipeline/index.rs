@@ -6,16 +6,19 @@
 //! are written.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
 use pulpdist_chunker::Compressor;
 use pulpdist_format::pack::ObjectKind;
 use pulpdist_format::{
-    ChunkRef, Entry, EntryKind, Node, NodeId, NodeRef, PackId, PackInfo, PackKind, MAX_NODE_SIZE,
+    chunk_list_hash, ChunkRef, Entry, EntryKind, Node, NodeId, NodeRef, PackId, PackInfo, PackKind,
+    Part, MAX_NODE_SIZE,
 };
 
-use super::chunking::FileChunks;
+use super::chunking::{ChunkList, FileChunks};
+use super::composite::{self, Region, Targets};
 use super::scan::CacheFile;
 use super::workers::pack_namer;
 use super::{PublishOptions, PublishReport, Run};
@@ -73,6 +76,9 @@ pub(super) fn build(
     let mut next_cache = CacheWriter::new(&cache.identity);
     let mut fresh = HashMap::new();
     let mut reached = BTreeSet::new();
+    // Found over the whole tree the first time a rebuilt directory has a file of more
+    // than one chunk (one that may hold another).
+    let targets = OnceLock::new();
     for level in walk.levels.iter().rev() {
         let built = run.workers.run(|| {
             level
@@ -85,7 +91,7 @@ pub(super) fn build(
                             what: "index nodes",
                             detail: e.to_string(),
                         })?;
-                        build_dir(run.opts, inputs, di, &dir_refs, catalog, comp)
+                        build_dir(run.opts, inputs, di, &dir_refs, catalog, comp, &targets)
                     },
                 )
                 .collect::<Result<Vec<_>, _>>()
@@ -256,6 +262,42 @@ fn file_kind(
     Ok(EntryKind::File { size, chunks: refs })
 }
 
+/// A file's entry as a composite file if it holds other files of the tree (see
+/// [`composite`]), else as it is.
+fn composite_kind(
+    kind: EntryKind,
+    fi: usize,
+    inputs: &Inputs<'_, '_>,
+    targets: &OnceLock<Targets>,
+) -> EntryKind {
+    let EntryKind::File { size, chunks } = kind else {
+        return kind;
+    };
+    if chunks.len() < 2 {
+        return EntryKind::File { size, chunks };
+    }
+    let targets = targets.get_or_init(|| Targets::new(inputs.walk, inputs.file_chunks));
+    let list: ChunkList = chunks.iter().map(|c| (c.id, c.loc.raw_len)).collect();
+    let Some(regions) = targets.parts(fi, &list) else {
+        return EntryKind::File { size, chunks };
+    };
+    let parts = regions
+        .into_iter()
+        .map(|r| match r {
+            Region::Chunks(range) => Part::Chunks(chunks[range].to_vec()),
+            Region::File { fi, size } => Part::File {
+                path: composite::path(inputs.walk, fi),
+                size,
+            },
+        })
+        .collect();
+    EntryKind::Composite {
+        size,
+        chunk_hash: chunk_list_hash(chunks.iter().map(|c| &c.id)),
+        parts,
+    }
+}
+
 /// A directory's node: the one it had (unchanged since the last publish) or a new one.
 enum Built {
     Kept(NodeRef),
@@ -281,6 +323,7 @@ fn build_dir(
     dir_refs: &[Option<NodeRef>],
     catalog: &Catalog,
     comp: &mut Compressor,
+    targets: &OnceLock<Targets>,
 ) -> Result<Built, PublishError> {
     let Inputs {
         walk,
@@ -309,7 +352,8 @@ fn build_dir(
         let kind = match &e.kind {
             WalkKind::File(fi) => {
                 nfiles += 1;
-                file_kind(file_chunks[*fi].as_ref(), catalog, &mut packs, &what)?
+                let kind = file_kind(file_chunks[*fi].as_ref(), catalog, &mut packs, &what)?;
+                composite_kind(kind, *fi, inputs, targets)
             }
             WalkKind::Dir(ci) => EntryKind::Dir {
                 node: dir_refs[*ci].ok_or_else(|| {
@@ -339,6 +383,12 @@ fn build_dir(
     }
     let id = NodeId::of(&encoded);
     let stored = (!catalog.nodes.contains_key(&id)).then(|| comp.compress(&encoded));
+    // A composite file names files elsewhere in the tree, which the fingerprint does not
+    // cover: its directory is built again by every publish (no fingerprint matches zeros).
+    let fingerprint = match node.has_composites() {
+        true => [0; 32],
+        false => fingerprint,
+    };
     Ok(Built::New(NewNode {
         fingerprint,
         encoded,

@@ -22,6 +22,7 @@ use pulpdist_chunker::Chunker;
 use pulpdist_format::SecretKey;
 
 mod chunking;
+mod composite;
 mod deltas;
 mod head;
 mod index;

@@ -87,6 +87,8 @@ pub(super) fn find(
         dirs = walk(None)?;
     }
     report.dirs_examined = dirs.len() as u64;
+    let (root, gap) = (acc.head.root, opts.max_gap);
+    super::walk::resolve_composites(store, state, root, &dirs, &mem_packs, gap)?;
     Ok(Changes {
         dirs,
         delta,

@@ -291,6 +291,8 @@ impl Planner {
                         }
                     }
                 },
+                // Resolved into a plain file before the plan (`walk::resolve_composites`).
+                EntryKind::Composite { .. } => {}
                 EntryKind::Symlink { target } => {
                     if !matches!(seen, Observed::Symlink { target: t, mtime } if t == target && *mtime == e.mtime)
                     {

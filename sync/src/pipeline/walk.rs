@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
-use pulpdist_format::{EntryKind, NodeId, NodeRef, PackId};
+use pulpdist_format::{EntryKind, Node, NodeId, NodeRef, PackId, TreeFiles};
 
 use crate::error::SyncError;
 use crate::ranges::coalesce;
@@ -172,6 +172,44 @@ impl Bounds {
         }
         Ok(())
     }
+}
+
+/// Resolves the composite files of the changed directories against the new tree
+/// (FORMAT.md 5.2): each file part's file is found by path (the nodes on the way fetched
+/// unless held, each verified), and the resolved node stands for the stored one for the
+/// rest of the sync ([`State::set_resolved`]). A part that names no plain file of the tree,
+/// or resolves to other chunks than its entry records, refuses the tree.
+pub(crate) fn resolve_composites(
+    reader: &dyn StoreReader,
+    state: &State,
+    root: NodeRef,
+    dirs: &[DirChange],
+    mem_packs: &HashMap<PackId, Vec<u8>>,
+    max_gap: u64,
+) -> Result<(), SyncError> {
+    let mut files = None;
+    for c in dirs {
+        let node = state.node(&c.new).ok_or_else(|| state.lost_node(&c.new))?;
+        if !node.has_composites() {
+            continue;
+        }
+        let files = files.get_or_insert_with(|| {
+            TreeFiles::new(root, |r: &NodeRef| -> Result<Node, SyncError> {
+                if !state.has_node(&r.id) {
+                    fetch_nodes(reader, state, &[*r], mem_packs, max_gap)?;
+                }
+                state.node(&r.id).ok_or_else(|| state.lost_node(&r.id))
+            })
+        });
+        let resolved =
+            node.resolve(|path| files.lookup(path))?
+                .map_err(|source| SyncError::Format {
+                    object: format!("index node {} of '{}'", c.new, c.rel.display()),
+                    source,
+                })?;
+        state.set_resolved(c.new, resolved);
+    }
+    Ok(())
 }
 
 fn fetch_nodes(
