@@ -40,10 +40,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 TREE = "bench"  # the PulpDist tree name
 PACKAGES_REL = "dists/stable/main/binary-amd64/Packages"
-SCENARIOS = ["source", "packages", "pool", "large", "iso", "botocore", "debs"]
+SCENARIOS = ["source", "packages", "pool", "large", "iso", "botocore", "debs", "debs-iso"]
 # Real data (not generated): two consecutive sdists of botocore from PyPI, and for Debian
 # packages with more than one version in this machine's apt sources, the two newest .debs.
-REAL = {"botocore", "debs"}
+REAL = {"botocore", "debs", "debs-iso"}
+# Scenarios whose version 2 adds an ISO image of version 1's pool (jigdo's case).
+ISOS = {"iso", "debs-iso"}
+# Scenario debs-iso: a pool of real .debs, this many packages whose names start with "lib"
+# (every k-th of the sorted list this machine's apt sources offer, so they spread).
+ISO_DEBS = 400
 BOTOCORE = ("1.35.50", "1.35.51")
 DEBS = ["openssl", "libssl3", "curl", "libcurl4", "openssh-client", "openssh-server", "libc6",
         "libc-bin", "linux-libc-dev", "git", "libxml2", "python3.11-minimal",
@@ -344,8 +349,8 @@ class Bench:
                 "zstd": first_line(["zstd", "--version"])}
 
     def gen(self, name, version, d, scale):
-        if name == "iso":
-            return self.gen_iso(version, d, scale)
+        if name in ISOS:
+            return self.gen_iso(name, version, d, scale)
         if name in REAL:
             return self.gen_real(name, version, d)
         out = run([self.gen_tree, "scenario", name, str(version), str(d), str(scale)],
@@ -362,7 +367,20 @@ class Bench:
         tmp = dl / f"v{version}.tmp"
         rm_tree(tmp, self.a.prep_timeout)
         tmp.mkdir(parents=True)
-        if name == "botocore":
+        if name == "debs-iso":
+            names = sorted(n for n in run(["apt-cache", "pkgnames", "lib"],
+                                          self.a.prep_timeout).split()
+                           if not n.endswith(("-dbgsym", "-dbg")))
+            step = max(1, len(names) // ISO_DEBS)
+            pool = tmp / "pool"
+            pool.mkdir()
+            # Packages apt cannot download (virtual names) are skipped, one at a time.
+            for pkg in names[::step][:ISO_DEBS]:
+                d = pool / pkg[0]
+                d.mkdir(exist_ok=True)
+                subprocess.run(["apt-get", "download", pkg], cwd=d, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=self.a.prep_timeout)
+        elif name == "botocore":
             v = BOTOCORE[version - 1]
             run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                  f"botocore=={v}", "-d", str(dl)], self.a.prep_timeout)
@@ -410,9 +428,10 @@ class Bench:
             facts["deleted_files"] = len([k for k in old if k not in now])
         return facts
 
-    def gen_iso(self, version, d, scale):
-        """Scenario iso: the pool's version 1; version 2 adds an image of that pool."""
-        v1 = self.gen("pool", 1, d, scale)
+    def gen_iso(self, name, version, d, scale):
+        """Scenarios iso and debs-iso: a pool (generated, or real .debs) as version 1;
+        version 2 adds an image of that pool."""
+        v1 = self.gen_real(name, 1, d) if name in REAL else self.gen("pool", 1, d, scale)
         if version == 1:
             return v1
         image = d / ISO_REL
@@ -506,15 +525,15 @@ class Bench:
             except Failure as e:
                 info["failed"]["zsync"] = str(e)
 
-        if name == "iso":
+        if name in ISOS:
             self.prepare_iso(w, up, info)
 
         log(f"{name}: hashing v1 and v2 for the checks and the zstd bound")
         self.want = manifest(up)
         v1 = manifest(base / "plain")
-        if name == "iso":
+        if name in ISOS:
             # A new file has no reference: the bound would be the image compressed alone.
-            self.results["notes"].append("iso: no zstd bound (the image is a new file)")
+            self.results["notes"].append(f"{name}: no zstd bound (the image is a new file)")
         elif not self.a.no_zstd_bound:
             try:
                 info["zstd_bound"] = self.zstd_bound(base / "plain", up, v1, self.want)
@@ -627,7 +646,7 @@ class Bench:
             tools = [PD, "rsync", "rsync -z", "casync"]
             if name == "packages":
                 tools.append("zsync")
-            if name == "iso":
+            if name in ISOS:
                 tools.append("jigdo")
             for tool in tools:
                 runs = []
@@ -1009,15 +1028,24 @@ def render_upstream(res, links):
 
 
 def render_iso(res, links):
-    """Scenario iso: jigdo's template against what a PulpDist site fetches for the image."""
-    sc = res["scenarios"].get("iso")
+    """Scenarios iso and debs-iso: jigdo's template against what a PulpDist site fetches
+    for the image."""
+    return "\n\n".join(t for t in (render_one_iso(res, links, n) for n in sorted(ISOS)) if t)
+
+
+def render_one_iso(res, links, name):
+    """One ISO scenario's table."""
+    sc = res["scenarios"].get(name)
     if not sc or "iso" not in sc:
         return ""
     i, u = sc["iso"], sc["upstream"]
     jig = (i["jigdo_bytes"] + i["jigdo_template_bytes"]) if "jigdo_bytes" in i else None
-    out = [f"ISO image (scenario iso: {i['image_bytes']:,}-byte image of the pool a site "
+    out = [f"ISO image (scenario {name}: {i['image_bytes']:,}-byte image of the pool a site "
            "already has), PulpDist beside jigdo-file:", "", "| figure | jigdo-file | PulpDist |"
            " PulpDist / jigdo |", "|---|---|---|---|"]
+    if "jigdo_bytes" in i:
+        out.append(f"| jigdo's .template alone / .jigdo alone | {fmt_int(i['jigdo_template_bytes'])}"
+                   f" / {fmt_int(i['jigdo_bytes'])} | | |")
 
     def ratio(a, b):
         return "–" if a is None or not b else f"{a / b:.2f}"
@@ -1030,7 +1058,7 @@ def render_iso(res, links):
                    f"{fmt_s(mj['cpu_s'])} | {fmt_s(mp['wall_s'])} / {fmt_s(mp['cpu_s'])} | "
                    f"{ratio(mp['wall_s'], mj['wall_s'])} |")
     for ln in links:
-        rows = {r["tool"]: r for r in res["rows"] if r["scenario"] == "iso" and r["link"] == ln}
+        rows = {r["tool"]: r for r in res["rows"] if r["scenario"] == name and r["link"] == ln}
         pd, jr = rows.get(PD, {}), rows.get("jigdo", {})
         if "error" in pd or "error" in jr:
             continue

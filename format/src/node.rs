@@ -158,6 +158,32 @@ impl EntryKind {
     }
 }
 
+impl EntryKind {
+    /// Whether two file entries (plain or composite) stand for the same chunks; `None` if
+    /// either is not a file. A composite file is compared by its `chunk_hash`.
+    pub fn same_chunks(&self, other: &EntryKind) -> Option<bool> {
+        let hash = |k: &EntryKind| match k {
+            EntryKind::File { chunks, .. } => Some(chunk_list_hash(chunks.iter().map(|c| &c.id))),
+            EntryKind::Composite { chunk_hash, .. } => Some(*chunk_hash),
+            _ => None,
+        };
+        match (self, other) {
+            (EntryKind::File { chunks: a, .. }, EntryKind::File { chunks: b, .. }) => {
+                Some(a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.id == y.id))
+            }
+            _ => Some(hash(self)? == hash(other)?),
+        }
+    }
+
+    /// A file's size, plain or composite.
+    pub fn file_size(&self) -> Option<u64> {
+        match self {
+            EntryKind::File { size, .. } | EntryKind::Composite { size, .. } => Some(*size),
+            _ => None,
+        }
+    }
+}
+
 /// BLAKE3 of a chunk list's ids, concatenated in order: what a composite file's entry
 /// records of the chunks it resolves to.
 pub fn chunk_list_hash<'a>(chunks: impl IntoIterator<Item = &'a ChunkId>) -> [u8; 32] {
@@ -676,13 +702,17 @@ impl Node {
 /// Reads and verifies the node a reference names.
 type NodeGetter<'a, E> = Box<dyn FnMut(&NodeRef) -> Result<Node, E> + 'a>;
 
-/// The plain files of one tree, found by path for [`Node::resolve`]: each directory's node
-/// is read once (through `get`, which fetches and verifies it) and kept.
+/// The plain files of one tree, found by path for [`Node::resolve`]: the nodes on the way
+/// are read through `get` (which fetches and verifies them); the last [`TREE_FILES_CACHE`]
+/// directories are kept, which serves an image naming its files in path order.
 pub struct TreeFiles<'a, E> {
     root: NodeRef,
     get: NodeGetter<'a, E>,
     dirs: HashMap<Vec<u8>, Option<Node>>,
 }
+
+/// Directory nodes a [`TreeFiles`] keeps.
+const TREE_FILES_CACHE: usize = 64;
 
 impl<'a, E> TreeFiles<'a, E> {
     /// The tree whose root node is `root`.
@@ -710,32 +740,55 @@ impl<'a, E> TreeFiles<'a, E> {
         })
     }
 
-    /// The node of the directory at `dir` ("" the root), if it is one.
+    /// The node of the directory at `dir` ("" the root), if it is one: from the deepest
+    /// cached directory on the way, one level at a time.
     fn dir(&mut self, dir: &[u8]) -> Result<Option<&Node>, E> {
         if !self.dirs.contains_key(dir) {
-            let node = match dir.iter().rposition(|b| *b == b'/') {
-                _ if dir.is_empty() => Some((self.get)(&self.root)?),
-                split => {
-                    let (parent, name) = match split {
-                        Some(i) => (&dir[..i], &dir[i + 1..]),
-                        None => (&dir[..0], dir),
-                    };
-                    let child = match self.dir(parent)?.and_then(|p| p.get(name)) {
-                        Some(Entry {
-                            kind: EntryKind::Dir { node },
-                            ..
-                        }) => Some(*node),
-                        _ => None,
-                    };
-                    match child {
-                        Some(r) => Some((self.get)(&r)?),
-                        None => None,
-                    }
-                }
-            };
+            let node = self.walk_to(dir)?;
+            if self.dirs.len() >= TREE_FILES_CACHE {
+                self.dirs.clear();
+            }
             self.dirs.insert(dir.to_vec(), node);
         }
         Ok(self.dirs.get(dir).and_then(Option::as_ref))
+    }
+
+    fn walk_to(&mut self, dir: &[u8]) -> Result<Option<Node>, E> {
+        if dir.is_empty() {
+            return (self.get)(&self.root).map(Some);
+        }
+        // The longest cached prefix (a parent directory), else the root.
+        let ends: Vec<usize> = dir
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'/')
+            .map(|(i, _)| i)
+            .collect();
+        let mut from = 0usize;
+        let mut node: Option<Node> = None;
+        for &i in ends.iter().rev() {
+            if let Some(cached) = self.dirs.get(&dir[..i]) {
+                let Some(n) = cached else { return Ok(None) };
+                node = Some(n.clone());
+                from = i + 1;
+                break;
+            }
+        }
+        let mut node = match node {
+            Some(n) => n,
+            None => match self.dirs.get(&dir[..0]) {
+                Some(Some(n)) => n.clone(),
+                _ => (self.get)(&self.root)?,
+            },
+        };
+        for name in dir[from..].split(|b| *b == b'/') {
+            let child = match node.get(name).map(|e| &e.kind) {
+                Some(EntryKind::Dir { node }) => *node,
+                _ => return Ok(None),
+            };
+            node = (self.get)(&child)?;
+        }
+        Ok(Some(node))
     }
 }
 

@@ -17,7 +17,9 @@ use pulpdist_format::{ChunkId, NodeId, PackId};
 use crate::error::{IoContext, PublishError};
 use crate::walk::FileStat;
 
-const MAGIC: &[u8; 8] = b"PDPCACH3";
+const MAGIC: &[u8; 8] = b"PDPCACH4";
+/// The layout before each file record had its image flag: still read (the flag unknown).
+const MAGIC_V3: &[u8; 8] = b"PDPCACH3";
 const HASH_LEN: usize = 32;
 /// Bytes of one chunk in a file record: id and length.
 const CHUNK_LEN: usize = 36;
@@ -29,6 +31,8 @@ pub(crate) struct DirRecord<'a> {
     pub(crate) packs: Vec<PackId>,
     files: &'a [u8],
     nfiles: u32,
+    /// Whether its file records carry the image flag (version 4).
+    flagged: bool,
     /// The whole record, copied as is into the next cache when the directory is unchanged.
     raw: &'a [u8],
 }
@@ -39,7 +43,13 @@ impl<'a> DirRecord<'a> {
         FileRecords {
             r: Reader(self.files),
             left: self.nfiles,
+            flagged: self.flagged,
         }
+    }
+
+    /// Whether the record can be copied into the next cache as is (its layout is current).
+    pub(crate) fn current(&self) -> bool {
+        self.flagged
     }
 }
 
@@ -47,6 +57,9 @@ impl<'a> DirRecord<'a> {
 pub(crate) struct FileRecord<'a> {
     pub(crate) name: &'a [u8],
     pub(crate) stat: FileStat,
+    /// Whether the file was cut as an ISO image along its files' extents (`None`: a cache
+    /// written before the flag).
+    pub(crate) image: Option<bool>,
     chunks: &'a [u8],
 }
 
@@ -75,6 +88,7 @@ impl<'a> CachedChunks<'a> {
 pub(crate) struct FileRecords<'a> {
     r: Reader<'a>,
     left: u32,
+    flagged: bool,
 }
 
 impl<'a> Iterator for FileRecords<'a> {
@@ -93,9 +107,18 @@ impl<'a> Iterator for FileRecords<'a> {
             size: r.u64()?,
             mtime_ns: i128::from_le_bytes(r.take(16)?.try_into().ok()?),
         };
+        let image = match self.flagged {
+            true => Some(r.take(1)?[0] == 1),
+            false => None,
+        };
         let n = r.u32()? as usize;
         let chunks = r.take(n.checked_mul(CHUNK_LEN)?)?;
-        Some(FileRecord { name, stat, chunks })
+        Some(FileRecord {
+            name,
+            stat,
+            image,
+            chunks,
+        })
     }
 }
 
@@ -126,6 +149,8 @@ impl<'a> Reader<'a> {
 pub(crate) struct DirCache {
     buf: Vec<u8>,
     dirs: HashMap<Vec<u8>, Range<usize>>,
+    /// Written with the image flag (version 4).
+    flagged: bool,
 }
 
 impl DirCache {
@@ -135,8 +160,8 @@ impl DirCache {
         fs::read(path)
             .ok()
             .and_then(|buf| {
-                let dirs = index(&buf, identity)?;
-                Some(DirCache { buf, dirs })
+                let (dirs, flagged) = index(&buf, identity)?;
+                Some(DirCache { buf, dirs, flagged })
             })
             .unwrap_or_default()
     }
@@ -161,6 +186,7 @@ impl DirCache {
             packs,
             files: r.0,
             nfiles,
+            flagged: self.flagged,
             raw,
         })
     }
@@ -171,17 +197,23 @@ impl DirCache {
     }
 }
 
-/// Checks the magic, the identity and the trailing hash, and finds each record.
-fn index(buf: &[u8], identity: &[u8]) -> Option<HashMap<Vec<u8>, Range<usize>>> {
+/// Where each directory's record lies in the cache's bytes.
+type Records = HashMap<Vec<u8>, Range<usize>>;
+
+/// Checks the magic, the identity and the trailing hash, and finds each record; and
+/// whether the records carry the image flag.
+fn index(buf: &[u8], identity: &[u8]) -> Option<(Records, bool)> {
     let body_len = buf.len().checked_sub(HASH_LEN)?;
     let (body, hash) = buf.split_at(body_len);
     if blake3::hash(body).as_bytes() != hash {
         return None;
     }
     let mut r = Reader(body);
-    if r.take(MAGIC.len())? != MAGIC {
-        return None;
-    }
+    let flagged = match r.take(MAGIC.len())? {
+        m if m == MAGIC => true,
+        m if m == MAGIC_V3 => false,
+        _ => return None,
+    };
     let id_len = r.u32()? as usize;
     if r.take(id_len)? != identity {
         return None;
@@ -199,6 +231,7 @@ fn index(buf: &[u8], identity: &[u8]) -> Option<HashMap<Vec<u8>, Range<usize>>> 
         let mut files = FileRecords {
             r: Reader(r.0),
             left: nfiles,
+            flagged,
         };
         for _ in 0..nfiles {
             files.next()?;
@@ -209,7 +242,7 @@ fn index(buf: &[u8], identity: &[u8]) -> Option<HashMap<Vec<u8>, Range<usize>>> 
     if !r.0.is_empty() {
         return None;
     }
-    Some(dirs)
+    Some((dirs, flagged))
 }
 
 /// The next cache, built a directory at a time.
@@ -262,11 +295,12 @@ impl CacheWriter {
         self.count += 1;
     }
 
-    /// A file of the directory last started.
+    /// A file of the directory last started; `image`: cut as an ISO image.
     pub(crate) fn file(
         &mut self,
         name: &[u8],
         stat: &FileStat,
+        image: bool,
         chunks: impl ExactSizeIterator<Item = (ChunkId, u32)>,
     ) {
         let o = &mut self.out;
@@ -276,6 +310,7 @@ impl CacheWriter {
         o.extend(stat.ino.to_le_bytes());
         o.extend(stat.size.to_le_bytes());
         o.extend(stat.mtime_ns.to_le_bytes());
+        o.push(u8::from(image));
         o.extend((chunks.len() as u32).to_le_bytes());
         for (id, len) in chunks {
             o.extend_from_slice(id.as_bytes());
@@ -325,8 +360,8 @@ mod tests {
         let p = dir.path().join("c");
         let mut w = CacheWriter::new(b"t 1 2 3");
         w.dir(b"a/b", &[7; 32], &NodeId([8; 32]), &[PackId([9; 32])], 2);
-        w.file(b"x", &stat(1), [(ChunkId([5; 32]), 3)].into_iter());
-        w.file(b"y", &stat(2), std::iter::empty());
+        w.file(b"x", &stat(1), true, [(ChunkId([5; 32]), 3)].into_iter());
+        w.file(b"y", &stat(2), false, std::iter::empty());
         w.dir(b"", &[1; 32], &NodeId([2; 32]), &[], 0);
         save(&p, &w.finish()).expect("save");
 
@@ -345,6 +380,8 @@ mod tests {
         );
         assert_eq!(files[1].name, b"y");
         assert_eq!(files[1].chunks().iter().count(), 0);
+        assert_eq!((files[0].image, files[1].image), (Some(true), Some(false)));
+        assert!(rec.current());
         assert!(c.dir(b"").is_some());
         assert!(c.dir(b"a").is_none());
 
@@ -371,5 +408,40 @@ mod tests {
         assert!(DirCache::load(&p, b"t 1 2 3").dir(b"").is_none());
         fs::write(&p, b"PDPCACH1\xff\xff").expect("write");
         assert!(DirCache::load(&p, b"t 1 2 3").dir(b"").is_none());
+    }
+
+    /// A cache written before the image flag (version 3) is still read: its files' flag is
+    /// unknown, and its records are not copied as they are into a version-4 cache.
+    #[test]
+    fn a_version_3_cache_is_still_read() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("c");
+        let mut out = MAGIC_V3.to_vec();
+        out.extend(5u32.to_le_bytes());
+        out.extend_from_slice(b"t 1 2");
+        out.extend(1u64.to_le_bytes());
+        out.extend(0u32.to_le_bytes()); // the root
+        out.extend_from_slice(&[7; 32]);
+        out.extend_from_slice(&[8; 32]);
+        out.extend(0u32.to_le_bytes()); // packs
+        out.extend(1u32.to_le_bytes()); // files
+        out.extend(1u32.to_le_bytes());
+        out.extend_from_slice(b"x");
+        let st = stat(1);
+        out.extend(st.dev.to_le_bytes());
+        out.extend(st.ino.to_le_bytes());
+        out.extend(st.size.to_le_bytes());
+        out.extend(st.mtime_ns.to_le_bytes());
+        out.extend(1u32.to_le_bytes());
+        out.extend_from_slice(&[5; 32]);
+        out.extend(3u32.to_le_bytes());
+        let hash = blake3::hash(&out);
+        out.extend_from_slice(hash.as_bytes());
+        save(&p, &out).expect("save");
+        let c = DirCache::load(&p, b"t 1 2");
+        let rec = c.dir(b"").expect("root");
+        let files: Vec<_> = rec.files().collect();
+        assert_eq!((files.len(), files[0].image, files[0].stat), (1, None, st));
+        assert!(!rec.current());
     }
 }

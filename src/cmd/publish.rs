@@ -71,6 +71,12 @@ pub(crate) struct Args {
     /// Target size of data packs in bytes (a pack closes once it reaches this).
     #[arg(long, default_value_t = 64 << 20)]
     pack_size: u64,
+    /// An ISO image of the tree's own files names them instead of listing their chunks
+    /// (a composite file: its index costs a path per file, as jigdo's template). `false`
+    /// publishes every file plain, for sites whose pulpdist predates composite files
+    /// (they refuse such a tree: "unknown entry kind 4")
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    composites: bool,
     /// Threads that read, chunk and compress (default: one per core).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
@@ -224,6 +230,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
     opts.deltas = a.deltas;
     opts.delta_level = a.delta_level;
     opts.old_delta_level = a.old_delta_level;
+    opts.composites = a.composites;
     opts.delta_pack_size = a.delta_pack_size;
     opts.progress = a.progress.reporter();
     opts.previous_keys = super::sync::load_trust(&a.previous_key)?.keys().to_vec();

@@ -299,19 +299,8 @@ impl Nodes {
 /// Whether two entries (not directories) hold the same bytes or link target.
 fn same_content(a: &pulpdist_format::Entry, b: &pulpdist_format::Entry) -> bool {
     match (&a.kind, &b.kind) {
-        (EntryKind::File { chunks: x, .. }, EntryKind::File { chunks: y, .. }) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.id == q.id)
-        }
-        (
-            EntryKind::Composite { chunk_hash: x, .. },
-            EntryKind::Composite { chunk_hash: y, .. },
-        ) => x == y,
-        (EntryKind::File { chunks, .. }, EntryKind::Composite { chunk_hash, .. })
-        | (EntryKind::Composite { chunk_hash, .. }, EntryKind::File { chunks, .. }) => {
-            pulpdist_format::chunk_list_hash(chunks.iter().map(|c| &c.id)) == *chunk_hash
-        }
         (EntryKind::Symlink { target: x }, EntryKind::Symlink { target: y }) => x == y,
-        _ => false,
+        (x, y) => x.same_chunks(y).unwrap_or(false),
     }
 }
 

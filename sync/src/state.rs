@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use pulpdist_format::{ChunkId, EntryKind, Head, Node, NodeId, VerifiedChunk};
@@ -223,18 +223,24 @@ impl State {
     /// A node from the local node store (verified again: the state is not trusted blindly),
     /// with its composite files resolved if [`State::set_resolved`] was given it.
     pub(crate) fn node(&self, id: &NodeId) -> Option<Node> {
-        if let Some(n) = self.resolved.lock().ok().and_then(|m| m.get(id).cloned()) {
-            return Some(n);
+        let resolved = self.resolved.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = resolved.get(id) {
+            return Some(n.clone());
         }
-        Node::decode(&self.node_bytes(id)?).ok()
+        drop(resolved);
+        self.stored_node(id)
     }
 
     /// The node `id` with its composite files resolved against the tree being synced
     /// (only its file entries differ from the stored node).
     pub(crate) fn set_resolved(&self, id: NodeId, node: Node) {
-        if let Ok(mut m) = self.resolved.lock() {
-            m.insert(id, node);
-        }
+        let mut m = self.resolved.lock().unwrap_or_else(PoisonError::into_inner);
+        m.insert(id, node);
+    }
+
+    /// A node as stored (its composite files not resolved), verified.
+    pub(crate) fn stored_node(&self, id: &NodeId) -> Option<Node> {
+        Node::decode(&self.node_bytes(id)?).ok()
     }
 
     /// The error for a node the sync fetched or checked but can no longer read back (a

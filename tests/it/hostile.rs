@@ -345,5 +345,19 @@ fn a_composite_file_naming_what_the_tree_does_not_hold_is_refused() {
         let r = index.add(&root.encode());
         index.publish(&site, r, 2 + i as u64);
         assert_refused(&site, &before, needle);
+        // `verify --store` reports the same, as a problem of that node.
+        let out = run(&[
+            "verify",
+            "--store",
+            s(&site.store()),
+            "--trust",
+            &site.trust(),
+            "--json",
+            "--progress",
+            "none",
+        ]);
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{report}");
+        assert!(report.contains(needle), "{report}");
     }
 }

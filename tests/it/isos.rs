@@ -533,3 +533,113 @@ fn a_rebuild_that_fetches_everything_does_not_hold_it_in_memory() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// The composite image through a site's whole life: the image published before the files
+/// it holds (named once they come), a named file changed while the image is not (its
+/// directory is built again, so the image's entry never names other bytes), the image
+/// rebuilt with the same size and mtime but other bytes (the site rewrites it), then gc
+/// compacting the store (the image's own chunks move) and verify: every step leaves the
+/// mirror equal to the source, and a site starting from nothing gets the same.
+#[test]
+fn a_composite_image_stays_true_through_updates_gc_and_verify() {
+    let site = Site::new();
+    pulpdist_testdata::generate(&site.src(), 7, 4).expect("generate");
+    let scratch = site.p("scratch");
+    let pool = site.src().join("pool");
+    let image = site.src().join("cdimage/pool.iso");
+    fs::create_dir_all(image.parent().expect("parent")).expect("cdimage");
+    let make_image = |volid: &str| {
+        let _ = fs::remove_dir_all(&scratch);
+        assert!(Command::new("cp")
+            .args(["-a", s(&pool), s(&scratch)])
+            .status()
+            .expect("cp")
+            .success());
+        let _ = fs::remove_file(&image);
+        xorriso(&scratch, &image, &["-volid", volid]);
+        let t = filetime::FileTime::from_unix_time(1_767_225_600, 0);
+        filetime::set_file_mtime(&image, t).expect("mtime");
+    };
+    // Version 1: the image alone (its pool moved aside): nothing to name.
+    make_image("FIRST");
+    let aside = site.p("pool-aside");
+    fs::rename(&pool, &aside).expect("aside");
+    site.publish();
+    site.sync();
+    assert_same_tree(&site.src(), &site.mirror());
+    // Version 2: the pool comes; the image, unchanged, now names its files.
+    fs::rename(&aside, &pool).expect("back");
+    site.publish();
+    let (parts, _, _) = image_entry(&site, "cdimage", b"pool.iso");
+    assert!(parts > 0, "the unchanged image names no file");
+    site.sync();
+    assert_same_tree(&site.src(), &site.mirror());
+    // Version 3: a named package changes; the image does not.
+    let deb = common::snapshot(&pool)
+        .into_iter()
+        .filter(|(p, d)| d.starts_with("file") && p.to_string_lossy().ends_with(".deb"))
+        .map(|(p, _)| pool.join(p))
+        .max_by_key(|p| fs::metadata(p).expect("stat").len())
+        .expect("a .deb");
+    let mut bytes = fs::read(&deb).expect("deb");
+    bytes[100] ^= 0xFF;
+    fs::write(&deb, &bytes).expect("changed deb");
+    site.publish();
+    site.sync();
+    assert_same_tree(&site.src(), &site.mirror());
+    // Version 4: the image rebuilt from the changed pool with the same size and mtime.
+    let before = fs::metadata(&image).expect("image").len();
+    make_image("SECOND");
+    assert_eq!(fs::metadata(&image).expect("image").len(), before);
+    site.publish();
+    let r = site.sync();
+    assert_same_tree(&site.src(), &site.mirror());
+    assert_eq!(r["files"], 1, "only the image is rewritten: {r}");
+
+    // gc: keep the last version, compact what is left of the older ones' packs.
+    let st = site.store();
+    let key = site.key();
+    for _ in 0..2 {
+        common::run_json(&[
+            "gc",
+            "--store",
+            s(&st),
+            "--keep-last",
+            "1",
+            "--grace",
+            "0s",
+            "--max-unused",
+            "5",
+            "--key",
+            s(&key),
+            "--progress",
+            "none",
+        ]);
+    }
+    let v = common::run_json(&[
+        "verify",
+        "--store",
+        s(&st),
+        "--trust",
+        &site.trust(),
+        "--read-data",
+        "--progress",
+        "none",
+    ]);
+    assert_eq!(v["problems"].as_array().map(Vec::len), Some(0), "{v}");
+    let fresh = site.p("fresh");
+    let args = common::sync_cmd(s(&st), "tree", &site.trust(), &fresh, &[]);
+    common::run_json(&common::strs(&args));
+    assert_same_tree(&site.src(), &fresh);
+    let m = common::run_json(&[
+        "verify",
+        "--mirror",
+        s(&fresh),
+        "--tree",
+        "tree",
+        "--trust",
+        &site.trust(),
+        "--read-data",
+    ]);
+    assert_eq!(m["problems"].as_array().map(Vec::len), Some(0), "{m}");
+}

@@ -5,7 +5,7 @@
 use pulpdist_format::pack::{ObjectKind, PackBuilder};
 use pulpdist_format::{
     ChunkParams, Codec, Entry, EntryKind, Head, Mtime, Name, Node, NodeId, NodeRef, PackId,
-    PackInfo, PackKind, SecretKey, VersionPacks,
+    PackInfo, PackKind, Part, SecretKey, VersionPacks,
 };
 
 pub struct Built {
@@ -44,6 +44,23 @@ pub fn build(data: &[u8]) -> Option<Built> {
                 (1, _) => EntryKind::Symlink {
                     target: b"t".to_vec(),
                 },
+                // A composite file naming a path of one or two names (FORMAT.md 5.2): the
+                // files here are empty, so it never resolves; the walk to it is what runs.
+                (2, _) if sel & 0x40 != 0 => {
+                    let mut path = format!("n{}-{}", byte().unwrap_or(0) % 8, byte().unwrap_or(0));
+                    if byte().unwrap_or(0) & 1 == 1 {
+                        path = format!("n{}-{}/{path}", byte().unwrap_or(0) % 8, byte().unwrap_or(0));
+                    }
+                    let size = u64::from(byte().unwrap_or(0)) + 1;
+                    EntryKind::Composite {
+                        size,
+                        chunk_hash: [0; 32],
+                        parts: vec![Part::File {
+                            path: path.into_bytes(),
+                            size,
+                        }],
+                    }
+                }
                 _ => EntryKind::File {
                     size: 0,
                     chunks: Vec::new(),

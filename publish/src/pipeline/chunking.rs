@@ -10,7 +10,7 @@
 //! byte. A chunk two files share is stored once, with the first of them.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek};
 use std::os::unix::fs::FileExt;
@@ -65,6 +65,8 @@ pub(super) struct DataPacks {
     pub(super) locs: HashMap<ChunkId, Location>,
     /// What happened to the ISO images among the files read.
     pub(super) isos: IsoNotes,
+    /// The files read that were cut as ISO images along their files' extents.
+    pub(super) images: HashSet<usize>,
 }
 
 /// Reads every file `file_chunks` lacks, fills in its chunk list, and stores the new chunks.
@@ -102,7 +104,7 @@ pub(super) fn chunk_new(
         isos: &isos,
         gate: &gate,
     };
-    let read = std::thread::scope(|s| -> Result<Vec<(usize, ChunkList)>, PublishError> {
+    let read = std::thread::scope(|s| -> Result<Vec<(usize, ChunkList, bool)>, PublishError> {
         let (to_read, readers) = (&to_read, &readers);
         let worker = s.spawn(move || {
             // The pool is installed here, on the thread that runs the parallel loop.
@@ -134,7 +136,11 @@ pub(super) fn chunk_new(
     let locs = order.finish(to_read.len())?;
     report.chunks_new += locs.len() as u64;
     report.bytes_new += locs.values().map(|l| u64::from(l.raw_len)).sum::<u64>();
-    for (i, chunks) in read {
+    let mut images = HashSet::new();
+    for (i, chunks, image) in read {
+        if image {
+            images.insert(i);
+        }
         report.files_read += 1;
         report.bytes_read += chunks.iter().map(|(_, l)| u64::from(*l)).sum::<u64>();
         file_chunks[i] = Some(FileChunks::Read(chunks));
@@ -148,6 +154,7 @@ pub(super) fn chunk_new(
         bytes,
         locs,
         isos,
+        images,
     })
 }
 
@@ -424,7 +431,7 @@ impl Readers<'_> {
         &self,
         to_read: &[usize],
         tx: &mpsc::SyncSender<Piece>,
-    ) -> Result<Vec<(usize, ChunkList)>, PublishError> {
+    ) -> Result<Vec<(usize, ChunkList, bool)>, PublishError> {
         let level = self.run.opts.zstd_level;
         let progress = &self.run.opts.progress;
         let bytes = to_read.iter().map(|&i| self.walk.files[i].stat.size).sum();
@@ -447,7 +454,7 @@ impl Readers<'_> {
                 let path = self.walk.path(&self.run.opts.source, &self.walk.files[i]);
                 let run = (tx, Pending::new(k));
                 match chunk_file(self, &mut comp, &path, run) {
-                    Ok(chunks) => done.push((i, chunks)),
+                    Ok((chunks, image)) => done.push((i, chunks, image)),
                     Err(e) => {
                         self.gate.stop();
                         return Err(e);
@@ -476,16 +483,16 @@ pub(super) struct IsoNotes {
 }
 
 /// Images smaller than this are not worth asking xorriso about.
-const ISO_MIN: u64 = 64 * 1024;
+pub(super) const ISO_MIN: u64 = 64 * 1024;
 
 /// Reads one file, chunks and hashes it, and sends chunks the store lacks (compressed) to
-/// the pack writer. Returns the file's chunk list.
+/// the pack writer. Returns the file's chunk list, and whether it was cut as an image.
 fn chunk_file(
     readers: &Readers<'_>,
     comp: &mut Compressor,
     path: &Path,
     (tx, mut run): (&mpsc::SyncSender<Piece>, Pending),
-) -> Result<Vec<(ChunkId, u32)>, PublishError> {
+) -> Result<(ChunkList, bool), PublishError> {
     let (chunker, isos) = (readers.chunker, readers.isos);
     let (catalog, claimed) = (readers.catalog, readers.claimed);
     let file = File::open(path).at(path)?;
@@ -541,7 +548,7 @@ fn chunk_file(
     }
     run.send(tx, true)?;
     if regions.is_none() {
-        return Ok(out);
+        return Ok((out, false));
     }
     let total: u64 = out.iter().map(|(_, l)| u64::from(*l)).sum();
     if total != size {
@@ -550,7 +557,7 @@ fn chunk_file(
             reason: format!("changed while it was read ({total} of {size} bytes)"),
         });
     }
-    Ok(out)
+    Ok((out, true))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -1,14 +1,14 @@
-//! Composite files (FORMAT.md 5.2, entry kind 4): a file whose chunk list holds the whole
-//! chunk list of another regular file of the tree as a run (an ISO image cut along its
-//! files' extents holds each of its files' chunks) names that file by path instead of
-//! repeating its chunks, as jigdo's template names each file once. The node shrinks from
-//! 53 bytes per chunk of the image to a path per file inside it.
+//! Composite files (FORMAT.md 5.2, entry kind 4): an ISO image cut along its files'
+//! extents holds each of its files' chunks as a run; where such a run is the whole chunk
+//! list of another regular file of the tree, the image's entry names that file by path
+//! instead of repeating its chunks, as jigdo's template names each file once. The node
+//! shrinks from 53 bytes per chunk of the image to a path per file inside it.
 //!
-//! Which files are named is decided from the chunk lists alone, the same way on every
-//! publish: a file of at least [`MIN_TARGET`] bytes may be named; a file that holds
-//! another such file (and is longer) is composite and is never named itself, so a part
-//! always names a plain file. Among files with the same chunks, the first in walk order is
-//! named.
+//! Which files are named is decided from the chunk lists and the image flags alone, the
+//! same way on every publish: only an image is composite; any other file of at least
+//! [`MIN_TARGET`] bytes may be named (so a part always names a plain file); the longest
+//! match wins, then the first file in walk order. A directory holding an image is built
+//! again by every publish (index.rs), so its encoding never depends on history.
 
 use std::collections::{HashMap, HashSet};
 
@@ -19,6 +19,9 @@ use crate::walk::Walk;
 
 /// Smallest file a part names: below it, a path costs about what the chunks do.
 pub(super) const MIN_TARGET: u64 = 1024;
+
+/// Files that may be named beginning with the same chunk, kept per chunk.
+const MAX_SAME_FIRST: usize = 16;
 
 /// A region of a composite file: a run of its own chunks, or another file.
 #[derive(Debug, PartialEq, Eq)]
@@ -42,8 +45,8 @@ pub(super) struct Targets {
 }
 
 impl Targets {
-    /// Finds, over the whole tree, which files may be named and which are composite.
-    pub(super) fn new(walk: &Walk, chunks: &[Option<FileChunks<'_>>]) -> Self {
+    /// The files that may be named, over the whole tree: every file that is not an image.
+    pub(super) fn new(walk: &Walk, chunks: &[Option<FileChunks<'_>>], images: &[bool]) -> Self {
         let mut t = Targets {
             by_first: HashMap::new(),
             lists: HashMap::new(),
@@ -51,6 +54,10 @@ impl Targets {
         };
         for (fi, c) in chunks.iter().enumerate() {
             let Some(c) = c else { continue };
+            if images[fi] {
+                t.composite.insert(fi);
+                continue;
+            }
             let f = &walk.files[fi];
             if f.stat.size < MIN_TARGET || path_len(walk, fi) > MAX_PART_PATH {
                 continue;
@@ -59,39 +66,34 @@ impl Targets {
             let Some((first, _)) = list.first() else {
                 continue;
             };
-            t.by_first.entry(*first).or_default().push(fi);
-            t.lists.insert(fi, list);
-        }
-        // A file holding another candidate is composite: it cannot be named.
-        let mut composite = HashSet::new();
-        for (fi, c) in chunks.iter().enumerate() {
-            let Some(c) = c else { continue };
-            let list = c.to_vec();
-            if list.len() >= 2 && !t.regions(fi, &list, &HashSet::new()).is_empty() {
-                composite.insert(fi);
+            // Files beginning with the same chunk (copies, mostly): a few are enough, and
+            // an image's chunk is compared with at most that many.
+            let same_first = t.by_first.entry(*first).or_default();
+            if same_first.len() < MAX_SAME_FIRST {
+                same_first.push(fi);
+                t.lists.insert(fi, list);
             }
         }
-        t.composite = composite;
         t
     }
 
-    /// The regions of file `fi` (chunks `list`), if it is composite: runs of its own chunks
+    /// The regions of image `fi` (chunks `list`) if it names a file: runs of its own chunks
     /// and the files it holds, longest match first (then the first in walk order). `None`:
     /// a plain file.
     pub(super) fn parts(&self, fi: usize, list: &ChunkList) -> Option<Vec<Region>> {
         if !self.composite.contains(&fi) {
             return None;
         }
-        let regions = self.regions(fi, list, &self.composite);
+        let regions = self.regions(fi, list);
         regions
             .iter()
             .any(|r| matches!(r, Region::File { .. }))
             .then_some(regions)
     }
 
-    /// `list` cut into regions naming the candidates not in `skip` (other than `fi`, and
-    /// shorter than it); empty if it names none.
-    fn regions(&self, fi: usize, list: &ChunkList, skip: &HashSet<usize>) -> Vec<Region> {
+    /// `list` cut into regions naming the files that may be named (shorter than it);
+    /// empty if it names none.
+    fn regions(&self, fi: usize, list: &ChunkList) -> Vec<Region> {
         let mut out = Vec::new();
         let (mut i, mut run) = (0, 0);
         let mut found = false;
@@ -101,7 +103,7 @@ impl Targets {
                 .get(&list[i].0)
                 .into_iter()
                 .flatten()
-                .filter(|t| **t != fi && !skip.contains(t))
+                .filter(|t| **t != fi)
                 .filter_map(|t| {
                     let l = &self.lists[t];
                     (l.len() < list.len() && list[i..].starts_with(l)).then_some((l.len(), *t))

@@ -14,7 +14,7 @@ use pulpdist_chunker::Compressor;
 use pulpdist_format::pack::ObjectKind;
 use pulpdist_format::{
     chunk_list_hash, ChunkRef, Entry, EntryKind, Node, NodeId, NodeRef, PackId, PackInfo, PackKind,
-    Part, MAX_NODE_SIZE,
+    Part, MAX_NODE_SIZE, MAX_RESOLVED_CHUNKS,
 };
 
 use super::chunking::{ChunkList, FileChunks};
@@ -35,6 +35,8 @@ pub(super) struct Inputs<'a, 'c> {
     pub(super) records: &'a [Option<DirRecord<'c>>],
     /// Every file's chunks.
     pub(super) file_chunks: &'a [Option<FileChunks<'c>>],
+    /// Whether each file is an ISO image cut along its files' extents.
+    pub(super) images: &'a [bool],
 }
 
 /// What the index phase wrote.
@@ -100,7 +102,11 @@ pub(super) fn build(
             let r = match built {
                 Built::Kept(r) => {
                     if let Some(record) = &inputs.records[di] {
-                        next_cache.keep(record);
+                        match record.current() {
+                            true => next_cache.keep(record),
+                            // Written before the image flag: written again with it.
+                            false => remember(&mut next_cache, inputs, di, &record.into()),
+                        }
                         reached.extend(record.packs.iter().copied());
                     }
                     r
@@ -111,7 +117,7 @@ pub(super) fn build(
                     if keep_fresh && r.1 {
                         fresh.insert(b.id, b.encoded.clone());
                     }
-                    remember(&mut next_cache, inputs, di, &b);
+                    remember(&mut next_cache, inputs, di, &(&b).into());
                     r.0
                 }
             };
@@ -161,16 +167,47 @@ fn store_node(
     Ok((NodeRef { id: b.id, loc }, true))
 }
 
-/// Records a rebuilt directory and its files' chunk lists in the next publish's cache.
-fn remember(next: &mut CacheWriter, inputs: &Inputs<'_, '_>, di: usize, b: &NewNode) {
+/// What the cache records of a directory besides its files.
+struct DirFacts<'a> {
+    fingerprint: &'a [u8; 32],
+    node: &'a NodeId,
+    packs: &'a [PackId],
+    nfiles: u32,
+}
+
+impl<'a> From<&'a NewNode> for DirFacts<'a> {
+    fn from(b: &'a NewNode) -> Self {
+        DirFacts {
+            fingerprint: &b.fingerprint,
+            node: &b.id,
+            packs: &b.packs,
+            nfiles: b.nfiles,
+        }
+    }
+}
+
+impl<'a> From<&'a DirRecord<'_>> for DirFacts<'a> {
+    fn from(r: &'a DirRecord<'_>) -> Self {
+        DirFacts {
+            fingerprint: &r.fingerprint,
+            node: &r.node,
+            packs: &r.packs,
+            nfiles: r.files().count() as u32,
+        }
+    }
+}
+
+/// Records a directory and its files' chunk lists in the next publish's cache.
+fn remember(next: &mut CacheWriter, inputs: &Inputs<'_, '_>, di: usize, b: &DirFacts<'_>) {
     let d = &inputs.walk.dirs[di];
-    next.dir(&d.rel, &b.fingerprint, &b.id, &b.packs, b.nfiles);
+    next.dir(&d.rel, b.fingerprint, b.node, b.packs, b.nfiles);
     for e in &d.entries {
         let WalkKind::File(fi) = e.kind else { continue };
         let (name, stat) = (e.name.as_bytes(), &inputs.walk.files[fi].stat);
+        let image = inputs.images[fi];
         match &inputs.file_chunks[fi] {
-            Some(FileChunks::Cached(c)) => next.file(name, stat, c.iter()),
-            Some(FileChunks::Read(v)) => next.file(name, stat, v.iter().copied()),
+            Some(FileChunks::Cached(c)) => next.file(name, stat, image, c.iter()),
+            Some(FileChunks::Read(v)) => next.file(name, stat, image, v.iter().copied()),
             None => {}
         }
     }
@@ -273,10 +310,11 @@ fn composite_kind(
     let EntryKind::File { size, chunks } = kind else {
         return kind;
     };
-    if chunks.len() < 2 {
+    if chunks.len() < 2 || !inputs.images[fi] {
         return EntryKind::File { size, chunks };
     }
-    let targets = targets.get_or_init(|| Targets::new(inputs.walk, inputs.file_chunks));
+    let targets =
+        targets.get_or_init(|| Targets::new(inputs.walk, inputs.file_chunks, inputs.images));
     let list: ChunkList = chunks.iter().map(|c| (c.id, c.loc.raw_len)).collect();
     let Some(regions) = targets.parts(fi, &list) else {
         return EntryKind::File { size, chunks };
@@ -329,6 +367,7 @@ fn build_dir(
         walk,
         records,
         file_chunks,
+        ..
     } = inputs;
     let d = &walk.dirs[di];
     let what = || {
@@ -348,12 +387,29 @@ fn build_dir(
     let mut entries = Vec::with_capacity(d.entries.len());
     let mut packs = BTreeSet::new();
     let mut nfiles = 0u32;
+    let mut holds_image = false;
+    // What the directory's composite files resolve to, at most what a reader takes.
+    let mut resolved = 0usize;
     for e in &d.entries {
         let kind = match &e.kind {
             WalkKind::File(fi) => {
                 nfiles += 1;
+                holds_image |= inputs.images[*fi];
                 let kind = file_kind(file_chunks[*fi].as_ref(), catalog, &mut packs, &what)?;
-                composite_kind(kind, *fi, inputs, targets)
+                let n = match &kind {
+                    EntryKind::File { chunks, .. } => chunks.len(),
+                    _ => 0,
+                };
+                match (opts.composites, resolved + n <= MAX_RESOLVED_CHUNKS) {
+                    (true, true) => {
+                        let kind = composite_kind(kind, *fi, inputs, targets);
+                        if matches!(kind, EntryKind::Composite { .. }) {
+                            resolved += n;
+                        }
+                        kind
+                    }
+                    _ => kind,
+                }
             }
             WalkKind::Dir(ci) => EntryKind::Dir {
                 node: dir_refs[*ci].ok_or_else(|| {
@@ -383,9 +439,10 @@ fn build_dir(
     }
     let id = NodeId::of(&encoded);
     let stored = (!catalog.nodes.contains_key(&id)).then(|| comp.compress(&encoded));
-    // A composite file names files elsewhere in the tree, which the fingerprint does not
-    // cover: its directory is built again by every publish (no fingerprint matches zeros).
-    let fingerprint = match node.has_composites() {
+    // An image may name files elsewhere in the tree, which the fingerprint does not cover:
+    // its directory is built again by every publish (no fingerprint matches zeros), so its
+    // node is what this tree gives, whatever the last publish saw.
+    let fingerprint = match holds_image {
         true => [0; 32],
         false => fingerprint,
     };
@@ -441,6 +498,7 @@ mod tests {
             walk: &walk,
             records: &records,
             file_chunks: &chunks,
+            images: &vec![false; walk.files.len()],
         };
         let mut report = PublishReport::default();
         let index = build(&run, &inputs, &mut catalog, &cache, true, &mut report).expect("built");

@@ -97,10 +97,12 @@ pub fn publish(
     let mut catalog = catalog;
     catalog.chunks.extend(data.locs);
     let keep_fresh = opts.deltas > 0 && prev.head.is_some();
+    let images = scan::images(&walk, &records, &file_chunks, &data.images, &opts.source);
     let inputs = index::Inputs {
         walk: &walk,
         records: &records,
         file_chunks: &file_chunks,
+        images: &images,
     };
     let mut index = index::build(&run, &inputs, &mut catalog, &cache, keep_fresh, &mut report)?;
     let (deltas, delta_reports, delta_bytes) = deltas::write(

@@ -59,6 +59,10 @@ pub struct PublishOptions {
     /// Largest delta pack in bytes (1 MiB to 256 MiB, the most a site fetches); a larger
     /// delta is written as several packs, up to 8.
     pub delta_pack_size: u64,
+    /// Write an ISO image that holds other files of the tree as a composite file naming
+    /// them (FORMAT.md 5.2; default). Off: every file is plain, for sites whose readers
+    /// predate composite files.
+    pub composites: bool,
     /// Where the reading of changed files reports how far it is (default: nowhere).
     pub progress: pulpdist_progress::Reporter,
 }
@@ -88,6 +92,7 @@ impl PublishOptions {
             delta_level: DEFAULT_DELTA_LEVEL,
             old_delta_level: DEFAULT_OLD_DELTA_LEVEL,
             delta_pack_size: pulpdist_format::delta::MAX_DELTA_PACK,
+            composites: true,
             progress: pulpdist_progress::Reporter::default(),
         }
     }

@@ -5,6 +5,7 @@
 //! whose inode, size and mtime match its cached record keeps its chunk list, if the store
 //! still has every chunk.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use pulpdist_format::ChunkParams;
@@ -125,6 +126,43 @@ pub(super) fn reuse<'c>(
         }
     }
     file_chunks
+}
+
+/// Whether each file is an ISO image cut along its files' extents: for a file read now,
+/// what the chunking found (`read_images`); for a cached one, its record's flag (a cache
+/// written before the flag: whether it is an ISO 9660 image, read from its header).
+pub(super) fn images(
+    walk: &Walk,
+    records: &[Option<DirRecord<'_>>],
+    file_chunks: &[Option<FileChunks<'_>>],
+    read_images: &HashSet<usize>,
+    source: &std::path::Path,
+) -> Vec<bool> {
+    let mut images = vec![false; walk.files.len()];
+    for (d, record) in walk.dirs.iter().zip(records) {
+        let mut cached = record.iter().flat_map(|r| r.files()).peekable();
+        for e in &d.entries {
+            let WalkKind::File(fi) = e.kind else { continue };
+            if read_images.contains(&fi) {
+                images[fi] = true;
+                continue;
+            }
+            if !matches!(file_chunks[fi], Some(FileChunks::Cached(_))) {
+                continue;
+            }
+            let name = e.name.as_bytes();
+            while cached.next_if(|c| c.name < name).is_some() {}
+            let Some(c) = cached.next_if(|c| c.name == name) else {
+                continue;
+            };
+            let f = &walk.files[fi];
+            images[fi] = c.image.unwrap_or_else(|| {
+                f.stat.size >= super::chunking::ISO_MIN
+                    && pulpdist_isos::is_iso9660(&walk.path(source, f)).unwrap_or(false)
+            });
+        }
+    }
+    images
 }
 
 #[cfg(test)]

@@ -444,48 +444,22 @@ fn group_fetches<'a>(
 /// entry counts as current.
 fn restamped(old: Option<&Node>, e: &pulpdist_format::Entry) -> Option<(u64, Mtime)> {
     let oe = old?.get(e.name.as_bytes())?;
-    match (&oe.kind, &e.kind) {
-        (
-            EntryKind::File {
-                size: old_size,
-                chunks: old_chunks,
-            },
-            EntryKind::File { size, chunks },
-        ) if old_size == size
-            && old_chunks
-                .iter()
-                .map(|c| c.id)
-                .eq(chunks.iter().map(|c| c.id)) =>
-        {
-            Some((*old_size, oe.mtime))
-        }
-        _ => None,
-    }
+    let old_size = oe.kind.file_size()?;
+    (old_size == e.kind.file_size()? && oe.kind.same_chunks(&e.kind)?)
+        .then_some((old_size, oe.mtime))
 }
 
 /// Whether the old node has a file of the new entry `e`'s name, size and mtime but other
 /// chunks: a local file with that size and mtime then holds the old content, not the new.
+/// (An old composite file is compared by the hash of the chunks it resolved to.)
 fn stale(old: Option<&Node>, e: &pulpdist_format::Entry) -> bool {
     let Some(oe) = old.and_then(|o| o.get(e.name.as_bytes())) else {
         return false;
     };
-    match (&oe.kind, &e.kind) {
-        (
-            EntryKind::File {
-                size: old_size,
-                chunks: old_chunks,
-            },
-            EntryKind::File { size, chunks },
-        ) => {
-            oe.mtime == e.mtime
-                && old_size == size
-                && !old_chunks
-                    .iter()
-                    .map(|c| c.id)
-                    .eq(chunks.iter().map(|c| c.id))
-        }
-        _ => false,
-    }
+    oe.mtime == e.mtime
+        && oe.kind.file_size().is_some()
+        && oe.kind.file_size() == e.kind.file_size()
+        && oe.kind.same_chunks(&e.kind) == Some(false)
 }
 
 trait FromBytesCompat {

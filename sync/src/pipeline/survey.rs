@@ -159,6 +159,14 @@ fn observe(
     let mut looked = Vec::with_capacity(dirs.len());
     for c in dirs {
         let new = state.node(&c.new).ok_or_else(|| state.lost_node(&c.new))?;
+        if new.has_composites() {
+            // Resolved in phase 2 (`walk::resolve_composites`); never planned unresolved.
+            return Err(SyncError::Internal(format!(
+                "index node {} of '{}': composite files not resolved",
+                c.new,
+                c.rel.display()
+            )));
+        }
         let old = c.old.and_then(|id| state.node(&id));
         let observed = observe_dir(&opts.dest, safe, &c.rel)?;
         looked.push(!observed.is_empty());

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
-use pulpdist_format::{EntryKind, Node, NodeId, NodeRef, PackId, TreeFiles};
+use pulpdist_format::{EntryKind, Node, NodeId, NodeRef, PackId, TreeFiles, MAX_RESOLVED_CHUNKS};
 
 use crate::error::SyncError;
 use crate::ranges::coalesce;
@@ -188,6 +188,8 @@ pub(crate) fn resolve_composites(
     max_gap: u64,
 ) -> Result<(), SyncError> {
     let mut files = None;
+    // All the sync's composite files together: what one node may resolve to, twice.
+    let mut budget = 2 * MAX_RESOLVED_CHUNKS;
     for c in dirs {
         let node = state.node(&c.new).ok_or_else(|| state.lost_node(&c.new))?;
         if !node.has_composites() {
@@ -198,7 +200,10 @@ pub(crate) fn resolve_composites(
                 if !state.has_node(&r.id) {
                     fetch_nodes(reader, state, &[*r], mem_packs, max_gap)?;
                 }
-                state.node(&r.id).ok_or_else(|| state.lost_node(&r.id))
+                // As stored: a part never names a composite file, resolved or not.
+                state
+                    .stored_node(&r.id)
+                    .ok_or_else(|| state.lost_node(&r.id))
             })
         });
         let resolved =
@@ -207,6 +212,23 @@ pub(crate) fn resolve_composites(
                     object: format!("index node {} of '{}'", c.new, c.rel.display()),
                     source,
                 })?;
+        let chunks: usize = resolved
+            .entries()
+            .iter()
+            .map(|e| e.kind.own_chunks().count())
+            .sum();
+        budget = budget
+            .checked_sub(chunks)
+            .ok_or_else(|| SyncError::Format {
+                object: format!("index node {} of '{}'", c.new, c.rel.display()),
+                source: pulpdist_format::FormatError::Invalid {
+                    what: "composite file",
+                    reason: format!(
+                        "the changed directories' files resolve to more than {} chunks",
+                        2 * MAX_RESOLVED_CHUNKS
+                    ),
+                },
+            })?;
         state.set_resolved(c.new, resolved);
     }
     Ok(())
