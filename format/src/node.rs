@@ -227,6 +227,11 @@ pub const MAX_PART_PATH: usize = 4096;
 /// one large file many times is refused here rather than filling memory.
 pub const MAX_RESOLVED_CHUNKS: usize = 1 << 21;
 
+/// Most chunks all the composite files of one tree may resolve to (about 700 MB in memory):
+/// images up to 512 GiB in one tree at the default average chunk size. A reader holds what
+/// the composite files it is about to write resolve to; a publisher keeps a tree under this.
+pub const MAX_TREE_RESOLVED_CHUNKS: usize = 1 << 23;
+
 /// One entry of a directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -625,18 +630,26 @@ impl Node {
     /// `chunk_hash` names, is refused: the tree is not valid.
     pub fn resolve<E>(
         &self,
-        mut lookup: impl FnMut(&[u8]) -> Result<Option<Vec<ChunkRef>>, E>,
+        lookup: impl FnMut(&[u8]) -> Result<Option<Vec<ChunkRef>>, E>,
     ) -> Result<Result<Node, FormatError>, E> {
+        Ok(self
+            .resolve_files(lookup)?
+            .map(|files| self.with_files(&files)))
+    }
+
+    /// What [`Node::resolve`] does, as the chunk lists of the composite files only, by
+    /// entry index (for [`Node::with_files`]): what a reader keeps of a resolution.
+    pub fn resolve_files<E>(
+        &self,
+        mut lookup: impl FnMut(&[u8]) -> Result<Option<Vec<ChunkRef>>, E>,
+    ) -> Result<Result<ResolvedFiles, FormatError>, E> {
         let mut total = 0usize;
-        let mut entries = Vec::with_capacity(self.entries.len());
-        for e in &self.entries {
+        let mut out = Vec::new();
+        for (i, e) in self.entries.iter().enumerate() {
             let EntryKind::Composite {
-                size,
-                chunk_hash,
-                parts,
+                chunk_hash, parts, ..
             } = &e.kind
             else {
-                entries.push(e.clone());
                 continue;
             };
             let mut chunks = Vec::new();
@@ -669,7 +682,8 @@ impl Node {
                         found
                     }
                 };
-                total += more.len();
+                // Parts count too: each costs a lookup, however few chunks it names.
+                total += more.len().max(1);
                 if total > MAX_RESOLVED_CHUNKS {
                     return Ok(Err(FormatError::invalid(
                         "composite file",
@@ -687,31 +701,55 @@ impl Node {
                     ),
                 )));
             }
-            entries.push(Entry {
-                kind: EntryKind::File {
-                    size: *size,
-                    chunks,
-                },
-                ..e.clone()
-            });
+            out.push((i, chunks));
         }
-        Ok(Ok(Node { entries }))
+        Ok(Ok(ResolvedFiles(out)))
+    }
+
+    /// This node with the composite files `files` (from [`Node::resolve_files`] of this
+    /// node) as plain files.
+    pub fn with_files(&self, files: &ResolvedFiles) -> Node {
+        let mut entries = self.entries.clone();
+        for (i, chunks) in &files.0 {
+            if let Some(e) = entries.get_mut(*i) {
+                if let EntryKind::Composite { size, .. } = e.kind {
+                    e.kind = EntryKind::File {
+                        size,
+                        chunks: chunks.clone(),
+                    };
+                }
+            }
+        }
+        Node { entries }
+    }
+}
+
+/// The chunk lists a node's composite files resolve to, by entry index.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResolvedFiles(Vec<(usize, Vec<ChunkRef>)>);
+
+impl ResolvedFiles {
+    /// How many chunks they list in all.
+    pub fn chunks(&self) -> usize {
+        self.0.iter().map(|(_, c)| c.len()).sum()
     }
 }
 
 /// Reads and verifies the node a reference names.
 type NodeGetter<'a, E> = Box<dyn FnMut(&NodeRef) -> Result<Node, E> + 'a>;
 
-/// The plain files of one tree, found by path for [`Node::resolve`]: the nodes on the way
-/// are read through `get` (which fetches and verifies them); the last [`TREE_FILES_CACHE`]
-/// directories are kept, which serves an image naming its files in path order.
+/// The plain files of one tree, found by path for [`Node::resolve`]: each lookup walks from
+/// the root, one binary search per name; nodes come through `get` (which fetches, verifies
+/// and may charge a budget) and the last [`TREE_FILES_CACHE`] of them are kept by id, the
+/// root always, which serves an image naming its files in path order.
 pub struct TreeFiles<'a, E> {
     root: NodeRef,
     get: NodeGetter<'a, E>,
-    dirs: HashMap<Vec<u8>, Option<Node>>,
+    root_node: Option<std::rc::Rc<Node>>,
+    nodes: HashMap<NodeId, std::rc::Rc<Node>>,
 }
 
-/// Directory nodes a [`TreeFiles`] keeps.
+/// Directory nodes a [`TreeFiles`] keeps besides the root.
 const TREE_FILES_CACHE: usize = 64;
 
 impl<'a, E> TreeFiles<'a, E> {
@@ -720,75 +758,50 @@ impl<'a, E> TreeFiles<'a, E> {
         TreeFiles {
             root,
             get: Box::new(get),
-            dirs: HashMap::new(),
+            root_node: None,
+            nodes: HashMap::new(),
         }
     }
 
     /// The chunks of the plain regular file at `path` (names joined by `/`), or `None`
-    /// when there is none (missing, a directory, a symlink, a composite file).
+    /// when there is none (missing, a directory, a symlink, a composite file, or a path
+    /// through one that is not a directory).
     pub fn lookup(&mut self, path: &[u8]) -> Result<Option<Vec<ChunkRef>>, E> {
-        let (dir, name) = match path.iter().rposition(|b| *b == b'/') {
-            Some(i) => (&path[..i], &path[i + 1..]),
-            None => (&path[..0], path),
-        };
-        let Some(node) = self.dir(dir)? else {
-            return Ok(None);
-        };
-        Ok(match node.get(name).map(|e| &e.kind) {
-            Some(EntryKind::File { chunks, .. }) => Some(chunks.clone()),
-            _ => None,
-        })
-    }
-
-    /// The node of the directory at `dir` ("" the root), if it is one: from the deepest
-    /// cached directory on the way, one level at a time.
-    fn dir(&mut self, dir: &[u8]) -> Result<Option<&Node>, E> {
-        if !self.dirs.contains_key(dir) {
-            let node = self.walk_to(dir)?;
-            if self.dirs.len() >= TREE_FILES_CACHE {
-                self.dirs.clear();
+        let mut node = match &self.root_node {
+            Some(n) => n.clone(),
+            None => {
+                let n = std::rc::Rc::new((self.get)(&self.root)?);
+                self.root_node = Some(n.clone());
+                n
             }
-            self.dirs.insert(dir.to_vec(), node);
-        }
-        Ok(self.dirs.get(dir).and_then(Option::as_ref))
-    }
-
-    fn walk_to(&mut self, dir: &[u8]) -> Result<Option<Node>, E> {
-        if dir.is_empty() {
-            return (self.get)(&self.root).map(Some);
-        }
-        // The longest cached prefix (a parent directory), else the root.
-        let ends: Vec<usize> = dir
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| **b == b'/')
-            .map(|(i, _)| i)
-            .collect();
-        let mut from = 0usize;
-        let mut node: Option<Node> = None;
-        for &i in ends.iter().rev() {
-            if let Some(cached) = self.dirs.get(&dir[..i]) {
-                let Some(n) = cached else { return Ok(None) };
-                node = Some(n.clone());
-                from = i + 1;
-                break;
-            }
-        }
-        let mut node = match node {
-            Some(n) => n,
-            None => match self.dirs.get(&dir[..0]) {
-                Some(Some(n)) => n.clone(),
-                _ => (self.get)(&self.root)?,
-            },
         };
-        for name in dir[from..].split(|b| *b == b'/') {
-            let child = match node.get(name).map(|e| &e.kind) {
-                Some(EntryKind::Dir { node }) => *node,
-                _ => return Ok(None),
+        let mut names = path.split(|b| *b == b'/').peekable();
+        while let Some(name) = names.next() {
+            let Some(e) = node.get(name) else {
+                return Ok(None);
             };
-            node = (self.get)(&child)?;
+            match (&e.kind, names.peek().is_none()) {
+                (EntryKind::File { chunks, .. }, true) => return Ok(Some(chunks.clone())),
+                (EntryKind::Dir { node: child }, false) => {
+                    let child = *child;
+                    node = self.node(&child)?;
+                }
+                _ => return Ok(None),
+            }
         }
-        Ok(Some(node))
+        Ok(None)
+    }
+
+    fn node(&mut self, r: &NodeRef) -> Result<std::rc::Rc<Node>, E> {
+        if let Some(n) = self.nodes.get(&r.id) {
+            return Ok(n.clone());
+        }
+        let n = std::rc::Rc::new((self.get)(r)?);
+        if self.nodes.len() >= TREE_FILES_CACHE {
+            self.nodes.clear();
+        }
+        self.nodes.insert(r.id, n.clone());
+        Ok(n)
     }
 }
 

@@ -209,15 +209,15 @@ impl Nodes {
             return Err(too_deep(r));
         }
         let node = self.get(store, r)?;
-        let (mut files, mut bytes) = (0, 0);
+        let (mut files, mut bytes) = (0u64, 0u64);
         for e in node.entries() {
             match &e.kind {
                 EntryKind::File { size, .. } | EntryKind::Composite { size, .. } => {
-                    (files, bytes) = (files + 1, bytes + size)
+                    (files, bytes) = (files + 1, bytes.saturating_add(*size))
                 }
                 EntryKind::Dir { node } => {
                     let (f, b) = self.totals(store, node, depth + 1)?;
-                    (files, bytes) = (files + f, bytes + b);
+                    (files, bytes) = (files + f, bytes.saturating_add(b));
                 }
                 EntryKind::Symlink { .. } => {}
             }

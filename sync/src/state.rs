@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use pulpdist_format::{ChunkId, EntryKind, Head, Node, NodeId, VerifiedChunk};
+use pulpdist_format::{ChunkId, EntryKind, Head, Node, NodeId, ResolvedFiles, VerifiedChunk};
 
 use crate::error::{IoContext, SyncError};
 use crate::fsutil::{sync_dir, write_atomic};
@@ -46,9 +46,9 @@ pub(crate) struct State {
     read_only: bool,
     /// Nodes fetched by a dry run (never written to disk).
     mem_nodes: Mutex<HashMap<NodeId, Vec<u8>>>,
-    /// Nodes of the tree being synced whose composite files are resolved (FORMAT.md 5.2):
-    /// what [`State::node`] gives for those ids for the rest of the sync.
-    resolved: Mutex<HashMap<NodeId, Node>>,
+    /// What the composite files of nodes of the tree being synced resolve to (FORMAT.md
+    /// 5.2): [`State::node`] gives those nodes with them as plain files.
+    resolved: Mutex<HashMap<NodeId, std::sync::Arc<ResolvedFiles>>>,
     /// The lock, held until the state is dropped (or the process dies).
     _lock: Option<File>,
 }
@@ -223,19 +223,23 @@ impl State {
     /// A node from the local node store (verified again: the state is not trusted blindly),
     /// with its composite files resolved if [`State::set_resolved`] was given it.
     pub(crate) fn node(&self, id: &NodeId) -> Option<Node> {
-        let resolved = self.resolved.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = resolved.get(id) {
-            return Some(n.clone());
-        }
-        drop(resolved);
-        self.stored_node(id)
+        let files = self
+            .resolved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned();
+        let node = self.stored_node(id)?;
+        Some(match files {
+            Some(files) => node.with_files(&files),
+            None => node,
+        })
     }
 
-    /// The node `id` with its composite files resolved against the tree being synced
-    /// (only its file entries differ from the stored node).
-    pub(crate) fn set_resolved(&self, id: NodeId, node: Node) {
+    /// What the composite files of node `id` resolve to in the tree being synced.
+    pub(crate) fn set_resolved(&self, id: NodeId, files: ResolvedFiles) {
         let mut m = self.resolved.lock().unwrap_or_else(PoisonError::into_inner);
-        m.insert(id, node);
+        m.insert(id, std::sync::Arc::new(files));
     }
 
     /// A node as stored (its composite files not resolved), verified.

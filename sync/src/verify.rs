@@ -258,29 +258,40 @@ fn walk(
             }
         }
         if node.has_composites() {
-            composites.push((r, node));
+            composites.push(r);
         }
     }
     check_composites(store, root, composites, report)
 }
 
 /// Resolves each composite file against its tree: every file part names a plain file of
-/// the tree of its size, and the whole resolves to the chunks its entry records.
+/// the tree of its size, and the whole resolves to the chunks its entry records. The nodes
+/// are read again (only their references were kept), and at most 1 GiB of index nodes is
+/// read to find the files they name (beyond, each is a problem).
 fn check_composites(
     store: &dyn StoreReader,
     root: NodeRef,
-    composites: Vec<(NodeRef, pulpdist_format::Node)>,
+    composites: Vec<NodeRef>,
     report: &mut VerifyReport,
 ) -> Result<(), SyncError> {
-    let mut files = pulpdist_format::TreeFiles::new(root, |r: &NodeRef| {
+    let read_left = std::cell::Cell::new(1u64 << 30);
+    let open = |r: &NodeRef| -> Result<pulpdist_format::Node, SyncError> {
+        let object = format!("index node {} in {}", r.id, r.loc.pack.object_key());
+        let left = read_left.get().checked_sub(u64::from(r.loc.raw_len));
+        read_left.set(left.ok_or_else(|| SyncError::Format {
+            object: object.clone(),
+            source: pulpdist_format::FormatError::Invalid {
+                what: "composite file",
+                reason: "finding the files composite files name reads more than 1 GiB of index nodes".into(),
+            },
+        })?);
         let stored = store.get_range(&r.loc.pack, r.loc.range())?;
-        r.open(&stored).map_err(|source| SyncError::Format {
-            object: format!("index node {} in {}", r.id, r.loc.pack.object_key()),
-            source,
-        })
-    });
-    for (r, node) in composites {
-        let what = match node.resolve(|path| files.lookup(path)) {
+        r.open(&stored)
+            .map_err(|source| SyncError::Format { object, source })
+    };
+    let mut files = pulpdist_format::TreeFiles::new(root, open);
+    for r in composites {
+        let what = match open(&r).and_then(|node| node.resolve_files(|path| files.lookup(path))) {
             Ok(Ok(_)) => continue,
             Ok(Err(e)) => e.to_string(),
             Err(e) if is_damage(&e) => e.to_string(),

@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use pulpdist_format::{ChunkId, MAX_PART_PATH};
+use pulpdist_format::{ChunkId, MAX_PART_PATH, MAX_TREE_RESOLVED_CHUNKS};
 
 use super::chunking::{ChunkList, FileChunks};
 use crate::walk::Walk;
@@ -40,7 +40,10 @@ pub(super) enum Region {
 /// The files a composite file may name, by their first chunk.
 pub(super) struct Targets {
     by_first: HashMap<ChunkId, Vec<usize>>,
-    lists: HashMap<usize, ChunkList>,
+    /// Each nameable file's chunk list and its [`window`] hash.
+    lists: HashMap<usize, (ChunkList, u64)>,
+    /// The images that may be composite: in walk order, while their chunks add up to at
+    /// most [`MAX_TREE_RESOLVED_CHUNKS`] (what a reader takes of a tree).
     composite: HashSet<usize>,
 }
 
@@ -52,10 +55,14 @@ impl Targets {
             lists: HashMap::new(),
             composite: HashSet::new(),
         };
+        let mut resolved = 0usize;
         for (fi, c) in chunks.iter().enumerate() {
             let Some(c) = c else { continue };
             if images[fi] {
-                t.composite.insert(fi);
+                resolved += c.to_vec().len();
+                if resolved <= MAX_TREE_RESOLVED_CHUNKS {
+                    t.composite.insert(fi);
+                }
                 continue;
             }
             let f = &walk.files[fi];
@@ -71,7 +78,8 @@ impl Targets {
             let same_first = t.by_first.entry(*first).or_default();
             if same_first.len() < MAX_SAME_FIRST {
                 same_first.push(fi);
-                t.lists.insert(fi, list);
+                let hash = window(&prefix_hashes(&list), 0, list.len());
+                t.lists.insert(fi, (list, hash));
             }
         }
         t
@@ -97,6 +105,9 @@ impl Targets {
         let mut out = Vec::new();
         let (mut i, mut run) = (0, 0);
         let mut found = false;
+        // A candidate is compared chunk by chunk only when its window hash matches: a file
+        // sharing a long run with the image (zeros) costs no more than any other.
+        let prefix = prefix_hashes(list);
         while i < list.len() {
             let best = self
                 .by_first
@@ -105,8 +116,10 @@ impl Targets {
                 .flatten()
                 .filter(|t| **t != fi)
                 .filter_map(|t| {
-                    let l = &self.lists[t];
-                    (l.len() < list.len() && list[i..].starts_with(l)).then_some((l.len(), *t))
+                    let (l, hash) = &self.lists[t];
+                    let fits = l.len() < list.len() && i + l.len() <= list.len();
+                    (fits && window(&prefix, i, l.len()) == *hash && list[i..].starts_with(l))
+                        .then_some((l.len(), *t))
                 })
                 .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
             match best {
@@ -114,7 +127,7 @@ impl Targets {
                     if run < i {
                         out.push(Region::Chunks(run..i));
                     }
-                    let size = self.lists[&t].iter().map(|(_, l)| u64::from(*l)).sum();
+                    let size = self.lists[&t].0.iter().map(|(_, l)| u64::from(*l)).sum();
                     out.push(Region::File { fi: t, size });
                     found = true;
                     i += n;
@@ -131,6 +144,33 @@ impl Targets {
         }
         out
     }
+}
+
+/// Rolling hashes of a chunk list's prefixes (each id's first 8 bytes, a random number, in
+/// a polynomial over the wrapping u64s): `h[k]` covers the first `k` chunks, and the list's
+/// powers of the base ride along as `h[len + 1 + k]`.
+fn prefix_hashes(list: &ChunkList) -> Vec<u64> {
+    const BASE: u64 = 0x9E37_79B9_7F4A_7C15;
+    let n = list.len();
+    let mut h = vec![0u64; 2 * n + 2];
+    let mut pow = 1u64;
+    h[n + 1] = 1;
+    for (k, (id, len)) in list.iter().enumerate() {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(&id.as_bytes()[..8]);
+        let x = u64::from_le_bytes(x) ^ u64::from(*len);
+        h[k + 1] = h[k].wrapping_mul(BASE).wrapping_add(x);
+        pow = pow.wrapping_mul(BASE);
+        h[n + 2 + k] = pow;
+    }
+    h
+}
+
+/// The hash of chunks `start..start + n` of the list `prefix` was made from.
+fn window(prefix: &[u64], start: usize, n: usize) -> u64 {
+    let len = (prefix.len() - 2) / 2;
+    let pow = prefix[len + 1 + n];
+    prefix[start + n].wrapping_sub(prefix[start].wrapping_mul(pow))
 }
 
 /// The file's path from the tree's root: its directory's and its name, joined by `/`.
@@ -150,4 +190,25 @@ fn path_len(walk: &Walk, fi: usize) -> usize {
     let f = &walk.files[fi];
     let d = &walk.dirs[f.dir];
     d.rel.len() + usize::from(!d.rel.is_empty()) + d.entries[f.entry].name.as_bytes().len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(ids: &[u8]) -> ChunkList {
+        ids.iter().map(|b| (ChunkId([*b; 32]), 100)).collect()
+    }
+
+    #[test]
+    fn window_hashes_match_exactly_equal_runs() {
+        let image = list(&[1, 2, 3, 4, 2, 3, 9]);
+        let p = prefix_hashes(&image);
+        let target = list(&[2, 3]);
+        let t = window(&prefix_hashes(&target), 0, 2);
+        let at: Vec<usize> = (0..6).filter(|&i| window(&p, i, 2) == t).collect();
+        assert_eq!(at, vec![1, 4]);
+        assert_eq!(window(&p, 0, 7), window(&prefix_hashes(&image), 0, 7));
+        assert_ne!(window(&p, 0, 3), window(&p, 1, 3));
+    }
 }

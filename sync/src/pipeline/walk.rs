@@ -9,7 +9,9 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
-use pulpdist_format::{EntryKind, Node, NodeId, NodeRef, PackId, TreeFiles, MAX_RESOLVED_CHUNKS};
+use pulpdist_format::{
+    EntryKind, Node, NodeId, NodeRef, PackId, TreeFiles, MAX_TREE_RESOLVED_CHUNKS,
+};
 
 use crate::error::SyncError;
 use crate::ranges::coalesce;
@@ -187,52 +189,64 @@ pub(crate) fn resolve_composites(
     mem_packs: &HashMap<PackId, Vec<u8>>,
     max_gap: u64,
 ) -> Result<(), SyncError> {
+    let refused = |c: &DirChange, reason: String| SyncError::Format {
+        object: format!("index node {} of '{}'", c.new, c.rel.display()),
+        source: pulpdist_format::FormatError::Invalid {
+            what: "composite file",
+            reason,
+        },
+    };
+    // Bounds on a hostile index: the chunks held for all composite files, and the index
+    // bytes read to find the files they name.
+    let mut chunks_left = MAX_TREE_RESOLVED_CHUNKS;
+    let read_left = std::cell::Cell::new(MAX_RESOLVE_READ);
     let mut files = None;
-    // All the sync's composite files together: what one node may resolve to, twice.
-    let mut budget = 2 * MAX_RESOLVED_CHUNKS;
     for c in dirs {
-        let node = state.node(&c.new).ok_or_else(|| state.lost_node(&c.new))?;
+        let node = state
+            .stored_node(&c.new)
+            .ok_or_else(|| state.lost_node(&c.new))?;
         if !node.has_composites() {
             continue;
         }
         let files = files.get_or_insert_with(|| {
             TreeFiles::new(root, |r: &NodeRef| -> Result<Node, SyncError> {
+                let left = read_left.get().checked_sub(u64::from(r.loc.raw_len));
+                read_left.set(left.ok_or_else(|| SyncError::Format {
+                    object: format!("index node {}", r.id),
+                    source: pulpdist_format::FormatError::Invalid {
+                        what: "composite file",
+                        reason: format!(
+                            "finding the files composite files name reads more than {MAX_RESOLVE_READ} bytes of index nodes"
+                        ),
+                    },
+                })?);
                 if !state.has_node(&r.id) {
                     fetch_nodes(reader, state, &[*r], mem_packs, max_gap)?;
                 }
                 // As stored: a part never names a composite file, resolved or not.
-                state
-                    .stored_node(&r.id)
-                    .ok_or_else(|| state.lost_node(&r.id))
+                state.stored_node(&r.id).ok_or_else(|| state.lost_node(&r.id))
             })
         });
-        let resolved =
-            node.resolve(|path| files.lookup(path))?
-                .map_err(|source| SyncError::Format {
-                    object: format!("index node {} of '{}'", c.new, c.rel.display()),
-                    source,
-                })?;
-        let chunks: usize = resolved
-            .entries()
-            .iter()
-            .map(|e| e.kind.own_chunks().count())
-            .sum();
-        budget = budget
-            .checked_sub(chunks)
-            .ok_or_else(|| SyncError::Format {
+        let resolved = node
+            .resolve_files(|path| files.lookup(path))?
+            .map_err(|source| SyncError::Format {
                 object: format!("index node {} of '{}'", c.new, c.rel.display()),
-                source: pulpdist_format::FormatError::Invalid {
-                    what: "composite file",
-                    reason: format!(
-                        "the changed directories' files resolve to more than {} chunks",
-                        2 * MAX_RESOLVED_CHUNKS
-                    ),
-                },
+                source,
             })?;
+        chunks_left = chunks_left.checked_sub(resolved.chunks()).ok_or_else(|| {
+            refused(
+                c,
+                format!("the tree's composite files resolve to more than {MAX_TREE_RESOLVED_CHUNKS} chunks"),
+            )
+        })?;
         state.set_resolved(c.new, resolved);
     }
     Ok(())
 }
+
+/// Index bytes a sync may read to find the files its composite files name (nodes on the
+/// way, again when they left the lookup's cache).
+const MAX_RESOLVE_READ: u64 = 1 << 30;
 
 fn fetch_nodes(
     reader: &dyn StoreReader,
