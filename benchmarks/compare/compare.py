@@ -40,12 +40,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 TREE = "bench"  # the PulpDist tree name
 PACKAGES_REL = "dists/stable/main/binary-amd64/Packages"
-SCENARIOS = ["source", "packages", "pool", "large", "iso", "botocore", "debs", "debs-iso"]
+SCENARIOS = ["source", "packages", "pool", "large", "iso", "botocore", "debs", "debs-iso",
+             "debs-iso-update"]
 # Real data (not generated): two consecutive sdists of botocore from PyPI, and for Debian
 # packages with more than one version in this machine's apt sources, the two newest .debs.
-REAL = {"botocore", "debs", "debs-iso"}
+REAL = {"botocore", "debs", "debs-iso", "debs-iso-update"}
 # Scenarios whose version 2 adds an ISO image of version 1's pool (jigdo's case).
 ISOS = {"iso", "debs-iso"}
+# Scenario debs-iso-update: scenario debs with an image of its pool in both versions (the
+# image rebuilt from the updated packages: an ISO update).
 # Scenario debs-iso: a pool of real .debs, this many packages whose names start with "lib"
 # (every k-th of the sorted list this machine's apt sources offer, so they spread).
 ISO_DEBS = 400
@@ -351,6 +354,8 @@ class Bench:
     def gen(self, name, version, d, scale):
         if name in ISOS:
             return self.gen_iso(name, version, d, scale)
+        if name == "debs-iso-update":
+            return self.gen_iso_update(version, d)
         if name in REAL:
             return self.gen_real(name, version, d)
         out = run([self.gen_tree, "scenario", name, str(version), str(d), str(scale)],
@@ -426,6 +431,24 @@ class Bench:
             facts["changed_files"] = len(changed)
             facts["changed_bytes"] = sum(now[k][1] for k in changed)
             facts["deleted_files"] = len([k for k in old if k not in now])
+        return facts
+
+    def gen_iso_update(self, version, d):
+        """Scenario debs-iso-update: scenario debs plus an image of its pool, in each
+        version (the real packages updated in the pool and in the image)."""
+        facts = self.gen_real("debs", version, d)
+        image = d / ISO_REL
+        image.parent.mkdir(parents=True, exist_ok=True)
+        if image.exists():
+            image.unlink()
+        run(["xorriso", "-abort_on", "FAILURE", "-outdev", str(image), "-rockridge", "on",
+             "-joliet", "on", "-map", str(d / "pool"), "/", "-commit"], self.a.prep_timeout)
+        size = image.stat().st_size
+        facts["files"] += 1
+        facts["bytes"] += size
+        if version == 2:
+            facts["changed_files"] += 1
+            facts["changed_bytes"] += size
         return facts
 
     def gen_iso(self, name, version, d, scale):
