@@ -455,7 +455,7 @@ pub(crate) fn print_report(
             "files": r.files, "symlinks": r.symlinks, "deleted": r.deleted,
             "bytes_fetched": r.bytes_fetched, "requests": r.requests, "retries": r.retries,
             "rsync_files": r.rsync_files, "rsync_bytes": r.rsync_bytes,
-            "chunks_fetched": r.chunks_fetched, "chunks_reused": r.chunks_reused, "bytes_reused": r.bytes_reused,
+            "chunks_fetched": r.chunks_fetched, "chunks_reused": r.chunks_reused, "bytes_reused": r.bytes_reused, "files_rehashed": r.files_rehashed,
             "delta_bytes": r.delta_bytes, "delta_files": r.delta_files, "delta_nodes": r.delta_nodes, "delta_failed": r.delta_failed, "delta_by_plan": r.delta_by_plan,
             "chunks_from_delta": r.chunks_from_delta, "delta_error": r.delta_error,
             "nodes_pruned": r.nodes_pruned, "prune_error": r.prune_error,

@@ -89,6 +89,9 @@ pub(super) fn find(
     report.dirs_examined = dirs.len() as u64;
     let (root, gap) = (acc.head.root, opts.max_gap);
     super::walk::resolve_composites(store, state, root, &dirs, &mem_packs, gap)?;
+    if let (Some(applied), false) = (&acc.applied, acc.full) {
+        super::walk::resolve_old_composites(state, applied.root, &dirs);
+    }
     Ok(Changes {
         dirs,
         delta,

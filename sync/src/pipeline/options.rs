@@ -136,6 +136,9 @@ pub struct SyncReport {
     pub chunks_reused: u64,
     /// Bytes of those chunks.
     pub bytes_reused: u64,
+    /// Local files of unknown content read whole to find chunks they may hold (a file
+    /// matching neither its old nor its new index entry).
+    pub files_rehashed: u64,
     /// Directories examined (whose node changed).
     pub dirs_examined: u64,
     /// Files that came by rsync (a plain rsync origin, or the fallback for gaps in a store).

@@ -55,6 +55,7 @@ pub(super) fn survey(
         looked,
         rehashed,
     } = observe(state, opts, &changes.dirs, &chunker, &mut safe)?;
+    report.files_rehashed = rehashed.len() as u64;
     let mut sources = local_sources(
         &opts.dest,
         state,

@@ -244,6 +244,42 @@ pub(crate) fn resolve_composites(
     Ok(())
 }
 
+/// Resolves the composite files of the changed directories' old nodes against the applied
+/// tree, from the node cache only: an old image then counts as known on disk (not read
+/// again to find what it holds) and lends its chunks. Best effort: a node missing from the
+/// cache, or anything that does not resolve, leaves that old node as stored (it is only a
+/// local source).
+pub(crate) fn resolve_old_composites(state: &State, root: NodeRef, dirs: &[DirChange]) {
+    let read_left = std::cell::Cell::new(MAX_RESOLVE_READ);
+    let mut chunks_left = MAX_TREE_RESOLVED_CHUNKS;
+    let mut files = TreeFiles::new(root, |r: &NodeRef| -> Result<Node, ()> {
+        read_left.set(
+            read_left
+                .get()
+                .checked_sub(u64::from(r.loc.raw_len))
+                .ok_or(())?,
+        );
+        state.stored_node(&r.id).ok_or(())
+    });
+    for c in dirs {
+        let Some(old) = c.old.filter(|old| *old != c.new) else {
+            continue;
+        };
+        let Some(node) = state.stored_node(&old).filter(Node::has_composites) else {
+            continue;
+        };
+        match node.resolve_files(|path| files.lookup(path)) {
+            Ok(Ok(resolved)) if resolved.chunks() <= chunks_left => {
+                chunks_left -= resolved.chunks();
+                state.set_resolved(old, resolved);
+            }
+            _ => {
+                tracing::debug!(node = %old, dir = %c.rel.display(), "an old composite file does not resolve; left as stored")
+            }
+        }
+    }
+}
+
 /// Index bytes a sync may read to find the files its composite files name (nodes on the
 /// way, again when they left the lookup's cache).
 const MAX_RESOLVE_READ: u64 = 1 << 30;
