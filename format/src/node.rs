@@ -750,7 +750,7 @@ pub struct TreeFiles<'a, E> {
 }
 
 /// Directory nodes a [`TreeFiles`] keeps besides the root.
-const TREE_FILES_CACHE: usize = 64;
+const TREE_FILES_CACHE: usize = 256;
 
 impl<'a, E> TreeFiles<'a, E> {
     /// The tree whose root node is `root`.
@@ -776,6 +776,7 @@ impl<'a, E> TreeFiles<'a, E> {
             }
         };
         let mut names = path.split(|b| *b == b'/').peekable();
+        let mut on_path = Vec::new();
         while let Some(name) = names.next() {
             let Some(e) = node.get(name) else {
                 return Ok(None);
@@ -784,7 +785,8 @@ impl<'a, E> TreeFiles<'a, E> {
                 (EntryKind::File { chunks, .. }, true) => return Ok(Some(chunks.clone())),
                 (EntryKind::Dir { node: child }, false) => {
                     let child = *child;
-                    node = self.node(&child)?;
+                    node = self.node(&child, &on_path)?;
+                    on_path.push(child.id);
                 }
                 _ => return Ok(None),
             }
@@ -792,13 +794,15 @@ impl<'a, E> TreeFiles<'a, E> {
         Ok(None)
     }
 
-    fn node(&mut self, r: &NodeRef) -> Result<std::rc::Rc<Node>, E> {
+    /// The node `r` names; a full cache keeps only the nodes `on_path` (the directories
+    /// above it), which the next lookups most likely pass through again.
+    fn node(&mut self, r: &NodeRef, on_path: &[NodeId]) -> Result<std::rc::Rc<Node>, E> {
         if let Some(n) = self.nodes.get(&r.id) {
             return Ok(n.clone());
         }
         let n = std::rc::Rc::new((self.get)(r)?);
         if self.nodes.len() >= TREE_FILES_CACHE {
-            self.nodes.clear();
+            self.nodes.retain(|id, _| on_path.contains(id));
         }
         self.nodes.insert(r.id, n.clone());
         Ok(n)

@@ -59,7 +59,9 @@ pub fn verify_mirror(opts: &SyncOptions, read_data: bool) -> Result<MirrorReport
     let mut todo = vec![(PathBuf::new(), head.root.id)];
     // A composite file is checked as the plain file it resolves to in this tree.
     let mut files = pulpdist_format::TreeFiles::new(head.root, |r: &pulpdist_format::NodeRef| {
-        state.node(&r.id).ok_or_else(|| state.lost_node(&r.id))
+        state
+            .stored_node(&r.id)
+            .ok_or_else(|| state.lost_node(&r.id))
     });
     while let Some((rel, id)) = todo.pop() {
         let node = state.node(&id).ok_or_else(|| state.lost_node(&id))?;

@@ -238,8 +238,10 @@ impl State {
 
     /// What the composite files of node `id` resolve to in the tree being synced.
     pub(crate) fn set_resolved(&self, id: NodeId, files: ResolvedFiles) {
+        // The first resolution stays: the new tree's come first, and an old node of the
+        // same id resolves to the same chunks (its `chunk_hash`), at older locations.
         let mut m = self.resolved.lock().unwrap_or_else(PoisonError::into_inner);
-        m.insert(id, std::sync::Arc::new(files));
+        m.entry(id).or_insert_with(|| std::sync::Arc::new(files));
     }
 
     /// A node as stored (its composite files not resolved), verified.

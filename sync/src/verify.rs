@@ -12,7 +12,10 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use pulpdist_format::{ChunkId, ChunkRef, EntryKind, NodeRef, PackId, SignedHead, TrustedKeys};
+use pulpdist_format::{
+    ChunkId, ChunkRef, EntryKind, NodeRef, PackId, SignedHead, TrustedKeys,
+    MAX_TREE_RESOLVED_CHUNKS,
+};
 
 use crate::error::SyncError;
 use crate::store::{HeadFetch, StoreReader};
@@ -265,34 +268,47 @@ fn walk(
 }
 
 /// Resolves each composite file against its tree: every file part names a plain file of
-/// the tree of its size, and the whole resolves to the chunks its entry records. The nodes
-/// are read again (only their references were kept), and at most 1 GiB of index nodes is
-/// read to find the files they name (beyond, each is a problem).
+/// the tree of its size, the whole resolves to the chunks its entry records, and the
+/// tree's composite files to at most [`MAX_TREE_RESOLVED_CHUNKS`] chunks. The nodes are
+/// read again (only their references were kept); as a sync does, at most 4 GiB of index
+/// nodes is read to find the files they name (beyond, each is a problem).
 fn check_composites(
     store: &dyn StoreReader,
     root: NodeRef,
     composites: Vec<NodeRef>,
     report: &mut VerifyReport,
 ) -> Result<(), SyncError> {
-    let read_left = std::cell::Cell::new(1u64 << 30);
     let open = |r: &NodeRef| -> Result<pulpdist_format::Node, SyncError> {
-        let object = format!("index node {} in {}", r.id, r.loc.pack.object_key());
+        let stored = store.get_range(&r.loc.pack, r.loc.range())?;
+        r.open(&stored).map_err(|source| SyncError::Format {
+            object: format!("index node {} in {}", r.id, r.loc.pack.object_key()),
+            source,
+        })
+    };
+    let read_left = std::cell::Cell::new(4u64 << 30);
+    let mut files = pulpdist_format::TreeFiles::new(root, |r: &NodeRef| {
         let left = read_left.get().checked_sub(u64::from(r.loc.raw_len));
         read_left.set(left.ok_or_else(|| SyncError::Format {
-            object: object.clone(),
+            object: format!("index node {} in {}", r.id, r.loc.pack.object_key()),
             source: pulpdist_format::FormatError::Invalid {
                 what: "composite file",
-                reason: "finding the files composite files name reads more than 1 GiB of index nodes".into(),
+                reason: "finding the files composite files name reads more than 4 GiB of index nodes".into(),
             },
         })?);
-        let stored = store.get_range(&r.loc.pack, r.loc.range())?;
-        r.open(&stored)
-            .map_err(|source| SyncError::Format { object, source })
-    };
-    let mut files = pulpdist_format::TreeFiles::new(root, open);
+        open(r)
+    });
+    let mut chunks_left = MAX_TREE_RESOLVED_CHUNKS;
     for r in composites {
         let what = match open(&r).and_then(|node| node.resolve_files(|path| files.lookup(path))) {
-            Ok(Ok(_)) => continue,
+            Ok(Ok(resolved)) => match chunks_left.checked_sub(resolved.chunks()) {
+                Some(left) => {
+                    chunks_left = left;
+                    continue;
+                }
+                None => format!(
+                    "the tree's composite files resolve to more than {MAX_TREE_RESOLVED_CHUNKS} chunks"
+                ),
+            },
             Ok(Err(e)) => e.to_string(),
             Err(e) if is_damage(&e) => e.to_string(),
             Err(e) => return Err(e),

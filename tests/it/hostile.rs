@@ -315,9 +315,13 @@ fn a_composite_file_naming_what_the_tree_does_not_hold_is_refused() {
         kind,
     };
     let whole = [chunk(9), chunk(1), chunk(2)];
-    let cases: [(&[u8], u64, bool, &str); 4] = [
+    let cases: [(&[u8], u64, bool, &str); 7] = [
         (b"q", 200, true, "not a plain file of the tree"),
         (b"sub/p", 200, true, "not a plain file of the tree"),
+        // Itself (a composite file), a directory, a path through a symlink.
+        (b"img", 200, true, "not a plain file of the tree"),
+        (b"d", 200, true, "not a plain file of the tree"),
+        (b"l/p", 200, true, "not a plain file of the tree"),
         (b"p", 100, true, "as 100 bytes; it has 200"),
         (b"p", 200, false, "other chunks than it records"),
     ];
@@ -340,8 +344,18 @@ fn a_composite_file_naming_what_the_tree_does_not_hold_is_refused() {
             size: 200,
             chunks: vec![chunk(1), chunk(2)],
         };
-        let root = Node::new(vec![entry(b"p", plain), entry(b"img", image)]).expect("node");
         let mut index = HandIndex::new(format!("composite {i}").as_bytes());
+        let d = index.add(&Node::default().encode());
+        let link = EntryKind::Symlink {
+            target: b".".to_vec(),
+        };
+        let root = Node::new(vec![
+            entry(b"p", plain),
+            entry(b"img", image),
+            dir_entry(b"d", d),
+            entry(b"l", link),
+        ])
+        .expect("node");
         let r = index.add(&root.encode());
         index.publish(&site, r, 2 + i as u64);
         assert_refused(&site, &before, needle);

@@ -378,8 +378,15 @@ fn build_dir(
         )
     };
     let fingerprint = fingerprint(d, &walk.files, dir_refs, &what)?;
+    // A directory holding an image is built again whatever its record says (a record
+    // written before the image flag has a real fingerprint).
+    let holds_image = d
+        .entries
+        .iter()
+        .any(|e| matches!(e.kind, WalkKind::File(fi) if inputs.images[fi]));
     if let Some(r) = records[di]
         .as_ref()
+        .filter(|_| !holds_image)
         .and_then(|r| kept(r, &fingerprint, catalog))
     {
         return Ok(Built::Kept(r));
@@ -387,14 +394,12 @@ fn build_dir(
     let mut entries = Vec::with_capacity(d.entries.len());
     let mut packs = BTreeSet::new();
     let mut nfiles = 0u32;
-    let mut holds_image = false;
     // What the directory's composite files resolve to, at most what a reader takes.
     let mut resolved = 0usize;
     for e in &d.entries {
         let kind = match &e.kind {
             WalkKind::File(fi) => {
                 nfiles += 1;
-                holds_image |= inputs.images[*fi];
                 let kind = file_kind(file_chunks[*fi].as_ref(), catalog, &mut packs, &what)?;
                 let n = match &kind {
                     EntryKind::File { chunks, .. } => chunks.len(),
@@ -511,5 +516,53 @@ mod tests {
         let again = build(&run, &inputs, &mut catalog, &cache, true, &mut report).expect("built");
         assert_eq!((report.nodes_new, again.packs.len()), (0, 0));
         assert_eq!(again.root, index.root, "the same tree, the same node");
+    }
+
+    /// A directory holding an image is built again even when its record's fingerprint
+    /// matches (a record from before the image flag): its record then has zeros.
+    #[test]
+    fn a_directory_holding_an_image_is_never_kept() {
+        use super::super::scan::{self, CacheFile};
+        use super::super::{chunking, PublishReport};
+        use super::*;
+        let site = testkit::site();
+        let run = site.run(1);
+        let params = pulpdist_format::ChunkParams::DEFAULT;
+        let cache = CacheFile::new(&site.opts, params);
+        let built = |first_is_image: bool| {
+            let (catalog, old, walk) = scan::scan(&run, &cache).expect("scanned");
+            let records = scan::records(&walk, &old);
+            let mut chunks = scan::reuse(&walk, &records, &catalog);
+            let chunker = pulpdist_chunker::Chunker::new(params).expect("chunker");
+            let mut report = PublishReport::default();
+            let data =
+                chunking::chunk_new(&run, &chunker, &walk, &catalog, &mut chunks, &mut report)
+                    .expect("chunked");
+            let mut catalog = catalog;
+            catalog.chunks.extend(data.locs);
+            let images: Vec<bool> = (0..walk.files.len())
+                .map(|i| i == 0 && first_is_image)
+                .collect();
+            let inputs = Inputs {
+                walk: &walk,
+                records: &records,
+                file_chunks: &chunks,
+                images: &images,
+            };
+            let index =
+                build(&run, &inputs, &mut catalog, &cache, false, &mut report).expect("built");
+            cache.save(&index.next_cache, old.bytes());
+            let root = crate::cache::DirCache::load(&cache.path, &cache.identity);
+            let fingerprint = root.dir(b"").expect("root record").fingerprint;
+            let holder = &walk.dirs[walk.files[0].dir].rel;
+            let holder = root.dir(holder).expect("record").fingerprint;
+            (fingerprint, holder)
+        };
+        // No image: real fingerprints, kept by the next build.
+        let (_, first) = built(false);
+        assert_ne!(first, [0; 32]);
+        // The first file is an image now (its record says otherwise): built again.
+        let (_, then) = built(true);
+        assert_eq!(then, [0; 32]);
     }
 }

@@ -138,15 +138,19 @@ pub(super) fn images(
     read_images: &HashSet<usize>,
     source: &std::path::Path,
 ) -> Vec<bool> {
-    let mut images = read_images.iter().fold(vec![false; walk.files.len()], |mut v, &fi| {
-        v[fi] = true;
-        v
-    });
+    let mut images = read_images
+        .iter()
+        .fold(vec![false; walk.files.len()], |mut v, &fi| {
+            v[fi] = true;
+            v
+        });
     for (d, record) in walk.dirs.iter().zip(records) {
         // A directory that held no image when last built has a real fingerprint (one that
         // held an image has zeros, so that it is built again): its cached files are not
         // images, and its records need not be read (most of an unchanged tree).
-        let Some(record) = record.as_ref().filter(|r| !r.current() || r.fingerprint == [0; 32])
+        let Some(record) = record
+            .as_ref()
+            .filter(|r| !r.current() || r.fingerprint == [0; 32])
         else {
             continue;
         };

@@ -282,7 +282,7 @@ pub(crate) fn resolve_old_composites(state: &State, root: NodeRef, dirs: &[DirCh
 
 /// Index bytes a sync may read to find the files its composite files name (nodes on the
 /// way, again when they left the lookup's cache).
-const MAX_RESOLVE_READ: u64 = 1 << 30;
+const MAX_RESOLVE_READ: u64 = 4 << 30;
 
 fn fetch_nodes(
     reader: &dyn StoreReader,
