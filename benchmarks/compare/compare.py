@@ -502,15 +502,27 @@ class Bench:
             info["upstream"]["find stat walk"] = {"wall_s": r["wall_s"], "cpu_s": r["cpu_s"],
                                                   "rss_mb": r["rss_mb"]}
         try:
+            # casync keeps its encoder cache between makes, as PulpDist its file cache.
             info["upstream"]["casync make v1"] = self.prep_timed(
                 ["casync", "make", f"--store={w / 'pub' / 'castore'}",
-                 str(w / "pub" / "v1.caidx"), str(up)], w, "casync make v1")
+                 f"--cache={w / 'casync-cache'}", str(w / "pub" / "v1.caidx"), str(up)], w,
+                "casync make v1")
         except Failure as e:
             info["failed"]["casync"] = str(e)
 
         # Downstream copies of v1: a plain copy (rsync, and casync's seed) and a PulpDist
         # mirror with its client state, made by an untimed sync from a local server.
         copy_tree(up, base / "plain", self.a.prep_timeout)
+        if name in ISOS and "jigdo" not in info["failed"]:
+            # jigdo-file's caches of the files it has read, upstream and on the site, as an
+            # operator and a site that made and rebuilt earlier images have (untimed).
+            for cache, pool in ((w / "jigdo-upstream.cache", up / "pool"),
+                                (base / "jigdo-site.cache", base / "plain" / "pool")):
+                try:
+                    run(["jigdo-file", "scan", f"--cache={cache}", f"{pool}//"],
+                        self.a.prep_timeout)
+                except (Failure, subprocess.TimeoutExpired) as e:
+                    info["failed"]["jigdo"] = f"jigdo-file scan: {e}"
         (base / "pd").mkdir(parents=True)
         srv = self.start_pulpdist(w, None, "127.0.0.1", "initial")
         try:
@@ -534,7 +546,8 @@ class Bench:
             try:
                 info["upstream"]["casync make v2"] = self.prep_timed(
                     ["casync", "make", f"--store={w / 'pub' / 'castore'}",
-                     str(w / "pub" / "v2.caidx"), str(up)], w, "casync make v2")
+                     f"--cache={w / 'casync-cache'}", str(w / "pub" / "v2.caidx"), str(up)],
+                    w, "casync make v2")
             except Failure as e:
                 info["failed"]["casync"] = str(e)
         if name == "packages":
@@ -572,6 +585,7 @@ class Bench:
         try:
             info["upstream"]["jigdo-file make-template"] = self.prep_timed(
                 ["jigdo-file", "make-template", "--force", f"--image={image}",
+                 f"--cache={w / 'jigdo-upstream.cache'}",
                  f"--jigdo={j / 'pool.jigdo'}", f"--template={j / 'pool.template'}",
                  f"{up / 'pool'}//"], w, "jigdo-file make-template")
         except Failure as e:
@@ -735,9 +749,10 @@ class Bench:
             cmd = ["sh", "-c",
                    'curl -sSf -o "$1/pool.jigdo" "$2/jigdo/pool.jigdo" && '
                    'curl -sSf -o "$1/pool.template" "$2/jigdo/pool.template" && '
-                   'jigdo-file make-image --force --image="$1/pool.iso" '
+                   'jigdo-file make-image --force --image="$1/pool.iso" --cache="$4" '
                    '--jigdo="$1/pool.jigdo" --template="$1/pool.template" "$3//" >/dev/null',
-                   "sh", str(tdir), f"http://{url}", str(base / "plain" / "pool")]
+                   "sh", str(tdir), f"http://{url}", str(base / "plain" / "pool"),
+                   str(base / "jigdo-site.cache")]
         else:  # zsync: the one file
             tdir.mkdir()
             dest = tdir / "Packages"
