@@ -46,5 +46,6 @@ pub use keys::{PublicKey, SecretKey, TrustedKeys};
 pub use name::{validate_tree_name, Name};
 pub use node::{
     chunk_list_hash, ChunkRef, Entry, EntryKind, Location, Mtime, Node, NodeRef, Part,
-    ResolvedFiles, TreeFiles, MAX_PART_PATH, MAX_RESOLVED_CHUNKS, MAX_TREE_RESOLVED_CHUNKS,
+    ResolvedFiles, TreeFiles, MAX_PART_PATH, MAX_RESOLVED_CHUNKS, MAX_RESOLVE_READ,
+    MAX_TREE_RESOLVED_CHUNKS,
 };

@@ -156,9 +156,7 @@ impl EntryKind {
             Part::File { .. } => &[],
         }))
     }
-}
 
-impl EntryKind {
     /// Whether two file entries (plain or composite) stand for the same chunks; `None` if
     /// either is not a file. A composite file is compared by its `chunk_hash`.
     pub fn same_chunks(&self, other: &EntryKind) -> Option<bool> {
@@ -231,6 +229,11 @@ pub const MAX_RESOLVED_CHUNKS: usize = 1 << 21;
 /// images up to 512 GiB in one tree at the default average chunk size. A reader holds what
 /// the composite files it is about to write resolve to; a publisher keeps a tree under this.
 pub const MAX_TREE_RESOLVED_CHUNKS: usize = 1 << 23;
+
+/// Most index bytes a reader reads to find the files one tree's composite files name (the
+/// nodes on the way, again when they left its lookup cache): a deep or scattered hostile
+/// index is refused rather than costing hours.
+pub const MAX_RESOLVE_READ: u64 = 4 << 30;
 
 /// One entry of a directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -634,7 +637,7 @@ impl Node {
     ) -> Result<Result<Node, FormatError>, E> {
         Ok(self
             .resolve_files(lookup)?
-            .map(|files| self.with_files(&files)))
+            .map(|files| self.clone().with_files(&files)))
     }
 
     /// What [`Node::resolve`] does, as the chunk lists of the composite files only, by
@@ -708,8 +711,8 @@ impl Node {
 
     /// This node with the composite files `files` (from [`Node::resolve_files`] of this
     /// node) as plain files.
-    pub fn with_files(&self, files: &ResolvedFiles) -> Node {
-        let mut entries = self.entries.clone();
+    pub fn with_files(self, files: &ResolvedFiles) -> Node {
+        let mut entries = self.entries;
         for (i, chunks) in &files.0 {
             if let Some(e) = entries.get_mut(*i) {
                 if let EntryKind::Composite { size, .. } = e.kind {

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use pulpdist_format::{
-    ChunkId, ChunkRef, EntryKind, NodeRef, PackId, SignedHead, TrustedKeys,
+    ChunkId, ChunkRef, EntryKind, NodeRef, PackId, SignedHead, TrustedKeys, MAX_RESOLVE_READ,
     MAX_TREE_RESOLVED_CHUNKS,
 };
 
@@ -285,14 +285,16 @@ fn check_composites(
             source,
         })
     };
-    let read_left = std::cell::Cell::new(4u64 << 30);
+    let read_left = std::cell::Cell::new(MAX_RESOLVE_READ);
     let mut files = pulpdist_format::TreeFiles::new(root, |r: &NodeRef| {
         let left = read_left.get().checked_sub(u64::from(r.loc.raw_len));
         read_left.set(left.ok_or_else(|| SyncError::Format {
             object: format!("index node {} in {}", r.id, r.loc.pack.object_key()),
             source: pulpdist_format::FormatError::Invalid {
                 what: "composite file",
-                reason: "finding the files composite files name reads more than 4 GiB of index nodes".into(),
+                reason: format!(
+                    "finding the files composite files name reads more than {MAX_RESOLVE_READ} bytes of index nodes"
+                ),
             },
         })?);
         open(r)

@@ -9,14 +9,7 @@ use std::fs;
 use std::path::Path;
 
 use common::servers::S3;
-use common::{assert_same_tree, hold_at, run, run_json, s, strs, sync_cmd, Site};
-
-/// `gc --store STORE ARGS... --json`, asserting success.
-fn gc(store: &str, args: &[&str]) -> serde_json::Value {
-    let mut a = vec!["gc", "--store", store, "--progress", "none"];
-    a.extend(args);
-    run_json(&a)
-}
+use common::{assert_same_tree, gc, hold_at, run, run_json, s, strs, sync_cmd, verify_clean, Site};
 
 fn keys(report: &serde_json::Value, field: &str) -> BTreeSet<String> {
     report[field]
@@ -55,22 +48,6 @@ fn pack_bytes(store: &Path) -> u64 {
         .expect("packs")
         .map(|e| e.expect("entry").metadata().expect("stat").len())
         .sum()
-}
-
-fn verify_clean(site: &Site) {
-    let store = site.store();
-    let trust = site.trust();
-    let r = run_json(&[
-        "verify",
-        "--store",
-        s(&store),
-        "--trust",
-        &trust,
-        "--read-data",
-        "--progress",
-        "none",
-    ]);
-    assert_eq!(r["problems"].as_array().map(Vec::len), Some(0), "{r}");
 }
 
 /// Ten versions of a generated package repository, `--keep-last 3`: the dry runs list

@@ -109,56 +109,60 @@ fn an_image_of_the_trees_own_files_costs_only_its_metadata() {
     );
 }
 
-/// The file parts, the chunks it lists itself and the chunks it resolves to of the entry
-/// `name` in directory `dir` (below the root) of the store's current version.
-fn image_entry(site: &Site, dir: &str, name: &[u8]) -> (usize, usize, usize) {
+/// The node `r` names, read from the site's store and verified.
+fn node_in_store(
+    site: &Site,
+    r: &pulpdist_format::NodeRef,
+) -> Result<pulpdist_format::Node, pulpdist_format::FormatError> {
+    let pack = fs::read(site.store().join(r.loc.pack.object_key())).expect("pack");
+    let range = r.loc.range();
+    r.open(&pack[range.start as usize..range.end as usize])
+}
+
+/// The current version's root, and the entry `name` of directory `dir` (below the root).
+fn entry_in_store(
+    site: &Site,
+    dir: &str,
+    name: &[u8],
+) -> (pulpdist_format::NodeRef, pulpdist_format::Node) {
     let head = fs::read(site.store().join("heads/tree")).expect("head");
     let (head, _, _) = pulpdist_format::Head::decode_unverified(&head).expect("head");
-    let open = |r: &pulpdist_format::NodeRef| {
-        let pack = fs::read(site.store().join(r.loc.pack.object_key())).expect("pack");
-        let range = r.loc.range();
-        let stored = &pack[range.start as usize..range.end as usize];
-        r.open(stored).expect("node")
-    };
-    let root = open(&head.root);
+    let root = node_in_store(site, &head.root).expect("root");
     let Some(pulpdist_format::EntryKind::Dir { node }) = root.get(dir.as_bytes()).map(|e| &e.kind)
     else {
         panic!("no {dir}/");
     };
-    let node = open(node);
-    let Some(pulpdist_format::EntryKind::Composite { parts, .. }) = node.get(name).map(|e| &e.kind)
-    else {
-        panic!("not a composite file: {:?}", node.get(name));
+    let node = node_in_store(site, node).expect("node");
+    assert!(node.get(name).is_some(), "no {dir}/{name:?}");
+    (head.root, node)
+}
+
+/// The file parts, the chunks it lists itself and the chunks it resolves to of the entry
+/// `name` in directory `dir` (below the root) of the store's current version, a composite
+/// file.
+fn image_entry(site: &Site, dir: &str, name: &[u8]) -> (usize, usize, usize) {
+    let (root, node) = entry_in_store(site, dir, name);
+    let kind = &node.get(name).expect("entry").kind;
+    let pulpdist_format::EntryKind::Composite { parts, .. } = kind else {
+        panic!("not a composite file: {kind:?}");
     };
     let files = parts
         .iter()
         .filter(|p| matches!(p, pulpdist_format::Part::File { .. }))
         .count();
-    let own = node.get(name).expect("entry").kind.own_chunks().count();
-    let resolved = root_resolved_chunks(site, &head.root, &node, name);
-    (files, own, resolved)
-}
-
-/// How many chunks the composite entry `name` of `node` resolves to in the tree of `root`.
-fn root_resolved_chunks(
-    site: &Site,
-    root: &pulpdist_format::NodeRef,
-    node: &pulpdist_format::Node,
-    name: &[u8],
-) -> usize {
-    let mut files = pulpdist_format::TreeFiles::new(*root, |r: &pulpdist_format::NodeRef| {
-        let pack = fs::read(site.store().join(r.loc.pack.object_key())).expect("pack");
-        let range = r.loc.range();
-        r.open(&pack[range.start as usize..range.end as usize])
+    let own = kind.own_chunks().count();
+    let mut tree = pulpdist_format::TreeFiles::new(root, |r: &pulpdist_format::NodeRef| {
+        node_in_store(site, r)
     });
     let resolved = node
-        .resolve(|p| files.lookup(p))
+        .resolve(|p| tree.lookup(p))
         .expect("lookup")
         .expect("resolves");
-    match &resolved.get(name).expect("entry").kind {
+    let resolved = match &resolved.get(name).expect("entry").kind {
         pulpdist_format::EntryKind::File { chunks, .. } => chunks.len(),
         other => panic!("{other:?}"),
-    }
+    };
+    (files, own, resolved)
 }
 
 /// A file of 4 GiB or more is stored in several extents. xorriso 1.5.4 splits a file only
@@ -605,37 +609,20 @@ fn a_composite_image_stays_true_through_updates_gc_and_verify() {
     assert_same_tree(&site.src(), &site.mirror());
     assert_eq!(r["files_rehashed"], 0, "{r}");
 
-    // gc: keep the last version, compact what is left of the older ones' packs.
+    // gc: keep the last version, rewrite every pack the older ones left partly unused (the
+    // image's own chunks move, and so do the files it names).
     let st = site.store();
     let key = site.key();
-    for _ in 0..2 {
-        common::run_json(&[
-            "gc",
-            "--store",
-            s(&st),
-            "--keep-last",
-            "1",
-            "--grace",
-            "0s",
-            "--max-unused",
-            "5",
-            "--key",
-            s(&key),
-            "--progress",
-            "none",
-        ]);
-    }
-    let v = common::run_json(&[
-        "verify",
-        "--store",
-        s(&st),
-        "--trust",
-        &site.trust(),
-        "--read-data",
-        "--progress",
-        "none",
-    ]);
-    assert_eq!(v["problems"].as_array().map(Vec::len), Some(0), "{v}");
+    let policy = ["--keep-last", "1", "--grace", "0s"];
+    let repack = [&policy[..], &["--max-unused", "0", "--key", s(&key)]].concat();
+    let first = common::gc(s(&st), &repack);
+    let moved = first["repacked"]["sparse"].as_array().map_or(0, Vec::len);
+    assert!(moved > 0, "nothing compacted: {first}");
+    common::gc(s(&st), &policy);
+    common::verify_clean(&site);
+    // The mirror follows (its nodes' locations all changed), and so does a new site.
+    site.sync();
+    assert_same_tree(&site.src(), &site.mirror());
     let fresh = site.p("fresh");
     let args = common::sync_cmd(s(&st), "tree", &site.trust(), &fresh, &[]);
     common::run_json(&common::strs(&args));
@@ -651,4 +638,20 @@ fn a_composite_image_stays_true_through_updates_gc_and_verify() {
         "--read-data",
     ]);
     assert_eq!(m["problems"].as_array().map(Vec::len), Some(0), "{m}");
+
+    // `--composites false`: the image is plain again, and a site follows.
+    let out = site.try_publish(&site.key(), &["--composites", "false"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, node) = entry_in_store(&site, "cdimage", b"pool.iso");
+    let kind = &node.get(b"pool.iso").expect("image").kind;
+    assert!(
+        matches!(kind, pulpdist_format::EntryKind::File { .. }),
+        "{kind:?}"
+    );
+    site.sync();
+    assert_same_tree(&site.src(), &site.mirror());
 }

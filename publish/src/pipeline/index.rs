@@ -78,8 +78,8 @@ pub(super) fn build(
     let mut next_cache = CacheWriter::new(&cache.identity);
     let mut fresh = HashMap::new();
     let mut reached = BTreeSet::new();
-    // Found over the whole tree the first time a rebuilt directory has a file of more
-    // than one chunk (one that may hold another).
+    // Found over the whole tree the first time a rebuilt directory holds an image of more
+    // than one chunk (one that may hold another file).
     let targets = OnceLock::new();
     for level in walk.levels.iter().rev() {
         let built = run.workers.run(|| {
@@ -405,15 +405,14 @@ fn build_dir(
                     EntryKind::File { chunks, .. } => chunks.len(),
                     _ => 0,
                 };
-                match (opts.composites, resolved + n <= MAX_RESOLVED_CHUNKS) {
-                    (true, true) => {
-                        let kind = composite_kind(kind, *fi, inputs, targets);
-                        if matches!(kind, EntryKind::Composite { .. }) {
-                            resolved += n;
-                        }
-                        kind
+                if !opts.composites || resolved + n > MAX_RESOLVED_CHUNKS {
+                    kind
+                } else {
+                    let kind = composite_kind(kind, *fi, inputs, targets);
+                    if matches!(kind, EntryKind::Composite { .. }) {
+                        resolved += n;
                     }
-                    _ => kind,
+                    kind
                 }
             }
             WalkKind::Dir(ci) => EntryKind::Dir {
@@ -479,14 +478,18 @@ mod tests {
         assert_ne!(changed.root, first.root);
     }
 
-    /// The phase alone, on what the earlier phases give it: every directory's node is built
-    /// and written once; with the store's catalog holding them, none is written again.
-    #[test]
-    fn nodes_the_store_lacks_are_written_and_only_those() {
-        use super::super::scan::{self, CacheFile};
-        use super::super::{chunking, PublishReport};
-        use super::*;
-        let site = testkit::site();
+    use super::super::scan::{self, CacheFile};
+    use super::super::{chunking, PublishReport, Run};
+    use super::*;
+    use crate::cache::DirCache;
+
+    /// Runs the earlier phases of a publish of `site` (version 1), then `phase` with their
+    /// outcome; file `i` counts as an image where `image(i)`.
+    fn after_earlier_phases<T>(
+        site: &testkit::Site,
+        image: impl Fn(usize) -> bool,
+        phase: impl FnOnce(&Run<'_>, &Inputs<'_, '_>, &mut Catalog, &CacheFile, &DirCache) -> T,
+    ) -> T {
         let run = site.run(1);
         let params = pulpdist_format::ChunkParams::DEFAULT;
         let cache = CacheFile::new(&site.opts, params);
@@ -499,70 +502,64 @@ mod tests {
             .expect("chunked");
         let mut catalog = catalog;
         catalog.chunks.extend(data.locs);
+        let images: Vec<bool> = (0..walk.files.len()).map(image).collect();
         let inputs = Inputs {
             walk: &walk,
             records: &records,
             file_chunks: &chunks,
-            images: &vec![false; walk.files.len()],
+            images: &images,
         };
-        let mut report = PublishReport::default();
-        let index = build(&run, &inputs, &mut catalog, &cache, true, &mut report).expect("built");
-        assert_eq!(
-            (report.nodes_new, index.fresh.len(), index.packs.len()),
-            (2, 2, 1)
+        phase(&run, &inputs, &mut catalog, &cache, &old)
+    }
+
+    /// The phase alone, on what the earlier phases give it: every directory's node is built
+    /// and written once; with the store's catalog holding them, none is written again.
+    #[test]
+    fn nodes_the_store_lacks_are_written_and_only_those() {
+        let site = testkit::site();
+        after_earlier_phases(
+            &site,
+            |_| false,
+            |run, inputs, catalog, cache, _| {
+                let mut report = PublishReport::default();
+                let index = build(run, inputs, catalog, cache, true, &mut report).expect("built");
+                assert_eq!(
+                    (report.nodes_new, index.fresh.len(), index.packs.len()),
+                    (2, 2, 1)
+                );
+                assert!(catalog.nodes.contains_key(&index.root.id));
+                let mut report = PublishReport::default();
+                let again = build(run, inputs, catalog, cache, true, &mut report).expect("built");
+                assert_eq!((report.nodes_new, again.packs.len()), (0, 0));
+                assert_eq!(again.root, index.root, "the same tree, the same node");
+            },
         );
-        assert!(catalog.nodes.contains_key(&index.root.id));
-        let mut report = PublishReport::default();
-        let again = build(&run, &inputs, &mut catalog, &cache, true, &mut report).expect("built");
-        assert_eq!((report.nodes_new, again.packs.len()), (0, 0));
-        assert_eq!(again.root, index.root, "the same tree, the same node");
     }
 
     /// A directory holding an image is built again even when its record's fingerprint
     /// matches (a record from before the image flag): its record then has zeros.
     #[test]
     fn a_directory_holding_an_image_is_never_kept() {
-        use super::super::scan::{self, CacheFile};
-        use super::super::{chunking, PublishReport};
-        use super::*;
         let site = testkit::site();
-        let run = site.run(1);
-        let params = pulpdist_format::ChunkParams::DEFAULT;
-        let cache = CacheFile::new(&site.opts, params);
+        // The fingerprint the next cache records for the first file's directory.
         let built = |first_is_image: bool| {
-            let (catalog, old, walk) = scan::scan(&run, &cache).expect("scanned");
-            let records = scan::records(&walk, &old);
-            let mut chunks = scan::reuse(&walk, &records, &catalog);
-            let chunker = pulpdist_chunker::Chunker::new(params).expect("chunker");
-            let mut report = PublishReport::default();
-            let data =
-                chunking::chunk_new(&run, &chunker, &walk, &catalog, &mut chunks, &mut report)
-                    .expect("chunked");
-            let mut catalog = catalog;
-            catalog.chunks.extend(data.locs);
-            let images: Vec<bool> = (0..walk.files.len())
-                .map(|i| i == 0 && first_is_image)
-                .collect();
-            let inputs = Inputs {
-                walk: &walk,
-                records: &records,
-                file_chunks: &chunks,
-                images: &images,
-            };
-            let index =
-                build(&run, &inputs, &mut catalog, &cache, false, &mut report).expect("built");
-            cache.save(&index.next_cache, old.bytes());
-            let root = crate::cache::DirCache::load(&cache.path, &cache.identity);
-            let fingerprint = root.dir(b"").expect("root record").fingerprint;
-            let holder = &walk.dirs[walk.files[0].dir].rel;
-            let holder = root.dir(holder).expect("record").fingerprint;
-            (fingerprint, holder)
+            after_earlier_phases(
+                &site,
+                |i| i == 0 && first_is_image,
+                |run, inputs, catalog, cache, old| {
+                    let mut report = PublishReport::default();
+                    let index =
+                        build(run, inputs, catalog, cache, false, &mut report).expect("built");
+                    cache.save(&index.next_cache, old.bytes());
+                    let saved = DirCache::load(&cache.path, &cache.identity);
+                    let holder = &inputs.walk.dirs[inputs.walk.files[0].dir].rel;
+                    saved.dir(holder).expect("record").fingerprint
+                },
+            )
         };
-        // No image: real fingerprints, kept by the next build.
-        let (_, first) = built(false);
-        assert_ne!(first, [0; 32]);
+        // No image: a real fingerprint, kept by the next build.
+        assert_ne!(built(false), [0; 32]);
         // The first file is an image now (its record says otherwise): built again.
-        let (_, then) = built(true);
-        assert_eq!(then, [0; 32]);
+        assert_eq!(built(true), [0; 32]);
     }
 }

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use pulpdist_format::{
-    EntryKind, Node, NodeId, NodeRef, PackId, TreeFiles, MAX_TREE_RESOLVED_CHUNKS,
+    EntryKind, Node, NodeId, NodeRef, PackId, TreeFiles, MAX_RESOLVE_READ, MAX_TREE_RESOLVED_CHUNKS,
 };
 
 use crate::error::SyncError;
@@ -279,10 +279,6 @@ pub(crate) fn resolve_old_composites(state: &State, root: NodeRef, dirs: &[DirCh
         }
     }
 }
-
-/// Index bytes a sync may read to find the files its composite files name (nodes on the
-/// way, again when they left the lookup's cache).
-const MAX_RESOLVE_READ: u64 = 4 << 30;
 
 fn fetch_nodes(
     reader: &dyn StoreReader,

@@ -40,6 +40,30 @@ pub(crate) fn run(args: &[&str]) -> Output {
     bin().args(args).output().expect("run pulpdist")
 }
 
+/// `gc --store STORE ARGS... --json`, asserting success.
+pub(crate) fn gc(store: &str, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["gc", "--store", store, "--progress", "none"];
+    a.extend(args);
+    run_json(&a)
+}
+
+/// `verify --store` of the site's store, every chunk read: no problem.
+pub(crate) fn verify_clean(site: &Site) {
+    let store = site.store();
+    let trust = site.trust();
+    let r = run_json(&[
+        "verify",
+        "--store",
+        s(&store),
+        "--trust",
+        &trust,
+        "--read-data",
+        "--progress",
+        "none",
+    ]);
+    assert_eq!(r["problems"].as_array().map(Vec::len), Some(0), "{r}");
+}
+
 /// Runs the binary with `--json`, asserts success, parses the JSON line.
 pub(crate) fn run_json(args: &[&str]) -> serde_json::Value {
     let mut a: Vec<&str> = args.to_vec();
