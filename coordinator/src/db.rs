@@ -250,11 +250,11 @@ impl Db {
             .await
             .map_err(|e| CoordError::db("storing reports", e))?;
         for r in reports {
-            sqlx::query(
+            let id = sqlx::query(
                 "INSERT INTO reports (site, tree, received, started, outcome, from_version, to_version, root, \
                  head_store, bytes_fetched, bytes_reused, requests, duration_ms, rsync_files, error, agent_version, report_id) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
-                 ON CONFLICT DO NOTHING",
+                 ON CONFLICT DO NOTHING RETURNING id",
             )
             .bind(site)
             .bind(&r.tree)
@@ -273,9 +273,16 @@ impl Db {
             .bind(&r.error)
             .bind(&r.agent_version)
             .bind((!r.id.is_empty()).then_some(&r.id))
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(|e| CoordError::db("storing reports", e))?;
+            // A report stored before (delivered twice) changes nothing.
+            let Some(id) = id.map(|row| row.get::<i64, _>(0)) else {
+                continue;
+            };
+            keep_latest(&mut tx, site, r, id, now)
+                .await
+                .map_err(|e| CoordError::db("storing reports", e))?;
         }
         tx.commit()
             .await
@@ -285,41 +292,13 @@ impl Db {
 
     /// The last reports of `site` for `tree`, summed up.
     pub async fn latest(&self, site: &str, tree: &str) -> Result<Latest, CoordError> {
-        let err = |e| CoordError::db("reading reports", e);
-        let mut out = Latest::default();
-        let last = sqlx::query(
-            "SELECT outcome, error, received, head_store, bytes_fetched FROM reports \
-             WHERE site = $1 AND tree = $2 ORDER BY id DESC LIMIT 1",
-        )
-        .bind(site)
-        .bind(tree)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(err)?;
-        if let Some(r) = last {
-            out.last_outcome = Some(r.get(0));
-            out.last_error = r.get(1);
-            out.last_report = Some(r.get(2));
-            out.head_store = r.get(3);
-            out.bytes_fetched = r.get::<i64, _>(4) as u64;
-        }
-        let ok = sqlx::query(
-            "SELECT to_version, root, received FROM reports WHERE site = $1 AND tree = $2 \
-             AND outcome IN ('completed', 'up_to_date') AND to_version IS NOT NULL \
-             ORDER BY id DESC LIMIT 1",
-        )
-        .bind(site)
-        .bind(tree)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(err)?;
-        if let Some(r) = ok {
-            let v: i64 = r.get(0);
-            let root: Option<String> = r.get(1);
-            out.held = Some((v as u64, root.unwrap_or_default()));
-            out.last_success = Some(r.get(2));
-        }
-        Ok(out)
+        let row = sqlx::query(&format!("{LATEST} WHERE site = $1 AND tree = $2"))
+            .bind(site)
+            .bind(tree)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| CoordError::db("reading reports", e))?;
+        Ok(row.map(|r| latest_of(&r)).unwrap_or_default())
     }
 
     /// Records a verified head; `true` if it was new.
@@ -541,8 +520,8 @@ impl Db {
         version: u64,
     ) -> Result<Vec<(String, i64)>, CoordError> {
         let rows = sqlx::query(
-            "SELECT site, MIN(received) FROM reports WHERE tree = $1 AND to_version >= $2 \
-             AND outcome IN ('completed', 'up_to_date') GROUP BY site ORDER BY site",
+            "SELECT site, MIN(at) FROM reached WHERE tree = $1 AND version >= $2 \
+             GROUP BY site ORDER BY site",
         )
         .bind(tree)
         .bind(version as i64)
@@ -590,66 +569,87 @@ pub struct Rollup {
 }
 
 impl Db {
-    /// Sums the reports received before `cutoff` into daily rollups and removes them, in
-    /// one transaction; each (site, tree)'s last report and last successful one are kept
-    /// (the status is computed from them). Events closed before `cutoff` are removed in
-    /// the same transaction. Returns the reports rolled up.
+    /// Sums the reports received before `cutoff` into daily rollups and removes them;
+    /// each (site, tree)'s last report and last successful one are kept (a site's page
+    /// shows them). Events closed before `cutoff` are removed too. Returns the reports
+    /// rolled up.
+    ///
+    /// It works in batches of [`ROLLUP_BATCH`] reports, each one transaction, so a large
+    /// backlog never holds the database's write lock (SQLite's only one) for long. Each
+    /// batch's reports are chosen and removed by one statement, and summed from what it
+    /// removed: reports arriving meanwhile, or a second coordinator rolling up at the same
+    /// time, neither lose a run nor count one twice.
     pub async fn roll_up(&self, cutoff: i64) -> Result<u64, CoordError> {
         let err = |e| CoordError::db("rolling up reports", e);
-        let mut tx = self.pool.begin().await.map_err(err)?;
-        if self.shared {
-            // One rollup at a time among the coordinators on the database.
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(LEAD_KEY + 1)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(err)?;
+        let mut total = 0;
+        loop {
+            let n = self.roll_up_batch(cutoff).await.map_err(err)?;
+            total += n;
+            if n < ROLLUP_BATCH {
+                break;
+            }
         }
-        // Reports that arrive meanwhile are neither rolled up nor change which are kept:
-        // both statements see the reports up to this id.
-        let top: Option<i64> = sqlx::query("SELECT MAX(id) FROM reports")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(err)?
-            .get(0);
-        let top = top.unwrap_or(0);
-        let keep = format!(
-            "id <= {top} AND id NOT IN (SELECT MAX(id) FROM reports WHERE id <= {top} GROUP BY site, tree) \
-             AND id NOT IN (SELECT MAX(id) FROM reports WHERE id <= {top} AND outcome IN ('completed', 'up_to_date') \
-             AND to_version IS NOT NULL GROUP BY site, tree)"
-        );
-        sqlx::query(&format!(
-            "INSERT INTO rollups (site, tree, day, runs, failures, bytes_fetched, duration_ms) \
-             SELECT site, tree, (received / 86400) * 86400, COUNT(*), \
-             SUM(CASE WHEN outcome IN ('failed', 'refused') THEN 1 ELSE 0 END), SUM(bytes_fetched), \
-             SUM(duration_ms) FROM reports WHERE received < $1 AND {keep} \
-             GROUP BY site, tree, (received / 86400) * 86400 \
-             ON CONFLICT (site, tree, day) DO UPDATE SET runs = rollups.runs + excluded.runs, \
-             failures = rollups.failures + excluded.failures, \
-             bytes_fetched = rollups.bytes_fetched + excluded.bytes_fetched, \
-             duration_ms = rollups.duration_ms + excluded.duration_ms"
-        ))
-        .bind(cutoff)
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?;
-        let gone = sqlx::query(&format!(
-            "DELETE FROM reports WHERE received < $1 AND {keep}"
-        ))
-        .bind(cutoff)
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?;
-        // Events closed before the cutoff go too (the open ones stay).
         sqlx::query("DELETE FROM events WHERE closed IS NOT NULL AND closed < $1")
             .bind(cutoff)
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await
             .map_err(err)?;
-        tx.commit().await.map_err(err)?;
-        Ok(gone.rows_affected())
+        Ok(total)
+    }
+
+    async fn roll_up_batch(&self, cutoff: i64) -> Result<u64, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let gone = sqlx::query(
+            "DELETE FROM reports WHERE id IN (SELECT id FROM reports WHERE received < $1 \
+             AND id NOT IN (SELECT last_id FROM latest) \
+             AND id NOT IN (SELECT success_id FROM latest WHERE success_id IS NOT NULL) \
+             ORDER BY received LIMIT $2) \
+             RETURNING site, tree, received, outcome, bytes_fetched, duration_ms",
+        )
+        .bind(cutoff)
+        .bind(ROLLUP_BATCH as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        // (site, tree, day) → (runs, failures, bytes fetched, duration).
+        let mut days: std::collections::BTreeMap<(String, String, i64), [i64; 4]> =
+            Default::default();
+        for r in &gone {
+            let received: i64 = r.get(2);
+            let outcome: String = r.get(3);
+            let sum = days
+                .entry((r.get(0), r.get(1), received.div_euclid(86_400) * 86_400))
+                .or_default();
+            sum[0] += 1;
+            sum[1] += i64::from(outcome == "failed" || outcome == "refused");
+            sum[2] = sum[2].saturating_add(r.get(4));
+            sum[3] = sum[3].saturating_add(r.get(5));
+        }
+        for ((site, tree, day), [runs, failures, bytes, ms]) in days {
+            sqlx::query(
+                "INSERT INTO rollups (site, tree, day, runs, failures, bytes_fetched, duration_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (site, tree, day) DO UPDATE SET runs = rollups.runs + excluded.runs, \
+                 failures = rollups.failures + excluded.failures, \
+                 bytes_fetched = rollups.bytes_fetched + excluded.bytes_fetched, \
+                 duration_ms = rollups.duration_ms + excluded.duration_ms",
+            )
+            .bind(site)
+            .bind(tree)
+            .bind(day)
+            .bind(runs)
+            .bind(failures)
+            .bind(bytes)
+            .bind(ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(gone.len() as u64)
     }
 }
+
+/// Reports rolled up in one transaction.
+const ROLLUP_BATCH: u64 = 10_000;
 
 impl Db {
     /// The key `site` is enrolled with, enrolling `spki` if it has none (or if an admin
@@ -729,42 +729,18 @@ impl Db {
 const REENROL: &str = "reenrol:";
 
 impl Db {
-    /// [`Db::latest`] of every (site, tree) that reported, in two queries.
+    /// [`Db::latest`] of every (site, tree) that reported.
     pub async fn latest_all(
         &self,
     ) -> Result<std::collections::HashMap<(String, String), Latest>, CoordError> {
-        let err = |e| CoordError::db("reading reports", e);
-        let mut out: std::collections::HashMap<(String, String), Latest> = Default::default();
-        let last = sqlx::query(
-            "SELECT r.site, r.tree, r.outcome, r.error, r.received, r.head_store, r.bytes_fetched \
-             FROM reports r JOIN (SELECT MAX(id) AS id FROM reports GROUP BY site, tree) m ON r.id = m.id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(err)?;
-        for r in last {
-            let e = out.entry((r.get(0), r.get(1))).or_default();
-            e.last_outcome = Some(r.get(2));
-            e.last_error = r.get(3);
-            e.last_report = Some(r.get(4));
-            e.head_store = r.get(5);
-            e.bytes_fetched = r.get::<i64, _>(6) as u64;
-        }
-        let ok = sqlx::query(
-            "SELECT r.site, r.tree, r.to_version, r.root, r.received FROM reports r JOIN \
-             (SELECT MAX(id) AS id FROM reports WHERE outcome IN ('completed', 'up_to_date') \
-             AND to_version IS NOT NULL GROUP BY site, tree) m ON r.id = m.id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(err)?;
-        for r in ok {
-            let e = out.entry((r.get(0), r.get(1))).or_default();
-            let root: Option<String> = r.get(3);
-            e.held = Some((r.get::<i64, _>(2) as u64, root.unwrap_or_default()));
-            e.last_success = Some(r.get(4));
-        }
-        Ok(out)
+        let rows = sqlx::query(LATEST)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| CoordError::db("reading reports", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), latest_of(r)))
+            .collect())
     }
 
     /// Every tree's verified heads, newest first.
@@ -790,6 +766,77 @@ impl Db {
         }
         Ok(out)
     }
+}
+
+/// Each (site, tree)'s summed-up status, as [`latest_of`] reads it.
+const LATEST: &str = "SELECT site, tree, outcome, error, last_report, head_store, bytes_fetched, \
+     held_version, held_root, last_success FROM latest";
+
+fn latest_of(r: &sqlx::any::AnyRow) -> Latest {
+    let held: Option<i64> = r.get(7);
+    let root: Option<String> = r.get(8);
+    Latest {
+        held: held.map(|v| (v as u64, root.unwrap_or_default())),
+        last_success: r.get(9),
+        last_outcome: Some(r.get(2)),
+        last_error: r.get(3),
+        last_report: Some(r.get(4)),
+        head_store: r.get(5),
+        bytes_fetched: r.get::<i64, _>(6) as u64,
+    }
+}
+
+/// Keeps the `latest` and `reached` tables up to date with report `id` (just stored), in
+/// the transaction that stored it.
+async fn keep_latest(
+    tx: &mut sqlx::Transaction<'_, Any>,
+    site: &str,
+    r: &Report,
+    id: i64,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO latest (site, tree, last_id, last_report, outcome, error, head_store, bytes_fetched) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (site, tree) DO UPDATE SET \
+         last_id = excluded.last_id, last_report = excluded.last_report, outcome = excluded.outcome, \
+         error = excluded.error, head_store = excluded.head_store, bytes_fetched = excluded.bytes_fetched",
+    )
+    .bind(site)
+    .bind(&r.tree)
+    .bind(id)
+    .bind(now)
+    .bind(outcome_text(r.outcome))
+    .bind(&r.error)
+    .bind(&r.head_store)
+    .bind(r.bytes_fetched as i64)
+    .execute(&mut **tx)
+    .await?;
+    let Some(version) = r.to_version.filter(|_| r.outcome.is_success()) else {
+        return Ok(());
+    };
+    sqlx::query(
+        "UPDATE latest SET success_id = $1, held_version = $2, held_root = $3, last_success = $4 \
+         WHERE site = $5 AND tree = $6",
+    )
+    .bind(id)
+    .bind(version as i64)
+    .bind(&r.root)
+    .bind(now)
+    .bind(site)
+    .bind(&r.tree)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO reached (site, tree, version, at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (tree, version, site) DO NOTHING",
+    )
+    .bind(site)
+    .bind(&r.tree)
+    .bind(version as i64)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// A URL without its password, for messages.
@@ -984,4 +1031,139 @@ async fn commit_changed(mut tx: sqlx::Transaction<'_, Any>) -> Result<(), sqlx::
         .execute(&mut *tx)
         .await?;
     tx.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(tree: &str, outcome: Outcome, version: Option<u64>, id: &str) -> Report {
+        Report {
+            id: id.into(),
+            tree: tree.into(),
+            outcome,
+            started: 0,
+            from_version: None,
+            to_version: version,
+            root: version.map(|v| format!("root{v}")),
+            head_store: None,
+            bytes_fetched: 10,
+            bytes_reused: 0,
+            requests: 1,
+            duration_ms: 5,
+            rsync_files: 0,
+            error: None,
+            agent_version: "t".into(),
+        }
+    }
+
+    async fn run<F: std::future::Future<Output = ()>>(f: impl FnOnce(String) -> F) {
+        sqlx::any::install_default_drivers();
+        let dir = tempfile::tempdir().expect("tempdir");
+        f(dir.path().join("c.db").display().to_string()).await;
+    }
+
+    #[test]
+    fn the_latest_table_is_filled_from_the_reports_stored_before_it() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(run(|path| async move {
+            // A database as migrations 1 to 6 left it, with reports in it.
+            let url = format!("sqlite://{}?mode=rwc", encode_path(&path));
+            let pool = AnyPoolOptions::new()
+                .connect(&url)
+                .await
+                .expect("connect");
+            let mut old = sqlx::migrate!("./migrations/sqlite");
+            let before: Vec<_> = old.migrations.iter().filter(|m| m.version < 7).cloned().collect();
+            old.migrations = std::borrow::Cow::Owned(before);
+            old.run(&pool).await.expect("migrate to 6");
+            let rows = [
+                ("a", "t", "completed", Some(1), 100),
+                ("a", "t", "up_to_date", Some(1), 200),
+                ("a", "t", "failed", None, 300),
+                ("a", "u", "failed", None, 150),
+                ("b", "t", "completed", Some(2), 400),
+            ];
+            for (site, tree, outcome, version, at) in rows {
+                sqlx::query(
+                    "INSERT INTO reports (site, tree, received, started, outcome, to_version, root, \
+                     bytes_fetched, bytes_reused, requests, duration_ms, rsync_files, agent_version) \
+                     VALUES ($1, $2, $3, 0, $4, $5, $6, 1, 0, 1, 1, 0, 't')",
+                )
+                .bind(site)
+                .bind(tree)
+                .bind(at as i64)
+                .bind(outcome)
+                .bind(version.map(|v: i64| v))
+                .bind(version.map(|v| format!("root{v}")))
+                .execute(&pool)
+                .await
+                .expect("insert");
+            }
+            pool.close().await;
+            let db = Db::open(&path).await.expect("open and migrate");
+            let all = db.latest_all().await.expect("latest");
+            let a_t = &all[&("a".to_string(), "t".to_string())];
+            assert_eq!(a_t.held, Some((1, "root1".into())));
+            assert_eq!((a_t.last_success, a_t.last_report), (Some(200), Some(300)));
+            assert_eq!(a_t.last_outcome.as_deref(), Some("failed"));
+            let a_u = &all[&("a".to_string(), "u".to_string())];
+            assert_eq!((a_u.held.clone(), a_u.last_report), (None, Some(150)));
+            assert_eq!(all[&("b".to_string(), "t".to_string())].held, Some((2, "root2".into())));
+            assert_eq!(all.len(), 3);
+            assert_eq!(db.reached("t", 1).await.expect("reached"), vec![("a".into(), 100), ("b".into(), 400)]);
+            assert_eq!(db.reached("t", 2).await.expect("reached"), vec![("b".into(), 400)]);
+        }));
+    }
+
+    #[test]
+    fn a_rollup_in_batches_counts_every_run_once_and_keeps_the_status() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(run(|path| async move {
+            let db = Db::open(&path).await.expect("open");
+            // More than two batches of one site's runs on two days, then one failure.
+            let n = 2 * ROLLUP_BATCH + 7;
+            let reports: Vec<Report> = (0..n)
+                .map(|i| report("t", Outcome::UpToDate, Some(3), &format!("r{i}")))
+                .collect();
+            for (i, chunk) in reports.chunks(1000).enumerate() {
+                db.add_reports("a", chunk, 86_400 * (1 + i as i64 % 2))
+                    .await
+                    .expect("add");
+            }
+            db.add_reports(
+                "a",
+                &[report("t", Outcome::Failed, None, "last")],
+                3 * 86_400,
+            )
+            .await
+            .expect("add");
+            // The same report again changes nothing.
+            db.add_reports(
+                "a",
+                &[report("t", Outcome::Failed, None, "last")],
+                4 * 86_400,
+            )
+            .await
+            .expect("add");
+            let before = db.latest("a", "t").await.expect("latest");
+            assert_eq!(before.last_report, Some(3 * 86_400));
+            let gone = db.roll_up(10 * 86_400).await.expect("roll up");
+            // The last report and the last success stay.
+            assert_eq!(gone, n - 1);
+            assert_eq!(db.latest("a", "t").await.expect("latest"), before);
+            let (kept, days) = db.site_record("a", 10, 10).await.expect("record");
+            assert_eq!(kept.len(), 2);
+            let runs: u64 = days.iter().map(|d| d.runs).sum();
+            let bytes: u64 = days.iter().map(|d| d.bytes_fetched).sum();
+            assert_eq!((runs, bytes, days.len()), (n - 1, 10 * (n - 1), 2));
+            assert_eq!(db.roll_up(10 * 86_400).await.expect("again"), 0);
+        }));
+    }
 }

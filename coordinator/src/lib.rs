@@ -966,6 +966,34 @@ fn newest_head(tree: &str, def: &pulpdist_network::TreeDef, open: &OpenStore) ->
     None
 }
 
+/// Freshness by content: whether the site serves what it reported, and whether the probe
+/// (rather than the report) says which version it holds.
+///
+/// A probe judges only a report it came after (in a later second): a probe taken before
+/// the site's last successful run says nothing about what that run left, so a site that
+/// just moved is not flagged (nor shown at its old version) until the next probe. A site
+/// that has not reported yet has nothing to disagree with. A site that serves a newer
+/// version than it reported is not flagged either: its report is on the way.
+fn judge(latest: &Latest, probe: Option<&Probe>) -> (Option<bool>, bool) {
+    let Some(p) = probe else {
+        return (None, false);
+    };
+    let Some((reported, root)) = latest.held.as_ref() else {
+        return (None, p.error.is_none());
+    };
+    if latest.last_success.is_some_and(|t| p.at <= t) {
+        return (None, false);
+    }
+    if p.error.is_some() {
+        return (Some(false), false);
+    }
+    match p.version.cmp(&Some(*reported)) {
+        std::cmp::Ordering::Greater => (None, true),
+        std::cmp::Ordering::Equal => (Some(p.root.as_deref() == Some(root.as_str())), true),
+        std::cmp::Ordering::Less => (Some(false), true),
+    }
+}
+
 fn row(
     site: &str,
     def: &pulpdist_network::SiteDef,
@@ -975,16 +1003,10 @@ fn row(
     now: i64,
 ) -> StatusRow {
     let reported = latest.held.as_ref().map(|(v, _)| *v);
-    // Freshness by content: what the site serves, where the coordinator probed it.
-    // A site that has not reported yet has nothing to disagree with.
-    let probe_agrees = probe.as_ref().filter(|_| reported.is_some()).map(|p| {
-        p.error.is_none()
-            && p.version == reported
-            && p.root.as_deref() == latest.held.as_ref().map(|(_, r)| r.as_str())
-    });
+    let (probe_agrees, probe_wins) = judge(&latest, probe.as_ref());
     let probe_version = probe.as_ref().and_then(|p| p.version);
     let version = match &probe {
-        Some(p) if p.error.is_none() => p.version,
+        Some(p) if probe_wins => p.version,
         _ => reported,
     };
     let newest = heads.first().map(|h| h.version);
@@ -1009,5 +1031,101 @@ fn row(
         probe_version,
         probe_agrees,
         reported_version: reported,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(version: u64, root: &str, at: i64) -> Probe {
+        Probe {
+            version: Some(version),
+            root: Some(root.into()),
+            at,
+            ..Probe::default()
+        }
+    }
+
+    fn held(version: u64, root: &str, at: i64) -> Latest {
+        Latest {
+            held: Some((version, root.into())),
+            last_success: Some(at),
+            last_report: Some(at),
+            ..Latest::default()
+        }
+    }
+
+    #[test]
+    fn a_probe_judges_only_the_report_it_came_after() {
+        // The site moved to version 2 at 100; the last probe saw version 1 at 90 (a relay
+        // that just synced): no mismatch, and the report stands until the next probe.
+        let site = held(2, "r2", 100);
+        assert_eq!(judge(&site, Some(&probe(1, "r1", 90))), (None, false));
+        // In the same second as the report: still not judged.
+        assert_eq!(judge(&site, Some(&probe(1, "r1", 100))), (None, false));
+        // A probe after the report that still sees version 1: flagged, and the probe wins.
+        assert_eq!(
+            judge(&site, Some(&probe(1, "r1", 101))),
+            (Some(false), true)
+        );
+        // The same version with another root: flagged.
+        assert_eq!(
+            judge(&site, Some(&probe(2, "rX", 101))),
+            (Some(false), true)
+        );
+        // What it reported: agrees.
+        assert_eq!(judge(&site, Some(&probe(2, "r2", 101))), (Some(true), true));
+        // Newer than it reported (its report is on the way): shown, not flagged.
+        assert_eq!(judge(&site, Some(&probe(3, "r3", 101))), (None, true));
+        // A probe that failed after the report: flagged, the report stands.
+        let failed = Probe {
+            at: 101,
+            error: Some("no head".into()),
+            ..Probe::default()
+        };
+        assert_eq!(judge(&site, Some(&failed)), (Some(false), false));
+        // No report yet: nothing to disagree with; a good probe says what it serves.
+        assert_eq!(
+            judge(&Latest::default(), Some(&probe(1, "r1", 5))),
+            (None, true)
+        );
+        assert_eq!(judge(&site, None), (None, false));
+    }
+
+    #[test]
+    fn a_stale_probe_shows_the_reported_version_and_raises_nothing() {
+        let heads = vec![HeadSeen {
+            tree: "t".into(),
+            version: 2,
+            root: "r2".into(),
+            created: 0,
+            seen: 50,
+        }];
+        let def = pulpdist_network::SiteDef::default();
+        let r = row(
+            "s",
+            &def,
+            "t",
+            (held(2, "r2", 100), Some(probe(1, "r1", 90))),
+            &heads,
+            120,
+        );
+        assert_eq!(
+            (r.version, r.probe_agrees, r.versions_behind),
+            (Some(2), None, Some(0))
+        );
+        let r = row(
+            "s",
+            &def,
+            "t",
+            (held(2, "r2", 100), Some(probe(1, "r1", 110))),
+            &heads,
+            120,
+        );
+        assert_eq!(
+            (r.version, r.probe_agrees, r.versions_behind),
+            (Some(1), Some(false), Some(1))
+        );
     }
 }

@@ -63,6 +63,13 @@ pub enum Outcome {
     Failed,
 }
 
+impl Outcome {
+    /// Whether the run ended with the site holding the version it reports.
+    pub fn is_success(self) -> bool {
+        matches!(self, Outcome::UpToDate | Outcome::Completed)
+    }
+}
+
 /// One sync run of one tree at one site.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
