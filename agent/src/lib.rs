@@ -13,6 +13,7 @@
 //!   one per tree.
 
 mod client;
+mod metrics;
 mod queue;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use pulpdist_network::{Outcome, Report, SiteAssignment, TreeAssignment};
 use pulpdist_sync::{StoreReader, SyncError, SyncOptions};
 
 pub use client::Client;
+pub use metrics::{serve_metrics, AgentMetrics};
 pub use queue::Queue;
 
 /// Why the agent could not do something (never why a sync failed: that is a report).
@@ -132,6 +134,7 @@ pub struct Agent {
     boot: Option<u64>,
     /// How long to wait after a failed poll (doubling, at most a minute).
     backoff: Duration,
+    metrics: Arc<AgentMetrics>,
 }
 
 impl Agent {
@@ -158,7 +161,13 @@ impl Agent {
             last: HashMap::new(),
             boot: None,
             backoff: Duration::ZERO,
+            metrics: Arc::new(AgentMetrics::new()),
         })
+    }
+
+    /// The agent's metrics, for `/metrics` ([`serve_metrics`]).
+    pub fn metrics(&self) -> Arc<AgentMetrics> {
+        self.metrics.clone()
     }
 
     /// Runs rounds for ever (or one, with `once`).
@@ -184,6 +193,8 @@ impl Agent {
         let asked = Instant::now();
         let polled = self.client.assignment(self.generation, wait);
         let reachable = polled.is_ok();
+        let queued = self.queue.pending().map_or(0, |p| p.len());
+        self.metrics.queue(queued, reachable);
         match polled {
             Ok(got) => {
                 self.backoff = Duration::ZERO;
@@ -220,7 +231,10 @@ impl Agent {
             if pushed && !self.opts.jitter.is_zero() {
                 std::thread::sleep(random_below(self.opts.jitter));
             }
+            self.metrics.syncing(&t.tree, true);
             let report = self.sync(&t);
+            self.metrics.syncing(&t.tree, false);
+            self.metrics.run(&report, unix_now());
             self.last
                 .insert(t.tree.clone(), (Instant::now(), t.trigger));
             if let Err(e) = self.queue.push(&report) {
@@ -233,6 +247,7 @@ impl Agent {
             true => self.deliver(),
             false => (0, self.queue.pending().map_or(0, |p| p.len())),
         };
+        self.metrics.queue(round.queued, reachable);
         Ok(round)
     }
 

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use pulpdist_agent::{Agent, AgentOptions};
 
 #[derive(clap::Args)]
@@ -38,6 +38,11 @@ pub(crate) struct Args {
     /// Trust only these CA certificates (PEM) for https:// stores [default: the system's].
     #[arg(long)]
     store_ca: Option<PathBuf>,
+    /// Serve the agent's Prometheus metrics on this address (plain HTTP, `GET /metrics`;
+    /// keep it on loopback or a monitoring network). Port 0 takes a free port; the address
+    /// taken is printed.
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
     s3: super::stores::S3Args,
 }
@@ -60,6 +65,16 @@ pub(crate) fn run(a: Args) -> Result<()> {
         },
     };
     let mut agent = Agent::new(a.reach.client()?, opts)?;
+    if let Some(addr) = a.metrics {
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("binding the metrics listener on {addr}"))?;
+        let bound = listener
+            .local_addr()
+            .context("the metrics listener's address")?;
+        pulpdist_agent::serve_metrics(listener, agent.metrics())
+            .context("starting the metrics listener")?;
+        println!("metrics on http://{bound}/metrics");
+    }
     agent.run()?;
     Ok(())
 }

@@ -380,6 +380,103 @@ fn agents_sync_what_they_are_assigned_and_keep_working_while_the_coordinator_is_
     }
 }
 
+/// One value of the agent's `/metrics` at `addr` (`None` if it has no such line).
+fn agent_metric(addr: &str, series: &str) -> Option<i64> {
+    let (status, text) = get(addr, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn an_agent_syncs_three_publishes_while_the_coordinator_is_down_and_its_metrics_say_so() {
+    let net = Net::new();
+    let berlin = net.cert("berlin");
+    let coord = net.start(Some(&net.network(&["berlin"], "10s")), "1h");
+    let mut agent = bin()
+        .args(net.agent_args(&coord.url, "berlin", &berlin))
+        .args(["--poll", "2s", "--metrics", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent");
+    let mut line = String::new();
+    BufReader::new(agent.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the agent's first line");
+    let metrics = line
+        .trim()
+        .strip_prefix("metrics on ")
+        .and_then(|u| u.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("'{line}'"))
+        .to_string();
+    let version = "pulpdist_agent_version{tree=\"tree\"}";
+    until("version 1 synced", Duration::from_secs(60), || {
+        agent_metric(&metrics, version) == Some(1)
+    });
+    until("the report delivered", Duration::from_secs(60), || {
+        row(&net.status(&coord.url), "berlin")["version"] == 1
+    });
+    assert_eq!(
+        agent_metric(&metrics, "pulpdist_agent_coordinator_reachable"),
+        Some(1)
+    );
+    // The coordinator goes away for three publishes: each is synced on the schedule from
+    // the cached assignment, none fails, and the reports wait.
+    drop(coord);
+    for v in 2..=4 {
+        pulpdist_testdata::evolve(&net.site.src(), 7, v - 1).expect("evolve");
+        net.site.publish();
+        until(
+            &format!("version {v} synced"),
+            Duration::from_secs(60),
+            || agent_metric(&metrics, version) == Some(v as i64),
+        );
+        assert_same_tree(&net.site.src(), &net.mirror("berlin"));
+    }
+    let failed = "pulpdist_agent_runs_total{tree=\"tree\",outcome=\"failed\"}";
+    assert_eq!(agent_metric(&metrics, failed), None);
+    assert_eq!(
+        agent_metric(
+            &metrics,
+            "pulpdist_agent_runs_total{tree=\"tree\",outcome=\"completed\"}"
+        ),
+        Some(4)
+    );
+    until(
+        "the agent sees the coordinator gone",
+        Duration::from_secs(30),
+        || agent_metric(&metrics, "pulpdist_agent_coordinator_reachable") == Some(0),
+    );
+    assert!(agent_metric(&metrics, "pulpdist_agent_reports_queued").unwrap_or(0) >= 3);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    // Back on the same database: one round of the agent delivers the queue, and the status
+    // is right at once: version 4, nothing behind, the three runs in the site's history.
+    let coord = net.start(None, "1h");
+    net.agent_once(&coord.url, "berlin", &berlin);
+    let r = row(&net.status(&coord.url), "berlin").clone();
+    assert_eq!(
+        (
+            r["version"].as_u64(),
+            r["newest"].as_u64(),
+            r["versions_behind"].as_u64()
+        ),
+        (Some(4), Some(4), Some(0)),
+        "{r}"
+    );
+    let (_, page) = get(&coord.board, "/api/v1/sites/berlin");
+    let page: serde_json::Value = serde_json::from_str(&page).expect("json");
+    let completed: Vec<u64> = page["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|r| r["outcome"] == "completed")
+        .filter_map(|r| r["version"].as_u64())
+        .collect();
+    assert_eq!(completed, [4, 3, 2, 1], "{page}");
+}
+
 #[test]
 fn a_site_certificate_reads_and_writes_only_its_own() {
     let net = Net::new();
