@@ -26,6 +26,9 @@ pub struct Db {
     name: String,
     /// PostgreSQL (several coordinators may share it) rather than SQLite.
     shared: bool,
+    /// On SQLite, the lock beside the file that keeps a second coordinator off it, held
+    /// as long as the database is open.
+    _one_coordinator: Option<std::sync::Arc<std::fs::File>>,
 }
 
 /// The advisory lock key that makes a coordinator the one doing the singleton duties
@@ -98,6 +101,14 @@ impl Db {
             what: format!("{name}: {what}"),
             detail: e,
         };
+        // A SQLite file is for one coordinator: a second would do the singleton duties
+        // (probes, head checks, webhook deliveries) twice and contend for the write lock.
+        let one_coordinator = match shared {
+            true => None,
+            false => Some(std::sync::Arc::new(
+                lock_beside(target).map_err(|e| fail("locking", e))?,
+            )),
+        };
         let url = match shared {
             true => target.to_string(),
             false => format!("sqlite://{}?mode=rwc", encode_path(target)),
@@ -145,7 +156,12 @@ impl Db {
             .run(&pool)
             .await
             .map_err(|e| fail("migrating", e.to_string()))?;
-        let db = Db { pool, name, shared };
+        let db = Db {
+            pool,
+            name,
+            shared,
+            _one_coordinator: one_coordinator,
+        };
         // The push counters' space, named once for this database.
         sqlx::query("UPDATE changes SET epoch = $1 WHERE id = 1 AND epoch = 0")
             .bind((crate::random_u64() >> 2) as i64 | 1)
@@ -837,6 +853,29 @@ async fn keep_latest(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Takes the lock `<file>.lock` beside a SQLite database (created if missing, never
+/// through a symlink), or says which file another coordinator holds.
+fn lock_beside(file: &str) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = format!("{file}.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("{path}: {e}"))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "another coordinator has this database open (it holds {path}); a SQLite file is \
+             for one coordinator (two share a PostgreSQL database: --db postgres://…)"
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("{path}: {e}")),
+    }
 }
 
 /// A URL without its password, for messages.

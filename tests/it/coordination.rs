@@ -1201,6 +1201,52 @@ fn a_site_is_enrolled_with_its_first_key_and_another_key_needs_an_admin() {
 }
 
 #[test]
+fn a_second_coordinator_on_one_sqlite_file_is_refused_and_the_first_keeps_serving() {
+    let net = Net::new();
+    let berlin = net.cert("berlin");
+    // A SQLite file of its own (the PostgreSQL pass included: this is about SQLite).
+    let db = net.site.p("one.db");
+    let tls = [&net.coord_pair.cert, &net.coord_pair.key, &net.ca_file];
+    let text = net.network(&["berlin"], "1h");
+    let first = net.start_with(Some(&text), "1h", tls, &["--db", s(&db)]);
+    let mut second = bin()
+        .args(["coordinator", "--listen", "127.0.0.1:0", "--db", s(&db)])
+        .args(["--tls-cert", s(&net.coord_pair.cert), "--tls-key"])
+        .args([s(&net.coord_pair.key), "--client-ca", s(&net.ca_file)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("second coordinator");
+    // It must stop by itself (a second coordinator that serves fails the test).
+    let end = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > end {
+            let _ = second.kill();
+            panic!("a second coordinator on one SQLite file kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().expect("stderr"), &mut err)
+        .expect("stderr");
+    assert!(
+        err.contains("another coordinator has this database open")
+            && err.contains(&format!("{}.lock", s(&db))),
+        "{err}"
+    );
+    net.agent_once(&first.url, "berlin", &berlin);
+    assert_eq!(row(&net.status(&first.url), "berlin")["version"], 1);
+    // Once the first is gone, the file is free again.
+    drop(first);
+    let again = net.start_with(None, "1h", tls, &["--db", s(&db)]);
+    assert_eq!(row(&net.status(&again.url), "berlin")["version"], 1);
+}
+
+#[test]
 fn a_full_disk_under_the_database_loses_no_report_and_passes() {
     let net = Net::new();
     let berlin = net.cert("berlin");
