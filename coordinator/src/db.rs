@@ -35,6 +35,9 @@ pub struct Db {
 /// ("pulpdist" in ASCII).
 const LEAD_KEY: i64 = 0x7075_6c70_6469_7374;
 
+/// How long the connection holding the lock has to answer a ping.
+const LEAD_PING: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A coordinator's hold on the singleton duties: on PostgreSQL, the connection whose
 /// session holds the advisory lock.
 #[derive(Debug, Default)]
@@ -189,10 +192,19 @@ impl Db {
             return true;
         }
         if let Some(conn) = lead.conn.as_mut() {
-            if conn.ping().await.is_ok() {
-                return true;
+            // A server that does not answer within the deadline (a half-open connection)
+            // counts as lost: this coordinator stops leading rather than wait on it.
+            match tokio::time::timeout(LEAD_PING, conn.ping()).await {
+                Ok(Ok(())) => return true,
+                Ok(Err(e)) => {
+                    tracing::warn!(db = %self.name, "the connection holding the coordinator lock broke: {e}")
+                }
+                Err(_) => tracing::warn!(
+                    db = %self.name,
+                    "the connection holding the coordinator lock did not answer within {} s",
+                    LEAD_PING.as_secs()
+                ),
             }
-            tracing::warn!(db = %self.name, "the connection holding the coordinator lock broke");
             lead.conn = None;
         }
         let mut conn = match self.pool.acquire().await {
@@ -202,6 +214,19 @@ impl Db {
                 return false;
             }
         };
+        // The server drops the session, and with it the lock, within about 25 s of losing
+        // this coordinator (a dead host, a cut link), not the system's default two hours:
+        // the other coordinator then takes over. (Ignored over a Unix socket.)
+        for set in [
+            "SET tcp_keepalives_idle = 10",
+            "SET tcp_keepalives_interval = 5",
+            "SET tcp_keepalives_count = 3",
+            "SET tcp_user_timeout = 25000",
+        ] {
+            if let Err(e) = sqlx::query(set).execute(&mut *conn).await {
+                tracing::warn!(db = %self.name, "{set}: {e}");
+            }
+        }
         let got = sqlx::query("SELECT pg_try_advisory_lock($1)")
             .bind(LEAD_KEY)
             .fetch_one(&mut *conn)

@@ -1247,6 +1247,72 @@ fn a_second_coordinator_on_one_sqlite_file_is_refused_and_the_first_keeps_servin
 }
 
 #[test]
+fn postgresql_going_away_fails_no_sync_loses_no_report_and_the_coordinator_leads_again() {
+    let net = Net::new();
+    let berlin = net.cert("berlin");
+    // A PostgreSQL server of this test's own (in both passes: this is about PostgreSQL).
+    let mut pg = common::servers::Cluster::new();
+    let db = pg.url("coord");
+    let tls = [&net.coord_pair.cert, &net.coord_pair.key, &net.ca_file];
+    let text = net.network(&["berlin"], "1h");
+    let coord = net.start_with(Some(&text), "1s", tls, &["--db", &db]);
+    let metric = |name: &str| -> Option<i64> {
+        let (status, text) = get(&coord.board, "/metrics");
+        (status == 200)
+            .then(|| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            })
+            .flatten()
+    };
+    net.agent_once(&coord.url, "berlin", &berlin);
+    until(
+        "leading, version 1 reported",
+        Duration::from_secs(60),
+        || {
+            metric("pulpdist_coordinator_leading") == Some(1)
+                && row(&net.status(&coord.url), "berlin")["version"] == 1
+        },
+    );
+    // The database goes away. A new version is published: the agent syncs it (its poll is
+    // answered from the coordinator's memory) and keeps its report; the coordinator
+    // answers what needs the database with 503, and keeps running.
+    pg.stop();
+    pulpdist_testdata::evolve(&net.site.src(), 8, 1).expect("evolve");
+    net.site.publish();
+    let out = net.agent_once(&coord.url, "berlin", &berlin);
+    assert_same_tree(&net.site.src(), &net.mirror("berlin"));
+    let queue = net.site.p("berlin/agent/reports.jsonl");
+    assert!(queue.exists(), "the report was not kept: {}", stderr(&out));
+    assert!(!net.site.p("berlin/agent/rejected.jsonl").exists());
+    let (status, body) = get(&coord.board, "/api/v1/status");
+    assert_eq!(status, 503, "{body}");
+    // Back: the report arrives, and the coordinator leads again: its head watcher records
+    // the version published while the database was away.
+    pg.start();
+    until(
+        "the queued report delivered",
+        Duration::from_secs(60),
+        || {
+            net.agent_once(&coord.url, "berlin", &berlin);
+            !queue.exists()
+        },
+    );
+    until(
+        "leading again, version 2 seen",
+        Duration::from_secs(60),
+        || {
+            let r = row(&net.status(&coord.url), "berlin").clone();
+            metric("pulpdist_coordinator_leading") == Some(1)
+                && r["version"] == 2
+                && r["newest"] == 2
+                && r["versions_behind"] == 0
+        },
+    );
+    assert!(!net.site.p("berlin/agent/rejected.jsonl").exists());
+}
+
+#[test]
 fn a_full_disk_under_the_database_loses_no_report_and_passes() {
     let net = Net::new();
     let berlin = net.cert("berlin");

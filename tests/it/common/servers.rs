@@ -508,42 +508,168 @@ impl RsyncD {
 pub(crate) struct Postgres {
     /// The socket's directory.
     pub(crate) socket: PathBuf,
-    /// The shell, its standard input held open for the process's lifetime (see above).
-    _shell: std::sync::Mutex<Child>,
+    _cluster: std::sync::Mutex<Cluster>,
 }
 
 impl Postgres {
     /// A URL for database `db` (created by the coordinator on first use).
     pub(crate) fn url(&self, db: &str) -> String {
-        format!(
-            "postgres://postgres@localhost/{db}?host={}",
-            s(&self.socket)
-        )
+        pg_url(&self.socket, db)
     }
+}
+
+fn pg_url(socket: &Path, db: &str) -> String {
+    format!("postgres://postgres@localhost/{db}?host={}", s(socket))
 }
 
 /// The PostgreSQL server of this process (see [`Postgres`]).
 pub(crate) fn postgres() -> &'static Postgres {
     static PG: std::sync::OnceLock<Postgres> = std::sync::OnceLock::new();
-    PG.get_or_init(start_postgres)
+    PG.get_or_init(|| {
+        let cluster = Cluster::start_new(true);
+        Postgres {
+            socket: cluster.socket.clone(),
+            _cluster: std::sync::Mutex::new(cluster),
+        }
+    })
 }
 
-fn start_postgres() -> Postgres {
-    let bin = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()
-        .and_then(|d| {
-            d.filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-                .filter(|b| b.join("postgres").exists())
-                .max()
-        })
-        .expect(
-            "PostgreSQL is not installed (/usr/lib/postgresql/*/bin): ./scripts/test installs it",
+/// A PostgreSQL cluster of a test's own, which it may stop and start again (the server
+/// going away under a coordinator); removed on drop.
+pub(crate) struct Cluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    pub(crate) socket: PathBuf,
+    /// The shell running the server; closing its standard input stops the server.
+    shell: Option<Child>,
+    /// The shell removes the cluster once the server stopped (for the process's server,
+    /// which is never dropped).
+    removed_by_shell: bool,
+}
+
+impl Cluster {
+    /// A new cluster, started.
+    pub(crate) fn new() -> Cluster {
+        Cluster::start_new(false)
+    }
+
+    fn start_new(removed_by_shell: bool) -> Cluster {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|d| {
+                d.filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                    .filter(|b| b.join("postgres").exists())
+                    .max()
+            })
+            .expect(
+                "PostgreSQL is not installed (/usr/lib/postgresql/*/bin): ./scripts/test installs it",
+            );
+        let dir = tempfile::Builder::new()
+            .prefix("pulpdist-pg-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        chown_to_postgres(&dir);
+        let (data, socket) = (dir.join("data"), dir.join("socket"));
+        let out = as_postgres(&[
+            s(&bin.join("initdb")),
+            "-D",
+            s(&data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ])
+        .output()
+        .expect("initdb");
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
-    let dir = tempfile::Builder::new()
-        .prefix("pulpdist-pg-")
-        .tempdir()
-        .expect("tempdir")
-        .keep();
+        std::fs::create_dir(&socket).expect("socket dir");
+        chown_to_postgres(&socket);
+        let mut c = Cluster {
+            bin,
+            dir,
+            socket,
+            shell: None,
+            removed_by_shell,
+        };
+        c.start();
+        c
+    }
+
+    /// A URL for database `db`.
+    pub(crate) fn url(&self, db: &str) -> String {
+        pg_url(&self.socket, db)
+    }
+
+    /// Starts the server (on the same data and socket as before) and waits until it
+    /// answers.
+    pub(crate) fn start(&mut self) {
+        assert!(self.shell.is_none(), "already running");
+        let script = format!(
+            "'{pg}' -D '{data}' -k '{socket}' -c listen_addresses= -c fsync=off -c max_connections=300 \
+             >>'{dir}/log' 2>&1 & pid=$!; cat >/dev/null; kill -INT $pid; wait $pid{remove}",
+            pg = s(&self.bin.join("postgres")),
+            data = s(&self.dir.join("data")),
+            socket = s(&self.socket),
+            dir = s(&self.dir),
+            remove = match self.removed_by_shell {
+                true => format!("; rm -rf '{}'", s(&self.dir)),
+                false => String::new(),
+            },
+        );
+        let child = as_postgres(&["sh", "-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start postgres");
+        self.shell = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = Command::new(self.bin.join("pg_isready"))
+                .args(["-q", "-h", s(&self.socket), "-U", "postgres"])
+                .status()
+                .is_ok_and(|st| st.success());
+            if ready {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL did not start within 60 s: {}",
+                std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server (a fast shutdown: its sessions are cut) and waits until it is gone.
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut shell) = self.shell.take() {
+            drop(shell.stdin.take());
+            let _ = shell.wait();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn as_postgres(args: &[&str]) -> Command {
+    let mut c = Command::new("runuser");
+    c.args(["-u", "postgres", "--"]).args(args);
+    c
+}
+
+fn chown_to_postgres(path: &Path) {
     let uid = |flag: &str| -> u32 {
         let out = Command::new("id")
             .args([flag, "postgres"])
@@ -554,64 +680,5 @@ fn start_postgres() -> Postgres {
             .parse()
             .expect("the postgres user (the package creates it)")
     };
-    std::os::unix::fs::chown(&dir, Some(uid("-u")), Some(uid("-g"))).expect("chown");
-    let (data, socket) = (dir.join("data"), dir.join("socket"));
-    let as_pg = |args: &[&str]| {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).args(args);
-        c
-    };
-    let out = as_pg(&[
-        s(&bin.join("initdb")),
-        "-D",
-        s(&data),
-        "-A",
-        "trust",
-        "-U",
-        "postgres",
-        "--no-sync",
-    ])
-    .output()
-    .expect("initdb");
-    assert!(
-        out.status.success(),
-        "initdb: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::create_dir(&socket).expect("socket dir");
-    std::os::unix::fs::chown(&socket, Some(uid("-u")), Some(uid("-g"))).expect("chown");
-    let script = format!(
-        "'{pg}' -D '{data}' -k '{socket}' -c listen_addresses= -c fsync=off -c max_connections=300 \
-         >'{dir}/log' 2>&1 & pid=$!; cat >/dev/null; kill -INT $pid; wait $pid; rm -rf '{dir}'",
-        pg = s(&bin.join("postgres")),
-        data = s(&data),
-        socket = s(&socket),
-        dir = s(&dir),
-    );
-    let child = as_pg(&["sh", "-c", &script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start postgres");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ready = Command::new(bin.join("pg_isready"))
-            .args(["-q", "-h", s(&socket), "-U", "postgres"])
-            .status()
-            .is_ok_and(|st| st.success());
-        if ready {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "PostgreSQL did not start within 60 s: {}",
-            std::fs::read_to_string(dir.join("log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Postgres {
-        socket,
-        _shell: std::sync::Mutex::new(child),
-    }
+    std::os::unix::fs::chown(path, Some(uid("-u")), Some(uid("-g"))).expect("chown");
 }
