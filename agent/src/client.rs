@@ -127,7 +127,15 @@ impl Client {
     pub fn report(&self, reports: &[Report]) -> Result<(), AgentError> {
         let path = "/api/v1/reports";
         let body = serde_json::to_vec(reports).map_err(|e| self.fail(path, e))?;
-        self.call(path, |url| self.agent.post(url).send(&body[..]))?;
+        self.call(path, |url| {
+            self.agent
+                .post(url)
+                .header(
+                    pulpdist_network::CLOCK_HEADER,
+                    crate::unix_now().to_string(),
+                )
+                .send(&body[..])
+        })?;
         Ok(())
     }
 

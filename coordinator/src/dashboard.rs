@@ -383,11 +383,12 @@ async fn site_page(coord: &Coordinator, site: &str) -> Result<Option<String>, Co
     s.push_str("</tbody></table>\n<h2>Runs</h2>\n");
     let history: Vec<Value> = v["history"].as_array().cloned().unwrap_or_default();
     s.push_str(&chart(&history));
-    s.push_str("<table id=\"history\"><thead><tr><th>received</th><th>tree</th><th>outcome</th><th>version</th><th>bytes</th><th>ms</th><th>error</th></tr></thead><tbody>\n");
+    s.push_str("<table id=\"history\"><thead><tr><th>ended</th><th>received</th><th>tree</th><th>outcome</th><th>version</th><th>bytes</th><th>ms</th><th>error</th></tr></thead><tbody>\n");
     for r in &history {
         let _ = writeln!(
             s,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            r["ran"],
             r["received"],
             esc(r["tree"].as_str().unwrap_or("")),
             esc(r["outcome"].as_str().unwrap_or("")),

@@ -278,23 +278,35 @@ impl Db {
         Ok(true)
     }
 
-    /// Stores a site's reports (one transaction: all or none), received at `now`.
+    /// Stores a site's reports (one transaction: all or none), received at `now`; `skew`
+    /// is how far the site's clock is off (its clock minus ours, in seconds), if it said
+    /// what its clock read: each run's end is then placed on our clock.
     pub async fn add_reports(
         &self,
         site: &str,
         reports: &[Report],
         now: i64,
+        skew: Option<i64>,
     ) -> Result<(), CoordError> {
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(|e| CoordError::db("storing reports", e))?;
+        if let Some(skew) = skew {
+            sqlx::query("UPDATE enrolment SET clock_offset = $1 WHERE site = $2")
+                .bind(skew)
+                .bind(site)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| CoordError::db("storing reports", e))?;
+        }
         for r in reports {
+            let ran = ran_at(r, now, skew);
             let id = sqlx::query(
                 "INSERT INTO reports (site, tree, received, started, outcome, from_version, to_version, root, \
-                 head_store, bytes_fetched, bytes_reused, requests, duration_ms, rsync_files, error, agent_version, report_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+                 head_store, bytes_fetched, bytes_reused, requests, duration_ms, rsync_files, error, agent_version, report_id, ran) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
                  ON CONFLICT DO NOTHING RETURNING id",
             )
             .bind(site)
@@ -314,6 +326,7 @@ impl Db {
             .bind(&r.error)
             .bind(&r.agent_version)
             .bind((!r.id.is_empty()).then_some(&r.id))
+            .bind(ran)
             .fetch_optional(&mut *tx)
             .await
             .map_err(|e| CoordError::db("storing reports", e))?;
@@ -321,7 +334,7 @@ impl Db {
             let Some(id) = id.map(|row| row.get::<i64, _>(0)) else {
                 continue;
             };
-            keep_latest(&mut tx, site, r, id, now)
+            keep_latest(&mut tx, site, r, id, now, ran)
                 .await
                 .map_err(|e| CoordError::db("storing reports", e))?;
         }
@@ -509,8 +522,8 @@ impl Db {
                 .map_err(err)?;
         }
         let reports = sqlx::query(
-            "SELECT tree, received, outcome, to_version, bytes_fetched, duration_ms, error FROM reports \
-             WHERE site = $1 ORDER BY id DESC LIMIT $2",
+            "SELECT tree, received, outcome, to_version, bytes_fetched, duration_ms, error, \
+             COALESCE(ran, received) FROM reports WHERE site = $1 ORDER BY id DESC LIMIT $2",
         )
         .bind(site)
         .bind(n)
@@ -537,6 +550,7 @@ impl Db {
                 bytes_fetched: r.get::<i64, _>(4) as u64,
                 duration_ms: r.get::<i64, _>(5) as u64,
                 error: r.get(6),
+                ran: r.get(7),
             })
             .collect();
         let rollups = rollups
@@ -590,6 +604,9 @@ pub struct ReportRow {
     pub duration_ms: u64,
     /// The error, if it failed.
     pub error: Option<String>,
+    /// When the run ended, on the coordinator's clock (the agent's times corrected by its
+    /// clock's offset; for an agent that does not say its clock, when it was received).
+    pub ran: i64,
 }
 
 /// One day of one site's runs of one tree, summed.
@@ -645,7 +662,7 @@ impl Db {
              AND id NOT IN (SELECT last_id FROM latest) \
              AND id NOT IN (SELECT success_id FROM latest WHERE success_id IS NOT NULL) \
              ORDER BY received LIMIT $2) \
-             RETURNING site, tree, received, outcome, bytes_fetched, duration_ms",
+             RETURNING site, tree, COALESCE(ran, received), outcome, bytes_fetched, duration_ms",
         )
         .bind(cutoff)
         .bind(ROLLUP_BATCH as i64)
@@ -835,6 +852,7 @@ async fn keep_latest(
     r: &Report,
     id: i64,
     now: i64,
+    ran: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO latest (site, tree, last_id, last_report, outcome, error, head_store, bytes_fetched) \
@@ -874,10 +892,25 @@ async fn keep_latest(
     .bind(site)
     .bind(&r.tree)
     .bind(version as i64)
-    .bind(now)
+    .bind(ran)
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// When report `r`'s run ended, on the coordinator's clock: the agent's start plus the
+/// run's length, corrected by the agent's clock `skew`; never later than `now` (when it
+/// arrived) nor more than a year before. Without a skew (an agent that does not say what
+/// its clock reads), when it arrived.
+fn ran_at(r: &Report, now: i64, skew: Option<i64>) -> i64 {
+    let Some(skew) = skew else {
+        return now;
+    };
+    let ended = r
+        .started
+        .saturating_add((r.duration_ms / 1000).min(i64::MAX as u64) as i64)
+        .saturating_sub(skew);
+    ended.clamp(now.saturating_sub(365 * 86_400), now)
 }
 
 /// Takes the lock `<file>.lock` beside a SQLite database (created if missing, never
@@ -1078,6 +1111,19 @@ impl Db {
         Ok(())
     }
 
+    /// How far each site's clock is off (its clock minus the coordinator's, in seconds), as
+    /// measured on its last delivery of reports.
+    pub async fn clock_offsets(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, i64>, CoordError> {
+        let rows =
+            sqlx::query("SELECT site, clock_offset FROM enrolment WHERE clock_offset IS NOT NULL")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| CoordError::db("reading the sites' clocks", e))?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// When each site's client certificate expires (sites that connected).
     pub async fn not_afters(&self) -> Result<std::collections::BTreeMap<String, i64>, CoordError> {
         let rows = sqlx::query("SELECT site, not_after FROM enrolment WHERE not_after IS NOT NULL")
@@ -1197,7 +1243,7 @@ mod tests {
                 .map(|i| report("t", Outcome::UpToDate, Some(3), &format!("r{i}")))
                 .collect();
             for (i, chunk) in reports.chunks(1000).enumerate() {
-                db.add_reports("a", chunk, 86_400 * (1 + i as i64 % 2))
+                db.add_reports("a", chunk, 86_400 * (1 + i as i64 % 2), None)
                     .await
                     .expect("add");
             }
@@ -1205,6 +1251,7 @@ mod tests {
                 "a",
                 &[report("t", Outcome::Failed, None, "last")],
                 3 * 86_400,
+                None,
             )
             .await
             .expect("add");
@@ -1213,6 +1260,7 @@ mod tests {
                 "a",
                 &[report("t", Outcome::Failed, None, "last")],
                 4 * 86_400,
+                None,
             )
             .await
             .expect("add");
@@ -1228,6 +1276,49 @@ mod tests {
             let bytes: u64 = days.iter().map(|d| d.bytes_fetched).sum();
             assert_eq!((runs, bytes, days.len()), (n - 1, 10 * (n - 1), 2));
             assert_eq!(db.roll_up(10 * 86_400).await.expect("again"), 0);
+        }));
+    }
+
+    #[test]
+    fn runs_are_placed_on_the_coordinators_clock_however_late_and_wrong_the_agents() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(run(|path| async move {
+            let db = Db::open(&path).await.expect("open");
+            db.enrol("a", "key", 0).await.expect("enrol");
+            // An agent whose clock is an hour ahead ran at its 10,000 + 3,600 for 20 s;
+            // the report arrived (queued) at our 50,000.
+            let mut r = report("t", Outcome::Completed, Some(4), "x");
+            r.started = 13_600;
+            r.duration_ms = 20_000;
+            db.add_reports("a", &[r], 50_000, Some(3_600))
+                .await
+                .expect("add");
+            let (runs, _) = db.site_record("a", 10, 10).await.expect("record");
+            assert_eq!((runs[0].ran, runs[0].received), (10_020, 50_000));
+            assert_eq!(
+                db.reached("t", 4).await.expect("reached"),
+                vec![("a".into(), 10_020)]
+            );
+            assert_eq!(db.clock_offsets().await.expect("clocks")["a"], 3_600);
+            // A clock so wrong the run would be in the future, or years back: clamped.
+            let mut r = report("t", Outcome::Completed, Some(5), "y");
+            r.started = 10;
+            db.add_reports("a", &[r], 50_000 + 400 * 86_400, Some(-3_600))
+                .await
+                .expect("add");
+            let (runs, _) = db.site_record("a", 10, 10).await.expect("record");
+            assert_eq!(runs[0].ran, 50_000 + 35 * 86_400);
+            // An agent that does not say its clock: when it arrived.
+            let mut r = report("t", Outcome::Completed, Some(6), "z");
+            r.started = 1;
+            db.add_reports("a", &[r], 60_000_000, None)
+                .await
+                .expect("add");
+            let (runs, _) = db.site_record("a", 10, 10).await.expect("record");
+            assert_eq!(runs[0].ran, 60_000_000);
         }));
     }
 }

@@ -115,6 +115,23 @@ impl Coordinator {
                 );
             }
         }
+        let mut clocks = self.db.clock_offsets().await?;
+        clocks.retain(|site, _| network.sites.contains_key(site));
+        for (site, skew) in clocks.iter() {
+            if skew.unsigned_abs() > alerts.clock_seconds {
+                let way = match *skew > 0 {
+                    true => "ahead",
+                    false => "behind",
+                };
+                firing.insert(
+                    ("clock".into(), site.clone(), String::new()),
+                    format!(
+                        "its clock is {} s {way} of the coordinator's (its runs are placed by the coordinator's)",
+                        skew.unsigned_abs()
+                    ),
+                );
+            }
+        }
         let open = self.db.open_events().await?;
         let mut closed = 0;
         for e in &open {

@@ -467,8 +467,13 @@ impl Coordinator {
         &self,
         site: &str,
         reports: &[pulpdist_network::Report],
+        clock: Option<i64>,
     ) -> Result<(), CoordError> {
-        self.db.add_reports(site, reports, now()).await?;
+        let now = now();
+        // How far the site's clock is off, from what it read when it sent them (within a
+        // second or so: the request's own time in flight counts too).
+        let skew = clock.map(|c| c.saturating_sub(now));
+        self.db.add_reports(site, reports, now, skew).await?;
         if let Err(e) = self.release_downstream().await {
             tracing::warn!("{e}");
         }

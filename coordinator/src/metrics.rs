@@ -72,7 +72,14 @@ impl Coordinator {
             }
         }
         let events = Family::<KindLabel, Gauge>::default();
-        for kind in ["behind", "silent", "failing", "certificate", "mismatch"] {
+        for kind in [
+            "behind",
+            "silent",
+            "failing",
+            "certificate",
+            "mismatch",
+            "clock",
+        ] {
             events
                 .get_or_create(&KindLabel { kind: kind.into() })
                 .set(0);

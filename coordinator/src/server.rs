@@ -326,6 +326,13 @@ async fn assignment(coord: &Coordinator, site: &str, after: Option<u64>, wait: u
 }
 
 async fn reports(coord: &Coordinator, site: &str, req: Request<Incoming>) -> Answer {
+    // What the agent's clock read when it sent them (Unix seconds), if it says.
+    let clock = req
+        .headers()
+        .get(pulpdist_network::CLOCK_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|c| c.abs() < 1 << 40);
     // A body that drips is not waited for.
     let read = tokio::time::timeout(
         SLOW_BODY,
@@ -379,7 +386,7 @@ async fn reports(coord: &Coordinator, site: &str, req: Request<Incoming>) -> Ans
     let (mine, dropped): (Vec<Report>, Vec<Report>) = reports
         .into_iter()
         .partition(|r| assigned.trees.iter().any(|t| t.tree == r.tree));
-    match coord.add_reports(site, &mine).await {
+    match coord.add_reports(site, &mine, clock).await {
         Ok(()) => json(&serde_json::json!({ "accepted": mine.len(), "dropped": dropped.len() })),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }

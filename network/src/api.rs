@@ -9,6 +9,11 @@ pub const MAX_REPORTS: usize = 1000;
 /// The longest error text a report carries (longer ones are cut).
 pub const MAX_ERROR_TEXT: usize = 4096;
 
+/// The header an agent sends with its reports: what its clock read (Unix seconds) when it
+/// sent them. The coordinator measures how far the agent's clock is off from it, places
+/// each run on its own clock, and raises a `clock` event past `alerts.clock_seconds`.
+pub const CLOCK_HEADER: &str = "x-pulpdist-clock";
+
 /// What one site carries.
 // The wire types accept fields they do not know: an agent and a coordinator of different
 // versions keep working together.

@@ -67,6 +67,10 @@ pub struct Alerts {
     pub failures: u64,
     /// A site's client certificate expires within this many days.
     pub certificate_days: u64,
+    /// A site's clock is off by more than this many seconds (measured on each delivery
+    /// of reports). Its runs are still placed right; its TLS and its heads' expiry checks
+    /// may not be.
+    pub clock_seconds: u64,
     /// Where each event is sent (a JSON POST, retried), if anywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<String>,
@@ -80,6 +84,7 @@ impl Default for Alerts {
             silent_minutes: 120,
             failures: 3,
             certificate_days: 14,
+            clock_seconds: 300,
             webhook: None,
         }
     }

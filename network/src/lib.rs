@@ -30,6 +30,7 @@ mod api;
 mod file;
 
 pub use api::{
-    Outcome, Report, SiteAssignment, TreeAssignment, MAX_ERROR_TEXT, MAX_REPORTS, MAX_REPORT_BODY,
+    Outcome, Report, SiteAssignment, TreeAssignment, CLOCK_HEADER, MAX_ERROR_TEXT, MAX_REPORTS,
+    MAX_REPORT_BODY,
 };
 pub use file::{Alerts, Assignment, Network, NetworkError, SiteDef, TreeDef};

@@ -744,6 +744,66 @@ fn events_are_raised_sent_to_the_webhook_and_cleared_and_counted_in_the_metrics(
 }
 
 #[test]
+fn an_agent_whose_clock_is_two_hours_ahead_is_flagged_and_its_runs_keep_their_place() {
+    let net = Net::new();
+    let berlin = net.cert("berlin");
+    let text = net.network(&["berlin"], "1h") + "\n[alerts]\nclock_seconds = 600\n";
+    let coord = net.start(Some(&text), "1s");
+    // The agent under libfaketime: every clock it reads is two hours ahead.
+    let out = Command::new("faketime")
+        .args(["-f", "+2h", env!("CARGO_BIN_EXE_pulpdist")])
+        .args(net.agent_args(&coord.url, "berlin", &berlin))
+        .arg("--once")
+        .output()
+        .expect("faketime (./scripts/test installs it)");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+    };
+    // Its sync worked, and the run is placed on the coordinator's clock, not two hours on.
+    assert_same_tree(&net.site.src(), &net.mirror("berlin"));
+    let (_, page) = get(&coord.board, "/api/v1/sites/berlin");
+    let page: serde_json::Value = serde_json::from_str(&page).expect("json");
+    let ran = page["history"][0]["ran"].as_i64().expect("ran");
+    assert!((now() - 60..=now()).contains(&ran), "{page}");
+    // The event names how far off it is.
+    let mut event = serde_json::Value::Null;
+    until("a clock event", Duration::from_secs(60), || {
+        let (_, events) = get(&coord.board, "/api/v1/events");
+        let events: serde_json::Value = serde_json::from_str(&events).expect("json");
+        event = events
+            .as_array()
+            .and_then(|l| l.iter().find(|e| e["kind"] == "clock").cloned())
+            .unwrap_or_default();
+        !event.is_null()
+    });
+    let detail = event["detail"].as_str().unwrap_or("");
+    let secs: u64 = detail
+        .strip_prefix("its clock is ")
+        .and_then(|d| d.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{event}"));
+    assert!(
+        (7190..=7210).contains(&secs) && detail.contains("ahead"),
+        "{event}"
+    );
+    assert_eq!(event["site"], "berlin");
+    // Its clock set right: the event clears on its next delivery.
+    net.agent_once(&coord.url, "berlin", &berlin);
+    until("the clock event closed", Duration::from_secs(60), || {
+        let (_, events) = get(&coord.board, "/api/v1/events");
+        let events: serde_json::Value = serde_json::from_str(&events).expect("json");
+        events.as_array().is_some_and(|l| {
+            l.iter()
+                .filter(|e| e["kind"] == "clock")
+                .all(|e| e["closed"].is_i64())
+        })
+    });
+}
+
+#[test]
 fn the_shipped_alert_rules_pass_their_promtool_tests() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
     let out = Command::new("promtool")
