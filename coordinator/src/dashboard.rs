@@ -20,6 +20,10 @@ use crate::{CoordError, Coordinator, StatusRow};
 /// The most dashboard connections served at once (more are closed at once).
 const MAX_CONNECTIONS: usize = 256;
 
+/// The longest a dashboard connection lives (a page and its reloads; a browser opens
+/// another).
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Serves the dashboard on `listener` until `shutdown` resolves. A request whose `Host`
 /// is neither an IP address, nor `localhost`, nor one of `hosts` is refused: a web page
 /// that points its own name at the dashboard's address (DNS rebinding) reads nothing.
@@ -55,11 +59,13 @@ pub async fn serve(
                             Ok::<_, Infallible>(page(&coord, req.method(), req.uri().path()).await)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
+                    let conn = hyper::server::conn::http1::Builder::new()
                         .timer(hyper_util::rt::TokioTimer::new())
                         .header_read_timeout(std::time::Duration::from_secs(30))
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                        .serve_connection(TokioIo::new(stream), service);
+                    // A client that never reads its answer, or keeps asking, holds a slot
+                    // at most this long.
+                    let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
                 });
             }
             _ = &mut shutdown => break,

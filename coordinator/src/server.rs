@@ -24,6 +24,13 @@ const MAX_WAIT: u64 = 300;
 /// The most connections held at once (an agent holds one; the rest are refused at once).
 pub const MAX_CONNECTIONS: usize = 20_000;
 
+/// The most connections from one address still in their TLS handshake: one address that
+/// opens connections and sends nothing (or drips its handshake) takes at most this many of
+/// the [`MAX_CONNECTIONS`], and the agents of every other address (and the ones of its own
+/// address that finished their handshakes) are served. Agents behind one NAT reconnecting
+/// at once past it are closed and retry with their backoff.
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 64;
+
 /// The longest a connection lives: then it is closed once its request is answered, so a
 /// revoked certificate (or a replaced key) that keeps its connection busy is refused
 /// within this time.
@@ -104,14 +111,19 @@ pub async fn serve(
 ) {
     tokio::pin!(shutdown);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let handshakes = Handshakes::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else {
+                let Ok((stream, peer)) = accepted else {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
-                // Over the cap: closed at once, before any handshake work.
+                // Over a cap: closed at once, before any handshake work.
+                let Some(handshake) = handshakes.start(peer.ip()) else {
+                    drop(stream);
+                    continue;
+                };
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     drop(stream);
                     continue;
@@ -121,7 +133,9 @@ pub async fn serve(
                 let coord = coord.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
-                    let Ok(Ok(tls)) = tokio::time::timeout(SLOW_PEER, acceptor.accept(stream)).await else {
+                    let shaken = tokio::time::timeout(SLOW_PEER, acceptor.accept(stream)).await;
+                    drop(handshake);
+                    let Ok(Ok(tls)) = shaken else {
                         return;
                     };
                     let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
@@ -162,6 +176,45 @@ pub async fn serve(
                 });
             }
             _ = &mut shutdown => break,
+        }
+    }
+}
+
+/// Connections in their TLS handshake, by address.
+#[derive(Clone, Default)]
+struct Handshakes(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+/// One connection's handshake, counted until dropped.
+struct Handshake {
+    all: Handshakes,
+    ip: std::net::IpAddr,
+}
+
+impl Handshakes {
+    /// Counts a handshake from `ip`; `None` if it has [`MAX_HANDSHAKES_PER_ADDRESS`] already.
+    fn start(&self, ip: std::net::IpAddr) -> Option<Handshake> {
+        let mut by_ip = self.0.lock().ok()?;
+        let n = by_ip.entry(ip).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(Handshake {
+            all: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        if let Ok(mut by_ip) = self.all.0.lock() {
+            if let Some(n) = by_ip.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    by_ip.remove(&self.ip);
+                }
+            }
         }
     }
 }

@@ -1373,6 +1373,57 @@ fn postgresql_going_away_fails_no_sync_loses_no_report_and_the_coordinator_leads
 }
 
 #[test]
+fn one_address_holding_connections_in_their_handshake_takes_64_slots_and_no_agents() {
+    use std::io::Read;
+    let net = Net::new();
+    let berlin = net.cert("berlin");
+    let coord = net.start(Some(&net.network(&["berlin"], "1h")), "1h");
+    let port: u16 = coord
+        .url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    // 200 connections from 127.0.0.2 that never start their handshake.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let held: Vec<std::net::TcpStream> = rt.block_on(async {
+        let mut out = Vec::new();
+        for _ in 0..200 {
+            let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+            sock.bind("127.0.0.2:0".parse().expect("addr"))
+                .expect("bind 127.0.0.2");
+            let c = sock
+                .connect(format!("127.0.0.1:{port}").parse().expect("addr"))
+                .await
+                .expect("connect");
+            out.push(c.into_std().expect("std"));
+        }
+        out
+    });
+    // An agent from another address is served meanwhile.
+    net.agent_once(&coord.url, "berlin", &berlin);
+    assert_eq!(row(&net.status(&coord.url), "berlin")["version"], 1);
+    // The coordinator closed all but 64 of them at once; those 64 wait for a handshake.
+    let mut open = 0;
+    for mut c in held {
+        c.set_nonblocking(false).expect("blocking");
+        c.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let mut b = [0u8; 1];
+        match c.read(&mut b) {
+            Ok(0) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset) => {}
+            Err(_) => open += 1,
+            Ok(_) => panic!("the coordinator spoke first"),
+        }
+    }
+    assert_eq!(open, 64);
+}
+
+#[test]
 fn a_full_disk_under_the_database_loses_no_report_and_passes() {
     let net = Net::new();
     let berlin = net.cert("berlin");
