@@ -114,6 +114,10 @@ pub struct Coordinator {
     webhook_delivered: Arc<std::sync::atomic::AtomicU64>,
     /// How the head watcher opens stores.
     opener: Mutex<Option<Arc<OpenStore>>>,
+    /// Each (tree, store)'s head as last verified, with its entity tag: the watcher asks
+    /// with a conditional GET, and a store that answers "not modified" costs no transfer
+    /// nor verification.
+    head_tags: Arc<std::sync::Mutex<HeadTags>>,
     /// The probes started and not known to have ended.
     probing: Mutex<std::collections::HashSet<(String, String)>>,
     /// Probes that ended (set by their blocking threads).
@@ -364,6 +368,7 @@ impl Coordinator {
             reports_total: Default::default(),
             webhook_delivered: Arc::default(),
             opener: Mutex::new(None),
+            head_tags: Arc::default(),
             probing: Mutex::new(Default::default()),
             probing_done: Arc::default(),
             keep_reports: std::sync::atomic::AtomicI64::new(DEFAULT_KEEP_REPORTS),
@@ -670,7 +675,9 @@ impl Coordinator {
             return false;
         };
         let tree_name = tree.to_string();
-        let got = tokio::task::spawn_blocking(move || newest_head(&tree_name, &def, &*open)).await;
+        let tags = self.head_tags.clone();
+        let got =
+            tokio::task::spawn_blocking(move || newest_head(&tree_name, &def, &*open, &tags)).await;
         let Ok(Some(seen)) = got else { return false };
         match self.db.add_head(&seen).await {
             Ok(true) => {
@@ -935,8 +942,17 @@ fn probe(open: &OpenStore, url: &str, tree: &str, trust: &[String], last: Option
     }
 }
 
-/// The verified head of `tree` from the first of its stores that serves one.
-fn newest_head(tree: &str, def: &pulpdist_network::TreeDef, open: &OpenStore) -> Option<HeadSeen> {
+/// Each (tree, store)'s last verified head and its entity tag.
+type HeadTags = std::collections::HashMap<(String, String), (String, HeadSeen)>;
+
+/// The verified head of `tree` from the first of its stores that serves one, asked with
+/// the entity tag of the head last verified from that store (kept in `tags`).
+fn newest_head(
+    tree: &str,
+    def: &pulpdist_network::TreeDef,
+    open: &OpenStore,
+    tags: &std::sync::Mutex<HeadTags>,
+) -> Option<HeadSeen> {
     let keys = pulpdist_format::TrustedKeys::from_text(&def.trust.join("\n")).ok()?;
     for store in &def.stores {
         let reader = match open(store) {
@@ -946,8 +962,14 @@ fn newest_head(tree: &str, def: &pulpdist_network::TreeDef, open: &OpenStore) ->
                 continue;
             }
         };
-        let bytes = match reader.get_head(tree, None) {
-            Ok(pulpdist_sync::HeadFetch::Found { bytes, .. }) => bytes,
+        let key = (tree.to_string(), store.clone());
+        let known = tags.lock().ok().and_then(|t| t.get(&key).cloned());
+        let (bytes, etag) = match reader.get_head(tree, known.as_ref().map(|(e, _)| e.as_str())) {
+            Ok(pulpdist_sync::HeadFetch::Found { bytes, etag }) => (bytes, etag),
+            Ok(pulpdist_sync::HeadFetch::NotModified) => match known {
+                Some((_, seen)) => return Some(seen),
+                None => continue,
+            },
             Ok(_) => continue,
             Err(e) => {
                 tracing::warn!(store = %store, "{e}");
@@ -957,13 +979,17 @@ fn newest_head(tree: &str, def: &pulpdist_network::TreeDef, open: &OpenStore) ->
         match pulpdist_format::SignedHead::decode_and_verify(&bytes, &keys) {
             Ok(s) if s.head().tree == tree => {
                 let h = s.head();
-                return Some(HeadSeen {
+                let seen = HeadSeen {
                     tree: tree.to_string(),
                     version: h.version,
                     root: h.root.id.to_hex(),
                     created: h.created,
                     seen: now(),
-                });
+                };
+                if let (Some(etag), Ok(mut t)) = (etag, tags.lock()) {
+                    t.insert(key, (etag, seen.clone()));
+                }
+                return Some(seen);
             }
             _ => tracing::warn!(store = %store, tree = %tree, "a head that does not verify"),
         }

@@ -804,6 +804,42 @@ fn an_agent_whose_clock_is_two_hours_ahead_is_flagged_and_its_runs_keep_their_pl
 }
 
 #[test]
+fn the_head_watcher_asks_with_the_entity_tag_and_a_store_answers_not_modified() {
+    let net = Net::new();
+    let (_serve, port) =
+        common::servers::spawn_serve(&["--store", s(&net.site.store()), "--listen", "127.0.0.1:0"]);
+    let store = format!("http://127.0.0.1:{port}");
+    let text = net.network(&["berlin"], "1h").replace(
+        &format!("stores = [\"{}\"]", s(&net.site.store())),
+        &format!("stores = [\"{store}\"]"),
+    );
+    let coord = net.start(Some(&text), "1s");
+    let heads = |code: u16| -> u64 {
+        let (_, text) = get(&store, "/metrics");
+        let series = format!(
+            "pulpdist_http_requests_total{{kind=\"head\",method=\"GET\",code=\"{code}\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+            .unwrap_or(0)
+    };
+    // Each watch period asks again: once whole, then "not modified".
+    until(
+        "three conditional head requests",
+        Duration::from_secs(60),
+        || heads(304) >= 3,
+    );
+    assert_eq!(heads(200), 1);
+    let newest = || row(&net.status(&coord.url), "berlin")["newest"].clone();
+    assert_eq!(newest(), 1);
+    // A new version: fetched whole once, and recorded.
+    pulpdist_testdata::evolve(&net.site.src(), 6, 1).expect("evolve");
+    net.site.publish();
+    until("version 2 seen", Duration::from_secs(60), || newest() == 2);
+    assert_eq!(heads(200), 2);
+}
+
+#[test]
 fn the_shipped_alert_rules_pass_their_promtool_tests() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
     let out = Command::new("promtool")
