@@ -170,7 +170,8 @@ async fn tree_json(coord: &Coordinator, tree: &str) -> Result<Option<Value>, Coo
         return Ok(None);
     }
     let mut heads = Vec::new();
-    for h in coord.db.heads(tree).await? {
+    // The newest 50 versions.
+    for h in coord.db.heads(tree, 50).await? {
         let reached: Vec<Value> = coord
             .db
             .reached(tree, h.version)
@@ -180,7 +181,10 @@ async fn tree_json(coord: &Coordinator, tree: &str) -> Result<Option<Value>, Coo
                 |(site, at)| json!({"site": site, "at": at, "after_seconds": (at - h.seen).max(0)}),
             )
             .collect();
-        heads.push(json!({"version": h.version, "root": h.root, "created": h.created, "seen": h.seen, "reached": reached}));
+        heads.push(
+            json!({"version": h.version, "root": h.root, "created": h.created, "seen": h.seen,
+            "added_bytes": h.added_bytes, "delta_bytes": h.delta_bytes, "reached": reached}),
+        );
     }
     let sites = coord.held.read().await.network.sites_of_tree(tree);
     Ok(Some(json!({"tree": tree, "sites": sites, "heads": heads})))
@@ -298,7 +302,7 @@ async fn tree_page(coord: &Coordinator, tree: &str) -> Result<Option<String>, Co
     };
     let sites = v["sites"].as_array().map_or(0, Vec::len);
     let mut s = head(&format!("Tree {tree}"));
-    s.push_str("<table id=\"heads\"><thead><tr><th>version</th><th>root</th><th>created</th><th>seen</th><th>sites holding it</th><th>slowest site after</th></tr></thead><tbody>\n");
+    s.push_str("<table id=\"heads\"><thead><tr><th>version</th><th>root</th><th>created</th><th>seen</th><th>packs added</th><th>delta</th><th>sites holding it</th><th>slowest site after</th></tr></thead><tbody>\n");
     for h in v["heads"].as_array().into_iter().flatten() {
         let reached = h["reached"].as_array().map_or(0, Vec::len);
         let slowest = h["reached"]
@@ -310,16 +314,28 @@ async fn tree_page(coord: &Coordinator, tree: &str) -> Result<Option<String>, Co
             .map_or("-".into(), |s| format!("{s} s"));
         let _ = writeln!(
             s,
-            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{reached}/{sites}</td><td>{slowest}</td></tr>",
+            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td class=\"added\">{}</td><td class=\"delta\">{}</td><td>{reached}/{sites}</td><td>{slowest}</td></tr>",
             h["version"],
             esc(h["root"].as_str().unwrap_or("").get(..16).unwrap_or("")),
             h["created"],
-            h["seen"]
+            h["seen"],
+            bytes(&h["added_bytes"]),
+            bytes(&h["delta_bytes"]),
         );
     }
     s.push_str("</tbody></table>\n");
     s.push_str(FOOT);
     Ok(Some(s))
+}
+
+/// A byte count as a page shows it (`-` for none).
+fn bytes(v: &Value) -> String {
+    match v.as_u64() {
+        None => "-".into(),
+        Some(b) if b < 10_000 => format!("{b} B"),
+        Some(b) if b < 10_000_000 => format!("{} kB", b / 1000),
+        Some(b) => format!("{} MB", b / 1_000_000),
+    }
 }
 
 /// A small SVG chart of bytes fetched and duration per run (oldest left).

@@ -58,6 +58,10 @@ pub struct HeadSeen {
     pub created: i64,
     /// When the coordinator first saw it.
     pub seen: i64,
+    /// Bytes of the packs it added to the store (from its signed list of recent packs).
+    pub added_bytes: Option<u64>,
+    /// Bytes of its delta from the version before, if its head lists one.
+    pub delta_bytes: Option<u64>,
 }
 
 /// The last reports of one site for one tree, summed up.
@@ -358,26 +362,30 @@ impl Db {
     /// Records a verified head; `true` if it was new.
     pub async fn add_head(&self, h: &HeadSeen) -> Result<bool, CoordError> {
         let done = sqlx::query(
-            "INSERT INTO heads (tree, version, root, created, seen) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (tree, version) DO NOTHING",
+            "INSERT INTO heads (tree, version, root, created, seen, added_bytes, delta_bytes) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tree, version) DO NOTHING",
         )
         .bind(&h.tree)
         .bind(h.version as i64)
         .bind(&h.root)
         .bind(h.created)
         .bind(h.seen)
+        .bind(h.added_bytes.map(|b| b.min(i64::MAX as u64) as i64))
+        .bind(h.delta_bytes.map(|b| b.min(i64::MAX as u64) as i64))
         .execute(&self.pool)
         .await
         .map_err(|e| CoordError::db("storing a head", e))?;
         Ok(done.rows_affected() == 1)
     }
 
-    /// The verified heads of `tree`, newest first.
-    pub async fn heads(&self, tree: &str) -> Result<Vec<HeadSeen>, CoordError> {
+    /// The newest `limit` verified heads of `tree`, newest first.
+    pub async fn heads(&self, tree: &str, limit: i64) -> Result<Vec<HeadSeen>, CoordError> {
         let rows = sqlx::query(
-            "SELECT version, root, created, seen FROM heads WHERE tree = $1 ORDER BY version DESC",
+            "SELECT version, root, created, seen, added_bytes, delta_bytes FROM heads WHERE tree = $1 \
+             ORDER BY version DESC LIMIT $2",
         )
         .bind(tree)
+        .bind(limit)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| CoordError::db("reading heads", e))?;
@@ -389,6 +397,8 @@ impl Db {
                 root: r.get(1),
                 created: r.get(2),
                 seen: r.get(3),
+                added_bytes: r.get::<Option<i64>, _>(4).map(|b| b as u64),
+                delta_bytes: r.get::<Option<i64>, _>(5).map(|b| b as u64),
             })
             .collect())
     }
@@ -820,6 +830,8 @@ impl Db {
                 root: r.get(2),
                 created: r.get(3),
                 seen: r.get(4),
+                added_bytes: None,
+                delta_bytes: None,
             });
         }
         Ok(out)

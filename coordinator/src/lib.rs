@@ -540,7 +540,7 @@ impl Coordinator {
         // What a relay serves, where it was probed, rather than what it reports.
         let probes = self.db.probes().await?;
         for (tree, since) in waiting {
-            let newest = self.db.heads(&tree).await?.first().map(|h| h.version);
+            let newest = self.db.heads(&tree, 1).await?.first().map(|h| h.version);
             let mut ready = now() - since >= RELAY_WAIT;
             if !ready {
                 ready = true;
@@ -979,12 +979,20 @@ fn newest_head(
         match pulpdist_format::SignedHead::decode_and_verify(&bytes, &keys) {
             Ok(s) if s.head().tree == tree => {
                 let h = s.head();
+                let added = h.recent.iter().find(|v| v.version == h.version);
                 let seen = HeadSeen {
                     tree: tree.to_string(),
                     version: h.version,
                     root: h.root.id.to_hex(),
                     created: h.created,
                     seen: now(),
+                    added_bytes: added.map(|v| v.packs.iter().map(|p| p.size).sum()),
+                    delta_bytes: h.deltas().ok().and_then(|d| {
+                        let from = h.version.checked_sub(1)?;
+                        let parts = d.iter().filter(|d| d.from_version == from);
+                        parts.clone().next()?;
+                        Some(parts.map(|d| d.size).sum())
+                    }),
                 };
                 if let (Some(etag), Ok(mut t)) = (etag, tags.lock()) {
                     t.insert(key, (etag, seen.clone()));
@@ -1132,6 +1140,8 @@ mod tests {
             root: "r2".into(),
             created: 0,
             seen: 50,
+            added_bytes: None,
+            delta_bytes: None,
         }];
         let def = pulpdist_network::SiteDef::default();
         let r = row(

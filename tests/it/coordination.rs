@@ -634,9 +634,19 @@ fn the_dashboard_shows_the_network_in_a_browser_and_each_page_has_a_json_twin() 
     let site: serde_json::Value = serde_json::from_str(&site).expect("json");
     assert_eq!(site["history"][0]["outcome"], "completed", "{site}");
     assert!(site["certificate_expires"].as_i64() > Some(0), "{site}");
+    let events = chromium(&["--dump-dom"], &format!("{}/events", coord.board));
+    assert!(events.contains("<table id=\"events\">"), "{events}");
     let (_, tree) = get(&coord.board, "/api/v1/trees/tree");
     let tree: serde_json::Value = serde_json::from_str(&tree).expect("json");
     assert_eq!(tree["heads"][0]["version"], 1, "{tree}");
+    // Its size: version 1 added every pack of the store, and has no delta.
+    let packs: u64 = std::fs::read_dir(net.site.store().join("packs"))
+        .expect("packs")
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    assert_eq!(tree["heads"][0]["added_bytes"], packs, "{tree}");
+    assert!(tree["heads"][0]["delta_bytes"].is_null(), "{tree}");
     assert_eq!(
         tree["heads"][0]["reached"].as_array().map(Vec::len),
         Some(2),
@@ -837,6 +847,29 @@ fn the_head_watcher_asks_with_the_entity_tag_and_a_store_answers_not_modified() 
     net.site.publish();
     until("version 2 seen", Duration::from_secs(60), || newest() == 2);
     assert_eq!(heads(200), 2);
+    // The tree page gives its sizes: the packs it added and its delta from version 1.
+    let (_, tree) = get(&coord.board, "/api/v1/trees/tree");
+    let tree: serde_json::Value = serde_json::from_str(&tree).expect("json");
+    let keys = pulpdist_format::TrustedKeys::from_text(
+        &std::fs::read_to_string(net.site.trust()).expect("key"),
+    )
+    .expect("keys");
+    let head = std::fs::read(net.site.store().join("heads/tree")).expect("head");
+    let head = pulpdist_format::SignedHead::decode_and_verify(&head, &keys).expect("verify");
+    let deltas: u64 = head
+        .head()
+        .deltas()
+        .expect("deltas")
+        .iter()
+        .filter(|d| d.from_version == 1)
+        .map(|d| d.size)
+        .sum();
+    assert!(deltas > 0);
+    assert_eq!(tree["heads"][0]["delta_bytes"], deltas, "{tree}");
+    assert!(
+        tree["heads"][0]["added_bytes"].as_u64() > Some(deltas),
+        "{tree}"
+    );
 }
 
 #[test]
