@@ -14,6 +14,7 @@
 
 mod client;
 mod metrics;
+mod pace;
 mod queue;
 
 use std::collections::HashMap;
@@ -270,13 +271,16 @@ impl Agent {
         self.assignment = Some(a);
     }
 
-    /// Trees whose schedule came round, or whose push counter rose since their last sync.
+    /// Trees whose schedule came round, or whose push counter rose since their last sync,
+    /// and whose window (if any) is open.
     fn due(&self) -> Vec<TreeAssignment> {
         let Some(a) = &self.assignment else {
             return Vec::new();
         };
+        let now = unix_now();
         a.trees
             .iter()
+            .filter(|t| window(t).is_none_or(|w| w.contains(now)))
             .filter(|t| match self.last.get(&t.tree) {
                 None => true,
                 Some((at, trigger)) => {
@@ -292,11 +296,19 @@ impl Agent {
         let Some(a) = &self.assignment else {
             return self.opts.poll;
         };
+        let now = unix_now();
         a.trees
             .iter()
-            .map(|t| match self.last.get(&t.tree) {
-                None => Duration::ZERO,
-                Some((at, _)) => Duration::from_secs(t.schedule_secs).saturating_sub(at.elapsed()),
+            .map(|t| {
+                let due = match self.last.get(&t.tree) {
+                    None => Duration::ZERO,
+                    Some((at, _)) => {
+                        Duration::from_secs(t.schedule_secs).saturating_sub(at.elapsed())
+                    }
+                };
+                // Outside its window: not before the window opens.
+                let open = window(t).map_or(0, |w| w.until_open(now));
+                due.max(Duration::from_secs(open))
             })
             .min()
             .unwrap_or(self.opts.poll)
@@ -354,7 +366,7 @@ impl Agent {
         tracing::info!(tree = %t.tree, "sync starts");
         let started = unix_now();
         let clock = Instant::now();
-        let (result, relay_error) = self.sync_tree(t);
+        let (result, relay_error, cut) = self.sync_tree(t);
         let mut r = Report {
             id: format!("{:016x}{:016x}", random_u64(), random_u64()),
             tree: t.tree.clone(),
@@ -389,7 +401,10 @@ impl Agent {
                 r.error = relay_error;
             }
             Err(e) => {
-                r.outcome = outcome_of(&e);
+                r.outcome = match cut {
+                    true => Outcome::Partial,
+                    false => outcome_of(&e),
+                };
                 let mut text = e.to_string();
                 if text.len() > pulpdist_network::MAX_ERROR_TEXT {
                     let mut cut = pulpdist_network::MAX_ERROR_TEXT;
@@ -407,20 +422,28 @@ impl Agent {
 
     /// The tree's version into the relay store (if this site relays), then the mirror.
     /// A relay that could not be updated is the report's error; the mirror is still synced
-    /// from what the relay holds and the stores behind it.
+    /// from what the relay holds and the stores behind it. The stores are read at the
+    /// tree's pace (its bandwidth, until its window closes); the last value says whether
+    /// the window closed on the run.
     fn sync_tree(
         &self,
         t: &TreeAssignment,
-    ) -> (Result<pulpdist_sync::SyncReport, SyncError>, Option<String>) {
+    ) -> (
+        Result<pulpdist_sync::SyncReport, SyncError>,
+        Option<String>,
+        bool,
+    ) {
         let keys = match self.keys(t) {
             Ok(k) => k,
-            Err(e) => return (Err(e), None),
+            Err(e) => return (Err(e), None, false),
         };
+        let now = unix_now();
+        let pace = pace::Pace::new(t.bandwidth, window(t).map(|w| w.closes_after(now)));
         let mut readers: Vec<Box<dyn StoreReader>> = Vec::new();
         for s in &t.stores {
             match (self.opts.open)(s) {
-                Ok(r) => readers.push(r),
-                Err(e) => return (Err(SyncError::Usage(e)), None),
+                Ok(r) => readers.push(Box::new(pace::Paced::new(r, pace.clone()))),
+                Err(e) => return (Err(SyncError::Usage(e)), None, false),
             }
         }
         let mut relay_error = None;
@@ -456,7 +479,7 @@ impl Agent {
                 pulpdist_sync::StoreList::new(readers).and_then(|l| pulpdist_sync::sync(&l, &opts))
             }
         };
-        (synced, relay_error)
+        (synced, relay_error, pace.window_closed())
     }
 }
 
@@ -531,6 +554,11 @@ pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// A tree's window, if its assignment gives a valid one.
+fn window(t: &TreeAssignment) -> Option<pace::Window> {
+    t.window.and_then(pace::Window::new)
 }
 
 pub(crate) fn unix_now() -> i64 {

@@ -36,6 +36,7 @@ enum OutcomeValue {
     completed,
     refused,
     busy,
+    partial,
     failed,
 }
 
@@ -148,6 +149,7 @@ impl AgentMetrics {
             Outcome::Completed => OutcomeValue::completed,
             Outcome::Refused => OutcomeValue::refused,
             Outcome::Busy => OutcomeValue::busy,
+            Outcome::Partial => OutcomeValue::partial,
             Outcome::Failed => OutcomeValue::failed,
         };
         self.runs

@@ -89,6 +89,7 @@ fn outcome_text(o: Outcome) -> &'static str {
         Outcome::Completed => "completed",
         Outcome::Refused => "refused",
         Outcome::Busy => "busy",
+        Outcome::Partial => "partial",
         Outcome::Failed => "failed",
     }
 }

@@ -50,6 +50,13 @@ pub struct TreeAssignment {
     /// pushes come once that site holds the new version.
     #[serde(default)]
     pub upstream: Option<String>,
+    /// When the site may fetch the tree: minutes of the day, UTC, `[start, end)` (wrapping
+    /// past midnight when `end < start`); none: at any time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<[u32; 2]>,
+    /// The most a sync of the tree fetches a second, in bytes; none: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<u64>,
 }
 
 /// How a sync run ended.
@@ -64,6 +71,9 @@ pub enum Outcome {
     Refused,
     /// Another sync of the mirror was running.
     Busy,
+    /// Stopped when the tree's window closed: the mirror kept its version, and what the
+    /// run fetched is kept for the next window.
+    Partial,
     /// Any other failure.
     Failed,
 }

@@ -138,6 +138,15 @@ pub struct Assignment {
     /// first, then from each tree's own stores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
+    /// When the selected sites may fetch these trees, in UTC (`"22:00-06:00"`): a sync
+    /// due outside it waits for it to open; one still running when it closes stops there
+    /// (reported `partial`; what it fetched is kept for the next window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// The most a sync of these trees fetches a second (`"20Mbit"`, `"2.5MB"`): bytes
+    /// with `B`, `kB`, `MB`, `GB`; bits with `kbit`, `Mbit`, `Gbit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<String>,
 }
 
 impl Assignment {
@@ -160,6 +169,54 @@ fn schedule_secs(text: &str) -> Result<u64, String> {
     match d.as_secs() {
         s if s < MIN_SCHEDULE => Err(format!("'{text}' is shorter than {MIN_SCHEDULE} s")),
         s => Ok(s),
+    }
+}
+
+/// A window `"HH:MM-HH:MM"` (UTC) as minutes of the day `[start, end)`; it may wrap past
+/// midnight, and may not be empty.
+pub(crate) fn parse_window(text: &str) -> Result<[u32; 2], String> {
+    let minute = |hm: &str| -> Option<u32> {
+        let (h, m) = hm.trim().split_once(':')?;
+        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60 && hm.trim().len() == 5).then_some(h * 60 + m)
+    };
+    let bad = || format!("'{text}' is not a window like \"22:00-06:00\" (UTC)");
+    let (a, b) = text.split_once('-').ok_or_else(bad)?;
+    let (a, b) = (minute(a).ok_or_else(bad)?, minute(b).ok_or_else(bad)?);
+    match a == b {
+        true => Err(format!("'{text}' is an empty window")),
+        false => Ok([a, b]),
+    }
+}
+
+/// A bandwidth (`"20Mbit"`, `"2.5MB"`) in bytes a second; at least 1 kB/s.
+pub(crate) fn parse_bandwidth(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let at = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (n, unit) = t.split_at(at);
+    let n: f64 = n
+        .parse()
+        .map_err(|_| format!("'{text}' is not a bandwidth like \"20Mbit\" or \"2.5MB\""))?;
+    let per = match unit.trim().trim_end_matches("/s") {
+        "B" => 1.0,
+        "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "kbit" => 1e3 / 8.0,
+        "Mbit" => 1e6 / 8.0,
+        "Gbit" => 1e9 / 8.0,
+        u => {
+            return Err(format!(
+                "'{text}': unknown unit '{u}' (B, kB, MB, GB, kbit, Mbit, Gbit)"
+            ))
+        }
+    };
+    let bytes = n * per;
+    match (1000.0..1e15).contains(&bytes) {
+        true => Ok(bytes as u64),
+        false => Err(format!("'{text}' is below 1 kB/s or absurd")),
     }
 }
 
@@ -272,6 +329,12 @@ impl Network {
                 return Err(invalid(key("trees"), format!("no tree '{t}'")));
             }
             schedule_secs(&a.schedule).map_err(|e| invalid(key("schedule"), e))?;
+            if let Some(w) = &a.window {
+                parse_window(w).map_err(|e| invalid(key("window"), e))?;
+            }
+            if let Some(b) = &a.bandwidth {
+                parse_bandwidth(b).map_err(|e| invalid(key("bandwidth"), e))?;
+            }
             if let Some(up) = &a.upstream {
                 match self.sites.get(up) {
                     None => return Err(invalid(key("upstream"), format!("no site '{up}'"))),
@@ -327,6 +390,8 @@ impl Network {
                     schedule_secs: secs,
                     trigger: 0,
                     upstream,
+                    window: a.window.as_deref().and_then(|w| parse_window(w).ok()),
+                    bandwidth: a.bandwidth.as_deref().and_then(|b| parse_bandwidth(b).ok()),
                 });
             }
         }
@@ -419,12 +484,29 @@ mod tests {
             ("sites = [\"paris\"]\ntrees = [\"debian\"]\nschedule = \"1s\"", "assignment[1].schedule", "shorter"),
             ("sites = [\"paris\"]\ntrees = [\"debian\"]\nschedule = \"1h\"\nupstream = \"paris\"", "assignment[1].upstream", "serves nothing"),
             ("trees = [\"debian\"]\nschedule = \"1h\"", "assignment[1].sites", "selects no site"),
+            ("sites = [\"paris\"]\ntrees = [\"debian\"]\nschedule = \"1h\"\nwindow = \"22-06\"", "assignment[1].window", "not a window"),
+            ("sites = [\"paris\"]\ntrees = [\"debian\"]\nschedule = \"1h\"\nwindow = \"24:00-06:00\"", "assignment[1].window", "not a window"),
+            ("sites = [\"paris\"]\ntrees = [\"debian\"]\nschedule = \"1h\"\nwindow = \"06:00-06:00\"", "assignment[1].window", "empty"),
+            ("sites = [\"paris\"]\ntrees = [\"debian\"]\nschedule = \"1h\"\nbandwidth = \"fast\"", "assignment[1].bandwidth", "not a bandwidth"),
+            ("sites = [\"paris\"]\ntrees = [\"debian\"]\nschedule = \"1h\"\nbandwidth = \"20Mbps\"", "assignment[1].bandwidth", "unknown unit"),
+            ("sites = [\"paris\"]\ntrees = [\"debian\"]\nschedule = \"1h\"\nbandwidth = \"10B\"", "assignment[1].bandwidth", "below"),
         ];
         for (a, key, needle) in bad {
             let e = Network::parse(&text(&format!("[[assignment]]\n{a}\n"))).expect_err(a);
             let s = e.to_string();
             assert!(s.starts_with(key) && s.contains(needle), "{s}");
         }
+        let n = Network::parse(&text(
+            "[[assignment]]\nsites = [\"paris\"]\ntrees = [\"debian\"]\nschedule = \"1h\"\n\
+             window = \"22:30-06:00\"\nbandwidth = \"20Mbit\"\n",
+        ))
+        .expect("window and bandwidth");
+        let t = &n.assignment_of("paris", 1).expect("paris").trees[0];
+        assert_eq!(
+            (t.window, t.bandwidth),
+            (Some([22 * 60 + 30, 6 * 60]), Some(2_500_000))
+        );
+        assert_eq!(parse_bandwidth("2.5MB/s"), Ok(2_500_000));
         let e = Network::parse(&text("").replace("cn:paris", "cn:berlin")).expect_err("twice");
         assert!(e.to_string().contains("also site berlin"), "{e}");
         let e = Network::parse(&text("").replace(KEY, "pulpdist-ed25519 zz")).expect_err("key");

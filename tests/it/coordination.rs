@@ -873,6 +873,99 @@ fn the_head_watcher_asks_with_the_entity_tag_and_a_store_answers_not_modified() 
 }
 
 #[test]
+fn a_sync_waits_for_its_window_keeps_its_bandwidth_and_stops_partial_when_the_window_closes() {
+    let net = Net::new();
+    let berlin = net.cert("berlin");
+    // 12 MB more, so that a first sync reads the store in several requests.
+    std::fs::write(
+        net.site.src().join("big.bin"),
+        common::random_bytes(12 << 20, 5),
+    )
+    .expect("big file");
+    net.site.publish();
+    let with = |window: &str, bandwidth: &str| {
+        net.network(&["berlin"], "1h").replace(
+            "schedule = \"1h\"\n",
+            &format!("schedule = \"1h\"\nwindow = \"{window}\"\nbandwidth = \"{bandwidth}\"\n"),
+        )
+    };
+    let coord = net.start(Some(&with("05:00-06:00", "2MB")), "1h");
+    let apply = |text: &str| {
+        let f = net.site.p("network.toml");
+        std::fs::write(&f, text).expect("network file");
+        let mut a = vec!["network".to_string(), "apply".into(), s(&f).into()];
+        a.extend(net.reach(&coord.url, &net.admin));
+        let out = run(&strs(&a));
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    // The agent under libfaketime, its clock at `at` (UTC, tomorrow) and running on.
+    let tomorrow = {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        now - now.rem_euclid(86_400) + 86_400
+    };
+    let agent_at = |secs_of_day: i64| {
+        let out = Command::new("faketime")
+            .args(["-f", &format!("@{}", fake_date(tomorrow + secs_of_day))])
+            .arg(env!("CARGO_BIN_EXE_pulpdist"))
+            .args(net.agent_args(&coord.url, "berlin", &berlin))
+            .arg("--once")
+            .env("TZ", "UTC")
+            .output()
+            .expect("faketime (./scripts/test installs it)");
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    let history = || -> Vec<serde_json::Value> {
+        let (_, page) = get(&coord.board, "/api/v1/sites/berlin");
+        let page: serde_json::Value = serde_json::from_str(&page).expect("json");
+        page["history"].as_array().cloned().unwrap_or_default()
+    };
+    // At 12:00 the window is shut: nothing is synced, nothing reported.
+    agent_at(12 * 3600);
+    assert!(!net.mirror("berlin").join("pool").exists());
+    assert!(history().is_empty());
+    // At 05:59:57, three seconds before it closes, at 2 MB/s: the sync stops at the first
+    // request whose turn would come after the window closes, reported partial, and the
+    // mirror keeps what it had (nothing).
+    let started = Instant::now();
+    agent_at(5 * 3600 + 59 * 60 + 57);
+    let took = started.elapsed();
+    let h = history();
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0]["outcome"], "partial", "{h:?}");
+    assert!(
+        h[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("window closed")),
+        "{h:?}"
+    );
+    assert!(!net.mirror("berlin").join("pool").exists());
+    // The bandwidth held: it ran until the window closed, no more than a request past it.
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    // The next window, at a higher bandwidth: the sync ends where the last stopped, and
+    // the mirror is whole.
+    apply(&with("05:00-06:00", "100MB"));
+    agent_at(5 * 3600 + 10 * 60);
+    let h = history();
+    assert_eq!(h[0]["outcome"], "completed", "{h:?}");
+    assert_same_tree(&net.site.src(), &net.mirror("berlin"));
+    let r = row(&net.status(&coord.url), "berlin").clone();
+    assert_eq!(r["version"], 2, "{r}");
+    // What the cut run fetched was kept: this one fetched less than half the tree (14 MB).
+    assert!(h[0]["bytes_fetched"].as_u64() < Some(7 << 20), "{h:?}");
+}
+
+/// `faketime`'s absolute form of Unix time `t` (UTC): `YYYY-MM-DD hh:mm:ss`.
+fn fake_date(t: i64) -> String {
+    let out = Command::new("date")
+        .args(["-u", "-d", &format!("@{t}"), "+%Y-%m-%d %H:%M:%S"])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
 fn the_shipped_alert_rules_pass_their_promtool_tests() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
     let out = Command::new("promtool")
