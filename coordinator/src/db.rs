@@ -458,8 +458,9 @@ impl Db {
             .collect())
     }
 
-    /// Opens an event; its id (`None`: it is open already, opened by another coordinator
-    /// on the database).
+    /// Opens an event, and with `send` queues its webhook delivery (the body made from
+    /// its id) in the same transaction; its id (`None`: it is open already, opened by
+    /// another coordinator on the database).
     pub async fn open_event(
         &self,
         kind: &str,
@@ -467,7 +468,10 @@ impl Db {
         tree: &str,
         detail: &str,
         now: i64,
+        send: Option<&(dyn Fn(i64) -> String + Sync)>,
     ) -> Result<Option<i64>, CoordError> {
+        let err = |e| CoordError::db("storing an event", e);
+        let mut tx = self.pool.begin().await.map_err(err)?;
         let done = sqlx::query(
             "INSERT INTO events (kind, site, tree, opened, detail) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT DO NOTHING RETURNING id",
@@ -477,21 +481,103 @@ impl Db {
         .bind(tree)
         .bind(now)
         .bind(detail)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
-        .map_err(|e| CoordError::db("storing an event", e))?;
-        Ok(done.map(|r| r.get(0)))
+        .map_err(err)?;
+        let Some(id) = done.map(|r| r.get::<i64, _>(0)) else {
+            return Ok(None);
+        };
+        if let Some(body) = send {
+            queue(&mut tx, &body(id), now).await.map_err(err)?;
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(Some(id))
     }
 
-    /// Closes an event: whether it was open (not closed by another coordinator).
-    pub async fn close_event(&self, id: i64, now: i64) -> Result<bool, CoordError> {
+    /// Closes an event, and with `send` queues its webhook delivery in the same
+    /// transaction: whether it was open (not closed by another coordinator).
+    pub async fn close_event(
+        &self,
+        id: i64,
+        now: i64,
+        send: Option<String>,
+    ) -> Result<bool, CoordError> {
+        let err = |e| CoordError::db("closing an event", e);
+        let mut tx = self.pool.begin().await.map_err(err)?;
         let done = sqlx::query("UPDATE events SET closed = $1 WHERE id = $2 AND closed IS NULL")
             .bind(now)
             .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        if let Some(body) = send {
+            queue(&mut tx, &body, now).await.map_err(err)?;
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(true)
+    }
+
+    /// The first webhook delivery waiting (the oldest: deliveries go in order), if its
+    /// time has come by `now`: `(id, body, tries)`; and how many wait in all.
+    pub async fn next_delivery(
+        &self,
+        now: i64,
+    ) -> Result<(Option<(i64, String, i64)>, i64), CoordError> {
+        let err = |e| CoordError::db("reading the webhook's queue", e);
+        let first = sqlx::query("SELECT id, body, tries, next_try FROM outbox ORDER BY id LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?;
+        let waiting: i64 = sqlx::query("SELECT COUNT(*) FROM outbox")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err)?
+            .get(0);
+        let due = first
+            .filter(|r| r.get::<i64, _>(3) <= now)
+            .map(|r| (r.get(0), r.get(1), r.get(2)));
+        Ok((due, waiting))
+    }
+
+    /// A delivery made (or given up): removed from the queue.
+    pub async fn delivered(&self, id: i64) -> Result<(), CoordError> {
+        sqlx::query("DELETE FROM outbox WHERE id = $1")
+            .bind(id)
             .execute(&self.pool)
             .await
-            .map_err(|e| CoordError::db("closing an event", e))?;
-        Ok(done.rows_affected() == 1)
+            .map_err(|e| CoordError::db("trimming the webhook's queue", e))?;
+        Ok(())
+    }
+
+    /// A delivery that failed: tried again at `next_try`.
+    pub async fn delivery_failed(
+        &self,
+        id: i64,
+        next_try: i64,
+        error: &str,
+    ) -> Result<(), CoordError> {
+        sqlx::query(
+            "UPDATE outbox SET tries = tries + 1, next_try = $1, last_error = $2 WHERE id = $3",
+        )
+        .bind(next_try)
+        .bind(error)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| CoordError::db("updating the webhook's queue", e))?;
+        Ok(())
+    }
+
+    /// Drops every waiting delivery (the network names no webhook any more).
+    pub async fn drop_deliveries(&self) -> Result<u64, CoordError> {
+        let done = sqlx::query("DELETE FROM outbox")
+            .execute(&self.pool)
+            .await
+            .map_err(|e| CoordError::db("emptying the webhook's queue", e))?;
+        Ok(done.rows_affected())
     }
 
     /// The outcomes of the last `n` runs of `site` for `tree`, newest first.
@@ -855,6 +941,20 @@ fn latest_of(r: &sqlx::any::AnyRow) -> Latest {
         head_store: r.get(5),
         bytes_fetched: r.get::<i64, _>(6) as u64,
     }
+}
+
+/// Queues a webhook delivery in `tx`.
+async fn queue(
+    tx: &mut sqlx::Transaction<'_, Any>,
+    body: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO outbox (body, created, tries, next_try) VALUES ($1, $2, 0, $2)")
+        .bind(body)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Keeps the `latest` and `reached` tables up to date with report `id` (just stored), in

@@ -1,8 +1,13 @@
 //! Events: conditions the coordinator computes from the status after each watch period: a
 //! site behind by versions or by time, a silent agent, failed runs in a row, a client
 //! certificate about to expire. Each is stored when first seen (and closed when it
-//! clears), shown, counted in the metrics, and sent to the network's webhook (a JSON POST,
-//! retried with backoff on its own task, so a webhook that hangs delays nothing else).
+//! clears), shown, counted in the metrics, and sent to the network's webhook: a JSON POST
+//! queued in the database in the transaction that opens or closes the event (the
+//! `outbox`), delivered in order by the coordinator that leads, on its own task (a webhook
+//! that hangs delays nothing else), retried with backoff, and removed once answered 2xx;
+//! a restart or a change of leader loses none. Delivery is at least once: a coordinator
+//! that dies between the answer and the removal sends that one again (its `id` and
+//! `state` tell a receiver it has it).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -136,87 +141,134 @@ impl Coordinator {
         let mut closed = 0;
         for e in &open {
             let key = (e.kind.clone(), e.site.clone(), e.tree.clone());
-            // Closed here (not by another coordinator on the database): sent once.
-            if firing.remove(&key).is_none() && self.db.close_event(e.id, now).await? {
-                self.notify(&alerts, e, "resolved", now);
+            // Closed here (not by another coordinator on the database): queued once.
+            if firing.remove(&key).is_some() {
+                continue;
+            }
+            let send = alerts.webhook.is_some().then(|| body(e, "resolved", now));
+            if self.db.close_event(e.id, now, send).await? {
                 closed += 1;
             }
         }
         let mut opened = 0;
         for ((kind, site, tree), detail) in firing {
+            let event = |id| crate::db::Event {
+                id,
+                kind: kind.clone(),
+                site: site.clone(),
+                tree: tree.clone(),
+                opened: now,
+                closed: None,
+                detail: detail.clone(),
+            };
+            let send = |id| body(&event(id), "open", now);
+            let send: Option<&(dyn Fn(i64) -> String + Sync)> = match alerts.webhook {
+                Some(_) => Some(&send),
+                None => None,
+            };
             let Some(id) = self
                 .db
-                .open_event(&kind, &site, &tree, &detail, now)
+                .open_event(&kind, &site, &tree, &detail, now, send)
                 .await?
             else {
                 continue;
             };
             opened += 1;
-            let e = crate::db::Event {
-                id,
-                kind,
-                site,
-                tree,
-                opened: now,
-                closed: None,
-                detail,
-            };
-            tracing::warn!(kind = %e.kind, site = %e.site, tree = %e.tree, "{}", e.detail);
-            self.notify(&alerts, &e, "open", now);
+            tracing::warn!(kind = %kind, site = %site, tree = %tree, id, "{detail}");
+        }
+        if opened + closed > 0 {
+            self.webhook_wake.notify_one();
         }
         Ok((opened, closed))
     }
 
-    /// Queues an event for the webhook, if there is one. One task delivers them in the
-    /// order they happened (an event's "open" before its "resolved"), each up to five
-    /// tries of 10 s with backoff, so a webhook that hangs delays only the events after
-    /// it; at most 10,000 wait (more are dropped, with a warning).
-    fn notify(
-        &self,
-        alerts: &pulpdist_network::Alerts,
-        e: &crate::db::Event,
-        state: &str,
-        at: i64,
-    ) {
-        let Some(url) = alerts.webhook.clone() else {
-            return;
-        };
-        let body = serde_json::json!({
-            "kind": e.kind, "site": e.site, "tree": e.tree, "state": state,
-            "detail": e.detail, "opened": e.opened, "at": at, "id": e.id,
-        })
-        .to_string();
-        let queue = self.webhook.get_or_init(|| {
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, String)>(10_000);
-            let delivered = self.webhook_delivered.clone();
-            tokio::spawn(async move {
-                while let Some((url, body)) = rx.recv().await {
-                    deliver(&url, &body, &delivered).await;
+    /// Delivers the queued webhook calls, in order, for the coordinator's lifetime, while
+    /// it leads: each up to [`TRIES`] times, 10 s each, [`backoff`] apart; a delivery
+    /// still failing after that is given up (logged and counted), so one bad event does not
+    /// hold the rest for ever.
+    pub(crate) async fn deliver_webhooks(&self) {
+        loop {
+            if !self.leading() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            let url = self.held.read().await.network.alerts.webhook.clone();
+            let Some(url) = url else {
+                match self.db.drop_deliveries().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(
+                        "the network names no webhook: {n} queued deliveries dropped"
+                    ),
+                    Err(e) => tracing::warn!("{e}"),
                 }
-            });
-            tx
-        });
-        if queue.try_send((url, body)).is_err() {
-            tracing::warn!(kind = %e.kind, site = %e.site, "the webhook's queue is full: event not sent");
+                self.webhook_queued
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
+                let _ = tokio::time::timeout(Duration::from_secs(5), self.webhook_wake.notified())
+                    .await;
+                continue;
+            };
+            let (due, waiting) = match self.db.next_delivery(now()).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            self.webhook_queued
+                .store(waiting, std::sync::atomic::Ordering::Relaxed);
+            let Some((id, text, tries)) = due else {
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.webhook_wake.notified())
+                    .await;
+                continue;
+            };
+            let (to, b) = (url.clone(), text.clone());
+            let sent = tokio::task::spawn_blocking(move || post(&to, &b))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            let done = match sent {
+                Ok(()) => {
+                    self.webhook_delivered
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.db.delivered(id).await
+                }
+                Err(err) if tries + 1 >= TRIES => {
+                    tracing::error!(url = %url, "webhook: an event was not delivered after {TRIES} tries, the last: {err}; given up: {text}");
+                    self.webhook_failed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.db.delivered(id).await
+                }
+                Err(err) => {
+                    tracing::warn!(url = %url, "webhook: {err}");
+                    self.db
+                        .delivery_failed(id, now() + backoff(tries), &err)
+                        .await
+                }
+            };
+            if let Err(e) = done {
+                tracing::warn!("{e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
 }
 
-/// Delivers one event: up to five tries, 10 s each, with backoff.
-async fn deliver(url: &str, body: &str, delivered: &std::sync::atomic::AtomicU64) {
-    for attempt in 0..5u32 {
-        let (to, b) = (url.to_string(), body.to_string());
-        match tokio::task::spawn_blocking(move || post(&to, &b)).await {
-            Ok(Ok(())) => {
-                delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return;
-            }
-            Ok(Err(err)) => tracing::warn!(url = %url, "webhook: {err}"),
-            Err(err) => tracing::warn!(url = %url, "webhook: {err}"),
-        }
-        tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
-    }
-    tracing::error!(url = %url, "webhook: an event was not delivered after five tries");
+/// How many times a webhook delivery is tried before it is given up.
+const TRIES: i64 = 12;
+
+/// Seconds before the next try of a delivery tried `tries` times: 1, 2, 4, … at most an
+/// hour (12 tries span about an hour and a quarter).
+fn backoff(tries: i64) -> i64 {
+    (1_i64 << tries.clamp(0, 12)).min(3600)
+}
+
+/// What the webhook is sent for an event in `state` (`open`, `resolved`) at `at`.
+fn body(e: &crate::db::Event, state: &str, at: i64) -> String {
+    serde_json::json!({
+        "kind": e.kind, "site": e.site, "tree": e.tree, "state": state,
+        "detail": e.detail, "opened": e.opened, "at": at, "id": e.id,
+    })
+    .to_string()
 }
 
 /// One POST of a JSON body, 10 s at most.

@@ -128,8 +128,12 @@ pub struct Coordinator {
     leading: std::sync::atomic::AtomicBool,
     /// Long-polls held now.
     long_polls: Arc<std::sync::atomic::AtomicI64>,
-    /// The webhook's queue (its delivery task starts with the first event).
-    webhook: std::sync::OnceLock<tokio::sync::mpsc::Sender<(String, String)>>,
+    /// Wakes the webhook's delivery task (an event was queued).
+    webhook_wake: tokio::sync::Notify,
+    /// Deliveries given up after their last try.
+    webhook_failed: std::sync::atomic::AtomicU64,
+    /// Deliveries waiting in the database's queue (as last counted).
+    webhook_queued: std::sync::atomic::AtomicI64,
     /// Sites' keys checked against the database (forgotten when the change serial moves:
     /// `network reenrol` moves it).
     pub(crate) enrolled: Mutex<BTreeMap<String, String>>,
@@ -374,7 +378,9 @@ impl Coordinator {
             keep_reports: std::sync::atomic::AtomicI64::new(DEFAULT_KEEP_REPORTS),
             leading: std::sync::atomic::AtomicBool::new(false),
             long_polls: Arc::default(),
-            webhook: std::sync::OnceLock::new(),
+            webhook_wake: tokio::sync::Notify::new(),
+            webhook_failed: Default::default(),
+            webhook_queued: Default::default(),
             enrolled: Mutex::new(BTreeMap::new()),
             enrolled_epoch: Default::default(),
             limits: std::sync::Mutex::new(BTreeMap::new()),
@@ -714,6 +720,7 @@ impl Coordinator {
     pub async fn run(self: Arc<Self>, open: Arc<OpenStore>, every: std::time::Duration) {
         // A push to a coordinator that stands by checks the head too.
         self.set_opener(open.clone()).await;
+        let self_webhooks = self.clone();
         let refresh = {
             let coord = self.clone();
             async move {
@@ -768,7 +775,11 @@ impl Coordinator {
                 tokio::time::sleep(pause).await;
             }
         };
-        tokio::join!(refresh, duties);
+        let webhooks = {
+            let coord = self_webhooks;
+            async move { coord.deliver_webhooks().await }
+        };
+        tokio::join!(refresh, duties, webhooks);
     }
 
     /// Counts a long-poll of `site` held until the guard is dropped; `None` if the site

@@ -92,6 +92,16 @@ impl Coordinator {
             self.webhook_delivered
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
+        let failed = Counter::<u64>::default();
+        failed.inc_by(
+            self.webhook_failed
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let queued = Gauge::<i64>::default();
+        queued.set(
+            self.webhook_queued
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
         let leading = Gauge::<i64>::default();
         leading.set(i64::from(self.leading()));
         let polls = Gauge::<i64>::default();
@@ -142,6 +152,16 @@ impl Coordinator {
             "pulpdist_webhook_deliveries",
             "Events delivered to the webhook",
             delivered,
+        );
+        reg.register(
+            "pulpdist_webhook_failures",
+            "Webhook deliveries given up after their last try",
+            failed,
+        );
+        reg.register(
+            "pulpdist_webhook_queued",
+            "Webhook deliveries waiting (as the leading coordinator last counted)",
+            queued,
         );
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).map_err(|e| CoordError::Db {

@@ -1,0 +1,12 @@
+-- Webhook deliveries not made yet, in the order their events opened and closed: written
+-- in the transaction that opens or closes the event, removed once the webhook answered
+-- 2xx (or after its last try), so a restart or a change of the coordinator that leads
+-- loses none and sends them in order.
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    body TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    tries INTEGER NOT NULL,
+    next_try INTEGER NOT NULL,
+    last_error TEXT
+);
