@@ -481,7 +481,7 @@ fn an_agent_syncs_three_publishes_while_the_coordinator_is_down_and_its_metrics_
 fn a_site_certificate_reads_and_writes_only_its_own() {
     let net = Net::new();
     let (berlin, stranger) = (net.cert("berlin"), net.cert("stranger"));
-    let coord = net.start(Some(&net.network(&["berlin"], "1h")), "1h");
+    let coord = net.start(Some(&net.network(&["berlin", "paris"], "1h")), "1h");
     // A site is not an admin: the status, the network and pushes are "not found".
     for cmd in [
         vec!["status"],
@@ -517,6 +517,67 @@ fn a_site_certificate_reads_and_writes_only_its_own() {
     // The site's own assignment names only its trees; a report for another is refused.
     net.agent_once(&coord.url, "berlin", &berlin);
     assert_same_tree(&net.site.src(), &net.mirror("berlin"));
+    // Through HTTPS by hand: berlin reads no page of the API, its own site's included
+    // (the pages are the admins'), nor another site's; its own assignment it reads.
+    for path in [
+        "/api/v1/sites/berlin",
+        "/api/v1/sites/paris",
+        "/api/v1/trees/tree",
+        "/api/v1/events",
+        "/api/v1/status?site=berlin",
+    ] {
+        let (code, body) = https(&net, &coord, &berlin, "GET", path, "");
+        assert_eq!(code, 404, "{path}: {body}");
+    }
+    assert_eq!(
+        https(&net, &coord, &berlin, "GET", "/api/v1/assignment", "").0,
+        200
+    );
+    // A malformed report is refused whole (400), naming what is wrong; nothing is stored.
+    let (code, body) = https(
+        &net,
+        &coord,
+        &berlin,
+        "POST",
+        "/api/v1/reports",
+        "[{\"tree\": 5}]",
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("reports:"), "{body}");
+    let (_, page) = get(&coord.board, "/api/v1/sites/berlin");
+    let page: serde_json::Value = serde_json::from_str(&page).expect("json");
+    assert_eq!(page["history"].as_array().map(Vec::len), Some(1), "{page}");
+}
+
+/// One request to the coordinator's API as the holder of `who`: status and body.
+fn https(
+    net: &Net,
+    coord: &Coord,
+    who: &Pair,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    let read = |p: &Path| std::fs::read(p).expect("pem");
+    let tls = pulpdist_sync::tls_config(&pulpdist_sync::HttpOptions {
+        ca_pem: Some(read(&net.ca_file)),
+        client_cert_pem: Some((read(&who.cert), read(&who.key))),
+        ..Default::default()
+    })
+    .expect("tls");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("{}{path}", coord.url);
+    let resp = match method {
+        "POST" => agent.post(&url).send(body),
+        _ => agent.get(&url).call(),
+    };
+    let mut resp = resp.expect("an answer");
+    let code = resp.status().as_u16();
+    (code, resp.body_mut().read_to_string().unwrap_or_default())
 }
 
 #[test]
@@ -654,6 +715,44 @@ fn the_dashboard_shows_the_network_in_a_browser_and_each_page_has_a_json_twin() 
     );
     assert_eq!(get(&coord.board, "/site/rome").0, 404);
     assert_eq!(get(&coord.board, "/api/v1/sites/rome").0, 404);
+    // `pulpdist status`: filters, and the table.
+    let status = |extra: &[&str]| -> Vec<String> {
+        let mut a = vec!["status".to_string()];
+        a.extend(net.reach(&coord.url, &net.admin));
+        a.extend(extra.iter().map(|x| x.to_string()));
+        let rows = common::run_json(&strs(&a));
+        let mut sites: Vec<String> = rows
+            .as_array()
+            .expect("rows")
+            .iter()
+            .filter_map(|r| r["site"].as_str().map(String::from))
+            .collect();
+        sites.sort();
+        sites
+    };
+    assert_eq!(status(&[]), ["berlin", "paris"]);
+    assert_eq!(status(&["--site", "paris"]), ["paris"]);
+    assert_eq!(
+        status(&["--tree", "tree", "--label", "region:eu"]),
+        ["berlin", "paris"]
+    );
+    assert!(status(&["--label", "region:asia"]).is_empty());
+    assert!(status(&["--tree", "other"]).is_empty());
+    let mut a = vec!["status".to_string()];
+    a.extend(net.reach(&coord.url, &net.admin));
+    let out = run(&strs(&a));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(
+        lines[0].starts_with("SITE") && lines[0].contains("VERSION"),
+        "{table}"
+    );
+    assert!(
+        lines[1].starts_with("berlin") && lines[2].starts_with("paris"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -1070,6 +1169,79 @@ fn a_webhook_that_hangs_delays_nothing_and_a_restart_loses_no_delivery() {
             .1
             .contains("pulpdist_webhook_queued 0")
     });
+}
+
+#[test]
+fn failures_in_a_row_and_a_certificate_about_to_expire_raise_events_that_clear() {
+    let net = Net::new();
+    // berlin's certificate expires in two days.
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::days(2);
+    let berlin = net
+        .ca
+        .issue_until(&net.site.p("pki"), "berlin", &["berlin"], Some(soon));
+    let text = net.network(&["berlin"], "1h") + "\n[alerts]\nfailures = 2\ncertificate_days = 14\n";
+    let coord = net.start(Some(&text), "1s");
+    let events = || -> Vec<serde_json::Value> {
+        let (_, e) = get(&coord.board, "/api/v1/events");
+        serde_json::from_str::<serde_json::Value>(&e)
+            .expect("json")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let open = |kind: &str| {
+        events()
+            .into_iter()
+            .find(|e| e["kind"] == kind && e["closed"].is_null())
+    };
+    net.agent_once(&coord.url, "berlin", &berlin);
+    until("a certificate event", Duration::from_secs(60), || {
+        open("certificate").is_some()
+    });
+    let cert = open("certificate").expect("event");
+    assert_eq!(
+        (cert["site"].as_str(), cert["tree"].as_str()),
+        (Some("berlin"), Some(""))
+    );
+    assert!(
+        cert["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("expires in 1 days") || d.contains("expires in 2 days")),
+        "{cert}"
+    );
+    // The store goes away: two runs in a row fail, and that is an event naming the error.
+    let store = net.site.store();
+    let aside = store.with_extension("aside");
+    std::fs::rename(&store, &aside).expect("rename");
+    net.agent_once(&coord.url, "berlin", &berlin);
+    assert!(open("failing").is_none(), "one failure is not yet an event");
+    net.agent_once(&coord.url, "berlin", &berlin);
+    until("a failing event", Duration::from_secs(60), || {
+        open("failing").is_some()
+    });
+    let failing = open("failing").expect("event");
+    assert!(
+        failing["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("2 runs in a row failed") && d.contains(s(&store))),
+        "{failing}"
+    );
+    // Back: the next run ends well and the event closes; the certificate's stays open.
+    std::fs::rename(&aside, &store).expect("rename back");
+    net.agent_once(&coord.url, "berlin", &berlin);
+    until("the failing event closed", Duration::from_secs(60), || {
+        open("failing").is_none()
+    });
+    assert!(open("certificate").is_some());
+    let (_, metrics) = get(&coord.board, "/metrics");
+    assert!(
+        metrics.contains("pulpdist_events_open{kind=\"certificate\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pulpdist_events_open{kind=\"failing\"} 0"),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -39,12 +39,26 @@ impl TestCa {
     /// A certificate for `names` (DNS names or IP addresses), written as `<stem>.pem` and
     /// `<stem>.key` in `dir`.
     pub(crate) fn issue(&self, dir: &Path, stem: &str, names: &[&str]) -> Pair {
+        self.issue_until(dir, stem, names, None)
+    }
+
+    /// [`TestCa::issue`], expiring at `not_after` if given.
+    pub(crate) fn issue_until(
+        &self,
+        dir: &Path,
+        stem: &str,
+        names: &[&str],
+        not_after: Option<time::OffsetDateTime>,
+    ) -> Pair {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .expect("params");
         params
             .distinguished_name
             .push(DnType::CommonName, names.first().copied().unwrap_or(stem));
+        if let Some(t) = not_after {
+            params.not_after = t;
+        }
         let key = KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign");
         let pair = Pair {
