@@ -14,8 +14,11 @@ pub enum NetworkError {
     #[error("{0}")]
     Syntax(#[from] pulpdist_config::ConfigError),
     /// A setting that reads but does not hold together (an undefined name, a bad schedule).
-    #[error("{key}: {reason}")]
+    #[error("{}{key}: {reason}", .line.map(|l| format!("line {l}: ")).unwrap_or_default())]
     Invalid {
+        /// The line of the file it is on (as near as the file says: the table's, for a
+        /// key it lacks), where the error came from a file's text.
+        line: Option<usize>,
         /// The key, as a path (`assignment[2].trees`, `sites.berlin.identity`).
         key: String,
         /// What is wrong.
@@ -25,9 +28,44 @@ pub enum NetworkError {
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> NetworkError {
     NetworkError::Invalid {
+        line: None,
         key: key.into(),
         reason: reason.into(),
     }
+}
+
+/// The line of `text` (from 1) where the key `path` (`assignment[2].trees`) is, or, for a
+/// key the file lacks, the nearest table on its path that it has.
+fn line_of(text: &str, path: &str) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let root = DeTable::parse(text).ok()?;
+    let mut table = root.get_ref();
+    let mut at = None;
+    for segment in path.split('.') {
+        let (name, index) = match segment.split_once('[') {
+            Some((n, i)) => (n, Some(i.strip_suffix(']')?.parse::<usize>().ok()?)),
+            None => (segment, None),
+        };
+        let Some((k, mut v)) = table.iter().find(|(k, _)| k.get_ref() == name) else {
+            break;
+        };
+        at = Some(k.span().start);
+        if let Some(i) = index {
+            let DeValue::Array(items) = v.get_ref() else {
+                break;
+            };
+            let Some(item) = items.get(i.checked_sub(1)?) else {
+                break;
+            };
+            at = Some(item.span().start);
+            v = item;
+        }
+        match v.get_ref() {
+            DeValue::Table(t) => table = t,
+            _ => break,
+        }
+    }
+    at.map(|pos| text.get(..pos).map_or(0, |t| t.matches('\n').count()) + 1)
 }
 
 /// A mirror network's desired state.
@@ -242,7 +280,14 @@ impl Network {
     /// Reads and checks a network file.
     pub fn parse(text: &str) -> Result<Network, NetworkError> {
         let net: Network = pulpdist_config::parse(text)?;
-        net.check()?;
+        net.check().map_err(|e| match e {
+            NetworkError::Invalid { key, reason, .. } => NetworkError::Invalid {
+                line: line_of(text, &key),
+                key,
+                reason,
+            },
+            e => e,
+        })?;
         Ok(net)
     }
 
@@ -492,9 +537,25 @@ mod tests {
             ("sites = [\"paris\"]\ntrees = [\"debian\"]\nschedule = \"1h\"\nbandwidth = \"10B\"", "assignment[1].bandwidth", "below"),
         ];
         for (a, key, needle) in bad {
-            let e = Network::parse(&text(&format!("[[assignment]]\n{a}\n"))).expect_err(a);
+            let full = text(&format!("[[assignment]]\n{a}\n"));
+            let e = Network::parse(&full).expect_err(a);
             let s = e.to_string();
-            assert!(s.starts_with(key) && s.contains(needle), "{s}");
+            // The line of the key, or of its table where the key is missing.
+            let lines: Vec<&str> = full.lines().collect();
+            let header = lines
+                .iter()
+                .position(|l| *l == "[[assignment]]")
+                .expect("header");
+            let name = key.rsplit('.').next().unwrap_or(key);
+            let line = lines[header..]
+                .iter()
+                .position(|l| l.starts_with(&format!("{name} =")))
+                .map_or(header, |i| header + i)
+                + 1;
+            assert!(
+                s.starts_with(&format!("line {line}: {key}: ")) && s.contains(needle),
+                "{s}"
+            );
         }
         let n = Network::parse(&text(
             "[[assignment]]\nsites = [\"paris\"]\ntrees = [\"debian\"]\nschedule = \"1h\"\n\
@@ -510,6 +571,10 @@ mod tests {
         let e = Network::parse(&text("").replace("cn:paris", "cn:berlin")).expect_err("twice");
         assert!(e.to_string().contains("also site berlin"), "{e}");
         let e = Network::parse(&text("").replace(KEY, "pulpdist-ed25519 zz")).expect_err("key");
-        assert!(e.to_string().starts_with("trees.debian.trust"), "{e}");
+        assert!(e.to_string().contains("trees.debian.trust"), "{e}");
+        assert!(
+            matches!(e, NetworkError::Invalid { line: Some(_), .. }),
+            "{e}"
+        );
     }
 }

@@ -321,8 +321,16 @@ fn a_network_file_is_checked_applied_once_and_exported() {
     .expect("bad");
     let out = run(&strs(&apply));
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // The file, the line and the key.
+    let bad_line = std::fs::read_to_string(&f)
+        .expect("file")
+        .lines()
+        .position(|l| l.contains("\"ubuntu\""))
+        .expect("line")
+        + 1;
     assert!(
-        stderr(&out).contains("assignment[1].trees") && stderr(&out).contains("ubuntu"),
+        stderr(&out).contains(&format!("{}: line {bad_line}: assignment[1].trees", s(&f)))
+            && stderr(&out).contains("ubuntu"),
         "{}",
         stderr(&out)
     );
