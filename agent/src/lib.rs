@@ -136,6 +136,9 @@ pub struct Agent {
     /// How long to wait after a failed poll (doubling, at most a minute).
     backoff: Duration,
     metrics: Arc<AgentMetrics>,
+    /// When each tree last synced well (Unix seconds), and when the agent started.
+    succeeded: HashMap<String, i64>,
+    started: i64,
 }
 
 impl Agent {
@@ -163,6 +166,8 @@ impl Agent {
             boot: None,
             backoff: Duration::ZERO,
             metrics: Arc::new(AgentMetrics::new()),
+            succeeded: HashMap::new(),
+            started: unix_now(),
         })
     }
 
@@ -236,6 +241,9 @@ impl Agent {
             let report = self.sync(&t);
             self.metrics.syncing(&t.tree, false);
             self.metrics.run(&report, unix_now());
+            if report.outcome.is_success() {
+                self.succeeded.insert(t.tree.clone(), unix_now());
+            }
             self.last
                 .insert(t.tree.clone(), (Instant::now(), t.trigger));
             if let Err(e) = self.queue.push(&report) {
@@ -249,7 +257,19 @@ impl Agent {
             false => (0, self.queue.pending().map_or(0, |p| p.len())),
         };
         self.metrics.queue(round.queued, reachable);
+        self.count_without_success();
         Ok(round)
+    }
+
+    /// Each assigned tree's time without a successful run, in its window's time.
+    fn count_without_success(&self) {
+        let Some(a) = &self.assignment else { return };
+        let now = unix_now();
+        for t in &a.trees {
+            let since = self.succeeded.get(&t.tree).copied().unwrap_or(self.started);
+            let secs = window(t).map_or(now - since, |w| w.open_seconds(since, now));
+            self.metrics.without_success(&t.tree, secs);
+        }
     }
 
     /// Takes a new assignment: cached, and, from a new coordinator boot, its push counters
@@ -557,8 +577,8 @@ pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// A tree's window, if its assignment gives a valid one.
-fn window(t: &TreeAssignment) -> Option<pace::Window> {
-    t.window.and_then(pace::Window::new)
+fn window(t: &TreeAssignment) -> Option<pulpdist_network::Window> {
+    t.window.and_then(pulpdist_network::Window::new)
 }
 
 pub(crate) fn unix_now() -> i64 {

@@ -62,6 +62,7 @@ pub struct AgentMetrics {
     last_success: Family<TreeLabel, Gauge>,
     bytes_fetched: Family<TreeLabel, Counter>,
     syncing: Family<TreeLabel, Gauge>,
+    without_success: Family<TreeLabel, Gauge>,
     queued: Gauge,
     reachable: Gauge,
 }
@@ -83,6 +84,7 @@ impl AgentMetrics {
             last_success: Family::default(),
             bytes_fetched: Family::default(),
             syncing: Family::default(),
+            without_success: Family::default(),
             queued: Gauge::default(),
             reachable: Gauge::default(),
             registry: Registry::default(),
@@ -112,6 +114,11 @@ impl AgentMetrics {
             "syncing",
             "1 while a sync of the tree runs",
             m.syncing.clone(),
+        );
+        registry.register(
+            "seconds_without_success",
+            "Seconds of the tree's window (all seconds, without one) since its last successful run, or since the agent started",
+            m.without_success.clone(),
         );
         registry.register(
             "reports_queued",
@@ -166,6 +173,13 @@ impl AgentMetrics {
             self.version.get_or_create(&tree).set(v as i64);
             self.last_success.get_or_create(&tree).set(now);
         }
+    }
+
+    /// How long `tree` has gone without a successful run, in its window's time.
+    pub(crate) fn without_success(&self, tree: &str, secs: i64) {
+        self.without_success
+            .get_or_create(&TreeLabel { tree: tree.into() })
+            .set(secs);
     }
 
     /// Reports waiting, and whether the coordinator answered the last poll.

@@ -15,56 +15,6 @@ use std::time::{Duration, Instant};
 use pulpdist_format::PackId;
 use pulpdist_sync::{HeadFetch, Overhead, StoreReader, StoreUse, SyncError};
 
-/// Minutes in a day.
-const DAY: u32 = 24 * 60;
-
-/// A window, minutes of the day (UTC) `[start, end)`, wrapping past midnight if
-/// `end < start`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Window {
-    start: u32,
-    end: u32,
-}
-
-impl Window {
-    pub(crate) fn new([start, end]: [u32; 2]) -> Option<Window> {
-        (start < DAY && end < DAY && start != end).then_some(Window { start, end })
-    }
-
-    /// Whether `unix` (seconds) falls in the window.
-    pub(crate) fn contains(&self, unix: i64) -> bool {
-        let m = minute_of_day(unix);
-        match self.start < self.end {
-            true => (self.start..self.end).contains(&m),
-            false => m >= self.start || m < self.end,
-        }
-    }
-
-    /// Seconds from `unix` until the window opens (0 inside it).
-    pub(crate) fn until_open(&self, unix: i64) -> u64 {
-        if self.contains(unix) {
-            return 0;
-        }
-        let day_secs = unix.rem_euclid(86_400) as u64;
-        let open = u64::from(self.start) * 60;
-        (open + 86_400 - day_secs) % 86_400
-    }
-
-    /// When (Unix seconds) the window that holds `unix` closes.
-    pub(crate) fn closes_after(&self, unix: i64) -> i64 {
-        let day_start = unix - unix.rem_euclid(86_400);
-        let mut close = day_start + i64::from(self.end) * 60;
-        if close <= unix {
-            close += 86_400;
-        }
-        close
-    }
-}
-
-fn minute_of_day(unix: i64) -> u32 {
-    (unix.rem_euclid(86_400) / 60) as u32
-}
-
 /// One sync's pace: its rate, when its window closes, what it fetched so far.
 pub(crate) struct Pace {
     rate: Option<u64>,
@@ -200,29 +150,5 @@ impl StoreReader for Paced {
     fn get_archived(&self, tree: &str, version: u64) -> Result<Option<Vec<u8>>, SyncError> {
         let size = |v: &Option<Vec<u8>>| v.as_ref().map_or(0, Vec::len);
         self.paced(None, size, || self.inner.get_archived(tree, version))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn windows_open_and_close_across_midnight() {
-        let day = 20_000 * 86_400_i64;
-        let at = |h: i64, m: i64| day + h * 3600 + m * 60;
-        let night = Window::new([22 * 60, 6 * 60]).expect("window");
-        assert!(night.contains(at(23, 0)) && night.contains(at(2, 0)));
-        assert!(!night.contains(at(6, 0)) && !night.contains(at(12, 0)));
-        assert_eq!(night.until_open(at(21, 30)), 1800);
-        assert_eq!(night.until_open(at(6, 0)), 16 * 3600);
-        assert_eq!(night.until_open(at(23, 0)), 0);
-        assert_eq!(night.closes_after(at(23, 0)), at(30, 0));
-        assert_eq!(night.closes_after(at(1, 0)), at(6, 0));
-        let day_w = Window::new([9 * 60, 17 * 60]).expect("window");
-        assert!(day_w.contains(at(9, 0)) && !day_w.contains(at(17, 0)));
-        assert_eq!(day_w.closes_after(at(10, 0)), at(17, 0));
-        assert_eq!(Window::new([60, 60]), None);
-        assert_eq!(Window::new([0, 24 * 60]), None);
     }
 }

@@ -71,6 +71,9 @@ pub struct Latest {
     pub held: Option<(u64, String)>,
     /// When that run was received.
     pub last_success: Option<i64>,
+    /// When the first report of holding that version and root was received (a probe
+    /// before it says nothing about what the site holds now).
+    pub held_since: Option<i64>,
     /// The last run's outcome.
     pub last_outcome: Option<String>,
     /// The error of the last run, if it failed.
@@ -749,6 +752,23 @@ impl Db {
             .execute(&self.pool)
             .await
             .map_err(err)?;
+        // Heads seen before the cutoff and when each site reached them go too, but for
+        // each tree's newest [`KEEP_VERSIONS`] (a site far behind still counts from them).
+        for table in ["reached", "heads"] {
+            let at = match table {
+                "reached" => "at",
+                _ => "seen",
+            };
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE {at} < $1 AND version < \
+                 (SELECT MAX(h.version) FROM heads h WHERE h.tree = {table}.tree) - $2"
+            ))
+            .bind(cutoff)
+            .bind(KEEP_VERSIONS)
+            .execute(&self.pool)
+            .await
+            .map_err(err)?;
+        }
         Ok(total)
     }
 
@@ -802,6 +822,9 @@ impl Db {
         Ok(gone.len() as u64)
     }
 }
+
+/// Versions of each tree kept in `heads` and `reached` past the retention period.
+const KEEP_VERSIONS: i64 = 100;
 
 /// Reports rolled up in one transaction.
 const ROLLUP_BATCH: u64 = 10_000;
@@ -927,7 +950,7 @@ impl Db {
 
 /// Each (site, tree)'s summed-up status, as [`latest_of`] reads it.
 const LATEST: &str = "SELECT site, tree, outcome, error, last_report, head_store, bytes_fetched, \
-     held_version, held_root, last_success FROM latest";
+     held_version, held_root, last_success, held_since FROM latest";
 
 fn latest_of(r: &sqlx::any::AnyRow) -> Latest {
     let held: Option<i64> = r.get(7);
@@ -935,6 +958,7 @@ fn latest_of(r: &sqlx::any::AnyRow) -> Latest {
     Latest {
         held: held.map(|v| (v as u64, root.unwrap_or_default())),
         last_success: r.get(9),
+        held_since: r.get(10),
         last_outcome: Some(r.get(2)),
         last_error: r.get(3),
         last_report: Some(r.get(4)),
@@ -954,8 +978,24 @@ async fn queue(
         .bind(now)
         .execute(&mut **tx)
         .await?;
+    // A webhook that fails for good holds at most the newest [`MAX_OUTBOX`] calls.
+    let dropped = sqlx::query(
+        "DELETE FROM outbox WHERE id <= (SELECT id FROM outbox ORDER BY id DESC LIMIT 1 OFFSET $1)",
+    )
+    .bind(MAX_OUTBOX)
+    .execute(&mut **tx)
+    .await?;
+    if dropped.rows_affected() > 0 {
+        tracing::warn!(
+            dropped = dropped.rows_affected(),
+            "the webhook's queue is full ({MAX_OUTBOX}): its oldest calls are dropped"
+        );
+    }
     Ok(())
 }
+
+/// The most webhook calls waiting.
+const MAX_OUTBOX: i64 = 10_000;
 
 /// Keeps the `latest` and `reached` tables up to date with report `id` (just stored), in
 /// the transaction that stored it.
@@ -971,7 +1011,8 @@ async fn keep_latest(
         "INSERT INTO latest (site, tree, last_id, last_report, outcome, error, head_store, bytes_fetched) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (site, tree) DO UPDATE SET \
          last_id = excluded.last_id, last_report = excluded.last_report, outcome = excluded.outcome, \
-         error = excluded.error, head_store = excluded.head_store, bytes_fetched = excluded.bytes_fetched",
+         error = excluded.error, head_store = excluded.head_store, bytes_fetched = excluded.bytes_fetched \
+         WHERE latest.last_id < excluded.last_id",
     )
     .bind(site)
     .bind(&r.tree)
@@ -987,12 +1028,15 @@ async fn keep_latest(
         return Ok(());
     };
     sqlx::query(
-        "UPDATE latest SET success_id = $1, held_version = $2, held_root = $3, last_success = $4 \
-         WHERE site = $5 AND tree = $6",
+        // Reports of one site committed out of order (two coordinators on PostgreSQL)
+        // never move it back; `held_since` moves only when the version or root changes.
+        "UPDATE latest SET held_since = CASE WHEN held_version = $2 AND held_root = $3 \
+         THEN held_since ELSE $4 END, success_id = $1, held_version = $2, held_root = $3, \
+         last_success = $4 WHERE site = $5 AND tree = $6 AND (success_id IS NULL OR success_id < $1)",
     )
     .bind(id)
     .bind(version as i64)
-    .bind(&r.root)
+    .bind(r.root.as_deref().unwrap_or_default())
     .bind(now)
     .bind(site)
     .bind(&r.tree)
@@ -1379,6 +1423,8 @@ mod tests {
             .expect("add");
             let before = db.latest("a", "t").await.expect("latest");
             assert_eq!(before.last_report, Some(3 * 86_400));
+            // Held since its first report of version 3, however many followed.
+            assert_eq!(before.held_since, Some(86_400));
             let gone = db.roll_up(10 * 86_400).await.expect("roll up");
             // The last report and the last success stay.
             assert_eq!(gone, n - 1);

@@ -33,18 +33,31 @@ impl Coordinator {
         let alerts = network.alerts.clone();
         let now = now();
         let mut firing: BTreeMap<Key, String> = BTreeMap::new();
+        let secs = |minutes: u64| minutes.saturating_mul(60).min(i64::MAX as u64) as i64;
         for r in self.status(None).await? {
             let key = |kind: &str| (kind.to_string(), r.site.clone(), r.tree.clone());
+            let assigned = network
+                .assignment_of(&r.site, 0)
+                .and_then(|a| a.trees.into_iter().find(|t| t.tree == r.tree));
+            let schedule = assigned.as_ref().map_or(0, |t| t.schedule_secs);
+            let window = assigned
+                .and_then(|t| t.window)
+                .and_then(pulpdist_network::Window::new);
             let behind_v = r.versions_behind.unwrap_or(0);
             let behind_s = r.seconds_behind.unwrap_or(0);
-            if behind_v >= alerts.behind_versions
-                || (behind_v > 0
-                    && behind_s
-                        >= alerts
-                            .behind_minutes
-                            .saturating_mul(60)
-                            .min(i64::MAX as u64) as i64)
-            {
+            // A tree with a window is late only by its windows' time: a site that may not
+            // sync is expected to fall behind, by any number of versions, until it may.
+            let late = match window {
+                None => {
+                    behind_v >= alerts.behind_versions
+                        || (behind_v > 0 && behind_s >= secs(alerts.behind_minutes))
+                }
+                Some(w) => {
+                    behind_v > 0
+                        && w.open_seconds(now - behind_s, now) >= secs(alerts.behind_minutes)
+                }
+            };
+            if late {
                 let held = r
                     .version
                     .map_or("nothing".into(), |v| format!("version {v}"));
@@ -68,16 +81,14 @@ impl Coordinator {
                 );
             }
             let last = r.last_report.unwrap_or(self.started);
-            // A site on a long schedule is not silent between its runs.
-            let schedule = network
-                .assignment_of(&r.site, 0)
-                .and_then(|a| a.trees.into_iter().find(|t| t.tree == r.tree))
-                .map_or(0, |t| t.schedule_secs);
+            // A site on a long schedule is not silent between its runs, nor one outside its
+            // window: only the window's time counts.
             let quiet = alerts
                 .silent_minutes
                 .saturating_mul(60)
                 .max(schedule.saturating_mul(2));
-            if now - last >= quiet.min(i64::MAX as u64) as i64 {
+            let silent_for = window.map_or(now - last, |w| w.open_seconds(last, now));
+            if silent_for >= quiet.min(i64::MAX as u64) as i64 {
                 firing.insert(key("silent"), format!("no report for {} s", now - last));
             }
             // Only a site whose last run failed can be failing: one query for those.

@@ -767,12 +767,24 @@ impl Coordinator {
                         tracing::warn!("evaluating events: {e}");
                     }
                 }
-                // One standing by asks for the lock at least every 5 s.
-                let pause = match leads {
-                    true => every,
-                    false => every.min(std::time::Duration::from_secs(5)),
-                };
-                tokio::time::sleep(pause).await;
+                // One standing by asks for the lock at least every 5 s; the one leading
+                // checks it holds it as often, so that a lock the server dropped (a
+                // connection cut) stops its duties within seconds, not a watch period.
+                let step = std::time::Duration::from_secs(5);
+                let until = tokio::time::Instant::now() + every;
+                loop {
+                    let left = until.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() || !leads {
+                        tokio::time::sleep(left.min(step)).await;
+                        break;
+                    }
+                    tokio::time::sleep(left.min(step)).await;
+                    if self.db.shared() && !self.db.lead(&mut lead).await {
+                        self.leading
+                            .store(false, std::sync::atomic::Ordering::Relaxed);
+                        break;
+                    }
+                }
             }
         };
         let webhooks = {
@@ -953,7 +965,7 @@ fn probe(open: &OpenStore, url: &str, tree: &str, trust: &[String], last: Option
     }
 }
 
-/// Each (tree, store)'s last verified head and its entity tag.
+/// Each (tree, store and trusted keys)'s last verified head and its entity tag.
 type HeadTags = std::collections::HashMap<(String, String), (String, HeadSeen)>;
 
 /// The verified head of `tree` from the first of its stores that serves one, asked with
@@ -973,7 +985,11 @@ fn newest_head(
                 continue;
             }
         };
-        let key = (tree.to_string(), store.clone());
+        // The keys are part of what was verified: other keys, no cached head.
+        let key = (
+            tree.to_string(),
+            format!("{store}\n{}", def.trust.join("\n")),
+        );
         let known = tags.lock().ok().and_then(|t| t.get(&key).cloned());
         let (bytes, etag) = match reader.get_head(tree, known.as_ref().map(|(e, _)| e.as_str())) {
             Ok(pulpdist_sync::HeadFetch::Found { bytes, etag }) => (bytes, etag),
@@ -1019,9 +1035,10 @@ fn newest_head(
 /// Freshness by content: whether the site serves what it reported, and whether the probe
 /// (rather than the report) says which version it holds.
 ///
-/// A probe judges only a report it came after (in a later second): a probe taken before
-/// the site's last successful run says nothing about what that run left, so a site that
-/// just moved is not flagged (nor shown at its old version) until the next probe. A site
+/// A probe judges only what the site reported it came after (in a later second): a probe
+/// taken before the site first reported holding its version says nothing about it, so a
+/// site that just moved is not flagged (nor shown at its old version) until the next
+/// probe; one taken after is judged however many reports of the same version follow. A site
 /// that has not reported yet has nothing to disagree with. A site that serves a newer
 /// version than it reported is not flagged either: its report is on the way.
 fn judge(latest: &Latest, probe: Option<&Probe>) -> (Option<bool>, bool) {
@@ -1031,7 +1048,11 @@ fn judge(latest: &Latest, probe: Option<&Probe>) -> (Option<bool>, bool) {
     let Some((reported, root)) = latest.held.as_ref() else {
         return (None, p.error.is_none());
     };
-    if latest.last_success.is_some_and(|t| p.at <= t) {
+    if latest
+        .held_since
+        .or(latest.last_success)
+        .is_some_and(|t| p.at <= t)
+    {
         return (None, false);
     }
     if p.error.is_some() {
@@ -1102,6 +1123,7 @@ mod tests {
             held: Some((version, root.into())),
             last_success: Some(at),
             last_report: Some(at),
+            held_since: Some(at),
             ..Latest::default()
         }
     }
@@ -1128,6 +1150,17 @@ mod tests {
         assert_eq!(judge(&site, Some(&probe(2, "r2", 101))), (Some(true), true));
         // Newer than it reported (its report is on the way): shown, not flagged.
         assert_eq!(judge(&site, Some(&probe(3, "r3", 101))), (None, true));
+        // The site keeps reporting version 2 (up to date) after that probe: the probe still
+        // judges it, since it came after the site first reported version 2.
+        let again = Latest {
+            last_success: Some(130),
+            last_report: Some(130),
+            ..site.clone()
+        };
+        assert_eq!(
+            judge(&again, Some(&probe(1, "r1", 101))),
+            (Some(false), true)
+        );
         // A probe that failed after the report: flagged, the report stands.
         let failed = Probe {
             at: 101,

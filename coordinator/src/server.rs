@@ -120,7 +120,7 @@ pub async fn serve(
                     continue;
                 };
                 // Over a cap: closed at once, before any handshake work.
-                let Some(handshake) = handshakes.start(peer.ip()) else {
+                let Some(handshake) = handshakes.start(address_of(peer.ip())) else {
                     drop(stream);
                     continue;
                 };
@@ -177,6 +177,20 @@ pub async fn serve(
             }
             _ = &mut shutdown => break,
         }
+    }
+}
+
+/// What the handshake cap counts by: an IPv4 address, or an IPv6 address's /64 (a host
+/// holds a /64 and may pick any address in it).
+fn address_of(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let mut o = v6.octets();
+            o[8..].fill(0);
+            std::net::IpAddr::V6(std::net::Ipv6Addr::from(o))
+        }
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
     }
 }
 
@@ -514,6 +528,20 @@ fn pulpdist_config_limit() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_handshake_cap_counts_an_ipv6_host_by_its_64() {
+        let a: std::net::IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
+        let b: std::net::IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().expect("ip");
+        let c: std::net::IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(address_of(a), address_of(b));
+        assert_ne!(address_of(a), address_of(c));
+        let mapped: std::net::IpAddr = "::ffff:192.0.2.7".parse().expect("ip");
+        assert_eq!(
+            address_of(mapped),
+            "192.0.2.7".parse::<std::net::IpAddr>().expect("ip")
+        );
+    }
 
     #[test]
     fn a_hostile_report_is_cut_to_size() {

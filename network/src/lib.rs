@@ -28,9 +28,11 @@
 
 mod api;
 mod file;
+mod window;
 
 pub use api::{
     Outcome, Report, SiteAssignment, TreeAssignment, CLOCK_HEADER, MAX_ERROR_TEXT, MAX_REPORTS,
     MAX_REPORT_BODY,
 };
 pub use file::{Alerts, Assignment, Network, NetworkError, SiteDef, TreeDef};
+pub use window::Window;

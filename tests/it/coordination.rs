@@ -982,7 +982,7 @@ fn the_head_watcher_asks_with_the_entity_tag_and_a_store_answers_not_modified() 
 #[test]
 fn a_sync_waits_for_its_window_keeps_its_bandwidth_and_stops_partial_when_the_window_closes() {
     let net = Net::new();
-    let (berlin, paris) = (net.cert("berlin"), net.cert("paris"));
+    let (berlin, paris, tokyo) = (net.cert("berlin"), net.cert("paris"), net.cert("tokyo"));
     // 12 MB more, so that a first sync reads the store in several requests (a directory
     // store is read in windows of 4 MiB).
     std::fs::write(
@@ -991,13 +991,27 @@ fn a_sync_waits_for_its_window_keeps_its_bandwidth_and_stops_partial_when_the_wi
     )
     .expect("big file");
     net.site.publish();
-    let with = |window: &str, bandwidth: &str| {
-        net.network(&["berlin", "paris"], "1h").replace(
-            "schedule = \"1h\"\n",
-            &format!("schedule = \"1h\"\nwindow = \"{window}\"\nbandwidth = \"{bandwidth}\"\n"),
-        )
+    // berlin and paris may fetch from W:00 to W:59 UTC, W two hours after the real hour (so
+    // the coordinator, on the real clock, sees them outside it); tokyo at any time.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let w = (now.rem_euclid(86_400) / 3600 + 2) % 24;
+    let window = format!("{w:02}:00-{:02}:00", (w + 1) % 24);
+    let with = |bandwidth: &str| {
+        net.network(&["berlin", "paris", "tokyo"], "1h")
+            .replace(
+                "labels = { region = \"eu\" }\ntrees",
+                "sites = [\"berlin\", \"paris\"]\ntrees",
+            )
+            .replace(
+                "schedule = \"1h\"\n",
+                &format!("schedule = \"1h\"\nwindow = \"{window}\"\nbandwidth = \"{bandwidth}\"\n"),
+            )
+            + "\n[[assignment]]\nsites = [\"tokyo\"]\ntrees = [\"tree\"]\nschedule = \"1h\"\n"
+            + "\n[alerts]\nbehind_versions = 1\nbehind_minutes = 1\n"
     };
-    let coord = net.start(Some(&with("05:00-06:00", "2MB")), "1h");
+    let coord = net.start(Some(&with("1MB")), "1s");
     let apply = |text: &str| {
         let f = net.site.p("network.toml");
         std::fs::write(&f, text).expect("network file");
@@ -1006,16 +1020,11 @@ fn a_sync_waits_for_its_window_keeps_its_bandwidth_and_stops_partial_when_the_wi
         let out = run(&strs(&a));
         assert!(out.status.success(), "{}", stderr(&out));
     };
-    // The agent under libfaketime, its clock at `at` (UTC, tomorrow) and running on.
-    let tomorrow = {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        now - now.rem_euclid(86_400) + 86_400
-    };
-    let agent_at = |secs_of_day: i64, name: &str, who: &Pair| {
+    // The agent under libfaketime, its clock at W:00 plus `secs` tomorrow, running on.
+    let opens = now - now.rem_euclid(86_400) + 86_400 + w * 3600;
+    let agent_at = |secs: i64, name: &str, who: &Pair| {
         let out = Command::new("faketime")
-            .args(["-f", &format!("@{}", fake_date(tomorrow + secs_of_day))])
+            .args(["-f", &format!("@{}", fake_date(opens + secs))])
             .arg(env!("CARGO_BIN_EXE_pulpdist"))
             .args(net.agent_args(&coord.url, name, who))
             .arg("--once")
@@ -1029,14 +1038,15 @@ fn a_sync_waits_for_its_window_keeps_its_bandwidth_and_stops_partial_when_the_wi
         let page: serde_json::Value = serde_json::from_str(&page).expect("json");
         page["history"].as_array().cloned().unwrap_or_default()
     };
-    // At 12:00 the window is shut: nothing is synced, nothing reported.
-    agent_at(12 * 3600, "berlin", &berlin);
+    // Six hours after it opened the window is shut: nothing is synced, nothing reported.
+    agent_at(6 * 3600, "berlin", &berlin);
     assert!(!net.mirror("berlin").join("pool").exists());
     assert!(history().is_empty());
-    // At 05:59:57, three seconds before it closes, at 2 MB/s: the sync stops at the first
-    // request whose turn would come after the window closes, reported partial, and the
-    // mirror keeps what it had (nothing).
-    agent_at(5 * 3600 + 59 * 60 + 57, "berlin", &berlin);
+    // Ten seconds before it closes, at 1 MB/s: the first 4 MiB read goes at once, the
+    // next two follow at their turns, and the fourth's turn (after 12.6 s) would come
+    // after the close, so the sync stops there, reported partial; the mirror keeps what
+    // it had (nothing).
+    agent_at(3600 - 10, "berlin", &berlin);
     let h = history();
     assert_eq!(h.len(), 1);
     assert_eq!(h[0]["outcome"], "partial", "{h:?}");
@@ -1049,21 +1059,21 @@ fn a_sync_waits_for_its_window_keeps_its_bandwidth_and_stops_partial_when_the_wi
     assert!(!net.mirror("berlin").join("pool").exists());
     // The next window, at a higher bandwidth: the sync ends where the last stopped, and
     // the mirror is whole.
-    apply(&with("05:00-06:00", "100MB"));
-    agent_at(5 * 3600 + 10 * 60, "berlin", &berlin);
+    apply(&with("100MB"));
+    agent_at(600, "berlin", &berlin);
     let h = history();
     assert_eq!(h[0]["outcome"], "completed", "{h:?}");
     assert_same_tree(&net.site.src(), &net.mirror("berlin"));
     let r = row(&net.status(&coord.url), "berlin").clone();
     assert_eq!(r["version"], 2, "{r}");
-    // What the cut run fetched was kept (at least its first 4 MiB window: the first
-    // request of a window always goes): this run fetched less than the tree's 12.6 MB.
+    // What the cut run fetched was kept (at least its first 4 MiB read: the first request
+    // of a window always goes): this run fetched less than the tree's 12.6 MB.
     assert!(h[0]["bytes_fetched"].as_u64() < Some(10_000_000), "{h:?}");
     // The bandwidth holds: paris's whole first sync at 4 MB/s takes at least the time its
-    // bytes take at that rate, but for the last request's (at most one 4 MiB window).
-    apply(&with("05:00-06:00", "4MB"));
+    // bytes take at that rate, but for the last request's (at most one 4 MiB read).
+    apply(&with("4MB"));
     let started = Instant::now();
-    agent_at(5 * 3600 + 10 * 60, "paris", &paris);
+    agent_at(600, "paris", &paris);
     let took = started.elapsed();
     assert_same_tree(&net.site.src(), &net.mirror("paris"));
     let (_, page) = get(&coord.board, "/api/v1/sites/paris");
@@ -1072,6 +1082,44 @@ fn a_sync_waits_for_its_window_keeps_its_bandwidth_and_stops_partial_when_the_wi
     assert!(fetched > 12_000_000, "{page}");
     let floor = (fetched - (4 << 20)) as f64 / 4e6;
     assert!(took.as_secs_f64() >= floor, "{fetched} B in {took:?}");
+    // A new version, on the coordinator's real clock, outside the window: tokyo (no
+    // window) is behind and flagged; berlin and paris are as far behind, but it is not
+    // their window, so the same evaluation flags neither.
+    net.agent_once(&coord.url, "tokyo", &tokyo);
+    let behind = || -> Vec<(String, String)> {
+        let (_, e) = get(&coord.board, "/api/v1/events");
+        let e: serde_json::Value = serde_json::from_str(&e).expect("json");
+        e.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["kind"] == "behind" && e["closed"].is_null())
+            .map(|e| {
+                (
+                    e["site"].as_str().unwrap_or("").to_string(),
+                    e["detail"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    until("tokyo current", Duration::from_secs(60), || {
+        behind().iter().all(|(site, _)| site != "tokyo")
+    });
+    pulpdist_testdata::evolve(&net.site.src(), 12, 1).expect("evolve");
+    net.site.publish();
+    until(
+        "tokyo flagged behind version 3",
+        Duration::from_secs(60),
+        || {
+            behind().iter().any(|(site, detail)| {
+                site == "tokyo" && detail.contains("holds version 2, newest is 3")
+            })
+        },
+    );
+    let flagged: Vec<String> = behind().into_iter().map(|(site, _)| site).collect();
+    assert_eq!(flagged, ["tokyo"]);
+    for site in ["berlin", "paris"] {
+        assert_eq!(row(&net.status(&coord.url), site)["versions_behind"], 1);
+    }
 }
 
 /// `faketime`'s absolute form of Unix time `t` (UTC): `YYYY-MM-DD hh:mm:ss`.
@@ -1088,11 +1136,13 @@ fn a_webhook_that_hangs_delays_nothing_and_a_restart_loses_no_delivery() {
     use std::io::{Read, Write as _};
     let net = Net::new();
     let berlin = net.cert("berlin");
-    // A webhook endpoint that holds its first request without answering, then answers
-    // the rest; every request's body goes to the test.
+    // A webhook endpoint that holds every request without answering until the test says
+    // it may answer; every request's body goes to the test.
     let hook = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let hook_url = format!("http://{}/hook", hook.local_addr().expect("addr"));
     let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let answer = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let may_answer = answer.clone();
     std::thread::spawn(move || {
         let mut held = Vec::new();
         for conn in hook.incoming() {
@@ -1114,7 +1164,7 @@ fn a_webhook_that_hangs_delays_nothing_and_a_restart_loses_no_delivery() {
             };
             let Some(body) = body else { continue };
             let _ = tx.send(body);
-            if held.is_empty() {
+            if !may_answer.load(std::sync::atomic::Ordering::SeqCst) {
                 held.push(c); // never answered
                 continue;
             }
@@ -1156,10 +1206,13 @@ fn a_webhook_that_hangs_delays_nothing_and_a_restart_loses_no_delivery() {
     assert!(get(&coord.board, "/metrics")
         .1
         .contains("pulpdist_webhook_queued 1"));
-    // The coordinator is killed meanwhile, and started again on its database: the call is
-    // made again (same event, same state); then berlin syncs, and the event's resolution
+    // The coordinator is killed meanwhile (its own retries, if any came, are set aside
+    // unanswered), and started again on its database: the call is made again (same
+    // event, same state), answered now; then berlin syncs, and the event's resolution
     // follows it.
     drop(coord);
+    while rx.try_recv().is_ok() {}
+    answer.store(true, std::sync::atomic::Ordering::SeqCst);
     let coord = net.start(None, "1s");
     let again = next();
     assert_eq!(
@@ -1222,7 +1275,6 @@ fn failures_in_a_row_and_a_certificate_about_to_expire_raise_events_that_clear()
     let aside = store.with_extension("aside");
     std::fs::rename(&store, &aside).expect("rename");
     net.agent_once(&coord.url, "berlin", &berlin);
-    assert!(open("failing").is_none(), "one failure is not yet an event");
     net.agent_once(&coord.url, "berlin", &berlin);
     until("a failing event", Duration::from_secs(60), || {
         open("failing").is_some()
@@ -1838,7 +1890,7 @@ fn one_address_holding_connections_in_their_handshake_takes_64_slots_and_no_agen
         .enable_all()
         .build()
         .expect("runtime");
-    let held: Vec<std::net::TcpStream> = rt.block_on(async {
+    let mut held: Vec<std::net::TcpStream> = rt.block_on(async {
         let mut out = Vec::new();
         for _ in 0..200 {
             let sock = tokio::net::TcpSocket::new_v4().expect("socket");
@@ -1852,12 +1904,10 @@ fn one_address_holding_connections_in_their_handshake_takes_64_slots_and_no_agen
         }
         out
     });
-    // An agent from another address is served meanwhile.
-    net.agent_once(&coord.url, "berlin", &berlin);
-    assert_eq!(row(&net.status(&coord.url), "berlin")["version"], 1);
-    // The coordinator closed all but 64 of them at once; those 64 wait for a handshake.
+    // The coordinator closed all but 64 of them at once; those 64 wait for a handshake
+    // (for 30 s, its limit).
     let mut open = 0;
-    for mut c in held {
+    for c in &mut held {
         c.set_nonblocking(false).expect("blocking");
         c.set_read_timeout(Some(Duration::from_millis(50)))
             .expect("timeout");
@@ -1870,6 +1920,10 @@ fn one_address_holding_connections_in_their_handshake_takes_64_slots_and_no_agen
         }
     }
     assert_eq!(open, 64);
+    // An agent from another address is served while they are held.
+    net.agent_once(&coord.url, "berlin", &berlin);
+    assert_eq!(row(&net.status(&coord.url), "berlin")["version"], 1);
+    drop(held);
 }
 
 #[test]

@@ -1,4 +1,5 @@
--- Each (site, tree)'s last report and last successful run, kept as reports arrive: the
+-- Each (site, tree)'s last report and last successful run (and since when it reports
+-- holding that version and root), kept as reports arrive: the
 -- status, the metrics and the events read this, never the whole history (1,000 sites
 -- with 10 trees each, reporting every minute, add 14.4 million reports a day).
 CREATE TABLE latest (
@@ -14,13 +15,14 @@ CREATE TABLE latest (
     held_version BIGINT,
     held_root TEXT,
     last_success BIGINT,
+    held_since BIGINT,
     PRIMARY KEY (site, tree)
 );
 INSERT INTO latest (site, tree, last_id, last_report, outcome, error, head_store, bytes_fetched)
     SELECT r.site, r.tree, r.id, r.received, r.outcome, r.error, r.head_store, r.bytes_fetched
     FROM reports r JOIN (SELECT MAX(id) AS id FROM reports GROUP BY site, tree) m ON r.id = m.id;
-UPDATE latest SET (success_id, held_version, held_root, last_success) = (
-    SELECT r.id, r.to_version, r.root, r.received FROM reports r
+UPDATE latest SET (success_id, held_version, held_root, last_success, held_since) = (
+    SELECT r.id, r.to_version, r.root, r.received, r.received FROM reports r
     WHERE r.site = latest.site AND r.tree = latest.tree
     AND r.outcome IN ('completed', 'up_to_date') AND r.to_version IS NOT NULL
     ORDER BY r.id DESC LIMIT 1);
