@@ -230,6 +230,10 @@ impl Agent {
             }
         }
         for t in self.due() {
+            // The syncs before it may have run past the tree's window.
+            if window(&t).is_some_and(|w| !w.contains(unix_now())) {
+                continue;
+            }
             let pushed = self
                 .last
                 .get(&t.tree)

@@ -310,6 +310,7 @@ mod tests {
         m.run(&r, 200);
         m.queue(3, false);
         m.syncing("debian", true);
+        m.without_success("debian", 42);
         let text = m.encode();
         for line in [
             "pulpdist_agent_runs_total{tree=\"debian\",outcome=\"completed\"} 1",
@@ -321,6 +322,7 @@ mod tests {
             "pulpdist_agent_syncing{tree=\"debian\"} 1",
             "pulpdist_agent_reports_queued 3",
             "pulpdist_agent_coordinator_reachable 0",
+            "pulpdist_agent_seconds_without_success{tree=\"debian\"} 42",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
         }

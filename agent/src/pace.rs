@@ -1,11 +1,11 @@
 //! A tree's window and bandwidth: when a site may fetch it and how fast. A sync outside
 //! its window waits for it. Within it, each request waits its turn: it starts only once
 //! the bytes fetched before it fit the rate since the sync began, so the sync keeps its
-//! bandwidth on average (ahead of it by one request at most). A request whose turn would
-//! come after the window closes is not made: the sync stops there (reported `partial`;
-//! what it fetched stays in its state for the next window). The first request of a
-//! window always goes, however large: a pack larger than a window's bytes is still
-//! fetched, at the cost of running past the window's end.
+//! bandwidth on average (ahead of it by one request at most). A request that would end,
+//! at the rate, after the window closes is not made (nor any once it has closed): the
+//! sync stops there (reported `partial`; what it fetched stays in its state for the next
+//! window). The run's first request always goes, however large: a pack larger than a
+//! window's bytes is still fetched, at the cost of running past the window's end.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,6 +22,8 @@ pub(crate) struct Pace {
     started: Instant,
     fetched: AtomicU64,
     closed: AtomicBool,
+    /// A request was made already in this run.
+    began: AtomicBool,
 }
 
 impl Pace {
@@ -32,6 +34,7 @@ impl Pace {
             started: Instant::now(),
             fetched: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            began: AtomicBool::new(false),
         })
     }
 
@@ -41,19 +44,26 @@ impl Pace {
     }
 
     /// Before a request of `n` bytes (0 when not known): waits until the bytes before it
-    /// fit the rate; refused if that comes after the window closes.
+    /// fit the rate; refused if the window has closed, or if at the rate the request
+    /// would end after the close (but for the run's first request, so that every window
+    /// makes progress).
     fn before(&self, store: &str, n: u64) -> Result<(), SyncError> {
-        let wait = match self.rate {
+        let first = !self.began.swap(true, Ordering::Relaxed);
+        let (wait, ends) = match self.rate {
             Some(rate) => {
                 let before = self.fetched.fetch_add(n, Ordering::Relaxed);
-                Duration::from_secs_f64(before as f64 / rate as f64)
-                    .saturating_sub(self.started.elapsed())
+                let elapsed = self.started.elapsed();
+                (
+                    Duration::from_secs_f64(before as f64 / rate as f64).saturating_sub(elapsed),
+                    Duration::from_secs_f64((before + n) as f64 / rate as f64)
+                        .saturating_sub(elapsed),
+                )
             }
-            None => Duration::ZERO,
+            None => (Duration::ZERO, Duration::ZERO),
         };
         if let Some(at) = self.closes {
             let left = Duration::from_secs(u64::try_from(at - crate::unix_now()).unwrap_or(0));
-            if left.is_zero() || (!wait.is_zero() && wait >= left) {
+            if left.is_zero() || (!first && ends > left) {
                 self.closed.store(true, Ordering::Relaxed);
                 return Err(SyncError::Usage(format!(
                     "{store}: the tree's window closed (at {at}, Unix time) before the turn of its next {n} bytes at its bandwidth; the sync goes on in the next window"
@@ -150,5 +160,64 @@ impl StoreReader for Paced {
     fn get_archived(&self, tree: &str, version: u64) -> Result<Option<Vec<u8>>, SyncError> {
         let size = |v: &Option<Vec<u8>>| v.as_ref().map_or(0, Vec::len);
         self.paced(None, size, || self.inner.get_archived(tree, version))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store of zeros that counts its requests.
+    struct Zeros(AtomicU64);
+
+    impl StoreReader for Zeros {
+        fn describe(&self) -> String {
+            "zeros".into()
+        }
+        fn get_head(&self, _: &str, _: Option<&str>) -> Result<HeadFetch, SyncError> {
+            Ok(HeadFetch::Missing)
+        }
+        fn get_range(&self, _: &PackId, range: Range<u64>) -> Result<Vec<u8>, SyncError> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(vec![0; (range.end - range.start) as usize])
+        }
+        fn get_pack(&self, _: &PackId, size: u64) -> Result<Vec<u8>, SyncError> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(vec![0; size as usize])
+        }
+    }
+
+    #[test]
+    fn a_request_that_would_end_after_the_close_is_not_made_but_the_first_always_is() {
+        // 1 kB/s, the window closing in 2 s.
+        let pace = Pace::new(Some(1000), Some(crate::unix_now() + 2));
+        let store = Paced::new(Box::new(Zeros(AtomicU64::new(0))), pace.clone());
+        let pack = PackId::derived(b"a pack");
+        // The run's first request goes, however long it takes at the rate (10 s).
+        assert_eq!(
+            store.get_pack(&pack, 10_000).map(|v| v.len()).ok(),
+            Some(10_000)
+        );
+        assert!(!pace.window_closed());
+        // The next would end 10.5 s in, after the close: not made.
+        let refused = store.get_range(&pack, 0..500);
+        assert!(matches!(refused, Err(SyncError::Usage(ref m)) if m.contains("window closed")));
+        assert!(pace.window_closed());
+    }
+
+    #[test]
+    fn without_a_window_requests_wait_their_turn_at_the_rate() {
+        let pace = Pace::new(Some(1_000_000), None);
+        let store = Paced::new(Box::new(Zeros(AtomicU64::new(0))), pace);
+        let pack = PackId::derived(b"a pack");
+        let started = Instant::now();
+        for _ in 0..3 {
+            store
+                .get_range(&pack, 0..100_000)
+                .map(|_| ())
+                .expect("range");
+        }
+        // The third starts only once the first two (200 kB) fit 1 MB/s.
+        assert!(started.elapsed() >= Duration::from_millis(200));
     }
 }

@@ -20,6 +20,10 @@ use crate::{CoordError, Coordinator, StatusRow};
 /// The most dashboard connections served at once (more are closed at once).
 const MAX_CONNECTIONS: usize = 256;
 
+/// The most dashboard connections from one address (a browser opens a few; a reverse
+/// proxy in front counts as one address: raise it there, not here).
+const MAX_PER_ADDRESS: usize = 64;
+
 /// The longest a dashboard connection lives (a page and its reloads; a browser opens
 /// another).
 const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(120);
@@ -36,12 +40,16 @@ pub async fn serve(
     tokio::pin!(shutdown);
     let hosts = Arc::new(hosts);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_address = crate::server::PerAddress::new(MAX_PER_ADDRESS);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else {
+                let Ok((stream, peer)) = accepted else {
                     // Out of file descriptors and the like: wait rather than spin.
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                };
+                let Some(mine) = per_address.start(peer.ip()) else {
                     continue;
                 };
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -49,7 +57,7 @@ pub async fn serve(
                 };
                 let (coord, hosts) = (coord.clone(), hosts.clone());
                 tokio::spawn(async move {
-                    let _slot = slot;
+                    let _slot = (slot, mine);
                     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                         let (coord, hosts) = (coord.clone(), hosts.clone());
                         async move {

@@ -823,6 +823,9 @@ impl Db {
     }
 }
 
+/// Seconds within which a site's `held_since` moves at most once.
+const HELD_GRACE: i64 = 120;
+
 /// Versions of each tree kept in `heads` and `reached` past the retention period.
 const KEEP_VERSIONS: i64 = 100;
 
@@ -1029,8 +1032,10 @@ async fn keep_latest(
     };
     sqlx::query(
         // Reports of one site committed out of order (two coordinators on PostgreSQL)
-        // never move it back; `held_since` moves only when the version or root changes.
-        "UPDATE latest SET held_since = CASE WHEN held_version = $2 AND held_root = $3 \
+        // never move it back. `held_since` moves only when the version changes, and at
+        // most once in [`HELD_GRACE`] seconds: a site that flips its reported version or
+        // root cannot keep every probe too old to judge it.
+        "UPDATE latest SET held_since = CASE WHEN held_version = $2 OR held_since > $4 - $7 \
          THEN held_since ELSE $4 END, success_id = $1, held_version = $2, held_root = $3, \
          last_success = $4 WHERE site = $5 AND tree = $6 AND (success_id IS NULL OR success_id < $1)",
     )
@@ -1040,10 +1045,14 @@ async fn keep_latest(
     .bind(now)
     .bind(site)
     .bind(&r.tree)
+    .bind(HELD_GRACE)
     .execute(&mut **tx)
     .await?;
+    // Only versions the coordinator verified (or the next: its watcher may lag the
+    // site): a site cannot fill the table with versions that do not exist.
     sqlx::query(
-        "INSERT INTO reached (site, tree, version, at) VALUES ($1, $2, $3, $4) \
+        "INSERT INTO reached (site, tree, version, at) SELECT $1, $2, $3, $4 \
+         WHERE $3 <= COALESCE((SELECT MAX(version) FROM heads WHERE tree = $2), 0) + 1 \
          ON CONFLICT (tree, version, site) DO NOTHING",
     )
     .bind(site)
@@ -1447,6 +1456,18 @@ mod tests {
         rt.block_on(run(|path| async move {
             let db = Db::open(&path).await.expect("open");
             db.enrol("a", "key", 0).await.expect("enrol");
+            for version in [4, 5] {
+                let h = HeadSeen {
+                    tree: "t".into(),
+                    version,
+                    root: format!("root{version}"),
+                    created: 0,
+                    seen: 0,
+                    added_bytes: None,
+                    delta_bytes: None,
+                };
+                db.add_head(&h).await.expect("head");
+            }
             // An agent whose clock is an hour ahead ran at its 10,000 + 3,600 for 20 s;
             // the report arrived (queued) at our 50,000.
             let mut r = report("t", Outcome::Completed, Some(4), "x");
@@ -1462,6 +1483,16 @@ mod tests {
                 vec![("a".into(), 10_020)]
             );
             assert_eq!(db.clock_offsets().await.expect("clocks")["a"], 3_600);
+            // A version far past any the coordinator verified leaves no row.
+            db.add_reports(
+                "a",
+                &[report("t", Outcome::Completed, Some(100), "far")],
+                50_001,
+                None,
+            )
+            .await
+            .expect("add");
+            assert!(db.reached("t", 100).await.expect("reached").is_empty());
             // A clock so wrong the run would be in the future, or years back: clamped.
             let mut r = report("t", Outcome::Completed, Some(5), "y");
             r.started = 10;
@@ -1478,6 +1509,39 @@ mod tests {
                 .expect("add");
             let (runs, _) = db.site_record("a", 10, 10).await.expect("record");
             assert_eq!(runs[0].ran, 60_000_000);
+        }));
+    }
+
+    #[test]
+    fn a_site_flipping_what_it_reports_moves_held_since_once_in_its_grace() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(run(|path| async move {
+            let db = Db::open(&path).await.expect("open");
+            let at = |v: u64, root: &str, id: &str| {
+                let mut r = report("t", Outcome::UpToDate, Some(v), id);
+                r.root = Some(root.into());
+                r
+            };
+            // Each report in turn, and `held_since` after it: another root, then another
+            // version, then back, all within the grace, leave it at 1000; past the grace
+            // a new version moves it; the same version again does not.
+            let steps = [
+                (2, "x", 1000, 1000),
+                (2, "y", 1001, 1000),
+                (1, "x", 1002, 1000),
+                (2, "x", 1003, 1000),
+                (3, "z", 1200, 1200),
+                (3, "z", 1500, 1200),
+            ];
+            for (i, (v, root, now, since)) in steps.into_iter().enumerate() {
+                let r = at(v, root, &format!("r{i}"));
+                db.add_reports("a", &[r], now, None).await.expect("add");
+                let held = db.latest("a", "t").await.expect("latest").held_since;
+                assert_eq!(held, Some(since), "after report {i}");
+            }
         }));
     }
 }

@@ -156,7 +156,8 @@ impl Coordinator {
             if firing.remove(&key).is_some() {
                 continue;
             }
-            let send = alerts.webhook.is_some().then(|| body(e, "resolved", now));
+            let send = (alerts.webhook.is_some() && self.webhook_budget(&e.site, now))
+                .then(|| body(e, "resolved", now));
             if self.db.close_event(e.id, now, send).await? {
                 closed += 1;
             }
@@ -173,10 +174,11 @@ impl Coordinator {
                 detail: detail.clone(),
             };
             let send = |id| body(&event(id), "open", now);
-            let send: Option<&(dyn Fn(i64) -> String + Sync)> = match alerts.webhook {
-                Some(_) => Some(&send),
-                None => None,
-            };
+            let send: Option<&(dyn Fn(i64) -> String + Sync)> =
+                match alerts.webhook.is_some() && self.webhook_budget(&site, now) {
+                    true => Some(&send),
+                    false => None,
+                };
             let Some(id) = self
                 .db
                 .open_event(&kind, &site, &tree, &detail, now, send)
@@ -191,6 +193,26 @@ impl Coordinator {
             self.webhook_wake.notify_one();
         }
         Ok((opened, closed))
+    }
+
+    /// Takes one webhook call from `site`'s allowance of [`CALLS_PER_SITE_HOUR`] an hour:
+    /// a site whose events flap (a clock set back and forth, runs failing and not) is
+    /// still shown and counted, but sends no more calls that hour, and does not crowd the
+    /// other sites' out of the queue.
+    fn webhook_budget(&self, site: &str, now: i64) -> bool {
+        let Ok(mut budget) = self.webhook_budget.lock() else {
+            return false;
+        };
+        let hour = now.div_euclid(3600);
+        let (at, n) = budget.entry(site.to_string()).or_insert((hour, 0));
+        if *at != hour {
+            (*at, *n) = (hour, 0);
+        }
+        *n += 1;
+        if *n == CALLS_PER_SITE_HOUR + 1 {
+            tracing::warn!(site = %site, "more than {CALLS_PER_SITE_HOUR} webhook calls this hour: the rest of its events this hour are not sent");
+        }
+        *n <= CALLS_PER_SITE_HOUR
     }
 
     /// Delivers the queued webhook calls, in order, for the coordinator's lifetime, while
@@ -263,6 +285,9 @@ impl Coordinator {
         }
     }
 }
+
+/// Webhook calls one site's events may make in an hour.
+const CALLS_PER_SITE_HOUR: u32 = 30;
 
 /// How many times a webhook delivery is tried before it is given up.
 const TRIES: i64 = 12;

@@ -132,6 +132,8 @@ pub struct Coordinator {
     webhook_wake: tokio::sync::Notify,
     /// Deliveries given up after their last try.
     webhook_failed: std::sync::atomic::AtomicU64,
+    /// Webhook calls per site this hour: (hour, calls).
+    webhook_budget: std::sync::Mutex<BTreeMap<String, (i64, u32)>>,
     /// Deliveries waiting in the database's queue (as last counted).
     webhook_queued: std::sync::atomic::AtomicI64,
     /// Sites' keys checked against the database (forgotten when the change serial moves:
@@ -380,6 +382,7 @@ impl Coordinator {
             long_polls: Arc::default(),
             webhook_wake: tokio::sync::Notify::new(),
             webhook_failed: Default::default(),
+            webhook_budget: Default::default(),
             webhook_queued: Default::default(),
             enrolled: Mutex::new(BTreeMap::new()),
             enrolled_epoch: Default::default(),
@@ -473,18 +476,15 @@ impl Coordinator {
         }
     }
 
-    /// Stores a site's reports and counts them.
+    /// Stores a site's reports and counts them; `skew` is how far the site's clock is off
+    /// (its clock minus the coordinator's, in seconds), where it said what it read.
     pub async fn add_reports(
         &self,
         site: &str,
         reports: &[pulpdist_network::Report],
-        clock: Option<i64>,
+        skew: Option<i64>,
     ) -> Result<(), CoordError> {
-        let now = now();
-        // How far the site's clock is off, from what it read when it sent them (within a
-        // second or so: the request's own time in flight counts too).
-        let skew = clock.map(|c| c.saturating_sub(now));
-        self.db.add_reports(site, reports, now, skew).await?;
+        self.db.add_reports(site, reports, now(), skew).await?;
         if let Err(e) = self.release_downstream().await {
             tracing::warn!("{e}");
         }

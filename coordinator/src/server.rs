@@ -31,6 +31,11 @@ pub const MAX_CONNECTIONS: usize = 20_000;
 /// at once past it are closed and retry with their backoff.
 pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 64;
 
+/// The most connections in their TLS handshake at once, from all addresses: many
+/// addresses holding handshakes open take these, not the slots of the connections that
+/// finished theirs (the agents already connected are served).
+pub const MAX_HANDSHAKES: usize = 2048;
+
 /// The longest a connection lives: then it is closed once its request is answered, so a
 /// revoked certificate (or a replaced key) that keeps its connection busy is refused
 /// within this time.
@@ -111,7 +116,8 @@ pub async fn serve(
 ) {
     tokio::pin!(shutdown);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let handshakes = Handshakes::default();
+    let handshakes = PerAddress::new(MAX_HANDSHAKES_PER_ADDRESS);
+    let shaking = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -120,7 +126,11 @@ pub async fn serve(
                     continue;
                 };
                 // Over a cap: closed at once, before any handshake work.
-                let Some(handshake) = handshakes.start(address_of(peer.ip())) else {
+                let Some(handshake) = handshakes.start(peer.ip()) else {
+                    drop(stream);
+                    continue;
+                };
+                let Ok(shake) = shaking.clone().try_acquire_owned() else {
                     drop(stream);
                     continue;
                 };
@@ -134,7 +144,7 @@ pub async fn serve(
                 tokio::spawn(async move {
                     let _slot = slot;
                     let shaken = tokio::time::timeout(SLOW_PEER, acceptor.accept(stream)).await;
-                    drop(handshake);
+                    drop((handshake, shake));
                     let Ok(Ok(tls)) = shaken else {
                         return;
                     };
@@ -194,35 +204,46 @@ fn address_of(ip: std::net::IpAddr) -> std::net::IpAddr {
     }
 }
 
-/// Connections in their TLS handshake, by address.
-#[derive(Clone, Default)]
-struct Handshakes(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+/// Connections counted by address ([`address_of`]), each address up to a limit.
+#[derive(Clone)]
+pub(crate) struct PerAddress {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    limit: usize,
+}
 
-/// One connection's handshake, counted until dropped.
-struct Handshake {
-    all: Handshakes,
+/// One connection counted for its address until dropped.
+pub(crate) struct AddressSlot {
+    all: PerAddress,
     ip: std::net::IpAddr,
 }
 
-impl Handshakes {
-    /// Counts a handshake from `ip`; `None` if it has [`MAX_HANDSHAKES_PER_ADDRESS`] already.
-    fn start(&self, ip: std::net::IpAddr) -> Option<Handshake> {
-        let mut by_ip = self.0.lock().ok()?;
+impl PerAddress {
+    pub(crate) fn new(limit: usize) -> PerAddress {
+        PerAddress {
+            counts: Arc::default(),
+            limit,
+        }
+    }
+
+    /// Counts a connection from `ip`; `None` if its address has the limit already.
+    pub(crate) fn start(&self, ip: std::net::IpAddr) -> Option<AddressSlot> {
+        let ip = address_of(ip);
+        let mut by_ip = self.counts.lock().ok()?;
         let n = by_ip.entry(ip).or_insert(0);
-        if *n >= MAX_HANDSHAKES_PER_ADDRESS {
+        if *n >= self.limit {
             return None;
         }
         *n += 1;
-        Some(Handshake {
+        Some(AddressSlot {
             all: self.clone(),
             ip,
         })
     }
 }
 
-impl Drop for Handshake {
+impl Drop for AddressSlot {
     fn drop(&mut self) {
-        if let Ok(mut by_ip) = self.all.0.lock() {
+        if let Ok(mut by_ip) = self.all.counts.lock() {
             if let Some(n) = by_ip.get_mut(&self.ip) {
                 *n -= 1;
                 if *n == 0 {
@@ -393,13 +414,15 @@ async fn assignment(coord: &Coordinator, site: &str, after: Option<u64>, wait: u
 }
 
 async fn reports(coord: &Coordinator, site: &str, req: Request<Incoming>) -> Answer {
-    // What the agent's clock read when it sent them (Unix seconds), if it says.
-    let clock = req
+    // What the agent's clock read when it sent them (Unix seconds), if it says: how far
+    // it is off, measured when the headers arrived (not after a slow body).
+    let skew = req
         .headers()
         .get(pulpdist_network::CLOCK_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i64>().ok())
-        .filter(|c| c.abs() < 1 << 40);
+        .filter(|c| (-(1_i64 << 40)..(1_i64 << 40)).contains(c))
+        .map(|c| c - crate::now());
     // A body that drips is not waited for.
     let read = tokio::time::timeout(
         SLOW_BODY,
@@ -453,7 +476,7 @@ async fn reports(coord: &Coordinator, site: &str, req: Request<Incoming>) -> Ans
     let (mine, dropped): (Vec<Report>, Vec<Report>) = reports
         .into_iter()
         .partition(|r| assigned.trees.iter().any(|t| t.tree == r.tree));
-    match coord.add_reports(site, &mine, clock).await {
+    match coord.add_reports(site, &mine, skew).await {
         Ok(()) => json(&serde_json::json!({ "accepted": mine.len(), "dropped": dropped.len() })),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }

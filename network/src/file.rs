@@ -306,6 +306,12 @@ impl Network {
                 ));
             }
         }
+        if self.alerts.clock_seconds < 30 {
+            return Err(invalid(
+                "alerts.clock_seconds",
+                "at least 30 (a clock is measured to a second or two)",
+            ));
+        }
         let a = &self.alerts;
         if [
             a.behind_versions,
