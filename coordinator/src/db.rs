@@ -1333,27 +1333,30 @@ mod tests {
         }
     }
 
-    async fn run<F: std::future::Future<Output = ()>>(f: impl FnOnce(String) -> F) {
+    /// Runs `f` on a runtime of its own with the path of a database in a new directory.
+    fn run<F: std::future::Future<Output = ()>>(f: impl FnOnce(String) -> F) {
         sqlx::any::install_default_drivers();
         let dir = tempfile::tempdir().expect("tempdir");
-        f(dir.path().join("c.db").display().to_string()).await;
-    }
-
-    #[test]
-    fn the_latest_table_is_filled_from_the_reports_stored_before_it() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        rt.block_on(run(|path| async move {
+        rt.block_on(f(dir.path().join("c.db").display().to_string()));
+    }
+
+    #[test]
+    fn the_latest_table_is_filled_from_the_reports_stored_before_it() {
+        run(|path| async move {
             // A database as migrations 1 to 6 left it, with reports in it.
             let url = format!("sqlite://{}?mode=rwc", encode_path(&path));
-            let pool = AnyPoolOptions::new()
-                .connect(&url)
-                .await
-                .expect("connect");
+            let pool = AnyPoolOptions::new().connect(&url).await.expect("connect");
             let mut old = sqlx::migrate!("./migrations/sqlite");
-            let before: Vec<_> = old.migrations.iter().filter(|m| m.version < 7).cloned().collect();
+            let before: Vec<_> = old
+                .migrations
+                .iter()
+                .filter(|m| m.version < 7)
+                .cloned()
+                .collect();
             old.migrations = std::borrow::Cow::Owned(before);
             old.run(&pool).await.expect("migrate to 6");
             let rows = [
@@ -1388,20 +1391,25 @@ mod tests {
             assert_eq!(a_t.last_outcome.as_deref(), Some("failed"));
             let a_u = &all[&("a".to_string(), "u".to_string())];
             assert_eq!((a_u.held.clone(), a_u.last_report), (None, Some(150)));
-            assert_eq!(all[&("b".to_string(), "t".to_string())].held, Some((2, "root2".into())));
+            assert_eq!(
+                all[&("b".to_string(), "t".to_string())].held,
+                Some((2, "root2".into()))
+            );
             assert_eq!(all.len(), 3);
-            assert_eq!(db.reached("t", 1).await.expect("reached"), vec![("a".into(), 100), ("b".into(), 400)]);
-            assert_eq!(db.reached("t", 2).await.expect("reached"), vec![("b".into(), 400)]);
-        }));
+            assert_eq!(
+                db.reached("t", 1).await.expect("reached"),
+                vec![("a".into(), 100), ("b".into(), 400)]
+            );
+            assert_eq!(
+                db.reached("t", 2).await.expect("reached"),
+                vec![("b".into(), 400)]
+            );
+        });
     }
 
     #[test]
     fn a_rollup_in_batches_counts_every_run_once_and_keeps_the_status() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(run(|path| async move {
+        run(|path| async move {
             let db = Db::open(&path).await.expect("open");
             // More than two batches of one site's runs on two days, then one failure.
             let n = 2 * ROLLUP_BATCH + 7;
@@ -1444,16 +1452,12 @@ mod tests {
             let bytes: u64 = days.iter().map(|d| d.bytes_fetched).sum();
             assert_eq!((runs, bytes, days.len()), (n - 1, 10 * (n - 1), 2));
             assert_eq!(db.roll_up(10 * 86_400).await.expect("again"), 0);
-        }));
+        });
     }
 
     #[test]
     fn runs_are_placed_on_the_coordinators_clock_however_late_and_wrong_the_agents() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(run(|path| async move {
+        run(|path| async move {
             let db = Db::open(&path).await.expect("open");
             db.enrol("a", "key", 0).await.expect("enrol");
             for version in [4, 5] {
@@ -1509,16 +1513,12 @@ mod tests {
                 .expect("add");
             let (runs, _) = db.site_record("a", 10, 10).await.expect("record");
             assert_eq!(runs[0].ran, 60_000_000);
-        }));
+        });
     }
 
     #[test]
     fn a_site_flipping_what_it_reports_moves_held_since_once_in_its_grace() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(run(|path| async move {
+        run(|path| async move {
             let db = Db::open(&path).await.expect("open");
             let at = |v: u64, root: &str, id: &str| {
                 let mut r = report("t", Outcome::UpToDate, Some(v), id);
@@ -1542,6 +1542,6 @@ mod tests {
                 let held = db.latest("a", "t").await.expect("latest").held_since;
                 assert_eq!(held, Some(since), "after report {i}");
             }
-        }));
+        });
     }
 }
