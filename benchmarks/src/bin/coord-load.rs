@@ -189,8 +189,16 @@ fn main() {
                 .stack_size(128 << 10)
                 .spawn(move || {
                     let c = client(&url, &work, &n);
-                    let first = c.assignment(None, Duration::ZERO).ok().flatten();
-                    let g = first.map(|a| a.revision);
+                    // As an agent does, a connection refused (past the coordinator's
+                    // handshakes from one address) is tried again a little later.
+                    let mut g = None;
+                    for _ in 0..200 {
+                        if let Ok(Some(a)) = c.assignment(None, Duration::ZERO) {
+                            g = Some(a.revision);
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
                     let _ = c.assignment(g, Duration::from_secs(300));
                 })
                 .expect("thread"),
