@@ -425,7 +425,8 @@ impl Agent {
                 r.error = relay_error;
             }
             Err(e) => {
-                r.outcome = match cut {
+                // Cut by the window's close (not another failure in the same run).
+                r.outcome = match cut && e.to_string().contains(pace::WINDOW_CLOSED) {
                     true => Outcome::Partial,
                     false => outcome_of(&e),
                 };

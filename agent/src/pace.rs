@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 use pulpdist_format::PackId;
 use pulpdist_sync::{HeadFetch, Overhead, StoreReader, StoreUse, SyncError};
 
+/// What a request refused at the window's close says (how a run cut by it is told from
+/// one that failed otherwise).
+pub(crate) const WINDOW_CLOSED: &str = "the tree's window closed";
+
 /// One sync's pace: its rate, when its window closes, what it fetched so far.
 pub(crate) struct Pace {
     rate: Option<u64>,
@@ -29,7 +33,8 @@ pub(crate) struct Pace {
 impl Pace {
     pub(crate) fn new(rate: Option<u64>, closes: Option<i64>) -> Arc<Pace> {
         Arc::new(Pace {
-            rate,
+            // A rate of 0 (not from a checked network file) is no limit.
+            rate: rate.filter(|r| *r > 0),
             closes,
             started: Instant::now(),
             fetched: AtomicU64::new(0),
@@ -48,15 +53,18 @@ impl Pace {
     /// would end after the close (but for the run's first request, so that every window
     /// makes progress).
     fn before(&self, store: &str, n: u64) -> Result<(), SyncError> {
-        let first = !self.began.swap(true, Ordering::Relaxed);
+        // The first request with bytes to fetch (the head's size is not known before).
+        let first = n > 0 && !self.began.swap(true, Ordering::Relaxed);
+        let secs = |bytes: u64, rate: u64| {
+            Duration::try_from_secs_f64(bytes as f64 / rate as f64).unwrap_or(Duration::MAX)
+        };
         let (wait, ends) = match self.rate {
             Some(rate) => {
                 let before = self.fetched.fetch_add(n, Ordering::Relaxed);
                 let elapsed = self.started.elapsed();
                 (
-                    Duration::from_secs_f64(before as f64 / rate as f64).saturating_sub(elapsed),
-                    Duration::from_secs_f64((before + n) as f64 / rate as f64)
-                        .saturating_sub(elapsed),
+                    secs(before, rate).saturating_sub(elapsed),
+                    secs(before.saturating_add(n), rate).saturating_sub(elapsed),
                 )
             }
             None => (Duration::ZERO, Duration::ZERO),
@@ -64,9 +72,13 @@ impl Pace {
         if let Some(at) = self.closes {
             let left = Duration::from_secs(u64::try_from(at - crate::unix_now()).unwrap_or(0));
             if left.is_zero() || (!first && ends > left) {
+                // Not fetched: not counted.
+                if self.rate.is_some() {
+                    self.fetched.fetch_sub(n, Ordering::Relaxed);
+                }
                 self.closed.store(true, Ordering::Relaxed);
                 return Err(SyncError::Usage(format!(
-                    "{store}: the tree's window closed (at {at}, Unix time) before the turn of its next {n} bytes at its bandwidth; the sync goes on in the next window"
+                    "{store}: {WINDOW_CLOSED} (at {at}, Unix time) before the turn of its next {n} bytes at its bandwidth; the sync goes on in the next window"
                 )));
             }
         }
@@ -193,7 +205,10 @@ mod tests {
         let pace = Pace::new(Some(1000), Some(crate::unix_now() + 2));
         let store = Paced::new(Box::new(Zeros(AtomicU64::new(0))), pace.clone());
         let pack = PackId::derived(b"a pack");
-        // The run's first request goes, however long it takes at the rate (10 s).
+        // A sync asks for the head first (its size unknown): that is not the first
+        // request with bytes to fetch. That one goes, however long it takes at the rate
+        // (10 s).
+        assert!(store.get_head("t", None).is_ok());
         assert_eq!(
             store.get_pack(&pack, 10_000).map(|v| v.len()).ok(),
             Some(10_000)

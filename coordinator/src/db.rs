@@ -492,6 +492,11 @@ impl Db {
         };
         if let Some(body) = send {
             queue(&mut tx, &body(id), now).await.map_err(err)?;
+            sqlx::query("UPDATE events SET sent = 1 WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
         }
         tx.commit().await.map_err(err)?;
         Ok(Some(id))
@@ -507,16 +512,19 @@ impl Db {
     ) -> Result<bool, CoordError> {
         let err = |e| CoordError::db("closing an event", e);
         let mut tx = self.pool.begin().await.map_err(err)?;
-        let done = sqlx::query("UPDATE events SET closed = $1 WHERE id = $2 AND closed IS NULL")
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(err)?;
-        if done.rows_affected() != 1 {
+        let done = sqlx::query(
+            "UPDATE events SET closed = $1 WHERE id = $2 AND closed IS NULL RETURNING sent",
+        )
+        .bind(now)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(err)?;
+        let Some(sent) = done.map(|r| r.get::<i64, _>(0)) else {
             return Ok(false);
-        }
-        if let Some(body) = send {
+        };
+        // Its resolution goes only where its opening went.
+        if let Some(body) = send.filter(|_| sent != 0) {
             queue(&mut tx, &body, now).await.map_err(err)?;
         }
         tx.commit().await.map_err(err)?;
@@ -1032,11 +1040,18 @@ async fn keep_latest(
     };
     sqlx::query(
         // Reports of one site committed out of order (two coordinators on PostgreSQL)
-        // never move it back. `held_since` moves only when the version changes, and at
-        // most once in [`HELD_GRACE`] seconds: a site that flips its reported version or
-        // root cannot keep every probe too old to judge it.
-        "UPDATE latest SET held_since = CASE WHEN held_version = $2 OR held_since > $4 - $7 \
-         THEN held_since ELSE $4 END, success_id = $1, held_version = $2, held_root = $3, \
+        // never move it back. `held_since` moves at once to a version higher than any the
+        // site reported holding (and at most the newest verified + 1); any other change
+        // (an older version, another root) moves it at most once in [`HELD_GRACE`]
+        // seconds: a site that flips what it reports cannot keep every probe too old to
+        // judge it.
+        "UPDATE latest SET held_since = CASE \
+         WHEN held_version = $2 AND held_root = $3 THEN held_since \
+         WHEN $2 > COALESCE(max_held, -1) \
+         AND $2 <= COALESCE((SELECT MAX(version) FROM heads WHERE tree = $6), 0) + 1 THEN $4 \
+         WHEN held_since > $4 - $7 THEN held_since ELSE $4 END, \
+         max_held = CASE WHEN $2 > COALESCE(max_held, -1) THEN $2 ELSE max_held END, \
+         success_id = $1, held_version = $2, held_root = $3, \
          last_success = $4 WHERE site = $5 AND tree = $6 AND (success_id IS NULL OR success_id < $1)",
     )
     .bind(id)
@@ -1525,16 +1540,34 @@ mod tests {
                 r.root = Some(root.into());
                 r
             };
-            // Each report in turn, and `held_since` after it: another root, then another
-            // version, then back, all within the grace, leave it at 1000; past the grace
-            // a new version moves it; the same version again does not.
+            for version in 1..=3 {
+                let h = HeadSeen {
+                    tree: "t".into(),
+                    version,
+                    root: format!("root{version}"),
+                    created: 0,
+                    seen: 0,
+                    added_bytes: None,
+                    delta_bytes: None,
+                };
+                db.add_head(&h).await.expect("head");
+            }
+            // Each report in turn, and `held_since` after it: another root, an older
+            // version, then back, all within the grace, leave it at 1000; a version newer
+            // than any it held (and verified) moves it at once; the same version again
+            // does not; an older one moves it only past the grace; one past the newest
+            // verified + 1 (a version that does not exist) not within it.
             let steps = [
                 (2, "x", 1000, 1000),
                 (2, "y", 1001, 1000),
                 (1, "x", 1002, 1000),
                 (2, "x", 1003, 1000),
-                (3, "z", 1200, 1200),
-                (3, "z", 1500, 1200),
+                (3, "z", 1010, 1010),
+                (3, "z", 1100, 1010),
+                (2, "x", 1120, 1010),
+                (2, "x", 1200, 1010),
+                (3, "z", 1300, 1300),
+                (9, "q", 1310, 1300),
             ];
             for (i, (v, root, now, since)) in steps.into_iter().enumerate() {
                 let r = at(v, root, &format!("r{i}"));

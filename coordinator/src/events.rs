@@ -156,8 +156,8 @@ impl Coordinator {
             if firing.remove(&key).is_some() {
                 continue;
             }
-            let send = (alerts.webhook.is_some() && self.webhook_budget(&e.site, now))
-                .then(|| body(e, "resolved", now));
+            // Sent if its opening was (the allowance counts openings only).
+            let send = alerts.webhook.is_some().then(|| body(e, "resolved", now));
             if self.db.close_event(e.id, now, send).await? {
                 closed += 1;
             }
@@ -195,10 +195,11 @@ impl Coordinator {
         Ok((opened, closed))
     }
 
-    /// Takes one webhook call from `site`'s allowance of [`CALLS_PER_SITE_HOUR`] an hour:
-    /// a site whose events flap (a clock set back and forth, runs failing and not) is
-    /// still shown and counted, but sends no more calls that hour, and does not crowd the
-    /// other sites' out of the queue.
+    /// Takes one event opening from `site`'s allowance of [`CALLS_PER_SITE_HOUR`] webhook
+    /// calls an hour: a site whose events flap (a clock set back and forth, runs failing
+    /// and not) is still shown and counted, but sends no more that hour, and does not
+    /// crowd the other sites' calls out of the queue. The resolution of an event whose
+    /// opening was sent is always sent; of one whose opening was not, never.
     fn webhook_budget(&self, site: &str, now: i64) -> bool {
         let Ok(mut budget) = self.webhook_budget.lock() else {
             return false;

@@ -37,7 +37,7 @@ pub(crate) struct Args {
     network: Option<PathBuf>,
     /// How often each tree's head is fetched and verified (a new version wakes its sites),
     /// and events are evaluated.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = at_least_a_second)]
     watch: Duration,
     /// How long each run's report is kept; older ones are summed into daily rollups (the
     /// last report and the last success of each site and tree are always kept).
@@ -364,5 +364,14 @@ impl NotifyArgs {
                 super::describe(&e)
             );
         }
+    }
+}
+
+/// A duration of at least a second (`--watch`: shorter would spin the duties).
+fn at_least_a_second(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d >= Duration::from_secs(1) => Ok(d),
+        Ok(_) => Err(format!("'{text}' is shorter than a second")),
+        Err(e) => Err(format!("'{text}': {e}")),
     }
 }

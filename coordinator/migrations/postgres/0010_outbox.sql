@@ -10,3 +10,7 @@ CREATE TABLE outbox (
     next_try BIGINT NOT NULL,
     last_error TEXT
 );
+
+-- Whether an event's opening was sent to the webhook: its resolution is sent if and only
+-- if it was (a site past its hourly allowance of calls sends neither).
+ALTER TABLE events ADD COLUMN sent BIGINT NOT NULL DEFAULT 0;

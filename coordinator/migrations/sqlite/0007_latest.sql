@@ -16,13 +16,14 @@ CREATE TABLE latest (
     held_root TEXT,
     last_success INTEGER,
     held_since INTEGER,
+    max_held INTEGER,
     PRIMARY KEY (site, tree)
 );
 INSERT INTO latest (site, tree, last_id, last_report, outcome, error, head_store, bytes_fetched)
     SELECT r.site, r.tree, r.id, r.received, r.outcome, r.error, r.head_store, r.bytes_fetched
     FROM reports r JOIN (SELECT MAX(id) AS id FROM reports GROUP BY site, tree) m ON r.id = m.id;
-UPDATE latest SET (success_id, held_version, held_root, last_success, held_since) = (
-    SELECT r.id, r.to_version, r.root, r.received, r.received FROM reports r
+UPDATE latest SET (success_id, held_version, held_root, last_success, held_since, max_held) = (
+    SELECT r.id, r.to_version, r.root, r.received, r.received, r.to_version FROM reports r
     WHERE r.site = latest.site AND r.tree = latest.tree
     AND r.outcome IN ('completed', 'up_to_date') AND r.to_version IS NOT NULL
     ORDER BY r.id DESC LIMIT 1);
