@@ -1927,6 +1927,54 @@ fn one_address_holding_connections_in_their_handshake_takes_64_slots_and_no_agen
 }
 
 #[test]
+fn a_database_locked_by_another_process_loses_no_report_and_passes() {
+    let net = Net::new();
+    let berlin = net.cert("berlin");
+    // A SQLite file of its own (the PostgreSQL pass included: this is about SQLite).
+    let db = net.site.p("locked.db");
+    let tls = [&net.coord_pair.cert, &net.coord_pair.key, &net.ca_file];
+    let text = net.network(&["berlin"], "1h");
+    let coord = net.start_with(Some(&text), "1h", tls, &["--db", s(&db)]);
+    net.agent_once(&coord.url, "berlin", &berlin);
+    // Another process (a backup, an operator's shell) holds the database's write lock.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut holder = rt.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", s(&db)))
+            .await
+            .expect("connect");
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut c)
+            .await
+            .expect("lock");
+        c
+    });
+    // The agent syncs; its report waits out the coordinator's busy timeout, is refused
+    // with 503, and stays queued; the status still reads.
+    pulpdist_testdata::evolve(&net.site.src(), 4, 1).expect("evolve");
+    net.site.publish();
+    let out = net.agent_once(&coord.url, "berlin", &berlin);
+    assert_same_tree(&net.site.src(), &net.mirror("berlin"));
+    assert!(stderr(&out).contains("503"), "{}", stderr(&out));
+    let queue = net.site.p("berlin/agent/reports.jsonl");
+    assert!(queue.exists(), "the report was not kept");
+    assert_eq!(row(&net.status(&coord.url), "berlin")["version"], 1);
+    // The lock released: the report arrives.
+    rt.block_on(async {
+        sqlx::query("ROLLBACK")
+            .execute(&mut holder)
+            .await
+            .expect("unlock")
+    });
+    net.agent_once(&coord.url, "berlin", &berlin);
+    assert!(!queue.exists());
+    assert_eq!(row(&net.status(&coord.url), "berlin")["version"], 2);
+}
+
+#[test]
 fn a_full_disk_under_the_database_loses_no_report_and_passes() {
     let net = Net::new();
     let berlin = net.cert("berlin");
