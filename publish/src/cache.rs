@@ -17,7 +17,10 @@ use pulpdist_format::{ChunkId, NodeId, PackId};
 use crate::error::{IoContext, PublishError};
 use crate::walk::FileStat;
 
-const MAGIC: &[u8; 8] = b"PDPCACH4";
+const MAGIC: &[u8; 8] = b"PDPCACH5";
+/// The layout before a file's stamp held its change time: still read, its files compared
+/// without it (so an upgrade reads no file again), and its records not copied as they are.
+const MAGIC_V4: &[u8; 8] = b"PDPCACH4";
 /// The layout before each file record had its image flag: still read (the flag unknown).
 const MAGIC_V3: &[u8; 8] = b"PDPCACH3";
 const HASH_LEN: usize = 32;
@@ -31,8 +34,10 @@ pub(crate) struct DirRecord<'a> {
     pub(crate) packs: Vec<PackId>,
     files: &'a [u8],
     nfiles: u32,
-    /// Whether its file records carry the image flag (version 4).
+    /// Whether its file records carry the image flag (version 4 and later).
     flagged: bool,
+    /// Whether its stamps are modification times alone (versions 3 and 4).
+    legacy: bool,
     /// The whole record, copied as is into the next cache when the directory is unchanged.
     raw: &'a [u8],
 }
@@ -44,12 +49,13 @@ impl<'a> DirRecord<'a> {
             r: Reader(self.files),
             left: self.nfiles,
             flagged: self.flagged,
+            legacy: self.legacy,
         }
     }
 
     /// Whether the record can be copied into the next cache as is (its layout is current).
     pub(crate) fn current(&self) -> bool {
-        self.flagged
+        self.flagged && !self.legacy
     }
 }
 
@@ -60,6 +66,8 @@ pub(crate) struct FileRecord<'a> {
     /// Whether the file was cut as an ISO image along its files' extents (`None`: a cache
     /// written before the flag).
     pub(crate) image: Option<bool>,
+    /// Its stamp is the modification time alone (a cache written before version 5).
+    pub(crate) legacy: bool,
     chunks: &'a [u8],
 }
 
@@ -89,6 +97,7 @@ pub(crate) struct FileRecords<'a> {
     r: Reader<'a>,
     left: u32,
     flagged: bool,
+    legacy: bool,
 }
 
 impl<'a> Iterator for FileRecords<'a> {
@@ -105,7 +114,7 @@ impl<'a> Iterator for FileRecords<'a> {
             dev: r.u64()?,
             ino: r.u64()?,
             size: r.u64()?,
-            mtime_ns: i128::from_le_bytes(r.take(16)?.try_into().ok()?),
+            stamp: i128::from_le_bytes(r.take(16)?.try_into().ok()?),
         };
         let image = match self.flagged {
             true => Some(r.take(1)?[0] == 1),
@@ -117,6 +126,7 @@ impl<'a> Iterator for FileRecords<'a> {
             name,
             stat,
             image,
+            legacy: self.legacy,
             chunks,
         })
     }
@@ -149,8 +159,10 @@ impl<'a> Reader<'a> {
 pub(crate) struct DirCache {
     buf: Vec<u8>,
     dirs: HashMap<Vec<u8>, Range<usize>>,
-    /// Written with the image flag (version 4).
+    /// Written with the image flag (version 4 and later).
     flagged: bool,
+    /// Written before the stamps held change times (versions 3 and 4).
+    legacy: bool,
 }
 
 impl DirCache {
@@ -160,8 +172,13 @@ impl DirCache {
         fs::read(path)
             .ok()
             .and_then(|buf| {
-                let (dirs, flagged) = index(&buf, identity)?;
-                Some(DirCache { buf, dirs, flagged })
+                let (dirs, (flagged, legacy)) = index(&buf, identity)?;
+                Some(DirCache {
+                    buf,
+                    dirs,
+                    flagged,
+                    legacy,
+                })
             })
             .unwrap_or_default()
     }
@@ -187,6 +204,7 @@ impl DirCache {
             files: r.0,
             nfiles,
             flagged: self.flagged,
+            legacy: self.legacy,
             raw,
         })
     }
@@ -201,17 +219,18 @@ impl DirCache {
 type Records = HashMap<Vec<u8>, Range<usize>>;
 
 /// Checks the magic, the identity and the trailing hash, and finds each record; and
-/// whether the records carry the image flag.
-fn index(buf: &[u8], identity: &[u8]) -> Option<(Records, bool)> {
+/// whether the records carry the image flag, and whether their stamps are legacy.
+fn index(buf: &[u8], identity: &[u8]) -> Option<(Records, (bool, bool))> {
     let body_len = buf.len().checked_sub(HASH_LEN)?;
     let (body, hash) = buf.split_at(body_len);
     if blake3::hash(body).as_bytes() != hash {
         return None;
     }
     let mut r = Reader(body);
-    let flagged = match r.take(MAGIC.len())? {
-        m if m == MAGIC => true,
-        m if m == MAGIC_V3 => false,
+    let (flagged, legacy) = match r.take(MAGIC.len())? {
+        m if m == MAGIC => (true, false),
+        m if m == MAGIC_V4 => (true, true),
+        m if m == MAGIC_V3 => (false, true),
         _ => return None,
     };
     let id_len = r.u32()? as usize;
@@ -232,6 +251,7 @@ fn index(buf: &[u8], identity: &[u8]) -> Option<(Records, bool)> {
             r: Reader(r.0),
             left: nfiles,
             flagged,
+            legacy,
         };
         for _ in 0..nfiles {
             files.next()?;
@@ -242,7 +262,7 @@ fn index(buf: &[u8], identity: &[u8]) -> Option<(Records, bool)> {
     if !r.0.is_empty() {
         return None;
     }
-    Some((dirs, flagged))
+    Some((dirs, (flagged, legacy)))
 }
 
 /// The next cache, built a directory at a time.
@@ -309,7 +329,7 @@ impl CacheWriter {
         o.extend(stat.dev.to_le_bytes());
         o.extend(stat.ino.to_le_bytes());
         o.extend(stat.size.to_le_bytes());
-        o.extend(stat.mtime_ns.to_le_bytes());
+        o.extend(stat.stamp.to_le_bytes());
         o.push(u8::from(image));
         o.extend((chunks.len() as u32).to_le_bytes());
         for (id, len) in chunks {
@@ -350,7 +370,7 @@ mod tests {
             dev: n,
             ino: n + 1,
             size: n + 2,
-            mtime_ns: -(i128::from(n)),
+            stamp: -(i128::from(n)),
         }
     }
 
@@ -431,7 +451,7 @@ mod tests {
         out.extend(st.dev.to_le_bytes());
         out.extend(st.ino.to_le_bytes());
         out.extend(st.size.to_le_bytes());
-        out.extend(st.mtime_ns.to_le_bytes());
+        out.extend(st.stamp.to_le_bytes());
         out.extend(1u32.to_le_bytes());
         out.extend_from_slice(&[5; 32]);
         out.extend(3u32.to_le_bytes());
@@ -443,5 +463,53 @@ mod tests {
         let files: Vec<_> = rec.files().collect();
         assert_eq!((files.len(), files[0].image, files[0].stat), (1, None, st));
         assert!(!rec.current());
+    }
+
+    /// A cache written before the change time (version 4) is still read: its files are
+    /// compared without it (an upgrade reads no file again), and its records are written
+    /// again with change times rather than copied.
+    #[test]
+    fn a_version_4_cache_is_read_and_its_files_compared_without_the_change_time() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("c");
+        let st = FileStat {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            stamp: 1_700_000_000_000_000_000,
+        };
+        let mut w = CacheWriter::new(b"t 1 2");
+        w.dir(b"", &[7; 32], &NodeId([8; 32]), &[], 1);
+        w.file(b"x", &st, false, [(ChunkId([5; 32]), 3)].into_iter());
+        let mut bytes = w.finish();
+        bytes.truncate(bytes.len() - HASH_LEN);
+        bytes[..MAGIC_V4.len()].copy_from_slice(MAGIC_V4);
+        let hash = blake3::hash(&bytes);
+        bytes.extend_from_slice(hash.as_bytes());
+        save(&p, &bytes).expect("save");
+        let c = DirCache::load(&p, b"t 1 2");
+        let rec = c.dir(b"").expect("root");
+        assert!(!rec.current());
+        let f = rec.files().next().expect("file");
+        assert!(f.legacy);
+        // The same mtime, any change time: unchanged as far as a version-4 record says.
+        let now = FileStat {
+            stamp: FileStat::stamp_of(1_700_000_000_000_000_000, 1_700_000_100_000_000_000),
+            ..st
+        };
+        assert!(f.stat.unchanged(&now, true));
+        // Another mtime: changed.
+        let later = FileStat {
+            stamp: FileStat::stamp_of(1_700_000_000_000_000_001, 1_700_000_100_000_000_000),
+            ..st
+        };
+        assert!(!f.stat.unchanged(&later, true));
+        // A version-5 record compares the change time too.
+        assert!(now.unchanged(&now, false));
+        let rewritten = FileStat {
+            stamp: FileStat::stamp_of(1_700_000_000_000_000_000, 1_700_000_200_000_000_000),
+            ..st
+        };
+        assert!(!now.unchanged(&rewritten, false));
     }
 }

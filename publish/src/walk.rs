@@ -54,7 +54,30 @@ pub(crate) struct FileStat {
     pub(crate) dev: u64,
     pub(crate) ino: u64,
     pub(crate) size: u64,
-    pub(crate) mtime_ns: i128,
+    /// Its modification time (ns, low 64 bits) and status-change time (ns, the bits
+    /// above). The change time catches a file rewritten in place with its size and mtime
+    /// put back (`cp -p` over it, a tool that restores times): writing a file always
+    /// moves it, and no one can set it.
+    pub(crate) stamp: i128,
+}
+
+impl FileStat {
+    /// The stamp of modification time `mtime_ns` and change time `ctime_ns`.
+    pub(crate) fn stamp_of(mtime_ns: i64, ctime_ns: i64) -> i128 {
+        (i128::from(ctime_ns) << 64) | i128::from(mtime_ns as u64)
+    }
+
+    /// Whether a cache record's stat, `self`, still describes `now`: all of it, or for a
+    /// record written before the change time was kept (`legacy`), all but that.
+    pub(crate) fn unchanged(&self, now: &FileStat, legacy: bool) -> bool {
+        match legacy {
+            false => self == now,
+            true => {
+                (self.dev, self.ino, self.size) == (now.dev, now.ino, now.size)
+                    && self.stamp as u64 == now.stamp as u64
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -145,7 +168,14 @@ fn list(
                 dev: md.dev(),
                 ino: md.ino(),
                 size: md.len(),
-                mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
+                stamp: FileStat::stamp_of(
+                    md.mtime()
+                        .saturating_mul(1_000_000_000)
+                        .saturating_add(md.mtime_nsec()),
+                    md.ctime()
+                        .saturating_mul(1_000_000_000)
+                        .saturating_add(md.ctime_nsec()),
+                ),
             })
         } else if ft.is_dir() {
             ListedKind::Dir

@@ -504,6 +504,50 @@ fn a_file_matching_both_entries_is_read_as_its_old_version() {
     assert_same_tree(&site.src(), &site.mirror());
 }
 
+/// A source file rewritten in place with its size and mtime put back (`cp -p` over it, a
+/// tool that restores times) is read again by the next publish: its change time moved.
+/// Before, the publisher kept its old chunks and every site stayed on the old bytes.
+#[test]
+fn a_file_rewritten_in_place_with_its_mtime_put_back_is_published_anew() {
+    let site = Site::new();
+    let old: Vec<u8> = common::noise(100_000, 9);
+    let new: Vec<u8> = old.iter().map(|b| b ^ 0x5a).collect();
+    let f = site.src().join("f.bin");
+    fs::create_dir_all(site.src()).expect("src");
+    fs::write(&f, &old).expect("v1");
+    let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    let set_mtime = || {
+        fs::File::options()
+            .write(true)
+            .open(&f)
+            .and_then(|h| h.set_modified(mtime))
+            .expect("mtime")
+    };
+    set_mtime();
+    site.publish();
+    site.sync();
+    // The same inode, size and mtime; other bytes.
+    let ino = fs::metadata(&f)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .expect("ino");
+    fs::write(&f, &new).expect("rewrite in place");
+    set_mtime();
+    assert_eq!(
+        fs::metadata(&f)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .expect("ino"),
+        ino
+    );
+    let p = site.publish();
+    assert_eq!(p["files_read"], 1, "{p}");
+    site.sync();
+    assert_eq!(fs::read(site.mirror().join("f.bin")).expect("f"), new);
+    assert_same_tree(&site.src(), &site.mirror());
+    // Unchanged since: nothing is read.
+    let p = site.publish();
+    assert_eq!(p["files_read"], 0, "{p}");
+}
+
 #[test]
 fn killed_sync_resumes_without_refetching_and_never_tears_a_file() {
     let site = Site::new();

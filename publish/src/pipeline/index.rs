@@ -240,7 +240,7 @@ fn fingerprint(
                 h.update(&s.dev.to_le_bytes());
                 h.update(&s.ino.to_le_bytes());
                 h.update(&s.size.to_le_bytes());
-                h.update(&s.mtime_ns.to_le_bytes());
+                h.update(&s.stamp.to_le_bytes());
             }
             WalkKind::Dir(ci) => {
                 let r = dir_refs[*ci].ok_or_else(|| {

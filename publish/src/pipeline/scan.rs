@@ -120,7 +120,7 @@ pub(super) fn reuse<'c>(
                     .iter()
                     .all(|(id, _)| catalog.chunks.contains_key(&id))
             };
-            if c.stat == walk.files[fi].stat && (packs_readable || present()) {
+            if c.stat.unchanged(&walk.files[fi].stat, c.legacy) && (packs_readable || present()) {
                 file_chunks[fi] = Some(FileChunks::Cached(c.chunks()));
             }
         }
