@@ -1050,7 +1050,9 @@ async fn keep_latest(
          WHEN $2 > COALESCE(max_held, -1) \
          AND $2 <= COALESCE((SELECT MAX(version) FROM heads WHERE tree = $6), 0) + 1 THEN $4 \
          WHEN held_since > $4 - $7 THEN held_since ELSE $4 END, \
-         max_held = CASE WHEN $2 > COALESCE(max_held, -1) THEN $2 ELSE max_held END, \
+         max_held = CASE WHEN $2 > COALESCE(max_held, -1) \
+         AND $2 <= COALESCE((SELECT MAX(version) FROM heads WHERE tree = $6), 0) + 1 \
+         THEN $2 ELSE max_held END, \
          success_id = $1, held_version = $2, held_root = $3, \
          last_success = $4 WHERE site = $5 AND tree = $6 AND (success_id IS NULL OR success_id < $1)",
     )
@@ -1540,7 +1542,7 @@ mod tests {
                 r.root = Some(root.into());
                 r
             };
-            for version in 1..=3 {
+            for version in 1..=4 {
                 let h = HeadSeen {
                     tree: "t".into(),
                     version,
@@ -1568,6 +1570,9 @@ mod tests {
                 (2, "x", 1200, 1010),
                 (3, "z", 1300, 1300),
                 (9, "q", 1310, 1300),
+                // A version that does not exist did not raise the bar: the real next one,
+                // once verified, still moves it at once.
+                (4, "w", 1320, 1320),
             ];
             for (i, (v, root, now, since)) in steps.into_iter().enumerate() {
                 let r = at(v, root, &format!("r{i}"));

@@ -14,3 +14,6 @@ CREATE TABLE outbox (
 -- Whether an event's opening was sent to the webhook: its resolution is sent if and only
 -- if it was (a site past its hourly allowance of calls sends neither).
 ALTER TABLE events ADD COLUMN sent BIGINT NOT NULL DEFAULT 0;
+-- Events open now had their opening sent the old way (when a webhook was set): their
+-- resolution is sent too.
+UPDATE events SET sent = 1 WHERE closed IS NULL;
