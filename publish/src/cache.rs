@@ -17,7 +17,7 @@ use pulpdist_format::{ChunkId, NodeId, PackId};
 use crate::error::{IoContext, PublishError};
 use crate::walk::FileStat;
 
-const MAGIC: &[u8; 8] = b"PDPCACH5";
+pub(crate) const MAGIC: &[u8; 8] = b"PDPCACH5";
 /// The layout before a file's stamp held its change time: still read, its files compared
 /// without it (so an upgrade reads no file again), and its records not copied as they are.
 const MAGIC_V4: &[u8; 8] = b"PDPCACH4";
@@ -132,10 +132,11 @@ impl<'a> Iterator for FileRecords<'a> {
     }
 }
 
-struct Reader<'a>(&'a [u8]);
+/// Reads little-endian fields off the front of a byte slice (`None`: too short).
+pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+    pub(crate) fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         if self.0.len() < n {
             return None;
         }
@@ -143,13 +144,13 @@ impl<'a> Reader<'a> {
         self.0 = b;
         Some(a)
     }
-    fn array(&mut self) -> Option<[u8; 32]> {
+    pub(crate) fn array(&mut self) -> Option<[u8; 32]> {
         self.take(32)?.try_into().ok()
     }
-    fn u32(&mut self) -> Option<u32> {
+    pub(crate) fn u32(&mut self) -> Option<u32> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
     }
-    fn u64(&mut self) -> Option<u64> {
+    pub(crate) fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
 }

@@ -37,6 +37,29 @@ pub(crate) struct Catalog {
     pub(crate) unreadable: Vec<String>,
     /// Packs left out because a garbage collector condemned them.
     pub(crate) condemned: HashSet<PackId>,
+    /// Every pack the store listed and no garbage collector condemned, with its size: what
+    /// the catalog was read from.
+    pub(crate) listing: Vec<(PackId, u64)>,
+}
+
+/// The store's packs as a catalog reads them.
+pub(crate) struct Listing {
+    /// Each listed pack (id and size) that no garbage collector condemned.
+    pub(crate) packs: Vec<(PackId, u64)>,
+    /// The condemned ones.
+    pub(crate) condemned: HashSet<PackId>,
+}
+
+/// Lists the store's packs, and the condemned ones.
+pub(crate) fn listing(store: &dyn Store) -> Result<Listing, PublishError> {
+    let condemned: HashSet<PackId> = store.read_condemned()?.packs.keys().copied().collect();
+    let packs = store
+        .list_packs()?
+        .into_iter()
+        .filter(|p| !condemned.contains(&p.id))
+        .map(|p| (p.id, p.size))
+        .collect();
+    Ok(Listing { packs, condemned })
 }
 
 impl Catalog {
@@ -47,13 +70,9 @@ impl Catalog {
         // Packs sorted by id, first occurrence kept: deterministic.
         // Packs a garbage collector condemned are left out: nothing is reused from them,
         // so no new version names one (FORMAT.md 8.10).
-        let condemned = store.read_condemned()?;
-        cat.condemned = condemned.packs.keys().copied().collect();
-        for listed in store.list_packs()? {
-            let (id, size) = (listed.id, listed.size);
-            if cat.condemned.contains(&id) {
-                continue;
-            }
+        let listed = listing(store)?;
+        (cat.listing, cat.condemned) = (listed.packs, listed.condemned);
+        for &(id, size) in &cat.listing {
             let object = id.object_key();
             let cached = cache_dir.join(id.to_hex());
             let trailer = match fs::read(&cached) {

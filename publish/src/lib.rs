@@ -23,6 +23,7 @@ mod objstore;
 mod packer;
 mod pipeline;
 mod store;
+mod summary;
 mod walk;
 
 pub use delta::DeltaReport;

@@ -62,6 +62,23 @@ pub(crate) struct FileStat {
 }
 
 impl FileStat {
+    /// The stat of a file from its metadata.
+    pub(crate) fn of(md: &fs::Metadata) -> FileStat {
+        FileStat {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.len(),
+            stamp: FileStat::stamp_of(
+                md.mtime()
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(md.mtime_nsec()),
+                md.ctime()
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(md.ctime_nsec()),
+            ),
+        }
+    }
+
     /// The stamp of modification time `mtime_ns` and change time `ctime_ns`.
     pub(crate) fn stamp_of(mtime_ns: i64, ctime_ns: i64) -> i128 {
         (i128::from(ctime_ns) << 64) | i128::from(mtime_ns as u64)
@@ -164,19 +181,7 @@ fn list(
         };
         let ft = md.file_type();
         let kind = if ft.is_file() {
-            ListedKind::File(FileStat {
-                dev: md.dev(),
-                ino: md.ino(),
-                size: md.len(),
-                stamp: FileStat::stamp_of(
-                    md.mtime()
-                        .saturating_mul(1_000_000_000)
-                        .saturating_add(md.mtime_nsec()),
-                    md.ctime()
-                        .saturating_mul(1_000_000_000)
-                        .saturating_add(md.ctime_nsec()),
-                ),
-            })
+            ListedKind::File(FileStat::of(&md))
         } else if ft.is_dir() {
             ListedKind::Dir
         } else if ft.is_symlink() {

@@ -293,7 +293,7 @@ pub(crate) fn print_report(json: bool, r: &PublishReport) -> anyhow::Result<()> 
             "bytes_fetched": 0, "requests": 0, "chunks_fetched": 0, "chunks_reused": 0, "bytes_reused": 0,
             "elapsed_ms": r.elapsed_ms, "isos": r.isos, "isos_plain": r.isos_plain,
             "unreadable_packs": r.unreadable_packs, "cache_error": r.cache_error, "history_error": r.history_error,
-            "stale_parts_removed": r.stale_parts_removed,
+            "stale_parts_removed": r.stale_parts_removed, "unchanged": r.unchanged,
             "deltas": r.deltas.iter().map(|d| json!({
                 "from_version": d.from_version, "files": d.files, "nodes": d.nodes, "with_reference": d.with_reference,
                 "bytes_rebuilt": d.bytes_rebuilt, "size": d.size, "packs": d.parts, "level": d.level, "skipped": d.skipped,
@@ -304,6 +304,9 @@ pub(crate) fn print_report(json: bool, r: &PublishReport) -> anyhow::Result<()> 
                 "published version {}: {} files ({} bytes), {} read, {} new chunks ({} bytes, {} stored), {} new nodes, {} packs, {} ms\n",
                 r.version, r.files, r.bytes_total, r.files_read, r.chunks_new, r.bytes_new, r.bytes_stored, r.nodes_new, r.packs.len(), r.elapsed_ms
             );
+            if r.unchanged {
+                s.push_str("unchanged since the last publish (its summary; no file, chunk list or catalog read)\n");
+            }
             for d in &r.deltas {
                 s.push_str(&format!(
                     "delta from version {}: {} files ({} against their old copy), {} bytes in {} packs (level {}) rebuilding {}\n",

@@ -56,6 +56,17 @@ fn an_image_of_the_trees_own_files_costs_only_its_metadata() {
     let image_size = fs::metadata(&image).expect("image").len();
     let p = publish_json(&site);
     assert_eq!(p["isos"], 1, "{p}");
+    // Published again unchanged, from the tree's summary: the same root, its composite
+    // entry included; and a publish with no state at all gives that root too.
+    let again = site.publish();
+    assert_eq!(
+        (&again["unchanged"], &again["root"]),
+        (&true.into(), &p["root"])
+    );
+    let no_state = site.p("no-state");
+    let scratch_publish = site.publish_with(&["--state", s(&no_state)]);
+    assert_eq!(scratch_publish["unchanged"], false, "{scratch_publish}");
+    assert_eq!(scratch_publish["root"], p["root"]);
     // The image's entry names the loose files it holds instead of repeating their chunks
     // (a composite file, FORMAT.md 5.2): one file part per package of the pool (of at
     // least 1 KiB: a smaller one costs about as much as a chunk).

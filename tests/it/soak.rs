@@ -28,6 +28,7 @@ const PUBLISH_STEPS: &[&str] = &[
     "publish.head_put",
     "publish.history",
     "publish.cache",
+    "publish.summary",
 ];
 const SYNC_STEPS: &[&str] = &[
     "sync.head",
@@ -193,8 +194,13 @@ impl Soak {
         (cmd.output().expect("run"), killed)
     }
 
-    /// Changes the source a little: new, changed, removed files, and old contents back.
+    /// Changes the source a little: new, changed, removed files, and old contents back;
+    /// one time in five, nothing (a publish of an unchanged tree, from its summary).
     fn edit(&mut self) {
+        if self.rng.below(5) == 0 {
+            self.steps.push_str(" (unchanged)");
+            return;
+        }
         let src = self.site.src();
         for _ in 0..1 + self.rng.below(3) {
             let dir = src.join(format!("d{}", self.rng.below(4)));

@@ -115,6 +115,81 @@ fn a_damaged_publisher_cache_costs_a_read_not_a_wrong_index() {
 }
 
 #[test]
+fn an_unchanged_tree_is_published_again_without_reading_the_catalog() {
+    let site = Site::new();
+    generate(&site);
+    let p1 = site.publish();
+    assert_eq!(p1["unchanged"], false);
+    // A catalog read writes each pack's trailer here: none is written by the next publish.
+    let trailers = site.p(".store.pulpdist-publish/tree/trailers");
+    fs::remove_dir_all(&trailers).expect("drop the trailer cache");
+    let p2 = site.publish();
+    assert_eq!(p2["unchanged"], true, "{p2}");
+    assert_eq!((&p2["root"], &p2["files_read"]), (&p1["root"], &0.into()));
+    assert_eq!(
+        (&p2["nodes_new"], &p2["chunks_new"]),
+        (&0.into(), &0.into())
+    );
+    assert_eq!(p2["packs"], 0);
+    assert_eq!((&p2["files"], &p2["version"]), (&p1["files"], &2.into()));
+    assert!(!trailers.exists());
+    let s = site.sync();
+    assert_eq!(s["version"], 2);
+    assert_same_tree(&site.src(), &site.mirror());
+    // A change: the ordinary publish, which reads the catalog.
+    pulpdist_testdata::evolve(&site.src(), 12, 1).expect("evolve");
+    let p3 = site.publish();
+    assert_eq!(p3["unchanged"], false, "{p3}");
+    assert!(p3["files_read"].as_u64() > Some(0), "{p3}");
+    assert!(trailers.exists());
+    site.sync();
+    assert_same_tree(&site.src(), &site.mirror());
+}
+
+/// A pack another tree's publish adds while this tree's publish runs (held at its head) is
+/// not sealed into the summary, which holds the packs the catalog read and those the
+/// publish wrote: the next publish is an ordinary one, then the one after is unchanged.
+#[test]
+fn a_pack_added_while_a_publish_runs_is_not_sealed_into_its_summary() {
+    let site = Site::new();
+    generate(&site);
+    site.publish();
+    pulpdist_testdata::evolve(&site.src(), 13, 1).expect("evolve");
+    let release = site.p("release");
+    let args = site.publish_cmd(&site.key(), &["--json"]);
+    let held = common::hold_at(&args, "publish.head", &release);
+    let other = site.p("other-src");
+    fs::create_dir_all(&other).expect("other");
+    fs::write(other.join("u"), b"a file of another tree").expect("u");
+    let store = site.store();
+    let key = site.key();
+    common::run_json(&[
+        "publish",
+        "--store",
+        s(&store),
+        "--tree",
+        "other",
+        "--key",
+        s(&key),
+        s(&other),
+    ]);
+    fs::write(&release, b"").expect("release");
+    let out = held.wait_with_output().expect("held publish");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = site.publish();
+    assert_eq!(
+        p["unchanged"], false,
+        "sealed to a pack its catalog never read: {p}"
+    );
+    let p = site.publish();
+    assert_eq!(p["unchanged"], true, "{p}");
+}
+
+#[test]
 fn a_lost_data_pack_is_stored_again_by_the_next_publish() {
     let site = Site::new();
     generate(&site);

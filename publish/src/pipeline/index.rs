@@ -54,6 +54,8 @@ pub(super) struct Index {
     /// Every pack the version's nodes name (nodes and chunks): checked against the
     /// garbage collector's condemned list before the head is written.
     pub(super) reached: BTreeSet<PackId>,
+    /// Each directory's node and fingerprint as computed (for the tree's summary).
+    pub(super) dirs: Vec<(NodeRef, [u8; 32])>,
 }
 
 /// Builds and stores every directory's node; `keep_fresh`: keep the new nodes' encodings.
@@ -75,6 +77,7 @@ pub(super) fn build(
     );
     let walk = inputs.walk;
     let mut dir_refs: Vec<Option<NodeRef>> = vec![None; walk.dirs.len()];
+    let mut fingerprints = vec![[0u8; 32]; walk.dirs.len()];
     let mut next_cache = CacheWriter::new(&cache.identity);
     let mut fresh = HashMap::new();
     let mut reached = BTreeSet::new();
@@ -98,7 +101,8 @@ pub(super) fn build(
                 )
                 .collect::<Result<Vec<_>, _>>()
         })?;
-        for (di, built) in level.clone().zip(built) {
+        for (di, (built, fingerprint)) in level.clone().zip(built) {
+            fingerprints[di] = fingerprint;
             let r = match built {
                 Built::Kept(r) => {
                     if let Some(record) = &inputs.records[di] {
@@ -127,7 +131,16 @@ pub(super) fn build(
     }
     let (packs, bytes) = packer.finish()?;
     pulpdist_failpoint::hit("publish.index_packs");
-    let root = dir_refs[0].ok_or_else(|| PublishError::Internal("no root node".into()))?;
+    let dirs = dir_refs
+        .into_iter()
+        .zip(fingerprints)
+        .map(|(r, f)| Some((r?, f)))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| PublishError::Internal("a directory without a node".into()))?;
+    let root = dirs
+        .first()
+        .ok_or_else(|| PublishError::Internal("no root node".into()))?
+        .0;
     let next_cache = next_cache.finish();
     Ok(Index {
         root,
@@ -136,6 +149,7 @@ pub(super) fn build(
         fresh,
         next_cache,
         reached,
+        dirs,
     })
 }
 
@@ -216,52 +230,53 @@ fn remember(next: &mut CacheWriter, inputs: &Inputs<'_, '_>, di: usize, b: &DirF
 /// What a directory's node is built from: each entry's name, mode, mtime and kind; a
 /// file's stat (which decides its chunks, through the cache); a symlink's target; a
 /// subdirectory's node. Equal fingerprints give equal nodes while the store keeps the
-/// packs the node names.
-fn fingerprint(
+/// packs the node names. (Gathered and hashed at once: many small updates of the hasher
+/// cost more than the hashing.)
+pub(super) fn fingerprint(
     d: &WalkDir,
     files: &[WalkFile],
     dir_refs: &[Option<NodeRef>],
     what: &dyn Fn() -> String,
 ) -> Result<[u8; 32], PublishError> {
-    let mut h = blake3::Hasher::new();
-    h.update(b"pulpdist dir fingerprint 1");
-    h.update(&(d.entries.len() as u64).to_le_bytes());
+    let mut h: Vec<u8> = Vec::with_capacity(64 + d.entries.len() * 80);
+    h.extend_from_slice(b"pulpdist dir fingerprint 1");
+    h.extend_from_slice(&(d.entries.len() as u64).to_le_bytes());
     for e in &d.entries {
         let name = e.name.as_bytes();
-        h.update(&(name.len() as u32).to_le_bytes());
-        h.update(name);
-        h.update(&e.mode.to_le_bytes());
-        h.update(&e.mtime.secs.to_le_bytes());
-        h.update(&e.mtime.nanos.to_le_bytes());
+        h.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        h.extend_from_slice(name);
+        h.extend_from_slice(&e.mode.to_le_bytes());
+        h.extend_from_slice(&e.mtime.secs.to_le_bytes());
+        h.extend_from_slice(&e.mtime.nanos.to_le_bytes());
         match &e.kind {
             WalkKind::File(fi) => {
                 let s = &files[*fi].stat;
-                h.update(b"f");
-                h.update(&s.dev.to_le_bytes());
-                h.update(&s.ino.to_le_bytes());
-                h.update(&s.size.to_le_bytes());
-                h.update(&s.stamp.to_le_bytes());
+                h.extend_from_slice(b"f");
+                h.extend_from_slice(&s.dev.to_le_bytes());
+                h.extend_from_slice(&s.ino.to_le_bytes());
+                h.extend_from_slice(&s.size.to_le_bytes());
+                h.extend_from_slice(&s.stamp.to_le_bytes());
             }
             WalkKind::Dir(ci) => {
                 let r = dir_refs[*ci].ok_or_else(|| {
                     PublishError::Internal(format!("a child node of {} missing", what()))
                 })?;
-                h.update(b"d");
-                h.update(r.id.as_bytes());
-                h.update(r.loc.pack.as_bytes());
-                h.update(&r.loc.offset.to_le_bytes());
-                h.update(&r.loc.stored_len.to_le_bytes());
-                h.update(&r.loc.raw_len.to_le_bytes());
-                h.update(&[r.loc.codec.to_byte()]);
+                h.extend_from_slice(b"d");
+                h.extend_from_slice(r.id.as_bytes());
+                h.extend_from_slice(r.loc.pack.as_bytes());
+                h.extend_from_slice(&r.loc.offset.to_le_bytes());
+                h.extend_from_slice(&r.loc.stored_len.to_le_bytes());
+                h.extend_from_slice(&r.loc.raw_len.to_le_bytes());
+                h.extend_from_slice(&[r.loc.codec.to_byte()]);
             }
             WalkKind::Symlink(t) => {
-                h.update(b"l");
-                h.update(&(t.len() as u32).to_le_bytes());
-                h.update(t);
+                h.extend_from_slice(b"l");
+                h.extend_from_slice(&(t.len() as u32).to_le_bytes());
+                h.extend_from_slice(t);
             }
         }
     }
-    Ok(*h.finalize().as_bytes())
+    Ok(*blake3::hash(&h).as_bytes())
 }
 
 /// Unchanged since the last publish: the same node, if the store still has it and every
@@ -362,7 +377,7 @@ fn build_dir(
     catalog: &Catalog,
     comp: &mut Compressor,
     targets: &OnceLock<Targets>,
-) -> Result<Built, PublishError> {
+) -> Result<(Built, [u8; 32]), PublishError> {
     let Inputs {
         walk,
         records,
@@ -389,7 +404,7 @@ fn build_dir(
         .filter(|_| !holds_image)
         .and_then(|r| kept(r, &fingerprint, catalog))
     {
-        return Ok(Built::Kept(r));
+        return Ok((Built::Kept(r), fingerprint));
     }
     let mut entries = Vec::with_capacity(d.entries.len());
     let mut packs = BTreeSet::new();
@@ -444,20 +459,23 @@ fn build_dir(
     let id = NodeId::of(&encoded);
     let stored = (!catalog.nodes.contains_key(&id)).then(|| comp.compress(&encoded));
     // An image may name files elsewhere in the tree, which the fingerprint does not cover:
-    // its directory is built again by every publish (no fingerprint matches zeros), so its
-    // node is what this tree gives, whatever the last publish saw.
-    let fingerprint = match holds_image {
+    // its directory is built again by every publish that builds any node (no fingerprint
+    // matches zeros), so its node is what this tree gives, whatever the last publish saw.
+    // (A tree found unchanged as a whole from its summary keeps it: nothing an image can
+    // name changed, and the summary is sealed to this build of the publisher.)
+    let recorded = match holds_image {
         true => [0; 32],
         false => fingerprint,
     };
-    Ok(Built::New(NewNode {
-        fingerprint,
+    let node = NewNode {
+        fingerprint: recorded,
         encoded,
         id,
         stored,
         packs: packs.into_iter().collect(),
         nfiles,
-    }))
+    };
+    Ok((Built::New(node), fingerprint))
 }
 
 #[cfg(test)]
@@ -493,7 +511,7 @@ mod tests {
         let run = site.run(1);
         let params = pulpdist_format::ChunkParams::DEFAULT;
         let cache = CacheFile::new(&site.opts, params);
-        let (catalog, old, walk) = scan::scan(&run, &cache).expect("scanned");
+        let (catalog, old, walk) = scan::scan_all(&run, &cache);
         let records = scan::records(&walk, &old);
         let mut chunks = scan::reuse(&walk, &records, &catalog);
         let chunker = pulpdist_chunker::Chunker::new(params).expect("chunker");

@@ -143,10 +143,14 @@ pub struct PublishReport {
     /// The head was written but could not be archived (`history/`), and why: the next
     /// publish archives it.
     pub history_error: Option<String>,
-    /// The publisher's cache could not be written (the version is published; the next
-    /// publish uses the last cache written and reads the files changed since), and why.
+    /// The publisher's cache or the tree's summary could not be written (the version is
+    /// published; the next publish uses the last cache written and reads the files changed
+    /// since), and why.
     pub cache_error: Option<String>,
     /// Packs in the store whose footer or trailer does not decode: left out of the
     /// catalog (their objects are stored again where needed), and why.
     pub unreadable_packs: Vec<String>,
+    /// The tree was found as the last publish left it, from the tree's summary, with the
+    /// store's packs unchanged: neither the catalog nor the cache was read.
+    pub unchanged: bool,
 }

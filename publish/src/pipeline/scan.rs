@@ -2,8 +2,12 @@
 //! cannot carry counted as skipped) while the store's catalog (where every chunk and node
 //! is) and the publisher's cache (each directory and file as the last publish saw it)
 //! load; one waits on the file system's metadata, the others mostly on memory. A file
-//! whose inode, size and mtime match its cached record keeps its chunk list, if the store
-//! still has every chunk.
+//! whose inode, size and change and modification times match its cached record keeps its
+//! chunk list, if the store still has every chunk.
+//!
+//! When the tree's summary is sealed to the store's packs and the cache as they are, the
+//! tree may be unchanged: the walk runs alone, and the catalog and the cache load only if
+//! the walk finds a change ([`super::unchanged`]).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -13,15 +17,17 @@ use pulpdist_format::ChunkParams;
 use super::chunking::FileChunks;
 use super::{PublishOptions, PublishReport, Run};
 use crate::cache::{DirCache, DirRecord};
-use crate::catalog::Catalog;
+use crate::catalog::{self, Catalog};
 use crate::error::PublishError;
+use crate::summary::{self, Summary, SummaryFile};
 use crate::walk::{self, Walk, WalkKind};
 
 /// The publisher's cache file of a tree, and the identity its content must carry (a tree
-/// cut with other parameters invalidates every cached chunk list).
+/// cut with other parameters invalidates every cached chunk list); and the tree's summary.
 pub(super) struct CacheFile {
     pub(super) path: PathBuf,
     pub(super) identity: Vec<u8>,
+    pub(super) summary: SummaryFile,
 }
 
 impl CacheFile {
@@ -33,6 +39,7 @@ impl CacheFile {
                 opts.tree, params.min, params.avg, params.max
             )
             .into_bytes(),
+            summary: SummaryFile::new(&opts.state_dir, &opts.tree, params, opts.composites),
         }
     }
 
@@ -47,31 +54,112 @@ impl CacheFile {
         pulpdist_failpoint::hit("publish.cache");
         failed
     }
+
+    /// Seals `summary` to the cache as it is now, or removes the old summary when the
+    /// cache could not be written (`cache_written` false: the next publish is an ordinary
+    /// one, and writes the cache). Why the summary could not be written, if it could not.
+    pub(super) fn seal(&self, cache_written: bool, mut summary: Summary) -> Option<String> {
+        summary.cache = summary::cache_stat(&self.path);
+        if !cache_written || summary.cache.is_none() {
+            self.summary.remove();
+            return None;
+        }
+        let failed = self.summary.save(&summary).err().map(|e| {
+            self.summary.remove();
+            e.to_string()
+        });
+        pulpdist_failpoint::hit("publish.summary");
+        failed
+    }
+
+    /// The tree's summary, if it is sealed to the store's packs and to this cache as they
+    /// are now.
+    fn sealed(&self, store: &dyn crate::store::Store) -> Result<Option<Summary>, PublishError> {
+        let Some(s) = self.summary.load() else {
+            return Ok(None);
+        };
+        if s.cache.is_none() || s.cache != summary::cache_stat(&self.path) {
+            return Ok(None);
+        }
+        let listing = catalog::listing(store)?;
+        Ok((summary::packs_hash(listing.packs) == s.packs).then_some(s))
+    }
 }
 
-/// Walks the source while the catalog and the cache load.
-pub(super) fn scan(
-    run: &Run<'_>,
-    cache: &CacheFile,
-) -> Result<(Catalog, DirCache, Walk), PublishError> {
+/// What the scan found.
+pub(super) struct Scanned {
+    pub(super) walk: Walk,
+    /// The tree's summary, sealed to the store and the cache as they are: the catalog and
+    /// the cache were not loaded.
+    pub(super) summary: Option<Summary>,
+    /// The catalog and the cache, loaded while the walk ran (there was no sealed summary).
+    pub(super) loaded: Option<(Catalog, DirCache)>,
+}
+
+/// Walks the source: alone if the tree's summary is sealed to the store and the cache as
+/// they are, else while the catalog and the cache load.
+pub(super) fn scan(run: &Run<'_>, cache: &CacheFile) -> Result<Scanned, PublishError> {
     let opts = run.opts;
-    let (catalog, old_cache, walk) = std::thread::scope(|s| {
-        let catalog = s.spawn(|| Catalog::load(run.store, &opts.state_dir));
-        let old_cache = DirCache::load(&cache.path, &cache.identity);
-        let walk = run.workers.run(|| walk::walk(&opts.source, &opts.filter));
-        let catalog = catalog
-            .join()
-            .map_err(|_| PublishError::Panicked("reading the store's catalog"));
-        (catalog, old_cache, walk)
+    if let Some(summary) = cache.sealed(run.store)? {
+        let walk = run.workers.run(|| walk::walk(&opts.source, &opts.filter))?;
+        pulpdist_failpoint::hit("publish.walked");
+        return Ok(Scanned {
+            walk,
+            summary: Some(summary),
+            loaded: None,
+        });
+    }
+    let (catalog, old_cache, walk) = load_beside(run, cache, || {
+        run.workers.run(|| walk::walk(&opts.source, &opts.filter))
     });
-    let catalog = catalog??;
+    let catalog = catalog?;
     let walk = walk?;
     pulpdist_failpoint::hit("publish.walked");
-    Ok((catalog, old_cache, walk))
+    Ok(Scanned {
+        walk,
+        summary: None,
+        loaded: Some((catalog, old_cache)),
+    })
 }
 
-/// The report's counts of what the walk found.
-pub(super) fn count(walk: &Walk, catalog: &Catalog, version: u64, stale: u64) -> PublishReport {
+/// The catalog and the cache, one beside the other, for a tree the summary did not find
+/// unchanged.
+pub(super) fn load(run: &Run<'_>, cache: &CacheFile) -> Result<(Catalog, DirCache), PublishError> {
+    let (catalog, old_cache, ()) = load_beside(run, cache, || ());
+    Ok((catalog?, old_cache))
+}
+
+/// Loads the catalog on a thread of its own and the cache while `work` runs.
+fn load_beside<T: Send>(
+    run: &Run<'_>,
+    cache: &CacheFile,
+    work: impl FnOnce() -> T + Send,
+) -> (Result<Catalog, PublishError>, DirCache, T) {
+    std::thread::scope(|s| {
+        let catalog = s.spawn(|| Catalog::load(run.store, &run.opts.state_dir));
+        let old_cache = DirCache::load(&cache.path, &cache.identity);
+        let done = work();
+        let catalog = catalog
+            .join()
+            .unwrap_or(Err(PublishError::Panicked("reading the store's catalog")));
+        (catalog, old_cache, done)
+    })
+}
+
+/// The scan, and the catalog and the cache whether the scan loaded them or not.
+#[cfg(test)]
+pub(super) fn scan_all(run: &Run<'_>, cache: &CacheFile) -> (Catalog, DirCache, Walk) {
+    let scanned = scan(run, cache).expect("scanned");
+    let (catalog, old) = match scanned.loaded {
+        Some(loaded) => loaded,
+        None => load(run, cache).expect("loaded"),
+    };
+    (catalog, old, scanned.walk)
+}
+
+/// The report's counts of what the walk found; `unreadable`: the packs the catalog could
+/// not read.
+pub(super) fn count(walk: &Walk, unreadable: &[String], version: u64, stale: u64) -> PublishReport {
     let symlinks = walk
         .dirs
         .iter()
@@ -81,7 +169,7 @@ pub(super) fn count(walk: &Walk, catalog: &Catalog, version: u64, stale: u64) ->
     PublishReport {
         version,
         stale_parts_removed: stale,
-        unreadable_packs: catalog.unreadable.clone(),
+        unreadable_packs: unreadable.to_vec(),
         dirs: walk.dirs.len() as u64,
         symlinks: symlinks as u64,
         files: walk.files.len() as u64,
@@ -186,8 +274,8 @@ mod tests {
         site.publish();
         let run = site.run(2);
         let cache = CacheFile::new(&site.opts, ChunkParams::DEFAULT);
-        let (catalog, old, walk) = scan(&run, &cache).expect("scanned");
-        let report = count(&walk, &catalog, 2, 0);
+        let (catalog, old, walk) = scan_all(&run, &cache);
+        let report = count(&walk, &catalog.unreadable, 2, 0);
         let counts = (
             report.files,
             report.dirs,
@@ -199,7 +287,7 @@ mod tests {
         assert!(reuse(&walk, &recs, &catalog).iter().all(Option::is_some));
         let when = filetime::FileTime::from_unix_time(5, 0);
         filetime::set_file_mtime(site.src().join("a.txt"), when).expect("touched");
-        let (catalog, old, walk) = scan(&run, &cache).expect("scanned");
+        let (catalog, old, walk) = scan_all(&run, &cache);
         let recs = records(&walk, &old);
         let reused = reuse(&walk, &recs, &catalog);
         assert_eq!(reused.iter().filter(|c| c.is_none()).count(), 1);
@@ -212,7 +300,7 @@ mod tests {
                 max: 65536,
             },
         );
-        let (catalog, old, walk) = scan(&run, &other).expect("scanned");
+        let (catalog, old, walk) = scan_all(&run, &other);
         let recs = records(&walk, &old);
         assert!(reuse(&walk, &recs, &catalog).iter().all(Option::is_none));
     }
