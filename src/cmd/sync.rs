@@ -26,6 +26,9 @@ pub(crate) struct Args {
     /// Pretend the clock says this (seconds since the epoch); for testing expiry.
     #[arg(long, hide = true)]
     now: Option<i64>,
+    /// Files in one wave of a large first sync (for testing waves on small trees).
+    #[arg(long, hide = true)]
+    wave_files: Option<usize>,
 }
 
 /// What a sync is told: each setting is a flag and a key of the `--config` file (a new
@@ -278,6 +281,9 @@ pub(crate) fn run(a: Args) -> Result<()> {
     opts.dry_run = a.dry_run;
     opts.full = cfg.full == Some(true);
     opts.now = a.now;
+    if let Some(n) = a.wave_files {
+        opts.wave_files = n.max(1);
+    }
     opts.wait = std::time::Duration::from_secs(cfg.wait.unwrap_or(0));
     opts.adopt = cfg.adopt;
     opts.progress = a.progress.reporter();

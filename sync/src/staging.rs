@@ -78,9 +78,28 @@ impl Staging {
         Ok(inner)
     }
 
+    /// Room for `n` more chunks in the index, made at once (a large first sync: one
+    /// allocation instead of a table doubled and dropped again and again).
+    pub(crate) fn reserve(&self, n: usize) -> Result<(), SyncError> {
+        self.lock()?.index.reserve(n);
+        Ok(())
+    }
+
     /// Ids of every staged chunk.
     pub(crate) fn ids(&self) -> Result<Vec<ChunkId>, SyncError> {
         Ok(self.lock()?.index.keys().copied().collect())
+    }
+
+    /// Those of `ids` that are staged (without listing every staged chunk).
+    pub(crate) fn which<'a>(
+        &self,
+        ids: impl Iterator<Item = &'a ChunkId>,
+    ) -> Result<Vec<ChunkId>, SyncError> {
+        let inner = self.lock()?;
+        Ok(ids
+            .filter(|id| inner.index.contains_key(*id))
+            .copied()
+            .collect())
     }
 
     /// Appends a verified chunk (nothing if it is staged already).

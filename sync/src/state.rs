@@ -397,6 +397,19 @@ impl State {
         self.staging.ids()
     }
 
+    /// Makes room in the staging index for `n` more chunks.
+    pub(crate) fn reserve_staged(&self, n: usize) -> Result<(), SyncError> {
+        self.staging.reserve(n)
+    }
+
+    /// Those of `ids` that are staged.
+    pub(crate) fn staged_of<'a>(
+        &self,
+        ids: impl Iterator<Item = &'a ChunkId>,
+    ) -> Result<Vec<ChunkId>, SyncError> {
+        self.staging.which(ids)
+    }
+
     /// A staged chunk, verified again on the way out.
     pub(crate) fn read_staged(&self, id: &ChunkId) -> Result<VerifiedChunk, SyncError> {
         self.staging.get(id)

@@ -327,8 +327,19 @@ fn kind_at(dir: &OwnedFd, name: &OsStr) -> std::io::Result<Option<FileType>> {
 /// A temporary name beside `rel`: `.<name>.pulpdist-<random>`, with at most the first 64
 /// bytes of the name (a name of 255 bytes must still leave room).
 pub(crate) fn temp_beside(rel: &Path) -> PathBuf {
+    temp_named(rel, &temp_tag())
+}
+
+/// The random part of a temporary name (see [`temp_named`]).
+pub(crate) fn temp_tag() -> [u8; 6] {
     let mut r = [0u8; 6];
     let _ = getrandom::getrandom(&mut r);
+    r
+}
+
+/// The temporary name beside `rel` with the random part `r`: a caller keeping many of
+/// them keeps `r` (6 bytes), not the path.
+pub(crate) fn temp_named(rel: &Path, r: &[u8; 6]) -> PathBuf {
     let name = rel.file_name().map(OsStr::as_bytes).unwrap_or_default();
     let mut t = b".".to_vec();
     t.extend_from_slice(&name[..name.len().min(64)]);

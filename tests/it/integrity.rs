@@ -361,10 +361,19 @@ fn the_version_is_recorded_only_after_its_changes_are_on_disk() {
 #[test]
 fn a_first_sync_of_many_files_flushes_them_together_before_any_rename() {
     let site = Site::new();
-    for d in 0..10 {
-        let dir = site.src().join(format!("d{d}"));
+    small_files(&site.src(), "", 10, 30);
+    site.publish();
+    let calls = traced_sync(&site);
+    assert_durable(&site, &calls);
+    assert_eq!(flushed_once_between_writes_and_renames(&site, &calls), 1);
+}
+
+/// `dirs` directories of `files` small files each under `root/sub`.
+fn small_files(root: &Path, sub: &str, dirs: usize, files: usize) {
+    for d in 0..dirs {
+        let dir = root.join(sub).join(format!("d{d}"));
         std::fs::create_dir_all(&dir).expect("dir");
-        for f in 0..30 {
+        for f in 0..files {
             std::fs::write(
                 dir.join(format!("f{f}")),
                 format!("file {d}/{f}\n").repeat(f + 1),
@@ -372,16 +381,18 @@ fn a_first_sync_of_many_files_flushes_them_together_before_any_rename() {
             .expect("file");
         }
     }
-    site.publish();
-    let calls = traced_sync(&site);
-    assert_durable(&site, &calls);
+}
+
+/// Checks that every temporary file of the mirror was written before the first `syncfs`,
+/// which came before the first rename, and that no temporary file was flushed on its
+/// own; the number of `syncfs` calls.
+fn flushed_once_between_writes_and_renames(site: &Site, calls: &[String]) -> usize {
     // A temporary file in the mirror (not the state's node cache).
     let mirror = format!("{}/", s(&site.mirror()));
     let temp = |c: &str| c.contains(".pulpdist-") && c.contains(&mirror);
     let syncfs: Vec<usize> = (0..calls.len())
         .filter(|i| calls[*i].starts_with("syncfs("))
         .collect();
-    assert_eq!(syncfs.len(), 1, "{calls:?}");
     let created = calls
         .iter()
         .rposition(|c| c.starts_with("openat(") && temp(c))
@@ -390,11 +401,88 @@ fn a_first_sync_of_many_files_flushes_them_together_before_any_rename() {
         .iter()
         .position(|c| c.starts_with("renameat") && temp(c))
         .expect("renames");
-    assert!(created < syncfs[0] && syncfs[0] < first_rename, "{calls:?}");
+    assert!(
+        !syncfs.is_empty() && created < syncfs[0] && syncfs[0] < first_rename,
+        "{calls:?}"
+    );
     assert!(
         !calls.iter().any(|c| c.starts_with("fsync(") && temp(c)),
         "a file flushed on its own"
     );
+    syncfs.len()
+}
+
+/// A first sync in waves (`--wave-files`: each wave planned, fetched and written before
+/// the next is planned) is as durable and as ordered as one planned at once: every file of
+/// every wave written, then one `syncfs`, then the first rename; payload before metadata,
+/// the top index last; and the mirror equal to the tree.
+#[test]
+fn a_first_sync_in_waves_writes_every_wave_then_flushes_once_then_renames() {
+    let site = Site::new();
+    common::repo::write(&site.src(), 1);
+    small_files(&site.src(), "extra", 6, 20);
+    std::os::unix::fs::symlink("d0/f1", site.src().join("extra/link")).expect("symlink");
+    site.publish();
+    let log = site.p("waves.log");
+    let mut args = site.sync_args();
+    args.extend(["--wave-files".to_string(), "25".to_string()]);
+    let calls = traced(&site, &args, &log);
+    assert_durable(&site, &calls);
+    flushed_once_between_writes_and_renames(&site, &calls);
+    // Several waves: planned more than once, each before the files it writes.
+    let steps: Vec<String> = std::fs::read_to_string(&log)
+        .expect("fail point log")
+        .lines()
+        .map(|l| l.split('\t').next().unwrap_or(l).to_string())
+        .collect();
+    let planned = steps.iter().filter(|s| *s == "sync.planned").count();
+    assert!(planned >= 4, "{planned} waves: {steps:?}");
+    let last_write = steps
+        .iter()
+        .rposition(|s| s == "sync.write")
+        .expect("writes");
+    let first_rename = steps
+        .iter()
+        .position(|s| s == "sync.rename")
+        .expect("renames");
+    let last_plan = steps
+        .iter()
+        .rposition(|s| s == "sync.planned")
+        .expect("plans");
+    assert!(
+        last_plan < last_write && last_write < first_rename,
+        "{steps:?}"
+    );
+    // Payload, then metadata, a top index (InRelease, Release, repomd.xml) last.
+    let first_meta = steps
+        .iter()
+        .position(|s| s == "sync.rename_metadata")
+        .expect("metadata");
+    let last_payload = steps
+        .iter()
+        .rposition(|s| s == "sync.rename")
+        .expect("payload");
+    assert!(last_payload < first_meta, "{steps:?}");
+    let renamed_last = std::fs::read_to_string(&log)
+        .expect("log")
+        .lines()
+        .rfind(|l| l.starts_with("sync.rename_metadata\t"))
+        .map(str::to_string)
+        .expect("metadata renamed");
+    let top = ["/InRelease", "/Release", "/repomd.xml"];
+    assert!(
+        top.iter().any(|t| renamed_last.ends_with(t)),
+        "{renamed_last}"
+    );
+    // Every top index after every other metadata file, though gathered over waves.
+    let meta: Vec<bool> = std::fs::read_to_string(&log)
+        .expect("log")
+        .lines()
+        .filter(|l| l.starts_with("sync.rename_metadata\t"))
+        .map(|l| top.iter().any(|t| l.ends_with(t)))
+        .collect();
+    let first_top = meta.iter().position(|t| *t).expect("a top index");
+    assert!(meta[first_top..].iter().all(|t| *t), "{meta:?}");
 }
 
 /// A release that re-stamped every file of many directories: the files get their new
@@ -494,6 +582,11 @@ fn a_release_that_restamps_many_directories_is_flushed_together_before_the_recor
 
 /// A sync of `site` under strace: its successful calls of the kinds that order durability.
 fn traced_sync(site: &Site) -> Vec<String> {
+    traced(site, &site.sync_args(), &site.p("steps.log"))
+}
+
+/// `args` (a sync of `site`) under strace, its fail point steps logged to `log`.
+fn traced(site: &Site, sync_args: &[String], log: &Path) -> Vec<String> {
     let trace = site.p("strace.txt");
     let mut args = vec![
         "-f".to_string(),
@@ -505,9 +598,10 @@ fn traced_sync(site: &Site) -> Vec<String> {
         s(&trace).to_string(),
         env!("CARGO_BIN_EXE_pulpdist").into(),
     ];
-    args.extend(site.sync_args());
+    args.extend(sync_args.iter().cloned());
     let out = Command::new("strace")
         .args(&args)
+        .env("PULPDIST_FAILPOINT_LOG", log)
         .output()
         .expect("strace (installed by ./scripts/test)");
     assert!(out.status.success(), "{}", stderr(&out));

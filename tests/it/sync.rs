@@ -189,6 +189,146 @@ fn a_pack_added_while_a_publish_runs_is_not_sealed_into_its_summary() {
     assert_eq!(p["unchanged"], true, "{p}");
 }
 
+/// A first sync in waves killed while writing a later wave leaves the mirror without a
+/// single file under its own name (nothing is renamed before every wave is written), and
+/// the next sync finishes it: the tree, with no temporary file left. Its counts are those
+/// of a sync planned at once.
+#[test]
+fn a_first_sync_in_waves_killed_midway_is_finished_by_the_next() {
+    let site = Site::new();
+    generate(&site);
+    site.publish();
+    let waves = ["--wave-files".to_string(), "8".to_string()];
+    let once = site.p("at-once");
+    let args = common::sync_cmd(s(&site.store()), "tree", &site.trust(), &once, &[]);
+    let whole = common::run_json(&strs(&args));
+    let mut args = site.sync_args();
+    args.extend(waves.iter().cloned());
+    // Killed halfway through the files: waves of 8 entries, so in a later wave.
+    let files = whole["files"].as_u64().expect("files");
+    assert!(files > 20, "{whole}");
+    let out = bin()
+        .args(&args)
+        .env("PULPDIST_FAILPOINT", format!("sync.write:{}", files / 2))
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "the fail point stops it");
+    let named: Vec<_> = walkdir_files(&site.mirror())
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().contains(".pulpdist-"))
+        .collect();
+    assert!(
+        named.is_empty(),
+        "renamed before every wave was written: {named:?}"
+    );
+    let mut args = site.sync_args();
+    args.extend(waves.iter().cloned());
+    let log = site.p("waves.log");
+    let out = bin()
+        .args(&args)
+        .arg("--json")
+        .env("PULPDIST_FAILPOINT_LOG", &log)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let planned = fs::read_to_string(&log)
+        .expect("log")
+        .lines()
+        .filter(|l| *l == "sync.planned")
+        .count();
+    assert!(planned >= 3, "{planned} waves");
+    assert_same_tree(&site.src(), &site.mirror());
+    let left: Vec<_> = walkdir_files(&site.mirror())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".pulpdist-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(
+        (&r["files"], &r["symlinks"]),
+        (&whole["files"], &whole["symlinks"])
+    );
+    // A fresh mirror in waves: the same counts and bytes as at once.
+    let fresh = site.p("fresh");
+    let mut args = common::sync_cmd(s(&site.store()), "tree", &site.trust(), &fresh, &[]);
+    args.extend(waves.iter().cloned());
+    let w = common::run_json(&strs(&args));
+    assert_same_tree(&site.src(), &fresh);
+    for k in [
+        "files",
+        "symlinks",
+        "chunks_fetched",
+        "chunks_reused",
+        "version",
+    ] {
+        assert_eq!(w[k], whole[k], "{k}: {w} against {whole}");
+    }
+    let bytes = |v: &serde_json::Value| v["bytes_fetched"].as_u64().expect("bytes") as f64;
+    assert!(
+        bytes(&w) <= bytes(&whole) * 1.03 + 4096.0,
+        "{w} against {whole}"
+    );
+}
+
+/// A first sync in waves that fails in a later wave (a chunk the store serves damaged)
+/// undoes every wave it wrote: no file, temporary file or new directory is left.
+#[test]
+fn a_first_sync_in_waves_that_fails_in_a_later_wave_leaves_nothing() {
+    let site = Site::new();
+    generate(&site);
+    site.publish();
+    let pack = largest_pack(&site);
+    let good = fs::read(&pack).expect("pack");
+    let mut bad = good.clone();
+    // Late in the chunks (packs hold them in walk order): a late wave's.
+    let at = good.len() * 9 / 10;
+    bad[at] ^= 0xff;
+    fs::write(&pack, &bad).expect("damage");
+    let mut args = site.sync_args();
+    args.extend(["--wave-files".to_string(), "8".to_string()]);
+    let log = site.p("waves.log");
+    let out = bin()
+        .args(&args)
+        .env("PULPDIST_FAILPOINT_LOG", &log)
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "a damaged chunk fails the sync");
+    let steps = fs::read_to_string(&log).expect("log");
+    assert!(
+        steps.lines().any(|l| l == "sync.write"),
+        "the damage was in the first wave: nothing was written to undo"
+    );
+    // The mirror's own directory, made by this sync and left empty, is removed too.
+    let left = fs::read_dir(site.mirror()).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "files or directories left behind");
+    fs::write(&pack, &good).expect("repair");
+    let mut args = site.sync_args();
+    args.extend(["--wave-files".to_string(), "8".to_string()]);
+    common::run_json(&strs(&args));
+    assert_same_tree(&site.src(), &site.mirror());
+}
+
+/// Every regular file and symlink under `dir`.
+fn walkdir_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).expect("list").flatten() {
+            let t = e.file_type().expect("type");
+            if t.is_dir() {
+                todo.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn a_lost_data_pack_is_stored_again_by_the_next_publish() {
     let site = Site::new();

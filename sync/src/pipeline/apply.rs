@@ -38,37 +38,16 @@ pub(super) fn apply(
     planned: &Planned,
     (first_sync, version): (bool, u64),
 ) -> Result<u64, SyncError> {
-    let Planned {
-        plan,
-        refs: all_refs,
-    } = planned;
-    // A first sync marks that it began writing, so that if it is interrupted the next one
-    // finishes it (instead of refusing a directory that is no longer empty).
-    if first_sync {
-        state.set_applying(&opts.tree, version)?;
+    let plan = &planned.plan;
+    let mut a = Applier::begin(opts, (first_sync, version))?;
+    let mut prepared = Prepared::default();
+    // One flush per file for a small plan; for a large one, one for all (below).
+    let together = plan.files.len() > FLUSH_EACH_UP_TO;
+    if let Err(e) = a.write(store, state, planned, together, &mut prepared) {
+        a.undo(&prepared);
+        return Err(e);
     }
-    // Every write from here on is relative to directory handles opened without following
-    // symlinks (`tree.rs`), resolved again for each operation: a directory swapped for a
-    // symlink while the sync runs cannot send a write, a mode change or a deletion outside
-    // the mirror. Only the directories the plan makes are made; a symlink or a missing
-    // directory anywhere else fails the sync, and the next one checks every directory.
-    let mut a = Applier {
-        tree: Tree::open(&opts.dest)?,
-        opts,
-        touched: BTreeSet::new(),
-        deferred: Vec::new(),
-    };
-    let prepared = a.prepare(store, state, plan, all_refs)?;
-    // 4b. From here until the version is recorded the mirror is between versions: say so,
-    // durably.
-    state.set_applying(&opts.tree, version)?;
-    pulpdist_failpoint::hit("sync.applying");
-    a.touched
-        .extend(prepared.created.iter().map(|d| parent_of(d)));
-    a.rename_in_order(plan, prepared.ready)?;
-    a.delete_in_order(plan, &prepared.aside)?;
-    a.settle(plan, first_sync)?;
-    Ok(prepared.late)
+    a.finish(state, plan, prepared, together, (first_sync, version))
 }
 
 /// The parent of a path below the mirror (`""` for the root's entries).
@@ -89,19 +68,89 @@ fn rank_of(name: &std::ffi::OsStr, patterns: &[String]) -> u8 {
     }
 }
 
-/// What [`Applier::prepare`] left ready: new directories, what was moved aside for them,
-/// and each written temporary file with its target and whether it is metadata.
-struct Prepared {
+/// What the writing has left so far (over every wave of a large first sync): new
+/// directories, what was moved aside for them, each written temporary file with its target
+/// and whether it is metadata, the chunks fetched late, and the mtimes of the directories
+/// written into (put back if the sync fails before its first rename).
+#[derive(Default)]
+pub(super) struct Prepared {
     created: Vec<PathBuf>,
     aside: Vec<(PathBuf, PathBuf)>,
-    ready: Vec<(PathBuf, PathBuf, bool)>,
+    ready: ReadyList,
     late: u64,
+    dir_mtimes: HashMap<PathBuf, Mtime>,
+}
+
+impl Prepared {
+    /// Room for `files` written files, made at once.
+    pub(super) fn with_room(files: usize) -> Self {
+        let mut p = Prepared::default();
+        p.ready.reserve(files);
+        p
+    }
+}
+
+/// A file written beside its target: the target, the random part of its temporary name,
+/// and whether it is metadata.
+struct Ready {
+    target: PathBuf,
+    tag: [u8; 6],
+    metadata: bool,
+}
+
+impl Ready {
+    fn tmp(&self) -> PathBuf {
+        crate::tree::temp_named(&self.target, &self.tag)
+    }
+}
+
+/// Every file written beside its target, kept in a few flat buffers rather than as a
+/// path each: a first sync keeps one per file for the whole sync, and small allocations
+/// that live that long, made between a wave's short-lived ones, keep the allocator from
+/// giving the waves' memory back.
+#[derive(Default)]
+struct ReadyList {
+    /// The targets' bytes, one after the other; `ends[i]` is where target `i` ends.
+    paths: Vec<u8>,
+    ends: Vec<usize>,
+    tags: Vec<[u8; 6]>,
+    metadata: Vec<bool>,
+}
+
+impl ReadyList {
+    fn reserve(&mut self, files: usize) {
+        self.paths.reserve(files.saturating_mul(32));
+        self.ends.reserve(files);
+        self.tags.reserve(files);
+        self.metadata.reserve(files);
+    }
+
+    fn push(&mut self, target: &Path, tag: [u8; 6], metadata: bool) {
+        self.paths.extend_from_slice(target.as_os_str().as_bytes());
+        self.ends.push(self.paths.len());
+        self.tags.push(tag);
+        self.metadata.push(metadata);
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Ready> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(&self.ends)
+            .zip(self.tags.iter().zip(&self.metadata))
+            .map(|((start, &end), (tag, &metadata))| Ready {
+                target: PathBuf::from(std::ffi::OsStr::from_bytes(&self.paths[start..end])),
+                tag: *tag,
+                metadata,
+            })
+    }
 }
 
 /// The mirror being changed, and what the change has touched so far.
-struct Applier<'a> {
+pub(super) struct Applier<'a> {
     tree: Tree,
     opts: &'a SyncOptions,
+    /// The version a first sync marks as being applied when it writes its first file.
+    mark: Option<u64>,
     /// Directories whose entries change, flushed before the version is recorded.
     touched: BTreeSet<PathBuf>,
     /// Targets that are directories now: replacing one removes what is under it, so it
@@ -109,24 +158,59 @@ struct Applier<'a> {
     deferred: Vec<(PathBuf, PathBuf)>,
 }
 
-impl Applier<'_> {
-    /// Steps 3 and 4a: directories, parents first, then every new file written beside its
-    /// target and flushed. If anything fails (a full disk, a chunk that no longer
-    /// verifies, a directory swapped for a symlink), the temporary files and new
-    /// directories are removed, what was moved aside is put back and directory mtimes are
-    /// restored: the mirror is as it was.
-    fn prepare(
+impl<'a> Applier<'a> {
+    /// Opens the mirror for writing. A first sync marks that it began writing (when it
+    /// writes, in [`Applier::write`]), so that if it is interrupted the next one finishes
+    /// it (instead of refusing a directory that is no longer empty).
+    pub(super) fn begin(
+        opts: &'a SyncOptions,
+        (first_sync, version): (bool, u64),
+    ) -> Result<Self, SyncError> {
+        // Every write from here on is relative to directory handles opened without
+        // following symlinks (`tree.rs`), resolved again for each operation: a directory
+        // swapped for a symlink while the sync runs cannot send a write, a mode change or a
+        // deletion outside the mirror. Only the directories the plan makes are made; a
+        // symlink or a missing directory anywhere else fails the sync, and the next one
+        // checks every directory.
+        Ok(Applier {
+            tree: Tree::open(&opts.dest)?,
+            opts,
+            mark: first_sync.then_some(version),
+            touched: BTreeSet::new(),
+            deferred: Vec::new(),
+        })
+    }
+
+    /// Steps 3 and 4a for `planned` (the whole plan, or one wave of a large first sync):
+    /// directories, parents first, then every new file written beside its target, flushed
+    /// unless `together` (the caller then flushes them all at once in
+    /// [`Applier::finish`]). If anything fails (a full disk, a chunk that no longer
+    /// verifies, a directory swapped for a symlink), the caller undoes everything
+    /// `prepared` holds ([`Applier::undo`]): the mirror is as it was.
+    pub(super) fn write(
         &mut self,
         store: &dyn StoreReader,
         state: &State,
-        plan: &Plan,
-        all_refs: &HashMap<ChunkId, ChunkRef>,
-    ) -> Result<Prepared, SyncError> {
+        planned: &Planned,
+        together: bool,
+        prepared: &mut Prepared,
+    ) -> Result<(), SyncError> {
+        if let Some(version) = self.mark.take() {
+            state.set_applying(&self.opts.tree, version)?;
+        }
+        let Planned {
+            plan,
+            refs: all_refs,
+        } = planned;
         let (tree, opts) = (&mut self.tree, self.opts);
         let dest = &opts.dest;
-        let mut late = 0;
-        let mut created: Vec<PathBuf> = Vec::new();
-        let mut dir_mtimes: HashMap<PathBuf, Mtime> = HashMap::new();
+        let Prepared {
+            created,
+            aside,
+            ready,
+            late,
+            dir_mtimes,
+        } = prepared;
         let mut remember_mtime = |tree: &mut Tree, rel: PathBuf| -> Result<(), SyncError> {
             if let std::collections::hash_map::Entry::Vacant(v) = dir_mtimes.entry(rel) {
                 let fd = tree.dir(v.key())?;
@@ -137,84 +221,105 @@ impl Applier<'_> {
         };
         // A file or symlink where a directory goes is moved aside (renamed, not deleted):
         // a failure puts it back, and it is deleted with the other deletions.
-        let mut aside: Vec<(PathBuf, PathBuf)> = Vec::new();
-        let mut ready: Vec<(PathBuf, PathBuf, bool)> = Vec::with_capacity(plan.files.len());
-        let done = (|| -> Result<(), SyncError> {
-            for d in &plan.mkdirs {
-                remember_mtime(tree, parent_of(d))?;
-                match tree.kind(d)? {
-                    Some(rustix::fs::FileType::Directory) => {}
-                    Some(_) => {
-                        let tmp = crate::tree::temp_beside(d);
-                        tree.rename(d, &tmp)?;
-                        aside.push((d.clone(), tmp));
-                        tree.mkdir(d)?;
-                        created.push(d.clone());
-                    }
-                    None => {
-                        tree.mkdir(d)?;
-                        created.push(d.clone());
-                    }
+        for d in &plan.mkdirs {
+            remember_mtime(tree, parent_of(d))?;
+            match tree.kind(d)? {
+                Some(rustix::fs::FileType::Directory) => {}
+                Some(_) => {
+                    let tmp = crate::tree::temp_beside(d);
+                    tree.rename(d, &tmp)?;
+                    aside.push((d.clone(), tmp));
+                    tree.mkdir(d)?;
+                    created.push(d.clone());
                 }
-                pulpdist_failpoint::hit("sync.mkdir");
-            }
-            // 4a. Every new file is written beside its target first, and made durable
-            // before any is renamed: one by one (fsync) for a small plan, all at once (one
-            // syncfs after the last) for a large one, where a flush per file would cost
-            // more than the writing (a first sync of many small files).
-            let together = plan.files.len() > FLUSH_EACH_UP_TO;
-            let progress = &opts.progress;
-            let total = plan.files.iter().map(|f| f.size).sum();
-            progress.start("write", plan.files.len() as u64, total);
-            for op in &plan.files {
-                let tmp = crate::tree::temp_beside(&op.path);
-                remember_mtime(tree, parent_of(&op.path))?;
-                let file = tree.create_new(&tmp)?;
-                ready.push((tmp.clone(), op.path.clone(), op.metadata));
-                let abs = tree.abs(&tmp);
-                let flush = !together;
-                late += write_file(
-                    dest,
-                    state,
-                    file,
-                    &abs,
-                    op,
-                    all_refs,
-                    (store, opts.max_gap),
-                    flush,
-                )?;
-                pulpdist_failpoint::hit("sync.write");
-                progress.advance(1, op.size);
-            }
-            progress.finish();
-            if together {
-                tree.sync_filesystem()?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = done {
-            for (tmp, _, _) in &ready {
-                let _ = tree.remove_file(tmp);
-            }
-            for d in created.iter().rev() {
-                let _ = tree.remove_dir(d);
-            }
-            for (target, tmp) in &aside {
-                let _ = tree.rename(tmp, target);
-            }
-            for (rel, mtime) in &dir_mtimes {
-                if let Ok(fd) = tree.dir(rel) {
-                    let _ = crate::tree::set_mtime(&fd, *mtime);
+                None => {
+                    tree.mkdir(d)?;
+                    created.push(d.clone());
                 }
             }
-            return Err(e);
+            pulpdist_failpoint::hit("sync.mkdir");
         }
-        Ok(Prepared {
-            created,
-            aside,
-            ready,
-            late,
-        })
+        // 4a. Every new file is written beside its target first, and made durable before
+        // any is renamed: one by one (fsync) for a small plan, all at once (one syncfs
+        // after the last) for a large one, where a flush per file would cost more than the
+        // writing (a first sync of many small files).
+        let progress = &opts.progress;
+        let total = plan.files.iter().map(|f| f.size).sum();
+        progress.start("write", plan.files.len() as u64, total);
+        ready.reserve(plan.files.len());
+        for op in &plan.files {
+            let tag = crate::tree::temp_tag();
+            let tmp = crate::tree::temp_named(&op.path, &tag);
+            remember_mtime(tree, parent_of(&op.path))?;
+            let file = tree.create_new(&tmp)?;
+            ready.push(&op.path, tag, op.metadata);
+            let abs = tree.abs(&tmp);
+            *late += write_file(
+                dest,
+                state,
+                file,
+                &abs,
+                op,
+                all_refs,
+                (store, opts.max_gap),
+                !together,
+            )?;
+            pulpdist_failpoint::hit("sync.write");
+            progress.advance(1, op.size);
+        }
+        progress.finish();
+        Ok(())
+    }
+
+    /// Undoes what `prepared` holds: the temporary files and new directories removed,
+    /// what was moved aside put back, directory mtimes restored.
+    pub(super) fn undo(&mut self, prepared: &Prepared) {
+        let tree = &mut self.tree;
+        for r in prepared.ready.iter() {
+            let _ = tree.remove_file(&r.tmp());
+        }
+        for d in prepared.created.iter().rev() {
+            let _ = tree.remove_dir(d);
+        }
+        for (target, tmp) in &prepared.aside {
+            let _ = tree.rename(tmp, target);
+        }
+        for (rel, mtime) in &prepared.dir_mtimes {
+            if let Ok(fd) = tree.dir(rel) {
+                let _ = crate::tree::set_mtime(&fd, *mtime);
+            }
+        }
+    }
+
+    /// Steps 4b to 10, once every file is written: flushed all at once (`together`), the
+    /// mirror marked as between versions, then renames, deletions and directory
+    /// attributes in order, and every changed directory flushed. `plan` gives the
+    /// symlinks, attribute fixes, deletions and directory attributes. The chunks fetched
+    /// late.
+    pub(super) fn finish(
+        mut self,
+        state: &State,
+        plan: &Plan,
+        prepared: Prepared,
+        together: bool,
+        (first_sync, version): (bool, u64),
+    ) -> Result<u64, SyncError> {
+        if together {
+            if let Err(e) = self.tree.sync_filesystem() {
+                self.undo(&prepared);
+                return Err(e);
+            }
+        }
+        // 4b. From here until the version is recorded the mirror is between versions: say
+        // so, durably.
+        state.set_applying(&self.opts.tree, version)?;
+        pulpdist_failpoint::hit("sync.applying");
+        self.touched
+            .extend(prepared.created.iter().map(|d| parent_of(d)));
+        self.rename_in_order(plan, &prepared.ready)?;
+        self.delete_in_order(plan, &prepared.aside)?;
+        self.settle(plan, first_sync)?;
+        Ok(prepared.late)
     }
 
     /// Renames `tmp` over `target`, or defers it when a directory is there.
@@ -231,19 +336,20 @@ impl Applier<'_> {
     /// repository index on the mirror true to what it names: payload files, then payload
     /// symlinks and mode changes, then repository metadata (the plan orders it: indexes
     /// before the files that list them, deepest first).
-    fn rename_in_order(
-        &mut self,
-        plan: &Plan,
-        ready: Vec<(PathBuf, PathBuf, bool)>,
-    ) -> Result<(), SyncError> {
+    fn rename_in_order(&mut self, plan: &Plan, ready: &ReadyList) -> Result<(), SyncError> {
         let patterns = &self.opts.metadata_patterns;
         let is_meta = |p: &Path| rank_of(p.file_name().unwrap_or_default(), patterns) < 2;
-        let (meta_ready, payload_ready): (Vec<_>, Vec<_>) =
-            ready.into_iter().partition(|(_, _, meta)| *meta);
-        for (tmp, target, _) in payload_ready {
-            pulpdist_failpoint::hit_at("sync.rename", &self.tree.abs(&target));
-            self.put(tmp, target)?;
+        let mut meta_ready = Vec::new();
+        for r in ready.iter() {
+            if r.metadata {
+                meta_ready.push(r);
+                continue;
+            }
+            pulpdist_failpoint::hit_at("sync.rename", &self.tree.abs(&r.target));
+            self.put(r.tmp(), r.target)?;
         }
+        // In the plan's order already, unless gathered over several waves.
+        meta_ready.sort_by_cached_key(|r| super::plan::metadata_order(&r.target));
         // 5. Symlinks, also by rename (those named as metadata with the metadata).
         let (meta_links, payload_links): (Vec<_>, Vec<_>) =
             plan.symlinks.iter().partition(|(path, _, _)| is_meta(path));
@@ -279,9 +385,9 @@ impl Applier<'_> {
             self.tree.sync_filesystem()?;
         }
         // 7. Repository metadata, in the plan's order.
-        for (tmp, target, _) in meta_ready {
-            pulpdist_failpoint::hit_at("sync.rename_metadata", &self.tree.abs(&target));
-            self.put(tmp, target)?;
+        for r in meta_ready {
+            pulpdist_failpoint::hit_at("sync.rename_metadata", &self.tree.abs(&r.target));
+            self.put(r.tmp(), r.target)?;
         }
         for (path, link_target, mtime) in meta_links {
             let tmp = crate::tree::temp_beside(path);

@@ -30,6 +30,7 @@ mod survey;
 #[cfg(test)]
 mod testkit;
 pub(crate) mod walk;
+mod waves;
 
 pub use head::check as check_head;
 pub use options::{SyncOptions, SyncReport};
@@ -115,37 +116,46 @@ fn run(
     if let Some(e) = &report.delta_error {
         tracing::warn!(error = %e, "delta not used; chunks are fetched instead");
     }
-    let planned = survey::survey(store, state, opts, &acc, changes, &mut report)?;
-    let plan = &planned.plan;
-    tracing::info!(
-        files = plan.files.len(),
-        deletes = plan.deletes.len(),
-        requests = plan.request_count(),
-        chunks_reused = report.chunks_reused,
-        "planned"
-    );
-    pulpdist_failpoint::hit("sync.planned");
-    if opts.dry_run {
-        report.plan = Some(planned.plan.to_string());
-        report.chunks_fetched = planned
-            .plan
-            .fetches
-            .iter()
-            .map(|f| f.chunks.len() as u64)
-            .sum();
-        return Ok(report);
-    }
-    let staged = stage::stage(store, state, opts, &planned)?;
-    tracing::info!(
-        chunks = staged.chunks_fetched,
-        rsync_files = staged.rsync_files,
-        "staged"
-    );
-    report.rsync_files = staged.rsync_files;
-    report.rsync_bytes = staged.rsync_bytes;
     let first_sync = acc.applied.is_none();
-    let late = apply::apply(store, state, opts, &planned, (first_sync, acc.head.version))?;
-    report.chunks_fetched = staged.chunks_fetched + late;
+    report.chunks_fetched = match waves::split(state, opts, &acc, &changes)? {
+        Some(waves) => {
+            tracing::info!(waves = waves.len(), "a large first sync, in waves");
+            waves::sync(store, state, opts, &acc, (changes, waves), &mut report)?
+        }
+        None => {
+            let planned = survey::survey(store, state, opts, &acc, changes, &mut report)?;
+            let plan = &planned.plan;
+            tracing::info!(
+                files = plan.files.len(),
+                deletes = plan.deletes.len(),
+                requests = plan.request_count(),
+                chunks_reused = report.chunks_reused,
+                "planned"
+            );
+            pulpdist_failpoint::hit("sync.planned");
+            if opts.dry_run {
+                report.plan = Some(planned.plan.to_string());
+                report.chunks_fetched = planned
+                    .plan
+                    .fetches
+                    .iter()
+                    .map(|f| f.chunks.len() as u64)
+                    .sum();
+                return Ok(report);
+            }
+            let staged = stage::stage(store, state, opts, &planned, stage::WINDOW)?;
+            tracing::info!(
+                chunks = staged.chunks_fetched,
+                rsync_files = staged.rsync_files,
+                "staged"
+            );
+            report.rsync_files = staged.rsync_files;
+            report.rsync_bytes = staged.rsync_bytes;
+            let version = acc.head.version;
+            let late = apply::apply(store, state, opts, &planned, (first_sync, version))?;
+            staged.chunks_fetched + late
+        }
+    };
     tracing::info!(
         files = report.files,
         deleted = report.deleted,

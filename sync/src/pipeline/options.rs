@@ -48,7 +48,14 @@ pub struct SyncOptions {
     pub wait: std::time::Duration,
     /// Where the fetch and write phases report how far they are (default: nowhere).
     pub progress: pulpdist_progress::Reporter,
+    /// A first sync of more files than this is planned, fetched and written in waves of
+    /// about this many files (whole directories), so that its memory follows the wave, not
+    /// the tree; the renames still come after every file is written and flushed.
+    pub wave_files: usize,
 }
+
+/// Files in one wave of a large first sync ([`SyncOptions::wave_files`]).
+pub(super) const DEFAULT_WAVE_FILES: usize = 8_192;
 
 impl SyncOptions {
     /// Defaults: the built-in metadata patterns, 64 KiB gaps merged, whole packs at 50 %.
@@ -73,6 +80,7 @@ impl SyncOptions {
             special_modes: false,
             adopt: false,
             progress: pulpdist_progress::Reporter::default(),
+            wave_files: DEFAULT_WAVE_FILES,
         }
     }
 

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use pulpdist_format::{ChunkId, ChunkRef, EntryKind, Mtime, Node, PackId};
 
@@ -357,21 +357,36 @@ impl Planner {
 fn sort_for_order(plan: &mut Plan, metadata: &mut [FileOp]) {
     let depth = |p: &PathBuf| p.components().count();
     plan.mkdirs.sort_by_key(depth);
+    sort_deepest_first(plan);
+    metadata.sort_by_cached_key(|f| metadata_order(&f.path));
+}
+
+/// Where a metadata file at `path` goes among the metadata renames: the top indexes last,
+/// each group deepest first, then by path.
+pub(crate) fn metadata_order(path: &Path) -> (bool, std::cmp::Reverse<usize>, PathBuf) {
+    let name = path.file_name().map(|n| n.as_encoded_bytes().to_vec());
+    let top = name.is_some_and(|n| {
+        crate::glob::TOP_METADATA_PATTERNS
+            .iter()
+            .any(|p| glob_match(p.as_bytes(), &n))
+    });
+    (
+        top,
+        std::cmp::Reverse(path.components().count()),
+        path.to_path_buf(),
+    )
+}
+
+/// The plan's deletions and directory attributes sorted as [`Planner::finish`] sorts them
+/// (deepest first): for lists gathered over several plans.
+pub(crate) fn sort_deepest_first(plan: &mut Plan) {
+    let depth = |p: &PathBuf| p.components().count();
     plan.deletes
         .sort_by(|a, b| depth(b).cmp(&depth(a)).then(a.cmp(b)));
     plan.dir_attrs.sort_by(|a, b| {
         depth(&b.path)
             .cmp(&depth(&a.path))
             .then(a.path.cmp(&b.path))
-    });
-    metadata.sort_by_cached_key(|f| {
-        let name = f.path.file_name().map(|n| n.as_encoded_bytes().to_vec());
-        let top = name.is_some_and(|n| {
-            crate::glob::TOP_METADATA_PATTERNS
-                .iter()
-                .any(|p| glob_match(p.as_bytes(), &n))
-        });
-        (top, std::cmp::Reverse(depth(&f.path)), f.path.clone())
     });
 }
 
@@ -481,11 +496,20 @@ impl Plan {
     }
     /// Chunks taken from local files or staging.
     pub(crate) fn reused(&self) -> (u64, u64) {
-        let mut seen = HashSet::new();
+        self.reused_where(&mut HashSet::new(), |_, _| true)
+    }
+
+    /// Chunks taken from local files or staging for which `counts` holds, each counted
+    /// once over every plan given the same `seen` (the waves of one sync).
+    pub(crate) fn reused_where(
+        &self,
+        seen: &mut HashSet<ChunkId>,
+        counts: impl Fn(&ChunkId, &Source) -> bool,
+    ) -> (u64, u64) {
         let (mut n, mut b) = (0, 0);
         for f in &self.files {
             for (id, len, src) in &f.chunks {
-                if !matches!(src, Source::Fetch(_)) && seen.insert(*id) {
+                if !matches!(src, Source::Fetch(_)) && counts(id, src) && seen.insert(*id) {
                     n += 1;
                     b += u64::from(*len);
                 }

@@ -34,12 +34,14 @@ pub(super) struct Staged {
 }
 
 /// Steps 1 and 2 of applying a plan: the local chunks that live in files about to be
-/// replaced saved, then every chunk the plan lacks fetched and verified.
+/// replaced saved, then every chunk the plan lacks fetched and verified; a pack of a store
+/// where ranges are cheap read at most `window` bytes at a time ([`WINDOW`]).
 pub(super) fn stage(
     store: &dyn StoreReader,
     state: &State,
     opts: &SyncOptions,
     planned: &Planned,
+    window: u64,
 ) -> Result<Staged, SyncError> {
     let Planned { plan, refs } = planned;
     let mut out = Staged::default();
@@ -53,7 +55,7 @@ pub(super) fn stage(
         pulpdist_failpoint::hit("sync.stage_first");
     }
     // 2. Fetch and verify everything missing, into staging.
-    let results = fetch_all(store, state, plan, opts)?;
+    let results = fetch_all(store, state, plan, opts, window)?;
     let mut fetched = 0;
     let mut gaps: Vec<&FetchOp> = Vec::new();
     for (op, r) in plan.fetches.iter().zip(results) {
@@ -76,6 +78,7 @@ fn fetch_all(
     state: &State,
     plan: &Plan,
     opts: &SyncOptions,
+    window: u64,
 ) -> Result<Vec<Result<u64, SyncError>>, SyncError> {
     let bytes = |f: &FetchOp| match f.whole {
         true => f.size,
@@ -96,7 +99,7 @@ fn fetch_all(
         plan.fetches
             .par_iter()
             .map(|f| {
-                let r = first_ok(store, |s| fetch_op(s, state, f));
+                let r = first_ok(store, |s| fetch_op(s, state, f, window));
                 progress.advance(1, bytes(f));
                 r
             })
@@ -128,16 +131,25 @@ pub(super) fn read_local(
 /// The most bytes of a pack one fetch holds at once when ranges are cheap (a directory
 /// store): a whole pack is read in windows this size, so a first sync with many fetches in
 /// flight holds a few windows rather than a few packs.
-const WINDOW: u64 = 4 << 20;
+pub(super) const WINDOW: u64 = 4 << 20;
+
+/// The window of a large first sync in waves ([`super::waves`]): each of its connections
+/// holds one, and its memory is meant to follow the wave.
+pub(super) const WAVE_WINDOW: u64 = 1 << 20;
 
 /// Executes one fetch: the whole pack or its ranges (in windows, where ranges are cheap
 /// and a read would be larger); every chunk verified, then staged.
-fn fetch_op(store: &dyn StoreReader, state: &State, op: &FetchOp) -> Result<u64, SyncError> {
+fn fetch_op(
+    store: &dyn StoreReader,
+    state: &State,
+    op: &FetchOp,
+    window: u64,
+) -> Result<u64, SyncError> {
     let spans = match op.whole {
         true => op.size,
         false => op.ranges.iter().map(|r| r.end - r.start).max().unwrap_or(0),
     };
-    if spans > WINDOW && store.cheap_ranges() && op.chunks.len() > 1 {
+    if spans > window && store.cheap_ranges() && op.chunks.len() > 1 {
         let mut chunks = op.chunks.clone();
         chunks.sort_by_key(|c| c.loc.offset);
         let mut n = 0;
@@ -147,19 +159,19 @@ fn fetch_op(store: &dyn StoreReader, state: &State, op: &FetchOp) -> Result<u64,
             // The chunks that end within a window of the first (at least the first).
             let take = rest
                 .iter()
-                .position(|c| c.loc.range().end.saturating_sub(start) > WINDOW)
+                .position(|c| c.loc.range().end.saturating_sub(start) > window)
                 .unwrap_or(rest.len())
                 .max(1);
             let (now, later) = rest.split_at(take);
             let end = now.iter().map(|c| c.loc.range().end).max().unwrap_or(start);
-            let window = FetchOp {
+            let part = FetchOp {
                 pack: op.pack,
                 whole: false,
                 size: 0,
                 ranges: std::iter::once(start..end).collect(),
                 chunks: now.to_vec(),
             };
-            n += fetch_op(store, state, &window)?;
+            n += fetch_op(store, state, &part, window)?;
             rest = later;
         }
         return Ok(n);
@@ -225,7 +237,7 @@ pub(super) fn fetch_loose(
             ranges,
             chunks,
         };
-        n += first_ok(store, |s| fetch_op(s, state, &op))?;
+        n += first_ok(store, |s| fetch_op(s, state, &op, WINDOW))?;
     }
     Ok(n)
 }
@@ -252,12 +264,12 @@ fn fill_gaps(
     plan: &Plan,
     gaps: &[&FetchOp],
 ) -> Result<(u64, u64), SyncError> {
-    let staged: HashSet<ChunkId> = state.staged()?.into_iter().collect();
-    let missing: HashSet<ChunkId> = gaps
+    let wanted: HashSet<ChunkId> = gaps
         .iter()
         .flat_map(|op| op.chunks.iter().map(|c| c.id))
-        .filter(|id| !staged.contains(id))
         .collect();
+    let staged: HashSet<ChunkId> = state.staged_of(wanted.iter())?.into_iter().collect();
+    let missing: HashSet<ChunkId> = wanted.difference(&staged).copied().collect();
     let files: Vec<&super::plan::FileOp> = plan
         .files
         .iter()
@@ -348,7 +360,7 @@ mod tests {
                 ..MemStore::default()
             };
             store.packs.insert(PackId([2; 32]), pack.clone());
-            assert_eq!(fetch_op(&store, &state, op).expect("fetched"), 3);
+            assert_eq!(fetch_op(&store, &state, op, WINDOW).expect("fetched"), 3);
             let reads = store.reads.lock().expect("reads").clone();
             match cheap {
                 // A window holds whole chunks, at most 4 MiB of them: one chunk each.
@@ -407,7 +419,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (opts, state) = (testkit::options(dir.path()), testkit::state(dir.path()));
         let (planned, ids) = planned();
-        let staged = stage(&store(b"helloworld"), &state, &opts, &planned).expect("staged");
+        let staged = stage(&store(b"helloworld"), &state, &opts, &planned, WINDOW).expect("staged");
         assert_eq!(staged.chunks_fetched, 2);
         let mut have = state.staged().expect("listed");
         have.sort();
@@ -422,14 +434,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (opts, state) = (testkit::options(dir.path()), testkit::state(dir.path()));
         let (planned, _) = planned();
-        let e = stage(&store(b"helloWorld"), &state, &opts, &planned).expect_err("tampered");
+        let e =
+            stage(&store(b"helloWorld"), &state, &opts, &planned, WINDOW).expect_err("tampered");
         assert!(matches!(e, SyncError::Format { .. }), "{e}");
         assert!(is_gap(&e));
         // What verified before the damage is kept for the next try; nothing else.
         assert_eq!(state.staged().expect("listed"), [ChunkId::of(b"hello")]);
-        let e = stage(&MemStore::default(), &state, &opts, &planned).expect_err("missing");
+        let e = stage(&MemStore::default(), &state, &opts, &planned, WINDOW).expect_err("missing");
         assert!(matches!(e, SyncError::NotFound { .. }) && is_gap(&e), "{e}");
-        let e = stage(&store(b"hello"), &state, &opts, &planned).expect_err("short");
+        let e = stage(&store(b"hello"), &state, &opts, &planned, WINDOW).expect_err("short");
         assert!(matches!(e, SyncError::Short { .. }) && is_gap(&e), "{e}");
     }
 
@@ -443,7 +456,7 @@ mod tests {
             state.clear_staging().expect("cleared");
             let list = StoreList::new(vec![Box::new(first), Box::new(store(b"helloworld"))])
                 .expect("list");
-            let staged = stage(&list, &state, &opts, &planned).expect("staged");
+            let staged = stage(&list, &state, &opts, &planned, WINDOW).expect("staged");
             assert_eq!(staged.chunks_fetched, 2);
             assert_eq!(state.read_staged(&ids[1]).expect("read").data(), b"world");
             let used = list.per_store();
@@ -458,7 +471,7 @@ mod tests {
         ])
         .expect("list");
         state.clear_staging().expect("cleared");
-        let e = stage(&list, &state, &opts, &planned).expect_err("no store has it");
+        let e = stage(&list, &state, &opts, &planned, WINDOW).expect_err("no store has it");
         assert!(matches!(e, SyncError::NotFound { .. }), "{e}");
     }
 

@@ -410,7 +410,8 @@ fn local_sources(
             add(&path, &mut found.into_iter());
         }
     }
-    for id in state.staged()? {
+    // Only those the files need (a large first sync in waves stages every wave's chunks).
+    for id in state.staged_of(wanted.keys())? {
         sources.insert(id, Source::Staged);
     }
     Ok(sources)
