@@ -78,10 +78,12 @@ impl Staging {
         Ok(inner)
     }
 
-    /// Room for `n` more chunks in the index, made at once (a large first sync: one
+    /// Room for `n` chunks in all in the index, made at once (a large first sync: one
     /// allocation instead of a table doubled and dropped again and again).
     pub(crate) fn reserve(&self, n: usize) -> Result<(), SyncError> {
-        self.lock()?.index.reserve(n);
+        let mut inner = self.lock()?;
+        let more = n.saturating_sub(inner.index.len());
+        inner.index.reserve(more);
         Ok(())
     }
 

@@ -397,7 +397,7 @@ impl State {
         self.staging.ids()
     }
 
-    /// Makes room in the staging index for `n` more chunks.
+    /// Makes room in the staging index for `n` chunks in all.
     pub(crate) fn reserve_staged(&self, n: usize) -> Result<(), SyncError> {
         self.staging.reserve(n)
     }

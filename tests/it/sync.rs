@@ -302,9 +302,11 @@ fn a_first_sync_in_waves_that_fails_in_a_later_wave_leaves_nothing() {
         steps.lines().any(|l| l == "sync.write"),
         "the damage was in the first wave: nothing was written to undo"
     );
-    // The mirror's own directory, made by this sync and left empty, is removed too.
+    // The mirror's own directory, made by this sync and left empty, is removed too; and
+    // the mark that it was being filled (it is not).
     let left = fs::read_dir(site.mirror()).map(|d| d.count()).unwrap_or(0);
     assert_eq!(left, 0, "files or directories left behind");
+    assert!(!site.p("downstream/.tree.pulpdist/applying-tree").exists());
     fs::write(&pack, &good).expect("repair");
     let mut args = site.sync_args();
     args.extend(["--wave-files".to_string(), "8".to_string()]);

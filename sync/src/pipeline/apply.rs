@@ -44,7 +44,7 @@ pub(super) fn apply(
     // One flush per file for a small plan; for a large one, one for all (below).
     let together = plan.files.len() > FLUSH_EACH_UP_TO;
     if let Err(e) = a.write(store, state, planned, together, &mut prepared) {
-        a.undo(&prepared);
+        a.undo(state, &prepared);
         return Err(e);
     }
     a.finish(state, plan, prepared, together, (first_sync, version))
@@ -151,6 +151,9 @@ pub(super) struct Applier<'a> {
     opts: &'a SyncOptions,
     /// The version a first sync marks as being applied when it writes its first file.
     mark: Option<u64>,
+    /// This sync set the mark (there was none): a failure it fully undoes clears it, so
+    /// that the next sync does not take the directory for one it was filling.
+    marked_here: bool,
     /// Directories whose entries change, flushed before the version is recorded.
     touched: BTreeSet<PathBuf>,
     /// Targets that are directories now: replacing one removes what is under it, so it
@@ -176,6 +179,7 @@ impl<'a> Applier<'a> {
             tree: Tree::open(&opts.dest)?,
             opts,
             mark: first_sync.then_some(version),
+            marked_here: false,
             touched: BTreeSet::new(),
             deferred: Vec::new(),
         })
@@ -196,8 +200,12 @@ impl<'a> Applier<'a> {
         prepared: &mut Prepared,
     ) -> Result<(), SyncError> {
         if let Some(version) = self.mark.take() {
+            self.marked_here = !state.applying(&self.opts.tree);
             state.set_applying(&self.opts.tree, version)?;
         }
+        // Directory handles are looked up again: one moved away since the last wave is not
+        // written through.
+        self.tree.refresh();
         let Planned {
             plan,
             refs: all_refs,
@@ -272,8 +280,16 @@ impl<'a> Applier<'a> {
     }
 
     /// Undoes what `prepared` holds: the temporary files and new directories removed,
-    /// what was moved aside put back, directory mtimes restored.
-    pub(super) fn undo(&mut self, prepared: &Prepared) {
+    /// what was moved aside put back, directory mtimes restored; and the mark, if this
+    /// sync set it.
+    pub(super) fn undo(&mut self, state: &State, prepared: &Prepared) {
+        self.undo_writes(prepared);
+        if self.marked_here {
+            let _ = state.clear_applying(&self.opts.tree);
+        }
+    }
+
+    fn undo_writes(&mut self, prepared: &Prepared) {
         let tree = &mut self.tree;
         for r in prepared.ready.iter() {
             let _ = tree.remove_file(&r.tmp());
@@ -304,15 +320,16 @@ impl<'a> Applier<'a> {
         together: bool,
         (first_sync, version): (bool, u64),
     ) -> Result<u64, SyncError> {
-        if together {
-            if let Err(e) = self.tree.sync_filesystem() {
-                self.undo(&prepared);
-                return Err(e);
-            }
-        }
         // 4b. From here until the version is recorded the mirror is between versions: say
-        // so, durably.
-        state.set_applying(&self.opts.tree, version)?;
+        // so, durably (after the flush, before the first rename).
+        let ready = match together {
+            true => self.tree.sync_filesystem(),
+            false => Ok(()),
+        };
+        if let Err(e) = ready.and_then(|()| state.set_applying(&self.opts.tree, version)) {
+            self.undo(state, &prepared);
+            return Err(e);
+        }
         pulpdist_failpoint::hit("sync.applying");
         self.touched
             .extend(prepared.created.iter().map(|d| parent_of(d)));

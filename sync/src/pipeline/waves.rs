@@ -25,6 +25,10 @@ use crate::error::SyncError;
 use crate::state::State;
 use crate::store::StoreReader;
 
+/// The most files and chunks room is made for at once (2,097,152: 120 MB of staging index
+/// and 100 MB of written-file list at most; past it, they grow as they need).
+const RESERVE_AT_MOST: usize = 1 << 21;
+
 /// A first sync cut into waves.
 pub(super) struct Waves {
     /// Each wave's directories (indexes into the changed directories).
@@ -92,8 +96,10 @@ pub(super) fn sync(
 ) -> Result<u64, SyncError> {
     let version = acc.head.version;
     let mut applier = Applier::begin(opts, (true, version))?;
-    let mut prepared = Prepared::with_room(waves.entries);
-    state.reserve_staged(waves.chunks)?;
+    // Room made at once, up to a bound: the counts come from the index, and a hostile
+    // one (a node naming one chunk millions of times) must not make it reserve the world.
+    let mut prepared = Prepared::with_room(waves.entries.min(RESERVE_AT_MOST));
+    state.reserve_staged(waves.chunks.min(RESERVE_AT_MOST))?;
     // Reused: from local files, or staged before this sync (a killed one's); not a chunk
     // an earlier wave fetched. Each counted once, as a sync planned at once counts them.
     let staged_before: HashSet<ChunkId> = state.staged()?.into_iter().collect();
@@ -121,7 +127,7 @@ pub(super) fn sync(
         let (plan, staged) = match done {
             Ok(d) => d,
             Err(e) => {
-                applier.undo(&prepared);
+                applier.undo(state, &prepared);
                 return Err(e);
             }
         };
