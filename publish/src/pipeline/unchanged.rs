@@ -65,6 +65,9 @@ mod tests {
     use super::super::testkit;
     use crate::store::Store;
 
+    /// A named change made to the site.
+    type Step<'a> = (&'a str, Box<dyn Fn() + 'a>);
+
     /// The root a publish of the same source gives with no state at all (every file read,
     /// every node built): what any publish of it must give.
     fn root_from_scratch(site: &testkit::Site) -> Option<pulpdist_format::NodeId> {
@@ -91,7 +94,7 @@ mod tests {
         );
         assert_eq!((again.files, again.dirs, again.symlinks), (2, 2, 1));
         let src = site.src().to_path_buf();
-        let changes: Vec<(&str, Box<dyn Fn()>)> = vec![
+        let changes: Vec<Step<'_>> = vec![
             (
                 "a file grown",
                 Box::new(|| fs::write(src.join("a.txt"), b"alpha!").expect("write")),
@@ -158,7 +161,7 @@ mod tests {
         let cache = site.opts.state_dir.join("files-t");
         let summary = site.opts.state_dir.join("summary-t");
         let when = filetime::FileTime::from_unix_time(5, 0);
-        let breaks: Vec<(&str, Box<dyn Fn()>)> = vec![
+        let breaks: Vec<Step<'_>> = vec![
             (
                 "another tree published into the store",
                 Box::new(|| {
