@@ -480,14 +480,57 @@ pub(crate) fn lock_mirror(
     dest: &Path,
     dry_run: bool,
     wait: Duration,
-) -> Result<Option<File>, SyncError> {
+) -> Result<Option<Mirror>, SyncError> {
     if !dry_run {
         fs::create_dir_all(dest).at(dest)?;
     }
-    match File::open(dest) {
-        Ok(f) => take_lock(f, dest, dest, wait, dry_run).map(Some),
-        Err(e) if dry_run && e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).at(dest),
+    let file = match File::open(dest) {
+        Ok(f) => take_lock(f, dest, dest, wait, dry_run)?,
+        Err(e) if dry_run && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).at(dest),
+    };
+    let st = rustix::fs::fstat(&file)
+        .map_err(std::io::Error::from)
+        .at(dest)?;
+    Ok(Some(Mirror {
+        path: dest.to_path_buf(),
+        file,
+        id: (st.st_dev, st.st_ino),
+    }))
+}
+
+/// The mirror directory as a sync locked it: the handle every write goes through (never
+/// the path again), and which directory it is. A local user who can write the mirror's
+/// parent can rename the mirror away and put a symlink (to anywhere) in its place while a
+/// sync runs; writes still land in the locked directory, and [`Mirror::check`] notices
+/// that the path now names another, so the sync stops before it writes, renames or records
+/// anything that was planned from what the path showed.
+pub(crate) struct Mirror {
+    path: PathBuf,
+    file: File,
+    id: (u64, u64),
+}
+
+impl Mirror {
+    /// An error unless the mirror's path still names the locked directory (following a
+    /// symlink the operator named it through).
+    pub(crate) fn check(&self) -> Result<(), SyncError> {
+        let now = rustix::fs::stat(&self.path).map(|st| (st.st_dev, st.st_ino));
+        if now.is_ok_and(|id| id == self.id) {
+            return Ok(());
+        }
+        Err(SyncError::Unsafe {
+            path: self.path.clone(),
+            reason: "the mirror directory was replaced while the sync ran (the path no longer names the directory this sync locked); nothing is recorded, and a sync that finds the mirror where it belongs puts it right".into(),
+        })
+    }
+
+    /// The locked directory, for writing: checked first, then a handle of its own to the
+    /// same open directory (the lock stays held while either is open).
+    pub(crate) fn tree(&self) -> Result<crate::tree::Tree, SyncError> {
+        self.check()?;
+        let fd = self.file.try_clone().at(&self.path)?;
+        Ok(crate::tree::Tree::at(&self.path, fd.into()))
     }
 }
 

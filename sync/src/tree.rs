@@ -55,20 +55,15 @@ fn split(rel: &Path) -> Option<(&Path, &OsStr)> {
 }
 
 impl Tree {
-    /// Opens the mirror directory (which the operator named, so a symlink to it is fine).
-    pub(crate) fn open(dest: &Path) -> Result<Tree, SyncError> {
-        let root = rustix::fs::open(
-            dest,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(io)
-        .at(dest)?;
-        Ok(Tree {
+    /// The mirror directory `root`, opened (and locked) once by `state::lock_mirror` from
+    /// `dest`, which the operator named (so a symlink to it is fine). `dest` only names
+    /// things in messages.
+    pub(crate) fn at(dest: &Path, root: OwnedFd) -> Tree {
+        Tree {
             root_path: dest.to_path_buf(),
             root: Arc::new(root),
             dirs: HashMap::new(),
-        })
+        }
     }
 
     /// Where `rel` is, for messages (never opened by this path).

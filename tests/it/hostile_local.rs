@@ -6,7 +6,6 @@ use crate::common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -279,6 +278,30 @@ fn s3_without_credentials_fails_at_once() {
     );
 }
 
+/// A site whose mirror holds version 1 of six files in `sub`, and version 2 published
+/// (without a delta): three rewritten (and made `0600` with `chmod`), one deleted, one new.
+fn synced_then_changed(sub: &str, chmod: bool) -> Site {
+    let site = Site::new();
+    let dir = site.src().join(sub);
+    fs::create_dir_all(&dir).expect("dir");
+    for i in 0..6 {
+        fs::write(dir.join(format!("f{i}")), format!("v1 {i}")).expect("file");
+    }
+    site.publish_with(&["--deltas", "0"]);
+    site.sync();
+    for i in 0..3 {
+        let f = dir.join(format!("f{i}"));
+        fs::write(&f, format!("v2 {i} longer")).expect("file");
+        if chmod {
+            fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+    }
+    fs::remove_file(dir.join("f5")).expect("rm");
+    fs::write(dir.join("f6"), b"new").expect("new");
+    site.publish_with(&["--deltas", "0"]);
+    site
+}
+
 /// Regression: a directory swapped for a symlink while a (root) sync ran sent later writes
 /// outside the mirror: the "real directory" check was cached, then path-based create,
 /// rename, chmod, utimes and delete followed the symlink. Now every write is relative to a
@@ -288,22 +311,7 @@ fn s3_without_credentials_fails_at_once() {
 #[test]
 fn a_directory_swapped_for_a_symlink_mid_sync_cannot_redirect_writes() {
     for (round, at) in ["sync.fetch:1", "sync.write:1"].into_iter().enumerate() {
-        let site = Site::new();
-        let dir = site.src().join("pub/a");
-        fs::create_dir_all(&dir).expect("dir");
-        for i in 0..6 {
-            fs::write(dir.join(format!("f{i}")), format!("v1 {i}")).expect("file");
-        }
-        site.publish_with(&["--deltas", "0"]);
-        site.sync();
-        for i in 0..3 {
-            fs::write(dir.join(format!("f{i}")), format!("v2 {i} longer")).expect("file");
-            fs::set_permissions(dir.join(format!("f{i}")), fs::Permissions::from_mode(0o600))
-                .expect("chmod");
-        }
-        fs::remove_file(dir.join("f5")).expect("rm");
-        fs::write(dir.join("f6"), b"new").expect("new");
-        site.publish_with(&["--deltas", "0"]);
+        let site = synced_then_changed("pub/a", true);
 
         let victim = site.p("victim");
         fs::create_dir_all(&victim).expect("victim");
@@ -312,19 +320,7 @@ fn a_directory_swapped_for_a_symlink_mid_sync_cannot_redirect_writes() {
         }
         let before = snapshot(&victim);
         let release = site.p(&format!("release{round}"));
-        let child = bin()
-            .args(site.sync_args())
-            .env("PULPDIST_FAILPOINT", format!("{at}:wait:{}", s(&release)))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let reached = site.p(&format!("release{round}.reached"));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !reached.exists() {
-            assert!(Instant::now() < deadline, "{at} never reached");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let child = hold_at(&site.sync_args(), at, &release);
         // The local user's move: the directory goes away, a symlink to the victim in its place.
         let m = site.mirror().join("pub/a");
         fs::rename(&m, site.p(&format!("moved{round}"))).expect("move away");
@@ -347,6 +343,70 @@ fn a_directory_swapped_for_a_symlink_mid_sync_cannot_redirect_writes() {
         assert!(
             out.status.success(),
             "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_same_tree(&site.src(), &site.mirror());
+        assert_eq!(before, snapshot(&victim));
+    }
+}
+
+/// Regression: the mirror directory itself, swapped for a symlink by a local user who can
+/// write its parent while a (root) sync ran, sent the sync's writes and deletions into
+/// whatever the symlink named: the mirror was locked by one open, then looked up by its
+/// path again to plan and to write. Now every write goes through the locked directory,
+/// and the sync checks that the path still names it before it writes, before it renames
+/// and before it records the version. Held by a fail point before planning, after
+/// planning, mid-write and after the flush, the swap changes nothing outside the mirror,
+/// the racing sync fails naming the replaced mirror, and once the mirror is back the next
+/// sync puts it right.
+#[test]
+fn the_mirror_swapped_for_a_symlink_mid_sync_writes_nothing_outside_it() {
+    let points = [
+        "sync.head:1",
+        "sync.planned:1",
+        "sync.write:2",
+        "sync.applying:1",
+    ];
+    for (round, at) in points.into_iter().enumerate() {
+        let site = synced_then_changed("pub", false);
+
+        // What the symlink will name: files the tree has (to be rewritten) and lacks (to
+        // be deleted), as a mirror would hold them.
+        let victim = site.p("victim");
+        fs::create_dir_all(victim.join("pub")).expect("victim");
+        for name in ["f0", "f1", "f5", "precious"] {
+            fs::write(victim.join("pub").join(name), b"precious").expect("victim file");
+        }
+        fs::write(victim.join("outside"), b"precious").expect("victim file");
+        let before = snapshot(&victim);
+        let release = site.p(&format!("release{round}"));
+        let child = hold_at(&site.sync_args(), at, &release);
+        let moved = site.p(&format!("moved{round}"));
+        fs::rename(site.mirror(), &moved).expect("move the mirror away");
+        std::os::unix::fs::symlink(&victim, site.mirror()).expect("plant");
+        fs::write(&release, b"go").expect("release");
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            before,
+            snapshot(&victim),
+            "{at}: written through the symlink ({err})"
+        );
+        assert!(
+            !out.status.success(),
+            "{at}: the racing sync recorded its version"
+        );
+        assert!(
+            err.contains("the mirror directory was replaced while the sync ran"),
+            "{at}: {err}"
+        );
+        // The operator puts the mirror back; the next sync finishes or redoes the update.
+        fs::remove_file(site.mirror()).expect("unplant");
+        fs::rename(&moved, site.mirror()).expect("move back");
+        let out = site.try_sync(&[]);
+        assert!(
+            out.status.success(),
+            "{at}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         assert_same_tree(&site.src(), &site.mirror());

@@ -24,7 +24,7 @@ use super::SyncOptions;
 use crate::error::{IoContext, SyncError};
 use crate::fsutil::sync_dir;
 use crate::glob::glob_match;
-use crate::state::State;
+use crate::state::{Mirror, State};
 use crate::store::StoreReader;
 use crate::tree::Tree;
 
@@ -34,12 +34,12 @@ use crate::tree::Tree;
 pub(super) fn apply(
     store: &dyn StoreReader,
     state: &State,
-    opts: &SyncOptions,
+    (opts, mirror): (&SyncOptions, &Mirror),
     planned: &Planned,
     (first_sync, version): (bool, u64),
 ) -> Result<u64, SyncError> {
     let plan = &planned.plan;
-    let mut a = Applier::begin(opts, (first_sync, version))?;
+    let mut a = Applier::begin((opts, mirror), (first_sync, version))?;
     let mut prepared = Prepared::default();
     // One flush per file for a small plan; for a large one, one for all (below).
     let together = plan.files.len() > FLUSH_EACH_UP_TO;
@@ -148,6 +148,8 @@ impl ReadyList {
 /// The mirror being changed, and what the change has touched so far.
 pub(super) struct Applier<'a> {
     tree: Tree,
+    /// The locked mirror `tree` writes into, checked before each step that writes.
+    mirror: &'a Mirror,
     opts: &'a SyncOptions,
     /// The version a first sync marks as being applied when it writes its first file.
     mark: Option<u64>,
@@ -166,7 +168,7 @@ impl<'a> Applier<'a> {
     /// writes, in [`Applier::write`]), so that if it is interrupted the next one finishes
     /// it (instead of refusing a directory that is no longer empty).
     pub(super) fn begin(
-        opts: &'a SyncOptions,
+        (opts, mirror): (&'a SyncOptions, &'a Mirror),
         (first_sync, version): (bool, u64),
     ) -> Result<Self, SyncError> {
         // Every write from here on is relative to directory handles opened without
@@ -174,9 +176,11 @@ impl<'a> Applier<'a> {
         // swapped for a symlink while the sync runs cannot send a write, a mode change or a
         // deletion outside the mirror. Only the directories the plan makes are made; a
         // symlink or a missing directory anywhere else fails the sync, and the next one
-        // checks every directory.
+        // checks every directory. The root is the directory the sync locked, not its path
+        // looked up again.
         Ok(Applier {
-            tree: Tree::open(&opts.dest)?,
+            tree: mirror.tree()?,
+            mirror,
             opts,
             mark: first_sync.then_some(version),
             marked_here: false,
@@ -199,6 +203,8 @@ impl<'a> Applier<'a> {
         together: bool,
         prepared: &mut Prepared,
     ) -> Result<(), SyncError> {
+        // Planned from what the mirror's path showed: still the locked directory?
+        self.mirror.check()?;
         if let Some(version) = self.mark.take() {
             self.marked_here = !state.applying(&self.opts.tree);
             state.set_applying(&self.opts.tree, version)?;
@@ -326,6 +332,7 @@ impl<'a> Applier<'a> {
             true => self.tree.sync_filesystem(),
             false => Ok(()),
         };
+        let ready = ready.and_then(|()| self.mirror.check());
         if let Err(e) = ready.and_then(|()| state.set_applying(&self.opts.tree, version)) {
             self.undo(state, &prepared);
             return Err(e);
@@ -614,6 +621,18 @@ mod tests {
     use pulpdist_format::VerifiedChunk;
     use std::os::unix::fs::MetadataExt;
 
+    /// Applies `planned` as version 2 over version 1, the mirror locked as a sync locks it.
+    fn apply_v2(opts: &SyncOptions, state: &State, planned: &Planned) -> Result<u64, SyncError> {
+        let mirror = testkit::mirror(opts);
+        apply(
+            &MemStore::default(),
+            state,
+            (opts, &mirror),
+            planned,
+            (false, 2),
+        )
+    }
+
     #[test]
     fn a_planned_file_is_written_whole_with_its_attributes_and_extras_go() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -640,7 +659,7 @@ mod tests {
             plan,
             refs: HashMap::new(),
         };
-        apply(&MemStore::default(), &state, &opts, &planned, (false, 2)).expect("applied");
+        apply_v2(&opts, &state, &planned).expect("applied");
         assert_eq!(fs::read(m.join("sub/f")).expect("read"), b"new");
         let md = fs::metadata(m.join("sub/f")).expect("stat");
         assert_eq!((md.mode() & 0o7777, md.mtime()), (0o640, 100));
@@ -684,7 +703,7 @@ mod tests {
             plan,
             refs: HashMap::new(),
         };
-        apply(&MemStore::default(), &state, &opts, &planned, (false, 2)).expect("applied");
+        apply_v2(&opts, &state, &planned).expect("applied");
         let got = fs::read(m.join("disk.img")).expect("read");
         assert!(
             got == want,
@@ -751,7 +770,7 @@ mod tests {
             refs: HashMap::new(),
         };
         let before = std::collections::BTreeSet::from(["a".to_string(), "gone".to_string()]);
-        apply(&MemStore::default(), &state, &opts, &planned, (false, 2)).expect_err("fails");
+        apply_v2(&opts, &state, &planned).expect_err("fails");
         let names: std::collections::BTreeSet<String> = fs::read_dir(m)
             .expect("list")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())

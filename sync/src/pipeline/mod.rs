@@ -35,8 +35,8 @@ mod waves;
 pub use head::check as check_head;
 pub use options::{SyncOptions, SyncReport};
 
-use crate::error::{IoContext, SyncError};
-use crate::state::{Access, State};
+use crate::error::SyncError;
+use crate::state::{Access, Mirror, State};
 use crate::store::{CountingReader, StoreReader};
 
 /// Brings `opts.dest` to the version of `opts.tree` that `reader` offers.
@@ -61,7 +61,7 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
     let made_dest = !opts.dry_run && fs::symlink_metadata(&opts.dest).is_err();
     let mirror_lock = crate::state::lock_mirror(&opts.dest, opts.dry_run, opts.wait)?;
     let store = CountingReader::new(reader);
-    let result = run(&store, opts, &state);
+    let result = run(&store, opts, &state, mirror_lock.as_ref());
     drop(mirror_lock);
     if result.is_err() && made_dest {
         // A first sync that failed before writing anything leaves no empty mirror behind
@@ -78,11 +78,13 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
     Ok(report)
 }
 
-/// The phases, once the state and the mirror are locked.
+/// The phases, once the state and the mirror are locked (`mirror`: none for a dry run of
+/// a mirror that does not exist yet).
 fn run(
     store: &CountingReader<'_>,
     opts: &SyncOptions,
     state: &State,
+    mirror: Option<&Mirror>,
 ) -> Result<SyncReport, SyncError> {
     let acc = head::accept(store, opts, state)?;
     let name = acc.served_by.clone();
@@ -101,8 +103,10 @@ fn run(
         record::record_unchanged(state, opts, &acc, &name)?;
         return Ok(report);
     }
-    if !opts.dry_run {
-        fs::create_dir_all(&opts.dest).at(&opts.dest)?;
+    // What the mirror's path shows is planned from: it must still be the locked directory
+    // (checked again before every write and before the version is recorded).
+    if let Some(m) = mirror {
+        m.check()?;
     }
     // Whatever a store sends, no more than a pack's signed size is read.
     store.expect_sizes(&acc.pack_sizes());
@@ -120,7 +124,15 @@ fn run(
     report.chunks_fetched = match waves::split(state, opts, &acc, &changes)? {
         Some(waves) => {
             tracing::info!(waves = waves.len(), "a large first sync, in waves");
-            waves::sync(store, state, opts, &acc, (changes, waves), &mut report)?
+            let mirror = locked(mirror)?;
+            waves::sync(
+                store,
+                state,
+                (opts, mirror),
+                &acc,
+                (changes, waves),
+                &mut report,
+            )?
         }
         None => {
             let planned = survey::survey(store, state, opts, &acc, changes, &mut report)?;
@@ -152,7 +164,13 @@ fn run(
             report.rsync_files = staged.rsync_files;
             report.rsync_bytes = staged.rsync_bytes;
             let version = acc.head.version;
-            let late = apply::apply(store, state, opts, &planned, (first_sync, version))?;
+            let late = apply::apply(
+                store,
+                state,
+                (opts, locked(mirror)?),
+                &planned,
+                (first_sync, version),
+            )?;
             staged.chunks_fetched + late
         }
     };
@@ -161,12 +179,18 @@ fn run(
         deleted = report.deleted,
         "applied to the mirror"
     );
+    locked(mirror)?.check()?;
     record::record(state, opts, &acc, &name, &mut report)?;
     tracing::info!(version = acc.head.version, "recorded");
     if let Some(e) = &report.prune_error {
         tracing::warn!(error = %e, "the node cache was not pruned");
     }
     Ok(report)
+}
+
+/// The locked mirror of a sync that writes (only a dry run has none).
+fn locked(mirror: Option<&Mirror>) -> Result<&Mirror, SyncError> {
+    mirror.ok_or_else(|| SyncError::Usage("internal error: the mirror is not locked".into()))
 }
 
 /// Whether a component of `rel` below `dest` (the last one included) is a symlink.

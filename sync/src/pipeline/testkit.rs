@@ -100,6 +100,13 @@ pub(super) fn options(root: &Path) -> SyncOptions {
     o
 }
 
+/// The mirror of `opts`, locked as a sync locks it (made if missing).
+pub(super) fn mirror(opts: &SyncOptions) -> crate::state::Mirror {
+    crate::state::lock_mirror(&opts.dest, false, std::time::Duration::ZERO)
+        .expect("lock")
+        .expect("a mirror")
+}
+
 pub(super) fn state(root: &Path) -> State {
     let wait = std::time::Duration::ZERO;
     State::open(&root.join("state"), Access::Write { wait }).expect("a state directory")

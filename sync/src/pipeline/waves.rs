@@ -22,7 +22,7 @@ use super::head::Accepted;
 use super::plan::{sort_deepest_first, Plan, Source};
 use super::{stage, survey, SyncOptions, SyncReport};
 use crate::error::SyncError;
-use crate::state::State;
+use crate::state::{Mirror, State};
 use crate::store::StoreReader;
 
 /// The most files and chunks room is made for at once (2,097,152: 120 MB of staging index
@@ -89,13 +89,13 @@ pub(super) fn split(
 pub(super) fn sync(
     store: &dyn StoreReader,
     state: &State,
-    opts: &SyncOptions,
+    (opts, mirror): (&SyncOptions, &Mirror),
     acc: &Accepted,
     (changes, waves): (Changes, Waves),
     report: &mut SyncReport,
 ) -> Result<u64, SyncError> {
     let version = acc.head.version;
-    let mut applier = Applier::begin(opts, (true, version))?;
+    let mut applier = Applier::begin((opts, mirror), (true, version))?;
     // Room made at once, up to a bound: the counts come from the index, and a hostile
     // one (a node naming one chunk millions of times) must not make it reserve the world.
     let mut prepared = Prepared::with_room(waves.entries.min(RESERVE_AT_MOST));

@@ -197,14 +197,16 @@ pub(crate) fn wait_for(path: &Path) {
     }
 }
 
-/// Starts `args` held at `step` (until `release` exists); returns once it is there.
+/// Starts `args` held at `step` (`STEP` or `STEP:N`, the `N`th time it is reached; until
+/// `release` exists); returns once it is there.
 pub(crate) fn hold_at(args: &[String], step: &str, release: &Path) -> std::process::Child {
+    let step = match step.contains(':') {
+        true => step.to_string(),
+        false => format!("{step}:1"),
+    };
     let child = bin()
         .args(args)
-        .env(
-            "PULPDIST_FAILPOINT",
-            format!("{step}:1:wait:{}", s(release)),
-        )
+        .env("PULPDIST_FAILPOINT", format!("{step}:wait:{}", s(release)))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
