@@ -53,19 +53,30 @@ pub fn sync_rsync(
     let started = Instant::now();
     pulpdist_rsync::check_url(url)?;
     // One sync of a mirror at a time, whatever its origin (creates the mirror directory).
-    let _lock = crate::state::lock_mirror(dest, dry_run, wait)?;
+    // rsync writes into the locked directory through its handle, so a mirror renamed away
+    // and replaced by a symlink while rsync runs sends nothing elsewhere; the path is
+    // checked to name it still before each pass and after the last.
+    let lock = crate::state::lock_mirror(dest, dry_run, wait)?;
+    let check = || lock.as_ref().map_or(Ok(()), |m| m.check());
+    let into = lock
+        .as_ref()
+        .map_or_else(|| dest.to_path_buf(), |m| m.handle_path());
     let payload = Pass {
         exclude: metadata_patterns,
         delete: false,
         dry_run,
     };
-    let payload = mirror_pass(url, dest, filter, payload)?;
+    check()?;
+    let payload = mirror_pass(url, &into, filter, payload)?;
+    pulpdist_failpoint::hit("sync.rsync_payload");
     let all = Pass {
         exclude: &[],
         delete: true,
         dry_run,
     };
-    let meta = mirror_pass(url, dest, filter, all)?;
+    check()?;
+    let meta = mirror_pass(url, &into, filter, all)?;
+    check()?;
     let files = payload.files + meta.files;
     let bytes = payload.bytes_received + meta.bytes_received;
     Ok(SyncReport {

@@ -484,11 +484,18 @@ pub(crate) fn lock_mirror(
     if !dry_run {
         fs::create_dir_all(dest).at(dest)?;
     }
-    let file = match File::open(dest) {
+    // A directory, never waited on: a FIFO raced into its place fails the open.
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(dest);
+    let file = match opened {
         Ok(f) => take_lock(f, dest, dest, wait, dry_run)?,
         Err(e) if dry_run && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).at(dest),
     };
+    symlink_owned_here(dest)?;
     let st = rustix::fs::fstat(&file)
         .map_err(std::io::Error::from)
         .at(dest)?;
@@ -497,6 +504,27 @@ pub(crate) fn lock_mirror(
         file,
         id: (st.st_dev, st.st_ino),
     }))
+}
+
+/// Refuses a mirror path that is a symlink owned by another user than this one or root:
+/// the operator may name the mirror through a symlink of their own, but one another user
+/// planted (where they can write the mirror's parent, between syncs or as one fails) would
+/// point a root sync's writes and deletions anywhere, as the kernel's `protected_symlinks`
+/// refuses to follow such a link in a shared directory.
+fn symlink_owned_here(dest: &Path) -> Result<(), SyncError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::symlink_metadata(dest).at(dest)?;
+    let me = rustix::process::geteuid().as_raw();
+    if !meta.file_type().is_symlink() || meta.uid() == me || meta.uid() == 0 {
+        return Ok(());
+    }
+    Err(SyncError::Unsafe {
+        path: dest.to_path_buf(),
+        reason: format!(
+            "the mirror is named through a symlink owned by uid {}, not by this user (uid {me}) or root: whoever owns it can point it anywhere; name the directory itself, or make the link yours (chown -h)",
+            meta.uid()
+        ),
+    })
 }
 
 /// The mirror directory as a sync locked it: the handle every write goes through (never
@@ -523,6 +551,22 @@ impl Mirror {
             path: self.path.clone(),
             reason: "the mirror directory was replaced while the sync ran (the path no longer names the directory this sync locked); nothing is recorded, and a sync that finds the mirror where it belongs puts it right".into(),
         })
+    }
+
+    /// A path that names the locked directory whatever happens to the mirror's path: its
+    /// handle in this process's `/proc` entry, for another program (rsync) to write into;
+    /// the mirror's path where `/proc` does not show it.
+    pub(crate) fn handle_path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        let via = PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            self.file.as_raw_fd()
+        ));
+        match rustix::fs::stat(&via) {
+            Ok(st) if (st.st_dev, st.st_ino) == self.id => via,
+            _ => self.path.clone(),
+        }
     }
 
     /// The locked directory, for writing: checked first, then a handle of its own to the

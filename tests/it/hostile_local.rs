@@ -379,13 +379,8 @@ fn the_mirror_swapped_for_a_symlink_mid_sync_writes_nothing_outside_it() {
         }
         fs::write(victim.join("outside"), b"precious").expect("victim file");
         let before = snapshot(&victim);
-        let release = site.p(&format!("release{round}"));
-        let child = hold_at(&site.sync_args(), at, &release);
-        let moved = site.p(&format!("moved{round}"));
-        fs::rename(site.mirror(), &moved).expect("move the mirror away");
-        std::os::unix::fs::symlink(&victim, site.mirror()).expect("plant");
-        fs::write(&release, b"go").expect("release");
-        let out = child.wait_with_output().expect("wait");
+        let args = site.sync_args();
+        let (out, moved) = mirror_swapped_at(&site, &args, at, &victim, &round.to_string());
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
             before,
@@ -400,6 +395,21 @@ fn the_mirror_swapped_for_a_symlink_mid_sync_writes_nothing_outside_it() {
             err.contains("the mirror directory was replaced while the sync ran"),
             "{at}: {err}"
         );
+        // Left in place, the planted symlink (another user's) is refused by the next sync,
+        // which would otherwise take it for the operator's way of naming the mirror.
+        std::os::unix::fs::lchown(site.mirror(), Some(65534), Some(65534)).expect("chown -h");
+        let out = site.try_sync(&[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{at}: synced through another user's symlink"
+        );
+        assert!(err.contains("symlink owned by uid 65534"), "{at}: {err}");
+        assert_eq!(
+            before,
+            snapshot(&victim),
+            "{at}: written through the symlink"
+        );
         // The operator puts the mirror back; the next sync finishes or redoes the update.
         fs::remove_file(site.mirror()).expect("unplant");
         fs::rename(&moved, site.mirror()).expect("move back");
@@ -412,6 +422,37 @@ fn the_mirror_swapped_for_a_symlink_mid_sync_writes_nothing_outside_it() {
         assert_same_tree(&site.src(), &site.mirror());
         assert_eq!(before, snapshot(&victim));
     }
+}
+
+/// The operator may name the mirror through a symlink of their own (root's, here); the
+/// same link owned by another user is refused before anything is written.
+#[test]
+fn a_mirror_named_through_a_symlink_is_synced_if_it_is_ours() {
+    let site = Site::new();
+    fs::write(site.src().join("a"), b"one").expect("file");
+    site.publish();
+    let real = site.p("real");
+    fs::create_dir_all(&real).expect("real");
+    fs::create_dir_all(site.p("downstream")).expect("the mirror's parent");
+    std::os::unix::fs::symlink(&real, site.mirror()).expect("link");
+    site.sync();
+    assert_same_tree(&site.src(), &real);
+    fs::write(site.src().join("a"), b"two").expect("file");
+    site.publish();
+    std::os::unix::fs::lchown(site.mirror(), Some(65534), Some(65534)).expect("chown -h");
+    let before = snapshot(&real);
+    let out = site.try_sync(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "through another's symlink: {err}"
+    );
+    assert!(
+        err.contains("refusing to write: the mirror is named through a symlink owned by uid 65534"),
+        "{err}"
+    );
+    assert_eq!(before, snapshot(&real));
 }
 
 /// From a review: a mode change of a file with other hard links (a mirror deduplicated by

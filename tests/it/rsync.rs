@@ -8,7 +8,9 @@ use std::fs;
 use std::path::Path;
 
 use common::servers::RsyncD;
-use common::{assert_same_tree, run, run_json, s, snapshot, strs, sync_cmd, Site};
+use common::{
+    assert_same_tree, mirror_swapped_at, run, run_json, s, snapshot, strs, sync_cmd, Site,
+};
 
 /// The paths of `root` that `rules` select, as a directory tree (made by rsync itself).
 fn filtered_copy(root: &Path, rules: &[&str], dest: &Path) {
@@ -193,6 +195,54 @@ fn sync_from_a_plain_rsync_origin_payload_first_metadata_after() {
         sent.iter().any(|(p, f)| p == &sessions[1] && is_meta(f)),
         "{sent:?}"
     );
+}
+
+/// Regression: a sync from an rsync origin ran rsync on the mirror's path, twice; a local
+/// user who could write the mirror's parent could swap the mirror for a symlink between
+/// the passes (or during one), and the second pass, with deletions, filled and pruned
+/// whatever the symlink named. Now rsync writes through the locked directory's handle and
+/// the path is checked before each pass and after the last.
+#[test]
+fn a_mirror_swapped_between_the_rsync_passes_sends_nothing_elsewhere() {
+    let site = Site::new();
+    let origin = site.p("origin");
+    pulpdist_testdata::generate(&origin, 93, 2).expect("generate");
+    let d = RsyncD::start(&site.p("rsyncd"), &[("debian", &origin)]);
+    let url = format!("{}/debian", d.url);
+    let args: Vec<String> = [
+        "sync",
+        "--store",
+        &url,
+        "--tree",
+        "debian",
+        s(&site.mirror()),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    run_json(&strs(&args));
+    pulpdist_testdata::evolve(&origin, 93, 1).expect("evolve");
+
+    let victim = site.p("victim");
+    fs::create_dir_all(&victim).expect("victim");
+    fs::write(victim.join("precious"), b"precious").expect("victim file");
+    let before = snapshot(&victim);
+    let (out, moved) = mirror_swapped_at(&site, &args, "sync.rsync_payload", &victim, "rsync");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        before,
+        snapshot(&victim),
+        "written through the symlink: {err}"
+    );
+    assert!(!out.status.success(), "the racing sync succeeded");
+    assert!(
+        err.contains("the mirror directory was replaced while the sync ran"),
+        "{err}"
+    );
+    fs::remove_file(site.mirror()).expect("unplant");
+    fs::rename(&moved, site.mirror()).expect("move back");
+    run_json(&strs(&args));
+    assert_same_tree(&origin, &site.mirror());
 }
 
 #[test]

@@ -217,6 +217,25 @@ pub(crate) fn hold_at(args: &[String], step: &str, release: &Path) -> std::proce
     child
 }
 
+/// A local user's race: `args` (a sync of `site`'s mirror) held at `step`, the mirror
+/// renamed away meanwhile and a symlink to `victim` planted in its place, then released.
+/// The sync's output, and where the mirror was moved (`tag` names it and the release file).
+pub(crate) fn mirror_swapped_at(
+    site: &Site,
+    args: &[String],
+    step: &str,
+    victim: &Path,
+    tag: &str,
+) -> (std::process::Output, PathBuf) {
+    let release = site.p(&format!("release-{tag}"));
+    let child = hold_at(args, step, &release);
+    let moved = site.p(&format!("moved-{tag}"));
+    fs::rename(site.mirror(), &moved).expect("move the mirror away");
+    std::os::unix::fs::symlink(victim, site.mirror()).expect("plant");
+    fs::write(&release, b"go").expect("release");
+    (child.wait_with_output().expect("wait"), moved)
+}
+
 /// Borrows a command line for [`run`] and [`run_json`].
 pub(crate) fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
