@@ -60,6 +60,7 @@ impl State {
             Access::ReadOnly { wait } => (true, wait),
         };
         let lock_path = dir.join("lock");
+        symlink_owned_here(dir, "state directory")?;
         let lock = if read_only {
             match File::open(&lock_path) {
                 Ok(f) => Some(take_lock(f, &lock_path, dir, wait, true)?),
@@ -495,7 +496,7 @@ pub(crate) fn lock_mirror(
         Err(e) if dry_run && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).at(dest),
     };
-    symlink_owned_here(dest)?;
+    symlink_owned_here(dest, "mirror")?;
     let st = rustix::fs::fstat(&file)
         .map_err(std::io::Error::from)
         .at(dest)?;
@@ -506,22 +507,27 @@ pub(crate) fn lock_mirror(
     }))
 }
 
-/// Refuses a mirror path that is a symlink owned by another user than this one or root:
-/// the operator may name the mirror through a symlink of their own, but one another user
-/// planted (where they can write the mirror's parent, between syncs or as one fails) would
-/// point a root sync's writes and deletions anywhere, as the kernel's `protected_symlinks`
-/// refuses to follow such a link in a shared directory.
-fn symlink_owned_here(dest: &Path) -> Result<(), SyncError> {
+/// Refuses a path (the mirror, `what`, or the state directory) that is a symlink owned by
+/// another user than this one or root: the operator may name a directory through a
+/// symlink of their own, but one another user planted (where they can write its parent,
+/// between syncs or as one fails) would point a root sync's writes and deletions anywhere,
+/// as the kernel's `protected_symlinks` refuses to follow such a link in a shared
+/// directory. Nothing there yet is fine.
+fn symlink_owned_here(path: &Path, what: &str) -> Result<(), SyncError> {
     use std::os::unix::fs::MetadataExt;
-    let meta = fs::symlink_metadata(dest).at(dest)?;
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).at(path),
+    };
     let me = rustix::process::geteuid().as_raw();
     if !meta.file_type().is_symlink() || meta.uid() == me || meta.uid() == 0 {
         return Ok(());
     }
     Err(SyncError::Unsafe {
-        path: dest.to_path_buf(),
+        path: path.to_path_buf(),
         reason: format!(
-            "the mirror is named through a symlink owned by uid {}, not by this user (uid {me}) or root: whoever owns it can point it anywhere; name the directory itself, or make the link yours (chown -h)",
+            "the {what} is named through a symlink owned by uid {}, not by this user (uid {me}) or root: whoever owns it can point it anywhere; name the directory itself, or make the link yours (chown -h)",
             meta.uid()
         ),
     })

@@ -453,6 +453,26 @@ fn a_mirror_named_through_a_symlink_is_synced_if_it_is_ours() {
         "{err}"
     );
     assert_eq!(before, snapshot(&real));
+
+    // Likewise the state directory beside it, in the same parent.
+    fs::remove_file(site.mirror()).expect("unlink");
+    std::os::unix::fs::symlink(&real, site.mirror()).expect("link");
+    let state = site.p("downstream/.tree.pulpdist");
+    let elsewhere = site.p("state-elsewhere");
+    fs::rename(&state, &elsewhere).expect("move the state");
+    std::os::unix::fs::symlink(&elsewhere, &state).expect("link the state");
+    std::os::unix::fs::lchown(&state, Some(65534), Some(65534)).expect("chown -h");
+    let out = site.try_sync(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the state directory is named through a symlink owned by uid 65534"),
+        "{err}"
+    );
+    assert_eq!(before, snapshot(&real));
+    std::os::unix::fs::lchown(&state, Some(0), Some(0)).expect("chown -h");
+    site.sync();
+    assert_same_tree(&site.src(), &real);
 }
 
 /// From a review: a mode change of a file with other hard links (a mirror deduplicated by
