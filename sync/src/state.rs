@@ -15,6 +15,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -60,9 +61,15 @@ impl State {
             Access::ReadOnly { wait } => (true, wait),
         };
         let lock_path = dir.join("lock");
-        symlink_owned_here(dir, "state directory")?;
+        state_dir_private(dir)?;
+        // Never through a symlink, never waiting on a FIFO.
+        let no_follow = (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32;
         let lock = if read_only {
-            match File::open(&lock_path) {
+            let opened = OpenOptions::new()
+                .read(true)
+                .custom_flags(no_follow)
+                .open(&lock_path);
+            match opened {
                 Ok(f) => Some(take_lock(f, &lock_path, dir, wait, true)?),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => return Err(e).at(lock_path),
@@ -74,6 +81,7 @@ impl State {
                 .truncate(false)
                 .read(true)
                 .write(true)
+                .custom_flags(no_follow)
                 .open(&lock_path)
                 .at(&lock_path)?;
             let mut f = take_lock(f, &lock_path, dir, wait, false)?;
@@ -486,7 +494,6 @@ pub(crate) fn lock_mirror(
         fs::create_dir_all(dest).at(dest)?;
     }
     // A directory, never waited on: a FIFO raced into its place fails the open.
-    use std::os::unix::fs::OpenOptionsExt;
     let opened = fs::OpenOptions::new()
         .read(true)
         .custom_flags((rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NONBLOCK).bits() as i32)
@@ -496,15 +503,44 @@ pub(crate) fn lock_mirror(
         Err(e) if dry_run && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).at(dest),
     };
-    symlink_owned_here(dest, "mirror")?;
     let st = rustix::fs::fstat(&file)
         .map_err(std::io::Error::from)
         .at(dest)?;
-    Ok(Some(Mirror {
+    let id = (st.st_dev, st.st_ino);
+    // What the path is now, without following it: the opened directory itself, or a
+    // symlink this user or root owns that names it. Compared with the handle, not with a
+    // second lookup, so swapping the path between a symlink and a directory while these
+    // calls run cannot make an open through another user's link pass.
+    let named = match symlink_owned_here(dest, "mirror")? {
+        Some(_) => rustix::fs::stat(dest).map(|st| (st.st_dev, st.st_ino)).ok(),
+        None => lstat_id(dest),
+    };
+    let mirror = Mirror {
         path: dest.to_path_buf(),
         file,
-        id: (st.st_dev, st.st_ino),
-    }))
+        id,
+    };
+    if named != Some(id) {
+        return Err(mirror.replaced());
+    }
+    Ok(Some(mirror))
+}
+
+/// `path` without trailing `/` or `.` components, so that a symlink is looked at, not
+/// through (`mirror/` names what the link `mirror` points to).
+fn plain(path: &Path) -> PathBuf {
+    path.components().collect()
+}
+
+/// The (device, inode) of `path` itself, not following a symlink.
+fn lstat_id(path: &Path) -> Option<(u64, u64)> {
+    let st = rustix::fs::lstat(plain(path)).ok()?;
+    Some((st.st_dev, st.st_ino))
+}
+
+/// Whether `uid` may own what a sync trusts: this user, or root.
+fn trusted(uid: u32) -> bool {
+    uid == rustix::process::geteuid().as_raw() || uid == 0
 }
 
 /// Refuses a path (the mirror, `what`, or the state directory) that is a symlink owned by
@@ -512,23 +548,51 @@ pub(crate) fn lock_mirror(
 /// symlink of their own, but one another user planted (where they can write its parent,
 /// between syncs or as one fails) would point a root sync's writes and deletions anywhere,
 /// as the kernel's `protected_symlinks` refuses to follow such a link in a shared
-/// directory. Nothing there yet is fine.
-fn symlink_owned_here(path: &Path, what: &str) -> Result<(), SyncError> {
+/// directory. Nothing there yet is fine. `Some(owner)` if it is a symlink.
+fn symlink_owned_here(path: &Path, what: &str) -> Result<Option<u32>, SyncError> {
     use std::os::unix::fs::MetadataExt;
-    let meta = match fs::symlink_metadata(path) {
+    let meta = match fs::symlink_metadata(plain(path)) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).at(path),
     };
-    let me = rustix::process::geteuid().as_raw();
-    if !meta.file_type().is_symlink() || meta.uid() == me || meta.uid() == 0 {
-        return Ok(());
+    if !meta.file_type().is_symlink() {
+        return Ok(None);
+    }
+    if trusted(meta.uid()) {
+        return Ok(Some(meta.uid()));
     }
     Err(SyncError::Unsafe {
         path: path.to_path_buf(),
         reason: format!(
-            "the {what} is named through a symlink owned by uid {}, not by this user (uid {me}) or root: whoever owns it can point it anywhere; name the directory itself, or make the link yours (chown -h)",
-            meta.uid()
+            "the {what} is named through a symlink owned by uid {}, not by this user (uid {}) or root: whoever owns it can point it anywhere; name the directory itself, or make the link yours (chown -h)",
+            meta.uid(),
+            rustix::process::geteuid().as_raw()
+        ),
+    })
+}
+
+/// Refuses a state directory another user owns or may write: everything in it is written
+/// and read by path (the lock, nodes, staging, the applied versions), so whoever can plant
+/// a symlink there could point a root sync's writes anywhere.
+fn state_dir_private(dir: &Path) -> Result<(), SyncError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    symlink_owned_here(dir, "state directory")?;
+    let meta = match fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).at(dir),
+    };
+    let writable_by_others = meta.permissions().mode() & 0o022 != 0;
+    if trusted(meta.uid()) && !writable_by_others {
+        return Ok(());
+    }
+    Err(SyncError::Unsafe {
+        path: dir.to_path_buf(),
+        reason: format!(
+            "the state directory is owned by uid {} (mode {:o}): it must be this user's or root's and writable by no one else, since another user could plant symlinks in it",
+            meta.uid(),
+            meta.permissions().mode() & 0o7777
         ),
     })
 }
@@ -553,10 +617,14 @@ impl Mirror {
         if now.is_ok_and(|id| id == self.id) {
             return Ok(());
         }
-        Err(SyncError::Unsafe {
+        Err(self.replaced())
+    }
+
+    fn replaced(&self) -> SyncError {
+        SyncError::Unsafe {
             path: self.path.clone(),
             reason: "the mirror directory was replaced while the sync ran (the path no longer names the directory this sync locked); nothing is recorded, and a sync that finds the mirror where it belongs puts it right".into(),
-        })
+        }
     }
 
     /// A path that names the locked directory whatever happens to the mirror's path: its
@@ -588,6 +656,27 @@ impl Mirror {
 mod tests {
     use super::*;
     use pulpdist_format::{Entry, Name};
+
+    /// `mirror/` and `mirror/.` name what the link `mirror` points to; the owner check
+    /// looks at the link itself either way (an rsync-style path skipped it).
+    #[test]
+    fn another_users_symlink_is_refused_however_the_path_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = dir.path().join("real");
+        fs::create_dir(&real).expect("real");
+        let link = dir.path().join("mirror");
+        std::os::unix::fs::symlink(&real, &link).expect("link");
+        let mine = rustix::process::geteuid().as_raw();
+        assert_eq!(symlink_owned_here(&link, "mirror").ok(), Some(Some(mine)));
+        // The tests run as root (as CI does): the link is given away.
+        std::os::unix::fs::lchown(&link, Some(65534), None).expect("chown -h (as root)");
+        for written in ["mirror", "mirror/", "mirror/.", "mirror//./"] {
+            let p = PathBuf::from(format!("{}/{written}", dir.path().display()));
+            assert!(symlink_owned_here(&p, "mirror").is_err(), "{written}");
+            assert!(lock_mirror(&p, false, Duration::ZERO).is_err(), "{written}");
+        }
+        assert_eq!(plain(Path::new("a/b/./")), PathBuf::from("a/b"));
+    }
 
     fn open_for_writing(dir: &Path) -> State {
         State::open(

@@ -473,6 +473,32 @@ fn a_mirror_named_through_a_symlink_is_synced_if_it_is_ours() {
     std::os::unix::fs::lchown(&state, Some(0), Some(0)).expect("chown -h");
     site.sync();
     assert_same_tree(&site.src(), &real);
+
+    // A state directory another user owns (who could plant symlinks in it) is refused too,
+    // and its lock is never opened through a symlink.
+    fs::write(site.src().join("a"), b"three").expect("file");
+    site.publish();
+    let before = snapshot(&real);
+    std::os::unix::fs::chown(&elsewhere, Some(65534), Some(65534)).expect("chown");
+    let out = site.try_sync(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the state directory is owned by uid 65534"),
+        "{err}"
+    );
+    std::os::unix::fs::chown(&elsewhere, Some(0), Some(0)).expect("chown");
+    let target = site.p("not-a-lock");
+    fs::write(&target, b"precious").expect("target");
+    fs::remove_file(elsewhere.join("lock")).expect("rm lock");
+    std::os::unix::fs::symlink(&target, elsewhere.join("lock")).expect("plant");
+    let out = site.try_sync(&[]);
+    assert!(!out.status.success(), "locked through a symlink");
+    assert_eq!(fs::read(&target).expect("target"), b"precious");
+    assert_eq!(before, snapshot(&real));
+    fs::remove_file(elsewhere.join("lock")).expect("unplant");
+    site.sync();
+    assert_same_tree(&site.src(), &real);
 }
 
 /// From a review: a mode change of a file with other hard links (a mirror deduplicated by
