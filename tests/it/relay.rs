@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::servers::{Builtin, Nginx, S3};
-use common::{assert_same_tree, bin, run, run_json, s, snapshot, strs, Site};
+use common::{assert_same_tree, bin, run, run_json, run_json_logged, s, snapshot, strs, Site};
 
 /// An origin store (the site's) with a tree published, and a relay directory beside it.
 struct Net {
@@ -495,14 +495,7 @@ fn a_replicate_killed_at_any_step_leaves_the_relay_serving_and_the_next_run_comp
     assert!(ok.expect("cp").success());
     // The steps one run passes.
     let log = net.site.p("trace");
-    let out = bin()
-        .args(&args)
-        .arg("--json")
-        .env("PULPDIST_FAILPOINT_LOG", &log)
-        .output()
-        .expect("run");
-    assert!(out.status.success(), "{}", stderr(&out));
-    let whole: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let whole = run_json_logged(&args, &log);
     let full = whole["trees"][0]["bytes_copied"].as_u64().expect("bytes");
     let mut points: Vec<(String, u64)> = Vec::new();
     for line in std::fs::read_to_string(&log).expect("log").lines() {

@@ -224,18 +224,7 @@ fn a_first_sync_in_waves_killed_midway_is_finished_by_the_next() {
     let mut args = site.sync_args();
     args.extend(waves.iter().cloned());
     let log = site.p("waves.log");
-    let out = bin()
-        .args(&args)
-        .arg("--json")
-        .env("PULPDIST_FAILPOINT_LOG", &log)
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let r = run_json_logged(&args, &log);
     let planned = fs::read_to_string(&log)
         .expect("log")
         .lines()

@@ -236,6 +236,23 @@ pub(crate) fn mirror_swapped_at(
     (child.wait_with_output().expect("wait"), moved)
 }
 
+/// Runs `args` with `--json`, every fail point it passes logged to `log`; asserts success
+/// and returns the report.
+pub(crate) fn run_json_logged(args: &[String], log: &Path) -> serde_json::Value {
+    let out = bin()
+        .args(args)
+        .arg("--json")
+        .env("PULPDIST_FAILPOINT_LOG", log)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
 /// Borrows a command line for [`run`] and [`run_json`].
 pub(crate) fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
