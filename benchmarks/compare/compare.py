@@ -61,7 +61,7 @@ ISO_REL = "cdimage/pool.iso"  # scenario iso: the image version 2 adds
 LINKS = ["loopback", "wan"]
 SRV_NS, CLI_NS = "pdc-srv", "pdc-cli"
 SRV_ADDR = "10.77.0.1"  # the server namespace's end of the veth pair
-WAN_DELAY_MS = 40  # one way, added by relay.py (this kernel has no netem)
+WAN_DELAY_MS = 40  # default one-way delay, added by relay.py (this kernel has no netem)
 PD = "PulpDist"
 ZSTD_BOUND = "zstd --patch-from bound"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -672,7 +672,7 @@ class Bench:
 
     def run_link(self, name, info, link):
         w = self.work / name
-        ns_srv, ns_cli, addr, delay = ((SRV_NS, CLI_NS, SRV_ADDR, WAN_DELAY_MS) if link == "wan"
+        ns_srv, ns_cli, addr, delay = ((SRV_NS, CLI_NS, SRV_ADDR, self.a.wan_delay_ms) if link == "wan"
                                        else (None, None, "127.0.0.1", 0))
         d = w / link
         d.mkdir()
@@ -840,9 +840,10 @@ class Bench:
             else:
                 tbf = os.environ.get("PDC_TBF", "unknown")
                 self.results["links"]["wan"] = {
-                    "namespaces": [SRV_NS, CLI_NS], "delay_ms_each_way": WAN_DELAY_MS,
+                    "namespaces": [SRV_NS, CLI_NS], "delay_ms_each_way": self.a.wan_delay_ms,
                     "delay_by": "relay.py (no netem in this kernel)",
-                    "rate_limit": "tbf 50mbit burst 64kb latency 400ms, both veth ends"
+                    "rate_limit": (f"tbf {os.environ.get('PDC_WAN_RATE', self.a.wan_rate)} "
+                                   "burst 64kb latency 400ms, both veth ends")
                     if tbf == "1" else f"none: tbf unavailable ({tbf})"}
                 if tbf != "1":
                     self.results["notes"].append(
@@ -1179,6 +1180,10 @@ def main():
     ap.add_argument("--scenarios", default=",".join(SCENARIOS),
                     help="comma-separated, of: %(default)s")
     ap.add_argument("--links", default=",".join(LINKS), help="comma-separated, of: %(default)s")
+    ap.add_argument("--wan-delay-ms", type=int, default=WAN_DELAY_MS,
+                    help="the wan link's delay each way, in ms (relay.py)")
+    ap.add_argument("--wan-rate", default="50mbit",
+                    help="the wan link's rate (tc tbf, set by `run`)")
     ap.add_argument("--out", default=str(HERE / "out"),
                     help="where results.md and results.json go (default: out/ beside this)")
     ap.add_argument("--work", default=os.environ.get("PDC_WORK", "/tmp/pulpdist-compare"),
