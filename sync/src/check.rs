@@ -40,7 +40,8 @@ pub fn verify_mirror(opts: &SyncOptions, read_data: bool) -> Result<MirrorReport
     let (dest, state_dir) = opts.dirs()?;
     let state = State::open(&state_dir, Access::ReadOnly { wait: opts.wait })?;
     let bytes = state
-        .applied_bytes(&opts.tree)?
+        .applied_bytes(&opts.tree)
+        .map_err(|e| state.named(e))?
         .ok_or_else(|| SyncError::State {
             path: state_dir.clone(),
             detail: format!("no version of tree '{}' was synced here", opts.tree),

@@ -42,7 +42,15 @@ pub(crate) enum Access {
 }
 
 pub(crate) struct State {
+    /// Where every file of the state is reached: the opened directory's handle under
+    /// `/proc` ([`open_state_dir`]), so that renaming the state directory's path while a
+    /// sync runs (a local user who can write its parent, planting a symlink in its place)
+    /// changes nothing about where the sync writes; `shown` where `/proc` does not show it.
     dir: PathBuf,
+    /// The state directory as the operator named it, for messages.
+    shown: PathBuf,
+    /// The opened directory `dir` names.
+    _handle: Option<File>,
     staging: Staging,
     read_only: bool,
     /// Nodes fetched by a dry run (never written to disk).
@@ -60,42 +68,51 @@ impl State {
             Access::Write { wait } => (false, wait),
             Access::ReadOnly { wait } => (true, wait),
         };
-        let lock_path = dir.join("lock");
         state_dir_private(dir)?;
+        if !read_only {
+            fs::create_dir_all(dir).at(dir)?;
+        }
+        let handle = open_state_dir(dir)?;
+        let via = match &handle {
+            Some((h, id)) => via_proc(h, *id).unwrap_or_else(|| dir.to_path_buf()),
+            None => dir.to_path_buf(),
+        };
+        let lock_path = dir.join("lock");
+        let lock_via = via.join("lock");
         // Never through a symlink, never waiting on a FIFO.
         let no_follow = (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32;
         let lock = if read_only {
             let opened = OpenOptions::new()
                 .read(true)
                 .custom_flags(no_follow)
-                .open(&lock_path);
+                .open(&lock_via);
             match opened {
                 Ok(f) => Some(take_lock(f, &lock_path, dir, wait, true)?),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => return Err(e).at(lock_path),
             }
         } else {
-            fs::create_dir_all(dir).at(dir)?;
             let f = OpenOptions::new()
                 .create(true)
                 .truncate(false)
                 .read(true)
                 .write(true)
                 .custom_flags(no_follow)
-                .open(&lock_path)
+                .open(&lock_via)
                 .at(&lock_path)?;
             let mut f = take_lock(f, &lock_path, dir, wait, false)?;
             f.set_len(0).at(&lock_path)?;
             let _ = writeln!(f, "pid {}", std::process::id());
             for sub in ["nodes", "staging"] {
-                let p = dir.join(sub);
-                fs::create_dir_all(&p).at(&p)?;
+                fs::create_dir_all(via.join(sub)).at(dir.join(sub))?;
             }
             Some(f)
         };
         Ok(State {
-            dir: dir.to_path_buf(),
-            staging: Staging::new(dir.join("staging")),
+            staging: Staging::new(via.join("staging")),
+            dir: via,
+            shown: dir.to_path_buf(),
+            _handle: handle.map(|(h, _)| h),
             read_only,
             mem_nodes: Mutex::new(HashMap::new()),
             resolved: Mutex::new(HashMap::new()),
@@ -103,9 +120,42 @@ impl State {
         })
     }
 
-    /// The state directory.
+    /// The state directory, for reaching files in it (a handle's path under `/proc`: see
+    /// [`State::named`] for messages).
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// `e` with the state's paths as the operator named them (not as reached, through the
+    /// handle under `/proc`).
+    pub(crate) fn named(&self, e: SyncError) -> SyncError {
+        let name = |p: PathBuf| match p.strip_prefix(&self.dir) {
+            Ok(rest) if self.dir != self.shown => self.shown.join(rest),
+            _ => p,
+        };
+        match e {
+            SyncError::Io { path, source } => SyncError::Io {
+                path: name(path),
+                source,
+            },
+            SyncError::Unsafe { path, reason } => SyncError::Unsafe {
+                path: name(path),
+                reason,
+            },
+            SyncError::State { path, detail } => SyncError::State {
+                path: name(path),
+                detail,
+            },
+            other => other,
+        }
+    }
+
+    /// `text` (an error kept as a string in the report) with the state's paths as named.
+    pub(crate) fn named_text(&self, text: String) -> String {
+        match (self.dir.to_str(), self.shown.to_str()) {
+            (Some(via), Some(shown)) if via != shown => text.replace(via, shown),
+            _ => text,
+        }
     }
 
     fn applied_path(&self, tree: &str) -> PathBuf {
@@ -261,10 +311,10 @@ impl State {
     /// The error for a node the sync fetched or checked but can no longer read back (a
     /// cached node deleted or damaged behind the sync's back).
     pub(crate) fn lost_node(&self, id: &NodeId) -> SyncError {
-        SyncError::State {
+        self.named(SyncError::State {
             path: self.node_path(id),
             detail: format!("index node {id} vanished from the node cache during the sync"),
-        }
+        })
     }
 
     /// A node's encoding from the local node store, verified.
@@ -583,18 +633,70 @@ fn state_dir_private(dir: &Path) -> Result<(), SyncError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).at(dir),
     };
-    let writable_by_others = meta.permissions().mode() & 0o022 != 0;
-    if trusted(meta.uid()) && !writable_by_others {
+    private(dir, meta.uid(), meta.permissions().mode())
+}
+
+/// Refuses a state directory of owner `uid` and `mode` unless it is this user's or root's
+/// and writable by no one else.
+fn private(dir: &Path, uid: u32, mode: u32) -> Result<(), SyncError> {
+    if trusted(uid) && mode & 0o022 == 0 {
         return Ok(());
     }
     Err(SyncError::Unsafe {
         path: dir.to_path_buf(),
         reason: format!(
-            "the state directory is owned by uid {} (mode {:o}): it must be this user's or root's and writable by no one else, since another user could plant symlinks in it",
-            meta.uid(),
-            meta.permissions().mode() & 0o7777
+            "the state directory is owned by uid {uid} (mode {:o}): it must be this user's or root's and writable by no one else, since another user could plant symlinks in it",
+            mode & 0o7777
         ),
     })
+}
+
+/// A file's (device, inode).
+type FileId = (u64, u64);
+
+/// The state directory, opened (a dry run's that does not exist yet: `None`) and checked on
+/// the handle: this user's or root's, writable by no one else, and what the path names
+/// (through a symlink the operator owns) right after the open. With its (device, inode).
+fn open_state_dir(dir: &Path) -> Result<Option<(File, FileId)>, SyncError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let opened = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(dir);
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).at(dir),
+    };
+    let meta = file.metadata().at(dir)?;
+    private(dir, meta.uid(), meta.permissions().mode())?;
+    let id = (meta.dev(), meta.ino());
+    let named = match symlink_owned_here(dir, "state directory")? {
+        Some(_) => rustix::fs::stat(dir).map(|st| (st.st_dev, st.st_ino)).ok(),
+        None => lstat_id(dir),
+    };
+    if named != Some(id) {
+        return Err(SyncError::Unsafe {
+            path: dir.to_path_buf(),
+            reason: "the state directory was replaced while the sync opened it".into(),
+        });
+    }
+    Ok(Some((file, id)))
+}
+
+/// A path that names the open directory `file` (whose id is `id`) whatever later happens
+/// to the path it was opened by: its handle in this process's `/proc` entry (with the pid,
+/// so that a program the sync runs, such as rsync, reaches it too); `None` where `/proc`
+/// does not show it.
+fn via_proc(file: &File, id: FileId) -> Option<PathBuf> {
+    use std::os::fd::AsRawFd;
+    let via = PathBuf::from(format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        file.as_raw_fd()
+    ));
+    let st = rustix::fs::stat(&via).ok()?;
+    ((st.st_dev, st.st_ino) == id).then_some(via)
 }
 
 /// The mirror directory as a sync locked it: the handle every write goes through (never
@@ -631,16 +733,7 @@ impl Mirror {
     /// handle in this process's `/proc` entry, for another program (rsync) to write into;
     /// the mirror's path where `/proc` does not show it.
     pub(crate) fn handle_path(&self) -> PathBuf {
-        use std::os::fd::AsRawFd;
-        let via = PathBuf::from(format!(
-            "/proc/{}/fd/{}",
-            std::process::id(),
-            self.file.as_raw_fd()
-        ));
-        match rustix::fs::stat(&via) {
-            Ok(st) if (st.st_dev, st.st_ino) == self.id => via,
-            _ => self.path.clone(),
-        }
+        via_proc(&self.file, self.id).unwrap_or_else(|| self.path.clone())
     }
 
     /// The locked directory, for writing: checked first, then a handle of its own to the

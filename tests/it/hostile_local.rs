@@ -424,6 +424,59 @@ fn the_mirror_swapped_for_a_symlink_mid_sync_writes_nothing_outside_it() {
     }
 }
 
+/// Regression: the state directory beside the mirror (in the same parent), swapped for a
+/// symlink by a local user who can write that parent while a (root) sync ran, received the
+/// sync's writes by path: staged chunks, cached nodes, the applying mark and the applied
+/// head went into whatever the symlink named, and the staging area's clearing deleted
+/// there. Now the state is reached through the directory the sync opened and locked, so
+/// the swap changes nothing outside it: the sync finishes into its own state, wherever
+/// that was moved.
+#[test]
+fn the_state_swapped_for_a_symlink_mid_sync_receives_nothing_outside_it() {
+    for (round, at) in ["sync.planned:1", "sync.write:2", "sync.applying:1"]
+        .into_iter()
+        .enumerate()
+    {
+        let site = synced_then_changed("pub", false);
+        let state = site.p("downstream/.tree.pulpdist");
+        assert!(
+            state.join("nodes").is_dir(),
+            "the state is not where the test thinks"
+        );
+        let victim = site.p("victim");
+        for sub in ["nodes", "staging"] {
+            fs::create_dir_all(victim.join(sub)).expect("victim");
+        }
+        fs::write(victim.join("precious"), b"precious").expect("victim file");
+        let before = snapshot(&victim);
+        let release = site.p(&format!("release{round}"));
+        let child = hold_at(&site.sync_args(), at, &release);
+        let moved = site.p(&format!("moved{round}"));
+        fs::rename(&state, &moved).expect("move the state away");
+        std::os::unix::fs::symlink(&victim, &state).expect("plant");
+        fs::write(&release, b"go").expect("release");
+        let out = child.wait_with_output().expect("wait");
+        assert_eq!(
+            before,
+            snapshot(&victim),
+            "{at}: written through the symlink ({})",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "{at}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_same_tree(&site.src(), &site.mirror());
+        // The operator puts the state back: it records the version the sync applied.
+        fs::remove_file(&state).expect("unplant");
+        fs::rename(&moved, &state).expect("move back");
+        let report = site.sync();
+        assert_eq!(report["up_to_date"], true, "{at}: {report}");
+        assert_eq!(before, snapshot(&victim));
+    }
+}
+
 /// The operator may name the mirror through a symlink of their own (root's, here); the
 /// same link owned by another user is refused before anything is written.
 #[test]
