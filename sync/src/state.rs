@@ -74,7 +74,10 @@ impl State {
         }
         let handle = open_state_dir(dir)?;
         let via = match &handle {
-            Some((h, id)) => via_proc(h, *id).unwrap_or_else(|| dir.to_path_buf()),
+            Some((h, id)) => via_proc(h, *id).unwrap_or_else(|| {
+                tracing::warn!(state = %dir.display(), "/proc does not show this process's descriptors: the state directory is reached by its path, so whoever can rename it while a sync runs can redirect the state's writes");
+                dir.to_path_buf()
+            }),
             None => dir.to_path_buf(),
         };
         let lock_path = dir.join("lock");
@@ -146,16 +149,47 @@ impl State {
                 path: name(path),
                 detail,
             },
+            SyncError::Format { object, source } => SyncError::Format {
+                object: self.named_text(object),
+                source,
+            },
+            SyncError::Http {
+                url,
+                status,
+                detail,
+                temporary,
+            } => SyncError::Http {
+                url,
+                status,
+                detail: self.named_text(detail),
+                temporary,
+            },
             other => other,
         }
     }
 
-    /// `text` (an error kept as a string in the report) with the state's paths as named.
-    pub(crate) fn named_text(&self, text: String) -> String {
-        match (self.dir.to_str(), self.shown.to_str()) {
-            (Some(via), Some(shown)) if via != shown => text.replace(via, shown),
-            _ => text,
+    /// `text` with the state's paths as named: each `/proc/<pid>/fd/<n>` of the state
+    /// followed by `/` or ending the text (not a longer descriptor number).
+    fn named_text(&self, text: String) -> String {
+        let (Some(via), Some(shown)) = (self.dir.to_str(), self.shown.to_str()) else {
+            return text;
+        };
+        if via == shown || !text.contains(via) {
+            return text;
         }
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find(via) {
+            let after = &rest[at + via.len()..];
+            out.push_str(&rest[..at]);
+            match after.is_empty() || after.starts_with('/') {
+                true => out.push_str(shown),
+                false => out.push_str(via),
+            }
+            rest = after;
+        }
+        out.push_str(rest);
+        out
     }
 
     fn applied_path(&self, tree: &str) -> PathBuf {
@@ -609,6 +643,17 @@ fn symlink_owned_here(path: &Path, what: &str) -> Result<Option<u32>, SyncError>
     if !meta.file_type().is_symlink() {
         return Ok(None);
     }
+    if meta.nlink() > 1 {
+        // A hard link to someone's symlink (where `protected_hardlinks` is off) keeps its
+        // owner: the owner says nothing about who put it here.
+        return Err(SyncError::Unsafe {
+            path: path.to_path_buf(),
+            reason: format!(
+                "the {what} is named through a symlink with {} hard links: another user may have linked it here; name the directory itself",
+                meta.nlink()
+            ),
+        });
+    }
     if trusted(meta.uid()) {
         return Ok(Some(meta.uid()));
     }
@@ -769,6 +814,56 @@ mod tests {
             assert!(lock_mirror(&p, false, Duration::ZERO).is_err(), "{written}");
         }
         assert_eq!(plain(Path::new("a/b/./")), PathBuf::from("a/b"));
+    }
+
+    /// The state is reached through its handle; messages name it as given, and a longer
+    /// descriptor number is not taken for it.
+    #[test]
+    fn the_state_is_reached_through_its_handle_and_named_as_given() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let named = dir.path().join("state");
+        let state = open_for_writing(&named);
+        let via = state.dir().display().to_string();
+        assert!(via.starts_with("/proc/"), "{via}");
+        assert_eq!(
+            state.named_text(format!("{via}/nodes/x: gone; {via}7/y")),
+            format!("{}/nodes/x: gone; {via}7/y", named.display())
+        );
+        let e = state.named(SyncError::Io {
+            path: state.dir().join("applied-t"),
+            source: std::io::Error::other("x"),
+        });
+        assert_eq!(e.to_string(), format!("{}/applied-t: x", named.display()));
+    }
+
+    /// A hard link to a symlink keeps the symlink's owner, so a link of root's that another
+    /// user linked into the mirror's parent would pass for the operator's: refused.
+    #[test]
+    fn a_hard_linked_symlink_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = dir.path().join("real");
+        fs::create_dir(&real).expect("real");
+        let link = dir.path().join("elsewhere");
+        std::os::unix::fs::symlink(&real, &link).expect("link");
+        let mirror = dir.path().join("mirror");
+        fs::hard_link(&link, &mirror).expect("a hard link to the symlink itself");
+        assert!(fs::symlink_metadata(&mirror)
+            .expect("lstat")
+            .file_type()
+            .is_symlink());
+        let e = lock_mirror(&mirror, false, Duration::ZERO)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("2 hard links"), "{e}");
+        assert!(State::open(
+            &mirror,
+            Access::Write {
+                wait: Duration::ZERO
+            }
+        )
+        .is_err());
+        fs::remove_file(&link).expect("one link left");
+        assert!(lock_mirror(&mirror, false, Duration::ZERO).is_ok());
     }
 
     fn open_for_writing(dir: &Path) -> State {

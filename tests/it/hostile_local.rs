@@ -433,9 +433,14 @@ fn the_mirror_swapped_for_a_symlink_mid_sync_writes_nothing_outside_it() {
 /// that was moved.
 #[test]
 fn the_state_swapped_for_a_symlink_mid_sync_receives_nothing_outside_it() {
-    for (round, at) in ["sync.planned:1", "sync.write:2", "sync.applying:1"]
-        .into_iter()
-        .enumerate()
+    for (round, at) in [
+        "sync.head:1",
+        "sync.planned:1",
+        "sync.write:2",
+        "sync.applying:1",
+    ]
+    .into_iter()
+    .enumerate()
     {
         let site = synced_then_changed("pub", false);
         let state = site.p("downstream/.tree.pulpdist");

@@ -218,7 +218,7 @@ pub(super) fn get_delta(
             Some((f, from_store))
         }
         Err(e) => {
-            report.delta_error.get_or_insert(e.to_string());
+            report.delta_error.get_or_insert(state.named(e).to_string());
             None
         }
     }
@@ -237,7 +237,7 @@ fn fetch_delta(
     match super::delta::apply_nodes(state, &fetched, &applied.root.id) {
         Ok(n) => report.delta_nodes = n,
         Err(e) => {
-            report.delta_error.get_or_insert(e.to_string());
+            report.delta_error.get_or_insert(state.named(e).to_string());
             return None;
         }
     }

@@ -61,13 +61,7 @@ pub fn sync(reader: &dyn StoreReader, opts: &SyncOptions) -> Result<SyncReport, 
     let made_dest = !opts.dry_run && fs::symlink_metadata(&opts.dest).is_err();
     let mirror_lock = crate::state::lock_mirror(&opts.dest, opts.dry_run, opts.wait)?;
     let store = CountingReader::new(reader);
-    let result = run(&store, opts, &state, mirror_lock.as_ref())
-        .map(|mut report| {
-            report.delta_error = report.delta_error.map(|t| state.named_text(t));
-            report.prune_error = report.prune_error.map(|t| state.named_text(t));
-            report
-        })
-        .map_err(|e| state.named(e));
+    let result = run(&store, opts, &state, mirror_lock.as_ref()).map_err(|e| state.named(e));
     drop(mirror_lock);
     if result.is_err() && made_dest {
         // A first sync that failed before writing anything leaves no empty mirror behind

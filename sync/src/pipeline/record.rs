@@ -23,7 +23,7 @@ pub(super) fn record(
     // Housekeeping: the version is applied whatever happens here.
     match state.prune_nodes() {
         Ok(n) => report.nodes_pruned = n,
-        Err(e) => report.prune_error = Some(e.to_string()),
+        Err(e) => report.prune_error = Some(state.named(e).to_string()),
     }
     Ok(())
 }

@@ -233,7 +233,7 @@ fn use_delta(
                 sources.insert(*id, Source::Staged);
             }
         }
-        Err(e) => _ = report.delta_error.get_or_insert(e.to_string()),
+        Err(e) => _ = report.delta_error.get_or_insert(state.named(e).to_string()),
     }
 }
 
