@@ -1,14 +1,15 @@
 //! `pulpdist iso`: jigdo's workflow with chunks. `iso template IMAGE --out T` cuts an ISO
-//! 9660 image along its files' extents and keeps only its metadata chunks (plus the ids of
-//! the file-data chunks); `iso rebuild T --from DIR... [--store S --tree N --trust K] --out
-//! IMAGE` rebuilds it byte for byte from local files, fetching from a store only what they
-//! lack, and checks the result against the BLAKE3 the template records.
+//! 9660 image along its files' extents and keeps only its metadata chunks (plus, for each
+//! file's data, the hash of its chunk list); `iso rebuild T --from DIR... [--store S --tree
+//! N --trust K] --out IMAGE` rebuilds it byte for byte from local files, fetching from a
+//! store only what they lack, and checks the result against the BLAKE3 the template records.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use pulpdist_chunker::Chunker;
@@ -138,18 +139,17 @@ fn template(
     let tmp = out.with_extension("part");
     fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
-    let files = t
-        .entries
-        .iter()
-        .filter(|e| matches!(e, Entry::File { .. }))
-        .count();
+    let count = |f: fn(&Entry) -> bool| t.entries.iter().filter(|e| f(e)).count();
+    let by_list = count(|e| matches!(e, Entry::Region { .. }));
+    let by_id = count(|e| matches!(e, Entry::File { .. }));
     super::emit(
         json,
-        json!({"image_size": t.size, "template_size": bytes.len(), "chunks": t.entries.len(),
-               "file_chunks": files, "files": regions.len()}),
+        json!({"image_size": t.size, "template_size": bytes.len(), "entries": t.entries.len(),
+               "file_regions_by_list": by_list, "file_chunks_by_id": by_id,
+               "files": regions.len()}),
         || {
             format!(
-                "template {}: {} bytes for a {}-byte image ({} file regions, {} chunks)\n",
+                "template {}: {} bytes for a {}-byte image ({} file regions: {by_list} named by their chunk list, {by_id} by their one chunk; {} entries)\n",
                 out.display(),
                 bytes.len(),
                 t.size,
@@ -160,13 +160,21 @@ fn template(
     )
 }
 
-/// Chunk id → (file, offset) for every wanted chunk found in the files under `dirs`.
-fn index_dirs(
-    dirs: &[PathBuf],
-    chunker: &Chunker,
-    wanted: &HashSet<ChunkId>,
-) -> Result<HashMap<ChunkId, (PathBuf, u64)>> {
-    let mut found = HashMap::new();
+/// Files' chunk lists (id, length), by the hash of the list.
+type Lists = HashMap<[u8; 32], Vec<(ChunkId, u32)>>;
+
+/// What the `--from` directories hold: where each chunk of their files is, and the chunk
+/// lists of the files a template names by list.
+#[derive(Default)]
+struct Local {
+    chunks: HashMap<ChunkId, (Arc<Path>, u64)>,
+    files: Lists,
+}
+
+/// Every file under `dirs`, chunked: where each chunk is, and the chunk lists of the files
+/// whose list hashes to one of `lists`.
+fn index_dirs(dirs: &[PathBuf], chunker: &Chunker, lists: &HashSet<[u8; 32]>) -> Result<Local> {
+    let mut found = Local::default();
     let mut stack: Vec<PathBuf> = dirs.to_vec();
     while let Some(d) = stack.pop() {
         for e in fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
@@ -181,23 +189,67 @@ fn index_dirs(
             if !ft.is_file() {
                 continue;
             }
-            let path = e.path();
+            let path: Arc<Path> = e.path().into();
             let f = File::open(&path).with_context(|| format!("reading {}", path.display()))?;
             let mut stream = chunker.stream(f);
             let mut offset = 0u64;
+            let mut list = Vec::new();
             while let Some(c) = stream
                 .next_chunk()
                 .with_context(|| format!("reading {}", path.display()))?
             {
                 let id = ChunkId::of(c);
-                if wanted.contains(&id) {
-                    found.entry(id).or_insert_with(|| (path.clone(), offset));
-                }
+                found
+                    .chunks
+                    .entry(id)
+                    .or_insert_with(|| (path.clone(), offset));
+                list.push((id, c.len() as u32));
                 offset += c.len() as u64;
+            }
+            let hash = pulpdist_format::chunk_list_hash(list.iter().map(|(id, _)| id));
+            if lists.contains(&hash) {
+                found.files.entry(hash).or_insert(list);
             }
         }
     }
     Ok(found)
+}
+
+/// One piece of the image to write.
+enum Piece<'a> {
+    Literal(&'a VerifiedChunk),
+    Chunk(ChunkId, u32),
+}
+
+/// The template's entries as chunks: each file region replaced by the chunk list of the
+/// file that resolved it (`lists`), which must have its count and size.
+fn pieces<'a>(t: &'a Template, lists: &[&Lists]) -> Result<Vec<Piece<'a>>> {
+    let mut out = Vec::with_capacity(t.entries.len());
+    for e in &t.entries {
+        match e {
+            Entry::Literal { chunk } => out.push(Piece::Literal(chunk)),
+            Entry::File { id, len } => out.push(Piece::Chunk(*id, *len)),
+            Entry::Region {
+                chunk_hash,
+                chunks,
+                size,
+            } => {
+                let Some(list) = lists.iter().find_map(|m| m.get(chunk_hash)) else {
+                    bail!("file region {} is unresolved", hex::encode(chunk_hash));
+                };
+                let got: u64 = list.iter().map(|(_, n)| u64::from(*n)).sum();
+                if list.len() != *chunks as usize || got != *size {
+                    bail!(
+                        "the template's file region {} says {chunks} chunks and {size} bytes, but the file whose chunk list it names has {} and {got}: the template is damaged",
+                        hex::encode(chunk_hash),
+                        list.len()
+                    );
+                }
+                out.extend(list.iter().map(|(id, n)| Piece::Chunk(*id, *n)));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Where `rebuild` fetches what the local directories lack, and how.
@@ -220,27 +272,38 @@ fn rebuild(
     let bytes = fs::read(template).with_context(|| format!("reading {}", template.display()))?;
     let t = Template::decode(&bytes).with_context(|| format!("in {}", template.display()))?;
     let chunker = Chunker::new(t.params)?;
-    let wanted: HashSet<ChunkId> = t
+    let lists: HashSet<[u8; 32]> = t
         .entries
         .iter()
         .filter_map(|e| match e {
-            Entry::File { id, .. } => Some(*id),
-            Entry::Literal { .. } => None,
+            Entry::Region { chunk_hash, .. } => Some(*chunk_hash),
+            _ => None,
         })
         .collect();
-    let local = index_dirs(from, &chunker, &wanted)?;
-    let missing: HashSet<ChunkId> = wanted
-        .iter()
-        .filter(|id| !local.contains_key(id))
-        .copied()
-        .collect();
-    let fetched = match missing.is_empty() {
+    let local = index_dirs(from, &chunker, &lists)?;
+    let missing = Missing {
+        chunks: t
+            .entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::File { id, .. } if !local.chunks.contains_key(id) => Some(*id),
+                _ => None,
+            })
+            .collect(),
+        lists: lists
+            .iter()
+            .filter(|h| !local.files.contains_key(*h))
+            .copied()
+            .collect(),
+    };
+    let fetched = match missing.chunks.is_empty() && missing.lists.is_empty() {
         true => Fetched::default(),
-        false => fetch_missing(&t, &missing, from_store, out, progress)?,
+        false => fetch_missing(&t, &missing, &local, from_store, out, progress)?,
     };
     let tmp = out.with_extension("part");
     // Everything is written beside the output first; on any failure the part is removed.
-    let written = write_image(&t, &local, &fetched, &tmp, progress);
+    let written = pieces(&t, &[&local.files, &fetched.files])
+        .and_then(|pieces| write_image(&t, &pieces, &local, &fetched, &tmp, progress));
     drop(fetched.file);
     if let Some(scratch) = &fetched.scratch {
         let _ = fs::remove_file(scratch);
@@ -275,14 +338,24 @@ struct Fetched {
     file: Option<File>,
     /// Chunk id → (offset, length) in the scratch file.
     at: HashMap<ChunkId, (u64, u32)>,
+    /// The chunk lists of the files the store's tree resolved.
+    files: Lists,
     requests: u64,
     bytes: u64,
 }
 
-/// Fetches the `missing` chunks of `t` from the store (verified), into a scratch file.
+/// What no `--from` directory holds: chunks named by id, and files named by chunk list.
+struct Missing {
+    chunks: HashSet<ChunkId>,
+    lists: HashSet<[u8; 32]>,
+}
+
+/// Fetches what is `missing` from the store (verified), into a scratch file: the chunks
+/// named by id, and the chunks of the files named by list that `local` lacks.
 fn fetch_missing(
     t: &Template,
-    missing: &HashSet<ChunkId>,
+    missing: &Missing,
+    local: &Local,
     from_store: StoreArgs<'_>,
     out: &Path,
     progress: &pulpdist_progress::Reporter,
@@ -298,12 +371,17 @@ fn fetch_missing(
         let bytes: u64 = t
             .entries
             .iter()
-            .filter(|e| missing.contains(&e.id()))
-            .map(|e| u64::from(e.len()))
+            .filter(|e| match e {
+                Entry::File { id, .. } => missing.chunks.contains(id),
+                Entry::Region { chunk_hash, .. } => missing.lists.contains(chunk_hash),
+                Entry::Literal { .. } => false,
+            })
+            .map(Entry::len)
             .sum();
         bail!(
-            "{} chunks ({bytes} bytes) of the image's files are in none of the --from directories; give more, or --store with --tree and --trust",
-            missing.len()
+            "{} files and {} chunks ({bytes} bytes) of the image are in none of the --from directories; give more, or --store with --tree and --trust",
+            missing.lists.len(),
+            missing.chunks.len()
         );
     };
     let tree = tree.unwrap_or_default();
@@ -318,12 +396,28 @@ fn fetch_missing(
         path: scratch.clone(),
         source,
     };
-    progress.start("fetch", missing.len() as u64, 0);
+    // At most: the chunks named by id, and every chunk of the files named by list.
+    let at_most = missing.chunks.len() as u64
+        + t.entries
+            .iter()
+            .map(|e| match e {
+                Entry::Region {
+                    chunk_hash, chunks, ..
+                } if missing.lists.contains(chunk_hash) => u64::from(*chunks),
+                _ => 0,
+            })
+            .sum::<u64>();
+    progress.start("fetch", at_most, 0);
+    let wanted = pulpdist_sync::Wanted {
+        chunks: &missing.chunks,
+        files: &missing.lists,
+    };
     let got = pulpdist_sync::fetch_chunks(
         &counted,
         tree,
         &keys,
-        missing,
+        wanted,
+        &|id| local.chunks.contains_key(id),
         64 * 1024,
         &mut |c: VerifiedChunk| {
             w.write_all(c.data()).map_err(io)?;
@@ -346,10 +440,20 @@ fn fetch_missing(
         }
     };
     (fetched.requests, fetched.bytes) = counted.totals();
-    if let Some(id) = missing.iter().find(|id| !got.contains(id)) {
+    let lacking = missing
+        .lists
+        .iter()
+        .filter(|h| !got.files.contains_key(*h))
+        .count();
+    if lacking > 0 {
+        let _ = fs::remove_file(&scratch);
+        bail!("{lacking} files of the image are neither in the --from directories nor in tree '{tree}' of {store} (none there has the chunk list the template names)");
+    }
+    if let Some(id) = missing.chunks.iter().find(|id| !got.chunks.contains(id)) {
         let _ = fs::remove_file(&scratch);
         bail!("chunk {id} of the image is neither local nor in tree '{tree}' of {store}");
     }
+    fetched.files = got.files;
     fetched.file = Some(f);
     fetched.scratch = Some(scratch);
     Ok(fetched)
@@ -378,7 +482,8 @@ fn scratch_file(out: &Path) -> Result<(PathBuf, File)> {
 /// template's BLAKE3. Bytes from local files and from the template.
 fn write_image(
     t: &Template,
-    local: &HashMap<ChunkId, (PathBuf, u64)>,
+    pieces: &[Piece<'_>],
+    local: &Local,
     fetched: &Fetched,
     tmp: &Path,
     progress: &pulpdist_progress::Reporter,
@@ -388,16 +493,16 @@ fn write_image(
     );
     let mut hasher = blake3::Hasher::new();
     let (mut from_local, mut from_template) = (0u64, 0u64);
-    let mut open: Option<(PathBuf, File)> = None;
-    progress.start("image", t.entries.len() as u64, t.size);
-    for e in &t.entries {
-        let data: Vec<u8> = match e {
-            Entry::Literal { chunk } => {
+    let mut open: Option<(Arc<Path>, File)> = None;
+    progress.start("image", pieces.len() as u64, t.size);
+    for p in pieces {
+        let data: Vec<u8> = match p {
+            Piece::Literal(chunk) => {
                 from_template += chunk.data().len() as u64;
                 chunk.data().to_vec()
             }
-            Entry::File { id, len } => {
-                if let Some((path, offset)) = local.get(id) {
+            Piece::Chunk(id, len) => {
+                if let Some((path, offset)) = local.chunks.get(id) {
                     from_local += u64::from(*len);
                     read_local(&mut open, path, *offset, *id, *len)?
                 } else {
@@ -425,15 +530,15 @@ fn write_image(
 
 /// A chunk of a local file (kept open while the next chunks come from it), verified.
 fn read_local(
-    open: &mut Option<(PathBuf, File)>,
-    path: &Path,
+    open: &mut Option<(Arc<Path>, File)>,
+    path: &Arc<Path>,
     offset: u64,
     id: ChunkId,
     len: u32,
 ) -> Result<Vec<u8>> {
     if open.as_ref().is_none_or(|(p, _)| p != path) {
         let f = File::open(path).with_context(|| format!("reading {}", path.display()))?;
-        *open = Some((path.to_path_buf(), f));
+        *open = Some((path.clone(), f));
     }
     let Some((_, f)) = open.as_mut() else {
         unreachable!("opened above")

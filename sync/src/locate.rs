@@ -1,37 +1,68 @@
 //! Fetching given chunks of a tree, without a mirror: verify the head, walk the signed
-//! index until every wanted chunk is located, then fetch and verify those chunks (byte
-//! ranges of their packs, nearby ones merged). For rebuilding files, such as ISO images,
-//! outside a mirror.
+//! index until every wanted chunk, and every wanted file named by its chunk list's hash, is
+//! located, then fetch and verify those chunks (byte ranges of their packs, nearby ones
+//! merged). For rebuilding files, such as ISO images, outside a mirror.
 
 use std::collections::{HashMap, HashSet};
 
 use pulpdist_format::{
-    ChunkId, ChunkRef, EntryKind, PackId, SignedHead, TrustedKeys, VerifiedChunk,
+    chunk_list_hash, ChunkId, ChunkRef, EntryKind, PackId, SignedHead, TrustedKeys, VerifiedChunk,
 };
 
 use crate::error::SyncError;
 use crate::store::{HeadFetch, StoreReader};
 
-/// Fetches the chunks in `wanted` that tree `tree` of `store` holds and hands each to
+/// What [`fetch_chunks`] looks for in a tree.
+pub struct Wanted<'a> {
+    /// Chunks, by id.
+    pub chunks: &'a HashSet<ChunkId>,
+    /// Files, by the BLAKE3 of their chunk ids concatenated (FORMAT.md 5.2's `chunk_hash`):
+    /// each resolves to the chunk list of a plain file of the tree that hashes to it.
+    pub files: &'a HashSet<[u8; 32]>,
+}
+
+/// What [`fetch_chunks`] found.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// The ids handed to `put`.
+    pub chunks: HashSet<ChunkId>,
+    /// The wanted files the tree holds: their chunks (id, length) in order.
+    pub files: HashMap<[u8; 32], Vec<(ChunkId, u32)>>,
+}
+
+/// Fetches the chunks in `wanted.chunks` that tree `tree` of `store` holds, and those of
+/// the files in `wanted.files` that `have` does not say are at hand, and hands each to
 /// `put`, verified, as it arrives (so that memory holds one merged range, not every chunk).
-/// Returns the ids handed over; chunks the tree does not hold are not among them.
+/// Chunks and files the tree does not hold are not in the result.
 pub fn fetch_chunks(
     store: &dyn StoreReader,
     tree: &str,
     trusted: &TrustedKeys,
-    wanted: &HashSet<ChunkId>,
+    wanted: Wanted<'_>,
+    have: &dyn Fn(&ChunkId) -> bool,
     max_gap: u64,
     put: &mut dyn FnMut(VerifiedChunk) -> Result<(), SyncError>,
-) -> Result<HashSet<ChunkId>, SyncError> {
+) -> Result<Found, SyncError> {
     let head = verified_head(store, tree, trusted)?;
     let sizes = head.recent.iter().flat_map(|v| v.packs.iter());
     store.expect_sizes(&sizes.map(|p| (p.id, p.size)).collect());
-    let found = locate(store, head.root, wanted)?;
+    let (mut found, files) = locate(store, head.root, &wanted)?;
+    for c in files.values().flatten() {
+        if !have(&c.id) {
+            found.entry(c.id).or_insert(*c);
+        }
+    }
     let mut by_pack: HashMap<PackId, Vec<ChunkRef>> = HashMap::new();
     for c in found.values() {
         by_pack.entry(c.loc.pack).or_default().push(*c);
     }
-    let mut out = HashSet::new();
+    let mut out = Found {
+        files: files
+            .into_iter()
+            .map(|(h, refs)| (h, refs.iter().map(|c| (c.id, c.loc.raw_len)).collect()))
+            .collect(),
+        ..Found::default()
+    };
     for (pack, chunks) in by_pack {
         let ranges =
             crate::ranges::coalesce(chunks.iter().map(|c| c.loc.range()).collect(), max_gap);
@@ -48,7 +79,7 @@ pub fn fetch_chunks(
                         object: format!("chunk {} in {}", c.id, pack.object_key()),
                         source,
                     })?;
-                out.insert(c.id);
+                out.chunks.insert(c.id);
                 put(chunk)?;
             }
         }
@@ -84,18 +115,23 @@ fn verified_head(
     Ok(head)
 }
 
-/// Walks the index from `root` until every chunk in `wanted` is located (or the tree is
-/// walked through): where each one that the tree holds is stored.
+/// Where each located chunk is stored, and each located file's chunks.
+type Located = (HashMap<ChunkId, ChunkRef>, HashMap<[u8; 32], Vec<ChunkRef>>);
+
+/// Walks the index from `root` until every chunk and file in `wanted` is located (or the
+/// tree is walked through): where each chunk that the tree holds is stored, and the chunk
+/// list of each wanted file it holds.
 fn locate(
     store: &dyn StoreReader,
     root: pulpdist_format::NodeRef,
-    wanted: &HashSet<ChunkId>,
-) -> Result<HashMap<ChunkId, ChunkRef>, SyncError> {
+    wanted: &Wanted<'_>,
+) -> Result<Located, SyncError> {
     let mut found: HashMap<ChunkId, ChunkRef> = HashMap::new();
+    let mut files: HashMap<[u8; 32], Vec<ChunkRef>> = HashMap::new();
     let mut seen = HashSet::new();
     let mut todo = vec![root];
     while let Some(r) = todo.pop() {
-        if found.len() == wanted.len() {
+        if found.len() == wanted.chunks.len() && files.len() == wanted.files.len() {
             break;
         }
         if !seen.insert(r.id) {
@@ -110,12 +146,20 @@ fn locate(
             match &e.kind {
                 EntryKind::Dir { node } => todo.push(*node),
                 kind => {
-                    for c in kind.own_chunks().filter(|c| wanted.contains(&c.id)) {
+                    for c in kind.own_chunks().filter(|c| wanted.chunks.contains(&c.id)) {
                         found.entry(c.id).or_insert(*c);
+                    }
+                    if let EntryKind::File { chunks, .. } = kind {
+                        if !wanted.files.is_empty() && !chunks.is_empty() {
+                            let hash = chunk_list_hash(chunks.iter().map(|c| &c.id));
+                            if wanted.files.contains(&hash) {
+                                files.entry(hash).or_insert_with(|| chunks.clone());
+                            }
+                        }
                     }
                 }
             }
         }
     }
-    Ok(found)
+    Ok((found, files))
 }

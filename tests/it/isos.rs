@@ -495,6 +495,78 @@ fn template_and_rebuild_like_jigdo() {
     assert_eq!(out.status.code(), Some(1));
 }
 
+/// Template version 2: a file of several chunks is named once, by its chunk list, not by
+/// 37 bytes per chunk. A local copy that differs from the image's file (an edit in the
+/// middle) does not resolve it; the store's tree does, and then the copy still gives every
+/// chunk it shares, so only the changed chunks are fetched. Without a store the rebuild
+/// is refused, naming what is missing.
+#[test]
+fn a_template_names_each_file_once_and_a_changed_copy_still_gives_what_it_shares() {
+    let site = Site::new();
+    let pool = site.src().join("pool");
+    fs::create_dir_all(&pool).expect("pool");
+    let mut big = vec![0u8; 3 << 20];
+    blake3::Hasher::new()
+        .update(b"a package")
+        .finalize_xof()
+        .fill(&mut big);
+    fs::write(pool.join("big.deb"), &big).expect("big");
+    fs::write(pool.join("small.txt"), b"a small file").expect("small");
+    site.publish();
+    let image = site.p("image.iso");
+    xorriso(&pool, &image, &[]);
+    let image_bytes = fs::read(&image).expect("image");
+    let tpl = site.p("image.tpl");
+    let t = common::run_json(&["iso", "template", s(&image), "--out", s(&tpl)]);
+    assert_eq!(t["file_regions_by_list"], 1, "{t}");
+    assert_eq!(t["file_chunks_by_id"], 1, "{t}");
+    assert_eq!(&fs::read(&tpl).expect("tpl")[..8], b"PDISOTP\x02");
+
+    // The copy: the package edited in the middle.
+    let copy = site.p("copy");
+    fs::create_dir_all(&copy).expect("copy");
+    big[3 << 19] ^= 0xff;
+    fs::write(copy.join("big.deb"), &big).expect("edited");
+    fs::write(copy.join("small.txt"), b"a small file").expect("small");
+    let out_img = site.p("rebuilt.iso");
+    let out = common::run(&[
+        "iso",
+        "rebuild",
+        s(&tpl),
+        "--from",
+        s(&copy),
+        "--out",
+        s(&out_img),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("1 files and 0 chunks (3145728 bytes)") && err.contains("--store"),
+        "{err}"
+    );
+    assert!(!out_img.exists());
+    let key = format!("{}.pub", s(&site.key()));
+    let r = common::run_json(&[
+        "iso",
+        "rebuild",
+        s(&tpl),
+        "--from",
+        s(&copy),
+        "--store",
+        s(&site.store()),
+        "--tree",
+        "tree",
+        "--trust",
+        &key,
+        "--out",
+        s(&out_img),
+    ]);
+    assert!(fs::read(&out_img).expect("rebuilt") == image_bytes);
+    let fetched = r["bytes_fetched"].as_u64().expect("n");
+    assert!(fetched > 0 && fetched < 1 << 20, "{r}");
+    assert!(r["bytes_from_local"].as_u64().expect("n") > 2 << 20, "{r}");
+}
+
 /// Regression: `iso rebuild` held every chunk it fetched in memory (an image's worth). They
 /// now wait in a scratch file beside the output: rebuilding a 96 MB image of files no
 /// `--from` directory has, all fetched from the store, stays far below the image's size.
