@@ -1,6 +1,6 @@
 //! Golden vectors of the image template format (docs/FORMAT.md, "Image templates"): a fixed
 //! input gives these exact bytes (version 2), and they decode to the same template; the
-//! same input's version 1 template, as written before, still decodes. Regenerate with
+//! same image's version 1 template, as written before, still decodes. Regenerate with
 //! PULPDIST_REGEN_GOLDEN=1 after a deliberate format change.
 
 use std::path::Path;
@@ -25,8 +25,13 @@ fn golden_input() -> (Vec<u8>, Template) {
     }
     std::fs::write(&img, &data).expect("write");
     let chunker = Chunker::new(ChunkParams::DEFAULT).expect("chunker");
-    let t =
-        Template::make(&img, &[20_000..180_000], &chunker, 3, &Default::default()).expect("make");
+    let t = Template::make(
+        &img,
+        &[20_000..180_000, 182_000..190_000],
+        &chunker,
+        &Default::default(),
+    )
+    .expect("make");
     (data, t)
 }
 
@@ -56,10 +61,15 @@ fn golden_template() {
         .collect();
     assert_eq!(regions.len(), 1);
     assert_eq!(regions[0].len(), 160_000);
+    // The second file, of one chunk: by id.
+    assert!(d
+        .entries
+        .iter()
+        .any(|e| matches!(e, Entry::File { len: 8_000, .. })));
 }
 
-/// Version 1 (every file chunk by id), as written before regions: still read, as the same
-/// image's chunks.
+/// Version 1 (every file chunk by id), as written before regions (of the same image, its
+/// first file only): still read, as the same chunks.
 #[test]
 fn golden_template_version_1() {
     let (data, t) = golden_input();

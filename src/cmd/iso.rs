@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use pulpdist_chunker::Chunker;
 use pulpdist_format::{ChunkId, VerifiedChunk};
 use pulpdist_isos::template::{Entry, Template};
+use pulpdist_sync::Run;
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -27,7 +28,7 @@ pub(crate) struct Args {
 #[allow(clippy::large_enum_variant)]
 #[derive(clap::Subcommand)]
 enum Command {
-    /// Make a template of an ISO 9660 image (its metadata, and the ids of its file data).
+    /// Make a template of an ISO 9660 image (its metadata, and each file's data named by its chunks).
     Template {
         /// The image.
         image: PathBuf,
@@ -134,7 +135,7 @@ fn template(
     }
     let regions = pulpdist_isos::layout(image)?;
     let chunker = Chunker::new(params)?;
-    let t = Template::make(image, &regions, &chunker, 19, progress)?;
+    let t = Template::make(image, &regions, &chunker, progress)?;
     let bytes = t.encode(19)?;
     let tmp = out.with_extension("part");
     fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
@@ -160,20 +161,33 @@ fn template(
     )
 }
 
-/// Files' chunk lists (id, length), by the hash of the list.
+/// Runs of chunks (id, length), by the hash of their ids.
 type Lists = HashMap<[u8; 32], Vec<(ChunkId, u32)>>;
 
-/// What the `--from` directories hold: where each chunk of their files is, and the chunk
-/// lists of the files a template names by list.
+/// What the `--from` directories hold: where the chunks looked for are, and the runs a
+/// template names that their files hold.
 #[derive(Default)]
 struct Local {
     chunks: HashMap<ChunkId, (Arc<Path>, u64)>,
-    files: Lists,
+    runs: Lists,
 }
 
-/// Every file under `dirs`, chunked: where each chunk is, and the chunk lists of the files
-/// whose list hashes to one of `lists`.
-fn index_dirs(dirs: &[PathBuf], chunker: &Chunker, lists: &HashSet<[u8; 32]>) -> Result<Local> {
+/// Every file under `dirs`, chunked: where each chunk in `ids` is, and the runs in `runs`
+/// that a file holds (with where their chunks are). Nothing else is kept, so memory follows
+/// the image, not the directories.
+fn index_dirs(
+    dirs: &[PathBuf],
+    chunker: &Chunker,
+    ids: &HashSet<ChunkId>,
+    runs: &HashMap<[u8; 32], Run>,
+) -> Result<Local> {
+    let mut by_first: HashMap<ChunkId, Vec<([u8; 32], usize)>> = HashMap::new();
+    for (hash, run) in runs {
+        by_first
+            .entry(run.first)
+            .or_default()
+            .push((*hash, run.chunks as usize));
+    }
     let mut found = Local::default();
     let mut stack: Vec<PathBuf> = dirs.to_vec();
     while let Some(d) = stack.pop() {
@@ -193,26 +207,56 @@ fn index_dirs(dirs: &[PathBuf], chunker: &Chunker, lists: &HashSet<[u8; 32]>) ->
             let f = File::open(&path).with_context(|| format!("reading {}", path.display()))?;
             let mut stream = chunker.stream(f);
             let mut offset = 0u64;
-            let mut list = Vec::new();
+            let mut list: Vec<(ChunkId, u32, u64)> = Vec::new();
             while let Some(c) = stream
                 .next_chunk()
                 .with_context(|| format!("reading {}", path.display()))?
             {
                 let id = ChunkId::of(c);
-                found
-                    .chunks
-                    .entry(id)
-                    .or_insert_with(|| (path.clone(), offset));
-                list.push((id, c.len() as u32));
+                if ids.contains(&id) {
+                    found
+                        .chunks
+                        .entry(id)
+                        .or_insert_with(|| (path.clone(), offset));
+                }
+                list.push((id, c.len() as u32, offset));
                 offset += c.len() as u64;
             }
-            let hash = pulpdist_format::chunk_list_hash(list.iter().map(|(id, _)| id));
-            if lists.contains(&hash) {
-                found.files.entry(hash).or_insert(list);
+            for (i, (id, _, _)) in list.iter().enumerate() {
+                for (hash, n) in by_first.get(id).into_iter().flatten() {
+                    let Some(run) = list.get(i..i + n) else {
+                        continue;
+                    };
+                    if found.runs.contains_key(hash)
+                        || pulpdist_format::chunk_list_hash(run.iter().map(|(id, _, _)| id))
+                            != *hash
+                    {
+                        continue;
+                    }
+                    for (id, _, at) in run {
+                        found
+                            .chunks
+                            .entry(*id)
+                            .or_insert_with(|| (path.clone(), *at));
+                    }
+                    found
+                        .runs
+                        .insert(*hash, run.iter().map(|(id, n, _)| (*id, *n)).collect());
+                }
             }
         }
     }
     Ok(found)
+}
+
+/// Where the chunks of `ids` are in the files under `dirs` (a second look, for the runs a
+/// store resolved: a local file that differs from the image's still gives what it shares).
+fn index_ids(
+    dirs: &[PathBuf],
+    chunker: &Chunker,
+    ids: &HashSet<ChunkId>,
+) -> Result<HashMap<ChunkId, (Arc<Path>, u64)>> {
+    Ok(index_dirs(dirs, chunker, ids, &HashMap::new())?.chunks)
 }
 
 /// One piece of the image to write.
@@ -221,10 +265,11 @@ enum Piece<'a> {
     Chunk(ChunkId, u32),
 }
 
-/// The template's entries as chunks: each file region replaced by the chunk list of the
-/// file that resolved it (`lists`), which must have its count and size.
+/// The template's entries as chunks: each region replaced by the run that resolved it
+/// (`lists`), which must have its count and size.
 fn pieces<'a>(t: &'a Template, lists: &[&Lists]) -> Result<Vec<Piece<'a>>> {
     let mut out = Vec::with_capacity(t.entries.len());
+    let mut at = 0u64;
     for e in &t.entries {
         match e {
             Entry::Literal { chunk } => out.push(Piece::Literal(chunk)),
@@ -233,14 +278,18 @@ fn pieces<'a>(t: &'a Template, lists: &[&Lists]) -> Result<Vec<Piece<'a>>> {
                 chunk_hash,
                 chunks,
                 size,
+                ..
             } => {
                 let Some(list) = lists.iter().find_map(|m| m.get(chunk_hash)) else {
-                    bail!("file region {} is unresolved", hex::encode(chunk_hash));
+                    bail!(
+                        "the file data at byte {at} of the image ({size} bytes, chunk list {}) is unresolved",
+                        hex::encode(chunk_hash)
+                    );
                 };
                 let got: u64 = list.iter().map(|(_, n)| u64::from(*n)).sum();
                 if list.len() != *chunks as usize || got != *size {
                     bail!(
-                        "the template's file region {} says {chunks} chunks and {size} bytes, but the file whose chunk list it names has {} and {got}: the template is damaged",
+                        "the file data at byte {at} of the image: the template says {chunks} chunks and {size} bytes, but the chunks it names ({}) are {} and {got} bytes: the template is damaged",
                         hex::encode(chunk_hash),
                         list.len()
                     );
@@ -248,6 +297,7 @@ fn pieces<'a>(t: &'a Template, lists: &[&Lists]) -> Result<Vec<Piece<'a>>> {
                 out.extend(list.iter().map(|(id, n)| Piece::Chunk(*id, *n)));
             }
         }
+        at += e.len();
     }
     Ok(out)
 }
@@ -272,37 +322,52 @@ fn rebuild(
     let bytes = fs::read(template).with_context(|| format!("reading {}", template.display()))?;
     let t = Template::decode(&bytes).with_context(|| format!("in {}", template.display()))?;
     let chunker = Chunker::new(t.params)?;
-    let lists: HashSet<[u8; 32]> = t
-        .entries
-        .iter()
-        .filter_map(|e| match e {
-            Entry::Region { chunk_hash, .. } => Some(*chunk_hash),
-            _ => None,
-        })
-        .collect();
-    let local = index_dirs(from, &chunker, &lists)?;
+    let mut ids = HashSet::new();
+    let mut runs = HashMap::new();
+    for e in &t.entries {
+        match e {
+            Entry::File { id, .. } => _ = ids.insert(*id),
+            Entry::Region {
+                chunk_hash,
+                first,
+                chunks,
+                ..
+            } => {
+                runs.insert(
+                    *chunk_hash,
+                    Run {
+                        first: *first,
+                        chunks: *chunks,
+                    },
+                );
+            }
+            Entry::Literal { .. } => {}
+        }
+    }
+    let mut local = index_dirs(from, &chunker, &ids, &runs)?;
     let missing = Missing {
-        chunks: t
-            .entries
+        chunks: ids
             .iter()
-            .filter_map(|e| match e {
-                Entry::File { id, .. } if !local.chunks.contains_key(id) => Some(*id),
-                _ => None,
-            })
-            .collect(),
-        lists: lists
-            .iter()
-            .filter(|h| !local.files.contains_key(*h))
+            .filter(|id| !local.chunks.contains_key(id))
             .copied()
             .collect(),
+        runs: runs
+            .iter()
+            .filter(|(h, _)| !local.runs.contains_key(*h))
+            .map(|(h, r)| (*h, *r))
+            .collect(),
     };
-    let fetched = match missing.chunks.is_empty() && missing.lists.is_empty() {
+    let fetched = match missing.chunks.is_empty() && missing.runs.is_empty() {
         true => Fetched::default(),
-        false => fetch_missing(&t, &missing, &local, from_store, out, progress)?,
+        false => fetch_missing(
+            &t, &missing, from, &chunker, &mut local, from_store, out, progress,
+        )
+        .with_context(|| format!("rebuilding from {}", template.display()))?,
     };
     let tmp = out.with_extension("part");
     // Everything is written beside the output first; on any failure the part is removed.
-    let written = pieces(&t, &[&local.files, &fetched.files])
+    let written = pieces(&t, &[&local.runs, &fetched.runs])
+        .with_context(|| format!("in {}", template.display()))
         .and_then(|pieces| write_image(&t, &pieces, &local, &fetched, &tmp, progress));
     drop(fetched.file);
     if let Some(scratch) = &fetched.scratch {
@@ -338,24 +403,30 @@ struct Fetched {
     file: Option<File>,
     /// Chunk id → (offset, length) in the scratch file.
     at: HashMap<ChunkId, (u64, u32)>,
-    /// The chunk lists of the files the store's tree resolved.
-    files: Lists,
+    /// The runs the store's tree resolved.
+    runs: Lists,
     requests: u64,
     bytes: u64,
 }
 
-/// What no `--from` directory holds: chunks named by id, and files named by chunk list.
+/// What no `--from` directory holds: chunks named by id, and runs named by their hash.
 struct Missing {
     chunks: HashSet<ChunkId>,
-    lists: HashSet<[u8; 32]>,
+    runs: HashMap<[u8; 32], Run>,
 }
 
-/// Fetches what is `missing` from the store (verified), into a scratch file: the chunks
-/// named by id, and the chunks of the files named by list that `local` lacks.
+/// Fetches what is `missing` from the store (verified), into a scratch file: the tree's
+/// index is walked first, so that a run or chunk it lacks, or a run of another size than
+/// the template says, fails before anything is fetched; then the chunks of the runs the
+/// store resolved are looked for in the `--from` directories (added to `local`), and only
+/// the rest is fetched.
+#[allow(clippy::too_many_arguments)]
 fn fetch_missing(
     t: &Template,
     missing: &Missing,
-    local: &Local,
+    from: &[PathBuf],
+    chunker: &Chunker,
+    local: &mut Local,
     from_store: StoreArgs<'_>,
     out: &Path,
     progress: &pulpdist_progress::Reporter,
@@ -367,63 +438,103 @@ fn fetch_missing(
         http,
         s3,
     } = from_store;
+    let is_missing = |e: &Entry| match e {
+        Entry::File { id, .. } => missing.chunks.contains(id),
+        Entry::Region { chunk_hash, .. } => missing.runs.contains_key(chunk_hash),
+        Entry::Literal { .. } => false,
+    };
     let Some(store) = store else {
-        let bytes: u64 = t
+        let (n, bytes) = t
             .entries
             .iter()
-            .filter(|e| match e {
-                Entry::File { id, .. } => missing.chunks.contains(id),
-                Entry::Region { chunk_hash, .. } => missing.lists.contains(chunk_hash),
-                Entry::Literal { .. } => false,
-            })
-            .map(Entry::len)
-            .sum();
+            .filter(|e| is_missing(e))
+            .fold((0u64, 0u64), |(n, b), e| (n + 1, b + e.len()));
         bail!(
-            "{} files and {} chunks ({bytes} bytes) of the image are in none of the --from directories; give more, or --store with --tree and --trust",
-            missing.lists.len(),
-            missing.chunks.len()
+            "{n} pieces of file data ({bytes} bytes) of the image are in none of the --from directories (chunked with the template's sizes {},{},{}); give more, or --store with --tree and --trust",
+            t.params.min, t.params.avg, t.params.max
         );
     };
     let tree = tree.unwrap_or_default();
     let keys = super::sync::load_trust(trust)?;
     let reader = super::stores::reader(store, http, &s3)?;
     let counted = pulpdist_sync::CountingReader::new(&*reader);
+    let wanted = pulpdist_sync::Wanted {
+        chunks: &missing.chunks,
+        runs: &missing.runs,
+    };
+    let located = pulpdist_sync::locate_chunks(&counted, tree, &keys, wanted)
+        .with_context(|| format!("reading tree '{tree}' of {store}"))?;
+    let mut fetched = Fetched {
+        runs: located.runs().collect(),
+        ..Fetched::default()
+    };
+    // What the tree lacks, named by where it is in the image, before anything is fetched.
+    let mut at = 0u64;
+    let mut lacking = Vec::new();
+    for e in &t.entries {
+        let absent = match e {
+            Entry::File { id, .. } => missing.chunks.contains(id) && !located.has_chunk(id),
+            Entry::Region { chunk_hash, .. } => {
+                missing.runs.contains_key(chunk_hash) && !fetched.runs.contains_key(chunk_hash)
+            }
+            Entry::Literal { .. } => false,
+        };
+        if absent {
+            lacking.push(format!("{} bytes at byte {at}", e.len()));
+        }
+        at += e.len();
+    }
+    if !lacking.is_empty() {
+        let more = lacking.len().saturating_sub(3);
+        lacking.truncate(3);
+        bail!(
+            "file data of the image is neither in the --from directories nor in tree '{tree}' of {store} (chunked with the template's sizes {},{},{}): {}{}",
+            t.params.min,
+            t.params.avg,
+            t.params.max,
+            lacking.join(", "),
+            if more > 0 { format!(" and {more} more") } else { String::new() }
+        );
+    }
+    // Runs of another size than the template says fail here, before the fetch.
+    pieces(t, &[&local.runs, &fetched.runs])?;
+    let mut need: HashSet<ChunkId> = missing.chunks.clone();
+    need.extend(
+        fetched
+            .runs
+            .values()
+            .flatten()
+            .map(|(id, _)| *id)
+            .filter(|id| !local.chunks.contains_key(id)),
+    );
+    if !fetched.runs.is_empty() && !from.is_empty() {
+        for (id, at) in index_ids(from, chunker, &need)? {
+            need.remove(&id);
+            local.chunks.entry(id).or_insert(at);
+        }
+    }
+    if need.is_empty() {
+        (fetched.requests, fetched.bytes) = counted.totals();
+        return Ok(fetched);
+    }
     let (scratch, f) = scratch_file(out)?;
-    let mut fetched = Fetched::default();
     let mut end = 0u64;
     let mut w = std::io::BufWriter::new(&f);
     let io = |source| pulpdist_sync::SyncError::Io {
         path: scratch.clone(),
         source,
     };
-    // At most: the chunks named by id, and every chunk of the files named by list.
-    let at_most = missing.chunks.len() as u64
-        + t.entries
-            .iter()
-            .map(|e| match e {
-                Entry::Region {
-                    chunk_hash, chunks, ..
-                } if missing.lists.contains(chunk_hash) => u64::from(*chunks),
-                _ => 0,
-            })
-            .sum::<u64>();
-    progress.start("fetch", at_most, 0);
-    let wanted = pulpdist_sync::Wanted {
-        chunks: &missing.chunks,
-        files: &missing.lists,
-    };
-    let got = pulpdist_sync::fetch_chunks(
+    progress.start("fetch", need.len() as u64, 0);
+    let got = pulpdist_sync::fetch_located(
         &counted,
-        tree,
-        &keys,
-        wanted,
-        &|id| local.chunks.contains_key(id),
+        &located,
+        &|id| need.contains(id),
         64 * 1024,
         &mut |c: VerifiedChunk| {
             w.write_all(c.data()).map_err(io)?;
             fetched.at.insert(c.id(), (end, c.data().len() as u32));
             end += c.data().len() as u64;
-            progress.advance(1, 0);
+            progress.advance(1, c.data().len() as u64);
             Ok(())
         },
     )
@@ -440,20 +551,10 @@ fn fetch_missing(
         }
     };
     (fetched.requests, fetched.bytes) = counted.totals();
-    let lacking = missing
-        .lists
-        .iter()
-        .filter(|h| !got.files.contains_key(*h))
-        .count();
-    if lacking > 0 {
-        let _ = fs::remove_file(&scratch);
-        bail!("{lacking} files of the image are neither in the --from directories nor in tree '{tree}' of {store} (none there has the chunk list the template names)");
-    }
-    if let Some(id) = missing.chunks.iter().find(|id| !got.chunks.contains(id)) {
+    if let Some(id) = need.iter().find(|id| !got.contains(id)) {
         let _ = fs::remove_file(&scratch);
         bail!("chunk {id} of the image is neither local nor in tree '{tree}' of {store}");
     }
-    fetched.files = got.files;
     fetched.file = Some(f);
     fetched.scratch = Some(scratch);
     Ok(fetched)
@@ -565,4 +666,41 @@ fn read_fetched(fetched: &Fetched, id: ChunkId) -> Result<Vec<u8>> {
     Ok(VerifiedChunk::from_plain(id, buf)
         .with_context(|| format!("{} changed", scratch.display()))?
         .into_data())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pulpdist_format::ChunkParams;
+
+    /// A run that resolves a region must have the region's count and size: otherwise the
+    /// template is damaged, and the rebuild stops before writing or fetching anything.
+    #[test]
+    fn a_region_resolved_to_a_run_of_another_size_is_refused() {
+        let ids = [ChunkId::of(b"a"), ChunkId::of(b"b")];
+        let hash = pulpdist_format::chunk_list_hash(ids.iter());
+        let region = |size| Template {
+            size,
+            hash: [0; 32],
+            params: ChunkParams::DEFAULT,
+            entries: vec![Entry::Region {
+                chunk_hash: hash,
+                first: ids[0],
+                chunks: 2,
+                size,
+            }],
+        };
+        let run: Lists = [(hash, vec![(ids[0], 1), (ids[1], 1)])].into();
+        assert_eq!(pieces(&region(2), &[&run]).expect("resolves").len(), 2);
+        let e = pieces(&region(3), &[&run])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("the template is damaged"), "{e}");
+        let e = pieces(&region(2), &[&Lists::new()])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("at byte 0 of the image (2 bytes"), "{e}");
+    }
 }

@@ -41,7 +41,7 @@ pub use fsutil::absolute_dir;
 pub use glob::{glob_match, DEFAULT_METADATA_PATTERNS};
 pub use history::{diff, log, Change, PathChange, VersionInfo};
 pub use http::{tls_config, HttpOptions, HttpStoreReader};
-pub use locate::{fetch_chunks, Found, Wanted};
+pub use locate::{fetch_located, locate_chunks, Located, Run, Wanted};
 pub use objstore::ObjectStoreReader;
 pub use origin::sync_rsync;
 pub use pipeline::{check_head, sync, SyncOptions, SyncReport};

@@ -1,7 +1,7 @@
 //! Fetching given chunks of a tree, without a mirror: verify the head, walk the signed
-//! index until every wanted chunk, and every wanted file named by its chunk list's hash, is
-//! located, then fetch and verify those chunks (byte ranges of their packs, nearby ones
-//! merged). For rebuilding files, such as ISO images, outside a mirror.
+//! index until every wanted chunk, and every wanted run of chunks named by the hash of its
+//! ids, is located, then fetch and verify those chunks (byte ranges of their packs, nearby
+//! ones merged). For rebuilding files, such as ISO images, outside a mirror.
 
 use std::collections::{HashMap, HashSet};
 
@@ -12,57 +12,81 @@ use pulpdist_format::{
 use crate::error::SyncError;
 use crate::store::{HeadFetch, StoreReader};
 
-/// What [`fetch_chunks`] looks for in a tree.
+/// A run of chunks wanted by the hash of its ids ([`chunk_list_hash`]): it starts with
+/// `first` and has `chunks` chunks. A file's whole chunk list is one; so is part of one, or
+/// a run of a composite file's own chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// The run's first chunk.
+    pub first: ChunkId,
+    /// How many chunks it has.
+    pub chunks: u32,
+}
+
+/// What [`locate_chunks`] looks for in a tree.
 pub struct Wanted<'a> {
     /// Chunks, by id.
     pub chunks: &'a HashSet<ChunkId>,
-    /// Files, by the BLAKE3 of their chunk ids concatenated (FORMAT.md 5.2's `chunk_hash`):
-    /// each resolves to the chunk list of a plain file of the tree that hashes to it.
-    pub files: &'a HashSet<[u8; 32]>,
+    /// Runs of chunks, by the hash of their ids.
+    pub runs: &'a HashMap<[u8; 32], Run>,
 }
 
-/// What [`fetch_chunks`] found.
+/// Where a tree holds what was wanted (see [`locate_chunks`]).
 #[derive(Debug, Default)]
-pub struct Found {
-    /// The ids handed to `put`.
-    pub chunks: HashSet<ChunkId>,
-    /// The wanted files the tree holds: their chunks (id, length) in order.
-    pub files: HashMap<[u8; 32], Vec<(ChunkId, u32)>>,
+pub struct Located {
+    chunks: HashMap<ChunkId, ChunkRef>,
+    runs: HashMap<[u8; 32], Vec<ChunkRef>>,
 }
 
-/// Fetches the chunks in `wanted.chunks` that tree `tree` of `store` holds, and those of
-/// the files in `wanted.files` that `have` does not say are at hand, and hands each to
-/// `put`, verified, as it arrives (so that memory holds one merged range, not every chunk).
-/// Chunks and files the tree does not hold are not in the result.
-pub fn fetch_chunks(
+impl Located {
+    /// Whether the tree holds chunk `id` (one wanted by id, or of a located run).
+    pub fn has_chunk(&self, id: &ChunkId) -> bool {
+        self.chunks.contains_key(id)
+    }
+
+    /// The located runs: each one's chunks (id, length) in order.
+    pub fn runs(&self) -> impl Iterator<Item = ([u8; 32], Vec<(ChunkId, u32)>)> + '_ {
+        self.runs
+            .iter()
+            .map(|(h, refs)| (*h, refs.iter().map(|c| (c.id, c.loc.raw_len)).collect()))
+    }
+}
+
+/// Verifies the tree's head and walks its index until every wanted chunk and run is
+/// located (or the tree is walked through). What the tree does not hold is not in the
+/// result.
+pub fn locate_chunks(
     store: &dyn StoreReader,
     tree: &str,
     trusted: &TrustedKeys,
     wanted: Wanted<'_>,
-    have: &dyn Fn(&ChunkId) -> bool,
-    max_gap: u64,
-    put: &mut dyn FnMut(VerifiedChunk) -> Result<(), SyncError>,
-) -> Result<Found, SyncError> {
+) -> Result<Located, SyncError> {
     let head = verified_head(store, tree, trusted)?;
     let sizes = head.recent.iter().flat_map(|v| v.packs.iter());
     store.expect_sizes(&sizes.map(|p| (p.id, p.size)).collect());
-    let (mut found, files) = locate(store, head.root, &wanted)?;
-    for c in files.values().flatten() {
-        if !have(&c.id) {
-            found.entry(c.id).or_insert(*c);
-        }
+    let mut located = locate(store, head.root, &wanted)?;
+    let run_chunks: Vec<ChunkRef> = located.runs.values().flatten().copied().collect();
+    for c in run_chunks {
+        located.chunks.entry(c.id).or_insert(c);
     }
+    Ok(located)
+}
+
+/// Fetches the located chunks that `want` asks for from `store` and hands each to `put`,
+/// verified, as it arrives (so that memory holds one merged range, not every chunk).
+/// Returns the ids handed over.
+pub fn fetch_located(
+    store: &dyn StoreReader,
+    located: &Located,
+    want: &dyn Fn(&ChunkId) -> bool,
+    max_gap: u64,
+    put: &mut dyn FnMut(VerifiedChunk) -> Result<(), SyncError>,
+) -> Result<HashSet<ChunkId>, SyncError> {
     let mut by_pack: HashMap<PackId, Vec<ChunkRef>> = HashMap::new();
-    for c in found.values() {
+    for c in located.chunks.values().filter(|c| want(&c.id)) {
         by_pack.entry(c.loc.pack).or_default().push(*c);
     }
-    let mut out = Found {
-        files: files
-            .into_iter()
-            .map(|(h, refs)| (h, refs.iter().map(|c| (c.id, c.loc.raw_len)).collect()))
-            .collect(),
-        ..Found::default()
-    };
+    let mut out = HashSet::new();
     for (pack, chunks) in by_pack {
         let ranges =
             crate::ranges::coalesce(chunks.iter().map(|c| c.loc.range()).collect(), max_gap);
@@ -79,7 +103,7 @@ pub fn fetch_chunks(
                         object: format!("chunk {} in {}", c.id, pack.object_key()),
                         source,
                     })?;
-                out.chunks.insert(c.id);
+                out.insert(c.id);
                 put(chunk)?;
             }
         }
@@ -115,23 +139,26 @@ fn verified_head(
     Ok(head)
 }
 
-/// Where each located chunk is stored, and each located file's chunks.
-type Located = (HashMap<ChunkId, ChunkRef>, HashMap<[u8; 32], Vec<ChunkRef>>);
-
-/// Walks the index from `root` until every chunk and file in `wanted` is located (or the
-/// tree is walked through): where each chunk that the tree holds is stored, and the chunk
-/// list of each wanted file it holds.
+/// Walks the index from `root` until every chunk and run in `wanted` is located (or the
+/// tree is walked through): where each wanted chunk is stored, and each run's chunks.
 fn locate(
     store: &dyn StoreReader,
     root: pulpdist_format::NodeRef,
     wanted: &Wanted<'_>,
 ) -> Result<Located, SyncError> {
-    let mut found: HashMap<ChunkId, ChunkRef> = HashMap::new();
-    let mut files: HashMap<[u8; 32], Vec<ChunkRef>> = HashMap::new();
+    let mut found = Located::default();
+    // The runs by their first chunk: a file's chunks are searched for each one's start.
+    let mut by_first: HashMap<ChunkId, Vec<([u8; 32], usize)>> = HashMap::new();
+    for (hash, run) in wanted.runs {
+        by_first
+            .entry(run.first)
+            .or_default()
+            .push((*hash, run.chunks as usize));
+    }
     let mut seen = HashSet::new();
     let mut todo = vec![root];
     while let Some(r) = todo.pop() {
-        if found.len() == wanted.chunks.len() && files.len() == wanted.files.len() {
+        if found.chunks.len() == wanted.chunks.len() && found.runs.len() == wanted.runs.len() {
             break;
         }
         if !seen.insert(r.id) {
@@ -143,23 +170,27 @@ fn locate(
             source,
         })?;
         for e in node.entries() {
-            match &e.kind {
-                EntryKind::Dir { node } => todo.push(*node),
-                kind => {
-                    for c in kind.own_chunks().filter(|c| wanted.chunks.contains(&c.id)) {
-                        found.entry(c.id).or_insert(*c);
-                    }
-                    if let EntryKind::File { chunks, .. } = kind {
-                        if !wanted.files.is_empty() && !chunks.is_empty() {
-                            let hash = chunk_list_hash(chunks.iter().map(|c| &c.id));
-                            if wanted.files.contains(&hash) {
-                                files.entry(hash).or_insert_with(|| chunks.clone());
-                            }
-                        }
+            if let EntryKind::Dir { node } = &e.kind {
+                todo.push(*node);
+                continue;
+            }
+            let own: Vec<&ChunkRef> = e.kind.own_chunks().collect();
+            for c in own.iter().filter(|c| wanted.chunks.contains(&c.id)) {
+                found.chunks.entry(c.id).or_insert(**c);
+            }
+            for (i, c) in own.iter().enumerate() {
+                for (hash, n) in by_first.get(&c.id).into_iter().flatten() {
+                    let Some(run) = own.get(i..i + n) else {
+                        continue;
+                    };
+                    if !found.runs.contains_key(hash)
+                        && chunk_list_hash(run.iter().map(|c| &c.id)) == *hash
+                    {
+                        found.runs.insert(*hash, run.iter().map(|c| **c).collect());
                     }
                 }
             }
         }
     }
-    Ok((found, files))
+    Ok(found)
 }
