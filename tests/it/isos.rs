@@ -456,22 +456,7 @@ fn template_and_rebuild_like_jigdo() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--store"));
     assert!(!again.exists());
-    let key = format!("{}.pub", s(&site.key()));
-    let r = common::run_json(&[
-        "iso",
-        "rebuild",
-        s(&tpl),
-        "--from",
-        s(&partial),
-        "--store",
-        s(&site.store()),
-        "--tree",
-        "tree",
-        "--trust",
-        &key,
-        "--out",
-        s(&again),
-    ]);
+    let r = rebuild_from_store(&site, &tpl, &partial, &again);
     assert!(r["bytes_fetched"].as_u64().expect("n") > 0, "{r}");
     assert!(
         fs::read(&again).expect("again") == image_bytes,
@@ -493,6 +478,31 @@ fn template_and_rebuild_like_jigdo() {
         s(&again),
     ]);
     assert_eq!(out.status.code(), Some(1));
+}
+
+/// `iso rebuild TPL --from FROM --store` (the site's store and tree) `--out OUT`; its report.
+fn rebuild_from_store(
+    site: &Site,
+    tpl: &std::path::Path,
+    from: &std::path::Path,
+    out: &std::path::Path,
+) -> serde_json::Value {
+    let key = format!("{}.pub", s(&site.key()));
+    common::run_json(&[
+        "iso",
+        "rebuild",
+        s(tpl),
+        "--from",
+        s(from),
+        "--store",
+        s(&site.store()),
+        "--tree",
+        "tree",
+        "--trust",
+        &key,
+        "--out",
+        s(out),
+    ])
 }
 
 /// Template version 2: a file of several chunks is named once, by its chunk list, not by
@@ -545,22 +555,7 @@ fn a_template_names_each_file_once_and_a_changed_copy_still_gives_what_it_shares
         "{err}"
     );
     assert!(!out_img.exists());
-    let key = format!("{}.pub", s(&site.key()));
-    let r = common::run_json(&[
-        "iso",
-        "rebuild",
-        s(&tpl),
-        "--from",
-        s(&copy),
-        "--store",
-        s(&site.store()),
-        "--tree",
-        "tree",
-        "--trust",
-        &key,
-        "--out",
-        s(&out_img),
-    ]);
+    let r = rebuild_from_store(&site, &tpl, &copy, &out_img);
     assert!(fs::read(&out_img).expect("rebuilt") == image_bytes);
     let fetched = r["bytes_fetched"].as_u64().expect("n");
     // The chunk the edit fell in (at most 256 KiB; the next one may shift too), and the
@@ -586,22 +581,7 @@ fn an_image_is_rebuilt_from_a_store_that_holds_only_the_image() {
     let empty = site.p("nothing-local");
     fs::create_dir_all(&empty).expect("empty");
     let out_img = site.p("rebuilt.iso");
-    let key = format!("{}.pub", s(&site.key()));
-    let r = common::run_json(&[
-        "iso",
-        "rebuild",
-        s(&tpl),
-        "--from",
-        s(&empty),
-        "--store",
-        s(&site.store()),
-        "--tree",
-        "tree",
-        "--trust",
-        &key,
-        "--out",
-        s(&out_img),
-    ]);
+    let r = rebuild_from_store(&site, &tpl, &empty, &out_img);
     assert!(r["bytes_fetched"].as_u64().expect("n") > 0, "{r}");
     assert!(fs::read(&out_img).expect("rebuilt") == fs::read(&image).expect("image"));
 }
