@@ -41,10 +41,10 @@ HERE = Path(__file__).resolve().parent
 TREE = "bench"  # the PulpDist tree name
 PACKAGES_REL = "dists/stable/main/binary-amd64/Packages"
 SCENARIOS = ["source", "packages", "pool", "large", "iso", "botocore", "debs", "debs-iso",
-             "debs-iso-update"]
+             "debs-iso-update", "debs-pool"]
 # Real data (not generated): two consecutive sdists of botocore from PyPI, and for Debian
 # packages with more than one version in this machine's apt sources, the two newest .debs.
-REAL = {"botocore", "debs", "debs-iso", "debs-iso-update"}
+REAL = {"botocore", "debs", "debs-iso", "debs-iso-update", "debs-pool"}
 # Scenarios whose version 2 adds an ISO image of version 1's pool (jigdo's case).
 ISOS = {"iso", "debs-iso"}
 # Scenario debs-iso-update: scenario debs with an image of its pool in both versions (the
@@ -57,6 +57,10 @@ DEBS = ["openssl", "libssl3", "curl", "libcurl4", "openssh-client", "openssh-ser
         "libc-bin", "linux-libc-dev", "git", "libxml2", "python3.11-minimal",
         "libpython3.11-stdlib", "postgresql-client-15", "libpq5", "tzdata", "ca-certificates",
         "bind9-libs", "libexpat1", "libde265-0"]
+# Scenario debs-pool: a pool update at the issue's scale (85 packages, about 300 MB of new
+# .debs): packages that bookworm-security updates over bookworm, of 1 to 32 MiB, every k-th
+# by name (not linux-*, firmware-*, debug packages).
+POOL_DEBS = 85
 ISO_REL = "cdimage/pool.iso"  # scenario iso: the image version 2 adds
 LINKS = ["loopback", "wan"]
 SRV_NS, CLI_NS = "pdc-srv", "pdc-cli"
@@ -393,7 +397,7 @@ class Bench:
             run(["tar", "xzf", str(dl / f"botocore-{v}.tar.gz"), "--strip-components=1",
                  "-C", str(tmp)], self.a.prep_timeout)
         else:
-            for pkg in DEBS:
+            for pkg in (DEBS if name == "debs" else self.pool_debs(dl)):
                 vers = self.deb_versions(pkg)
                 if len(vers) < 2:
                     continue
@@ -404,6 +408,37 @@ class Bench:
                 run(["apt-get", "download", f"{pkg}={ver}"], self.a.prep_timeout, cwd=d)
         tmp.rename(out)
         return out
+
+    def pool_debs(self, dl):
+        """Scenario debs-pool's packages, chosen once from this machine's apt lists and
+        kept in WORK/downloads/debs-pool/packages (both versions use the same list)."""
+        kept = dl / "packages"
+        if kept.exists():
+            return kept.read_text().split()
+        def packages(pattern):
+            files = sorted(Path("/var/lib/apt/lists").glob(pattern))
+            if not files:
+                raise Failure(f"no apt list {pattern}: run apt-get update")
+            text = run(["/usr/lib/apt/apt-helper", "cat-file", str(files[0])],
+                       self.a.prep_timeout)
+            out = {}
+            for para in text.split("\n\n"):
+                f = dict(line.split(":", 1) for line in para.splitlines()
+                         if ":" in line and not line.startswith(" "))
+                if "Package" in f:
+                    out.setdefault(f["Package"].strip(), (f.get("Version", "").strip(),
+                                                          int(f.get("Size", "0"))))
+            return out
+        new = packages("*debian-security*bookworm-security_main_binary-amd64_Packages*")
+        old = packages("*debian_dists_bookworm_main_binary-amd64_Packages*")
+        names = sorted(n for n, (v, size) in new.items()
+                       if n in old and old[n][0] != v and (1 << 20) <= size <= (32 << 20)
+                       and not n.startswith(("linux-", "firmware-"))
+                       and not n.endswith(("-dbg", "-dbgsym")))
+        chosen = names[::max(1, len(names) // POOL_DEBS)][:POOL_DEBS]
+        dl.mkdir(parents=True, exist_ok=True)
+        kept.write_text("\n".join(chosen) + "\n")
+        return chosen
 
     def deb_versions(self, pkg):
         """The versions apt offers for pkg, oldest first."""
