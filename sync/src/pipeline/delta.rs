@@ -386,7 +386,9 @@ struct Files<'a> {
 
 impl Files<'_> {
     /// Cuts the rebuilt file `data` at the lengths of `chunks` and stages each piece that
-    /// is needed and hashes to its id; counts the file as rebuilt if any was, else failed.
+    /// is needed and hashes to its id; counts the file as rebuilt if any was, as failed if
+    /// it had needed pieces and none hashed right, and as neither if another file of the
+    /// delta (a copy of it) already gave all its pieces.
     fn stage(
         &mut self,
         path: &[u8],
@@ -394,12 +396,16 @@ impl Files<'_> {
         chunks: &[(ChunkId, u32)],
         needed: &mut HashSet<ChunkId>,
     ) -> Result<(), SyncError> {
-        let mut useful = false;
+        let (mut useful, mut wanted_any) = (false, false);
         let mut offset = 0usize;
         for (id, len) in chunks {
             let piece = &data[offset..offset + *len as usize];
             offset += *len as usize;
-            if !needed.contains(id) || ChunkId::of(piece) != *id {
+            if !needed.contains(id) {
+                continue;
+            }
+            wanted_any = true;
+            if ChunkId::of(piece) != *id {
                 continue;
             }
             let chunk = VerifiedChunk::from_plain(*id, piece.to_vec()).map_err(|source| {
@@ -420,7 +426,7 @@ impl Files<'_> {
         }
         if useful {
             self.out.files += 1;
-        } else {
+        } else if wanted_any {
             // Decoded, but nothing in it is what the signed index names: a damaged or
             // changed reference.
             self.out.failed += 1;
@@ -761,6 +767,32 @@ mod tests {
             assert!(needed.is_empty(), "batch {i}");
         }
         assert_eq!((files.out.files, files.out.failed), (3, 1));
+    }
+
+    /// Regression: two files of one content (a file and its copy, both changed) in one
+    /// delta: the second found its pieces already staged by the first and counted as a
+    /// failed record (`delta_failed` in the report, on botocore's real update), though
+    /// nothing failed.
+    #[test]
+    fn a_copy_whose_pieces_the_delta_already_gave_is_not_a_failure() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let state = testkit::state(tmp.path());
+        let m = tmp.path().join("m");
+        std::fs::create_dir_all(&m).expect("mirror");
+        let content = b"the same new content".to_vec();
+        let rec = file_batch(&[("a", &content, None), ("b", &content, None)]);
+        let (mut w, mut needed) = wanted(&[("a", &content), ("b", &content)]);
+        let mut files = Files {
+            state: &state,
+            safe: SafeDirs::new(&m),
+            object: "delta".into(),
+            out: Applied::default(),
+            budget: 1 << 20,
+        };
+        let b = Batch::decode(&rec).expect("decodes").expect("a batch");
+        files.batch(&b, &mut w, &mut needed).expect("apply");
+        assert!(needed.is_empty());
+        assert_eq!((files.out.files, files.out.failed), (1, 0));
     }
 
     /// Stores written before node batches carry a record per node (kind 1): still read.
