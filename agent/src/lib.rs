@@ -363,10 +363,29 @@ impl Agent {
                 .count()
                 .max(1);
             let batch: Vec<Report> = pending.drain(..n).collect();
-            match self.client.report(&batch) {
+            // One report larger than the coordinator accepts (written by another version,
+            // or edited) is refused for good: set aside here. Sent, it raced the
+            // coordinator's early answer (413, then the connection closed under the rest
+            // of the body: a broken pipe, taken for a passing failure), and kept every
+            // report behind it queued for ever.
+            let bytes: usize = batch
+                .iter()
+                .map(|r| serde_json::to_vec(r).map_or(0, |b| b.len() + 1))
+                .sum();
+            let sent = match bytes > pulpdist_network::MAX_REPORT_BODY {
+                true => Err(AgentError::Refused {
+                    url: "the reports queue".into(),
+                    detail: format!(
+                        "{bytes} bytes of reports in one, more than a coordinator accepts ({})",
+                        pulpdist_network::MAX_REPORT_BODY
+                    ),
+                }),
+                false => self.client.report(&batch),
+            };
+            match sent {
                 Ok(()) => delivered += batch.len(),
-                Err(AgentError::Refused { .. }) => {
-                    tracing::error!("the coordinator refused {} reports; set aside", batch.len());
+                Err(e @ AgentError::Refused { .. }) => {
+                    tracing::error!("{e}: {} reports set aside", batch.len());
                     if let Err(e) = self.queue.park(&batch) {
                         tracing::warn!("{e}");
                     }

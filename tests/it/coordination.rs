@@ -1527,8 +1527,12 @@ fn the_coordinator_cannot_change_the_keys_a_site_trusts_and_a_refused_report_is_
         ),
     )
     .expect("queue");
-    net.agent_once(&coord.url, "berlin", &berlin);
-    assert!(!queue.exists(), "the queue was not emptied");
+    let out = net.agent_once(&coord.url, "berlin", &berlin);
+    assert!(
+        !queue.exists(),
+        "the queue was not emptied: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rejected =
         std::fs::read_to_string(net.site.p("berlin/agent/rejected.jsonl")).expect("set aside");
     assert_eq!(rejected.lines().count(), 1);
