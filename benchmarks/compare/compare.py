@@ -41,10 +41,10 @@ HERE = Path(__file__).resolve().parent
 TREE = "bench"  # the PulpDist tree name
 PACKAGES_REL = "dists/stable/main/binary-amd64/Packages"
 SCENARIOS = ["source", "packages", "pool", "large", "iso", "botocore", "debs", "debs-iso",
-             "debs-iso-update", "debs-pool"]
+             "debs-iso-update", "debs-pool", "linux-source"]
 # Real data (not generated): two consecutive sdists of botocore from PyPI, and for Debian
 # packages with more than one version in this machine's apt sources, the two newest .debs.
-REAL = {"botocore", "debs", "debs-iso", "debs-iso-update", "debs-pool"}
+REAL = {"botocore", "debs", "debs-iso", "debs-iso-update", "debs-pool", "linux-source"}
 # Scenarios whose version 2 adds an ISO image of version 1's pool (jigdo's case).
 ISOS = {"iso", "debs-iso"}
 # Scenario debs-iso-update: scenario debs with an image of its pool in both versions (the
@@ -60,7 +60,10 @@ DEBS = ["openssl", "libssl3", "curl", "libcurl4", "openssh-client", "openssh-ser
 # Scenario debs-pool: a pool update at the issue's scale (85 packages, about 300 MB of new
 # .debs): packages that bookworm-security updates over bookworm, of 1 to 32 MiB, every k-th
 # by name (not linux-*, firmware-*, debug packages).
-POOL_DEBS = 85
+POOL_DEBS = 105
+# Scenario linux-source: a large real source release, Debian's kernel source package: the
+# two newest upstream releases this machine's apt lists offer (about 75,000 files).
+LINUX_SOURCE = "linux-source-6.1"
 ISO_REL = "cdimage/pool.iso"  # scenario iso: the image version 2 adds
 LINKS = ["loopback", "wan"]
 SRV_NS, CLI_NS = "pdc-srv", "pdc-cli"
@@ -389,6 +392,15 @@ class Bench:
                 d.mkdir(exist_ok=True)
                 subprocess.run(["apt-get", "download", pkg], cwd=d, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, timeout=self.a.prep_timeout)
+        elif name == "linux-source":
+            ver = self.linux_versions(dl)[version - 1]
+            run(["apt-get", "download", f"{LINUX_SOURCE}={ver}"], self.a.prep_timeout, cwd=dl)
+            deb = next(dl.glob(f"{LINUX_SOURCE}_{ver.replace(':', '%3a')}_*.deb"))
+            # The tarball inside, unpacked with its own mtimes (a release's, as published).
+            run(["sh", "-c", f"dpkg-deb --fsys-tarfile '{deb}' | tar -xO --wildcards "
+                 f"'./usr/src/{LINUX_SOURCE}.tar.xz' | tar -xJ --strip-components=1 -C '{tmp}'"],
+                self.a.prep_timeout)
+            deb.unlink()
         elif name == "botocore":
             v = BOTOCORE[version - 1]
             run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
@@ -408,6 +420,27 @@ class Bench:
                 run(["apt-get", "download", f"{pkg}={ver}"], self.a.prep_timeout, cwd=d)
         tmp.rename(out)
         return out
+
+    def linux_versions(self, dl):
+        """Scenario linux-source's two versions: the newest Debian upload of each of the two
+        newest upstream releases (kept in WORK/downloads/linux-source/versions)."""
+        kept = dl / "versions"
+        if kept.exists():
+            return kept.read_text().split()
+        out = run(["apt-cache", "madison", LINUX_SOURCE], self.a.prep_timeout)
+        vers = {line.split("|")[1].strip() for line in out.splitlines() if line.count("|") >= 2}
+        def cmp(a, b):
+            lt = subprocess.run(["dpkg", "--compare-versions", a, "lt", b]).returncode == 0
+            return -1 if lt else (0 if a == b else 1)
+        newest = {}
+        for v in sorted(vers, key=functools.cmp_to_key(cmp)):
+            newest[v.split("-")[0]] = v
+        pair = list(newest.values())[-2:]
+        if len(pair) < 2:
+            raise Failure(f"{LINUX_SOURCE}: apt offers fewer than two upstream releases")
+        dl.mkdir(parents=True, exist_ok=True)
+        kept.write_text("\n".join(pair) + "\n")
+        return pair
 
     def pool_debs(self, dl):
         """Scenario debs-pool's packages, chosen once from this machine's apt lists and
