@@ -454,13 +454,8 @@ fn the_state_swapped_for_a_symlink_mid_sync_receives_nothing_outside_it() {
         }
         fs::write(victim.join("precious"), b"precious").expect("victim file");
         let before = snapshot(&victim);
-        let release = site.p(&format!("release{round}"));
-        let child = hold_at(&site.sync_args(), at, &release);
-        let moved = site.p(&format!("moved{round}"));
-        fs::rename(&state, &moved).expect("move the state away");
-        std::os::unix::fs::symlink(&victim, &state).expect("plant");
-        fs::write(&release, b"go").expect("release");
-        let out = child.wait_with_output().expect("wait");
+        let args = site.sync_args();
+        let (out, moved) = swapped_at(&site, &args, at, &state, &victim, &round.to_string());
         assert_eq!(
             before,
             snapshot(&victim),

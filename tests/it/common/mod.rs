@@ -227,11 +227,23 @@ pub(crate) fn mirror_swapped_at(
     victim: &Path,
     tag: &str,
 ) -> (std::process::Output, PathBuf) {
+    swapped_at(site, args, step, &site.mirror(), victim, tag)
+}
+
+/// The same race on any directory `dir` the sync uses (the mirror, its state).
+pub(crate) fn swapped_at(
+    site: &Site,
+    args: &[String],
+    step: &str,
+    dir: &Path,
+    victim: &Path,
+    tag: &str,
+) -> (std::process::Output, PathBuf) {
     let release = site.p(&format!("release-{tag}"));
     let child = hold_at(args, step, &release);
     let moved = site.p(&format!("moved-{tag}"));
-    fs::rename(site.mirror(), &moved).expect("move the mirror away");
-    std::os::unix::fs::symlink(victim, site.mirror()).expect("plant");
+    fs::rename(dir, &moved).expect("move the directory away");
+    std::os::unix::fs::symlink(victim, dir).expect("plant");
     fs::write(&release, b"go").expect("release");
     (child.wait_with_output().expect("wait"), moved)
 }
