@@ -20,16 +20,7 @@ use common::{assert_same_snapshot, assert_whole, bin, repo, s, snapshot, strs, s
 /// for a step that names none).
 fn trace_of(args: &[String], log: &Path) -> Vec<(String, String)> {
     let _ = std::fs::remove_file(log);
-    let out = bin()
-        .args(args)
-        .env("PULPDIST_FAILPOINT_LOG", log)
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_logged(args, log);
     std::fs::read_to_string(log)
         .expect("log")
         .lines()

@@ -251,9 +251,16 @@ pub(crate) fn swapped_at(
 /// Runs `args` with `--json`, every fail point it passes logged to `log`; asserts success
 /// and returns the report.
 pub(crate) fn run_json_logged(args: &[String], log: &Path) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.push("--json".into());
+    serde_json::from_slice(&run_logged(&a, log).stdout).expect("json")
+}
+
+/// Runs `args`, every fail point it passes logged to `log` (one line each: the step, a tab,
+/// the path it was done to); asserts success.
+pub(crate) fn run_logged(args: &[String], log: &Path) -> Output {
     let out = bin()
         .args(args)
-        .arg("--json")
         .env("PULPDIST_FAILPOINT_LOG", log)
         .output()
         .expect("run");
@@ -262,7 +269,7 @@ pub(crate) fn run_json_logged(args: &[String], log: &Path) -> serde_json::Value 
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("json")
+    out
 }
 
 /// Borrows a command line for [`run`] and [`run_json`].
