@@ -15,6 +15,8 @@ use crate::node::{EntryKind, Location, Node, NodeRef};
 use crate::wire::{Reader, Writer};
 use crate::Codec;
 
+pub use crate::columns::{from_columns, to_columns};
+
 /// Head extension: the delta packs of this version (not critical: a reader that ignores it
 /// fetches chunks).
 pub const EXT_DELTAS: u16 = 0x0002;
@@ -269,6 +271,9 @@ pub const KIND_NODE_BATCH: u8 = 2;
 /// Record kind byte of a file batch ([`Batch`] of [`BatchKind::Files`]).
 pub const KIND_FILE_BATCH: u8 = 3;
 
+/// Record kind byte of a columnar node batch ([`Batch`] of [`BatchKind::NodeColumns`]).
+pub const KIND_NODE_COLUMNS: u8 = 4;
+
 /// The largest list, and the largest sum of item (or reference) sizes, in one batch: a
 /// reader holds them whole. A writer starts another batch past it.
 pub const MAX_BATCH: u64 = 128 << 20;
@@ -287,6 +292,9 @@ pub const MAX_BATCH_NAMES: usize = 1 << 21;
 pub enum BatchKind {
     /// Directory nodes (kind 2); subdirectories the batch rebuilds have zero ids.
     Nodes,
+    /// Directory nodes as [`Nodes`](Self::Nodes), the frame's content (and its prefix, the
+    /// references) taken apart into columns ([`to_columns`]) before compression (kind 4).
+    NodeColumns,
     /// Files' contents (kind 3), each referring to a file of the old tree.
     Files,
 }
@@ -329,6 +337,13 @@ pub struct Batch<'a> {
     pub frame: &'a [u8],
 }
 
+impl BatchKind {
+    /// Whether the batch rebuilds directory nodes (kind 2 or 4).
+    pub fn carries_nodes(self) -> bool {
+        matches!(self, BatchKind::Nodes | BatchKind::NodeColumns)
+    }
+}
+
 impl<'a> Batch<'a> {
     /// The record's bytes.
     pub fn encode(&self) -> Vec<u8> {
@@ -336,6 +351,7 @@ impl<'a> Batch<'a> {
         w.u8(match self.kind {
             BatchKind::Nodes => KIND_NODE_BATCH,
             BatchKind::Files => KIND_FILE_BATCH,
+            BatchKind::NodeColumns => KIND_NODE_COLUMNS,
         });
         w.u32(self.count);
         w.u32(self.list_size);
@@ -352,6 +368,7 @@ impl<'a> Batch<'a> {
         let kind = match r.u8()? {
             KIND_NODE_BATCH => BatchKind::Nodes,
             KIND_FILE_BATCH => BatchKind::Files,
+            KIND_NODE_COLUMNS => BatchKind::NodeColumns,
             _ => return Ok(None),
         };
         let count = r.u32()?;

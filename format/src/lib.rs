@@ -20,6 +20,7 @@
 //! ```
 
 mod codec;
+mod columns;
 mod condemned;
 pub mod delta;
 mod error;

@@ -177,26 +177,34 @@ fn file_at(root: &NodeRef, path: &[pulpdist_format::Name]) -> Vec<u8> {
     }
 }
 
-/// Decodes a node batch (FORMAT.md 5.6, kind 2) with plain zstd: its list, then its
-/// nodes against the old nodes it names, each compared with version 2's node once the
-/// zero ids of subdirectories the batch carries are filled in. Returns the nodes.
+/// Decodes a columnar node batch (FORMAT.md 5.6, kind 4) with plain zstd: its list, then
+/// its nodes against the old nodes it names taken apart into columns, put back together
+/// and each compared with version 2's node once the zero ids of subdirectories the batch
+/// carries are filled in. Returns the nodes.
 fn check_node_batch(
     batch: &pulpdist_format::delta::Batch<'_>,
     from_root: &NodeRef,
     root: &NodeRef,
 ) -> u64 {
-    use pulpdist_format::delta::{decode_batch_list, fill_children, join_path, BatchKind};
+    use pulpdist_format::delta::{
+        decode_batch_list, fill_children, from_columns, join_path, to_columns, BatchKind,
+    };
+    assert_eq!(batch.kind, BatchKind::NodeColumns);
     let list = patch(&[], batch.list_frame, u64::from(batch.list_size));
     assert_eq!(list.len(), batch.list_size as usize);
-    let items = decode_batch_list(&list, batch.count, BatchKind::Nodes).expect("list");
-    let prefix: Vec<u8> = items
-        .iter()
-        .filter_map(|it| it.reference.as_ref())
-        .flat_map(|p| dir_at(from_root, p).1)
-        .collect();
+    let items = decode_batch_list(&list, batch.count, batch.kind).expect("list");
+    let (mut rows, mut ref_sizes) = (Vec::new(), Vec::new());
+    for p in items.iter().filter_map(|it| it.reference.as_ref()) {
+        let old = dir_at(from_root, p).1;
+        ref_sizes.push(old.len() as u32);
+        rows.extend(old);
+    }
+    let prefix = to_columns(&rows, &ref_sizes).expect("old nodes in columns");
     let total: u64 = items.iter().map(|it| u64::from(it.size)).sum();
-    let data = patch(&prefix, batch.frame, total);
-    assert_eq!(data.len() as u64, total);
+    let columns = patch(&prefix, batch.frame, total);
+    assert_eq!(columns.len() as u64, total);
+    let sizes: Vec<u32> = items.iter().map(|it| it.size).collect();
+    let data = from_columns(&columns, &sizes).expect("nodes from columns");
     let mut at = 0;
     let paths: Vec<Vec<u8>> = items.iter().map(|it| join_path(&it.path)).collect();
     let mut zeroed = 0;
@@ -261,7 +269,7 @@ fn check_file_batch(
 
 #[test]
 fn golden_delta_pack_rebuilds_version_2_from_version_1() {
-    use pulpdist_format::delta::{records, Batch, BatchKind, DeltaRecord, RecordKind};
+    use pulpdist_format::delta::{records, Batch, DeltaRecord, RecordKind};
     let keys = keys();
     let head_bytes = fs::read(golden().join("heads/golden-delta")).expect("head");
     let head = SignedHead::decode_and_verify(&head_bytes, &keys).expect("verifies");
@@ -283,7 +291,7 @@ fn golden_delta_pack_rebuilds_version_2_from_version_1() {
     let (mut file_batches, mut file_records) = (0, 0);
     for rec in records(d.pack, &pack).expect("delta pack") {
         match Batch::decode(rec).expect("record") {
-            Some(b) if b.kind == BatchKind::Nodes => {
+            Some(b) if b.kind.carries_nodes() => {
                 nodes += check_node_batch(&b, &d.from_root, &h.root);
                 continue;
             }

@@ -1,10 +1,12 @@
 //! A delta pack as a client reads it: the pack's records, each record's fixed part, and
 //! its frame decoded against a reference with the size bound the record claims (capped);
-//! batches: the list decoded and parsed, the items' frame decoded, each node filled.
+//! batches: the list decoded and parsed, the items' frame decoded (and put back together
+//! from its columns for kind 4), each node filled.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use pulpdist_format::delta::{
-    decode_batch_list, decode_deltas, fill_children, records, Batch, BatchKind, DeltaRecord,
+    decode_batch_list, decode_deltas, fill_children, from_columns, records, to_columns, Batch,
+    BatchKind, DeltaRecord,
 };
 use pulpdist_format::NodeId;
 use pulpdist_format::PackId;
@@ -33,16 +35,24 @@ fuzz_target!(|data: &[u8]| {
             continue;
         };
         let total: u64 = items.iter().map(|it| u64::from(it.size)).sum();
-        if let Ok(nodes) =
+        if let Ok(mut nodes) =
             pulpdist_chunker::delta::decode(&reference, batch.frame, total.min(1 << 16))
         {
+            if batch.kind == BatchKind::NodeColumns {
+                let sizes: Vec<u32> = items.iter().map(|it| it.size).collect();
+                if let Ok(rows) = from_columns(&nodes, &sizes) {
+                    // Taken apart again, the nodes give the same columns.
+                    assert_eq!(to_columns(&rows, &sizes).ok().as_ref(), Some(&nodes));
+                    nodes = rows;
+                }
+            }
             let mut at = 0usize;
             for it in &items {
                 let Some(node) = nodes.get(at..at + it.size as usize) else {
                     break;
                 };
                 at += it.size as usize;
-                if batch.kind == BatchKind::Nodes {
+                if batch.kind.carries_nodes() {
                     let _ = fill_children(node, |_| Some(NodeId([7; 32])));
                 }
             }

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use pulpdist_chunker::delta;
 use pulpdist_format::delta::{
-    decode_batch_list, fill_children, join_path, Batch, BatchKind, DeltaInfo, DeltaRecord,
-    RecordKind,
+    decode_batch_list, fill_children, from_columns, join_path, to_columns, Batch, BatchKind,
+    DeltaInfo, DeltaRecord, RecordKind,
 };
 use pulpdist_format::{ChunkId, EntryKind, Name, Node, NodeId, VerifiedChunk};
 
@@ -117,12 +117,13 @@ impl Fetched {
 
     /// The node batches (record kind 2) or file batches (kind 3); damaged ones are
     /// skipped.
-    fn batches(&self, kind: BatchKind) -> Result<Vec<Batch<'_>>, SyncError> {
+    /// The batches of the pack that `wanted` accepts (by kind).
+    fn batches(&self, wanted: impl Fn(BatchKind) -> bool) -> Result<Vec<Batch<'_>>, SyncError> {
         Ok(self
             .raw_records()?
             .into_iter()
             .filter_map(|r| Batch::decode(r).ok().flatten())
-            .filter(|b| b.kind == kind)
+            .filter(|b| wanted(b.kind))
             .collect())
     }
 }
@@ -190,7 +191,7 @@ pub(crate) fn apply_nodes(
     // What the batches may decode in all (lists and nodes): a signed but hostile pack of
     // many small batches must not decode without end.
     let mut budget = 2 * pulpdist_format::delta::MAX_BATCH;
-    for batch in fetched.batches(BatchKind::Nodes)? {
+    for batch in fetched.batches(BatchKind::carries_nodes)? {
         n += apply_batch(state, &batch, &mut old, &mut seen, &mut budget)?;
     }
     for (r, frame) in fetched.records()? {
@@ -217,9 +218,10 @@ pub(crate) fn apply_nodes(
     Ok(n)
 }
 
-/// Rebuilds the nodes of one batch (FORMAT.md 5.6, kind 2) into the node cache: the list,
-/// the references from the cached old index (all of them, or the batch is skipped: they
-/// are the frame's prefix), the frame, then each node from the last to the first (a
+/// Rebuilds the nodes of one batch (FORMAT.md 5.6, kind 2 or 4) into the node cache: the
+/// list, the references from the cached old index (all of them, or the batch is skipped:
+/// they are the frame's prefix, in columns for kind 4), the frame (put back together from
+/// its columns for kind 4), then each node from the last to the first (a
 /// directory's subdirectories come after it), its zero subdirectory ids filled with the
 /// hashes of the nodes rebuilt for them. A node that fails leaves its parent unfilled:
 /// both are fetched instead. Paths in `seen` are used once across the delta. Returns the
@@ -238,7 +240,7 @@ fn apply_batch(
     let Ok(list) = delta::decode(&[], batch.list_frame, u64::from(batch.list_size)) else {
         return Ok(0);
     };
-    let Ok(items) = decode_batch_list(&list, batch.count, BatchKind::Nodes) else {
+    let Ok(items) = decode_batch_list(&list, batch.count, batch.kind) else {
         return Ok(0);
     };
     let total: u64 = items.iter().map(|it| u64::from(it.size)).sum();
@@ -258,10 +260,29 @@ fn apply_batch(
             }
         }
     }
-    let Ok(data) = delta::decode(&prefix, batch.frame, total) else {
+    let columns = batch.kind == BatchKind::NodeColumns;
+    let sizes: Vec<u32> = items.iter().map(|it| it.size).collect();
+    if columns {
+        let refs: Vec<u32> = items
+            .iter()
+            .filter(|it| it.reference.is_some())
+            .map(|it| it.ref_size)
+            .collect();
+        match to_columns(&prefix, &refs) {
+            Ok(c) => prefix = c,
+            Err(_) => return Ok(0),
+        }
+    }
+    let Ok(mut data) = delta::decode(&prefix, batch.frame, total) else {
         return Ok(0);
     };
     drop(prefix);
+    if columns {
+        match from_columns(&data, &sizes) {
+            Ok(rows) => data = rows,
+            Err(_) => return Ok(0),
+        }
+    }
     let mut at = 0usize;
     let spans: Vec<std::ops::Range<usize>> = items
         .iter()
@@ -334,7 +355,7 @@ pub(crate) fn apply_files(
                 .map(|(_, l)| u64::from(*l))
                 .sum::<u64>(),
     };
-    for batch in fetched.batches(BatchKind::Files)? {
+    for batch in fetched.batches(|k| k == BatchKind::Files)? {
         files.batch(&batch, &mut wanted, needed)?;
     }
     for (r, frame) in fetched.records()? {
@@ -569,6 +590,11 @@ mod tests {
     /// A batch of `nodes` (path, new node, old node bytes), in the given order, `a/`'s id
     /// blanked in the root when `a` is in the batch.
     fn batch(nodes: &[(Vec<Name>, &Node, &[u8])]) -> Vec<u8> {
+        batch_of(BatchKind::Nodes, nodes)
+    }
+
+    /// [`batch`] of either node kind: in columns for [`BatchKind::NodeColumns`].
+    fn batch_of(kind: BatchKind, nodes: &[(Vec<Name>, &Node, &[u8])]) -> Vec<u8> {
         let paths: Vec<Vec<Name>> = nodes.iter().map(|(p, _, _)| p.clone()).collect();
         let (mut prefix, mut data, mut items) = (Vec::new(), Vec::new(), Vec::new());
         for (path, node, old) in nodes {
@@ -587,7 +613,12 @@ mod tests {
             prefix.extend_from_slice(old);
             data.extend_from_slice(&carried);
         }
-        batch_record(BatchKind::Nodes, &items, &prefix, &data)
+        if kind == BatchKind::NodeColumns {
+            let sizes = |f: fn(&BatchItem) -> u32| items.iter().map(f).collect::<Vec<_>>();
+            prefix = to_columns(&prefix, &sizes(|it| it.ref_size)).expect("old columns");
+            data = to_columns(&data, &sizes(|it| it.size)).expect("new columns");
+        }
+        batch_record(kind, &items, &prefix, &data)
     }
 
     #[test]
@@ -596,6 +627,29 @@ mod tests {
         let state = testkit::state(tmp.path());
         let (r1, r2, a2, r1b, a1b) = versions(&state);
         let rec = batch(&[(Vec::new(), &r2, &r1b), (vec![name("a")], &a2, &a1b)]);
+        let n = apply_nodes(&state, &fetched(&[rec]), &r1.id()).expect("apply");
+        assert_eq!(n, 2);
+        assert_eq!(state.node_bytes(&r2.id()), Some(r2.encode()));
+        assert_eq!(state.node_bytes(&a2.id()), Some(a2.encode()));
+    }
+
+    #[test]
+    fn a_node_batch_in_columns_rebuilds_the_nodes_and_one_taken_apart_wrongly_none() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let state = testkit::state(tmp.path());
+        let (r1, r2, a2, r1b, a1b) = versions(&state);
+        let nodes = [
+            (Vec::new(), &r2, &r1b[..]),
+            (vec![name("a")], &a2, &a1b[..]),
+        ];
+        let rec = batch_of(BatchKind::NodeColumns, &nodes);
+        // Read as a batch of rows (kind 2), the same frame rebuilds nothing.
+        let mut as_rows = rec.clone();
+        as_rows[0] = pulpdist_format::delta::KIND_NODE_BATCH;
+        assert_eq!(
+            apply_nodes(&state, &fetched(&[as_rows]), &r1.id()).expect("apply"),
+            0
+        );
         let n = apply_nodes(&state, &fetched(&[rec]), &r1.id()).expect("apply");
         assert_eq!(n, 2);
         assert_eq!(state.node_bytes(&r2.id()), Some(r2.encode()));
