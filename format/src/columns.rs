@@ -208,17 +208,17 @@ impl<'a> Fields<'a> for Join<'a> {
     }
 }
 
-/// The inverse of [`to_columns`]: `sizes.len()` nodes put back together from their
-/// columns, each of exactly its size, concatenated. Refuses columns that do not split
-/// into that many nodes of those sizes with nothing left over. The nodes are not
-/// otherwise checked: a reader keeps a node only under the hash of its bytes.
-pub fn from_columns(columns: &[u8], sizes: &[u32]) -> Result<Vec<u8>, FormatError> {
+/// The inverse of [`to_columns`]: `count` nodes put back together from their columns,
+/// concatenated, and each one's size. Refuses columns that do not split into that many
+/// nodes with nothing left over. The nodes are not otherwise checked: a reader keeps a
+/// node only under the hash of its bytes.
+pub fn from_columns(columns: &[u8], count: usize) -> Result<(Vec<u8>, Vec<u32>), FormatError> {
     let mut measure = Measure {
         rest: Reader::new(columns, WHAT),
         others: [0; 4],
         len: columns.len(),
     };
-    for _ in sizes {
+    for _ in 0..count {
         walk(&mut measure)?;
     }
     let mut at = measure.rest.pos();
@@ -239,20 +239,13 @@ pub fn from_columns(columns: &[u8], sizes: &[u32]) -> Result<Vec<u8>, FormatErro
         columns: readers,
         out: Vec::with_capacity(columns.len()),
     };
-    for size in sizes {
+    let mut sizes = Vec::with_capacity(count);
+    for _ in 0..count {
         let start = join.out.len();
         walk(&mut join)?;
-        if join.out.len() - start != *size as usize {
-            return Err(FormatError::invalid(
-                WHAT,
-                format!(
-                    "a node of {} bytes where the list says {size}",
-                    join.out.len() - start
-                ),
-            ));
-        }
+        sizes.push(u32::try_from(join.out.len() - start).map_err(|_| too_large())?);
     }
-    Ok(join.out)
+    Ok((join.out, sizes))
 }
 
 #[cfg(test)]
@@ -358,7 +351,7 @@ mod tests {
         let columns = to_columns(&bytes, &sizes).expect("columns");
         assert_eq!(columns.len(), bytes.len());
         assert_ne!(columns, bytes);
-        assert_eq!(from_columns(&columns, &sizes).expect("rows"), bytes);
+        assert_eq!(from_columns(&columns, 2).expect("rows"), (bytes, sizes));
     }
 
     #[test]
@@ -377,19 +370,18 @@ mod tests {
     fn columns_that_do_not_split_into_the_listed_nodes_are_refused() {
         let (bytes, sizes) = encoded(&nodes());
         let columns = to_columns(&bytes, &sizes).expect("columns");
-        // Another size, a node too many or too few, a byte more or less.
-        assert!(from_columns(&columns, &[sizes[0] + 1, sizes[1] - 1]).is_err());
-        assert!(from_columns(&columns, &[sizes[0]]).is_err());
-        assert!(from_columns(&columns, &[sizes[0], sizes[1], 10]).is_err());
-        assert!(from_columns(&columns[..columns.len() - 1], &sizes).is_err());
+        // A node too many or too few, a byte more or less.
+        assert!(from_columns(&columns, 1).is_err());
+        assert!(from_columns(&columns, 3).is_err());
+        assert!(from_columns(&columns[..columns.len() - 1], 2).is_err());
         let mut longer = columns.clone();
         longer.push(0);
-        assert!(from_columns(&longer, &sizes).is_err());
+        assert!(from_columns(&longer, 2).is_err());
         // A count past the input (the root's entry count) ends at the input's end.
         let mut hostile = columns;
         let entries = 8 + 4 + 2 * 32;
         hostile[entries..entries + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(from_columns(&hostile, &sizes).is_err());
+        assert!(from_columns(&hostile, 2).is_err());
         assert!(to_columns(&bytes, &[sizes[0] - 1, sizes[1] + 1]).is_err());
     }
 }

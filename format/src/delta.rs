@@ -16,6 +16,7 @@ use crate::wire::{Reader, Writer};
 use crate::Codec;
 
 pub use crate::columns::{from_columns, to_columns};
+pub use crate::node_list::{NodeItem, NodeList, NodePath, MIN_NODE_ITEM};
 
 /// Head extension: the delta packs of this version (not critical: a reader that ignores it
 /// fetches chunks).
@@ -293,7 +294,8 @@ pub enum BatchKind {
     /// Directory nodes (kind 2); subdirectories the batch rebuilds have zero ids.
     Nodes,
     /// Directory nodes as [`Nodes`](Self::Nodes), the frame's content (and its prefix, the
-    /// references) taken apart into columns ([`to_columns`]) before compression (kind 4).
+    /// references) taken apart into columns ([`to_columns`]) before compression, and the
+    /// list a [`NodeList`] (kind 4).
     NodeColumns,
     /// Files' contents (kind 3), each referring to a file of the old tree.
     Files,
@@ -379,8 +381,13 @@ impl<'a> Batch<'a> {
                 "empty, or too many items, or its list too large",
             ));
         }
-        // Each item takes at least 11 bytes (an empty path, no reference, two sizes).
-        if u64::from(count) * 11 > u64::from(list_size) {
+        // Each item takes at least 11 bytes (an empty path, no reference, two sizes); in a
+        // node list (kind 4), 4 bytes after the nodes' size.
+        let least = match kind {
+            BatchKind::NodeColumns => 4 + u64::from(count) * MIN_NODE_ITEM,
+            _ => u64::from(count) * 11,
+        };
+        if least > u64::from(list_size) {
             return Err(FormatError::invalid(
                 WHAT,
                 format!("{count} items cannot fit in a list of {list_size} bytes"),
@@ -424,6 +431,25 @@ pub fn encode_batch_list(items: &[BatchItem]) -> Vec<u8> {
     w.buf
 }
 
+/// A path of a batch list (u16 length, names joined by `/`), its names counted into `names`
+/// against [`MAX_BATCH_NAMES`] before they are split: each name is an allocation.
+pub(crate) fn take_path(
+    r: &mut Reader<'_>,
+    names: &mut usize,
+    what: &'static str,
+) -> Result<Vec<Name>, FormatError> {
+    let len = r.u16()? as usize;
+    let bytes = r.take(len)?;
+    *names += match bytes.is_empty() {
+        true => 0,
+        false => 1 + bytes.iter().filter(|b| **b == b'/').count(),
+    };
+    if *names > MAX_BATCH_NAMES {
+        return Err(FormatError::invalid(what, "too many path components"));
+    }
+    split_path(bytes)
+}
+
 /// Decodes a batch list of exactly `count` items; paths are checked component by
 /// component (a file's, and its reference's, not empty), and the sizes of items and of
 /// references each add up to at most [`MAX_BATCH`].
@@ -437,17 +463,7 @@ pub fn decode_batch_list(
     let mut out = Vec::new();
     let (mut total, mut ref_total, mut names) = (0u64, 0u64, 0usize);
     for _ in 0..count {
-        let plen = r.u16()? as usize;
-        let bytes = r.take(plen)?;
-        // Counted before they are split: each name is an allocation.
-        names += match bytes.is_empty() {
-            true => 0,
-            false => 1 + bytes.iter().filter(|b| **b == b'/').count(),
-        };
-        if names > MAX_BATCH_NAMES {
-            return Err(FormatError::invalid(WHAT, "too many path components"));
-        }
-        let path = split_path(bytes)?;
+        let path = take_path(&mut r, &mut names, WHAT)?;
         let reference = match r.u8()? {
             0 => None,
             1 => Some(path.clone()),

@@ -32,6 +32,7 @@ mod keys;
 mod mutate;
 mod name;
 mod node;
+mod node_list;
 pub mod pack;
 mod wire;
 

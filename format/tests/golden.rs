@@ -177,7 +177,8 @@ fn file_at(root: &NodeRef, path: &[pulpdist_format::Name]) -> Vec<u8> {
     }
 }
 
-/// Decodes a columnar node batch (FORMAT.md 5.6, kind 4) with plain zstd: its list, then
+/// Decodes a columnar node batch (FORMAT.md 5.6, kind 4) with plain zstd: its list, each
+/// path resolved against version 1 (`pkgs/` is the root's first old subdirectory), then
 /// its nodes against the old nodes it names taken apart into columns, put back together
 /// and each compared with version 2's node once the zero ids of subdirectories the batch
 /// carries are filled in. Returns the nodes.
@@ -187,36 +188,50 @@ fn check_node_batch(
     root: &NodeRef,
 ) -> u64 {
     use pulpdist_format::delta::{
-        decode_batch_list, fill_children, from_columns, join_path, to_columns, BatchKind,
+        fill_children, from_columns, join_path, to_columns, BatchKind, NodeList, NodePath,
     };
     assert_eq!(batch.kind, BatchKind::NodeColumns);
     let list = patch(&[], batch.list_frame, u64::from(batch.list_size));
     assert_eq!(list.len(), batch.list_size as usize);
-    let items = decode_batch_list(&list, batch.count, batch.kind).expect("list");
+    let list = NodeList::decode(&list, batch.count).expect("list");
+    assert_eq!(list.items[0].path, NodePath::Full(vec![]));
+    assert_eq!(list.items[1].path, NodePath::OldSubdir { back: 1, skip: 0 });
+    let paths = list
+        .paths(|p, index| {
+            let subdirs: Vec<_> = dir_at(from_root, p)
+                .0
+                .entries()
+                .iter()
+                .filter(|e| matches!(e.kind, EntryKind::Dir { .. }))
+                .map(|e| e.name.clone())
+                .collect();
+            subdirs.get(index as usize).cloned()
+        })
+        .expect("paths");
     let (mut rows, mut ref_sizes) = (Vec::new(), Vec::new());
-    for p in items.iter().filter_map(|it| it.reference.as_ref()) {
-        let old = dir_at(from_root, p).1;
-        ref_sizes.push(old.len() as u32);
-        rows.extend(old);
+    for (it, p) in list.items.iter().zip(&paths) {
+        if it.reference {
+            let old = dir_at(from_root, p).1;
+            ref_sizes.push(old.len() as u32);
+            rows.extend(old);
+        }
     }
     let prefix = to_columns(&rows, &ref_sizes).expect("old nodes in columns");
-    let total: u64 = items.iter().map(|it| u64::from(it.size)).sum();
-    let columns = patch(&prefix, batch.frame, total);
-    assert_eq!(columns.len() as u64, total);
-    let sizes: Vec<u32> = items.iter().map(|it| it.size).collect();
-    let data = from_columns(&columns, &sizes).expect("nodes from columns");
+    let columns = patch(&prefix, batch.frame, u64::from(list.nodes_size));
+    assert_eq!(columns.len(), list.nodes_size as usize);
+    let (data, sizes) = from_columns(&columns, paths.len()).expect("nodes from columns");
     let mut at = 0;
-    let paths: Vec<Vec<u8>> = items.iter().map(|it| join_path(&it.path)).collect();
+    let joined: Vec<Vec<u8>> = paths.iter().map(|p| join_path(p)).collect();
     let mut zeroed = 0;
-    for it in &items {
-        let carried = &data[at..at + it.size as usize];
-        at += it.size as usize;
-        let (new_node, new) = dir_at(root, &it.path);
+    for (path, size) in paths.iter().zip(sizes) {
+        let carried = &data[at..at + size as usize];
+        at += size as usize;
+        let (new_node, new) = dir_at(root, path);
         // Only the ids of subdirectories in the batch are zero.
         let filled = fill_children(carried, |name| {
-            let mut p = it.path.clone();
+            let mut p = path.clone();
             p.push(name.clone());
-            assert!(paths.contains(&join_path(&p)), "{:?} zeroed", p);
+            assert!(joined.contains(&join_path(&p)), "{:?} zeroed", p);
             zeroed += 1;
             match &new_node.get(name.as_bytes()).expect("entry").kind {
                 EntryKind::Dir { node } => Some(node.id),
@@ -225,14 +240,14 @@ fn check_node_batch(
         })
         .expect("node")
         .expect("filled");
-        assert_eq!(filled, new, "node of {:?}", it.path);
+        assert_eq!(filled, new, "node of {:?}", path);
     }
     assert_eq!(
         zeroed,
-        items.len() - 1,
+        paths.len() - 1,
         "every node but the root is a zeroed child"
     );
-    items.len() as u64
+    paths.len() as u64
 }
 
 /// Decodes a file batch (FORMAT.md 5.6, kind 3) with plain zstd: its list, then its

@@ -466,11 +466,19 @@ fn node_batch_level(batch: &[Job], level: i32) -> i32 {
 /// One node batch record (FORMAT.md 5.6, kind 4) and its trailer id (BLAKE3 of its list).
 /// `Err`: why the batch is left out (its nodes are then fetched).
 fn encode_node_batch(jobs: &[Job], level: i32) -> Result<(Vec<u8>, [u8; 32]), String> {
-    use pulpdist_format::delta::{blank_children, join_path};
-    let paths: HashSet<Vec<u8>> = jobs.iter().map(|j| join_path(&j.path)).collect();
+    use pulpdist_format::delta::{blank_children, join_path, NodeItem, NodeList};
+    let at: HashMap<Vec<u8>, usize> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| (join_path(&j.path), i))
+        .collect();
+    // The old subdirectories' names of each referenced directory, decoded once.
+    let mut old_subdirs: HashMap<usize, Vec<Name>> = HashMap::new();
+    let mut last = HashMap::new();
     let mut items = Vec::with_capacity(jobs.len());
     let (mut prefix, mut data) = (Vec::new(), Vec::new());
-    for job in jobs {
+    let (mut ref_sizes, mut sizes) = (Vec::new(), Vec::new());
+    for (i, job) in jobs.iter().enumerate() {
         let shown = || String::from_utf8_lossy(&join_path(&job.path)).into_owned();
         let Content::Bytes(bytes) = &job.content else {
             return Err(format!("{}/: not a node", shown()));
@@ -479,67 +487,129 @@ fn encode_node_batch(jobs: &[Job], level: i32) -> Result<(Vec<u8>, [u8; 32]), St
         let carried = blank_children(&node, |name| {
             let mut p = job.path.clone();
             p.push(name.clone());
-            paths.contains(&join_path(&p))
+            at.contains_key(&join_path(&p))
         })
         .map_err(|e| format!("{}/: {e}", shown()))?;
         let reference = match &job.reference {
-            Some((p, _, Content::Bytes(old))) => {
+            Some((p, _, Content::Bytes(old))) if *p == job.path => {
                 prefix.extend_from_slice(old);
-                Some((p.clone(), old.len()))
+                ref_sizes.push(old.len() as u32);
+                true
             }
-            _ => None,
+            _ => false,
         };
-        items.push(BatchItem {
-            path: job.path.clone(),
-            size: carried.len() as u32,
-            ref_size: reference.as_ref().map_or(0, |(_, n)| *n as u32),
-            reference: reference.map(|(p, _)| p),
+        items.push(NodeItem {
+            path: node_path(jobs, &at, &mut old_subdirs, &mut last, i)?,
+            reference,
         });
+        sizes.push(carried.len() as u32);
         data.extend_from_slice(&carried);
     }
-    // In columns (FORMAT.md 5.6, kind 4): a release's re-stamped mtimes and the entries
-    // around them then match the old nodes in long runs.
-    let columns = |bytes: &[u8], sizes: Vec<u32>| {
-        pulpdist_format::delta::to_columns(bytes, &sizes)
+    // In columns: a release's re-stamped mtimes and the entries around them then match the
+    // old nodes in long runs.
+    let columns = |bytes: &[u8], sizes: &[u32]| {
+        pulpdist_format::delta::to_columns(bytes, sizes)
             .map_err(|e| format!("directory nodes: {e}"))
     };
-    let data = columns(&data, items.iter().map(|it| it.size).collect())?;
-    let prefix = columns(
+    let (data, prefix) = (columns(&data, &sizes)?, columns(&prefix, &ref_sizes)?);
+    let list = NodeList {
+        nodes_size: u32::try_from(data.len()).map_err(|_| "directory nodes: too large")?,
+        items,
+    };
+    encode_batch(
+        BatchKind::NodeColumns,
+        (list.items.len(), &list.encode()),
         &prefix,
-        items
-            .iter()
-            .filter(|it| it.reference.is_some())
-            .map(|it| it.ref_size)
-            .collect(),
-    )?;
-    encode_batch(BatchKind::NodeColumns, &items, &prefix, &data, level)
-        .map_err(|e| format!("directory nodes: {e}"))
+        &data,
+        level,
+    )
+    .map_err(|e| format!("directory nodes: {e}"))
 }
 
-/// A batch record from its items, the references concatenated in list order (the
-/// prefix) and the items' bytes concatenated likewise; and its trailer id (BLAKE3 of the
-/// list). Long-distance matching: an item's reference may lie megabytes back.
+/// Where the `i`-th directory of a node batch is, in its list (FORMAT.md 5.6, kind 4): an
+/// old subdirectory of an earlier item with a reference (`last`: per parent item, the old
+/// subdirectory its last such child was), or a named subdirectory of an earlier item, or
+/// the whole path (the root, or a directory whose parent is in no batch or in another).
+fn node_path(
+    jobs: &[Job],
+    at: &HashMap<Vec<u8>, usize>,
+    old_subdirs: &mut HashMap<usize, Vec<Name>>,
+    last: &mut HashMap<usize, usize>,
+    i: usize,
+) -> Result<pulpdist_format::delta::NodePath, String> {
+    use pulpdist_format::delta::{join_path, NodePath};
+    let path = &jobs[i].path;
+    let Some((name, parent)) = path.split_last() else {
+        return Ok(NodePath::Full(Vec::new()));
+    };
+    let Some(&j) = at.get(&join_path(parent)).filter(|j| **j < i) else {
+        return Ok(NodePath::Full(path.clone()));
+    };
+    let back = u32::try_from(i - j).map_err(|_| "directory nodes: too many")?;
+    let subdirs = match &jobs[j].reference {
+        Some((p, _, Content::Bytes(old))) if p == parent => match old_subdirs.entry(j) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let node = Node::decode(old).map_err(|e| format!("old node: {e}"))?;
+                e.insert(
+                    node.entries()
+                        .iter()
+                        .filter(|e| matches!(e.kind, EntryKind::Dir { .. }))
+                        .map(|e| e.name.clone())
+                        .collect(),
+                )
+            }
+        },
+        _ => {
+            return Ok(NodePath::Named {
+                back,
+                name: name.clone(),
+            })
+        }
+    };
+    let Ok(index) = subdirs.binary_search_by(|n| n.as_bytes().cmp(name.as_bytes())) else {
+        return Ok(NodePath::Named {
+            back,
+            name: name.clone(),
+        });
+    };
+    // Items are in index order, so a parent's old subdirectories come in name order: the
+    // skip counts from the last one named.
+    let skip = match last.insert(j, index) {
+        Some(prev) if prev < index => index - prev - 1,
+        None => index,
+        Some(_) => return Err("directory nodes: not in index order".into()),
+    };
+    Ok(NodePath::OldSubdir {
+        back,
+        skip: skip as u32,
+    })
+}
+
+/// A batch record from its item count and list, the references concatenated in list
+/// order (the prefix) and the items' bytes concatenated likewise; and its trailer id
+/// (BLAKE3 of the list). Long-distance matching: an item's reference may lie megabytes
+/// back.
 fn encode_batch(
     kind: BatchKind,
-    items: &[BatchItem],
+    (count, list): (usize, &[u8]),
     prefix: &[u8],
     data: &[u8],
     level: i32,
 ) -> Result<(Vec<u8>, [u8; 32]), delta::DeltaError> {
-    let list = pulpdist_format::delta::encode_batch_list(items);
     let list_size =
         u32::try_from(list.len()).map_err(|_| delta::DeltaError::TooLarge(list.len() as u64))?;
-    let list_frame = delta::encode(&[], &list, 19)?;
+    let list_frame = delta::encode(&[], list, 19)?;
     let frame = delta::encode_with(prefix, data, level, true)?;
     let rec = pulpdist_format::delta::Batch {
         kind,
-        count: items.len() as u32,
+        count: count as u32,
         list_size,
         list_frame: &list_frame,
         frame: &frame,
     }
     .encode();
-    Ok((rec, *blake3::hash(&list).as_bytes()))
+    Ok((rec, *blake3::hash(list).as_bytes()))
 }
 
 /// Splits the file jobs into batches of small files (each file and its reference at most
@@ -621,8 +691,15 @@ fn encode_file_batch(
         return Err(skipped.join("; "));
     }
     let first = String::from_utf8_lossy(&join_path(&items[0].path)).into_owned();
-    let (rec, id) = encode_batch(BatchKind::Files, &items, &prefix, &data, level)
-        .map_err(|e| format!("{} files from {first}: {e}", items.len()))?;
+    let list = pulpdist_format::delta::encode_batch_list(&items);
+    let (rec, id) = encode_batch(
+        BatchKind::Files,
+        (items.len(), &list),
+        &prefix,
+        &data,
+        level,
+    )
+    .map_err(|e| format!("{} files from {first}: {e}", items.len()))?;
     Ok(EncodedFiles {
         rec,
         id,
@@ -988,6 +1065,90 @@ mod tests {
             .iter()
             .map(|b| b.iter().map(|j| j.size).collect())
             .collect()
+    }
+
+    /// A node job at `path` (empty: the root), against `old` (an old node) if given.
+    fn node_job(path: &str, old: Option<&Node>) -> Job {
+        let p: Vec<Name> = path
+            .split('/')
+            .filter(|n| !n.is_empty())
+            .map(|n| Name::new(n.as_bytes().to_vec()).expect("name"))
+            .collect();
+        Job {
+            kind: RecordKind::Node,
+            path: p.clone(),
+            size: 0,
+            content: Content::Bytes(Node::default().encode()),
+            reference: old.map(|o| (p, 0, Content::Bytes(o.encode()))),
+        }
+    }
+
+    #[test]
+    fn a_node_list_names_each_directory_by_what_the_site_holds() {
+        use pulpdist_format::delta::NodePath;
+        let dir = |name: &str| pulpdist_format::Entry {
+            name: Name::new(name.as_bytes().to_vec()).expect("name"),
+            mode: 0o755,
+            mtime: Default::default(),
+            kind: EntryKind::Dir {
+                node: NodeRef {
+                    id: NodeId([1; 32]),
+                    loc: pulpdist_format::Location {
+                        pack: PackId([2; 32]),
+                        offset: 40,
+                        stored_len: 1,
+                        raw_len: 1,
+                        codec: Codec::Raw,
+                    },
+                },
+            },
+        };
+        let file = pulpdist_format::Entry {
+            name: Name::new(b"0-file".to_vec()).expect("name"),
+            mode: 0o644,
+            mtime: Default::default(),
+            kind: EntryKind::File {
+                size: 0,
+                chunks: vec![],
+            },
+        };
+        // The old root holds a file and the subdirectories a and b.
+        let old_root = Node::new(vec![file, dir("a"), dir("b")]).expect("old root");
+        let jobs = [
+            node_job("", Some(&old_root)),
+            node_job("b", Some(&Node::default())),
+            node_job("b/new", None),
+            node_job("c", None),
+            node_job("x/y", Some(&Node::default())),
+        ];
+        let at: HashMap<Vec<u8>, usize> = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (pulpdist_format::delta::join_path(&j.path), i))
+            .collect();
+        let (mut old_subdirs, mut last) = (HashMap::new(), HashMap::new());
+        let paths: Vec<NodePath> = (0..jobs.len())
+            .map(|i| node_path(&jobs, &at, &mut old_subdirs, &mut last, i).expect("path"))
+            .collect();
+        let name = |s: &str| Name::new(s.as_bytes().to_vec()).expect("name");
+        assert_eq!(
+            paths,
+            [
+                NodePath::Full(vec![]),
+                // b is the old root's second subdirectory (the file does not count).
+                NodePath::OldSubdir { back: 1, skip: 1 },
+                // b/ had no b/new; the old root no c; x/ is in no batch.
+                NodePath::Named {
+                    back: 1,
+                    name: name("new"),
+                },
+                NodePath::Named {
+                    back: 3,
+                    name: name("c"),
+                },
+                NodePath::Full(vec![name("x"), name("y")]),
+            ]
+        );
     }
 
     #[test]

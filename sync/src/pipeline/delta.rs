@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use pulpdist_chunker::delta;
 use pulpdist_format::delta::{
     decode_batch_list, fill_children, from_columns, join_path, to_columns, Batch, BatchKind,
-    DeltaInfo, DeltaRecord, RecordKind,
+    DeltaInfo, DeltaRecord, NodeList, RecordKind,
 };
 use pulpdist_format::{ChunkId, EntryKind, Name, Node, NodeId, VerifiedChunk};
 
@@ -134,7 +134,7 @@ impl Fetched {
 struct OldDirs<'a> {
     state: &'a State,
     root: NodeId,
-    subdirs: HashMap<Vec<u8>, Option<HashMap<Vec<u8>, NodeId>>>,
+    subdirs: HashMap<Vec<u8>, Option<Vec<(Name, NodeId)>>>,
 }
 
 impl<'a> OldDirs<'a> {
@@ -146,27 +146,49 @@ impl<'a> OldDirs<'a> {
         }
     }
 
-    /// The id of the old directory at `path`, if the cached index has it. Walks down from
-    /// the root (no recursion: a path may have many components).
-    fn id(&mut self, path: &[Name]) -> Option<NodeId> {
-        let mut id = self.root;
-        for (depth, name) in path.iter().enumerate() {
-            let key = join_path(&path[..depth]);
-            let state = self.state;
-            let subdirs = self.subdirs.entry(key).or_insert_with(|| {
+    /// The subdirectories (name and id, in name order) of the old directory `id` at
+    /// `path`, decoded once.
+    fn load(&mut self, path: &[Name], id: NodeId) -> Option<&[(Name, NodeId)]> {
+        let state = self.state;
+        self.subdirs
+            .entry(join_path(path))
+            .or_insert_with(|| {
                 state.node(&id).map(|n| {
                     n.entries()
                         .iter()
                         .filter_map(|e| match &e.kind {
-                            EntryKind::Dir { node } => Some((e.name.as_bytes().to_vec(), node.id)),
+                            EntryKind::Dir { node } => Some((e.name.clone(), node.id)),
                             _ => None,
                         })
                         .collect()
                 })
-            });
-            id = *subdirs.as_ref()?.get(name.as_bytes())?;
+            })
+            .as_deref()
+    }
+
+    /// The subdirectories of the old directory at `path`, if the cached index has it.
+    /// Walks down from the root (no recursion: a path may have many components).
+    fn listing(&mut self, path: &[Name]) -> Option<&[(Name, NodeId)]> {
+        let mut id = self.root;
+        for depth in 0..path.len() {
+            let list = self.load(&path[..depth], id)?;
+            id = find(list, &path[depth])?;
         }
-        Some(id)
+        self.load(path, id)
+    }
+
+    /// The id of the old directory at `path`, if the cached index has it.
+    fn id(&mut self, path: &[Name]) -> Option<NodeId> {
+        match path.split_last() {
+            None => Some(self.root),
+            Some((name, parent)) => find(self.listing(parent)?, name),
+        }
+    }
+
+    /// The name of the `index`-th subdirectory of the old directory at `path`.
+    fn subdir(&mut self, path: &[Name], index: u32) -> Option<Name> {
+        let list = self.listing(path)?;
+        list.get(index as usize).map(|(n, _)| n.clone())
     }
 
     /// The encoding of the old directory node at `path`, from the node cache.
@@ -174,6 +196,14 @@ impl<'a> OldDirs<'a> {
         let id = self.id(path)?;
         self.state.node_bytes(&id)
     }
+}
+
+/// The id of subdirectory `name` in a listing (in name order).
+fn find(list: &[(Name, NodeId)], name: &Name) -> Option<NodeId> {
+    let i = list
+        .binary_search_by(|(n, _)| n.as_bytes().cmp(name.as_bytes()))
+        .ok()?;
+    Some(list[i].1)
 }
 
 /// Rebuilds the index nodes the delta carries (each against the old node of its
@@ -240,54 +270,49 @@ fn apply_batch(
     let Ok(list) = delta::decode(&[], batch.list_frame, u64::from(batch.list_size)) else {
         return Ok(0);
     };
-    let Ok(items) = decode_batch_list(&list, batch.count, batch.kind) else {
+    let Some(list) = NodeBatchList::decode(&list, batch, old) else {
         return Ok(0);
     };
-    let total: u64 = items.iter().map(|it| u64::from(it.size)).sum();
-    let Some(left) = budget.checked_sub(total) else {
+    let Some(left) = budget.checked_sub(list.total) else {
         return Ok(0);
     };
     *budget = left;
-    let mut prefix = Vec::new();
-    for it in &items {
-        if let Some(p) = &it.reference {
-            match old.bytes(p) {
-                Some(b) if b.len() == it.ref_size as usize => prefix.extend_from_slice(&b),
-                // Gone from the cache (or another size): the prefix cannot be built, and
-                // the batch's nodes are fetched (the cache holds the applied tree whole, so
-                // this takes a cache damaged behind the sync's back).
-                _ => return Ok(0),
+    let columns = batch.kind == BatchKind::NodeColumns;
+    let (mut prefix, mut ref_sizes) = (Vec::new(), Vec::new());
+    for (p, size) in list.references.iter().flatten() {
+        match old.bytes(p) {
+            Some(b) if size.is_none_or(|s| b.len() == s as usize) => {
+                ref_sizes.push(b.len() as u32);
+                prefix.extend_from_slice(&b);
             }
+            // Gone from the cache (or another size): the prefix cannot be built, and
+            // the batch's nodes are fetched (the cache holds the applied tree whole, so
+            // this takes a cache damaged behind the sync's back).
+            _ => return Ok(0),
         }
     }
-    let columns = batch.kind == BatchKind::NodeColumns;
-    let sizes: Vec<u32> = items.iter().map(|it| it.size).collect();
     if columns {
-        let refs: Vec<u32> = items
-            .iter()
-            .filter(|it| it.reference.is_some())
-            .map(|it| it.ref_size)
-            .collect();
-        match to_columns(&prefix, &refs) {
+        match to_columns(&prefix, &ref_sizes) {
             Ok(c) => prefix = c,
             Err(_) => return Ok(0),
         }
     }
-    let Ok(mut data) = delta::decode(&prefix, batch.frame, total) else {
+    let Ok(data) = delta::decode(&prefix, batch.frame, list.total) else {
         return Ok(0);
     };
     drop(prefix);
-    if columns {
-        match from_columns(&data, &sizes) {
-            Ok(rows) => data = rows,
+    let (data, sizes) = match list.sizes {
+        Some(sizes) => (data, sizes),
+        None => match from_columns(&data, list.paths.len()) {
+            Ok(rows) => rows,
             Err(_) => return Ok(0),
-        }
-    }
+        },
+    };
     let mut at = 0usize;
-    let spans: Vec<std::ops::Range<usize>> = items
+    let spans: Vec<std::ops::Range<usize>> = sizes
         .iter()
-        .map(|it| {
-            let r = at..at + it.size as usize;
+        .map(|size| {
+            let r = at..at + *size as usize;
             at = r.end;
             r
         })
@@ -295,13 +320,13 @@ fn apply_batch(
     let mut rebuilt: HashMap<Vec<u8>, NodeId> = HashMap::new();
     let mut new_nodes: Vec<(NodeId, Vec<u8>)> = Vec::new();
     let mut ids: HashSet<NodeId> = HashSet::new();
-    for (it, span) in items.iter().zip(spans).rev() {
-        let path = join_path(&it.path);
+    for (it_path, span) in list.paths.iter().zip(spans).rev() {
+        let path = join_path(it_path);
         if !seen.insert(path.clone()) {
             continue;
         }
         let filled = fill_children(&data[span], |name| {
-            let mut p = it.path.clone();
+            let mut p = it_path.clone();
             p.push(name.clone());
             rebuilt.get(&join_path(&p)).copied()
         });
@@ -322,6 +347,49 @@ fn apply_batch(
         state.put_nodes(&new_nodes)?;
     }
     Ok(new_nodes.len() as u64)
+}
+
+/// A node batch's list, of either kind: each directory's path and reference (its path,
+/// and its size if the list gives one), each node's size if the list gives them (kind 4:
+/// from the columns), and what the frame decodes to.
+struct NodeBatchList {
+    paths: Vec<Vec<Name>>,
+    references: Vec<Option<(Vec<Name>, Option<u32>)>>,
+    sizes: Option<Vec<u32>>,
+    total: u64,
+}
+
+impl NodeBatchList {
+    /// `None`: a list that does not decode, or (kind 4) names an old subdirectory the
+    /// cached old index does not have.
+    fn decode(list: &[u8], batch: &Batch<'_>, old: &mut OldDirs<'_>) -> Option<Self> {
+        if batch.kind == BatchKind::NodeColumns {
+            let list = NodeList::decode(list, batch.count).ok()?;
+            let paths = list.paths(|p, index| old.subdir(p, index)).ok()?;
+            let references = list
+                .items
+                .iter()
+                .zip(&paths)
+                .map(|(it, p)| it.reference.then(|| (p.clone(), None)))
+                .collect();
+            return Some(NodeBatchList {
+                paths,
+                references,
+                sizes: None,
+                total: u64::from(list.nodes_size),
+            });
+        }
+        let items = decode_batch_list(list, batch.count, batch.kind).ok()?;
+        Some(NodeBatchList {
+            total: items.iter().map(|it| u64::from(it.size)).sum(),
+            sizes: Some(items.iter().map(|it| it.size).collect()),
+            references: items
+                .iter()
+                .map(|it| it.reference.clone().map(|p| (p, Some(it.ref_size))))
+                .collect(),
+            paths: items.into_iter().map(|it| it.path).collect(),
+        })
+    }
 }
 
 /// Path → chunk list (id, length) of each file the sync writes that still needs chunks.
@@ -539,7 +607,9 @@ impl Files<'_> {
 mod tests {
     use super::super::testkit;
     use super::*;
-    use pulpdist_format::delta::{blank_children, encode_batch_list, BatchItem, RecordKind};
+    use pulpdist_format::delta::{
+        blank_children, encode_batch_list, BatchItem, NodeItem, NodePath, RecordKind,
+    };
     use pulpdist_format::pack::{ObjectKind, PackBuilder};
     use pulpdist_format::{Codec, PackId};
 
@@ -613,12 +683,43 @@ mod tests {
             prefix.extend_from_slice(old);
             data.extend_from_slice(&carried);
         }
-        if kind == BatchKind::NodeColumns {
-            let sizes = |f: fn(&BatchItem) -> u32| items.iter().map(f).collect::<Vec<_>>();
-            prefix = to_columns(&prefix, &sizes(|it| it.ref_size)).expect("old columns");
-            data = to_columns(&data, &sizes(|it| it.size)).expect("new columns");
+        if kind != BatchKind::NodeColumns {
+            return batch_record(kind, &items, &prefix, &data);
         }
-        batch_record(kind, &items, &prefix, &data)
+        let sizes = |f: fn(&BatchItem) -> u32| items.iter().map(f).collect::<Vec<_>>();
+        prefix = to_columns(&prefix, &sizes(|it| it.ref_size)).expect("old columns");
+        data = to_columns(&data, &sizes(|it| it.size)).expect("new columns");
+        // Each path as the first of the old root's subdirectories (`a`) when its parent
+        // came first, else whole.
+        let list = NodeList {
+            nodes_size: data.len() as u32,
+            items: paths
+                .iter()
+                .enumerate()
+                .map(|(i, p)| NodeItem {
+                    path: match p.split_last() {
+                        Some((_, parent)) if paths[..i].iter().any(|q| q == parent) => {
+                            let j = paths.iter().position(|q| q == parent).expect("parent");
+                            NodePath::OldSubdir {
+                                back: (i - j) as u32,
+                                skip: 0,
+                            }
+                        }
+                        _ => NodePath::Full(p.clone()),
+                    },
+                    reference: true,
+                })
+                .collect(),
+        };
+        let list = list.encode();
+        Batch {
+            kind,
+            count: items.len() as u32,
+            list_size: list.len() as u32,
+            list_frame: &delta::encode(&[], &list, 3).expect("list"),
+            frame: &delta::encode(&prefix, &data, 3).expect("items"),
+        }
+        .encode()
     }
 
     #[test]
