@@ -382,6 +382,14 @@ mod tests {
         let entries = 8 + 4 + 2 * 32;
         hostile[entries..entries + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(from_columns(&hostile, 2).is_err());
+        // A chunk count past the input: the ids and locations take nothing from the rest
+        // column, so only the count against the input's length ends the walk.
+        let a = Node::encode(&nodes()[1]);
+        let mut columns = to_columns(&a, &[a.len() as u32]).expect("columns");
+        let chunks = 8 + 4 + 32 + 4 + 2 + 1 + 1 + 4 + 8;
+        assert_eq!(columns[chunks..chunks + 4], 2u32.to_le_bytes());
+        columns[chunks..chunks + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(from_columns(&columns, 1).is_err());
         assert!(to_columns(&bytes, &[sizes[0] - 1, sizes[1] + 1]).is_err());
     }
 }

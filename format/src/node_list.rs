@@ -142,14 +142,19 @@ impl NodeList {
     /// `index`-th subdirectory entry (from 0) of the old directory at `path` (`None`: no
     /// such entry). Refuses a parent that is not an earlier item, a form-1 item whose
     /// parent has no reference, a skip past the old directory's subdirectories, a path
-    /// longer than 65,535 bytes, and more than [`MAX_BATCH_NAMES`] path components in all.
+    /// longer than 65,535 bytes, a path named twice, more than [`MAX_BATCH_NAMES`] path
+    /// components in all, and paths whose lengths add up to more than `limit` bytes: a list
+    /// of a few bytes per item names paths of up to 65,535 bytes each, so a reader charges
+    /// what they add up to (returned with them) as it charges the list's own bytes.
     pub fn paths(
         &self,
+        limit: u64,
         mut old_subdir: impl FnMut(&[Name], u32) -> Option<Name>,
-    ) -> Result<Vec<Vec<Name>>, FormatError> {
+    ) -> Result<(Vec<Vec<Name>>, u64), FormatError> {
         let mut out: Vec<Vec<Name>> = Vec::with_capacity(self.items.len());
         let mut lens: Vec<usize> = Vec::with_capacity(self.items.len());
-        let mut names = 0usize;
+        let mut seen = std::collections::HashSet::new();
+        let (mut names, mut total) = (0usize, 0u64);
         // Per parent item: the old subdirectory its last form-1 child named.
         let mut last: std::collections::HashMap<usize, u32> = std::collections::HashMap::new();
         for (i, it) in self.items.iter().enumerate() {
@@ -186,16 +191,20 @@ impl NodeList {
                 }
             };
             names += path.len();
-            if names > MAX_BATCH_NAMES || len > MAX_ITEM_PATH {
+            total += len as u64;
+            if names > MAX_BATCH_NAMES || len > MAX_ITEM_PATH || total > limit {
                 return Err(FormatError::invalid(
                     WHAT,
-                    "too many path components, or a path too long",
+                    "too many path components or path bytes, or a path too long",
                 ));
+            }
+            if !seen.insert(join_path(&path)) {
+                return Err(FormatError::invalid(WHAT, "a path named twice"));
             }
             out.push(path);
             lens.push(len);
         }
-        Ok(out)
+        Ok((out, total))
     }
 }
 
@@ -261,8 +270,9 @@ mod tests {
         let decoded = NodeList::decode(&l.encode(), 4).expect("decode");
         assert_eq!(decoded, l);
         let paths: Vec<Vec<u8>> = decoded
-            .paths(old)
+            .paths(u64::MAX, old)
             .expect("paths")
+            .0
             .iter()
             .map(|p| join_path(p))
             .collect();
@@ -282,8 +292,9 @@ mod tests {
             },
         );
         let paths: Vec<Vec<u8>> = l
-            .paths(old)
+            .paths(u64::MAX, old)
             .expect("paths")
+            .0
             .iter()
             .map(|p| join_path(p))
             .collect();
@@ -295,13 +306,13 @@ mod tests {
         let refused = |f: fn(&mut NodeList)| {
             let mut l = list();
             f(&mut l);
-            l.paths(old).is_err()
+            l.paths(u64::MAX, old).is_err()
         };
         assert!(!refused(|_| {}));
         let old_subdir = |i: usize, back: u32, skip: u32| {
             let mut l = list();
             l.items[i].path = NodePath::OldSubdir { back, skip };
-            l.paths(old).is_err()
+            l.paths(u64::MAX, old).is_err()
         };
         // No parent earlier, or itself.
         assert!(old_subdir(1, 2, 0) && old_subdir(1, 0, 0));
@@ -327,7 +338,14 @@ mod tests {
                 reference: false,
             });
         }
-        assert!(deep.paths(old).is_err());
+        assert!(deep.paths(u64::MAX, old).is_err());
+        // The same path twice; paths longer in all than the limit.
+        assert!(refused(
+            |l| l.items[3].path = NodePath::Full(vec![name("b")])
+        ));
+        let (_, total) = list().paths(u64::MAX, old).expect("paths");
+        assert_eq!(total, 1 + 5 + 3);
+        assert!(list().paths(total, old).is_ok() && list().paths(total - 1, old).is_err());
     }
 
     #[test]

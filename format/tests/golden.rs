@@ -196,8 +196,8 @@ fn check_node_batch(
     let list = NodeList::decode(&list, batch.count).expect("list");
     assert_eq!(list.items[0].path, NodePath::Full(vec![]));
     assert_eq!(list.items[1].path, NodePath::OldSubdir { back: 1, skip: 0 });
-    let paths = list
-        .paths(|p, index| {
+    let (paths, _) = list
+        .paths(u64::MAX, |p, index| {
             let subdirs: Vec<_> = dir_at(from_root, p)
                 .0
                 .entries()

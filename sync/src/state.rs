@@ -308,7 +308,8 @@ impl State {
         sync_dir(&self.dir)
     }
 
-    fn node_path(&self, id: &NodeId) -> PathBuf {
+    /// Where node `id` is cached.
+    pub(crate) fn node_path(&self, id: &NodeId) -> PathBuf {
         let hex = id.to_hex();
         self.dir.join("nodes").join(&hex[..2]).join(&hex)
     }

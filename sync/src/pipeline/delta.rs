@@ -270,18 +270,18 @@ fn apply_batch(
     let Ok(list) = delta::decode(&[], batch.list_frame, u64::from(batch.list_size)) else {
         return Ok(0);
     };
-    let Some(list) = NodeBatchList::decode(&list, batch, old) else {
+    let Some(list) = NodeBatchList::decode(&list, batch, old, budget) else {
         return Ok(0);
     };
-    let Some(left) = budget.checked_sub(list.total) else {
-        return Ok(0);
-    };
-    *budget = left;
     let columns = batch.kind == BatchKind::NodeColumns;
     let (mut prefix, mut ref_sizes) = (Vec::new(), Vec::new());
     for (p, size) in list.references.iter().flatten() {
         match old.bytes(p) {
-            Some(b) if size.is_none_or(|s| b.len() == s as usize) => {
+            // The references add up to at most MAX_BATCH, as a kind-2 list's sizes must.
+            Some(b)
+                if size.is_none_or(|s| b.len() == s as usize)
+                    && (prefix.len() + b.len()) as u64 <= pulpdist_format::delta::MAX_BATCH =>
+            {
                 ref_sizes.push(b.len() as u32);
                 prefix.extend_from_slice(&b);
             }
@@ -360,12 +360,21 @@ struct NodeBatchList {
 }
 
 impl NodeBatchList {
-    /// `None`: a list that does not decode, or (kind 4) names an old subdirectory the
-    /// cached old index does not have.
-    fn decode(list: &[u8], batch: &Batch<'_>, old: &mut OldDirs<'_>) -> Option<Self> {
+    /// `None`: a list that does not decode, (kind 4) names an old subdirectory the cached
+    /// old index does not have, or whose nodes (and, kind 4, paths) come to more than
+    /// `budget`, which is charged with them.
+    fn decode(
+        list: &[u8],
+        batch: &Batch<'_>,
+        old: &mut OldDirs<'_>,
+        budget: &mut u64,
+    ) -> Option<Self> {
         if batch.kind == BatchKind::NodeColumns {
             let list = NodeList::decode(list, batch.count).ok()?;
-            let paths = list.paths(|p, index| old.subdir(p, index)).ok()?;
+            *budget = budget.checked_sub(u64::from(list.nodes_size))?;
+            // A few bytes of list name a path of up to 65,535 bytes: charged as well.
+            let (paths, bytes) = list.paths(*budget, |p, i| old.subdir(p, i)).ok()?;
+            *budget -= bytes;
             let references = list
                 .items
                 .iter()
@@ -380,8 +389,10 @@ impl NodeBatchList {
             });
         }
         let items = decode_batch_list(list, batch.count, batch.kind).ok()?;
+        let total = items.iter().map(|it| u64::from(it.size)).sum();
+        *budget = budget.checked_sub(total)?;
         Some(NodeBatchList {
-            total: items.iter().map(|it| u64::from(it.size)).sum(),
+            total,
             sizes: Some(items.iter().map(|it| it.size).collect()),
             references: items
                 .iter()
@@ -686,35 +697,61 @@ mod tests {
         if kind != BatchKind::NodeColumns {
             return batch_record(kind, &items, &prefix, &data);
         }
-        let sizes = |f: fn(&BatchItem) -> u32| items.iter().map(f).collect::<Vec<_>>();
-        prefix = to_columns(&prefix, &sizes(|it| it.ref_size)).expect("old columns");
-        data = to_columns(&data, &sizes(|it| it.size)).expect("new columns");
         // Each path as the first of the old root's subdirectories (`a`) when its parent
         // came first, else whole.
+        let list = paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match p.split_last() {
+                Some((_, parent)) if paths[..i].iter().any(|q| q == parent) => {
+                    let j = paths.iter().position(|q| q == parent).expect("parent");
+                    NodePath::OldSubdir {
+                        back: (i - j) as u32,
+                        skip: 0,
+                    }
+                }
+                _ => NodePath::Full(p.clone()),
+            })
+            .collect();
+        let sizes = |f: fn(&BatchItem) -> u32| items.iter().map(f).collect::<Vec<_>>();
+        columns_record(
+            list,
+            (&prefix, &sizes(|it| it.ref_size)),
+            (&data, &sizes(|it| it.size)),
+            true,
+        )
+    }
+
+    /// A node batch in columns (kind 4) of nodes at `paths` (each with a reference), the
+    /// old and new nodes concatenated with their sizes; taken apart into columns, or (to
+    /// check that a reader does not take rows for columns) not.
+    fn columns_record(
+        paths: Vec<NodePath>,
+        (old, old_sizes): (&[u8], &[u32]),
+        (new, new_sizes): (&[u8], &[u32]),
+        in_columns: bool,
+    ) -> Vec<u8> {
+        let (prefix, data) = match in_columns {
+            true => (
+                to_columns(old, old_sizes).expect("old columns"),
+                to_columns(new, new_sizes).expect("new columns"),
+            ),
+            false => (old.to_vec(), new.to_vec()),
+        };
         let list = NodeList {
             nodes_size: data.len() as u32,
             items: paths
-                .iter()
-                .enumerate()
-                .map(|(i, p)| NodeItem {
-                    path: match p.split_last() {
-                        Some((_, parent)) if paths[..i].iter().any(|q| q == parent) => {
-                            let j = paths.iter().position(|q| q == parent).expect("parent");
-                            NodePath::OldSubdir {
-                                back: (i - j) as u32,
-                                skip: 0,
-                            }
-                        }
-                        _ => NodePath::Full(p.clone()),
-                    },
+                .into_iter()
+                .map(|path| NodeItem {
+                    path,
                     reference: true,
                 })
                 .collect(),
-        };
-        let list = list.encode();
+        }
+        .encode();
         Batch {
-            kind,
-            count: items.len() as u32,
+            kind: BatchKind::NodeColumns,
+            count: new_sizes.len() as u32,
             list_size: list.len() as u32,
             list_frame: &delta::encode(&[], &list, 3).expect("list"),
             frame: &delta::encode(&prefix, &data, 3).expect("items"),
@@ -735,7 +772,45 @@ mod tests {
     }
 
     #[test]
-    fn a_node_batch_in_columns_rebuilds_the_nodes_and_one_taken_apart_wrongly_none() {
+    fn a_node_batch_in_columns_rebuilds_the_nodes_and_one_not_in_columns_none() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let state = testkit::state(tmp.path());
+        let (r1, r2, a2, r1b, a1b) = versions(&state);
+        let blanked = blank_children(&r2, |n| n.as_bytes() == b"a").expect("blank");
+        let (old, new) = (
+            [r1b.clone(), a1b.clone()].concat(),
+            [blanked.clone(), a2.encode()].concat(),
+        );
+        let old_sizes = [r1b.len() as u32, a1b.len() as u32];
+        let new_sizes = [blanked.len() as u32, a2.encode().len() as u32];
+        let record = |paths: Vec<NodePath>, in_columns: bool| {
+            columns_record(paths, (&old, &old_sizes), (&new, &new_sizes), in_columns)
+        };
+        let a_of_root = |skip| {
+            vec![
+                NodePath::Full(vec![]),
+                NodePath::OldSubdir { back: 1, skip },
+            ]
+        };
+        let apply = |rec: Vec<u8>| apply_nodes(&state, &fetched(&[rec]), &r1.id()).expect("apply");
+        // Rows where columns belong; a skip past the old root's a and b; the same path
+        // twice: nothing is rebuilt.
+        assert_eq!(apply(record(a_of_root(0), false)), 0);
+        assert_eq!(apply(record(a_of_root(2), true)), 0);
+        assert_eq!(apply(record(vec![NodePath::Full(vec![]); 2], true)), 0);
+        assert!(!state.has_node(&r2.id()) && !state.has_node(&a2.id()));
+        // b is the old root's second subdirectory: the list puts a/'s node at b, whose old
+        // node is the reference instead of a/'s. Whatever that rebuilds is cached only
+        // under its hash; the root's zero id for a/ has nothing to fill it.
+        apply(record(a_of_root(1), true));
+        assert!(!state.has_node(&r2.id()));
+        assert_eq!(apply(record(a_of_root(0), true)), 2);
+        assert_eq!(state.node_bytes(&r2.id()), Some(r2.encode()));
+        assert_eq!(state.node_bytes(&a2.id()), Some(a2.encode()));
+    }
+
+    #[test]
+    fn a_node_batch_in_columns_needs_every_reference_in_the_cache() {
         let tmp = tempfile::tempdir().expect("tmp");
         let state = testkit::state(tmp.path());
         let (r1, r2, a2, r1b, a1b) = versions(&state);
@@ -744,17 +819,14 @@ mod tests {
             (vec![name("a")], &a2, &a1b[..]),
         ];
         let rec = batch_of(BatchKind::NodeColumns, &nodes);
-        // Read as a batch of rows (kind 2), the same frame rebuilds nothing.
-        let mut as_rows = rec.clone();
-        as_rows[0] = pulpdist_format::delta::KIND_NODE_BATCH;
+        // The old a/ gone from the cache: its reference cannot be read.
+        let a1 = Node::decode(&a1b).expect("a1");
+        std::fs::remove_file(state.node_path(&a1.id())).expect("drop a1");
         assert_eq!(
-            apply_nodes(&state, &fetched(&[as_rows]), &r1.id()).expect("apply"),
+            apply_nodes(&state, &fetched(&[rec]), &r1.id()).expect("apply"),
             0
         );
-        let n = apply_nodes(&state, &fetched(&[rec]), &r1.id()).expect("apply");
-        assert_eq!(n, 2);
-        assert_eq!(state.node_bytes(&r2.id()), Some(r2.encode()));
-        assert_eq!(state.node_bytes(&a2.id()), Some(a2.encode()));
+        assert!(!state.has_node(&r2.id()));
     }
 
     #[test]
