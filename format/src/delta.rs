@@ -275,6 +275,9 @@ pub const KIND_FILE_BATCH: u8 = 3;
 /// Record kind byte of a columnar node batch ([`Batch`] of [`BatchKind::NodeColumns`]).
 pub const KIND_NODE_COLUMNS: u8 = 4;
 
+/// Record kind byte of an own-chunk batch ([`Batch`] of [`BatchKind::OwnChunks`]).
+pub const KIND_OWN_CHUNKS: u8 = 5;
+
 /// The largest list, and the largest sum of item (or reference) sizes, in one batch: a
 /// reader holds them whole. A writer starts another batch past it.
 pub const MAX_BATCH: u64 = 128 << 20;
@@ -297,6 +300,10 @@ pub enum BatchKind {
     /// references) taken apart into columns ([`to_columns`]) before compression, and the
     /// list a [`NodeList`] (kind 4).
     NodeColumns,
+    /// Composite files' own chunks (kind 5): a file batch whose items are composite files
+    /// (ISO images), each one's content the chunks of its chunk parts concatenated in
+    /// order, its reference likewise those of the old composite file at the reference path.
+    OwnChunks,
     /// Files' contents (kind 3), each referring to a file of the old tree.
     Files,
 }
@@ -354,6 +361,7 @@ impl<'a> Batch<'a> {
             BatchKind::Nodes => KIND_NODE_BATCH,
             BatchKind::Files => KIND_FILE_BATCH,
             BatchKind::NodeColumns => KIND_NODE_COLUMNS,
+            BatchKind::OwnChunks => KIND_OWN_CHUNKS,
         });
         w.u32(self.count);
         w.u32(self.list_size);
@@ -371,6 +379,7 @@ impl<'a> Batch<'a> {
             KIND_NODE_BATCH => BatchKind::Nodes,
             KIND_FILE_BATCH => BatchKind::Files,
             KIND_NODE_COLUMNS => BatchKind::NodeColumns,
+            KIND_OWN_CHUNKS => BatchKind::OwnChunks,
             _ => return Ok(None),
         };
         let count = r.u32()?;
@@ -477,7 +486,7 @@ pub fn decode_batch_list(
         if names > MAX_BATCH_NAMES {
             return Err(FormatError::invalid(WHAT, "too many path components"));
         }
-        if kind == BatchKind::Files
+        if matches!(kind, BatchKind::Files | BatchKind::OwnChunks)
             && (path.is_empty() || reference.as_ref().is_some_and(|p| p.is_empty()))
         {
             return Err(FormatError::invalid(WHAT, "a file with an empty path"));

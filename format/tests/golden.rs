@@ -534,3 +534,85 @@ fn golden_composite_node_decodes_resolves_and_re_encodes() {
     };
     assert_eq!(chunks.as_slice(), &whole[..]);
 }
+
+/// An own-chunk batch (FORMAT.md 5.6, kind 5), as fixed bytes: the old image
+/// `own-chunks.old.img` holds an own chunk (0..200), a package of the tree (a file part,
+/// 200..204) and another own chunk (204..404); the new image's own chunks differ from them
+/// in a byte each. The record's one item, `cd/img`, rebuilds them from the old image's own
+/// chunks, read where the old entry puts them; each must hash to the id `expected.txt`
+/// gives. Decoded with plain zstd.
+#[test]
+fn golden_own_chunk_batch_rebuilds_an_images_own_chunks_from_the_old_image() {
+    use pulpdist_format::delta::{decode_batch_list, join_path, Batch, BatchItem, BatchKind};
+    let dir = golden().join("own-chunks");
+    if std::env::var_os("PULPDIST_REGEN_GOLDEN").is_some() {
+        let own = |tag: u8, n: u8| -> Vec<u8> {
+            let mut c: Vec<u8> = (0..200u32)
+                .map(|i| (i * 7 + u32::from(tag)) as u8)
+                .collect();
+            c[100] = n;
+            c
+        };
+        let (old, new) = ([own(1, 1), own(2, 1)], [own(1, 2), own(2, 2)]);
+        let name = |s: &str| pulpdist_format::Name::new(s.as_bytes().to_vec()).expect("name");
+        let items = [BatchItem {
+            path: vec![name("cd"), name("img")],
+            reference: Some(vec![name("cd"), name("img")]),
+            size: 400,
+            ref_size: 400,
+        }];
+        let list = pulpdist_format::delta::encode_batch_list(&items);
+        let compress = |prefix: &[u8], data: &[u8]| {
+            use zstd::zstd_safe::{CCtx, CParameter};
+            let mut c = CCtx::create();
+            c.set_parameter(CParameter::CompressionLevel(19))
+                .expect("level");
+            if !prefix.is_empty() {
+                c.ref_prefix(prefix).expect("prefix");
+            }
+            let mut out: Vec<u8> = Vec::with_capacity(data.len() + 64);
+            c.compress2(&mut out, data).expect("compress");
+            out
+        };
+        let record = Batch {
+            kind: BatchKind::OwnChunks,
+            count: 1,
+            list_size: list.len() as u32,
+            list_frame: &compress(&[], &list),
+            frame: &compress(&old.concat(), &new.concat()),
+        }
+        .encode();
+        fs::create_dir_all(&dir).expect("dir");
+        fs::write(dir.join("record"), record).expect("record");
+        fs::write(
+            dir.join("old.img"),
+            [&old[0][..], b"pkg1", &old[1]].concat(),
+        )
+        .expect("old image");
+        for (i, c) in new.iter().enumerate() {
+            eprintln!("own-chunk-{} {}", i + 1, blake3::hash(c).to_hex());
+        }
+    }
+    let record = fs::read(dir.join("record")).expect("record");
+    let batch = Batch::decode(&record).expect("decodes").expect("a batch");
+    assert_eq!(batch.kind, BatchKind::OwnChunks);
+    let list = patch(&[], batch.list_frame, u64::from(batch.list_size));
+    let items = decode_batch_list(&list, batch.count, batch.kind).expect("list");
+    assert_eq!(items.len(), 1);
+    assert_eq!(join_path(&items[0].path), b"cd/img");
+    assert_eq!(items[0].reference, Some(items[0].path.clone()));
+    // The old entry's parts: an own chunk of 200 bytes, a file part of 4, another own chunk.
+    let old_image = fs::read(dir.join("old.img")).expect("old image");
+    let prefix = [&old_image[0..200], &old_image[204..404]].concat();
+    assert_eq!(prefix.len(), items[0].ref_size as usize);
+    let own = patch(&prefix, batch.frame, u64::from(items[0].size));
+    assert_eq!(own.len(), 400);
+    assert_eq!(
+        blake3::hash(&own[..200]).to_hex().to_string(),
+        want("own-chunk-1")
+    );
+    assert_eq!(
+        blake3::hash(&own[200..]).to_hex().to_string(),
+        want("own-chunk-2")
+    );
+}

@@ -106,6 +106,8 @@ struct Job {
     size: u64,
     content: Content,
     reference: Option<Reference>,
+    /// A composite file's own chunks (an own-chunk batch, kind 5), not a whole file.
+    own: bool,
 }
 
 /// What a record is encoded against: the old file's (or node's) path, size and content.
@@ -198,15 +200,22 @@ fn file_job(
                 _ => None,
             }),
     };
+    if reference.is_none() && !mostly_new(chunks, size, new_packs) {
+        return None;
+    }
+    Some((reference, Content::Source(chunks.clone())))
+}
+
+/// Whether more than half of `size` bytes of `chunks` are in packs written since the old
+/// version: content without a reference is worth a record only then (otherwise the site
+/// most likely has it already: a copy, a move, an image of the tree's own files).
+fn mostly_new(chunks: &[ChunkRef], size: u64, new_packs: &HashSet<PackId>) -> bool {
     let fresh: u64 = chunks
         .iter()
         .filter(|c| new_packs.contains(&c.loc.pack))
         .map(|c| u64::from(c.loc.raw_len))
         .sum();
-    if reference.is_none() && fresh * 2 <= size {
-        return None;
-    }
-    Some((reference, Content::Source(chunks.clone())))
+    fresh * 2 > size
 }
 
 fn diff(
@@ -224,6 +233,7 @@ fn diff(
         size: new.1.len() as u64,
         content: Content::Bytes(new.1.clone()),
         reference: old.map(|o| (rel.to_vec(), o.1.len() as u64, Content::Bytes(o.1.clone()))),
+        own: false,
     });
     let (new, old) = (&new.0, old.map(|o| &o.0));
     for e in new.entries() {
@@ -254,6 +264,7 @@ fn diff(
                     size: *size,
                     content,
                     reference,
+                    own: false,
                 }));
             }
             EntryKind::Dir { node } => {
@@ -266,11 +277,60 @@ fn diff(
                 diff(nodes, &child, old_child.as_ref(), &path(), new_packs, jobs)?;
             }
             // A composite file's file parts are files of the tree, with records of their
-            // own when they changed; its own chunks (an image's metadata) are fetched.
-            EntryKind::Composite { .. } | EntryKind::Symlink { .. } => {}
+            // own when they changed; its own chunks (an image's metadata) go in an
+            // own-chunk batch.
+            EntryKind::Composite { .. } => {
+                jobs.extend(own_chunks_job(&e.kind, old_e, new_packs).map(
+                    |(size, content, reference)| Job {
+                        kind: RecordKind::File,
+                        path: path(),
+                        size,
+                        content,
+                        reference: reference.map(|(s, c)| (path(), s, c)),
+                        own: true,
+                    },
+                ));
+            }
+            EntryKind::Symlink { .. } => {}
         }
     }
     Ok(())
+}
+
+/// The old composite file's own chunks an own-chunk item is compressed against: their size
+/// and chunks.
+type OwnReference = (u64, Content);
+
+/// A changed composite file's own chunks (FORMAT.md 5.6, kind 5), if worth a record: their
+/// size and chunks, and the old composite file's own chunks at the same path as the
+/// reference. None when the file did not change, has no own chunks, has more than
+/// [`delta::MAX_DELTA_FILE`] of them, or has no reference and most of them are not new
+/// since the old version.
+fn own_chunks_job(
+    new: &EntryKind,
+    old: Option<&pulpdist_format::Entry>,
+    new_packs: &HashSet<PackId>,
+) -> Option<(u64, Content, Option<OwnReference>)> {
+    if old.and_then(|o| o.kind.same_chunks(new)) == Some(true) {
+        return None;
+    }
+    let own: Vec<ChunkRef> = new.own_chunks().copied().collect();
+    let size: u64 = own.iter().map(|c| u64::from(c.loc.raw_len)).sum();
+    if own.is_empty() || size > delta::MAX_DELTA_FILE {
+        return None;
+    }
+    let reference = match old.map(|o| &o.kind) {
+        Some(k @ EntryKind::Composite { .. }) => {
+            let chunks: Vec<ChunkRef> = k.own_chunks().copied().collect();
+            let s: u64 = chunks.iter().map(|c| u64::from(c.loc.raw_len)).sum();
+            (s > 0 && s <= delta::MAX_DELTA_FILE).then_some((s, Content::Stored(chunks)))
+        }
+        _ => None,
+    };
+    if reference.is_none() && !mostly_new(&own, size, new_packs) {
+        return None;
+    }
+    Some((size, Content::Stored(own), reference))
 }
 
 /// The bytes of a file of an earlier version, from its chunks in the store (runs of
@@ -692,14 +752,12 @@ fn encode_file_batch(
     }
     let first = String::from_utf8_lossy(&join_path(&items[0].path)).into_owned();
     let list = pulpdist_format::delta::encode_batch_list(&items);
-    let (rec, id) = encode_batch(
-        BatchKind::Files,
-        (items.len(), &list),
-        &prefix,
-        &data,
-        level,
-    )
-    .map_err(|e| format!("{} files from {first}: {e}", items.len()))?;
+    let kind = match jobs.first().is_some_and(|j| j.own) {
+        true => BatchKind::OwnChunks,
+        false => BatchKind::Files,
+    };
+    let (rec, id) = encode_batch(kind, (items.len(), &list), &prefix, &data, level)
+        .map_err(|e| format!("{} files from {first}: {e}", items.len()))?;
     Ok(EncodedFiles {
         rec,
         id,
@@ -806,9 +864,13 @@ pub(crate) fn write_delta(
     let (node_jobs, jobs): (Vec<Job>, Vec<Job>) =
         jobs.into_iter().partition(|j| j.kind == RecordKind::Node);
     let batches = node_batches(node_jobs, &mut report);
+    // A composite file's own chunks: a batch of their own (kind 5) each, after the file
+    // batches.
+    let (own, jobs): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.own);
     let (file_batches, single) = file_batches(jobs);
     let mut units = file_batches
         .into_iter()
+        .chain(own.into_iter().map(|j| vec![j]))
         .map(Unit::Files)
         .chain(single.into_iter().map(Unit::File))
         .collect::<Vec<_>>()
@@ -1057,6 +1119,7 @@ mod tests {
             size,
             content: Content::Bytes(Vec::new()),
             reference: ref_size.map(|s| (p, s, Content::Bytes(Vec::new()))),
+            own: false,
         }
     }
 
@@ -1080,6 +1143,7 @@ mod tests {
             size: 0,
             content: Content::Bytes(Node::default().encode()),
             reference: old.map(|o| (p, 0, Content::Bytes(o.encode()))),
+            own: false,
         }
     }
 

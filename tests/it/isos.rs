@@ -93,6 +93,15 @@ fn an_image_of_the_trees_own_files_costs_only_its_metadata() {
         r["bytes_reused"].as_u64().expect("reused") > image_size / 2,
         "{r}"
     );
+    // The image's own chunks (its metadata, the boot image) came in the delta, compressed
+    // together (an own-chunk batch, FORMAT.md 5.6 kind 5): the head and the delta, and no
+    // range request for them.
+    assert_eq!(
+        (&r["requests"], &r["delta_failed"]),
+        (&2.into(), &0.into()),
+        "{r}"
+    );
+    assert!(r["delta_files"].as_u64() >= Some(1), "{r}");
 
     // Version 3: packages change and the image is rebuilt; still only the new bytes move.
     pulpdist_testdata::evolve(&site.src(), 101, 1).expect("evolve");
@@ -108,6 +117,13 @@ fn an_image_of_the_trees_own_files_costs_only_its_metadata() {
     assert_eq!(p["isos"], 1, "{p}");
     let r = site.sync();
     assert_same_tree(&site.src(), &site.mirror());
+    // The rebuilt image's own chunks against the old image's, read from the mirror's old
+    // image where they lie in it.
+    assert_eq!(
+        (&r["requests"], &r["delta_failed"]),
+        (&2.into(), &0.into()),
+        "{r}"
+    );
     // A site that starts from nothing resolves the image against the tree it fetches.
     let fresh = site.p("fresh");
     let args = common::sync_cmd(s(&site.store()), "tree", &site.trust(), &fresh, &[]);

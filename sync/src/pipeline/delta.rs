@@ -54,6 +54,94 @@ fn read_reference(safe: &mut SafeDirs, path: &[Name], size: u64) -> Option<Vec<u
     (data.len() as u64 == size).then_some(data)
 }
 
+/// The byte `ranges` of the regular file at `path` under the mirror, concatenated, if it
+/// is `size` bytes long: an old composite file's own chunks, the reference of an own-chunk
+/// item (FORMAT.md 5.6, kind 5), read without reading the image whole.
+fn read_ranges(
+    safe: &mut SafeDirs,
+    path: &[Name],
+    size: u64,
+    ranges: &[std::ops::Range<u64>],
+) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let rel = to_rel(path);
+    let parent = safe.ensure(rel.parent()?, false).ok()?;
+    let (f, len) = crate::fsutil::open_regular(&parent.join(rel.file_name()?)).ok()?;
+    if len != size {
+        return None;
+    }
+    let mut out = Vec::new();
+    for r in ranges {
+        let at = out.len();
+        out.resize(at + usize::try_from(r.end.checked_sub(r.start)?).ok()?, 0);
+        f.read_exact_at(&mut out[at..], r.start).ok()?;
+    }
+    Some(out)
+}
+
+/// A composite file of the new tree as an own-chunk batch (FORMAT.md 5.6, kind 5) needs
+/// it: its own chunks (id, length) in order, and where the old composite file at the same
+/// path kept its own chunks (that file's size, and their byte ranges in it).
+pub(crate) struct Composite {
+    own: Vec<(ChunkId, u32)>,
+    old: Option<(u64, Vec<std::ops::Range<u64>>)>,
+}
+
+/// The composite files of the changed directories, by path.
+fn composites(state: &State, dirs: &[super::walk::DirChange]) -> HashMap<Vec<u8>, Composite> {
+    let mut out = HashMap::new();
+    for c in dirs {
+        let Some(new) = state.stored_node(&c.new).filter(Node::has_composites) else {
+            continue;
+        };
+        let old = c.old.and_then(|id| state.stored_node(&id));
+        for e in new.entries() {
+            if !matches!(e.kind, EntryKind::Composite { .. }) {
+                continue;
+            }
+            let old_ranges = old
+                .as_ref()
+                .and_then(|o| o.get(e.name.as_bytes()))
+                .and_then(|o| {
+                    let EntryKind::Composite { size, parts, .. } = &o.kind else {
+                        return None;
+                    };
+                    let (mut at, mut ranges) = (0u64, Vec::new());
+                    for part in parts {
+                        match part {
+                            pulpdist_format::Part::Chunks(chunks) => {
+                                for ch in chunks {
+                                    let end = at + u64::from(ch.loc.raw_len);
+                                    ranges.push(at..end);
+                                    at = end;
+                                }
+                            }
+                            pulpdist_format::Part::File { size, .. } => at += size,
+                        }
+                    }
+                    Some((*size, ranges))
+                });
+            let mut path = c.rel.as_os_str().as_bytes().to_vec();
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(e.name.as_bytes());
+            out.insert(
+                path,
+                Composite {
+                    own: e
+                        .kind
+                        .own_chunks()
+                        .map(|ch| (ch.id, ch.loc.raw_len))
+                        .collect(),
+                    old: old_ranges,
+                },
+            );
+        }
+    }
+    out
+}
+
 /// A delta pack in memory.
 pub(crate) struct Fetched {
     pub(crate) info: DeltaInfo,
@@ -415,6 +503,7 @@ pub(crate) fn apply_files(
     state: &State,
     dest: &Path,
     fetched: &Fetched,
+    dirs: &[super::walk::DirChange],
     mut wanted: Wanted,
     needed: &mut HashSet<ChunkId>,
 ) -> Result<Applied, SyncError> {
@@ -435,7 +524,16 @@ pub(crate) fn apply_files(
                 .sum::<u64>(),
     };
     for batch in fetched.batches(|k| k == BatchKind::Files)? {
-        files.batch(&batch, &mut wanted, needed)?;
+        files.batch(&batch, None, &mut wanted, needed)?;
+    }
+    // Composite files' own chunks: the changed directories' composite files are looked up
+    // only if the pack has such a batch.
+    let own = fetched.batches(|k| k == BatchKind::OwnChunks)?;
+    if !own.is_empty() {
+        let composites = composites(state, dirs);
+        for batch in own {
+            files.batch(&batch, Some(&composites), &mut wanted, needed)?;
+        }
     }
     for (r, frame) in fetched.records()? {
         if r.kind != RecordKind::File {
@@ -538,10 +636,12 @@ impl Files<'_> {
     /// (if it names a wanted file of the size the index gives) every reference from the
     /// mirror (all of them, or none of the batch's files: they are the frame's prefix),
     /// the frame, and each wanted file's pieces. Wanted files in a batch that cannot be
-    /// used count as failed and are fetched.
+    /// used count as failed and are fetched. With `own` (kind 5), an item is a wanted
+    /// composite file's own chunks, and its reference the old composite file's.
     fn batch(
         &mut self,
         batch: &Batch<'_>,
+        own: Option<&HashMap<Vec<u8>, Composite>>,
         wanted: &mut Wanted,
         needed: &mut HashSet<ChunkId>,
     ) -> Result<(), SyncError> {
@@ -552,7 +652,7 @@ impl Files<'_> {
         let Ok(list) = delta::decode(&[], batch.list_frame, u64::from(batch.list_size)) else {
             return Ok(());
         };
-        let Ok(items) = decode_batch_list(&list, batch.count, BatchKind::Files) else {
+        let Ok(items) = decode_batch_list(&list, batch.count, batch.kind) else {
             return Ok(());
         };
         let mut at = 0usize;
@@ -561,10 +661,18 @@ impl Files<'_> {
             let span = at..at + it.size as usize;
             at = span.end;
             let path = join_path(&it.path);
-            let fits = wanted.get(&path).is_some_and(|chunks| {
+            let size = |chunks: &[(ChunkId, u32)]| {
                 chunks.iter().map(|(_, l)| u64::from(*l)).sum::<u64>() == u64::from(it.size)
-            });
-            if let Some(chunks) = fits.then(|| wanted.remove(&path)).flatten() {
+            };
+            let chunks = match own {
+                None => wanted.get(&path).filter(|c| size(c)).cloned(),
+                Some(own) => own
+                    .get(&path)
+                    .filter(|c| wanted.contains_key(&path) && size(&c.own))
+                    .map(|c| c.own.clone()),
+            };
+            if let Some(chunks) = chunks {
+                wanted.remove(&path);
                 mine.push((path, span, chunks));
             }
         }
@@ -580,7 +688,7 @@ impl Files<'_> {
         let data = match self.budget.checked_sub(charge) {
             Some(left) => {
                 self.budget = left;
-                let prefix = self.references(&items);
+                let prefix = self.references(&items, own);
                 delta::decode(&prefix, batch.frame, total).ok()
             }
             None => None,
@@ -599,12 +707,28 @@ impl Files<'_> {
     /// be read with its size is zeros in its place: the files that drew on it come out
     /// wrong and fail their chunk ids, the others are still right (a local user who
     /// removed one old file costs that file, not its batch).
-    fn references(&mut self, items: &[pulpdist_format::delta::BatchItem]) -> Vec<u8> {
+    fn references(
+        &mut self,
+        items: &[pulpdist_format::delta::BatchItem],
+        own: Option<&HashMap<Vec<u8>, Composite>>,
+    ) -> Vec<u8> {
         let mut prefix = Vec::new();
         for it in items {
             if let Some(p) = &it.reference {
                 let size = it.ref_size as usize;
-                match read_reference(&mut self.safe, p, u64::from(it.ref_size)) {
+                let read = match own {
+                    None => read_reference(&mut self.safe, p, u64::from(it.ref_size)),
+                    // The old composite file at the item's own path: its own chunks' ranges.
+                    Some(own) => own
+                        .get(&join_path(p))
+                        .filter(|_| *p == it.path)
+                        .and_then(|c| c.old.as_ref())
+                        .filter(|(_, r)| {
+                            r.iter().map(|r| r.end - r.start).sum::<u64>() == u64::from(it.ref_size)
+                        })
+                        .and_then(|(len, r)| read_ranges(&mut self.safe, p, *len, r)),
+                };
+                match read {
                     Some(r) => prefix.extend(r),
                     None => prefix.resize(prefix.len() + size, 0),
                 }
@@ -922,7 +1046,15 @@ mod tests {
             ("src/c.c", new_c, None),
         ]);
         let apply = |w, needed: &mut HashSet<ChunkId>| {
-            apply_files(&state, &m, &fetched(std::slice::from_ref(&rec)), w, needed).expect("apply")
+            apply_files(
+                &state,
+                &m,
+                &fetched(std::slice::from_ref(&rec)),
+                &[],
+                w,
+                needed,
+            )
+            .expect("apply")
         };
         // b.c is current already: only a.c and c.c are wanted.
         let (w, mut needed) = wanted(&[("src/a.c", new_a), ("src/c.c", new_c)]);
@@ -958,8 +1090,85 @@ mod tests {
         // A wanted file whose indexed size is not the item's is not taken from the batch.
         let (mut w, mut needed) = wanted(&[("src/a.c", new_a)]);
         w.insert(b"src/a.c".to_vec(), vec![(ChunkId::of(new_a), 3)]);
-        let got = apply_files(&state, &m, &fetched(&[rec]), w, &mut needed).expect("apply");
+        let got = apply_files(&state, &m, &fetched(&[rec]), &[], w, &mut needed).expect("apply");
         assert_eq!((got.files, got.failed, got.chunks), (0, 0, 0));
+    }
+
+    #[test]
+    fn an_own_chunk_batch_rebuilds_an_images_own_chunks_against_the_old_image_in_place() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let m = tmp.path().join("m");
+        std::fs::create_dir_all(m.join("cd")).expect("mirror");
+        // The old image: an own chunk, a package (a file part), another own chunk; the
+        // new one's own chunks differ from the old ones in a byte each, so that they come
+        // out right only from the old ones.
+        let own = |tag: u8, n: u8| -> Vec<u8> {
+            let mut c: Vec<u8> = (0..200u32)
+                .map(|i| (i * 7 + u32::from(tag)) as u8)
+                .collect();
+            c[100] = n;
+            c
+        };
+        let (h1, t1, h2, t2, pkg) = (own(1, 1), own(2, 1), own(1, 2), own(2, 2), b"pkg2");
+        let old_image = [&h1[..], b"pkg1", &t1].concat();
+        std::fs::write(m.join("cd/img"), &old_image).expect("old image");
+        let split = |p: &str| p.split('/').map(name).collect::<Vec<_>>();
+        let items = [BatchItem {
+            path: split("cd/img"),
+            reference: Some(split("cd/img")),
+            size: 400,
+            ref_size: 400,
+        }];
+        let rec = batch_record(
+            BatchKind::OwnChunks,
+            &items,
+            &[&h1[..], &t1].concat(),
+            &[&h2[..], &t2].concat(),
+        );
+        let composites: HashMap<Vec<u8>, Composite> = [(
+            b"cd/img".to_vec(),
+            Composite {
+                own: vec![(ChunkId::of(&h2), 200), (ChunkId::of(&t2), 200)],
+                old: Some((404, vec![0..200, 204..404])),
+            },
+        )]
+        .into();
+        // Applies the batch for a new image of the own chunks and the package; returns
+        // (files, failed, chunks staged, chunks still needed).
+        let apply = |state: &State| {
+            let mut files = Files {
+                state,
+                safe: SafeDirs::new(&m),
+                object: "delta".into(),
+                out: Applied::default(),
+                budget: 1 << 20,
+            };
+            let chunks = vec![
+                (ChunkId::of(&h2), 200),
+                (ChunkId::of(pkg), 4),
+                (ChunkId::of(&t2), 200),
+            ];
+            let mut w: Wanted = [(b"cd/img".to_vec(), chunks)].into();
+            let mut needed: HashSet<ChunkId> = [ChunkId::of(&h2), ChunkId::of(&t2)].into();
+            let b = Batch::decode(&rec).expect("decodes").expect("a batch");
+            files
+                .batch(&b, Some(&composites), &mut w, &mut needed)
+                .expect("apply");
+            let out = &files.out;
+            (out.files, out.failed, out.chunks, needed.len())
+        };
+        let state = testkit::state(&tmp.path().join("s1"));
+        assert_eq!(apply(&state), (1, 0, 2, 0));
+        let mut staged = state.staged().expect("staged");
+        staged.sort();
+        let mut want = vec![ChunkId::of(&h2), ChunkId::of(&t2)];
+        want.sort();
+        assert_eq!(staged, want);
+        // The old image grown on the mirror: its own chunks are not where the old index
+        // says, the reference is zeros, and nothing right comes out (fetched instead).
+        std::fs::write(m.join("cd/img"), [&old_image[..], b"+"].concat()).expect("grown");
+        let state = testkit::state(&tmp.path().join("s2"));
+        assert_eq!(apply(&state), (0, 1, 0, 2));
     }
 
     #[test]
@@ -979,7 +1188,7 @@ mod tests {
             budget: 1 << 10,
         };
         let b = Batch::decode(&rec).expect("decodes").expect("a batch");
-        files.batch(&b, &mut w, &mut needed).expect("apply");
+        files.batch(&b, None, &mut w, &mut needed).expect("apply");
         assert_eq!((files.out.files, files.out.failed), (0, 1));
         assert_eq!(needed.len(), 1);
         // A batch of the writer's shape costs only its list (tens of bytes per file): an
@@ -990,7 +1199,7 @@ mod tests {
             let rec = file_batch(&[("small", &small, None)]);
             let (mut w, mut needed) = wanted(&[("small", &small)]);
             let b = Batch::decode(&rec).expect("decodes").expect("a batch");
-            files.batch(&b, &mut w, &mut needed).expect("apply");
+            files.batch(&b, None, &mut w, &mut needed).expect("apply");
             assert!(needed.is_empty(), "batch {i}");
         }
         assert_eq!((files.out.files, files.out.failed), (3, 1));
@@ -1017,7 +1226,7 @@ mod tests {
             budget: 1 << 20,
         };
         let b = Batch::decode(&rec).expect("decodes").expect("a batch");
-        files.batch(&b, &mut w, &mut needed).expect("apply");
+        files.batch(&b, None, &mut w, &mut needed).expect("apply");
         assert!(needed.is_empty());
         assert_eq!((files.out.files, files.out.failed), (1, 0));
     }

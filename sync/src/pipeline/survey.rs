@@ -67,7 +67,15 @@ pub(super) fn survey(
     // The delta first: it brings the chunks of the files it carries without touching the
     // rest of the tree.
     if let Some(fetched) = &changes.delta {
-        use_delta(state, opts, fetched, &planner, &mut sources, report);
+        use_delta(
+            state,
+            opts,
+            fetched,
+            &changes.dirs,
+            &planner,
+            &mut sources,
+            report,
+        );
     }
     drop(changes.delta);
     // Chunks still missing may sit in files of directories that did not change.
@@ -115,7 +123,15 @@ pub(super) fn survey(
             continue;
         };
         report.delta_by_plan |= by_plan;
-        use_delta(state, opts, &fetched, &planner, &mut sources, report);
+        use_delta(
+            state,
+            opts,
+            &fetched,
+            &changes.dirs,
+            &planner,
+            &mut sources,
+            report,
+        );
         pulpdist_failpoint::hit("sync.delta_part");
         if now && before - lacking(&planner, &sources) < info.size / 2 {
             break;
@@ -202,6 +218,7 @@ fn use_delta(
     state: &State,
     opts: &SyncOptions,
     fetched: &super::delta::Fetched,
+    dirs: &[super::walk::DirChange],
     planner: &Planner,
     sources: &mut HashMap<ChunkId, Source>,
     report: &mut SyncReport,
@@ -224,7 +241,7 @@ fn use_delta(
         }
     }
     let before = needed.clone();
-    match super::delta::apply_files(state, &opts.dest, fetched, wanted, &mut needed) {
+    match super::delta::apply_files(state, &opts.dest, fetched, dirs, wanted, &mut needed) {
         Ok(applied) => {
             report.delta_files += applied.files;
             report.delta_failed += applied.failed;
