@@ -41,10 +41,16 @@ HERE = Path(__file__).resolve().parent
 TREE = "bench"  # the PulpDist tree name
 PACKAGES_REL = "dists/stable/main/binary-amd64/Packages"
 SCENARIOS = ["source", "packages", "pool", "large", "iso", "botocore", "debs", "debs-iso",
-             "debs-iso-update", "debs-pool", "linux-source"]
+             "debs-iso-update", "debs-pool", "linux-source", "debs-shared"]
 # Real data (not generated): two consecutive sdists of botocore from PyPI, and for Debian
 # packages with more than one version in this machine's apt sources, the two newest .debs.
-REAL = {"botocore", "debs", "debs-iso", "debs-iso-update", "debs-pool", "linux-source"}
+REAL = {"botocore", "debs", "debs-iso", "debs-iso-update", "debs-pool", "linux-source",
+        "debs-shared"}
+# Scenario debs-shared (issue 20, item 4): scenario debs, in a store that also holds a tree
+# of images: before the pool's version 2 is published, an image of that version's pool is
+# published as tree IMAGES_TREE into the same store, so that the pool's new chunks are
+# already there (written for the image) and its version 2 adds little but its index.
+IMAGES_TREE = "images"
 # Scenarios whose version 2 adds an ISO image of version 1's pool (jigdo's case).
 ISOS = {"iso", "debs-iso"}
 # Scenario debs-iso-update: scenario debs with an image of its pool in both versions (the
@@ -372,7 +378,8 @@ class Bench:
     def real_version(self, name, version):
         """The directory holding version 1 or 2 of a real scenario, downloaded and unpacked
         once into WORK/downloads (kept across runs: the registry is not measured)."""
-        dl = self.work / "downloads" / name
+        # Scenario debs-shared is scenario debs's packages in another store.
+        dl = self.work / "downloads" / ("debs" if name == "debs-shared" else name)
         out = dl / f"v{version}"
         if out.exists():
             return out
@@ -409,7 +416,7 @@ class Bench:
             run(["tar", "xzf", str(dl / f"botocore-{v}.tar.gz"), "--strip-components=1",
                  "-C", str(tmp)], self.a.prep_timeout)
         else:
-            for pkg in (DEBS if name == "debs" else self.pool_debs(dl)):
+            for pkg in (DEBS if name in ("debs", "debs-shared") else self.pool_debs(dl)):
                 vers = self.deb_versions(pkg)
                 if len(vers) < 2:
                     continue
@@ -533,8 +540,8 @@ class Bench:
         return {"files": v1["files"] + 1, "bytes": v1["bytes"] + size, "changed_files": 1,
                 "changed_bytes": size, "deleted_files": 0}
 
-    def publish(self, w, src):
-        r = timed([self.pulpdist, "publish", "--store", str(w / "store"), "--tree", TREE,
+    def publish(self, w, src, tree=TREE):
+        r = timed([self.pulpdist, "publish", "--store", str(w / "store"), "--tree", tree,
                    "--key", str(self.key), "--json", str(src)], self.a.prep_timeout,
                   tmpdir=w)
         if "error" in r:
@@ -611,6 +618,16 @@ class Bench:
         info["v2"] = self.gen(name, 2, up, scale)
         info["gen_v2_s"] = time.perf_counter() - t0
         log(f"{name}: v2 generated: {info['v2']}")
+        if name == "debs-shared":
+            # The image tree first: the pool's new chunks land in the store with it.
+            images = w / "images"
+            image = images / ISO_REL
+            image.parent.mkdir(parents=True)
+            run(["xorriso", "-abort_on", "FAILURE", "-outdev", str(image), "-rockridge", "on",
+                 "-joliet", "on", "-map", str(up / "pool"), "/", "-commit"],
+                self.a.prep_timeout)
+            info["upstream"]["pulpdist publish image tree"] = self.publish(w, images,
+                                                                           IMAGES_TREE)
         info["upstream"]["pulpdist publish v2"] = self.publish(w, up)
         if "casync" not in info["failed"]:
             try:
