@@ -129,11 +129,14 @@ fn package_key(name: &[u8]) -> Option<&[u8]> {
 }
 
 /// For a file new at its path, the old directory's file of the same package name that
-/// resembles it most (longest common name prefix, then size closest).
+/// resembles it most (longest common name prefix, then size closest): a plain file of at
+/// most [`delta::MAX_DELTA_FILE`], or with `composite` a composite file (an image named by
+/// its version, `debian-12.1.0-amd64-netinst.iso` after `debian-12.0.0-…`).
 fn closest_package<'n>(
     old: &'n Node,
     name: &[u8],
     size: u64,
+    composite: bool,
 ) -> Option<&'n pulpdist_format::Entry> {
     let key = package_key(name)?;
     old.entries()
@@ -141,7 +144,11 @@ fn closest_package<'n>(
         .filter(|e| {
             e.name.as_bytes() != name
                 && package_key(e.name.as_bytes()) == Some(key)
-                && matches!(e.kind, EntryKind::File { size, .. } if size <= delta::MAX_DELTA_FILE)
+                && match (&e.kind, composite) {
+                    (EntryKind::File { size, .. }, false) => *size <= delta::MAX_DELTA_FILE,
+                    (EntryKind::Composite { .. }, true) => true,
+                    _ => false,
+                }
         })
         .max_by_key(|e| {
             let common = e
@@ -151,10 +158,7 @@ fn closest_package<'n>(
                 .zip(name)
                 .take_while(|(a, b)| a == b)
                 .count();
-            let s = match e.kind {
-                EntryKind::File { size: s, .. } => s,
-                _ => 0,
-            };
+            let s = e.kind.file_size().unwrap_or(0);
             (common, std::cmp::Reverse(s.abs_diff(size)))
         })
 }
@@ -192,7 +196,7 @@ fn file_job(
             Some((own, s, Content::Stored(oc.clone())))
         }
         _ => old
-            .and_then(|o| closest_package(o, name, size))
+            .and_then(|o| closest_package(o, name, size, false))
             .and_then(|oe| match &oe.kind {
                 EntryKind::File { size, chunks } => {
                     Some((path_of(&oe.name), *size, Content::Stored(chunks.clone())))
@@ -280,16 +284,20 @@ fn diff(
             // own when they changed; its own chunks (an image's metadata) go in an
             // own-chunk batch.
             EntryKind::Composite { .. } => {
-                jobs.extend(own_chunks_job(&e.kind, old_e, new_packs).map(
-                    |(size, content, reference)| Job {
+                jobs.extend(
+                    own_chunks_job(e, old, new_packs).map(|(size, content, reference)| Job {
                         kind: RecordKind::File,
                         path: path(),
                         size,
                         content,
-                        reference: reference.map(|(s, c)| (path(), s, c)),
+                        reference: reference.map(|(name, s, c)| {
+                            let mut p = rel.to_vec();
+                            p.push(name);
+                            (p, s, c)
+                        }),
                         own: true,
-                    },
-                ));
+                    }),
+                );
             }
             EntryKind::Symlink { .. } => {}
         }
@@ -297,36 +305,47 @@ fn diff(
     Ok(())
 }
 
-/// The old composite file's own chunks an own-chunk item is compressed against: their size
-/// and chunks.
-type OwnReference = (u64, Content);
+/// The old composite file whose own chunks an own-chunk item is compressed against: its
+/// name (in the same directory), and its own chunks' size and chunks.
+type OwnReference = (Name, u64, Content);
 
 /// A changed composite file's own chunks (FORMAT.md 5.6, kind 5), if worth a record: their
-/// size and chunks, and the old composite file's own chunks at the same path as the
-/// reference. None when the file did not change, has no own chunks, has more than
-/// [`delta::MAX_DELTA_FILE`] of them, or has no reference and most of them are not new
-/// since the old version.
+/// size and chunks, and as the reference the own chunks of the old directory's composite
+/// file of the same name, else of the same package name (an image named by its version).
+/// None when its own chunks did not change (a package it names did: that file has its
+/// own record), it has none, more than [`delta::MAX_DELTA_FILE`] of them, or no reference
+/// and most of them not new since the old version.
 fn own_chunks_job(
-    new: &EntryKind,
-    old: Option<&pulpdist_format::Entry>,
+    new: &pulpdist_format::Entry,
+    old_dir: Option<&Node>,
     new_packs: &HashSet<PackId>,
 ) -> Option<(u64, Content, Option<OwnReference>)> {
-    if old.and_then(|o| o.kind.same_chunks(new)) == Some(true) {
-        return None;
-    }
-    let own: Vec<ChunkRef> = new.own_chunks().copied().collect();
+    let own: Vec<ChunkRef> = new.kind.own_chunks().copied().collect();
     let size: u64 = own.iter().map(|c| u64::from(c.loc.raw_len)).sum();
+    let name = new.name.as_bytes();
+    let same = old_dir.and_then(|o| o.get(name));
+    if let Some(o @ EntryKind::Composite { .. }) = same.map(|o| &o.kind) {
+        let mut old_own = o.own_chunks();
+        if own
+            .iter()
+            .all(|c| old_own.next().map(|oc| oc.id) == Some(c.id))
+            && old_own.next().is_none()
+        {
+            return None;
+        }
+    }
     if own.is_empty() || size > delta::MAX_DELTA_FILE {
         return None;
     }
-    let reference = match old.map(|o| &o.kind) {
-        Some(k @ EntryKind::Composite { .. }) => {
-            let chunks: Vec<ChunkRef> = k.own_chunks().copied().collect();
-            let s: u64 = chunks.iter().map(|c| u64::from(c.loc.raw_len)).sum();
-            (s > 0 && s <= delta::MAX_DELTA_FILE).then_some((s, Content::Stored(chunks)))
-        }
-        _ => None,
+    let old = match same {
+        Some(e) => Some(e).filter(|e| matches!(e.kind, EntryKind::Composite { .. })),
+        None => old_dir.and_then(|o| closest_package(o, name, new.kind.file_size()?, true)),
     };
+    let reference = old.and_then(|o| {
+        let chunks: Vec<ChunkRef> = o.kind.own_chunks().copied().collect();
+        let s: u64 = chunks.iter().map(|c| u64::from(c.loc.raw_len)).sum();
+        (s > 0 && s <= delta::MAX_DELTA_FILE).then(|| (o.name.clone(), s, Content::Stored(chunks)))
+    });
     if reference.is_none() && !mostly_new(&own, size, new_packs) {
         return None;
     }
@@ -1213,6 +1232,78 @@ mod tests {
                 NodePath::Full(vec![name("x"), name("y")]),
             ]
         );
+    }
+
+    #[test]
+    fn an_images_own_chunks_refer_to_the_old_image_of_its_name_or_version() {
+        use pulpdist_format::Part;
+        let chunk = |b: u8| ChunkRef {
+            id: ChunkId([b; 32]),
+            loc: pulpdist_format::Location {
+                pack: PackId([b; 32]),
+                offset: 40,
+                stored_len: 10,
+                raw_len: 10,
+                codec: Codec::Raw,
+            },
+        };
+        let image = |name: &str, own: [u8; 2]| pulpdist_format::Entry {
+            name: Name::new(name.as_bytes().to_vec()).expect("name"),
+            mode: 0o644,
+            mtime: Default::default(),
+            kind: EntryKind::Composite {
+                size: 30,
+                chunk_hash: [0; 32],
+                parts: vec![
+                    Part::Chunks(vec![chunk(own[0])]),
+                    Part::File {
+                        path: b"pkg".to_vec(),
+                        size: 10,
+                    },
+                    Part::Chunks(vec![chunk(own[1])]),
+                ],
+            },
+        };
+        let new_packs: HashSet<PackId> = [PackId([3; 32]), PackId([4; 32])].into();
+        let reference = |old: Vec<pulpdist_format::Entry>, new: &pulpdist_format::Entry| {
+            let old = Node::new(old).expect("old");
+            own_chunks_job(new, Some(&old), &new_packs).map(|(size, _, r)| {
+                assert_eq!(size, 20);
+                r.map(|(n, s, _)| (String::from_utf8_lossy(n.as_bytes()).into_owned(), s))
+            })
+        };
+        let new = image("debian-12.2.0-netinst.iso", [3, 4]);
+        // The old image of the same name; of the same package name (an older version);
+        // none (own chunks mostly new: an item without a reference); an old plain file of
+        // the same name is no reference.
+        assert_eq!(
+            reference(vec![image("debian-12.2.0-netinst.iso", [1, 2])], &new),
+            Some(Some(("debian-12.2.0-netinst.iso".into(), 20)))
+        );
+        assert_eq!(
+            reference(
+                vec![image("debian-12.1.0-netinst.iso", [1, 2]), image("other-1.iso", [1, 2])],
+                &new
+            ),
+            Some(Some(("debian-12.1.0-netinst.iso".into(), 20)))
+        );
+        assert_eq!(reference(vec![image("other-1.iso", [1, 2])], &new), Some(None));
+        let mut plain = image("debian-12.2.0-netinst.iso", [1, 2]);
+        plain.kind = EntryKind::File {
+            size: 10,
+            chunks: vec![chunk(1)],
+        };
+        assert_eq!(reference(vec![plain], &new), Some(None));
+        // Own chunks as before (only a package it names changed): no item at all.
+        let mut same = image("debian-12.2.0-netinst.iso", [3, 4]);
+        if let EntryKind::Composite { parts, size, .. } = &mut same.kind {
+            parts[1] = Part::File {
+                path: b"pkg".to_vec(),
+                size: 12,
+            };
+            *size = 32;
+        }
+        assert_eq!(reference(vec![same], &new), None);
     }
 
     #[test]

@@ -70,7 +70,8 @@ fn read_ranges(
     if len != size {
         return None;
     }
-    let mut out = Vec::new();
+    let total: u64 = ranges.iter().map(|r| r.end.saturating_sub(r.start)).sum();
+    let mut out = Vec::with_capacity(usize::try_from(total).ok()?);
     for r in ranges {
         let at = out.len();
         out.resize(at + usize::try_from(r.end.checked_sub(r.start)?).ok()?, 0);
@@ -79,67 +80,90 @@ fn read_ranges(
     Some(out)
 }
 
-/// A composite file of the new tree as an own-chunk batch (FORMAT.md 5.6, kind 5) needs
-/// it: its own chunks (id, length) in order, and where the old composite file at the same
-/// path kept its own chunks (that file's size, and their byte ranges in it).
-pub(crate) struct Composite {
-    own: Vec<(ChunkId, u32)>,
-    old: Option<(u64, Vec<std::ops::Range<u64>>)>,
+/// The composite files an own-chunk batch (FORMAT.md 5.6, kind 5) names, looked up in the
+/// changed directories' stored nodes (new and old) only for the paths a batch names.
+pub(crate) struct Composites<'a> {
+    state: &'a State,
+    /// Each changed directory by its path.
+    dirs: HashMap<&'a [u8], &'a super::walk::DirChange>,
+    /// Stored nodes, decoded once.
+    nodes: HashMap<NodeId, Option<Node>>,
 }
 
-/// The composite files of the changed directories, by path.
-fn composites(state: &State, dirs: &[super::walk::DirChange]) -> HashMap<Vec<u8>, Composite> {
-    let mut out = HashMap::new();
-    for c in dirs {
-        let Some(new) = state.stored_node(&c.new).filter(Node::has_composites) else {
-            continue;
-        };
-        let old = c.old.and_then(|id| state.stored_node(&id));
-        for e in new.entries() {
-            if !matches!(e.kind, EntryKind::Composite { .. }) {
-                continue;
-            }
-            let old_ranges = old
-                .as_ref()
-                .and_then(|o| o.get(e.name.as_bytes()))
-                .and_then(|o| {
-                    let EntryKind::Composite { size, parts, .. } = &o.kind else {
-                        return None;
-                    };
-                    let (mut at, mut ranges) = (0u64, Vec::new());
-                    for part in parts {
-                        match part {
-                            pulpdist_format::Part::Chunks(chunks) => {
-                                for ch in chunks {
-                                    let end = at + u64::from(ch.loc.raw_len);
-                                    ranges.push(at..end);
-                                    at = end;
-                                }
-                            }
-                            pulpdist_format::Part::File { size, .. } => at += size,
-                        }
-                    }
-                    Some((*size, ranges))
-                });
-            let mut path = c.rel.as_os_str().as_bytes().to_vec();
-            if !path.is_empty() {
-                path.push(b'/');
-            }
-            path.extend_from_slice(e.name.as_bytes());
-            out.insert(
-                path,
-                Composite {
-                    own: e
-                        .kind
-                        .own_chunks()
-                        .map(|ch| (ch.id, ch.loc.raw_len))
-                        .collect(),
-                    old: old_ranges,
-                },
-            );
+/// Where an old composite file kept its own chunks: its size, their byte ranges in it
+/// (adjacent chunks as one range), and their total.
+struct OldOwn {
+    size: u64,
+    ranges: Vec<std::ops::Range<u64>>,
+    total: u64,
+}
+
+impl<'a> Composites<'a> {
+    fn new(state: &'a State, dirs: &'a [super::walk::DirChange]) -> Self {
+        Composites {
+            state,
+            dirs: dirs
+                .iter()
+                .map(|c| (c.rel.as_os_str().as_bytes(), c))
+                .collect(),
+            nodes: HashMap::new(),
         }
     }
-    out
+
+    /// The stored entry `name` of the changed directory at `dir`, in its new node or
+    /// (`old`) in its old one.
+    fn entry(&mut self, path: &[u8], old: bool) -> Option<pulpdist_format::Entry> {
+        let (dir, name) = match path.iter().rposition(|b| *b == b'/') {
+            Some(i) => (&path[..i], &path[i + 1..]),
+            None => (&b""[..], path),
+        };
+        let change = self.dirs.get(dir)?;
+        let id = match old {
+            true => change.old?,
+            false => change.new,
+        };
+        let state = self.state;
+        let node = self
+            .nodes
+            .entry(id)
+            .or_insert_with(|| state.stored_node(&id));
+        node.as_ref()?.get(name).cloned()
+    }
+
+    /// The own chunks (id, length), in order, of the new composite file at `path`.
+    fn own(&mut self, path: &[u8]) -> Option<Vec<(ChunkId, u32)>> {
+        let e = self.entry(path, false)?;
+        matches!(e.kind, EntryKind::Composite { .. })
+            .then(|| e.kind.own_chunks().map(|c| (c.id, c.loc.raw_len)).collect())
+    }
+
+    /// Where the old composite file at `path` kept its own chunks.
+    fn old(&mut self, path: &[u8]) -> Option<OldOwn> {
+        let e = self.entry(path, true)?;
+        let EntryKind::Composite { size, parts, .. } = &e.kind else {
+            return None;
+        };
+        let (mut at, mut out) = (
+            0u64,
+            OldOwn {
+                size: *size,
+                ranges: Vec::new(),
+                total: 0,
+            },
+        );
+        for part in parts {
+            match part {
+                pulpdist_format::Part::Chunks(chunks) => {
+                    let len: u64 = chunks.iter().map(|c| u64::from(c.loc.raw_len)).sum();
+                    out.ranges.push(at..at + len);
+                    out.total += len;
+                    at += len;
+                }
+                pulpdist_format::Part::File { size, .. } => at += size,
+            }
+        }
+        Some(out)
+    }
 }
 
 /// A delta pack in memory.
@@ -522,18 +546,16 @@ pub(crate) fn apply_files(
                 .flatten()
                 .map(|(_, l)| u64::from(*l))
                 .sum::<u64>(),
+        own_used: HashSet::new(),
     };
     for batch in fetched.batches(|k| k == BatchKind::Files)? {
         files.batch(&batch, None, &mut wanted, needed)?;
     }
     // Composite files' own chunks: the changed directories' composite files are looked up
     // only if the pack has such a batch.
-    let own = fetched.batches(|k| k == BatchKind::OwnChunks)?;
-    if !own.is_empty() {
-        let composites = composites(state, dirs);
-        for batch in own {
-            files.batch(&batch, Some(&composites), &mut wanted, needed)?;
-        }
+    let mut composites = Composites::new(state, dirs);
+    for batch in fetched.batches(|k| k == BatchKind::OwnChunks)? {
+        files.batch(&batch, Some(&mut composites), &mut wanted, needed)?;
     }
     for (r, frame) in fetched.records()? {
         if r.kind != RecordKind::File {
@@ -580,6 +602,8 @@ struct Files<'a> {
     out: Applied,
     /// What file batches may still decode.
     budget: u64,
+    /// Composite files whose own chunks an own-chunk batch already gave.
+    own_used: HashSet<Vec<u8>>,
 }
 
 impl Files<'_> {
@@ -636,12 +660,13 @@ impl Files<'_> {
     /// (if it names a wanted file of the size the index gives) every reference from the
     /// mirror (all of them, or none of the batch's files: they are the frame's prefix),
     /// the frame, and each wanted file's pieces. Wanted files in a batch that cannot be
-    /// used count as failed and are fetched. With `own` (kind 5), an item is a wanted
-    /// composite file's own chunks, and its reference the old composite file's.
+    /// used count as failed and are fetched. With `own` (kind 5), an item is the own
+    /// chunks of a composite file some of which are still needed, and its reference the
+    /// old composite file's; the path stays wanted (a record may still give the rest).
     fn batch(
         &mut self,
         batch: &Batch<'_>,
-        own: Option<&HashMap<Vec<u8>, Composite>>,
+        mut own: Option<&mut Composites<'_>>,
         wanted: &mut Wanted,
         needed: &mut HashSet<ChunkId>,
     ) -> Result<(), SyncError> {
@@ -664,16 +689,25 @@ impl Files<'_> {
             let size = |chunks: &[(ChunkId, u32)]| {
                 chunks.iter().map(|(_, l)| u64::from(*l)).sum::<u64>() == u64::from(it.size)
             };
-            let chunks = match own {
-                None => wanted.get(&path).filter(|c| size(c)).cloned(),
-                Some(own) => own
-                    .get(&path)
-                    .filter(|c| wanted.contains_key(&path) && size(&c.own))
-                    .map(|c| c.own.clone()),
-            };
-            if let Some(chunks) = chunks {
-                wanted.remove(&path);
-                mine.push((path, span, chunks));
+            match own.as_deref_mut() {
+                None => {
+                    if let Some(chunks) = wanted.get(&path).filter(|c| size(c)).cloned() {
+                        wanted.remove(&path);
+                        mine.push((path, span, chunks));
+                    }
+                }
+                Some(own) => {
+                    if !wanted.contains_key(&path) || self.own_used.contains(&path) {
+                        continue;
+                    }
+                    let chunks = own
+                        .own(&path)
+                        .filter(|c| size(c) && c.iter().any(|(id, _)| needed.contains(id)));
+                    if let Some(chunks) = chunks {
+                        self.own_used.insert(path.clone());
+                        mine.push((path, span, chunks));
+                    }
+                }
             }
         }
         if mine.is_empty() {
@@ -710,23 +744,23 @@ impl Files<'_> {
     fn references(
         &mut self,
         items: &[pulpdist_format::delta::BatchItem],
-        own: Option<&HashMap<Vec<u8>, Composite>>,
+        mut own: Option<&mut Composites<'_>>,
     ) -> Vec<u8> {
         let mut prefix = Vec::new();
         for it in items {
             if let Some(p) = &it.reference {
                 let size = it.ref_size as usize;
-                let read = match own {
+                let read = match own.as_deref_mut() {
                     None => read_reference(&mut self.safe, p, u64::from(it.ref_size)),
-                    // The old composite file at the item's own path: its own chunks' ranges.
-                    Some(own) => own
-                        .get(&join_path(p))
-                        .filter(|_| *p == it.path)
-                        .and_then(|c| c.old.as_ref())
-                        .filter(|(_, r)| {
-                            r.iter().map(|r| r.end - r.start).sum::<u64>() == u64::from(it.ref_size)
+                    // An old composite file of the item's directory: its own chunks where
+                    // the old entry puts them.
+                    Some(own) => Some(p)
+                        .filter(|p| {
+                            p.len() == it.path.len() && p[..p.len() - 1] == it.path[..p.len() - 1]
                         })
-                        .and_then(|(len, r)| read_ranges(&mut self.safe, p, *len, r)),
+                        .and_then(|p| own.old(&join_path(p)))
+                        .filter(|o| o.total == u64::from(it.ref_size))
+                        .and_then(|o| read_ranges(&mut self.safe, p, o.size, &o.ranges)),
                 };
                 match read {
                     Some(r) => prefix.extend(r),
@@ -1099,9 +1133,9 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let m = tmp.path().join("m");
         std::fs::create_dir_all(m.join("cd")).expect("mirror");
-        // The old image: an own chunk, a package (a file part), another own chunk; the
-        // new one's own chunks differ from the old ones in a byte each, so that they come
-        // out right only from the old ones.
+        // The image: an own chunk, a package of the tree (a file part), another own
+        // chunk. The new one's own chunks differ from the old ones in a byte each, so that
+        // they come out right only from the old ones.
         let own = |tag: u8, n: u8| -> Vec<u8> {
             let mut c: Vec<u8> = (0..200u32)
                 .map(|i| (i * 7 + u32::from(tag)) as u8)
@@ -1109,66 +1143,92 @@ mod tests {
             c[100] = n;
             c
         };
-        let (h1, t1, h2, t2, pkg) = (own(1, 1), own(2, 1), own(1, 2), own(2, 2), b"pkg2");
+        let (h1, t1, h2, t2) = (own(1, 1), own(2, 1), own(1, 2), own(2, 2));
         let old_image = [&h1[..], b"pkg1", &t1].concat();
         std::fs::write(m.join("cd/img"), &old_image).expect("old image");
-        let split = |p: &str| p.split('/').map(name).collect::<Vec<_>>();
-        let items = [BatchItem {
-            path: split("cd/img"),
-            reference: Some(split("cd/img")),
-            size: 400,
-            ref_size: 400,
-        }];
-        let rec = batch_record(
-            BatchKind::OwnChunks,
-            &items,
-            &[&h1[..], &t1].concat(),
-            &[&h2[..], &t2].concat(),
-        );
-        let composites: HashMap<Vec<u8>, Composite> = [(
-            b"cd/img".to_vec(),
-            Composite {
-                own: vec![(ChunkId::of(&h2), 200), (ChunkId::of(&t2), 200)],
-                old: Some((404, vec![0..200, 204..404])),
-            },
-        )]
-        .into();
-        // Applies the batch for a new image of the own chunks and the package; returns
-        // (files, failed, chunks staged, chunks still needed).
-        let apply = |state: &State| {
-            let mut files = Files {
-                state,
-                safe: SafeDirs::new(&m),
-                object: "delta".into(),
-                out: Applied::default(),
-                budget: 1 << 20,
+        let image = |state: &State, name: &str, head: &[u8], pkg: &[u8], tail: &[u8]| {
+            let chunk = |d: &[u8]| pulpdist_format::ChunkRef {
+                id: ChunkId::of(d),
+                loc: testkit::loc(1, d.len() as u32),
             };
+            let ids = [ChunkId::of(head), ChunkId::of(pkg), ChunkId::of(tail)];
+            let img = pulpdist_format::Entry {
+                kind: EntryKind::Composite {
+                    size: 404,
+                    chunk_hash: pulpdist_format::chunk_list_hash(&ids),
+                    parts: vec![
+                        pulpdist_format::Part::Chunks(vec![chunk(head)]),
+                        pulpdist_format::Part::File {
+                            path: b"cd/pkg".to_vec(),
+                            size: 4,
+                        },
+                        pulpdist_format::Part::Chunks(vec![chunk(tail)]),
+                    ],
+                },
+                ..testkit::file(name, b"", 0)
+            };
+            testkit::cached(state, vec![img, testkit::file("pkg", pkg, 0)])
+        };
+        let split = |p: &str| p.split('/').map(name).collect::<Vec<_>>();
+        // Applies an own-chunk batch of the new image `cd/img` against the old image
+        // `old_name` of the same directory, with the own chunks (and the package) still
+        // needed or not; returns (files, failed, chunks staged, chunks still needed).
+        let apply = |old_name: &str, needed_own: bool| {
+            let dir = tempfile::tempdir().expect("state");
+            let state = testkit::state(dir.path());
+            let old = image(&state, old_name, &h1, b"pkg1", &t1);
+            let new = image(&state, "img", &h2, b"pkg2", &t2);
+            let change = super::super::walk::DirChange {
+                rel: PathBuf::from("cd"),
+                old: Some(old.id()),
+                new: new.id(),
+            };
+            let items = [BatchItem {
+                path: split("cd/img"),
+                reference: Some(split(&format!("cd/{old_name}"))),
+                size: 400,
+                ref_size: 400,
+            }];
+            let rec = batch_record(
+                BatchKind::OwnChunks,
+                &items,
+                &[&h1[..], &t1].concat(),
+                &[&h2[..], &t2].concat(),
+            );
             let chunks = vec![
                 (ChunkId::of(&h2), 200),
-                (ChunkId::of(pkg), 4),
+                (ChunkId::of(b"pkg2"), 4),
                 (ChunkId::of(&t2), 200),
             ];
-            let mut w: Wanted = [(b"cd/img".to_vec(), chunks)].into();
-            let mut needed: HashSet<ChunkId> = [ChunkId::of(&h2), ChunkId::of(&t2)].into();
-            let b = Batch::decode(&rec).expect("decodes").expect("a batch");
-            files
-                .batch(&b, Some(&composites), &mut w, &mut needed)
-                .expect("apply");
-            let out = &files.out;
+            let w: Wanted = [(b"cd/img".to_vec(), chunks)].into();
+            let mut needed: HashSet<ChunkId> = [ChunkId::of(b"pkg2")].into();
+            if needed_own {
+                needed.extend([ChunkId::of(&h2), ChunkId::of(&t2)]);
+            }
+            let f = fetched(&[rec]);
+            let out = apply_files(
+                &state,
+                &m,
+                &f,
+                std::slice::from_ref(&change),
+                w,
+                &mut needed,
+            )
+            .expect("apply");
             (out.files, out.failed, out.chunks, needed.len())
         };
-        let state = testkit::state(&tmp.path().join("s1"));
-        assert_eq!(apply(&state), (1, 0, 2, 0));
-        let mut staged = state.staged().expect("staged");
-        staged.sort();
-        let mut want = vec![ChunkId::of(&h2), ChunkId::of(&t2)];
-        want.sort();
-        assert_eq!(staged, want);
-        // The old image grown on the mirror: its own chunks are not where the old index
-        // says, the reference is zeros, and nothing right comes out (fetched instead).
+        // The package is still needed (from the fetch): the own chunks come from the
+        // batch, against the old image's own chunks read around the package in it.
+        assert_eq!(apply("img", true), (1, 0, 2, 1));
+        // Only the package needed: the batch is not decoded at all.
+        assert_eq!(apply("img", false), (0, 0, 0, 1));
+        // The old image under another name (named by its version), which the mirror does
+        // not hold: the reference is zeros and nothing right comes out (fetched instead).
+        assert_eq!(apply("img-1", true), (0, 1, 0, 3));
+        // The old image grown on the mirror: its own chunks are not where the old entry
+        // says, the reference is zeros.
         std::fs::write(m.join("cd/img"), [&old_image[..], b"+"].concat()).expect("grown");
-        let state = testkit::state(&tmp.path().join("s2"));
-        assert_eq!(apply(&state), (0, 1, 0, 2));
+        assert_eq!(apply("img", true), (0, 1, 0, 3));
     }
 
     #[test]
@@ -1186,6 +1246,7 @@ mod tests {
             object: "delta".into(),
             out: Applied::default(),
             budget: 1 << 10,
+            own_used: HashSet::new(),
         };
         let b = Batch::decode(&rec).expect("decodes").expect("a batch");
         files.batch(&b, None, &mut w, &mut needed).expect("apply");
@@ -1224,6 +1285,7 @@ mod tests {
             object: "delta".into(),
             out: Applied::default(),
             budget: 1 << 20,
+            own_used: HashSet::new(),
         };
         let b = Batch::decode(&rec).expect("decodes").expect("a batch");
         files.batch(&b, None, &mut w, &mut needed).expect("apply");
