@@ -1282,12 +1282,18 @@ mod tests {
         );
         assert_eq!(
             reference(
-                vec![image("debian-12.1.0-netinst.iso", [1, 2]), image("other-1.iso", [1, 2])],
+                vec![
+                    image("debian-12.1.0-netinst.iso", [1, 2]),
+                    image("other-1.iso", [1, 2])
+                ],
                 &new
             ),
             Some(Some(("debian-12.1.0-netinst.iso".into(), 20)))
         );
-        assert_eq!(reference(vec![image("other-1.iso", [1, 2])], &new), Some(None));
+        assert_eq!(
+            reference(vec![image("other-1.iso", [1, 2])], &new),
+            Some(None)
+        );
         let mut plain = image("debian-12.2.0-netinst.iso", [1, 2]);
         plain.kind = EntryKind::File {
             size: 10,
