@@ -812,8 +812,11 @@ const FILE_BATCH_ITEM: u64 = 256 << 10;
 /// The files of a file batch, and their references, each add up to about this much. On a
 /// source release (1,401 changed files, 42 MB), batches of 1 MiB took the files from
 /// 352,524 bytes as a frame each to 250,836 bytes (4 MiB: 243,213, at 1.4 × the time;
-/// 256 KiB: 263,600), and the per-record paths and trailer entries to one list.
-const FILE_BATCH_TARGET: u64 = 1 << 20;
+/// 256 KiB: 263,600), and the per-record paths and trailer entries to one list. With the
+/// index in columns, the lists were a tenth of a source update's delta: 4 MiB took
+/// Debian's kernel source update from 372,351 bytes to 360,260 (76 lists to 19), the
+/// source scenario's from 356,204 to 343,726 (benchmarks/README.md, "File batches").
+const FILE_BATCH_TARGET: u64 = 4 << 20;
 
 /// New nodes (and references) of one batch add up to about this much at most.
 const NODE_BATCH_TARGET: u64 = 64 << 20;
@@ -1315,30 +1318,31 @@ mod tests {
     #[test]
     fn small_files_are_batched_in_index_order_up_to_the_target() {
         const K: u64 = 1 << 10;
-        let jobs = vec![
+        assert_eq!(FILE_BATCH_TARGET, 4096 * K);
+        let mut jobs = vec![
             job("a", 300 * K, Some(10)),      // too large: a record of its own
             job("b", 256 * K, Some(256 * K)), // the largest that is batched
-            job("c", 250 * K, None),
-            job("d", 250 * K, Some(100)),
-            job("e", 250 * K, Some(100)),
-            job("h", 20 * K, Some(100)), // 1,026 KiB with it: the next batch
-            job("f", 10, Some(300 * K)), // its reference too large
-            job("g", 10, Some(200 * K)),
         ];
+        // Fifteen of 250 KiB: 4,006 KiB with b.
+        jobs.extend((0..15).map(|i| job(&format!("c{i:02}"), 250 * K, Some(100))));
+        jobs.extend([
+            job("h", 100 * K, Some(100)), // 4,106 KiB with it: the next batch
+            job("f", 10, Some(300 * K)),  // its reference too large
+            job("g", 10, Some(200 * K)),
+        ]);
         let (batches, single) = file_batches(jobs);
-        assert_eq!(
-            sizes(&batches),
-            [vec![256 * K, 250 * K, 250 * K, 250 * K], vec![20 * K, 10]]
-        );
+        let mut first = vec![256 * K];
+        first.extend([250 * K; 15]);
+        assert_eq!(sizes(&batches), [first, vec![100 * K, 10]]);
         let names: Vec<u64> = single.iter().map(|j| j.size).collect();
         assert_eq!(names, [300 * K, 10]);
 
-        // References fill a batch as files do.
-        let jobs = (0..6)
-            .map(|i| job(&format!("r{i}"), 10, Some(200 * K)))
+        // References fill a batch as files do: twenty of 200 KiB.
+        let jobs = (0..21)
+            .map(|i| job(&format!("r{i:02}"), 10, Some(200 * K)))
             .collect();
         let (batches, _) = file_batches(jobs);
-        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), [5, 1]);
+        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), [20, 1]);
 
         // Many tiny files with long paths: the list, not the bytes, closes a batch, so no
         // batch is one a reader refuses.

@@ -590,8 +590,9 @@ pub(crate) fn apply_files(
 }
 
 /// A file batch whose files and references add up to at most this much is decoded
-/// without charging the budget (it must name a file the sync still needs).
-const FREE_BATCH: u64 = 4 << 20;
+/// without charging the budget (it must name a file the sync still needs): the writer's
+/// batches, of up to 4 MiB of files and 4 MiB of references.
+const FREE_BATCH: u64 = 8 << 20;
 
 /// Rebuilding files from a delta pack into the staging area.
 struct Files<'a> {
@@ -716,7 +717,7 @@ impl Files<'_> {
         let total = at as u64;
         let refs: u64 = items.iter().map(|it| u64::from(it.ref_size)).sum();
         // A batch of the writer's shape (FORMAT.md 5.6: files and references of about
-        // 1 MiB each) is not charged: it names a file the sync needs, and each such file is
+        // 4 MiB each) is not charged: it names a file the sync needs, and each such file is
         // taken from one batch only, so these decode at most FREE_BATCH per needed file.
         let charge = (total + refs).saturating_sub(FREE_BATCH);
         let data = match self.budget.checked_sub(charge) {
