@@ -9,8 +9,9 @@
 //! mtime), the unchanged entries are one long match against the old nodes taken apart the
 //! same way, and a column of one repeated mtime costs almost nothing.
 //!
-//! The layout is a permutation of the bytes: the columns of N nodes are exactly as long as
-//! the nodes, so a batch's sizes stay the nodes' sizes.
+//! The columns of N nodes are exactly as long as the nodes (their bytes in another order,
+//! but for the locations' offsets, carried as distances), so a batch's sizes stay the
+//! nodes' sizes.
 
 use crate::error::FormatError;
 use crate::wire::Reader;
@@ -447,6 +448,37 @@ mod tests {
             [offset(0), offset(1), offset(2), offset(3)],
             [40, 300, 100u64.wrapping_sub(310), 90]
         );
+        // Back to back in one pack, a location carries 0; past 2^64, the distance wraps.
+        let chunk = |offset: u64| ChunkRef {
+            id: ChunkId([5; 32]),
+            loc: loc(1, offset),
+        };
+        let file = Node::new(vec![entry(
+            "f",
+            1,
+            EntryKind::File {
+                size: 48,
+                chunks: vec![chunk(100), chunk(110), chunk(u64::MAX - 20), chunk(5)],
+            },
+        )])
+        .expect("file");
+        let bytes = file.encode();
+        let columns = to_columns(&bytes, &[bytes.len() as u32]).expect("columns");
+        let locs = &columns[columns.len() - 12 - 4 * LOC_LEN..columns.len() - 12];
+        let offset = |i: usize| {
+            let at = i * LOC_LEN + 4;
+            u64::from_le_bytes(locs[at..at + 8].try_into().expect("8 bytes"))
+        };
+        assert_eq!(
+            [offset(0), offset(1), offset(2), offset(3)],
+            [
+                100,
+                0,
+                (u64::MAX - 20).wrapping_sub(120),
+                5u64.wrapping_sub(u64::MAX - 10)
+            ]
+        );
+        assert_eq!(from_columns(&columns, 1).expect("rows").0, bytes);
         // A pack index past its node's pack table is refused.
         let mut hostile = columns.clone();
         let at = hostile.len() - 60 - 4 * LOC_LEN;
