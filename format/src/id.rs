@@ -63,6 +63,9 @@ id_type!(
     "Unique name of a pack object, `packs/<hex>.pack` in the store."
 );
 
+/// The key under which a pack's content gives its name (FORMAT.md 3).
+const PACK_NAME_CONTEXT: &str = "pulpdist 2026 pack name";
+
 impl ChunkId {
     /// The id of `data`.
     pub fn of(data: &[u8]) -> Self {
@@ -86,9 +89,22 @@ impl PackId {
         Ok(PackId(b))
     }
 
-    /// A reproducible pack name derived from a seed (golden vectors and tests).
+    /// A reproducible pack name derived from a seed (tests).
     pub fn derived(seed: &[u8]) -> Self {
         PackId(blake3::derive_key("pulpdist 2026 pack id", seed))
+    }
+
+    /// The hasher that names a pack by its content (FORMAT.md 3): fed every byte of the
+    /// pack as it would be written if its id were all zeros (the header's id field, and in
+    /// an index pack the locations of its own nodes); [`PackId::from_content`] of it is
+    /// the name.
+    pub fn content_hasher() -> blake3::Hasher {
+        blake3::Hasher::new_derive_key(PACK_NAME_CONTEXT)
+    }
+
+    /// The name given by a [`PackId::content_hasher`] fed a whole pack.
+    pub fn from_content(hasher: &blake3::Hasher) -> Self {
+        PackId(*hasher.finalize().as_bytes())
     }
 
     /// The object key of this pack inside a store.

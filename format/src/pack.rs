@@ -12,8 +12,8 @@ use crate::node::Location;
 use crate::wire::{Reader, Writer};
 
 /// The HTTP `Cache-Control` of a pack, wherever a store serves it (`serve`, a bucket's
-/// object metadata): a pack is immutable and named by a random id, so it may be kept as
-/// long as anyone likes.
+/// object metadata): a pack is immutable, and its name stands for those bytes only (named by
+/// its content, or at random: FORMAT.md 3), so it may be kept as long as anyone likes.
 pub const PACK_CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
 
 /// Magic and format version at the start of a pack.

@@ -371,6 +371,31 @@ fn golden_delta_pack_rebuilds_version_2_from_version_1() {
 /// golden store (plain) and its delta pack. This checks the seeds are those objects, so a
 /// format change that leaves them stale fails here; `PULPDIST_WRITE_FUZZ_SEEDS=1` rewrites
 /// them from the golden store.
+/// Data and delta packs are named by their content (FORMAT.md 3): BLAKE3, keyed
+/// "pulpdist 2026 pack name", of the pack with its header's id zeroed. (An index pack's
+/// name comes from a build with the zero id in its own nodes' locations too, which the
+/// stored bytes do not give back.)
+#[test]
+fn golden_data_and_delta_packs_are_named_by_their_content() {
+    let mut checked = 0;
+    for tree in ["golden", "golden-delta"] {
+        let head_bytes = fs::read(golden().join("heads").join(tree)).expect("head");
+        let head = SignedHead::decode_and_verify(&head_bytes, &keys()).expect("head verifies");
+        let data = head.head().recent.iter().flat_map(|v| v.packs.iter());
+        let data = data.filter(|p| p.kind == pulpdist_format::PackKind::Data);
+        let deltas = head.head().deltas().expect("deltas");
+        for id in data.map(|p| p.id).chain(deltas.iter().map(|d| d.pack)) {
+            let mut bytes = pack_bytes(&id);
+            bytes[8..40].fill(0);
+            let name = blake3::derive_key("pulpdist 2026 pack name", &bytes);
+            assert_eq!(name, id.0, "pack {id}");
+            checked += 1;
+        }
+    }
+    // golden's data pack, golden-delta's two and its delta.
+    assert_eq!(checked, 4);
+}
+
 #[test]
 fn fuzz_seeds_are_golden_objects() {
     let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");

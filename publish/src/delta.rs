@@ -23,7 +23,7 @@ use pulpdist_format::{
 };
 
 use crate::error::{IoContext, PublishError};
-use crate::packer::{PackNamer, Packer};
+use crate::packer::{Naming, Packer};
 use crate::store::Store;
 
 /// What deltas to write and how.
@@ -850,7 +850,6 @@ pub(crate) fn write_delta(
     new_packs: &HashSet<PackId>,
     settings: DeltaSettings,
     tmp_dir: PathBuf,
-    namer: PackNamer,
 ) -> Result<(Vec<DeltaInfo>, DeltaReport), PublishError> {
     let (from_version, from_root) = from;
     let mut report = DeltaReport {
@@ -878,7 +877,7 @@ pub(crate) fn write_delta(
     };
     let store = nodes.store;
     let mut packs = Parts {
-        packer: Packer::new(store, tmp_dir, PackKind::Data, u64::MAX, namer),
+        packer: Packer::new(store, tmp_dir, PackKind::Data, u64::MAX, Naming::Content).hashing(),
         len: pulpdist_format::pack::HEADER_LEN,
         parts: 1,
         part_size: settings.part_size.clamp(1 << 20, MAX_DELTA_PACK),
@@ -955,7 +954,8 @@ pub(crate) fn write_delta(
             add_unit(&mut packs, unit, enc, &mut report)?;
         }
     }
-    let (packs, hashes, _) = packs.packer.finish_hashed()?;
+    let done = packs.packer.finish()?;
+    let (packs, hashes) = (done.packs, done.hashes);
     report.size = packs.iter().map(|p| p.size).sum();
     report.parts = packs.len() as u64;
     let infos = packs
@@ -1373,14 +1373,9 @@ mod tests {
         let store = crate::store::LocalStore::open(dir.path().join("store")).expect("store");
         let tmp = dir.path().join("tmp");
         fs::create_dir_all(&tmp).expect("tmp");
-        let mut n = 0u8;
-        let namer: PackNamer = Box::new(move || {
-            n += 1;
-            Ok(PackId([n; 32]))
-        });
         let part_size = 1u64 << 20;
         let mut packs = Parts {
-            packer: Packer::new(&store, tmp, PackKind::Data, u64::MAX, namer),
+            packer: Packer::new(&store, tmp, PackKind::Data, u64::MAX, Naming::Content).hashing(),
             len: pulpdist_format::pack::HEADER_LEN,
             parts: 1,
             part_size,
@@ -1398,7 +1393,8 @@ mod tests {
         assert_eq!(added, 2 * MAX_DELTA_PARTS);
         // Larger than a part: never fits, and opens nothing.
         assert!(!packs.fits(part_size as usize, true).expect("fits"));
-        let (finished, hashes, _) = packs.packer.finish_hashed().expect("finish");
+        let done = packs.packer.finish().expect("finish");
+        let (finished, hashes) = (done.packs, done.hashes);
         assert_eq!(
             (finished.len(), hashes.len()),
             (MAX_DELTA_PARTS, MAX_DELTA_PARTS)

@@ -48,6 +48,22 @@ pub enum PublishError {
         /// What was expected.
         expected: Option<u64>,
     },
+    /// The creation time given is earlier than the previous head's.
+    #[error("tree '{tree}': the creation time given ({created}) is earlier than the previous head's ({previous}); a version's time never goes back")]
+    CreatedBefore {
+        /// The tree.
+        tree: String,
+        /// The time given.
+        created: i64,
+        /// The previous head's.
+        previous: i64,
+    },
+    /// The store holds a pack of the new pack's name (its content's) with other bytes.
+    #[error("pack {pack} is in the store with other bytes than this publish gives it (packs are named by their content): the stored one is damaged; run `pulpdist verify`")]
+    PackExists {
+        /// The pack.
+        pack: pulpdist_format::PackId,
+    },
     /// A garbage collector condemned (or removed) a pack the new version names while the
     /// publish ran.
     #[error("tree '{tree}': pack {pack} that this version names was {} by a gc while the publish ran; nothing was published, run again (a gc that compacted packs, or whose --grace is shorter than this publish, ran meanwhile)", if *removed { "removed" } else { "condemned" })]

@@ -355,15 +355,52 @@ impl Store for LocalStore {
         // Packs are written once: never replace one (hard link fails if the name exists).
         // A missing partial pack is named as such (another publish of this store removes
         // partial packs a day old: this process was stopped that long).
-        fs::hard_link(file, &dest).at_with(|| {
-            if file.exists() {
-                dest.clone()
-            } else {
-                file.to_path_buf()
+        match fs::hard_link(file, &dest) {
+            Ok(()) => {}
+            // Named by content: the same bytes are already there (another tree, or a
+            // publish that failed after its packs).
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if !same_bytes(file, &dest).at(&dest)? {
+                    return Err(PublishError::PackExists { pack: id });
+                }
+                // Put now: a gc spares an unreached pack while it is young (8.10).
+                File::options()
+                    .write(true)
+                    .open(&dest)
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+                    .at(&dest)?;
             }
-        })?;
+            Err(e) => {
+                return Err(e).at_with(|| match file.exists() {
+                    true => dest.clone(),
+                    false => file.to_path_buf(),
+                })
+            }
+        }
         fs::remove_file(file).at(file)?;
         sync_dir(&self.root.join("packs"))
+    }
+}
+
+/// Whether two files hold the same bytes (`b` not followed if a symlink: then not).
+fn same_bytes(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let meta = fs::symlink_metadata(b)?;
+    let (mut a, len) = (File::open(a)?, fs::metadata(a)?.len());
+    if !meta.is_file() || meta.len() != len {
+        return Ok(false);
+    }
+    let mut b = File::open(b)?;
+    let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = a.read(&mut x)?;
+        if n == 0 {
+            return Ok(b.read(&mut y[..1])? == 0);
+        }
+        b.read_exact(&mut y[..n])?;
+        if x[..n] != y[..n] {
+            return Ok(false);
+        }
     }
 }
 

@@ -127,8 +127,8 @@ fn publishing_the_golden_tree_gives_the_checked_in_store() {
     let mut opts = PublishOptions::new("golden", &src, tmp.path().join("state"));
     opts.now = Some(TIME);
     opts.expires_in = 100 * 365 * 86_400;
-    opts.pack_seed = Some(b"golden".to_vec());
-    // One chunking thread: chunks reach the pack in file order, so the store is reproducible.
+    // Packs named by their content, chunks in file order: the store is reproducible (on
+    // any number of threads; one here).
     opts.threads = Some(1);
     opts.filter = pulpdist_format::filter::Filter::parse_lines("- *.tmp\n+ /sub/***\n")
         .expect("golden filter");
@@ -138,7 +138,6 @@ fn publishing_the_golden_tree_gives_the_checked_in_store() {
     let mut dopts = PublishOptions::new("golden-delta", &dsrc, tmp.path().join("state-delta"));
     dopts.now = Some(TIME);
     dopts.expires_in = 100 * 365 * 86_400;
-    dopts.pack_seed = Some(b"golden".to_vec());
     dopts.threads = Some(1);
     delta_tree(&dsrc, 1);
     let d1 = publish(&store, &key, &dopts).expect("publish delta tree v1");

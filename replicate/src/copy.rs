@@ -225,9 +225,7 @@ fn put(target: &dyn Store, dir: &Path, pack: PackId, bytes: &[u8]) -> Result<(),
         let _ = std::fs::remove_file(&path);
     }
     match put {
-        Err(pulpdist_publish::PublishError::Io { source, .. })
-            if source.kind() == std::io::ErrorKind::AlreadyExists =>
-        {
+        Err(pulpdist_publish::PublishError::PackExists { .. }) => {
             return Err(ReplicateError::Unusable {
                 store: target.describe(),
                 pack: pack.object_key(),

@@ -77,6 +77,12 @@ pub(crate) struct Args {
     /// (they refuse such a tree: "unknown entry kind 4")
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     composites: bool,
+    /// The head's creation time in Unix seconds (default: now; not later than now, not
+    /// earlier than the previous head's), from which it expires --expires-days later.
+    /// Packs are named by their content, so two publishers given the same source, store
+    /// history and key and this time write the same bytes, heads included
+    #[arg(long, value_name = "UNIX_SECONDS", conflicts_with = "refresh")]
+    created: Option<i64>,
     /// Threads that read, chunk and compress (default: one per core).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
@@ -222,6 +228,19 @@ pub(crate) fn run(a: Args) -> Result<()> {
     };
     let mut opts = PublishOptions::new(&a.tree, &source_dir, state);
     opts.expires_in = a.expires_days.saturating_mul(86_400);
+    if let Some(created) = a.created {
+        let expires = created.saturating_add(opts.expires_in);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if expires <= now {
+            anyhow::bail!("--created {created}: the head would have expired at {expires}, before now; give a later time or more --expires-days");
+        }
+        if created > now {
+            anyhow::bail!("--created {created} is later than now ({now}): sites refuse a head from the future");
+        }
+        opts.now = Some(created);
+    }
     opts.zstd_level = a.zstd_level;
     opts.params = a.chunk_sizes;
     opts.pack_target = a.pack_size.max(1);

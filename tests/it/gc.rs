@@ -236,10 +236,19 @@ fn the_grace_period_protects_young_packs_and_a_reused_pack_is_rescued() {
     assert!(keys(&r, "removed").is_empty(), "{r}");
     assert_eq!(r["waiting"].as_u64(), Some(condemned.len() as u64), "{r}");
     // The publisher reuses nothing condemned: a.bin back stores its chunks again, in a new
-    // pack; the condemned ones stay unreached and go.
+    // pack; the condemned ones stay unreached and go. That pack holds what a condemned
+    // one holds, so its name by content is condemned: it is named at random.
+    let before = objects(&store);
     fs::write(site.src().join("a.bin"), common::noise(200_000, 3)).expect("a again");
     let p = site.publish();
     assert!(p["chunks_new"].as_u64() > Some(0), "{p}");
+    let added: BTreeSet<String> = objects(&store).difference(&before).cloned().collect();
+    let added_packs = added.iter().filter(|k| k.starts_with("packs/")).count();
+    assert_eq!(
+        added_packs, 3,
+        "a data pack, an index pack, a delta: {added:?}"
+    );
+    assert!(added.is_disjoint(&condemned), "{added:?}");
     let r = gc(st, &["--keep-last", "1", "--grace", "0s"]);
     let packs: BTreeSet<String> = keys(&r, "removed")
         .into_iter()

@@ -20,6 +20,7 @@ mod isos;
 mod keys;
 mod killpoints;
 mod relay;
+mod reproducible;
 mod rsync;
 mod s3;
 mod serve;

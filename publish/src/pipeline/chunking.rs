@@ -22,12 +22,11 @@ use pulpdist_chunker::{Chunker, Compressor};
 use pulpdist_format::pack::ObjectKind;
 use pulpdist_format::{ChunkId, Codec, Location, PackInfo, PackKind};
 
-use super::workers::pack_namer;
 use super::{PublishReport, Run};
 use crate::cache::CachedChunks;
 use crate::catalog::Catalog;
 use crate::error::{IoContext, PublishError};
-use crate::packer::Packer;
+use crate::packer::{Naming, Packer};
 use crate::walk::Walk;
 
 /// A file's chunks: id and length, in order.
@@ -81,13 +80,12 @@ pub(super) fn chunk_new(
     let to_read: Vec<usize> = (0..walk.files.len())
         .filter(|&i| file_chunks[i].is_none())
         .collect();
-    let mut namer = pack_namer(run.opts, run.version);
     let mut packer = Packer::new(
         run.store,
         run.tmp_dir.clone(),
         PackKind::Data,
         run.opts.pack_target,
-        Box::new(move || namer("data")),
+        Naming::Content,
     );
     let claimed = Mutex::new(HashMap::new());
     let isos = Mutex::new(IsoNotes::default());
@@ -133,9 +131,9 @@ pub(super) fn chunk_new(
             None => results,
         }
     })?;
-    let locs = order.finish(to_read.len())?;
-    report.chunks_new += locs.len() as u64;
-    report.bytes_new += locs.values().map(|l| u64::from(l.raw_len)).sum::<u64>();
+    let placed = order.finish(to_read.len())?;
+    report.chunks_new += placed.len() as u64;
+    report.bytes_new += placed.values().map(|l| u64::from(l.raw_len)).sum::<u64>();
     let mut images = HashSet::new();
     for (i, chunks, image) in read {
         if image {
@@ -145,7 +143,13 @@ pub(super) fn chunk_new(
         report.bytes_read += chunks.iter().map(|(_, l)| u64::from(*l)).sum::<u64>();
         file_chunks[i] = Some(FileChunks::Read(chunks));
     }
-    let (packs, bytes) = packer.finish()?;
+    let done = packer.finish()?;
+    // The packs' names are known now: every location named a placeholder.
+    let locs = placed
+        .into_iter()
+        .map(|(id, loc)| (id, done.locate(loc)))
+        .collect::<HashMap<_, _>>();
+    let (packs, bytes) = (done.packs, done.stored_bytes);
     pulpdist_failpoint::hit("publish.data_packs");
     let mut isos = isos.into_inner().unwrap_or_default();
     isos.plain.sort();
@@ -746,8 +750,8 @@ mod tests {
         let site = testkit::site();
         let tmp = site.store.tmp_dir().expect("tmp");
         let new_packer = |name: &'static [u8]| {
-            let namer: crate::packer::PackNamer = Box::new(move || Ok(PackId::derived(name)));
-            Packer::new(&site.store, tmp.clone(), PackKind::Data, u64::MAX, namer)
+            let naming = Naming::Fixed(PackId::derived(name));
+            Packer::new(&site.store, tmp.clone(), PackKind::Data, u64::MAX, naming)
         };
         let written = |order: &[usize], hold: usize| -> (Vec<u8>, bool) {
             let mut packer = new_packer(b"in order");
@@ -768,7 +772,7 @@ mod tests {
             assert!(matches!(len, None | Some(0)), "{len:?}");
             let locs = w.finish(4).expect("every file");
             assert_eq!(locs.len(), 5);
-            let (packs, _) = packer.finish().expect("finished");
+            let packs = packer.finish().expect("finished").packs;
             let path = site.store.root().join(packs[0].id.object_key());
             let bytes = std::fs::read(&path).expect("pack");
             std::fs::remove_file(&path).expect("rm");

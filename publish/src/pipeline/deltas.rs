@@ -9,7 +9,6 @@ use std::path::Path;
 use pulpdist_format::delta::DeltaInfo;
 use pulpdist_format::{Head, NodeId, NodeRef, PackId, PackInfo};
 
-use super::workers::pack_namer;
 use super::{PublishOptions, Run};
 use crate::delta::{DeltaReport, DeltaSettings, Nodes};
 use crate::error::PublishError;
@@ -29,12 +28,12 @@ pub(super) fn write(
         fresh,
         store: run.store,
     };
-    let (opts, version, tmp) = (run.opts, run.version, run.tmp_dir.as_path());
+    let (opts, tmp) = (run.opts, run.tmp_dir.as_path());
     run.workers
-        .run(|| write_deltas(opts, prev, &nodes, root, data_packs, version, tmp))
+        .run(|| write_deltas(opts, prev, &nodes, root, data_packs, tmp))
 }
 
-/// Writes the delta packs of version `version` from each of the last `opts.deltas` distinct
+/// Writes the delta packs of this version from each of the last `opts.deltas` distinct
 /// trees (their roots: the previous head's, and those its deltas name). An unchanged tree
 /// writes nothing and keeps the previous head's deltas.
 #[allow(clippy::too_many_arguments)]
@@ -44,7 +43,6 @@ fn write_deltas(
     nodes: &Nodes<'_>,
     root: &NodeRef,
     data_packs: &[PackInfo],
-    version: u64,
     tmp_dir: &Path,
 ) -> Result<Written, PublishError> {
     let (Some(prev), true) = (prev, opts.deltas > 0) else {
@@ -75,8 +73,6 @@ fn write_deltas(
             },
             part_size: opts.delta_pack_size,
         };
-        let mut namer = pack_namer(opts, version);
-        let tag = format!("delta-{}", from.0);
         // Packs written since that version: chunks in them are new to a site there.
         let new_packs: HashSet<PackId> = data_packs
             .iter()
@@ -96,7 +92,6 @@ fn write_deltas(
             &new_packs,
             settings,
             tmp_dir.to_path_buf(),
-            Box::new(move || namer(&tag)),
         )?;
         let (parts, mut rep) = written;
         rep.level = settings.level;

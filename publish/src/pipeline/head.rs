@@ -55,7 +55,19 @@ pub(super) fn write(
         source,
     })?;
     pulpdist_failpoint::hit("publish.head");
-    not_collected(run, reached)?;
+    // And the delta packs this publish wrote (a pack of the same bytes may have been in the
+    // store, unreached, and condemned since).
+    let kept: Vec<PackId> = prev
+        .head
+        .as_ref()
+        .and_then(|h| h.deltas().ok())
+        .unwrap_or_default()
+        .iter()
+        .map(|d| d.pack)
+        .collect();
+    let mut reached = reached.clone();
+    reached.extend(deltas.iter().map(|d| d.pack).filter(|p| !kept.contains(p)));
+    not_collected(run, &reached)?;
     let prev_version = prev.head.as_ref().map(|h| h.version);
     run.store
         .put_head(&opts.tree, &bytes, prev.stored.as_ref(), prev_version)?;

@@ -20,12 +20,11 @@ use pulpdist_format::{
 use super::chunking::{ChunkList, FileChunks};
 use super::composite::{self, Region, Targets};
 use super::scan::CacheFile;
-use super::workers::pack_namer;
 use super::{PublishOptions, PublishReport, Run};
 use crate::cache::{CacheWriter, DirRecord};
 use crate::catalog::Catalog;
 use crate::error::PublishError;
-use crate::packer::Packer;
+use crate::packer::{random_id, unless_condemned, Naming, Packer};
 use crate::walk::{self, WalkDir, WalkFile, WalkKind};
 
 /// What the nodes are built from.
@@ -59,6 +58,12 @@ pub(super) struct Index {
 }
 
 /// Builds and stores every directory's node; `keep_fresh`: keep the new nodes' encodings.
+///
+/// The new nodes go in one index pack, named by its content (FORMAT.md 3); its nodes name
+/// it in their children's locations, so it is built twice: once dry (nothing written, the
+/// zero id for the pack) for its name, then with that name. When every node is already in
+/// the store, the dry build is the index. A name the store's gc condemned, or that a
+/// damaged pack holds, is replaced by a random one.
 pub(super) fn build(
     run: &Run<'_>,
     inputs: &Inputs<'_, '_>,
@@ -67,24 +72,113 @@ pub(super) fn build(
     keep_fresh: bool,
     report: &mut PublishReport,
 ) -> Result<Index, PublishError> {
-    let mut namer = pack_namer(run.opts, run.version);
-    let mut packer = Packer::new(
-        run.store,
-        run.tmp_dir.clone(),
-        PackKind::Index,
-        u64::MAX,
-        Box::new(move || namer("index")),
-    );
-    let walk = inputs.walk;
-    let mut dir_refs: Vec<Option<NodeRef>> = vec![None; walk.dirs.len()];
-    let mut fingerprints = vec![[0u8; 32]; walk.dirs.len()];
-    let mut next_cache = CacheWriter::new(&cache.identity);
-    let mut fresh = HashMap::new();
-    let mut reached = BTreeSet::new();
     // Found over the whole tree the first time a rebuilt directory holds an image of more
     // than one chunk (one that may hold another file).
     let targets = OnceLock::new();
+    // A build's nodes leave the catalog unless it is the index: they name no pack in the
+    // store (the zero id, or a pack not put).
+    let pass = |catalog: &mut Catalog, naming, keep_fresh| {
+        let packer = Packer::new(
+            run.store,
+            run.tmp_dir.clone(),
+            PackKind::Index,
+            u64::MAX,
+            naming,
+        );
+        let mut inserted = Vec::new();
+        let built = levels(
+            run,
+            inputs,
+            catalog,
+            cache,
+            keep_fresh,
+            packer,
+            &targets,
+            &mut inserted,
+        );
+        let used = matches!(&built, Ok(b) if b.packs.is_empty() || !matches!(naming, Naming::Dry));
+        if !used {
+            for id in &inserted {
+                catalog.nodes.remove(id);
+            }
+        }
+        built.map(|b| (b, inserted))
+    };
+    // (Nothing written: no fresh node to keep.)
+    let (dry, inserted) = pass(catalog, Naming::Dry, false)?;
+    let (built, inserted) = match dry.packs.first().map(|p| p.id) {
+        None => (dry, inserted),
+        Some(named) => {
+            let name = unless_condemned(run.store, named)?;
+            match pass(catalog, Naming::Fixed(name), keep_fresh) {
+                Err(PublishError::PackExists { pack }) => {
+                    tracing::warn!(%pack, "a pack of this name with other bytes is in the store: the index named at random");
+                    pass(catalog, Naming::Fixed(random_id()?), keep_fresh)?
+                }
+                built => built?,
+            }
+        }
+    };
+    pulpdist_failpoint::hit("publish.index_packs");
+    report.nodes_new += inserted.len() as u64;
+    let dirs = built
+        .dir_refs
+        .into_iter()
+        .zip(built.fingerprints)
+        .map(|(r, f)| Some((r?, f)))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| PublishError::Internal("a directory without a node".into()))?;
+    let root = dirs
+        .first()
+        .ok_or_else(|| PublishError::Internal("no root node".into()))?
+        .0;
+    Ok(Index {
+        root,
+        packs: built.packs,
+        bytes: built.bytes,
+        fresh: built.fresh,
+        next_cache: built.next_cache.finish(),
+        reached: built.reached,
+        dirs,
+    })
+}
+
+/// One build of the index: what [`build`] keeps of it.
+struct Levels {
+    dir_refs: Vec<Option<NodeRef>>,
+    fingerprints: Vec<[u8; 32]>,
+    next_cache: CacheWriter,
+    fresh: HashMap<NodeId, Vec<u8>>,
+    reached: BTreeSet<PackId>,
+    packs: Vec<PackInfo>,
+    bytes: u64,
+}
+
+/// Builds every directory's node, children before parents, into `packer`'s pack; each
+/// node written is added to the catalog and to `inserted`.
+#[allow(clippy::too_many_arguments)]
+fn levels(
+    run: &Run<'_>,
+    inputs: &Inputs<'_, '_>,
+    catalog: &mut Catalog,
+    cache: &CacheFile,
+    keep_fresh: bool,
+    mut packer: Packer<'_>,
+    targets: &OnceLock<Targets>,
+    inserted: &mut Vec<NodeId>,
+) -> Result<Levels, PublishError> {
+    let walk = inputs.walk;
+    let mut out = Levels {
+        dir_refs: vec![None; walk.dirs.len()],
+        fingerprints: vec![[0u8; 32]; walk.dirs.len()],
+        next_cache: CacheWriter::new(&cache.identity),
+        fresh: HashMap::new(),
+        reached: BTreeSet::new(),
+        packs: Vec::new(),
+        bytes: 0,
+    };
     for level in walk.levels.iter().rev() {
+        let dir_refs = &out.dir_refs;
         let built = run.workers.run(|| {
             level
                 .clone()
@@ -96,61 +190,42 @@ pub(super) fn build(
                             what: "index nodes",
                             detail: e.to_string(),
                         })?;
-                        build_dir(run.opts, inputs, di, &dir_refs, catalog, comp, &targets)
+                        build_dir(run.opts, inputs, di, dir_refs, catalog, comp, targets)
                     },
                 )
                 .collect::<Result<Vec<_>, _>>()
         })?;
         for (di, (built, fingerprint)) in level.clone().zip(built) {
-            fingerprints[di] = fingerprint;
+            out.fingerprints[di] = fingerprint;
             let r = match built {
                 Built::Kept(r) => {
                     if let Some(record) = &inputs.records[di] {
                         match record.current() {
-                            true => next_cache.keep(record),
+                            true => out.next_cache.keep(record),
                             // Written before the image flag: written again with it.
-                            false => remember(&mut next_cache, inputs, di, &record.into()),
+                            false => remember(&mut out.next_cache, inputs, di, &record.into()),
                         }
-                        reached.extend(record.packs.iter().copied());
+                        out.reached.extend(record.packs.iter().copied());
                     }
                     r
                 }
                 Built::New(b) => {
-                    reached.extend(b.packs.iter().copied());
-                    let r = store_node(run, &mut packer, catalog, &b, report)?;
-                    if keep_fresh && r.1 {
-                        fresh.insert(b.id, b.encoded.clone());
+                    out.reached.extend(b.packs.iter().copied());
+                    let (r, written) = store_node(run, &mut packer, catalog, &b, inserted)?;
+                    if written && keep_fresh {
+                        out.fresh.insert(b.id, b.encoded.clone());
                     }
-                    remember(&mut next_cache, inputs, di, &(&b).into());
-                    r.0
+                    remember(&mut out.next_cache, inputs, di, &(&b).into());
+                    r
                 }
             };
-            reached.insert(r.loc.pack);
-            dir_refs[di] = Some(r);
+            out.reached.insert(r.loc.pack);
+            out.dir_refs[di] = Some(r);
         }
     }
-    let (packs, bytes) = packer.finish()?;
-    pulpdist_failpoint::hit("publish.index_packs");
-    let dirs = dir_refs
-        .into_iter()
-        .zip(fingerprints)
-        .map(|(r, f)| Some((r?, f)))
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| PublishError::Internal("a directory without a node".into()))?;
-    let root = dirs
-        .first()
-        .ok_or_else(|| PublishError::Internal("no root node".into()))?
-        .0;
-    let next_cache = next_cache.finish();
-    Ok(Index {
-        root,
-        packs,
-        bytes,
-        fresh,
-        next_cache,
-        reached,
-        dirs,
-    })
+    let done = packer.finish()?;
+    (out.packs, out.bytes) = (done.packs, done.stored_bytes);
+    Ok(out)
 }
 
 /// Stores a new node unless the store has it; its reference, and whether it was written.
@@ -159,7 +234,7 @@ fn store_node(
     packer: &mut Packer<'_>,
     catalog: &mut Catalog,
     b: &NewNode,
-    report: &mut PublishReport,
+    inserted: &mut Vec<NodeId>,
 ) -> Result<(NodeRef, bool), PublishError> {
     if let Some(loc) = catalog.nodes.get(&b.id) {
         return Ok((
@@ -177,7 +252,7 @@ fn store_node(
     let len = b.encoded.len() as u32;
     let loc = packer.add(ObjectKind::Node, b.id.0, stored.codec, len, &stored.bytes)?;
     catalog.nodes.insert(b.id, loc);
-    report.nodes_new += 1;
+    inserted.push(b.id);
     Ok((NodeRef { id: b.id, loc }, true))
 }
 

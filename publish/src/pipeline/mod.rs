@@ -71,6 +71,15 @@ pub fn publish(
     // Under the tree's lock: partial packs a killed publish left behind.
     let stale_parts_removed = crate::packer::remove_stale_parts(&tmp_dir);
     let prev = previous::read(store, key, opts)?;
+    if let (Some(created), Some(h)) = (opts.now, &prev.head) {
+        if created < h.created {
+            return Err(PublishError::CreatedBefore {
+                tree: opts.tree.clone(),
+                created,
+                previous: h.created,
+            });
+        }
+    }
     let run = Run {
         store,
         opts,

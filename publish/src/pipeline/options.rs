@@ -37,12 +37,9 @@ pub struct PublishOptions {
     pub pack_target: u64,
     /// The time to record as "created" (seconds since the epoch); `None`: now.
     pub now: Option<i64>,
-    /// Derive pack names from this seed instead of the system's random generator
-    /// (reproducible golden vectors; never for a real store: FORMAT.md 3).
-    pub pack_seed: Option<Vec<u8>>,
     /// Chunking threads; `None`: every core. Chunks reach the packs in file order on any
-    /// number of threads: the same input gives packs of the same layout (and, with
-    /// `pack_seed`, the same bytes).
+    /// number of threads, and packs are named by their content: the same input gives the
+    /// same packs.
     pub threads: Option<usize>,
     /// Keys (besides the signing key) whose signature on the previous head is accepted:
     /// the old key during a key rotation.
@@ -84,7 +81,6 @@ impl PublishOptions {
             keep_versions: 8,
             pack_target: 64 << 20,
             now: None,
-            pack_seed: None,
             threads: None,
             previous_keys: Vec::new(),
             filter: pulpdist_format::filter::Filter::new(),

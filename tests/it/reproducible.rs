@@ -1,0 +1,163 @@
+//! Reproducible publishing: packs are named by their content (FORMAT.md 3) and filled in
+//! file order, so two publishers of the same source, with the same key and creation time
+//! (`--created`), write the same store byte for byte whatever
+//! their thread counts, and a site syncs from either.
+
+use std::fs;
+use std::path::Path;
+
+use crate::common::{self, assert_same_tree, run, run_json, s, strs, sync_cmd, Site};
+
+/// Every object of a directory store (packs, heads, archived heads) with its bytes.
+fn objects(store: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo: Vec<_> = ["packs", "heads", "history"]
+        .iter()
+        .map(|d| store.join(d))
+        .collect();
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).expect("dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                let rel = p.strip_prefix(store).expect("under the store");
+                out.push((
+                    rel.to_string_lossy().into_owned(),
+                    fs::read(&p).expect("read"),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Version `v` of a small repository: a large file edited in its middle, packages of which
+/// every fifth changes, and a release file.
+fn write_version(src: &Path, v: u8) {
+    let main = src.join("pool/main");
+    fs::create_dir_all(&main).expect("pool");
+    let mut big = common::random_bytes(3 << 20, 1);
+    big[1 << 20..(1 << 20) + 5_000].fill(v);
+    fs::write(main.join("big.bin"), big).expect("big");
+    for i in 0..40u8 {
+        let version = if i % 5 == 0 { v } else { 1 };
+        let body = format!("package {i} version {version}\n").repeat(200);
+        fs::write(main.join(format!("p{i}.txt")), body).expect("package");
+    }
+    fs::write(src.join("Release"), format!("release {v}\n")).expect("release");
+}
+
+/// Seconds since the epoch.
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// `publish` of `site`'s source into `store`, created at `created`, with `extra` options.
+fn publish_args(site: &Site, store: &Path, created: &str, extra: &[&str]) -> Vec<String> {
+    let (key, src) = (site.key(), site.src());
+    let mut a = vec!["publish", "--store", s(store), "--tree", "tree"];
+    a.extend(["--key", s(&key), "--created", created]);
+    a.extend(extra);
+    a.push(s(&src));
+    a.into_iter().map(str::to_string).collect()
+}
+
+#[test]
+fn two_publishers_of_the_same_input_write_the_same_store() {
+    let site = Site::new();
+    let other = site.p("other-store");
+    let now = now();
+    let created = (now - 3_600).to_string();
+    for v in [1, 2] {
+        write_version(&site.src(), v);
+        let mine = site.publish_with(&["--created", &created, "--threads", "1"]);
+        // The other publisher: another store and state, two threads.
+        let theirs = run_json(&strs(&publish_args(
+            &site,
+            &other,
+            &created,
+            &["--threads", "2"],
+        )));
+        assert_eq!(mine["packs"], theirs["packs"], "version {v}");
+        if v == 2 {
+            let deltas = mine["deltas"].as_array().expect("deltas");
+            assert_eq!(deltas.len(), 1, "{mine}");
+        }
+    }
+    let (mine, theirs) = (objects(&site.store()), objects(&other));
+    let names = |o: &[(String, Vec<u8>)]| o.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&mine), names(&theirs));
+    // Two versions' data and index packs, and version 2's delta.
+    let packs = mine.iter().filter(|(n, _)| n.starts_with("packs/")).count();
+    assert!(packs >= 5, "{:?}", names(&mine));
+    for ((name, a), (_, b)) in mine.iter().zip(&theirs) {
+        assert!(a == b, "{name} differs");
+    }
+    run_json(&strs(&sync_cmd(
+        s(&other),
+        "tree",
+        &site.trust(),
+        &site.mirror(),
+        &[],
+    )));
+    assert_same_tree(&site.src(), &site.mirror());
+    // A time whose head would be expired already is refused, and one before the previous
+    // head's.
+    let refused = |created: &str| {
+        let out = run(&strs(&publish_args(&site, &other, created, &[])));
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused("1000");
+    assert!(err.contains("would have expired"), "{err}");
+    let err = refused(&(now - 7_200).to_string());
+    assert!(err.contains("never goes back"), "{err}");
+}
+
+/// A damaged pack that holds a name the publisher's content gives is left as it is: the
+/// new packs (data, and the index, whose nodes name their pack) are named at random, and
+/// a site syncs.
+#[test]
+fn a_damaged_pack_under_a_content_name_is_left_and_the_new_one_named_at_random() {
+    let site = Site::new();
+    write_version(&site.src(), 1);
+    let theirs = site.p("other-store");
+    let created = (now() - 60).to_string();
+    let publish = |store: &Path| run_json(&strs(&publish_args(&site, store, &created, &[])));
+    publish(&theirs);
+    let names: Vec<(String, Vec<u8>)> = objects(&theirs)
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("packs/"))
+        .collect();
+    assert_eq!(names.len(), 2, "a data pack and an index pack");
+    // The same names, damaged, in the site's store.
+    fs::create_dir_all(site.store().join("packs")).expect("packs");
+    for (name, bytes) in &names {
+        fs::write(site.store().join(name), &bytes[..bytes.len() / 2]).expect("plant");
+    }
+    let p = publish(&site.store());
+    assert_eq!(p["packs"], 2, "{p}");
+    let mine = objects(&site.store());
+    let packs: Vec<_> = mine
+        .iter()
+        .filter(|(n, _)| n.starts_with("packs/"))
+        .collect();
+    assert_eq!(packs.len(), 4);
+    for (name, bytes) in &names {
+        let kept = fs::read(site.store().join(name)).expect("still there");
+        assert_eq!(kept, bytes[..bytes.len() / 2], "{name} left as it was");
+    }
+    run_json(&strs(&sync_cmd(
+        s(&site.store()),
+        "tree",
+        &site.trust(),
+        &site.mirror(),
+        &[],
+    )));
+    assert_same_tree(&site.src(), &site.mirror());
+}
