@@ -105,6 +105,11 @@ impl<'a> Packer<'a> {
         }
     }
 
+    /// Whether it writes nothing ([`Naming::Dry`]).
+    pub(crate) fn is_dry(&self) -> bool {
+        matches!(self.naming, Naming::Dry)
+    }
+
     /// Also hashes each pack's bytes as stored ([`Finished::hashes`]).
     pub(crate) fn hashing(mut self) -> Self {
         self.hash_packs = true;
@@ -379,7 +384,8 @@ mod tests {
         naming: Naming,
         objects: &[&[u8]],
     ) -> (Finished, Vec<Location>) {
-        let mut p = Packer::new(store, tmp.to_path_buf(), PackKind::Data, 10, naming);
+        let p = Packer::new(store, tmp.to_path_buf(), PackKind::Data, 10, naming);
+        let mut p = p.hashing();
         let locs = objects
             .iter()
             .map(|o| {
@@ -465,5 +471,10 @@ mod tests {
         );
         let moved = std::fs::read(path(last.packs[2].id)).expect("stored");
         assert_eq!(&moved[8..40], last.packs[2].id.as_bytes());
+        // Each pack's hash is of its bytes as stored, its name in the header.
+        for (p, hash) in last.packs.iter().zip(&last.hashes) {
+            let stored = std::fs::read(path(p.id)).expect("stored");
+            assert_eq!(blake3::hash(&stored).as_bytes(), hash, "{}", p.id);
+        }
     }
 }

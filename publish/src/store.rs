@@ -360,15 +360,34 @@ impl Store for LocalStore {
             // Named by content: the same bytes are already there (another tree, or a
             // publish that failed after its packs).
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                if !same_bytes(file, &dest).at(&dest)? {
+                // Not followed if a symlink, not waited on if a FIFO: then not the same.
+                use rustix::fs::OFlags;
+                use std::os::unix::fs::OpenOptionsExt;
+                let existing = File::options()
+                    .read(true)
+                    .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32)
+                    .open(&dest);
+                let same = match existing {
+                    Ok(mut f) => same_bytes(file, &mut f).at(&dest)?.then_some(f),
+                    Err(_) => None,
+                };
+                let Some(existing) = same else {
                     return Err(PublishError::PackExists { pack: id });
+                };
+                // Put now: a gc spares an unreached pack while it is young (8.10). Only
+                // that: a pack that stays old may be condemned while this publish runs,
+                // which the check before the head finds.
+                let now = rustix::fs::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: rustix::fs::UTIME_NOW,
+                };
+                let times = rustix::fs::Timestamps {
+                    last_access: now,
+                    last_modification: now,
+                };
+                if let Err(e) = rustix::fs::futimens(&existing, &times) {
+                    tracing::debug!(pack = %id, error = %e, "an equal pack already stored could not be made young");
                 }
-                // Put now: a gc spares an unreached pack while it is young (8.10).
-                File::options()
-                    .write(true)
-                    .open(&dest)
-                    .and_then(|f| f.set_modified(std::time::SystemTime::now()))
-                    .at(&dest)?;
             }
             Err(e) => {
                 return Err(e).at_with(|| match file.exists() {
@@ -382,15 +401,14 @@ impl Store for LocalStore {
     }
 }
 
-/// Whether two files hold the same bytes (`b` not followed if a symlink: then not).
-fn same_bytes(a: &Path, b: &Path) -> std::io::Result<bool> {
+/// Whether file `a` and the open file `b` (a regular file: else not) hold the same bytes.
+fn same_bytes(a: &Path, b: &mut File) -> std::io::Result<bool> {
     use std::io::Read;
-    let meta = fs::symlink_metadata(b)?;
+    let meta = b.metadata()?;
     let (mut a, len) = (File::open(a)?, fs::metadata(a)?.len());
     if !meta.is_file() || meta.len() != len {
         return Ok(false);
     }
-    let mut b = File::open(b)?;
     let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
     loop {
         let n = a.read(&mut x)?;

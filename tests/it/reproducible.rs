@@ -117,47 +117,73 @@ fn two_publishers_of_the_same_input_write_the_same_store() {
     assert!(err.contains("would have expired"), "{err}");
     let err = refused(&(now - 7_200).to_string());
     assert!(err.contains("never goes back"), "{err}");
+    let err = refused(&(now + 3_600).to_string());
+    assert!(err.contains("later than now"), "{err}");
 }
 
-/// A damaged pack that holds a name the publisher's content gives is left as it is: the
-/// new packs (data, and the index, whose nodes name their pack) are named at random, and
-/// a site syncs.
+/// A name the publisher's content gives that a damaged pack holds, or that the gc
+/// condemned, is not used: the damaged pack is left as it is, and the new packs (data, and
+/// the index, whose nodes name their pack) are named at random; a site syncs.
 #[test]
-fn a_damaged_pack_under_a_content_name_is_left_and_the_new_one_named_at_random() {
-    let site = Site::new();
-    write_version(&site.src(), 1);
-    let theirs = site.p("other-store");
-    let created = (now() - 60).to_string();
-    let publish = |store: &Path| run_json(&strs(&publish_args(&site, store, &created, &[])));
-    publish(&theirs);
-    let names: Vec<(String, Vec<u8>)> = objects(&theirs)
-        .into_iter()
-        .filter(|(n, _)| n.starts_with("packs/"))
-        .collect();
-    assert_eq!(names.len(), 2, "a data pack and an index pack");
-    // The same names, damaged, in the site's store.
-    fs::create_dir_all(site.store().join("packs")).expect("packs");
-    for (name, bytes) in &names {
-        fs::write(site.store().join(name), &bytes[..bytes.len() / 2]).expect("plant");
+fn a_content_name_held_by_a_damaged_pack_or_condemned_is_not_used() {
+    for condemn in [false, true] {
+        let site = Site::new();
+        write_version(&site.src(), 1);
+        let theirs = site.p("other-store");
+        let created = (now() - 60).to_string();
+        let publish = |store: &Path| run_json(&strs(&publish_args(&site, store, &created, &[])));
+        publish(&theirs);
+        let names: Vec<(String, Vec<u8>)> = objects(&theirs)
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("packs/"))
+            .collect();
+        assert_eq!(names.len(), 2, "a data pack and an index pack");
+        // The same names in the site's store: damaged packs, or on the condemned list.
+        for d in ["packs", "gc"] {
+            fs::create_dir_all(site.store().join(d)).expect("mkdir");
+        }
+        let mut list = pulpdist_format::Condemned::default();
+        for (name, bytes) in &names {
+            match condemn {
+                false => {
+                    fs::write(site.store().join(name), &bytes[..bytes.len() / 2]).expect("plant")
+                }
+                true => {
+                    let hex = &name["packs/".len()..name.len() - ".pack".len()];
+                    list.packs.insert(hex.parse().expect("pack id"), 1_000);
+                }
+            }
+        }
+        let list_path = site.store().join(pulpdist_format::CONDEMNED_KEY);
+        fs::write(list_path, list.encode()).expect("condemned list");
+        let p = publish(&site.store());
+        assert_eq!(p["packs"], 2, "{p}");
+        let mine = objects(&site.store());
+        let packs: Vec<_> = mine
+            .iter()
+            .filter(|(n, _)| n.starts_with("packs/"))
+            .collect();
+        assert_eq!(
+            packs.len(),
+            if condemn { 2 } else { 4 },
+            "condemned: {condemn}"
+        );
+        for (name, bytes) in &names {
+            match condemn {
+                false => {
+                    let kept = fs::read(site.store().join(name)).expect("still there");
+                    assert_eq!(kept, bytes[..bytes.len() / 2], "{name} left as it was");
+                }
+                true => assert!(!site.store().join(name).exists(), "{name}"),
+            }
+        }
+        run_json(&strs(&sync_cmd(
+            s(&site.store()),
+            "tree",
+            &site.trust(),
+            &site.mirror(),
+            &[],
+        )));
+        assert_same_tree(&site.src(), &site.mirror());
     }
-    let p = publish(&site.store());
-    assert_eq!(p["packs"], 2, "{p}");
-    let mine = objects(&site.store());
-    let packs: Vec<_> = mine
-        .iter()
-        .filter(|(n, _)| n.starts_with("packs/"))
-        .collect();
-    assert_eq!(packs.len(), 4);
-    for (name, bytes) in &names {
-        let kept = fs::read(site.store().join(name)).expect("still there");
-        assert_eq!(kept, bytes[..bytes.len() / 2], "{name} left as it was");
-    }
-    run_json(&strs(&sync_cmd(
-        s(&site.store()),
-        "tree",
-        &site.trust(),
-        &site.mirror(),
-        &[],
-    )));
-    assert_same_tree(&site.src(), &site.mirror());
 }

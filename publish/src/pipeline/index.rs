@@ -61,9 +61,10 @@ pub(super) struct Index {
 ///
 /// The new nodes go in one index pack, named by its content (FORMAT.md 3); its nodes name
 /// it in their children's locations, so it is built twice: once dry (nothing written, the
-/// zero id for the pack) for its name, then with that name. When every node is already in
-/// the store, the dry build is the index. A name the store's gc condemned, or that a
-/// damaged pack holds, is replaced by a random one.
+/// zero id for the pack, nothing recorded) for its name, then with that name (the nodes
+/// the first compressed are not compressed again). When every node is already in the
+/// store, the second build writes nothing either. A name the store's gc condemned, or
+/// that a damaged pack holds, is replaced by a random one.
 pub(super) fn build(
     run: &Run<'_>,
     inputs: &Inputs<'_, '_>,
@@ -75,9 +76,10 @@ pub(super) fn build(
     // Found over the whole tree the first time a rebuilt directory holds an image of more
     // than one chunk (one that may hold another file).
     let targets = OnceLock::new();
+    let mut compressed = Compressed::new();
     // A build's nodes leave the catalog unless it is the index: they name no pack in the
     // store (the zero id, or a pack not put).
-    let pass = |catalog: &mut Catalog, naming, keep_fresh| {
+    let mut pass = |catalog: &mut Catalog, naming, keep_fresh, recording| {
         let packer = Packer::new(
             run.store,
             run.tmp_dir.clone(),
@@ -95,6 +97,8 @@ pub(super) fn build(
             packer,
             &targets,
             &mut inserted,
+            &mut compressed,
+            recording,
         );
         let used = matches!(&built, Ok(b) if b.packs.is_empty() || !matches!(naming, Naming::Dry));
         if !used {
@@ -104,16 +108,19 @@ pub(super) fn build(
         }
         built.map(|b| (b, inserted))
     };
-    // (Nothing written: no fresh node to keep.)
-    let (dry, inserted) = pass(catalog, Naming::Dry, false)?;
-    let (built, inserted) = match dry.packs.first().map(|p| p.id) {
-        None => (dry, inserted),
+    // Nothing written, nothing recorded: the name.
+    let (dry, _) = pass(catalog, Naming::Dry, false, false)?;
+    let named = dry.packs.first().map(|p| p.id);
+    drop(dry);
+    let (built, inserted) = match named {
+        // Every node in the store already: nothing to write, only to record.
+        None => pass(catalog, Naming::Dry, keep_fresh, true)?,
         Some(named) => {
             let name = unless_condemned(run.store, named)?;
-            match pass(catalog, Naming::Fixed(name), keep_fresh) {
+            match pass(catalog, Naming::Fixed(name), keep_fresh, true) {
                 Err(PublishError::PackExists { pack }) => {
                     tracing::warn!(%pack, "a pack of this name with other bytes is in the store: the index named at random");
-                    pass(catalog, Naming::Fixed(random_id()?), keep_fresh)?
+                    pass(catalog, Naming::Fixed(random_id()?), keep_fresh, true)?
                 }
                 built => built?,
             }
@@ -143,6 +150,10 @@ pub(super) fn build(
     })
 }
 
+/// The nodes the dry build compressed, by id: a node that does not name its own pack (one
+/// without a new subdirectory) has the same id and bytes in the build that writes it.
+type Compressed = HashMap<NodeId, pulpdist_chunker::Stored>;
+
 /// One build of the index: what [`build`] keeps of it.
 struct Levels {
     dir_refs: Vec<Option<NodeRef>>,
@@ -155,7 +166,9 @@ struct Levels {
 }
 
 /// Builds every directory's node, children before parents, into `packer`'s pack; each
-/// node written is added to the catalog and to `inserted`.
+/// node written is added to the catalog and to `inserted`. A dry build keeps the nodes it
+/// compressed in `compressed`; another takes them from there. Only a `recording` build
+/// makes the next publish's cache and the packs the version reaches.
 #[allow(clippy::too_many_arguments)]
 fn levels(
     run: &Run<'_>,
@@ -166,7 +179,10 @@ fn levels(
     mut packer: Packer<'_>,
     targets: &OnceLock<Targets>,
     inserted: &mut Vec<NodeId>,
+    compressed: &mut Compressed,
+    recording: bool,
 ) -> Result<Levels, PublishError> {
+    let dry = packer.is_dry();
     let walk = inputs.walk;
     let mut out = Levels {
         dir_refs: vec![None; walk.dirs.len()],
@@ -178,7 +194,7 @@ fn levels(
         bytes: 0,
     };
     for level in walk.levels.iter().rev() {
-        let dir_refs = &out.dir_refs;
+        let (dir_refs, ready) = (&out.dir_refs, &*compressed);
         let built = run.workers.run(|| {
             level
                 .clone()
@@ -190,7 +206,10 @@ fn levels(
                             what: "index nodes",
                             detail: e.to_string(),
                         })?;
-                        build_dir(run.opts, inputs, di, dir_refs, catalog, comp, targets)
+                        let found = |id: &NodeId| ready.get(id).cloned();
+                        build_dir(
+                            run.opts, inputs, di, dir_refs, catalog, comp, targets, &found,
+                        )
                     },
                 )
                 .collect::<Result<Vec<_>, _>>()
@@ -199,7 +218,7 @@ fn levels(
             out.fingerprints[di] = fingerprint;
             let r = match built {
                 Built::Kept(r) => {
-                    if let Some(record) = &inputs.records[di] {
+                    if let Some(record) = inputs.records[di].as_ref().filter(|_| recording) {
                         match record.current() {
                             true => out.next_cache.keep(record),
                             // Written before the image flag: written again with it.
@@ -211,11 +230,21 @@ fn levels(
                 }
                 Built::New(b) => {
                     out.reached.extend(b.packs.iter().copied());
+                    match (&b.stored, dry) {
+                        (Some(st), true) => {
+                            compressed.insert(b.id, st.clone());
+                        }
+                        _ => {
+                            compressed.remove(&b.id);
+                        }
+                    }
                     let (r, written) = store_node(run, &mut packer, catalog, &b, inserted)?;
                     if written && keep_fresh {
                         out.fresh.insert(b.id, b.encoded.clone());
                     }
-                    remember(&mut out.next_cache, inputs, di, &(&b).into());
+                    if recording {
+                        remember(&mut out.next_cache, inputs, di, &(&b).into());
+                    }
                     r
                 }
             };
@@ -443,7 +472,9 @@ struct NewNode {
     nfiles: u32,
 }
 
-/// Builds directory `di`'s node; its subdirectories' nodes are in `dir_refs`.
+/// Builds directory `di`'s node; its subdirectories' nodes are in `dir_refs`; a node
+/// compressed before is `found`.
+#[allow(clippy::too_many_arguments)]
 fn build_dir(
     opts: &PublishOptions,
     inputs: &Inputs<'_, '_>,
@@ -452,6 +483,7 @@ fn build_dir(
     catalog: &Catalog,
     comp: &mut Compressor,
     targets: &OnceLock<Targets>,
+    found: &dyn Fn(&NodeId) -> Option<pulpdist_chunker::Stored>,
 ) -> Result<(Built, [u8; 32]), PublishError> {
     let Inputs {
         walk,
@@ -532,7 +564,8 @@ fn build_dir(
         });
     }
     let id = NodeId::of(&encoded);
-    let stored = (!catalog.nodes.contains_key(&id)).then(|| comp.compress(&encoded));
+    let stored = (!catalog.nodes.contains_key(&id))
+        .then(|| found(&id).unwrap_or_else(|| comp.compress(&encoded)));
     // An image may name files elsewhere in the tree, which the fingerprint does not cover:
     // its directory is built again by every publish that builds any node (no fingerprint
     // matches zeros), so its node is what this tree gives, whatever the last publish saw.
