@@ -13,6 +13,10 @@
 # `ext4_create` -> `recently_deleted`). Deleting each run's output before the next run
 # made whichever tool ran first after a deletion pay for it.
 #
+# With FRESH_FS=1, each run writes into an ext4 filesystem of its own (without a journal,
+# as this machine kind's root), made on a loop device just before the run: no run inherits
+# another's freed inodes, dirty blocks or directory layout.
+#
 #   benchmarks/small-files.sh [FILES] [DIRS] [WORK]
 # Binaries: $PULPDIST and $GEN_TREE, or target/release (built first).
 set -eu
@@ -28,6 +32,10 @@ GEN_TREE="${GEN_TREE:-$ROOT/target/release/gen-tree}"
 command -v /usr/bin/time >/dev/null || apt-get install -y time >/dev/null
 command -v rsync >/dev/null || apt-get install -y rsync >/dev/null
 
+# Filesystems a run that stopped early left mounted.
+for f in "$WORK"/*.fs; do
+    if mountpoint -q "$f" 2>/dev/null; then umount "$f"; fi
+done
 rm -rf "$WORK"
 mkdir -p "$WORK"
 cd "$WORK"
@@ -38,6 +46,18 @@ sync
 # Inodes freed by the rm -rf above (an earlier run's) are no longer "recently deleted".
 sleep 35
 
+# dest NAME: where a run writes NAME (a fresh filesystem's, with FRESH_FS=1).
+dest() {
+    if [ "${FRESH_FS:-}" != 1 ]; then
+        echo "$1"
+        return
+    fi
+    truncate -s 4G "$1.img"
+    mkfs.ext4 -q -F -O ^has_journal "$1.img"
+    mkdir -p "$1.fs"
+    mount -o loop "$1.img" "$1.fs"
+    echo "$1.fs/$1"
+}
 timed() {
     name="$1"
     shift
@@ -46,19 +66,28 @@ timed() {
 }
 : >results.txt
 for i in 1 2 3; do
-    timed "pulpdist_first_sync" "$PULPDIST" sync --store store --tree small --trust key.pub "mirror$i" >>results.txt
+    m=$(dest "mirror$i")
+    [ "$i" = 1 ] && mirror1="$m"
+    timed "pulpdist_first_sync" "$PULPDIST" sync --store store --tree small --trust key.pub "$m" >>results.txt
     sync
-    timed "rsync_a" rsync -a up/ "copy$i/" >>results.txt
+    c=$(dest "copy$i")
+    [ "$i" = 1 ] && copy1="$c"
+    timed "rsync_a" rsync -a up/ "$c/" >>results.txt
     sync
-    timed "rsync_a_then_sync" sh -c "rsync -a up/ synced$i/ && sync" >>results.txt
+    c=$(dest "synced$i")
+    timed "rsync_a_then_sync" sh -c "rsync -a up/ $c/ && sync" >>results.txt
     sync
 done
 "$GEN_TREE" small up "$FILES" "$DIRS" 2
 "$PULPDIST" publish --store store --tree small --key key up >/dev/null
 sync
-timed "pulpdist_update" "$PULPDIST" sync --store store --tree small --trust key.pub mirror1 >>results.txt
-timed "rsync_a_update" rsync -a up/ copy1/ >>results.txt
-diff -r up mirror1 >/dev/null && echo "mirror identical to the source"
+timed "pulpdist_update" "$PULPDIST" sync --store store --tree small --trust key.pub "$mirror1" >>results.txt
+timed "rsync_a_update" rsync -a up/ "$copy1/" >>results.txt
+diff -r up "$mirror1" >/dev/null && echo "mirror identical to the source"
+if [ "${FRESH_FS:-}" = 1 ]; then
+    for f in *.fs; do umount "$f"; done
+    rm -f ./*.img
+fi
 cat results.txt
 # Medians of the three rounds (the second of three, sorted), and the ratios.
 median() { grep "^$1 " results.txt | sort -k2 -n | sed -n 2p | awk '{ print $2 }'; }

@@ -1,7 +1,8 @@
 //! Distinct 256-bit identifiers for chunks, index nodes and packs.
 //!
-//! Chunk and node ids are BLAKE3 hashes of the (uncompressed) object; a pack id is a unique
-//! random name chosen by the publisher (see FORMAT.md, "Why packs are not named by hash").
+//! Chunk and node ids are BLAKE3 hashes of the (uncompressed) object; a pack id is the
+//! name the publisher gave the pack: by its content, or at random (FORMAT.md 3, "Why packs
+//! are named by their content"). Readers never recompute it.
 
 use std::fmt;
 use std::str::FromStr;
