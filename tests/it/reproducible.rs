@@ -122,8 +122,10 @@ fn two_publishers_of_the_same_input_write_the_same_store() {
 }
 
 /// A name the publisher's content gives that a damaged pack holds, or that the gc
-/// condemned, is not used: the damaged pack is left as it is, and the new packs (data, and
-/// the index, whose nodes name their pack) are named at random; a site syncs.
+/// condemned, is not used: the damaged pack is left as it is, and the new data pack is
+/// named at random; a site syncs. (The index pack then names that data pack, so its own
+/// content name differs too: the index's own fallback, a second build under a random
+/// name, is not reached here and has no test yet.)
 #[test]
 fn a_content_name_held_by_a_damaged_pack_or_condemned_is_not_used() {
     for condemn in [false, true] {
