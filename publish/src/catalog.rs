@@ -1,5 +1,7 @@
 //! What the store already holds: every chunk and node id with its location, rebuilt from
-//! pack trailers (cached in the state directory, since packs never change).
+//! pack trailers (cached in the state directory by pack name and size: packs never change,
+//! but a name the store lists may come back holding other bytes after a damaged or planted
+//! pack under it was removed, since packs are named by their content).
 //!
 //! When a chunk is stored in several packs, the copy in the pack with the smallest id is
 //! the one nodes name (`names_first_copies`), so that a rebuilt node names the same copy
@@ -72,9 +74,12 @@ impl Catalog {
         // so no new version names one (FORMAT.md 8.10).
         let listed = listing(store)?;
         (cat.listing, cat.condemned) = (listed.packs, listed.condemned);
+        let mut wanted = HashSet::with_capacity(cat.listing.len());
         for &(id, size) in &cat.listing {
             let object = id.object_key();
-            let cached = cache_dir.join(id.to_hex());
+            let name = format!("{}-{size}", id.to_hex());
+            let cached = cache_dir.join(&name);
+            wanted.insert(name);
             let trailer = match fs::read(&cached) {
                 Ok(b) => b,
                 Err(_) => {
@@ -127,6 +132,7 @@ impl Catalog {
                 }
             }
         }
+        forget_others(&cache_dir, &wanted);
         Ok(cat)
     }
 
@@ -147,6 +153,21 @@ impl Catalog {
         self.has_packs(packs)
             && (!packs.iter().any(|p| self.shadowed.contains(p))
                 || !chunks.any(|id| self.dups.contains(&id)))
+    }
+}
+
+/// Removes the cached trailers of packs the store no longer lists (or lists at another
+/// size), and those cached by an older publisher under the pack's name alone. Best effort:
+/// a file left is only never read.
+fn forget_others(cache_dir: &Path, wanted: &HashSet<String>) {
+    let Ok(entries) = fs::read_dir(cache_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_str().is_some_and(|n| wanted.contains(n)) {
+            let _ = fs::remove_file(entry.path());
+        }
     }
 }
 

@@ -58,8 +58,9 @@ pub enum PublishError {
         /// The previous head's.
         previous: i64,
     },
-    /// The store holds a pack of the new pack's name (its content's) with other bytes.
-    #[error("pack {pack} is in the store with other bytes than this publish gives it (packs are named by their content): the stored one is damaged; run `pulpdist verify`")]
+    /// The store holds something else under the new pack's name (its content's): other
+    /// bytes, or not a file of its own (a link, a FIFO, a file others may write).
+    #[error("pack {pack} is in the store, but not as this publish writes it (packs are named by their content): other bytes, a link, or a file others may write; run `pulpdist verify`")]
     PackExists {
         /// The pack.
         pack: pulpdist_format::PackId,

@@ -355,45 +355,32 @@ impl Store for LocalStore {
         // Packs are written once: never replace one (hard link fails if the name exists).
         // A missing partial pack is named as such (another publish of this store removes
         // partial packs a day old: this process was stopped that long).
-        match fs::hard_link(file, &dest) {
-            Ok(()) => {}
-            // Named by content: the same bytes are already there (another tree, or a
-            // publish that failed after its packs).
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                // Not followed if a symlink, not waited on if a FIFO: then not the same.
-                use rustix::fs::OFlags;
-                use std::os::unix::fs::OpenOptionsExt;
-                let existing = File::options()
-                    .read(true)
-                    .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32)
-                    .open(&dest);
-                let same = match existing {
-                    Ok(mut f) => same_bytes(file, &mut f).at(&dest)?.then_some(f),
-                    Err(_) => None,
-                };
-                let Some(existing) = same else {
-                    return Err(PublishError::PackExists { pack: id });
-                };
-                // Put now: a gc spares an unreached pack while it is young (8.10). Only
-                // that: a pack that stays old may be condemned while this publish runs,
-                // which the check before the head finds.
-                let now = rustix::fs::Timespec {
-                    tv_sec: 0,
-                    tv_nsec: rustix::fs::UTIME_NOW,
-                };
-                let times = rustix::fs::Timestamps {
-                    last_access: now,
-                    last_modification: now,
-                };
-                if let Err(e) = rustix::fs::futimens(&existing, &times) {
-                    tracing::debug!(pack = %id, error = %e, "an equal pack already stored could not be made young");
+        // Twice at most: a pack found under the name may be removed (by a gc) before it
+        // is opened, and the link is then tried again.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match fs::hard_link(file, &dest) {
+                Ok(()) => break,
+                // Named by content: the same bytes may be there already (another tree, or
+                // a publish that failed after its packs).
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    match equal_pack(file, &dest)? {
+                        Existing::Equal => break,
+                        Existing::Other => return Err(PublishError::PackExists { pack: id }),
+                        Existing::Gone if tries < 2 => continue,
+                        Existing::Gone => {
+                            let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
+                            return Err(gone).at(&dest);
+                        }
+                    }
                 }
-            }
-            Err(e) => {
-                return Err(e).at_with(|| match file.exists() {
-                    true => dest.clone(),
-                    false => file.to_path_buf(),
-                })
+                Err(e) => {
+                    return Err(e).at_with(|| match file.exists() {
+                        true => dest.clone(),
+                        false => file.to_path_buf(),
+                    })
+                }
             }
         }
         fs::remove_file(file).at(file)?;
@@ -401,21 +388,85 @@ impl Store for LocalStore {
     }
 }
 
-/// Whether file `a` and the open file `b` (a regular file: else not) hold the same bytes.
-fn same_bytes(a: &Path, b: &mut File) -> std::io::Result<bool> {
-    use std::io::Read;
-    let meta = b.metadata()?;
-    let (mut a, len) = (File::open(a)?, fs::metadata(a)?.len());
-    if !meta.is_file() || meta.len() != len {
-        return Ok(false);
+/// What is stored under a pack's name when a pack of that name is put.
+#[derive(Debug, PartialEq)]
+enum Existing {
+    /// A pack of the same bytes, in a file of its own that only its owner may write:
+    /// kept, and made young for the gc.
+    Equal,
+    /// Anything else: other bytes, a symbolic link, a FIFO, a directory, a file with
+    /// other links or writable by others.
+    Other,
+    /// Nothing any more.
+    Gone,
+}
+
+/// Compares the pack at `dest` with the part file `part` through one handle that does not
+/// follow a symlink nor wait on a FIFO, and makes an equal one young (8.10: a gc spares
+/// an unreached pack while it is young). Only that: a pack that stays old may be
+/// condemned while this publish runs, which the check before the head finds.
+fn equal_pack(part: &Path, dest: &Path) -> Result<Existing, PublishError> {
+    use rustix::fs::OFlags;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let opened = File::options()
+        .read(true)
+        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32)
+        .open(dest);
+    let mut existing = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Existing::Gone),
+        Err(e) => {
+            use rustix::io::Errno;
+            // A symbolic link, or a socket (or a FIFO without a writer would be opened:
+            // non-blocking, it is then not a regular file below).
+            let errno = Errno::from_io_error(&e);
+            if errno == Some(Errno::LOOP) || errno == Some(Errno::NXIO) {
+                return Ok(Existing::Other);
+            }
+            return Err(e).at(dest);
+        }
+    };
+    let meta = existing.metadata().at(dest)?;
+    // One link, writable by its owner only: nobody else can change it later, and making
+    // it young touches nothing outside the store.
+    if !meta.is_file() || meta.nlink() != 1 || meta.mode() & 0o022 != 0 {
+        return Ok(Existing::Other);
     }
+    let mut ours = File::open(part).at(part)?;
+    if meta.len() != ours.metadata().at(part)?.len()
+        || !same_bytes((&mut ours, part), (&mut existing, dest))?
+    {
+        return Ok(Existing::Other);
+    }
+    let now = rustix::fs::Timespec {
+        tv_sec: 0,
+        tv_nsec: rustix::fs::UTIME_NOW,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: now,
+        last_modification: now,
+    };
+    if let Err(e) = rustix::fs::futimens(&existing, &times) {
+        tracing::debug!(pack = %dest.display(), error = %e, "an equal pack already stored could not be made young");
+    }
+    Ok(Existing::Equal)
+}
+
+/// Whether the open files `a` and `b` (each with its path), of the same length, hold the
+/// same bytes.
+fn same_bytes(a: (&mut File, &Path), b: (&mut File, &Path)) -> Result<bool, PublishError> {
+    use std::io::Read;
     let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
     loop {
-        let n = a.read(&mut x)?;
+        let n = a.0.read(&mut x).at(a.1)?;
         if n == 0 {
-            return Ok(b.read(&mut y[..1])? == 0);
+            return Ok(b.0.read(&mut y[..1]).at(b.1)? == 0);
         }
-        b.read_exact(&mut y[..n])?;
+        match b.0.read_exact(&mut y[..n]) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+            Err(e) => return Err(e).at(b.1),
+        }
         if x[..n] != y[..n] {
             return Ok(false);
         }
@@ -527,5 +578,75 @@ mod tests {
         std::os::unix::fs::symlink(&victim, &lock).expect("symlink");
         assert!(lock_file(lock, "t").is_err());
         assert_eq!(fs::read(&victim).expect("victim"), b"precious");
+    }
+
+    /// What is found under a pack's name decides: only a file of its own, writable by its
+    /// owner only, with the same bytes, is the same pack; nothing is written or touched
+    /// through anything else, and a pack gone meanwhile is linked again.
+    #[test]
+    fn a_pack_already_under_its_name_is_kept_only_if_equal_and_its_own() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::open(dir.path().join("store")).expect("store");
+        let id = PackId([7; 32]);
+        let dest = store.root().join(id.object_key());
+        let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut flipped = bytes.clone();
+        flipped[2_500_000] ^= 1;
+        let outside = dir.path().join("outside");
+        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+        let put = |plant: &dyn Fn()| {
+            let _ = fs::remove_file(&dest);
+            let _ = fs::remove_dir(&dest);
+            fs::write(&outside, &bytes).expect("outside");
+            File::options()
+                .write(true)
+                .open(&outside)
+                .and_then(|f| f.set_modified(old))
+                .expect("mtime");
+            plant();
+            let part = store.root().join("tmp/part");
+            fs::write(&part, &bytes).expect("part");
+            let put = store.put_pack(id, &part);
+            let untouched = fs::read(&outside).expect("outside") == bytes
+                && fs::metadata(&outside).and_then(|m| m.modified()).ok() == Some(old);
+            assert!(untouched, "nothing outside the store changed");
+            put.map(|()| fs::read(&dest).expect("stored") == bytes)
+        };
+        let other = |r: Result<bool, PublishError>| matches!(r, Err(PublishError::PackExists { pack }) if pack == id);
+        // Nothing there: linked.
+        assert!(put(&|| {}).expect("put"));
+        // Equal bytes: kept, made young again.
+        let equal = || fs::copy(&outside, &dest).map(drop).expect("copy");
+        assert!(put(&equal).expect("equal kept"));
+        let young = fs::metadata(&dest)
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        assert!(young > old + std::time::Duration::from_secs(1_000_000));
+        // Same length, one byte other (compared to the end); shorter; longer.
+        let dest_ref = &dest;
+        let damaged = |b: Vec<u8>| move || fs::write(dest_ref, &b).expect("plant");
+        assert!(other(put(&damaged(flipped.clone()))));
+        assert!(other(put(&damaged(bytes[..1000].to_vec()))));
+        assert!(other(put(&damaged([&bytes[..], b"x"].concat()))));
+        // Equal bytes, but through a symlink, a hard link to a file outside, or writable
+        // by others.
+        let symlink = || std::os::unix::fs::symlink(&outside, &dest).expect("symlink");
+        assert!(other(put(&symlink)));
+        let hard = || fs::hard_link(&outside, &dest).expect("link");
+        assert!(other(put(&hard)));
+        let writable = || {
+            equal();
+            fs::set_permissions(&dest, fs::Permissions::from_mode(0o666)).expect("chmod")
+        };
+        assert!(other(put(&writable)));
+        // A FIFO (not waited on) and a directory.
+        let fifo = || {
+            use rustix::fs::{mknodat, FileType, Mode, CWD};
+            mknodat(CWD, &dest, FileType::Fifo, Mode::from_raw_mode(0o600), 0).expect("fifo")
+        };
+        assert!(other(put(&fifo)));
+        let directory = || fs::create_dir(&dest).expect("dir");
+        assert!(other(put(&directory)));
     }
 }

@@ -78,7 +78,8 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     composites: bool,
     /// The head's creation time in Unix seconds (default: now; not later than now, not
-    /// earlier than the previous head's), from which it expires --expires-days later.
+    /// earlier than the previous head's, and the head left at least half its time), from
+    /// which it expires --expires-days later.
     /// Packs are named by their content, so two publishers given the same source, store
     /// history and key and this time write the same bytes, heads included
     #[arg(long, value_name = "UNIX_SECONDS", conflicts_with = "refresh")]
@@ -233,8 +234,10 @@ pub(crate) fn run(a: Args) -> Result<()> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        if expires <= now {
-            anyhow::bail!("--created {created}: the head would have expired at {expires}, before now; give a later time or more --expires-days");
+        // Sites refuse an expired head: one that lives less than half its time is a
+        // mistake (a stale value passed on), not a reproducible publish.
+        if expires.saturating_sub(now) < opts.expires_in / 2 {
+            anyhow::bail!("--created {created}: the head would expire at {expires}, less than half its --expires-days from now ({now}); give a later time or more --expires-days");
         }
         if created > now {
             anyhow::bail!("--created {created} is later than now ({now}): sites refuse a head from the future");

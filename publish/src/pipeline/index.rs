@@ -113,8 +113,15 @@ pub(super) fn build(
     let named = dry.packs.first().map(|p| p.id);
     drop(dry);
     let (built, inserted) = match named {
-        // Every node in the store already: nothing to write, only to record.
-        None => pass(catalog, Naming::Dry, keep_fresh, true)?,
+        // Every node in the store already: nothing to write, only to record (the same
+        // nodes as the first build: none new).
+        None => match pass(catalog, Naming::Dry, keep_fresh, true)? {
+            (built, _) if !built.packs.is_empty() => {
+                let why = "the index's second build has new nodes the first had not";
+                return Err(PublishError::Internal(why.into()));
+            }
+            built => built,
+        },
         Some(named) => {
             let name = unless_condemned(run.store, named)?;
             match pass(catalog, Naming::Fixed(name), keep_fresh, true) {

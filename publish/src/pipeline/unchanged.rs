@@ -211,7 +211,12 @@ mod tests {
             change();
             let r = site.publish();
             assert!(!r.unchanged, "{what}: {r:?}");
-            assert_eq!(r.root, first.root, "{what}");
+            match what {
+                // Its footer is not at its end any more: read again (the cached trailer
+                // is for the size listed before), left out, its objects stored again.
+                "a pack grown" => assert_eq!(r.unreadable_packs.len(), 1, "{r:?}"),
+                _ => assert_eq!(r.root, first.root, "{what}"),
+            }
         }
         assert!(site.publish().unchanged);
         // Composite files turned off: another identity, an ordinary publish.
