@@ -19,12 +19,7 @@ set -eu
 SCALE="${1:-1}"
 WORK="${2:-/tmp/pulpdist-gc-verify}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-if [ -z "${PULPDIST:-}" ] || [ -z "${GEN_TREE:-}" ]; then
-    (cd "$ROOT" && cargo build --release --locked -p pulpdist -p pulpdist-benchmarks >&2)
-fi
-PULPDIST="${PULPDIST:-$ROOT/target/release/pulpdist}"
-GEN_TREE="${GEN_TREE:-$ROOT/target/release/gen-tree}"
-command -v /usr/bin/time >/dev/null || apt-get install -y time >/dev/null
+. "$ROOT/benchmarks/binaries.sh"
 command -v restic >/dev/null || apt-get install -y restic >/dev/null
 
 rm -rf "$WORK"

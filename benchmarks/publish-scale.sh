@@ -11,26 +11,13 @@ set -eu
 SCALE="${1:-1}"
 WORK="${2:-/tmp/pulpdist-publish-scale}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-if [ -z "${PULPDIST:-}" ] || [ -z "${GEN_TREE:-}" ]; then
-    (cd "$ROOT" && cargo build --release --locked -p pulpdist -p pulpdist-benchmarks >&2)
-fi
-PULPDIST="${PULPDIST:-$ROOT/target/release/pulpdist}"
-GEN_TREE="${GEN_TREE:-$ROOT/target/release/gen-tree}"
-command -v /usr/bin/time >/dev/null || apt-get install -y time >/dev/null
+. "$ROOT/benchmarks/binaries.sh"
 
 rm -rf "$WORK"
 mkdir -p "$WORK"
 cd "$WORK"
 "$PULPDIST" keygen key >/dev/null
 "$GEN_TREE" scenario large 1 up "$SCALE" >/dev/null
-
-# timed NAME CMD...: one line "NAME wall_s cpu_s rss_mb".
-timed() {
-    name="$1"
-    shift
-    /usr/bin/time -f "%e %U %S %M" -o t.out "$@" >/dev/null
-    awk -v n="$name" '{ printf "%s %.2f %.2f %.0f\n", n, $1, $2 + $3, $4 / 1024 }' t.out
-}
 PUBLISH="$PULPDIST publish --store store --tree large --key key up --json"
 WALK="find up -printf %s_%T@\n"
 

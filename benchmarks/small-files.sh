@@ -24,12 +24,7 @@ FILES="${1:-200000}"
 DIRS="${2:-200}"
 WORK="${3:-/tmp/pulpdist-small-files}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-if [ -z "${PULPDIST:-}" ] || [ -z "${GEN_TREE:-}" ]; then
-    (cd "$ROOT" && cargo build --release --locked -p pulpdist -p pulpdist-benchmarks >&2)
-fi
-PULPDIST="${PULPDIST:-$ROOT/target/release/pulpdist}"
-GEN_TREE="${GEN_TREE:-$ROOT/target/release/gen-tree}"
-command -v /usr/bin/time >/dev/null || apt-get install -y time >/dev/null
+. "$ROOT/benchmarks/binaries.sh"
 command -v rsync >/dev/null || apt-get install -y rsync >/dev/null
 
 # Filesystems a run that stopped early left mounted.

@@ -184,6 +184,26 @@ mod tests {
             "{e}"
         );
         assert_eq!(site.head().version, 1);
+        // A delta pack this publish wrote, reached by no node, is checked too.
+        let delta = DeltaInfo {
+            from_version: 1,
+            from_root: root,
+            pack: root.loc.pack,
+            size: 1,
+            hash: [0; 32],
+        };
+        site.store
+            .replace_object(key_c, &list.encode())
+            .expect("condemn");
+        let none = BTreeSet::new();
+        let e = write(&run, &key, &prev, (root, &none), &[], &[delta]).expect_err("delta");
+        assert!(
+            matches!(e, PublishError::Collected { removed: false, pack, .. } if pack == root.loc.pack),
+            "{e}"
+        );
+        site.store
+            .replace_object(key_c, &pulpdist_format::Condemned::default().encode())
+            .expect("list emptied");
         write(&run, &key, &prev, (root, &reached), &[], &[]).expect("written");
     }
 }
