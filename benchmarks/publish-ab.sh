@@ -16,6 +16,7 @@ B="$2"
 V1="$3"
 V2="$4"
 RUNS="${5:-3}"
+[ "$RUNS" -ge 1 ] || { echo "RUNS: at least 1" >&2; exit 2; }
 WORK="${6:-/tmp/pulpdist-publish-ab}"
 command -v /usr/bin/time >/dev/null || apt-get install -y time >/dev/null
 command -v rsync >/dev/null || apt-get install -y rsync >/dev/null
@@ -77,3 +78,4 @@ for other in store.b*; do
     fi
 done
 echo "B: $same of $RUNS fresh stores published on two threads are the store published on one, byte for byte ($(ls store/packs | wc -l) packs)"
+[ "$same" -eq "$RUNS" ]

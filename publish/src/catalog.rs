@@ -1,7 +1,8 @@
 //! What the store already holds: every chunk and node id with its location, rebuilt from
-//! pack trailers (cached in the state directory by pack name and size: packs never change,
-//! but a name the store lists may come back holding other bytes after a damaged or planted
-//! pack under it was removed, since packs are named by their content).
+//! pack trailers (cached in the state directory by pack name, size and modification time:
+//! packs never change, but a name the store lists may come back holding other bytes after
+//! a damaged or planted pack under it was removed, since packs are named by their
+//! content, and a pack restored from a copy has the size it had).
 //!
 //! When a chunk is stored in several packs, the copy in the pack with the smallest id is
 //! the one nodes name (`names_first_copies`), so that a rebuilt node names the same copy
@@ -50,18 +51,23 @@ pub(crate) struct Listing {
     pub(crate) packs: Vec<(PackId, u64)>,
     /// The condemned ones.
     pub(crate) condemned: HashSet<PackId>,
+    /// When each listed pack was stored (Unix seconds).
+    pub(crate) modified: HashMap<PackId, i64>,
 }
 
 /// Lists the store's packs, and the condemned ones.
 pub(crate) fn listing(store: &dyn Store) -> Result<Listing, PublishError> {
     let condemned: HashSet<PackId> = store.read_condemned()?.packs.keys().copied().collect();
-    let packs = store
+    let listed: Vec<_> = store
         .list_packs()?
         .into_iter()
         .filter(|p| !condemned.contains(&p.id))
-        .map(|p| (p.id, p.size))
         .collect();
-    Ok(Listing { packs, condemned })
+    Ok(Listing {
+        packs: listed.iter().map(|p| (p.id, p.size)).collect(),
+        modified: listed.iter().map(|p| (p.id, p.modified)).collect(),
+        condemned,
+    })
 }
 
 impl Catalog {
@@ -77,7 +83,8 @@ impl Catalog {
         let mut wanted = HashSet::with_capacity(cat.listing.len());
         for &(id, size) in &cat.listing {
             let object = id.object_key();
-            let name = format!("{}-{size}", id.to_hex());
+            let modified = listed.modified.get(&id).copied().unwrap_or_default();
+            let name = format!("{}-{size}-{modified}", id.to_hex());
             let cached = cache_dir.join(&name);
             wanted.insert(name);
             let trailer = match fs::read(&cached) {
@@ -157,8 +164,8 @@ impl Catalog {
 }
 
 /// Removes the cached trailers of packs the store no longer lists (or lists at another
-/// size), and those cached by an older publisher under the pack's name alone. Best effort:
-/// a file left is only never read.
+/// size or time), and those cached by an older publisher under the pack's name alone.
+/// Best effort: a file left is only never read.
 fn forget_others(cache_dir: &Path, wanted: &HashSet<String>) {
     let Ok(entries) = fs::read_dir(cache_dir) else {
         return;
@@ -188,5 +195,43 @@ mod tests {
         assert!(c.names_first_copies(&[p2], [y].into_iter()));
         assert!(!c.names_first_copies(&[p2], [y, x].into_iter()));
         assert!(!c.names_first_copies(&[p1, p3], std::iter::empty()));
+    }
+
+    /// A pack whose name the store lists again, at the same size but stored anew (another
+    /// pack put back under its name, or one restored from a copy), is read again: its
+    /// cached trailer is for the file that was there.
+    #[test]
+    fn a_pack_stored_anew_at_the_same_size_is_read_again() {
+        use pulpdist_format::pack::PackBuilder;
+        use pulpdist_format::Codec;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::LocalStore::open(dir.path().join("store")).expect("store");
+        let state = dir.path().join("state");
+        let id = PackId([5; 32]);
+        let path = store.root().join(id.object_key());
+        let put = |chunk: ChunkId, mtime: i64| {
+            let (mut b, mut bytes) = PackBuilder::new(id);
+            b.add(ObjectKind::Chunk, chunk.0, Codec::Raw, 5, 5);
+            bytes.extend(b"bytes");
+            bytes.extend(b.finish().0);
+            fs::write(&path, &bytes).expect("pack");
+            let when = filetime::FileTime::from_unix_time(mtime, 0);
+            filetime::set_file_mtime(&path, when).expect("mtime");
+            bytes.len()
+        };
+        let (x, y) = (ChunkId([8; 32]), ChunkId([9; 32]));
+        let size = put(x, 1_600_000_000);
+        let cat = Catalog::load(&store, &state).expect("catalog");
+        assert!(cat.chunks.contains_key(&x));
+        // The same catalog from the cache.
+        let cat = Catalog::load(&store, &state).expect("catalog");
+        assert!(cat.chunks.contains_key(&x));
+        assert_eq!(put(y, 1_700_000_000), size);
+        let cat = Catalog::load(&store, &state).expect("catalog");
+        assert!(cat.chunks.contains_key(&y) && !cat.chunks.contains_key(&x));
+        let cached: Vec<_> = fs::read_dir(state.join("trailers"))
+            .expect("cache")
+            .collect();
+        assert_eq!(cached.len(), 1, "the old entry is removed");
     }
 }

@@ -59,8 +59,8 @@ pub enum PublishError {
         previous: i64,
     },
     /// The store holds something else under the new pack's name (its content's): other
-    /// bytes, or not a file of its own (a link, a FIFO, a file others may write).
-    #[error("pack {pack} is in the store, but not as this publish writes it (packs are named by their content): other bytes, a link, or a file others may write; run `pulpdist verify`")]
+    /// bytes, or not a plain file (a symbolic link, a FIFO, a file anyone may write).
+    #[error("pack {pack} is in the store, but not as this publish writes it (packs are named by their content): other bytes, a symbolic link or FIFO, or a file anyone may write; look at it, and remove it if nothing needs it")]
     PackExists {
         /// The pack.
         pack: pulpdist_format::PackId,

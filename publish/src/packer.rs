@@ -229,7 +229,7 @@ impl<'a> Packer<'a> {
                     Err(PublishError::PackExists { pack })
                         if !matches!(self.naming, Naming::Fixed(_)) =>
                     {
-                        tracing::warn!(%pack, "a pack of this name with other bytes is in the store: named at random");
+                        tracing::warn!(%pack, "something else is stored under this pack's name (other bytes, a link, a file anyone may write): named at random");
                         id = random_id()?;
                     }
                     put => return put.map(|()| (id, hash)),

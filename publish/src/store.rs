@@ -391,11 +391,11 @@ impl Store for LocalStore {
 /// What is stored under a pack's name when a pack of that name is put.
 #[derive(Debug, PartialEq)]
 enum Existing {
-    /// A pack of the same bytes, in a file of its own that only its owner may write:
-    /// kept, and made young for the gc.
+    /// A regular file of the same bytes that not everyone may write: kept, and made young
+    /// for the gc if it has no other link.
     Equal,
-    /// Anything else: other bytes, a symbolic link, a FIFO, a directory, a file with
-    /// other links or writable by others.
+    /// Anything else: other bytes, a symbolic link, a FIFO, a directory, a file anyone may
+    /// write.
     Other,
     /// Nothing any more.
     Gone,
@@ -404,7 +404,9 @@ enum Existing {
 /// Compares the pack at `dest` with the part file `part` through one handle that does not
 /// follow a symlink nor wait on a FIFO, and makes an equal one young (8.10: a gc spares
 /// an unreached pack while it is young). Only that: a pack that stays old may be
-/// condemned while this publish runs, which the check before the head finds.
+/// condemned while this publish runs, which the check before the head finds. A file
+/// with other links (a store copied with `cp -al`, a link to a file elsewhere) is kept
+/// but not touched: its time is another name's too.
 fn equal_pack(part: &Path, dest: &Path) -> Result<Existing, PublishError> {
     use rustix::fs::OFlags;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -427,9 +429,9 @@ fn equal_pack(part: &Path, dest: &Path) -> Result<Existing, PublishError> {
         }
     };
     let meta = existing.metadata().at(dest)?;
-    // One link, writable by its owner only: nobody else can change it later, and making
-    // it young touches nothing outside the store.
-    if !meta.is_file() || meta.nlink() != 1 || meta.mode() & 0o022 != 0 {
+    // Not one anyone may change later (a group may write the packs of a store it shares:
+    // its publishers' umask is 002).
+    if !meta.is_file() || meta.mode() & 0o002 != 0 {
         return Ok(Existing::Other);
     }
     let mut ours = File::open(part).at(part)?;
@@ -446,7 +448,9 @@ fn equal_pack(part: &Path, dest: &Path) -> Result<Existing, PublishError> {
         last_access: now,
         last_modification: now,
     };
-    if let Err(e) = rustix::fs::futimens(&existing, &times) {
+    if meta.nlink() != 1 {
+        tracing::debug!(pack = %dest.display(), "an equal pack already stored has other links: not made young");
+    } else if let Err(e) = rustix::fs::futimens(&existing, &times) {
         tracing::debug!(pack = %dest.display(), error = %e, "an equal pack already stored could not be made young");
     }
     Ok(Existing::Equal)
@@ -580,9 +584,9 @@ mod tests {
         assert_eq!(fs::read(&victim).expect("victim"), b"precious");
     }
 
-    /// What is found under a pack's name decides: only a file of its own, writable by its
-    /// owner only, with the same bytes, is the same pack; nothing is written or touched
-    /// through anything else, and a pack gone meanwhile is linked again.
+    /// What is found under a pack's name decides: only a regular file with the same bytes
+    /// that not everyone may write is the same pack, made young unless it has other links;
+    /// nothing is written or touched through anything else.
     #[test]
     fn a_pack_already_under_its_name_is_kept_only_if_equal_and_its_own() {
         use std::os::unix::fs::PermissionsExt;
@@ -616,30 +620,41 @@ mod tests {
         let other = |r: Result<bool, PublishError>| matches!(r, Err(PublishError::PackExists { pack }) if pack == id);
         // Nothing there: linked.
         assert!(put(&|| {}).expect("put"));
-        // Equal bytes: kept, made young again.
-        let equal = || fs::copy(&outside, &dest).map(drop).expect("copy");
-        assert!(put(&equal).expect("equal kept"));
-        let young = fs::metadata(&dest)
-            .and_then(|m| m.modified())
-            .expect("mtime");
-        assert!(young > old + std::time::Duration::from_secs(1_000_000));
+        // Equal bytes, old: kept, made young again; so is one its group may write.
+        let equal = |mode: u32| {
+            fs::copy(&outside, &dest).expect("copy");
+            fs::set_permissions(&dest, fs::Permissions::from_mode(mode)).expect("chmod");
+            File::options()
+                .write(true)
+                .open(&dest)
+                .and_then(|f| f.set_modified(old))
+                .expect("mtime");
+        };
+        let young = || {
+            let t = fs::metadata(&dest)
+                .and_then(|m| m.modified())
+                .expect("mtime");
+            t > old + std::time::Duration::from_secs(1_000_000)
+        };
+        for mode in [0o644, 0o664] {
+            assert!(put(&|| equal(mode)).expect("equal kept"), "{mode:o}");
+            assert!(young(), "{mode:o}");
+        }
+        // A hard link to a file elsewhere with equal bytes: kept, not touched (checked
+        // by `put` for every case).
+        let hard = || fs::hard_link(&outside, &dest).expect("link");
+        assert!(put(&hard).expect("linked kept"));
+        assert!(!young());
         // Same length, one byte other (compared to the end); shorter; longer.
         let dest_ref = &dest;
         let damaged = |b: Vec<u8>| move || fs::write(dest_ref, &b).expect("plant");
         assert!(other(put(&damaged(flipped.clone()))));
         assert!(other(put(&damaged(bytes[..1000].to_vec()))));
         assert!(other(put(&damaged([&bytes[..], b"x"].concat()))));
-        // Equal bytes, but through a symlink, a hard link to a file outside, or writable
-        // by others.
+        // Equal bytes, but through a symlink, or writable by anyone.
         let symlink = || std::os::unix::fs::symlink(&outside, &dest).expect("symlink");
         assert!(other(put(&symlink)));
-        let hard = || fs::hard_link(&outside, &dest).expect("link");
-        assert!(other(put(&hard)));
-        let writable = || {
-            equal();
-            fs::set_permissions(&dest, fs::Permissions::from_mode(0o666)).expect("chmod")
-        };
-        assert!(other(put(&writable)));
+        assert!(other(put(&|| equal(0o666))));
         // A FIFO (not waited on) and a directory.
         let fifo = || {
             use rustix::fs::{mknodat, FileType, Mode, CWD};

@@ -126,7 +126,7 @@ pub(super) fn build(
             let name = unless_condemned(run.store, named)?;
             match pass(catalog, Naming::Fixed(name), keep_fresh, true) {
                 Err(PublishError::PackExists { pack }) => {
-                    tracing::warn!(%pack, "a pack of this name with other bytes is in the store: the index named at random");
+                    tracing::warn!(%pack, "something else is stored under this pack's name (other bytes, a link, a file anyone may write): the index named at random");
                     pass(catalog, Naming::Fixed(random_id()?), keep_fresh, true)?
                 }
                 built => built?,
