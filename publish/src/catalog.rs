@@ -18,7 +18,7 @@ use std::fs;
 use std::path::Path;
 
 use pulpdist_format::pack::{self, ObjectKind, FOOTER_LEN};
-use pulpdist_format::{ChunkId, Location, NodeId, PackId};
+use pulpdist_format::{ChunkId, FormatError, Location, NodeId, PackId};
 
 use crate::error::{IoContext, PublishError};
 use crate::store::{write_synced, Store};
@@ -87,9 +87,11 @@ impl Catalog {
             let name = format!("{}-{size}-{modified}", id.to_hex());
             let cached = cache_dir.join(&name);
             wanted.insert(name);
-            let trailer = match fs::read(&cached) {
-                Ok(b) => b,
-                Err(_) => {
+            // A cached trailer that does not decode (a write cut short) is read again.
+            let from_cache = fs::read(&cached).ok();
+            let entries = match from_cache.map(|t| decode(id, &t)) {
+                Some(Ok(entries)) => entries,
+                _ => {
                     let footer =
                         store.read_pack_range(id, size.saturating_sub(FOOTER_LEN)..size)?;
                     let range = match pack::decode_footer(&footer, size) {
@@ -99,27 +101,24 @@ impl Catalog {
                             continue;
                         }
                     };
-                    let mut t = range.start.to_le_bytes().to_vec();
-                    t.extend(store.read_pack_range(id, range)?);
-                    t
-                }
-            };
-            let (start, body) = trailer.split_at(8.min(trailer.len()));
-            let objects_end = u64::from_le_bytes(start.try_into().unwrap_or([0; 8]));
-            // A pack whose trailer does not decode (damaged, truncated) is left out: its
-            // objects are stored again if needed, and the publish goes on.
-            let entries = match pack::decode_trailer(id, body, objects_end) {
-                Ok(e) => e,
-                Err(e) => {
-                    cat.unreadable.push(format!("{object}: {e}"));
-                    continue;
+                    let mut trailer = range.start.to_le_bytes().to_vec();
+                    trailer.extend(store.read_pack_range(id, range)?);
+                    // A pack whose trailer does not decode (damaged, truncated) is left
+                    // out: its objects are stored again if needed, and the publish goes on.
+                    match decode(id, &trailer) {
+                        Ok(entries) => {
+                            cache_trailer(&cache_dir, &cached, &trailer);
+                            entries
+                        }
+                        Err(e) => {
+                            cat.unreadable.push(format!("{object}: {e}"));
+                            continue;
+                        }
+                    }
                 }
             };
             cat.packs.insert(id);
             cat.chunks.reserve(entries.len());
-            if !cached.exists() {
-                write_synced(&cached, &trailer)?;
-            }
             for e in entries {
                 match e.kind {
                     ObjectKind::Chunk => match cat.chunks.entry(ChunkId(e.id)) {
@@ -160,6 +159,25 @@ impl Catalog {
         self.has_packs(packs)
             && (!packs.iter().any(|p| self.shadowed.contains(p))
                 || !chunks.any(|id| self.dups.contains(&id)))
+    }
+}
+
+/// A cached trailer (the objects' end, then the trailer's bytes) decoded.
+fn decode(id: PackId, cached: &[u8]) -> Result<Vec<pack::TrailerEntry>, FormatError> {
+    let (start, body) = cached.split_at(8.min(cached.len()));
+    let objects_end = u64::from_le_bytes(start.try_into().unwrap_or([0; 8]));
+    pack::decode_trailer(id, body, objects_end)
+}
+
+/// Caches a pack's trailer at `path`, whole or not at all (written aside, then renamed:
+/// another publisher sharing the state directory may read or write the same entry), and
+/// best effort: without it, the next publish reads the trailer from the store again.
+fn cache_trailer(dir: &Path, path: &Path, trailer: &[u8]) {
+    let aside = dir.join(format!("part.{}", std::process::id()));
+    let written = write_synced(&aside, trailer).and_then(|()| fs::rename(&aside, path).at(path));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&aside);
+        tracing::debug!(error = %e, "a pack's trailer was not cached");
     }
 }
 
@@ -223,15 +241,23 @@ mod tests {
         let size = put(x, 1_600_000_000);
         let cat = Catalog::load(&store, &state).expect("catalog");
         assert!(cat.chunks.contains_key(&x));
-        // The same catalog from the cache.
+        // The same catalog from the cache; from the store again when the cached entry
+        // does not decode (a write cut short), and the entry written anew.
         let cat = Catalog::load(&store, &state).expect("catalog");
         assert!(cat.chunks.contains_key(&x));
+        let entries = || -> Vec<_> {
+            let dir = fs::read_dir(state.join("trailers")).expect("cache");
+            dir.map(|e| e.expect("entry").path()).collect()
+        };
+        let [entry] = entries().try_into().expect("one entry");
+        let whole = fs::read(&entry).expect("entry");
+        fs::write(&entry, &whole[..whole.len() - 3]).expect("cut short");
+        let cat = Catalog::load(&store, &state).expect("catalog");
+        assert!(cat.chunks.contains_key(&x) && cat.unreadable.is_empty());
+        assert_eq!(fs::read(&entry).expect("entry"), whole);
         assert_eq!(put(y, 1_700_000_000), size);
         let cat = Catalog::load(&store, &state).expect("catalog");
         assert!(cat.chunks.contains_key(&y) && !cat.chunks.contains_key(&x));
-        let cached: Vec<_> = fs::read_dir(state.join("trailers"))
-            .expect("cache")
-            .collect();
-        assert_eq!(cached.len(), 1, "the old entry is removed");
+        assert_eq!(entries().len(), 1, "the old entry is removed");
     }
 }
