@@ -160,13 +160,17 @@ fn human(r: &GcReport) -> String {
         "condemned"
     };
     let mut s = String::new();
+    let list = |v: &mut dyn Iterator<Item = u64>| -> String {
+        let v: std::collections::BTreeSet<u64> = v.collect();
+        v.iter().map(u64::to_string).collect::<Vec<_>>().join(" ")
+    };
     for t in &r.trees {
-        let kept: Vec<String> = t.kept.iter().map(u64::to_string).collect();
+        // The current version too: its head may not be archived yet.
+        let all = list(&mut t.versions.iter().copied().chain([t.current]));
+        let kept = list(&mut t.kept.iter().copied());
         s.push_str(&format!(
-            "tree {}: {} version(s), keeping {}\n",
-            t.tree,
-            t.versions.len(),
-            kept.join(" ")
+            "tree {}: versions {all} (current {}), keeping {kept}\n",
+            t.tree, t.current
         ));
     }
     for o in &r.removed {
@@ -242,4 +246,27 @@ fn repacked_json(p: &Repacked) -> serde_json::Value {
         "versions": versions,
         "skipped": skipped,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tree's line names every version, the current one too when its head is not
+    /// archived yet, and the kept ones (it read "2 version(s), keeping 3").
+    #[test]
+    fn a_trees_line_names_its_versions_and_the_kept_ones() {
+        let r = GcReport {
+            trees: vec![pulpdist_gc::TreeVersions {
+                tree: "t".into(),
+                current: 3,
+                versions: vec![1, 2],
+                kept: vec![3],
+            }],
+            ..GcReport::default()
+        };
+        let text = human(&r);
+        let line = text.lines().next().expect("a line");
+        assert_eq!(line, "tree t: versions 1 2 3 (current 3), keeping 3");
+    }
 }
