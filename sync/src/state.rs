@@ -391,26 +391,45 @@ impl State {
             return Ok(());
         }
         let mut pending = Vec::with_capacity(nodes.len());
+        let written = self.write_nodes(nodes, &mut pending);
+        if written.is_err() {
+            // Nothing of a failed batch stays behind under a temporary name.
+            for (tmp, _) in &pending {
+                let _ = fs::remove_file(tmp);
+            }
+        }
+        written
+    }
+
+    /// [`Self::put_nodes`]'s work: each temporary file is in `pending` (with its node's
+    /// path) from before it is written until it is renamed.
+    fn write_nodes(
+        &self,
+        nodes: &[(NodeId, Vec<u8>)],
+        pending: &mut Vec<(PathBuf, PathBuf)>,
+    ) -> Result<(), SyncError> {
         for (id, plain) in nodes {
             let p = self.node_path(id);
             if let Some(parent) = p.parent() {
                 fs::create_dir_all(parent).at(parent)?;
             }
             let tmp = crate::fsutil::temp_beside(&p);
+            pending.push((tmp.clone(), p));
             fs::write(&tmp, plain).at(&tmp)?;
-            pending.push((tmp, p));
         }
         let dir = fs::File::open(&self.dir).at(&self.dir)?;
         rustix::fs::syncfs(&dir)
             .map_err(std::io::Error::from)
             .at(&self.dir)?;
-        for (tmp, p) in pending {
-            fs::rename(&tmp, &p).at(&p)?;
+        while let Some((tmp, p)) = pending.last() {
+            fs::rename(tmp, p).at(p)?;
+            pending.pop();
         }
         Ok(())
     }
 
-    /// The cached node files, by id.
+    /// The cached node files, by id. Temporary files a killed sync left among them (the
+    /// caller holds the state's lock: no other sync is writing) are removed on the way.
     fn cached_nodes(&self) -> Result<Vec<(NodeId, PathBuf)>, SyncError> {
         let nodes = self.dir.join("nodes");
         let mut out = Vec::new();
@@ -421,12 +440,11 @@ impl State {
             }
             for f in fs::read_dir(&shard).at(&shard)? {
                 let path = f.at(&shard)?.path();
-                if let Some(id) = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(|n| n.parse::<NodeId>().ok())
-                {
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if let Ok(id) = name.parse::<NodeId>() {
                     out.push((id, path));
+                } else if name.starts_with('.') && name.contains(".pulpdist-") {
+                    let _ = fs::remove_file(&path);
                 }
             }
         }
@@ -991,5 +1009,50 @@ mod tests {
         // Past it, everything unreachable goes.
         dead(&state, 1, 3);
         assert_eq!(state.prune_nodes().expect("prune"), PRUNE_SLACK as u64 + 1);
+    }
+
+    /// The files of a batch of nodes that failed are removed, and those a killed sync
+    /// left are removed by the next prune; cached nodes stay.
+    #[test]
+    fn temporary_node_files_do_not_stay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = open_for_writing(dir.path());
+        let kept = dead(&state, 1, 1)[0];
+        let temps = || -> Vec<PathBuf> {
+            let nodes = dir.path().join("nodes");
+            let shards = fs::read_dir(&nodes)
+                .expect("nodes")
+                .map(|e| e.expect("e").path());
+            let files = shards.flat_map(|d| fs::read_dir(d).expect("shard"));
+            let names = files.map(|e| e.expect("entry").path());
+            names
+                .filter(|p| p.to_string_lossy().contains(".pulpdist-"))
+                .collect()
+        };
+        // A batch whose second node cannot be renamed into place (a directory with a
+        // file in it is there).
+        let bytes = |b: &[u8]| (NodeId::of(b), b.to_vec());
+        let batch = [bytes(b"first"), bytes(b"second")];
+        let blocked = state.node_path(&batch[1].0);
+        fs::create_dir_all(blocked.join("x")).expect("blocked");
+        assert!(state.put_nodes(&batch).is_err());
+        assert!(temps().is_empty(), "{:?}", temps());
+        // A killed sync's file.
+        let left = kept_temp(&state, &kept);
+        let names = |p: &[PathBuf]| -> Vec<_> {
+            p.iter()
+                .map(|p| p.file_name().map(ToOwned::to_owned))
+                .collect()
+        };
+        assert_eq!(names(&temps()), names(&[left]));
+        state.prune_nodes().expect("prune");
+        assert!(temps().is_empty() && state.has_node(&kept));
+    }
+
+    /// A temporary file beside node `id`'s, as a sync killed while writing it leaves.
+    fn kept_temp(state: &State, id: &NodeId) -> PathBuf {
+        let tmp = crate::fsutil::temp_beside(&state.node_path(id));
+        fs::write(&tmp, b"half a node").expect("temp");
+        tmp
     }
 }
