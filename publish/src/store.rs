@@ -113,12 +113,16 @@ pub struct StoreLock {
 }
 
 impl LocalStore {
-    /// Opens (creating if needed) a store directory.
+    /// Opens (creating if needed) a store directory. Its own directories must be
+    /// directories, not symlinks: one planted by another writer of the store would send
+    /// packs, partial files and locks elsewhere. (The store's own path may be a symlink:
+    /// that is the operator's.)
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, PublishError> {
         let root = root.into();
         for sub in ["heads", "packs", "locks", "tmp"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).at(&p)?;
+            real_dirs(&root, &format!("{sub}/-"))?;
         }
         Ok(LocalStore { root })
     }
@@ -577,6 +581,14 @@ mod tests {
         .expect("fifo");
         write_synced(&tmp, b"again").expect("written");
         assert_eq!(fs::read(&tmp).expect("tmp"), b"again");
+        // A store whose own directory is a symlink is not opened.
+        let store = dir.path().join("store");
+        for sub in ["heads", "packs", "locks"] {
+            fs::create_dir_all(store.join(sub)).expect("mkdir");
+        }
+        std::os::unix::fs::symlink(dir.path(), store.join("tmp")).expect("symlink");
+        let err = LocalStore::open(&store).expect_err("tmp is a symlink");
+        assert!(err.to_string().contains("tmp"), "{err}");
         // The lock file is not opened through a symlink.
         let lock = dir.path().join("t.lock");
         std::os::unix::fs::symlink(&victim, &lock).expect("symlink");
