@@ -165,8 +165,7 @@ fn human(r: &GcReport) -> String {
         v.iter().map(u64::to_string).collect::<Vec<_>>().join(" ")
     };
     for t in &r.trees {
-        // The current version too: its head may not be archived yet.
-        let all = list(&mut t.versions.iter().copied().chain([t.current]));
+        let all = list(&mut t.versions.iter().copied());
         let kept = list(&mut t.kept.iter().copied());
         s.push_str(&format!(
             "tree {}: versions {all} (current {}), keeping {kept}\n",
@@ -252,21 +251,21 @@ fn repacked_json(p: &Repacked) -> serde_json::Value {
 mod tests {
     use super::*;
 
-    /// A tree's line names every version, the current one too when its head is not
-    /// archived yet, and the kept ones (it read "2 version(s), keeping 3").
+    /// A tree's line names its versions and the kept ones (it read "2 version(s),
+    /// keeping 3": a count beside a version number).
     #[test]
     fn a_trees_line_names_its_versions_and_the_kept_ones() {
         let r = GcReport {
             trees: vec![pulpdist_gc::TreeVersions {
                 tree: "t".into(),
                 current: 3,
-                versions: vec![1, 2],
+                versions: vec![2, 3],
                 kept: vec![3],
             }],
             ..GcReport::default()
         };
         let text = human(&r);
         let line = text.lines().next().expect("a line");
-        assert_eq!(line, "tree t: versions 1 2 3 (current 3), keeping 3");
+        assert_eq!(line, "tree t: versions 2 3 (current 3), keeping 3");
     }
 }
